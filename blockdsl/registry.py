@@ -1,0 +1,515 @@
+"""The component registry: how names in block strings become ``nn.Module`` classes.
+
+A component is an ``nn.Module`` class registered under a name. Its constructor signature is its
+argument schema: names, annotations (``Literal[...]`` for choices) and defaults. Everything
+else a compiler needs to know is declared once, at registration, and has a safe default:
+
+==================  =======================================================================
+``out_features``    output feature size ``f(d_in=..., **args)``; default: unchanged, or probed
+                    with a meta-device forward for classes that change it
+``mixes_positions`` the module looks at other positions (attention, convolution, shift); it
+                    must then be causal by default
+``params``          parameter count ``f(d_in=..., **args)``; default: counted on the meta device
+``flops``           forward FLOPs of one sequence ``f(d_in=..., seq=..., **args)``;
+                    default: ``2 * params * seq`` (every weight used once per token)
+``aux_loss``        ``forward`` returns ``(y, aux)``; the model adds ``aux`` to its loss
+``input_size``      the constructor argument that receives the input feature size; default:
+                    the first of ``d_model``, ``dim``, ``in_features``, ... it declares
+==================  =======================================================================
+
+Call-time context is declared by the ``forward`` signature itself: a keyword parameter named
+``positions`` (token positions, ``(T,)`` or ``(B, T)``) or ``memory`` (``(B, S, D)`` for
+cross-attention) is passed by the compiler. A constructor parameter named ``children`` makes
+the component a combinator: it receives its ``[child, ...]`` blocks as a list of modules.
+"""
+
+from __future__ import annotations
+
+import inspect
+import types
+import typing
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any, Literal, NamedTuple
+
+import torch
+from torch import nn
+
+from blockdsl.errors import RegistryError, did_you_mean, suggest
+
+#: Keyword parameters of ``forward`` that the compiler knows how to supply.
+CONTEXT_ARGS = ("positions", "memory")
+#: Model-level values that reach every component declaring a parameter of that name.
+MODEL_GLOBALS = ("vocab", "context")
+#: Constructor parameters that receive the input feature size, in order of preference.
+INPUT_SIZE_NAMES = (
+    "d_model",
+    "dim",
+    "d_in",
+    "in_features",
+    "in_dim",
+    "normalized_shape",
+    "embed_dim",
+    "hidden_size",
+    "n_embd",
+    "num_features",
+)
+#: Constructor parameters never settable from a block string.
+_HIDDEN = frozenset({"self", "device", "dtype", "children"})
+_EMPTY = inspect.Parameter.empty
+
+
+class ArgumentIssue(NamedTuple):
+    """Why a call's arguments do not bind: ``where`` is the index of the offending argument
+    in the call, or None when the call as a whole is at fault (e.g. a missing argument)."""
+
+    message: str
+    where: int | None
+    hint: str | None
+
+
+@dataclass(frozen=True)
+class Param:
+    """One constructor argument of a component."""
+
+    name: str
+    annotation: Any
+    default: Any
+
+    @property
+    def required(self) -> bool:
+        return self.default is _EMPTY
+
+    @cached_property
+    def type_name(self) -> str:
+        return _type_name(self._effective_type)
+
+    @property
+    def _effective_type(self) -> Any:
+        if self.annotation is not _EMPTY and self.annotation is not Any:
+            return self.annotation
+        if self.default is not _EMPTY and self.default is not None:
+            return type(self.default)
+        return Any
+
+    def check(self, value: Any) -> tuple[bool, Any]:
+        """``(True, coerced)`` if ``value`` fits this parameter's type, else ``(False, None)``."""
+        return _check(self._effective_type, value)
+
+    def describe(self) -> str:
+        default = "" if self.required else f" = {_show(self.default)}"
+        return f"{self.name}: {self.type_name}{default}"
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "none"
+    if isinstance(value, str):
+        return value
+    return repr(value)
+
+
+def _is_union(tp: Any) -> bool:
+    return typing.get_origin(tp) in (typing.Union, types.UnionType)
+
+
+def _type_name(tp: Any) -> str:
+    if tp is Any or tp is _EMPTY:
+        return "any"
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "|".join(_show(c) for c in typing.get_args(tp))
+    if _is_union(tp):
+        return " | ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin in (list, tuple, Sequence):
+        inner = [a for a in typing.get_args(tp) if a is not Ellipsis]
+        return f"list[{_type_name(inner[0]) if inner else 'any'}]"
+    if tp is type(None):
+        return "none"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _check(tp: Any, value: Any) -> tuple[bool, Any]:
+    if tp is Any or tp is _EMPTY:
+        return True, value
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        for choice in typing.get_args(tp):
+            if value == choice and type(value) is type(choice):
+                return True, choice
+        return False, None
+    if _is_union(tp):
+        for option in typing.get_args(tp):
+            ok, coerced = _check(option, value)
+            if ok:
+                return True, coerced
+        return False, None
+    if tp is type(None):
+        return (True, None) if value is None or value in ("none", "None") else (False, None)
+    if origin in (list, tuple, Sequence) or tp in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            return False, None
+        inner = [a for a in typing.get_args(tp) if a is not Ellipsis]
+        out = []
+        for item in value:
+            ok, coerced = _check(inner[0] if inner else Any, item)
+            if not ok:
+                return False, None
+            out.append(coerced)
+        return True, (tuple(out) if (origin is tuple or tp is tuple) else out)
+    if tp is bool:
+        return (True, value) if isinstance(value, bool) else (False, None)
+    if tp is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        return (True, value) if ok else (False, None)
+    if tp is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        return (True, float(value)) if ok else (False, None)
+    if tp is str:
+        return (True, value) if isinstance(value, str) else (False, None)
+    # An annotation the language has no literal for (a module, a callable): accept as given.
+    return True, value
+
+
+def _parse_signature(cls: type) -> tuple[dict[str, Param], bool]:
+    init = cls.__init__
+    try:
+        signature = inspect.signature(init)
+    except (TypeError, ValueError) as exc:
+        raise RegistryError(f"cannot read the constructor signature of {cls.__name__}: {exc}")
+    try:
+        hints = typing.get_type_hints(init)
+    except Exception:  # unresolvable forward references: fall back to raw annotations
+        hints = {}
+    params: dict[str, Param] = {}
+    takes_children = False
+    for name, p in signature.parameters.items():
+        if name == "children":
+            takes_children = True
+            continue
+        if name in _HIDDEN or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue
+        params[name] = Param(name, hints.get(name, p.annotation), p.default)
+    return params, takes_children
+
+
+def _forward_context(cls: type) -> frozenset[str]:
+    try:
+        names = inspect.signature(cls.forward).parameters
+    except (TypeError, ValueError):
+        return frozenset()
+    return frozenset(n for n in CONTEXT_ARGS if n in names)
+
+
+@dataclass
+class Component:
+    """A registered component: its class, argument schema and declarations."""
+
+    name: str
+    cls: type[nn.Module]
+    params: dict[str, Param]
+    takes_children: bool
+    context: frozenset[str]
+    input_size: str | None
+    mixes_positions: bool = False
+    aux_loss: bool = False
+    out_features_fn: Callable[..., int] | None = None
+    params_fn: Callable[..., int] | None = None
+    flops_fn: Callable[..., int] | None = None
+    description: str = ""
+    _probe_cache: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def user_params(self) -> dict[str, Param]:
+        """The parameters a block string may set (the input size is supplied by the compiler)."""
+        return {n: p for n, p in self.params.items() if n != self.input_size}
+
+    def signature_text(self) -> str:
+        return ", ".join(p.describe() for p in self.user_params.values())
+
+    # ---------------------------------------------------------------- argument binding
+    def bind(
+        self,
+        positional: Sequence[Any] = (),
+        keywords: Mapping[str, Any] | None = None,
+        *,
+        defaults: Mapping[str, Any] | None = None,
+        model_globals: Mapping[str, Any] | None = None,
+        d_in: int | None = None,
+    ) -> tuple[dict[str, Any], list[ArgumentIssue]]:
+        """Resolve a call's arguments: positional and keyword (the call's own, highest), then
+        ``defaults`` (a config's ``[defaults]`` for this component), then model-level values,
+        then the constructor's defaults. Returns every constructor argument by name, and the
+        issues found (empty when the call binds). Positional arguments are numbered from 0 and
+        keyword ones follow them in ``where``."""
+        keywords = dict(keywords or {})
+        issues: list[ArgumentIssue] = []
+        settable = list(self.user_params)
+        valid = f"valid arguments of {self.name}: {self.signature_text() or '(none)'}"
+        given: dict[str, tuple[Any, int | None]] = {}
+        for index, value in enumerate(positional):
+            if index >= len(settable):
+                issues.append(
+                    ArgumentIssue(
+                        f"{self.name} takes at most {len(settable)} positional argument"
+                        f"{'s' if len(settable) != 1 else ''}, got {len(positional)}",
+                        index,
+                        valid,
+                    )
+                )
+                continue
+            given[settable[index]] = (value, index)
+        for offset, (name, value) in enumerate(keywords.items()):
+            where = len(positional) + offset
+            if name not in self.user_params:
+                close = did_you_mean(name, self.user_params)
+                hint = f"{close}\n{valid}" if close else valid
+                issues.append(ArgumentIssue(f"unknown argument '{name}' for {self.name}", where, hint))
+                continue
+            if name in given:
+                issues.append(
+                    ArgumentIssue(f"argument '{name}' of {self.name} given twice", where, valid)
+                )
+                continue
+            given[name] = (value, where)
+        for name, value in (defaults or {}).items():
+            if name not in self.params:
+                close = suggest(name, self.user_params)
+                hint = f"did you mean '{close}'?\n{valid}" if close else valid
+                issues.append(
+                    ArgumentIssue(f"unknown default '{name}' for {self.name}", None, hint)
+                )
+            elif name not in given:
+                given[name] = (value, None)
+
+        resolved: dict[str, Any] = {}
+        for name, param in self.params.items():
+            if name == self.input_size and d_in is not None:
+                resolved[name] = d_in
+                continue
+            if name in given:
+                value, where = given[name]
+            elif model_globals and name in model_globals:
+                value, where = model_globals[name], None
+            elif not param.required:
+                resolved[name] = param.default
+                continue
+            else:
+                issues.append(
+                    ArgumentIssue(f"{self.name} is missing required argument '{name}'", None, valid)
+                )
+                continue
+            ok, coerced = param.check(value)
+            if not ok:
+                issues.append(
+                    ArgumentIssue(
+                        f"argument '{name}' of {self.name} must be {param.type_name}, "
+                        f"got {_show(value)}",
+                        where,
+                        valid,
+                    )
+                )
+                continue
+            resolved[name] = coerced
+        return resolved, issues
+
+    # ---------------------------------------------------------------- declarations
+    def is_causal(self, args: Mapping[str, Any]) -> bool:
+        """Whether a module built with ``args`` may only look at earlier positions."""
+        return not self.mixes_positions or bool(args.get("causal", True))
+
+    def build(self, args: Mapping[str, Any], children: Sequence[nn.Module] = ()) -> nn.Module:
+        kwargs = dict(args)
+        if self.takes_children:
+            kwargs["children"] = list(children)
+        return self.cls(**kwargs)
+
+    def out_features(self, d_in: int, args: Mapping[str, Any]) -> int:
+        if self.out_features_fn is not None:
+            return int(self.out_features_fn(d_in=d_in, **args))
+        return self._probe(d_in, args)[0]
+
+    def count_params(self, d_in: int, args: Mapping[str, Any]) -> int:
+        if self.params_fn is not None:
+            return int(self.params_fn(d_in=d_in, **args))
+        return self._probe(d_in, args)[1]
+
+    def count_flops(self, d_in: int, args: Mapping[str, Any], seq: int) -> int:
+        if self.flops_fn is not None:
+            return int(self.flops_fn(d_in=d_in, seq=seq, **args))
+        return 2 * self.count_params(d_in, args) * seq
+
+    def _probe(self, d_in: int, args: Mapping[str, Any]) -> tuple[int, int]:
+        """Output size and parameter count of an undeclared component, from a module built on
+        the meta device (no memory) and, for the size, a forward on a meta tensor."""
+        key = (d_in, repr(sorted(args.items())))
+        if key not in self._probe_cache:
+            with torch.device("meta"):
+                module = self.build(args)
+                n_params = sum(p.numel() for p in module.parameters())
+                out = d_in
+                if self.out_features_fn is None:
+                    try:
+                        out = int(module(torch.empty(1, 2, d_in)).shape[-1])
+                    except Exception:  # a forward that cannot run on meta keeps the size
+                        out = d_in
+            self._probe_cache[key] = (out, n_params)
+        return self._probe_cache[key]
+
+
+@dataclass(frozen=True)
+class Alias:
+    """``RMSNorm`` = ``Norm(kind=rms)``: a name for a component with some arguments bound."""
+
+    name: str
+    target: str
+    args: Mapping[str, Any]
+
+
+class Registry:
+    """Names → components. ``blockdsl.REGISTRY`` is the default one; tests may make their own."""
+
+    def __init__(self, *, load_plugins: bool = False) -> None:
+        self._components: dict[str, Component] = {}
+        self._aliases: dict[str, Alias] = {}
+        self._plugins_pending = load_plugins
+
+    # ---------------------------------------------------------------- registration
+    def register(
+        self,
+        name: str | None = None,
+        aliases: Sequence[str] = (),
+        replace: bool = False,
+        *,
+        out_features: Callable[..., int] | None = None,
+        mixes_positions: bool = False,
+        params: Callable[..., int] | None = None,
+        flops: Callable[..., int] | None = None,
+        aux_loss: bool = False,
+        input_size: str | None = None,
+        description: str | None = None,
+    ) -> Callable[[type[nn.Module]], type[nn.Module]]:
+        """Class decorator: ``@register("Attn")``. See the module docstring for the options."""
+
+        def decorate(cls: type[nn.Module]) -> type[nn.Module]:
+            if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+                raise RegistryError(f"only nn.Module classes can be registered, got {cls!r}")
+            key = name or cls.__name__
+            self._check_free(key, replace)
+            schema, takes_children = _parse_signature(cls)
+            size_arg = input_size or next((n for n in INPUT_SIZE_NAMES if n in schema), None)
+            if size_arg is not None and size_arg not in schema:
+                raise RegistryError(f"{key}: input_size '{size_arg}' is not a constructor argument")
+            if mixes_positions and "causal" in schema and schema["causal"].default is not True:
+                raise RegistryError(
+                    f"{key} mixes positions, so its 'causal' argument must default to true"
+                )
+            doc = description if description is not None else inspect.getdoc(cls) or ""
+            self._components[key] = Component(
+                name=key,
+                cls=cls,
+                params=schema,
+                takes_children=takes_children,
+                context=_forward_context(cls),
+                input_size=size_arg,
+                mixes_positions=mixes_positions,
+                aux_loss=aux_loss,
+                out_features_fn=out_features,
+                params_fn=params,
+                flops_fn=flops,
+                description=doc.strip().split("\n")[0] if doc else "",
+            )
+            self._aliases.pop(key, None)
+            for alias in aliases:
+                self.register_alias(alias, key, replace=replace)
+            return cls
+
+        return decorate
+
+    def register_alias(self, alias: str, target: str, *, replace: bool = False, **args: Any) -> None:
+        """``register_alias("RMSNorm", "Norm", kind="rms")``."""
+        self._check_free(alias, replace)
+        component, bound = self.resolve(target)
+        unknown = [n for n in args if n not in component.user_params]
+        if unknown:
+            raise RegistryError(
+                f"alias {alias}: {component.name} has no argument '{unknown[0]}'",
+                hint=f"valid arguments of {component.name}: {component.signature_text()}",
+            )
+        self._components.pop(alias, None)
+        self._aliases[alias] = Alias(alias, component.name, {**bound, **args})
+
+    def unregister(self, name: str) -> None:
+        self._components.pop(name, None)
+        self._aliases.pop(name, None)
+
+    def _check_free(self, name: str, replace: bool) -> None:
+        if not replace and (name in self._components or name in self._aliases):
+            raise RegistryError(
+                f"component '{name}' is already registered",
+                hint="pass replace=True to replace it",
+            )
+
+    # ---------------------------------------------------------------- lookup
+    def resolve(self, name: str) -> tuple[Component, dict[str, Any]]:
+        """The component a name refers to, and the arguments an alias binds (else ``{}``).
+        Raises KeyError for unknown names (the graph builder turns it into an error with a
+        position)."""
+        self._load_plugins()
+        if name in self._aliases:
+            alias = self._aliases[name]
+            return self._components[alias.target], dict(alias.args)
+        return self._components[name], {}
+
+    def get(self, name: str) -> Component:
+        return self.resolve(name)[0]
+
+    def __contains__(self, name: object) -> bool:
+        self._load_plugins()
+        return name in self._components or name in self._aliases
+
+    def names(self) -> list[str]:
+        """Component names and aliases, sorted."""
+        self._load_plugins()
+        return sorted([*self._components, *self._aliases])
+
+    def components(self) -> Iterator[Component]:
+        self._load_plugins()
+        for name in sorted(self._components):
+            yield self._components[name]
+
+    def aliases(self) -> dict[str, Alias]:
+        self._load_plugins()
+        return dict(self._aliases)
+
+    def copy(self) -> Registry:
+        other = Registry()
+        self._load_plugins()
+        other._components = dict(self._components)
+        other._aliases = dict(self._aliases)
+        return other
+
+    def _load_plugins(self) -> None:
+        """Import the ``blockdsl.components`` entry points of installed packages once."""
+        if not self._plugins_pending:
+            return
+        self._plugins_pending = False
+        from importlib.metadata import entry_points
+
+        for entry_point in entry_points(group="blockdsl.components"):
+            try:
+                loaded = entry_point.load()
+            except Exception as exc:
+                raise RegistryError(
+                    f"plugin '{entry_point.name}' ({entry_point.value}) failed to load: {exc}"
+                ) from exc
+            if callable(loaded) and not isinstance(loaded, type):
+                loaded(self)
+
+
+REGISTRY = Registry(load_plugins=True)
+register = REGISTRY.register
+register_alias = REGISTRY.register_alias
