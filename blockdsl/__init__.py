@@ -1,7 +1,7 @@
 """blockdsl: a small language for neural-network blocks, compiled to PyTorch modules.
 
-    >>> import blockdsl
-    >>> model = blockdsl.build_model("llama", d_model=256, layers="block*4")
+>>> import blockdsl
+>>> model = blockdsl.build_model("llama", d_model=256, layers="block*4")
 """
 
 from blockdsl.ast import Block, Call, Chain, Group, Repeat, Residual

@@ -15,7 +15,7 @@ Every node carries its source ``span``. Spans do not take part in equality or ha
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 from blockdsl.errors import Span
 
@@ -86,7 +86,7 @@ class Repeat(Node):
     count_span: Span = field(default=NO_SPAN, compare=False, repr=False, kw_only=True)
 
 
-Step = Union[Residual, Call, Group, Repeat]
+Step = Residual | Call | Group | Repeat
 
 
 @dataclass(frozen=True)

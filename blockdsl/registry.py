@@ -15,6 +15,7 @@ else a compiler needs to know is declared once, at registration, and has a safe 
 ``aux_loss``        ``forward`` returns ``(y, aux)``; the model adds ``aux`` to its loss
 ``input_size``      the constructor argument that receives the input feature size; default:
                     the first of ``d_model``, ``dim``, ``in_features``, ... it declares
+``tokens_in``       the input is token ids ``(B, T)``, not features (embeddings)
 ==================  =======================================================================
 
 Call-time context is declared by the ``forward`` signature itself: a keyword parameter named
@@ -179,7 +180,9 @@ def _parse_signature(cls: type) -> tuple[dict[str, Param], bool]:
     try:
         signature = inspect.signature(init)
     except (TypeError, ValueError) as exc:
-        raise RegistryError(f"cannot read the constructor signature of {cls.__name__}: {exc}")
+        raise RegistryError(
+            f"cannot read the constructor signature of {cls.__name__}: {exc}"
+        ) from exc
     try:
         hints = typing.get_type_hints(init)
     except Exception:  # unresolvable forward references: fall back to raw annotations
@@ -216,6 +219,7 @@ class Component:
     input_size: str | None
     mixes_positions: bool = False
     aux_loss: bool = False
+    tokens_in: bool = False
     out_features_fn: Callable[..., int] | None = None
     params_fn: Callable[..., int] | None = None
     flops_fn: Callable[..., int] | None = None
@@ -267,7 +271,9 @@ class Component:
             if name not in self.user_params:
                 close = did_you_mean(name, self.user_params)
                 hint = f"{close}\n{valid}" if close else valid
-                issues.append(ArgumentIssue(f"unknown argument '{name}' for {self.name}", where, hint))
+                issues.append(
+                    ArgumentIssue(f"unknown argument '{name}' for {self.name}", where, hint)
+                )
                 continue
             if name in given:
                 issues.append(
@@ -353,7 +359,12 @@ class Component:
                 out = d_in
                 if self.out_features_fn is None:
                     try:
-                        out = int(module(torch.empty(1, 2, d_in)).shape[-1])
+                        probe = (
+                            torch.zeros(1, 2, dtype=torch.long)
+                            if self.tokens_in
+                            else torch.empty(1, 2, d_in)
+                        )
+                        out = int(module(probe).shape[-1])
                     except Exception:  # a forward that cannot run on meta keeps the size
                         out = d_in
             self._probe_cache[key] = (out, n_params)
@@ -390,6 +401,7 @@ class Registry:
         flops: Callable[..., int] | None = None,
         aux_loss: bool = False,
         input_size: str | None = None,
+        tokens_in: bool = False,
         description: str | None = None,
     ) -> Callable[[type[nn.Module]], type[nn.Module]]:
         """Class decorator: ``@register("Attn")``. See the module docstring for the options."""
@@ -417,6 +429,7 @@ class Registry:
                 input_size=size_arg,
                 mixes_positions=mixes_positions,
                 aux_loss=aux_loss,
+                tokens_in=tokens_in,
                 out_features_fn=out_features,
                 params_fn=params,
                 flops_fn=flops,
@@ -429,7 +442,9 @@ class Registry:
 
         return decorate
 
-    def register_alias(self, alias: str, target: str, *, replace: bool = False, **args: Any) -> None:
+    def register_alias(
+        self, alias: str, target: str, *, replace: bool = False, **args: Any
+    ) -> None:
         """``register_alias("RMSNorm", "Norm", kind="rms")``."""
         self._check_free(alias, replace)
         component, bound = self.resolve(target)
