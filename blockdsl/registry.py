@@ -16,7 +16,12 @@ else a compiler needs to know is declared once, at registration, and has a safe 
 ``input_size``      the constructor argument that receives the input feature size; default:
                     the first of ``d_model``, ``dim``, ``in_features``, ... it declares
 ``tokens_in``       the input is token ids ``(B, T)``, not features (embeddings)
+``check``           ``f(d_in=..., **args) -> str | None``: why these arguments cannot work
+                    (e.g. heads that do not divide the size), or None
 ==================  =======================================================================
+
+Hooks of combinators (components with ``children``) also receive ``children``: the number of
+child blocks, whose own parameters and FLOPs the compiler adds separately.
 
 Call-time context is declared by the ``forward`` signature itself: a keyword parameter named
 ``positions`` (token positions, ``(T,)`` or ``(B, T)``) or ``memory`` (``(B, S, D)`` for
@@ -223,6 +228,7 @@ class Component:
     out_features_fn: Callable[..., int] | None = None
     params_fn: Callable[..., int] | None = None
     flops_fn: Callable[..., int] | None = None
+    check_fn: Callable[..., str | None] | None = None
     description: str = ""
     _probe_cache: dict = field(default_factory=dict, repr=False)
 
@@ -333,20 +339,31 @@ class Component:
             kwargs["children"] = list(children)
         return self.cls(**kwargs)
 
+    def check_args(self, d_in: int | None, args: Mapping[str, Any]) -> str | None:
+        """Why a module cannot be built with ``args`` at input size ``d_in``, or None."""
+        if self.check_fn is None:
+            return None
+        try:
+            return self.check_fn(d_in=d_in, **args)
+        except Exception as exc:  # a check that trips over odd values is still an answer
+            return str(exc)
+
     def out_features(self, d_in: int, args: Mapping[str, Any]) -> int:
         if self.out_features_fn is not None:
             return int(self.out_features_fn(d_in=d_in, **args))
         return self._probe(d_in, args)[0]
 
-    def count_params(self, d_in: int, args: Mapping[str, Any]) -> int:
+    def count_params(self, d_in: int | None, args: Mapping[str, Any], **extra: Any) -> int:
+        """Parameters of the module itself; ``extra`` carries ``children`` for combinators."""
         if self.params_fn is not None:
-            return int(self.params_fn(d_in=d_in, **args))
+            return int(self.params_fn(d_in=d_in, **args, **extra))
         return self._probe(d_in, args)[1]
 
-    def count_flops(self, d_in: int, args: Mapping[str, Any], seq: int) -> int:
+    def count_flops(self, d_in: int | None, args: Mapping[str, Any], seq: int, **extra: Any) -> int:
+        """Forward FLOPs of one sequence of length ``seq`` (batch 1)."""
         if self.flops_fn is not None:
-            return int(self.flops_fn(d_in=d_in, seq=seq, **args))
-        return 2 * self.count_params(d_in, args) * seq
+            return int(self.flops_fn(d_in=d_in, seq=seq, **args, **extra))
+        return 2 * self.count_params(d_in, args, **extra) * seq
 
     def _probe(self, d_in: int, args: Mapping[str, Any]) -> tuple[int, int]:
         """Output size and parameter count of an undeclared component, from a module built on
@@ -402,6 +419,7 @@ class Registry:
         aux_loss: bool = False,
         input_size: str | None = None,
         tokens_in: bool = False,
+        check: Callable[..., str | None] | None = None,
         description: str | None = None,
     ) -> Callable[[type[nn.Module]], type[nn.Module]]:
         """Class decorator: ``@register("Attn")``. See the module docstring for the options."""
@@ -433,6 +451,7 @@ class Registry:
                 out_features_fn=out_features,
                 params_fn=params,
                 flops_fn=flops,
+                check_fn=check,
                 description=doc.strip().split("\n")[0] if doc else "",
             )
             self._aliases.pop(key, None)

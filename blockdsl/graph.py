@@ -1,0 +1,593 @@
+"""Graph IR: a block's AST expanded into a networkx DAG of a closed set of node kinds.
+
+=========  ==================================================================================
+kind       meaning
+=========  ==================================================================================
+input      the block's input (the residual stream ``x``, or token ids for an embed chain)
+call       one application of a module: ``h = module(h)``
+add        ``a + b`` (a residual ``+``, or one term of a parallel block's exact sum)
+output     the block's result
+=========  ==================================================================================
+
+Every node has ``kind``, ``name`` (unique, readable: ``norm``, ``attn_1``, ``add``), ``inputs``
+(ordered node ids; the edges mirror them), ``size`` (its output feature size; None for token
+ids) and ``span``. Call nodes also carry ``module``: a key into ``BlockGraph.modules``, where
+each distinct module (a label's shared one counted once) has its component, fully resolved
+arguments, label, input size and owned child graphs.
+
+Expansion follows LANGUAGE.md §1 exactly: chains carry ``tap`` and ``h``; groups have their own
+taps; ``X*N`` makes N distinct modules (unless labelled); parallel branches are summed into the
+stream as ``input + s1 + s2 + ...`` without subtraction; a labelled module applied twice to the
+same value is computed once.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import networkx as nx
+
+from blockdsl import ast
+from blockdsl.errors import (
+    ArgumentError,
+    BlockDSLError,
+    BlockValidationError,
+    ShapeError,
+    Span,
+    UnknownComponentError,
+    did_you_mean,
+)
+from blockdsl.registry import REGISTRY, Component, Registry
+
+Role = Literal["block", "embed", "head"]
+NodeKind = Literal["input", "call", "add", "output"]
+
+
+@dataclass
+class ModuleSpec:
+    """One module to instantiate. Nodes that share it (a label) point at the same spec."""
+
+    key: str
+    attr: str
+    component: Component
+    written: str
+    args: dict[str, Any]
+    label: str | None
+    d_in: int | None
+    d_out: int | None
+    children: tuple[BlockGraph, ...]
+    span: Span
+    call: ast.Call
+
+    @property
+    def own_params(self) -> int:
+        """Parameters of this module itself, children excluded."""
+        return self.component.count_params(self.d_in, self.args, **self._child_count())
+
+    @property
+    def params(self) -> int:
+        return self.own_params + sum(child.params() for child in self.children)
+
+    def flops(self, seq: int) -> int:
+        own = self.component.count_flops(self.d_in, self.args, seq, **self._child_count())
+        return own + sum(child.flops(seq) for child in self.children)
+
+    def _child_count(self) -> dict[str, int]:
+        return {"children": len(self.children)} if self.component.takes_children else {}
+
+    def describe(self) -> str:
+        """``Attn(heads=8, kv_heads=2)``: the arguments that differ from the defaults."""
+        shown = []
+        for name, param in self.component.user_params.items():
+            value = self.args.get(name)
+            if param.required or value != param.default:
+                shown.append(f"{name}={_show_value(value)}")
+        label = f"#{self.label}" if self.label else ""
+        return f"{self.written}{label}({', '.join(shown)})" if shown else f"{self.written}{label}"
+
+
+def _show_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "none"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_show_value(v) for v in value) + "]"
+    return str(value)
+
+
+class LabelTable:
+    """Labels of one model: each label is one module wherever it appears, across blocks."""
+
+    def __init__(self) -> None:
+        self.specs: dict[str, ModuleSpec] = {}
+
+
+@dataclass
+class BlockGraph:
+    """A validated block as a DAG (``nx``), with its modules and source."""
+
+    nx: nx.DiGraph
+    source: str
+    ast: ast.Block
+    d_model: int | None
+    role: Role
+    input: int
+    output: int
+    modules: dict[str, ModuleSpec] = field(default_factory=dict)
+
+    # ---------------------------------------------------------------- views
+    def nodes(self) -> Iterator[tuple[int, dict[str, Any]]]:
+        """Nodes in execution order (a topological order that follows the source)."""
+        for node in nx.lexicographical_topological_sort(self.nx):
+            yield node, self.nx.nodes[node]
+
+    def calls(self) -> Iterator[tuple[int, dict[str, Any]]]:
+        return ((n, d) for n, d in self.nodes() if d["kind"] == "call")
+
+    @property
+    def context(self) -> frozenset[str]:
+        """Call-time inputs (``positions``, ``memory``) some module in this block reads."""
+        needed: set[str] = set()
+        for spec in self.modules.values():
+            needed |= spec.component.context
+            for child in spec.children:
+                needed |= child.context
+        return frozenset(needed)
+
+    @property
+    def aux_modules(self) -> list[str]:
+        """Keys of the call nodes' modules that return an auxiliary loss, in call order."""
+        return [
+            d["module"] for _, d in self.calls() if self.modules[d["module"]].component.aux_loss
+        ]
+
+    def params(self) -> int:
+        """Parameters of the modules this block owns (shared labels once)."""
+        return sum(spec.params for spec in self.modules.values())
+
+    def flops(self, seq: int) -> int:
+        """Forward FLOPs of one sequence of length ``seq`` (a shared module counts per use)."""
+        total = 0
+        for _, data in self.calls():
+            total += self.modules[data["module"]].flops(seq)
+        for _, data in self.nodes():
+            if data["kind"] == "add" and data["size"]:
+                total += seq * data["size"]
+        return total
+
+    def expression(self) -> str:
+        """The block as one expression: ``x + Attn(Norm(x)) + MLP(Norm(x + Attn(Norm(x))))``.
+        Adds associate to the left, as they are computed; a right operand that is itself a sum
+        is parenthesised."""
+        memo: dict[int, str] = {}
+        for node, data in self.nodes():
+            kind = data["kind"]
+            if kind == "input":
+                memo[node] = "x"
+            elif kind == "call":
+                spec = self.modules[data["module"]]
+                label = f"#{spec.label}" if spec.label else ""
+                memo[node] = f"{spec.written}{label}({memo[data['inputs'][0]]})"
+            elif kind == "add":
+                left, right = data["inputs"]
+                rhs = memo[right]
+                if self.nx.nodes[right]["kind"] == "add":
+                    rhs = f"({rhs})"
+                memo[node] = f"{memo[left]} + {rhs}"
+            else:
+                memo[node] = memo[data["inputs"][0]]
+        return memo[self.output]
+
+    def summary(self) -> str:
+        calls = sum(1 for _ in self.calls())
+        return (
+            f"{calls} calls, {len(self.modules)} modules, {self.params():,} parameters "
+            f"(d_model={self.d_model})"
+        )
+
+
+# ==================================================================== building
+def build_graph(
+    src: str | Sequence[str] | ast.Block,
+    *,
+    d_model: int,
+    defaults: Mapping[str, Mapping[str, Any]] | None = None,
+    registry: Registry | None = None,
+    model_globals: Mapping[str, Any] | None = None,
+    labels: LabelTable | None = None,
+    role: Role = "block",
+    source: str | None = None,
+) -> BlockGraph:
+    """Expand and validate a block. ``src`` is block text, a list of texts (parallel
+    branches) or a parsed ``Block`` (pass ``source`` too so errors can show it).
+
+    ``defaults`` maps component names to default arguments (a config's ``[defaults]``);
+    ``model_globals`` holds model-level values (``vocab``, ``context``) for components that
+    declare them; ``labels`` is shared by all blocks of one model so that a label means one
+    module everywhere. ``role`` relaxes the size rule for the embedding (token ids in) and the
+    head (any size out). Every problem is collected and raised together as one
+    ``BlockValidationError``.
+    """
+    from blockdsl.parser import parse, source_text
+
+    if isinstance(src, ast.Block):
+        block, text = src, source or ""
+    else:
+        text = source_text(src)
+        block = parse(src)
+    builder = _Builder(
+        text,
+        registry or REGISTRY,
+        defaults or {},
+        model_globals or {},
+        labels or LabelTable(),
+    )
+    graph = builder.build(block, d_model, role)
+    if builder.problems:
+        raise BlockValidationError.collect(builder.problems)
+    return graph
+
+
+_NAME_SANITISER = re.compile(r"[^0-9a-zA-Z_]")
+
+
+def _snake(name: str) -> str:
+    name = _NAME_SANITISER.sub("_", name)
+    name = re.sub(r"(?<=[a-z0-9])([A-Z])", r"_\1", name).lower()
+    return name if name and not name[0].isdigit() else f"m_{name}"
+
+
+class _Builder:
+    def __init__(
+        self,
+        source: str,
+        registry: Registry,
+        defaults: Mapping[str, Mapping[str, Any]],
+        model_globals: Mapping[str, Any],
+        labels: LabelTable,
+    ) -> None:
+        self.source = source
+        self.registry = registry
+        self.defaults = defaults
+        self.model_globals = model_globals
+        self.labels = labels
+        self.problems: list[BlockDSLError] = []
+
+    def problem(
+        self, cls: type[BlockDSLError], message: str, span: Span, hint: str | None = None
+    ) -> None:
+        self.problems.append(cls(message, self.source, span, hint=hint))
+
+    # ---------------------------------------------------------------- graph scaffolding
+    def build(self, block: ast.Block, d_model: int, role: Role) -> BlockGraph:
+        self.g = nx.DiGraph()
+        self.ids = itertools.count()
+        self.names: dict[str, int] = {}
+        self.modules: dict[str, ModuleSpec] = {}
+        self.applied: dict[tuple[str, int], int] = {}
+        d_input = None if role == "embed" else d_model
+        x = self.node("input", "x", (), d_input, block.span)
+        out = self.block(block, x)
+        result = self.node("output", "output", (out,), self.size(out), block.span)
+        self._check_output(block, x, out, d_model, role)
+        self._prune(result)
+        graph = BlockGraph(self.g, self.source, block, d_model, role, x, result, self.modules)
+        _lint(graph)
+        return graph
+
+    def node(
+        self, kind: NodeKind, name: str, inputs: tuple[int, ...], size: int | None, span: Span
+    ) -> int:
+        node = next(self.ids)
+        self.g.add_node(
+            node, kind=kind, name=self.unique(name), inputs=inputs, size=size, span=span
+        )
+        for source in inputs:
+            self.g.add_edge(source, node)
+        return node
+
+    def unique(self, name: str) -> str:
+        count = self.names.get(name, 0)
+        self.names[name] = count + 1
+        return name if count == 0 else f"{name}_{count}"
+
+    def size(self, node: int) -> int | None:
+        return self.g.nodes[node]["size"]
+
+    def _check_output(self, block: ast.Block, x: int, out: int, d_model: int, role: Role) -> None:
+        want = d_model if role == "embed" else self.size(x)
+        got = self.size(out)
+        if role == "head" or got is None or want is None or got == want:
+            return
+        self.problem(
+            ShapeError,
+            f"block output has {got} features but its input has {want}",
+            block.span,
+            "a block maps the residual stream to a stream of the same size; "
+            "add a Linear(out=...) back to the input size",
+        )
+
+    def _prune(self, result: int) -> None:
+        """Drop values nothing reads (the last '+' of a parallel branch other than the first
+        is never materialised: its update is summed into the result instead)."""
+        keep = nx.ancestors(self.g, result) | {result}
+        self.g.remove_nodes_from([n for n in list(self.g) if n not in keep])
+
+    # ---------------------------------------------------------------- expansion
+    def block(self, block: ast.Block, x: int) -> int:
+        if not block.is_parallel:
+            return self.chain(block.chains[0], x)[0]
+        result: int | None = None
+        for chain in block.chains:
+            out, updates = self.chain(chain, x)
+            if not chain.steps or not isinstance(chain.steps[-1], ast.Residual):
+                last = chain.steps[-1] if chain.steps else chain
+                self.problem(
+                    BlockValidationError,
+                    "a parallel branch must end with '+'",
+                    last.span,
+                    "each branch adds its result to the shared input: end it with '->+'",
+                )
+                continue
+            if result is None:
+                result = out
+                continue
+            for update in updates:
+                result = self.add(result, update, chain.steps[-1].span)
+        return result if result is not None else x
+
+    def chain(self, chain: ast.Chain, x: int) -> tuple[int, list[int]]:
+        """Returns the chain's value and the updates its '+' steps added."""
+        tap = h = x
+        updates: list[int] = []
+        for step in chain.steps:
+            if isinstance(step, ast.Residual):
+                if h == tap:
+                    self.problem(
+                        BlockValidationError,
+                        "'+' has nothing to add",
+                        step.span,
+                        "a residual segment needs at least one step since the last '+' "
+                        "(or the start of the chain)",
+                    )
+                    continue
+                updates.append(h)
+                h = tap = self.add(tap, h, step.span)
+            elif isinstance(step, ast.Repeat):
+                if step.count < 1:
+                    self.problem(
+                        BlockValidationError,
+                        f"repeat count must be at least 1, got {step.count}",
+                        step.count_span,
+                    )
+                    continue
+                for _ in range(step.count):
+                    h = self.term(step.body, h)
+            else:
+                h = self.term(step, h)
+        return h, updates
+
+    def term(self, term: ast.Call | ast.Group, h: int) -> int:
+        if isinstance(term, ast.Group):
+            return self.block(term.block, h)
+        return self.call(term, h)
+
+    def add(self, a: int, b: int, span: Span) -> int:
+        size_a, size_b = self.size(a), self.size(b)
+        if size_a != size_b:
+            self.problem(
+                ShapeError,
+                f"'+' adds features of different sizes: {size_a} and {size_b}",
+                span,
+                "the steps since the last '+' must keep the feature size",
+            )
+        return self.node("add", "add", (a, b), size_a, span)
+
+    # ---------------------------------------------------------------- calls
+    def call(self, call: ast.Call, h: int) -> int:
+        try:
+            component, alias_args = self.registry.resolve(call.name)
+        except KeyError:
+            self.problem(
+                UnknownComponentError,
+                f"unknown component '{call.name}'",
+                call.name_span,
+                did_you_mean(call.name, self.registry.names()),
+            )
+            return h
+        d_in = self.size(h)
+        if component.tokens_in != (d_in is None):
+            what = "token ids" if d_in is None else "features"
+            self.problem(
+                BlockValidationError,
+                f"{call.name} cannot read {what}",
+                call.name_span,
+                f"{call.name} reads token ids: it starts the embedding"
+                if component.tokens_in
+                else "only an embedding (e.g. Embed) can read token ids",
+            )
+            return h
+
+        args = self.bind(call, component, alias_args, d_in)
+        if args is None:
+            return h
+        if call.children and not component.takes_children:
+            self.problem(
+                BlockValidationError,
+                f"{call.name} takes no children",
+                call.children[0].span,
+                "only combinators (e.g. MoE) take [child, ...] blocks",
+            )
+            return h
+        if call.label is not None:
+            spec = self.labelled(call, component, args, d_in)
+            if spec is None:
+                return h
+            memo = (spec.key, h)
+            if memo in self.applied:
+                return self.applied[memo]
+        else:
+            spec = self.new_spec(call, component, args, d_in, key=None)
+            if spec is None:
+                return h
+        node = self.node("call", spec.attr, (h,), spec.d_out, call.span)
+        self.g.nodes[node]["module"] = spec.key
+        self.applied[(spec.key, h)] = node
+        return node
+
+    def bind(
+        self, call: ast.Call, component: Component, alias_args: dict[str, Any], d_in: int | None
+    ) -> dict[str, Any] | None:
+        positional: list[Any] = []
+        keywords: dict[str, Any] = {}
+        where_to_arg: list[ast.Arg] = []
+        ok = True
+        seen_keyword = False
+        for arg in call.args:
+            if arg.name is None:
+                if seen_keyword:
+                    self.problem(
+                        ArgumentError,
+                        "positional argument follows keyword argument",
+                        arg.span,
+                        "write positional arguments first, or name this one",
+                    )
+                    ok = False
+                positional.append(arg.value.to_python())
+        for arg in call.args:
+            if arg.name is None:
+                where_to_arg.append(arg)
+        for arg in call.args:
+            if arg.name is not None:
+                seen_keyword = True
+                if arg.name in keywords:
+                    self.problem(ArgumentError, f"argument '{arg.name}' given twice", arg.span)
+                    ok = False
+                    continue
+                keywords[arg.name] = arg.value.to_python()
+                where_to_arg.append(arg)
+        defaults = {
+            **self.defaults.get(component.name, {}),
+            **alias_args,
+            **(self.defaults.get(call.name, {}) if call.name != component.name else {}),
+        }
+        resolved, issues = component.bind(
+            positional,
+            keywords,
+            defaults=defaults,
+            model_globals=self.model_globals,
+            d_in=d_in,
+        )
+        for issue in issues:
+            span = where_to_arg[issue.where].span if issue.where is not None else call.span
+            self.problem(ArgumentError, issue.message, span, issue.hint)
+        if issues or not ok:
+            return None
+        reason = component.check_args(d_in, resolved)
+        if reason:
+            self.problem(ArgumentError, f"{call.name}: {reason}", call.span)
+            return None
+        return resolved
+
+    def labelled(
+        self, call: ast.Call, component: Component, args: dict[str, Any], d_in: int | None
+    ) -> ModuleSpec | None:
+        existing = self.labels.specs.get(call.label)
+        if existing is None:
+            spec = self.new_spec(call, component, args, d_in, key=f"#{call.label}")
+            if spec is not None:
+                self.labels.specs[call.label] = spec
+            return spec
+        same = (
+            existing.component is component
+            and existing.args == args
+            and existing.call.children == call.children
+        )
+        if not same:
+            where = f"{existing.span.line}:{existing.span.column}"
+            self.problem(
+                BlockValidationError,
+                f"label '#{call.label}' names different modules",
+                call.span,
+                f"it was {existing.describe()} at {where}; every use of a label must name "
+                "the same component with the same arguments",
+            )
+            return None
+        self.modules.setdefault(existing.key, existing)
+        return existing
+
+    def new_spec(
+        self,
+        call: ast.Call,
+        component: Component,
+        args: dict[str, Any],
+        d_in: int | None,
+        key: str | None,
+    ) -> ModuleSpec | None:
+        children = tuple(self.child(block, d_in) for block in call.children)
+        if any(child is None for child in children):
+            return None
+        attr = self.unique_attr(_snake(call.label) if call.label else _snake(call.name))
+        try:
+            d_out = component.out_features(d_in, args) if d_in is not None else None
+            if component.tokens_in:
+                d_out = component.out_features(0, args)
+        except Exception as exc:  # a size hook rejecting its arguments
+            self.problem(ArgumentError, f"{call.name}: {exc}", call.span)
+            return None
+        spec = ModuleSpec(
+            key=key or attr,
+            attr=attr,
+            component=component,
+            written=call.name,
+            args=args,
+            label=call.label,
+            d_in=d_in,
+            d_out=d_out,
+            children=children,  # type: ignore[arg-type]
+            span=call.span,
+            call=call,
+        )
+        self.modules[spec.key] = spec
+        return spec
+
+    def unique_attr(self, base: str) -> str:
+        taken = {spec.attr for spec in self.modules.values()}
+        if base not in taken:
+            return base
+        for index in itertools.count(1):
+            if f"{base}_{index}" not in taken:
+                return f"{base}_{index}"
+        raise AssertionError("unreachable")
+
+    def child(self, block: ast.Block, d_in: int | None) -> BlockGraph | None:
+        sub = _Builder(self.source, self.registry, self.defaults, self.model_globals, self.labels)
+        graph = sub.build(block, d_in or 0, "block")
+        self.problems.extend(sub.problems)
+        return None if sub.problems else graph
+
+
+def _lint(graph: BlockGraph) -> None:
+    """Structural invariants of every graph (like torch.fx's ``Graph.lint``). A failure here
+    is a bug in the builder, not in the user's text."""
+    g = graph.nx
+    if not nx.is_directed_acyclic_graph(g):
+        raise AssertionError("block graph has a cycle")
+    kinds = [d["kind"] for _, d in g.nodes(data=True)]
+    if kinds.count("input") != 1 or kinds.count("output") != 1:
+        raise AssertionError("block graph must have exactly one input and one output")
+    on_path = nx.descendants(g, graph.input) & nx.ancestors(g, graph.output)
+    stray = set(g) - on_path - {graph.input, graph.output}
+    if stray:
+        raise AssertionError(f"nodes off every input→output path: {sorted(stray)}")
+    for node, data in g.nodes(data=True):
+        if set(data["inputs"]) != set(g.predecessors(node)):
+            raise AssertionError(f"node {data['name']}: inputs disagree with edges")
+
+
+__all__ = ["BlockGraph", "LabelTable", "ModuleSpec", "build_graph"]
