@@ -18,6 +18,8 @@ from blockdsl.errors import (
     Span,
     UnknownComponentError,
 )
+from blockdsl.parser import parse
+from blockdsl.printer import unparse
 from blockdsl.registry import REGISTRY, Component, Registry, register, register_alias
 
 __version__ = "0.1.0"
@@ -42,6 +44,8 @@ __all__ = [
     "ShapeError",
     "Span",
     "UnknownComponentError",
+    "parse",
     "register",
     "register_alias",
+    "unparse",
 ]
