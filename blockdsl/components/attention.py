@@ -271,9 +271,6 @@ class Attn(_Projections):
         self.pos, self.causal, self.window, self.context = pos, causal, window, context
         self.rope_theta, self.rope_interleaved = rope_theta, rope_interleaved
         self.rotary_dims = int(self.head_dim * rope_fraction) // 2 * 2 if pos == "rope" else 0
-        self.register_buffer("rope_cos", None, persistent=False)
-        self.register_buffer("rope_sin", None, persistent=False)
-        self.register_buffer("alibi", None, persistent=False)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -286,9 +283,10 @@ class Attn(_Projections):
             )  # (r/2,)
             t = torch.arange(self.context, dtype=torch.float32, device=device)
             angles = torch.outer(t, inv_freq)  # (context, r/2)
-            self.rope_cos, self.rope_sin = angles.cos(), angles.sin()
-        if self.pos == "alibi":
-            self.alibi = alibi_slopes(self.heads).to(device)
+            self.register_buffer("rope_cos", angles.cos(), persistent=False)
+            self.register_buffer("rope_sin", angles.sin(), persistent=False)
+        if self.pos == "alibi":  # (H,) slopes
+            self.register_buffer("alibi", alibi_slopes(self.heads).to(device), persistent=False)
 
     def _mask(self, T: int, device: torch.device) -> torch.Tensor | None:
         """Boolean (T, T), True where query i may see key j; None for plain causal/full."""

@@ -60,13 +60,13 @@ class Embed(nn.Module):
         self.scale = math.sqrt(d_model) if scale == "sqrt_d" else float(scale)
         self.tok = nn.Embedding(vocab, d_model)
         self.pos = nn.Embedding(context, d_model) if pos == "learned" else None
-        self.register_buffer("pos_table", None, persistent=False)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         """Recompute the sinusoidal table (the embeddings initialise themselves)."""
         if self.pos_kind == "sinusoidal":
-            self.pos_table = sinusoidal_table(self.context, self.d_model, self.tok.weight.device)
+            table = sinusoidal_table(self.context, self.d_model, self.tok.weight.device)
+            self.register_buffer("pos_table", table, persistent=False)  # (context, D)
 
     def forward(self, idx: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
         x = self.tok(idx)  # (B, T, D)
