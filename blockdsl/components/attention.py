@@ -8,7 +8,7 @@ Shapes in comments: ``B`` batch, ``T`` query length, ``S`` key length, ``D`` mod
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -244,6 +244,24 @@ class Attn(_Projections):
     ``q_norm``, ``k_norm`` (with ``qk_norm``).
     """
 
+    arg_help: ClassVar[dict[str, str]] = {
+        "heads": "query heads",
+        "kv_heads": "key/value heads (GQA; 1 = MQA); none: = heads",
+        "head_dim": "size of each head; none: d_model // heads",
+        "pos": "positions: rope (rotary), alibi (linear distance bias) or none",
+        "rope_theta": "rotary base",
+        "rope_fraction": "fraction of each head's dims that rotate (GPT-NeoX partial rotary)",
+        "rope_interleaved": "rotate adjacent pairs (GPT-J) instead of halves (Llama/NeoX)",
+        "causal": "query t sees only keys <= t",
+        "window": "sliding window: query t sees keys t-window+1 ... t; none: unlimited",
+        "qk_norm": "RMSNorm of queries and keys over head_dim",
+        "softcap": "cap scores with `softcap * tanh(scores / softcap)` (Gemma 2); none: off",
+        "scale": "score scale; none: head_dim ** -0.5",
+        "bias": "biases on the q, k, v, o projections",
+        "dropout": "dropout on attention probabilities (training only)",
+        "context": "maximum sequence length (rotary table size; set by the model)",
+    }
+
     def __init__(
         self,
         d_model: int,
@@ -351,6 +369,18 @@ class CrossAttn(_Projections):
     FLOPs are counted with ``S = seq``. Parameters: ``q``, ``k``, ``v``, ``o`` (and ``q_norm``,
     ``k_norm`` with ``qk_norm``), as in Attn.
     """
+
+    arg_help: ClassVar[dict[str, str]] = {
+        "heads": "query heads",
+        "kv_heads": "key/value heads (GQA; 1 = MQA); none: = heads",
+        "head_dim": "size of each head; none: d_model // heads",
+        "d_memory": "feature size of the memory; none: = d_model",
+        "qk_norm": "RMSNorm of queries and keys over head_dim",
+        "softcap": "cap scores with `softcap * tanh(scores / softcap)`; none: off",
+        "scale": "score scale; none: head_dim ** -0.5",
+        "bias": "biases on the q, k, v, o projections",
+        "dropout": "dropout on attention probabilities (training only)",
+    }
 
     def __init__(
         self,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from torch import nn
@@ -45,6 +45,13 @@ class Embed(nn.Module):
     (default ``arange(T)``, must be ``< context``). Parameters: ``tok``
     (``nn.Embedding(vocab, d_model)``, init N(0, 1) as PyTorch), ``pos``.
     """
+
+    arg_help: ClassVar[dict[str, str]] = {
+        "vocab": "vocabulary size (set by the model)",
+        "pos": "position embeddings: learned, sinusoidal or none",
+        "scale": "multiplies the token embeddings: a number, or sqrt_d for sqrt(d_model)",
+        "context": "maximum sequence length (set by the model)",
+    }
 
     def __init__(
         self,
@@ -103,6 +110,13 @@ class Head(nn.Module):
     parameter, counted once; the declared count is then the bias only). ``softcap``: final
     logits ``softcap * tanh(logits / softcap)`` (Gemma 2).
     """
+
+    arg_help: ClassVar[dict[str, str]] = {
+        "vocab": "vocabulary size (set by the model)",
+        "tie": "share the token embedding's weight (the model calls `tie_to`)",
+        "bias": "learn a bias per vocabulary entry",
+        "softcap": "cap logits with `softcap * tanh(logits / softcap)` (Gemma 2); none: off",
+    }
 
     def __init__(
         self,

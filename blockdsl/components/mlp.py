@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +41,14 @@ class MLP(nn.Module):
     (GPT-2), silu (SwiGLU when gated), relu2 (squared ReLU). Parameters: ``up``, ``down`` and,
     when ``gated``, ``gate`` (``nn.Linear``; biases with ``bias``).
     """
+
+    arg_help: ClassVar[dict[str, str]] = {
+        "hidden": "hidden width; none: int(mult * d_model)",
+        "mult": "hidden width as a multiple of d_model when hidden is none",
+        "act": "activation: relu, gelu, gelu_tanh, silu or relu2 (squared ReLU)",
+        "gated": "gated linear unit: `down(act(gate(x)) * up(x))`",
+        "bias": "biases on the linears",
+    }
 
     def __init__(
         self,
@@ -140,6 +149,19 @@ class MoE(nn.Module):
     router probability of e. ``MoE.combine_aux`` turns every layer's aux into the
     Switch/Mixtral load-balancing loss (times the coefficient).
     """
+
+    arg_help: ClassVar[dict[str, str]] = {
+        "experts": "number of experts; none: 8, or the number of children",
+        "k": "experts per token (top-k)",
+        "hidden": "each expert's hidden width; none: int(mult * d_model)",
+        "mult": "hidden width as a multiple of d_model when hidden is none",
+        "act": "experts' activation: relu, gelu, gelu_tanh, silu or relu2",
+        "gated": "gated experts (SwiGLU with act=silu)",
+        "shared": "always-on shared experts (one MLP of width shared * hidden)",
+        "norm_topk": "renormalise the top-k weights to sum to 1 (Mixtral; Qwen2-MoE: false)",
+        "aux_loss": "load-balancing loss coefficient",
+        "jitter": "multiplicative U(1-jitter, 1+jitter) noise on the router input in training",
+    }
 
     def __init__(
         self,
