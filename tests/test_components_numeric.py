@@ -430,3 +430,31 @@ def test_export(name, kwargs):
     if b.component.aux_loss:
         expected, got = expected[0], got[0]
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+
+
+# --------------------------------------------------------------------------- HF rotary
+
+
+def test_rotary_matches_hf_llama_and_gptj():
+    """Half rotary equals HF Llama's ``apply_rotary_pos_emb``; interleaved partial rotary
+    equals GPT-J's (which rotates ``rotary_dim`` dims of a (B, T, H, hd) tensor)."""
+    from transformers.models.gptj import modeling_gptj
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    q, k = torch.randn(2, 4, 7, 16), torch.randn(2, 4, 7, 16)  # (B, H, T, hd)
+    attn = build("Attn", {"heads": 4, "head_dim": 16}).module
+    cos, sin = attn.rope_cos[:7], attn.rope_sin[:7]
+    hf_q, hf_k = apply_rotary_pos_emb(
+        q, k, torch.cat([cos, cos], -1)[None], torch.cat([sin, sin], -1)[None]
+    )
+    torch.testing.assert_close(apply_rotary(q, cos, sin, interleaved=False), hf_q)
+    torch.testing.assert_close(apply_rotary(k, cos, sin, interleaved=False), hf_k)
+
+    attn = build("Attn", {"heads": 4, "head_dim": 16, "rope_fraction": 0.5}).module
+    sincos = modeling_gptj.create_sinusoidal_positions(7, 8)[None]  # (1, T, r)
+    hf_sin, hf_cos = torch.split(sincos, 4, dim=-1)
+    x = q.transpose(1, 2)  # GPT-J rotates (B, T, H, hd)
+    rotated = modeling_gptj.apply_rotary_pos_emb(x[..., :8], hf_sin, hf_cos)
+    expected = torch.cat([rotated, x[..., 8:]], dim=-1).transpose(1, 2)
+    ours = apply_rotary(q, attn.rope_cos[:7], attn.rope_sin[:7], interleaved=True)
+    torch.testing.assert_close(ours, expected)
