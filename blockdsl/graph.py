@@ -597,7 +597,17 @@ class _Builder:
         sub = _Builder(self.source, self.registry, self.defaults, self.model_globals, self.labels)
         graph = sub.build(block, d_in or 0, "block")
         self.problems.extend(sub.problems)
-        return None if sub.problems else graph
+        if sub.problems:
+            return None
+        if graph.aux_modules:
+            self.problem(
+                BlockValidationError,
+                "a child block cannot hold a component with an auxiliary loss",
+                block.span,
+                "combinators call their children as plain modules; put the MoE outside",
+            )
+            return None
+        return graph
 
 
 def _lint(graph: BlockGraph) -> None:
