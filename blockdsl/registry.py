@@ -353,16 +353,24 @@ class Component:
             return int(self.out_features_fn(d_in=d_in, **args))
         return self._probe(d_in, args)[0]
 
+    def _children_kw(self, extra: Mapping[str, Any]) -> dict[str, int]:
+        # Combinators' hooks also receive ``n_children`` (the number of child blocks) when the
+        # caller knows it (passed here as ``children=`` or ``n_children=``); their counts
+        # exclude the children's own parameters and FLOPs.
+        n = extra.get("children") or extra.get("n_children")
+        return {"n_children": n} if self.takes_children and n else {}
+
     def count_params(self, d_in: int | None, args: Mapping[str, Any], **extra: Any) -> int:
         """Parameters of the module itself; ``extra`` carries ``children`` for combinators."""
         if self.params_fn is not None:
-            return int(self.params_fn(d_in=d_in, **args, **extra))
+            return int(self.params_fn(d_in=d_in, **args, **self._children_kw(extra)))
         return self._probe(d_in, args)[1]
 
     def count_flops(self, d_in: int | None, args: Mapping[str, Any], seq: int, **extra: Any) -> int:
         """Forward FLOPs of one sequence of length ``seq`` (batch 1)."""
         if self.flops_fn is not None:
-            return int(self.flops_fn(d_in=d_in, seq=seq, **args, **extra))
+            kw = self._children_kw(extra)
+            return int(self.flops_fn(d_in=d_in, seq=seq, **args, **kw))
         return 2 * self.count_params(d_in, args, **extra) * seq
 
     def _probe(self, d_in: int, args: Mapping[str, Any]) -> tuple[int, int]:
