@@ -54,3 +54,9 @@ def init_linear_(weight: torch.Tensor, fan_in: int) -> None:
 def softcap(x: torch.Tensor, cap: float) -> torch.Tensor:
     """Gemma 2's soft-capping: ``cap * tanh(x / cap)``."""
     return cap * torch.tanh(x / cap)
+
+
+def same_size(d_in: int, **_) -> int:
+    """``out_features`` of a component that keeps the feature size (declared, so that a plan
+    never has to probe the module on the meta device; an embedding's ``d_in`` is d_model)."""
+    return d_in

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from blockdsl.components._util import require, softcap
+from blockdsl.components._util import require, same_size, softcap
 from blockdsl.components.norm import Norm
 from blockdsl.registry import register
 
@@ -219,7 +219,9 @@ class _Projections(nn.Module):
         return self.o(rearrange(y, "b h t d -> b t (h d)"))  # (B, T, D)
 
 
-@register("Attn", mixes_positions=True, params=_attn_params, flops=_attn_flops)
+@register(
+    "Attn", mixes_positions=True, out_features=same_size, params=_attn_params, flops=_attn_flops
+)
 class Attn(_Projections):
     """Multi-head self-attention: MHA/MQA/GQA, RoPE or ALiBi, sliding window, soft-capping.
 
@@ -344,7 +346,7 @@ class Attn(_Projections):
         )
 
 
-@register("CrossAttn", params=_attn_params, flops=_attn_flops)
+@register("CrossAttn", out_features=same_size, params=_attn_params, flops=_attn_flops)
 class CrossAttn(_Projections):
     """Cross-attention from the stream to a ``memory`` (B, S, d_memory) given at call time.
 

@@ -8,11 +8,11 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from blockdsl.components._util import init_linear_, require
+from blockdsl.components._util import init_linear_, require, same_size
 from blockdsl.registry import register
 
 
-@register("Dropout", params=lambda **_: 0, flops=lambda **_: 0)
+@register("Dropout", out_features=same_size, params=lambda **_: 0, flops=lambda **_: 0)
 class Dropout(nn.Dropout):
     """Dropout: zero each feature with probability ``p`` in training (scaled by 1/(1-p))."""
 
@@ -57,7 +57,9 @@ def _scale_params(d_in: int, per_channel: bool, **_) -> int:
     return d_in if per_channel else 1
 
 
-@register("Scale", params=_scale_params, flops=lambda d_in, seq, **_: d_in * seq)
+@register(
+    "Scale", out_features=same_size, params=_scale_params, flops=lambda d_in, seq, **_: d_in * seq
+)
 class Scale(nn.Module):
     """Learned scale ``x * weight``: per-channel LayerScale (CaiT), or a scalar (ReZero: init=0).
 
@@ -88,7 +90,7 @@ def _gate_flops(d_in: int, seq: int, per_token: bool, bias: bool, **_) -> int:
     return seq * d_in * ((2 * d_in + int(bias) + 1) if per_token else 1)
 
 
-@register("Gate", params=_gate_params, flops=_gate_flops)
+@register("Gate", out_features=same_size, params=_gate_params, flops=_gate_flops)
 class Gate(nn.Module):
     """Learned sigmoid gate on the branch output: ``x * sigmoid(proj(x))`` (or a static gate).
 
@@ -133,6 +135,7 @@ class Gate(nn.Module):
 @register(
     "Shift",
     mixes_positions=True,
+    out_features=same_size,
     params=lambda d_in, **_: d_in,
     flops=lambda d_in, seq, **_: 3 * d_in * seq,
 )
@@ -169,7 +172,9 @@ def _conv_flops(d_in: int, seq: int, kernel: int, bias: bool, **_) -> int:
     return seq * d_in * (2 * kernel + int(bias))
 
 
-@register("Conv", mixes_positions=True, params=_conv_params, flops=_conv_flops)
+@register(
+    "Conv", mixes_positions=True, out_features=same_size, params=_conv_params, flops=_conv_flops
+)
 class Conv(nn.Module):
     """Causal depthwise 1-d convolution over time (Mamba/H3 style): kernel ``kernel``, left padding.
 

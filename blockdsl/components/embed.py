@@ -8,7 +8,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from blockdsl.components._util import require, softcap
+from blockdsl.components._util import require, same_size, softcap
 from blockdsl.registry import register
 
 # --------------------------------------------------------------------------- Embed
@@ -34,7 +34,7 @@ def sinusoidal_table(context: int, d_model: int, device=None) -> torch.Tensor:
     return table
 
 
-@register("Embed", tokens_in=True, params=_embed_params, flops=_embed_flops)
+@register("Embed", tokens_in=True, out_features=same_size, params=_embed_params, flops=_embed_flops)
 class Embed(nn.Module):
     """Token embedding ``tok(idx) * scale``, plus learned or sinusoidal position embeddings.
 

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from blockdsl.components._util import Activation, activation, init_linear_, require
+from blockdsl.components._util import Activation, activation, init_linear_, require, same_size
 from blockdsl.registry import register
 
 # --------------------------------------------------------------------------- MLP
@@ -32,7 +32,7 @@ def _mlp_flops(
     return seq * (2 * d_in * h * (3 if gated else 2) + int(gated) * h)  # + gate product
 
 
-@register("MLP", params=_mlp_params, flops=_mlp_flops)
+@register("MLP", out_features=same_size, params=_mlp_params, flops=_mlp_flops)
 class MLP(nn.Module):
     """Position-wise feed-forward: ``down(act(up(x)))``, or gated ``down(act(gate(x)) * up(x))``.
 
@@ -110,7 +110,7 @@ def _moe_flops(
     return seq * (router + (k + shared) * per_token_expert + 2 * k * d_in)
 
 
-@register("MoE", aux_loss=True, params=_moe_params, flops=_moe_flops)
+@register("MoE", aux_loss=True, out_features=same_size, params=_moe_params, flops=_moe_flops)
 class MoE(nn.Module):
     """Mixture of experts: a softmax router sends each token to its top-k experts.
 
