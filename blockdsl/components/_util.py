@@ -57,6 +57,5 @@ def softcap(x: torch.Tensor, cap: float) -> torch.Tensor:
 
 
 def same_size(d_in: int, **_) -> int:
-    """``out_features`` of a component that keeps the feature size (declared, so that a plan
-    never has to probe the module on the meta device; an embedding's ``d_in`` is d_model)."""
+    """``out_features`` of a component that keeps the feature size (saves a meta-device probe)."""
     return d_in

@@ -3,6 +3,8 @@ causal depthwise convolution."""
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 import torch.nn.functional as F
 from einops import rearrange
@@ -15,6 +17,8 @@ from blockdsl.registry import register
 @register("Dropout", out_features=same_size, params=lambda **_: 0, flops=lambda **_: 0)
 class Dropout(nn.Dropout):
     """Dropout: zero each feature with probability ``p`` in training (scaled by 1/(1-p))."""
+
+    arg_help: ClassVar[dict[str, str]] = {"p": "probability of zeroing each feature"}
 
     def __init__(self, d_model: int, p: float = 0.1) -> None:
         require(0.0 <= p < 1.0, f"dropout probability must be in [0, 1), got {p}")
@@ -44,6 +48,11 @@ class Linear(nn.Linear):
     Parameters: ``weight [out, D]``, ``bias [out]`` (with ``bias``); ``nn.Linear``'s init.
     """
 
+    arg_help: ClassVar[dict[str, str]] = {
+        "out": "output features; none: = d_model",
+        "bias": "learn a bias",
+    }
+
     def __init__(self, d_model: int, out: int | None = None, bias: bool = False) -> None:
         n = d_model if out is None else out
         require(n > 0, f"Linear out must be positive, got {n}")
@@ -65,6 +74,11 @@ class Scale(nn.Module):
 
     Parameter: ``weight`` of shape ``[D]`` (``per_channel``) or ``[1]``, filled with ``init``.
     """
+
+    arg_help: ClassVar[dict[str, str]] = {
+        "init": "initial value (LayerScale: small, e.g. 1e-5; ReZero: 0)",
+        "per_channel": "one scale per feature (LayerScale), else one scalar (ReZero)",
+    }
 
     def __init__(self, d_model: int, init: float = 1e-5, per_channel: bool = True) -> None:
         super().__init__()
@@ -103,6 +117,12 @@ class Gate(nn.Module):
     filled with ``init``. Parameters: ``proj`` (``nn.Linear(D, D)``) or ``weight [D]``.
     """
 
+    arg_help: ClassVar[dict[str, str]] = {
+        "per_token": "gate computed from x per token (`sigmoid(proj(x))`), else a static gate",
+        "bias": "learn the gate's bias (per_token only)",
+        "init": "initial gate logit: the gate starts at sigmoid(init)",
+    }
+
     def __init__(
         self, d_model: int, per_token: bool = True, bias: bool = True, init: float = 0.0
     ) -> None:
@@ -134,8 +154,8 @@ class Gate(nn.Module):
 
 @register(
     "Shift",
-    mixes_positions=True,
     out_features=same_size,
+    mixes_positions=True,
     params=lambda d_in, **_: d_in,
     flops=lambda d_in, seq, **_: 3 * d_in * seq,
 )
@@ -146,6 +166,10 @@ class Shift(nn.Module):
     depends on tokens t and t-1 only (causal). Parameter: ``mix [D]``, filled with ``init``
     (0 = identity, 1 = the previous token).
     """
+
+    arg_help: ClassVar[dict[str, str]] = {
+        "init": "initial mix (0: the token itself, 1: the previous token)"
+    }
 
     def __init__(self, d_model: int, init: float = 0.5) -> None:
         super().__init__()
@@ -173,7 +197,7 @@ def _conv_flops(d_in: int, seq: int, kernel: int, bias: bool, **_) -> int:
 
 
 @register(
-    "Conv", mixes_positions=True, out_features=same_size, params=_conv_params, flops=_conv_flops
+    "Conv", out_features=same_size, mixes_positions=True, params=_conv_params, flops=_conv_flops
 )
 class Conv(nn.Module):
     """Causal depthwise 1-d convolution over time (Mamba/H3 style): kernel ``kernel``, left padding.
@@ -181,6 +205,11 @@ class Conv(nn.Module):
     Output at t mixes inputs t-kernel+1 ... t of the same channel. Parameters: ``weight
     [D, 1, kernel]`` (``F.conv1d`` depthwise layout, ``nn.Conv1d``'s init) and ``bias [D]``.
     """
+
+    arg_help: ClassVar[dict[str, str]] = {
+        "kernel": "kernel size (tokens t-kernel+1 ... t)",
+        "bias": "learn a bias",
+    }
 
     def __init__(self, d_model: int, kernel: int = 4, bias: bool = True) -> None:
         super().__init__()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +41,14 @@ class MLP(nn.Module):
     (GPT-2), silu (SwiGLU when gated), relu2 (squared ReLU). Parameters: ``up``, ``down`` and,
     when ``gated``, ``gate`` (``nn.Linear``; biases with ``bias``).
     """
+
+    arg_help: ClassVar[dict[str, str]] = {
+        "hidden": "hidden width; none: int(mult * d_model)",
+        "mult": "hidden width as a multiple of d_model when hidden is none",
+        "act": "activation: relu, gelu, gelu_tanh, silu or relu2 (squared ReLU)",
+        "gated": "gated linear unit: `down(act(gate(x)) * up(x))`",
+        "bias": "biases on the linears",
+    }
 
     def __init__(
         self,
@@ -124,7 +133,7 @@ def _moe_flops(
     return seq * (router + (k + shared) * per_token_expert + 2 * k * d_in)
 
 
-@register("MoE", aux_loss=True, out_features=same_size, params=_moe_params, flops=_moe_flops)
+@register("MoE", out_features=same_size, aux_loss=True, params=_moe_params, flops=_moe_flops)
 class MoE(nn.Module):
     """Mixture of experts: a softmax router sends each token to its top-k experts.
 
@@ -154,6 +163,19 @@ class MoE(nn.Module):
     router probability of e. ``MoE.combine_aux`` turns every layer's aux into the
     Switch/Mixtral load-balancing loss (times the coefficient).
     """
+
+    arg_help: ClassVar[dict[str, str]] = {
+        "experts": "number of experts; none: 8, or the number of children",
+        "k": "experts per token (top-k)",
+        "hidden": "each expert's hidden width; none: int(mult * d_model)",
+        "mult": "hidden width as a multiple of d_model when hidden is none",
+        "act": "experts' activation: relu, gelu, gelu_tanh, silu or relu2",
+        "gated": "gated experts (SwiGLU with act=silu)",
+        "shared": "always-on shared experts (one MLP of width shared * hidden)",
+        "norm_topk": "renormalise the top-k weights to sum to 1 (Mixtral; Qwen2-MoE: false)",
+        "aux_loss": "load-balancing loss coefficient",
+        "jitter": "multiplicative U(1-jitter, 1+jitter) noise on the router input in training",
+    }
 
     def __init__(
         self,

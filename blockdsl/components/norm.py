@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +40,14 @@ class Norm(nn.Module):
     Parameters: ``weight`` (when ``affine``; initialised to 1, or to 0 with ``unit_offset``)
     and ``bias`` (when ``bias``; initialised to 0).
     """
+
+    arg_help: ClassVar[dict[str, str]] = {
+        "kind": "rms (RMSNorm), layer (LayerNorm), l2 (cosine normalisation) or none (identity)",
+        "eps": "added to the mean square / variance (l2: the minimum norm)",
+        "affine": "learn a per-channel scale `weight`",
+        "bias": "learn a per-channel `bias` added last",
+        "unit_offset": "Gemma: scale by `(1 + weight)`, weight initialised to 0",
+    }
 
     def __init__(
         self,
