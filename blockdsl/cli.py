@@ -253,9 +253,11 @@ def _fmt_int(n: int) -> str:
     return f"{n:,}"
 
 
-def human(n: float, unit: str = "") -> str:
-    """``6.74 B``, ``1.79 M``: three significant digits with an SI-style suffix."""
-    for scale, suffix in ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+def human(n: float, unit: str = "", *, count: bool = False) -> str:
+    """``6.74 G``, ``1.79 M``: three significant digits with an SI-style suffix (``B`` for
+    billions with ``count``, as parameter counts are usually written)."""
+    giga = "B" if count else "G"
+    for scale, suffix in ((1e15, "P"), (1e12, "T"), (1e9, giga), (1e6, "M"), (1e3, "k")):
         if abs(n) >= scale:
             return f"{n / scale:.3g} {suffix}{unit}"
     return f"{n:.3g} {unit}".rstrip()
@@ -359,7 +361,9 @@ def _print_shapes(console: Any, table: Any) -> None:
         f"B={table.batch}, T={table.seq}, {symbols}, {table.layers} layers, dtype={table.dtype}"
     )
     console.print(grid)
-    console.print(f"parameters:        {_fmt_int(table.params)} ({human(table.params)})")
+    console.print(
+        f"parameters:        {_fmt_int(table.params)} ({human(table.params, count=True)})"
+    )
     console.print(
         f"FLOPs per token:   {_fmt_int(table.flops_per_token)} "
         f"({human(table.flops_per_token)}; forward, T={table.seq})"
@@ -448,7 +452,7 @@ def cmd_presets(args: argparse.Namespace, out: TextIO) -> int:
     grid.add_column("description", overflow="fold")
     for name in list_presets():
         config = load_config(name)
-        grid.add_row(name, human(ModelPlan(config).params()), config.description)
+        grid.add_row(name, human(ModelPlan(config).params(), count=True), config.description)
     _console(out).print(grid)
     return 0
 

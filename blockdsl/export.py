@@ -96,12 +96,13 @@ def _dot_quote(text: str) -> str:
 
 
 def to_dot(plan: ModelPlan) -> str:
-    """Graphviz ``digraph``: one cluster per distinct block."""
+    """Graphviz ``digraph``: one cluster of nodes per distinct block, then the edges."""
     lines = [
         "digraph blockdsl {",
         "  rankdir=TB;",
         '  node [shape=box, fontname="Helvetica"];',
     ]
+    edges: list[str] = []
     for prefix, block, ids in _ids(plan):
         graph = block.graph
         title = f"{block.where} ({block.name}): {_source(graph)}"
@@ -114,10 +115,13 @@ def to_dot(plan: ModelPlan) -> str:
             elif data["kind"] in ("input", "output"):
                 attrs.append("shape=ellipse")
             lines.append(f"    {ids[node]} [{', '.join(attrs)}];")
+        lines.append("  }")
+        # Edges at the top level: readers that ignore clusters' contents (networkx's
+        # read_dot) still see the whole graph.
         for source, target, residual in _edges(graph):
             style = ' [style=dashed, label="residual"]' if residual else ""
-            lines.append(f"    {ids[source]} -> {ids[target]}{style};")
-        lines.append("  }")
+            edges.append(f"  {ids[source]} -> {ids[target]}{style};")
+    lines += edges
     lines.append("}")
     return "\n".join(lines) + "\n"
 
