@@ -281,6 +281,7 @@ def _console(file: TextIO) -> Any:
         no_color=not terminal or "NO_COLOR" in os.environ,
         force_terminal=terminal,
         highlight=False,
+        markup=False,  # component descriptions contain brackets: print them as written
         emoji=False,
         soft_wrap=False,
     )

@@ -53,7 +53,8 @@ def to_python(plan: ModelPlan) -> str:
     the model is built), each under a comment saying where it is used."""
     out = []
     for block in distinct_blocks(plan):
-        code = _fx_graph(block.graph).python_code("self").src.strip("\n")
+        src = _fx_graph(block.graph).python_code("self").src
+        code = "\n".join(line.rstrip() for line in src.strip("\n").splitlines())
         out.append(f"# {block.where} ({block.name}): {_source(block.graph)}\n{code}\n")
     return "\n".join(out)
 
