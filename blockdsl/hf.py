@@ -294,7 +294,6 @@ def _config_gemma2(cfg: Any) -> dict:
             "pos": "rope",
             "rope_theta": theta,
             "scale": float(cfg.query_pre_attn_scalar) ** -0.5,
-            "softcap": None if softcap is None else float(softcap),
             "bias": bool(getattr(cfg, "attention_bias", False)),
         },
         "MLP": {
@@ -305,6 +304,8 @@ def _config_gemma2(cfg: Any) -> dict:
         },
         "Embed": {"scale": "sqrt_d"},
     }
+    if softcap is not None:
+        defaults["Attn"]["softcap"] = float(softcap)
     if final_softcap is not None:
         defaults["Head"] = {"softcap": float(final_softcap)}
     return {
@@ -440,7 +441,10 @@ def to_config(hf_config: Any) -> dict:
     """The blockdsl dict config (``{"model", "blocks", "defaults"}``) equivalent to a Hugging Face
     config (a ``PretrainedConfig``, a model, or a ``config.json`` dict)."""
     cfg = _as_hf_config(hf_config)
-    return _CONFIGS[_model_type(cfg)](cfg)
+    model_type = _model_type(cfg)
+    config = _CONFIGS[model_type](cfg)
+    config["model"]["description"] = f"imported from Hugging Face {SUPPORTED[model_type]}"
+    return config
 
 
 # --------------------------------------------------------------------------- weights
