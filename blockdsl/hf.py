@@ -67,7 +67,7 @@ SUPPORTED = {
 def _transformers():
     try:
         import transformers
-    except ImportError as error:  # pragma: no cover - exercised with a patched sys.modules
+    except ImportError as error:
         raise HFImportError(
             "importing Hugging Face checkpoints needs the optional dependency 'transformers'",
             hint="install it with: pip install 'blockdsl[hf]'",
