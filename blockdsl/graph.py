@@ -239,7 +239,8 @@ _NAME_SANITISER = re.compile(r"[^0-9a-zA-Z_]")
 
 def _snake(name: str) -> str:
     name = _NAME_SANITISER.sub("_", name)
-    name = re.sub(r"(?<=[a-z0-9])([A-Z])", r"_\1", name).lower()
+    # CrossAttn → cross_attn, RMSNorm → rms_norm, MoE → moe, MLP → mlp
+    name = re.sub(r"(?<=[a-z0-9])(?=[A-Z][a-z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", name).lower()
     return name if name and not name[0].isdigit() else f"m_{name}"
 
 
@@ -559,6 +560,12 @@ class _Builder:
         return spec
 
     def unique_attr(self, base: str) -> str:
+        from blockdsl.lower import BlockModule
+
+        # A submodule named like a method of the module holding it ("double", "train",
+        # "graph", "code") would be shadowed by that method: give it a trailing underscore.
+        if hasattr(BlockModule, base):
+            base = f"{base}_"
         taken = {spec.attr for spec in self.modules.values()}
         if base not in taken:
             return base
