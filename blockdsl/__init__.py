@@ -4,6 +4,7 @@
 >>> model = blockdsl.build_model("llama", d_model=256, layers="block*4")
 """
 
+import blockdsl.components  # noqa: F401  registers the built-ins
 from blockdsl.ast import Block, Call, Chain, Group, Repeat, Residual
 from blockdsl.config import ModelConfig, list_presets, load_config
 from blockdsl.errors import (
@@ -21,6 +22,8 @@ from blockdsl.errors import (
 from blockdsl.graph import BlockGraph, build_graph
 from blockdsl.lower import BlockModule, compile_block
 from blockdsl.model import LanguageModel, build_model
+from blockdsl.parser import parse
+from blockdsl.printer import unparse
 from blockdsl.registry import REGISTRY, Component, Registry, register, register_alias
 
 __version__ = "0.1.0"
@@ -54,6 +57,8 @@ __all__ = [
     "compile_block",
     "list_presets",
     "load_config",
+    "parse",
     "register",
     "register_alias",
+    "unparse",
 ]

@@ -66,18 +66,15 @@ class ModuleSpec:
     @property
     def own_params(self) -> int:
         """Parameters of this module itself, children excluded."""
-        return self.component.count_params(self.d_in, self.args, **self._child_count())
+        return self.component.count_params(self.d_in, self.args, len(self.children))
 
     @property
     def params(self) -> int:
         return self.own_params + sum(child.params() for child in self.children)
 
     def flops(self, seq: int) -> int:
-        own = self.component.count_flops(self.d_in, self.args, seq, **self._child_count())
+        own = self.component.count_flops(self.d_in, self.args, seq, len(self.children))
         return own + sum(child.flops(seq) for child in self.children)
-
-    def _child_count(self) -> dict[str, int]:
-        return {"children": len(self.children)} if self.component.takes_children else {}
 
     def describe(self) -> str:
         """``Attn(heads=8, kv_heads=2)``: the arguments that differ from the defaults."""
