@@ -38,6 +38,7 @@ __all__ = [
     "convert_weights",
     "from_hf",
     "from_pretrained_dir",
+    "load_weights",
     "to_config",
 ]
 

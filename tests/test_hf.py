@@ -331,3 +331,19 @@ def test_missing_transformers_is_a_clear_error(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "transformers", None)
     with pytest.raises(hf.HFImportError, match=r"pip install 'blockdsl\[hf\]'"):
         hf.from_pretrained_dir(tmp_path)
+
+
+def test_base_model_keys_without_prefix():
+    """Old GPT-2 checkpoints hold the base model's names ("h.0...", no "transformer.") and no
+    lm_head (tied); old causal-mask buffers ("attn.bias") are not weights."""
+    hf_model = _hf_model("gpt2")
+    state = {
+        k.removeprefix("transformer."): v
+        for k, v in hf_model.state_dict().items()
+        if k != "lm_head.weight"
+    }
+    state["h.0.attn.bias"] = torch.ones(1, 1, 64, 64).tril()
+    weights = hf.convert_weights(hf_model.config, state)
+    model = blockdsl.build_model(hf.to_config(hf_model.config))
+    hf.load_weights(model, weights)
+    assert _max_diff(hf_model, model.eval(), _ids()) <= TOL
