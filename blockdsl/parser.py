@@ -118,6 +118,9 @@ def _parse_text(text: str) -> Block:
             Span.at(text, 0, len(text)),
             hint="a block needs at least one step, e.g. 'Norm->Attn->+'",
         )
+    # Before parsing, so that absurdly deep input fails fast (the parser would cope, but
+    # everything downstream recurses).
+    _check_nesting(text)
     try:
         block = lark_parser().parse(text)
     except UnexpectedInput as err:
@@ -130,7 +133,6 @@ def _parse_text(text: str) -> Block:
         raise _too_deep(text, 0) from None
     except LarkError as err:  # a lark failure not foreseen above: still one of ours
         raise BlockSyntaxError(f"cannot parse: {err}".splitlines()[0], text) from None
-    _check_nesting(text)
     return block
 
 

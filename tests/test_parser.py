@@ -238,11 +238,12 @@ def test_deep_nesting_is_a_syntax_error():
         "(" * 100_000 + "A" + ")" * 100_000,
         "A(x=" + "[" * 5000 + "]" * 5000 + ")",
         "M[" * 3000 + "A" + "]" * 3000,
+        "(" * 100_000,
     ]:
         with pytest.raises(BlockSyntaxError, match="nesting too deep"):
             parse(deep)
     with pytest.raises(BlockSyntaxError, match="unclosed"):
-        parse("(" * 100_000)
+        parse("(" * MAX_NESTING)
 
 
 def test_huge_numbers():

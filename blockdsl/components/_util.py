@@ -54,3 +54,8 @@ def init_linear_(weight: torch.Tensor, fan_in: int) -> None:
 def softcap(x: torch.Tensor, cap: float) -> torch.Tensor:
     """Gemma 2's soft-capping: ``cap * tanh(x / cap)``."""
     return cap * torch.tanh(x / cap)
+
+
+def same_size(d_in: int, **_) -> int:
+    """``out_features`` of a component that keeps the feature size (saves a meta-device probe)."""
+    return d_in

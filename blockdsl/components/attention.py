@@ -8,14 +8,14 @@ Shapes in comments: ``B`` batch, ``T`` query length, ``S`` key length, ``D`` mod
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from blockdsl.components._util import require, softcap
+from blockdsl.components._util import require, same_size, softcap
 from blockdsl.components.norm import Norm
 from blockdsl.registry import register
 
@@ -219,7 +219,35 @@ class _Projections(nn.Module):
         return self.o(rearrange(y, "b h t d -> b t (h d)"))  # (B, T, D)
 
 
-@register("Attn", mixes_positions=True, params=_attn_params, flops=_attn_flops)
+def _attn_steps(
+    d_in: int,
+    seq: int,
+    batch: int,
+    heads: int,
+    kv_heads: int | None,
+    head_dim: int | None,
+    window: int | None = None,
+    **_,
+) -> list[tuple[str, tuple[str, ...], tuple[int, ...], int]]:
+    """Attention's steps for ``blockdsl compile --show-shapes --depth 2``: ``(name, symbolic
+    shape, concrete shape, forward FLOPs of the batch)``; scores over ``min(T, window)`` keys
+    are counted, as in ``_attn_flops``."""
+    kv, hd = _dims(d_in, heads, kv_heads, head_dim)
+    n = batch * seq
+    keys = seq if window is None else min(seq, window)
+    return [
+        ("q", ("B", "H", "T", "hd"), (batch, heads, seq, hd), 2 * n * d_in * heads * hd),
+        ("k", ("B", "K", "T", "hd"), (batch, kv, seq, hd), 2 * n * d_in * kv * hd),
+        ("v", ("B", "K", "T", "hd"), (batch, kv, seq, hd), 2 * n * d_in * kv * hd),
+        ("scores", ("B", "H", "T", "T"), (batch, heads, seq, seq), 2 * n * keys * heads * hd),
+        ("mix", ("B", "H", "T", "hd"), (batch, heads, seq, hd), 2 * n * keys * heads * hd),
+        ("o", ("B", "T", "D"), (batch, seq, d_in), 2 * n * heads * hd * d_in),
+    ]
+
+
+@register(
+    "Attn", out_features=same_size, mixes_positions=True, params=_attn_params, flops=_attn_flops
+)
 class Attn(_Projections):
     """Multi-head self-attention: MHA/MQA/GQA, RoPE or ALiBi, sliding window, soft-capping.
 
@@ -243,6 +271,26 @@ class Attn(_Projections):
     Parameters: ``q``, ``k``, ``v``, ``o`` (``nn.Linear``; biases with ``bias``),
     ``q_norm``, ``k_norm`` (with ``qk_norm``).
     """
+
+    arg_help: ClassVar[dict[str, str]] = {
+        "heads": "query heads",
+        "kv_heads": "key/value heads (GQA; 1 = MQA); none: = heads",
+        "head_dim": "size of each head; none: d_model // heads",
+        "pos": "positions: rope (rotary), alibi (linear distance bias) or none",
+        "rope_theta": "rotary base",
+        "rope_fraction": "fraction of each head's dims that rotate (GPT-NeoX partial rotary)",
+        "rope_interleaved": "rotate adjacent pairs (GPT-J) instead of halves (Llama/NeoX)",
+        "causal": "query t sees only keys <= t",
+        "window": "sliding window: query t sees keys t-window+1 ... t; none: unlimited",
+        "qk_norm": "RMSNorm of queries and keys over head_dim",
+        "softcap": "cap scores with `softcap * tanh(scores / softcap)` (Gemma 2); none: off",
+        "scale": "score scale; none: head_dim ** -0.5",
+        "bias": "biases on the q, k, v, o projections",
+        "dropout": "dropout on attention probabilities (training only)",
+        "context": "maximum sequence length (rotary table size; set by the model)",
+    }
+
+    shape_steps = staticmethod(_attn_steps)
 
     def __init__(
         self,
@@ -271,9 +319,6 @@ class Attn(_Projections):
         self.pos, self.causal, self.window, self.context = pos, causal, window, context
         self.rope_theta, self.rope_interleaved = rope_theta, rope_interleaved
         self.rotary_dims = int(self.head_dim * rope_fraction) // 2 * 2 if pos == "rope" else 0
-        self.register_buffer("rope_cos", None, persistent=False)
-        self.register_buffer("rope_sin", None, persistent=False)
-        self.register_buffer("alibi", None, persistent=False)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -286,9 +331,10 @@ class Attn(_Projections):
             )  # (r/2,)
             t = torch.arange(self.context, dtype=torch.float32, device=device)
             angles = torch.outer(t, inv_freq)  # (context, r/2)
-            self.rope_cos, self.rope_sin = angles.cos(), angles.sin()
-        if self.pos == "alibi":
-            self.alibi = alibi_slopes(self.heads).to(device)
+            self.register_buffer("rope_cos", angles.cos(), persistent=False)
+            self.register_buffer("rope_sin", angles.sin(), persistent=False)
+        if self.pos == "alibi":  # (H,) slopes
+            self.register_buffer("alibi", alibi_slopes(self.heads).to(device), persistent=False)
 
     def _mask(self, T: int, device: torch.device) -> torch.Tensor | None:
         """Boolean (T, T), True where query i may see key j; None for plain causal/full."""
@@ -344,7 +390,7 @@ class Attn(_Projections):
         )
 
 
-@register("CrossAttn", params=_attn_params, flops=_attn_flops)
+@register("CrossAttn", out_features=same_size, params=_attn_params, flops=_attn_flops)
 class CrossAttn(_Projections):
     """Cross-attention from the stream to a ``memory`` (B, S, d_memory) given at call time.
 
@@ -353,6 +399,18 @@ class CrossAttn(_Projections):
     FLOPs are counted with ``S = seq``. Parameters: ``q``, ``k``, ``v``, ``o`` (and ``q_norm``,
     ``k_norm`` with ``qk_norm``), as in Attn.
     """
+
+    arg_help: ClassVar[dict[str, str]] = {
+        "heads": "query heads",
+        "kv_heads": "key/value heads (GQA; 1 = MQA); none: = heads",
+        "head_dim": "size of each head; none: d_model // heads",
+        "d_memory": "feature size of the memory; none: = d_model",
+        "qk_norm": "RMSNorm of queries and keys over head_dim",
+        "softcap": "cap scores with `softcap * tanh(scores / softcap)`; none: off",
+        "scale": "score scale; none: head_dim ** -0.5",
+        "bias": "biases on the q, k, v, o projections",
+        "dropout": "dropout on attention probabilities (training only)",
+    }
 
     def __init__(
         self,

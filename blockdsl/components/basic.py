@@ -3,18 +3,22 @@ causal depthwise convolution."""
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from blockdsl.components._util import init_linear_, require
+from blockdsl.components._util import init_linear_, require, same_size
 from blockdsl.registry import register
 
 
-@register("Dropout", params=lambda **_: 0, flops=lambda **_: 0)
+@register("Dropout", out_features=same_size, params=lambda **_: 0, flops=lambda **_: 0)
 class Dropout(nn.Dropout):
     """Dropout: zero each feature with probability ``p`` in training (scaled by 1/(1-p))."""
+
+    arg_help: ClassVar[dict[str, str]] = {"p": "probability of zeroing each feature"}
 
     def __init__(self, d_model: int, p: float = 0.1) -> None:
         require(0.0 <= p < 1.0, f"dropout probability must be in [0, 1), got {p}")
@@ -44,6 +48,11 @@ class Linear(nn.Linear):
     Parameters: ``weight [out, D]``, ``bias [out]`` (with ``bias``); ``nn.Linear``'s init.
     """
 
+    arg_help: ClassVar[dict[str, str]] = {
+        "out": "output features; none: = d_model",
+        "bias": "learn a bias",
+    }
+
     def __init__(self, d_model: int, out: int | None = None, bias: bool = False) -> None:
         n = d_model if out is None else out
         require(n > 0, f"Linear out must be positive, got {n}")
@@ -57,12 +66,19 @@ def _scale_params(d_in: int, per_channel: bool, **_) -> int:
     return d_in if per_channel else 1
 
 
-@register("Scale", params=_scale_params, flops=lambda d_in, seq, **_: d_in * seq)
+@register(
+    "Scale", out_features=same_size, params=_scale_params, flops=lambda d_in, seq, **_: d_in * seq
+)
 class Scale(nn.Module):
     """Learned scale ``x * weight``: per-channel LayerScale (CaiT), or a scalar (ReZero: init=0).
 
     Parameter: ``weight`` of shape ``[D]`` (``per_channel``) or ``[1]``, filled with ``init``.
     """
+
+    arg_help: ClassVar[dict[str, str]] = {
+        "init": "initial value (LayerScale: small, e.g. 1e-5; ReZero: 0)",
+        "per_channel": "one scale per feature (LayerScale), else one scalar (ReZero)",
+    }
 
     def __init__(self, d_model: int, init: float = 1e-5, per_channel: bool = True) -> None:
         super().__init__()
@@ -88,7 +104,7 @@ def _gate_flops(d_in: int, seq: int, per_token: bool, bias: bool, **_) -> int:
     return seq * d_in * ((2 * d_in + int(bias) + 1) if per_token else 1)
 
 
-@register("Gate", params=_gate_params, flops=_gate_flops)
+@register("Gate", out_features=same_size, params=_gate_params, flops=_gate_flops)
 class Gate(nn.Module):
     """Learned sigmoid gate on the branch output: ``x * sigmoid(proj(x))`` (or a static gate).
 
@@ -100,6 +116,12 @@ class Gate(nn.Module):
     ``per_token=false`` it is a static per-channel gate ``x * sigmoid(weight)``, ``weight``
     filled with ``init``. Parameters: ``proj`` (``nn.Linear(D, D)``) or ``weight [D]``.
     """
+
+    arg_help: ClassVar[dict[str, str]] = {
+        "per_token": "gate computed from x per token (`sigmoid(proj(x))`), else a static gate",
+        "bias": "learn the gate's bias (per_token only)",
+        "init": "initial gate logit: the gate starts at sigmoid(init)",
+    }
 
     def __init__(
         self, d_model: int, per_token: bool = True, bias: bool = True, init: float = 0.0
@@ -132,6 +154,7 @@ class Gate(nn.Module):
 
 @register(
     "Shift",
+    out_features=same_size,
     mixes_positions=True,
     params=lambda d_in, **_: d_in,
     flops=lambda d_in, seq, **_: 3 * d_in * seq,
@@ -143,6 +166,10 @@ class Shift(nn.Module):
     depends on tokens t and t-1 only (causal). Parameter: ``mix [D]``, filled with ``init``
     (0 = identity, 1 = the previous token).
     """
+
+    arg_help: ClassVar[dict[str, str]] = {
+        "init": "initial mix (0: the token itself, 1: the previous token)"
+    }
 
     def __init__(self, d_model: int, init: float = 0.5) -> None:
         super().__init__()
@@ -169,13 +196,20 @@ def _conv_flops(d_in: int, seq: int, kernel: int, bias: bool, **_) -> int:
     return seq * d_in * (2 * kernel + int(bias))
 
 
-@register("Conv", mixes_positions=True, params=_conv_params, flops=_conv_flops)
+@register(
+    "Conv", out_features=same_size, mixes_positions=True, params=_conv_params, flops=_conv_flops
+)
 class Conv(nn.Module):
     """Causal depthwise 1-d convolution over time (Mamba/H3 style): kernel ``kernel``, left padding.
 
     Output at t mixes inputs t-kernel+1 ... t of the same channel. Parameters: ``weight
     [D, 1, kernel]`` (``F.conv1d`` depthwise layout, ``nn.Conv1d``'s init) and ``bias [D]``.
     """
+
+    arg_help: ClassVar[dict[str, str]] = {
+        "kernel": "kernel size (tokens t-kernel+1 ... t)",
+        "bias": "learn a bias",
+    }
 
     def __init__(self, d_model: int, kernel: int = 4, bias: bool = True) -> None:
         super().__init__()

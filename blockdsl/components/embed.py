@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from torch import nn
 
-from blockdsl.components._util import require, softcap
+from blockdsl.components._util import require, same_size, softcap
 from blockdsl.registry import register
 
 # --------------------------------------------------------------------------- Embed
@@ -34,7 +34,7 @@ def sinusoidal_table(context: int, d_model: int, device=None) -> torch.Tensor:
     return table
 
 
-@register("Embed", tokens_in=True, params=_embed_params, flops=_embed_flops)
+@register("Embed", out_features=same_size, tokens_in=True, params=_embed_params, flops=_embed_flops)
 class Embed(nn.Module):
     """Token embedding ``tok(idx) * scale``, plus learned or sinusoidal position embeddings.
 
@@ -43,8 +43,17 @@ class Embed(nn.Module):
     embedding only. ``pos=learned``: parameter ``pos`` (``nn.Embedding(context, d_model)``);
     ``pos=sinusoidal``: a non-persistent buffer ``pos_table``; both indexed by ``positions``
     (default ``arange(T)``, must be ``< context``). Parameters: ``tok``
-    (``nn.Embedding(vocab, d_model)``, init N(0, 1) as PyTorch), ``pos``.
+    (``nn.Embedding(vocab, d_model)``), ``pos``. Both are initialised N(0, 0.02) as in GPT-2
+    and Llama, not PyTorch's N(0, 1): a head tied to N(0, 1) embeddings starts with logits
+    so large that an untrained model's loss is far above ln(vocab).
     """
+
+    arg_help: ClassVar[dict[str, str]] = {
+        "vocab": "vocabulary size (set by the model)",
+        "pos": "position embeddings: learned, sinusoidal or none",
+        "scale": "multiplies the token embeddings: a number, or sqrt_d for sqrt(d_model)",
+        "context": "maximum sequence length (set by the model)",
+    }
 
     def __init__(
         self,
@@ -60,13 +69,16 @@ class Embed(nn.Module):
         self.scale = math.sqrt(d_model) if scale == "sqrt_d" else float(scale)
         self.tok = nn.Embedding(vocab, d_model)
         self.pos = nn.Embedding(context, d_model) if pos == "learned" else None
-        self.register_buffer("pos_table", None, persistent=False)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """Recompute the sinusoidal table (the embeddings initialise themselves)."""
+        """N(0, 0.02) embeddings; recompute the sinusoidal table."""
+        nn.init.normal_(self.tok.weight, std=0.02)
+        if self.pos is not None:
+            nn.init.normal_(self.pos.weight, std=0.02)
         if self.pos_kind == "sinusoidal":
-            self.pos_table = sinusoidal_table(self.context, self.d_model, self.tok.weight.device)
+            table = sinusoidal_table(self.context, self.d_model, self.tok.weight.device)
+            self.register_buffer("pos_table", table, persistent=False)  # (context, D)
 
     def forward(self, idx: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
         x = self.tok(idx)  # (B, T, D)
@@ -103,6 +115,13 @@ class Head(nn.Module):
     parameter, counted once; the declared count is then the bias only). ``softcap``: final
     logits ``softcap * tanh(logits / softcap)`` (Gemma 2).
     """
+
+    arg_help: ClassVar[dict[str, str]] = {
+        "vocab": "vocabulary size (set by the model)",
+        "tie": "share the token embedding's weight (the model calls `tie_to`)",
+        "bias": "learn a bias per vocabulary entry",
+        "softcap": "cap logits with `softcap * tanh(logits / softcap)` (Gemma 2); none: off",
+    }
 
     def __init__(
         self,

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from blockdsl.components._util import Activation, activation, init_linear_, require
+from blockdsl.components._util import Activation, activation, init_linear_, require, same_size
 from blockdsl.registry import register
 
 # --------------------------------------------------------------------------- MLP
@@ -32,7 +33,7 @@ def _mlp_flops(
     return seq * (2 * d_in * h * (3 if gated else 2) + int(gated) * h)  # + gate product
 
 
-@register("MLP", params=_mlp_params, flops=_mlp_flops)
+@register("MLP", out_features=same_size, params=_mlp_params, flops=_mlp_flops)
 class MLP(nn.Module):
     """Position-wise feed-forward: ``down(act(up(x)))``, or gated ``down(act(gate(x)) * up(x))``.
 
@@ -40,6 +41,14 @@ class MLP(nn.Module):
     (GPT-2), silu (SwiGLU when gated), relu2 (squared ReLU). Parameters: ``up``, ``down`` and,
     when ``gated``, ``gate`` (``nn.Linear``; biases with ``bias``).
     """
+
+    arg_help: ClassVar[dict[str, str]] = {
+        "hidden": "hidden width; none: int(mult * d_model)",
+        "mult": "hidden width as a multiple of d_model when hidden is none",
+        "act": "activation: relu, gelu, gelu_tanh, silu or relu2 (squared ReLU)",
+        "gated": "gated linear unit: `down(act(gate(x)) * up(x))`",
+        "bias": "biases on the linears",
+    }
 
     def __init__(
         self,
@@ -57,6 +66,20 @@ class MLP(nn.Module):
         self.gate = nn.Linear(d_model, h, bias=bias) if gated else None
         self.up = nn.Linear(d_model, h, bias=bias)
         self.down = nn.Linear(h, d_model, bias=bias)
+
+    @staticmethod
+    def shape_steps(
+        d_in: int, seq: int, batch: int, hidden: int | None, mult: float, gated: bool, **_
+    ) -> list[tuple[str, tuple[str, ...], tuple[int, ...], int]]:
+        """The steps inside, for ``blockdsl compile --show-shapes --depth 2``: ``(name,
+        symbolic shape, concrete shape, forward FLOPs of the batch)``."""
+        h, n = _hidden(d_in, hidden, mult), batch * seq
+        hid, out = ("B", "T", "F"), ("B", "T", "D")
+        steps = [("gate", hid, (batch, seq, h), 2 * n * d_in * h)] if gated else []
+        steps.append(("up", hid, (batch, seq, h), 2 * n * d_in * h))
+        steps.append(("act*up" if gated else "act", hid, (batch, seq, h), n * h * int(gated)))
+        steps.append(("down", out, (batch, seq, d_in), 2 * n * h * d_in))
+        return steps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, D) -> (B, T, D)
         if self.gate is not None:
@@ -110,7 +133,7 @@ def _moe_flops(
     return seq * (router + (k + shared) * per_token_expert + 2 * k * d_in)
 
 
-@register("MoE", aux_loss=True, params=_moe_params, flops=_moe_flops)
+@register("MoE", out_features=same_size, aux_loss=True, params=_moe_params, flops=_moe_flops)
 class MoE(nn.Module):
     """Mixture of experts: a softmax router sends each token to its top-k experts.
 
@@ -140,6 +163,19 @@ class MoE(nn.Module):
     router probability of e. ``MoE.combine_aux`` turns every layer's aux into the
     Switch/Mixtral load-balancing loss (times the coefficient).
     """
+
+    arg_help: ClassVar[dict[str, str]] = {
+        "experts": "number of experts; none: 8, or the number of children",
+        "k": "experts per token (top-k)",
+        "hidden": "each expert's hidden width; none: int(mult * d_model)",
+        "mult": "hidden width as a multiple of d_model when hidden is none",
+        "act": "experts' activation: relu, gelu, gelu_tanh, silu or relu2",
+        "gated": "gated experts (SwiGLU with act=silu)",
+        "shared": "always-on shared experts (one MLP of width shared * hidden)",
+        "norm_topk": "renormalise the top-k weights to sum to 1 (Mixtral; Qwen2-MoE: false)",
+        "aux_loss": "load-balancing loss coefficient",
+        "jitter": "multiplicative U(1-jitter, 1+jitter) noise on the router input in training",
+    }
 
     def __init__(
         self,
@@ -185,6 +221,45 @@ class MoE(nn.Module):
             MLP(d_model, hidden=shared * h, act=act, gated=gated, bias=False) if shared else None
         )
         self.reset_parameters()
+
+    @staticmethod
+    def shape_steps(
+        d_in: int,
+        seq: int,
+        batch: int,
+        experts: int | None,
+        k: int,
+        hidden: int | None,
+        mult: float,
+        gated: bool,
+        shared: int,
+        n_children: int | None = None,
+        **_,
+    ) -> list[tuple[str, tuple[str, ...], tuple[int, ...], int]]:
+        """The steps inside, for ``blockdsl compile --show-shapes --depth 2``: ``(name,
+        symbolic shape, concrete shape, forward FLOPs of the batch)``. With children the
+        experts are the child blocks (listed after these steps) and run on every token."""
+        E, h = _moe_sizes(d_in, experts, hidden, mult, n_children)
+        n = batch * seq
+        steps = [
+            ("router", ("B", "T", "E"), (batch, seq, E), 2 * n * d_in * E),
+            ("top-k", ("B", "T", "k"), (batch, seq, k), 0),
+        ]
+        if n_children:
+            steps.append(("combine", ("B", "T", "D"), (batch, seq, d_in), 2 * n * E * d_in))
+        else:
+            routed = ("B·T·k", "D"), (n * k, d_in)
+            up = 2 * n * k * d_in * h * (2 if gated else 1)
+            steps += [
+                ("dispatch", *routed, 0),
+                ("expert hidden", ("B·T·k", "F"), (n * k, h), up),
+                ("expert out", *routed, 2 * n * k * h * d_in),
+                ("combine", ("B", "T", "D"), (batch, seq, d_in), 2 * n * k * d_in),
+            ]
+        if shared:
+            per_token = 2 * d_in * h * (3 if gated else 2)
+            steps.append(("shared", ("B", "T", "D"), (batch, seq, d_in), n * shared * per_token))
+        return steps
 
     def reset_parameters(self) -> None:
         """``nn.Linear``'s default init for each expert's matrices."""

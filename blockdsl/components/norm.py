@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from blockdsl.components._util import same_size
 from blockdsl.registry import register, register_alias
 
 NormKind = Literal["rms", "layer", "none", "l2"]
@@ -26,7 +27,7 @@ def _norm_flops(d_in: int, seq: int, kind: str, affine: bool, bias: bool, **_) -
     return per_element * d_in * seq
 
 
-@register("Norm", params=_norm_params, flops=_norm_flops)
+@register("Norm", out_features=same_size, params=_norm_params, flops=_norm_flops)
 class Norm(nn.Module):
     """Normalise each position's features: rms (RMSNorm), layer (LayerNorm), l2 (cosine) or none.
 
@@ -39,6 +40,14 @@ class Norm(nn.Module):
     Parameters: ``weight`` (when ``affine``; initialised to 1, or to 0 with ``unit_offset``)
     and ``bias`` (when ``bias``; initialised to 0).
     """
+
+    arg_help: ClassVar[dict[str, str]] = {
+        "kind": "rms (RMSNorm), layer (LayerNorm), l2 (cosine normalisation) or none (identity)",
+        "eps": "added to the mean square / variance (l2: the minimum norm)",
+        "affine": "learn a per-channel scale `weight`",
+        "bias": "learn a per-channel `bias` added last",
+        "unit_offset": "Gemma: scale by `(1 + weight)`, weight initialised to 0",
+    }
 
     def __init__(
         self,
