@@ -46,6 +46,12 @@ PRESETS_EXAMPLES = """\
 examples:
   blockdsl presets
 """
+FUZZ_EXAMPLES = """\
+examples:
+  blockdsl fuzz --examples 200
+  blockdsl fuzz --component Norm --component MyMixer --plugin my_package.components
+  blockdsl fuzz --component Leak --plugin tests/plugins/leaky.py --seed 0
+"""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -160,6 +166,33 @@ def _parser() -> argparse.ArgumentParser:
         description="List preset models: name, description, parameters at the default size.",
         epilog=PRESETS_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+    fuzz = commands.add_parser(
+        "fuzz",
+        help="fuzz architectures built from components; shrink a failure to a minimal block",
+        description="Generate valid blocks from the chosen components (default: all), compile "
+        "each and check its invariants (shape, finiteness, causality, gradients, eval-mode "
+        "determinism, state_dict round trip). On a failure print the minimal block string, the "
+        "violated invariant and the seed (exit 1); else a summary (exit 0). See docs/fuzzing.md.",
+        epilog=FUZZ_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    fuzz.add_argument("--examples", type=int, default=100, metavar="N", help="default 100")
+    fuzz.add_argument("--seed", type=int, default=None, metavar="S", help="default: random")
+    fuzz.add_argument(
+        "--component",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="draw from this component (repeatable; default: every usable one)",
+    )
+    fuzz.add_argument(
+        "--plugin",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="import a module (dotted path or .py file) that registers components (repeatable)",
     )
     return parser
 
@@ -431,11 +464,18 @@ def cmd_presets(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+def cmd_fuzz(args: argparse.Namespace, out: TextIO) -> int:
+    from blockdsl.fuzz import main as fuzz_main
+
+    return fuzz_main(args.examples, args.seed, args.component, args.plugin, out=out)
+
+
 COMMANDS = {
     "compile": cmd_compile,
     "check": cmd_check,
     "components": cmd_components,
     "presets": cmd_presets,
+    "fuzz": cmd_fuzz,
 }
 
 
