@@ -674,7 +674,7 @@ def _describe(module: nn.Module, d_model: int | None, vocab: int | None) -> _Sub
     if d_model is None and vocab is None:
         raise TypeError("check_architecture needs d_model= (features in) or vocab= (ids in)")
     tokens = d_model is None
-    return _Subject(module, tokens, d_model, None, vocab, (), False)
+    return _Subject(module, tokens, d_model, d_model, vocab, (), False)
 
 
 def _split(out: Any) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -745,7 +745,8 @@ def check_architecture(
 
     ``module``: a ``BlockModule`` from ``compile_block`` (input ``(batch, seq, d_model)``
     features), a ``LanguageModel`` from ``build_model`` (input ``(batch, seq)`` token ids), or
-    any ``nn.Module`` with ``d_model=`` (features) or ``vocab=`` (token ids) given. Components
+    any ``nn.Module`` with ``d_model=`` (features in and out) or ``vocab=`` (token ids in,
+    any width out) given. Components
     that read ``memory`` get a random one. ``invariants`` selects a subset of ``INVARIANTS``;
     ``allow_zero_grad=False`` also rejects parameters whose gradient is exactly zero (not
     just missing). ``threads``: torch's intra-op threads while checking (default 1: the
