@@ -24,6 +24,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import torch
+
 from blockdsl import ast
 from blockdsl.registry import REGISTRY, Registry
 from blockdsl.testing import DEFAULT_GLOBALS, ArchitectureCheckError, block_asts, check_architecture
@@ -161,12 +163,16 @@ def fuzz(
 
     start = time.perf_counter()
     failure = None
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny tensors: threads only add synchronisation
     try:
         run()
     except _Failed as exc:
         failure = exc.failure
     except Exception as exc:  # Hypothesis itself (flaky failure, unsatisfiable, ...)
         failure = FuzzFailure("?", "fuzzer", None, f"{type(exc).__name__}: {exc}")
+    finally:
+        torch.set_num_threads(threads)
     seconds = time.perf_counter() - start
     return FuzzResult(failure is None, count, seconds, seed, seen, failure)
 
