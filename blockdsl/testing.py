@@ -982,9 +982,9 @@ def _check_gradients(
     out, auxes = _forward(subject, feed)
     weights = torch.randn(out.shape, generator=gen).to(out.device, out.dtype)
     loss = (out * weights).sum()
-    for aux in auxes:
+    for aux in auxes:  # a random projection too: a plain sum can be constant (sum of probs)
         if aux.is_floating_point() and aux.requires_grad:
-            loss = loss + aux.float().sum()
+            loss = loss + (aux.float() * torch.randn(aux.shape, generator=gen)).sum()
     if not loss.requires_grad:
         params = [n for n, p in module.named_parameters() if p.requires_grad]
         if params and "gradient" in wanted:
