@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 from typing import Any, TextIO
 
@@ -482,6 +483,8 @@ COMMANDS = {
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line with ``argv`` (default: ``sys.argv[1:]``); returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    # torch warns at import when NumPy is absent; the command line uses no NumPy.
+    warnings.filterwarnings("ignore", message="Failed to initialize NumPy")
     parser = _parser()
     try:
         args = parser.parse_args(argv)
