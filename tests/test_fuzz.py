@@ -3,6 +3,7 @@ string that contains it, and reported with the invariant and the seed (exit 1)."
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -82,5 +83,6 @@ def test_fuzz_is_deterministic_for_a_seed(plugin_cleanup):
 
 def test_module_path_plugins_are_imported(plugin_cleanup, monkeypatch):
     monkeypatch.syspath_prepend(str(Path(__file__).parent.parent))
+    monkeypatch.delitem(sys.modules, "tests.plugins.leaky", raising=False)
     load_plugin("tests.plugins.leaky")
     assert "Leak" in blockdsl.REGISTRY
