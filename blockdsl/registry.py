@@ -392,31 +392,15 @@ class Component:
         return {"n_children": n_children} if self.takes_children and n_children else {}
 
     def count_params(
-        self,
-        d_in: int | None,
-        args: Mapping[str, Any],
-        n_children: int | None = None,
-        *,
-        children: int | None = None,
+        self, d_in: int, args: Mapping[str, Any], n_children: int | None = None
     ) -> int:
-        """Parameters of the module itself; ``n_children`` (or ``children``) counts the child
-        blocks of a combinator."""
-        n_children = n_children if n_children is not None else children
         if self.params_fn is not None:
             return int(self.params_fn(d_in=d_in, **args, **self._children_kw(n_children)))
         return self._probe(d_in, args)[1]
 
     def count_flops(
-        self,
-        d_in: int | None,
-        args: Mapping[str, Any],
-        seq: int,
-        n_children: int | None = None,
-        *,
-        children: int | None = None,
+        self, d_in: int, args: Mapping[str, Any], seq: int, n_children: int | None = None
     ) -> int:
-        """Forward FLOPs of one sequence of length ``seq`` (batch 1)."""
-        n_children = n_children if n_children is not None else children
         if self.flops_fn is not None:
             kw = self._children_kw(n_children)
             return int(self.flops_fn(d_in=d_in, seq=seq, **args, **kw))
