@@ -607,6 +607,17 @@ class _Builder:
                 "combinators call their children as plain modules; put the MoE outside",
             )
             return None
+        needs = sorted(
+            {name for spec in graph.modules.values() for name in spec.component.required_context}
+        )
+        if needs:
+            self.problem(
+                BlockValidationError,
+                f"a child block cannot hold a component that needs {', '.join(needs)}",
+                block.span,
+                "combinators call their children with the stream alone",
+            )
+            return None
         return graph
 
 

@@ -207,12 +207,15 @@ def _parse_signature(cls: type) -> tuple[dict[str, Param], bool]:
     return params, takes_children
 
 
-def _forward_context(cls: type) -> frozenset[str]:
+def _forward_context(cls: type) -> tuple[frozenset[str], frozenset[str]]:
+    """The context keywords ``forward`` accepts, and those it cannot do without."""
     try:
-        names = inspect.signature(cls.forward).parameters
+        params = inspect.signature(cls.forward).parameters
     except (TypeError, ValueError):
-        return frozenset()
-    return frozenset(n for n in CONTEXT_ARGS if n in names)
+        return frozenset(), frozenset()
+    accepted = frozenset(n for n in CONTEXT_ARGS if n in params)
+    required = frozenset(n for n in accepted if params[n].default is inspect.Parameter.empty)
+    return accepted, required
 
 
 @dataclass
@@ -225,6 +228,7 @@ class Component:
     takes_children: bool
     context: frozenset[str]
     input_size: str | None
+    required_context: frozenset[str] = frozenset()
     mixes_positions: bool = False
     aux_loss: bool = False
     tokens_in: bool = False
@@ -479,12 +483,14 @@ class Registry:
                     f"{key} mixes positions, so its 'causal' argument must default to true"
                 )
             doc = description if description is not None else inspect.getdoc(cls) or ""
+            context, required_context = _forward_context(cls)
             self._components[key] = Component(
                 name=key,
                 cls=cls,
                 params=schema,
                 takes_children=takes_children,
-                context=_forward_context(cls),
+                context=context,
+                required_context=required_context,
                 input_size=size_arg,
                 mixes_positions=mixes_positions,
                 aux_loss=aux_loss,
