@@ -88,7 +88,7 @@ class ModelConfig:
     def error(self, message: str, *path: str, hint: str | None = None) -> ConfigError:
         return ConfigError(
             message,
-            self.text,
+            self.text or None,
             self.locate(*path),
             hint=hint,
             context=self.origin or None,

@@ -79,7 +79,7 @@ class BlockDSLError(Exception):
     def __init__(
         self,
         message: str,
-        source: str = "",
+        source: str | None = None,
         span: Span | None = None,
         *,
         hint: str | None = None,
@@ -87,8 +87,11 @@ class BlockDSLError(Exception):
         problems: Sequence[BlockDSLError] | None = None,
     ) -> None:
         self.message = message
-        self.source = source
-        self.span = span if span is not None else Span.at(source, 0, len(source))
+        # None: the error is about no text (a missing file, a Python value), so it has no
+        # position to show; "" is the empty text, whose position 1:1 is meaningful.
+        self.located = source is not None
+        self.source = source or ""
+        self.span = span if span is not None else Span.at(self.source, 0, len(self.source))
         self.hint = hint
         self.context = context
         self._problems = list(problems) if problems else None
@@ -117,19 +120,14 @@ class BlockDSLError(Exception):
         return self
 
     def _render_one(self) -> str:
+        position = f" at {self.line}:{self.column}" if self.located else ""
         where = f" in {self.context}" if self.context else ""
-        if not self.source:  # nothing to point into (a missing file, a Python value)
-            head = f"blockdsl: {self.message}{where}"
-            return (
-                head
-                if not self.hint
-                else head + "".join(f"\n  {line}" for line in self.hint.split("\n"))
-            )
-        head = f"blockdsl: {self.message} at {self.line}:{self.column}{where}"
-        text, carets = render_caret(self.source, self.span)
-        out = [head, f"  {text}", f"  {carets}"]
+        out = [f"blockdsl: {self.message}{position}{where}"]
+        if self.source:
+            text, carets = render_caret(self.source, self.span)
+            out += [f"  {text}", f"  {carets}"]
         if self.hint:
-            out.extend(f"  {line}" for line in self.hint.split("\n"))
+            out += [f"  {line}" for line in self.hint.split("\n")]
         return "\n".join(out)
 
     def __str__(self) -> str:
@@ -147,7 +145,7 @@ class BlockDSLError(Exception):
         first = problems[0]
         return cls(
             first.message,
-            first.source,
+            first.source if first.located else None,
             first.span,
             hint=first.hint,
             context=first.context,
