@@ -254,25 +254,43 @@ def _set_defaults(config: ModelConfig, component: str, args: Any) -> None:
 
 
 def apply_overrides(config: ModelConfig, overrides: Mapping[str, Any]) -> ModelConfig:
-    """A copy of ``config`` with ``[model]`` keys replaced and ``blocks``/``defaults`` merged."""
+    """A copy of ``config`` with ``[model]`` keys replaced and ``blocks``/``defaults`` merged.
+    Errors point at the override (``d_model = "abc"``), not at the file it overrides."""
     config = copy.deepcopy(config)
     for key, value in overrides.items():
-        if key == "blocks":
-            for name, block in dict(value).items():
-                _set_block(config, name, block)
-        elif key == "defaults":
-            for component, args in dict(value).items():
-                _set_defaults(config, component, args)
-        elif key in MODEL_KEYS:
-            _set_model_key(config, key, value)
-        else:
-            valid = [*MODEL_KEYS, "blocks", "defaults"]
+        text = f"{key} = {_toml_value(value)}"
+        try:
+            if key == "blocks":
+                for name, block in dict(value).items():
+                    _set_block(config, name, block)
+            elif key == "defaults":
+                for component, args in dict(value).items():
+                    _set_defaults(config, component, args)
+            elif key in MODEL_KEYS:
+                _set_model_key(config, key, value)
+            else:
+                valid = [*MODEL_KEYS, "blocks", "defaults"]
+                raise ConfigError(
+                    f"unknown configuration key '{key}'",
+                    text,
+                    Span.at(text, 0, len(key)),
+                    hint=_valid_hint(key, valid, "valid keys"),
+                    context="overrides",
+                )
+        except ConfigError as exc:
+            if exc.context == "overrides":
+                raise
             raise ConfigError(
-                f"unknown configuration key '{key}'",
-                key,
-                Span.at(key, 0, len(key)),
-                hint=_valid_hint(key, valid, "valid keys"),
-            )
+                exc.message,
+                text,
+                Span.at(text, len(key) + 3, len(text)),
+                hint=exc.hint,
+                context="overrides",
+            ) from None
+        except (TypeError, ValueError) as exc:  # blocks/defaults that are not tables
+            raise ConfigError(
+                f"{key} must be a table, got {value!r}", text, context="overrides"
+            ) from exc
     return config
 
 

@@ -257,6 +257,21 @@ class ModelPlan:
                 )
             self.layers.append((step.name, self._named_graph(step.name)))
             return
+        if (
+            isinstance(step, ast.Call)
+            and not step.args
+            and step.name not in self.registry
+            and step.name not in self.config.blocks
+        ):
+            defined = ", ".join(self.config.blocks) or "nothing"
+            raise ConfigError(
+                f"no block or component named '{step.name}'",
+                text,
+                step.name_span,
+                hint=did_you_mean(step.name, [*self.config.blocks, *self.registry.names()])
+                or f"[blocks] defines {defined}",
+                context="[model] layers",
+            )
         if isinstance(step, ast.Group) and self._only_named(step.block):
             self._expand(step.block, text)
             return

@@ -288,7 +288,7 @@ def test_config_round_trips_through_its_source() -> None:
         ({"defaults": {"Atn": {"heads": 2}}}, "unknown component 'Atn'"),
         ({"defaults": {"Attn": {"head": 2}}}, "unknown argument 'head' for Attn"),
         ({"layers": "block->+"}, "'+' cannot stand between layers"),
-        ({"layers": "blok*2"}, "unknown component 'blok'"),
+        ({"layers": "blok*2"}, "no block or component named 'blok'"),
         ({"layers": "block*0"}, "repeat count must be at least 1"),
         ({"max_params": 1000}, "over the budget of 1,000"),
     ],
@@ -345,3 +345,19 @@ def test_same_block_text_compiled_twice_reuses_generated_code() -> None:
     assert first.graph.python_code("self") is second.graph.python_code("self")
     other = compile_block("Norm->MLP->+", d_model=32, device="meta")
     assert other.graph.python_code("self") is not first.graph.python_code("self")
+
+
+def test_override_errors_point_at_the_override_not_the_preset() -> None:
+    with pytest.raises(ConfigError) as info:
+        build_model("tiny", d_model="abc")
+    assert str(info.value).splitlines() == [
+        "blockdsl: [model] d_model must be a positive integer, got 'abc' at 1:11 in overrides",
+        '  d_model = "abc"',
+        "            ^^^^^",
+    ]
+
+
+def test_layers_name_that_is_neither_block_nor_component() -> None:
+    with pytest.raises(ConfigError) as info:
+        build_model({"model": {"layers": "block*2"}, "blocks": {"dense": "Norm->MLP->+"}})
+    assert str(info.value).splitlines()[-1] == "  [blocks] defines dense"
