@@ -41,6 +41,7 @@ from blockdsl.errors import (
     UnknownComponentError,
     did_you_mean,
 )
+from blockdsl.printer import format_value
 from blockdsl.registry import REGISTRY, Component, Registry
 
 Role = Literal["block", "embed", "head"]
@@ -82,19 +83,9 @@ class ModuleSpec:
         for name, param in self.component.user_params.items():
             value = self.args.get(name)
             if param.required or value != param.default:
-                shown.append(f"{name}={_show_value(value)}")
+                shown.append(f"{name}={format_value(value)}")
         label = f"#{self.label}" if self.label else ""
         return f"{self.written}{label}({', '.join(shown)})" if shown else f"{self.written}{label}"
-
-
-def _show_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if value is None:
-        return "none"
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_show_value(v) for v in value) + "]"
-    return str(value)
 
 
 class LabelTable:
@@ -528,8 +519,8 @@ class _Builder:
             elif existing.args != args:
                 differ = [n for n in args if args[n] != existing.args.get(n)]
                 detail = "; ".join(
-                    f"{n}={_show_value(existing.args.get(n))} at {where}, "
-                    f"{n}={_show_value(args[n])} here"
+                    f"{n}={format_value(existing.args.get(n))} at {where}, "
+                    f"{n}={format_value(args[n])} here"
                     for n in differ
                 )
             else:

@@ -17,14 +17,29 @@ from __future__ import annotations
 
 import math
 import re
+from typing import Any
 
 from blockdsl.ast import Arg, Block, Call, Chain, Group, Node, Repeat, Residual, Value
 
-__all__ = ["unparse"]
+__all__ = ["format_value", "unparse"]
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _RESERVED_NAMES = {"true", "false", "True", "False"}  # would reparse as booleans
 _STRING_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\t": "\\t", "\r": "\\r"}
+
+
+def format_value(value: Any, quote: bool = False) -> str:
+    """A resolved Python argument value as a block string writes it (``true``, ``none``,
+    ``[1, 2]``), for tables and messages; strings are quoted only with ``quote``."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "none"
+    if isinstance(value, str):
+        return f'"{value}"' if quote else value
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(format_value(v, quote) for v in value) + "]"
+    return repr(value)
 
 
 def unparse(node: Node) -> str:

@@ -43,6 +43,7 @@ import torch
 from torch import nn
 
 from blockdsl.errors import BlockDSLError, RegistryError, did_you_mean, suggest
+from blockdsl.printer import format_value
 
 #: Keyword parameters of ``forward`` that the compiler knows how to supply.
 CONTEXT_ARGS = ("positions", "memory")
@@ -104,21 +105,8 @@ class Param:
         return _check(self._effective_type, value)
 
     def describe(self) -> str:
-        default = "" if self.required else f" = {_show(self.default)}"
+        default = "" if self.required else f" = {format_value(self.default)}"
         return f"{self.name}: {self.type_name}{default}"
-
-
-def _show(value: Any, quote: bool = False) -> str:
-    """A value as it would be written in a block string."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if value is None:
-        return "none"
-    if isinstance(value, str):
-        return f'"{value}"' if quote else value
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_show(v, quote) for v in value) + "]"
-    return repr(value)
 
 
 def _is_union(tp: Any) -> bool:
@@ -130,7 +118,7 @@ def _type_name(tp: Any) -> str:
         return "any"
     origin = typing.get_origin(tp)
     if origin is Literal:
-        return "|".join(_show(c) for c in typing.get_args(tp))
+        return "|".join(format_value(c) for c in typing.get_args(tp))
     if _is_union(tp):
         return " | ".join(_type_name(a) for a in typing.get_args(tp))
     if origin in (list, tuple, Sequence):
@@ -338,7 +326,7 @@ class Component:
                 issues.append(
                     ArgumentIssue(
                         f"argument '{name}' of {self.name} must be {param.type_name}, "
-                        f"got {_show(value, quote=True)}",
+                        f"got {format_value(value, quote=True)}",
                         where,
                         valid,
                     )

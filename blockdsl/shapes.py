@@ -33,10 +33,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
 
 from blockdsl.graph import BlockGraph, ModuleSpec
 from blockdsl.model import ModelPlan
+from blockdsl.printer import format_value
 
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8}
 
@@ -89,20 +89,10 @@ def describe_args(spec: ModuleSpec) -> str:
     shown = []
     for name in spec.component.user_params:
         value = spec.args.get(name)
-        shown.append(f"{name}={_show(value)}")
+        shown.append(f"{name}={format_value(value)}")
     label = f"#{spec.label}" if spec.label else ""
     inner = f"({', '.join(shown)})" if shown else ""
     return f"{spec.written}{label}{inner}"
-
-
-def _show(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if value is None:
-        return "none"
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_show(v) for v in value) + "]"
-    return str(value)
 
 
 class _Tabulator:

@@ -16,7 +16,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from blockdsl.registry import MODEL_GLOBALS, REGISTRY, Registry, _show  # noqa: E402
+from blockdsl.printer import format_value  # noqa: E402
+from blockdsl.registry import MODEL_GLOBALS, REGISTRY, Registry  # noqa: E402
 
 OUT = ROOT / "docs" / "components.md"
 
@@ -63,14 +64,14 @@ def render(registry: Registry = REGISTRY) -> str:
         help_ = getattr(c.cls, "arg_help", {})
         out += ["| argument | type | default | meaning |", "|---|---|---|---|"]
         for p in c.user_params.values():
-            default = "required" if p.required else f"`{_show(p.default)}`"
+            default = "required" if p.required else f"`{format_value(p.default)}`"
             if p.name in MODEL_GLOBALS:
                 default += " (from the model)"
             meaning = help_.get(p.name, "")
             out.append(f"| `{p.name}` | `{_cell(p.type_name)}` | {default} | {_cell(meaning)} |")
         names = sorted(a.name for a in aliases.values() if a.target == c.name)
         for name in names:
-            bound = ", ".join(f"{k}={_show(v)}" for k, v in aliases[name].args.items())
+            bound = ", ".join(f"{k}={format_value(v)}" for k, v in aliases[name].args.items())
             out += ["", f"Alias: `{name}` = `{c.name}({bound})`."]
         body = inspect.cleandoc(c.cls.__doc__ or "").split("\n", 1)
         if len(body) > 1 and body[1].strip():
