@@ -5,6 +5,7 @@
 """
 
 from blockdsl.ast import Block, Call, Chain, Group, Repeat, Residual
+from blockdsl.config import ModelConfig, list_presets, load_config
 from blockdsl.errors import (
     ArgumentError,
     BlockDSLError,
@@ -17,6 +18,9 @@ from blockdsl.errors import (
     Span,
     UnknownComponentError,
 )
+from blockdsl.graph import BlockGraph, build_graph
+from blockdsl.lower import BlockModule, compile_block
+from blockdsl.model import LanguageModel, build_model
 from blockdsl.registry import REGISTRY, Component, Registry, register, register_alias
 
 __version__ = "0.1.0"
@@ -26,6 +30,8 @@ __all__ = [
     "ArgumentError",
     "Block",
     "BlockDSLError",
+    "BlockGraph",
+    "BlockModule",
     "BlockSyntaxError",
     "BlockValidationError",
     "BudgetError",
@@ -34,6 +40,8 @@ __all__ = [
     "Component",
     "ConfigError",
     "Group",
+    "LanguageModel",
+    "ModelConfig",
     "Registry",
     "RegistryError",
     "Repeat",
@@ -41,6 +49,11 @@ __all__ = [
     "ShapeError",
     "Span",
     "UnknownComponentError",
+    "build_graph",
+    "build_model",
+    "compile_block",
+    "list_presets",
+    "load_config",
     "register",
     "register_alias",
 ]

@@ -119,6 +119,7 @@ class BlockGraph:
     input: int
     output: int
     modules: dict[str, ModuleSpec] = field(default_factory=dict)
+    fx_graph: Any = field(default=None, repr=False, compare=False)
 
     # ---------------------------------------------------------------- views
     def nodes(self) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -265,6 +266,7 @@ class _Builder:
 
     # ---------------------------------------------------------------- graph scaffolding
     def build(self, block: ast.Block, d_model: int, role: Role) -> BlockGraph:
+        self.d_model = d_model
         self.g = nx.DiGraph()
         self.ids = itertools.count()
         self.names: dict[str, int] = {}
@@ -413,7 +415,9 @@ class _Builder:
             )
             return h
 
-        args = self.bind(call, component, alias_args, d_in)
+        # An embedding's size argument is the width it produces: the model's d_model.
+        size = self.d_model if component.tokens_in else d_in
+        args = self.bind(call, component, alias_args, size)
         if args is None:
             return h
         if call.children and not component.takes_children:
@@ -425,14 +429,14 @@ class _Builder:
             )
             return h
         if call.label is not None:
-            spec = self.labelled(call, component, args, d_in)
+            spec = self.labelled(call, component, args, size)
             if spec is None:
                 return h
             memo = (spec.key, h)
             if memo in self.applied:
                 return self.applied[memo]
         else:
-            spec = self.new_spec(call, component, args, d_in, key=None)
+            spec = self.new_spec(call, component, args, size, key=None)
             if spec is None:
                 return h
         node = self.node("call", spec.attr, (h,), spec.d_out, call.span)
@@ -535,8 +539,6 @@ class _Builder:
         attr = self.unique_attr(_snake(call.label) if call.label else _snake(call.name))
         try:
             d_out = component.out_features(d_in, args) if d_in is not None else None
-            if component.tokens_in:
-                d_out = component.out_features(0, args)
         except Exception as exc:  # a size hook rejecting its arguments
             self.problem(ArgumentError, f"{call.name}: {exc}", call.span)
             return None

@@ -1,0 +1,158 @@
+"""Lowering: a validated ``BlockGraph`` becomes a ``torch.fx.GraphModule``.
+
+The generated ``forward`` is plain Python with one line per node, named after the components::
+
+    >>> print(compile_block("Norm->Attn->+->Norm->MLP->+", d_model=64).code)
+    def forward(self, x):
+        norm = self.norm(x)
+        attn = self.attn(norm);  norm = None
+        add = x + attn;  x = attn = None
+        ...
+
+Nothing interprets the graph at run time: each call of the module runs that code. Blocks with
+the same structure share one fx ``Graph`` whose Python is generated once (``_SharedCodeGraph``);
+each block instance only compiles that text into its own ``forward``.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import fx, nn
+
+from blockdsl.errors import ArgumentError, BlockDSLError
+from blockdsl.graph import BlockGraph, ModuleSpec, build_graph
+from blockdsl.registry import Registry
+
+
+class _SharedCodeGraph(fx.Graph):
+    """An fx Graph that generates its Python source once. It is never edited after lowering,
+    so every GraphModule that shares it can share the generated code."""
+
+    def python_code(self, root_module: str, *args: Any, **kwargs: Any) -> Any:
+        cache = self.__dict__.setdefault("_python_code_cache", {})
+        key = (root_module, args, tuple(sorted(kwargs.items(), key=operator.itemgetter(0))))
+        if key not in cache:
+            cache[key] = super().python_code(root_module, *args, **kwargs)
+        return cache[key]
+
+
+class BlockModule(fx.GraphModule):
+    """A compiled block. ``code`` shows its generated forward; ``block_graph`` is the IR it came
+    from. ``forward(x, ...)`` returns the new stream, or ``(stream, auxes)`` when ``has_aux``
+    (one auxiliary-loss tensor per aux-producing call, in call order)."""
+
+    has_aux: bool
+    context: tuple[str, ...]
+
+
+def _fx_graph(graph: BlockGraph) -> _SharedCodeGraph:
+    """The fx Graph of a block, built once per BlockGraph (the model builder reuses one
+    BlockGraph for every repetition of a named block, so they share the generated code)."""
+    if graph.fx_graph is not None:
+        return graph.fx_graph
+    g = _SharedCodeGraph()
+    env: dict[int, fx.Node] = {graph.input: g.placeholder("idx" if graph.role == "embed" else "x")}
+    context = {name: g.placeholder(name, default_value=None) for name in sorted(graph.context)}
+    auxes: list[fx.Node] = []
+    for node, data in graph.nodes():
+        kind = data["kind"]
+        if kind == "input":
+            continue
+        if kind == "call":
+            spec = graph.modules[data["module"]]
+            kwargs = {name: context[name] for name in sorted(spec.component.context)}
+            (source,) = data["inputs"]
+            if spec.component.aux_loss:
+                pair = g.create_node(
+                    "call_module", spec.attr, (env[source],), kwargs, name=f"{data['name']}_out"
+                )
+                env[node] = g.create_node(
+                    "call_function", operator.getitem, (pair, 0), name=data["name"]
+                )
+                auxes.append(
+                    g.create_node(
+                        "call_function", operator.getitem, (pair, 1), name=f"{data['name']}_aux"
+                    )
+                )
+            else:
+                env[node] = g.create_node(
+                    "call_module", spec.attr, (env[source],), kwargs, name=data["name"]
+                )
+        elif kind == "add":
+            left, right = data["inputs"]
+            env[node] = g.create_node(
+                "call_function", operator.add, (env[left], env[right]), name=data["name"]
+            )
+        else:
+            (source,) = data["inputs"]
+            g.output((env[source], tuple(auxes)) if auxes else env[source])
+    g.lint()
+    graph.fx_graph = g
+    return g
+
+
+def lower(
+    graph: BlockGraph,
+    *,
+    shared: dict[str, nn.Module] | None = None,
+) -> BlockModule:
+    """Instantiate the modules of ``graph`` and wrap them in a GraphModule running its code.
+
+    ``shared`` maps label keys to modules already built for this model, so that a label is one
+    module object everywhere (pass the same dict for every block of a model). Modules are
+    created on the current default device (use ``with torch.device("meta"):`` for none).
+    """
+    shared = {} if shared is None else shared
+    modules: dict[str, nn.Module] = {}
+    for key, spec in graph.modules.items():
+        if spec.label is not None and key in shared:
+            modules[spec.attr] = shared[key]
+            continue
+        module = _instantiate(spec, graph, shared)
+        if spec.label is not None:
+            shared[key] = module
+        modules[spec.attr] = module
+    block = BlockModule(modules, _fx_graph(graph), class_name="Block")
+    block.has_aux = bool(graph.aux_modules)
+    block.context = tuple(sorted(graph.context))
+    block.block_graph = graph
+    return block
+
+
+def _instantiate(spec: ModuleSpec, graph: BlockGraph, shared: dict[str, nn.Module]) -> nn.Module:
+    children = [lower(child, shared=shared) for child in spec.children]
+    try:
+        return spec.component.build(spec.args, children)
+    except BlockDSLError:
+        raise
+    except Exception as exc:  # the component rejected its arguments: say where
+        raise ArgumentError(
+            f"cannot build {spec.describe()}: {exc}",
+            graph.source,
+            spec.span,
+            hint=f"valid arguments of {spec.component.name}: {spec.component.signature_text()}",
+        ) from exc
+
+
+def compile_block(
+    src: str | Sequence[str],
+    *,
+    d_model: int,
+    defaults: Mapping[str, Mapping[str, Any]] | None = None,
+    registry: Registry | None = None,
+    device: torch.device | str | None = None,
+    model_globals: Mapping[str, Any] | None = None,
+) -> BlockModule:
+    """Parse, validate and lower one block string: ``compile_block("Norm->MLP->+",
+    d_model=256)``. ``device="meta"`` allocates no parameter memory."""
+    graph = build_graph(
+        src, d_model=d_model, defaults=defaults, registry=registry, model_globals=model_globals
+    )
+    if device is None:
+        return lower(graph)
+    with torch.device(device):
+        return lower(graph)

@@ -1,0 +1,349 @@
+"""The model builder: a configuration becomes a ``LanguageModel`` of compiled blocks.
+
+A model is an embedding chain, a stack of layers and a head chain (LANGUAGE.md §2). ``layers``
+is a chain over named blocks and inline block text: each top-level step, repeats unrolled and
+groups of named blocks flattened, becomes one layer (``layers.0``, ``layers.1``, ...).
+Repetitions of one named block share its validated graph and generated code but get their own
+modules, except labelled ones, which are one module across the whole model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from blockdsl import ast
+from blockdsl.config import ModelConfig, load_config
+from blockdsl.errors import BlockDSLError, BudgetError, ConfigError, did_you_mean
+from blockdsl.graph import BlockGraph, LabelTable, build_graph
+from blockdsl.lower import BlockModule, lower
+from blockdsl.parser import parse, source_text
+from blockdsl.printer import unparse
+from blockdsl.registry import REGISTRY, Registry
+
+
+class LanguageModel(nn.Module):
+    """Token ids → logits. ``config`` and ``source`` (its TOML text) rebuild it:
+    ``build_model(model.config)``."""
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        embed: BlockModule,
+        layers: Sequence[BlockModule],
+        head: BlockModule,
+        layer_names: Sequence[str],
+        graphs: Sequence[BlockGraph],
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.embed = embed
+        self.layers = nn.ModuleList(layers)
+        self.head = head
+        self.layer_names = list(layer_names)
+        self._graphs = list(graphs)
+        # Auxiliary losses are grouped by how they combine (a class's ``combine_aux`` sees
+        # the whole model's values at once; the default is their sum).
+        self._combiners: list[Callable[[list[torch.Tensor]], torch.Tensor]] = []
+        self._aux_groups: dict[int, tuple[int, ...]] = {}
+        for index, block in enumerate([embed, *layers, head]):
+            if not block.has_aux:
+                continue
+            groups = []
+            for key in block.block_graph.aux_modules:
+                cls = block.block_graph.modules[key].component.cls
+                combine = getattr(cls, "combine_aux", None) or _sum_aux
+                if combine not in self._combiners:
+                    self._combiners.append(combine)
+                groups.append(self._combiners.index(combine))
+            self._aux_groups[index] = tuple(groups)
+
+    @property
+    def source(self) -> str:
+        return self.config.to_toml()
+
+    def forward(
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        *,
+        positions: torch.Tensor | None = None,
+        memory: torch.Tensor | None = None,
+        return_aux: bool = False,
+    ) -> Any:
+        """Logits ``(B, T, vocab)``; with ``targets``, ``(logits, loss)`` where the loss adds
+        every auxiliary loss; with ``return_aux`` the auxiliary loss is appended."""
+        context = {"positions": positions, "memory": memory}
+        collected: list[list[torch.Tensor]] = [[] for _ in self._combiners]
+        x = self._run(0, self.embed, idx, context, collected)
+        for index, layer in enumerate(self.layers, start=1):
+            x = self._run(index, layer, x, context, collected)
+        logits = self._run(len(self.layers) + 1, self.head, x, context, collected)
+
+        aux = None
+        if self._combiners:
+            aux = sum(combine(values) for combine, values in zip(self._combiners, collected))
+        outputs: tuple[torch.Tensor, ...] = (logits,)
+        if targets is not None:
+            loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+            outputs += (loss if aux is None else loss + aux,)
+        if return_aux:
+            outputs += (aux if aux is not None else logits.new_zeros(()),)
+        return outputs[0] if len(outputs) == 1 else outputs
+
+    def _run(
+        self,
+        index: int,
+        block: BlockModule,
+        x: torch.Tensor,
+        context: dict[str, torch.Tensor | None],
+        collected: list[list[torch.Tensor]],
+    ) -> torch.Tensor:
+        out = block(x, **{name: context[name] for name in block.context})
+        if not block.has_aux:
+            return out
+        out, values = out
+        for group, value in zip(self._aux_groups[index], values):
+            collected[group].append(value)
+        return out
+
+    def num_params(self) -> int:
+        """Distinct parameters (tied and shared weights once)."""
+        return sum(p.numel() for p in self.parameters())
+
+    @torch.no_grad()
+    def generate(self, idx: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
+        """Greedy continuation (no cache: each step reruns the whole sequence)."""
+        for _ in range(max_new_tokens):
+            window = idx[:, -self.config.context :]
+            next_id = self(window)[:, -1].argmax(-1, keepdim=True)
+            idx = torch.cat([idx, next_id], dim=1)
+        return idx
+
+
+def _sum_aux(values: list[torch.Tensor]) -> torch.Tensor:
+    return torch.stack([v.sum() for v in values]).sum()
+
+
+# ==================================================================== building
+class ModelPlan:
+    """A configuration expanded and validated: the graphs of the embedding, every layer and
+    the head, before any module is allocated."""
+
+    def __init__(self, config: ModelConfig, registry: Registry | None = None) -> None:
+        self.config = config
+        self.registry = registry or REGISTRY
+        self.labels = LabelTable()
+        self.model_globals = {"vocab": config.vocab, "context": config.context}
+        self._check_defaults()
+        self.embed = self._graph(config.embed, "[model] embed", role="embed")
+        self._named: dict[str, BlockGraph] = {}
+        self._inline: dict[int, BlockGraph] = {}
+        self.layers: list[tuple[str, BlockGraph]] = []
+        layers_text = config.layers
+        try:
+            layers_ast = parse(layers_text)
+        except BlockDSLError as exc:
+            raise exc.with_context("[model] layers") from None
+        self._expand(layers_ast, layers_text)
+        if not self.layers:
+            raise ConfigError("[model] layers is empty", layers_text, context="[model] layers")
+        self.head = self._graph(config.head, "[model] head", role="head")
+
+    def graphs(self) -> list[BlockGraph]:
+        return [self.embed, *(g for _, g in self.layers), self.head]
+
+    def params(self) -> int:
+        """Parameters of the whole model, shared labels and tied heads once."""
+        seen: set[int] = set()
+        total = 0
+        for graph in self.graphs():
+            for spec in graph.modules.values():
+                if spec.label is not None:
+                    if id(spec) in seen:
+                        continue
+                    seen.add(id(spec))
+                total += spec.params
+        return total
+
+    def flops(self, seq: int) -> int:
+        return sum(graph.flops(seq) for graph in self.graphs())
+
+    # ---------------------------------------------------------------- internals
+    def _check_defaults(self) -> None:
+        for component, args in self.config.defaults.items():
+            if component not in self.registry:
+                raise self.config.error(
+                    f"[defaults] names unknown component '{component}'",
+                    component,
+                    hint=did_you_mean(component, self.registry.names()),
+                )
+            resolved, _ = self.registry.resolve(component)
+            for arg in args:
+                if arg not in resolved.user_params:
+                    raise self.config.error(
+                        f"unknown argument '{arg}' for {component} in [defaults]",
+                        arg,
+                        hint=f"valid arguments of {resolved.name}: {resolved.signature_text()}",
+                    )
+
+    def _graph(
+        self,
+        src: str | list[str] | ast.Block,
+        where: str,
+        *,
+        role: str = "block",
+        source: str | None = None,
+    ) -> BlockGraph:
+        try:
+            return build_graph(
+                src,
+                d_model=self.config.d_model,
+                defaults=self.config.defaults,
+                registry=self.registry,
+                model_globals=self.model_globals,
+                labels=self.labels,
+                role=role,  # type: ignore[arg-type]
+                source=source,
+            )
+        except BlockDSLError as exc:
+            raise exc.with_context(where) from None
+
+    def _named_graph(self, name: str) -> BlockGraph:
+        if name not in self._named:
+            self._named[name] = self._graph(self.config.blocks[name], f"[blocks] {name}")
+        return self._named[name]
+
+    def _expand(self, node: ast.Block, text: str) -> None:
+        if node.is_parallel:
+            self._add_inline(node, text, node)
+            return
+        for step in node.chains[0].steps:
+            self._expand_step(step, text)
+
+    def _expand_step(self, step: ast.Step, text: str) -> None:
+        if isinstance(step, ast.Residual):
+            raise ConfigError(
+                "'+' cannot stand between layers",
+                text,
+                step.span,
+                hint="put residual steps inside a block",
+                context="[model] layers",
+            )
+        if isinstance(step, ast.Repeat):
+            if step.count < 1:
+                raise ConfigError(
+                    f"repeat count must be at least 1, got {step.count}",
+                    text,
+                    step.count_span,
+                    context="[model] layers",
+                )
+            for _ in range(step.count):
+                self._expand_step(step.body, text)
+            return
+        if isinstance(step, ast.Call) and step.name in self.config.blocks:
+            if step.args or step.label or step.children:
+                raise ConfigError(
+                    f"block '{step.name}' is a named block and takes no arguments, "
+                    "label or children",
+                    text,
+                    step.span,
+                    context="[model] layers",
+                )
+            self.layers.append((step.name, self._named_graph(step.name)))
+            return
+        if isinstance(step, ast.Group) and self._only_named(step.block):
+            self._expand(step.block, text)
+            return
+        self._add_inline(
+            step, text, ast.Block((ast.Chain((step,), span=step.span),), span=step.span)
+        )
+
+    def _only_named(self, block: ast.Block) -> bool:
+        """A group whose steps are all named blocks (or groups/repeats of them) is flattened
+        into the layer list."""
+        if block.is_parallel:
+            return False
+        for step in block.chains[0].steps:
+            body = step.body if isinstance(step, ast.Repeat) else step
+            if isinstance(body, ast.Call):
+                if body.name not in self.config.blocks:
+                    return False
+            elif isinstance(body, ast.Group):
+                if not self._only_named(body.block):
+                    return False
+            else:
+                return False
+        return True
+
+    def _add_inline(self, key_node: ast.Node, text: str, block: ast.Block) -> None:
+        for node in ast.walk(block):
+            if isinstance(node, ast.Call) and node.name in self.config.blocks:
+                raise ConfigError(
+                    f"named block '{node.name}' can only be chained or repeated in layers",
+                    text,
+                    node.name_span,
+                    hint="write the layers as a chain of names, e.g. '(a->b)*4'",
+                    context="[model] layers",
+                )
+        if id(key_node) not in self._inline:
+            self._inline[id(key_node)] = self._graph(
+                block, "[model] layers", source=source_text(text)
+            )
+        self.layers.append((unparse(key_node), self._inline[id(key_node)]))
+
+
+def build_model(
+    spec: Any = "tiny",
+    *,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+    registry: Registry | None = None,
+    **overrides: Any,
+) -> LanguageModel:
+    """Build a ``LanguageModel`` from a preset name, a ``.toml`` path, a config dict or
+    ``ModelConfig``, a block string or a list of strings; ``overrides`` set config keys
+    (``d_model=``, ``vocab=``, ``layers=``, ``defaults=``, ``blocks=``, ...).
+
+    The whole model is validated (and its parameter budget checked) before any memory is
+    allocated; ``device="meta"`` allocates none at all.
+    """
+    config = load_config(spec, **overrides)
+    plan = ModelPlan(config, registry)
+    if config.max_params is not None:
+        total = plan.params()
+        if total > config.max_params:
+            raise BudgetError(
+                f"the model has {total:,} parameters, over the budget of {config.max_params:,}",
+                config.text,
+                config.locate("max_params"),
+                hint="reduce d_model, layers or the components' sizes, or raise max_params",
+                context=config.origin or None,
+            )
+    with torch.device(device) if device is not None else nullcontext():
+        shared: dict[str, nn.Module] = {}
+        embed = lower(plan.embed, shared=shared)
+        layers = [lower(graph, shared=shared) for _, graph in plan.layers]
+        head = lower(plan.head, shared=shared)
+    _tie(embed, head)
+    model = LanguageModel(
+        config, embed, layers, head, [name for name, _ in plan.layers], plan.graphs()
+    )
+    if dtype is not None:
+        model.to(dtype)
+    return model
+
+
+def _tie(embed: nn.Module, head: nn.Module) -> None:
+    """Give every tied head (``Head(tie=true)``) the embedding's weight."""
+    tokens = [m for m in embed.modules() if hasattr(m, "tok") and isinstance(m.tok, nn.Embedding)]
+    for module in head.modules():
+        if getattr(module, "tie", False) and hasattr(module, "tie_to"):
+            if not tokens:
+                raise ConfigError("Head(tie=true) needs an embedding to tie to")
+            module.tie_to(tokens[0])
