@@ -4,6 +4,7 @@
 >>> model = blockdsl.build_model("llama", d_model=256, layers="block*4")
 """
 
+import blockdsl.components  # noqa: F401  registers the built-ins
 from blockdsl.ast import Block, Call, Chain, Group, Repeat, Residual
 from blockdsl.config import ModelConfig, list_presets, load_config
 from blockdsl.errors import (

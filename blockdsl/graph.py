@@ -66,18 +66,15 @@ class ModuleSpec:
     @property
     def own_params(self) -> int:
         """Parameters of this module itself, children excluded."""
-        return self.component.count_params(self.d_in, self.args, **self._child_count())
+        return self.component.count_params(self.d_in, self.args, len(self.children))
 
     @property
     def params(self) -> int:
         return self.own_params + sum(child.params() for child in self.children)
 
     def flops(self, seq: int) -> int:
-        own = self.component.count_flops(self.d_in, self.args, seq, **self._child_count())
+        own = self.component.count_flops(self.d_in, self.args, seq, len(self.children))
         return own + sum(child.flops(seq) for child in self.children)
-
-    def _child_count(self) -> dict[str, int]:
-        return {"children": len(self.children)} if self.component.takes_children else {}
 
     def describe(self) -> str:
         """``Attn(heads=8, kv_heads=2)``: the arguments that differ from the defaults."""
@@ -239,7 +236,8 @@ _NAME_SANITISER = re.compile(r"[^0-9a-zA-Z_]")
 
 def _snake(name: str) -> str:
     name = _NAME_SANITISER.sub("_", name)
-    name = re.sub(r"(?<=[a-z0-9])([A-Z])", r"_\1", name).lower()
+    # CrossAttn → cross_attn, RMSNorm → rms_norm, MoE → moe, MLP → mlp
+    name = re.sub(r"(?<=[a-z0-9])(?=[A-Z][a-z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", name).lower()
     return name if name and not name[0].isdigit() else f"m_{name}"
 
 
@@ -559,6 +557,12 @@ class _Builder:
         return spec
 
     def unique_attr(self, base: str) -> str:
+        from blockdsl.lower import BlockModule
+
+        # A submodule named like a method of the module holding it ("double", "train",
+        # "graph", "code") would be shadowed by that method: give it a trailing underscore.
+        if hasattr(BlockModule, base):
+            base = f"{base}_"
         taken = {spec.attr for spec in self.modules.values()}
         if base not in taken:
             return base

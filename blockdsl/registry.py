@@ -20,7 +20,7 @@ else a compiler needs to know is declared once, at registration, and has a safe 
                     (e.g. heads that do not divide the size), or None
 ==================  =======================================================================
 
-Hooks of combinators (components with ``children``) also receive ``children``: the number of
+Hooks of combinators (components with ``children``) also receive ``n_children``: the number of
 child blocks, whose own parameters and FLOPs the compiler adds separately.
 
 Call-time context is declared by the ``forward`` signature itself: a keyword parameter named
@@ -353,17 +353,25 @@ class Component:
             return int(self.out_features_fn(d_in=d_in, **args))
         return self._probe(d_in, args)[0]
 
-    def count_params(self, d_in: int | None, args: Mapping[str, Any], **extra: Any) -> int:
-        """Parameters of the module itself; ``extra`` carries ``children`` for combinators."""
+    def _children_kw(self, n_children: int | None) -> dict[str, int]:
+        # Combinators' hooks also receive ``n_children`` (the number of child blocks) when the
+        # caller knows it; their counts exclude the children's own parameters and FLOPs.
+        return {"n_children": n_children} if self.takes_children and n_children else {}
+
+    def count_params(
+        self, d_in: int, args: Mapping[str, Any], n_children: int | None = None
+    ) -> int:
         if self.params_fn is not None:
-            return int(self.params_fn(d_in=d_in, **args, **extra))
+            return int(self.params_fn(d_in=d_in, **args, **self._children_kw(n_children)))
         return self._probe(d_in, args)[1]
 
-    def count_flops(self, d_in: int | None, args: Mapping[str, Any], seq: int, **extra: Any) -> int:
-        """Forward FLOPs of one sequence of length ``seq`` (batch 1)."""
+    def count_flops(
+        self, d_in: int, args: Mapping[str, Any], seq: int, n_children: int | None = None
+    ) -> int:
         if self.flops_fn is not None:
-            return int(self.flops_fn(d_in=d_in, seq=seq, **args, **extra))
-        return 2 * self.count_params(d_in, args, **extra) * seq
+            kw = self._children_kw(n_children)
+            return int(self.flops_fn(d_in=d_in, seq=seq, **args, **kw))
+        return 2 * self.count_params(d_in, args, n_children) * seq
 
     def _probe(self, d_in: int, args: Mapping[str, Any]) -> tuple[int, int]:
         """Output size and parameter count of an undeclared component, from a module built on

@@ -1,0 +1,61 @@
+"""Small helpers shared by the built-in components."""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from blockdsl.errors import ArgumentError
+
+Activation = Literal["relu", "gelu", "gelu_tanh", "silu", "relu2"]
+
+
+def relu2(x: torch.Tensor) -> torch.Tensor:
+    """Squared ReLU (Primer)."""
+    return F.relu(x).square()
+
+
+def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    """GELU with the tanh approximation (GPT-2's ``gelu_new``)."""
+    return F.gelu(x, approximate="tanh")
+
+
+ACTIVATIONS = {
+    "relu": F.relu,
+    "gelu": F.gelu,
+    "gelu_tanh": gelu_tanh,
+    "silu": F.silu,
+    "relu2": relu2,
+}
+
+
+def activation(name: str):
+    if name not in ACTIVATIONS:
+        raise ArgumentError(f"unknown activation '{name}'", hint=f"one of {', '.join(ACTIVATIONS)}")
+    return ACTIVATIONS[name]
+
+
+def require(condition: bool, message: str, hint: str | None = None) -> None:
+    """Raise an ``ArgumentError`` (a ``BlockDSLError``) when a combination of args is invalid."""
+    if not condition:
+        raise ArgumentError(message, hint=hint)
+
+
+def init_linear_(weight: torch.Tensor, fan_in: int) -> None:
+    """``nn.Linear``'s default init: uniform in ``±1/sqrt(fan_in)``."""
+    bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+    nn.init.uniform_(weight, -bound, bound)
+
+
+def softcap(x: torch.Tensor, cap: float) -> torch.Tensor:
+    """Gemma 2's soft-capping: ``cap * tanh(x / cap)``."""
+    return cap * torch.tanh(x / cap)
+
+
+def same_size(d_in: int, **_) -> int:
+    """``out_features`` of a component that keeps the feature size (saves a meta-device probe)."""
+    return d_in

@@ -1,0 +1,415 @@
+"""Attention: causal self-attention (MHA/MQA/GQA, RoPE/ALiBi, windows, soft-capping) and
+cross-attention to a memory.
+
+Shapes in comments: ``B`` batch, ``T`` query length, ``S`` key length, ``D`` model width,
+``H`` query heads, ``K`` key/value heads, ``hd`` head size, ``r`` rotated dims per head.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import ClassVar, Literal
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from blockdsl.components._util import require, same_size, softcap
+from blockdsl.components.norm import Norm
+from blockdsl.registry import register
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _dims(d_in: int, heads: int, kv_heads: int | None, head_dim: int | None) -> tuple[int, int]:
+    """``(kv_heads, head_dim)`` with their defaults filled in."""
+    return (heads if kv_heads is None else kv_heads), (
+        d_in // heads if head_dim is None else head_dim
+    )
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    """Llama / GPT-NeoX: ``[x1, x2] -> [-x2, x1]`` over the two halves of the last dim."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def rotate_every_two(x: torch.Tensor) -> torch.Tensor:
+    """GPT-J: ``(x0, x1), (x2, x3), ... -> (-x1, x0), (-x3, x2), ...`` over adjacent pairs."""
+    x1, x2 = x[..., 0::2], x[..., 1::2]
+    return torch.stack((-x2, x1), dim=-1).flatten(-2)
+
+
+def apply_rotary(
+    x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleaved: bool
+) -> torch.Tensor:
+    """Rotate the first ``r = 2 * cos.shape[-1]`` dims of each head of ``x`` (B, H, T, hd);
+    ``cos``/``sin`` are (T, r/2) or (B, 1, T, r/2), one angle per rotated pair."""
+    r = 2 * cos.shape[-1]
+    x_rot, x_pass = x[..., :r], x[..., r:]
+    if interleaved:  # pairs are adjacent dims (2i, 2i+1)
+        cos, sin = cos.repeat_interleave(2, -1), sin.repeat_interleave(2, -1)
+        rotated = rotate_every_two(x_rot)
+    else:  # pairs are (i, i + r/2)
+        cos, sin = torch.cat((cos, cos), -1), torch.cat((sin, sin), -1)
+        rotated = rotate_half(x_rot)
+    x_rot = x_rot * cos.to(x.dtype) + rotated * sin.to(x.dtype)
+    return torch.cat((x_rot, x_pass), dim=-1)
+
+
+def alibi_slopes(heads: int) -> torch.Tensor:
+    """ALiBi's head slopes ``2^(-8h/H)``, with the paper's interleaving for non-powers of 2."""
+
+    def power_of_2(n: int) -> list[float]:
+        start = 2.0 ** (-8.0 / n)
+        return [start ** (i + 1) for i in range(n)]
+
+    if math.log2(heads).is_integer():
+        slopes = power_of_2(heads)
+    else:
+        closest = 2 ** math.floor(math.log2(heads))
+        slopes = power_of_2(closest) + power_of_2(2 * closest)[0::2][: heads - closest]
+    return torch.tensor(slopes, dtype=torch.float32)
+
+
+def attend(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    scale: float,
+    is_causal: bool = False,
+    mask: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    cap: float | None = None,
+    dropout: float = 0.0,
+) -> torch.Tensor:
+    """``softmax(q k^T * scale [softcapped] + bias, masked) v`` for (B, H, T|S, hd) tensors.
+
+    ``mask`` is boolean, True where a query may see a key; ``bias`` is additive (ALiBi).
+    Uses ``F.scaled_dot_product_attention`` unless soft-capping needs the scores explicitly.
+    """
+    if cap is None:
+        attn_mask = mask  # boolean, or an additive float mask when there is a bias
+        if bias is not None:
+            attn_mask = bias if mask is None else bias.masked_fill(~mask, float("-inf"))
+            attn_mask = attn_mask.to(q.dtype)
+        return F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=attn_mask,
+            dropout_p=dropout,
+            is_causal=is_causal and attn_mask is None,
+            scale=scale,
+        )
+    scores = (q @ k.transpose(-2, -1)) * scale  # (B, H, T, S)
+    scores = softcap(scores, cap)
+    if bias is not None:
+        scores = scores + bias
+    if is_causal and mask is None:
+        T, S = scores.shape[-2:]
+        mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(S - T)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    probs = F.softmax(scores.float(), dim=-1).to(q.dtype)
+    probs = F.dropout(probs, p=dropout) if dropout > 0 else probs
+    return probs @ v  # (B, H, T, hd)
+
+
+# --------------------------------------------------------------------------- declarations
+
+
+def _attn_params(
+    d_in: int,
+    heads: int,
+    kv_heads: int | None,
+    head_dim: int | None,
+    qk_norm: bool,
+    bias: bool,
+    d_memory: int | None = None,
+    **_,
+) -> int:
+    kv, hd = _dims(d_in, heads, kv_heads, head_dim)
+    d_kv = d_memory or d_in
+    q = (d_in + bias) * heads * hd
+    k_and_v = 2 * (d_kv + bias) * kv * hd
+    o = heads * hd * d_in + bias * d_in
+    return q + k_and_v + o + (2 * hd if qk_norm else 0)
+
+
+def _attn_flops(
+    d_in: int,
+    seq: int,
+    heads: int,
+    kv_heads: int | None,
+    head_dim: int | None,
+    bias: bool,
+    window: int | None = None,
+    d_memory: int | None = None,
+    **_,
+) -> int:
+    kv, hd = _dims(d_in, heads, kv_heads, head_dim)
+    d_kv = d_memory or d_in
+    projections = seq * (
+        (2 * d_in + bias) * heads * hd
+        + 2 * (2 * d_kv + bias) * kv * hd
+        + (2 * heads * hd + bias) * d_in
+    )
+    keys = seq if window is None else min(seq, window)
+    return projections + 2 * 2 * seq * keys * heads * hd  # + QK^T and AV
+
+
+# --------------------------------------------------------------------------- modules
+
+
+class _Projections(nn.Module):
+    """q, k, v, o linears and optional q/k RMSNorm, shared by Attn and CrossAttn."""
+
+    def __init__(
+        self,
+        d_model: int,
+        heads: int,
+        kv_heads: int | None,
+        head_dim: int | None,
+        qk_norm: bool,
+        softcap: float | None,
+        scale: float | None,
+        bias: bool,
+        dropout: float,
+        d_memory: int | None = None,
+    ) -> None:
+        super().__init__()
+        require(heads > 0, f"heads must be positive, got {heads}")
+        kv, hd = _dims(d_model, heads, kv_heads, head_dim)
+        require(
+            head_dim is not None or d_model % heads == 0,
+            f"d_model={d_model} is not divisible by heads={heads}",
+            hint="set head_dim, or choose heads dividing d_model",
+        )
+        require(kv > 0 and heads % kv == 0, f"heads={heads} is not a multiple of kv_heads={kv}")
+        self.heads, self.kv_heads, self.head_dim = heads, kv, hd
+        self.groups = heads // kv  # query heads per kv head (GQA)
+        self.scale = hd**-0.5 if scale is None else scale
+        self.softcap, self.dropout = softcap, dropout
+        d_kv = d_memory or d_model
+        self.q = nn.Linear(d_model, heads * hd, bias=bias)
+        self.k = nn.Linear(d_kv, kv * hd, bias=bias)
+        self.v = nn.Linear(d_kv, kv * hd, bias=bias)
+        self.o = nn.Linear(heads * hd, d_model, bias=bias)
+        self.q_norm = Norm(hd, kind="rms", eps=1e-6) if qk_norm else None
+        self.k_norm = Norm(hd, kind="rms", eps=1e-6) if qk_norm else None
+
+    def project(
+        self, x: torch.Tensor, kv_source: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        q = rearrange(self.q(x), "b t (h d) -> b h t d", h=self.heads)  # (B, H, T, hd)
+        k = rearrange(self.k(kv_source), "b s (h d) -> b h s d", h=self.kv_heads)  # (B, K, S, hd)
+        v = rearrange(self.v(kv_source), "b s (h d) -> b h s d", h=self.kv_heads)  # (B, K, S, hd)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        return q, k, v
+
+    def repeat_kv(self, kv: torch.Tensor) -> torch.Tensor:
+        """(B, K, S, hd) -> (B, H, S, hd): query head h reads kv head h // (H / K)."""
+        return kv if self.groups == 1 else kv.repeat_interleave(self.groups, dim=1)
+
+    def merge(self, y: torch.Tensor) -> torch.Tensor:
+        return self.o(rearrange(y, "b h t d -> b t (h d)"))  # (B, T, D)
+
+
+@register(
+    "Attn", out_features=same_size, mixes_positions=True, params=_attn_params, flops=_attn_flops
+)
+class Attn(_Projections):
+    """Multi-head self-attention: MHA/MQA/GQA, RoPE or ALiBi, sliding window, soft-capping.
+
+    * ``kv_heads`` (default ``heads``): query head ``h`` uses kv head ``h // (heads // kv_heads)``
+      (HF ``repeat_kv``); ``kv_heads=1`` is MQA.
+    * ``pos=rope``: rotary embedding of the first ``int(head_dim * rope_fraction)`` dims of each
+      head (rounded down to even; GPT-NeoX partial rotary), pairs ``(i, i + r/2)`` (Llama
+      ``rotate_half``) or, with ``rope_interleaved``, adjacent pairs (GPT-J ``rotate_every_two``);
+      the cos/sin tables are non-persistent buffers ``rope_cos``/``rope_sin`` of ``context``
+      rows, indexed by ``positions`` (default ``arange(T)``; must be ``< context``).
+      ``pos=alibi``: per-head linear bias ``-slope_h * (i - j)`` on query/key *indices*.
+    * ``causal`` (default true): query ``i`` sees keys ``j <= i``; ``window``: only keys with
+      ``i - j < window`` (HF Mistral/Gemma 2). Masks are index based (built with one broadcast
+      compare per call); with neither window nor ALiBi nor soft-capping SDPA's ``is_causal``.
+    * ``qk_norm``: RMSNorm over ``head_dim`` of queries and keys (before rotary), weights
+      ``q_norm.weight``/``k_norm.weight`` shared by the heads.
+    * ``softcap``: scores ``softcap * tanh(scores / softcap)`` after scaling (Gemma 2); computed
+      with explicit math, SDPA otherwise. ``scale`` defaults to ``head_dim ** -0.5``.
+    * ``dropout``: on the attention probabilities, in training only.
+
+    Parameters: ``q``, ``k``, ``v``, ``o`` (``nn.Linear``; biases with ``bias``),
+    ``q_norm``, ``k_norm`` (with ``qk_norm``).
+    """
+
+    arg_help: ClassVar[dict[str, str]] = {
+        "heads": "query heads",
+        "kv_heads": "key/value heads (GQA; 1 = MQA); none: = heads",
+        "head_dim": "size of each head; none: d_model // heads",
+        "pos": "positions: rope (rotary), alibi (linear distance bias) or none",
+        "rope_theta": "rotary base",
+        "rope_fraction": "fraction of each head's dims that rotate (GPT-NeoX partial rotary)",
+        "rope_interleaved": "rotate adjacent pairs (GPT-J) instead of halves (Llama/NeoX)",
+        "causal": "query t sees only keys <= t",
+        "window": "sliding window: query t sees keys t-window+1 ... t; none: unlimited",
+        "qk_norm": "RMSNorm of queries and keys over head_dim",
+        "softcap": "cap scores with `softcap * tanh(scores / softcap)` (Gemma 2); none: off",
+        "scale": "score scale; none: head_dim ** -0.5",
+        "bias": "biases on the q, k, v, o projections",
+        "dropout": "dropout on attention probabilities (training only)",
+        "context": "maximum sequence length (rotary table size; set by the model)",
+    }
+
+    def __init__(
+        self,
+        d_model: int,
+        heads: int = 8,
+        kv_heads: int | None = None,
+        head_dim: int | None = None,
+        pos: Literal["rope", "alibi", "none"] = "rope",
+        rope_theta: float = 10000.0,
+        rope_fraction: float = 1.0,
+        rope_interleaved: bool = False,
+        causal: bool = True,
+        window: int | None = None,
+        qk_norm: bool = False,
+        softcap: float | None = None,
+        scale: float | None = None,
+        bias: bool = False,
+        dropout: float = 0.0,
+        context: int = 2048,
+    ) -> None:
+        super().__init__(d_model, heads, kv_heads, head_dim, qk_norm, softcap, scale, bias, dropout)
+        require(window is None or window > 0, f"window must be positive, got {window}")
+        require(
+            0.0 <= rope_fraction <= 1.0, f"rope_fraction must be in [0, 1], got {rope_fraction}"
+        )
+        self.pos, self.causal, self.window, self.context = pos, causal, window, context
+        self.rope_theta, self.rope_interleaved = rope_theta, rope_interleaved
+        self.rotary_dims = int(self.head_dim * rope_fraction) // 2 * 2 if pos == "rope" else 0
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Recompute the non-persistent tables (rotary cos/sin, ALiBi slopes)."""
+        device = self.q.weight.device
+        if self.rotary_dims:
+            r = self.rotary_dims
+            inv_freq = 1.0 / self.rope_theta ** (
+                torch.arange(0, r, 2, dtype=torch.float32, device=device) / r
+            )  # (r/2,)
+            t = torch.arange(self.context, dtype=torch.float32, device=device)
+            angles = torch.outer(t, inv_freq)  # (context, r/2)
+            self.register_buffer("rope_cos", angles.cos(), persistent=False)
+            self.register_buffer("rope_sin", angles.sin(), persistent=False)
+        if self.pos == "alibi":  # (H,) slopes
+            self.register_buffer("alibi", alibi_slopes(self.heads).to(device), persistent=False)
+
+    def _mask(self, T: int, device: torch.device) -> torch.Tensor | None:
+        """Boolean (T, T), True where query i may see key j; None for plain causal/full."""
+        if self.window is None and (self.pos != "alibi" or not self.causal):
+            return None
+        i = torch.arange(T, device=device)[:, None]
+        j = torch.arange(T, device=device)[None, :]
+        distance = i - j
+        if self.window is None:
+            return distance >= 0
+        if self.causal:
+            return (distance >= 0) & (distance < self.window)
+        return distance.abs() < self.window
+
+    def forward(
+        self, x: torch.Tensor, positions: torch.Tensor | None = None
+    ) -> torch.Tensor:  # (B, T, D) -> (B, T, D)
+        T = x.shape[1]
+        q, k, v = self.project(x, x)  # (B, H, T, hd), (B, K, T, hd), (B, K, T, hd)
+        if self.rotary_dims:
+            if positions is None:
+                cos, sin = self.rope_cos[:T], self.rope_sin[:T]  # (T, r/2)
+            else:
+                cos, sin = self.rope_cos[positions], self.rope_sin[positions]
+                if positions.dim() == 2:  # (B, T, r/2) -> (B, 1, T, r/2)
+                    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+            q = apply_rotary(q, cos, sin, self.rope_interleaved)
+            k = apply_rotary(k, cos, sin, self.rope_interleaved)
+        k, v = self.repeat_kv(k), self.repeat_kv(v)  # (B, H, T, hd)
+        mask = self._mask(T, x.device)
+        bias = None
+        if self.pos == "alibi":
+            idx = torch.arange(T, device=x.device, dtype=torch.float32)
+            distance = (idx[:, None] - idx[None, :]).abs()  # (T, T)
+            bias = -self.alibi[:, None, None] * distance  # (H, T, T)
+        y = attend(
+            q,
+            k,
+            v,
+            scale=self.scale,
+            is_causal=self.causal,
+            mask=mask,
+            bias=bias,
+            cap=self.softcap,
+            dropout=self.dropout if self.training else 0.0,
+        )  # (B, H, T, hd)
+        return self.merge(y)
+
+    def extra_repr(self) -> str:
+        return (
+            f"heads={self.heads}, kv_heads={self.kv_heads}, head_dim={self.head_dim}, "
+            f"pos={self.pos}, causal={self.causal}, window={self.window}"
+        )
+
+
+@register("CrossAttn", out_features=same_size, params=_attn_params, flops=_attn_flops)
+class CrossAttn(_Projections):
+    """Cross-attention from the stream to a ``memory`` (B, S, d_memory) given at call time.
+
+    Every query sees every memory position (no mask, no positional encoding); the stream's own
+    positions are not mixed, so it needs no causality. ``d_memory`` defaults to ``d_model``.
+    FLOPs are counted with ``S = seq``. Parameters: ``q``, ``k``, ``v``, ``o`` (and ``q_norm``,
+    ``k_norm`` with ``qk_norm``), as in Attn.
+    """
+
+    arg_help: ClassVar[dict[str, str]] = {
+        "heads": "query heads",
+        "kv_heads": "key/value heads (GQA; 1 = MQA); none: = heads",
+        "head_dim": "size of each head; none: d_model // heads",
+        "d_memory": "feature size of the memory; none: = d_model",
+        "qk_norm": "RMSNorm of queries and keys over head_dim",
+        "softcap": "cap scores with `softcap * tanh(scores / softcap)`; none: off",
+        "scale": "score scale; none: head_dim ** -0.5",
+        "bias": "biases on the q, k, v, o projections",
+        "dropout": "dropout on attention probabilities (training only)",
+    }
+
+    def __init__(
+        self,
+        d_model: int,
+        heads: int = 8,
+        kv_heads: int | None = None,
+        head_dim: int | None = None,
+        d_memory: int | None = None,
+        qk_norm: bool = False,
+        softcap: float | None = None,
+        scale: float | None = None,
+        bias: bool = False,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__(
+            d_model, heads, kv_heads, head_dim, qk_norm, softcap, scale, bias, dropout, d_memory
+        )
+
+    def forward(self, x: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.project(x, memory)  # (B, H, T, hd), (B, K, S, hd), (B, K, S, hd)
+        k, v = self.repeat_kv(k), self.repeat_kv(v)  # (B, H, S, hd)
+        y = attend(
+            q,
+            k,
+            v,
+            scale=self.scale,
+            cap=self.softcap,
+            dropout=self.dropout if self.training else 0.0,
+        )  # (B, H, T, hd)
+        return self.merge(y)  # (B, T, D)

@@ -1,0 +1,234 @@
+"""Small building blocks: dropout, linear maps, learned scales and gates, token shift and
+causal depthwise convolution."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from blockdsl.components._util import init_linear_, require, same_size
+from blockdsl.registry import register
+
+
+@register("Dropout", out_features=same_size, params=lambda **_: 0, flops=lambda **_: 0)
+class Dropout(nn.Dropout):
+    """Dropout: zero each feature with probability ``p`` in training (scaled by 1/(1-p))."""
+
+    arg_help: ClassVar[dict[str, str]] = {"p": "probability of zeroing each feature"}
+
+    def __init__(self, d_model: int, p: float = 0.1) -> None:
+        require(0.0 <= p < 1.0, f"dropout probability must be in [0, 1), got {p}")
+        super().__init__(p)
+
+
+# --------------------------------------------------------------------------- Linear
+
+
+def _linear_out(d_in: int, out: int | None, **_) -> int:
+    return d_in if out is None else out
+
+
+def _linear_params(d_in: int, out: int | None, bias: bool, **_) -> int:
+    n = _linear_out(d_in, out)
+    return n * d_in + (n if bias else 0)
+
+
+def _linear_flops(d_in: int, seq: int, out: int | None, bias: bool, **_) -> int:
+    return seq * _linear_out(d_in, out) * (2 * d_in + int(bias))
+
+
+@register("Linear", out_features=_linear_out, params=_linear_params, flops=_linear_flops)
+class Linear(nn.Linear):
+    """Linear map of the features to ``out`` features (default: unchanged), ``x @ weight.T + bias``.
+
+    Parameters: ``weight [out, D]``, ``bias [out]`` (with ``bias``); ``nn.Linear``'s init.
+    """
+
+    arg_help: ClassVar[dict[str, str]] = {
+        "out": "output features; none: = d_model",
+        "bias": "learn a bias",
+    }
+
+    def __init__(self, d_model: int, out: int | None = None, bias: bool = False) -> None:
+        n = d_model if out is None else out
+        require(n > 0, f"Linear out must be positive, got {n}")
+        super().__init__(d_model, n, bias=bias)
+
+
+# --------------------------------------------------------------------------- Scale
+
+
+def _scale_params(d_in: int, per_channel: bool, **_) -> int:
+    return d_in if per_channel else 1
+
+
+@register(
+    "Scale", out_features=same_size, params=_scale_params, flops=lambda d_in, seq, **_: d_in * seq
+)
+class Scale(nn.Module):
+    """Learned scale ``x * weight``: per-channel LayerScale (CaiT), or a scalar (ReZero: init=0).
+
+    Parameter: ``weight`` of shape ``[D]`` (``per_channel``) or ``[1]``, filled with ``init``.
+    """
+
+    arg_help: ClassVar[dict[str, str]] = {
+        "init": "initial value (LayerScale: small, e.g. 1e-5; ReZero: 0)",
+        "per_channel": "one scale per feature (LayerScale), else one scalar (ReZero)",
+    }
+
+    def __init__(self, d_model: int, init: float = 1e-5, per_channel: bool = True) -> None:
+        super().__init__()
+        self.init = init
+        self.weight = nn.Parameter(torch.empty(d_model if per_channel else 1))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.constant_(self.weight, self.init)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, D) -> (B, T, D)
+        return x * self.weight
+
+
+# --------------------------------------------------------------------------- Gate
+
+
+def _gate_params(d_in: int, per_token: bool, bias: bool, **_) -> int:
+    return d_in * d_in + (d_in if bias else 0) if per_token else d_in
+
+
+def _gate_flops(d_in: int, seq: int, per_token: bool, bias: bool, **_) -> int:
+    return seq * d_in * ((2 * d_in + int(bias) + 1) if per_token else 1)
+
+
+@register("Gate", out_features=same_size, params=_gate_params, flops=_gate_flops)
+class Gate(nn.Module):
+    """Learned sigmoid gate on the branch output: ``x * sigmoid(proj(x))`` (or a static gate).
+
+    Design: the gate only sees the value it gates (it sits in a chain, e.g.
+    ``Norm->Attn->Gate->+``). With ``per_token`` (default) the gate is computed from ``x``
+    itself, per token and channel, ``x * sigmoid(x @ proj.weight.T + proj.bias)``; ``proj`` is
+    initialised to zero weight and bias ``init`` so the block starts as a constant scale
+    ``sigmoid(init)`` (0.5 by default) and learns what to let through. With
+    ``per_token=false`` it is a static per-channel gate ``x * sigmoid(weight)``, ``weight``
+    filled with ``init``. Parameters: ``proj`` (``nn.Linear(D, D)``) or ``weight [D]``.
+    """
+
+    arg_help: ClassVar[dict[str, str]] = {
+        "per_token": "gate computed from x per token (`sigmoid(proj(x))`), else a static gate",
+        "bias": "learn the gate's bias (per_token only)",
+        "init": "initial gate logit: the gate starts at sigmoid(init)",
+    }
+
+    def __init__(
+        self, d_model: int, per_token: bool = True, bias: bool = True, init: float = 0.0
+    ) -> None:
+        super().__init__()
+        self.init = init
+        if per_token:
+            self.proj = nn.Linear(d_model, d_model, bias=bias)
+            self.weight = None
+        else:
+            self.proj = None
+            self.weight = nn.Parameter(torch.empty(d_model))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        if self.proj is not None:
+            nn.init.zeros_(self.proj.weight)
+            if self.proj.bias is not None:
+                nn.init.constant_(self.proj.bias, self.init)
+        else:
+            nn.init.constant_(self.weight, self.init)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, D) -> (B, T, D)
+        logits = self.proj(x) if self.proj is not None else self.weight
+        return x * torch.sigmoid(logits)
+
+
+# --------------------------------------------------------------------------- Shift
+
+
+@register(
+    "Shift",
+    out_features=same_size,
+    mixes_positions=True,
+    params=lambda d_in, **_: d_in,
+    flops=lambda d_in, seq, **_: 3 * d_in * seq,
+)
+class Shift(nn.Module):
+    """RWKV token shift: ``x + mix * (x_prev - x)``, a learned per-channel lerp to token t-1.
+
+    ``x_prev`` is the stream shifted one step right (zeros at t = 0), so the output at t
+    depends on tokens t and t-1 only (causal). Parameter: ``mix [D]``, filled with ``init``
+    (0 = identity, 1 = the previous token).
+    """
+
+    arg_help: ClassVar[dict[str, str]] = {
+        "init": "initial mix (0: the token itself, 1: the previous token)"
+    }
+
+    def __init__(self, d_model: int, init: float = 0.5) -> None:
+        super().__init__()
+        self.init = init
+        self.mix = nn.Parameter(torch.empty(d_model))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.constant_(self.mix, self.init)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, D) -> (B, T, D)
+        x_prev = F.pad(x, (0, 0, 1, -1))  # (B, T, D): x_prev[:, t] = x[:, t-1], zero at t=0
+        return x + self.mix * (x_prev - x)
+
+
+# --------------------------------------------------------------------------- Conv
+
+
+def _conv_params(d_in: int, kernel: int, bias: bool, **_) -> int:
+    return d_in * kernel + (d_in if bias else 0)
+
+
+def _conv_flops(d_in: int, seq: int, kernel: int, bias: bool, **_) -> int:
+    return seq * d_in * (2 * kernel + int(bias))
+
+
+@register(
+    "Conv", out_features=same_size, mixes_positions=True, params=_conv_params, flops=_conv_flops
+)
+class Conv(nn.Module):
+    """Causal depthwise 1-d convolution over time (Mamba/H3 style): kernel ``kernel``, left padding.
+
+    Output at t mixes inputs t-kernel+1 ... t of the same channel. Parameters: ``weight
+    [D, 1, kernel]`` (``F.conv1d`` depthwise layout, ``nn.Conv1d``'s init) and ``bias [D]``.
+    """
+
+    arg_help: ClassVar[dict[str, str]] = {
+        "kernel": "kernel size (tokens t-kernel+1 ... t)",
+        "bias": "learn a bias",
+    }
+
+    def __init__(self, d_model: int, kernel: int = 4, bias: bool = True) -> None:
+        super().__init__()
+        require(kernel > 0, f"Conv kernel must be positive, got {kernel}")
+        self.kernel = kernel
+        self.weight = nn.Parameter(torch.empty(d_model, 1, kernel))
+        self.bias = nn.Parameter(torch.empty(d_model)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        init_linear_(self.weight, self.kernel)
+        if self.bias is not None:
+            init_linear_(self.bias, self.kernel)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, D) -> (B, T, D)
+        x = rearrange(x, "b t d -> b d t")
+        x = F.pad(x, (self.kernel - 1, 0))  # (B, D, kernel-1 + T)
+        y = F.conv1d(x, self.weight, self.bias, groups=x.shape[1])  # (B, D, T)
+        return rearrange(y, "b d t -> b t d")
+
+    def extra_repr(self) -> str:
+        return f"kernel={self.kernel}"

@@ -1,0 +1,168 @@
+"""Token embedding (with learned or sinusoidal positions) and the output head."""
+
+from __future__ import annotations
+
+import math
+from typing import ClassVar, Literal
+
+import torch
+from torch import nn
+
+from blockdsl.components._util import require, same_size, softcap
+from blockdsl.registry import register
+
+# --------------------------------------------------------------------------- Embed
+
+
+def _embed_params(d_in: int, vocab: int, pos: str, context: int, **_) -> int:
+    return vocab * d_in + (context * d_in if pos == "learned" else 0)
+
+
+def _embed_flops(d_in: int, seq: int, pos: str, scale: float | str, **_) -> int:
+    return seq * d_in * (int(pos != "none") + int(scale != 1.0))  # lookups are free
+
+
+def sinusoidal_table(context: int, d_model: int, device=None) -> torch.Tensor:
+    """The Transformer's ``sin``/``cos`` positions (context, d_model): dim 2i is
+    ``sin(t / 10000^(2i/d))``, dim 2i+1 ``cos`` of the same angle."""
+    t = torch.arange(context, dtype=torch.float32, device=device)[:, None]  # (context, 1)
+    i = torch.arange(0, d_model, 2, dtype=torch.float32, device=device)  # (ceil(d/2),)
+    angles = t * torch.exp(-math.log(10000.0) * i / d_model)  # (context, ceil(d/2))
+    table = torch.zeros(context, d_model, device=device)
+    table[:, 0::2] = angles.sin()
+    table[:, 1::2] = angles.cos()[:, : d_model // 2]
+    return table
+
+
+@register("Embed", out_features=same_size, tokens_in=True, params=_embed_params, flops=_embed_flops)
+class Embed(nn.Module):
+    """Token embedding ``tok(idx) * scale``, plus learned or sinusoidal position embeddings.
+
+    Input: token ids (B, T); output (B, T, d_model). ``scale`` is a number or ``sqrt_d``
+    (Gemma's ``* sqrt(d_model)``, applied in the embedding's dtype) and multiplies the token
+    embedding only. ``pos=learned``: parameter ``pos`` (``nn.Embedding(context, d_model)``);
+    ``pos=sinusoidal``: a non-persistent buffer ``pos_table``; both indexed by ``positions``
+    (default ``arange(T)``, must be ``< context``). Parameters: ``tok``
+    (``nn.Embedding(vocab, d_model)``), ``pos``. Both are initialised N(0, 0.02) as in GPT-2
+    and Llama, not PyTorch's N(0, 1): a head tied to N(0, 1) embeddings starts with logits
+    so large that an untrained model's loss is far above ln(vocab).
+    """
+
+    arg_help: ClassVar[dict[str, str]] = {
+        "vocab": "vocabulary size (set by the model)",
+        "pos": "position embeddings: learned, sinusoidal or none",
+        "scale": "multiplies the token embeddings: a number, or sqrt_d for sqrt(d_model)",
+        "context": "maximum sequence length (set by the model)",
+    }
+
+    def __init__(
+        self,
+        d_model: int,
+        vocab: int,
+        pos: Literal["learned", "sinusoidal", "none"] = "none",
+        scale: float | Literal["sqrt_d"] = 1.0,
+        context: int = 2048,
+    ) -> None:
+        super().__init__()
+        require(vocab > 0, f"vocab must be positive, got {vocab}")
+        self.d_model, self.pos_kind, self.context = d_model, pos, context
+        self.scale = math.sqrt(d_model) if scale == "sqrt_d" else float(scale)
+        self.tok = nn.Embedding(vocab, d_model)
+        self.pos = nn.Embedding(context, d_model) if pos == "learned" else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """N(0, 0.02) embeddings; recompute the sinusoidal table."""
+        nn.init.normal_(self.tok.weight, std=0.02)
+        if self.pos is not None:
+            nn.init.normal_(self.pos.weight, std=0.02)
+        if self.pos_kind == "sinusoidal":
+            table = sinusoidal_table(self.context, self.d_model, self.tok.weight.device)
+            self.register_buffer("pos_table", table, persistent=False)  # (context, D)
+
+    def forward(self, idx: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.tok(idx)  # (B, T, D)
+        if self.scale != 1.0:
+            x = x * torch.tensor(self.scale, dtype=x.dtype)
+        if self.pos_kind != "none":
+            T = idx.shape[1]
+            table = self.pos.weight if self.pos is not None else self.pos_table  # (context, D)
+            x = x + (table[:T] if positions is None else table[positions]).to(x.dtype)
+        return x
+
+
+# --------------------------------------------------------------------------- Head
+
+
+def _head_params(d_in: int, vocab: int, tie: bool, bias: bool, **_) -> int:
+    return (0 if tie else vocab * d_in) + (vocab if bias else 0)
+
+
+def _head_flops(d_in: int, seq: int, vocab: int, bias: bool, softcap: float | None, **_) -> int:
+    return seq * vocab * (2 * d_in + int(bias) + (2 if softcap else 0))
+
+
+def _head_out(vocab: int, **_) -> int:
+    return vocab
+
+
+@register("Head", out_features=_head_out, params=_head_params, flops=_head_flops)
+class Head(nn.Module):
+    """Output projection to vocabulary logits ``x @ weight.T (+ bias)``, optionally soft-capped.
+
+    Parameters: ``weight [vocab, D]`` and ``bias [vocab]``. With ``tie`` the module owns no
+    weight until ``head.tie_to(embed)`` sets ``head.weight = embed.tok.weight`` (one shared
+    parameter, counted once; the declared count is then the bias only). ``softcap``: final
+    logits ``softcap * tanh(logits / softcap)`` (Gemma 2).
+    """
+
+    arg_help: ClassVar[dict[str, str]] = {
+        "vocab": "vocabulary size (set by the model)",
+        "tie": "share the token embedding's weight (the model calls `tie_to`)",
+        "bias": "learn a bias per vocabulary entry",
+        "softcap": "cap logits with `softcap * tanh(logits / softcap)` (Gemma 2); none: off",
+    }
+
+    def __init__(
+        self,
+        d_model: int,
+        vocab: int,
+        tie: bool = False,
+        bias: bool = False,
+        softcap: float | None = None,
+    ) -> None:
+        super().__init__()
+        self.d_model, self.vocab, self.tie, self.softcap = d_model, vocab, tie, softcap
+        if tie:
+            self.register_parameter("weight", None)
+        else:
+            self.weight = nn.Parameter(torch.empty(vocab, d_model))
+        self.bias = nn.Parameter(torch.empty(vocab)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """``nn.Linear``'s default init (an untied weight only)."""
+        if self.weight is not None and not self.tie:
+            nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        if self.bias is not None:
+            bound = 1.0 / math.sqrt(self.d_model)
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    def tie_to(self, embed: nn.Module) -> None:
+        """Share the token embedding's weight: ``self.weight = embed.tok.weight``."""
+        weight = embed.tok.weight if hasattr(embed, "tok") else embed.weight
+        require(
+            tuple(weight.shape) == (self.vocab, self.d_model),
+            f"cannot tie Head [{self.vocab}, {self.d_model}] to an embedding of shape "
+            f"{list(weight.shape)}",
+        )
+        self.weight = weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, D) -> (B, T, vocab)
+        if self.weight is None:
+            raise RuntimeError("Head(tie=true) is not tied: call head.tie_to(embedding) first")
+        logits = torch.nn.functional.linear(x, self.weight, self.bias)
+        return logits if self.softcap is None else softcap(logits, self.softcap)
+
+    def extra_repr(self) -> str:
+        return f"{self.d_model} -> {self.vocab}, tie={self.tie}, softcap={self.softcap}"

@@ -1,0 +1,311 @@
+"""Feed-forward layers: the MLP (plain or gated) and the mixture of experts (MoE)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from blockdsl.components._util import Activation, activation, init_linear_, require, same_size
+from blockdsl.registry import register
+
+# --------------------------------------------------------------------------- MLP
+
+
+def _hidden(d_in: int, hidden: int | None, mult: float) -> int:
+    return int(mult * d_in) if hidden is None else hidden
+
+
+def _mlp_params(d_in: int, hidden: int | None, mult: float, gated: bool, bias: bool, **_) -> int:
+    h = _hidden(d_in, hidden, mult)
+    return d_in * h * (3 if gated else 2) + bias * (h * (2 if gated else 1) + d_in)
+
+
+def _mlp_flops(
+    d_in: int, seq: int, hidden: int | None, mult: float, gated: bool, bias: bool, **_
+) -> int:
+    h = _hidden(d_in, hidden, mult)
+    return seq * (2 * d_in * h * (3 if gated else 2) + int(gated) * h)  # + gate product
+
+
+@register("MLP", out_features=same_size, params=_mlp_params, flops=_mlp_flops)
+class MLP(nn.Module):
+    """Position-wise feed-forward: ``down(act(up(x)))``, or gated ``down(act(gate(x)) * up(x))``.
+
+    ``hidden`` defaults to ``int(mult * d_model)``. Activations: relu, gelu (exact), gelu_tanh
+    (GPT-2), silu (SwiGLU when gated), relu2 (squared ReLU). Parameters: ``up``, ``down`` and,
+    when ``gated``, ``gate`` (``nn.Linear``; biases with ``bias``).
+    """
+
+    arg_help: ClassVar[dict[str, str]] = {
+        "hidden": "hidden width; none: int(mult * d_model)",
+        "mult": "hidden width as a multiple of d_model when hidden is none",
+        "act": "activation: relu, gelu, gelu_tanh, silu or relu2 (squared ReLU)",
+        "gated": "gated linear unit: `down(act(gate(x)) * up(x))`",
+        "bias": "biases on the linears",
+    }
+
+    def __init__(
+        self,
+        d_model: int,
+        hidden: int | None = None,
+        mult: float = 4.0,
+        act: Activation = "gelu",
+        gated: bool = False,
+        bias: bool = False,
+    ) -> None:
+        super().__init__()
+        h = _hidden(d_model, hidden, mult)
+        require(h > 0, f"MLP hidden size must be positive, got {h}")
+        self.act_name, self.act = act, activation(act)
+        self.gate = nn.Linear(d_model, h, bias=bias) if gated else None
+        self.up = nn.Linear(d_model, h, bias=bias)
+        self.down = nn.Linear(h, d_model, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, D) -> (B, T, D)
+        if self.gate is not None:
+            return self.down(self.act(self.gate(x)) * self.up(x))  # (B, T, hidden) inside
+        return self.down(self.act(self.up(x)))
+
+
+# --------------------------------------------------------------------------- MoE
+
+
+def _moe_sizes(
+    d_in: int, experts: int | None, hidden: int | None, mult: float, n_children: int | None
+) -> tuple[int, int]:
+    n = n_children or experts or 8
+    return n, _hidden(d_in, hidden, mult)
+
+
+def _moe_params(
+    d_in: int,
+    experts: int | None,
+    hidden: int | None,
+    mult: float,
+    gated: bool,
+    shared: int,
+    n_children: int | None = None,
+    **_,
+) -> int:
+    E, h = _moe_sizes(d_in, experts, hidden, mult, n_children)
+    per_expert = d_in * h * (3 if gated else 2)
+    own_experts = 0 if n_children else E * per_expert
+    return E * d_in + own_experts + shared * per_expert  # router + experts + shared
+
+
+def _moe_flops(
+    d_in: int,
+    seq: int,
+    experts: int | None,
+    k: int,
+    hidden: int | None,
+    mult: float,
+    gated: bool,
+    shared: int,
+    n_children: int | None = None,
+    **_,
+) -> int:
+    E, h = _moe_sizes(d_in, experts, hidden, mult, n_children)
+    per_token_expert = 2 * d_in * h * (3 if gated else 2)
+    router = 2 * d_in * E
+    if n_children:  # children's FLOPs are theirs; here the router and the weighted sum
+        return seq * (router + 2 * E * d_in) + seq * shared * per_token_expert
+    return seq * (router + (k + shared) * per_token_expert + 2 * k * d_in)
+
+
+@register("MoE", out_features=same_size, aux_loss=True, params=_moe_params, flops=_moe_flops)
+class MoE(nn.Module):
+    """Mixture of experts: a softmax router sends each token to its top-k experts.
+
+    Routing (as HF Mixtral): ``probs = softmax(router(x))`` in float32, the top ``k`` experts of
+    each token, their probabilities renormalised to sum to 1 when ``norm_topk`` (Mixtral) or
+    used as they are (Qwen2-MoE). ``jitter > 0`` multiplies the *router's* input by
+    ``U(1 - jitter, 1 + jitter)`` noise in training (Switch Transformer). ``shared`` always-on
+    experts are one gated/plain MLP ``shared`` of width ``shared * hidden`` added to every token.
+
+    Experts: ``experts`` (default 8) MLPs of width ``hidden`` (default ``int(mult * d_model)``)
+    stored stacked as ``w_gate [E, hidden, D]`` (gated only), ``w_up [E, hidden, D]``,
+    ``w_down [E, D, hidden]`` (``F.linear`` layout; HF Mixtral's ``gate_up_proj`` is
+    ``cat(w_gate, w_up, dim=1)`` and its ``down_proj`` is ``w_down``); the router is
+    ``router`` (``nn.Linear(D, E, bias=False)``). In eager mode tokens are grouped by expert
+    (one sort, a loop over experts only); under ``torch.compile``/export (and on the meta
+    device) every expert runs on every token, weighted by the routing weights, which are zero
+    for unselected experts: same result, static shapes.
+
+    Children (``MoE(k=2)[MLP, MLP(act=gelu), Attn]``): the experts are the child modules
+    (``E = len(children)``; ``experts`` may be left unset). Because a child may mix positions,
+    *every child runs on the whole (B, T, D) input* and the router combines their outputs per
+    token with the sparse top-k weights, so the cost is that of running all children. Declared
+    ``params``/``flops`` cover the router (and shared experts) only; the children count their own.
+
+    Returns ``(y, aux)`` with ``aux = stack([aux_loss * E * f, p])`` of shape (2, E): ``f_e``
+    is the number of top-k assignments to expert e over the number of tokens, ``p_e`` the mean
+    router probability of e. ``MoE.combine_aux`` turns every layer's aux into the
+    Switch/Mixtral load-balancing loss (times the coefficient).
+    """
+
+    arg_help: ClassVar[dict[str, str]] = {
+        "experts": "number of experts; none: 8, or the number of children",
+        "k": "experts per token (top-k)",
+        "hidden": "each expert's hidden width; none: int(mult * d_model)",
+        "mult": "hidden width as a multiple of d_model when hidden is none",
+        "act": "experts' activation: relu, gelu, gelu_tanh, silu or relu2",
+        "gated": "gated experts (SwiGLU with act=silu)",
+        "shared": "always-on shared experts (one MLP of width shared * hidden)",
+        "norm_topk": "renormalise the top-k weights to sum to 1 (Mixtral; Qwen2-MoE: false)",
+        "aux_loss": "load-balancing loss coefficient",
+        "jitter": "multiplicative U(1-jitter, 1+jitter) noise on the router input in training",
+    }
+
+    def __init__(
+        self,
+        d_model: int,
+        experts: int | None = None,
+        k: int = 2,
+        hidden: int | None = None,
+        mult: float = 4.0,
+        act: Activation = "silu",
+        gated: bool = True,
+        shared: int = 0,
+        norm_topk: bool = True,
+        aux_loss: float = 0.01,
+        jitter: float = 0.0,
+        children: Sequence[nn.Module] | None = None,
+    ) -> None:
+        super().__init__()
+        children = list(children or [])
+        if children:
+            require(
+                experts is None or experts == len(children),
+                f"MoE has {len(children)} children but experts={experts}",
+                hint="leave experts unset when giving the experts as children",
+            )
+        E = len(children) or (8 if experts is None else experts)
+        h = _hidden(d_model, hidden, mult)
+        require(E > 0, f"MoE needs at least one expert, got {E}")
+        require(0 < k <= E, f"MoE top-k must be in 1..{E} (the number of experts), got k={k}")
+        require(h > 0, f"MoE hidden size must be positive, got {h}")
+        self.d_model, self.num_experts, self.k, self.hidden = d_model, E, k, h
+        self.norm_topk, self.aux_coef, self.jitter = norm_topk, aux_loss, jitter
+        self.act_name, self.act, self.gated = act, activation(act), gated
+        self.router = nn.Linear(d_model, E, bias=False)
+        if children:
+            self.experts = nn.ModuleList(children)
+            self.w_gate = self.w_up = self.w_down = None
+        else:
+            self.experts = None
+            self.w_gate = nn.Parameter(torch.empty(E, h, d_model)) if gated else None
+            self.w_up = nn.Parameter(torch.empty(E, h, d_model))
+            self.w_down = nn.Parameter(torch.empty(E, d_model, h))
+        self.shared = (
+            MLP(d_model, hidden=shared * h, act=act, gated=gated, bias=False) if shared else None
+        )
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """``nn.Linear``'s default init for each expert's matrices."""
+        for w in (self.w_gate, self.w_up):
+            if w is not None:
+                init_linear_(w, self.d_model)
+        if self.w_down is not None:
+            init_linear_(self.w_down, self.hidden)
+
+    # ------------------------------------------------------------------ routing
+    def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(N, D) tokens -> router probs (N, E) float32, top-k weights (N, k), indices (N, k)."""
+        if self.training and self.jitter > 0:
+            noise = torch.empty_like(x).uniform_(1.0 - self.jitter, 1.0 + self.jitter)
+            x = x * noise
+        probs = F.softmax(self.router(x).float(), dim=-1)  # (N, E)
+        top_w, top_i = probs.topk(self.k, dim=-1)  # (N, k)
+        if self.norm_topk:
+            top_w = top_w / top_w.sum(dim=-1, keepdim=True)
+        return probs, top_w, top_i
+
+    def _expert(self, x: torch.Tensor, e: int) -> torch.Tensor:
+        """Expert ``e`` on (n, D) tokens."""
+        h = F.linear(x, self.w_up[e])  # (n, hidden)
+        h = self.act(F.linear(x, self.w_gate[e])) * h if self.gated else self.act(h)
+        return F.linear(h, self.w_down[e])  # (n, D)
+
+    def _experts_dense(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """Every expert on every token, summed with (N, E) weights (zero where unselected)."""
+        up = torch.einsum("nd,ehd->enh", x, self.w_up)  # (E, N, hidden)
+        if self.gated:  # act(x W_gate^T) * (x W_up^T)
+            h = self.act(torch.einsum("nd,ehd->enh", x, self.w_gate)) * up
+        else:
+            h = self.act(up)
+        out = torch.einsum("enh,edh->end", h, self.w_down)  # (E, N, D)
+        return torch.einsum("end,ne->nd", out, weights.to(out.dtype))  # (N, D)
+
+    def _experts_sparse(
+        self, x: torch.Tensor, top_w: torch.Tensor, top_i: torch.Tensor
+    ) -> torch.Tensor:
+        """Tokens grouped by expert: one stable sort, then a loop over experts (not tokens)."""
+        N = x.shape[0]
+        expert = top_i.flatten()  # (N*k,) expert of each assignment
+        token = torch.arange(N, device=x.device).repeat_interleave(self.k)  # (N*k,)
+        weight = top_w.flatten()  # (N*k,)
+        order = expert.argsort(stable=True)
+        token, weight = token[order], weight[order]
+        counts = torch.bincount(expert, minlength=self.num_experts).tolist()
+        y = torch.zeros_like(x)
+        start = 0
+        for e, n in enumerate(counts):
+            if n:
+                idx = token[start : start + n]  # (n,) tokens routed to e
+                out = self._expert(x[idx], e) * weight[start : start + n, None].to(x.dtype)
+                y = y.index_add(0, idx, out)
+            start += n
+        return y
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        B = x.shape[0]
+        flat = rearrange(x, "b t d -> (b t) d")  # (N, D), N = B*T tokens
+        probs, top_w, top_i = self.route(flat)  # (N, E), (N, k), (N, k)
+        E = self.num_experts
+        if self.experts is not None:  # children: all run on the whole input
+            weights = torch.zeros_like(probs).scatter(1, top_i, top_w)  # (N, E)
+            weights = rearrange(weights, "(b t) e -> b t e", b=B).to(x.dtype)
+            y = sum(weights[..., e, None] * child(x) for e, child in enumerate(self.experts))
+            y = rearrange(y, "b t d -> (b t) d")
+        elif torch.compiler.is_compiling() or x.device.type == "meta":
+            weights = torch.zeros_like(probs).scatter(1, top_i, top_w)  # (N, E)
+            y = self._experts_dense(flat, weights)
+        else:
+            y = self._experts_sparse(flat, top_w, top_i)
+        if self.shared is not None:
+            y = y + self.shared(flat)
+        # load balancing statistics: fraction of tokens sent to e (top-k counted), mean prob
+        f = F.one_hot(top_i, E).sum(dim=(0, 1)).float() / flat.shape[0]  # (E,)
+        p = probs.mean(dim=0)  # (E,)
+        aux = torch.stack([self.aux_coef * E * f, p])  # (2, E)
+        return rearrange(y, "(b t) d -> b t d", b=B), aux
+
+    @classmethod
+    def combine_aux(cls, auxes: Sequence[torch.Tensor]) -> torch.Tensor:
+        """The model's load-balancing loss from every MoE layer's ``(2, E)`` aux:
+        ``sum_e mean_l(aux_l[0, e]) * mean_l(aux_l[1, e])``, i.e. HF Mixtral's
+        ``load_balancing_loss_func`` over all layers times the coefficient. Layers with
+        different expert counts are combined per count and summed."""
+        groups: dict[tuple[int, ...], list[torch.Tensor]] = defaultdict(list)
+        for aux in auxes:
+            groups[tuple(aux.shape)].append(aux)
+        total = None
+        for group in groups.values():
+            f, p = torch.stack(group).mean(dim=0)  # (E,), (E,)
+            loss = (f * p).sum()
+            total = loss if total is None else total + loss
+        return total if total is not None else torch.zeros(())
+
+    def extra_repr(self) -> str:
+        return (
+            f"experts={self.num_experts}, k={self.k}, hidden={self.hidden}, act={self.act_name}, "
+            f"gated={self.gated}, norm_topk={self.norm_topk}"
+        )

@@ -1,0 +1,93 @@
+"""Shared test helpers: build any registered component generically from its declarations."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+import blockdsl.components  # noqa: F401  registers the built-ins
+from blockdsl.registry import REGISTRY, Component, Registry
+
+D = 32  # feature size used throughout the component tests
+VOCAB, CONTEXT = 50, 64
+GLOBALS = {"vocab": VOCAB, "context": CONTEXT}
+
+
+@dataclass
+class Built:
+    """A component resolved and built from a name and call arguments."""
+
+    component: Component
+    args: dict[str, Any]
+    module: nn.Module
+
+    def eval(self) -> Built:
+        self.module.eval()
+        return self
+
+    def train(self) -> Built:
+        self.module.train()
+        return self
+
+    def inputs(self, batch: int = 2, seq: int = 8, device: str | None = None) -> torch.Tensor:
+        if self.component.tokens_in:
+            return torch.randint(0, VOCAB, (batch, seq), device=device)
+        return torch.randn(batch, seq, D, device=device)
+
+    def context(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        ctx = {}
+        if "memory" in self.component.context:
+            ctx["memory"] = torch.randn(x.shape[0], 5, D, device=x.device)
+        return ctx
+
+    def run(self, x: torch.Tensor, **ctx: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Forward; returns ``(y, aux)`` with ``aux`` None unless the component declares it."""
+        out = self.module(x, **ctx)
+        return out if self.component.aux_loss else (out, None)
+
+    def aux_scalar(self, aux: torch.Tensor) -> torch.Tensor:
+        combine = getattr(type(self.module), "combine_aux", None)
+        return combine([aux]) if combine is not None else aux.sum()
+
+
+def resolve(
+    name: str, kwargs: dict[str, Any] | None = None, registry: Registry = REGISTRY
+) -> tuple[Component, dict[str, Any]]:
+    component, bound = registry.resolve(name)
+    args, issues = component.bind((), {**bound, **(kwargs or {})}, model_globals=GLOBALS, d_in=D)
+    assert not issues, [i.message for i in issues]
+    return component, args
+
+
+def tied_embedding(module: nn.Module) -> nn.Module | None:
+    """A module whose weight is to be tied (``Head(tie=true)``) gets the token embedding of the
+    registry's first ``tokens_in`` component, built with the same globals."""
+    if not hasattr(module, "tie_to") or getattr(module, "weight", 0) is not None:
+        return None
+    embed = next(c for c in REGISTRY.components() if c.tokens_in)
+    _, args = resolve(embed.name)
+    embedding = embed.build(args)  # on the current default device (cpu, or meta)
+    module.tie_to(embedding)
+    return embedding
+
+
+def build(
+    name: str,
+    kwargs: dict[str, Any] | None = None,
+    children: list[nn.Module] | None = None,
+    tie: bool = True,
+) -> Built:
+    component, args = resolve(name, kwargs)
+    module = component.build(args, children or [])
+    if tie:
+        tied_embedding(module)
+    return Built(component, args, module)
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)

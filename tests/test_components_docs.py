@@ -1,0 +1,34 @@
+"""docs/components.md is generated from the registry and must not go stale."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+from blockdsl.registry import REGISTRY
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _generator():
+    spec = importlib.util.spec_from_file_location("gen_components", ROOT / "docs/gen_components.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_committed_components_doc_is_current():
+    expected = _generator().render()
+    actual = (ROOT / "docs/components.md").read_text()
+    assert actual == expected, "docs/components.md is stale: run python docs/gen_components.py"
+
+
+def test_every_builtin_argument_is_documented():
+    for component in REGISTRY.components():
+        if not component.cls.__module__.startswith("blockdsl."):
+            continue
+        help_ = getattr(component.cls, "arg_help", {})
+        assert component.description, component.name
+        missing = set(component.user_params) - set(help_)
+        assert not missing, f"{component.name}: no arg_help for {sorted(missing)}"
+        assert not set(help_) - set(component.user_params), f"{component.name}: stale arg_help"
