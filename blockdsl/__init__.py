@@ -22,6 +22,8 @@ from blockdsl.errors import (
 from blockdsl.graph import BlockGraph, build_graph
 from blockdsl.lower import BlockModule, compile_block
 from blockdsl.model import LanguageModel, build_model
+from blockdsl.parser import parse
+from blockdsl.printer import unparse
 from blockdsl.registry import REGISTRY, Component, Registry, register, register_alias
 
 __version__ = "0.1.0"
@@ -55,6 +57,8 @@ __all__ = [
     "compile_block",
     "list_presets",
     "load_config",
+    "parse",
     "register",
     "register_alias",
+    "unparse",
 ]

@@ -284,9 +284,7 @@ class _Builder:
         self, kind: NodeKind, name: str, inputs: tuple[int, ...], size: int | None, span: Span
     ) -> int:
         node = next(self.ids)
-        self.g.add_node(
-            node, kind=kind, name=self.unique(name), inputs=inputs, size=size, span=span
-        )
+        self.g.add_node(node, kind=kind, name=name, inputs=inputs, size=size, span=span)
         for source in inputs:
             self.g.add_edge(source, node)
         return node
@@ -317,6 +315,9 @@ class _Builder:
         is never materialised: its update is summed into the result instead)."""
         keep = nx.ancestors(self.g, result) | {result}
         self.g.remove_nodes_from([n for n in list(self.g) if n not in keep])
+        # Names are given once the graph is final, in execution order: add, add_1, ...
+        for node in nx.lexicographical_topological_sort(self.g):
+            self.g.nodes[node]["name"] = self.unique(self.g.nodes[node]["name"])
 
     # ---------------------------------------------------------------- expansion
     def block(self, block: ast.Block, x: int) -> int:
