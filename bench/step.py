@@ -23,6 +23,7 @@ non-causal), divided by the best FLOP/s of a plain ``N x N`` matrix multiply mea
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
 import sys
@@ -138,8 +139,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--ref-gqa", default="sdpa", choices=["sdpa", "repeat"])
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
     args = ap.parse_args(argv)
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     cfg = Config()
     if args.quick:
         cfg = Config(vocab=512, d_model=64, layers=2, heads=4, kv_heads=2, hidden=176, seq=64)
@@ -154,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
 
     print(
         f"torch {torch.__version__}, python {platform.python_version()}, {platform.machine()}, "
-        f"{torch.get_num_threads()} threads, device {device}, dtype {args.dtype}"
+        f"{torch.get_num_threads()} threads, device {device}, dtype {args.dtype}, "
+        f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}"
     )
     print(
         f"config: vocab {cfg.vocab}, d_model {cfg.d_model}, layers {cfg.layers}, heads "
