@@ -47,15 +47,17 @@ def apply_rotary(
     """Rotate the first ``r = 2 * cos.shape[-1]`` dims of each head of ``x`` (B, H, T, hd);
     ``cos``/``sin`` are (T, r/2) or (B, 1, T, r/2), one angle per rotated pair."""
     r = 2 * cos.shape[-1]
-    x_rot, x_pass = x[..., :r], x[..., r:]
     if interleaved:  # pairs are adjacent dims (2i, 2i+1)
         cos, sin = cos.repeat_interleave(2, -1), sin.repeat_interleave(2, -1)
-        rotated = rotate_every_two(x_rot)
+        rotate = rotate_every_two
     else:  # pairs are (i, i + r/2)
         cos, sin = torch.cat((cos, cos), -1), torch.cat((sin, sin), -1)
-        rotated = rotate_half(x_rot)
-    x_rot = x_rot * cos.to(x.dtype) + rotated * sin.to(x.dtype)
-    return torch.cat((x_rot, x_pass), dim=-1)
+        rotate = rotate_half
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    if r == x.shape[-1]:  # the whole head rotates: no slicing, no concatenation (no copies)
+        return x * cos + rotate(x) * sin
+    x_rot, x_pass = x[..., :r], x[..., r:]
+    return torch.cat((x_rot * cos + rotate(x_rot) * sin, x_pass), dim=-1)
 
 
 def alibi_slopes(heads: int) -> torch.Tensor:
