@@ -14,7 +14,8 @@ reference; eager first, then under ``torch.compile`` (default inductor backend).
 
 Achieved FLOP/s use the PaLM formula (per token ``6 N + 12 L T d_model``, ``N`` = parameters
 without the input embedding table, ``L`` layers, ``T`` sequence length; attention counted as if
-non-causal), divided by the best FLOP/s of a plain ``N x N`` matrix multiply measured in the run.
+non-causal), divided by the FLOP/s of a plain ``2048 x 2048`` matrix multiply timed in the same
+round-robin (its median), so both see the same machine load.
 
     PYTHONPATH=. python bench/step.py [--device cpu] [--dtype float32] [--steps 20]
                                       [--no-compile] [--quick]
@@ -48,6 +49,8 @@ from bench.models import (
     reference_from_blockdsl,
 )
 
+MATMUL = "matmul"
+
 
 class LossOf(nn.Module):
     """``model`` -> the scalar training loss (what is compiled and differentiated)."""
@@ -66,19 +69,20 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def matmul_peak(device: torch.device, dtype: torch.dtype, n: int, reps: int) -> float:
-    """Best FLOP/s of ``a @ b`` with ``n x n`` operands."""
+def matmul_step(device: torch.device, dtype: torch.dtype, n: int) -> Callable[[], float]:
+    """One timed ``n x n @ n x n`` matrix multiply (``2 n^3`` FLOPs), run round-robin with the
+    models so that the peak is measured under the same machine load."""
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
-    best = float("inf")
-    for i in range(reps + 2):
+
+    def step() -> float:
         sync(device)
         t = time.perf_counter()
         a @ b
         sync(device)
-        if i >= 2:
-            best = min(best, time.perf_counter() - t)
-    return 2 * n**3 / best
+        return time.perf_counter() - t
+
+    return step
 
 
 def step_flops(cfg: Config, params_no_embed: int) -> int:
@@ -113,11 +117,14 @@ def run_round_robin(steps: dict[str, Callable[[], float]], warmup: int, n: int) 
     return times
 
 
-def report(title: str, times: dict[str, list[float]], flops: dict[str, int], peak: float) -> None:
+def report(title: str, times: dict[str, list[float]], flops: dict[str, int], n: int) -> None:
     ref = statistics.median(times["reference"])
-    print(f"\n{title}")
+    peak = 2 * n**3 / statistics.median(times[MATMUL])
+    print(f"\n{title}; matmul peak {peak / 1e9:.1f} GFLOP/s ({n}x{n}, median, same rounds)")
     print(f"{'model':<16}{'median ms':>11}{'min ms':>9}{'ratio':>8}{'GFLOP/s':>9}{'of peak':>9}")
     for name, ts in times.items():
+        if name == MATMUL:
+            continue
         med = statistics.median(ts)
         rate = flops[name] / med
         print(
@@ -218,14 +225,12 @@ def main(argv: list[str] | None = None) -> int:
         f"({count_params(ref) - embed:,}): {flops['reference'] / 1e9:.2f} GFLOP (reference)"
     )
     n = 1024 if args.quick else 2048
-    peak = matmul_peak(device, dtype, n, 5)
-    print(f"matmul peak ({n}x{n} @ {n}x{n}, {args.dtype}): {peak / 1e9:.1f} GFLOP/s")
-
+    matmul = matmul_step(device, dtype, n)
     steps = {
         name: make_step(LossOf(m, cfg.vocab), m, idx, targets, device) for name, m in models.items()
     }
-    times = run_round_robin(steps, args.warmup, args.steps)
-    report(f"eager: forward+backward, median of {args.steps} steps", times, flops, peak)
+    times = run_round_robin({**steps, MATMUL: matmul}, args.warmup, args.steps)
+    report(f"eager: forward+backward, median of {args.steps} steps", times, flops, n)
 
     if not args.no_compile:
         torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
@@ -238,8 +243,8 @@ def main(argv: list[str] | None = None) -> int:
             step()
             print(f"  {name:<16}{time.perf_counter() - t:>8.1f} s")
             compiled[name] = step
-        times = run_round_robin(compiled, args.warmup, args.steps)
-        report(f"torch.compile: forward+backward, median of {args.steps} steps", times, flops, peak)
+        times = run_round_robin({**compiled, MATMUL: matmul}, args.warmup, args.steps)
+        report(f"torch.compile: forward+backward, median of {args.steps} steps", times, flops, n)
     return 0
 
 
