@@ -62,3 +62,13 @@ __all__ = [
     "register_alias",
     "unparse",
 ]
+
+
+def __getattr__(name: str):
+    """``blockdsl.hf`` (Hugging Face import) is loaded on first use, never by ``import
+    blockdsl``; it imports the optional ``transformers`` only inside its functions."""
+    if name == "hf":
+        import importlib
+
+        return importlib.import_module("blockdsl.hf")
+    raise AttributeError(f"module 'blockdsl' has no attribute {name!r}")

@@ -366,6 +366,8 @@ class _Builder:
                         f"repeat count must be at least 1, got {step.count}",
                         step.count_span,
                     )
+                    h = self.node("call", "failed", (h,), self.size(h), step.span)
+                    self.g.nodes[h]["module"] = None
                     continue
                 for _ in range(step.count):
                     h = self.term(step.body, h)
@@ -400,7 +402,7 @@ class _Builder:
                 call.name_span,
                 did_you_mean(call.name, self.registry.names()),
             )
-            return h
+            return self.failed(call, h)
         d_in = self.size(h)
         if component.tokens_in != (d_in is None):
             what = "token ids" if d_in is None else "features"
@@ -412,13 +414,13 @@ class _Builder:
                 if component.tokens_in
                 else "only an embedding (e.g. Embed) can read token ids",
             )
-            return h
+            return self.failed(call, h)
 
         # An embedding's size argument is the width it produces: the model's d_model.
         size = self.d_model if component.tokens_in else d_in
         args = self.bind(call, component, alias_args, size)
         if args is None:
-            return h
+            return self.failed(call, h)
         if call.children and not component.takes_children:
             self.problem(
                 BlockValidationError,
@@ -426,21 +428,29 @@ class _Builder:
                 call.children[0].span,
                 "only combinators (e.g. MoE) take [child, ...] blocks",
             )
-            return h
+            return self.failed(call, h)
         if call.label is not None:
             spec = self.labelled(call, component, args, size)
             if spec is None:
-                return h
+                return self.failed(call, h)
             memo = (spec.key, h)
             if memo in self.applied:
                 return self.applied[memo]
         else:
             spec = self.new_spec(call, component, args, size, key=None)
             if spec is None:
-                return h
+                return self.failed(call, h)
         node = self.node("call", spec.attr, (h,), spec.d_out, call.span)
         self.g.nodes[node]["module"] = spec.key
         self.applied[(spec.key, h)] = node
+        return node
+
+    def failed(self, call: ast.Call, h: int) -> int:
+        """A stand-in for a call that could not be resolved, so that one mistake is reported
+        once (not again as "'+' has nothing to add" further on). Its size is unknown; the
+        graph is discarded anyway, since a problem was recorded."""
+        node = self.node("call", "failed", (h,), self.size(h), call.span)
+        self.g.nodes[node]["module"] = None
         return node
 
     def bind(
@@ -448,12 +458,12 @@ class _Builder:
     ) -> dict[str, Any] | None:
         positional: list[Any] = []
         keywords: dict[str, Any] = {}
-        where_to_arg: list[ast.Arg] = []
+        positional_args: list[ast.Arg] = []
+        keyword_args: list[ast.Arg] = []
         ok = True
-        seen_keyword = False
         for arg in call.args:
             if arg.name is None:
-                if seen_keyword:
+                if keyword_args:
                     self.problem(
                         ArgumentError,
                         "positional argument follows keyword argument",
@@ -461,19 +471,16 @@ class _Builder:
                         "write positional arguments first, or name this one",
                     )
                     ok = False
-                positional.append(arg.value.to_python())
-        for arg in call.args:
-            if arg.name is None:
-                where_to_arg.append(arg)
-        for arg in call.args:
-            if arg.name is not None:
-                seen_keyword = True
-                if arg.name in keywords:
-                    self.problem(ArgumentError, f"argument '{arg.name}' given twice", arg.span)
-                    ok = False
                     continue
+                positional.append(arg.value.to_python())
+                positional_args.append(arg)
+            elif arg.name in keywords:
+                self.problem(ArgumentError, f"argument '{arg.name}' given twice", arg.span)
+                ok = False
+            else:
                 keywords[arg.name] = arg.value.to_python()
-                where_to_arg.append(arg)
+                keyword_args.append(arg)
+        where_to_arg = positional_args + keyword_args
         defaults = {
             **self.defaults.get(component.name, {}),
             **alias_args,
@@ -491,9 +498,12 @@ class _Builder:
             self.problem(ArgumentError, issue.message, span, issue.hint)
         if issues or not ok:
             return None
-        reason = component.check_args(d_in, resolved)
-        if reason:
-            self.problem(ArgumentError, f"{call.name}: {reason}", call.span)
+        verdict = component.check_args(d_in, resolved)
+        if verdict:
+            reason, hint = verdict
+            if not reason.startswith(f"{component.name} "):
+                reason = f"{call.name}: {reason}"
+            self.problem(ArgumentError, reason, call.span, hint)
             return None
         return resolved
 
@@ -513,12 +523,23 @@ class _Builder:
         )
         if not same:
             where = f"{existing.span.line}:{existing.span.column}"
+            if existing.component is not component:
+                detail = f"it is {existing.written} at {where} but {call.name} here"
+            elif existing.args != args:
+                differ = [n for n in args if args[n] != existing.args.get(n)]
+                detail = "; ".join(
+                    f"{n}={_show_value(existing.args.get(n))} at {where}, "
+                    f"{n}={_show_value(args[n])} here"
+                    for n in differ
+                )
+            else:
+                detail = f"its children differ from those at {where}"
             self.problem(
                 BlockValidationError,
                 f"label '#{call.label}' names different modules",
                 call.span,
-                f"it was {existing.describe()} at {where}; every use of a label must name "
-                "the same component with the same arguments",
+                f"{detail}\nevery use of a label must name the same component with the same "
+                "arguments",
             )
             return None
         self.modules.setdefault(existing.key, existing)
@@ -576,7 +597,17 @@ class _Builder:
         sub = _Builder(self.source, self.registry, self.defaults, self.model_globals, self.labels)
         graph = sub.build(block, d_in or 0, "block")
         self.problems.extend(sub.problems)
-        return None if sub.problems else graph
+        if sub.problems:
+            return None
+        if graph.aux_modules:
+            self.problem(
+                BlockValidationError,
+                "a child block cannot hold a component with an auxiliary loss",
+                block.span,
+                "combinators call their children as plain modules; put the MoE outside",
+            )
+            return None
+        return graph
 
 
 def _lint(graph: BlockGraph) -> None:

@@ -127,14 +127,18 @@ def _instantiate(spec: ModuleSpec, graph: BlockGraph, shared: dict[str, nn.Modul
     children = [lower(child, shared=shared) for child in spec.children]
     try:
         return spec.component.build(spec.args, children)
-    except BlockDSLError:
-        raise
+    except BlockDSLError as exc:
+        if exc.source:
+            raise
+        raise ArgumentError(
+            f"{spec.written}: {exc.message}", graph.source, spec.span, hint=exc.hint
+        ) from exc
     except Exception as exc:  # the component rejected its arguments: say where
         raise ArgumentError(
             f"cannot build {spec.describe()}: {exc}",
             graph.source,
             spec.span,
-            hint=f"valid arguments of {spec.component.name}: {spec.component.signature_text()}",
+            hint=spec.component.valid_arguments(),
         ) from exc
 
 

@@ -189,7 +189,7 @@ class ModelPlan:
                     raise self.config.error(
                         f"unknown argument '{arg}' for {component} in [defaults]",
                         arg,
-                        hint=f"valid arguments of {resolved.name}: {resolved.signature_text()}",
+                        hint=resolved.valid_arguments(),
                     )
 
     def _graph(

@@ -42,7 +42,7 @@ from typing import Any, Literal, NamedTuple
 import torch
 from torch import nn
 
-from blockdsl.errors import RegistryError, did_you_mean, suggest
+from blockdsl.errors import BlockDSLError, RegistryError, did_you_mean, suggest
 
 #: Keyword parameters of ``forward`` that the compiler knows how to supply.
 CONTEXT_ARGS = ("positions", "memory")
@@ -108,13 +108,16 @@ class Param:
         return f"{self.name}: {self.type_name}{default}"
 
 
-def _show(value: Any) -> str:
+def _show(value: Any, quote: bool = False) -> str:
+    """A value as it would be written in a block string."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if value is None:
         return "none"
     if isinstance(value, str):
-        return value
+        return f'"{value}"' if quote else value
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_show(v, quote) for v in value) + "]"
     return repr(value)
 
 
@@ -237,8 +240,20 @@ class Component:
         """The parameters a block string may set (the input size is supplied by the compiler)."""
         return {n: p for n, p in self.params.items() if n != self.input_size}
 
-    def signature_text(self) -> str:
-        return ", ".join(p.describe() for p in self.user_params.values())
+    def signature_text(self, width: int = 88) -> str:
+        """``heads: int = 8, kv_heads: int | none = none, ...``, wrapped between arguments."""
+        lines: list[str] = []
+        for item in (p.describe() for p in self.user_params.values()):
+            if lines and len(lines[-1]) + len(item) + 2 <= width:
+                lines[-1] += f", {item}"
+            else:
+                lines.append(item)
+        return ",\n".join(lines) or "(none)"
+
+    def valid_arguments(self) -> str:
+        """The hint that lists this component's arguments, for error messages."""
+        listing = self.signature_text().replace("\n", "\n  ")
+        return f"valid arguments of {self.name}:\n  {listing}"
 
     # ---------------------------------------------------------------- argument binding
     def bind(
@@ -258,7 +273,7 @@ class Component:
         keywords = dict(keywords or {})
         issues: list[ArgumentIssue] = []
         settable = list(self.user_params)
-        valid = f"valid arguments of {self.name}: {self.signature_text() or '(none)'}"
+        valid = self.valid_arguments()
         given: dict[str, tuple[Any, int | None]] = {}
         for index, value in enumerate(positional):
             if index >= len(settable):
@@ -319,7 +334,7 @@ class Component:
                 issues.append(
                     ArgumentIssue(
                         f"argument '{name}' of {self.name} must be {param.type_name}, "
-                        f"got {_show(value)}",
+                        f"got {_show(value, quote=True)}",
                         where,
                         valid,
                     )
@@ -339,14 +354,32 @@ class Component:
             kwargs["children"] = list(children)
         return self.cls(**kwargs)
 
-    def check_args(self, d_in: int | None, args: Mapping[str, Any]) -> str | None:
-        """Why a module cannot be built with ``args`` at input size ``d_in``, or None."""
-        if self.check_fn is None:
-            return None
-        try:
-            return self.check_fn(d_in=d_in, **args)
-        except Exception as exc:  # a check that trips over odd values is still an answer
-            return str(exc)
+    def check_args(
+        self, d_in: int | None, args: Mapping[str, Any]
+    ) -> tuple[str, str | None] | None:
+        """Why a module cannot be built with ``args`` at input size ``d_in`` (a reason and a
+        hint), or None. Asks the ``check`` hook, then builds the module once on the meta
+        device (no memory; cached per arguments) so that whatever its constructor rejects is
+        reported before anything is allocated, at the call that wrote it."""
+        if self.check_fn is not None:
+            try:
+                reason = self.check_fn(d_in=d_in, **args)
+            except Exception as exc:  # a check that trips over odd values is still an answer
+                reason = str(exc)
+            if reason:
+                return reason, None
+        key = ("build", repr(sorted(args.items())))
+        if key not in self._probe_cache:
+            verdict: tuple[str, str | None] | None = None
+            try:
+                with torch.device("meta"):
+                    self.build(args)
+            except BlockDSLError as exc:
+                verdict = (exc.message, exc.hint)
+            except Exception as exc:
+                verdict = (str(exc) or type(exc).__name__, None)
+            self._probe_cache[key] = verdict
+        return self._probe_cache[key]
 
     def out_features(self, d_in: int, args: Mapping[str, Any]) -> int:
         if self.out_features_fn is not None:
@@ -479,7 +512,7 @@ class Registry:
         if unknown:
             raise RegistryError(
                 f"alias {alias}: {component.name} has no argument '{unknown[0]}'",
-                hint=f"valid arguments of {component.name}: {component.signature_text()}",
+                hint=component.valid_arguments(),
             )
         self._components.pop(alias, None)
         self._aliases[alias] = Alias(alias, component.name, {**bound, **args})

@@ -3,13 +3,18 @@ examples and numerically with parameter-free components whose arithmetic is easy
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import networkx as nx
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 import blockdsl
-from blockdsl import Registry, build_graph, compile_block
+from blockdsl import BlockDSLError, Registry, build_graph, compile_block
 from blockdsl.graph import BlockGraph
 
 D = 64
@@ -287,3 +292,88 @@ def test_labels_are_shared_across_blocks_of_one_model() -> None:
     )
     assert layer_params == sum(p.numel() for p in one.parameters())
     assert model.layers[0].a is model.layers[2].a
+
+
+# ---------------------------------------------------------------- invalid blocks, verbatim
+def _load_invalid(path: Path) -> list[tuple[str, str]]:
+    entries = path.read_text().split("\n---\n")[1:]
+    cases = []
+    for entry in entries:
+        first, _, expected = entry.partition("\n")
+        cases.append((json.loads(first), expected.rstrip("\n")))
+    return cases
+
+
+INVALID = _load_invalid(Path(__file__).parent / "fixtures" / "invalid_semantics.txt")
+
+
+def test_invalid_fixture_is_large_enough() -> None:
+    assert len(INVALID) >= 25
+
+
+@pytest.mark.parametrize(("src", "expected"), INVALID, ids=[s for s, _ in INVALID])
+def test_semantic_errors_verbatim(src: str, expected: str) -> None:
+    with pytest.raises(BlockDSLError) as info:
+        build_graph(src, d_model=64)
+    assert str(info.value) == expected
+    for problem in info.value.problems:
+        assert 1 <= problem.column <= len(src.split("\n")[problem.line - 1]) + 1
+
+
+# ---------------------------------------------------------------- random architectures
+STEP_CALLS = [
+    "Norm",
+    "Norm(kind=layer, bias=true)",
+    "Attn(heads=2)",
+    "Attn(heads=4, kv_heads=2, window=3)",
+    "MLP(hidden=24)",
+    "MLP(hidden=16, act=silu, gated=true)",
+    "Linear(out=16)->Linear(out=16)",
+    "Scale",
+    "Conv(kernel=3)",
+    "Shift",
+    "MoE(experts=3, k=2, hidden=8)",
+    "MoE(k=1)[MLP(hidden=8), Norm->MLP(hidden=8)]",
+]
+
+
+@st.composite
+def architectures(draw: st.DrawFn, depth: int = 2) -> str:
+    """A valid block string over STEP_CALLS: segments closed by '+', groups, repeats,
+    labels and parallel branches."""
+
+    def segment(level: int) -> str:
+        steps = []
+        for _ in range(draw(st.integers(1, 3))):
+            if level < depth and draw(st.booleans()):
+                inner = segment(level + 1)
+                step = f"({inner})"
+            else:
+                index = draw(st.integers(0, len(STEP_CALLS) - 1))
+                step = STEP_CALLS[index]
+                if "->" not in step and "[" not in step and draw(st.booleans()):
+                    # A label names one module: derive it from the call so that every use
+                    # of a label has the same component and arguments.
+                    name, paren, rest = step.partition("(")
+                    step = f"{name}#l{index}_{draw(st.integers(0, 1))}{paren}{rest}"
+            if draw(st.integers(0, 4)) == 0:
+                step = f"({step})*{draw(st.integers(1, 2))}"
+            steps.append(step)
+        return "->".join(steps) + ("->+" if draw(st.booleans()) else "")
+
+    branches = draw(st.integers(1, 3))
+    if branches == 1:
+        return segment(0)
+    return " | ".join(segment(0).removesuffix("->+") + "->+" for _ in range(branches))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(architectures())
+def test_random_architectures_are_dags_with_exact_parameter_counts(src: str) -> None:
+    graph = build_graph(src, d_model=16)
+    assert nx.is_directed_acyclic_graph(graph.nx)
+    block = compile_block(src, d_model=16)
+    assert graph.params() == sum(p.numel() for p in block.parameters())
+    out = block(torch.randn(1, 5, 16))
+    out = out[0] if block.has_aux else out
+    assert out.shape == (1, 5, 16)

@@ -234,6 +234,32 @@ class _Projections(nn.Module):
         return self.o(rearrange(y, "b h t d -> b t (h d)"))  # (B, T, D)
 
 
+def _attn_steps(
+    d_in: int,
+    seq: int,
+    batch: int,
+    heads: int,
+    kv_heads: int | None,
+    head_dim: int | None,
+    window: int | None = None,
+    **_,
+) -> list[tuple[str, tuple[str, ...], tuple[int, ...], int]]:
+    """Attention's steps for ``blockdsl compile --show-shapes --depth 2``: ``(name, symbolic
+    shape, concrete shape, forward FLOPs of the batch)``; scores over ``min(T, window)`` keys
+    are counted, as in ``_attn_flops``."""
+    kv, hd = _dims(d_in, heads, kv_heads, head_dim)
+    n = batch * seq
+    keys = seq if window is None else min(seq, window)
+    return [
+        ("q", ("B", "H", "T", "hd"), (batch, heads, seq, hd), 2 * n * d_in * heads * hd),
+        ("k", ("B", "K", "T", "hd"), (batch, kv, seq, hd), 2 * n * d_in * kv * hd),
+        ("v", ("B", "K", "T", "hd"), (batch, kv, seq, hd), 2 * n * d_in * kv * hd),
+        ("scores", ("B", "H", "T", "T"), (batch, heads, seq, seq), 2 * n * keys * heads * hd),
+        ("mix", ("B", "H", "T", "hd"), (batch, heads, seq, hd), 2 * n * keys * heads * hd),
+        ("o", ("B", "T", "D"), (batch, seq, d_in), 2 * n * heads * hd * d_in),
+    ]
+
+
 @register(
     "Attn", out_features=same_size, mixes_positions=True, params=_attn_params, flops=_attn_flops
 )
@@ -278,6 +304,8 @@ class Attn(_Projections):
         "dropout": "dropout on attention probabilities (training only)",
         "context": "maximum sequence length (rotary table size; set by the model)",
     }
+
+    shape_steps = staticmethod(_attn_steps)
 
     def __init__(
         self,

@@ -67,6 +67,20 @@ class MLP(nn.Module):
         self.up = nn.Linear(d_model, h, bias=bias)
         self.down = nn.Linear(h, d_model, bias=bias)
 
+    @staticmethod
+    def shape_steps(
+        d_in: int, seq: int, batch: int, hidden: int | None, mult: float, gated: bool, **_
+    ) -> list[tuple[str, tuple[str, ...], tuple[int, ...], int]]:
+        """The steps inside, for ``blockdsl compile --show-shapes --depth 2``: ``(name,
+        symbolic shape, concrete shape, forward FLOPs of the batch)``."""
+        h, n = _hidden(d_in, hidden, mult), batch * seq
+        hid, out = ("B", "T", "F"), ("B", "T", "D")
+        steps = [("gate", hid, (batch, seq, h), 2 * n * d_in * h)] if gated else []
+        steps.append(("up", hid, (batch, seq, h), 2 * n * d_in * h))
+        steps.append(("act*up" if gated else "act", hid, (batch, seq, h), n * h * int(gated)))
+        steps.append(("down", out, (batch, seq, d_in), 2 * n * h * d_in))
+        return steps
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, D) -> (B, T, D)
         if self.gate is not None:
             return self.down(self.act(self.gate(x)) * self.up(x))  # (B, T, hidden) inside
@@ -207,6 +221,45 @@ class MoE(nn.Module):
             MLP(d_model, hidden=shared * h, act=act, gated=gated, bias=False) if shared else None
         )
         self.reset_parameters()
+
+    @staticmethod
+    def shape_steps(
+        d_in: int,
+        seq: int,
+        batch: int,
+        experts: int | None,
+        k: int,
+        hidden: int | None,
+        mult: float,
+        gated: bool,
+        shared: int,
+        n_children: int | None = None,
+        **_,
+    ) -> list[tuple[str, tuple[str, ...], tuple[int, ...], int]]:
+        """The steps inside, for ``blockdsl compile --show-shapes --depth 2``: ``(name,
+        symbolic shape, concrete shape, forward FLOPs of the batch)``. With children the
+        experts are the child blocks (listed after these steps) and run on every token."""
+        E, h = _moe_sizes(d_in, experts, hidden, mult, n_children)
+        n = batch * seq
+        steps = [
+            ("router", ("B", "T", "E"), (batch, seq, E), 2 * n * d_in * E),
+            ("top-k", ("B", "T", "k"), (batch, seq, k), 0),
+        ]
+        if n_children:
+            steps.append(("combine", ("B", "T", "D"), (batch, seq, d_in), 2 * n * E * d_in))
+        else:
+            routed = ("B·T·k", "D"), (n * k, d_in)
+            up = 2 * n * k * d_in * h * (2 if gated else 1)
+            steps += [
+                ("dispatch", *routed, 0),
+                ("expert hidden", ("B·T·k", "F"), (n * k, h), up),
+                ("expert out", *routed, 2 * n * k * h * d_in),
+                ("combine", ("B", "T", "D"), (batch, seq, d_in), 2 * n * k * d_in),
+            ]
+        if shared:
+            per_token = 2 * d_in * h * (3 if gated else 2)
+            steps.append(("shared", ("B", "T", "D"), (batch, seq, d_in), n * shared * per_token))
+        return steps
 
     def reset_parameters(self) -> None:
         """``nn.Linear``'s default init for each expert's matrices."""

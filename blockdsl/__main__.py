@@ -1,0 +1,5 @@
+"""``python -m blockdsl``: the command line (see blockdsl.cli)."""
+
+from blockdsl.cli import run
+
+run()

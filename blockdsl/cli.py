@@ -1,0 +1,503 @@
+"""The ``blockdsl`` command line: argument parsing and printing only.
+
+The work is done by the library (``blockdsl.model.ModelPlan``, ``blockdsl.shapes``,
+``blockdsl.export``); see docs/cli.md. ``main(argv)`` returns the exit status: 0 on success,
+2 on any user error (the error's caret message on stderr, never a traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any, TextIO
+
+from blockdsl.errors import BlockDSLError, ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+EXIT_USAGE = 2
+
+COMPILE_EXAMPLES = """\
+examples:
+  blockdsl compile                                   the tiny preset: a summary
+  blockdsl compile "Norm->Attn->+->Norm->MLP->+" --show-shapes --batch 8 --seq 256
+  blockdsl compile "Norm->Attn->+->Norm->MLP->+" "Norm->MoE->+" --show-shapes --depth 2
+  blockdsl compile llama --set d_model=8192 --set layers='block*80' \\
+      --set defaults.Attn.heads=64 --set defaults.Attn.kv_heads=8 --show-shapes
+  blockdsl compile gpt2 --emit mermaid -o gpt2.mmd
+"""
+CHECK_EXAMPLES = """\
+examples:
+  blockdsl check "Norm->Attn->+->Norm->MLP->+"
+  blockdsl check examples/llama.toml --set d_model=512
+"""
+COMPONENTS_EXAMPLES = """\
+examples:
+  blockdsl components
+  blockdsl components Attn
+"""
+PRESETS_EXAMPLES = """\
+examples:
+  blockdsl presets
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports errors as a return code (``main`` never exits the process)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        raise _UsageError(f"{self.prog}: error: {message}")
+
+
+class _UsageError(Exception):
+    pass
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="blockdsl",
+        description="Compile block strings like 'Norm->Attn->+->Norm->MLP->+' to PyTorch.",
+        epilog="run 'blockdsl COMMAND --help' for a command's options and examples",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    from blockdsl import __version__
+
+    parser.add_argument("--version", action="version", version=f"blockdsl {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    spec_help = (
+        "a block string, several strings (parallel branches), a .toml path or a preset name "
+        "(default: tiny)"
+    )
+
+    def model_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("spec", nargs="*", metavar="SPEC", help=spec_help)
+        p.add_argument(
+            "--set",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="override a config key (d_model=512, layers='block*8', "
+            "defaults.Attn.heads=4); values are TOML literals, else strings",
+        )
+        p.add_argument(
+            "--from-hf",
+            metavar="DIR",
+            help="start from a Hugging Face model folder (config.json), via "
+            "blockdsl.hf.from_pretrained_dir (needs transformers)",
+        )
+
+    compile_ = commands.add_parser(
+        "compile",
+        help="validate a model and show its shapes or generated code",
+        description="Validate a model and print a summary, its shape table or an export.",
+        epilog=COMPILE_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    model_args(compile_)
+    compile_.add_argument(
+        "--show-shapes", action="store_true", help="print every node's shape, params, FLOPs"
+    )
+    compile_.add_argument(
+        "--depth",
+        type=int,
+        default=1,
+        metavar="N",
+        help="0: one row per block; 1: per node (default); 2: also steps inside components",
+    )
+    compile_.add_argument("--batch", "-B", type=int, default=1, metavar="B", help="batch size")
+    compile_.add_argument(
+        "--seq",
+        "-T",
+        type=int,
+        default=None,
+        metavar="T",
+        help="sequence length (default: context)",
+    )
+    compile_.add_argument(
+        "--dtype",
+        default="float32",
+        choices=["float32", "bfloat16", "float16", "float64"],
+        help="element type for the activation memory estimate",
+    )
+    compile_.add_argument(
+        "--all-args", action="store_true", help="show every resolved argument of each component"
+    )
+    compile_.add_argument(
+        "--emit", choices=["python", "dot", "mermaid", "json"], help="print an export instead"
+    )
+    compile_.add_argument("-o", "--output", metavar="FILE", help="write the output to FILE")
+
+    check = commands.add_parser(
+        "check",
+        help="validate a model: errors (exit 2) or a one-line summary",
+        description="Validate a model (building it on the meta device, no memory) and print "
+        "the errors (exit status 2) or a one-line summary.",
+        epilog=CHECK_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    model_args(check)
+
+    components = commands.add_parser(
+        "components",
+        help="list the registered components and their arguments",
+        description="List components with their arguments, types, defaults and description.",
+        epilog=COMPONENTS_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    components.add_argument("name", nargs="?", metavar="NAME", help="show one component")
+
+    commands.add_parser(
+        "presets",
+        help="list the preset models",
+        description="List preset models: name, description, parameters at the default size.",
+        epilog=PRESETS_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    return parser
+
+
+# ==================================================================== helpers
+def parse_value(text: str) -> Any:
+    """A ``--set`` value: a TOML literal (``512``, ``1e-5``, ``true``, ``"rms"``, ``[1, 2]``),
+    else JSON, else the text itself as a string (``rms``, ``block*80``)."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        pass
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def overrides_from(settings: Sequence[str]) -> dict[str, Any]:
+    from blockdsl.config import set_path
+
+    overrides: dict[str, Any] = {}
+    for setting in settings:
+        key, sep, value = setting.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(
+                f"--set expects KEY=VALUE, got '{setting}'",
+                setting,
+                hint="e.g. --set d_model=512 or --set defaults.Attn.heads=4",
+            )
+        set_path(overrides, key, parse_value(value.strip()))
+    return overrides
+
+
+def load_plan(args: argparse.Namespace) -> Any:
+    """The validated ``ModelPlan`` of the command's SPEC, ``--from-hf`` and ``--set``."""
+    from blockdsl.config import load_config
+    from blockdsl.model import ModelPlan
+
+    overrides = overrides_from(args.set)
+    if args.from_hf:
+        if args.spec:
+            raise ConfigError("give either SPEC or --from-hf, not both")
+        spec = _from_hf(args.from_hf)
+    elif not args.spec:
+        spec = "tiny"
+    elif len(args.spec) == 1:
+        spec = args.spec[0]
+    else:
+        spec = list(args.spec)
+    return ModelPlan(load_config(spec, **overrides))
+
+
+def _from_hf(path: str) -> Any:
+    """A config from a Hugging Face folder; imported lazily (transformers is optional)."""
+    try:
+        from blockdsl import hf
+    except ImportError as exc:
+        missing = getattr(exc, "name", None) or str(exc)
+        if missing and "transformers" in missing:
+            raise ConfigError(
+                "--from-hf needs the 'transformers' package",
+                hint="install it with: pip install 'blockdsl[hf]'",
+            ) from None
+        raise ConfigError(f"--from-hf is not available: {exc}") from None
+    loader = getattr(hf, "from_pretrained_dir", None)
+    if loader is None:
+        raise ConfigError("--from-hf is not available: blockdsl.hf.from_pretrained_dir missing")
+    try:
+        result = loader(path)
+    except ImportError as exc:
+        raise ConfigError(
+            f"--from-hf needs the 'transformers' package ({exc})",
+            hint="install it with: pip install 'blockdsl[hf]'",
+        ) from None
+    except (OSError, ValueError, KeyError) as exc:
+        raise ConfigError(f"cannot read a Hugging Face model from {path}: {exc}") from None
+    # Whatever it returns, a config is what load_config accepts (a ModelConfig, a dict, or an
+    # object carrying one as ``.config``, e.g. a built model).
+    from blockdsl.config import ModelConfig
+
+    if isinstance(result, tuple):
+        result = result[0]
+    if not isinstance(result, (ModelConfig, dict)) and hasattr(result, "config"):
+        result = result.config
+    return result
+
+
+def _fmt_int(n: int) -> str:
+    return f"{n:,}"
+
+
+def human(n: float, unit: str = "", *, count: bool = False) -> str:
+    """``6.74 G``, ``1.79 M``: three significant digits with an SI-style suffix (``B`` for
+    billions with ``count``, as parameter counts are usually written)."""
+    giga = "B" if count else "G"
+    for scale, suffix in ((1e15, "P"), (1e12, "T"), (1e9, giga), (1e6, "M"), (1e3, "k")):
+        if abs(n) >= scale:
+            return f"{n / scale:.3g} {suffix}{unit}"
+    return f"{n:.3g} {unit}".rstrip()
+
+
+def human_bytes(n: int) -> str:
+    for scale, suffix in ((2**40, "TiB"), (2**30, "GiB"), (2**20, "MiB"), (2**10, "KiB")):
+        if n >= scale:
+            return f"{n / scale:.2f} {suffix}"
+    return f"{n} B"
+
+
+def _console(file: TextIO) -> Any:
+    from rich.console import Console
+
+    width = os.environ.get("COLUMNS")
+    terminal = file.isatty() if hasattr(file, "isatty") else False
+    return Console(
+        file=file,
+        width=int(width) if width and width.isdigit() else (None if terminal else 120),
+        no_color=not terminal or "NO_COLOR" in os.environ,
+        force_terminal=terminal,
+        highlight=False,
+        markup=False,  # component descriptions contain brackets: print them as written
+        emoji=False,
+        soft_wrap=False,
+    )
+
+
+# ==================================================================== commands
+def cmd_compile(args: argparse.Namespace, out: TextIO) -> int:
+    plan = load_plan(args)
+    if args.batch < 1 or (args.seq is not None and args.seq < 1):
+        raise ConfigError("--batch and --seq must be positive")
+    if args.emit:
+        from blockdsl.export import to_dot, to_json, to_mermaid, to_python
+
+        if args.emit == "json":
+            text = to_json(plan, args.seq)
+        else:
+            text = {"python": to_python, "dot": to_dot, "mermaid": to_mermaid}[args.emit](plan)
+        out.write(text)
+        return 0
+    console = _console(out)
+    if args.show_shapes:
+        from blockdsl.shapes import shape_table
+
+        table = shape_table(
+            plan,
+            batch=args.batch,
+            seq=args.seq,
+            depth=args.depth,
+            dtype=args.dtype,
+            full_args=args.all_args,
+        )
+        _print_shapes(console, table)
+        return 0
+    _print_summary(console, plan)
+    return 0
+
+
+def _print_summary(console: Any, plan: Any) -> None:
+    from blockdsl.export import distinct_blocks
+
+    config = plan.config
+    seq = config.context
+    console.print(
+        f"{len(plan.layers)} layers, d_model={config.d_model}, vocab={config.vocab}, "
+        f"context={config.context}: {_fmt_int(plan.params())} parameters, "
+        f"{human(plan.flops(seq) / seq, 'FLOP')} per token at T={seq}"
+    )
+    for block in distinct_blocks(plan):
+        console.print(f"  {block.where} ({block.name}): {' '.join(block.graph.source.split())}")
+        console.print(f"    = {block.graph.expression()}")
+
+
+def _print_shapes(console: Any, table: Any) -> None:
+    from rich import box
+    from rich.table import Table
+
+    grid = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, header_style="bold")
+    grid.add_column("path", no_wrap=True)
+    grid.add_column("component", overflow="fold")
+    grid.add_column("output shape", no_wrap=True)
+    grid.add_column("params", justify="right", no_wrap=True)
+    grid.add_column("FLOPs", justify="right", no_wrap=True)
+    for row in table.rows:
+        indent = "  " * row.level
+        params = _fmt_int(row.params) if row.params is not None else ""
+        if row.note:
+            params = row.note
+        what = row.what if row.kind != "step" else f"· {row.what}"
+        grid.add_row(
+            indent + row.path,
+            indent + what,
+            row.shape,
+            params,
+            human(row.flops) if row.flops else "",
+        )
+    symbols = ", ".join(f"{k}={v}" for k, v in table.symbols.items())
+    console.print(
+        f"B={table.batch}, T={table.seq}, {symbols}, {table.layers} layers, dtype={table.dtype}"
+    )
+    console.print(grid)
+    console.print(
+        f"parameters:        {_fmt_int(table.params)} ({human(table.params, count=True)})"
+    )
+    console.print(
+        f"FLOPs per token:   {_fmt_int(table.flops_per_token)} "
+        f"({human(table.flops_per_token)}; forward, T={table.seq})"
+    )
+    console.print(f"forward FLOPs:     {_fmt_int(table.flops)} ({human(table.flops)}; B·T tokens)")
+    console.print(
+        f"activation memory: {_fmt_int(table.activation_bytes)} bytes "
+        f"({human_bytes(table.activation_bytes)}; B·T·{table.dtype} × Σ node output sizes)"
+    )
+
+
+def cmd_check(args: argparse.Namespace, out: TextIO) -> int:
+    plan = load_plan(args)
+    # Building on the meta device also runs the components' constructors (their own checks)
+    # without allocating parameter memory.
+    import torch
+
+    from blockdsl.model import build_model
+
+    build_model(plan.config, device=torch.device("meta"))
+    config = plan.config
+    out.write(
+        f"ok: {len(plan.layers)} layers, d_model={config.d_model}, vocab={config.vocab}, "
+        f"{_fmt_int(plan.params())} parameters\n"
+    )
+    return 0
+
+
+def cmd_components(args: argparse.Namespace, out: TextIO) -> int:
+    from rich.table import Table
+
+    from blockdsl.errors import UnknownComponentError, did_you_mean
+    from blockdsl.registry import REGISTRY
+
+    console = _console(out)
+    aliases = REGISTRY.aliases()
+    if args.name is None:
+        grid = Table(box=None, show_header=True, header_style="bold", pad_edge=False)
+        grid.add_column("name", no_wrap=True)
+        grid.add_column("arguments", overflow="fold")
+        grid.add_column("description", overflow="fold")
+        for component in REGISTRY.components():
+            grid.add_row(component.name, component.signature_text(), component.description)
+        for alias in aliases.values():
+            bound = ", ".join(f"{k}={v}" for k, v in alias.args.items())
+            grid.add_row(alias.name, f"= {alias.target}({bound})", f"alias of {alias.target}")
+        console.print(grid)
+        return 0
+    if args.name not in REGISTRY:
+        raise UnknownComponentError(
+            f"unknown component '{args.name}'",
+            args.name,
+            hint=did_you_mean(args.name, REGISTRY.names()),
+        )
+    component, bound = REGISTRY.resolve(args.name)
+    if args.name in aliases:
+        console.print(f"{args.name}: alias of {component.name}({bound})")
+    console.print(f"{component.name}: {component.description}")
+    helps = getattr(component.cls, "arg_help", {}) or {}
+    grid = Table(box=None, show_header=True, header_style="bold", pad_edge=False)
+    grid.add_column("argument", no_wrap=True)
+    grid.add_column("type", overflow="fold")
+    grid.add_column("default", no_wrap=True)
+    grid.add_column("description", overflow="fold")
+    for param in component.user_params.values():
+        describe = param.describe()
+        default = "(required)" if param.required else describe.split(" = ", 1)[-1]
+        grid.add_row(param.name, param.type_name, default, helps.get(param.name, ""))
+    console.print(grid)
+    if component.input_size:
+        console.print(f"input size: '{component.input_size}' (set by the compiler)")
+    if component.takes_children:
+        console.print("combinator: takes [child, ...] blocks")
+    return 0
+
+
+def cmd_presets(args: argparse.Namespace, out: TextIO) -> int:
+    from rich.table import Table
+
+    from blockdsl.config import list_presets, load_config
+    from blockdsl.model import ModelPlan
+
+    grid = Table(box=None, show_header=True, header_style="bold", pad_edge=False)
+    grid.add_column("preset", no_wrap=True)
+    grid.add_column("params", justify="right", no_wrap=True)
+    grid.add_column("description", overflow="fold")
+    for name in list_presets():
+        config = load_config(name)
+        grid.add_row(name, human(ModelPlan(config).params(), count=True), config.description)
+    _console(out).print(grid)
+    return 0
+
+
+COMMANDS = {
+    "compile": cmd_compile,
+    "check": cmd_check,
+    "components": cmd_components,
+    "presets": cmd_presets,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line with ``argv`` (default: ``sys.argv[1:]``); returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+    except _UsageError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_USAGE
+    except SystemExit as exc:  # --help, --version
+        return int(exc.code or 0)
+    if args.command is None:
+        parser.print_help(sys.stdout)
+        return 0
+    out_path = getattr(args, "output", None)
+    try:
+        if out_path:
+            with open(out_path, "w", encoding="utf-8") as out:
+                return COMMANDS[args.command](args, out)
+        return COMMANDS[args.command](args, sys.stdout)
+    except BlockDSLError as exc:
+        print(str(exc), file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as exc:
+        print(f"blockdsl: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def run() -> None:
+    """Console entry point that exits with ``main``'s status."""
+    sys.exit(main())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    run()
