@@ -88,16 +88,16 @@ def cli_row(args: argparse.Namespace) -> None:
         "compile",
         "llama",
         "--show-shapes",
-        "--d-model",
-        str(c["d_model"]),
-        "--layers",
-        f"block*{c['layers']}",
         "--set",
-        f"Attn.heads={c['heads']}",
+        f"d_model={c['d_model']}",
         "--set",
-        f"Attn.kv_heads={c['kv_heads']}",
+        f"layers=block*{c['layers']}",
         "--set",
-        f"MLP.hidden={c['hidden']}",
+        f"defaults.Attn.heads={c['heads']}",
+        "--set",
+        f"defaults.Attn.kv_heads={c['kv_heads']}",
+        "--set",
+        f"defaults.MLP.hidden={c['hidden']}",
     ]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     times = []
