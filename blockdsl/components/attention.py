@@ -339,7 +339,15 @@ class Attn(_Projections):
     def reset_parameters(self) -> None:
         """Recompute the non-persistent tables (rotary cos/sin, ALiBi slopes)."""
         device = self.q.weight.device
-        if self.rotary_dims:
+        if self.rotary_dims and device.type == "meta":  # shapes only: nothing to compute
+            shape = (self.context, self.rotary_dims // 2)
+            self.register_buffer(
+                "rope_cos", torch.empty(shape, device=device, dtype=torch.float32), persistent=False
+            )
+            self.register_buffer(
+                "rope_sin", torch.empty(shape, device=device, dtype=torch.float32), persistent=False
+            )
+        elif self.rotary_dims:
             r = self.rotary_dims
             inv_freq = 1.0 / self.rope_theta ** (
                 torch.arange(0, r, 2, dtype=torch.float32, device=device) / r
