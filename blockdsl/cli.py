@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 from typing import Any, TextIO
 
@@ -214,39 +215,12 @@ def load_plan(args: argparse.Namespace) -> Any:
     return ModelPlan(load_config(spec, **overrides))
 
 
-def _from_hf(path: str) -> Any:
-    """A config from a Hugging Face folder; imported lazily (transformers is optional)."""
-    try:
-        from blockdsl import hf
-    except ImportError as exc:
-        missing = getattr(exc, "name", None) or str(exc)
-        if missing and "transformers" in missing:
-            raise ConfigError(
-                "--from-hf needs the 'transformers' package",
-                hint="install it with: pip install 'blockdsl[hf]'",
-            ) from None
-        raise ConfigError(f"--from-hf is not available: {exc}") from None
-    loader = getattr(hf, "from_pretrained_dir", None)
-    if loader is None:
-        raise ConfigError("--from-hf is not available: blockdsl.hf.from_pretrained_dir missing")
-    try:
-        result = loader(path)
-    except ImportError as exc:
-        raise ConfigError(
-            f"--from-hf needs the 'transformers' package ({exc})",
-            hint="install it with: pip install 'blockdsl[hf]'",
-        ) from None
-    except (OSError, ValueError, KeyError) as exc:
-        raise ConfigError(f"cannot read a Hugging Face model from {path}: {exc}") from None
-    # Whatever it returns, a config is what load_config accepts (a ModelConfig, a dict, or an
-    # object carrying one as ``.config``, e.g. a built model).
-    from blockdsl.config import ModelConfig
+def _from_hf(path: str) -> dict:
+    """The config of a Hugging Face checkpoint folder (config.json only: no weights are read).
+    ``blockdsl.hf`` imports the optional transformers itself and says how to install it."""
+    from blockdsl import hf
 
-    if isinstance(result, tuple):
-        result = result[0]
-    if not isinstance(result, (ModelConfig, dict)) and hasattr(result, "config"):
-        result = result.config
-    return result
+    return hf.config_from_dir(path)
 
 
 def _fmt_int(n: int) -> str:
@@ -469,6 +443,8 @@ COMMANDS = {
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line with ``argv`` (default: ``sys.argv[1:]``); returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    # torch warns at import when NumPy is absent; the command line uses no NumPy.
+    warnings.filterwarnings("ignore", message="Failed to initialize NumPy")
     parser = _parser()
     try:
         args = parser.parse_args(argv)

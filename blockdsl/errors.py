@@ -118,9 +118,14 @@ class BlockDSLError(Exception):
 
     def _render_one(self) -> str:
         where = f" in {self.context}" if self.context else ""
+        if not self.source:  # nothing to point into (a missing file, a Python value)
+            head = f"blockdsl: {self.message}{where}"
+            return (
+                head
+                if not self.hint
+                else head + "".join(f"\n  {line}" for line in self.hint.split("\n"))
+            )
         head = f"blockdsl: {self.message} at {self.line}:{self.column}{where}"
-        if not self.source:
-            return head if not self.hint else f"{head}\n  {self.hint}"
         text, carets = render_caret(self.source, self.span)
         out = [head, f"  {text}", f"  {carets}"]
         if self.hint:

@@ -757,6 +757,15 @@ def from_hf(hf_model: torch.nn.Module, *, dtype: torch.dtype | None = None, devi
     return model
 
 
+def config_from_dir(path: str | os.PathLike) -> dict:
+    """The blockdsl config of a local Hugging Face checkpoint folder, from its ``config.json``
+    alone: enough to check, tabulate or emit the model without reading any weights."""
+    path = os.fspath(path)
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        raise HFImportError(f"no config.json in '{path}' (expected a Hugging Face checkpoint)")
+    return to_config(_transformers().AutoConfig.from_pretrained(path))
+
+
 def from_pretrained_dir(
     path: str | os.PathLike, *, dtype: torch.dtype | None = None, device: Any = None
 ):

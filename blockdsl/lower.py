@@ -10,15 +10,15 @@ The generated ``forward`` is plain Python with one line per node, named after th
         ...
 
 Nothing interprets the graph at run time: each call of the module runs that code. Blocks with
-the same structure share one fx ``Graph`` whose Python is generated once (``_SharedCodeGraph``);
-each block instance only compiles that text into its own ``forward``.
+the same structure share their generated Python (``_SharedCodeGraph``): it is generated once,
+and each block instance only compiles that text into its own ``forward``.
 """
 
 from __future__ import annotations
 
 import operator
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import fx, nn
@@ -29,15 +29,37 @@ from blockdsl.registry import Registry
 
 
 class _SharedCodeGraph(fx.Graph):
-    """An fx Graph that generates its Python source once. It is never edited after lowering,
-    so every GraphModule that shares it can share the generated code."""
+    """An fx Graph whose Python source is generated once per structure. Lowered graphs are
+    never edited, so blocks with the same steps, names and arguments (a repeated named block,
+    or the same text compiled twice) share one piece of generated code."""
+
+    _codes: ClassVar[dict[tuple, Any]] = {}
+    _MAX_CODES: ClassVar[int] = 512
+
+    def signature(self) -> tuple:
+        def ref(value: Any) -> Any:
+            if isinstance(value, fx.Node):
+                return value.name
+            if isinstance(value, (tuple, list)):
+                return tuple(ref(v) for v in value)
+            if isinstance(value, dict):
+                return tuple((k, ref(v)) for k, v in value.items())
+            return value if isinstance(value, (str, int, type(None))) else id(value)
+
+        return tuple(
+            (node.op, node.name, ref(node.target), ref(node.args), ref(node.kwargs))
+            for node in self.nodes
+        )
 
     def python_code(self, root_module: str, *args: Any, **kwargs: Any) -> Any:
-        cache = self.__dict__.setdefault("_python_code_cache", {})
-        key = (root_module, args, tuple(sorted(kwargs.items(), key=operator.itemgetter(0))))
-        if key not in cache:
-            cache[key] = super().python_code(root_module, *args, **kwargs)
-        return cache[key]
+        key = (self.signature(), root_module, args, tuple(sorted(kwargs.items())))
+        code = self._codes.get(key)
+        if code is None:
+            code = super().python_code(root_module, *args, **kwargs)
+            if len(self._codes) >= self._MAX_CODES:
+                self._codes.pop(next(iter(self._codes)))
+            self._codes[key] = code
+        return code
 
 
 class BlockModule(fx.GraphModule):

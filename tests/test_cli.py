@@ -353,6 +353,7 @@ def test_usage_errors_exit_2(capsys):
 
 
 def test_from_hf_missing_folder_is_a_clean_error(capsys, tmp_path):
+    pytest.importorskip("transformers")
     code, _, err = run(capsys, "compile", "--from-hf", str(tmp_path / "nope"))
     assert code == 2
     assert err.startswith("blockdsl: ") and "Traceback" not in err
@@ -371,3 +372,23 @@ def test_console_entry_has_no_traceback():
     assert result.stderr.startswith("blockdsl: ")
     assert "^" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_from_hf_reads_a_local_checkpoint(capsys, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    config = transformers.LlamaConfig(
+        vocab_size=97,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+    )
+    hf_model = transformers.LlamaForCausalLM(config)
+    hf_model.save_pretrained(tmp_path)
+    code, out, err = run(capsys, "compile", "--from-hf", str(tmp_path), "--show-shapes")
+    assert code == 0, err
+    expected = sum(p.numel() for p in hf_model.parameters())
+    assert f"parameters:        {expected:,}" in out
+    assert "Attn(heads=4, kv_heads=2" in out

@@ -336,3 +336,12 @@ def test_preset_compiles_fullgraph_and_exports(name: str) -> None:
     torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)
     exported = torch.export.export(model, (idx,))
     torch.testing.assert_close(exported.module()(idx), eager, rtol=1e-5, atol=1e-5)
+
+
+def test_same_block_text_compiled_twice_reuses_generated_code() -> None:
+    first = compile_block("Norm->Attn->+->Norm->MLP->+", d_model=32, device="meta")
+    second = compile_block("Norm->Attn->+->Norm->MLP->+", d_model=32, device="meta")
+    assert first.graph is not second.graph
+    assert first.graph.python_code("self") is second.graph.python_code("self")
+    other = compile_block("Norm->MLP->+", d_model=32, device="meta")
+    assert other.graph.python_code("self") is not first.graph.python_code("self")
