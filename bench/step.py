@@ -140,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=20, help="timed steps per contender and mode")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--no-compile", action="store_true", help="eager only")
+    ap.add_argument("--no-eager", action="store_true", help="torch.compile only")
     ap.add_argument("--quick", action="store_true", help="tiny model, few steps (smoke test)")
     ap.add_argument(
         "--only", default="", help="comma-separated contenders (reference is always included)"
@@ -229,8 +230,9 @@ def main(argv: list[str] | None = None) -> int:
     steps = {
         name: make_step(LossOf(m, cfg.vocab), m, idx, targets, device) for name, m in models.items()
     }
-    times = run_round_robin({**steps, MATMUL: matmul}, args.warmup, args.steps)
-    report(f"eager: forward+backward, median of {args.steps} steps", times, flops, n)
+    if not args.no_eager:
+        times = run_round_robin({**steps, MATMUL: matmul}, args.warmup, args.steps)
+        report(f"eager: forward+backward, median of {args.steps} steps", times, flops, n)
 
     if not args.no_compile:
         torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
