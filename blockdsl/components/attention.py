@@ -21,6 +21,9 @@ from blockdsl.registry import register
 
 # --------------------------------------------------------------------------- helpers
 
+#: ``F.scaled_dot_product_attention(..., enable_gqa=True)`` exists (torch >= 2.5).
+_SDPA_HAS_GQA = tuple(int(p) for p in torch.__version__.split(".")[:2]) >= (2, 5)
+
 
 def _dims(d_in: int, heads: int, kv_heads: int | None, head_dim: int | None) -> tuple[int, int]:
     """``(kv_heads, head_dim)`` with their defaults filled in."""
@@ -47,15 +50,17 @@ def apply_rotary(
     """Rotate the first ``r = 2 * cos.shape[-1]`` dims of each head of ``x`` (B, H, T, hd);
     ``cos``/``sin`` are (T, r/2) or (B, 1, T, r/2), one angle per rotated pair."""
     r = 2 * cos.shape[-1]
-    x_rot, x_pass = x[..., :r], x[..., r:]
     if interleaved:  # pairs are adjacent dims (2i, 2i+1)
         cos, sin = cos.repeat_interleave(2, -1), sin.repeat_interleave(2, -1)
-        rotated = rotate_every_two(x_rot)
+        rotate = rotate_every_two
     else:  # pairs are (i, i + r/2)
         cos, sin = torch.cat((cos, cos), -1), torch.cat((sin, sin), -1)
-        rotated = rotate_half(x_rot)
-    x_rot = x_rot * cos.to(x.dtype) + rotated * sin.to(x.dtype)
-    return torch.cat((x_rot, x_pass), dim=-1)
+        rotate = rotate_half
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    if r == x.shape[-1]:  # the whole head rotates: no slicing, no concatenation (no copies)
+        return x * cos + rotate(x) * sin
+    x_rot, x_pass = x[..., :r], x[..., r:]
+    return torch.cat((x_rot * cos + rotate(x_rot) * sin, x_pass), dim=-1)
 
 
 def alibi_slopes(heads: int) -> torch.Tensor:
@@ -84,11 +89,14 @@ def attend(
     bias: torch.Tensor | None = None,
     cap: float | None = None,
     dropout: float = 0.0,
+    enable_gqa: bool = False,
 ) -> torch.Tensor:
     """``softmax(q k^T * scale [softcapped] + bias, masked) v`` for (B, H, T|S, hd) tensors.
 
     ``mask`` is boolean, True where a query may see a key; ``bias`` is additive (ALiBi).
     Uses ``F.scaled_dot_product_attention`` unless soft-capping needs the scores explicitly.
+    ``enable_gqa``: ``k``/``v`` have fewer heads (B, K, S, hd), which SDPA shares between the
+    query heads itself (query head h reads kv head h // (H / K)); SDPA path only.
     """
     if cap is None:
         attn_mask = mask  # boolean, or an additive float mask when there is a bias
@@ -103,6 +111,7 @@ def attend(
             dropout_p=dropout,
             is_causal=is_causal and attn_mask is None,
             scale=scale,
+            **({"enable_gqa": True} if enable_gqa else {}),
         )
     scores = (q @ k.transpose(-2, -1)) * scale  # (B, H, T, S)
     scores = softcap(scores, cap)
@@ -215,6 +224,12 @@ class _Projections(nn.Module):
         """(B, K, S, hd) -> (B, H, S, hd): query head h reads kv head h // (H / K)."""
         return kv if self.groups == 1 else kv.repeat_interleave(self.groups, dim=1)
 
+    def sdpa_gqa(self, masked: bool = False) -> bool:
+        """Whether SDPA shares the kv heads itself (``enable_gqa``), so that ``k``/``v`` need not
+        be repeated: grouped heads, no soft-capping (explicit scores), no mask or bias (the
+        fused kernels that take grouped heads take no mask either), torch >= 2.5."""
+        return self.groups > 1 and self.softcap is None and not masked and _SDPA_HAS_GQA
+
     def merge(self, y: torch.Tensor) -> torch.Tensor:
         return self.o(rearrange(y, "b h t d -> b t (h d)"))  # (B, T, D)
 
@@ -324,7 +339,15 @@ class Attn(_Projections):
     def reset_parameters(self) -> None:
         """Recompute the non-persistent tables (rotary cos/sin, ALiBi slopes)."""
         device = self.q.weight.device
-        if self.rotary_dims:
+        if self.rotary_dims and device.type == "meta":  # shapes only: nothing to compute
+            shape = (self.context, self.rotary_dims // 2)
+            self.register_buffer(
+                "rope_cos", torch.empty(shape, device=device, dtype=torch.float32), persistent=False
+            )
+            self.register_buffer(
+                "rope_sin", torch.empty(shape, device=device, dtype=torch.float32), persistent=False
+            )
+        elif self.rotary_dims:
             r = self.rotary_dims
             inv_freq = 1.0 / self.rope_theta ** (
                 torch.arange(0, r, 2, dtype=torch.float32, device=device) / r
@@ -363,7 +386,9 @@ class Attn(_Projections):
                     cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
             q = apply_rotary(q, cos, sin, self.rope_interleaved)
             k = apply_rotary(k, cos, sin, self.rope_interleaved)
-        k, v = self.repeat_kv(k), self.repeat_kv(v)  # (B, H, T, hd)
+        gqa = self.sdpa_gqa(masked=self.window is not None or self.pos == "alibi")
+        if not gqa:
+            k, v = self.repeat_kv(k), self.repeat_kv(v)  # (B, H, T, hd)
         mask = self._mask(T, x.device)
         bias = None
         if self.pos == "alibi":
@@ -380,6 +405,7 @@ class Attn(_Projections):
             bias=bias,
             cap=self.softcap,
             dropout=self.dropout if self.training else 0.0,
+            enable_gqa=gqa,
         )  # (B, H, T, hd)
         return self.merge(y)
 
@@ -431,7 +457,9 @@ class CrossAttn(_Projections):
 
     def forward(self, x: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
         q, k, v = self.project(x, memory)  # (B, H, T, hd), (B, K, S, hd), (B, K, S, hd)
-        k, v = self.repeat_kv(k), self.repeat_kv(v)  # (B, H, S, hd)
+        gqa = self.sdpa_gqa()
+        if not gqa:
+            k, v = self.repeat_kv(k), self.repeat_kv(v)  # (B, H, S, hd)
         y = attend(
             q,
             k,
@@ -439,5 +467,6 @@ class CrossAttn(_Projections):
             scale=self.scale,
             cap=self.softcap,
             dropout=self.dropout if self.training else 0.0,
+            enable_gqa=gqa,
         )  # (B, H, T, hd)
         return self.merge(y)  # (B, T, D)

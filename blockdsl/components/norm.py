@@ -77,11 +77,19 @@ class Norm(nn.Module):
             return None
         return 1.0 + self.weight.float() if self.unit_offset else self.weight
 
+    def _plain_float32_rms(self) -> bool:
+        """No unit offset and a float32 weight (or none): ``F.rms_norm`` computes exactly the
+        float32 formula of ``forward``."""
+        return not self.unit_offset and (self.weight is None or self.weight.dtype == torch.float32)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, D) -> (B, T, D)
         if self.kind == "none":
             return x
         dtype = x.dtype
-        if self.kind == "rms":
+        if self.kind == "rms" and dtype == torch.float32 and self._plain_float32_rms():
+            # the same float32 arithmetic as below, as one fused op (and its fused backward)
+            y = F.rms_norm(x, (self.d_model,), self.weight, self.eps)
+        elif self.kind == "rms":
             x32 = x.float()
             y = x32 * torch.rsqrt(x32.square().mean(-1, keepdim=True) + self.eps)
             if self.weight is None:
