@@ -569,14 +569,17 @@ class Registry:
         from importlib.metadata import entry_points
 
         for entry_point in entry_points(group="blockdsl.components"):
+            # A module registers its components on import; a callable receives the registry.
             try:
                 loaded = entry_point.load()
+                if callable(loaded) and not isinstance(loaded, type):
+                    loaded(self)
+            except BlockDSLError:
+                raise
             except Exception as exc:
                 raise RegistryError(
                     f"plugin '{entry_point.name}' ({entry_point.value}) failed to load: {exc}"
                 ) from exc
-            if callable(loaded) and not isinstance(loaded, type):
-                loaded(self)
 
 
 REGISTRY = Registry(load_plugins=True)

@@ -1,0 +1,78 @@
+"""The registry's plugin mechanism and argument schemas, beyond the built-ins."""
+
+from __future__ import annotations
+
+from importlib import metadata
+
+import pytest
+import torch
+from torch import nn
+
+import blockdsl
+from blockdsl import Registry, RegistryError, compile_block
+
+
+def _entry_points(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    point = metadata.EntryPoint(name="demo", value=value, group="blockdsl.components")
+    monkeypatch.setattr(
+        metadata,
+        "entry_points",
+        lambda group=None: [point] if group == "blockdsl.components" else [],
+    )
+
+
+def test_entry_point_plugins_register_components(monkeypatch: pytest.MonkeyPatch) -> None:
+    _entry_points(monkeypatch, "tests.plugins.entry_point_plugin:register")
+    registry = Registry(load_plugins=True)
+    assert "Twice" in registry
+    block = compile_block("Twice->+", d_model=4, registry=registry)
+    assert torch.equal(block(torch.ones(1, 1, 4)), torch.full((1, 1, 4), 3.0))
+
+
+def test_a_broken_plugin_is_reported_by_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    _entry_points(monkeypatch, "tests.plugins.entry_point_plugin:broken")
+    registry = Registry(load_plugins=True)
+    with pytest.raises(RegistryError, match=r"plugin 'demo'.*this plugin is broken"):
+        registry.names()
+
+
+def test_existing_torch_modules_work_unchanged() -> None:
+    registry = Registry()
+    registry.register("GELU")(nn.GELU)
+    registry.register("LN")(nn.LayerNorm)
+    block = compile_block("LN->GELU->+", d_model=8, registry=registry)
+    x = torch.randn(2, 3, 8)
+    ln = nn.LayerNorm(8)
+    assert torch.allclose(block(x), x + nn.functional.gelu(ln(x)))
+    # nn.LayerNorm's first argument receives the input size
+    assert registry.get("LN").input_size == "normalized_shape"
+
+
+def test_registering_a_name_twice_needs_replace() -> None:
+    registry = Registry()
+    registry.register("Id")(nn.Identity)
+    with pytest.raises(RegistryError, match="already registered"):
+        registry.register("Id")(nn.Identity)
+    registry.register("Id", replace=True)(nn.Identity)
+
+
+def test_aliases_bind_arguments() -> None:
+    registry = blockdsl.REGISTRY.copy()
+    registry.register_alias("TinyMLP", "MLP", hidden=8, act="relu")
+    graph = blockdsl.build_graph("TinyMLP->+", d_model=16, registry=registry)
+    (spec,) = graph.modules.values()
+    assert (spec.component.name, spec.args["hidden"], spec.args["act"]) == ("MLP", 8, "relu")
+    with pytest.raises(RegistryError, match="has no argument 'hiden'"):
+        registry.register_alias("Bad", "MLP", hiden=8)
+
+
+def test_position_mixing_components_must_default_to_causal() -> None:
+    class Peek(nn.Module):
+        def __init__(self, d_model: int, causal: bool = False) -> None:
+            super().__init__()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x
+
+    with pytest.raises(RegistryError, match="must default to true"):
+        Registry().register("Peek", mixes_positions=True)(Peek)
