@@ -489,7 +489,7 @@ class _Builder:
             self.problem(ArgumentError, issue.message, span, issue.hint)
         if issues or not ok:
             return None
-        verdict = component.check_args(d_in, resolved)
+        verdict = component.check_args(d_in, resolved, len(call.children))
         if verdict:
             reason, hint = verdict
             if not reason.startswith(f"{component.name} "):

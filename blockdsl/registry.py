@@ -16,8 +16,9 @@ else a compiler needs to know is declared once, at registration, and has a safe 
 ``input_size``      the constructor argument that receives the input feature size; default:
                     the first of ``d_model``, ``dim``, ``in_features``, ... it declares
 ``tokens_in``       the input is token ids ``(B, T)``, not features (embeddings)
-``check``           ``f(d_in=..., **args) -> str | None``: why these arguments cannot work
-                    (e.g. heads that do not divide the size), or None
+``check``           ``f(d_in=..., **args)``: why these arguments cannot work (a reason, or a
+                    reason and a hint), or None; without it, the module is built once on the
+                    meta device to find out
 ==================  =======================================================================
 
 Hooks of combinators (components with ``children``) also receive ``n_children``: the number of
@@ -347,19 +348,21 @@ class Component:
         return self.cls(**kwargs)
 
     def check_args(
-        self, d_in: int | None, args: Mapping[str, Any]
+        self, d_in: int | None, args: Mapping[str, Any], n_children: int | None = None
     ) -> tuple[str, str | None] | None:
         """Why a module cannot be built with ``args`` at input size ``d_in`` (a reason and a
-        hint), or None. Asks the ``check`` hook, then builds the module once on the meta
-        device (no memory; cached per arguments) so that whatever its constructor rejects is
-        reported before anything is allocated, at the call that wrote it."""
+        hint), or None. Asks the ``check`` hook when the component declares one; otherwise
+        builds the module once on the meta device (no memory; cached per arguments), so that
+        whatever its constructor rejects is still reported before anything is allocated, at
+        the call that wrote it."""
         if self.check_fn is not None:
             try:
-                reason = self.check_fn(d_in=d_in, **args)
+                problem = self.check_fn(d_in=d_in, **args, **self._children_kw(n_children))
             except Exception as exc:  # a check that trips over odd values is still an answer
-                reason = str(exc)
-            if reason:
-                return reason, None
+                problem = str(exc)
+            if not problem:
+                return None
+            return (problem, None) if isinstance(problem, str) else (problem[0], problem[1])
         key = ("build", repr(sorted(args.items())))
         if key not in self._probe_cache:
             verdict: tuple[str, str | None] | None = None

@@ -76,3 +76,21 @@ def test_position_mixing_components_must_default_to_causal() -> None:
 
     with pytest.raises(RegistryError, match="must default to true"):
         Registry().register("Peek", mixes_positions=True)(Peek)
+
+
+def test_builtins_validate_without_building_anything(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every built-in declares a ``check`` validator (its constructor runs the same one), so a
+    plan is validated without constructing modules, even on the meta device."""
+    assert all(c.check_fn is not None for c in blockdsl.REGISTRY.components())
+
+    def no_builds(self, *args, **kwargs):
+        raise AssertionError(f"{self.name} was built during validation")
+
+    monkeypatch.setattr(blockdsl.Component, "build", no_builds)
+    graph = blockdsl.build_graph(
+        "Norm->Attn(heads=4)->+->Norm->MoE[MLP, Norm->MLP]->+ | Conv->Shift->Gate->Scale->+",
+        d_model=32,
+    )
+    assert graph.params() > 0
+    with pytest.raises(blockdsl.ArgumentError, match="not divisible by heads=5"):
+        blockdsl.build_graph("Attn(heads=5)->+", d_model=32)

@@ -39,6 +39,24 @@ def activation(name: str):
     return ACTIVATIONS[name]
 
 
+#: What a validator returns: None, a reason, or a reason and a hint.
+Problem = str | tuple[str, str] | None
+
+
+def raise_problem(problem: Problem) -> None:
+    """Raise the ``ArgumentError`` a validator reports. Each component's constructor calls the
+    same validator its registration declares as ``check``, so a module built directly is held
+    to exactly the rules a block string is checked against before anything is allocated."""
+    if problem:
+        message, hint = (problem, None) if isinstance(problem, str) else problem
+        raise ArgumentError(message, hint=hint)
+
+
+def accepts_any(**_) -> Problem:
+    """The ``check`` of a component whose every schema-typed argument combination is valid."""
+    return None
+
+
 def require(condition: bool, message: str, hint: str | None = None) -> None:
     """Raise an ``ArgumentError`` (a ``BlockDSLError``) when a combination of args is invalid."""
     if not condition:

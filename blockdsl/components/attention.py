@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from blockdsl.components._util import require, same_size, softcap
+from blockdsl.components._util import Problem, raise_problem, same_size, softcap
 from blockdsl.components.norm import Norm
 from blockdsl.registry import register
 
@@ -23,6 +23,34 @@ from blockdsl.registry import register
 
 #: ``F.scaled_dot_product_attention(..., enable_gqa=True)`` exists (torch >= 2.5).
 _SDPA_HAS_GQA = tuple(int(p) for p in torch.__version__.split(".")[:2]) >= (2, 5)
+
+
+def _check_heads(
+    d_in: int, heads: int, kv_heads: int | None = None, head_dim: int | None = None, **_
+) -> Problem:
+    if heads <= 0:
+        return f"heads must be positive, got {heads}"
+    if head_dim is None and d_in % heads:
+        return (
+            f"d_model={d_in} is not divisible by heads={heads}",
+            "set head_dim, or choose heads dividing d_model",
+        )
+    kv = heads if kv_heads is None else kv_heads
+    if kv <= 0 or heads % kv:
+        return f"heads={heads} is not a multiple of kv_heads={kv}"
+    return None
+
+
+def _check_attn_options(window: int | None = None, rope_fraction: float = 1.0, **_) -> Problem:
+    if window is not None and window <= 0:
+        return f"window must be positive, got {window}"
+    if not 0.0 <= rope_fraction <= 1.0:
+        return f"rope_fraction must be in [0, 1], got {rope_fraction}"
+    return None
+
+
+def _check_attn(d_in: int, **args) -> Problem:
+    return _check_heads(d_in, **args) or _check_attn_options(**args)
 
 
 def _dims(d_in: int, heads: int, kv_heads: int | None, head_dim: int | None) -> tuple[int, int]:
@@ -190,14 +218,8 @@ class _Projections(nn.Module):
         d_memory: int | None = None,
     ) -> None:
         super().__init__()
-        require(heads > 0, f"heads must be positive, got {heads}")
+        raise_problem(_check_heads(d_model, heads, kv_heads, head_dim))
         kv, hd = _dims(d_model, heads, kv_heads, head_dim)
-        require(
-            head_dim is not None or d_model % heads == 0,
-            f"d_model={d_model} is not divisible by heads={heads}",
-            hint="set head_dim, or choose heads dividing d_model",
-        )
-        require(kv > 0 and heads % kv == 0, f"heads={heads} is not a multiple of kv_heads={kv}")
         self.heads, self.kv_heads, self.head_dim = heads, kv, hd
         self.groups = heads // kv  # query heads per kv head (GQA)
         self.scale = hd**-0.5 if scale is None else scale
@@ -261,7 +283,12 @@ def _attn_steps(
 
 
 @register(
-    "Attn", out_features=same_size, mixes_positions=True, params=_attn_params, flops=_attn_flops
+    "Attn",
+    out_features=same_size,
+    mixes_positions=True,
+    params=_attn_params,
+    flops=_attn_flops,
+    check=_check_attn,
 )
 class Attn(_Projections):
     """Multi-head self-attention: MHA/MQA/GQA, RoPE or ALiBi, sliding window, soft-capping.
@@ -327,10 +354,7 @@ class Attn(_Projections):
         context: int = 2048,
     ) -> None:
         super().__init__(d_model, heads, kv_heads, head_dim, qk_norm, softcap, scale, bias, dropout)
-        require(window is None or window > 0, f"window must be positive, got {window}")
-        require(
-            0.0 <= rope_fraction <= 1.0, f"rope_fraction must be in [0, 1], got {rope_fraction}"
-        )
+        raise_problem(_check_attn_options(window=window, rope_fraction=rope_fraction))
         self.pos, self.causal, self.window, self.context = pos, causal, window, context
         self.rope_theta, self.rope_interleaved = rope_theta, rope_interleaved
         self.rotary_dims = int(self.head_dim * rope_fraction) // 2 * 2 if pos == "rope" else 0
@@ -416,7 +440,9 @@ class Attn(_Projections):
         )
 
 
-@register("CrossAttn", out_features=same_size, params=_attn_params, flops=_attn_flops)
+@register(
+    "CrossAttn", out_features=same_size, params=_attn_params, flops=_attn_flops, check=_check_heads
+)
 class CrossAttn(_Projections):
     """Cross-attention from the stream to a ``memory`` (B, S, d_memory) given at call time.
 

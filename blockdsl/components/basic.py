@@ -10,18 +10,28 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from blockdsl.components._util import init_linear_, require, same_size
+from blockdsl.components._util import Problem, accepts_any, init_linear_, raise_problem, same_size
 from blockdsl.registry import register
 
 
-@register("Dropout", out_features=same_size, params=lambda **_: 0, flops=lambda **_: 0)
+def _check_dropout(p: float = 0.1, **_) -> Problem:
+    return None if 0.0 <= p < 1.0 else f"dropout probability must be in [0, 1), got {p}"
+
+
+@register(
+    "Dropout",
+    out_features=same_size,
+    params=lambda **_: 0,
+    flops=lambda **_: 0,
+    check=_check_dropout,
+)
 class Dropout(nn.Dropout):
     """Dropout: zero each feature with probability ``p`` in training (scaled by 1/(1-p))."""
 
     arg_help: ClassVar[dict[str, str]] = {"p": "probability of zeroing each feature"}
 
     def __init__(self, d_model: int, p: float = 0.1) -> None:
-        require(0.0 <= p < 1.0, f"dropout probability must be in [0, 1), got {p}")
+        raise_problem(_check_dropout(p))
         super().__init__(p)
 
 
@@ -41,7 +51,18 @@ def _linear_flops(d_in: int, seq: int, out: int | None, bias: bool, **_) -> int:
     return seq * _linear_out(d_in, out) * (2 * d_in + int(bias))
 
 
-@register("Linear", out_features=_linear_out, params=_linear_params, flops=_linear_flops)
+def _check_linear(d_in: int, out: int | None = None, **_) -> Problem:
+    n = d_in if out is None else out
+    return None if n > 0 else f"Linear out must be positive, got {n}"
+
+
+@register(
+    "Linear",
+    out_features=_linear_out,
+    params=_linear_params,
+    flops=_linear_flops,
+    check=_check_linear,
+)
 class Linear(nn.Linear):
     """Linear map of the features to ``out`` features (default: unchanged), ``x @ weight.T + bias``.
 
@@ -54,8 +75,8 @@ class Linear(nn.Linear):
     }
 
     def __init__(self, d_model: int, out: int | None = None, bias: bool = False) -> None:
+        raise_problem(_check_linear(d_model, out))
         n = d_model if out is None else out
-        require(n > 0, f"Linear out must be positive, got {n}")
         super().__init__(d_model, n, bias=bias)
 
 
@@ -67,7 +88,11 @@ def _scale_params(d_in: int, per_channel: bool, **_) -> int:
 
 
 @register(
-    "Scale", out_features=same_size, params=_scale_params, flops=lambda d_in, seq, **_: d_in * seq
+    "Scale",
+    out_features=same_size,
+    params=_scale_params,
+    flops=lambda d_in, seq, **_: d_in * seq,
+    check=accepts_any,
 )
 class Scale(nn.Module):
     """Learned scale ``x * weight``: per-channel LayerScale (CaiT), or a scalar (ReZero: init=0).
@@ -104,7 +129,7 @@ def _gate_flops(d_in: int, seq: int, per_token: bool, bias: bool, **_) -> int:
     return seq * d_in * ((2 * d_in + int(bias) + 1) if per_token else 1)
 
 
-@register("Gate", out_features=same_size, params=_gate_params, flops=_gate_flops)
+@register("Gate", out_features=same_size, params=_gate_params, flops=_gate_flops, check=accepts_any)
 class Gate(nn.Module):
     """Learned sigmoid gate on the branch output: ``x * sigmoid(proj(x))`` (or a static gate).
 
@@ -156,6 +181,7 @@ class Gate(nn.Module):
     "Shift",
     out_features=same_size,
     mixes_positions=True,
+    check=accepts_any,
     params=lambda d_in, **_: d_in,
     flops=lambda d_in, seq, **_: 3 * d_in * seq,
 )
@@ -196,8 +222,17 @@ def _conv_flops(d_in: int, seq: int, kernel: int, bias: bool, **_) -> int:
     return seq * d_in * (2 * kernel + int(bias))
 
 
+def _check_conv(kernel: int = 4, **_) -> Problem:
+    return None if kernel > 0 else f"Conv kernel must be positive, got {kernel}"
+
+
 @register(
-    "Conv", out_features=same_size, mixes_positions=True, params=_conv_params, flops=_conv_flops
+    "Conv",
+    out_features=same_size,
+    mixes_positions=True,
+    params=_conv_params,
+    flops=_conv_flops,
+    check=_check_conv,
 )
 class Conv(nn.Module):
     """Causal depthwise 1-d convolution over time (Mamba/H3 style): kernel ``kernel``, left padding.
@@ -213,7 +248,7 @@ class Conv(nn.Module):
 
     def __init__(self, d_model: int, kernel: int = 4, bias: bool = True) -> None:
         super().__init__()
-        require(kernel > 0, f"Conv kernel must be positive, got {kernel}")
+        raise_problem(_check_conv(kernel))
         self.kernel = kernel
         self.weight = nn.Parameter(torch.empty(d_model, 1, kernel))
         self.bias = nn.Parameter(torch.empty(d_model)) if bias else None

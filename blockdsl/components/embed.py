@@ -8,7 +8,14 @@ from typing import ClassVar, Literal
 import torch
 from torch import nn
 
-from blockdsl.components._util import require, same_size, softcap
+from blockdsl.components._util import (
+    Problem,
+    accepts_any,
+    raise_problem,
+    require,
+    same_size,
+    softcap,
+)
 from blockdsl.registry import register
 
 # --------------------------------------------------------------------------- Embed
@@ -34,7 +41,18 @@ def sinusoidal_table(context: int, d_model: int, device=None) -> torch.Tensor:
     return table
 
 
-@register("Embed", out_features=same_size, tokens_in=True, params=_embed_params, flops=_embed_flops)
+def _check_embed(vocab: int, **_) -> Problem:
+    return None if vocab > 0 else f"vocab must be positive, got {vocab}"
+
+
+@register(
+    "Embed",
+    out_features=same_size,
+    tokens_in=True,
+    params=_embed_params,
+    flops=_embed_flops,
+    check=_check_embed,
+)
 class Embed(nn.Module):
     """Token embedding ``tok(idx) * scale``, plus learned or sinusoidal position embeddings.
 
@@ -64,7 +82,7 @@ class Embed(nn.Module):
         context: int = 2048,
     ) -> None:
         super().__init__()
-        require(vocab > 0, f"vocab must be positive, got {vocab}")
+        raise_problem(_check_embed(vocab))
         self.d_model, self.pos_kind, self.context = d_model, pos, context
         self.scale = math.sqrt(d_model) if scale == "sqrt_d" else float(scale)
         self.tok = nn.Embedding(vocab, d_model)
@@ -106,7 +124,7 @@ def _head_out(vocab: int, **_) -> int:
     return vocab
 
 
-@register("Head", out_features=_head_out, params=_head_params, flops=_head_flops)
+@register("Head", out_features=_head_out, params=_head_params, flops=_head_flops, check=accepts_any)
 class Head(nn.Module):
     """Output projection to vocabulary logits ``x @ weight.T (+ bias)``, optionally soft-capped.
 

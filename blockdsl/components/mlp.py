@@ -11,7 +11,14 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from blockdsl.components._util import Activation, activation, init_linear_, require, same_size
+from blockdsl.components._util import (
+    Activation,
+    Problem,
+    activation,
+    init_linear_,
+    raise_problem,
+    same_size,
+)
 from blockdsl.registry import register
 
 # --------------------------------------------------------------------------- MLP
@@ -33,7 +40,12 @@ def _mlp_flops(
     return seq * (2 * d_in * h * (3 if gated else 2) + int(gated) * h)  # + gate product
 
 
-@register("MLP", out_features=same_size, params=_mlp_params, flops=_mlp_flops)
+def _check_mlp(d_in: int, hidden: int | None = None, mult: float = 4.0, **_) -> Problem:
+    h = _hidden(d_in, hidden, mult)
+    return f"MLP hidden size must be positive, got {h}" if h <= 0 else None
+
+
+@register("MLP", out_features=same_size, params=_mlp_params, flops=_mlp_flops, check=_check_mlp)
 class MLP(nn.Module):
     """Position-wise feed-forward: ``down(act(up(x)))``, or gated ``down(act(gate(x)) * up(x))``.
 
@@ -61,7 +73,7 @@ class MLP(nn.Module):
     ) -> None:
         super().__init__()
         h = _hidden(d_model, hidden, mult)
-        require(h > 0, f"MLP hidden size must be positive, got {h}")
+        raise_problem(_check_mlp(d_model, hidden, mult))
         self.act_name, self.act = act, activation(act)
         self.gate = nn.Linear(d_model, h, bias=bias) if gated else None
         self.up = nn.Linear(d_model, h, bias=bias)
@@ -133,7 +145,39 @@ def _moe_flops(
     return seq * (router + (k + shared) * per_token_expert + 2 * k * d_in)
 
 
-@register("MoE", out_features=same_size, aux_loss=True, params=_moe_params, flops=_moe_flops)
+def _check_moe(
+    d_in: int,
+    experts: int | None = None,
+    k: int = 2,
+    hidden: int | None = None,
+    mult: float = 4.0,
+    n_children: int = 0,
+    **_,
+) -> Problem:
+    if n_children and experts is not None and experts != n_children:
+        return (
+            f"MoE has {n_children} children but experts={experts}",
+            "leave experts unset when giving the experts as children",
+        )
+    E = n_children or (8 if experts is None else experts)
+    h = _hidden(d_in, hidden, mult)
+    if E <= 0:
+        return f"MoE needs at least one expert, got {E}"
+    if not 0 < k <= E:
+        return f"MoE top-k must be in 1..{E} (the number of experts), got k={k}"
+    if h <= 0:
+        return f"MoE hidden size must be positive, got {h}"
+    return None
+
+
+@register(
+    "MoE",
+    out_features=same_size,
+    aux_loss=True,
+    params=_moe_params,
+    flops=_moe_flops,
+    check=_check_moe,
+)
 class MoE(nn.Module):
     """Mixture of experts: a softmax router sends each token to its top-k experts.
 
@@ -194,17 +238,9 @@ class MoE(nn.Module):
     ) -> None:
         super().__init__()
         children = list(children or [])
-        if children:
-            require(
-                experts is None or experts == len(children),
-                f"MoE has {len(children)} children but experts={experts}",
-                hint="leave experts unset when giving the experts as children",
-            )
+        raise_problem(_check_moe(d_model, experts, k, hidden, mult, n_children=len(children)))
         E = len(children) or (8 if experts is None else experts)
         h = _hidden(d_model, hidden, mult)
-        require(E > 0, f"MoE needs at least one expert, got {E}")
-        require(0 < k <= E, f"MoE top-k must be in 1..{E} (the number of experts), got k={k}")
-        require(h > 0, f"MoE hidden size must be positive, got {h}")
         self.d_model, self.num_experts, self.k, self.hidden = d_model, E, k, h
         self.norm_topk, self.aux_coef, self.jitter = norm_topk, aux_loss, jitter
         self.act_name, self.act, self.gated = act, activation(act), gated

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from blockdsl.components._util import same_size
+from blockdsl.components._util import accepts_any, same_size
 from blockdsl.registry import register, register_alias
 
 NormKind = Literal["rms", "layer", "none", "l2"]
@@ -27,7 +27,7 @@ def _norm_flops(d_in: int, seq: int, kind: str, affine: bool, bias: bool, **_) -
     return per_element * d_in * seq
 
 
-@register("Norm", out_features=same_size, params=_norm_params, flops=_norm_flops)
+@register("Norm", out_features=same_size, params=_norm_params, flops=_norm_flops, check=accepts_any)
 class Norm(nn.Module):
     """Normalise each position's features: rms (RMSNorm), layer (LayerNorm), l2 (cosine) or none.
 
