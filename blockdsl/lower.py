@@ -17,7 +17,8 @@ and each block instance only compiles that text into its own ``forward``.
 from __future__ import annotations
 
 import operator
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any, ClassVar
 
 import torch
@@ -178,7 +179,32 @@ def compile_block(
     graph = build_graph(
         src, d_model=d_model, defaults=defaults, registry=registry, model_globals=model_globals
     )
+    with allocation(device):
+        return lower(graph)
+
+
+@contextmanager
+def allocation(device: torch.device | str | None) -> Iterator[None]:
+    """Create modules on ``device`` (None: torch's default). On the meta device parameters hold
+    no values, so ``torch.nn.init`` is skipped there: initialising is most of the time of a
+    meta build (transformers' ``no_init_weights`` does the same)."""
     if device is None:
-        return lower(graph)
+        yield
+        return
     with torch.device(device):
-        return lower(graph)
+        if torch.device(device).type != "meta":
+            yield
+            return
+        names = [n for n in vars(nn.init) if n.endswith("_") and not n.startswith("_")]
+        saved = {name: getattr(nn.init, name) for name in names}
+        try:
+            for name in names:
+                setattr(nn.init, name, _keep)
+            yield
+        finally:
+            for name, function in saved.items():
+                setattr(nn.init, name, function)
+
+
+def _keep(tensor: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+    return tensor

@@ -10,7 +10,6 @@ modules, except labelled ones, which are one module across the whole model.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
 from typing import Any
 
 import torch
@@ -21,7 +20,7 @@ from blockdsl import ast
 from blockdsl.config import ModelConfig, load_config
 from blockdsl.errors import BlockDSLError, BudgetError, ConfigError, did_you_mean
 from blockdsl.graph import BlockGraph, LabelTable, build_graph
-from blockdsl.lower import BlockModule, lower
+from blockdsl.lower import BlockModule, allocation, lower
 from blockdsl.parser import parse, source_text
 from blockdsl.printer import unparse
 from blockdsl.registry import REGISTRY, Registry
@@ -340,7 +339,7 @@ def build_model(
                 hint="reduce d_model, layers or the components' sizes, or raise max_params",
                 context=config.origin or None,
             )
-    with torch.device(device) if device is not None else nullcontext():
+    with allocation(device):
         shared: dict[str, nn.Module] = {}
         embed = lower(plan.embed, shared=shared)
         layers = [lower(graph, shared=shared) for _, graph in plan.layers]

@@ -361,3 +361,13 @@ def test_layers_name_that_is_neither_block_nor_component() -> None:
     with pytest.raises(ConfigError) as info:
         build_model({"model": {"layers": "block*2"}, "blocks": {"dense": "Norm->MLP->+"}})
     assert str(info.value).splitlines()[-1] == "  [blocks] defines dense"
+
+
+def test_meta_builds_skip_initialisation_and_restore_it() -> None:
+    original = torch.nn.init.kaiming_uniform_
+    model = build_model("llama", device="meta")
+    assert all(p.is_meta for p in model.parameters())
+    assert torch.nn.init.kaiming_uniform_ is original
+    real = build_model("tiny", d_model=32, layers="block")
+    weight = real.layers[0].attn.q.weight
+    assert weight.abs().max() > 0 and weight.std() > 0
