@@ -11,9 +11,10 @@ output     the block's result
 
 Every node has ``kind``, ``name`` (unique, readable: ``norm``, ``attn_1``, ``add``), ``inputs``
 (ordered node ids; the edges mirror them), ``size`` (its output feature size; None for token
-ids) and ``span``. Call nodes also carry ``module``: a key into ``BlockGraph.modules``, where
-each distinct module (a label's shared one counted once) has its component, fully resolved
-arguments, label, input size and owned child graphs.
+ids) and ``span``. Call nodes also carry ``component`` (the registered name), ``args`` (fully
+resolved: inline > defaults > the component's own), ``label``, ``d_in`` and ``d_out``, and
+``module``: a key into ``BlockGraph.modules``, where each distinct module (a label's shared one
+counted once) is described with its owned child graphs, parameters and FLOPs.
 
 Expansion follows LANGUAGE.md §1 exactly: chains carry ``tap`` and ``h``; groups have their own
 taps; ``X*N`` makes N distinct modules (unless labelled); parallel branches are summed into the
@@ -432,7 +433,14 @@ class _Builder:
             if spec is None:
                 return self.failed(call, h)
         node = self.node("call", spec.attr, (h,), spec.d_out, call.span)
-        self.g.nodes[node]["module"] = spec.key
+        self.g.nodes[node].update(
+            module=spec.key,
+            component=spec.component.name,
+            args=spec.args,
+            label=spec.label,
+            d_in=spec.d_in,
+            d_out=spec.d_out,
+        )
         self.applied[(spec.key, h)] = node
         return node
 

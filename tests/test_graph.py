@@ -97,6 +97,8 @@ def test_call_nodes_carry_resolved_arguments_and_spans() -> None:
     src = "Norm->Attn(heads=4)->+"
     graph = build_graph(src, d_model=D, defaults={"Attn": {"kv_heads": 2, "heads": 8}})
     (_, attn), *_ = [(n, d) for n, d in graph.calls() if d["name"] == "attn"]
+    assert attn["component"] == "Attn"
+    assert (attn["args"]["heads"], attn["label"], attn["d_in"], attn["d_out"]) == (4, None, D, D)
     spec = graph.modules[attn["module"]]
     assert spec.component.name == "Attn"
     # inline > [defaults] > component defaults
@@ -377,3 +379,17 @@ def test_random_architectures_are_dags_with_exact_parameter_counts(src: str) -> 
     out = block(torch.randn(1, 5, 16))
     out = out[0] if block.has_aux else out
     assert out.shape == (1, 5, 16)
+
+
+def test_a_user_class_with_only_the_register_decorator_compiles() -> None:
+    @blockdsl.register("HalfTest")
+    class Half(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x / 2
+
+    try:
+        block = compile_block("Norm->HalfTest->+", d_model=8)
+        x = torch.randn(2, 3, 8)
+        torch.testing.assert_close(block(x), x + block.norm(x) / 2)
+    finally:
+        blockdsl.REGISTRY.unregister("HalfTest")
