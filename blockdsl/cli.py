@@ -97,8 +97,8 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument(
             "--from-hf",
             metavar="DIR",
-            help="start from a Hugging Face model folder (config.json), via "
-            "blockdsl.hf.from_pretrained_dir (needs transformers)",
+            help="start from a Hugging Face checkpoint folder: its config.json only, no "
+            "weights are read (needs transformers)",
         )
 
     compile_ = commands.add_parser(

@@ -172,17 +172,11 @@ def _config_gpt2(cfg: Any) -> dict:
         if scale != hd**-0.5:
             attn["scale"] = scale
         blocks, layers = {"block": block}, f"block*{L}"
-    return {
-        "model": {
-            "vocab": cfg.vocab_size,
-            "d_model": d,
-            "context": cfg.n_positions,
-            "layers": layers,
-            "embed": "Embed(pos=learned)",
-            "head": _head(getattr(cfg, "tie_word_embeddings", True)),
-        },
-        "blocks": blocks,
-        "defaults": {
+    return _config(
+        cfg,
+        layers=layers,
+        blocks=blocks,
+        defaults={
             "Norm": {"kind": "layer", "eps": cfg.layer_norm_epsilon, "bias": True},
             "Attn": attn,
             "MLP": {
@@ -192,7 +186,11 @@ def _config_gpt2(cfg: Any) -> dict:
                 "bias": True,
             },
         },
-    }
+        d_model=d,
+        context=cfg.n_positions,
+        embed="Embed(pos=learned)",
+        tied_by_default=True,
+    )
 
 
 def _llama_like(cfg: Any, model_type: str, mlp: dict | None = None, window: bool = False) -> dict:
@@ -226,18 +224,12 @@ def _llama_like(cfg: Any, model_type: str, mlp: dict | None = None, window: bool
     else:
         defaults["MoE"] = mlp
         block = "Norm->Attn->+->Norm->MoE->+"
-    return {
-        "model": {
-            "vocab": cfg.vocab_size,
-            "d_model": cfg.hidden_size,
-            "context": cfg.max_position_embeddings,
-            "layers": f"block*{cfg.num_hidden_layers}",
-            "embed": "Embed",
-            "head": _head(getattr(cfg, "tie_word_embeddings", False)),
-        },
-        "blocks": {"block": block},
-        "defaults": defaults,
-    }
+    return _config(
+        cfg,
+        layers=f"block*{cfg.num_hidden_layers}",
+        blocks={"block": block},
+        defaults=defaults,
+    )
 
 
 def _config_llama(cfg: Any) -> dict:
@@ -309,18 +301,13 @@ def _config_gemma2(cfg: Any) -> dict:
         defaults["Attn"]["softcap"] = float(softcap)
     if final_softcap is not None:
         defaults["Head"] = {"softcap": float(final_softcap)}
-    return {
-        "model": {
-            "vocab": cfg.vocab_size,
-            "d_model": cfg.hidden_size,
-            "context": cfg.max_position_embeddings,
-            "layers": _compress(names),
-            "embed": "Embed",
-            "head": _head(getattr(cfg, "tie_word_embeddings", True)),
-        },
-        "blocks": blocks,
-        "defaults": defaults,
-    }
+    return _config(
+        cfg,
+        layers=_compress(names),
+        blocks=blocks,
+        defaults=defaults,
+        tied_by_default=True,
+    )
 
 
 def _config_gpt_neox(cfg: Any) -> dict:
@@ -332,17 +319,11 @@ def _config_gpt_neox(cfg: Any) -> dict:
         raise _unsupported(t, f"an odd number of rotary dims ({rotary})")
     parallel = bool(getattr(cfg, "use_parallel_residual", True))
     block = "Norm->Attn->+ | Norm->MLP->+" if parallel else "Norm->Attn->+->Norm->MLP->+"
-    return {
-        "model": {
-            "vocab": cfg.vocab_size,
-            "d_model": cfg.hidden_size,
-            "context": cfg.max_position_embeddings,
-            "layers": f"block*{cfg.num_hidden_layers}",
-            "embed": "Embed",
-            "head": _head(getattr(cfg, "tie_word_embeddings", False)),
-        },
-        "blocks": {"block": block},
-        "defaults": {
+    return _config(
+        cfg,
+        layers=f"block*{cfg.num_hidden_layers}",
+        blocks={"block": block},
+        defaults={
             "Norm": {"kind": "layer", "eps": cfg.layer_norm_eps, "bias": True},
             "Attn": {
                 "heads": cfg.num_attention_heads,
@@ -358,7 +339,7 @@ def _config_gpt_neox(cfg: Any) -> dict:
                 "bias": True,
             },
         },
-    }
+    )
 
 
 def _config_gptj(cfg: Any) -> dict:
@@ -369,17 +350,11 @@ def _config_gptj(cfg: Any) -> dict:
     # One LayerNorm feeds both parallel branches: a label per layer (a label is one module in
     # the whole model, so each layer needs its own).
     blocks = {f"layer{i}": f"Norm#ln{i}->Attn->+ | Norm#ln{i}->MLP->+" for i in range(L)}
-    return {
-        "model": {
-            "vocab": cfg.vocab_size,
-            "d_model": d,
-            "context": cfg.n_positions,
-            "layers": "->".join(blocks),
-            "embed": "Embed",
-            "head": _head(getattr(cfg, "tie_word_embeddings", False)),
-        },
-        "blocks": blocks,
-        "defaults": {
+    return _config(
+        cfg,
+        layers="->".join(blocks),
+        blocks=blocks,
+        defaults={
             "Norm": {"kind": "layer", "eps": cfg.layer_norm_epsilon, "bias": True},
             "Attn": {
                 "heads": heads,
@@ -397,7 +372,9 @@ def _config_gptj(cfg: Any) -> dict:
             },
             "Head": {"bias": True},
         },
-    }
+        d_model=d,
+        context=cfg.n_positions,
+    )
 
 
 _CONFIGS: dict[str, Callable[[Any], dict]] = {
@@ -409,6 +386,35 @@ _CONFIGS: dict[str, Callable[[Any], dict]] = {
     "gpt_neox": _config_gpt_neox,
     "gptj": _config_gptj,
 }
+
+
+def _config(
+    cfg: Any,
+    *,
+    layers: str,
+    blocks: dict,
+    defaults: dict,
+    d_model: int | None = None,
+    context: int | None = None,
+    embed: str = "Embed",
+    tied_by_default: bool = False,
+) -> dict:
+    """The blockdsl dict config: ``[model]`` from the HF config's common fields, then the
+    architecture's blocks and defaults. ``tied_by_default`` is the architecture's default for
+    ``tie_word_embeddings`` (GPT-2 and Gemma 2 tie unless told otherwise)."""
+    tied = getattr(cfg, "tie_word_embeddings", tied_by_default)
+    return {
+        "model": {
+            "vocab": cfg.vocab_size,
+            "d_model": cfg.hidden_size if d_model is None else d_model,
+            "context": cfg.max_position_embeddings if context is None else context,
+            "layers": layers,
+            "embed": embed,
+            "head": _head(tied),
+        },
+        "blocks": blocks,
+        "defaults": defaults,
+    }
 
 
 def _as_hf_config(hf_config: Any) -> Any:
