@@ -37,7 +37,6 @@ class LanguageModel(nn.Module):
         layers: Sequence[BlockModule],
         head: BlockModule,
         layer_names: Sequence[str],
-        graphs: Sequence[BlockGraph],
     ) -> None:
         super().__init__()
         self.config = config
@@ -45,7 +44,6 @@ class LanguageModel(nn.Module):
         self.layers = nn.ModuleList(layers)
         self.head = head
         self.layer_names = list(layer_names)
-        self._graphs = list(graphs)
         # Auxiliary losses are grouped by how they combine (a class's ``combine_aux`` sees
         # the whole model's values at once; the default is their sum).
         self._combiners: list[Callable[[list[torch.Tensor]], torch.Tensor]] = []
@@ -345,9 +343,7 @@ def build_model(
         layers = [lower(graph, shared=shared) for _, graph in plan.layers]
         head = lower(plan.head, shared=shared)
     _tie(embed, head)
-    model = LanguageModel(
-        config, embed, layers, head, [name for name, _ in plan.layers], plan.graphs()
-    )
+    model = LanguageModel(config, embed, layers, head, [name for name, _ in plan.layers])
     if dtype is not None:
         model.to(dtype)
     return model
