@@ -363,17 +363,23 @@ class Component:
             if not problem:
                 return None
             return (problem, None) if isinstance(problem, str) else (problem[0], problem[1])
+        built = self._meta_build(args)
+        if isinstance(built, BlockDSLError):
+            return built.message, built.hint
+        if isinstance(built, Exception):
+            return str(built) or type(built).__name__, None
+        return None
+
+    def _meta_build(self, args: Mapping[str, Any]) -> nn.Module | Exception:
+        """The module built once on the meta device for ``args`` (no memory), or what its
+        constructor raised. Validation and the size probe of undeclared components share it."""
         key = ("build", repr(sorted(args.items())))
         if key not in self._probe_cache:
-            verdict: tuple[str, str | None] | None = None
             try:
                 with torch.device("meta"):
-                    self.build(args)
-            except BlockDSLError as exc:
-                verdict = (exc.message, exc.hint)
+                    self._probe_cache[key] = self.build(args)
             except Exception as exc:
-                verdict = (str(exc) or type(exc).__name__, None)
-            self._probe_cache[key] = verdict
+                self._probe_cache[key] = exc
         return self._probe_cache[key]
 
     def out_features(self, d_in: int, args: Mapping[str, Any]) -> int:
@@ -402,26 +408,44 @@ class Component:
         return 2 * self.count_params(d_in, args, n_children) * seq
 
     def _probe(self, d_in: int, args: Mapping[str, Any]) -> tuple[int, int]:
-        """Output size and parameter count of an undeclared component, from a module built on
-        the meta device (no memory) and, for the size, a forward on a meta tensor."""
+        """Output size and parameter count of an undeclared component, measured on the module
+        built on the meta device."""
         key = (d_in, repr(sorted(args.items())))
         if key not in self._probe_cache:
-            with torch.device("meta"):
-                module = self.build(args)
-                n_params = sum(p.numel() for p in module.parameters())
-                out = d_in
-                if self.out_features_fn is None:
-                    try:
-                        probe = (
-                            torch.zeros(1, 2, dtype=torch.long)
-                            if self.tokens_in
-                            else torch.empty(1, 2, d_in)
-                        )
-                        out = int(module(probe).shape[-1])
-                    except Exception:  # a forward that cannot run on meta keeps the size
-                        out = d_in
-            self._probe_cache[key] = (out, n_params)
+            module = self._meta_build(args)
+            if isinstance(module, Exception):
+                raise module
+            self.measure(module, d_in, args, device="meta")
         return self._probe_cache[key]
+
+    def measure(
+        self,
+        module: nn.Module,
+        d_in: int,
+        args: Mapping[str, Any],
+        device: torch.device | str | None = None,
+    ) -> tuple[int, int]:
+        """Output size and parameter count of ``module``, built from ``args`` for input size
+        ``d_in``, remembered for those arguments so that ``out_features`` and
+        ``count_params`` of an undeclared component need no build of their own (a caller that
+        already has a small module on the CPU can pass it). A forward that fails keeps the
+        size."""
+        out = d_in
+        if self.out_features_fn is None:
+            try:
+                with torch.no_grad():
+                    probe = (
+                        torch.zeros(1, 2, dtype=torch.long, device=device)
+                        if self.tokens_in
+                        else torch.zeros(1, 2, d_in, device=device)
+                    )
+                    result = module(probe)
+                out = int((result[0] if self.aux_loss else result).shape[-1])
+            except Exception:  # a forward that cannot run here keeps the size
+                out = d_in
+        measured = (out, sum(p.numel() for p in module.parameters()))
+        self._probe_cache[(d_in, repr(sorted(args.items())))] = measured
+        return measured
 
 
 @dataclass(frozen=True)

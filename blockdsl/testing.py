@@ -223,7 +223,8 @@ def _why_invalid(
     if issues:
         reason = issues[0].message
     if reason is None:
-        reason = component.check_args(d_model, resolved)
+        verdict = component.check_args(d_model, resolved, n_children)
+        reason = verdict[0] if verdict else None
     if reason is None:
         try:
             # a real (tiny) build: the meta device's dispatch costs ~50x more at these sizes
@@ -231,7 +232,9 @@ def _why_invalid(
         except Exception as exc:  # the constructor rejected the combination
             reason = str(exc) or type(exc).__name__
         else:
-            _prime_probe(component, module, d_model, resolved)  # children: nn.Identity
+            # Record its size and parameters, so that neither the strategy nor the compiler
+            # pays for a meta-device probe of an undeclared component.
+            component.measure(module, d_model, resolved)
             try:
                 d_out = component.out_features(d_model, resolved)
             except Exception as exc:  # a size hook rejecting its arguments
@@ -240,27 +243,6 @@ def _why_invalid(
                 reason = "changes the feature size"
     _VALID_CACHE[key] = reason
     return reason
-
-
-def _prime_probe(component: Component, module: nn.Module, d_in: int, args: Mapping) -> None:
-    """Fill the registry's size/parameter probe for these arguments from a CPU module already
-    built, so that neither the strategy nor the compiler pays for a meta-device probe (same
-    answer: a forward that fails keeps the size, as the registry's probe does)."""
-    cache = getattr(component, "_probe_cache", None)
-    if not isinstance(cache, dict) or component.out_features_fn is not None:
-        return
-    key = (d_in, repr(sorted(args.items())))
-    if key in cache:
-        return
-    out = d_in
-    try:
-        with torch.no_grad():
-            probe = torch.zeros(1, 2, dtype=torch.long) if component.tokens_in else None
-            result = module(probe if probe is not None else torch.zeros(1, 2, d_in))
-        out = int(_first_tensor(result).shape[-1])
-    except Exception:  # reported by check_architecture, not here
-        out = d_in
-    cache[key] = (out, sum(p.numel() for p in module.parameters()))
 
 
 def _value_node(value: Any) -> ast.Value:

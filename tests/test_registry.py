@@ -94,3 +94,28 @@ def test_builtins_validate_without_building_anything(monkeypatch: pytest.MonkeyP
     assert graph.params() > 0
     with pytest.raises(blockdsl.ArgumentError, match="not divisible by heads=5"):
         blockdsl.build_graph("Attn(heads=5)->+", d_model=32)
+
+
+def test_undeclared_component_is_built_once_for_validation_and_sizes() -> None:
+    """A component without hooks is validated and measured from one meta-device build."""
+    builds = []
+
+    class Widen(nn.Module):
+        def __init__(self, d_model: int, out: int = 8) -> None:
+            super().__init__()
+            builds.append(torch.empty(0).device.type)
+            if out < 1:
+                raise ValueError(f"out must be positive, got {out}")
+            self.proj = nn.Linear(d_model, out)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.proj(x)
+
+    registry = Registry()
+    registry.register("Widen")(Widen)
+    graph = blockdsl.build_graph("Widen(out=8)->Widen(out=4)", d_model=4, registry=registry)
+    assert [d["size"] for _, d in graph.calls()] == [8, 4]
+    assert graph.params() == (4 * 8 + 8) + (8 * 4 + 4)
+    assert builds == ["meta", "meta"]  # one per distinct (arguments, input size)
+    with pytest.raises(blockdsl.ArgumentError, match="out must be positive, got 0"):
+        blockdsl.build_graph("Widen(out=0)", d_model=4, registry=registry)
