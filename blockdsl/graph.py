@@ -173,13 +173,6 @@ class BlockGraph:
                 memo[node] = memo[data["inputs"][0]]
         return memo[self.output]
 
-    def summary(self) -> str:
-        calls = sum(1 for _ in self.calls())
-        return (
-            f"{calls} calls, {len(self.modules)} modules, {self.params():,} parameters "
-            f"(d_model={self.d_model})"
-        )
-
 
 # ==================================================================== building
 def build_graph(
@@ -358,8 +351,7 @@ class _Builder:
                         f"repeat count must be at least 1, got {step.count}",
                         step.count_span,
                     )
-                    h = self.node("call", "failed", (h,), self.size(h), step.span)
-                    self.g.nodes[h]["module"] = None
+                    h = self.failed(step.span, h)
                     continue
                 for _ in range(step.count):
                     h = self.term(step.body, h)
@@ -394,7 +386,7 @@ class _Builder:
                 call.name_span,
                 did_you_mean(call.name, self.registry.names()),
             )
-            return self.failed(call, h)
+            return self.failed(call.span, h)
         d_in = self.size(h)
         if component.tokens_in != (d_in is None):
             what = "token ids" if d_in is None else "features"
@@ -406,13 +398,13 @@ class _Builder:
                 if component.tokens_in
                 else "only an embedding (e.g. Embed) can read token ids",
             )
-            return self.failed(call, h)
+            return self.failed(call.span, h)
 
         # An embedding's size argument is the width it produces: the model's d_model.
         size = self.d_model if component.tokens_in else d_in
         args = self.bind(call, component, alias_args, size)
         if args is None:
-            return self.failed(call, h)
+            return self.failed(call.span, h)
         if call.children and not component.takes_children:
             self.problem(
                 BlockValidationError,
@@ -420,18 +412,18 @@ class _Builder:
                 call.children[0].span,
                 "only combinators (e.g. MoE) take [child, ...] blocks",
             )
-            return self.failed(call, h)
+            return self.failed(call.span, h)
         if call.label is not None:
             spec = self.labelled(call, component, args, size)
             if spec is None:
-                return self.failed(call, h)
+                return self.failed(call.span, h)
             memo = (spec.key, h)
             if memo in self.applied:
                 return self.applied[memo]
         else:
             spec = self.new_spec(call, component, args, size, key=None)
             if spec is None:
-                return self.failed(call, h)
+                return self.failed(call.span, h)
         node = self.node("call", spec.attr, (h,), spec.d_out, call.span)
         self.g.nodes[node].update(
             module=spec.key,
@@ -444,11 +436,11 @@ class _Builder:
         self.applied[(spec.key, h)] = node
         return node
 
-    def failed(self, call: ast.Call, h: int) -> int:
-        """A stand-in for a call that could not be resolved, so that one mistake is reported
-        once (not again as "'+' has nothing to add" further on). Its size is unknown; the
-        graph is discarded anyway, since a problem was recorded."""
-        node = self.node("call", "failed", (h,), self.size(h), call.span)
+    def failed(self, span: Span, h: int) -> int:
+        """A stand-in for a step that could not be built (a call, a repeat), so that one
+        mistake is reported once (not again as "'+' has nothing to add" further on). It keeps
+        the size; the graph is discarded anyway, since a problem was recorded."""
+        node = self.node("call", "failed", (h,), self.size(h), span)
         self.g.nodes[node]["module"] = None
         return node
 

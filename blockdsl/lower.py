@@ -127,7 +127,7 @@ def lower(
 
     ``shared`` maps label keys to modules already built for this model, so that a label is one
     module object everywhere (pass the same dict for every block of a model). Modules are
-    created on the current default device (use ``with torch.device("meta"):`` for none).
+    created on the current default device (use ``with allocation("meta"):`` for none).
     """
     shared = {} if shared is None else shared
     modules: dict[str, nn.Module] = {}
