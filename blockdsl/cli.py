@@ -250,8 +250,8 @@ def load_plan(args: argparse.Namespace) -> Any:
 
 def _from_hf(path: str) -> dict:
     """The config of a Hugging Face checkpoint folder (config.json only: no weights are read).
-    ``blockdsl.hf`` imports the optional transformers itself and says how to install it."""
-    from blockdsl import hf
+    ``blockdsl.interop.hf`` imports the optional transformers itself and says how to install it."""
+    from blockdsl.interop import hf
 
     return hf.config_from_dir(path)
 
@@ -300,7 +300,7 @@ def cmd_compile(args: argparse.Namespace, out: TextIO) -> int:
     if args.batch < 1 or (args.seq is not None and args.seq < 1):
         raise ConfigError("--batch and --seq must be positive")
     if args.emit:
-        from blockdsl.export import to_dot, to_json, to_mermaid, to_python
+        from blockdsl.interop.export import to_dot, to_json, to_mermaid, to_python
 
         if args.emit == "json":
             text = to_json(plan, args.seq)
@@ -327,7 +327,7 @@ def cmd_compile(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _print_summary(console: Any, plan: Any) -> None:
-    from blockdsl.export import distinct_blocks
+    from blockdsl.interop.export import distinct_blocks
 
     config = plan.config
     seq = config.context
@@ -430,7 +430,7 @@ def cmd_components(args: argparse.Namespace, out: TextIO) -> int:
     if args.name in aliases:
         console.print(f"{args.name}: alias of {component.name}({bound})")
     console.print(f"{component.name}: {component.description}")
-    helps = getattr(component.cls, "arg_help", {}) or {}
+    helps = component.arg_help
     grid = Table(box=None, show_header=True, header_style="bold", pad_edge=False)
     grid.add_column("argument", no_wrap=True)
     grid.add_column("type", overflow="fold")

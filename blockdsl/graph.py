@@ -51,10 +51,13 @@ NodeKind = Literal["input", "call", "add", "output"]
 
 @dataclass
 class ModuleSpec:
-    """One module to instantiate. Nodes that share it (a label) point at the same spec."""
+    """One module to instantiate. Nodes that share it (a label) point at the same spec.
+    ``key`` identifies it in ``BlockGraph.modules`` (``#label`` for a label); ``name`` is the
+    readable name it is known by (its label, else its component's name, in snake case), from
+    which lowering derives the Python attribute."""
 
     key: str
-    attr: str
+    name: str
     component: Component
     written: str
     args: dict[str, Any]
@@ -96,9 +99,10 @@ class LabelTable:
         self.specs: dict[str, ModuleSpec] = {}
 
 
-@dataclass
+@dataclass(eq=False)
 class BlockGraph:
-    """A validated block as a DAG (``nx``), with its modules and source."""
+    """A validated block as a DAG (``nx``), with its modules and source. Compared (and
+    hashed) by identity: later stages cache what they derive from a graph by the graph."""
 
     nx: nx.DiGraph
     source: str
@@ -108,7 +112,6 @@ class BlockGraph:
     input: int
     output: int
     modules: dict[str, ModuleSpec] = field(default_factory=dict)
-    fx_graph: Any = field(default=None, repr=False, compare=False)
 
     # ---------------------------------------------------------------- views
     def nodes(self) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -424,7 +427,7 @@ class _Builder:
             spec = self.new_spec(call, component, args, size, key=None)
             if spec is None:
                 return self.failed(call.span, h)
-        node = self.node("call", spec.attr, (h,), spec.d_out, call.span)
+        node = self.node("call", spec.name, (h,), spec.d_out, call.span)
         self.g.nodes[node].update(
             module=spec.key,
             component=spec.component.name,
@@ -547,15 +550,15 @@ class _Builder:
         children = tuple(self.child(block, d_in) for block in call.children)
         if any(child is None for child in children):
             return None
-        attr = self.unique_attr(_snake(call.label) if call.label else _snake(call.name))
+        name = _snake(call.label) if call.label else _snake(call.name)
         try:
             d_out = component.out_features(d_in, args) if d_in is not None else None
         except Exception as exc:  # a size hook rejecting its arguments
             self.problem(ArgumentError, f"{call.name}: {exc}", call.span)
             return None
         spec = ModuleSpec(
-            key=key or attr,
-            attr=attr,
+            key=key or self.unique_key(name),
+            name=name,
             component=component,
             written=call.name,
             args=args,
@@ -569,14 +572,9 @@ class _Builder:
         self.modules[spec.key] = spec
         return spec
 
-    def unique_attr(self, base: str) -> str:
-        from blockdsl.lower import BlockModule
-
-        # A submodule named like a method of the module holding it ("double", "train",
-        # "graph", "code") would be shadowed by that method: give it a trailing underscore.
-        if hasattr(BlockModule, base):
-            base = f"{base}_"
-        taken = {spec.attr for spec in self.modules.values()}
+    def unique_key(self, base: str) -> str:
+        """A key for an unlabelled module: its name, numbered when taken (``norm_1``)."""
+        taken = self.modules.keys()
         if base not in taken:
             return base
         for index in itertools.count(1):

@@ -20,7 +20,7 @@ from blockdsl import ast
 from blockdsl.config import ModelConfig, load_config
 from blockdsl.errors import BlockDSLError, BudgetError, ConfigError, did_you_mean
 from blockdsl.graph import BlockGraph, LabelTable, build_graph
-from blockdsl.lower import BlockModule, allocation, lower
+from blockdsl.lower import BlockModule, allocation, component_modules, lower
 from blockdsl.parser import parse, source_text
 from blockdsl.printer import unparse
 from blockdsl.registry import REGISTRY, Registry
@@ -44,8 +44,8 @@ class LanguageModel(nn.Module):
         self.layers = nn.ModuleList(layers)
         self.head = head
         self.layer_names = list(layer_names)
-        # Auxiliary losses are grouped by how they combine (a class's ``combine_aux`` sees
-        # the whole model's values at once; the default is their sum).
+        # Auxiliary losses are grouped by how they combine (a component's ``combine_aux`` hook
+        # sees the whole model's values at once; the default is their sum).
         self._combiners: list[Callable[[list[torch.Tensor]], torch.Tensor]] = []
         self._aux_groups: dict[int, tuple[int, ...]] = {}
         for index, block in enumerate([embed, *layers, head]):
@@ -53,8 +53,8 @@ class LanguageModel(nn.Module):
                 continue
             groups = []
             for key in block.block_graph.aux_modules:
-                cls = block.block_graph.modules[key].component.cls
-                combine = getattr(cls, "combine_aux", None) or _sum_aux
+                component = block.block_graph.modules[key].component
+                combine = component.combine_aux_fn or _sum_aux
                 if combine not in self._combiners:
                     self._combiners.append(combine)
                 groups.append(self._combiners.index(combine))
@@ -349,11 +349,14 @@ def build_model(
     return model
 
 
-def _tie(embed: nn.Module, head: nn.Module) -> None:
-    """Give every tied head (``Head(tie=true)``) the embedding's weight."""
-    tokens = [m for m in embed.modules() if hasattr(m, "tok") and isinstance(m.tok, nn.Embedding)]
-    for module in head.modules():
-        if getattr(module, "tie", False) and hasattr(module, "tie_to"):
-            if not tokens:
-                raise ConfigError("Head(tie=true) needs an embedding to tie to")
-            module.tie_to(tokens[0])
+def _tie(embed: BlockModule, head: BlockModule) -> None:
+    """Run the ``tie`` hook of every head module (``Head(tie=true)`` takes the weight of the
+    first token embedding, found by the ``embedding`` hook of the embedding chain's modules)."""
+    embeddings = [
+        spec.component.embedding_fn(module)
+        for _, spec, module in component_modules(embed)
+        if spec.component.embedding_fn is not None
+    ]
+    for _, spec, module in component_modules(head):
+        if spec.component.tie_fn is not None:
+            spec.component.tie_fn(module, embeddings[0] if embeddings else None)
