@@ -229,7 +229,9 @@ class Hyena(nn.Module):
         raise_problem(_check_hyena(d_model, filter_order, kernel, context))
         self.d_model, self.kernel, self.context = d_model, kernel, context
         self.in_proj = nn.Linear(d_model, 3 * d_model)
-        self.short_filter = nn.Conv1d(3 * d_model, 3 * d_model, kernel, groups=3 * d_model)
+        self.short_filter = nn.Conv1d(
+            3 * d_model, 3 * d_model, kernel, groups=3 * d_model, padding=kernel - 1
+        )  # the padding only matters to nn.Conv1d's own forward (as safari/Zoology's)
         self.filter = ImplicitFilter(d_model, context, order=filter_order)
         self.bias = nn.Parameter(torch.empty(d_model))
         self.out_proj = nn.Linear(d_model, d_model)
@@ -359,7 +361,7 @@ class BaseConv(nn.Module):
             self.conv = None
         else:
             self.filter = None
-            self.conv = nn.Conv1d(d_model, d_model, kernel, groups=d_model)
+            self.conv = nn.Conv1d(d_model, d_model, kernel, groups=d_model, padding=kernel - 1)
 
     def init_state(self, batch_size: int, max_len: int) -> dict[str, torch.Tensor]:
         w = self.projection.weight
@@ -449,7 +451,9 @@ class ShortConv(nn.Module):
         raise_problem(_check_shortconv(d_model, kernel))
         self.d_model, self.kernel = d_model, kernel
         self.in_proj = nn.Linear(d_model, 3 * d_model, bias=bias)
-        self.conv = nn.Conv1d(d_model, d_model, kernel, groups=d_model, bias=bias)
+        self.conv = nn.Conv1d(
+            d_model, d_model, kernel, groups=d_model, bias=bias, padding=kernel - 1
+        )
         self.out_proj = nn.Linear(d_model, d_model, bias=bias)
 
     def init_state(self, batch_size: int, max_len: int) -> dict[str, torch.Tensor]:
