@@ -232,17 +232,15 @@ def test_rows_of_a_state_are_independent(name, kwargs):
 def test_declared_state_sizes_count_the_state():
     for name, kwargs in MIXERS:
         component, args = resolve(name, kwargs)
-        module = component.build(args)
-        state = module.init_state(1, args.get("context", 64))
-        size = type(module).state_size(d_in=32, **{k: v for k, v in args.items() if k != "d_model"})
-        assert size == sum(t.numel() for t in state.values()), name
+        state = component.build(args).init_state(1, 64)
+        assert component.stateful, name
+        assert component.state_size(32, args, 64) == sum(t.numel() for t in state.values()), name
 
 
 def test_recurrent_state_size_does_not_grow_with_context():
     for name in ("GatedDeltaNet", "RWKV7", "RWKV7ChannelMix", "ShortConv", "Hyena"):
         component, args = resolve(name)
-        args = {k: v for k, v in args.items() if k not in ("d_model", "context")}
-        small, large = (component.cls.state_size(d_in=32, context=c, **args) for c in (64, 4096))
+        small, large = (component.state_size(32, args, c) for c in (64, 4096))
         assert (small == large) == (name != "Hyena"), name
 
 
@@ -292,3 +290,31 @@ def test_channel_mix_is_the_reference_formula():
     x = torch.randn(2, 9, 32)
     xk = x + (F.pad(x, (0, 0, 1, -1)) - x) * m.x_k
     torch.testing.assert_close(m(x), m.value(torch.relu(m.key(xk)) ** 2))
+
+
+MODEL_BLOCKS = [
+    "Norm->GatedDeltaNet(heads=2, chunk=4)->+->Norm->RWKV7ChannelMix->+",
+    ["Norm->RWKV7(head_dim=8, chunk=4)->+", "Norm->Hyena(filter_order=8)->+"],
+    "Norm->BaseConv->Norm->ShortConv->+->Norm->BaseConv(kernel=3)->MLP->+",
+    "Norm->MoE(k=1)[ShortConv, GatedDeltaNet(heads=2)]->+",
+]
+
+
+@pytest.mark.parametrize("block", MODEL_BLOCKS, ids=str)
+def test_model_with_linear_mixers_decodes_as_the_full_sequence(block):
+    """Through the model's lowering: per-call-site states, prefill pieces then steps."""
+    import blockdsl
+
+    model = blockdsl.build_model(block, d_model=32, vocab=50, context=32, layers="block*2")
+    model.eval()
+    assert model.cache_blocker() is None
+    idx = torch.randint(0, 50, (2, 15))
+    with torch.no_grad():
+        full = model(idx)
+        state = model.init_state(2, 32)
+        pieces, start = [], 0
+        for n in (5, 3, 1, 1, 4, 1):
+            positions = torch.arange(start, start + n).expand(2, n)
+            pieces.append(model(idx[:, start : start + n], positions=positions, state=state))
+            start += n
+    torch.testing.assert_close(torch.cat(pieces, dim=1), full, rtol=1e-5, atol=1e-5)

@@ -299,6 +299,7 @@ def _gdn_state_size(d_in: int, heads, v_heads=None, head_dim=None, v_head_dim=No
     params=_gdn_params,
     flops=_gdn_flops,
     check=_check_gdn,
+    state_size=_gdn_state_size,
 )
 class GatedDeltaNet(nn.Module):
     """Gated DeltaNet (Qwen3-Next's linear attention): the gated delta rule with a short causal
@@ -433,9 +434,6 @@ class GatedDeltaNet(nn.Module):
         )
 
 
-GatedDeltaNet.state_size = staticmethod(_gdn_state_size)
-
-
 # --------------------------------------------------------------------------- RWKV-7
 
 #: ``exp(-0.5)``: RWKV-7's per-step log decay is ``-exp(-0.5) * sigmoid(.)``, in (-0.61, 0).
@@ -535,6 +533,7 @@ def _orthogonal_(weight: torch.Tensor, gain: float) -> None:
     params=_rwkv7_params,
     flops=_rwkv7_flops,
     check=_check_rwkv7,
+    state_size=_rwkv7_state_size,
 )
 class RWKV7(nn.Module):
     """RWKV-7 "Goose" time mixing: the generalised delta rule with per-channel decay.
@@ -660,9 +659,6 @@ class RWKV7(nn.Module):
         return f"heads={self.heads}, head_dim={self.head_dim}, chunk={self.chunk}"
 
 
-RWKV7.state_size = staticmethod(_rwkv7_state_size)
-
-
 # --------------------------------------------------------------------------- RWKV-7 channel mix
 
 
@@ -695,6 +691,7 @@ def _cmix_steps(d_in: int, seq: int, batch: int, hidden: int | None, mult: float
     params=_cmix_params,
     flops=lambda d_in, seq, **args: sum(s[-1] for s in _cmix_steps(d_in, seq, 1, **args)),
     check=_check_cmix,
+    state_size=lambda d_in, **_: d_in,
 )
 class RWKV7ChannelMix(nn.Module):
     """RWKV-7 channel mixing (the MLP slot): ``value(relu(key(x + (x_prev - x) * x_k))^2)``.
@@ -745,6 +742,3 @@ class RWKV7ChannelMix(nn.Module):
 
     def extra_repr(self) -> str:
         return f"hidden={self.hidden}"
-
-
-RWKV7ChannelMix.state_size = staticmethod(lambda d_in, **_: d_in)

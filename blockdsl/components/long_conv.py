@@ -190,6 +190,10 @@ def _hyena_steps(d_in: int, seq: int, batch: int, filter_order: int, kernel: int
     ]
 
 
+def _hyena_state_size(d_in: int, kernel: int = 3, context: int = 2048, **_) -> int:
+    return 3 * d_in * (kernel - 1) + d_in * context + 1  # window, inputs, count
+
+
 def _steps_flops(steps_fn):
     return lambda d_in, seq, **args: sum(s[-1] for s in steps_fn(d_in, seq, 1, **args))
 
@@ -201,6 +205,7 @@ def _steps_flops(steps_fn):
     params=_hyena_params,
     flops=_steps_flops(_hyena_steps),
     check=_check_hyena,
+    state_size=_hyena_state_size,
 )
 class Hyena(nn.Module):
     """Hyena operator of order 2 (Zoology's ``Hyena``): gated implicit long convolution.
@@ -272,11 +277,6 @@ class Hyena(nn.Module):
         return f"kernel={self.kernel}, context={self.context}"
 
 
-Hyena.state_size = staticmethod(
-    lambda d_in, context=2048, kernel=3, **_: 3 * d_in * (kernel - 1) + d_in * context + 1
-)
-
-
 # --------------------------------------------------------------------------- BaseConv
 
 
@@ -315,6 +315,10 @@ def _baseconv_steps(
     ]
 
 
+def _baseconv_state_size(d_in: int, kernel: int | None = None, context: int = 2048, **_) -> int:
+    return d_in * context + 1 if kernel is None else d_in * (kernel - 1)
+
+
 @register(
     "BaseConv",
     out_features=same_size,
@@ -322,6 +326,7 @@ def _baseconv_steps(
     params=_baseconv_params,
     flops=_steps_flops(_baseconv_steps),
     check=_check_baseconv,
+    state_size=_baseconv_state_size,
 )
 class BaseConv(nn.Module):
     """Zoology's BaseConv: a convolution gated by a linear projection, ``conv(x) * proj(x) + x``.
@@ -394,13 +399,6 @@ class BaseConv(nn.Module):
         return f"kernel={self.kernel}, act={self.act}, context={self.context}"
 
 
-BaseConv.state_size = staticmethod(
-    lambda d_in, kernel=None, context=2048, **_: (
-        d_in * context + 1 if kernel is None else d_in * (kernel - 1)
-    )
-)
-
-
 # --------------------------------------------------------------------------- ShortConv (LFM2)
 
 
@@ -430,6 +428,7 @@ def _shortconv_steps(d_in: int, seq: int, batch: int, kernel: int, **_) -> Steps
     params=_shortconv_params,
     flops=_steps_flops(_shortconv_steps),
     check=_check_shortconv,
+    state_size=lambda d_in, kernel=3, **_: d_in * (kernel - 1),
 )
 class ShortConv(nn.Module):
     """LFM2's gated short convolution: ``out_proj(c * conv(b * x))`` with ``b, c, x`` the
@@ -472,6 +471,3 @@ class ShortConv(nn.Module):
 
     def extra_repr(self) -> str:
         return f"kernel={self.kernel}"
-
-
-ShortConv.state_size = staticmethod(lambda d_in, kernel=3, **_: d_in * (kernel - 1))
