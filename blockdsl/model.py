@@ -113,6 +113,10 @@ class LanguageModel(nn.Module):
         """Distinct parameters (tied and shared weights once)."""
         return sum(p.numel() for p in self.parameters())
 
+    def _repr_html_(self) -> str:
+        """Notebooks show the model's shape table (see ``ModelPlan._repr_html_``)."""
+        return ModelPlan(self.config)._repr_html_()
+
     @torch.no_grad()
     def generate(self, idx: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
         """Greedy continuation (no cache: each step reruns the whole sequence)."""
@@ -170,6 +174,13 @@ class ModelPlan:
 
     def flops(self, seq: int) -> int:
         return sum(graph.flops(seq) for graph in self.graphs())
+
+    def _repr_html_(self) -> str:
+        """Notebooks show the shape table (one sequence of the full context). A display hook
+        only: ``blockdsl.shapes`` sits above this module, so it is imported here, on use."""
+        from blockdsl.shapes import shape_table
+
+        return shape_table(self)._repr_html_()
 
     # ---------------------------------------------------------------- internals
     def _check_defaults(self) -> None:
