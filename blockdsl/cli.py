@@ -324,7 +324,7 @@ def _trace(args: argparse.Namespace, plan: Any, console: Any) -> int:
     import torch
 
     from blockdsl.model import build_model
-    from blockdsl.trace import trace
+    from blockdsl.tracing import trace
 
     torch.manual_seed(args.seed)
     model = build_model(plan.config, dtype=getattr(torch, args.dtype))

@@ -17,7 +17,7 @@ import blockdsl
 from blockdsl.cli import main
 from blockdsl.model import ModelPlan
 from blockdsl.registry import REGISTRY
-from blockdsl.trace import trace
+from blockdsl.tracing import trace
 
 FIXTURES = Path(__file__).parent / "fixtures" / "cli"
 REGEN = os.environ.get("BLOCKDSL_REGEN") == "1"
