@@ -16,17 +16,17 @@ resolved: inline > defaults > the component's own), ``label``, ``d_in`` and ``d_
 ``module``: a key into ``BlockGraph.modules``, where each distinct module (a label's shared one
 counted once) is described with its owned child graphs, parameters and FLOPs.
 
-Expansion follows LANGUAGE.md §1 exactly: chains carry ``tap`` and ``h``; groups have their own
-taps; ``X*N`` makes N distinct modules (unless labelled); parallel branches are summed into the
-stream as ``input + s1 + s2 + ...`` without subtraction; a labelled module applied twice to the
-same value is computed once.
+Expansion follows docs/language.md ("Semantics") exactly: chains carry ``tap`` and ``h``; groups
+have their own taps; ``X*N`` makes N distinct modules (unless labelled); parallel branches are
+summed into the stream as ``input + s1 + s2 + ...`` without subtraction; a labelled module
+applied twice to the same value is computed once.
 """
 
 from __future__ import annotations
 
 import itertools
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -43,7 +43,7 @@ from blockdsl.errors import (
     did_you_mean,
 )
 from blockdsl.printer import format_value
-from blockdsl.registry import REGISTRY, Component, Registry
+from blockdsl.registry import CONTEXT_ARGS, REGISTRY, Component, Registry
 
 Role = Literal["block", "embed", "head"]
 NodeKind = Literal["input", "call", "add", "output"]
@@ -188,6 +188,8 @@ def build_graph(
     labels: LabelTable | None = None,
     role: Role = "block",
     source: str | None = None,
+    supplies: Iterable[str] = CONTEXT_ARGS,
+    supplier: str = "the model",
 ) -> BlockGraph:
     """Expand and validate a block. ``src`` is block text, a list of texts (parallel
     branches) or a parsed ``Block`` (pass ``source`` too so errors can show it).
@@ -196,7 +198,9 @@ def build_graph(
     ``model_globals`` holds model-level values (``vocab``, ``context``) for components that
     declare them; ``labels`` is shared by all blocks of one model so that a label means one
     module everywhere. ``role`` relaxes the size rule for the embedding (token ids in) and the
-    head (any size out). Every problem is collected and raised together as one
+    head (any size out). ``supplies`` names the call-time inputs (``positions``, ``memory``)
+    that ``supplier`` passes to the block: a component whose ``forward`` requires another one is
+    an error at its call. Every problem is collected and raised together as one
     ``BlockValidationError``.
     """
     from blockdsl.parser import parse, source_text
@@ -212,6 +216,8 @@ def build_graph(
         defaults or {},
         model_globals or {},
         labels or LabelTable(),
+        frozenset(supplies),
+        supplier,
     )
     graph = builder.build(block, d_model, role)
     if builder.problems:
@@ -237,8 +243,12 @@ class _Builder:
         defaults: Mapping[str, Mapping[str, Any]],
         model_globals: Mapping[str, Any],
         labels: LabelTable,
+        supplies: frozenset[str] = frozenset(CONTEXT_ARGS),
+        supplier: str = "the model",
     ) -> None:
         self.source = source
+        self.supplies = supplies
+        self.supplier = supplier
         self.registry = registry
         self.defaults = defaults
         self.model_globals = model_globals
@@ -403,6 +413,18 @@ class _Builder:
             )
             return self.failed(call.span, h)
 
+        missing = sorted(component.required_context - self.supplies)
+        if missing:
+            self.problem(
+                BlockValidationError,
+                f"{call.name} needs {_quoted(missing)} at call time, which {self.supplier} "
+                "does not supply",
+                call.name_span,
+                f"{self.supplier} supplies "
+                + (_quoted(sorted(self.supplies)) if self.supplies else "only the stream"),
+            )
+            return self.failed(call.span, h)
+
         # An embedding's size argument is the width it produces: the model's d_model.
         size = self.d_model if component.tokens_in else d_in
         args = self.bind(call, component, alias_args, size)
@@ -547,7 +569,7 @@ class _Builder:
         d_in: int | None,
         key: str | None,
     ) -> ModuleSpec | None:
-        children = tuple(self.child(block, d_in) for block in call.children)
+        children = tuple(self.child(block, d_in, call.name) for block in call.children)
         if any(child is None for child in children):
             return None
         name = _snake(call.label) if call.label else _snake(call.name)
@@ -582,8 +604,16 @@ class _Builder:
                 return f"{base}_{index}"
         raise AssertionError("unreachable")
 
-    def child(self, block: ast.Block, d_in: int | None) -> BlockGraph | None:
-        sub = _Builder(self.source, self.registry, self.defaults, self.model_globals, self.labels)
+    def child(self, block: ast.Block, d_in: int | None, parent: str) -> BlockGraph | None:
+        sub = _Builder(
+            self.source,
+            self.registry,
+            self.defaults,
+            self.model_globals,
+            self.labels,
+            frozenset(),  # combinators call their children with the stream alone
+            f"{parent}[...]",
+        )
         graph = sub.build(block, d_in or 0, "block")
         self.problems.extend(sub.problems)
         if sub.problems:
@@ -596,18 +626,11 @@ class _Builder:
                 "combinators call their children as plain modules; put the MoE outside",
             )
             return None
-        needs = sorted(
-            {name for spec in graph.modules.values() for name in spec.component.required_context}
-        )
-        if needs:
-            self.problem(
-                BlockValidationError,
-                f"a child block cannot hold a component that needs {', '.join(needs)}",
-                block.span,
-                "combinators call their children with the stream alone",
-            )
-            return None
         return graph
+
+
+def _quoted(names: Sequence[str]) -> str:
+    return " and ".join(f"'{name}'" for name in names)
 
 
 def _lint(graph: BlockGraph) -> None:

@@ -21,6 +21,7 @@ STAGES = [
     "errors",
     "ast",
     "printer",
+    "diagnostics",
     "parser",
     "registry",
     "graph",

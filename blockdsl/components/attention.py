@@ -53,32 +53,18 @@ def rotary_sizes(head_dim: int, rope_fraction: float) -> tuple[int, int]:
     """``(n, r)``: the rotary size ``n = int(head_dim * rope_fraction)`` that sets the
     frequencies ``theta ** (-2i / n)``, one per pair ``i < ceil(n / 2)``, and the ``r = 2 *
     ceil(n / 2)`` dims that rotate: transformers' arithmetic exactly (GPT-NeoX, partial rotary
-    factors), so an odd ``n`` rotates ``n + 1`` dims."""
+    factors), so an odd ``n`` rotates ``n + 1`` dims. Where that exceeds the head (an odd
+    ``head_dim`` rotated whole, which transformers cannot run) ``n`` is rounded down to even
+    and the last dim stays unrotated."""
     n = int(head_dim * rope_fraction)
-    return n, 2 * ((n + 1) // 2)
-
-
-def _check_rotary(
-    d_in: int,
-    heads: int,
-    head_dim: int | None = None,
-    pos: str = "rope",
-    rope_fraction: float = 1.0,
-    **_,
-) -> Problem:
-    hd = head_dim if head_dim is not None else d_in // heads
-    n, r = rotary_sizes(hd, rope_fraction) if pos == "rope" else (0, 0)
-    if r > hd:
-        return (
-            f"rope_fraction={rope_fraction} gives {n} rotary dims, an odd count that rotates "
-            f"{r} dims, more than head_dim={hd}",
-            "choose a rope_fraction that gives an even count or leaves a dim unrotated",
-        )
-    return None
+    r = 2 * ((n + 1) // 2)
+    if r > head_dim:
+        n = r = n // 2 * 2
+    return n, r
 
 
 def _check_attn(d_in: int, **args) -> Problem:
-    return _check_heads(d_in, **args) or _check_attn_options(**args) or _check_rotary(d_in, **args)
+    return _check_heads(d_in, **args) or _check_attn_options(**args)
 
 
 def _dims(d_in: int, heads: int, kv_heads: int | None, head_dim: int | None) -> tuple[int, int]:
@@ -401,11 +387,6 @@ class Attn(_Projections):
         # rotary_size sets the frequencies, rotary_dims (its even round-up) the rotated dims.
         self.rotary_size, self.rotary_dims = (
             rotary_sizes(self.head_dim, rope_fraction) if pos == "rope" else (0, 0)
-        )
-        raise_problem(
-            _check_rotary(
-                d_model, heads, head_dim=self.head_dim, pos=pos, rope_fraction=rope_fraction
-            )
         )
         self.reset_parameters()
 
