@@ -253,17 +253,30 @@ class ModelPlan:
         return [self.embed, *(g for _, g in self.layers), self.head]
 
     def params(self) -> int:
-        """Parameters of the whole model, shared labels and tied heads once."""
+        """Parameters of the whole model: a ``#label`` once per block instance, a
+        model-global ``##label`` once in all, tied heads once."""
         seen: set[int] = set()
         total = 0
         for graph in self.graphs():
             for spec in graph.modules.values():
-                if spec.label is not None:
+                if spec.global_label:
                     if id(spec) in seen:
                         continue
                     seen.add(id(spec))
                 total += spec.params
         return total
+
+    def shared_labels(self) -> dict[str, list[str]]:
+        """Model-global labels used by more than one block instance: ``{"##ln": ["layers.0",
+        "layers.1", ...]}`` (the embedding and head are ``embed`` and ``head``). Only these tie
+        weights across layers; ``blockdsl check`` lists them so that no tying is silent."""
+        paths = ["embed", *(f"layers.{i}" for i in range(len(self.layers))), "head"]
+        users: dict[str, list[str]] = {}
+        for path, graph in zip(paths, self.graphs()):
+            for spec in graph.modules.values():
+                if spec.global_label:
+                    users.setdefault(f"{spec.written}{spec.label_text}", []).append(path)
+        return {label: where for label, where in users.items() if len(where) > 1}
 
     def flops(self, seq: int) -> int:
         return sum(graph.flops(seq) for graph in self.graphs())

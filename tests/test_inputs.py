@@ -86,3 +86,8 @@ def test_checks_do_not_break_compile_or_export():
             model, (idx,), dynamic_shapes={"idx": {1: torch.export.Dim("T", max=12)}}
         )
         assert torch.allclose(exported.module()(idx[:, :5]), model(idx[:, :5]), atol=1e-6)
+
+
+def test_a_head_must_produce_the_vocabulary():
+    with pytest.raises(BlockValidationError, match="the head produces 16 features but the"):
+        _model(head="Norm->MLP->+")
