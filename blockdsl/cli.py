@@ -8,6 +8,7 @@ The work is done by the library (``blockdsl.model.ModelPlan``, ``blockdsl.shapes
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import os
 import sys
@@ -15,7 +16,7 @@ import warnings
 from collections.abc import Sequence
 from typing import Any, TextIO
 
-from blockdsl.errors import BlockDSLError, ConfigError
+from blockdsl.errors import BlockDSLError, ConfigError, Span
 from blockdsl.printer import format_int as _fmt_int
 from blockdsl.printer import human
 
@@ -83,8 +84,8 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     spec_help = (
-        "a block string, several strings (parallel branches), a .toml path or a preset name "
-        "(default: tiny)"
+        "a block string, several strings or one JSON/Python list of strings (parallel "
+        "branches), a .toml path or a preset name (default: tiny)"
     )
 
     def model_args(p: argparse.ArgumentParser) -> None:
@@ -290,7 +291,8 @@ def _train_parsers(commands: Any, model_args: Any) -> None:
 # ==================================================================== helpers
 def parse_value(text: str) -> Any:
     """A ``--set`` value: a TOML literal (``512``, ``1e-5``, ``true``, ``"rms"``, ``[1, 2]``),
-    else JSON, else the text itself as a string (``rms``, ``block*80``)."""
+    else JSON, else a Python list of strings (parallel branches, as users write them: ``["a",
+    'b']``), else the text itself as a string (``rms``, ``block*80``)."""
     try:
         return tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
@@ -298,7 +300,46 @@ def parse_value(text: str) -> Any:
     try:
         return json.loads(text)
     except ValueError:
-        return text
+        pass
+    listed = block_list(text)
+    return text if listed is None else listed
+
+
+def block_list(text: str) -> list[str] | None:
+    """Parallel branches written as ONE argument, a JSON or Python list of block strings
+    (``'["Norm->Attn->+->Norm->MLP->+", "Norm->MoE->+"]'``); None when ``text`` is not a list
+    (a block string never starts with '['). A list that does not read is a ``ConfigError``."""
+    stripped = text.strip()
+    if not stripped.startswith("["):
+        return None
+    try:
+        value = json.loads(stripped)
+    except ValueError:
+        try:  # literals only: nothing is executed
+            value = ast.literal_eval(stripped)
+        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+            value = None
+    if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+        return value
+    start = text.index("[")
+    raise ConfigError(
+        "a list of block strings must be a JSON or Python list of quoted strings",
+        text,
+        Span.at(text, start, len(text.rstrip())),
+        hint='e.g. \'["Norm->Attn->+->Norm->MLP->+", "Norm->MoE->+"]\' (one argument, quoted '
+        "for the shell), or each branch as its own argument",
+    )
+
+
+def spec_from(specs: Sequence[str]) -> Any:
+    """The model spec of the SPEC arguments: a preset, path or block string; several strings,
+    or one JSON/Python list of strings, are parallel branches."""
+    if not specs:
+        return "tiny"
+    if len(specs) == 1:
+        listed = block_list(specs[0])
+        return specs[0] if listed is None else listed
+    return list(specs)
 
 
 def overrides_from(settings: Sequence[str]) -> dict[str, Any]:
@@ -328,19 +369,15 @@ def load_plan(args: argparse.Namespace) -> Any:
         if args.spec:
             raise ConfigError("give either SPEC or --from-hf, not both")
         spec = _from_hf(args.from_hf)
-    elif not args.spec:
-        spec = "tiny"
-    elif len(args.spec) == 1:
-        spec = args.spec[0]
     else:
-        spec = list(args.spec)
+        spec = spec_from(args.spec)
     return ModelPlan(load_config(spec, **overrides))
 
 
 def _from_hf(path: str) -> dict:
     """The config of a Hugging Face checkpoint folder (config.json only: no weights are read).
-    ``blockdsl.hf`` imports the optional transformers itself and says how to install it."""
-    from blockdsl import hf
+    ``blockdsl.interop.hf`` imports the optional transformers itself and says how to install it."""
+    from blockdsl.interop import hf
 
     return hf.config_from_dir(path)
 
@@ -368,7 +405,7 @@ def cmd_compile(args: argparse.Namespace, out: TextIO) -> int:
     if args.batch < 1 or (args.seq is not None and args.seq < 1):
         raise ConfigError("--batch and --seq must be positive")
     if args.emit:
-        from blockdsl.export import to_dot, to_json, to_mermaid, to_python
+        from blockdsl.interop.export import to_dot, to_json, to_mermaid, to_python
 
         if args.emit == "json":
             text = to_json(plan, args.seq)
@@ -417,7 +454,7 @@ def _trace(args: argparse.Namespace, plan: Any, console: Any) -> int:
 
 
 def _print_summary(console: Any, plan: Any) -> None:
-    from blockdsl.export import distinct_blocks
+    from blockdsl.interop.export import distinct_blocks
 
     config = plan.config
     seq = config.context
@@ -484,7 +521,7 @@ def cmd_components(args: argparse.Namespace, out: TextIO) -> int:
     if args.name in aliases:
         console.print(f"{args.name}: alias of {component.name}({bound})")
     console.print(f"{component.name}: {component.description}")
-    helps = getattr(component.cls, "arg_help", {}) or {}
+    helps = component.arg_help
     grid = Table(box=None, show_header=True, header_style="bold", pad_edge=False)
     grid.add_column("argument", no_wrap=True)
     grid.add_column("type", overflow="fold")
@@ -533,7 +570,7 @@ def cmd_train(args: argparse.Namespace, out: TextIO) -> int:
         spec = load_plan(args).config
         overrides: dict[str, Any] = {}
     else:
-        spec = args.spec[0] if len(args.spec) == 1 else (list(args.spec) or "tiny")
+        spec = spec_from(args.spec)
         overrides = overrides_from(args.set)
         load_config(spec, **overrides)  # configuration errors before anything else
     run = training.train(
