@@ -71,5 +71,5 @@ def __getattr__(name: str):
     if name in ("hf", "train"):
         import importlib
 
-        return importlib.import_module("blockdsl.hf")
+        return importlib.import_module(f"blockdsl.{name}")
     raise AttributeError(f"module 'blockdsl' has no attribute {name!r}")

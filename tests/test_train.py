@@ -449,3 +449,51 @@ def test_a_write_cut_short_leaves_the_previous_checkpoint(data_dir: Path, tmp_pa
         "tiny", out=tmp_path / "a", resume=True, train=tiny_train(steps=4), **common
     )
     assert run.metrics[-1]["step"] == 4 and not partial.exists()
+
+
+def test_blockdsl_train_is_the_callable_package() -> None:
+    import blockdsl.train as package
+
+    assert blockdsl.train is package and callable(blockdsl.train)
+    assert blockdsl.train.train.__doc__ == package.loop.train.__doc__
+
+
+def small_preset(name: str) -> dict:
+    """Overrides that shrink a preset to a few hundred thousand parameters, keeping its
+    block structure (norms, attention kind, gating, experts, parallel branches)."""
+    config = load_config(name)
+    layers = config.layers
+    if layers.startswith("("):
+        layers = layers.split("*")[0] + "*1"
+    elif "*" in layers:
+        layers = layers.split("*")[0] + "*2"
+    else:
+        layers = "->".join(layers.split("->")[:2])
+    defaults: dict = {}
+    attn = config.defaults.get("Attn", {})
+    if attn:
+        defaults["Attn"] = {"heads": 4, "kv_heads": 2 if attn.get("kv_heads") else 4}
+        defaults["Attn"]["head_dim"] = 16
+        if "window" in attn:
+            defaults["Attn"]["window"] = 32
+    if "hidden" in config.defaults.get("MLP", {}):
+        defaults["MLP"] = {"hidden": 128}
+    if "MoE" in config.defaults:
+        defaults["MoE"] = {"hidden": 64, "experts": 4}
+    return {"vocab": 256, "d_model": 64, "context": 128, "layers": layers, "defaults": defaults}
+
+
+@pytest.mark.parametrize("preset", sorted(blockdsl.list_presets()))
+def test_memory_estimate_within_25_percent_on_presets(
+    data_dir: Path, tmp_path: Path, preset: str
+) -> None:
+    run = blockdsl.train(
+        preset,
+        data=data_dir,
+        out=tmp_path / "run",
+        progress=False,
+        train={"steps": 2, "batch_size": 8, "seq_len": 128, "eval_every": 0, "eval_batches": 1},
+        **small_preset(preset),
+    )
+    memory = run.summary["memory"]
+    assert 0.75 <= memory["measured_peak"] / memory["estimate"]["total"] <= 1.25, memory
