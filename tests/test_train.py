@@ -245,7 +245,10 @@ def test_muon_with_accumulation_and_moe_aux_loss(data_dir: Path, tmp_path: Path)
     assert len(state["optimizers"]) == 2  # AdamW for the rest, Muon for the hidden matrices
 
 
-def test_compile_auto_stays_eager_on_short_runs(data_dir: Path, tmp_path: Path) -> None:
+def test_compile_auto_stays_eager_on_short_runs(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BLOCKDSL_CACHE_DIR", str(tmp_path / "cache"))
     lines: list[str] = []
     settings = TrainSettings(steps=10, compile="auto", seq_len=32)
     model = blockdsl.build_model("tiny", **TINY)
@@ -263,6 +266,11 @@ def test_compile_auto_stays_eager_on_short_runs(data_dir: Path, tmp_path: Path) 
     long.observe(3, 0.2)  # compiled slower than eager: back to eager
     assert long.decision == "eager" and long.forward is model
     assert long.summary()["measured_compile_s"] == pytest.approx(4.8)
+    # the measurement is remembered: the next run of this model decides from it
+    again = CompileChoice(model, settings, 10**6, 0, None, lines.append)
+    again.observe(0, 0.5)
+    again.observe(1, 0.1)
+    assert again.decision == "eager" and "measured before" in lines[-1]
     run = blockdsl.train(
         "tiny",
         data=data_dir,
@@ -497,3 +505,12 @@ def test_memory_estimate_within_25_percent_on_presets(
     )
     memory = run.summary["memory"]
     assert 0.75 <= memory["measured_peak"] / memory["estimate"]["total"] <= 1.25, memory
+
+
+def test_checkpoint_weights_load_with_blockdsl_load(data_dir: Path, tmp_path: Path) -> None:
+    run = blockdsl.train(
+        "tiny", data=data_dir, out=tmp_path / "run", progress=False, train=tiny_train(), **TINY
+    )
+    loaded = blockdsl.load(ckpt.checkpoints(run.dir)[-1].weights)
+    for (name, a), (_, b) in zip(run.model.state_dict().items(), loaded.state_dict().items()):
+        assert torch.equal(a, b), name
