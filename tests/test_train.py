@@ -514,3 +514,59 @@ def test_checkpoint_weights_load_with_blockdsl_load(data_dir: Path, tmp_path: Pa
     loaded = blockdsl.load(ckpt.checkpoints(run.dir)[-1].weights)
     for (name, a), (_, b) in zip(run.model.state_dict().items(), loaded.state_dict().items()):
         assert torch.equal(a, b), name
+
+
+def test_training_doc_lists_every_key() -> None:
+    from dataclasses import fields
+
+    text = (ROOT / "docs" / "training.md").read_text()
+    for settings in (TrainSettings, OptimSettings):
+        for key in fields(settings):
+            assert f"| `{key.name}` |" in text, key.name
+
+
+@pytest.mark.slow
+def test_readme_training_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The README's two training commands, as written, with the budget cut to 2 steps."""
+    import shlex
+
+    from blockdsl.cli import main
+
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("## Training", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    commands = [shlex.split(line)[1:] for line in block.strip().splitlines()]
+    assert [c[:2] for c in commands] == [["data", "prepare"], ["train", "tiny"]]
+    monkeypatch.chdir(tmp_path)
+    assert main(commands[0]) == 0
+    assert main([*commands[1], "--set", "train.steps=2", "--quiet"]) == 0
+    run = Run.load(tmp_path / "runs" / "tiny")
+    assert run.steps == 2 and run.metrics[-1]["loss"] < 6
+
+
+def test_budgets_precision_and_checkpoint_retention(data_dir: Path, tmp_path: Path) -> None:
+    common = {"data": data_dir, "progress": False, **TINY}
+
+    def without_steps(**train: object) -> dict:
+        return {k: v for k, v in tiny_train(**train).items() if k != "steps"}
+
+    by_tokens = blockdsl.train(
+        "tiny", out=tmp_path / "t", train=without_steps(tokens=5 * 4 * 32), **common
+    )
+    assert by_tokens.steps == 5
+    by_time = blockdsl.train(
+        "tiny",
+        out=tmp_path / "w",
+        train=without_steps(time=1e-6),
+        optim={"schedule": "constant"},
+        **common,
+    )
+    assert by_time.steps == 1  # stops after the step that passes the budget
+    kept = blockdsl.train(
+        "tiny",
+        out=tmp_path / "k",
+        train=tiny_train(steps=7, save_every=2, keep=2, precision="bfloat16"),
+        **common,
+    )
+    assert [c.step for c in ckpt.checkpoints(kept.dir)] == [6, 7]
+    assert all(torch.isfinite(torch.tensor(m["loss"])) for m in kept.metrics)
+    assert kept.summary["precision"] == "bfloat16"
