@@ -10,8 +10,7 @@ steps, zeroes gradients with ``set_to_none`` and reads ``loss.item()`` every ste
 
 A step's time is the wall time between consecutive steps (for blockdsl, the differences of
 ``metrics.jsonl``'s ``elapsed``: everything the loop does, metrics file and checks included);
-the first ``--warmup`` steps of each round (and blockdsl's one profiled step, which measures
-peak memory) are left out. Reported: the median step time over all rounds, tokens/s, and the
+the first ``--warmup`` steps of each round are left out (both loops). Reported: the median step time over all rounds, tokens/s, and the
 ratio blockdsl ÷ hand-written in tokens/s (1.0 = as fast). Eager, then ``torch.compile``.
 
     PYTHONPATH=. python bench/train.py [--steps 30] [--rounds 3] [--threads 2] [--no-compile]
@@ -77,8 +76,7 @@ def blockdsl_steps(data: Path, out: Path, args: argparse.Namespace, compiled: bo
     )
     elapsed = [m["elapsed"] for m in run.metrics]
     times = [b - a for a, b in itertools.pairwise(elapsed)]  # times[i]: step i + 2
-    skip = {0}  # step 2 is the profiled one (memory measurement)
-    return [t for i, t in enumerate(times) if i + 1 >= args.warmup and i not in skip]
+    return times[args.warmup - 1 :]
 
 
 def handwritten_steps(data: Path, args: argparse.Namespace, compiled: bool) -> list[float]:

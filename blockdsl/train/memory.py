@@ -15,11 +15,14 @@ Estimate (``estimate(plan, ...)``), in bytes, from the model plan and its shape 
 * the loss: cross-entropy keeps float32 log-probabilities of the logits and, in backward,
   their gradient: two more ``B × T × vocab`` float32 tensors.
 
-Measurement (``measure_peak``): one training step is run under ``torch.profiler`` with
-``profile_memory=True``; the allocator's events, summed in time order, give the step's peak
-above what was live before it (parameters, optimizer state, data), which is added back. On
-CUDA, ``torch.cuda.max_memory_allocated`` gives the same directly. Both count tensor memory
-only (not the Python interpreter or torch's own code), which is what the estimate predicts.
+Measurement (``measure_peak``): when the run is over, one more forward and backward of a
+micro-batch (with the optimizer state in place, and with accumulation the gradients too) runs
+under ``torch.profiler`` with ``profile_memory=True``; the allocator's events, summed in time
+order, give the peak above what was live before (parameters, gradients, optimizer state),
+which is added back. It runs after training because the profiler slows the later steps of the
+model it profiled (by about 10 % on CPU, measured with bench/train.py). On CUDA,
+``torch.cuda.max_memory_allocated`` gives the same directly. Both count tensor memory only (not
+the Python interpreter or torch's own code), which is what the estimate predicts.
 """
 
 from __future__ import annotations
