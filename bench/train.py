@@ -10,8 +10,9 @@ steps, zeroes gradients with ``set_to_none`` and reads ``loss.item()`` every ste
 
 A step's time is the wall time between consecutive steps (for blockdsl, the differences of
 ``metrics.jsonl``'s ``elapsed``: everything the loop does, metrics file and checks included);
-the first ``--warmup`` steps of each round are left out (both loops). Reported: the median step time over all rounds, tokens/s, and the
-ratio blockdsl ÷ hand-written in tokens/s (1.0 = as fast). Eager, then ``torch.compile``.
+the first ``--warmup`` steps of each round are left out (both loops). Reported: the median
+step time over all rounds, tokens/s, and the ratio blockdsl ÷ hand-written in tokens/s (1.0 =
+as fast). Eager, then ``torch.compile``.
 
     PYTHONPATH=. python bench/train.py [--steps 30] [--rounds 3] [--threads 2] [--no-compile]
 """
