@@ -14,7 +14,10 @@ position). The tokens are those each prompt gives alone.
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -357,4 +360,125 @@ def _check_model(model: LanguageModel) -> None:
             )
 
 
-__all__ = ["GenerationError", "generate", "sample", "stream"]
+# ==================================================================== runs and text
+def load_generator(
+    path: str | os.PathLike, *, from_hf: bool = False, device: torch.device | str | None = None
+) -> tuple[LanguageModel, Any]:
+    """The model and ``tokenizers.Tokenizer`` to generate from: a training run directory
+    (``config.toml``, ``tokenizer.json``, the newest ``checkpoints/step_*``), one checkpoint
+    of a run (its ``step_*`` directory or ``model.safetensors``), or with ``from_hf`` a
+    Hugging Face checkpoint folder (``config.json``, ``*.safetensors``, ``tokenizer.json``)."""
+    path = Path(path)
+    if not path.exists():
+        raise GenerationError(f"{path} does not exist", hint="give a run directory or checkpoint")
+    if from_hf:
+        from blockdsl import hf
+
+        model = hf.from_pretrained_dir(path, device=device)
+        return model, _tokenizer(path / "tokenizer.json")
+    weights, run_dir = _locate_weights(path)
+    from blockdsl.config import load_config
+    from blockdsl.model import build_model
+
+    model = build_model(load_config(run_dir / "config.toml"), device=device)
+    _load_weights(weights, model)
+    return model.eval(), _tokenizer(run_dir / "tokenizer.json")
+
+
+def eos_ids(path: str | os.PathLike) -> list[int]:
+    """The end-of-sequence token ids a Hugging Face folder's ``config.json`` names (its
+    ``generation_config.json`` first), for ``stop``; empty when it names none."""
+    for name in ("generation_config.json", "config.json"):
+        file = Path(path) / name
+        if file.is_file():
+            try:
+                eos = json.loads(file.read_text()).get("eos_token_id")
+            except (ValueError, AttributeError):
+                continue
+            if eos is not None:
+                return [int(e) for e in (eos if isinstance(eos, list) else [eos])]
+    return []
+
+
+def _locate_weights(path: Path) -> tuple[Path, Path]:
+    """``(model.safetensors, run directory)`` of a run, a checkpoint directory or file."""
+    if path.is_file():
+        if path.suffix != ".safetensors":
+            raise GenerationError(f"{path} is not a checkpoint (expected model.safetensors)")
+        return path, path.parent.parent.parent
+    if (path / "model.safetensors").is_file():  # RUN/checkpoints/step_N
+        return path / "model.safetensors", path.parent.parent
+    if not (path / "config.toml").is_file():
+        raise GenerationError(
+            f"{path} is neither a training run (no config.toml) nor a checkpoint "
+            "(no model.safetensors)",
+            hint="for a Hugging Face folder use --from-hf",
+        )
+    steps = sorted(
+        (int(child.name[5:]), child)
+        for child in (path / "checkpoints").glob("step_*")
+        if child.name[5:].isdigit() and (child / "model.safetensors").is_file()
+    )
+    if not steps:
+        raise GenerationError(f"the run {path} has no checkpoint yet")
+    return steps[-1][1] / "model.safetensors", path
+
+
+def _load_weights(weights: Path, model: LanguageModel) -> None:
+    from safetensors.torch import load_model
+
+    try:
+        missing, unexpected = load_model(model, str(weights), strict=False)
+    except Exception as exc:  # truncated file, foreign format, shape mismatch
+        raise GenerationError(f"{weights} cannot be loaded into its run's model: {exc}") from None
+    if missing or unexpected:
+        raise GenerationError(
+            f"{weights} does not match its run's model ({len(missing)} missing, "
+            f"{len(unexpected)} unexpected tensors)"
+        )
+
+
+def _tokenizer(path: Path) -> Any:
+    from tokenizers import Tokenizer
+
+    if not path.is_file():
+        raise GenerationError(
+            f"no tokenizer: {path} is missing", hint="generation needs the tokenizer.json"
+        )
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as exc:
+        raise GenerationError(f"{path} is not a tokenizer.json: {exc}") from None
+
+
+def stream_text(
+    model: LanguageModel, tokenizer: Any, prompt: str, max_new_tokens: int, **options: Any
+) -> Iterator[str]:
+    """The continuation of ``prompt`` as text pieces, one per token as it comes (a piece may be
+    empty while a multi-byte character is incomplete). ``options`` as for ``generate``."""
+    ids = tokenizer.encode(prompt).ids
+    if not ids:
+        raise GenerationError("the prompt is empty (it encodes to no tokens)")
+    new: list[int] = []
+    shown = ""
+    for token in stream(model, [ids], max_new_tokens, **options):
+        new.append(int(token[0]))
+        text = tokenizer.decode(new)
+        if text.endswith("\ufffd"):  # an incomplete UTF-8 sequence: wait for the rest
+            continue
+        yield text[len(shown) :]
+        shown = text
+    text = tokenizer.decode(new)
+    if len(text) > len(shown):
+        yield text[len(shown) :]
+
+
+__all__ = [
+    "GenerationError",
+    "eos_ids",
+    "generate",
+    "load_generator",
+    "sample",
+    "stream",
+    "stream_text",
+]
