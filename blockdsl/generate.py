@@ -364,24 +364,49 @@ def _check_model(model: LanguageModel) -> None:
 def load_generator(
     path: str | os.PathLike, *, from_hf: bool = False, device: torch.device | str | None = None
 ) -> tuple[LanguageModel, Any]:
-    """The model and ``tokenizers.Tokenizer`` to generate from: a training run directory
-    (``config.toml``, ``tokenizer.json``, the newest ``checkpoints/step_*``), one checkpoint
-    of a run (its ``step_*`` directory or ``model.safetensors``), or with ``from_hf`` a
-    Hugging Face checkpoint folder (``config.json``, ``*.safetensors``, ``tokenizer.json``)."""
+    """The model (eval mode) and ``tokenizers.Tokenizer`` to generate from:
+
+    * a training run directory (``config.toml``, ``tokenizer.json``, ``checkpoints/step_*``):
+      its newest checkpoint;
+    * one checkpoint of a run: its ``step_*`` directory or that directory's
+      ``model.safetensors`` (the run's config and tokenizer are two levels up);
+    * a self-describing ``blockdsl.save`` file, with a ``tokenizer.json`` beside it;
+    * with ``from_hf``, a Hugging Face checkpoint folder (``config.json``, ``*.safetensors``,
+      ``tokenizer.json``)."""
+    from blockdsl.train import checkpoint as run_checkpoints
+
     path = Path(path)
     if not path.exists():
         raise GenerationError(f"{path} does not exist", hint="give a run directory or checkpoint")
     if from_hf:
         from blockdsl import hf
 
-        model = hf.from_pretrained_dir(path, device=device)
-        return model, _tokenizer(path / "tokenizer.json")
-    weights, run_dir = _locate_weights(path)
+        return hf.from_pretrained_dir(path, device=device), _tokenizer(path / "tokenizer.json")
+    if path.is_file():
+        weights, run_dir = path, path.parent.parent.parent
+        if not (run_dir / "config.toml").is_file():  # a blockdsl.save file: self-describing
+            from blockdsl import checkpoint
+
+            model = checkpoint.load(path, device=device)
+            return model, _tokenizer(path.parent / "tokenizer.json")
+    elif (path / "model.safetensors").is_file():  # RUN/checkpoints/step_N
+        weights, run_dir = path / "model.safetensors", path.parent.parent
+    elif (path / "config.toml").is_file():
+        found = run_checkpoints.checkpoints(path)
+        if not found:
+            raise GenerationError(f"the run {path} has no checkpoint yet")
+        weights, run_dir = found[-1].weights, path
+    else:
+        raise GenerationError(
+            f"{path} is neither a training run (no config.toml) nor a checkpoint "
+            "(no model.safetensors)",
+            hint="for a Hugging Face folder use --from-hf",
+        )
     from blockdsl.config import load_config
     from blockdsl.model import build_model
 
     model = build_model(load_config(run_dir / "config.toml"), device=device)
-    _load_weights(weights, model)
+    run_checkpoints.load_weights(weights, model)
     return model.eval(), _tokenizer(run_dir / "tokenizer.json")
 
 
@@ -398,44 +423,6 @@ def eos_ids(path: str | os.PathLike) -> list[int]:
             if eos is not None:
                 return [int(e) for e in (eos if isinstance(eos, list) else [eos])]
     return []
-
-
-def _locate_weights(path: Path) -> tuple[Path, Path]:
-    """``(model.safetensors, run directory)`` of a run, a checkpoint directory or file."""
-    if path.is_file():
-        if path.suffix != ".safetensors":
-            raise GenerationError(f"{path} is not a checkpoint (expected model.safetensors)")
-        return path, path.parent.parent.parent
-    if (path / "model.safetensors").is_file():  # RUN/checkpoints/step_N
-        return path / "model.safetensors", path.parent.parent
-    if not (path / "config.toml").is_file():
-        raise GenerationError(
-            f"{path} is neither a training run (no config.toml) nor a checkpoint "
-            "(no model.safetensors)",
-            hint="for a Hugging Face folder use --from-hf",
-        )
-    steps = sorted(
-        (int(child.name[5:]), child)
-        for child in (path / "checkpoints").glob("step_*")
-        if child.name[5:].isdigit() and (child / "model.safetensors").is_file()
-    )
-    if not steps:
-        raise GenerationError(f"the run {path} has no checkpoint yet")
-    return steps[-1][1] / "model.safetensors", path
-
-
-def _load_weights(weights: Path, model: LanguageModel) -> None:
-    from safetensors.torch import load_model
-
-    try:
-        missing, unexpected = load_model(model, str(weights), strict=False)
-    except Exception as exc:  # truncated file, foreign format, shape mismatch
-        raise GenerationError(f"{weights} cannot be loaded into its run's model: {exc}") from None
-    if missing or unexpected:
-        raise GenerationError(
-            f"{weights} does not match its run's model ({len(missing)} missing, "
-            f"{len(unexpected)} unexpected tensors)"
-        )
 
 
 def _tokenizer(path: Path) -> Any:

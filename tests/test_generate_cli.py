@@ -124,3 +124,40 @@ def test_generate_from_hf_folder_matches_transformers(tmp_path, capsys) -> None:
     ids = torch.tensor([byte_tokenizer().encode("Hey").ids])
     theirs = hf_model.generate(ids, max_new_tokens=9, do_sample=False)[0, 3:]
     assert capsys.readouterr().out == "Hey" + byte_tokenizer().decode(theirs.tolist()) + "\n"
+
+
+def test_generate_from_a_saved_model_file(tmp_path, capsys) -> None:
+    _, models = make_run(tmp_path, steps=(5,))
+    path = tmp_path / "model.safetensors"
+    blockdsl.save(models[5], path)
+    byte_tokenizer().save(str(tmp_path / "tokenizer.json"))
+    argv = ["generate", str(path), "--prompt", "Yo", "--greedy", "--max-new-tokens", "6"]
+    assert main(argv) == 0
+    assert capsys.readouterr().out == _expected(models[5], "Yo", 6)
+
+
+def test_generate_from_a_real_training_run(tmp_path, capsys) -> None:
+    """The layout ``blockdsl train`` writes, and the tokenizer it prepared."""
+    from blockdsl.train import Run, prepare
+
+    root = Path(__file__).resolve().parent.parent
+    prepare([str(root / "README.md")], tmp_path / "data", tokenizer="byte", progress=False)
+    blockdsl.train(
+        "tiny",
+        data=tmp_path / "data",
+        out=tmp_path / "run",
+        progress=False,
+        train={"steps": 2, "batch_size": 2, "seq_len": 16, "eval_every": 0},
+        vocab=256,
+        d_model=32,
+        context=64,
+        layers="block*1",
+        defaults={"Attn": {"heads": 2, "kv_heads": 1}, "MLP": {"hidden": 64}},
+    )
+    argv = ["generate", str(tmp_path / "run"), "--prompt", "The", "--greedy"]
+    assert main([*argv, "--max-new-tokens", "8"]) == 0
+    model = Run.load(tmp_path / "run").load_model().eval()
+    tok = tokenizers.Tokenizer.from_file(str(tmp_path / "run" / "tokenizer.json"))
+    ids = torch.tensor([tok.encode("The").ids])
+    new = model.generate(ids, 8, greedy=True)[0, ids.shape[1] :].tolist()
+    assert capsys.readouterr().out == "The" + tok.decode(new) + "\n"
