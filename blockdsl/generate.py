@@ -105,10 +105,13 @@ def stream(
     stop: int | Iterable[int] | None = None,
     generator: torch.Generator | None = None,
     use_cache: bool = True,
-) -> Iterator[torch.Tensor]:
+    with_logits: bool = False,
+) -> Iterator[Any]:
     """Yield the next token of every prompt, ``(B,)``, one step at a time (``generate``'s
-    options). A row that has produced a stop token yields that token again; the stream ends
-    after ``max_new_tokens`` steps or when every row has stopped."""
+    options); with ``with_logits``, ``(tokens, logits)`` where ``logits`` ``(B, vocab)``
+    (float32) are the model's scores the tokens were chosen from. A row that has produced a
+    stop token yields that token again; the stream ends after ``max_new_tokens`` steps or
+    when every row has stopped."""
     rows, _, _ = _prompts(prompts)
     _check_options(max_new_tokens, temperature, top_k, top_p)
     stops = _stop_ids(stop)
@@ -151,7 +154,7 @@ def stream(
             newly = ~done & torch.isin(token, stop_tensor)
             ended = torch.where(newly, token, ended)
             done = done | newly
-            yield token
+            yield (token, logits) if with_logits else token
             if step + 1 == max_new_tokens or bool(done.all()):
                 break
             logits = steps.send(token)
