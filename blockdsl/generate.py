@@ -92,7 +92,7 @@ def generate(
     return results
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def stream(
     model: LanguageModel,
     prompts: Prompts,
@@ -150,12 +150,14 @@ def stream(
         stop_tensor = torch.tensor(sorted(stops), dtype=torch.long, device=device)
         logits = next(steps)
         for step in range(max_new_tokens):
-            token = torch.where(done, ended, pick(logits))
-            newly = ~done & torch.isin(token, stop_tensor)
-            ended = torch.where(newly, token, ended)
-            done = done | newly
+            token = pick(logits)
+            if stops:  # a stopped row repeats its stop token; all stopped: the end
+                token = torch.where(done, ended, token)
+                newly = ~done & torch.isin(token, stop_tensor)
+                ended = torch.where(newly, token, ended)
+                done = done | newly
             yield (token, logits) if with_logits else token
-            if step + 1 == max_new_tokens or bool(done.all()):
+            if step + 1 == max_new_tokens or (stops and bool(done.all())):
                 break
             logits = steps.send(token)
     finally:

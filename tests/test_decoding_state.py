@@ -39,6 +39,8 @@ ATTN_CASES = [
     {"heads": 4, "kv_heads": 2},
     {"heads": 4, "kv_heads": 1, "qk_norm": True},
     {"pos": "alibi", "heads": 4},
+    {"pos": "alibi", "heads": 4, "kv_heads": 2},
+    {"pos": "alibi", "heads": 4, "kv_heads": 1, "window": 3, "softcap": 1.5},
     {"pos": "alibi", "heads": 3, "head_dim": 8, "window": 4},
     {"window": 3},
     {"softcap": 2.0, "heads": 4, "kv_heads": 2},
