@@ -51,6 +51,13 @@ PRESETS_EXAMPLES = """\
 examples:
   blockdsl presets
 """
+GENERATE_EXAMPLES = """\
+examples:
+  blockdsl generate runs/tiny --prompt "Once upon a time"
+  blockdsl generate runs/tiny/checkpoints/step_0001000 --prompt "def " --greedy
+  blockdsl generate runs/tiny --prompt "The" --temperature 0.8 --top-k 50 --top-p 0.95 --seed 0
+  blockdsl generate --from-hf ./SmolLM-135M --prompt "The capital of France is"
+"""
 FUZZ_EXAMPLES = """\
 examples:
   blockdsl fuzz --examples 200
@@ -182,6 +189,39 @@ def _parser() -> argparse.ArgumentParser:
         epilog=PRESETS_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+
+    gen = commands.add_parser(
+        "generate",
+        help="continue a prompt with a trained model, streaming the tokens",
+        description="Continue a prompt with a training run's model (its newest checkpoint, or "
+        "the one given) and tokenizer, or with a Hugging Face checkpoint folder (--from-hf), "
+        "printing the tokens as they come. See docs/generation.md.",
+        epilog=GENERATE_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    gen.add_argument(
+        "path", nargs="?", metavar="RUN|CHECKPOINT", help="a run directory or a checkpoint"
+    )
+    gen.add_argument("--from-hf", metavar="DIR", help="a Hugging Face folder with tokenizer.json")
+    gen.add_argument("--prompt", required=True, metavar="TEXT", help="the text to continue")
+    gen.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=None,
+        metavar="N",
+        help="tokens to generate (default: 128, or what the context leaves)",
+    )
+    gen.add_argument("--temperature", type=float, default=1.0, metavar="T", help="default 1.0")
+    gen.add_argument(
+        "--top-k", type=int, default=None, metavar="K", help="sample from the K most likely"
+    )
+    gen.add_argument(
+        "--top-p", type=float, default=None, metavar="P", help="nucleus: the top tokens of mass P"
+    )
+    gen.add_argument("--seed", type=int, default=None, metavar="S", help="seed the sampling")
+    gen.add_argument("--greedy", action="store_true", help="always take the most likely token")
+    gen.add_argument("--no-cache", action="store_true", help="recompute the prefix every step")
+    gen.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if present)")
 
     fuzz = commands.add_parser(
         "fuzz",
@@ -556,6 +596,46 @@ def cmd_presets(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+def cmd_generate(args: argparse.Namespace, out: TextIO) -> int:
+    import torch
+
+    from blockdsl.generate import GenerationError, eos_ids, load_generator, stream_text
+
+    if bool(args.path) == bool(args.from_hf):
+        raise GenerationError("give a run or checkpoint, or --from-hf DIR (one of them)")
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model, tokenizer = load_generator(
+        args.from_hf or args.path, from_hf=bool(args.from_hf), device=device
+    )
+    steps = args.max_new_tokens
+    if steps is None:
+        steps = max(0, min(128, model.config.context - len(tokenizer.encode(args.prompt).ids)))
+    generator = None
+    if args.seed is not None:
+        generator = torch.Generator(device=device).manual_seed(args.seed)
+    pieces = stream_text(
+        model,
+        tokenizer,
+        args.prompt,
+        steps,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        greedy=args.greedy,
+        generator=generator,
+        use_cache=not args.no_cache,
+        stop=eos_ids(args.from_hf) if args.from_hf else None,
+    )
+    first = next(pieces, "")  # bad prompts and options are reported before any output
+    out.write(args.prompt + first)
+    out.flush()
+    for piece in pieces:
+        out.write(piece)
+        out.flush()
+    out.write("\n")
+    return 0
+
+
 def cmd_fuzz(args: argparse.Namespace, out: TextIO) -> int:
     from blockdsl.fuzz import main as fuzz_main
 
@@ -623,6 +703,7 @@ COMMANDS = {
     "fuzz": cmd_fuzz,
     "train": cmd_train,
     "data": cmd_data,
+    "generate": cmd_generate,
 }
 
 

@@ -220,6 +220,15 @@ class LanguageModel(nn.Module):
         return ModelPlan(self.config)._repr_html_()
 
 
+def _state_size(graph: BlockGraph, seq: int) -> int:
+    total = 0
+    for _, data in graph.calls():
+        spec = graph.modules[data["module"]]
+        total += spec.component.state_size(spec.d_in, spec.args, seq)
+        total += sum(_state_size(child, seq) for child in spec.children)
+    return total
+
+
 def _sum_aux(values: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack([v.sum() for v in values]).sum()
 
@@ -267,6 +276,12 @@ class ModelPlan:
 
     def flops(self, seq: int) -> int:
         return sum(graph.flops(seq) for graph in self.graphs())
+
+    def state_size(self, seq: int | None = None) -> int:
+        """Decoding-state elements of one sequence of ``seq`` positions (default: the context):
+        every stateful call's state (a label called twice: twice; children included)."""
+        seq = self.config.context if seq is None else seq
+        return sum(_state_size(graph, seq) for graph in self.graphs())
 
     def _repr_html_(self) -> str:
         """Notebooks show the shape table (one sequence of the full context). A display hook
