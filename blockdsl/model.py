@@ -74,12 +74,21 @@ class LanguageModel(nn.Module):
         return_aux: bool = False,
     ) -> Any:
         """Logits ``(B, T, vocab)``; with ``targets``, ``(logits, loss)`` where the loss adds
-        every auxiliary loss; with ``return_aux`` the auxiliary loss is appended."""
+        every auxiliary loss; with ``return_aux`` the auxiliary loss is appended.
+
+        Targets equal to ``IGNORE_INDEX`` (-100) carry no label. When some do, the head runs
+        only at each row's labelled positions (``labelled_positions``), so the logits are
+        ``(B, K, vocab)`` for the K most labels in a row; the loss is the same."""
         context = {"positions": positions, "memory": memory}
         collected: list[list[torch.Tensor]] = [[] for _ in self._combiners]
         x = self._run(0, self.embed, idx, context, collected)
         for index, layer in enumerate(self.layers, start=1):
             x = self._run(index, layer, x, context, collected)
+        if targets is not None and not self.head.context:
+            order = labelled_positions(targets)
+            if order is not None:
+                x = x.gather(1, order.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+                targets = targets.gather(1, order)
         logits = self._run(len(self.layers) + 1, self.head, x, context, collected)
 
         aux = None
@@ -121,6 +130,22 @@ class LanguageModel(nn.Module):
             next_id = self(window)[:, -1].argmax(-1, keepdim=True)
             idx = torch.cat([idx, next_id], dim=1)
         return idx
+
+
+IGNORE_INDEX = -100
+
+
+def labelled_positions(targets: torch.Tensor) -> torch.Tensor | None:
+    """Indices ``(B, K)`` of each row's labelled positions in order, K the most labels in a
+    row (shorter rows padded with unlabelled positions), or None when no position is
+    unlabelled. The head needs only these positions: a task labelling 4 of 64 positions
+    computes 1/16 of the logits."""
+    labelled = targets != IGNORE_INDEX
+    width = int(labelled.sum(dim=1).max())
+    if width == targets.shape[1]:
+        return None
+    order = labelled.to(torch.int8).argsort(dim=1, descending=True, stable=True)
+    return order[:, : max(width, 1)]
 
 
 def _sum_aux(values: list[torch.Tensor]) -> torch.Tensor:
