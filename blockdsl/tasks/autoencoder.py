@@ -46,9 +46,16 @@ class AutoEncoder(nn.Module):
                 nn.init.normal_(module.weight, mean=0.0, std=0.02)
                 nn.init.zeros_(module.bias)
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, **_: Any) -> Any:
+    @property
+    def _combiners(self) -> list:
+        return self.model._combiners
+
+    def forward(
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None, *, return_aux: bool = False
+    ) -> Any:
         """Logits ``(B, T, vocab)`` of the rebuilt sequence; with ``targets``,
-        ``(logits, loss)``, the loss adding the encoder's auxiliary losses."""
+        ``(logits, loss)``, the loss adding the encoder's auxiliary losses; with
+        ``return_aux`` the auxiliary loss is appended (as ``LanguageModel.forward``)."""
         model = self.model
         collected: list[list[torch.Tensor]] = [[] for _ in model._combiners]
         context = {"positions": None, "memory": None}
@@ -58,12 +65,16 @@ class AutoEncoder(nn.Module):
         encoding = x[:, -1]
         decoded = self.decoder(encoding.unsqueeze(1) + self.positions[: idx.shape[1]].to(x.dtype))
         logits = model._run(len(model.layers) + 1, model.head, decoded, context, collected)
-        if targets is None:
-            return logits
-        loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
-        for combine, values in zip(model._combiners, collected):
-            loss = loss + combine(values)
-        return logits, loss
+        aux = None
+        if model._combiners:
+            aux = sum(combine(values) for combine, values in zip(model._combiners, collected))
+        outputs: tuple[torch.Tensor, ...] = (logits,)
+        if targets is not None:
+            loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+            outputs += (loss if aux is None else loss + aux,)
+        if return_aux:
+            outputs += (aux if aux is not None else logits.new_zeros(()),)
+        return outputs[0] if len(outputs) == 1 else outputs
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
