@@ -219,3 +219,70 @@ def test_compression_trains_an_autoencoder_around_the_model():
     logits, loss = model(x, y)
     assert logits.shape == (4, 16, 16) and loss.requires_grad
     assert task.evaluate(model)["accuracy"] <= 1.0
+
+
+def _train_overrides(**train):
+    return dict(
+        vocab=64,
+        d_model=16,
+        layers="block*1",
+        defaults={"Attn": {"heads": 2, "kv_heads": 2}, "MLP": {"hidden": 32}},
+        train={"batch_size": 4, "save_every": 0, **train},
+    )
+
+
+def test_train_on_a_task_logs_accuracy_and_stops_at_the_target(tmp_path):
+    from blockdsl.train import train
+
+    run = train(
+        "tiny",
+        data=SMALL["mqar"],
+        out=tmp_path / "r",
+        progress=False,
+        **_train_overrides(steps=6, eval_every=2, target_accuracy=0.0),
+    )
+    assert run.steps == 2  # the first evaluation reached the target
+    assert "accuracy" in run.metrics[-1] and "val_loss" in run.metrics[-1]
+    assert run.summary["reached_target"] is True
+    assert run.summary["data"].startswith("task:mqar")
+    saved = type(run).load(run.dir)  # config.toml: the resolved tables
+    assert saved.config.train["seq_len"] == 32  # taken from the task
+
+
+def test_train_on_a_task_refuses_a_mismatched_length(tmp_path):
+    from blockdsl.errors import ConfigError
+    from blockdsl.train import train
+
+    with pytest.raises(ConfigError, match="differs from the task's sequence length 32"):
+        train(
+            "tiny",
+            data=SMALL["mqar"],
+            out=tmp_path / "a",
+            progress=False,
+            **_train_overrides(steps=1, seq_len=16),
+        )
+    with pytest.raises(ConfigError, match="longer than the model's context 16"):
+        train(
+            "tiny",
+            data=SMALL["mqar"],
+            out=tmp_path / "b",
+            progress=False,
+            context=16,
+            **_train_overrides(steps=1),
+        )
+    with pytest.raises(TaskError, match="unknown task"):
+        train("tiny", data="task:mqarr", out=tmp_path / "c", **_train_overrides(steps=1))
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_train_on_compression_trains_the_autoencoder(tmp_path):
+    from blockdsl.train import train
+
+    run = train(
+        "tiny",
+        data=SMALL["compression"],
+        out=tmp_path / "r",
+        progress=False,
+        **{**_train_overrides(steps=2, eval_every=2), "vocab": 16},
+    )
+    assert run.model.__class__.__name__ == "AutoEncoder" and "accuracy" in run.metrics[-1]
