@@ -14,7 +14,7 @@ Two measurements:
    ``--max-time`` seconds (the accuracy reached is reported when the cap comes first).
 
     PYTHONPATH=. python bench/tasks.py [--max-time 300] [--lr 3e-3] [--batch 64]
-                                       [--eval-every 25] [--skip-train]
+                                       [--eval-every 25] [--skip-train] [--task task:...]
 """
 
 from __future__ import annotations
@@ -43,20 +43,20 @@ TASK = "task:mqar,vocab=256,seq=64,pairs=4"
 TARGET = 0.99
 
 
-def model_overrides() -> dict:
+def model_overrides(task: Task) -> dict:
     return {
-        "vocab": 256,
+        "vocab": task.vocab,
         "d_model": 64,
-        "context": 64,
+        "context": task.seq_len,
         "layers": "block*2",
         "blocks": {"block": "Norm->Attn->+->Norm->MLP->+"},
         "defaults": {"Attn": {"heads": 2, "kv_heads": 2}, "MLP": {"hidden": 128}},
     }
 
 
-def build(seed: int = 0) -> torch.nn.Module:
+def build(task: Task, seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
-    return blockdsl.build_model("tiny", **model_overrides())
+    return blockdsl.build_model("tiny", **model_overrides(task))
 
 
 def labelled_step(model, optimizer, x, y) -> float:
@@ -83,7 +83,7 @@ def step_times(task: Task, batch: int, lr: float, rounds: int) -> dict[str, floa
     settings = OptimSettings(lr=lr, schedule="constant")
     arms = {}
     for name, fn in (("labelled head", labelled_step), ("head everywhere", full_head_step)):
-        model = build()
+        model = build(task)
         arms[name] = (fn, model, build_optimizers(model, settings)[0], [])
     for r in range(rounds):
         x, y = task.batch(r, batch)
@@ -99,7 +99,7 @@ def step_times(task: Task, batch: int, lr: float, rounds: int) -> dict[str, floa
 def plain_loop(task: Task, batch: int, lr: float, every: int, max_time: float) -> dict:
     """The loop a user would write: the head at every position, the same optimizer, batches
     and evaluation cadence as ``blockdsl train``."""
-    model = build()
+    model = build(task)
     optimizer = build_optimizers(model, OptimSettings(lr=lr, schedule="constant"))[0]
     started = time.perf_counter()
     accuracy, step = 0.0, 0
@@ -114,10 +114,12 @@ def plain_loop(task: Task, batch: int, lr: float, every: int, max_time: float) -
     return {"seconds": time.perf_counter() - started, "steps": step, "accuracy": accuracy}
 
 
-def blockdsl_train(batch: int, lr: float, every: int, max_time: float, out: Path) -> dict:
+def blockdsl_train(
+    task: Task, batch: int, lr: float, every: int, max_time: float, out: Path
+) -> dict:
     run = blockdsl.train(
         "tiny",
-        data=TASK,
+        data=task.text,
         out=out,
         progress=False,
         train={
@@ -129,7 +131,7 @@ def blockdsl_train(batch: int, lr: float, every: int, max_time: float, out: Path
             "target_accuracy": TARGET,
         },
         optim={"lr": lr, "schedule": "constant", "warmup": 0},
-        **model_overrides(),
+        **model_overrides(task),
     )
     return {
         "seconds": run.summary["elapsed"],
@@ -146,6 +148,7 @@ def main() -> None:
     parser.add_argument("--eval-every", type=int, default=25)
     parser.add_argument("--rounds", type=int, default=30, help="round-robin step-time rounds")
     parser.add_argument("--skip-train", action="store_true", help="step times only")
+    parser.add_argument("--task", default=TASK, help=f"the task (default {TASK})")
     args = parser.parse_args()
 
     print(
@@ -153,23 +156,25 @@ def main() -> None:
         f"{torch.get_num_threads()} threads (OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')})"
     )
     tick = time.perf_counter()
-    task = Task(TASK, seed=0)
+    task = Task(args.task, seed=0)
     _ = task.train_set  # generate now, outside the timings
     print(
-        f"{TASK}: {task.params['train']:,} train / {task.params['test']:,} test examples "
+        f"{task.text}: {task.params['train']:,} train / {task.params['test']:,} test examples "
         f"generated in {time.perf_counter() - tick:.1f} s (not counted below)"
     )
 
     times = step_times(task, args.batch, args.lr, args.rounds)
     labelled, full = times["labelled head"], times["head everywhere"]
-    print(f"step time (median of {args.rounds} interleaved rounds, batch {args.batch}×64):")
+    shape = f"batch {args.batch}×{task.seq_len}"
+    print(f"step time (median of {args.rounds} interleaved rounds, {shape}):")
     print(f"  head at labelled positions {labelled * 1e3:8.1f} ms")
     print(f"  head at every position     {full * 1e3:8.1f} ms   ratio {full / labelled:.2f}x")
     if args.skip_train:
         return
 
     with tempfile.TemporaryDirectory() as tmp:
-        ours = blockdsl_train(args.batch, args.lr, args.eval_every, args.max_time, Path(tmp) / "r")
+        out = Path(tmp) / "run"
+        ours = blockdsl_train(task, args.batch, args.lr, args.eval_every, args.max_time, out)
     plain = plain_loop(task, args.batch, args.lr, args.eval_every, args.max_time)
     print(
         f"time to {TARGET} accuracy (cap {args.max_time:.0f} s, evaluation every "
