@@ -555,6 +555,9 @@ def cmd_train(args: argparse.Namespace, out: TextIO) -> int:
             f"{summary['elapsed']:.1f} s; loss {summary['final_loss']:.4f}, val loss "
             f"{summary['final_val_loss']:.4f}; run in {run.dir}\n"
         )
+        if summary.get("final_accuracy") is not None:  # --data task:...
+            reached = " (target reached)" if summary.get("reached_target") else ""
+            out.write(f"accuracy {summary['final_accuracy']:.4f}{reached}\n")
     return 0
 
 
