@@ -142,6 +142,10 @@ class LanguageModel(nn.Module):
         """Logits ``(B, T, vocab)``; with ``targets``, ``(logits, loss)`` where the loss adds
         every auxiliary loss; with ``return_aux`` the auxiliary loss is appended.
 
+        Targets equal to ``IGNORE_INDEX`` (-100) carry no label. When some do, the head runs
+        only at each row's labelled positions (``labelled_positions``), so the logits are
+        ``(B, K, vocab)`` for the K most labels in a row; the loss is the same.
+
         ``state`` (from ``init_state``) decodes: ``idx`` are the tokens following those the
         state has seen and ``positions`` ``(B, T)`` their absolute positions; every block's
         state is updated in place (docs/generation.md)."""
@@ -152,6 +156,11 @@ class LanguageModel(nn.Module):
         x = self._run(0, self.embed, idx, context, collected, states[0])
         for index, layer in enumerate(self.layers, start=1):
             x = self._run(index, layer, x, context, collected, states[index])
+        if targets is not None and not self.head.context:
+            order = labelled_positions(targets)
+            if order is not None:
+                x = x.gather(1, order.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+                targets = targets.gather(1, order)
         last = len(self.layers) + 1
         logits = self._run(last, self.head, x, context, collected, states[last])
 
@@ -227,6 +236,22 @@ def _state_size(graph: BlockGraph, seq: int) -> int:
         total += spec.component.state_size(spec.d_in, spec.args, seq)
         total += sum(_state_size(child, seq) for child in spec.children)
     return total
+
+
+IGNORE_INDEX = -100
+
+
+def labelled_positions(targets: torch.Tensor) -> torch.Tensor | None:
+    """Indices ``(B, K)`` of each row's labelled positions in order, K the most labels in a
+    row (shorter rows padded with unlabelled positions), or None when no position is
+    unlabelled. The head needs only these positions: a task labelling 4 of 64 positions
+    computes 1/16 of the logits."""
+    labelled = targets != IGNORE_INDEX
+    width = int(labelled.sum(dim=1).max())
+    if width == targets.shape[1]:
+        return None
+    order = labelled.to(torch.int8).argsort(dim=1, descending=True, stable=True)
+    return order[:, : max(width, 1)]
 
 
 def _sum_aux(values: list[torch.Tensor]) -> torch.Tensor:
