@@ -16,6 +16,7 @@ from blockdsl.components.ssm import (
     Mamba2,
     _LinearScan,
     _scan_forward,
+    _SelectiveScan,
     linear_scan,
     ssd,
 )
@@ -147,6 +148,15 @@ def test_linear_scan_values_and_exact_gradient():
         h.append(prev)
     torch.testing.assert_close(_scan_forward(a, u, h0), torch.stack(h, dim=1))
     assert linear_scan(a[:, :0], u[:, :0]).shape == (2, 0, 3)
+
+
+def test_selective_scan_exact_gradient_across_chunks():
+    torch.manual_seed(4)
+    b, T, E, N = 2, 7, 3, 4
+    x, B, C = torch.randn(b, T, E), torch.randn(b, T, N), torch.randn(b, T, N)
+    dt, A, h0 = torch.rand(b, T, E), -torch.rand(E, N), torch.randn(b, E, N)
+    inputs = [t.double().requires_grad_() for t in (x, dt, A, B, C, h0)]
+    assert torch.autograd.gradcheck(lambda *a: _SelectiveScan.apply(*a, 3), inputs)
 
 
 @pytest.mark.parametrize(

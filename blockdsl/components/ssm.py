@@ -95,6 +95,108 @@ def linear_scan(a: torch.Tensor, u: torch.Tensor, h0: torch.Tensor | None = None
     return _LinearScan.apply(a.contiguous(), u.contiguous(), h0.contiguous())
 
 
+#: Steps of the selective scan processed together: their ``(B, L, E, N)`` tensors stay in cache.
+SCAN_CHUNK = 32
+
+
+def _reverse_scan(a: torch.Tensor, g: torch.Tensor, carry: torch.Tensor) -> torch.Tensor:
+    """The adjoint of ``_scan_forward``: ``G_t = g_t + a_{t+1} G_{t+1}`` backwards along dim 1,
+    with ``a_L G_L = carry`` (the gradient arriving from after the last step); no autograd."""
+    G = torch.empty_like(g)
+    n = g.shape[1]
+    torch.add(g[:, n - 1], carry, out=G[:, n - 1])
+    for t in range(n - 2, -1, -1):
+        torch.addcmul(g[:, t], a[:, t + 1], G[:, t + 1], out=G[:, t])
+    return G
+
+
+@torch.no_grad()
+def _selective_chunk(
+    x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, start: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One chunk of the selective recurrence from ``start`` (B, E, N): the decays ``a`` (B, L,
+    E, N) and the states ``h`` (B, L+1, E, N) *including* the start state at index 0."""
+    a = torch.exp(dt[..., None] * A)  # (B, L, E, N)
+    u = (dt * x)[..., None] * B[:, :, None, :]  # (B, L, E, N)
+    h = torch.empty(u.shape[0], u.shape[1] + 1, *u.shape[2:], dtype=u.dtype, device=u.device)
+    h[:, 0] = start
+    for t in range(u.shape[1]):
+        torch.addcmul(u[:, t], a[:, t], h[:, t], out=h[:, t + 1])
+    return a, h
+
+
+class _SelectiveScan(torch.autograd.Function):
+    """Mamba's selective scan ``h_t = exp(Δ_t A) h_{t-1} + Δ_t x_t B_t``, ``y_t = h_t C_t``,
+    chunk by chunk, never holding more than one chunk of ``(B, L, E, N)`` states.
+
+    Forward keeps only the state entering each chunk; backward recomputes a chunk's states
+    from it and runs the reverse recurrence ``G_t = C_t dy_t + a_{t+1} G_{t+1}`` (``G =
+    dL/dh``) through the chunk, then turns ``G`` into the gradients of x, Δ, A, B, C and
+    ``h0`` with a few einsums: the recomputation strategy of the CUDA kernel, in PyTorch."""
+
+    @staticmethod
+    def forward(ctx, x, dt, A, B, C, h0, chunk):
+        T = x.shape[1]
+        y = torch.empty_like(x)
+        starts, h = [], h0
+        for c0 in range(0, T, chunk):
+            c = slice(c0, min(c0 + chunk, T))
+            starts.append(h)
+            _, hs = _selective_chunk(x[:, c], dt[:, c], A, B[:, c], h)
+            y[:, c] = torch.einsum("blen,bln->ble", hs[:, 1:], C[:, c])
+            h = hs[:, -1]
+        ctx.chunk = chunk
+        ctx.save_for_backward(x, dt, A, B, C, torch.stack(starts, dim=1))
+        return y, h.clone()
+
+    @staticmethod
+    def backward(ctx, gy, gh):
+        x, dt, A, B, C, starts = ctx.saved_tensors
+        T, chunk = x.shape[1], ctx.chunk
+        dx, ddt, dB, dC = (torch.empty_like(t) for t in (x, dt, B, C))
+        dA = torch.zeros_like(A)
+        carry = torch.zeros_like(starts[:, 0]) if gh is None else gh  # dL/dh after the chunk
+        if gy is None:
+            gy = torch.zeros_like(x)
+        for i in reversed(range(starts.shape[1])):
+            c = slice(i * chunk, min((i + 1) * chunk, T))
+            xc, dtc, Bc, Cc, gyc = x[:, c], dt[:, c], B[:, c], C[:, c], gy[:, c]
+            a, hs = _selective_chunk(xc, dtc, A, Bc, starts[:, i])
+            g = gyc[..., None] * Cc[:, :, None, :]  # dL/dh_t through y_t: (B, L, E, N)
+            G = _reverse_scan(a, g, carry)  # dL/dh_t through everything
+            carry = a[:, 0] * G[:, 0]
+            dC[:, c] = torch.einsum("blen,ble->bln", hs[:, 1:], gyc)
+            dlog_a = G * hs[:, :-1] * a  # dL/d(Δ A)
+            GB = torch.einsum("blen,bln->ble", G, Bc)
+            ddt[:, c] = torch.einsum("blen,en->ble", dlog_a, A) + GB * xc
+            dA += torch.einsum("blen,ble->en", dlog_a, dtc)
+            dx[:, c] = GB * dtc
+            dB[:, c] = torch.einsum("blen,ble->bln", G, dtc * xc)
+        return dx, ddt, dA, dB, dC, carry, None
+
+
+def selective_scan(
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    h0: torch.Tensor | None = None,
+    chunk: int = SCAN_CHUNK,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mamba's selective scan: ``x``, ``dt`` (B, T, E), ``A`` (E, N), ``B``, ``C`` (B, T, N),
+    ``h0`` (B, E, N) (zeros when None) -> ``y`` (B, T, E) and the final state (B, E, N), in
+    float32 at least. Memory ``O(T E + T/chunk E N)``: the ``(B, T, E, N)`` states are never
+    stored whole."""
+    dtype = torch.promote_types(x.dtype, torch.float32)
+    x, dt, A, B, C = (t.to(dtype).contiguous() for t in (x, dt, A, B, C))
+    if h0 is None:
+        h0 = x.new_zeros(x.shape[0], x.shape[2], A.shape[1])
+    if x.shape[1] == 0:
+        return torch.zeros_like(x), h0.to(dtype)
+    return _SelectiveScan.apply(x, dt, A, B, C, h0.to(dtype).contiguous(), chunk)
+
+
 def causal_conv(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, window: torch.Tensor | None
 ) -> torch.Tensor:
@@ -330,13 +432,11 @@ class Mamba(nn.Module):
         dt, B, C = self.x_proj(xs).split([self.dt_rank, self.state, self.state], dim=-1)
         dt = F.softplus(self.dt_proj(dt)).float()  # (B, T, E)
         A = -torch.exp(self.A_log.float())  # (E, N)
-        a = torch.exp(dt[..., None] * A)  # (B, T, E, N)
-        u = (dt * xs)[..., None] * B[:, :, None, :].float()  # (B, T, E, N)
         h0 = None if state is None else state["ssm"]
-        h = linear_scan(a, u, h0)  # (B, T, E, N)
+        y, h = selective_scan(xs, dt, A, B, C, h0)  # (B, T, E), final (B, E, N)
         if state is not None:
-            state["ssm"].copy_(h[:, -1])
-        y = torch.einsum("bten,btn->bte", h, C.float()) + self.D * xs
+            state["ssm"].copy_(h)
+        y = y + self.D * xs
         return self.out_proj((y * F.silu(z.float())).to(x.dtype))
 
     def extra_repr(self) -> str:
