@@ -9,9 +9,9 @@ import random
 import pytest
 import torch
 
+import blockdsl
 from blockdsl.components.ssm import (
     RGLRU,
-    STATE_SIZES,
     Mamba,
     Mamba2,
     _LinearScan,
@@ -84,7 +84,8 @@ def test_declared_state_size_is_the_state(name, kwargs):
     module = component.build(args)
     state = module.init_state(3, 50)
     assert all(v.shape[0] == 3 and not v.any() for v in state.values())
-    assert sum(v[0].numel() for v in state.values()) == STATE_SIZES[name](d_in=D, **args)
+    assert sum(v[0].numel() for v in state.values()) == component.state_size(D, args, 50)
+    assert component.state_size(D, args, 50) == component.state_size(D, args, 5000)
     assert all(v.dtype == module.out_proj.weight.dtype for v in state.values() if name != "RGLRU")
 
 
@@ -235,3 +236,26 @@ def test_rglru_matches_transformers_recurrent_block():
     with torch.no_grad():
         expected = hf(x, positions, None, use_cache=False)[0]
         torch.testing.assert_close(ours(x), expected, atol=1e-4, rtol=1e-4)
+
+
+# --------------------------------------------------------------------------- whole models
+
+
+@pytest.mark.parametrize(
+    "block",
+    [
+        "Norm->Mamba(state=4)->+->Norm->MLP->+",
+        ["Norm->Mamba2(state=8, head_dim=16, chunk=4)->+", "Norm->Attn->+->Norm->MLP->+"],
+        ["Norm->RGLRU(heads=2)->+->Norm->MLP->+", "Norm->Attn(window=4)->+->Norm->MLP->+"],
+    ],
+    ids=str,
+)
+def test_model_generation_with_state_equals_the_plain_loop(block):
+    torch.manual_seed(0)
+    model = blockdsl.build_model(block, d_model=D, vocab=41, context=40, layers="block*2").eval()
+    assert not model.cache_blocker()
+    prompts = [[3, 4, 5], list(range(10, 19)), [7]]
+    batched = model.generate(prompts, 6, greedy=True)
+    for prompt, out in zip(prompts, batched):
+        idx = torch.tensor([prompt])
+        assert torch.equal(out, model.generate(idx, 6, greedy=True, use_cache=False)[0])

@@ -316,6 +316,7 @@ def _check_mamba(
     "Mamba",
     out_features=same_size,
     mixes_positions=True,
+    state_size=_mamba_state_size,
     params=_mamba_params,
     flops=_mamba_flops,
     check=_check_mamba,
@@ -626,6 +627,7 @@ class GatedRMSNorm(nn.Module):
     "Mamba2",
     out_features=same_size,
     mixes_positions=True,
+    state_size=_mamba2_state_size,
     params=_mamba2_params,
     flops=_mamba2_flops,
     check=_check_mamba2,
@@ -916,6 +918,7 @@ class _RGLRUGates(nn.Module):
     "RGLRU",
     out_features=same_size,
     mixes_positions=True,
+    state_size=_rglru_state_size,
     params=_rglru_params,
     flops=_rglru_flops,
     check=_check_rglru,
@@ -1015,8 +1018,3 @@ class RGLRU(nn.Module):
     def extra_repr(self) -> str:
         heads = self.rg_lru.heads
         return f"width={self.width}, heads={heads}, conv={self.kernel}, act={self.act_name}"
-
-
-#: Decoding state per sequence, declared with ``register(..., state_size=...)`` once the
-#: registry accepts it (the decoding-state protocol).
-STATE_SIZES = {"Mamba": _mamba_state_size, "Mamba2": _mamba2_state_size, "RGLRU": _rglru_state_size}
