@@ -259,3 +259,14 @@ def test_model_generation_with_state_equals_the_plain_loop(block):
     for prompt, out in zip(prompts, batched):
         idx = torch.tensor([prompt])
         assert torch.equal(out, model.generate(idx, 6, greedy=True, use_cache=False)[0])
+
+
+def test_mixer_benchmark_runs_every_row(capsys):
+    from bench.mixers import main
+
+    argv = ["--d-model", "32", "--seq", "8", "--steps", "1", "--markdown"]
+    assert main([*argv, "--mixers", "Mamba(state=4)", "Mamba2(head_dim=16)", "RGLRU"]) == 0
+    out = capsys.readouterr().out
+    for row in ("`Attn(heads=4)` | 8", "`Mamba(state=4)` | 8", "`Mamba2(head_dim=16)` | 8"):
+        assert row in out
+    assert out.count("×") >= 4 + 3  # every row vs attention, three vs transformers
