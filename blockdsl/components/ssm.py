@@ -83,6 +83,23 @@ class _LinearScan(torch.autograd.Function):
         return G * h_prev, G, a[:, 0] * G[:, 0]
 
 
+def _parallel_scan(a: torch.Tensor, u: torch.Tensor, h0: torch.Tensor) -> torch.Tensor:
+    """The same recurrence as ``_scan_forward`` in ``ceil(log2 T)`` whole-tensor steps
+    (Hillis-Steele): used under ``torch.compile``/``torch.export``, where a Python loop over
+    time would be unrolled into ``T`` graph nodes. Plain autograd differentiates it."""
+    u = torch.cat([a[:, :1] * h0[:, None] + u[:, :1], u[:, 1:]], dim=1)
+    k, T = 1, u.shape[1]
+    while k < T:
+        u = torch.cat([u[:, :k], u[:, k:] + a[:, k:] * u[:, :-k]], dim=1)
+        a = torch.cat([a[:, :k], a[:, k:] * a[:, :-k]], dim=1)
+        k *= 2
+    return u
+
+
+def _tracing() -> bool:
+    return torch.compiler.is_compiling() or torch.compiler.is_exporting()
+
+
 def linear_scan(a: torch.Tensor, u: torch.Tensor, h0: torch.Tensor | None = None) -> torch.Tensor:
     """All states of ``h_t = a_t * h_{t-1} + u_t`` (elementwise; time is dim 1), ``h_{-1} = h0``
     (zeros when None). ``a`` and ``u`` are ``(B, T, *S)``, ``h0`` is ``(B, *S)``; the result is
@@ -92,6 +109,8 @@ def linear_scan(a: torch.Tensor, u: torch.Tensor, h0: torch.Tensor | None = None
     if u.shape[1] == 0:
         return u
     h0 = torch.zeros_like(u[:, 0]) if h0 is None else h0.to(dtype)
+    if _tracing():
+        return _parallel_scan(a, u, h0)
     return _LinearScan.apply(a.contiguous(), u.contiguous(), h0.contiguous())
 
 
@@ -194,6 +213,10 @@ def selective_scan(
         h0 = x.new_zeros(x.shape[0], x.shape[2], A.shape[1])
     if x.shape[1] == 0:
         return torch.zeros_like(x), h0.to(dtype)
+    if _tracing():  # whole-sequence tensors, a log-depth scan: a small static graph
+        a = torch.exp(dt[..., None] * A)
+        h = _parallel_scan(a, (dt * x)[..., None] * B[:, :, None, :], h0.to(dtype))
+        return torch.einsum("blen,bln->ble", h, C), h[:, -1]
     return _SelectiveScan.apply(x, dt, A, B, C, h0.to(dtype).contiguous(), chunk)
 
 
@@ -243,6 +266,22 @@ def _check_dt(dt_min: float = 0.001, dt_max: float = 0.1, **_) -> Problem:
 # --------------------------------------------------------------------------- Mamba
 
 
+class _RMSNorm(nn.Module):
+    """``weight * x / rms(x)`` in float32 (Jamba's inner norms, ``JambaRMSNorm``)."""
+
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def reset_parameters(self) -> None:
+        nn.init.ones_(self.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x.float() * torch.rsqrt(x.float().square().mean(-1, keepdim=True) + self.eps)
+        return self.weight * y.to(x.dtype)
+
+
 def _mamba_sizes(
     d_in: int, expand: float, inner: int | None, dt_rank: int | None
 ) -> tuple[int, int]:
@@ -260,11 +299,15 @@ def _mamba_params(
     conv: int,
     bias: bool,
     conv_bias: bool,
+    inner_norms: bool = False,
     **_,
 ) -> int:
     E, R = _mamba_sizes(d_in, expand, inner, dt_rank)
     in_out = 3 * d_in * E + bias * (2 * E + d_in)  # in_proj (D -> 2E), out_proj (E -> D)
-    return in_out + E * conv + conv_bias * E + E * (R + 2 * state) + R * E + E + E * state + E
+    norms = inner_norms * (R + 2 * state)
+    return (
+        in_out + E * conv + conv_bias * E + E * (R + 2 * state) + R * E + E + E * state + E + norms
+    )
 
 
 def _mamba_flops(
@@ -327,10 +370,12 @@ class Mamba(nn.Module):
     ``x, z = in_proj(u)``; ``x = silu(conv(x))``; ``Δ, B, C = x_proj(x)``; ``Δ =
     softplus(dt_proj(Δ))``; per channel e and state n, ``h_t = exp(Δ_t A) h_{t-1} + Δ_t B_t
     x_t`` with ``A = -exp(A_log)``; ``y_t = C_t·h_t + D x_t``; out ``out_proj(y * silu(z))``.
-    Parameters as transformers' ``MambaMixer``: ``in_proj [2E, D]``, ``conv1d`` (depthwise
-    ``[E, 1, K]``), ``x_proj [R + 2N, E]``, ``dt_proj [E, R]`` (+ bias), ``A_log [E, N]``,
-    ``D [E]``, ``out_proj [D, E]``. Decoding state: ``conv`` (B, K-1, E) and ``ssm`` (B, E, N),
-    ``E * (N + K - 1)`` numbers per sequence whatever the context.
+    With ``inner_norms`` (Jamba), Δ, B and C pass through RMSNorms (``dt_layernorm``,
+    ``b_layernorm``, ``c_layernorm``) before use. Parameters as transformers' ``MambaMixer``:
+    ``in_proj [2E, D]``, ``conv1d`` (depthwise ``[E, 1, K]``), ``x_proj [R + 2N, E]``,
+    ``dt_proj [E, R]`` (+ bias), ``A_log [E, N]``, ``D [E]``, ``out_proj [D, E]``. Decoding
+    state: ``conv`` (B, K-1, E) and ``ssm`` (B, E, N), ``E * (N + K - 1)`` numbers per sequence
+    whatever the context.
     """
 
     arg_help: ClassVar[dict[str, str]] = {
@@ -343,6 +388,8 @@ class Mamba(nn.Module):
         "conv_bias": "bias on the conv",
         "dt_min": "smallest initial time step",
         "dt_max": "largest initial time step",
+        "inner_norms": "RMSNorm on Δ, B and C after x_proj (Jamba)",
+        "eps": "epsilon of the inner norms",
     }
 
     def __init__(
@@ -357,6 +404,8 @@ class Mamba(nn.Module):
         conv_bias: bool = True,
         dt_min: float = 0.001,
         dt_max: float = 0.1,
+        inner_norms: bool = False,
+        eps: float = 1e-6,
     ) -> None:
         super().__init__()
         raise_problem(
@@ -372,6 +421,9 @@ class Mamba(nn.Module):
         self.A_log = nn.Parameter(torch.empty(E, state))
         self.D = nn.Parameter(torch.empty(E))
         self.out_proj = nn.Linear(E, d_model, bias=bias)
+        self.dt_layernorm = _RMSNorm(R, eps) if inner_norms else None
+        self.b_layernorm = _RMSNorm(state, eps) if inner_norms else None
+        self.c_layernorm = _RMSNorm(state, eps) if inner_norms else None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -431,6 +483,8 @@ class Mamba(nn.Module):
         window = None if state is None else state["conv"]
         xs = F.silu(causal_conv(xs, self.conv1d.weight, self.conv1d.bias, window))
         dt, B, C = self.x_proj(xs).split([self.dt_rank, self.state, self.state], dim=-1)
+        if self.dt_layernorm is not None:
+            dt, B, C = self.dt_layernorm(dt), self.b_layernorm(B), self.c_layernorm(C)
         dt = F.softplus(self.dt_proj(dt)).float()  # (B, T, E)
         A = -torch.exp(self.A_log.float())  # (E, N)
         h0 = None if state is None else state["ssm"]
