@@ -661,20 +661,25 @@ def ssd(
 
 class GatedRMSNorm(nn.Module):
     """Mamba2's output norm: ``rmsnorm(y * silu(z))`` over groups of ``group`` channels, times
-    ``weight`` (transformers' ``MambaRMSNormGated`` with ``norm_before_gate=False``)."""
+    ``weight`` (transformers' ``MambaRMSNormGated``); with ``before_gate`` (Falcon-H1)
+    ``rmsnorm(y) * silu(z)``."""
 
-    def __init__(self, dim: int, group: int, eps: float) -> None:
+    def __init__(self, dim: int, group: int, eps: float, before_gate: bool = False) -> None:
         super().__init__()
-        self.group, self.eps = group, eps
+        self.group, self.eps, self.before_gate = group, eps, before_gate
         self.weight = nn.Parameter(torch.ones(dim))
 
     def reset_parameters(self) -> None:
         nn.init.ones_(self.weight)
 
     def forward(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        y = rearrange(y.float() * F.silu(z.float()), "... (g c) -> ... g c", c=self.group)
-        y = y * torch.rsqrt(y.square().mean(-1, keepdim=True) + self.eps)
-        return self.weight * rearrange(y, "... g c -> ... (g c)").to(z.dtype)
+        gate = F.silu(z.float())
+        y = y.float() if self.before_gate else y.float() * gate
+        y = rearrange(y, "... (g c) -> ... g c", c=self.group)
+        y = rearrange(y * torch.rsqrt(y.square().mean(-1, keepdim=True) + self.eps),
+                      "... g c -> ... (g c)")  # fmt: skip
+        y = self.weight * y
+        return (y * gate if self.before_gate else y).to(z.dtype)
 
 
 @register(
@@ -695,7 +700,8 @@ class Mamba2(nn.Module):
     (see ``ssd``); out ``out_proj(norm(y, z))``. Parameters as transformers'
     ``Mamba2Mixer``: ``in_proj [2E + 2GN + H, D]`` (order z, xBC, Δ), ``conv1d`` (depthwise
     over ``E + 2GN`` channels), ``dt_bias``, ``A_log``, ``D`` (``[H]`` each), ``norm.weight
-    [E]``, ``out_proj [D, E]``. With ``norm=false`` the output is ``y * silu(z)`` (no norm).
+    [E]``, ``out_proj [D, E]``. With ``norm=false`` the output is ``y * silu(z)`` (no norm);
+    with ``norm_before_gate`` (Falcon-H1) it is ``rmsnorm(y) * silu(z)``.
     Decoding state: ``conv`` (B, K-1, E + 2GN) and ``ssm`` (B, H, P, N).
     """
 
@@ -710,6 +716,7 @@ class Mamba2(nn.Module):
         "bias": "biases on in_proj and out_proj",
         "conv_bias": "bias on the conv",
         "norm": "gated RMSNorm before out_proj (else y * silu(z))",
+        "norm_before_gate": "rmsnorm(y) * silu(z) (Falcon-H1) instead of rmsnorm(y * silu(z))",
         "eps": "epsilon of the gated RMSNorm",
         "dt_min": "smallest initial time step",
         "dt_max": "largest initial time step",
@@ -728,6 +735,7 @@ class Mamba2(nn.Module):
         bias: bool = False,
         conv_bias: bool = True,
         norm: bool = True,
+        norm_before_gate: bool = False,
         eps: float = 1e-5,
         dt_min: float = 0.001,
         dt_max: float = 0.1,
@@ -764,7 +772,7 @@ class Mamba2(nn.Module):
         self.dt_bias = nn.Parameter(torch.empty(H))
         self.A_log = nn.Parameter(torch.empty(H))
         self.D = nn.Parameter(torch.empty(H))
-        self.norm = GatedRMSNorm(E, E // groups, eps) if norm else None
+        self.norm = GatedRMSNorm(E, E // groups, eps, norm_before_gate) if norm else None
         self.out_proj = nn.Linear(E, d_model, bias=bias)
         self.reset_parameters()
 
