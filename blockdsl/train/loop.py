@@ -268,22 +268,31 @@ def train(
             settings.keep,
         )
 
-    peak: int | None = None
+    def measure_memory() -> int:
+        """The peak tensor memory of a training micro-step, measured once the run is over
+        (the profiler it needs slows later steps of the same model): forward and backward
+        of one micro-batch with the optimizer state in place (and, with accumulation, the
+        gradients already there). Leaves weights, RNG state and optimizer untouched."""
+        rng = ckpt.rng_state([device])
+        inputs, targets = tokens.batch(settings.seed, 0, settings.batch_size, settings.seq_len)
+        inputs, targets = inputs.to(device), targets.to(device)
 
-    def measured_step(step: int) -> tuple[float, float, float]:
-        """``train_step`` with its peak memory recorded (once per process, on a step that
-        has optimizer state: the step the budget is about)."""
-        nonlocal peak
-        live = [list(model.parameters()), [o.state_dict()["state"] for o in optimizers]]
-        result: list[tuple[float, float, float]] = []
-        peak = memory.measure_peak(
-            lambda: result.append(train_step(step)), device, memory.live_bytes(*live)
-        )
-        return result[0]
+        def forward_backward() -> None:
+            with autocast:
+                _, loss = chooser.forward(inputs, targets)
+            loss.backward()
+
+        if accumulation > 1:
+            forward_backward()
+        live = [params, [p.grad for p in params], [o.state_dict()["state"] for o in optimizers]]
+        peak = memory.measure_peak(forward_backward, device, memory.live_bytes(*live))
+        for optimizer in optimizers:
+            optimizer.zero_grad(set_to_none=True)
+        ckpt.set_rng_state(rng)
+        return peak
 
     stop: list[int] = []
     restore = _catch_signals(stop)
-    measure_at = state["step"] + (1 if state["step"] == 0 else 0)  # optimizer state exists
     has_aux = bool(model._combiners)
     model.train()
     started = time.perf_counter() - state["elapsed"]
@@ -294,10 +303,7 @@ def train(
                 step = state["step"]
                 lr = optimizers[0].param_groups[0]["lr"]  # what this step uses
                 tick = time.perf_counter()
-                if step == measure_at and peak is None:
-                    loss, aux, grad_norm = measured_step(step)
-                else:
-                    loss, aux, grad_norm = train_step(step)
+                loss, aux, grad_norm = train_step(step)
                 state["step"] = step + 1
                 state["tokens"] += step_tokens
                 took = time.perf_counter() - tick
@@ -332,6 +338,7 @@ def train(
                     break
             if not stop and state["step"] and not ckpt.checkpoints(run_dir):
                 save(state["step"])
+        peak = measure_memory() if state["step"] and not stop else None
     finally:
         restore()
 
