@@ -66,8 +66,9 @@ __all__ = [
 
 def __getattr__(name: str):
     """``blockdsl.hf`` (Hugging Face import) is loaded on first use, never by ``import
-    blockdsl``; it imports the optional ``transformers`` only inside its functions."""
-    if name == "hf":
+    blockdsl``; it imports the optional ``transformers`` only inside its functions. So is
+    ``blockdsl.train`` (a callable package: ``blockdsl.train(spec, data=..., out=...)``)."""
+    if name in ("hf", "train"):
         import importlib
 
         return importlib.import_module("blockdsl.hf")

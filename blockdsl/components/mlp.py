@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -340,7 +340,14 @@ class MoE(nn.Module):
         out = out * top_w.flatten()[order, None].to(out.dtype)
         return torch.zeros_like(x).index_add(0, token, out)  # (N, D)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self,
+        x: torch.Tensor,
+        positions: torch.Tensor | None = None,
+        state: Sequence[Any] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        # ``positions`` reach the children; ``state`` (decoding, docs/generation.md) has one
+        # entry per child, that child block's state
         B = x.shape[0]
         flat = rearrange(x, "b t d -> (b t) d")  # (N, D), N = B*T tokens
         probs, top_w, top_i = self.route(flat)  # (N, E), (N, k), (N, k)
@@ -349,7 +356,11 @@ class MoE(nn.Module):
         if self.experts is not None:  # children: all run on the whole input
             weights = torch.zeros_like(probs).scatter(1, top_i, top_w)  # (N, E)
             weights = rearrange(weights, "(b t) e -> b t e", b=B).to(x.dtype)
-            y = sum(weights[..., e, None] * child(x) for e, child in enumerate(self.experts))
+            states = state if state is not None else [None] * E
+            y = sum(
+                weights[..., e, None] * _call_child(child, x, positions, states[e])
+                for e, child in enumerate(self.experts)
+            )
             y = rearrange(y, "b t d -> (b t) d")
         else:
             y = self._experts_grouped(flat, top_w, top_i, counts)
@@ -382,3 +393,16 @@ class MoE(nn.Module):
             f"experts={self.num_experts}, k={self.k}, hidden={self.hidden}, act={self.act_name}, "
             f"gated={self.gated}, norm_topk={self.norm_topk}"
         )
+
+
+def _call_child(
+    child: nn.Module, x: torch.Tensor, positions: torch.Tensor | None, state: Any
+) -> torch.Tensor:
+    """A child block on the stream, with the positions when it reads them and its decoding
+    state when it keeps one."""
+    kwargs: dict[str, Any] = {}
+    if positions is not None and "positions" in getattr(child, "context", ()):
+        kwargs["positions"] = positions
+    if state is not None:
+        kwargs["state"] = state
+    return child(x, **kwargs)
