@@ -168,11 +168,30 @@ def load_config(spec: Any = "tiny", **overrides: Any) -> ModelConfig:
     elif isinstance(spec, str) and spec in list_presets():
         config = _preset(spec)
     elif isinstance(spec, str):
+        _refuse_mistyped_preset(spec)
         config = _preset("tiny")
         config.blocks = {"block": spec}
     else:
         raise ConfigError(f"cannot build a model from {type(spec).__name__}")
     return apply_overrides(config, overrides) if overrides else config
+
+
+def _refuse_mistyped_preset(spec: str) -> None:
+    """A bare name that is no component but close to a preset (``lama``) was meant as the
+    preset: say so, instead of reporting an unknown component of the ``tiny`` block."""
+    if not re.fullmatch(r"[A-Za-z_]\w*", spec):
+        return
+    from blockdsl.registry import REGISTRY
+
+    presets = list(list_presets())
+    if spec in REGISTRY or not did_you_mean(spec, presets):
+        return
+    raise ConfigError(
+        f"unknown preset or component '{spec}'",
+        spec,
+        Span.at(spec, 0, len(spec)),
+        hint=f"{did_you_mean(spec, presets)} (a preset; presets: {', '.join(presets)})",
+    )
 
 
 def _preset(name: str) -> ModelConfig:
