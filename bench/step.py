@@ -24,15 +24,15 @@ round-robin (its median), so both see the same machine load.
 sliding window, soft-capping, parallel residual, MoE), each model's training step eager against
 the same model under ``torch.compile``, interleaved; the MoE row also runs transformers'
 ``MixtralForCausalLM`` on the same config with the same weights (``blockdsl.hf.from_hf``),
-eager and compiled, in the same rounds. ``--json PATH`` writes the figures.
+eager and compiled, in the same rounds. ``--json`` records the figures for
+``bench/report.py`` (``docs/performance.md``).
 
-    PYTHONPATH=. python bench/step.py --shapes [--steps 10] [--threads 1] [--json out.json]
+    PYTHONPATH=. python bench/step.py --shapes [--steps 10] [--threads 1] [--json]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -232,6 +232,44 @@ def small_mixtral() -> tuple[nn.Module, nn.Module]:
     return hf, from_hf(hf).train()
 
 
+def shapes_record(rows: list[dict], steps: int):
+    """The ``--shapes`` figures as a record for ``bench/report.py``."""
+    from bench.record import Record
+
+    s = SMALL
+    record = Record("step_shapes", "Training step of every preset shape, compiled / eager")
+    record.table(
+        ["shape", "preset", "model", "eager ms", "compiled ms", "compiled / eager", "compile s"],
+        [
+            [
+                r["shape"],
+                r["preset"],
+                r["model"],
+                r["eager_ms"],
+                r["compiled_ms"],
+                r["compiled_over_eager"],
+                r["compile_s"],
+            ]
+            for r in rows
+        ],
+        caption=(
+            f"Small size: vocab {s['vocab']}, d_model {s['d_model']}, 2 layers, {s['heads']} "
+            f"heads, MLP hidden {s['hidden']}, MoE {MOE_EXPERTS} experts top-{MOE_K} hidden 176; "
+            f"batch {s['batch']} x seq {s['seq']}, float32; a step is forward + backward of the "
+            f"training loss; median of {steps} interleaved steps."
+        ),
+    )
+    by = {(r["shape"], r["model"]): r for r in rows}
+    if ("MoE", "transformers") in by:
+        bd, hf = by[("MoE", "blockdsl")], by[("MoE", "transformers")]
+        record.note(
+            "MoE against transformers' `MixtralForCausalLM` (same config, same weights, same "
+            f"loss): blockdsl / transformers = {bd['eager_ms'] / hf['eager_ms']:.3f} eager, "
+            f"{bd['compiled_ms'] / hf['compiled_ms']:.3f} compiled."
+        )
+    return record
+
+
 def shapes_main(args: argparse.Namespace) -> int:
     device = torch.device(args.device)
     s = SMALL
@@ -301,18 +339,7 @@ def shapes_main(args: argparse.Namespace) -> int:
             ratio = med["blockdsl compiled"] / med["transformers compiled"]
             print(f"  blockdsl compiled / transformers compiled: {ratio:.3f}")
     if args.json:
-        record = {
-            "command": "PYTHONPATH=. python bench/step.py " + " ".join(sys.argv[1:]),
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-            "machine": platform.machine(),
-            "threads": torch.get_num_threads(),
-            "load_average": os.getloadavg(),
-            "small": s,
-            "steps": args.steps,
-            "rows": rows,
-        }
-        Path(args.json).write_text(json.dumps(record, indent=2) + "\n")
+        shapes_record(rows, args.steps).write()
     return 0
 
 
@@ -334,7 +361,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
     ap.add_argument("--shapes", action="store_true", help="every preset shape, compiled/eager")
-    ap.add_argument("--json", default="", help="with --shapes: write the figures to this file")
+    ap.add_argument(
+        "--json",
+        action="store_true",
+        help="with --shapes: record to bench/results/step_shapes.json",
+    )
     args = ap.parse_args(argv)
 
     if args.threads:

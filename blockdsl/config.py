@@ -99,10 +99,13 @@ class ModelConfig:
         return _locate(self.text, path)
 
     def error(self, message: str, *path: str, hint: str | None = None) -> ConfigError:
+        """An error pointing at the key in the text, or at nothing when the text does not hold
+        it (a key given as an override, not written in the file)."""
+        span = _find(self.text, path)
         return ConfigError(
             message,
-            self.text or None,
-            self.locate(*path),
+            self.text if span is not None else None,
+            span,
             hint=hint,
             context=self.origin or None,
         )
@@ -126,15 +129,28 @@ def _toml_value(value: Any) -> str:
     return repr(value)
 
 
+def _find(text: str, path: tuple[str, ...]) -> Span | None:
+    """The span of the last key of ``path`` found in ``text``: a ``key =`` line or a
+    ``[key]`` table header (comments are not searched)."""
+    if not text:
+        return None
+    code = re.sub(r"#[^\n]*", lambda m: " " * len(m.group()), text)  # offsets kept
+    for key in reversed(path):
+        table = re.search(rf"(?m)^[ \t]*\[[ \t]*({re.escape(key)})[ \t]*\]", code)
+        if table:
+            return Span.at(text, table.start(1), table.end(1))
+        match = re.search(rf"(?m)(?<![\w.-])\"?{re.escape(key)}\"?\s*=", code)
+        if match:
+            start = match.start() + (1 if code[match.start()] == '"' else 0)
+            return Span.at(text, start, start + len(key))
+    return None
+
+
 def _locate(text: str, path: tuple[str, ...]) -> Span:
     if not text:
         return Span(1, 1, 0, 0)
-    for key in reversed(path):
-        match = re.search(rf"(?m)(?<![\w.-])\"?{re.escape(key)}\"?\s*=", text)
-        if match:
-            start = match.start() + (1 if text[match.start()] == '"' else 0)
-            return Span.at(text, start, start + len(key))
-    return Span.at(text, 0, len(text.split("\n", 1)[0]))
+    found = _find(text, path)
+    return found if found is not None else Span.at(text, 0, len(text.split("\n", 1)[0]))
 
 
 # ==================================================================== presets

@@ -6,15 +6,17 @@ the evaluators below say what each kind of block means. The rules, for anyone wr
 * ```` ```python ````: executed; the blocks of one page share a namespace, in order. Printed
   output is captured; a following block whose info string contains ``output`` (```` ```output
   ```` or ```` ```python output ````) must equal it.
-* ```` ```console ````: a shell session. Each ``$ command`` (``\\`` continues a line) runs in
-  bash in the page's temporary directory with the ``blockdsl`` console script on ``PATH``;
-  the lines up to the next ``$`` are its expected output (stdout and stderr together). With no
+* ```` ```console ````: a shell session. Each ``$ command`` (``\\`` continues a line; ``$?``
+  is the previous command's status) runs in bash in the page's temporary directory with the
+  ``blockdsl`` console script on ``PATH``; the lines up to the next ``$`` are its expected output (stdout and stderr together). With no
   lines shown, the command must exit 0.
 * ```` ```bash ```` / ```` ```sh ````: commands run the same way, each must exit 0; output is
   not compared.
 * ```` ```toml ````: parsed; a model config (only ``[model]``, ``[blocks]``, ``[defaults]``) is
   built on the meta device. ```` ```toml file=NAME ```` also writes it to ``NAME`` in the page's
   directory, for the commands and code that follow.
+* any other block with ``file=NAME`` in its info string (```` ```python file=pkg/mod.py ````)
+  is written to ``NAME`` in the page's directory, not run: a module the next examples import.
 * anything else (```` ```text ````, no language, indented blocks) is shown, not run.
 * ``<!-- skip: next "reason" -->`` before a block does not run it (a dataset, a GPU, minutes of
   compute); ``<!-- skip: start "reason" -->`` ... ``<!-- skip: end -->`` for several.
@@ -22,7 +24,8 @@ the evaluators below say what each kind of block means. The rules, for anyone wr
 Compared output may contain ``...``: within a line it matches any text, alone on a line any
 number of lines; use it for what varies between runs (timings, paths, load).
 Python blocks and commands run in a fresh temporary directory per page, with OMP_NUM_THREADS=1;
-``examples/`` and ``bench/`` of the repository are linked into it.
+``examples/``, ``bench/`` and ``tests/`` of the repository are linked into it, and it is on
+``sys.path`` while a page's Python runs (as the current directory is for ``python -m``).
 """
 
 from __future__ import annotations
@@ -98,7 +101,7 @@ def _page(example: Example) -> Page:
     page = example.namespace.get("__page__")
     if page is None:
         workdir = Path(tempfile.mkdtemp(prefix="blockdsl-docs-"))
-        for name in ("examples", "bench"):
+        for name in ("examples", "bench", "tests"):
             if (ROOT / name).exists():
                 (workdir / name).symlink_to(ROOT / name)
         page = example.namespace["__page__"] = Page(workdir)
@@ -139,8 +142,12 @@ def evaluate_python(example: Example) -> str | None:
     source = example.parsed
     code = compile(source, f"{example.path}:{example.line}", "exec")
     buffer = io.StringIO()
-    with _in(page.workdir), contextlib.redirect_stdout(buffer):
-        exec(code, example.namespace)
+    sys.path.insert(0, str(page.workdir))
+    try:
+        with _in(page.workdir), contextlib.redirect_stdout(buffer):
+            exec(code, example.namespace)
+    finally:
+        sys.path.remove(str(page.workdir))
     page.last_stdout = buffer.getvalue()
     return None
 
@@ -182,8 +189,10 @@ def evaluate_console(example: Example) -> str | None:
     commands = session_commands(example.parsed)
     if not commands:
         return "a console block needs at least one `$ command` line"
+    status = 0
     for command, expected in commands:
-        result = run_shell(command, page.workdir)
+        result = run_shell(f"(exit {status}); {command}", page.workdir)  # `$?` as in a shell
+        status = result.returncode
         if expected.strip():
             if not output_matches(expected, result.stdout):
                 what = f"$ {command}  (exit {result.returncode})"
@@ -198,6 +207,14 @@ def evaluate_bash(example: Example) -> str | None:
     result = run_shell(example.parsed, page.workdir)
     if result.returncode != 0:
         return f"exited {result.returncode}:\n{example.parsed}\n---\n{result.stdout}"
+    return None
+
+
+def evaluate_file(example: Example) -> str | None:
+    source, name = example.parsed
+    target = _page(example).workdir / name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(source)
     return None
 
 
@@ -236,7 +253,9 @@ class FencedBlockParser:
             language = words[0].lower() if words else ""
             attrs = _attributes(words[1:])
             source = str(region.lexemes["source"])
-            if "output" in attrs or language == "output":
+            if attrs.get("file") and language != "toml":
+                yield Region(region.start, region.end, (source, attrs["file"]), evaluate_file)
+            elif "output" in attrs or language == "output":
                 yield Region(region.start, region.end, source, evaluate_output)
             elif language in ("python", "py"):
                 yield Region(region.start, region.end, source, evaluate_python)
@@ -258,7 +277,14 @@ class Outcome:
     failures: list[str]
 
 
-EVALUATORS = {evaluate_python, evaluate_output, evaluate_console, evaluate_bash, evaluate_toml}
+EVALUATORS = {
+    evaluate_python,
+    evaluate_output,
+    evaluate_console,
+    evaluate_bash,
+    evaluate_toml,
+    evaluate_file,
+}
 
 
 def run_document(path: Path) -> Outcome:

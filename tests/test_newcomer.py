@@ -62,3 +62,26 @@ def test_generated_code_starts_with_def_forward():
     model = blockdsl.build_model("tiny", **SMALL)
     assert model.layers[0].code.startswith("def forward(self, x")
     assert blockdsl.compile_block("Norm->MLP->+", d_model=16).code.startswith("def forward(")
+
+
+def test_config_errors_point_at_the_table_or_nowhere(tmp_path, capsys):
+    path = tmp_path / "t.toml"
+    path.write_text("[model]\nvocab = 512\n\n[trian]\nsteps = 3\n")
+    code, err = run(capsys, "check", str(path))
+    assert code == 2 and "unknown table [trian] at 4:2" in err
+    # a key that only an override gives is not in the preset's text: no caret into a comment
+    code, err = run(capsys, "check", "tiny", "--set", "defaults.Atn.heads=3")
+    assert code == 2 and "unknown component 'Atn' in preset 'tiny'" in err
+    assert "^" not in err and "#" not in err
+
+
+def test_fuzz_plugin_is_found_from_the_current_directory(tmp_path, monkeypatch):
+    import sys
+
+    from blockdsl.fuzz import load_plugin
+
+    (tmp_path / "my_plugin_pkg").mkdir()
+    (tmp_path / "my_plugin_pkg" / "comps.py").write_text("VALUE = 3\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    assert load_plugin("my_plugin_pkg.comps").VALUE == 3
