@@ -8,8 +8,8 @@ the evaluators below say what each kind of block means. The rules, for anyone wr
   ```` or ```` ```python output ````) must equal it.
 * ```` ```console ````: a shell session. Each ``$ command`` (``\\`` continues a line; ``$?``
   is the previous command's status) runs in bash in the page's temporary directory with the
-  ``blockdsl`` console script on ``PATH``; the lines up to the next ``$`` are its expected output (stdout and stderr together). With no
-  lines shown, the command must exit 0.
+  ``blockdsl`` console script on ``PATH``; the lines up to the next ``$`` are its expected
+  output (stdout and stderr together). With no lines shown, the command must exit 0.
 * ```` ```bash ```` / ```` ```sh ````: commands run the same way, each must exit 0; output is
   not compared.
 * ```` ```toml ````: parsed; a model config (only ``[model]``, ``[blocks]``, ``[defaults]``) is
