@@ -16,6 +16,8 @@ from collections.abc import Sequence
 from typing import Any, TextIO
 
 from blockdsl.errors import BlockDSLError, ConfigError
+from blockdsl.printer import format_int as _fmt_int
+from blockdsl.printer import human
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -32,6 +34,7 @@ examples:
   blockdsl compile llama --set d_model=8192 --set layers='block*80' \\
       --set defaults.Attn.heads=64 --set defaults.Attn.kv_heads=8 --show-shapes
   blockdsl compile gpt2 --emit mermaid -o gpt2.mmd
+  blockdsl compile tiny --trace --batch 2 --seq 16       one real forward, value statistics
 """
 CHECK_EXAMPLES = """\
 examples:
@@ -111,6 +114,16 @@ def _parser() -> argparse.ArgumentParser:
     model_args(compile_)
     compile_.add_argument(
         "--show-shapes", action="store_true", help="print every node's shape, params, FLOPs"
+    )
+    compile_.add_argument(
+        "--trace",
+        action="store_true",
+        help="build the model (seeded), run one forward on random tokens and print each "
+        "node's actual shape, dtype, mean/std, flagging NaN/inf and exploding values "
+        "(exit 1 when a node is flagged)",
+    )
+    compile_.add_argument(
+        "--seed", type=int, default=0, metavar="S", help="seed of --trace (weights, tokens)"
     )
     compile_.add_argument(
         "--depth",
@@ -332,27 +345,6 @@ def _from_hf(path: str) -> dict:
     return hf.config_from_dir(path)
 
 
-def _fmt_int(n: int) -> str:
-    return f"{n:,}"
-
-
-def human(n: float, unit: str = "", *, count: bool = False) -> str:
-    """``6.74 G``, ``1.79 M``: three significant digits with an SI-style suffix (``B`` for
-    billions with ``count``, as parameter counts are usually written)."""
-    giga = "B" if count else "G"
-    for scale, suffix in ((1e15, "P"), (1e12, "T"), (1e9, giga), (1e6, "M"), (1e3, "k")):
-        if abs(n) >= scale:
-            return f"{n / scale:.3g} {suffix}{unit}"
-    return f"{n:.3g} {unit}".rstrip()
-
-
-def human_bytes(n: int) -> str:
-    for scale, suffix in ((2**40, "TiB"), (2**30, "GiB"), (2**20, "MiB"), (2**10, "KiB")):
-        if n >= scale:
-            return f"{n / scale:.2f} {suffix}"
-    return f"{n} B"
-
-
 def _console(file: TextIO) -> Any:
     from rich.console import Console
 
@@ -391,6 +383,8 @@ def cmd_compile(args: argparse.Namespace, out: TextIO) -> int:
         out.write(text)
         return 0
     console = _console(out)
+    if args.trace:
+        return _trace(args, plan, console)
     if args.show_shapes:
         from blockdsl.shapes import shape_table
 
@@ -406,6 +400,26 @@ def cmd_compile(args: argparse.Namespace, out: TextIO) -> int:
         return 0
     _print_summary(console, plan)
     return 0
+
+
+def _trace(args: argparse.Namespace, plan: Any, console: Any) -> int:
+    import torch
+
+    from blockdsl.model import build_model
+    from blockdsl.tracing import trace
+
+    torch.manual_seed(args.seed)
+    model = build_model(plan.config, dtype=getattr(torch, args.dtype))
+    result = trace(
+        model,
+        batch=args.batch,
+        seq=args.seq,
+        depth=args.depth,
+        seed=args.seed,
+        full_args=args.all_args,
+    )
+    result.grid().print(console)
+    return 1 if result.first_problem is not None else 0
 
 
 def _print_summary(console: Any, plan: Any) -> None:
@@ -424,45 +438,9 @@ def _print_summary(console: Any, plan: Any) -> None:
 
 
 def _print_shapes(console: Any, table: Any) -> None:
-    from rich import box
-    from rich.table import Table
+    from blockdsl.shapes import shape_grid
 
-    grid = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, header_style="bold")
-    grid.add_column("path", no_wrap=True)
-    grid.add_column("component", overflow="fold")
-    grid.add_column("output shape", no_wrap=True)
-    grid.add_column("params", justify="right", no_wrap=True)
-    grid.add_column("FLOPs", justify="right", no_wrap=True)
-    for row in table.rows:
-        indent = "  " * row.level
-        params = _fmt_int(row.params) if row.params is not None else ""
-        if row.note:
-            params = row.note
-        what = row.what if row.kind != "step" else f"· {row.what}"
-        grid.add_row(
-            indent + row.path,
-            indent + what,
-            row.shape,
-            params,
-            human(row.flops) if row.flops else "",
-        )
-    symbols = ", ".join(f"{k}={v}" for k, v in table.symbols.items())
-    console.print(
-        f"B={table.batch}, T={table.seq}, {symbols}, {table.layers} layers, dtype={table.dtype}"
-    )
-    console.print(grid)
-    console.print(
-        f"parameters:        {_fmt_int(table.params)} ({human(table.params, count=True)})"
-    )
-    console.print(
-        f"FLOPs per token:   {_fmt_int(table.flops_per_token)} "
-        f"({human(table.flops_per_token)}; forward, T={table.seq})"
-    )
-    console.print(f"forward FLOPs:     {_fmt_int(table.flops)} ({human(table.flops)}; B·T tokens)")
-    console.print(
-        f"activation memory: {_fmt_int(table.activation_bytes)} bytes "
-        f"({human_bytes(table.activation_bytes)}; B·T·{table.dtype} × Σ node output sizes)"
-    )
+    shape_grid(table).print(console)
 
 
 def cmd_check(args: argparse.Namespace, out: TextIO) -> int:
