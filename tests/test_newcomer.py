@@ -85,3 +85,10 @@ def test_fuzz_plugin_is_found_from_the_current_directory(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
     assert load_plugin("my_plugin_pkg.comps").VALUE == 3
+
+
+def test_true_and_false_are_names_outside_argument_values():
+    block = blockdsl.parse("Norm#true->MLP#False->+")
+    labels = [step.label for step in block.chains[0].steps[:2]]
+    assert labels == ["true", "False"]
+    assert blockdsl.compile_block("Norm#true->MLP(gated=true)->+", d_model=16).mlp.gate is not None
