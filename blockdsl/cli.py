@@ -445,6 +445,12 @@ def cmd_compile(args: argparse.Namespace, out: TextIO) -> int:
     plan = load_plan(args)
     if args.batch < 1 or (args.seq is not None and args.seq < 1):
         raise ConfigError("--batch and --seq must be positive")
+    context = plan.config.context
+    if args.seq is not None and args.seq > context:
+        raise ConfigError(
+            f"--seq {args.seq} is longer than the model's context ({context})",
+            hint=f"use --seq {context} or less, or raise the context: --set context={args.seq}",
+        )
     if args.emit:
         from blockdsl.interop.export import to_dot, to_json, to_mermaid, to_python
 
