@@ -76,11 +76,12 @@ _LAZY = {
 def __getattr__(name: str):
     """``blockdsl.hf`` (Hugging Face import) is loaded on first use, never by ``import
     blockdsl``; it imports the optional ``transformers`` only inside its functions. So are
-    ``save``, ``load`` and ``trace`` (see ``_LAZY``)."""
+    ``save``, ``load`` and ``trace`` (see ``_LAZY``), and ``blockdsl.train`` (a callable package:
+    ``blockdsl.train(spec, data=..., out=...)``)."""
     import importlib
 
-    if name == "hf":
-        return importlib.import_module("blockdsl.hf")
+    if name in ("hf", "train"):
+        return importlib.import_module(f"blockdsl.{name}")
     if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'blockdsl' has no attribute {name!r}")

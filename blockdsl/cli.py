@@ -208,7 +208,83 @@ def _parser() -> argparse.ArgumentParser:
         metavar="MODULE",
         help="import a module (dotted path or .py file) that registers components (repeatable)",
     )
+    _train_parsers(commands, model_args)
     return parser
+
+
+TRAIN_EXAMPLES = """\
+examples:
+  blockdsl data prepare stdlib --out data/stdlib
+  blockdsl train tiny --data data/stdlib --out runs/tiny --set vocab=256 --set train.steps=200
+  blockdsl train runs/tiny/config.toml --data data/stdlib --out runs/tiny --resume
+  blockdsl train "Norm->Attn->+->Norm->MoE->+" --data data/stdlib --out runs/moe \\
+      --set vocab=256 --set train.steps=200 --set optim.name=muon
+"""
+DATA_EXAMPLES = """\
+examples:
+  blockdsl data prepare stdlib --out data/stdlib                   (offline: Python's own source)
+  blockdsl data prepare notes/ --glob '*.md' --tokenizer bpe:4096 --out data/notes
+  blockdsl data prepare corpus.jsonl --tokenizer char --out data/corpus
+  blockdsl data prepare hf:roneneldan/TinyStories:train --tokenizer bpe:8192 --out data/ts
+"""
+
+
+def _train_parsers(commands: Any, model_args: Any) -> None:
+    train = commands.add_parser(
+        "train",
+        help="train a model on prepared data (metrics, checkpoints, exact resume)",
+        description="Train SPEC on a prepared data directory, writing the run to --out: "
+        "config.toml, metrics.jsonl, checkpoints, summary.json. Settings come from the "
+        "[train] and [optim] tables (--set train.steps=200 --set optim.lr=1e-3). SIGINT or "
+        "SIGTERM saves a checkpoint and stops (exit 128+signal); --resume continues exactly. "
+        "See docs/training.md.",
+        epilog=TRAIN_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    model_args(train)
+    train.add_argument("--data", required=True, metavar="DIR", help="a prepared data directory")
+    train.add_argument("--out", required=True, metavar="RUN", help="the run's directory")
+    train.add_argument("--resume", action="store_true", help="continue the run in RUN")
+    train.add_argument(
+        "--max-memory",
+        metavar="SIZE",
+        help="refuse to start above this estimated peak (8GiB, 500MB; default: available)",
+    )
+    train.add_argument(
+        "--quiet", action="store_true", help="no progress bar or log lines (metrics still kept)"
+    )
+
+    data = commands.add_parser(
+        "data",
+        help="prepare token data for training",
+        description="Prepare token data: 'blockdsl data prepare SOURCE... --out DIR'.",
+        epilog=DATA_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    actions = data.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser)
+    prepare = actions.add_parser(
+        "prepare",
+        help="tokenize sources into train.bin, val.bin, tokenizer.json and meta.json",
+        description="Tokenize SOURCEs (files, directories, .jsonl with a 'text' field, "
+        "hf:NAME[:split] with the datasets extra, or 'stdlib': the Python standard library's "
+        "source, available offline) into DIR.",
+        epilog=DATA_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    prepare.add_argument("sources", nargs="+", metavar="SOURCE")
+    prepare.add_argument("--out", required=True, metavar="DIR")
+    prepare.add_argument(
+        "--tokenizer",
+        default="byte",
+        metavar="T",
+        help="byte (256 ids, default), char, bpe:N, or a tokenizer.json path",
+    )
+    prepare.add_argument("--val-fraction", type=float, default=0.05, metavar="F")
+    prepare.add_argument("--seed", type=int, default=0, metavar="S")
+    prepare.add_argument(
+        "--glob", default="*", metavar="PATTERN", help="files to take from directories"
+    )
+    prepare.add_argument("--force", action="store_true", help="replace prepared data in DIR")
 
 
 # ==================================================================== helpers
@@ -449,12 +525,67 @@ def cmd_fuzz(args: argparse.Namespace, out: TextIO) -> int:
     return fuzz_main(args.examples, args.seed, args.component, args.plugin, out=out)
 
 
+def cmd_train(args: argparse.Namespace, out: TextIO) -> int:
+    import blockdsl.train as training
+    from blockdsl.config import load_config
+
+    if args.from_hf:
+        spec = load_plan(args).config
+        overrides: dict[str, Any] = {}
+    else:
+        spec = args.spec[0] if len(args.spec) == 1 else (list(args.spec) or "tiny")
+        overrides = overrides_from(args.set)
+        load_config(spec, **overrides)  # configuration errors before anything else
+    run = training.train(
+        spec,
+        data=args.data,
+        out=args.out,
+        resume=args.resume,
+        max_memory=args.max_memory,
+        progress=False if args.quiet else None,
+        **overrides,
+    )
+    if run.interrupted:
+        return 128 + run.interrupted
+    summary = run.summary
+    if not args.quiet:
+        out.write(
+            f"done: {summary['steps']} steps, {summary['tokens']:,} tokens in "
+            f"{summary['elapsed']:.1f} s; loss {summary['final_loss']:.4f}, val loss "
+            f"{summary['final_val_loss']:.4f}; run in {run.dir}\n"
+        )
+    return 0
+
+
+def cmd_data(args: argparse.Namespace, out: TextIO) -> int:
+    from blockdsl.train.data import prepare
+
+    if args.action != "prepare":
+        raise ConfigError("blockdsl data: give an action", hint="blockdsl data prepare --help")
+    meta = prepare(
+        args.sources,
+        args.out,
+        tokenizer=args.tokenizer,
+        val_fraction=args.val_fraction,
+        seed=args.seed,
+        glob=args.glob,
+        overwrite=args.force,
+    )
+    out.write(
+        f"{args.out}: {meta['train_tokens']:,} train and {meta['val_tokens']:,} val tokens, "
+        f"vocab {meta['vocab']:,} ({meta['tokenizer']}, {meta['dtype']})\n"
+    )
+    return 0
+
+
 COMMANDS = {
     "compile": cmd_compile,
     "check": cmd_check,
     "components": cmd_components,
     "presets": cmd_presets,
     "fuzz": cmd_fuzz,
+    "train": cmd_train,
+    "data": cmd_data,
 }
 
 

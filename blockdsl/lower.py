@@ -9,6 +9,15 @@ The generated ``forward`` is plain Python with one line per node, named after th
         add = x + attn;  x = attn = None
         ...
 
+A block holding components with a decoding state (docs/generation.md) also takes ``state``, a
+sequence of per-call state dicts whose default is all None (the full-sequence path), and passes
+``state=state[i]`` to its i-th stateful call::
+
+    def forward(self, x, positions = None, state = (None,)):
+        norm = self.norm(x)
+        attn_state = state[0]
+        attn = self.attn(norm, positions = positions, state = attn_state);  ...
+
 Nothing interprets the graph at run time: each call of the module runs that code. Blocks with
 the same structure share their generated Python (``_SharedCodeGraph``): it is generated once,
 and each block instance only compiles that text into its own ``forward``.
@@ -70,6 +79,88 @@ class BlockModule(fx.GraphModule):
 
     has_aux: bool
     context: tuple[str, ...]
+    #: attributes of the stateful calls' modules, in call order (one entry per call site)
+    state_attrs: tuple[str, ...] = ()
+
+    def init_state(self, batch_size: int, max_len: int) -> list[Any] | None:
+        """Fresh decoding state for ``batch_size`` sequences of at most ``max_len`` positions:
+        one entry per stateful call (a component's dict; a combinator's list of per-child
+        block states), or None when no call of this block keeps state."""
+        if not self.state_attrs:
+            return None
+        states: list[Any] = []
+        for attr in self.state_attrs:
+            module = getattr(self, attr)
+            children = module.__dict__.get(_CHILDREN)
+            if children is not None:  # a combinator: its children's states, one per child
+                states.append([child.init_state(batch_size, max_len) for child in children])
+            else:
+                states.append(module.init_state(batch_size, max_len))
+        return states
+
+
+#: Where a combinator built by ``lower`` keeps its child blocks (a plain attribute, not a
+#: submodule: they are already registered inside it), so that their states can be made.
+_CHILDREN = "_blockdsl_children"
+
+
+def _keeps_state(graph: BlockGraph, spec: ModuleSpec) -> bool:
+    """Whether a call of ``spec`` takes a state: a stateful leaf component, or a combinator
+    accepting ``state`` whose children hold stateful calls."""
+    if not spec.component.stateful:
+        return False
+    if not spec.component.takes_children:
+        return True
+    return any(_state_calls(child) for child in spec.children)
+
+
+def _state_calls(graph: BlockGraph) -> list[str]:
+    """Module keys of the calls that take a state, in call order (a label twice: twice)."""
+    keys = []
+    for _, data in graph.calls():
+        spec = graph.modules[data["module"]]
+        if _keeps_state(graph, spec):
+            keys.append(data["module"])
+    return keys
+
+
+def cache_blocker(graph: BlockGraph) -> str | None:
+    """Why ``graph`` cannot decode with a cache (None when it can): a component that mixes
+    positions without the decoding-state protocol, a non-causal one (its earlier outputs
+    change with later tokens), or a combinator that cannot pass its children's states."""
+    for spec in call_specs(graph):
+        component = spec.component
+        if component.takes_children:
+            needs_state = any(_state_calls(child) for child in spec.children)
+            if needs_state and not component.stateful:
+                return f"{_where(spec)} does not pass a decoding state to its children"
+        elif component.mixes_positions and not component.is_causal(spec.args):
+            return f"{_where(spec)} is not causal"
+        elif component.mixes_positions and not component.stateful:
+            return f"{_where(spec)} has no decoding state (no 'state' keyword in its forward)"
+    return None
+
+
+def noncausal_call(graph: BlockGraph) -> str | None:
+    """The first call in ``graph`` (children included) whose outputs at a position depend on
+    later positions, described, or None."""
+    for spec in call_specs(graph):
+        if spec.component.mixes_positions and not spec.component.is_causal(spec.args):
+            return _where(spec)
+    return None
+
+
+def call_specs(graph: BlockGraph) -> Iterator[ModuleSpec]:
+    """The module of every call of ``graph``, then of its children's calls (depth first)."""
+    for _, data in graph.calls():
+        spec = graph.modules[data["module"]]
+        yield spec
+        for child in spec.children:
+            yield from call_specs(child)
+
+
+def _where(spec: ModuleSpec) -> str:
+    return f"{spec.describe()} at {spec.span.line}:{spec.span.column}"
 
 
 def _fx_graph(graph: BlockGraph) -> _SharedCodeGraph:
@@ -80,6 +171,9 @@ def _fx_graph(graph: BlockGraph) -> _SharedCodeGraph:
     g = _SharedCodeGraph()
     env: dict[int, fx.Node] = {graph.input: g.placeholder("idx" if graph.role == "embed" else "x")}
     context = {name: g.placeholder(name, default_value=None) for name in sorted(graph.context)}
+    stateful = _state_calls(graph)
+    state = g.placeholder("state", default_value=(None,) * len(stateful)) if stateful else None
+    n_states = 0
     auxes: list[fx.Node] = []
     for node, data in graph.nodes():
         kind = data["kind"]
@@ -88,6 +182,14 @@ def _fx_graph(graph: BlockGraph) -> _SharedCodeGraph:
         if kind == "call":
             spec = graph.modules[data["module"]]
             kwargs = {name: context[name] for name in sorted(spec.component.context)}
+            if state is not None and _keeps_state(graph, spec):
+                kwargs["state"] = g.create_node(
+                    "call_function",
+                    operator.getitem,
+                    (state, n_states),
+                    name=f"{data['name']}_state",
+                )
+                n_states += 1
             (source,) = data["inputs"]
             if spec.component.aux_loss:
                 pair = g.create_node(
@@ -142,6 +244,7 @@ def lower(
     block = BlockModule(modules, _fx_graph(graph), class_name="Block")
     block.has_aux = bool(graph.aux_modules)
     block.context = tuple(sorted(graph.context))
+    block.state_attrs = tuple(graph.modules[key].attr for key in _state_calls(graph))
     block.block_graph = graph
     return block
 
@@ -149,7 +252,10 @@ def lower(
 def _instantiate(spec: ModuleSpec, graph: BlockGraph, shared: dict[str, nn.Module]) -> nn.Module:
     children = [lower(child, shared=shared) for child in spec.children]
     try:
-        return spec.component.build(spec.args, children)
+        module = spec.component.build(spec.args, children)
+        if children:
+            module.__dict__[_CHILDREN] = children
+        return module
     except BlockDSLError as exc:
         if exc.source:
             raise

@@ -20,7 +20,7 @@ from blockdsl import ast
 from blockdsl.config import ModelConfig, load_config
 from blockdsl.errors import BlockDSLError, BudgetError, ConfigError, did_you_mean
 from blockdsl.graph import BlockGraph, LabelTable, build_graph
-from blockdsl.lower import BlockModule, allocation, lower
+from blockdsl.lower import BlockModule, allocation, cache_blocker, lower
 from blockdsl.parser import parse, source_text
 from blockdsl.printer import unparse
 from blockdsl.registry import REGISTRY, Registry
@@ -72,15 +72,22 @@ class LanguageModel(nn.Module):
         positions: torch.Tensor | None = None,
         memory: torch.Tensor | None = None,
         return_aux: bool = False,
+        state: Sequence[Any] | None = None,
     ) -> Any:
         """Logits ``(B, T, vocab)``; with ``targets``, ``(logits, loss)`` where the loss adds
-        every auxiliary loss; with ``return_aux`` the auxiliary loss is appended."""
+        every auxiliary loss; with ``return_aux`` the auxiliary loss is appended.
+
+        ``state`` (from ``init_state``) decodes: ``idx`` are the tokens following those the
+        state has seen and ``positions`` ``(B, T)`` their absolute positions; every block's
+        state is updated in place (docs/generation.md)."""
         context = {"positions": positions, "memory": memory}
+        states = state if state is not None else [None] * (len(self.layers) + 2)
         collected: list[list[torch.Tensor]] = [[] for _ in self._combiners]
-        x = self._run(0, self.embed, idx, context, collected)
+        x = self._run(0, self.embed, idx, context, collected, states[0])
         for index, layer in enumerate(self.layers, start=1):
-            x = self._run(index, layer, x, context, collected)
-        logits = self._run(len(self.layers) + 1, self.head, x, context, collected)
+            x = self._run(index, layer, x, context, collected, states[index])
+        last = len(self.layers) + 1
+        logits = self._run(last, self.head, x, context, collected, states[last])
 
         aux = None
         if self._combiners:
@@ -100,8 +107,12 @@ class LanguageModel(nn.Module):
         x: torch.Tensor,
         context: dict[str, torch.Tensor | None],
         collected: list[list[torch.Tensor]],
+        state: Any = None,
     ) -> torch.Tensor:
-        out = block(x, **{name: context[name] for name in block.context})
+        kwargs = {name: context[name] for name in block.context}
+        if state is not None:
+            kwargs["state"] = state
+        out = block(x, **kwargs)
         if not block.has_aux:
             return out
         out, values = out
@@ -113,18 +124,34 @@ class LanguageModel(nn.Module):
         """Distinct parameters (tied and shared weights once)."""
         return sum(p.numel() for p in self.parameters())
 
+    def blocks(self) -> list[BlockModule]:
+        """The embedding, every layer and the head, in order (the indices of ``init_state``)."""
+        return [self.embed, *self.layers, self.head]
+
+    def cache_blocker(self) -> str | None:
+        """Why this model cannot decode with a cache (None when it can): see
+        ``blockdsl.lower.cache_blocker``."""
+        for block in self.blocks():
+            reason = cache_blocker(block.block_graph)
+            if reason:
+                return reason
+        return None
+
+    def init_state(self, batch_size: int, max_len: int) -> list[Any]:
+        """Fresh decoding state for ``batch_size`` sequences of at most ``max_len`` positions:
+        one entry per block (None for a block that keeps none), each a list of per-call
+        states. Every tensor has the batch as dim 0."""
+        return [block.init_state(batch_size, max_len) for block in self.blocks()]
+
+    def generate(self, idx: Any, max_new_tokens: int, **options: Any) -> Any:
+        """Continue ``idx``: see ``blockdsl.generate.generate`` for the options."""
+        from blockdsl.generate import generate
+
+        return generate(self, idx, max_new_tokens, **options)
+
     def _repr_html_(self) -> str:
         """Notebooks show the model's shape table (see ``ModelPlan._repr_html_``)."""
         return ModelPlan(self.config)._repr_html_()
-
-    @torch.no_grad()
-    def generate(self, idx: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
-        """Greedy continuation (no cache: each step reruns the whole sequence)."""
-        for _ in range(max_new_tokens):
-            window = idx[:, -self.config.context :]
-            next_id = self(window)[:, -1].argmax(-1, keepdim=True)
-            idx = torch.cat([idx, next_id], dim=1)
-        return idx
 
 
 def _sum_aux(values: list[torch.Tensor]) -> torch.Tensor:

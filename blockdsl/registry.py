@@ -19,6 +19,9 @@ else a compiler needs to know is declared once, at registration, and has a safe 
 ``check``           ``f(d_in=..., **args)``: why these arguments cannot work (a reason, or a
                     reason and a hint), or None; without it, the module is built once on the
                     meta device to find out
+``state_size``      decoding-state elements per sequence ``f(d_in=..., context=..., **args)``
+                    (stateful components only); default: counted from ``init_state`` on the
+                    meta device
 ==================  =======================================================================
 
 Hooks of combinators (components with ``children``) also receive ``n_children``: the number of
@@ -28,6 +31,22 @@ Call-time context is declared by the ``forward`` signature itself: a keyword par
 ``positions`` (token positions, ``(T,)`` or ``(B, T)``) or ``memory`` (``(B, S, D)`` for
 cross-attention) is passed by the compiler. A constructor parameter named ``children`` makes
 the component a combinator: it receives its ``[child, ...]`` blocks as a list of modules.
+
+Decoding state (docs/generation.md). A component decodes one step at a time when its
+``forward`` accepts a keyword ``state`` and its class defines ``init_state(batch_size, max_len)
+-> dict[str, Tensor]``: zero tensors on the module's device and dtype, the batch as dim 0 of
+every one, sized for at most ``max_len`` positions (attention: a preallocated K/V cache;
+``Conv``/``Shift``: their last inputs; recurrent mixers: their fixed-size state).
+``forward(x, positions=None, state=None)``: with ``state=None`` the ordinary full-sequence
+path; with a state dict ``x`` is ``(B, T_new, D)``, the tokens following those the state has
+seen, ``positions`` their absolute positions ``(B, T_new)`` (rows may differ), and the
+component updates the state's tensors *in place* (``copy_``, ``scatter_``, slice assignment)
+and returns the outputs for those tokens, equal to the full-sequence outputs at those
+positions. ``T_new > 1`` is a prefill, ``T_new == 1`` a decode step. Each call site has its own
+state: a label used twice has two. A combinator whose ``forward`` accepts ``state`` receives a
+list with one entry per child, that child block's state (None for a child without stateful
+calls), and passes it on as ``child(x, state=...)``. A component that mixes positions without
+the protocol still generates, by the uncached fallback (the whole prefix recomputed each step).
 """
 
 from __future__ import annotations
@@ -48,6 +67,8 @@ from blockdsl.printer import format_value
 
 #: Keyword parameters of ``forward`` that the compiler knows how to supply.
 CONTEXT_ARGS = ("positions", "memory")
+#: Keyword parameter of ``forward`` that receives a component's decoding state (see above).
+STATE_ARG = "state"
 #: Model-level values that reach every component declaring a parameter of that name.
 MODEL_GLOBALS = ("vocab", "context")
 #: Constructor parameters that receive the input feature size, in order of preference.
@@ -207,6 +228,14 @@ def _forward_context(cls: type) -> tuple[frozenset[str], frozenset[str]]:
     return accepted, required
 
 
+def _accepts_state(cls: type) -> bool:
+    """Whether ``forward`` takes the decoding-state keyword (the protocol's declaration)."""
+    try:
+        return STATE_ARG in inspect.signature(cls.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 @dataclass
 class Component:
     """A registered component: its class, argument schema and declarations."""
@@ -226,6 +255,8 @@ class Component:
     flops_fn: Callable[..., int] | None = None
     check_fn: Callable[..., str | None] | None = None
     description: str = ""
+    stateful: bool = False
+    state_size_fn: Callable[..., int] | None = None
     _probe_cache: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -407,6 +438,19 @@ class Component:
             return int(self.flops_fn(d_in=d_in, seq=seq, **args, **kw))
         return 2 * self.count_params(d_in, args, n_children) * seq
 
+    def state_size(self, d_in: int, args: Mapping[str, Any], context: int) -> int:
+        """Decoding-state elements one sequence needs at this call (0 for a stateless component;
+        a combinator's children count their own): the ``state_size`` hook, else the tensors of
+        ``init_state(1, context)`` of the module built on the meta device."""
+        if not self.stateful or self.takes_children:
+            return 0
+        if self.state_size_fn is not None:
+            return int(self.state_size_fn(d_in=d_in, **{**args, "context": context}))
+        module = self._meta_build(args)
+        if isinstance(module, Exception):
+            raise module
+        return sum(t.numel() for t in module.init_state(1, context).values())
+
     def _probe(self, d_in: int, args: Mapping[str, Any]) -> tuple[int, int]:
         """Output size and parameter count of an undeclared component, measured on the module
         built on the meta device."""
@@ -481,6 +525,7 @@ class Registry:
         tokens_in: bool = False,
         check: Callable[..., str | None] | None = None,
         description: str | None = None,
+        state_size: Callable[..., int] | None = None,
     ) -> Callable[[type[nn.Module]], type[nn.Module]]:
         """Class decorator: ``@register("Attn")``. See the module docstring for the options."""
 
@@ -499,6 +544,13 @@ class Registry:
                 )
             doc = description if description is not None else inspect.getdoc(cls) or ""
             context, required_context = _forward_context(cls)
+            stateful = _accepts_state(cls)
+            if stateful and not takes_children and not callable(getattr(cls, "init_state", None)):
+                raise RegistryError(
+                    f"{key}: forward accepts 'state' but the class defines no init_state",
+                    hint="define init_state(self, batch_size, max_len) -> dict[str, Tensor] "
+                    "(docs/generation.md)",
+                )
             self._components[key] = Component(
                 name=key,
                 cls=cls,
@@ -515,6 +567,8 @@ class Registry:
                 flops_fn=flops,
                 check_fn=check,
                 description=doc.strip().split("\n")[0] if doc else "",
+                stateful=stateful,
+                state_size_fn=state_size,
             )
             self._aliases.pop(key, None)
             for alias in aliases:

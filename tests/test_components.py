@@ -46,6 +46,21 @@ EXTRA = [
     ("Gate", {"bias": False, "init": 1.0}),
     ("Conv", {"kernel": 1, "bias": False}),
     ("Shift", {"init": 0.0}),
+    ("GatedDeltaNet", {"heads": 2, "v_heads": 4, "head_dim": 8, "v_head_dim": 4, "chunk": 5}),
+    ("GatedDeltaNet", {"kernel": 1, "eps": 1e-5}),
+    ("RWKV7", {"head_dim": 8, "chunk": 3, "decay_rank": 4, "a_rank": 4, "gate_rank": 8}),
+    ("RWKV7ChannelMix", {"hidden": 24}),
+    ("Hyena", {"filter_order": 8, "kernel": 1}),
+    ("BaseConv", {"kernel": 3, "act": True}),
+    ("BaseConv", {"filter_order": 16, "act": True}),
+    ("ShortConv", {"kernel": 1, "bias": True}),
+    ("Mamba", {"state": 4, "dt_rank": 3, "conv": 2, "bias": True, "conv_bias": False}),
+    ("Mamba", {"inner": 24, "conv": 1}),
+    ("Mamba2", {"state": 8, "head_dim": 16, "groups": 2, "chunk": 5, "bias": True}),
+    ("Mamba2", {"state": 4, "head_dim": 8, "groups": 4, "chunk": 3, "norm": False, "conv": 2}),
+    ("Mamba2", {"inner": 48, "head_dim": 12, "conv_bias": False}),
+    ("RGLRU", {"heads": 4, "conv": 2}),
+    ("RGLRU", {"width": 48, "heads": 3, "act": "silu"}),
 ]
 CASES = [(name, {}) for name in REGISTRY.names()] + EXTRA
 IDS = [f"{n}({','.join(f'{k}={v}' for k, v in a.items())})" for n, a in CASES]
@@ -178,6 +193,13 @@ def test_block_string_values_are_typed():
         ("Attn", {"heads": 8, "kv_heads": 3}),
         ("MoE", {"experts": 2, "k": 3}),
         ("Conv", {"kernel": 0}),
+        ("GatedDeltaNet", {"heads": 5}),
+        ("GatedDeltaNet", {"heads": 4, "v_heads": 6}),
+        ("RWKV7", {"head_dim": 12}),
+        ("RWKV7", {"chunk": 64}),
+        ("Hyena", {"kernel": 0}),
+        ("BaseConv", {"kernel": 0}),
+        ("ShortConv", {"kernel": 0}),
     ],
 )
 def test_invalid_combinations_raise_blockdsl_errors(name, kwargs):

@@ -282,6 +282,13 @@ def _attn_steps(
     ]
 
 
+def _attn_state_size(
+    d_in: int, context: int, heads: int, kv_heads: int | None, head_dim: int | None, **_
+) -> int:
+    kv, hd = _dims(d_in, heads, kv_heads, head_dim)
+    return 2 * kv * hd * context  # keys and values of every position
+
+
 @register(
     "Attn",
     out_features=same_size,
@@ -289,6 +296,7 @@ def _attn_steps(
     params=_attn_params,
     flops=_attn_flops,
     check=_check_attn,
+    state_size=_attn_state_size,
 )
 class Attn(_Projections):
     """Multi-head self-attention: MHA/MQA/GQA, RoPE or ALiBi, sliding window, soft-capping.
@@ -309,6 +317,10 @@ class Attn(_Projections):
     * ``softcap``: scores ``softcap * tanh(scores / softcap)`` after scaling (Gemma 2); computed
       with explicit math, SDPA otherwise. ``scale`` defaults to ``head_dim ** -0.5``.
     * ``dropout``: on the attention probabilities, in training only.
+    * decoding (``state``, docs/generation.md): a static cache ``k``/``v`` of shape
+      ``(B, kv_heads, max_len, head_dim)`` (keys after rotary), written at each row's absolute
+      positions; a query at position ``p`` sees the cached keys ``j <= p`` (and ``p - j <
+      window``), with ALiBi's bias ``-slope * (p - j)``: the full path's masks, per row.
 
     Parameters: ``q``, ``k``, ``v``, ``o`` (``nn.Linear``; biases with ``bias``),
     ``q_norm``, ``k_norm`` (with ``qk_norm``).
@@ -396,9 +408,23 @@ class Attn(_Projections):
             return (distance >= 0) & (distance < self.window)
         return distance.abs() < self.window
 
+    def init_state(self, batch_size: int, max_len: int) -> dict[str, torch.Tensor]:
+        """A static key/value cache of ``max_len`` positions: ``k``, ``v`` (B, K, max_len, hd)."""
+        weight = self.k.weight
+        shape = (batch_size, self.kv_heads, max_len, self.head_dim)
+        return {
+            "k": torch.zeros(shape, device=weight.device, dtype=weight.dtype),
+            "v": torch.zeros(shape, device=weight.device, dtype=weight.dtype),
+        }
+
     def forward(
-        self, x: torch.Tensor, positions: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        positions: torch.Tensor | None = None,
+        state: dict[str, torch.Tensor] | None = None,
     ) -> torch.Tensor:  # (B, T, D) -> (B, T, D)
+        if state is not None:
+            return self._decode(x, positions, state)
         T = x.shape[1]
         q, k, v = self.project(x, x)  # (B, H, T, hd), (B, K, T, hd), (B, K, T, hd)
         if self.rotary_dims:
@@ -430,6 +456,45 @@ class Attn(_Projections):
             cap=self.softcap,
             dropout=self.dropout if self.training else 0.0,
             enable_gqa=gqa,
+        )  # (B, H, T, hd)
+        return self.merge(y)
+
+    def _rotate(
+        self, q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        cos = self.rope_cos[positions].unsqueeze(1)  # (B, 1, T, r/2)
+        sin = self.rope_sin[positions].unsqueeze(1)
+        return (
+            apply_rotary(q, cos, sin, self.rope_interleaved),
+            apply_rotary(k, cos, sin, self.rope_interleaved),
+        )
+
+    def _decode(
+        self, x: torch.Tensor, positions: torch.Tensor | None, state: dict[str, torch.Tensor]
+    ) -> torch.Tensor:
+        """The new tokens ``x`` (B, T, D) at ``positions`` (B, T), attending to the cache."""
+        if positions is None:
+            raise ValueError("Attn with a decoding state needs positions (B, T_new)")
+        B, T = x.shape[:2]
+        positions = positions.expand(B, T) if positions.dim() == 2 else positions.expand(B, -1)
+        cache_k, cache_v = state["k"], state["v"]  # (B, K, L, hd)
+        q, k, v = self.project(x, x)  # (B, H, T, hd), (B, K, T, hd), (B, K, T, hd)
+        if self.rotary_dims:
+            q, k = self._rotate(q, k, positions)
+        slots = positions[:, None, :, None].expand(B, self.kv_heads, T, self.head_dim)
+        cache_k.scatter_(2, slots, k.to(cache_k.dtype))
+        cache_v.scatter_(2, slots, v.to(cache_v.dtype))
+        keys, values = self.repeat_kv(cache_k), self.repeat_kv(cache_v)  # (B, H, L, hd)
+        j = torch.arange(cache_k.shape[2], device=x.device)  # (L,) key positions
+        distance = positions[:, None, :, None] - j  # (B, 1, T, L): query - key position
+        mask = distance >= 0  # causal (the cache past a row's position is never seen)
+        if self.window is not None:
+            mask = mask & (distance < self.window)
+        bias = None
+        if self.pos == "alibi":
+            bias = -self.alibi[:, None, None] * distance.to(torch.float32)  # (B, H, T, L)
+        y = attend(
+            q, keys, values, scale=self.scale, mask=mask, bias=bias, cap=self.softcap
         )  # (B, H, T, hd)
         return self.merge(y)
 

@@ -184,13 +184,14 @@ class Gate(nn.Module):
     check=accepts_any,
     params=lambda d_in, **_: d_in,
     flops=lambda d_in, seq, **_: 3 * d_in * seq,
+    state_size=lambda d_in, **_: d_in,
 )
 class Shift(nn.Module):
     """RWKV token shift: ``x + mix * (x_prev - x)``, a learned per-channel lerp to token t-1.
 
     ``x_prev`` is the stream shifted one step right (zeros at t = 0), so the output at t
     depends on tokens t and t-1 only (causal). Parameter: ``mix [D]``, filled with ``init``
-    (0 = identity, 1 = the previous token).
+    (0 = identity, 1 = the previous token). Decoding state: ``x`` (B, 1, D), the last input.
     """
 
     arg_help: ClassVar[dict[str, str]] = {
@@ -206,8 +207,18 @@ class Shift(nn.Module):
     def reset_parameters(self) -> None:
         nn.init.constant_(self.mix, self.init)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, D) -> (B, T, D)
-        x_prev = F.pad(x, (0, 0, 1, -1))  # (B, T, D): x_prev[:, t] = x[:, t-1], zero at t=0
+    def init_state(self, batch_size: int, max_len: int) -> dict[str, torch.Tensor]:
+        """The last input seen (zeros before the first token, like the full path's padding)."""
+        return {"x": self.mix.new_zeros(batch_size, 1, self.mix.shape[0])}
+
+    def forward(
+        self, x: torch.Tensor, state: dict[str, torch.Tensor] | None = None
+    ) -> torch.Tensor:  # (B, T, D) -> (B, T, D)
+        if state is None:
+            x_prev = F.pad(x, (0, 0, 1, -1))  # (B, T, D): x_prev[:, t] = x[:, t-1], zero at t=0
+        else:
+            x_prev = torch.cat((state["x"].to(x.dtype), x[:, :-1]), dim=1)
+            state["x"].copy_(x[:, -1:])
         return x + self.mix * (x_prev - x)
 
 
@@ -233,12 +244,14 @@ def _check_conv(kernel: int = 4, **_) -> Problem:
     params=_conv_params,
     flops=_conv_flops,
     check=_check_conv,
+    state_size=lambda d_in, kernel, **_: d_in * (kernel - 1),
 )
 class Conv(nn.Module):
     """Causal depthwise 1-d convolution over time (Mamba/H3 style): kernel ``kernel``, left padding.
 
     Output at t mixes inputs t-kernel+1 ... t of the same channel. Parameters: ``weight
     [D, 1, kernel]`` (``F.conv1d`` depthwise layout, ``nn.Conv1d``'s init) and ``bias [D]``.
+    Decoding state: ``x`` (B, kernel-1, D), the last ``kernel-1`` inputs.
     """
 
     arg_help: ClassVar[dict[str, str]] = {
@@ -259,9 +272,21 @@ class Conv(nn.Module):
         if self.bias is not None:
             init_linear_(self.bias, self.kernel)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, D) -> (B, T, D)
-        x = rearrange(x, "b t d -> b d t")
-        x = F.pad(x, (self.kernel - 1, 0))  # (B, D, kernel-1 + T)
+    def init_state(self, batch_size: int, max_len: int) -> dict[str, torch.Tensor]:
+        """The last ``kernel-1`` inputs (zeros before the first token: the full path's padding)."""
+        return {"x": self.weight.new_zeros(batch_size, self.kernel - 1, self.weight.shape[0])}
+
+    def forward(
+        self, x: torch.Tensor, state: dict[str, torch.Tensor] | None = None
+    ) -> torch.Tensor:  # (B, T, D) -> (B, T, D)
+        if state is None:
+            x = rearrange(x, "b t d -> b d t")
+            x = F.pad(x, (self.kernel - 1, 0))  # (B, D, kernel-1 + T)
+        else:
+            seen = torch.cat((state["x"].to(x.dtype), x), dim=1)  # (B, kernel-1 + T, D)
+            if self.kernel > 1:
+                state["x"].copy_(seen[:, -(self.kernel - 1) :])
+            x = rearrange(seen, "b t d -> b d t")
         y = F.conv1d(x, self.weight, self.bias, groups=x.shape[1])  # (B, D, T)
         return rearrange(y, "b d t -> b t d")
 

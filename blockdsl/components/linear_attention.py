@@ -1,0 +1,744 @@
+"""Delta-rule linear attention: Gated DeltaNet (Qwen3-Next) and RWKV-7 time and channel mixing.
+
+Both keep a matrix-valued state per head, ``S`` of shape ``(V, K)`` (value dim x key dim), read
+with a query (``o = S q``) and updated once per token by the *generalised delta rule*
+
+    S_t = S_{t-1} (diag(w_t) + a_t b_t^T) + v_t k_t^T
+
+* Gated DeltaNet (Yang et al. 2025): ``w_t = alpha_t`` (one scalar per head), ``a_t = k_t``,
+  ``b_t = -alpha_t beta_t k_t`` and value ``beta_t v_t``, i.e.
+  ``S_t = alpha_t S_{t-1} (I - beta_t k_t k_t^T) + beta_t v_t k_t^T``;
+* RWKV-7 (Peng et al. 2025): ``w_t`` a per-channel decay, ``a_t = -kappa_t`` and
+  ``b_t = kappa_t * lr_t`` with ``kappa`` the normalised "removal key" and ``lr`` the
+  in-context learning rate.
+
+Training uses the chunked (WY / UT-transform) form: within a chunk of ``C`` tokens the updates
+are condensed into ``C x C`` triangular systems solved in parallel for every chunk; what remains
+sequential is one ``(V, K) @ (K, K)`` product per chunk. Decoding uses the step form above. The
+two agree to float32 rounding (the tests check it against a loop written from the equations).
+
+Shapes in comments: ``B`` batch, ``T`` tokens, ``H`` heads, ``K``/``V`` key/value head size,
+``n`` chunks of ``C`` tokens.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from blockdsl.components._util import Problem, init_linear_, raise_problem, same_size
+from blockdsl.registry import register
+
+Steps = list[tuple[str, tuple[str, ...], tuple[int, ...], int]]
+
+# --------------------------------------------------------------------------- shared kernels
+
+
+def causal_conv(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    window: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Depthwise causal convolution of ``x`` (B, C, T) with ``weight`` (C, 1, k).
+
+    ``window`` (B, C, k-1) holds the last ``k-1`` inputs seen before ``x`` (zeros for a fresh
+    sequence); when given it is updated in place to the last ``k-1`` inputs including ``x``,
+    so that the next call continues the same sequence."""
+    k = weight.shape[-1]
+    if window is None:
+        padded = F.pad(x, (k - 1, 0))
+    else:
+        padded = torch.cat((window.to(x.dtype), x), dim=-1)  # (B, C, k-1 + T)
+        if k > 1:
+            window.copy_(padded[..., -(k - 1) :])
+    return F.conv1d(padded, weight, bias, groups=x.shape[1])  # (B, C, T)
+
+
+def token_shift(x: torch.Tensor, last: torch.Tensor | None = None) -> torch.Tensor:
+    """``x`` (B, T, D) shifted one step right: the token before each one. The first token's
+    predecessor is ``last`` (B, D) when continuing a sequence (updated in place to ``x[:, -1]``),
+    else zeros."""
+    if last is None:
+        return F.pad(x, (0, 0, 1, -1))
+    shifted = torch.cat((last.to(x.dtype)[:, None], x[:, :-1]), dim=1)
+    last.copy_(x[:, -1])
+    return shifted
+
+
+def _pair_scores(
+    x: torch.Tensor, gx: torch.Tensor, y: torch.Tensor, gy: torch.Tensor, strict: bool
+) -> torch.Tensor:
+    """``M[t, s] = sum_c x[t, c] y[s, c] exp(gx[t, c] - gy[s, c])`` for ``s < t`` (``strict``) or
+    ``s <= t``, zero above; ``x``, ``y`` are (..., C, K) and ``gx``, ``gy`` cumulative log decays
+    (..., C, K) or, for one decay per head, (..., C, 1).
+
+    Decays are <= 1 only where ``s <= t``; masked entries are never exponentiated (scalar
+    decay) or the factors are taken about the chunk's middle (per-channel decay, which callers
+    bound so that ``|g|`` stays small within a chunk)."""
+    C = x.shape[-2]
+    upper = torch.ones(C, C, dtype=torch.bool, device=x.device).triu(0 if strict else 1)
+    if gx.shape[-1] == 1:  # one decay per head: exact pairwise factors
+        diff = (gx - gy.transpose(-1, -2)).masked_fill(upper, float("-inf"))
+        return (x @ y.transpose(-1, -2)) * diff.exp()
+    ref = gy[..., C // 2 : C // 2 + 1, :]  # (..., 1, K) keeps both factors near 1
+    scores = (x * (gx - ref).exp()) @ (y * (ref - gy).exp()).transpose(-1, -2)
+    return scores.masked_fill(upper, 0.0)
+
+
+def chunked_delta_rule(
+    r: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    log_w: torch.Tensor,
+    state: torch.Tensor | None = None,
+    chunk: int = 64,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The generalised delta rule over a sequence, chunk by chunk.
+
+    ``S_t = S_{t-1} (diag(exp(log_w_t)) + a_t b_t^T) + v_t k_t^T``, ``o_t = S_t r_t``.
+
+    ``r``, ``k``, ``a``, ``b``: (B, H, T, K); ``v``: (B, H, T, V); ``log_w``: (B, H, T, K) or
+    (B, H, T, 1) (one decay per head), entries <= 0; ``state``: (B, H, V, K) or None (zeros).
+    Returns the outputs (B, H, T, V) and the final state (B, H, V, K).
+
+    Within a chunk, with ``G`` the cumulative log decay from the chunk's start, write
+    ``u_t = S_{t-1} a_t``; unrolling gives ``U = (I - L)^{-1} (A~ S_0^T + L_k V)`` with the
+    strictly lower triangular ``L[t, s] = a~_t . b~_s`` (UT transform). Everything except the
+    chunk-to-chunk state hand-over ``S <- S A_i + X_i`` is computed for all chunks at once."""
+    B, H, T, K = k.shape
+    Vd = v.shape[-1]
+    dtype = v.dtype
+    r, k, v, a, b, log_w = (t.float() for t in (r, k, v, a, b, log_w))
+    pad = (-T) % chunk
+    if pad:  # zero inputs with decay 1 leave the state as it is
+        r, k, v, a, b, log_w = (F.pad(t, (0, 0, 0, pad)) for t in (r, k, v, a, b, log_w))
+    r, k, v, a, b, log_w = (
+        rearrange(t, "b h (n c) d -> b h n c d", c=chunk) for t in (r, k, v, a, b, log_w)
+    )
+    G = log_w.cumsum(dim=-2)  # (B, H, n, C, K|1) log decay from the chunk's start, inclusive
+    G_before = G - log_w  # ... exclusive: the decay applied before token t's own update
+    G_end = G[..., -1:, :]  # (B, H, n, 1, K|1)
+
+    L_ab = _pair_scores(a, G_before, b, G, strict=True)  # (B, H, n, C, C)
+    L_ak = _pair_scores(a, G_before, k, G, strict=True)
+    M_rb = _pair_scores(r, G, b, G, strict=False)
+    M_rk = _pair_scores(r, G, k, G, strict=False)
+    a_dec = a * G_before.exp()  # (B, H, n, C, K)
+    eye = torch.eye(chunk, dtype=L_ab.dtype, device=L_ab.device)
+    solved = torch.linalg.solve_triangular(
+        eye - L_ab, torch.cat((a_dec, L_ak @ v), dim=-1), upper=False, unitriangular=True
+    )
+    W, U_v = solved.split([K, Vd], dim=-1)  # u_t = U_v[t] + S_0 W[t]
+    q_eff = r * G.exp() + M_rb @ W  # (B, H, n, C, K): o = O_v + q_eff S_0^T
+    O_v = M_rb @ U_v + M_rk @ v  # (B, H, n, C, V)
+    b_end = b * (G_end - G).exp()  # (B, H, n, C, K) decays from each token to the chunk's end
+    k_end = k * (G_end - G).exp()
+    decay_end = G_end.exp().squeeze(-2).expand(B, H, -1, K)  # (B, H, n, K)
+    A = torch.diag_embed(decay_end) + W.transpose(-1, -2) @ b_end  # (B, H, n, K, K)
+    X = U_v.transpose(-1, -2) @ b_end + v.transpose(-1, -2) @ k_end  # (B, H, n, V, K)
+
+    S = torch.zeros(B, H, Vd, K, dtype=v.dtype, device=v.device) if state is None else state.float()
+    outputs = []
+    for i in range(A.shape[2]):
+        outputs.append(O_v[:, :, i] + q_eff[:, :, i] @ S.transpose(-1, -2))  # (B, H, C, V)
+        S = S @ A[:, :, i] + X[:, :, i]
+    o = torch.stack(outputs, dim=2)  # (B, H, n, C, V)
+    o = rearrange(o, "b h n c d -> b h (n c) d")[:, :, :T]
+    return o.to(dtype), S.to(dtype)
+
+
+def delta_rule_step(
+    r: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    log_w: torch.Tensor,
+    state: torch.Tensor,
+) -> torch.Tensor:
+    """One token of the generalised delta rule, updating ``state`` (B, H, V, K) in place;
+    inputs are (B, H, K) (``v``: (B, H, V); ``log_w``: (B, H, K) or (B, H, 1)). Returns
+    ``o = S r`` (B, H, V)."""
+    S = state.float()
+    Sa = (S @ a.float()[..., None]).squeeze(-1)  # (B, H, V)
+    S = S * log_w.float().exp()[..., None, :] + Sa[..., None] * b.float()[..., None, :]
+    S = S + v.float()[..., None] * k.float()[..., None, :]
+    state.copy_(S)
+    return (S @ r.float()[..., None]).squeeze(-1).to(v.dtype)
+
+
+def _delta_rule(
+    r, k, v, a, b, log_w, state: torch.Tensor | None, chunk: int
+) -> torch.Tensor:  # all (B, T, H, d) -> (B, T, H, V)
+    """The chunked form for sequences (starting from ``state`` if given, which is then updated
+    in place), the step form for a single token with a state."""
+    if state is not None and r.shape[1] == 1:
+        o = delta_rule_step(*(t[:, 0] for t in (r, k, v, a, b, log_w)), state)
+        return o[:, None]
+    heads_first = [rearrange(t, "b t h d -> b h t d") for t in (r, k, v, a, b, log_w)]
+    o, final = chunked_delta_rule(*heads_first, state=state, chunk=chunk)
+    if state is not None:
+        state.copy_(final)
+    return rearrange(o, "b h t d -> b t h d")
+
+
+# --------------------------------------------------------------------------- Gated DeltaNet
+
+
+class GatedRMSNorm(nn.Module):
+    """``weight * RMSNorm(x) * silu(gate)`` over the last dim, in float32 (HF
+    ``Qwen3NextRMSNormGated``: normalise first, then gate). Parameter: ``weight`` (ones)."""
+
+    def __init__(self, dim: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.empty(dim))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.ones_(self.weight)
+
+    def forward(self, x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        normed = (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype)
+        return (self.weight * normed * F.silu(gate.float())).to(x.dtype)
+
+
+def _gdn_dims(
+    d_in: int,
+    heads: int,
+    v_heads: int | None,
+    head_dim: int | None,
+    v_head_dim: int | None,
+) -> tuple[int, int, int, int]:
+    """``(key heads, value heads, key head size, value head size)`` with defaults filled in."""
+    hk = d_in // heads if head_dim is None else head_dim
+    hv = hk if v_head_dim is None else v_head_dim
+    return heads, (heads if v_heads is None else v_heads), hk, hv
+
+
+def _check_gdn(
+    d_in: int,
+    heads: int = 4,
+    v_heads: int | None = None,
+    head_dim: int | None = None,
+    v_head_dim: int | None = None,
+    kernel: int = 4,
+    chunk: int = 64,
+    **_,
+) -> Problem:
+    if heads <= 0:
+        return f"heads must be positive, got {heads}"
+    if head_dim is None and d_in % heads:
+        return (
+            f"d_model={d_in} is not divisible by heads={heads}",
+            "set head_dim, or choose heads dividing d_model",
+        )
+    Hk, Hv, dk, dv = _gdn_dims(d_in, heads, v_heads, head_dim, v_head_dim)
+    if dk <= 0 or dv <= 0:
+        return f"head sizes must be positive, got head_dim={dk}, v_head_dim={dv}"
+    if Hv <= 0 or Hv % Hk:
+        return (
+            f"v_heads={Hv} is not a multiple of heads={Hk}",
+            "each key head serves v_heads // heads value heads",
+        )
+    if kernel <= 0:
+        return f"kernel must be positive, got {kernel}"
+    if chunk <= 0:
+        return f"chunk must be positive, got {chunk}"
+    return None
+
+
+def _gdn_params(d_in: int, heads, v_heads, head_dim, v_head_dim, kernel, **_) -> int:
+    Hk, Hv, dk, dv = _gdn_dims(d_in, heads, v_heads, head_dim, v_head_dim)
+    qkvz = d_in * (2 * Hk * dk + 2 * Hv * dv)
+    ba = d_in * 2 * Hv
+    conv = (2 * Hk * dk + Hv * dv) * kernel
+    return qkvz + ba + conv + 2 * Hv + dv + Hv * dv * d_in  # + dt_bias, A_log, norm, out
+
+
+def _gdn_steps(
+    d_in: int, seq: int, batch: int, heads, v_heads, head_dim, v_head_dim, kernel, **_
+) -> Steps:
+    Hk, Hv, dk, dv = _gdn_dims(d_in, heads, v_heads, head_dim, v_head_dim)
+    n = batch * seq
+    conv_dim = 2 * Hk * dk + Hv * dv
+    return [
+        ("qkvz", ("B", "T", "2HK+2Hv·V"), (batch, seq, 2 * Hk * dk + 2 * Hv * dv),
+         2 * n * d_in * (2 * Hk * dk + 2 * Hv * dv)),
+        ("beta, decay", ("B", "T", "2Hv"), (batch, seq, 2 * Hv), 2 * n * d_in * 2 * Hv),
+        ("conv", ("B", "T", "2HK+Hv·V"), (batch, seq, conv_dim), 2 * n * conv_dim * kernel),
+        ("state", ("B", "Hv", "V", "K"), (batch, Hv, dv, dk), 0),
+        ("delta rule", ("B", "T", "Hv", "V"), (batch, seq, Hv, dv), 7 * n * Hv * dk * dv),
+        ("norm*gate", ("B", "T", "Hv", "V"), (batch, seq, Hv, dv), 4 * n * Hv * dv),
+        ("out", ("B", "T", "D"), (batch, seq, d_in), 2 * n * Hv * dv * d_in),
+    ]  # fmt: skip
+
+
+def _gdn_flops(d_in: int, seq: int, **args) -> int:
+    return sum(step[-1] for step in _gdn_steps(d_in, seq, 1, **args))
+
+
+def _gdn_state_size(d_in: int, heads, v_heads=None, head_dim=None, v_head_dim=None, kernel=4, **_):
+    Hk, Hv, dk, dv = _gdn_dims(d_in, heads, v_heads, head_dim, v_head_dim)
+    return (2 * Hk * dk + Hv * dv) * (kernel - 1) + Hv * dv * dk
+
+
+@register(
+    "GatedDeltaNet",
+    out_features=same_size,
+    mixes_positions=True,
+    params=_gdn_params,
+    flops=_gdn_flops,
+    check=_check_gdn,
+    state_size=_gdn_state_size,
+)
+class GatedDeltaNet(nn.Module):
+    """Gated DeltaNet (Qwen3-Next's linear attention): the gated delta rule with a short causal
+    conv on q, k, v and a gated RMSNorm on the output.
+
+    Per value head, with ``q``, ``k`` L2-normalised (``q`` also scaled by ``head_dim ** -0.5``)
+    after a SiLU causal depthwise conv of width ``kernel``, ``beta = sigmoid(b)`` and decay
+    ``alpha = exp(-exp(A_log) * softplus(a + dt_bias))``:
+    ``S_t = alpha_t S_{t-1} (I - beta_t k_t k_t^T) + beta_t v_t k_t^T``, ``o_t = S_t q_t``; then
+    ``out_proj(RMSNorm(o) * silu(z))`` per head. ``heads`` key/query heads serve ``v_heads``
+    value heads (``v_heads // heads`` each, as GQA). Training runs the chunked WY form
+    (``chunk`` tokens per chunk), a decode step the recurrence.
+
+    Parameters as HF ``Qwen3NextGatedDeltaNet`` (so its weights load by name):
+    ``in_proj_qkvz`` (grouped per key head: ``[q, k, v.., z..]``), ``in_proj_ba`` (per key
+    head ``[b.., a..]``), ``conv1d.weight [2HK+Hv·V, 1, kernel]`` (no bias), ``dt_bias [Hv]``,
+    ``A_log [Hv]``, ``norm.weight [V]``, ``out_proj``.
+    """
+
+    arg_help: ClassVar[dict[str, str]] = {
+        "heads": "query/key heads",
+        "v_heads": "value heads (a multiple of heads); none: = heads",
+        "head_dim": "query/key head size; none: d_model // heads",
+        "v_head_dim": "value head size; none: = head_dim",
+        "kernel": "width of the causal short conv on q, k, v",
+        "chunk": "tokens per chunk of the chunked (training) form",
+        "eps": "epsilon of the output RMSNorm",
+    }
+
+    shape_steps = staticmethod(_gdn_steps)
+
+    def __init__(
+        self,
+        d_model: int,
+        heads: int = 4,
+        v_heads: int | None = None,
+        head_dim: int | None = None,
+        v_head_dim: int | None = None,
+        kernel: int = 4,
+        chunk: int = 64,
+        eps: float = 1e-6,
+    ) -> None:
+        super().__init__()
+        raise_problem(_check_gdn(d_model, heads, v_heads, head_dim, v_head_dim, kernel, chunk))
+        Hk, Hv, dk, dv = _gdn_dims(d_model, heads, v_heads, head_dim, v_head_dim)
+        self.heads, self.v_heads, self.head_dim, self.v_head_dim = Hk, Hv, dk, dv
+        self.kernel, self.chunk, self.eps = kernel, chunk, eps
+        self.key_dim, self.value_dim = Hk * dk, Hv * dv
+        self.conv_dim = 2 * self.key_dim + self.value_dim
+        self.in_proj_qkvz = nn.Linear(d_model, 2 * self.key_dim + 2 * self.value_dim, bias=False)
+        self.in_proj_ba = nn.Linear(d_model, 2 * Hv, bias=False)
+        self.conv1d = nn.Conv1d(
+            self.conv_dim, self.conv_dim, kernel, groups=self.conv_dim, bias=False
+        )
+        self.dt_bias = nn.Parameter(torch.empty(Hv))
+        self.A_log = nn.Parameter(torch.empty(Hv))
+        self.norm = GatedRMSNorm(dv, eps)
+        self.out_proj = nn.Linear(self.value_dim, d_model, bias=False)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """fla's init: ``A ~ U(0, 16)``; ``dt_bias`` the inverse softplus of a log-uniform
+        ``dt`` in [0.001, 0.1] (Mamba2); norm weight 1."""
+        with torch.no_grad():
+            self.A_log.copy_(torch.empty_like(self.A_log).uniform_(1e-4, 16).log())
+            dt = torch.exp(
+                torch.rand_like(self.dt_bias) * (math.log(0.1) - math.log(0.001)) + math.log(0.001)
+            ).clamp(min=1e-4)
+            self.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+
+    def _split(self, x: torch.Tensor):
+        """HF's grouped layout: per key head ``[q (K), k (K), v (r·V), z (r·V)]`` and
+        ``[b (r), a (r)]`` with ``r = v_heads // heads``."""
+        r = self.v_heads // self.heads
+        qkvz = rearrange(self.in_proj_qkvz(x), "b t (h d) -> b t h d", h=self.heads)
+        ba = rearrange(self.in_proj_ba(x), "b t (h d) -> b t h d", h=self.heads)
+        dk, dv = self.head_dim, self.v_head_dim
+        q, k, v, z = qkvz.split([dk, dk, r * dv, r * dv], dim=-1)
+        b, a = ba.split([r, r], dim=-1)
+        flat = "b t h d -> b t (h d)"
+        return (
+            rearrange(q, flat),
+            rearrange(k, flat),
+            rearrange(v, flat),
+            z.reshape(*z.shape[:2], self.v_heads, dv),  # (B, T, Hv, V)
+            b.reshape(*b.shape[:2], self.v_heads),  # (B, T, Hv)
+            a.reshape(*a.shape[:2], self.v_heads),
+        )
+
+    def init_state(self, batch_size: int, max_len: int) -> dict[str, torch.Tensor]:
+        """The short-conv window and the ``(Hv, V, K)`` state: fixed size, whatever ``max_len``."""
+        p = self.out_proj.weight
+        return {
+            "conv": p.new_zeros(batch_size, self.conv_dim, self.kernel - 1),
+            "ssm": p.new_zeros(batch_size, self.v_heads, self.v_head_dim, self.head_dim),
+        }
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        positions: torch.Tensor | None = None,
+        state: dict[str, torch.Tensor] | None = None,
+    ) -> torch.Tensor:  # (B, T, D) -> (B, T, D)
+        q, k, v, z, b, a = self._split(x)
+        mixed = rearrange(torch.cat((q, k, v), dim=-1), "b t c -> b c t")
+        window = None if state is None else state["conv"]
+        mixed = F.silu(causal_conv(mixed, self.conv1d.weight, None, window))
+        q, k, v = rearrange(mixed, "b c t -> b t c").split(
+            [self.key_dim, self.key_dim, self.value_dim], dim=-1
+        )
+        group = self.v_heads // self.heads
+        q, k = (
+            rearrange(t, "b t (h d) -> b t h d", h=self.heads).repeat_interleave(group, dim=2)
+            for t in (q, k)
+        )  # (B, T, Hv, K)
+        v = rearrange(v, "b t (h d) -> b t h d", h=self.v_heads)  # (B, T, Hv, V)
+        q = F.normalize(q.float(), dim=-1, eps=1e-6) * self.head_dim**-0.5
+        k = F.normalize(k.float(), dim=-1, eps=1e-6)
+        beta = torch.sigmoid(b.float())[..., None]  # (B, T, Hv, 1)
+        log_alpha = (-self.A_log.float().exp() * F.softplus(a.float() + self.dt_bias))[..., None]
+        o = _delta_rule(
+            q, k, beta * v.float(), k, -(log_alpha.exp() * beta) * k, log_alpha,
+            None if state is None else state["ssm"], self.chunk,
+        )  # fmt: skip
+        o = self.norm(o.to(x.dtype), z)  # (B, T, Hv, V)
+        return self.out_proj(rearrange(o, "b t h d -> b t (h d)"))
+
+    def extra_repr(self) -> str:
+        return (
+            f"heads={self.heads}, v_heads={self.v_heads}, head_dim={self.head_dim}, "
+            f"v_head_dim={self.v_head_dim}, kernel={self.kernel}, chunk={self.chunk}"
+        )
+
+
+# --------------------------------------------------------------------------- RWKV-7
+
+#: ``exp(-0.5)``: RWKV-7's per-step log decay is ``-exp(-0.5) * sigmoid(.)``, in (-0.61, 0).
+_MAX_LOG_DECAY = math.exp(-0.5)
+
+
+def _lora_rank(d: int, scale: float, power: float) -> int:
+    """BlinkDL's LoRA widths: ``max(32, round(scale * d**power / 32) * 32)``."""
+    return max(32, round(scale * d**power / 32) * 32)
+
+
+def _rwkv7_dims(
+    d_in: int,
+    head_dim: int | None,
+    decay_rank: int | None,
+    a_rank: int | None,
+    gate_rank: int | None,
+) -> tuple[int, int, int, int]:
+    """``(head size, decay rank, a rank, gate rank)`` with BlinkDL's defaults filled in."""
+    return (
+        min(64, d_in) if head_dim is None else head_dim,
+        _lora_rank(d_in, 1.8, 0.5) if decay_rank is None else decay_rank,
+        _lora_rank(d_in, 1.8, 0.5) if a_rank is None else a_rank,
+        _lora_rank(d_in, 0.6, 0.8) if gate_rank is None else gate_rank,
+    )
+
+
+def _check_rwkv7(
+    d_in: int,
+    head_dim: int | None = None,
+    decay_rank: int | None = None,
+    a_rank: int | None = None,
+    gate_rank: int | None = None,
+    chunk: int = 16,
+    **_,
+) -> Problem:
+    N, *ranks = _rwkv7_dims(d_in, head_dim, decay_rank, a_rank, gate_rank)
+    if N <= 0 or d_in % N:
+        return (
+            f"d_model={d_in} is not divisible by head_dim={N}",
+            "RWKV-7 splits d_model into heads of head_dim channels",
+        )
+    if min(ranks) <= 0:
+        return f"LoRA ranks must be positive, got {ranks}"
+    if not 0 < chunk <= 32:
+        return (
+            f"chunk must be in 1..32, got {chunk}",
+            "per-channel decays are factored within a chunk; longer chunks lose float32 range",
+        )
+    return None
+
+
+def _rwkv7_params(d_in: int, head_dim, decay_rank, a_rank, gate_rank, **_) -> int:
+    _, dw, da, dg = _rwkv7_dims(d_in, head_dim, decay_rank, a_rank, gate_rank)
+    C = d_in
+    mixes = 6 * C  # x_r, x_w, x_k, x_v, x_a, x_g
+    loras = (C + 2 * C * dw) + (C + 2 * C * da) + 2 * C * dg  # w0 w1 w2, a0 a1 a2, g1 g2
+    return mixes + loras + 2 * C + C + 4 * C * C + 2 * C  # k_k, k_a, r_k, r/k/v/o, ln_x
+
+
+def _rwkv7_steps(
+    d_in: int, seq: int, batch: int, head_dim, decay_rank, a_rank, gate_rank, **_
+) -> Steps:
+    N, dw, da, dg = _rwkv7_dims(d_in, head_dim, decay_rank, a_rank, gate_rank)
+    C, n, H = d_in, batch * seq, d_in // N
+    btd = ("B", "T", "D")
+    shape = (batch, seq, C)
+    return [
+        ("shift+mix", btd, shape, 7 * n * C),
+        ("r, k, v", btd, shape, 3 * 2 * n * C * C),
+        ("decay, a, gate", btd, shape, 2 * n * 2 * C * (dw + da + dg)),
+        ("state", ("B", "H", "N", "N"), (batch, H, N, N), 0),
+        ("delta rule", ("B", "T", "H", "N"), (batch, seq, H, N), 9 * n * H * N * N),
+        ("norm+bonus", btd, shape, 8 * n * C),
+        ("out", btd, shape, 2 * n * C * C + n * C),
+    ]
+
+
+def _rwkv7_flops(d_in: int, seq: int, **args) -> int:
+    return sum(step[-1] for step in _rwkv7_steps(d_in, seq, 1, **args))
+
+
+def _rwkv7_state_size(d_in: int, head_dim=None, **_) -> int:
+    N = min(64, d_in) if head_dim is None else head_dim
+    return d_in + d_in * N  # token shift + (H, N, N)
+
+
+def _orthogonal_(weight: torch.Tensor, gain: float) -> None:
+    if weight.device.type != "meta":
+        nn.init.orthogonal_(weight, gain=gain)
+
+
+@register(
+    "RWKV7",
+    out_features=same_size,
+    mixes_positions=True,
+    params=_rwkv7_params,
+    flops=_rwkv7_flops,
+    check=_check_rwkv7,
+    state_size=_rwkv7_state_size,
+)
+class RWKV7(nn.Module):
+    """RWKV-7 "Goose" time mixing: the generalised delta rule with per-channel decay.
+
+    Token shift ``x_* = x + (x_prev - x) * mix_*``; ``r, k, v`` linear maps; per-channel decay
+    ``w = exp(-exp(-0.5) * sigmoid(w0 + tanh(x_w W1) W2))``; in-context learning rate
+    ``a = sigmoid(a0 + x_a A1 A2)``; removal key ``kk = normalize(k * k_k)`` per head and
+    ``k <- k * (1 + (a - 1) * k_a)``; then per head ``S_t = S_{t-1} (diag(w_t) - kk_t (kk_t
+    a_t)^T) + v_t k_t^T``, ``o_t = S_t r_t``; GroupNorm per head, plus the bonus
+    ``sum(r * k * r_k) v``; gated output ``output((o) * (sigmoid(x_g G1) G2))``.
+
+    As BlinkDL's reference (``RWKV-v7/rwkv_v7_demo.py``), with its parameter names: ``x_r ..
+    x_g``, ``w0 w1 w2``, ``a0 a1 a2``, ``g1 g2``, ``k_k``, ``k_a``, ``r_k [H, N]``,
+    ``receptance``, ``key``, ``value``, ``output``, ``ln_x``. Not included: the value residual
+    of layers after the first (``v0 v1 v2``, mixing in layer 0's values): a component sees only
+    its own input. Init as BlinkDL's for a middle layer, except that the LoRA down-projections
+    and ``output`` start small and random rather than at zero, so every parameter gets a
+    gradient from the first step. Training runs the chunked form (``chunk`` <= 32 tokens: the
+    per-channel decays are factored within a chunk), a decode step the recurrence.
+    """
+
+    arg_help: ClassVar[dict[str, str]] = {
+        "head_dim": "channels per head (the state is head_dim x head_dim); none: min(64, d_model)",
+        "decay_rank": "rank of the decay LoRA; none: BlinkDL's default for d_model",
+        "a_rank": "rank of the in-context learning-rate LoRA; none: BlinkDL's default",
+        "gate_rank": "rank of the output-gate LoRA; none: BlinkDL's default",
+        "chunk": "tokens per chunk of the chunked (training) form, at most 32",
+    }
+
+    shape_steps = staticmethod(_rwkv7_steps)
+
+    def __init__(
+        self,
+        d_model: int,
+        head_dim: int | None = None,
+        decay_rank: int | None = None,
+        a_rank: int | None = None,
+        gate_rank: int | None = None,
+        chunk: int = 16,
+    ) -> None:
+        super().__init__()
+        raise_problem(_check_rwkv7(d_model, head_dim, decay_rank, a_rank, gate_rank, chunk))
+        N, dw, da, dg = _rwkv7_dims(d_model, head_dim, decay_rank, a_rank, gate_rank)
+        C = d_model
+        self.d_model, self.head_dim, self.heads, self.chunk = C, N, C // N, chunk
+        for name in ("x_r", "x_w", "x_k", "x_v", "x_a", "x_g", "w0", "a0", "k_k", "k_a"):
+            setattr(self, name, nn.Parameter(torch.empty(1, 1, C)))
+        self.w1, self.w2 = nn.Parameter(torch.empty(C, dw)), nn.Parameter(torch.empty(dw, C))
+        self.a1, self.a2 = nn.Parameter(torch.empty(C, da)), nn.Parameter(torch.empty(da, C))
+        self.g1, self.g2 = nn.Parameter(torch.empty(C, dg)), nn.Parameter(torch.empty(dg, C))
+        self.r_k = nn.Parameter(torch.empty(self.heads, N))
+        self.receptance = nn.Linear(C, C, bias=False)
+        self.key = nn.Linear(C, C, bias=False)
+        self.value = nn.Linear(C, C, bias=False)
+        self.output = nn.Linear(C, C, bias=False)
+        self.ln_x = nn.GroupNorm(self.heads, C, eps=64e-5)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        C = self.d_model
+        r0, r1 = 0.5, 0.5  # a middle layer: ratio_0_to_1, ratio_1_to_almost0
+        ddd = (torch.arange(C, dtype=torch.float32) / C).view(1, 1, C)
+        with torch.no_grad():
+            for name, p in (("x_r", 0.2), ("x_w", 0.9), ("x_k", 0.7), ("x_v", 0.7), ("x_a", 0.9)):
+                getattr(self, name).copy_(1.0 - ddd.pow(p * r1))
+            self.x_g.copy_(1.0 - ddd.pow(0.2 * r1))
+            n = torch.arange(C, dtype=torch.float32)
+            decay_speed = -7 + 5 * (n / max(C - 1, 1)) ** (0.85 + 1.0 * r0**0.5)
+            self.w0.copy_(decay_speed.view(1, 1, C) + 0.5)
+            self.a0.zero_()
+            self.k_k.fill_(0.85)
+            self.k_a.fill_(1.0)
+            self.r_k.fill_(-0.04)
+            for first, second in ((self.w1, self.w2), (self.a1, self.a2), (self.g1, self.g2)):
+                init_linear_(first, C)  # BlinkDL: zeros (see the class docstring)
+                _orthogonal_(second, 0.1)
+            bound = 0.5 / math.sqrt(C)
+            nn.init.uniform_(self.receptance.weight, -bound, bound)
+            nn.init.uniform_(self.key.weight, -0.1 * bound, 0.1 * bound)
+            nn.init.uniform_(self.value.weight, -bound, bound)
+            nn.init.uniform_(self.output.weight, -0.1 * bound, 0.1 * bound)
+            self.ln_x.weight.fill_(0.5**0.7)
+            self.ln_x.bias.zero_()
+
+    def init_state(self, batch_size: int, max_len: int) -> dict[str, torch.Tensor]:
+        """The previous token (token shift) and the ``(H, N, N)`` state: fixed size."""
+        p = self.output.weight
+        return {
+            "shift": p.new_zeros(batch_size, self.d_model),
+            "wkv": p.new_zeros(batch_size, self.heads, self.head_dim, self.head_dim),
+        }
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        positions: torch.Tensor | None = None,
+        state: dict[str, torch.Tensor] | None = None,
+    ) -> torch.Tensor:  # (B, T, D) -> (B, T, D)
+        B, T, C = x.shape
+        xx = token_shift(x, None if state is None else state["shift"]) - x
+        xr, xw, xk, xv, xa, xg = (x + xx * m for m in (self.x_r, self.x_w, self.x_k, self.x_v,
+                                                        self.x_a, self.x_g))  # fmt: skip
+        r = self.receptance(xr)
+        decay_logit = (self.w0 + torch.tanh(xw @ self.w1) @ self.w2).float()
+        log_w = -_MAX_LOG_DECAY * torch.sigmoid(decay_logit)  # (B, T, D), in (-0.61, 0)
+        k = self.key(xk)
+        v = self.value(xv)
+        a = torch.sigmoid(self.a0 + (xa @ self.a1) @ self.a2)
+        g = torch.sigmoid(xg @ self.g1) @ self.g2
+        heads = "b t (h n) -> b t h n"
+        kk = F.normalize(rearrange(k * self.k_k, heads, n=self.head_dim), dim=-1, p=2.0)
+        k = k * (1 + (a - 1) * self.k_a)
+        r, k, v, a, log_w = (rearrange(t, heads, n=self.head_dim) for t in (r, k, v, a, log_w))
+        o = _delta_rule(
+            r, k, v, -kk, kk * a, log_w, None if state is None else state["wkv"], self.chunk
+        )  # (B, T, H, N)
+        o = self.ln_x(rearrange(o, "b t h n -> (b t) (h n)")).view(B, T, C)
+        bonus = (r * k * self.r_k).sum(dim=-1, keepdim=True) * v  # (B, T, H, N)
+        o = o + rearrange(bonus, "b t h n -> b t (h n)")
+        return self.output(o * g)
+
+    def extra_repr(self) -> str:
+        return f"heads={self.heads}, head_dim={self.head_dim}, chunk={self.chunk}"
+
+
+# --------------------------------------------------------------------------- RWKV-7 channel mix
+
+
+def _cmix_hidden(d_in: int, hidden: int | None, mult: float) -> int:
+    return int(mult * d_in) if hidden is None else hidden
+
+
+def _check_cmix(d_in: int, hidden: int | None = None, mult: float = 4.0, **_) -> Problem:
+    h = _cmix_hidden(d_in, hidden, mult)
+    return None if h > 0 else f"RWKV7ChannelMix hidden size must be positive, got {h}"
+
+
+def _cmix_params(d_in: int, hidden: int | None, mult: float, **_) -> int:
+    return d_in + 2 * d_in * _cmix_hidden(d_in, hidden, mult)
+
+
+def _cmix_steps(d_in: int, seq: int, batch: int, hidden: int | None, mult: float, **_) -> Steps:
+    h, n = _cmix_hidden(d_in, hidden, mult), batch * seq
+    return [
+        ("shift+mix", ("B", "T", "D"), (batch, seq, d_in), 3 * n * d_in),
+        ("key, relu²", ("B", "T", "F"), (batch, seq, h), 2 * n * d_in * h + 2 * n * h),
+        ("value", ("B", "T", "D"), (batch, seq, d_in), 2 * n * h * d_in),
+    ]
+
+
+@register(
+    "RWKV7ChannelMix",
+    out_features=same_size,
+    mixes_positions=True,
+    params=_cmix_params,
+    flops=lambda d_in, seq, **args: sum(s[-1] for s in _cmix_steps(d_in, seq, 1, **args)),
+    check=_check_cmix,
+    state_size=lambda d_in, **_: d_in,
+)
+class RWKV7ChannelMix(nn.Module):
+    """RWKV-7 channel mixing (the MLP slot): ``value(relu(key(x + (x_prev - x) * x_k))^2)``.
+
+    A squared-ReLU MLP of width ``hidden`` (default ``int(mult * d_model)``) on a token-shifted
+    input, so it sees the previous token too (hence causal, with a one-token decoding state).
+    Parameters as BlinkDL's: ``x_k [1, 1, D]``, ``key``, ``value`` (``nn.Linear``, no bias).
+    """
+
+    arg_help: ClassVar[dict[str, str]] = {
+        "hidden": "hidden width; none: int(mult * d_model)",
+        "mult": "hidden width as a multiple of d_model when hidden is none",
+    }
+
+    shape_steps = staticmethod(_cmix_steps)
+
+    def __init__(self, d_model: int, hidden: int | None = None, mult: float = 4.0) -> None:
+        super().__init__()
+        raise_problem(_check_cmix(d_model, hidden, mult))
+        h = _cmix_hidden(d_model, hidden, mult)
+        self.d_model, self.hidden = d_model, h
+        self.x_k = nn.Parameter(torch.empty(1, 1, d_model))
+        self.key = nn.Linear(d_model, h, bias=False)
+        self.value = nn.Linear(h, d_model, bias=False)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """BlinkDL's init for a middle layer; ``value`` small and random instead of zero."""
+        ddd = torch.arange(self.d_model, dtype=torch.float32) / self.d_model
+        with torch.no_grad():
+            self.x_k.copy_((1.0 - ddd.pow(0.5**4)).view(1, 1, -1))
+        bound = 0.5 / math.sqrt(self.d_model)
+        nn.init.uniform_(self.key.weight, -bound, bound)
+        nn.init.uniform_(self.value.weight, -0.1 * bound, 0.1 * bound)
+
+    def init_state(self, batch_size: int, max_len: int) -> dict[str, torch.Tensor]:
+        return {"shift": self.key.weight.new_zeros(batch_size, self.d_model)}
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        positions: torch.Tensor | None = None,
+        state: dict[str, torch.Tensor] | None = None,
+    ) -> torch.Tensor:  # (B, T, D) -> (B, T, D)
+        xx = token_shift(x, None if state is None else state["shift"]) - x
+        k = torch.relu(self.key(x + xx * self.x_k)) ** 2  # (B, T, hidden)
+        return self.value(k)
+
+    def extra_repr(self) -> str:
+        return f"hidden={self.hidden}"
