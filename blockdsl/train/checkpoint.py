@@ -1,6 +1,8 @@
 """Checkpoints: ``RUN/checkpoints/step_NNNNNNN/`` with two files.
 
-* ``model.safetensors``: the weights (``safetensors.torch.save_model``: tied weights once);
+* ``model.safetensors``: the weights, written by ``blockdsl.save`` (tied weights once; the
+  resolved config and blockdsl version in its metadata, so ``blockdsl.load`` rebuilds the
+  model from this file alone);
 * ``state.pt``: optimizer and scheduler state, step, tokens, elapsed time, RNG states; plain
   tensors and containers, loaded with ``torch.load(weights_only=True)``.
 
@@ -67,7 +69,7 @@ def save(
     keep: int,
 ) -> Checkpoint:
     """Write the checkpoint of ``step`` atomically, then drop all but the newest ``keep``."""
-    from safetensors.torch import save_model
+    from blockdsl.checkpoint import save as save_model
 
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
@@ -77,7 +79,7 @@ def save(
     tmp = root / f".tmp-step_{step:07d}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    save_model(model, str(tmp / "model.safetensors"))
+    save_model(model, tmp / "model.safetensors", metadata={"step": str(step)})
     torch.save({"format": STATE_FORMAT, "version": 1, "step": step, **state}, tmp / "state.pt")
     for name in ("model.safetensors", "state.pt"):
         _fsync(tmp / name)
