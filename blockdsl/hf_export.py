@@ -30,10 +30,15 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import math
+import os
 import re
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -42,7 +47,7 @@ from torch import nn
 from blockdsl.errors import ConfigError
 from blockdsl.graph import BlockGraph
 
-__all__ = ["HFExportError", "hf_config_for", "hf_state_dict"]
+__all__ = ["HFExportError", "export_hf", "hf_config_for", "hf_state_dict"]
 
 VERIFY_TOLERANCE = 1e-4
 
@@ -740,3 +745,141 @@ def _skeleton(
         else:
             first[id(tensor)] = name
     return names, shapes, tied
+
+
+# ==================================================================== public: export
+def export_hf(
+    model_or_path: Any,
+    out_dir: str | os.PathLike,
+    *,
+    tokenizer: str | os.PathLike | None = None,
+    force: bool = False,
+    verify: bool = True,
+) -> Path:
+    """Write a Hugging Face checkpoint folder for a blockdsl model: ``config.json``,
+    ``model.safetensors``, ``generation_config.json`` and, given a ``tokenizer.json``, the
+    tokenizer files, so that ``AutoModelForCausalLM.from_pretrained(out_dir)`` and
+    ``AutoTokenizer.from_pretrained(out_dir)`` load them.
+
+    ``model_or_path``: a ``LanguageModel``, or what ``blockdsl.load`` takes (a checkpoint
+    file, a checkpoint directory, a training run directory: its newest checkpoint, and its
+    ``tokenizer.json`` unless ``tokenizer`` is given). An existing non-empty ``out_dir`` is
+    replaced only with ``force``; the folder is written beside it and renamed into place.
+    With ``verify`` the folder is loaded back with transformers and its logits compared on
+    random tokens (raises ``HFExportError`` above 1e-4)."""
+    from blockdsl.checkpoint import load
+    from blockdsl.model import LanguageModel
+
+    out = Path(out_dir)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
+        raise HFExportError(
+            f"'{out}' exists and is not empty; not overwriting it",
+            hint="choose another folder, or pass force=True (--force) to replace it",
+        )
+    if isinstance(model_or_path, LanguageModel):
+        model = model_or_path
+    else:
+        source = Path(model_or_path)
+        model = load(source)
+        if tokenizer is None and source.is_dir() and (source / "tokenizer.json").is_file():
+            tokenizer = source / "tokenizer.json"
+    model_type, hf_cfg = hf_config_for(model)
+    record = next(r for r in _records() if r.model_type == model_type)
+    state = hf_state_dict(model, model_type, hf_cfg)
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+
+    transformers = _transformers()
+    hf_cfg.architectures = [record.hf_class]
+    special = _special_tokens(tokenizer, hf_cfg.vocab_size) if tokenizer else {}
+    for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        value = getattr(hf_cfg, name, None)
+        if name in special or (isinstance(value, int) and not 0 <= value < hf_cfg.vocab_size):
+            setattr(hf_cfg, name, special.get(name))
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        hf_model = getattr(transformers, record.hf_class)(hf_cfg)
+        hf_model.load_state_dict(state, strict=True)
+        hf_model.to(dtype).eval()
+        hf_model.save_pretrained(staging)
+        hf_model.generation_config.save_pretrained(staging)
+        if tokenizer is not None:
+            _write_tokenizer(Path(tokenizer), staging, special)
+        if verify:
+            _verify(model, staging)
+        _replace(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return out
+
+
+def _special_tokens(path: str | os.PathLike, vocab: int) -> dict[str, int]:
+    """``eos_token_id`` (and ``bos_token_id``) from a tokenizer.json's one special token
+    (a trained BPE's end of text), if it has exactly one inside the model's vocabulary."""
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    specials = [t for t in data.get("added_tokens", []) if t.get("special")]
+    if len(specials) == 1 and 0 <= specials[0]["id"] < vocab:
+        token_id = specials[0]["id"]
+        return {"bos_token_id": token_id, "eos_token_id": token_id}
+    return {}
+
+
+def _write_tokenizer(path: Path, out: Path, special: dict[str, int]) -> None:
+    """``tokenizer.json`` and ``tokenizer_config.json`` (a ``PreTrainedTokenizerFast``): the
+    same tokenizer, so ``AutoTokenizer`` encodes exactly as the run did."""
+    transformers = _transformers()
+    if not path.is_file():
+        raise HFExportError(f"no tokenizer file '{path}'")
+    try:
+        fast = transformers.PreTrainedTokenizerFast(tokenizer_file=str(path))
+    except Exception as exc:
+        raise HFExportError(f"'{path}' is not a tokenizers tokenizer.json ({exc})") from None
+    if "eos_token_id" in special:
+        token = fast.convert_ids_to_tokens(special["eos_token_id"])
+        fast.eos_token = fast.bos_token = token
+    fast.save_pretrained(out)
+
+
+def _verify(model: nn.Module, folder: Path) -> None:
+    transformers = _transformers()
+    hf_model = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    hf_model.eval()
+    reference = model
+    if any(p.dtype != torch.float32 for p in model.parameters()):  # compare in float32
+        from blockdsl.model import build_model
+
+        reference = build_model(model.config, device="meta").to_empty(device="cpu")
+        reference.load_state_dict({k: v.float() for k, v in model.state_dict().items()})
+    seq = min(16, model.config.context)
+    generator = torch.Generator().manual_seed(0)
+    idx = torch.randint(0, model.config.vocab, (2, seq), generator=generator)
+    device = next(model.parameters()).device
+    training = reference.training
+    try:
+        with torch.no_grad():
+            expected = reference.eval()(idx.to(device)).float().cpu()
+            got = hf_model(idx).logits
+    finally:
+        reference.train(training)
+    diff = (expected - got).abs().max().item()
+    if not diff <= VERIFY_TOLERANCE:
+        raise HFExportError(
+            f"the exported model's logits differ from the blockdsl model's by {diff:.3g}",
+            hint="this is a bug in the importer's mapping for this architecture",
+        )
+
+
+def _replace(staging: Path, out: Path) -> None:
+    """Move the written folder to ``out``; an existing ``out`` (allowed by ``force``) is
+    moved aside first and deleted only once the new one is in place."""
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, old)
+    os.replace(staging, out)
+    if old is not None:
+        if old.is_dir():
+            shutil.rmtree(old)
+        else:
+            old.unlink()
