@@ -21,7 +21,10 @@ Totals:
   produces at graph level (the output of every module call and every ``+``, in every block,
   the logits included; token ids and the steps inside components are not counted), with
   ``bytes`` the element size of ``dtype`` (4 for float32). It is the memory autograd keeps for
-  the block boundaries; component internals (attention scores, MLP hidden units) come on top.
+  the block boundaries; component internals (attention scores, MLP hidden units) come on top;
+* decoding state: what ``generate`` keeps for ``B`` sequences of ``T`` positions (the
+  components' ``state_size``: attention's K/V cache, convolution windows, recurrent states),
+  shown when the model has any.
 
 A component's ``shape_steps(d_in, seq, batch, **args)`` returns a list of
 ``(name, symbolic, concrete, flops)``: ``symbolic`` a tuple of dimension names (``"B"``,
@@ -85,6 +88,7 @@ class ShapeTable:
     vocab: int
     layers: int
     symbols: dict[str, int] = field(default_factory=dict)
+    state_bytes: int = 0  # decoding state of B sequences of T positions (docs/generation.md)
 
     @property
     def flops_per_token(self) -> int:
@@ -262,6 +266,7 @@ def shape_table(
         vocab=plan.config.vocab,
         layers=len(plan.layers),
         symbols=dict(tab.symbols),
+        state_bytes=batch * plan.state_size(seq) * DTYPE_BYTES[dtype],
     )
 
 
@@ -375,6 +380,11 @@ def shape_grid(table: ShapeTable) -> Grid:
         f"activation memory: {format_int(table.activation_bytes)} bytes "
         f"({human_bytes(table.activation_bytes)}; B·T·{table.dtype} × Σ node output sizes)",
     ]
+    if table.state_bytes:
+        footer.append(
+            f"decoding state:    {format_int(table.state_bytes)} bytes "
+            f"({human_bytes(table.state_bytes)}; B sequences of T positions, {table.dtype})"
+        )
     columns = [*LEAD_COLUMNS, Column("params", "right"), Column("FLOPs", "right")]
     return Grid(table_title(table), columns, rows, footer)
 

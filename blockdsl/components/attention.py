@@ -480,41 +480,68 @@ class Attn(_Projections):
     def _rotate(
         self, q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rotary of the new queries and keys at ``positions`` (B, T) (``apply_rotary``'s
+        math with the angles looked up per row)."""
         cos = self.rope_cos[positions].unsqueeze(1)  # (B, 1, T, r/2)
         sin = self.rope_sin[positions].unsqueeze(1)
-        return (
-            apply_rotary(q, cos, sin, self.rope_interleaved),
-            apply_rotary(k, cos, sin, self.rope_interleaved),
-        )
+        if self.rope_interleaved:  # pairs (2i, 2i+1)
+            cos, sin = cos.repeat_interleave(2, -1), sin.repeat_interleave(2, -1)
+            rotate = rotate_every_two
+        else:  # pairs (i, i + r/2)
+            cos, sin = torch.cat((cos, cos), -1), torch.cat((sin, sin), -1)
+            rotate = rotate_half
+        cos, sin = cos.to(q.dtype), sin.to(q.dtype)  # (B, 1, T, r), shared by q and k
+        r = self.rotary_dims
+
+        def rotated(x: torch.Tensor) -> torch.Tensor:
+            if r == x.shape[-1]:
+                return x * cos + rotate(x) * sin
+            x_rot, x_pass = x[..., :r], x[..., r:]
+            return torch.cat((x_rot * cos + rotate(x_rot) * sin, x_pass), dim=-1)
+
+        return rotated(q), rotated(k)
 
     def _decode(
         self, x: torch.Tensor, positions: torch.Tensor | None, state: dict[str, torch.Tensor]
     ) -> torch.Tensor:
-        """The new tokens ``x`` (B, T, D) at ``positions`` (B, T), attending to the cache."""
+        """The new tokens ``x`` (B, T, D) at ``positions`` (B, T), attending to the cache.
+
+        Query heads are grouped by the kv head they read, ``(B, K, G*T, hd)``, so the cache is
+        never repeated; in eager mode only the cache up to the furthest position is read (under
+        ``torch.compile`` all of it, masked: static shapes)."""
         if positions is None:
             raise ValueError("Attn with a decoding state needs positions (B, T_new)")
         B, T = x.shape[:2]
+        K, G, hd = self.kv_heads, self.groups, self.head_dim
         positions = positions.expand(B, T) if positions.dim() == 2 else positions.expand(B, -1)
         cache_k, cache_v = state["k"], state["v"]  # (B, K, L, hd)
-        q, k, v = self.project(x, x)  # (B, H, T, hd), (B, K, T, hd), (B, K, T, hd)
+        q = self.q(x).view(B, T, self.heads, hd).transpose(1, 2)  # (B, H, T, hd)
+        k = self.k(x).view(B, T, K, hd).transpose(1, 2)  # (B, K, T, hd)
+        v = self.v(x).view(B, T, K, hd).transpose(1, 2)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
         if self.rotary_dims:
             q, k = self._rotate(q, k, positions)
-        slots = positions[:, None, :, None].expand(B, self.kv_heads, T, self.head_dim)
+        slots = positions[:, None, :, None].expand(B, K, T, hd)
         cache_k.scatter_(2, slots, k.to(cache_k.dtype))
         cache_v.scatter_(2, slots, v.to(cache_v.dtype))
-        keys, values = self.repeat_kv(cache_k), self.repeat_kv(cache_v)  # (B, H, L, hd)
-        j = torch.arange(cache_k.shape[2], device=x.device)  # (L,) key positions
-        distance = positions[:, None, :, None] - j  # (B, 1, T, L): query - key position
+        keys, values = cache_k, cache_v
+        if not torch.compiler.is_compiling():  # skip the never-written tail of the cache
+            used = int(positions.max()) + 1
+            keys, values = cache_k[:, :, :used], cache_v[:, :, :used]
+        j = torch.arange(keys.shape[2], device=x.device)  # (L,) key positions
+        distance = (positions[:, :, None] - j).repeat(1, G, 1)[:, None]  # (B, 1, G*T, L)
         mask = distance >= 0  # causal (the cache past a row's position is never seen)
         if self.window is not None:
             mask = mask & (distance < self.window)
         bias = None
-        if self.pos == "alibi":
-            bias = -self.alibi[:, None, None] * distance.to(torch.float32)  # (B, H, T, L)
-        y = attend(
-            q, keys, values, scale=self.scale, mask=mask, bias=bias, cap=self.softcap
-        )  # (B, H, T, hd)
-        return self.merge(y)
+        if self.pos == "alibi":  # (B, K, G*T, L): query head k*G + g has slope alibi[k*G + g]
+            slopes = self.alibi.view(K, G, 1).expand(K, G, T).reshape(K, G * T, 1)
+            bias = -slopes * distance.to(torch.float32)
+        q = q.reshape(B, K, G * T, hd)  # query head h = k*G + g reads kv head k
+        y = attend(q, keys, values, scale=self.scale, mask=mask, bias=bias, cap=self.softcap)
+        y = y.view(B, self.heads, T, hd).transpose(1, 2).reshape(B, T, self.heads * hd)
+        return self.o(y)  # (B, T, D)
 
     def extra_repr(self) -> str:
         return (
