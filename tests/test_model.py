@@ -64,7 +64,6 @@ def test_blocks_are_fx_graph_modules() -> None:
 SMALL = {"d_model": 64, "vocab": 97, "context": 32}
 SMALL_LAYERS = {
     "gemma2": "local->global",
-    "gptj": "l0->l1",
     "recurrentgemma": "recurrent->attention",
     "jamba": "mamba->mamba_moe->attention",
     "hybrid": "M->A->F",
