@@ -61,10 +61,15 @@ class LanguageModel(nn.Module):
             self._aux_groups[index] = tuple(groups)
         # Call-time inputs some call cannot do without (``memory``), and who needs them.
         self._required_inputs: dict[str, str] = {}
+        # The width each memory reader expects (its ``d_memory`` argument, else its input size).
+        self._memory_widths: dict[int, str] = {}
         for path, block in [("embed", embed), *zip(self.layer_paths(), layers), ("head", head)]:
             for where, spec, _ in component_modules(block, f"{path}."):
                 for name in sorted(spec.component.required_context):
                     self._required_inputs.setdefault(name, f"{spec.written} at {where}")
+                if "memory" in spec.component.context:
+                    width = spec.args.get("d_memory") or spec.d_in
+                    self._memory_widths.setdefault(width, f"{spec.written} at {where}")
 
     def layer_paths(self) -> list[str]:
         return [f"layers.{index}" for index in range(len(self.layers))]
@@ -104,6 +109,17 @@ class LanguageModel(nn.Module):
                     f"{where} needs '{name}': call model(idx, {name}=...)",
                     hint="memory is (batch, source length, d_model)" if name == "memory" else None,
                 )
+        memory = inputs.get("memory")
+        if memory is not None and self._memory_widths:
+            if not isinstance(memory, torch.Tensor) or memory.dim() != 3:
+                shape = tuple(memory.shape) if isinstance(memory, torch.Tensor) else memory
+                raise InputError(f"memory must be (batch, source length, width), got {shape}")
+            for width, where in self._memory_widths.items():
+                if memory.shape[-1] != width or memory.shape[0] != idx.shape[0]:
+                    raise InputError(
+                        f"memory of shape {tuple(memory.shape)} does not fit {where}: it reads "
+                        f"(batch={idx.shape[0]}, source length, {width})",
+                    )
         if torch.compiler.is_compiling():
             return
         length, context = idx.shape[1], self.config.context

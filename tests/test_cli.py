@@ -126,11 +126,15 @@ def test_depth_zero_is_one_row_per_block(capsys):
 
 
 def test_shared_label_parameters_counted_once(capsys):
-    argv = ["compile", "Norm#n->Attn#a->+->Norm->MLP->+", *SMALL, *SMALL_ATTN, "--show-shapes"]
+    argv = ["compile", "Norm##n->Attn##a->+->Norm->MLP->+", *SMALL, *SMALL_ATTN, "--show-shapes"]
     code, out, _ = run(capsys, *argv)
     assert code == 0
     assert re.search(r"^layers\.1\.a .*shared with layers\.0\.a\s", out, re.M)
     assert re.search(r"^layers\.1\.n .*shared with layers\.0\.n\s", out, re.M)
+    # a block's own label is one module per layer: each layer counts its own
+    argv[1] = "Norm#n->Attn#a->+->Norm->MLP->+"
+    code, out, _ = run(capsys, *argv)
+    assert code == 0 and "shared with" not in out
 
 
 # ==================================================================== 70B
