@@ -570,3 +570,19 @@ def test_budgets_precision_and_checkpoint_retention(data_dir: Path, tmp_path: Pa
     assert [c.step for c in ckpt.checkpoints(kept.dir)] == [6, 7]
     assert all(torch.isfinite(torch.tensor(m["loss"])) for m in kept.metrics)
     assert kept.summary["precision"] == "bfloat16"
+
+
+def test_large_files_are_streamed_with_the_same_result(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import blockdsl.train.data as data_module
+
+    text = "".join(f"line {i}: naïve café ✓\n" for i in range(3000))
+    (tmp_path / "big.txt").write_text(text)
+    whole = prepare([str(tmp_path / "big.txt")], tmp_path / "a", tokenizer="char")
+    monkeypatch.setattr(data_module, "BIG_FILE", 1000)
+    monkeypatch.setattr(data_module, "CHUNK_CHARS", 777)  # cuts inside multi-byte characters
+    streamed = prepare([str(tmp_path / "big.txt")], tmp_path / "b", tokenizer="char")
+    assert streamed == whole
+    for name in ("train.bin", "val.bin", "tokenizer.json"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
