@@ -150,7 +150,11 @@ def main() -> None:
             ours: list[float] = []
             theirs: list[float] = []
             for round_ in range(args.rounds):
+                # each loop compiles its own model afresh (a shared code cache would hit
+                # dynamo's recompile limit after a few rounds and silently run eagerly)
+                torch._dynamo.reset()
                 ours += blockdsl_steps(data, Path(tmp) / f"run{compiled}{round_}", args, compiled)
+                torch._dynamo.reset()
                 theirs += handwritten_steps(data, args, compiled)
             a, b = statistics.median(ours), statistics.median(theirs)
             mode = "compiled" if compiled else "eager"
