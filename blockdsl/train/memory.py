@@ -119,10 +119,11 @@ def _call_args(plan: Any, step_path: str) -> dict[str, Any]:
     graphs = {"embed": plan.embed, "head": plan.head}
     graphs.update({f"layers.{i}": graph for i, (_, graph) in enumerate(plan.layers)})
     graph = graphs.get(block)
-    attributes = module_attributes(graph) if graph is not None else {}
-    for key, spec in graph.modules.items() if graph is not None else ():
-        if attributes[key] == attr:
-            return spec.args
+    if graph is None:
+        return {}
+    for key, name in module_attributes(graph).items():
+        if name == attr:
+            return graph.modules[key].args
     return {}
 
 
