@@ -233,10 +233,16 @@ def _recording(model: LanguageModel, sink: dict, explode: float) -> Iterator[Non
     patched = []
     try:
         for path, block in _block_paths(model):
-            placeholders = [n.target for n in block.graph.nodes if n.op == "placeholder"]
+            # (name, default): a block's ``state`` defaults to all-None per-call states
+            placeholders = [
+                (n.target, n.args[0] if n.args else None)
+                for n in block.graph.nodes
+                if n.op == "placeholder"
+            ]
 
             def forward(*args: Any, _b=block, _p=path, _names=placeholders, **kwargs: Any):
-                values = list(args) + [kwargs.get(name) for name in _names[len(args) :]]
+                rest = _names[len(args) :]
+                values = list(args) + [kwargs.get(name, default) for name, default in rest]
                 return _Recorder(_b, _p, sink, explode).run(*values)
 
             block.forward = forward  # an instance attribute: nn.Module.__call__ uses it
