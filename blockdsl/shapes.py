@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from blockdsl.graph import BlockGraph, ModuleSpec
+from blockdsl.lower import module_attributes
 from blockdsl.model import ModelPlan
 from blockdsl.printer import format_int, format_value, human, human_bytes
 
@@ -187,7 +188,7 @@ class _Tabulator:
                 )  # fmt: skip
                 continue
             spec = graph.modules[data["module"]]
-            node_path = f"{path}.{spec.attr}"
+            node_path = f"{path}.{module_attributes(graph)[data['module']]}"
             what = describe_args(spec) if self.full_args else spec.describe()
             flops = spec.flops(self.seq) * self.batch
             # A named block's repetitions share one graph but own distinct modules; only a
@@ -210,7 +211,7 @@ class _Tabulator:
                     self.graph_rows(f"{node_path}[{index}]", child, level + 1)
 
     def step_rows(self, path: str, spec: ModuleSpec, level: int) -> None:
-        hook = getattr(spec.component.cls, "shape_steps", None)
+        hook = spec.component.shape_steps_fn
         if hook is None or spec.d_in is None:
             return
         args = {k: v for k, v in spec.args.items() if k != spec.component.input_size}

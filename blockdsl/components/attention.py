@@ -49,6 +49,20 @@ def _check_attn_options(window: int | None = None, rope_fraction: float = 1.0, *
     return None
 
 
+def rotary_sizes(head_dim: int, rope_fraction: float) -> tuple[int, int]:
+    """``(n, r)``: the rotary size ``n = int(head_dim * rope_fraction)`` that sets the
+    frequencies ``theta ** (-2i / n)``, one per pair ``i < ceil(n / 2)``, and the ``r = 2 *
+    ceil(n / 2)`` dims that rotate: transformers' arithmetic exactly (GPT-NeoX, partial rotary
+    factors), so an odd ``n`` rotates ``n + 1`` dims. Where that exceeds the head (an odd
+    ``head_dim`` rotated whole, which transformers cannot run) ``n`` is rounded down to even
+    and the last dim stays unrotated."""
+    n = int(head_dim * rope_fraction)
+    r = 2 * ((n + 1) // 2)
+    if r > head_dim:
+        n = r = n // 2 * 2
+    return n, r
+
+
 def _check_attn(d_in: int, **args) -> Problem:
     return _check_heads(d_in, **args) or _check_attn_options(**args)
 
@@ -303,8 +317,9 @@ class Attn(_Projections):
 
     * ``kv_heads`` (default ``heads``): query head ``h`` uses kv head ``h // (heads // kv_heads)``
       (HF ``repeat_kv``); ``kv_heads=1`` is MQA.
-    * ``pos=rope``: rotary embedding of the first ``int(head_dim * rope_fraction)`` dims of each
-      head (rounded down to even; GPT-NeoX partial rotary), pairs ``(i, i + r/2)`` (Llama
+    * ``pos=rope``: rotary embedding of the first ``n = int(head_dim * rope_fraction)`` dims of
+      each head (GPT-NeoX partial rotary; frequencies ``theta ** (-2i / n)`` and, for an odd
+      ``n``, ``n + 1`` rotated dims, as transformers computes them), pairs ``(i, i + r/2)`` (Llama
       ``rotate_half``) or, with ``rope_interleaved``, adjacent pairs (GPT-J ``rotate_every_two``);
       the cos/sin tables are non-persistent buffers ``rope_cos``/``rope_sin`` of ``context``
       rows, indexed by ``positions`` (default ``arange(T)``; must be ``< context``).
@@ -369,7 +384,10 @@ class Attn(_Projections):
         raise_problem(_check_attn_options(window=window, rope_fraction=rope_fraction))
         self.pos, self.causal, self.window, self.context = pos, causal, window, context
         self.rope_theta, self.rope_interleaved = rope_theta, rope_interleaved
-        self.rotary_dims = int(self.head_dim * rope_fraction) // 2 * 2 if pos == "rope" else 0
+        # rotary_size sets the frequencies, rotary_dims (its even round-up) the rotated dims.
+        self.rotary_size, self.rotary_dims = (
+            rotary_sizes(self.head_dim, rope_fraction) if pos == "rope" else (0, 0)
+        )
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -384,9 +402,9 @@ class Attn(_Projections):
                 "rope_sin", torch.empty(shape, device=device, dtype=torch.float32), persistent=False
             )
         elif self.rotary_dims:
-            r = self.rotary_dims
+            n = self.rotary_size
             inv_freq = 1.0 / self.rope_theta ** (
-                torch.arange(0, r, 2, dtype=torch.float32, device=device) / r
+                torch.arange(0, n, 2, dtype=torch.float32, device=device) / n
             )  # (r/2,)
             t = torch.arange(self.context, dtype=torch.float32, device=device)
             angles = torch.outer(t, inv_freq)  # (context, r/2)
