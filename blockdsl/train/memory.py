@@ -118,8 +118,13 @@ def _call_args(plan: Any, step_path: str) -> dict[str, Any]:
     graphs = {"embed": plan.embed, "head": plan.head}
     graphs.update({f"layers.{i}": graph for i, (_, graph) in enumerate(plan.layers)})
     graph = graphs.get(block)
-    for spec in graph.modules.values() if graph is not None else ():
-        if spec.attr == attr:
+    if graph is None:
+        return {}
+    from blockdsl.lower import _lowering  # the attribute names lowering gives the calls
+
+    attributes = _lowering(graph).attributes
+    for key, spec in graph.modules.items():
+        if attributes[key] == attr:
             return spec.args
     return {}
 
