@@ -250,6 +250,7 @@ def _parser() -> argparse.ArgumentParser:
         help="import a module (dotted path or .py file) that registers components (repeatable)",
     )
     _train_parsers(commands, model_args)
+    _compare_parser(commands)
     return parser
 
 
@@ -444,6 +445,12 @@ def cmd_compile(args: argparse.Namespace, out: TextIO) -> int:
     plan = load_plan(args)
     if args.batch < 1 or (args.seq is not None and args.seq < 1):
         raise ConfigError("--batch and --seq must be positive")
+    context = plan.config.context
+    if args.seq is not None and args.seq > context:
+        raise ConfigError(
+            f"--seq {args.seq} is longer than the model's context ({context})",
+            hint=f"use --seq {context} or less, or raise the context: --set context={args.seq}",
+        )
     if args.emit:
         from blockdsl.interop.export import to_dot, to_json, to_mermaid, to_python
 
@@ -671,6 +678,9 @@ def cmd_train(args: argparse.Namespace, out: TextIO) -> int:
             f"{summary['elapsed']:.1f} s; loss {summary['final_loss']:.4f}, val loss "
             f"{summary['final_val_loss']:.4f}; run in {run.dir}\n"
         )
+        if summary.get("final_accuracy") is not None:  # --data task:...
+            reached = " (target reached)" if summary.get("reached_target") else ""
+            out.write(f"accuracy {summary['final_accuracy']:.4f}{reached}\n")
     return 0
 
 
@@ -695,6 +705,88 @@ def cmd_data(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+COMPARE_EXAMPLES = """\
+examples:
+  blockdsl compare attn="Norm->Attn->+->Norm->MLP->+" conv="Norm->BaseConv->+->Norm->MLP->+" \\
+      --data task:mqar,vocab=256,seq=64,pairs=4,train=20000 --steps 400 --lr 1e-3,3e-3 \\
+      --set d_model=64 --set layers='block*2' --out runs/mqar
+  blockdsl compare tiny examples/llama.toml --data data/stdlib --tokens 2e6 --seeds 0,1,2
+"""
+
+
+def _compare_parser(commands: Any) -> None:
+    compare = commands.add_parser(
+        "compare",
+        help="train variants on the same batches and budget; tabulate and plot",
+        description="Train every SPEC (anything compile takes, or NAME=SPEC; a block string "
+        "goes into the --base model) on the same batches under one budget, for each seed and "
+        "learning rate, and report each variant at its best learning rate: a table, "
+        "summary.csv, summary.md and curves.png in --out. Finished runs in --out are reused. "
+        "See docs/compare.md.",
+        epilog=COMPARE_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    compare.add_argument("spec", nargs="+", metavar="SPEC", help="a variant: SPEC or NAME=SPEC")
+    compare.add_argument(
+        "--data", required=True, metavar="D", help="a prepared data directory or task:NAME,..."
+    )
+    budget = compare.add_mutually_exclusive_group()
+    budget.add_argument("--steps", type=int, metavar="N", help="optimizer steps per run")
+    budget.add_argument("--tokens", type=float, metavar="N", help="training tokens per run")
+    budget.add_argument("--time", type=float, metavar="S", help="wall-clock seconds per run")
+    compare.add_argument(
+        "--seeds", default="0", metavar="0,1,2", help="seeds (model init and data order)"
+    )
+    compare.add_argument(
+        "--lr", default=None, metavar="3e-4,1e-3", help="learning rates; each variant's best wins"
+    )
+    compare.add_argument("--max-memory", metavar="M", help="skip variants estimated above M")
+    compare.add_argument("--base", default="tiny", metavar="SPEC", help="model for block strings")
+    compare.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key of every variant (d_model=64, train.batch_size=32)",
+    )
+    compare.add_argument("--out", default="runs/compare", metavar="DIR", help="runs and results")
+    compare.add_argument("--no-plot", action="store_true", help="do not write curves.png")
+    compare.add_argument("--quiet", action="store_true", help="print only the table")
+
+
+def _number_list(text: str | None, kind: type, flag: str) -> list[Any] | None:
+    if text is None:
+        return None
+    try:
+        return [kind(float(x)) if kind is int else kind(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(f"{flag} expects comma-separated numbers, got '{text}'") from None
+
+
+def cmd_compare(args: argparse.Namespace, out: TextIO) -> int:
+    from blockdsl.compare import compare
+
+    comparison = compare(
+        args.spec,
+        data=args.data,
+        out=args.out,
+        base=args.base,
+        steps=args.steps,
+        tokens=int(args.tokens) if args.tokens else None,
+        time=args.time,
+        seeds=_number_list(args.seeds, int, "--seeds") or [0],
+        lrs=_number_list(args.lr, float, "--lr"),
+        max_memory=args.max_memory,
+        progress=False if args.quiet else None,
+        plot=not args.no_plot,
+        **overrides_from(args.set),
+    )
+    _console(out).print(comparison.table())
+    if not args.quiet:
+        out.write(f"results in {comparison.out}: summary.csv, summary.md, curves.png\n")
+    return 0
+
+
 COMMANDS = {
     "compile": cmd_compile,
     "check": cmd_check,
@@ -704,6 +796,7 @@ COMMANDS = {
     "train": cmd_train,
     "data": cmd_data,
     "generate": cmd_generate,
+    "compare": cmd_compare,
 }
 
 

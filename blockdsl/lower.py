@@ -96,6 +96,11 @@ class BlockModule(fx.GraphModule):
     #: attributes of the stateful calls' modules, in call order (one entry per call site)
     state_attrs: tuple[str, ...] = ()
 
+    @property
+    def code(self) -> str:
+        """The generated ``forward`` (fx's leading blank lines dropped)."""
+        return fx.GraphModule.code.fget(self).lstrip("\n")
+
     def init_state(self, batch_size: int, max_len: int) -> list[Any] | None:
         """Fresh decoding state for ``batch_size`` sequences of at most ``max_len`` positions:
         one entry per stateful call (a component's dict; a combinator's list of per-child

@@ -142,6 +142,10 @@ class LanguageModel(nn.Module):
         """Logits ``(B, T, vocab)``; with ``targets``, ``(logits, loss)`` where the loss adds
         every auxiliary loss; with ``return_aux`` the auxiliary loss is appended.
 
+        Targets equal to ``IGNORE_INDEX`` (-100) carry no label. When some do, the head runs
+        only at each row's labelled positions (``labelled_positions``), so the logits are
+        ``(B, K, vocab)`` for the K most labels in a row; the loss is the same.
+
         ``state`` (from ``init_state``) decodes: ``idx`` are the tokens following those the
         state has seen and ``positions`` ``(B, T)`` their absolute positions; every block's
         state is updated in place (docs/generation.md)."""
@@ -152,6 +156,11 @@ class LanguageModel(nn.Module):
         x = self._run(0, self.embed, idx, context, collected, states[0])
         for index, layer in enumerate(self.layers, start=1):
             x = self._run(index, layer, x, context, collected, states[index])
+        if targets is not None and not self.head.context:
+            order = labelled_positions(targets)
+            if order is not None:
+                x = x.gather(1, order.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+                targets = targets.gather(1, order)
         last = len(self.layers) + 1
         logits = self._run(last, self.head, x, context, collected, states[last])
 
@@ -229,6 +238,22 @@ def _state_size(graph: BlockGraph, seq: int) -> int:
     return total
 
 
+IGNORE_INDEX = -100
+
+
+def labelled_positions(targets: torch.Tensor) -> torch.Tensor | None:
+    """Indices ``(B, K)`` of each row's labelled positions in order, K the most labels in a
+    row (shorter rows padded with unlabelled positions), or None when no position is
+    unlabelled. The head needs only these positions: a task labelling 4 of 64 positions
+    computes 1/16 of the logits."""
+    labelled = targets != IGNORE_INDEX
+    width = int(labelled.sum(dim=1).max())
+    if width == targets.shape[1]:
+        return None
+    order = labelled.to(torch.int8).argsort(dim=1, descending=True, stable=True)
+    return order[:, : max(width, 1)]
+
+
 def _sum_aux(values: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack([v.sum() for v in values]).sum()
 
@@ -257,6 +282,7 @@ class ModelPlan:
         if not self.layers:
             raise ConfigError("[model] layers is empty", layers_text, context="[model] layers")
         self.head = self._graph(config.head, "[model] head", role="head")
+        self._check_head()
 
     def graphs(self) -> list[BlockGraph]:
         return [self.embed, *(g for _, g in self.layers), self.head]
@@ -291,6 +317,21 @@ class ModelPlan:
         return shape_table(self)._repr_html_()
 
     # ---------------------------------------------------------------- internals
+    def _check_head(self) -> None:
+        """The loss reads the head's output as logits over the vocabulary: refuse a head of
+        another width now, not with an IndexError inside the loss."""
+        got = self.head.nx.nodes[self.head.output]["size"]
+        if got is None or got == self.config.vocab:
+            return
+        message = (
+            f"the head {self.config.head!r} outputs {got} features per token, not logits over "
+            f"the vocabulary (vocab = {self.config.vocab})"
+        )
+        hint = 'end the head with a component giving vocab outputs, e.g. "Norm->Head"'
+        if f'"{self.config.head}"' in self.config.text:  # as written in the file, not overridden
+            raise self.config.error(message, "model", "head", hint=hint)
+        raise ConfigError(message, hint=hint, context=self.config.origin or None)
+
     def _check_defaults(self) -> None:
         for component, args in self.config.defaults.items():
             if component not in self.registry:
