@@ -6,7 +6,9 @@
 >>> model = hf.from_pretrained_dir("ckpt/")   # config.json + *.safetensors
 
 Supported (``config.model_type``): ``gpt2``, ``llama``, ``mistral``, ``mixtral``, ``gemma2``,
-``gpt_neox`` and ``gptj`` (the ``...ForCausalLM`` / ``GPT2LMHeadModel`` classes). Each architecture
+``gpt_neox`` and ``gptj`` (the ``...ForCausalLM`` / ``GPT2LMHeadModel`` classes); the state-space
+and hybrid ``mamba``, ``mamba2``, ``recurrent_gemma``, ``jamba``, ``bamba`` and ``falcon_h1``
+(``blockdsl.interop.hf_ssm``, docs/hybrids.md). Each architecture
 is one ``Architecture`` record (its transformers class, weight prefix, config mapping and weight
 mapping) in ``ARCHITECTURES``: adding an architecture is adding one record with
 ``register_architecture``. Each becomes an ordinary blockdsl config (a block string,
@@ -880,3 +882,8 @@ def from_pretrained_dir(
     load_weights(model, weights)
     model.eval()
     return model
+
+
+# The state-space and hybrid architectures (Mamba, Mamba2, RecurrentGemma, Jamba, Bamba,
+# Falcon-H1) are records in their own module; importing it registers them.
+from blockdsl.interop import hf_ssm as _hf_ssm  # noqa: E402, F401
