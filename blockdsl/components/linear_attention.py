@@ -51,8 +51,8 @@ def causal_conv(
     sequence); when given it is updated in place to the last ``k-1`` inputs including ``x``,
     so that the next call continues the same sequence."""
     k = weight.shape[-1]
-    if window is None:
-        padded = F.pad(x, (k - 1, 0))
+    if window is None:  # padding both sides and dropping the tail saves a padded copy
+        return F.conv1d(x, weight, bias, padding=k - 1, groups=x.shape[1])[..., : x.shape[-1]]
     else:
         padded = torch.cat((window.to(x.dtype), x), dim=-1)  # (B, C, k-1 + T)
         if k > 1:
@@ -155,6 +155,61 @@ def chunked_delta_rule(
     return o.to(dtype), S.to(dtype)
 
 
+def chunked_gated_delta_rule(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    log_alpha: torch.Tensor,
+    beta: torch.Tensor,
+    state: torch.Tensor | None = None,
+    chunk: int = 64,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The gated delta rule ``S_t = alpha_t S_{t-1} (I - beta_t k_t k_t^T) + beta_t v_t k_t^T``,
+    ``o_t = S_t q_t``, chunk by chunk: the special case of ``chunked_delta_rule`` with one decay
+    per head, in fewer operations (the WY form of Yang et al., as fla and HF compute it).
+
+    ``q``, ``k``: (B, T, H, K); ``v``: (B, T, H, V); ``log_alpha``, ``beta``: (B, T, H);
+    ``state``: (B, H, V, K) or None. Returns the outputs (B, T, H, V) and the final state.
+
+    With ``g`` the cumulative log decay within a chunk, the corrections ``u_t = beta_t (v_t -
+    alpha_t S_{t-1} k_t)`` (so that ``S_t = alpha_t S_{t-1} + u_t k_t^T``) solve
+    ``(I + A) U = beta V - diag(beta e^g) K S_0^T`` with ``A[t, s] = beta_t e^{g_t - g_s} k_t.k_s``
+    (s < t); both right-hand sides are solved for every chunk at once, and the scan over chunks
+    is four matrix products each (chunk-major, so that each chunk's operands are contiguous)."""
+    B, T, H, K = k.shape
+    Vd = v.shape[-1]
+    dtype = v.dtype
+    q, k, v, log_alpha, beta = (t.float() for t in (q, k, v, log_alpha, beta))
+    pad = (-T) % chunk
+    if pad:  # zero keys and values with decay 1 leave the state as it is
+        q, k, v = (F.pad(t, (0, 0, 0, 0, 0, pad)) for t in (q, k, v))
+        log_alpha, beta = (F.pad(t, (0, 0, 0, pad)) for t in (log_alpha, beta))
+    q, k, v = (rearrange(t, "b (n c) h d -> n b h c d", c=chunk) for t in (q, k, v))
+    g = rearrange(log_alpha, "b (n c) h -> n b h c", c=chunk).cumsum(-1)  # (n, B, H, C)
+    beta = rearrange(beta, "b (n c) h -> n b h c", c=chunk)[..., None]  # (n, B, H, C, 1)
+    upper = torch.ones(chunk, chunk, dtype=torch.bool, device=q.device).triu(1)
+    decay = (g[..., :, None] - g[..., None, :]).masked_fill(upper, float("-inf")).exp()
+    A = (beta * (k @ k.transpose(-1, -2)) * decay).tril(-1)  # (n, B, H, C, C)
+    eye = torch.eye(chunk, dtype=A.dtype, device=A.device)
+    rhs = torch.cat((beta * v, beta * g.exp()[..., None] * k), dim=-1)
+    U0, Wk = torch.linalg.solve_triangular(eye + A, rhs, upper=False, unitriangular=True).split(
+        [Vd, K], dim=-1
+    )  # U = U0 - Wk S_0^T
+    M = (q @ k.transpose(-1, -2)) * decay  # (n, B, H, C, C), zero above the diagonal
+    q_dec = q * g.exp()[..., None]
+    k_end = (k * (g[..., -1:] - g).exp()[..., None]).transpose(-1, -2).contiguous()  # (.., K, C)
+    g_end = g[..., -1].exp()[..., None, None]  # (n, B, H, 1, 1)
+
+    S = v.new_zeros(B, H, K, Vd) if state is None else state.float().transpose(-1, -2)
+    o = torch.empty_like(v)  # (n, B, H, C, V)
+    for i in range(q.shape[0]):  # S is (K, V) here: rows are read by keys and queries
+        U = U0[i] - Wk[i] @ S  # (B, H, C, V)
+        o[i] = q_dec[i] @ S + M[i] @ U
+        S = S * g_end[i] + k_end[i] @ U
+    o = rearrange(o, "n b h c d -> b (n c) h d")[:, :T]
+    return o.to(dtype), S.transpose(-1, -2).to(dtype)
+
+
 def delta_rule_step(
     r: torch.Tensor,
     k: torch.Tensor,
@@ -191,6 +246,11 @@ def _delta_rule(
 
 
 # --------------------------------------------------------------------------- Gated DeltaNet
+
+
+def l2norm(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """``x / sqrt(|x|^2 + eps)`` over the last dim (fla's and HF Qwen3-Next's convention)."""
+    return x * torch.rsqrt(x.pow(2).sum(-1, keepdim=True) + eps)
 
 
 class GatedRMSNorm(nn.Module):
@@ -416,14 +476,23 @@ class GatedDeltaNet(nn.Module):
             for t in (q, k)
         )  # (B, T, Hv, K)
         v = rearrange(v, "b t (h d) -> b t h d", h=self.v_heads)  # (B, T, Hv, V)
-        q = F.normalize(q.float(), dim=-1, eps=1e-6) * self.head_dim**-0.5
-        k = F.normalize(k.float(), dim=-1, eps=1e-6)
+        q = l2norm(q.float()) * self.head_dim**-0.5
+        k = l2norm(k.float())
         beta = torch.sigmoid(b.float())[..., None]  # (B, T, Hv, 1)
         log_alpha = (-self.A_log.float().exp() * F.softplus(a.float() + self.dt_bias))[..., None]
-        o = _delta_rule(
-            q, k, beta * v.float(), k, -(log_alpha.exp() * beta) * k, log_alpha,
-            None if state is None else state["ssm"], self.chunk,
-        )  # fmt: skip
+        ssm = None if state is None else state["ssm"]
+        if ssm is not None and x.shape[1] == 1:  # decode step: the recurrence
+            alpha_beta = (log_alpha.exp() * beta)[:, 0]
+            o = delta_rule_step(
+                q[:, 0], k[:, 0], (beta * v.float())[:, 0], k[:, 0], -alpha_beta * k[:, 0],
+                log_alpha[:, 0], ssm,
+            )[:, None]  # fmt: skip
+        else:
+            o, final = chunked_gated_delta_rule(
+                q, k, v, log_alpha[..., 0], beta[..., 0], ssm, self.chunk
+            )
+            if ssm is not None:
+                ssm.copy_(final)
         o = self.norm(o.to(x.dtype), z)  # (B, T, Hv, V)
         return self.out_proj(rearrange(o, "b t h d -> b t (h d)"))
 
