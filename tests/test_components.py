@@ -22,6 +22,7 @@ EXTRA = [
     ("Attn", {"heads": 4, "kv_heads": 2, "window": 3, "softcap": 20.0, "dropout": 0.1}),
     ("Attn", {"pos": "none", "causal": False}),
     ("Attn", {"head_dim": 16, "scale": 0.5, "rope_theta": 500.0}),
+    ("Attn", {"gate": True, "qk_norm": True, "qk_norm_eps": 1e-5, "kv_heads": 2, "bias": True}),
     ("CrossAttn", {"kv_heads": 2, "qk_norm": True, "softcap": 30.0, "bias": True}),
     ("MLP", {"gated": True, "act": "silu"}),
     ("MLP", {"act": "relu2", "bias": True, "hidden": 24}),
