@@ -64,11 +64,24 @@ __all__ = [
 ]
 
 
+# Loaded on first use, never by ``import blockdsl`` (they need the optional safetensors or
+# transformers, or are rarely used): name -> the module that defines it.
+_LAZY = {
+    "save": "blockdsl.checkpoint",
+    "load": "blockdsl.checkpoint",
+    "trace": "blockdsl.tracing",
+}
+
+
 def __getattr__(name: str):
     """``blockdsl.hf`` (Hugging Face import) is loaded on first use, never by ``import
-    blockdsl``; it imports the optional ``transformers`` only inside its functions."""
-    if name == "hf":
-        import importlib
+    blockdsl``; it imports the optional ``transformers`` only inside its functions. So are
+    ``save``, ``load`` and ``trace`` (see ``_LAZY``), and ``blockdsl.train`` (a callable package:
+    ``blockdsl.train(spec, data=..., out=...)``)."""
+    import importlib
 
-        return importlib.import_module("blockdsl.hf")
+    if name in ("hf", "train"):
+        return importlib.import_module(f"blockdsl.{name}")
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'blockdsl' has no attribute {name!r}")

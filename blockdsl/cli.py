@@ -16,6 +16,8 @@ from collections.abc import Sequence
 from typing import Any, TextIO
 
 from blockdsl.errors import BlockDSLError, ConfigError
+from blockdsl.printer import format_int as _fmt_int
+from blockdsl.printer import human
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -32,6 +34,7 @@ examples:
   blockdsl compile llama --set d_model=8192 --set layers='block*80' \\
       --set defaults.Attn.heads=64 --set defaults.Attn.kv_heads=8 --show-shapes
   blockdsl compile gpt2 --emit mermaid -o gpt2.mmd
+  blockdsl compile tiny --trace --batch 2 --seq 16       one real forward, value statistics
 """
 CHECK_EXAMPLES = """\
 examples:
@@ -111,6 +114,16 @@ def _parser() -> argparse.ArgumentParser:
     model_args(compile_)
     compile_.add_argument(
         "--show-shapes", action="store_true", help="print every node's shape, params, FLOPs"
+    )
+    compile_.add_argument(
+        "--trace",
+        action="store_true",
+        help="build the model (seeded), run one forward on random tokens and print each "
+        "node's actual shape, dtype, mean/std, flagging NaN/inf and exploding values "
+        "(exit 1 when a node is flagged)",
+    )
+    compile_.add_argument(
+        "--seed", type=int, default=0, metavar="S", help="seed of --trace (weights, tokens)"
     )
     compile_.add_argument(
         "--depth",
@@ -195,7 +208,83 @@ def _parser() -> argparse.ArgumentParser:
         metavar="MODULE",
         help="import a module (dotted path or .py file) that registers components (repeatable)",
     )
+    _train_parsers(commands, model_args)
     return parser
+
+
+TRAIN_EXAMPLES = """\
+examples:
+  blockdsl data prepare stdlib --out data/stdlib
+  blockdsl train tiny --data data/stdlib --out runs/tiny --set vocab=256 --set train.steps=200
+  blockdsl train runs/tiny/config.toml --data data/stdlib --out runs/tiny --resume
+  blockdsl train "Norm->Attn->+->Norm->MoE->+" --data data/stdlib --out runs/moe \\
+      --set vocab=256 --set train.steps=200 --set optim.name=muon
+"""
+DATA_EXAMPLES = """\
+examples:
+  blockdsl data prepare stdlib --out data/stdlib                   (offline: Python's own source)
+  blockdsl data prepare notes/ --glob '*.md' --tokenizer bpe:4096 --out data/notes
+  blockdsl data prepare corpus.jsonl --tokenizer char --out data/corpus
+  blockdsl data prepare hf:roneneldan/TinyStories:train --tokenizer bpe:8192 --out data/ts
+"""
+
+
+def _train_parsers(commands: Any, model_args: Any) -> None:
+    train = commands.add_parser(
+        "train",
+        help="train a model on prepared data (metrics, checkpoints, exact resume)",
+        description="Train SPEC on a prepared data directory, writing the run to --out: "
+        "config.toml, metrics.jsonl, checkpoints, summary.json. Settings come from the "
+        "[train] and [optim] tables (--set train.steps=200 --set optim.lr=1e-3). SIGINT or "
+        "SIGTERM saves a checkpoint and stops (exit 128+signal); --resume continues exactly. "
+        "See docs/training.md.",
+        epilog=TRAIN_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    model_args(train)
+    train.add_argument("--data", required=True, metavar="DIR", help="a prepared data directory")
+    train.add_argument("--out", required=True, metavar="RUN", help="the run's directory")
+    train.add_argument("--resume", action="store_true", help="continue the run in RUN")
+    train.add_argument(
+        "--max-memory",
+        metavar="SIZE",
+        help="refuse to start above this estimated peak (8GiB, 500MB; default: available)",
+    )
+    train.add_argument(
+        "--quiet", action="store_true", help="no progress bar or log lines (metrics still kept)"
+    )
+
+    data = commands.add_parser(
+        "data",
+        help="prepare token data for training",
+        description="Prepare token data: 'blockdsl data prepare SOURCE... --out DIR'.",
+        epilog=DATA_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    actions = data.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser)
+    prepare = actions.add_parser(
+        "prepare",
+        help="tokenize sources into train.bin, val.bin, tokenizer.json and meta.json",
+        description="Tokenize SOURCEs (files, directories, .jsonl with a 'text' field, "
+        "hf:NAME[:split] with the datasets extra, or 'stdlib': the Python standard library's "
+        "source, available offline) into DIR.",
+        epilog=DATA_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    prepare.add_argument("sources", nargs="+", metavar="SOURCE")
+    prepare.add_argument("--out", required=True, metavar="DIR")
+    prepare.add_argument(
+        "--tokenizer",
+        default="byte",
+        metavar="T",
+        help="byte (256 ids, default), char, bpe:N, or a tokenizer.json path",
+    )
+    prepare.add_argument("--val-fraction", type=float, default=0.05, metavar="F")
+    prepare.add_argument("--seed", type=int, default=0, metavar="S")
+    prepare.add_argument(
+        "--glob", default="*", metavar="PATTERN", help="files to take from directories"
+    )
+    prepare.add_argument("--force", action="store_true", help="replace prepared data in DIR")
 
 
 # ==================================================================== helpers
@@ -256,27 +345,6 @@ def _from_hf(path: str) -> dict:
     return hf.config_from_dir(path)
 
 
-def _fmt_int(n: int) -> str:
-    return f"{n:,}"
-
-
-def human(n: float, unit: str = "", *, count: bool = False) -> str:
-    """``6.74 G``, ``1.79 M``: three significant digits with an SI-style suffix (``B`` for
-    billions with ``count``, as parameter counts are usually written)."""
-    giga = "B" if count else "G"
-    for scale, suffix in ((1e15, "P"), (1e12, "T"), (1e9, giga), (1e6, "M"), (1e3, "k")):
-        if abs(n) >= scale:
-            return f"{n / scale:.3g} {suffix}{unit}"
-    return f"{n:.3g} {unit}".rstrip()
-
-
-def human_bytes(n: int) -> str:
-    for scale, suffix in ((2**40, "TiB"), (2**30, "GiB"), (2**20, "MiB"), (2**10, "KiB")):
-        if n >= scale:
-            return f"{n / scale:.2f} {suffix}"
-    return f"{n} B"
-
-
 def _console(file: TextIO) -> Any:
     from rich.console import Console
 
@@ -309,6 +377,8 @@ def cmd_compile(args: argparse.Namespace, out: TextIO) -> int:
         out.write(text)
         return 0
     console = _console(out)
+    if args.trace:
+        return _trace(args, plan, console)
     if args.show_shapes:
         from blockdsl.shapes import shape_table
 
@@ -324,6 +394,26 @@ def cmd_compile(args: argparse.Namespace, out: TextIO) -> int:
         return 0
     _print_summary(console, plan)
     return 0
+
+
+def _trace(args: argparse.Namespace, plan: Any, console: Any) -> int:
+    import torch
+
+    from blockdsl.model import build_model
+    from blockdsl.tracing import trace
+
+    torch.manual_seed(args.seed)
+    model = build_model(plan.config, dtype=getattr(torch, args.dtype))
+    result = trace(
+        model,
+        batch=args.batch,
+        seq=args.seq,
+        depth=args.depth,
+        seed=args.seed,
+        full_args=args.all_args,
+    )
+    result.grid().print(console)
+    return 1 if result.first_problem is not None else 0
 
 
 def _print_summary(console: Any, plan: Any) -> None:
@@ -342,45 +432,9 @@ def _print_summary(console: Any, plan: Any) -> None:
 
 
 def _print_shapes(console: Any, table: Any) -> None:
-    from rich import box
-    from rich.table import Table
+    from blockdsl.shapes import shape_grid
 
-    grid = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, header_style="bold")
-    grid.add_column("path", no_wrap=True)
-    grid.add_column("component", overflow="fold")
-    grid.add_column("output shape", no_wrap=True)
-    grid.add_column("params", justify="right", no_wrap=True)
-    grid.add_column("FLOPs", justify="right", no_wrap=True)
-    for row in table.rows:
-        indent = "  " * row.level
-        params = _fmt_int(row.params) if row.params is not None else ""
-        if row.note:
-            params = row.note
-        what = row.what if row.kind != "step" else f"· {row.what}"
-        grid.add_row(
-            indent + row.path,
-            indent + what,
-            row.shape,
-            params,
-            human(row.flops) if row.flops else "",
-        )
-    symbols = ", ".join(f"{k}={v}" for k, v in table.symbols.items())
-    console.print(
-        f"B={table.batch}, T={table.seq}, {symbols}, {table.layers} layers, dtype={table.dtype}"
-    )
-    console.print(grid)
-    console.print(
-        f"parameters:        {_fmt_int(table.params)} ({human(table.params, count=True)})"
-    )
-    console.print(
-        f"FLOPs per token:   {_fmt_int(table.flops_per_token)} "
-        f"({human(table.flops_per_token)}; forward, T={table.seq})"
-    )
-    console.print(f"forward FLOPs:     {_fmt_int(table.flops)} ({human(table.flops)}; B·T tokens)")
-    console.print(
-        f"activation memory: {_fmt_int(table.activation_bytes)} bytes "
-        f"({human_bytes(table.activation_bytes)}; B·T·{table.dtype} × Σ node output sizes)"
-    )
+    shape_grid(table).print(console)
 
 
 def cmd_check(args: argparse.Namespace, out: TextIO) -> int:
@@ -471,12 +525,67 @@ def cmd_fuzz(args: argparse.Namespace, out: TextIO) -> int:
     return fuzz_main(args.examples, args.seed, args.component, args.plugin, out=out)
 
 
+def cmd_train(args: argparse.Namespace, out: TextIO) -> int:
+    import blockdsl.train as training
+    from blockdsl.config import load_config
+
+    if args.from_hf:
+        spec = load_plan(args).config
+        overrides: dict[str, Any] = {}
+    else:
+        spec = args.spec[0] if len(args.spec) == 1 else (list(args.spec) or "tiny")
+        overrides = overrides_from(args.set)
+        load_config(spec, **overrides)  # configuration errors before anything else
+    run = training.train(
+        spec,
+        data=args.data,
+        out=args.out,
+        resume=args.resume,
+        max_memory=args.max_memory,
+        progress=False if args.quiet else None,
+        **overrides,
+    )
+    if run.interrupted:
+        return 128 + run.interrupted
+    summary = run.summary
+    if not args.quiet:
+        out.write(
+            f"done: {summary['steps']} steps, {summary['tokens']:,} tokens in "
+            f"{summary['elapsed']:.1f} s; loss {summary['final_loss']:.4f}, val loss "
+            f"{summary['final_val_loss']:.4f}; run in {run.dir}\n"
+        )
+    return 0
+
+
+def cmd_data(args: argparse.Namespace, out: TextIO) -> int:
+    from blockdsl.train.data import prepare
+
+    if args.action != "prepare":
+        raise ConfigError("blockdsl data: give an action", hint="blockdsl data prepare --help")
+    meta = prepare(
+        args.sources,
+        args.out,
+        tokenizer=args.tokenizer,
+        val_fraction=args.val_fraction,
+        seed=args.seed,
+        glob=args.glob,
+        overwrite=args.force,
+    )
+    out.write(
+        f"{args.out}: {meta['train_tokens']:,} train and {meta['val_tokens']:,} val tokens, "
+        f"vocab {meta['vocab']:,} ({meta['tokenizer']}, {meta['dtype']})\n"
+    )
+    return 0
+
+
 COMMANDS = {
     "compile": cmd_compile,
     "check": cmd_check,
     "components": cmd_components,
     "presets": cmd_presets,
     "fuzz": cmd_fuzz,
+    "train": cmd_train,
+    "data": cmd_data,
 }
 
 

@@ -38,7 +38,10 @@ MODEL_KEYS: dict[str, type] = {
     "max_params": int,
     "description": str,
 }
-TABLES = ("model", "blocks", "defaults")
+# [train] and [optim] are kept here as raw tables (the configuration of a training run lives in
+# the model's TOML); blockdsl.train validates their keys when a run starts.
+RUN_TABLES = ("train", "optim")
+TABLES = ("model", "blocks", "defaults", *RUN_TABLES)
 
 
 @dataclass
@@ -56,17 +59,23 @@ class ModelConfig:
     description: str = ""
     blocks: dict[str, str | list[str]] = field(default_factory=dict)
     defaults: dict[str, dict[str, Any]] = field(default_factory=dict)
+    train: dict[str, Any] = field(default_factory=dict)
+    optim: dict[str, Any] = field(default_factory=dict)
     # Where the configuration came from and its text, for error messages; not part of it.
     origin: str = field(default="", compare=False)
     text: str = field(default="", compare=False, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         model = {k: getattr(self, k) for k in MODEL_KEYS if getattr(self, k) not in (None, "")}
-        return {
+        data = {
             "model": model,
             "blocks": copy.deepcopy(self.blocks),
             "defaults": copy.deepcopy(self.defaults),
         }
+        for table in RUN_TABLES:
+            if getattr(self, table):
+                data[table] = copy.deepcopy(getattr(self, table))
+        return data
 
     def to_toml(self) -> str:
         """The configuration as TOML text that loads back to an equal configuration."""
@@ -79,6 +88,10 @@ class ModelConfig:
         for component, args in data["defaults"].items():
             inner = ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in args.items())
             out.append(f"{_toml_key(component)} = {{ {inner} }}")
+        for table in RUN_TABLES:
+            if table in data:
+                out += ["", f"[{table}]"]
+                out += [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in data[table].items()]
         return "\n".join(out) + "\n"
 
     def locate(self, *path: str) -> Span:
@@ -210,7 +223,15 @@ def from_dict(data: Mapping[str, Any], *, origin: str = "", text: str = "") -> M
         raise config.error("[defaults] must be a table of component tables", "defaults")
     for component, args in defaults.items():
         _set_defaults(config, component, args)
+    for table in RUN_TABLES:
+        _set_run_table(config, table, data.get(table, {}))
     return config
+
+
+def _set_run_table(config: ModelConfig, table: str, values: Any) -> None:
+    if not isinstance(values, Mapping):
+        raise config.error(f"[{table}] must be a table, got {values!r}", table)
+    getattr(config, table).update(dict(values))
 
 
 def _valid_hint(name: str, valid: Any, what: str) -> str:
@@ -266,10 +287,12 @@ def apply_overrides(config: ModelConfig, overrides: Mapping[str, Any]) -> ModelC
             elif key == "defaults":
                 for component, args in dict(value).items():
                     _set_defaults(config, component, args)
+            elif key in RUN_TABLES:
+                _set_run_table(config, key, value)
             elif key in MODEL_KEYS:
                 _set_model_key(config, key, value)
             else:
-                valid = [*MODEL_KEYS, "blocks", "defaults"]
+                valid = [*MODEL_KEYS, "blocks", "defaults", *RUN_TABLES]
                 raise ConfigError(
                     f"unknown configuration key '{key}'",
                     text,

@@ -128,25 +128,39 @@ def cache_blocker(graph: BlockGraph) -> str | None:
     """Why ``graph`` cannot decode with a cache (None when it can): a component that mixes
     positions without the decoding-state protocol, a non-causal one (its earlier outputs
     change with later tokens), or a combinator that cannot pass its children's states."""
+    for spec in call_specs(graph):
+        component = spec.component
+        if component.takes_children:
+            needs_state = any(_state_calls(child) for child in spec.children)
+            if needs_state and not component.stateful:
+                return f"{_where(spec)} does not pass a decoding state to its children"
+        elif component.mixes_positions and not component.is_causal(spec.args):
+            return f"{_where(spec)} is not causal"
+        elif component.mixes_positions and not component.stateful:
+            return f"{_where(spec)} has no decoding state (no 'state' keyword in its forward)"
+    return None
+
+
+def noncausal_call(graph: BlockGraph) -> str | None:
+    """The first call in ``graph`` (children included) whose outputs at a position depend on
+    later positions, described, or None."""
+    for spec in call_specs(graph):
+        if spec.component.mixes_positions and not spec.component.is_causal(spec.args):
+            return _where(spec)
+    return None
+
+
+def call_specs(graph: BlockGraph) -> Iterator[ModuleSpec]:
+    """The module of every call of ``graph``, then of its children's calls (depth first)."""
     for _, data in graph.calls():
         spec = graph.modules[data["module"]]
-        component = spec.component
-        where = f"{spec.describe()} at {spec.span.line}:{spec.span.column}"
-        if component.takes_children:
-            for child in spec.children:
-                reason = cache_blocker(child)
-                if reason:
-                    return reason
-            if any(_state_calls(child) for child in spec.children) and not component.stateful:
-                return f"{where} does not pass a decoding state to its children"
-            continue
-        if not component.mixes_positions:
-            continue
-        if not component.is_causal(spec.args):
-            return f"{where} is not causal"
-        if not component.stateful:
-            return f"{where} has no decoding state (no 'state' keyword in its forward)"
-    return None
+        yield spec
+        for child in spec.children:
+            yield from call_specs(child)
+
+
+def _where(spec: ModuleSpec) -> str:
+    return f"{spec.describe()} at {spec.span.line}:{spec.span.column}"
 
 
 def _fx_graph(graph: BlockGraph) -> _SharedCodeGraph:

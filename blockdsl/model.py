@@ -149,6 +149,10 @@ class LanguageModel(nn.Module):
 
         return generate(self, idx, max_new_tokens, **options)
 
+    def _repr_html_(self) -> str:
+        """Notebooks show the model's shape table (see ``ModelPlan._repr_html_``)."""
+        return ModelPlan(self.config)._repr_html_()
+
 
 def _sum_aux(values: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack([v.sum() for v in values]).sum()
@@ -197,6 +201,13 @@ class ModelPlan:
 
     def flops(self, seq: int) -> int:
         return sum(graph.flops(seq) for graph in self.graphs())
+
+    def _repr_html_(self) -> str:
+        """Notebooks show the shape table (one sequence of the full context). A display hook
+        only: ``blockdsl.shapes`` sits above this module, so it is imported here, on use."""
+        from blockdsl.shapes import shape_table
+
+        return shape_table(self)._repr_html_()
 
     # ---------------------------------------------------------------- internals
     def _check_defaults(self) -> None:

@@ -21,7 +21,7 @@ from typing import Any
 
 from blockdsl.ast import Arg, Block, Call, Chain, Group, Node, Repeat, Residual, Value
 
-__all__ = ["format_value", "unparse"]
+__all__ = ["format_int", "format_value", "human", "human_bytes", "unparse"]
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _RESERVED_NAMES = {"true", "false", "True", "False"}  # would reparse as booleans
@@ -40,6 +40,29 @@ def format_value(value: Any, quote: bool = False) -> str:
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(format_value(v, quote) for v in value) + "]"
     return repr(value)
+
+
+def format_int(n: int) -> str:
+    """``1,234,567``."""
+    return f"{n:,}"
+
+
+def human(n: float, unit: str = "", *, count: bool = False) -> str:
+    """``6.74 G``, ``1.79 M``: three significant digits with an SI-style suffix (``B`` for
+    billions with ``count``, as parameter counts are usually written)."""
+    giga = "B" if count else "G"
+    for scale, suffix in ((1e15, "P"), (1e12, "T"), (1e9, giga), (1e6, "M"), (1e3, "k")):
+        if abs(n) >= scale:
+            return f"{n / scale:.3g} {suffix}{unit}"
+    return f"{n:.3g} {unit}".rstrip()
+
+
+def human_bytes(n: int) -> str:
+    """``176.00 KiB``."""
+    for scale, suffix in ((2**40, "TiB"), (2**30, "GiB"), (2**20, "MiB"), (2**10, "KiB")):
+        if n >= scale:
+            return f"{n / scale:.2f} {suffix}"
+    return f"{n} B"
 
 
 def unparse(node: Node) -> str:

@@ -31,12 +31,15 @@ for the whole batch (0 where not counted).
 
 from __future__ import annotations
 
+import html
+import io
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from blockdsl.graph import BlockGraph, ModuleSpec
 from blockdsl.model import ModelPlan
-from blockdsl.printer import format_value
+from blockdsl.printer import format_int, format_value, human, human_bytes
 
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8}
 
@@ -55,6 +58,10 @@ class ShapeRow:
     flops: int
     level: int = 0  # nesting (1 inside a component or a child block)
     note: str = ""
+    # Where the row's value is computed: the path of its block module and the node's name in
+    # that block's generated code ("" for a whole block's row); used by ``blockdsl.trace``.
+    block: str = ""
+    node: str = ""
 
     @property
     def shape(self) -> str:
@@ -81,6 +88,12 @@ class ShapeTable:
     @property
     def flops_per_token(self) -> int:
         return self.flops // (self.batch * self.seq)
+
+    def __str__(self) -> str:
+        return shape_grid(self).text()
+
+    def _repr_html_(self) -> str:
+        return shape_grid(self).html()
 
 
 def describe_args(spec: ModuleSpec) -> str:
@@ -149,7 +162,7 @@ class _Tabulator:
         else:
             what = name
         flops = graph.flops(self.seq) * self.batch
-        self.rows.append(ShapeRow(path, "block", what, sym, num, params, flops))
+        self.rows.append(ShapeRow(path, "block", what, sym, num, params, flops, block=path))
 
     def graph_rows(self, path: str, graph: BlockGraph, level: int) -> None:
         for _, data in graph.nodes():
@@ -162,7 +175,12 @@ class _Tabulator:
             if kind == "add":
                 flops = self.seq * (data["size"] or 0) * self.batch
                 node_path = f"{path}.{data['name']}"
-                self.rows.append(ShapeRow(node_path, "add", "+", sym, num, None, flops, level))
+                self.rows.append(
+                    ShapeRow(
+                        node_path, "add", "+", sym, num, None, flops, level,
+                        block=path, node=data["name"],
+                    )
+                )  # fmt: skip
                 continue
             spec = graph.modules[data["module"]]
             node_path = f"{path}.{spec.attr}"
@@ -177,8 +195,11 @@ class _Tabulator:
             else:
                 params, note = None, f"shared with {first}"
             self.rows.append(
-                ShapeRow(node_path, "call", what, sym, num, params, flops, level, note)
-            )
+                ShapeRow(
+                    node_path, "call", what, sym, num, params, flops, level, note,
+                    block=path, node=data["name"],
+                )
+            )  # fmt: skip
             if self.depth >= 2:
                 self.step_rows(node_path, spec, level + 1)
                 for index, child in enumerate(spec.children):
@@ -233,4 +254,127 @@ def shape_table(
     )
 
 
-__all__ = ["DTYPE_BYTES", "ShapeRow", "ShapeTable", "describe_args", "shape_table"]
+# ==================================================================== rendering
+@dataclass(frozen=True)
+class Column:
+    header: str
+    justify: str = "left"  # "left" | "right"
+    fold: bool = False  # may wrap (long component descriptions); other columns never do
+
+
+@dataclass
+class Grid:
+    """A table as text: a title line, columns, rows of cells and footer lines. The terminal
+    (``print``/``text``, rich) and notebooks (``html``) render the same cells, so the shape
+    table of ``compile --show-shapes`` and the trace of ``--trace`` share one layout."""
+
+    title: str
+    columns: list[Column]
+    rows: list[list[str]]
+    footer: list[str] = field(default_factory=list)
+
+    def rich(self) -> Any:
+        from rich import box
+        from rich.table import Table
+
+        grid = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, header_style="bold")
+        for column in self.columns:
+            grid.add_column(
+                column.header,
+                justify=column.justify,  # type: ignore[arg-type]
+                no_wrap=not column.fold,
+                overflow="fold" if column.fold else "ellipsis",
+            )
+        for cells in self.rows:
+            grid.add_row(*cells)
+        return grid
+
+    def print(self, console: Any) -> None:
+        """Print to a ``rich.console.Console`` (the command line's)."""
+        console.print(self.title)
+        console.print(self.rich())
+        for line in self.footer:
+            console.print(line)
+
+    def text(self, width: int = 120) -> str:
+        """Plain text, ``width`` columns wide, no colour."""
+        from rich.console import Console
+
+        out = io.StringIO()
+        console = Console(
+            file=out, width=width, no_color=True, highlight=False, markup=False, emoji=False
+        )
+        self.print(console)
+        return out.getvalue()
+
+    def html(self) -> str:
+        """An HTML ``<table>`` for notebooks (``_repr_html_``)."""
+        esc = html.escape
+        cell = "padding:1px 8px;white-space:pre;font-family:monospace;text-align:{}"
+        head = "".join(
+            f'<th style="{cell.format(c.justify)}">{esc(c.header)}</th>' for c in self.columns
+        )
+        body = "".join(
+            "<tr>"
+            + "".join(
+                f'<td style="{cell.format(c.justify)}">{esc(v)}</td>'
+                for c, v in zip(self.columns, cells)
+            )
+            + "</tr>"
+            for cells in self.rows
+        )
+        lines = "".join(f"<div>{esc(line)}</div>" for line in self.footer)
+        return (
+            f'<div class="blockdsl-table"><div>{esc(self.title)}</div>'
+            f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+            f'<div style="font-family:monospace;white-space:pre">{lines}</div></div>'
+        )
+
+
+LEAD_COLUMNS = [Column("path"), Column("component", fold=True), Column("output shape")]
+
+
+def lead_cells(row: ShapeRow, shape: str | None = None) -> list[str]:
+    """The path, component and output-shape cells of a row (``shape`` replaces the planned
+    shape, as a trace does with the measured one)."""
+    indent = "  " * row.level
+    what = row.what if row.kind != "step" else f"· {row.what}"
+    return [indent + row.path, indent + what, row.shape if shape is None else shape]
+
+
+def table_title(table: ShapeTable, extra: str = "") -> str:
+    symbols = ", ".join(f"{k}={v}" for k, v in table.symbols.items())
+    return (
+        f"B={table.batch}, T={table.seq}, {symbols}, {table.layers} layers, "
+        f"dtype={table.dtype}{extra}"
+    )
+
+
+def shape_grid(table: ShapeTable) -> Grid:
+    """The ``--show-shapes`` table: every row's shape, parameters and FLOPs, then totals."""
+    rows = []
+    for row in table.rows:
+        params = format_int(row.params) if row.params is not None else ""
+        rows.append([*lead_cells(row), row.note or params, human(row.flops) if row.flops else ""])
+    footer = [
+        f"parameters:        {format_int(table.params)} ({human(table.params, count=True)})",
+        f"FLOPs per token:   {format_int(table.flops_per_token)} "
+        f"({human(table.flops_per_token)}; forward, T={table.seq})",
+        f"forward FLOPs:     {format_int(table.flops)} ({human(table.flops)}; B·T tokens)",
+        f"activation memory: {format_int(table.activation_bytes)} bytes "
+        f"({human_bytes(table.activation_bytes)}; B·T·{table.dtype} × Σ node output sizes)",
+    ]
+    columns = [*LEAD_COLUMNS, Column("params", "right"), Column("FLOPs", "right")]
+    return Grid(table_title(table), columns, rows, footer)
+
+
+__all__ = [
+    "DTYPE_BYTES",
+    "Column",
+    "Grid",
+    "ShapeRow",
+    "ShapeTable",
+    "describe_args",
+    "shape_grid",
+    "shape_table",
+]

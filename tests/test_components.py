@@ -55,6 +55,13 @@ EXTRA = [
     ("BaseConv", {"kernel": 3, "act": True}),
     ("BaseConv", {"filter_order": 16, "act": True}),
     ("ShortConv", {"kernel": 1, "bias": True}),
+    ("Mamba", {"state": 4, "dt_rank": 3, "conv": 2, "bias": True, "conv_bias": False}),
+    ("Mamba", {"inner": 24, "conv": 1}),
+    ("Mamba2", {"state": 8, "head_dim": 16, "groups": 2, "chunk": 5, "bias": True}),
+    ("Mamba2", {"state": 4, "head_dim": 8, "groups": 4, "chunk": 3, "norm": False, "conv": 2}),
+    ("Mamba2", {"inner": 48, "head_dim": 12, "conv_bias": False}),
+    ("RGLRU", {"heads": 4, "conv": 2}),
+    ("RGLRU", {"width": 48, "heads": 3, "act": "silu"}),
 ]
 CASES = [(name, {}) for name in REGISTRY.names()] + EXTRA
 IDS = [f"{n}({','.join(f'{k}={v}' for k, v in a.items())})" for n, a in CASES]

@@ -17,6 +17,15 @@ Conventions shared by every module here (the contract with the compiler):
   buffers (rotary tables, sinusoidal positions).
 """
 
-from blockdsl.components import attention, basic, embed, linear_attention, long_conv, mlp, norm
+from blockdsl.components import (
+    attention,
+    basic,
+    embed,
+    linear_attention,
+    long_conv,
+    mlp,
+    norm,
+    ssm,
+)
 
-__all__ = ["attention", "basic", "embed", "linear_attention", "long_conv", "mlp", "norm"]
+__all__ = ["attention", "basic", "embed", "linear_attention", "long_conv", "mlp", "norm", "ssm"]

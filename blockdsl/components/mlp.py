@@ -19,6 +19,7 @@ from blockdsl.components._util import (
     raise_problem,
     same_size,
 )
+from blockdsl.components.grouped import grouped_linear
 from blockdsl.registry import register
 
 # --------------------------------------------------------------------------- MLP
@@ -191,10 +192,11 @@ class MoE(nn.Module):
     stored stacked as ``w_gate [E, hidden, D]`` (gated only), ``w_up [E, hidden, D]``,
     ``w_down [E, D, hidden]`` (``F.linear`` layout; HF Mixtral's ``gate_up_proj`` is
     ``cat(w_gate, w_up, dim=1)`` and its ``down_proj`` is ``w_down``); the router is
-    ``router`` (``nn.Linear(D, E, bias=False)``). In eager mode tokens are grouped by expert
-    (one sort, a loop over experts only); under ``torch.compile``/export (and on the meta
-    device) every expert runs on every token, weighted by the routing weights, which are zero
-    for unselected experts: same result, static shapes.
+    ``router`` (``nn.Linear(D, E, bias=False)``). Dispatch is sparse in eager mode and under
+    ``torch.compile`` alike: the token-expert assignments are sorted by expert and each expert
+    multiplies only its own tokens (a grouped matrix multiply, ``components/grouped.py``; the
+    fused ``F.grouped_mm`` where torch has it for the device and dtype), with static shapes, no
+    capacity limit (no token is dropped) and no graph break.
 
     Children (``MoE(k=2)[MLP, MLP(act=gelu), Attn]``): the experts are the child modules
     (``E = len(children)``; ``experts`` may be left unset). Because a child may mix positions,
@@ -317,42 +319,26 @@ class MoE(nn.Module):
             top_w = top_w / top_w.sum(dim=-1, keepdim=True)
         return probs, top_w, top_i
 
-    def _expert(self, x: torch.Tensor, e: int) -> torch.Tensor:
-        """Expert ``e`` on (n, D) tokens."""
-        h = F.linear(x, self.w_up[e])  # (n, hidden)
-        h = self.act(F.linear(x, self.w_gate[e])) * h if self.gated else self.act(h)
-        return F.linear(h, self.w_down[e])  # (n, D)
-
-    def _experts_dense(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        """Every expert on every token, summed with (N, E) weights (zero where unselected)."""
-        up = torch.einsum("nd,ehd->enh", x, self.w_up)  # (E, N, hidden)
-        if self.gated:  # act(x W_gate^T) * (x W_up^T)
-            h = self.act(torch.einsum("nd,ehd->enh", x, self.w_gate)) * up
-        else:
-            h = self.act(up)
-        out = torch.einsum("enh,edh->end", h, self.w_down)  # (E, N, D)
-        return torch.einsum("end,ne->nd", out, weights.to(out.dtype))  # (N, D)
-
-    def _experts_sparse(
-        self, x: torch.Tensor, top_w: torch.Tensor, top_i: torch.Tensor
+    def _experts_grouped(
+        self, x: torch.Tensor, top_w: torch.Tensor, top_i: torch.Tensor, counts: torch.Tensor
     ) -> torch.Tensor:
-        """Tokens grouped by expert: one stable sort, then a loop over experts (not tokens)."""
-        N = x.shape[0]
-        expert = top_i.flatten()  # (N*k,) expert of each assignment
-        token = torch.arange(N, device=x.device).repeat_interleave(self.k)  # (N*k,)
-        weight = top_w.flatten()  # (N*k,)
-        order = expert.argsort(stable=True)
-        token, weight = token[order], weight[order]
-        counts = torch.bincount(expert, minlength=self.num_experts).tolist()
-        y = torch.zeros_like(x)
-        start = 0
-        for e, n in enumerate(counts):
-            if n:
-                idx = token[start : start + n]  # (n,) tokens routed to e
-                out = self._expert(x[idx], e) * weight[start : start + n, None].to(x.dtype)
-                y = y.index_add(0, idx, out)
-            start += n
-        return y
+        """Each expert on its own tokens only: the N*k (token, expert) assignments sorted by
+        expert, the routed copies of the tokens gathered in that order, one grouped matrix
+        multiply per projection (``grouped_linear``: row group e meets expert e's matrix),
+        weighted, and added back to their tokens. Shapes are static (N*k rows whatever the
+        routing; an expert with no tokens is an empty group), nothing reads values on the host,
+        so eager and ``torch.compile(fullgraph=True)`` run the same computation."""
+        expert = top_i.flatten()  # (N*k,) expert of each assignment, token-major
+        order = expert.argsort(stable=True)  # assignments grouped by expert
+        token = order // self.k  # (N*k,) token of each sorted assignment
+        offs = counts.cumsum(0).to(torch.int32)  # (E,) end of each expert's group
+        routed = x[token]  # (N*k, D)
+        up = grouped_linear(routed, self.w_up, offs)  # (N*k, hidden)
+        gate = grouped_linear(routed, self.w_gate, offs) if self.gated else None
+        h = self.act(gate) * up if gate is not None else self.act(up)
+        out = grouped_linear(h, self.w_down, offs)  # (N*k, D)
+        out = out * top_w.flatten()[order, None].to(out.dtype)
+        return torch.zeros_like(x).index_add(0, token, out)  # (N, D)
 
     def forward(
         self,
@@ -366,6 +352,7 @@ class MoE(nn.Module):
         flat = rearrange(x, "b t d -> (b t) d")  # (N, D), N = B*T tokens
         probs, top_w, top_i = self.route(flat)  # (N, E), (N, k), (N, k)
         E = self.num_experts
+        counts = F.one_hot(top_i.flatten(), E).sum(dim=0)  # (E,) assignments per expert
         if self.experts is not None:  # children: all run on the whole input
             weights = torch.zeros_like(probs).scatter(1, top_i, top_w)  # (N, E)
             weights = rearrange(weights, "(b t) e -> b t e", b=B).to(x.dtype)
@@ -375,15 +362,12 @@ class MoE(nn.Module):
                 for e, child in enumerate(self.experts)
             )
             y = rearrange(y, "b t d -> (b t) d")
-        elif torch.compiler.is_compiling() or x.device.type == "meta":
-            weights = torch.zeros_like(probs).scatter(1, top_i, top_w)  # (N, E)
-            y = self._experts_dense(flat, weights)
         else:
-            y = self._experts_sparse(flat, top_w, top_i)
+            y = self._experts_grouped(flat, top_w, top_i, counts)
         if self.shared is not None:
             y = y + self.shared(flat)
         # load balancing statistics: fraction of tokens sent to e (top-k counted), mean prob
-        f = F.one_hot(top_i, E).sum(dim=(0, 1)).float() / flat.shape[0]  # (E,)
+        f = counts.float() / flat.shape[0]  # (E,)
         p = probs.mean(dim=0)  # (E,)
         aux = torch.stack([self.aux_coef * E * f, p])  # (2, E)
         return rearrange(y, "(b t) d -> b t d", b=B), aux

@@ -1,0 +1,922 @@
+"""State-space and recurrent mixers: Mamba (selective SSM), Mamba2 (SSD) and Griffin's RG-LRU
+recurrent block.
+
+Each has two forms that compute the same function:
+
+* the **training form** over a whole sequence: Mamba's selective scan runs as one fused
+  multiply-add per step inside a no-grad kernel with a hand-written backward (the reverse
+  scan), so autograd never sees the time loop; Mamba2 uses the chunked "state space duality"
+  form (matmuls inside chunks, a recurrence over chunk states, ``O(T * chunk)``); RG-LRU uses
+  the same linear scan as Mamba on its ``(B, T, width)`` recurrence;
+* the **step form** with an explicit state for decoding (the decoding-state protocol, see
+  ``docs/generation.md``): ``forward(x, state=init_state(batch, max_len))`` carries the
+  short-convolution window and the recurrent state from call to call. A call with several
+  tokens (a prefill) runs the training form from the state; a one-token call runs the
+  recurrence once.
+
+Parameter names and layouts follow transformers' ``MambaMixer``, ``Mamba2Mixer`` and
+``RecurrentGemmaRecurrentBlock`` so that importing their weights is a renaming
+(``blockdsl.interop``). Shapes in comments: ``B`` batch, ``T`` time, ``D`` model width, ``E``
+inner width, ``N`` state size, ``H`` heads, ``P`` head size, ``G`` B/C groups, ``K`` conv
+kernel, ``W`` recurrence width.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import ClassVar, Literal
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from blockdsl.components._util import (
+    ACTIVATIONS,
+    Problem,
+    activation,
+    init_linear_,
+    raise_problem,
+    same_size,
+)
+from blockdsl.registry import register
+
+State = dict[str, torch.Tensor]
+
+# --------------------------------------------------------------------------- shared kernels
+
+
+@torch.no_grad()
+def _scan_forward(a: torch.Tensor, u: torch.Tensor, h0: torch.Tensor) -> torch.Tensor:
+    """``h_t = a_t * h_{t-1} + u_t`` along dim 1, from ``h_{-1} = h0``; no autograd.
+
+    One fused ``addcmul`` per step writing straight into the output: the per-step work is a
+    single pass over the state, so the loop costs ``T`` kernel launches and nothing else."""
+    h = torch.empty_like(u)
+    prev = h0
+    for t in range(u.shape[1]):
+        torch.addcmul(u[:, t], a[:, t], prev, out=h[:, t])
+        prev = h[:, t]
+    return h
+
+
+class _LinearScan(torch.autograd.Function):
+    """The diagonal linear recurrence ``h_t = a_t * h_{t-1} + u_t`` with its exact gradient.
+
+    Backward is the same recurrence run backwards: with ``G_t = dL/dh_t`` accumulated through
+    the future, ``G_t = g_t + a_{t+1} * G_{t+1}``; then ``dL/du_t = G_t``,
+    ``dL/da_t = G_t * h_{t-1}`` and ``dL/dh0 = a_0 * G_0``. Only ``a``, ``h`` and ``h0`` are
+    saved (no per-step autograd graph)."""
+
+    @staticmethod
+    def forward(ctx, a: torch.Tensor, u: torch.Tensor, h0: torch.Tensor) -> torch.Tensor:
+        h = _scan_forward(a, u, h0)
+        ctx.save_for_backward(a, h, h0)
+        return h
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        a, h, h0 = ctx.saved_tensors
+        a_next = torch.cat([a[:, 1:], torch.zeros_like(a[:, :1])], dim=1)
+        G = _scan_forward(a_next.flip(1), g.contiguous().flip(1), torch.zeros_like(h0)).flip(1)
+        h_prev = torch.cat([h0[:, None], h[:, :-1]], dim=1)
+        return G * h_prev, G, a[:, 0] * G[:, 0]
+
+
+def linear_scan(a: torch.Tensor, u: torch.Tensor, h0: torch.Tensor | None = None) -> torch.Tensor:
+    """All states of ``h_t = a_t * h_{t-1} + u_t`` (elementwise; time is dim 1), ``h_{-1} = h0``
+    (zeros when None). ``a`` and ``u`` are ``(B, T, *S)``, ``h0`` is ``(B, *S)``; the result is
+    ``(B, T, *S)``, accumulated in float32 at least (float64 stays float64)."""
+    dtype = torch.promote_types(u.dtype, torch.float32)
+    a, u = a.to(dtype), u.to(dtype)
+    if u.shape[1] == 0:
+        return u
+    h0 = torch.zeros_like(u[:, 0]) if h0 is None else h0.to(dtype)
+    return _LinearScan.apply(a.contiguous(), u.contiguous(), h0.contiguous())
+
+
+def causal_conv(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, window: torch.Tensor | None
+) -> torch.Tensor:
+    """Depthwise causal convolution of ``x`` (B, T, C) with ``weight`` (C, 1, K).
+
+    ``window`` (B, K-1, C) holds the ``K-1`` inputs before ``x`` (zeros at the start of a
+    sequence); when given it is updated in place to the last ``K-1`` inputs seen."""
+    K = weight.shape[-1]
+    if window is None:
+        padded = F.pad(x, (0, 0, K - 1, 0))  # (B, K-1+T, C)
+    else:
+        padded = torch.cat([window.to(x.dtype), x], dim=1)
+        if K > 1:
+            window.copy_(padded[:, padded.shape[1] - (K - 1) :])
+    y = F.conv1d(rearrange(padded, "b t c -> b c t"), weight, bias, groups=x.shape[-1])
+    return rearrange(y, "b c t -> b t c")
+
+
+def _check_state(state: State, keys: tuple[str, ...], owner: str) -> None:
+    missing = [k for k in keys if k not in state]
+    if missing:
+        raise ValueError(
+            f"{owner}: the state has no {', '.join(missing)}; build it with init_state()"
+        )
+
+
+def _init_dt_bias(bias: torch.Tensor, dt_min: float, dt_max: float, floor: float) -> None:
+    """Mamba's time-step init: ``dt ~ exp(U(log dt_min, log dt_max))`` clamped below at
+    ``floor``, stored through the inverse softplus so that ``softplus(bias) = dt``."""
+    with torch.no_grad():
+        dt = torch.exp(
+            torch.rand_like(bias, dtype=torch.float32) * (math.log(dt_max) - math.log(dt_min))
+            + math.log(dt_min)
+        ).clamp(min=floor)
+        bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+
+
+def _check_dt(dt_min: float = 0.001, dt_max: float = 0.1, **_) -> Problem:
+    if not 0.0 < dt_min <= dt_max:
+        return f"need 0 < dt_min <= dt_max, got dt_min={dt_min}, dt_max={dt_max}"
+    return None
+
+
+# --------------------------------------------------------------------------- Mamba
+
+
+def _mamba_sizes(
+    d_in: int, expand: float, inner: int | None, dt_rank: int | None
+) -> tuple[int, int]:
+    E = int(expand * d_in) if inner is None else inner
+    R = math.ceil(d_in / 16) if dt_rank is None else dt_rank
+    return E, R
+
+
+def _mamba_params(
+    d_in: int,
+    state: int,
+    expand: float,
+    inner: int | None,
+    dt_rank: int | None,
+    conv: int,
+    bias: bool,
+    conv_bias: bool,
+    **_,
+) -> int:
+    E, R = _mamba_sizes(d_in, expand, inner, dt_rank)
+    in_out = 3 * d_in * E + bias * (2 * E + d_in)  # in_proj (D -> 2E), out_proj (E -> D)
+    return in_out + E * conv + conv_bias * E + E * (R + 2 * state) + R * E + E + E * state + E
+
+
+def _mamba_flops(
+    d_in: int,
+    seq: int,
+    state: int,
+    expand: float,
+    inner: int | None,
+    dt_rank: int | None,
+    conv: int,
+    **_,
+) -> int:
+    E, R = _mamba_sizes(d_in, expand, inner, dt_rank)
+    proj = 2 * d_in * 2 * E + 2 * E * (R + 2 * state) + 2 * R * E + 2 * E * d_in
+    # dt*A, dt*x*B (2), h = a*h + u (2), C.h (2) per state element; D skip and gate per channel
+    scan = 7 * E * state + 3 * E
+    return seq * (proj + 2 * E * conv + scan)
+
+
+def _mamba_state_size(
+    d_in: int, state: int, expand: float, inner: int | None, conv: int, **_
+) -> int:
+    E, _ = _mamba_sizes(d_in, expand, inner, None)
+    return E * state + E * (conv - 1)
+
+
+def _check_mamba(
+    d_in: int,
+    state: int = 16,
+    expand: float = 2.0,
+    inner: int | None = None,
+    dt_rank: int | None = None,
+    conv: int = 4,
+    **args,
+) -> Problem:
+    E, R = _mamba_sizes(d_in, expand, inner, dt_rank)
+    if E <= 0:
+        return f"Mamba inner width must be positive, got {E}", "set inner, or expand > 0"
+    if state <= 0:
+        return f"Mamba state size must be positive, got {state}"
+    if R <= 0:
+        return f"Mamba dt_rank must be positive, got {R}"
+    if conv <= 0:
+        return f"Mamba conv kernel must be positive, got {conv}"
+    return _check_dt(**args)
+
+
+@register(
+    "Mamba",
+    out_features=same_size,
+    mixes_positions=True,
+    params=_mamba_params,
+    flops=_mamba_flops,
+    check=_check_mamba,
+)
+class Mamba(nn.Module):
+    """Mamba's selective state-space mixer (Mamba 1): input-dependent Δ, B, C; causal conv; gate.
+
+    ``x, z = in_proj(u)``; ``x = silu(conv(x))``; ``Δ, B, C = x_proj(x)``; ``Δ =
+    softplus(dt_proj(Δ))``; per channel e and state n, ``h_t = exp(Δ_t A) h_{t-1} + Δ_t B_t
+    x_t`` with ``A = -exp(A_log)``; ``y_t = C_t·h_t + D x_t``; out ``out_proj(y * silu(z))``.
+    Parameters as transformers' ``MambaMixer``: ``in_proj [2E, D]``, ``conv1d`` (depthwise
+    ``[E, 1, K]``), ``x_proj [R + 2N, E]``, ``dt_proj [E, R]`` (+ bias), ``A_log [E, N]``,
+    ``D [E]``, ``out_proj [D, E]``. Decoding state: ``conv`` (B, K-1, E) and ``ssm`` (B, E, N),
+    ``E * (N + K - 1)`` numbers per sequence whatever the context.
+    """
+
+    arg_help: ClassVar[dict[str, str]] = {
+        "state": "SSM state size N per channel",
+        "expand": "inner width E as a multiple of d_model",
+        "inner": "inner width E; none: int(expand * d_model)",
+        "dt_rank": "rank R of the time-step projection; none: ceil(d_model / 16)",
+        "conv": "causal depthwise conv kernel K",
+        "bias": "biases on in_proj and out_proj",
+        "conv_bias": "bias on the conv",
+        "dt_min": "smallest initial time step",
+        "dt_max": "largest initial time step",
+    }
+
+    def __init__(
+        self,
+        d_model: int,
+        state: int = 16,
+        expand: float = 2.0,
+        inner: int | None = None,
+        dt_rank: int | None = None,
+        conv: int = 4,
+        bias: bool = False,
+        conv_bias: bool = True,
+        dt_min: float = 0.001,
+        dt_max: float = 0.1,
+    ) -> None:
+        super().__init__()
+        raise_problem(
+            _check_mamba(d_model, state, expand, inner, dt_rank, conv, dt_min=dt_min, dt_max=dt_max)
+        )
+        E, R = _mamba_sizes(d_model, expand, inner, dt_rank)
+        self.d_model, self.inner, self.dt_rank, self.state, self.kernel = d_model, E, R, state, conv
+        self.dt_min, self.dt_max = dt_min, dt_max
+        self.in_proj = nn.Linear(d_model, 2 * E, bias=bias)
+        self.conv1d = nn.Conv1d(E, E, conv, groups=E, padding=conv - 1, bias=conv_bias)
+        self.x_proj = nn.Linear(E, R + 2 * state, bias=False)
+        self.dt_proj = nn.Linear(R, E, bias=True)
+        self.A_log = nn.Parameter(torch.empty(E, state))
+        self.D = nn.Parameter(torch.empty(E))
+        self.out_proj = nn.Linear(E, d_model, bias=bias)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Mamba's init: ``A = -[1..N]`` per channel (S4D-real), ``D = 1``, ``dt_proj`` uniform
+        in ``±R^-0.5`` with its bias giving time steps in ``[dt_min, dt_max]``."""
+        with torch.no_grad():
+            A = torch.arange(1, self.state + 1, dtype=torch.float32, device=self.A_log.device)
+            self.A_log.copy_(torch.log(A).expand(self.inner, -1))
+            self.D.fill_(1.0)
+            nn.init.uniform_(self.dt_proj.weight, -(self.dt_rank**-0.5), self.dt_rank**-0.5)
+        _init_dt_bias(self.dt_proj.bias, self.dt_min, self.dt_max, 1e-4)
+
+    @staticmethod
+    def shape_steps(
+        d_in: int,
+        seq: int,
+        batch: int,
+        state: int,
+        expand: float,
+        inner: int | None,
+        dt_rank: int | None,
+        conv: int,
+        **_,
+    ) -> list[tuple[str, tuple[str, ...], tuple[int, ...], int]]:
+        """The steps inside, for ``blockdsl compile --show-shapes --depth 2``."""
+        E, R = _mamba_sizes(d_in, expand, inner, dt_rank)
+        n = batch * seq
+        return [
+            ("in_proj", ("B", "T", "2E"), (batch, seq, 2 * E), 2 * n * d_in * 2 * E),
+            ("conv+silu", ("B", "T", "E"), (batch, seq, E), 2 * n * E * conv),
+            (
+                "x_proj",
+                ("B", "T", "R+2N"),
+                (batch, seq, R + 2 * state),
+                2 * n * E * (R + 2 * state),
+            ),
+            ("dt_proj", ("B", "T", "E"), (batch, seq, E), 2 * n * R * E),
+            ("scan", ("B", "T", "E", "N"), (batch, seq, E, state), 5 * n * E * state),
+            ("C·h+Dx, gate", ("B", "T", "E"), (batch, seq, E), n * (2 * E * state + 3 * E)),
+            ("out_proj", ("B", "T", "D"), (batch, seq, d_in), 2 * n * E * d_in),
+        ]
+
+    def init_state(self, batch_size: int, max_len: int) -> State:
+        """Zero decoding state: the conv window and the SSM state (independent of max_len)."""
+        w = self.A_log
+        return {
+            "conv": torch.zeros(
+                batch_size, self.kernel - 1, self.inner, device=w.device, dtype=w.dtype
+            ),
+            "ssm": torch.zeros(batch_size, self.inner, self.state, device=w.device, dtype=w.dtype),
+        }
+
+    def forward(self, x: torch.Tensor, state: State | None = None) -> torch.Tensor:
+        if state is not None:
+            _check_state(state, ("conv", "ssm"), "Mamba")
+        xs, z = self.in_proj(x).chunk(2, dim=-1)  # (B, T, E) each
+        window = None if state is None else state["conv"]
+        xs = F.silu(causal_conv(xs, self.conv1d.weight, self.conv1d.bias, window))
+        dt, B, C = self.x_proj(xs).split([self.dt_rank, self.state, self.state], dim=-1)
+        dt = F.softplus(self.dt_proj(dt)).float()  # (B, T, E)
+        A = -torch.exp(self.A_log.float())  # (E, N)
+        a = torch.exp(dt[..., None] * A)  # (B, T, E, N)
+        u = (dt * xs)[..., None] * B[:, :, None, :].float()  # (B, T, E, N)
+        h0 = None if state is None else state["ssm"]
+        h = linear_scan(a, u, h0)  # (B, T, E, N)
+        if state is not None:
+            state["ssm"].copy_(h[:, -1])
+        y = torch.einsum("bten,btn->bte", h, C.float()) + self.D * xs
+        return self.out_proj((y * F.silu(z.float())).to(x.dtype))
+
+    def extra_repr(self) -> str:
+        return f"inner={self.inner}, state={self.state}, dt_rank={self.dt_rank}, conv={self.kernel}"
+
+
+# --------------------------------------------------------------------------- Mamba2
+
+
+def _mamba2_sizes(d_in: int, expand: float, inner: int | None, head_dim: int) -> tuple[int, int]:
+    E = int(expand * d_in) if inner is None else inner
+    return E, (E // head_dim if head_dim > 0 else 0)
+
+
+def _mamba2_params(
+    d_in: int,
+    state: int,
+    expand: float,
+    inner: int | None,
+    head_dim: int,
+    groups: int,
+    conv: int,
+    bias: bool,
+    conv_bias: bool,
+    norm: bool,
+    **_,
+) -> int:
+    E, H = _mamba2_sizes(d_in, expand, inner, head_dim)
+    conv_dim = E + 2 * groups * state
+    in_proj = d_in * (E + conv_dim + H) + bias * (E + conv_dim + H)
+    out_proj = E * d_in + bias * d_in
+    return in_proj + conv_dim * conv + conv_bias * conv_dim + 3 * H + norm * E + out_proj
+
+
+def _mamba2_flops(
+    d_in: int,
+    seq: int,
+    state: int,
+    expand: float,
+    inner: int | None,
+    head_dim: int,
+    groups: int,
+    conv: int,
+    chunk: int,
+    **_,
+) -> int:
+    E, H = _mamba2_sizes(d_in, expand, inner, head_dim)
+    conv_dim = E + 2 * groups * state
+    L = min(chunk, seq)
+    proj = 2 * d_in * (E + conv_dim + H) + 2 * E * d_in
+    # intra-chunk C·B (per group) and (C·B)·x (per head), chunk states and their readout
+    ssd = 2 * L * groups * state + 2 * L * E + 4 * E * state
+    return seq * (proj + 2 * conv_dim * conv + ssd + 6 * E)
+
+
+def _mamba2_state_size(
+    d_in: int,
+    state: int,
+    expand: float,
+    inner: int | None,
+    head_dim: int,
+    groups: int,
+    conv: int,
+    **_,
+) -> int:
+    E, _ = _mamba2_sizes(d_in, expand, inner, head_dim)
+    return E * state + (E + 2 * groups * state) * (conv - 1)
+
+
+def _check_mamba2(
+    d_in: int,
+    state: int = 128,
+    expand: float = 2.0,
+    inner: int | None = None,
+    head_dim: int = 64,
+    groups: int = 1,
+    conv: int = 4,
+    chunk: int = 256,
+    **args,
+) -> Problem:
+    E = int(expand * d_in) if inner is None else inner
+    if E <= 0:
+        return f"Mamba2 inner width must be positive, got {E}", "set inner, or expand > 0"
+    if head_dim <= 0 or E % head_dim:
+        return (
+            f"Mamba2 inner width {E} is not a multiple of head_dim={head_dim}",
+            "choose head_dim dividing expand * d_model (or inner)",
+        )
+    H = E // head_dim
+    if groups <= 0 or H % groups:
+        return f"Mamba2 heads={H} (inner / head_dim) is not a multiple of groups={groups}"
+    if state <= 0:
+        return f"Mamba2 state size must be positive, got {state}"
+    if conv <= 0:
+        return f"Mamba2 conv kernel must be positive, got {conv}"
+    if chunk <= 0:
+        return f"Mamba2 chunk must be positive, got {chunk}"
+    return _check_dt(**args)
+
+
+def _segsum(x: torch.Tensor) -> torch.Tensor:
+    """``out[..., i, j] = x[..., j+1] + ... + x[..., i]`` for ``j <= i`` and ``-inf`` above the
+    diagonal (ssd_minimal's stable segment sum: masked cumsums, no differences of cumsums)."""
+    L = x.shape[-1]
+    x = x[..., None].expand(*x.shape, L)  # (..., L, L): x[..., i, j] = x_i
+    strict = torch.ones(L, L, dtype=torch.bool, device=x.device).tril(-1)
+    out = torch.cumsum(x.masked_fill(~strict, 0), dim=-2)
+    return out.masked_fill(
+        ~strict.logical_or(torch.eye(L, dtype=torch.bool, device=x.device)), -torch.inf
+    )
+
+
+def ssd(
+    x: torch.Tensor,
+    a: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    chunk: int,
+    h0: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mamba2's chunked state-space-duality scan (``ssd_minimal_discrete`` with grouped B/C).
+
+    ``h_t = exp(a_t) h_{t-1} + x_t ⊗ B_t`` per head, ``y_t = h_t C_t``: ``x`` (B, T, H, P)
+    (already scaled by Δ), ``a`` (B, T, H) (``Δ·A``, ≤ 0), ``B``/``C`` (B, T, G, N) shared by
+    ``H/G`` consecutive heads, ``h0`` (B, H, P, N). Returns ``y`` (B, T, H, P) and the final
+    state (B, H, P, N). Cost ``O(T * chunk)``: attention-like matmuls inside each chunk, a
+    recurrence over the chunks' end states between them. A sequence that is not a multiple of
+    ``chunk`` is padded with ``a = 0, x = 0`` steps, which leave the state unchanged."""
+    T, G = x.shape[1], B.shape[2]
+    L = max(1, min(chunk, T))
+    pad = (-T) % L
+    x, a, B, C = (t.float() for t in (x, a, B, C))
+    if pad:
+        x, B, C = (F.pad(t, (0, 0, 0, 0, 0, pad)) for t in (x, B, C))
+        a = F.pad(a, (0, 0, 0, pad))
+    xc = rearrange(x, "b (c l) (g r) p -> b c l g r p", l=L, g=G)
+    ac = rearrange(a, "b (c l) (g r) -> b g r c l", l=L, g=G)
+    Bc = rearrange(B, "b (c l) g n -> b c l g n", l=L)
+    Cc = rearrange(C, "b (c l) g n -> b c l g n", l=L)
+    a_cum = torch.cumsum(ac, dim=-1)  # (b, g, r, c, l)
+
+    # 1. within each chunk: y = (C B^T ∘ decay mask) x, like causal attention
+    scores = torch.einsum("bclgn,bcsgn->bgcls", Cc, Bc)  # (b, g, c, l, s)
+    M = scores[:, :, None] * torch.exp(_segsum(ac))  # (b, g, r, c, l, s)
+    y = torch.einsum("bgrcls,bcsgrp->bclgrp", M, xc)
+
+    # 2. each chunk's end state from its own inputs
+    decay_to_end = torch.exp(a_cum[..., -1:] - a_cum)  # (b, g, r, c, l)
+    states = torch.einsum("bclgn,bgrcl,bclgrp->bcgrpn", Bc, decay_to_end, xc)
+
+    # 3. the recurrence over chunks: the state entering each chunk
+    start = (
+        torch.zeros_like(states[:, :1])
+        if h0 is None
+        else rearrange(h0.float(), "b (g r) p n -> b 1 g r p n", g=G)
+    )
+    states = torch.cat([start, states], dim=1)  # (b, c+1, g, r, p, n)
+    decay_chunks = torch.exp(_segsum(F.pad(a_cum[..., -1], (1, 0))))  # (b, g, r, c+1, c+1)
+    states = torch.einsum("bgrzc,bcgrpn->bzgrpn", decay_chunks, states)
+    entering, final = states[:, :-1], states[:, -1]
+
+    # 4. what each position reads from the state that entered its chunk
+    y = y + torch.einsum("bclgn,bcgrpn,bgrcl->bclgrp", Cc, entering, torch.exp(a_cum))
+    y = rearrange(y, "b c l g r p -> b (c l) (g r) p")[:, :T]
+    return y, rearrange(final, "b g r p n -> b (g r) p n")
+
+
+class GatedRMSNorm(nn.Module):
+    """Mamba2's output norm: ``rmsnorm(y * silu(z))`` over groups of ``group`` channels, times
+    ``weight`` (transformers' ``MambaRMSNormGated`` with ``norm_before_gate=False``)."""
+
+    def __init__(self, dim: int, group: int, eps: float) -> None:
+        super().__init__()
+        self.group, self.eps = group, eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def reset_parameters(self) -> None:
+        nn.init.ones_(self.weight)
+
+    def forward(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        y = rearrange(y.float() * F.silu(z.float()), "... (g c) -> ... g c", c=self.group)
+        y = y * torch.rsqrt(y.square().mean(-1, keepdim=True) + self.eps)
+        return self.weight * rearrange(y, "... g c -> ... (g c)").to(z.dtype)
+
+
+@register(
+    "Mamba2",
+    out_features=same_size,
+    mixes_positions=True,
+    params=_mamba2_params,
+    flops=_mamba2_flops,
+    check=_check_mamba2,
+)
+class Mamba2(nn.Module):
+    """Mamba2's SSD mixer: a scalar decay per head, grouped B/C, gated RMSNorm before out_proj.
+
+    ``z, xBC, Δ = in_proj(u)``; ``x, B, C = silu(conv(xBC))``; ``Δ = softplus(Δ + dt_bias)``;
+    per head h (of ``H = E / head_dim``), ``h_t = exp(Δ_t A_h) h_{t-1} + Δ_t x_t ⊗ B_t``,
+    ``y_t = h_t C_t + D_h x_t`` (B, C of group ``h // (H/G)``), computed in chunks of ``chunk``
+    (see ``ssd``); out ``out_proj(norm(y, z))``. Parameters as transformers'
+    ``Mamba2Mixer``: ``in_proj [2E + 2GN + H, D]`` (order z, xBC, Δ), ``conv1d`` (depthwise
+    over ``E + 2GN`` channels), ``dt_bias``, ``A_log``, ``D`` (``[H]`` each), ``norm.weight
+    [E]``, ``out_proj [D, E]``. With ``norm=false`` the output is ``y * silu(z)`` (no norm).
+    Decoding state: ``conv`` (B, K-1, E + 2GN) and ``ssm`` (B, H, P, N).
+    """
+
+    arg_help: ClassVar[dict[str, str]] = {
+        "state": "SSM state size N per head channel",
+        "expand": "inner width E as a multiple of d_model",
+        "inner": "inner width E; none: int(expand * d_model)",
+        "head_dim": "channels P per head (heads H = E / head_dim)",
+        "groups": "groups G of heads sharing B and C (G divides H)",
+        "conv": "causal depthwise conv kernel K",
+        "chunk": "chunk length of the SSD scan (the result does not depend on it)",
+        "bias": "biases on in_proj and out_proj",
+        "conv_bias": "bias on the conv",
+        "norm": "gated RMSNorm before out_proj (else y * silu(z))",
+        "eps": "epsilon of the gated RMSNorm",
+        "dt_min": "smallest initial time step",
+        "dt_max": "largest initial time step",
+    }
+
+    def __init__(
+        self,
+        d_model: int,
+        state: int = 128,
+        expand: float = 2.0,
+        inner: int | None = None,
+        head_dim: int = 64,
+        groups: int = 1,
+        conv: int = 4,
+        chunk: int = 256,
+        bias: bool = False,
+        conv_bias: bool = True,
+        norm: bool = True,
+        eps: float = 1e-5,
+        dt_min: float = 0.001,
+        dt_max: float = 0.1,
+    ) -> None:
+        super().__init__()
+        raise_problem(
+            _check_mamba2(
+                d_model,
+                state,
+                expand,
+                inner,
+                head_dim,
+                groups,
+                conv,
+                chunk,
+                dt_min=dt_min,
+                dt_max=dt_max,
+            )
+        )
+        E, H = _mamba2_sizes(d_model, expand, inner, head_dim)
+        self.inner, self.heads, self.head_dim, self.groups = E, H, head_dim, groups
+        self.state, self.kernel, self.chunk = state, conv, chunk
+        self.dt_min, self.dt_max = dt_min, dt_max
+        self.conv_dim = E + 2 * groups * state
+        self.in_proj = nn.Linear(d_model, E + self.conv_dim + H, bias=bias)
+        self.conv1d = nn.Conv1d(
+            self.conv_dim,
+            self.conv_dim,
+            conv,
+            groups=self.conv_dim,
+            padding=conv - 1,
+            bias=conv_bias,
+        )
+        self.dt_bias = nn.Parameter(torch.empty(H))
+        self.A_log = nn.Parameter(torch.empty(H))
+        self.D = nn.Parameter(torch.empty(H))
+        self.norm = GatedRMSNorm(E, E // groups, eps) if norm else None
+        self.out_proj = nn.Linear(E, d_model, bias=bias)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Mamba2's init: ``A = -[1..H]``, ``D = 1``, time steps in ``[dt_min, dt_max]``."""
+        with torch.no_grad():
+            A = torch.arange(1, self.heads + 1, dtype=torch.float32, device=self.A_log.device)
+            self.A_log.copy_(torch.log(A))
+            self.D.fill_(1.0)
+        _init_dt_bias(self.dt_bias, self.dt_min, self.dt_max, 1e-4)
+
+    @staticmethod
+    def shape_steps(
+        d_in: int,
+        seq: int,
+        batch: int,
+        state: int,
+        expand: float,
+        inner: int | None,
+        head_dim: int,
+        groups: int,
+        conv: int,
+        chunk: int,
+        **_,
+    ) -> list[tuple[str, tuple[str, ...], tuple[int, ...], int]]:
+        """The steps inside, for ``blockdsl compile --show-shapes --depth 2``."""
+        E, H = _mamba2_sizes(d_in, expand, inner, head_dim)
+        cd, n, L = E + 2 * groups * state, batch * seq, min(chunk, seq)
+        return [
+            (
+                "in_proj",
+                ("B", "T", "E+CD+H"),
+                (batch, seq, E + cd + H),
+                2 * n * d_in * (E + cd + H),
+            ),
+            ("conv+silu", ("B", "T", "E+2GN"), (batch, seq, cd), 2 * n * cd * conv),
+            (
+                "ssd chunks",
+                ("B", "T", "H", "P"),
+                (batch, seq, H, head_dim),
+                n * (2 * L * groups * state + 2 * L * E),
+            ),
+            (
+                "ssd states",
+                ("B", "T/L", "H", "P", "N"),
+                (batch, -(-seq // L), H, head_dim, state),
+                4 * n * E * state,
+            ),
+            ("gated norm", ("B", "T", "E"), (batch, seq, E), 6 * n * E),
+            ("out_proj", ("B", "T", "D"), (batch, seq, d_in), 2 * n * E * d_in),
+        ]
+
+    def init_state(self, batch_size: int, max_len: int) -> State:
+        """Zero decoding state: the conv window and the SSM state (independent of max_len)."""
+        w = self.A_log
+        return {
+            "conv": torch.zeros(
+                batch_size, self.kernel - 1, self.conv_dim, device=w.device, dtype=w.dtype
+            ),
+            "ssm": torch.zeros(
+                batch_size, self.heads, self.head_dim, self.state, device=w.device, dtype=w.dtype
+            ),
+        }
+
+    def _step(
+        self, x: torch.Tensor, dt: torch.Tensor, B: torch.Tensor, C: torch.Tensor, h: torch.Tensor
+    ) -> torch.Tensor:
+        """One token of the recurrence, updating ``h`` (B, H, P, N) in place: x (B, H, P),
+        dt (B, H), B/C (B, G, N) -> y (B, H, P)."""
+        r = self.heads // self.groups
+        B, C = (t.float().repeat_interleave(r, dim=1) for t in (B, C))  # (B, H, N)
+        decay = torch.exp(dt * -torch.exp(self.A_log.float()))  # (B, H)
+        h.copy_(decay[..., None, None] * h + (dt[..., None] * x)[..., None] * B[:, :, None])
+        return torch.einsum("bhpn,bhn->bhp", h.float(), C)
+
+    def forward(self, x: torch.Tensor, state: State | None = None) -> torch.Tensor:
+        if state is not None:
+            _check_state(state, ("conv", "ssm"), "Mamba2")
+        T = x.shape[1]
+        E, H, P, G, N = self.inner, self.heads, self.head_dim, self.groups, self.state
+        z, xBC, dt = self.in_proj(x).split([E, self.conv_dim, H], dim=-1)
+        window = None if state is None else state["conv"]
+        xBC = F.silu(causal_conv(xBC, self.conv1d.weight, self.conv1d.bias, window))
+        xs, B, C = xBC.split([E, G * N, G * N], dim=-1)
+        xs = rearrange(xs, "b t (h p) -> b t h p", p=P).float()
+        B = rearrange(B, "b t (g n) -> b t g n", g=G)
+        C = rearrange(C, "b t (g n) -> b t g n", g=G)
+        dt = F.softplus(dt.float() + self.dt_bias.float())  # (B, T, H)
+        if state is not None and T == 1:  # decode step
+            y = self._step(xs[:, 0], dt[:, 0], B[:, 0], C[:, 0], state["ssm"])[:, None]
+        else:
+            A = -torch.exp(self.A_log.float())  # (H,)
+            h0 = None if state is None else state["ssm"]
+            y, final = ssd(xs * dt[..., None], dt * A, B, C, self.chunk, h0)
+            if state is not None:
+                state["ssm"].copy_(final)
+        y = rearrange(y + self.D.float()[:, None] * xs, "b t h p -> b t (h p)")
+        y = self.norm(y, z) if self.norm is not None else (y * F.silu(z.float())).to(x.dtype)
+        return self.out_proj(y)
+
+    def extra_repr(self) -> str:
+        return (
+            f"inner={self.inner}, heads={self.heads}, head_dim={self.head_dim}, "
+            f"groups={self.groups}, state={self.state}, conv={self.kernel}, chunk={self.chunk}"
+        )
+
+
+# --------------------------------------------------------------------------- RG-LRU
+
+#: Griffin's fixed scale of the recurrence gate: ``log a = -C * r_t * softplus(Λ)``.
+_RGLRU_C = 8.0
+_MAX_SQRT_GRADIENT = 1000.0
+
+
+class _SqrtBoundedGradient(torch.autograd.Function):
+    """``sqrt(x)`` whose gradient is clipped at 1000 (Griffin's ``sqrt_bound_derivative``), so
+    ``sqrt(1 - a^2)`` stays trainable when ``a -> 1``."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        return torch.sqrt(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (x,) = ctx.saved_tensors
+        return grad / torch.sqrt(torch.clip(4.0 * x, min=_MAX_SQRT_GRADIENT**-2))
+
+
+def _rglru_width(d_in: int, width: int | None) -> int:
+    return d_in if width is None else width
+
+
+def _rglru_params(d_in: int, width: int | None, heads: int, conv: int, **_) -> int:
+    W = _rglru_width(d_in, width)
+    gates = 2 * (W * (W // heads) + W) if heads > 0 else 0
+    return 2 * (d_in * W + W) + (W * d_in + d_in) + W * conv + W + gates + W
+
+
+def _rglru_flops(d_in: int, seq: int, width: int | None, heads: int, conv: int, **_) -> int:
+    W = _rglru_width(d_in, width)
+    gates = 2 * 2 * W * (W // heads) if heads > 0 else 0
+    # linear_x, linear_y, linear_out; conv; gates; recurrence, gating and normalisation
+    return seq * (2 * 2 * d_in * W + 2 * W * d_in + 2 * W * conv + gates + 10 * W)
+
+
+def _rglru_state_size(d_in: int, width: int | None, conv: int, **_) -> int:
+    W = _rglru_width(d_in, width)
+    return W + W * (conv - 1)
+
+
+def _check_rglru(
+    d_in: int, width: int | None = None, heads: int = 1, conv: int = 4, act: str = "gelu_tanh", **_
+) -> Problem:
+    W = _rglru_width(d_in, width)
+    if W <= 0:
+        return f"RGLRU width must be positive, got {W}"
+    if heads <= 0 or W % heads:
+        return (
+            f"RGLRU width {W} is not a multiple of heads={heads}",
+            "heads sets the blocks of the block-diagonal gates: choose one dividing the width",
+        )
+    if conv <= 0:
+        return f"RGLRU conv kernel must be positive, got {conv}"
+    if act not in ACTIVATIONS:
+        return f"unknown activation '{act}'", f"one of {', '.join(ACTIVATIONS)}"
+    return None
+
+
+class _RGLRUGates(nn.Module):
+    """The RG-LRU's own parameters (transformers' ``RecurrentGemmaRglru``): ``recurrent_param
+    [W]`` (Λ), and block-diagonal gates ``input_gate_weight``/``recurrent_gate_weight [heads,
+    W/heads, W/heads]`` (applied as ``x_block @ weight``) with biases ``[heads, W/heads]``."""
+
+    def __init__(self, width: int, heads: int) -> None:
+        super().__init__()
+        self.heads, self.block = heads, width // heads
+        self.recurrent_param = nn.Parameter(torch.empty(width))
+        self.input_gate_weight = nn.Parameter(torch.empty(heads, self.block, self.block))
+        self.input_gate_bias = nn.Parameter(torch.empty(heads, self.block))
+        self.recurrent_gate_weight = nn.Parameter(torch.empty(heads, self.block, self.block))
+        self.recurrent_gate_bias = nn.Parameter(torch.empty(heads, self.block))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Griffin's init (as transformers'): gates like ``nn.Linear``, biases zero; ``Λ`` such
+        that ``softplus(Λ) = -log(rad)`` with ``rad²`` uniform in ``[0.81, 0.998]``, so that
+        ``a = rad^(8 r)``."""
+        for w in (self.input_gate_weight, self.recurrent_gate_weight):
+            init_linear_(w, self.block)
+        nn.init.zeros_(self.input_gate_bias)
+        nn.init.zeros_(self.recurrent_gate_bias)
+        with torch.no_grad():
+            rad2 = torch.empty_like(self.recurrent_param, dtype=torch.float32).uniform_(0.81, 0.998)
+            sp = -0.5 * torch.log(rad2)  # softplus(Λ)
+            self.recurrent_param.copy_(sp + torch.log(-torch.expm1(-sp)))  # inverse softplus
+
+    def gate(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        blocks = rearrange(x, "b t (h i) -> b t h i", h=self.heads)
+        out = torch.einsum("bthi,hij->bthj", blocks, weight) + bias
+        return torch.sigmoid(rearrange(out, "b t h j -> b t (h j)"))
+
+
+@register(
+    "RGLRU",
+    out_features=same_size,
+    mixes_positions=True,
+    params=_rglru_params,
+    flops=_rglru_flops,
+    check=_check_rglru,
+)
+class RGLRU(nn.Module):
+    """Griffin's recurrent block (RecurrentGemma, Hawk): a real-gated linear recurrence (RG-LRU)
+    after a causal conv, times a GeLU gate branch.
+
+    ``y = act(linear_y(u))``; ``x = conv(linear_x(u))``; gates ``i_t = σ(x_t W_i + b_i)``,
+    ``r_t = σ(x_t W_r + b_r)`` (block-diagonal, ``heads`` blocks); ``a_t = exp(-8 r_t
+    softplus(Λ))``; ``h_t = a_t h_{t-1} + sqrt(1 - a_t²) (i_t x_t)``; out ``linear_out(h * y)``.
+    At position 0 (``positions``, default ``arange(T)``) the state resets and the input is not
+    scaled, as in transformers' ``RecurrentGemmaRecurrentBlock``, whose parameter names this
+    uses (``linear_x``, ``linear_y``, ``linear_out``, ``conv_1d``, ``rg_lru.*``). Decoding
+    state: ``conv`` (B, K-1, W) and ``rnn`` (B, W).
+    """
+
+    arg_help: ClassVar[dict[str, str]] = {
+        "width": "recurrence width W; none: d_model",
+        "heads": "blocks of the block-diagonal input and recurrence gates",
+        "conv": "causal depthwise conv kernel K",
+        "act": "activation of the gate branch: relu, gelu, gelu_tanh, silu or relu2",
+    }
+
+    def __init__(
+        self,
+        d_model: int,
+        width: int | None = None,
+        heads: int = 1,
+        conv: int = 4,
+        act: Literal["relu", "gelu", "gelu_tanh", "silu", "relu2"] = "gelu_tanh",
+    ) -> None:
+        super().__init__()
+        raise_problem(_check_rglru(d_model, width, heads, conv, act))
+        W = _rglru_width(d_model, width)
+        self.width, self.kernel, self.act_name, self.act = W, conv, act, activation(act)
+        self.linear_y = nn.Linear(d_model, W)
+        self.linear_x = nn.Linear(d_model, W)
+        self.linear_out = nn.Linear(W, d_model)
+        self.conv_1d = nn.Conv1d(W, W, conv, groups=W, padding=conv - 1)
+        self.rg_lru = _RGLRUGates(W, heads)
+
+    @staticmethod
+    def shape_steps(
+        d_in: int, seq: int, batch: int, width: int | None, heads: int, conv: int, **_
+    ) -> list[tuple[str, tuple[str, ...], tuple[int, ...], int]]:
+        """The steps inside, for ``blockdsl compile --show-shapes --depth 2``."""
+        W, n = _rglru_width(d_in, width), batch * seq
+        hid = ("B", "T", "W"), (batch, seq, W)
+        return [
+            ("gate branch", *hid, 2 * n * d_in * W),
+            ("linear_x", *hid, 2 * n * d_in * W),
+            ("conv", *hid, 2 * n * W * conv),
+            ("gates", *hid, 4 * n * W * (W // heads)),
+            ("recurrence", *hid, 8 * n * W),
+            ("linear_out", ("B", "T", "D"), (batch, seq, d_in), 2 * n * W * d_in),
+        ]
+
+    def init_state(self, batch_size: int, max_len: int) -> State:
+        """Zero decoding state: the conv window and the recurrence (independent of max_len)."""
+        w = self.linear_x.weight
+        return {
+            "conv": torch.zeros(
+                batch_size, self.kernel - 1, self.width, device=w.device, dtype=w.dtype
+            ),
+            "rnn": torch.zeros(batch_size, self.width, device=w.device, dtype=w.dtype),
+        }
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        positions: torch.Tensor | None = None,
+        state: State | None = None,
+    ) -> torch.Tensor:
+        if state is not None:
+            _check_state(state, ("conv", "rnn"), "RGLRU")
+        b, T, _ = x.shape
+        if positions is None:
+            positions = torch.arange(T, device=x.device)
+        reset = (positions == 0).expand(b, T)[..., None]  # (B, T, 1): a sequence starts here
+        y = self.act(self.linear_y(x))  # (B, T, W)
+        window = None if state is None else state["conv"]
+        xs = causal_conv(self.linear_x(x), self.conv_1d.weight, self.conv_1d.bias, window)
+        lru = self.rg_lru
+        i = lru.gate(xs, lru.input_gate_weight, lru.input_gate_bias)
+        r = lru.gate(xs, lru.recurrent_gate_weight, lru.recurrent_gate_bias)
+        log_a = -_RGLRU_C * r.float() * F.softplus(lru.recurrent_param.float())  # (B, T, W)
+        scale = _SqrtBoundedGradient.apply(1 - torch.exp(2 * log_a))
+        scale = torch.where(reset, 1.0, scale)
+        a = torch.where(reset, 0.0, torch.exp(log_a))
+        h0 = None if state is None else state["rnn"]
+        h = linear_scan(a, xs.float() * i.float() * scale, h0)  # (B, T, W)
+        if state is not None:
+            state["rnn"].copy_(h[:, -1])
+        return self.linear_out(h.to(x.dtype) * y)
+
+    def extra_repr(self) -> str:
+        heads = self.rg_lru.heads
+        return f"width={self.width}, heads={heads}, conv={self.kernel}, act={self.act_name}"
+
+
+#: Decoding state per sequence, declared with ``register(..., state_size=...)`` once the
+#: registry accepts it (the decoding-state protocol).
+STATE_SIZES = {"Mamba": _mamba_state_size, "Mamba2": _mamba2_state_size, "RGLRU": _rglru_state_size}

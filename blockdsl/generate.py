@@ -1,0 +1,360 @@
+"""Text generation: a ``LanguageModel`` continues token ids, with a decoding state or without.
+
+``generate(model, idx, max_new_tokens, ...)`` (also ``model.generate(...)``) samples one token
+at a time. With the cache (the default, when every component that mixes positions implements
+the decoding-state protocol, docs/generation.md) the prompt is prefilled once into a state and
+each new token costs one step; otherwise the whole prefix is recomputed every step (the
+documented fallback, exact but slower).
+
+Prompts of different lengths (a list) decode as one batch without padding ever entering a
+state: prompts of each length are prefilled together into their rows of the batch state, and
+then every row steps at its own positions (attention masks each row's cache beyond its own
+position). The tokens are those each prompt gives alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from blockdsl.errors import BlockDSLError
+from blockdsl.lower import call_specs, noncausal_call
+
+if TYPE_CHECKING:
+    from blockdsl.model import LanguageModel
+
+
+class GenerationError(BlockDSLError):
+    """Generation cannot run: a bad prompt or option, or a model that cannot decode."""
+
+
+Prompts = torch.Tensor | Sequence[Sequence[int]] | Sequence[torch.Tensor]
+
+
+def generate(
+    model: LanguageModel,
+    idx: Prompts,
+    max_new_tokens: int,
+    *,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    greedy: bool = False,
+    stop: int | Iterable[int] | None = None,
+    generator: torch.Generator | None = None,
+    use_cache: bool = True,
+) -> torch.Tensor | list[torch.Tensor]:
+    """Continue ``idx`` by up to ``max_new_tokens`` tokens.
+
+    ``idx`` is a ``(B, T)`` (or ``(T,)``) tensor of token ids, or a list of prompts of any
+    lengths (lists of ids or 1-d tensors). Returns the prompts with their continuations: a
+    tensor shaped like ``idx`` for a tensor (rows that stopped early are filled with the stop
+    token they produced, and generation ends when every row has stopped), else a list of 1-d
+    tensors, each ending at its stop token.
+
+    Sampling: ``greedy`` (or ``temperature == 0``) takes the most likely token; otherwise the
+    logits are divided by ``temperature``, restricted to the ``top_k`` most likely tokens and
+    to the smallest set whose probability reaches ``top_p`` (nucleus), and sampled with
+    ``generator`` (seed it for reproducible samples). ``stop``: a token id or ids ending a
+    row. ``use_cache=False`` recomputes the prefix every step (the fallback, for comparison).
+    """
+    prompts, as_tensor, squeeze = _prompts(idx)
+    steps = list(
+        stream(
+            model,
+            prompts,
+            max_new_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            greedy=greedy,
+            stop=stop,
+            generator=generator,
+            use_cache=use_cache,
+        )
+    )
+    device = prompts[0].device
+    new = torch.stack(steps, dim=1) if steps else torch.empty(len(prompts), 0, dtype=torch.long)
+    new = new.to(device)
+    if as_tensor:
+        out = torch.cat([torch.stack(prompts), new], dim=1)
+        return out[0] if squeeze else out
+    stops = _stop_ids(stop)
+    results = []
+    for prompt, row in zip(prompts, new):
+        ended = [i for i, token in enumerate(row.tolist()) if token in stops]
+        results.append(torch.cat([prompt, row[: ended[0] + 1] if ended else row]))
+    return results
+
+
+@torch.no_grad()
+def stream(
+    model: LanguageModel,
+    prompts: Prompts,
+    max_new_tokens: int,
+    *,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    greedy: bool = False,
+    stop: int | Iterable[int] | None = None,
+    generator: torch.Generator | None = None,
+    use_cache: bool = True,
+) -> Iterator[torch.Tensor]:
+    """Yield the next token of every prompt, ``(B,)``, one step at a time (``generate``'s
+    options). A row that has produced a stop token yields that token again; the stream ends
+    after ``max_new_tokens`` steps or when every row has stopped."""
+    rows, _, _ = _prompts(prompts)
+    _check_options(max_new_tokens, temperature, top_k, top_p)
+    stops = _stop_ids(stop)
+    _check_model(model)
+    device = next(iter(model.parameters()), torch.zeros(())).device
+    rows = [_check_prompt(model, i, row.to(device)) for i, row in enumerate(rows)]
+    lengths = torch.tensor([len(row) for row in rows], device=device)
+    total = int(lengths.max()) + max_new_tokens
+    if total > model.config.context:
+        raise GenerationError(
+            f"the longest prompt ({int(lengths.max())} tokens) and max_new_tokens "
+            f"({max_new_tokens}) exceed the model's context of {model.config.context} positions",
+            hint="ask for fewer new tokens, shorten the prompt, or use a model with a longer "
+            "context",
+        )
+    if max_new_tokens == 0:
+        return
+
+    def pick(logits: torch.Tensor) -> torch.Tensor:
+        return sample(
+            logits,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            greedy=greedy,
+            generator=generator,
+        )
+
+    was_training = model.training
+    model.eval()
+    try:
+        cached = use_cache and model.cache_blocker() is None
+        steps = _cached(model, rows, lengths, total) if cached else _uncached(model, rows)
+        done = torch.zeros(len(rows), dtype=torch.bool, device=device)
+        ended = torch.zeros(len(rows), dtype=torch.long, device=device)
+        stop_tensor = torch.tensor(sorted(stops), dtype=torch.long, device=device)
+        logits = next(steps)
+        for step in range(max_new_tokens):
+            token = torch.where(done, ended, pick(logits))
+            newly = ~done & torch.isin(token, stop_tensor)
+            ended = torch.where(newly, token, ended)
+            done = done | newly
+            yield token
+            if step + 1 == max_new_tokens or bool(done.all()):
+                break
+            logits = steps.send(token)
+    finally:
+        model.train(was_training)
+
+
+def sample(
+    logits: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    greedy: bool = False,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """One token per row of ``logits`` ``(B, vocab)``: the argmax when ``greedy`` or
+    ``temperature == 0``, else a sample from ``softmax(logits / temperature)`` restricted to
+    the ``top_k`` most likely tokens and the ``top_p`` nucleus."""
+    logits = logits.float()
+    if greedy or temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits / temperature
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = logits.topk(top_k, dim=-1).values[:, -1:]  # (B, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        probs = sorted_logits.softmax(dim=-1)
+        before = probs.cumsum(dim=-1) - probs  # probability of the more likely tokens
+        drop = before >= top_p  # the most likely token is always kept (before = 0)
+        logits = logits.masked_fill(drop.scatter(1, order, drop), float("-inf"))
+    probs = logits.softmax(dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+# ==================================================================== the two loops
+def _cached(
+    model: LanguageModel, rows: list[torch.Tensor], lengths: torch.Tensor, max_len: int
+) -> Iterator[torch.Tensor]:
+    """Prefill each length's prompts into their rows of one state, then step every row at its
+    own position. Yields next-token logits ``(B, vocab)``; receives the chosen tokens."""
+    device = lengths.device
+    state = model.init_state(len(rows), max_len)
+    logits = torch.empty(0)
+    for length, members in _by_length(rows).items():
+        ids = torch.stack([rows[i] for i in members])  # (n, length)
+        positions = torch.arange(length, device=device).expand(len(members), -1)
+        if len(members) == len(rows):  # one length: prefill the batch state itself
+            out = model(ids, positions=positions, state=state)
+        else:
+            part = model.init_state(len(members), max_len)
+            out = model(ids, positions=positions, state=part)
+            _copy_rows(state, part, torch.tensor(members, device=device))
+        last = out[:, -1].float()
+        if logits.numel() == 0:
+            logits = last.new_empty(len(rows), last.shape[-1])
+        logits[torch.tensor(members, device=device)] = last
+    positions = lengths[:, None].clone()  # (B, 1): the position of each row's next token
+    while True:
+        token = yield logits
+        logits = model(token[:, None], positions=positions, state=state)[:, -1].float()
+        positions += 1
+
+
+def _uncached(model: LanguageModel, rows: list[torch.Tensor]) -> Iterator[torch.Tensor]:
+    """The fallback: every step reruns each group of equal-length rows on its whole prefix."""
+    groups = {
+        length: (members, torch.stack([rows[i] for i in members]))
+        for length, members in _by_length(rows).items()
+    }
+    while True:
+        logits = None
+        for members, ids in groups.values():
+            last = model(ids)[:, -1].float()
+            if logits is None:
+                logits = last.new_empty(len(rows), last.shape[-1])
+            logits[torch.tensor(members, device=last.device)] = last
+        token = yield logits
+        groups = {
+            length: (members, torch.cat([ids, token[members, None]], dim=1))
+            for length, (members, ids) in groups.items()
+        }
+
+
+def _by_length(rows: list[torch.Tensor]) -> dict[int, list[int]]:
+    groups: dict[int, list[int]] = {}
+    for i, row in enumerate(rows):
+        groups.setdefault(len(row), []).append(i)
+    return groups
+
+
+def _copy_rows(dst: Any, src: Any, rows: torch.Tensor) -> None:
+    """Write the rows of state ``src`` into rows ``rows`` of state ``dst`` (same structure)."""
+    if isinstance(dst, torch.Tensor):
+        dst.index_copy_(0, rows, src)
+    elif isinstance(dst, dict):
+        for key in dst:
+            _copy_rows(dst[key], src[key], rows)
+    elif isinstance(dst, (list, tuple)):
+        for d, s in zip(dst, src):
+            _copy_rows(d, s, rows)
+
+
+# ==================================================================== checks
+def _prompts(idx: Prompts) -> tuple[list[torch.Tensor], bool, bool]:
+    """The prompts as 1-d long tensors, whether ``idx`` was a tensor, and whether it was 1-d."""
+    if isinstance(idx, torch.Tensor):
+        if idx.dtype.is_floating_point or idx.dtype == torch.bool or idx.dim() not in (1, 2):
+            raise GenerationError(
+                f"prompts must be token ids of shape (B, T) or (T,), got a {idx.dim()}-d "
+                f"{idx.dtype} tensor"
+            )
+        squeeze = idx.dim() == 1
+        batch = idx[None] if squeeze else idx
+        if batch.shape[0] == 0:
+            raise GenerationError("no prompt given (the batch is empty)")
+        return [row.long() for row in batch], True, squeeze
+    if isinstance(idx, (str, bytes)):
+        raise GenerationError(
+            "prompts must be token ids, not text", hint="encode the text with the tokenizer"
+        )
+    rows = list(idx)
+    if not rows:
+        raise GenerationError("no prompt given (the list is empty)")
+    out = []
+    for i, row in enumerate(rows):
+        try:
+            tensor = torch.as_tensor(row)
+        except (TypeError, ValueError) as exc:
+            raise GenerationError(f"prompt {i} is not a sequence of token ids: {exc}") from None
+        if tensor.dim() != 1 or tensor.dtype.is_floating_point or tensor.dtype == torch.bool:
+            if tensor.numel() == 0 and tensor.dim() == 1:
+                tensor = tensor.long()
+            else:
+                raise GenerationError(f"prompt {i} is not a sequence of token ids")
+        out.append(tensor.long())
+    return out, False, False
+
+
+def _check_prompt(model: LanguageModel, i: int, row: torch.Tensor) -> torch.Tensor:
+    which = f"prompt {i}"
+    if row.numel() == 0:
+        raise GenerationError(
+            f"{which} is empty", hint="give at least one token (e.g. a beginning-of-text id)"
+        )
+    vocab = model.config.vocab
+    bad = ((row < 0) | (row >= vocab)).nonzero()
+    if len(bad):
+        at = int(bad[0])
+        raise GenerationError(
+            f"{which} holds unknown token id {int(row[at])} at position {at}",
+            hint=f"token ids of this model are 0 ... {vocab - 1}",
+        )
+    if len(row) > model.config.context:
+        raise GenerationError(
+            f"{which} has {len(row)} tokens, longer than the model's context of "
+            f"{model.config.context}",
+            hint="shorten the prompt (keep its last tokens) or use a model with a longer context",
+        )
+    return row
+
+
+def _check_options(
+    max_new_tokens: int, temperature: float, top_k: int | None, top_p: float | None
+) -> None:
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int):
+        raise GenerationError(f"max_new_tokens must be an integer, got {max_new_tokens!r}")
+    if max_new_tokens < 0:
+        raise GenerationError(f"max_new_tokens must be at least 0, got {max_new_tokens}")
+    if not temperature >= 0:
+        raise GenerationError(f"temperature must be at least 0, got {temperature}")
+    if top_k is not None and top_k < 1:
+        raise GenerationError(f"top_k must be at least 1, got {top_k}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise GenerationError(f"top_p must be in (0, 1], got {top_p}")
+
+
+def _stop_ids(stop: int | Iterable[int] | None) -> set[int]:
+    if stop is None:
+        return set()
+    if isinstance(stop, int):
+        return {stop}
+    if isinstance(stop, torch.Tensor):
+        return {int(s) for s in stop.flatten().tolist()}
+    return {int(s) for s in stop}
+
+
+def _check_model(model: LanguageModel) -> None:
+    """A model generates when no block needs a ``memory`` and every component that mixes
+    positions is causal (else its earlier outputs would change with later tokens)."""
+    for block in model.blocks():
+        graph = block.block_graph
+        if any("memory" in spec.component.required_context for spec in call_specs(graph)):
+            raise GenerationError(
+                "this model cannot generate: it reads a memory (cross-attention) that "
+                "generation does not provide",
+                hint="call the model directly with memory=...",
+            )
+        where = noncausal_call(graph)
+        if where:
+            raise GenerationError(
+                f"this model cannot generate: {where} is not causal, so its outputs at "
+                "earlier positions depend on later tokens",
+                hint="use causal components (e.g. Attn with causal=true) for a language model",
+            )
+
+
+__all__ = ["GenerationError", "generate", "sample", "stream"]

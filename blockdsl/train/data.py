@@ -1,0 +1,513 @@
+"""Token data: ``blockdsl data prepare`` writes it, the training loop samples batches from it.
+
+A data directory holds (nanoGPT's layout, plus what makes it self-describing)::
+
+    train.bin       token ids, little-endian uint16 (uint32 when the vocabulary is larger)
+    val.bin         the validation split, same layout
+    tokenizer.json  a Hugging Face ``tokenizers`` tokenizer that encodes and decodes the ids
+    meta.json       vocab, dtype, token counts, the tokenizer's kind, each source's sha256
+
+Preparation streams: documents are read one at a time, encoded in chunks and appended to the
+bin files, so a corpus larger than memory is fine (``char`` and ``bpe:N`` read the sources
+twice: once to build the vocabulary, once to encode). Each document goes to ``val.bin`` with
+probability ``val_fraction`` (drawn from ``seed``); when that leaves the validation split empty
+(a single file), the last ``val_fraction`` of the training tokens become it.
+
+Batches are a pure function of ``(seed, step)``: ``TokenData.batch(seed, step, rows, seq_len)``
+draws ``rows`` random windows with a generator seeded from ``(seed, step)`` alone. Every variant
+trained on the same data with the same seed sees the same batches in the same order, a resumed
+run needs no loader state, and rank ``r`` of ``w`` can take its rows of the same batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import sys
+import sysconfig
+from array import array
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from blockdsl.errors import BlockDSLError
+
+META_FORMAT = "blockdsl-data"
+EOT = "<|endoftext|>"
+NAMED_SOURCES = {
+    "stdlib": "the Python standard library's own source (*.py files, no site-packages), "
+    "present wherever Python is installed",
+}
+CHUNK_CHARS = 1 << 20  # documents are encoded in pieces of about this many characters
+
+
+class DataError(BlockDSLError):
+    """A data source, tokenizer or data directory is unusable."""
+
+
+# ==================================================================== sources
+@dataclass
+class Source:
+    """One SOURCE argument: yields ``(name, text)`` documents and hashes what it read."""
+
+    spec: str
+    glob: str = "*"
+    documents: int = 0
+    bytes: int = 0
+    skipped: list[str] = field(default_factory=list)
+    _sha: Any = field(default_factory=hashlib.sha256, repr=False)
+
+    def size_hint(self) -> int | None:
+        """Bytes to read (for the progress bar); None when unknown (``hf:``)."""
+        if self.spec.startswith("hf:"):
+            return None
+        return sum(path.stat().st_size for path in self._paths())
+
+    def _paths(self) -> list[Path]:
+        if self.spec in NAMED_SOURCES:
+            return stdlib_files()
+        path = Path(self.spec)
+        if path.is_dir():
+            return sorted(p for p in path.rglob(self.glob) if p.is_file())
+        if path.is_file():
+            return [path]
+        hint = "a file, a directory, hf:NAME[:split], or one of: " + ", ".join(NAMED_SOURCES)
+        raise DataError(f"data source '{self.spec}' does not exist", hint=hint)
+
+    def documents_iter(self, progress: Callable[[int], None] | None = None) -> Iterator[str]:
+        """The documents, in a fixed order; hashes and counts them as it goes."""
+        self.documents, self.bytes, self.skipped = 0, 0, []
+        self._sha = hashlib.sha256()
+        if self.spec.startswith("hf:"):
+            yield from self._hf_documents()
+            return
+        explicit = Path(self.spec).is_file()
+        for path in self._paths():
+            raw = path.read_bytes()
+            if progress:
+                progress(len(raw))
+            if path.suffix == ".jsonl":
+                texts = list(_jsonl_texts(path, raw))
+            else:
+                try:
+                    texts = [raw.decode("utf-8")]
+                except UnicodeDecodeError:
+                    if explicit:
+                        raise DataError(f"{path} is not UTF-8 text") from None
+                    self.skipped.append(str(path))
+                    continue
+            self._sha.update(raw)
+            self.bytes += len(raw)
+            for text in texts:
+                self.documents += 1
+                yield text
+
+    def _hf_documents(self) -> Iterator[str]:
+        name, _, split = self.spec[3:].partition(":")
+        try:
+            import datasets
+        except ImportError:
+            raise DataError(
+                f"'{self.spec}' needs the optional datasets package",
+                hint="pip install 'blockdsl[datasets]'",
+            ) from None
+        try:
+            dataset = datasets.load_dataset(name, split=split or "train", streaming=True)
+        except Exception as exc:  # datasets raises many kinds: report them all as one
+            raise DataError(f"cannot load '{self.spec}' with datasets: {exc}") from None
+        for row in dataset:
+            text = row.get("text")
+            if not isinstance(text, str):
+                raise DataError(f"'{self.spec}' has rows without a 'text' string field")
+            raw = text.encode("utf-8")
+            self._sha.update(raw)
+            self.bytes += len(raw)
+            self.documents += 1
+            yield text
+
+    def describe(self) -> dict[str, Any]:
+        out = {
+            "source": self.spec,
+            "sha256": self._sha.hexdigest(),
+            "documents": self.documents,
+            "bytes": self.bytes,
+        }
+        if self.skipped:
+            out["skipped_not_utf8"] = len(self.skipped)
+        return out
+
+
+def stdlib_files() -> list[Path]:
+    """The ``*.py`` files of the running Python's standard library, sorted."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    skip = {"site-packages", "dist-packages", "__pycache__"}
+    return sorted(p for p in root.rglob("*.py") if not skip.intersection(p.relative_to(root).parts))
+
+
+def _jsonl_texts(path: Path, raw: bytes) -> Iterator[str]:
+    for number, line in enumerate(raw.decode("utf-8", errors="strict").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as exc:
+            raise DataError(f"{path}:{number}: not JSON ({exc})") from None
+        if not isinstance(row, dict) or not isinstance(row.get("text"), str):
+            raise DataError(f"{path}:{number}: a .jsonl line needs a 'text' string field")
+        yield row["text"]
+
+
+# ==================================================================== tokenizers
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's map from bytes to printable characters (what ``tokenizers``' ByteLevel uses)."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1)]
+    printable += range(ord("®"), ord("ÿ") + 1)
+    chars = list(printable)
+    extra = 0
+    for b in range(256):
+        if b not in printable:
+            printable.append(b)
+            chars.append(256 + extra)
+            extra += 1
+    return dict(zip(printable, map(chr, chars)))
+
+
+def byte_tokenizer() -> Any:
+    """256 ids, id = the byte's value (UTF-8), as a ``tokenizers`` byte-level tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    vocab = {char: byte for byte, char in bytes_to_unicode().items()}
+    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    return tokenizer
+
+
+def char_tokenizer(chars: set[str]) -> Any:
+    """One id per character seen in the data (sorted by code point), ``<unk>`` last."""
+    from tokenizers import Tokenizer, decoders, models
+
+    vocab = {char: i for i, char in enumerate(sorted(chars))}
+    vocab["<unk>"] = len(vocab)
+    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    tokenizer.decoder = decoders.Fuse()
+    return tokenizer
+
+
+def bpe_tokenizer(size: int, texts: Iterator[str]) -> Any:
+    """A byte-level BPE of ``size`` tokens trained on ``texts`` (GPT-2's recipe)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=size,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        special_tokens=[EOT],
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(_chunks(texts), trainer=trainer)
+    return tokenizer
+
+
+def _chunks(texts: Iterator[str]) -> Iterator[str]:
+    """Long documents in pieces of about CHUNK_CHARS, cut after a newline."""
+    for text in texts:
+        start = 0
+        while start < len(text):
+            end = start + CHUNK_CHARS
+            if end < len(text):
+                cut = text.rfind("\n", start, end)
+                end = cut + 1 if cut > start else end
+            yield text[start:end]
+            start = end
+
+
+def parse_tokenizer(spec: str) -> tuple[str, int | None]:
+    """``byte`` | ``char`` | ``bpe:N`` | a path to a tokenizer.json → (kind, size)."""
+    if spec in ("byte", "char"):
+        return spec, None
+    if spec.startswith("bpe:"):
+        size = spec[4:]
+        if not size.isdigit() or not 257 <= int(size) <= 2**32:
+            raise DataError(f"--tokenizer {spec}: N must be an integer ≥ 257", hint="e.g. bpe:4096")
+        return "bpe", int(size)
+    if Path(spec).is_file():
+        return "file", None
+    raise DataError(
+        f"unknown tokenizer '{spec}'",
+        hint="byte, char, bpe:N (e.g. bpe:4096) or a path to a tokenizer.json",
+    )
+
+
+# ==================================================================== prepare
+def prepare(
+    sources: Sequence[str],
+    out: str | os.PathLike,
+    *,
+    tokenizer: str = "byte",
+    val_fraction: float = 0.05,
+    seed: int = 0,
+    glob: str = "*",
+    overwrite: bool = False,
+    progress: bool | None = None,
+) -> dict[str, Any]:
+    """Tokenize ``sources`` into ``out`` (train.bin, val.bin, tokenizer.json, meta.json);
+    returns the meta dict. ``progress``: a rich bar (default: when stderr is a terminal)."""
+    if not sources:
+        raise DataError("give at least one SOURCE", hint=f"e.g. {', '.join(NAMED_SOURCES)}")
+    if not 0 <= val_fraction < 1:
+        raise DataError(f"--val-fraction must be in [0, 1), got {val_fraction}")
+    out = Path(out)
+    if (out / "meta.json").exists() and not overwrite:
+        raise DataError(f"{out} already holds prepared data", hint="pass --force to replace it")
+    kind, size = parse_tokenizer(tokenizer)
+    items = [Source(spec, glob=glob) for spec in sources]
+    total = None
+    if all(s.size_hint() is not None for s in items):
+        total = sum(s.size_hint() or 0 for s in items)
+
+    with _Progress(progress, total) as bar:
+
+        def documents(label: str) -> Iterator[str]:
+            bar.start(label)
+            for source in items:
+                yield from source.documents_iter(bar.advance)
+
+        if kind == "byte":
+            tok = byte_tokenizer()
+        elif kind == "char":
+            chars: set[str] = set()
+            for text in documents("reading characters"):
+                chars.update(text)
+            tok = char_tokenizer(chars)
+        elif kind == "bpe":
+            tok = bpe_tokenizer(size or 0, documents(f"training a {size}-token BPE"))
+        else:
+            from tokenizers import Tokenizer
+
+            try:
+                tok = Tokenizer.from_file(tokenizer)
+            except Exception as exc:
+                raise DataError(f"{tokenizer} is not a tokenizer.json: {exc}") from None
+        vocab = tok.get_vocab_size(with_added_tokens=True)
+        eot = tok.token_to_id(EOT)
+        dtype = "uint16" if vocab <= 2**16 else "uint32"
+        out.mkdir(parents=True, exist_ok=True)
+        rng = random.Random(seed)
+        counts = {"train": 0, "val": 0}
+        docs = {"train": 0, "val": 0}
+        with (
+            _BinWriter(out / "train.bin.tmp", dtype) as train_bin,
+            _BinWriter(out / "val.bin.tmp", dtype) as val_bin,
+        ):
+            for text in documents("tokenizing"):
+                split = "val" if rng.random() < val_fraction else "train"
+                writer = val_bin if split == "val" else train_bin
+                docs[split] += 1
+                for piece in _chunks([text]):
+                    ids = piece.encode("utf-8") if kind == "byte" else tok.encode(piece).ids
+                    writer.write(ids)
+                    counts[split] += len(ids)
+                if eot is not None:
+                    writer.write([eot])
+                    counts[split] += 1
+        if counts["val"] == 0 and val_fraction > 0 and counts["train"] > 1:
+            counts["val"] = max(1, int(counts["train"] * val_fraction))
+            counts["train"] -= counts["val"]
+            _split_tail(out / "train.bin.tmp", out / "val.bin.tmp", counts["val"], dtype)
+    if counts["train"] == 0:
+        raise DataError("the sources hold no text to train on", hint=", ".join(sources))
+    meta = {
+        "format": META_FORMAT,
+        "version": 1,
+        "vocab": vocab,
+        "dtype": dtype,
+        "tokenizer": tokenizer if kind != "file" else f"file:{Path(tokenizer).name}",
+        "eot": eot,
+        "train_tokens": counts["train"],
+        "val_tokens": counts["val"],
+        "train_documents": docs["train"],
+        "val_documents": docs["val"],
+        "val_fraction": val_fraction,
+        "seed": seed,
+        "sources": [s.describe() for s in items],
+    }
+    tok.save(str(out / "tokenizer.json.tmp"))
+    for name in ("train.bin", "val.bin", "tokenizer.json"):
+        os.replace(out / f"{name}.tmp", out / name)
+    _write_atomic(out / "meta.json", json.dumps(meta, indent=2) + "\n")
+    return meta
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+class _BinWriter:
+    def __init__(self, path: Path, dtype: str) -> None:
+        self.path, self.code = path, _array_code(dtype)
+
+    def __enter__(self) -> _BinWriter:
+        self.file = open(self.path, "wb")  # closed in __exit__
+        return self
+
+    def write(self, ids: Sequence[int] | bytes) -> None:
+        values = array(self.code, array("B", ids) if isinstance(ids, bytes) else ids)
+        if sys.byteorder != "little":
+            values.byteswap()
+        values.tofile(self.file)
+
+    def __exit__(self, *exc: Any) -> None:
+        self.file.close()
+
+
+def _array_code(dtype: str) -> str:
+    if dtype == "uint16":
+        return "H"
+    return next(code for code in "IL" if array(code).itemsize == 4)
+
+
+def _split_tail(train: Path, val: Path, tokens: int, dtype: str) -> None:
+    itemsize = 2 if dtype == "uint16" else 4
+    size = train.stat().st_size
+    with open(train, "r+b") as src, open(val, "wb") as dst:
+        src.seek(size - tokens * itemsize)
+        while chunk := src.read(1 << 24):
+            dst.write(chunk)
+        src.truncate(size - tokens * itemsize)
+
+
+class _Progress:
+    """A rich progress bar over the bytes read, on a terminal; silent otherwise."""
+
+    def __init__(self, enabled: bool | None, total: int | None) -> None:
+        self.enabled = sys.stderr.isatty() if enabled is None else enabled
+        self.total = total
+        self.task: Any = None
+
+    def __enter__(self) -> _Progress:
+        if self.enabled:
+            from rich.progress import (
+                BarColumn,
+                DownloadColumn,
+                Progress,
+                TextColumn,
+                TimeRemainingColumn,
+                TransferSpeedColumn,
+            )
+
+            self.bar = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                DownloadColumn(),
+                TransferSpeedColumn(),
+                TimeRemainingColumn(),
+                transient=False,
+            )
+            self.bar.__enter__()
+        return self
+
+    def start(self, label: str) -> None:
+        if self.enabled:
+            if self.task is not None:
+                self.bar.update(self.task, completed=self.total or 0)
+            self.task = self.bar.add_task(label, total=self.total)
+
+    def advance(self, n: int) -> None:
+        if self.enabled and self.task is not None:
+            self.bar.advance(self.task, n)
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.enabled:
+            self.bar.__exit__(*exc)
+
+
+# ==================================================================== reading
+class TokenData:
+    """A prepared data directory, memory-mapped (never read whole into memory)."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        meta_path = self.path / "meta.json"
+        if not self.path.is_dir():
+            raise DataError(
+                f"data directory {self.path} does not exist",
+                hint=f"prepare one: blockdsl data prepare stdlib --out {self.path}",
+            )
+        if not meta_path.is_file():
+            raise DataError(
+                f"{self.path} has no meta.json: not a prepared data directory",
+                hint=f"prepare one: blockdsl data prepare SOURCE --out {self.path}",
+            )
+        try:
+            self.meta = json.loads(meta_path.read_text())
+            assert self.meta["format"] == META_FORMAT
+            self.vocab = int(self.meta["vocab"])
+            self.dtype = self.meta["dtype"]
+            assert self.dtype in ("uint16", "uint32")
+        except (ValueError, KeyError, TypeError, AssertionError):
+            raise DataError(f"{meta_path} is not a blockdsl data meta.json") from None
+        self.splits = {name: self._map(name) for name in ("train", "val")}
+
+    def _map(self, split: str) -> torch.Tensor:
+        path = self.path / f"{split}.bin"
+        count = int(self.meta[f"{split}_tokens"])
+        itemsize = 2 if self.dtype == "uint16" else 4
+        if not path.is_file() or path.stat().st_size != count * itemsize:
+            raise DataError(
+                f"{path} does not hold the {count:,} tokens meta.json records "
+                "(missing or truncated)"
+            )
+        if count == 0:
+            return torch.empty(0, dtype=torch.int64)
+        dtype = torch.uint16 if self.dtype == "uint16" else torch.uint32
+        return torch.from_file(str(path), shared=False, size=count, dtype=dtype)
+
+    def tokens(self, split: str) -> int:
+        return self.splits[split].numel()
+
+    def check_length(self, seq_len: int, splits: Sequence[str] = ("train", "val")) -> None:
+        for split in splits:
+            if self.tokens(split) < seq_len + 1:
+                raise DataError(
+                    f"{self.path / (split + '.bin')} holds {self.tokens(split):,} tokens, "
+                    f"shorter than one sequence of {seq_len} (+1 for the targets)",
+                    hint="use more data, a smaller [train] seq_len, or a larger --val-fraction",
+                )
+
+    def batch(
+        self, seed: int, step: int, rows: int, seq_len: int, split: str = "train"
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``rows`` windows of ``seq_len`` inputs and their next-token targets (int64), drawn
+        from ``split`` with a generator seeded by ``(seed, step, split)`` only."""
+        data = self.splits[split]
+        generator = torch.Generator().manual_seed(batch_seed(seed, step, split))
+        starts = torch.randint(0, data.numel() - seq_len, (rows,), generator=generator)
+        windows = torch.stack([data[s : s + seq_len + 1] for s in starts.tolist()]).long()
+        return windows[:, :-1], windows[:, 1:]
+
+
+def batch_seed(seed: int, step: int, split: str) -> int:
+    digest = hashlib.sha256(f"{seed}:{step}:{split}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+__all__ = [
+    "NAMED_SOURCES",
+    "DataError",
+    "Source",
+    "TokenData",
+    "batch_seed",
+    "byte_tokenizer",
+    "prepare",
+    "stdlib_files",
+]

@@ -1,0 +1,143 @@
+"""Peak training memory: an estimate made before anything is allocated, and a measurement.
+
+Estimate (``estimate(plan, ...)``), in bytes, from the model plan and its shape table:
+
+* parameters, their gradients (float32 master weights, whatever the precision) and the
+  optimizer's state (AdamW: two moments per element; Muon: one momentum buffer), counted on
+  the model built on the meta device (no memory);
+* activations of one micro-batch: what autograd keeps between forward and backward, taken as
+  every value of the shape table (each node's output, at graph level) plus the steps inside
+  components that declare them (q/k/v, attention outputs, MLP hidden units, experts), at the
+  precision's element size; attention score matrices are not counted (torch's fused attention
+  does not keep them);
+* the loss: cross-entropy keeps float32 log-probabilities of the logits and, in backward,
+  their gradient: two more ``B × T × vocab`` float32 tensors.
+
+Measurement (``measure_peak``): one training step is run under ``torch.profiler`` with
+``profile_memory=True``; the allocator's events, summed in time order, give the step's peak
+above what was live before it (parameters, optimizer state, data), which is added back. On
+CUDA, ``torch.cuda.max_memory_allocated`` gives the same directly. Both count tensor memory
+only (not the Python interpreter or torch's own code), which is what the estimate predicts.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from blockdsl.shapes import DTYPE_BYTES, shape_table
+
+
+@dataclass
+class MemoryEstimate:
+    params: int
+    gradients: int
+    optimizer: int
+    activations: int
+    loss: int
+
+    @property
+    def total(self) -> int:
+        return self.params + self.gradients + self.optimizer + self.activations + self.loss
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "params": self.params,
+            "gradients": self.gradients,
+            "optimizer": self.optimizer,
+            "activations": self.activations,
+            "loss": self.loss,
+            "total": self.total,
+        }
+
+
+def estimate(plan: Any, batch: int, seq: int, precision: str, optim: Any) -> MemoryEstimate:
+    """Peak bytes of a training step of ``plan`` on micro-batches of ``batch × seq``."""
+    from blockdsl.model import build_model
+    from blockdsl.train.optim import optimizer_state_bytes
+
+    meta = build_model(plan.config, device=torch.device("meta"), registry=plan.registry)
+    param_bytes = sum(p.numel() * p.element_size() for p in meta.parameters())
+    table = shape_table(plan, batch=batch, seq=seq, depth=2, dtype=precision)
+    inside = 0
+    for row in table.rows:
+        if row.kind == "step" and row.what != "scores":
+            inside += math.prod(row.concrete)
+    activations = table.activation_bytes + inside * DTYPE_BYTES[precision]
+    loss = 2 * batch * seq * plan.config.vocab * 4
+    return MemoryEstimate(
+        params=param_bytes,
+        gradients=param_bytes,
+        optimizer=optimizer_state_bytes(meta, optim),
+        activations=activations,
+        loss=loss,
+    )
+
+
+def available(device: torch.device) -> int | None:
+    """Bytes free for this run: the GPU's free memory, or the host's MemAvailable."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def live_bytes(*groups: Any) -> int:
+    """Bytes of the distinct tensor storages in ``groups`` (tensors, lists, dicts of them)."""
+    seen: dict[int, int] = {}
+
+    def visit(value: Any) -> None:
+        if isinstance(value, torch.Tensor):
+            storage = value.untyped_storage()
+            seen[storage.data_ptr()] = storage.nbytes()
+        elif isinstance(value, dict):
+            for item in value.values():
+                visit(item)
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                visit(item)
+
+    for group in groups:
+        visit(group)
+    return sum(seen.values())
+
+
+def measure_peak(step: Callable[[], Any], device: torch.device, baseline: int) -> int:
+    """Run ``step`` once and return the peak bytes of tensor memory while it ran
+    (``baseline``: the bytes live before it, counted in on CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        step()
+        torch.cuda.synchronize(device)
+        return int(torch.cuda.max_memory_allocated(device))
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        step()
+    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+    events.sort(key=lambda e: e.start_ns())
+    current = peak = 0
+    for event in events:
+        if event.device_type().name == "CPU":
+            current += event.nbytes()
+            peak = max(peak, current)
+    return baseline + peak
+
+
+__all__ = ["MemoryEstimate", "available", "estimate", "live_bytes", "measure_peak"]
