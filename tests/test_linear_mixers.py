@@ -319,3 +319,21 @@ def test_model_with_linear_mixers_decodes_as_the_full_sequence(block):
             pieces.append(model(idx[:, start : start + n], positions=positions, state=state))
             start += n
     torch.testing.assert_close(torch.cat(pieces, dim=1), full, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("block", MODEL_BLOCKS[:3], ids=str)
+def test_generate_with_linear_mixers_equals_the_plain_loop(block):
+    """``model.generate`` through the states (prompts of different lengths, batched) gives
+    the greedy continuation of rerunning the whole sequence for every token."""
+    import blockdsl
+
+    torch.manual_seed(0)
+    model = blockdsl.build_model(block, d_model=32, vocab=50, context=32, layers="block*2").eval()
+    prompts = [torch.randint(0, 50, (n,)) for n in (3, 9, 1)]
+    batched = model.generate(prompts, 8, greedy=True)
+    with torch.no_grad():
+        for prompt, out in zip(prompts, batched):
+            idx = prompt[None]
+            for _ in range(8):
+                idx = torch.cat([idx, model(idx)[:, -1:].argmax(-1)], dim=1)
+            assert torch.equal(out, idx[0])
