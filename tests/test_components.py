@@ -31,6 +31,7 @@ EXTRA = [
     ("MoE", {"norm_topk": False, "experts": 4}),
     ("MoE", {"k": 1, "experts": 4, "hidden": 16}),
     ("MoE", {"shared": 1, "gated": False, "act": "gelu", "experts": 4, "jitter": 0.1}),
+    ("MoE", {"shared": 2, "shared_gate": True, "experts": 4, "hidden": 8}),
     ("Norm", {"kind": "layer", "bias": True}),
     ("Norm", {"kind": "l2"}),
     ("Norm", {"unit_offset": True, "eps": 1e-6}),
