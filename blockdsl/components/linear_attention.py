@@ -147,9 +147,10 @@ def chunked_delta_rule(
 
     S = torch.zeros(B, H, Vd, K, dtype=v.dtype, device=v.device) if state is None else state.float()
     outputs = []
-    for i in range(A.shape[2]):
-        outputs.append(O_v[:, :, i] + q_eff[:, :, i] @ S.transpose(-1, -2))  # (B, H, C, V)
-        S = S @ A[:, :, i] + X[:, :, i]
+    # unbind, not indexing: its backward stacks the gradients once (no full-size zeros per chunk)
+    for O_i, q_i, A_i, X_i in zip(*(t.unbind(2) for t in (O_v, q_eff, A, X))):
+        outputs.append(O_i + q_i @ S.transpose(-1, -2))  # (B, H, C, V)
+        S = S @ A_i + X_i
     o = torch.stack(outputs, dim=2)  # (B, H, n, C, V)
     o = rearrange(o, "b h n c d -> b h (n c) d")[:, :, :T]
     return o.to(dtype), S.to(dtype)
@@ -201,12 +202,16 @@ def chunked_gated_delta_rule(
     g_end = g[..., -1].exp()[..., None, None]  # (n, B, H, 1, 1)
 
     S = v.new_zeros(B, H, K, Vd) if state is None else state.float().transpose(-1, -2)
-    o = torch.empty_like(v)  # (n, B, H, C, V)
-    for i in range(q.shape[0]):  # S is (K, V) here: rows are read by keys and queries
-        U = U0[i] - Wk[i] @ S  # (B, H, C, V)
-        o[i] = q_dec[i] @ S + M[i] @ U
-        S = S * g_end[i] + k_end[i] @ U
-    o = rearrange(o, "n b h c d -> b (n c) h d")[:, :T]
+    outputs = []
+    # unbind, not indexing: its backward stacks the chunks' gradients once instead of adding
+    # each into a zero tensor of the whole size
+    for U0_i, Wk_i, q_i, M_i, k_i, g_i in zip(
+        *(t.unbind(0) for t in (U0, Wk, q_dec, M, k_end, g_end))
+    ):  # S is (K, V) here: rows are read by keys and queries
+        U = U0_i - Wk_i @ S  # (B, H, C, V)
+        outputs.append(q_i @ S + M_i @ U)
+        S = S * g_i + k_i @ U
+    o = rearrange(torch.stack(outputs), "n b h c d -> b (n c) h d")[:, :T]
     return o.to(dtype), S.transpose(-1, -2).to(dtype)
 
 
