@@ -337,3 +337,15 @@ def test_generate_with_linear_mixers_equals_the_plain_loop(block):
             for _ in range(8):
                 idx = torch.cat([idx, model(idx)[:, -1:].argmax(-1)], dim=1)
             assert torch.equal(out, idx[0])
+
+
+@pytest.mark.parametrize(("name", "kwargs"), MIXERS, ids=[n for n, _ in MIXERS])
+def test_depth_2_steps_add_up_to_the_declared_flops(name, kwargs):
+    """``--show-shapes --depth 2`` lists steps whose FLOPs are the component's declared FLOPs
+    (of one sequence; a long filter is generated once per batch, whatever its size)."""
+    component, args = resolve(name, kwargs)
+    steps = component.cls.shape_steps(
+        d_in=32, seq=24, batch=1, **{k: v for k, v in args.items() if k != "d_model"}
+    )
+    assert sum(s[-1] for s in steps) == component.count_flops(32, args, seq=24)
+    assert all(len(sym) == len(shape) for _, sym, shape, _ in steps)
