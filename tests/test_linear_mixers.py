@@ -119,7 +119,9 @@ def test_chunked_delta_rule_from_a_state(T, per_channel):
     v = torch.randn(B, H, T, V)
     log_w = -0.6 * torch.rand(B, H, T, K) if per_channel else -2 * torch.rand(B, H, T, 1)
     S0 = torch.randn(B, H, V, K)
-    o, S = chunked_delta_rule(r, k, v, a, b, log_w, S0, chunk=8)
+    seq_first = (t.transpose(1, 2) for t in (r, k, v, a, b, log_w))  # (B, T, H, d)
+    o, S = chunked_delta_rule(*seq_first, S0, chunk=8)
+    o = o.transpose(1, 2)
     S_ref, outs = S0.double(), []
     for t in range(T):
         St = S_ref * log_w[:, :, t].double().exp()[..., None, :]

@@ -108,55 +108,57 @@ def chunked_delta_rule(
 
     ``S_t = S_{t-1} (diag(exp(log_w_t)) + a_t b_t^T) + v_t k_t^T``, ``o_t = S_t r_t``.
 
-    ``r``, ``k``, ``a``, ``b``: (B, H, T, K); ``v``: (B, H, T, V); ``log_w``: (B, H, T, K) or
-    (B, H, T, 1) (one decay per head), entries <= 0; ``state``: (B, H, V, K) or None (zeros).
-    Returns the outputs (B, H, T, V) and the final state (B, H, V, K).
+    ``r``, ``k``, ``a``, ``b``: (B, T, H, K); ``v``: (B, T, H, V); ``log_w``: (B, T, H, K) or
+    (B, T, H, 1) (one decay per head), entries <= 0; ``state``: (B, H, V, K) or None (zeros).
+    Returns the outputs (B, T, H, V) and the final state (B, H, V, K).
 
     Within a chunk, with ``G`` the cumulative log decay from the chunk's start, write
     ``u_t = S_{t-1} a_t``; unrolling gives ``U = (I - L)^{-1} (A~ S_0^T + L_k V)`` with the
-    strictly lower triangular ``L[t, s] = a~_t . b~_s`` (UT transform). Everything except the
-    chunk-to-chunk state hand-over ``S <- S A_i + X_i`` is computed for all chunks at once."""
-    B, H, T, K = k.shape
+    strictly lower triangular ``L[t, s] = a~_t . b~_s`` (UT transform), solved for every chunk
+    at once; the scan over chunks is then three matrix products each (chunk-major, so that each
+    chunk's operands are contiguous)."""
+    B, T, H, K = k.shape
     Vd = v.shape[-1]
     dtype = v.dtype
     r, k, v, a, b, log_w = (t.float() for t in (r, k, v, a, b, log_w))
     pad = (-T) % chunk
     if pad:  # zero inputs with decay 1 leave the state as it is
-        r, k, v, a, b, log_w = (F.pad(t, (0, 0, 0, pad)) for t in (r, k, v, a, b, log_w))
+        r, k, v, a, b, log_w = (F.pad(t, (0, 0, 0, 0, 0, pad)) for t in (r, k, v, a, b, log_w))
     r, k, v, a, b, log_w = (
-        rearrange(t, "b h (n c) d -> b h n c d", c=chunk) for t in (r, k, v, a, b, log_w)
+        rearrange(t, "b (n c) h d -> n b h c d", c=chunk) for t in (r, k, v, a, b, log_w)
     )
-    G = log_w.cumsum(dim=-2)  # (B, H, n, C, K|1) log decay from the chunk's start, inclusive
+    G = log_w.cumsum(dim=-2)  # (n, B, H, C, K|1) log decay from the chunk's start, inclusive
     G_before = G - log_w  # ... exclusive: the decay applied before token t's own update
-    G_end = G[..., -1:, :]  # (B, H, n, 1, K|1)
+    G_end = G[..., -1:, :]  # (n, B, H, 1, K|1)
 
-    L_ab = _pair_scores(a, G_before, b, G, strict=True)  # (B, H, n, C, C)
+    L_ab = _pair_scores(a, G_before, b, G, strict=True)  # (n, B, H, C, C)
     L_ak = _pair_scores(a, G_before, k, G, strict=True)
     M_rb = _pair_scores(r, G, b, G, strict=False)
     M_rk = _pair_scores(r, G, k, G, strict=False)
-    a_dec = a * G_before.exp()  # (B, H, n, C, K)
+    a_dec = a * G_before.exp()  # (n, B, H, C, K)
     eye = torch.eye(chunk, dtype=L_ab.dtype, device=L_ab.device)
     solved = torch.linalg.solve_triangular(
         eye - L_ab, torch.cat((a_dec, L_ak @ v), dim=-1), upper=False, unitriangular=True
     )
     W, U_v = solved.split([K, Vd], dim=-1)  # u_t = U_v[t] + S_0 W[t]
-    q_eff = r * G.exp() + M_rb @ W  # (B, H, n, C, K): o = O_v + q_eff S_0^T
-    O_v = M_rb @ U_v + M_rk @ v  # (B, H, n, C, V)
-    b_end = b * (G_end - G).exp()  # (B, H, n, C, K) decays from each token to the chunk's end
-    k_end = k * (G_end - G).exp()
-    decay_end = G_end.exp().squeeze(-2).expand(B, H, -1, K)  # (B, H, n, K)
-    A = torch.diag_embed(decay_end) + W.transpose(-1, -2) @ b_end  # (B, H, n, K, K)
-    X = U_v.transpose(-1, -2) @ b_end + v.transpose(-1, -2) @ k_end  # (B, H, n, V, K)
+    q_eff = r * G.exp() + M_rb @ W  # (n, B, H, C, K): o = O_v + q_eff S_0^T
+    O_v = M_rb @ U_v + M_rk @ v  # (n, B, H, C, V)
+    to_end = (G_end - G).exp()  # (n, B, H, C, K|1) decay from each token to the chunk's end
+    b_end_t = (b * to_end).transpose(-1, -2).contiguous()  # (n, B, H, K, C)
+    X_t = (k * to_end).transpose(-1, -2) @ v  # (n, B, H, K, V): the values' own writes
+    decay_end = G_end.exp().transpose(-1, -2)  # (n, B, H, K|1, 1)
 
-    S = torch.zeros(B, H, Vd, K, dtype=v.dtype, device=v.device) if state is None else state.float()
+    # S^T (K, V) here; unbind, not indexing: its backward stacks the gradients once (no
+    # full-size zero tensor per chunk)
+    St = v.new_zeros(B, H, K, Vd) if state is None else state.float().transpose(-1, -2)
     outputs = []
-    # unbind, not indexing: its backward stacks the gradients once (no full-size zeros per chunk)
-    for O_i, q_i, A_i, X_i in zip(*(t.unbind(2) for t in (O_v, q_eff, A, X))):
-        outputs.append(O_i + q_i @ S.transpose(-1, -2))  # (B, H, C, V)
-        S = S @ A_i + X_i
-    o = torch.stack(outputs, dim=2)  # (B, H, n, C, V)
-    o = rearrange(o, "b h n c d -> b h (n c) d")[:, :, :T]
-    return o.to(dtype), S.to(dtype)
+    for O_i, q_i, W_i, U_i, b_i, X_i, d_i in zip(
+        *(t.unbind(0) for t in (O_v, q_eff, W, U_v, b_end_t, X_t, decay_end))
+    ):
+        outputs.append(O_i + q_i @ St)  # (B, H, C, V)
+        St = St * d_i + b_i @ (U_i + W_i @ St) + X_i
+    o = rearrange(torch.stack(outputs), "n b h c d -> b (n c) h d")[:, :T]
+    return o.to(dtype), St.transpose(-1, -2).to(dtype)
 
 
 def chunked_gated_delta_rule(
@@ -246,11 +248,10 @@ def _delta_rule(
     if state is not None and r.shape[1] == 1:
         o = delta_rule_step(*(t[:, 0] for t in (r, k, v, a, b, log_w)), state)
         return o[:, None]
-    heads_first = [rearrange(t, "b t h d -> b h t d") for t in (r, k, v, a, b, log_w)]
-    o, final = chunked_delta_rule(*heads_first, state=state, chunk=chunk)
+    o, final = chunked_delta_rule(r, k, v, a, b, log_w, state=state, chunk=chunk)
     if state is not None:
         state.copy_(final)
-    return rearrange(o, "b h t d -> b t h d")
+    return o
 
 
 # --------------------------------------------------------------------------- Gated DeltaNet
