@@ -351,3 +351,15 @@ def test_depth_2_steps_add_up_to_the_declared_flops(name, kwargs):
     )
     assert sum(s[-1] for s in steps) == component.count_flops(32, args, seq=24)
     assert all(len(sym) == len(shape) for _, sym, shape, _ in steps)
+
+
+def test_cached_filter_follows_the_weights():
+    """Decoding reuses the generated filter until a weight changes."""
+    f = Hyena(16, filter_order=8, context=32).filter
+    with torch.no_grad():
+        first = f.taps(32)
+        assert f.taps(10).data_ptr() == first.data_ptr()  # a view of the cache
+        f.out.weight.mul_(2.0)
+        torch.testing.assert_close(f.taps(32), f(32))
+        torch.testing.assert_close(f.taps(32), 2 * first)
+    assert f.taps(32).requires_grad  # with gradients: computed, not cached
