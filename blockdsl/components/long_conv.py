@@ -479,7 +479,7 @@ class ShortConv(nn.Module):
         b, c, h = rearrange(self.in_proj(x), "b t c -> b c t").chunk(3, dim=1)  # (B, D, T)
         window = None if state is None else state["conv"]
         y = c * causal_conv(b * h, self.conv.weight, self.conv.bias, window)
-        return self.out_proj(rearrange(y, "b d t -> b t d"))
+        return self.out_proj(rearrange(y, "b d t -> b t d").contiguous())
 
     def extra_repr(self) -> str:
         return f"kernel={self.kernel}"
