@@ -41,7 +41,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["FORMAT_VERSION", "CheckpointError", "load", "read_metadata", "save"]
+__all__ = ["FORMAT_VERSION", "CheckpointError", "load", "read_metadata", "resolve", "save"]
 
 FORMAT_VERSION = 1
 _RESERVED = ("format", "blockdsl_format", "blockdsl_version", "blockdsl_config", "blockdsl_modules")
@@ -124,16 +124,35 @@ def save(
     return path
 
 
+def resolve(path: str | os.PathLike) -> Path:
+    """The model file ``path`` stands for: the file itself; ``DIR/model.safetensors`` for a
+    checkpoint directory; the newest checkpoint's for a training run directory
+    (``RUN/checkpoints/step_NNNNNNN/model.safetensors``)."""
+    path = Path(path)
+    if path.is_dir():
+        if (path / "model.safetensors").is_file():
+            return path / "model.safetensors"
+        steps = sorted(
+            (int(p.name[5:]), p)
+            for p in (path / "checkpoints").glob("step_*")
+            if p.name[5:].isdigit() and (p / "model.safetensors").is_file()
+        )
+        if steps:
+            return steps[-1][1] / "model.safetensors"
+        raise CheckpointError(
+            f"'{path}' is a directory with no model.safetensors and no checkpoints/step_*",
+            hint="give a checkpoint file, a checkpoint directory or a training run directory",
+        )
+    return path
+
+
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:
     """The metadata of a blockdsl checkpoint (reads the header only). Raises
     ``CheckpointError`` naming the file when it is missing, not safetensors, truncated, not a
     blockdsl checkpoint or written in a newer format."""
-    path = Path(path)
+    path = resolve(path)
     if not path.is_file():
-        hint = None
-        if path.is_dir():
-            hint = "give the checkpoint file; for a Hugging Face folder use blockdsl.hf"
-        raise CheckpointError(f"no checkpoint file '{path}'", hint=hint)
+        raise CheckpointError(f"no checkpoint file '{path}'")
     from safetensors import safe_open
 
     _safetensors()
@@ -172,12 +191,13 @@ def load(
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
 ) -> nn.Module:
-    """The ``blockdsl.LanguageModel`` saved in ``path`` by ``blockdsl.save``, in eval mode,
+    """The ``blockdsl.LanguageModel`` saved by ``blockdsl.save`` in ``path`` (a file, a
+    checkpoint directory, or a training run directory: its newest checkpoint), in eval mode,
     with the stored dtype (or ``dtype``) on ``device`` (default: cpu)."""
     from blockdsl.config import from_dict
     from blockdsl.model import build_model
 
-    path = Path(path)
+    path = resolve(path)
     metadata = read_metadata(path)
     origin = f"the config stored in '{path}'"
     text = metadata["blockdsl_config"]

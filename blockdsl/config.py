@@ -1,4 +1,4 @@
-"""Model configurations (LANGUAGE.md §2): TOML files, dicts, keyword overrides and presets.
+"""Model configurations (docs/configs.md): TOML files, dicts, keyword overrides and presets.
 
 A configuration has three tables::
 

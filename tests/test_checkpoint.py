@@ -48,37 +48,6 @@ def test_round_trip_in_process(tmp_path, make):
     assert loaded.num_params() == model.num_params()
 
 
-def test_loads_in_a_fresh_process_without_a_config_file(tmp_path):
-    model = small_gpt2().eval()
-    blockdsl.save(model, tmp_path / "model.safetensors")
-    idx = torch.randint(0, 64, (2, 12))
-    with torch.no_grad():
-        save_file({"idx": idx, "logits": model(idx)}, str(tmp_path / "expected.safetensors"))
-    script = textwrap.dedent(
-        """
-        import os, sys, torch, blockdsl
-        from safetensors.torch import load_file
-        assert sorted(os.listdir()) == ["expected.safetensors", "model.safetensors"]
-        model = blockdsl.load("model.safetensors")
-        expected = load_file("expected.safetensors")
-        with torch.no_grad():
-            diff = (model(expected["idx"]) - expected["logits"]).abs().max().item()
-        print(type(model).__name__, model.config.layers, diff)
-        """
-    )
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    done = subprocess.run(
-        [sys.executable, "-c", script],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["LanguageModel", "block*2", "0.0"]
-
-
 def test_metadata_describes_the_model(tmp_path):
     model = small_gpt2()
     path = blockdsl.save(model, tmp_path / "m.safetensors", metadata={"step": "120"})
@@ -140,7 +109,9 @@ def test_bad_files_are_named(tmp_path):
     assert "not a blockdsl checkpoint" in _message(foreign)
 
     assert "no checkpoint file" in _message(tmp_path / "missing.safetensors")
-    assert "no checkpoint file" in _message(tmp_path)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert "no model.safetensors and no checkpoints" in _message(empty)
 
 
 def test_tensors_that_do_not_fit_are_named(tmp_path):
@@ -182,19 +153,61 @@ def test_plugin_components_must_be_registered_first(tmp_path):
     assert f"in [blocks] block of the config stored in '{path}'" in message
 
 
-def test_import_blockdsl_loads_neither_safetensors_nor_transformers():
-    code = (
-        "import sys, blockdsl; blockdsl.save; blockdsl.load; blockdsl.trace;"
-        "print(sorted(m for m in ('safetensors', 'transformers') if m in sys.modules))"
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-        env={**os.environ, "PYTHONWARNINGS": "ignore"},
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "[]"
-
-
 def test_only_language_models_are_saved(tmp_path):
     with pytest.raises(CheckpointError, match="LanguageModel"):
         blockdsl.save(nn.Linear(2, 2), tmp_path / "x.safetensors")
+
+
+def test_checkpoints_reload_in_a_fresh_process_without_a_config_file(tmp_path):
+    from blockdsl.train.data import prepare
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("the quick brown fox jumps over the lazy dog. " * 200)
+    prepare([str(corpus)], tmp_path / "data", tokenizer="byte", progress=False)
+    run = blockdsl.train(
+        "tiny",
+        data=tmp_path / "data",
+        out=tmp_path / "run",
+        progress=False,
+        vocab=256,
+        d_model=32,
+        context=32,
+        layers="block*2",
+        defaults={"Attn": {"heads": 2, "kv_heads": 1}, "MLP": {"hidden": 64}},
+        train={"steps": 2, "batch_size": 2, "seq_len": 16, "eval_every": 0},
+    )
+    (tmp_path / "run" / "config.toml").unlink()  # nothing but the checkpoint describes it
+    (step,) = (tmp_path / "run" / "checkpoints").glob("step_*")
+    assert read_metadata(step / "model.safetensors")["step"] == "2"
+    gpt2 = small_gpt2().eval()  # a tied head and learned positions, saved on its own
+    blockdsl.save(gpt2, tmp_path / "gpt2.safetensors")
+    idx = torch.randint(0, 64, (1, 16))
+    with torch.no_grad():
+        expected = {"idx": idx, "run": run.model.eval()(idx), "gpt2": gpt2(idx)}
+    save_file(expected, str(tmp_path / "expected.st"))
+    script = textwrap.dedent(
+        """
+        import sys, blockdsl
+        blockdsl.save, blockdsl.load, blockdsl.trace
+        print(sorted(m for m in ("safetensors", "transformers") if m in sys.modules))
+        import torch
+        from safetensors.torch import load_file
+        expected = load_file("expected.st")
+        for where, key in (("run", "run"), (sys.argv[1], "run"), ("gpt2.safetensors", "gpt2")):
+            model = blockdsl.load(where)
+            with torch.no_grad():
+                print((model(expected["idx"]) - expected[key]).abs().max().item())
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(step)],
+        cwd=tmp_path,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == "[]"  # import blockdsl and the lazy names load neither
+    assert lines[1:] == ["0.0", "0.0", "0.0"]

@@ -1,0 +1,885 @@
+"""Export blockdsl models to Hugging Face ``transformers``: the importer's mapping run backwards.
+
+>>> blockdsl.export_hf(model, "out/")          # config.json, model.safetensors, ...
+>>> AutoModelForCausalLM.from_pretrained("out/")
+
+There is no export table. Each architecture the importer knows is one record (its transformers
+class, the function from a transformers config to a blockdsl config, and the function that
+maps checkpoint tensors to blockdsl parameters); the export inverts those two functions:
+
+* **config**: find the transformers config whose import builds *this* model. The model is
+  compared as a validated plan (every node of every layer with its fully resolved arguments,
+  parameter names and sharing), not as text, so ``Attn(heads=4)`` written inline and
+  ``[defaults] Attn = {heads = 4}`` are the same model. The search starts from the config
+  class's defaults; numeric fields the import copies verbatim are found by giving each a
+  distinctive value and seeing where it lands; the rest (booleans, activation names, counts,
+  derived numbers) by trying the values the model itself holds, one field at a time, keeping
+  any change that brings the imported plan closer, until it is identical. Anything short of
+  identical is refused, naming the first layer and step that has no counterpart.
+* **weights**: run the importer's weight mapping on a probe checkpoint whose every element
+  holds its own index; the blockdsl tensors it produces say, element by element, where each
+  transformers weight comes from. The mapping must be a rearrangement (transposes, splits,
+  stacks, reshapes); each transformers weight is then gathered from the model's tensors.
+
+So an architecture added to the importer (``register_architecture``) exports with no further
+code. ``export_hf`` checks its own result: the written folder is loaded back with
+``transformers`` and its logits compared on random tokens.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import math
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from blockdsl.errors import ConfigError
+from blockdsl.graph import BlockGraph
+
+__all__ = ["HFExportError", "export_hf", "hf_config_for", "hf_state_dict"]
+
+VERIFY_TOLERANCE = 1e-4
+
+
+class HFExportError(ConfigError):
+    """The model has no transformers equivalent, or the export cannot be written."""
+
+    def _render_one(self) -> str:  # about a model, not a text: no position
+        where = f" in {self.context}" if self.context else ""
+        head = f"blockdsl: {self.message}{where}"
+        return head if not self.hint else f"{head}\n  " + self.hint.replace("\n", "\n  ")
+
+
+def _hf() -> Any:
+    from blockdsl import hf
+
+    return hf
+
+
+def _transformers() -> Any:
+    return _hf()._transformers()
+
+
+# ==================================================================== the importer's records
+@dataclass(frozen=True)
+class _Record:
+    model_type: str
+    hf_class: str
+    config: Callable[[Any], dict]
+    weights: Callable[[Any, Any], None]
+    mapper: Callable[[dict], Any]
+
+
+def _records() -> list[_Record]:
+    """The importer's architectures, in its order."""
+    hf = _hf()
+    return [
+        _Record(name, cls, hf._CONFIGS[name], hf._WEIGHTS[name], hf._Mapper)
+        for name, cls in hf.SUPPORTED.items()
+    ]
+
+
+# ==================================================================== model signatures
+Signature = frozenset
+
+
+def _nodes(where: str, graph: BlockGraph) -> Iterator[tuple]:
+    """``(where, step, ...)`` items describing a block: one per node (kind, component, module
+    attribute, inputs) and one per resolved argument."""
+    index = {node: i for i, (node, _) in enumerate(graph.nodes())}
+    for step, (_, data) in enumerate(graph.nodes()):
+        inputs = tuple(index[n] for n in data["inputs"])
+        if data["kind"] != "call":
+            yield (where, step, "node", data["kind"], "", "", inputs)
+            continue
+        spec = graph.modules[data["module"]]
+        label = "label" if spec.label is not None else ""
+        yield (where, step, "node", "call", spec.component.name, spec.attr, inputs, label)
+        for name, value in sorted(spec.args.items()):
+            yield (where, step, "arg", name, _hashable(value))
+        for c, child in enumerate(spec.children):
+            yield from _nodes(f"{where}.{spec.attr}[{c}]", child)
+
+
+def _hashable(value: Any) -> Any:
+    if isinstance(value, list | tuple):
+        return tuple(_hashable(v) for v in value)
+    if isinstance(value, dict):
+        return tuple(sorted((k, _hashable(v)) for k, v in value.items()))
+    if isinstance(value, float) and value == int(value) and not math.isinf(value):
+        return float(value)
+    return value
+
+
+def signature(plan: Any) -> Signature:
+    """Everything that decides a model's function and parameter names, as a set of items."""
+    config = plan.config
+    items: set[tuple] = {
+        ("model", "vocab", config.vocab),
+        ("model", "d_model", config.d_model),
+        ("model", "context", config.context),
+        ("model", "layers", len(plan.layers)),
+    }
+    cache: dict[int, list[tuple]] = {}
+    blocks = [("embed", plan.embed)]
+    blocks += [(f"layers.{i}", g) for i, (_, g) in enumerate(plan.layers)]
+    blocks.append(("head", plan.head))
+    for where, graph in blocks:
+        if id(graph) not in cache:
+            cache[id(graph)] = [item[1:] for item in _nodes("", graph)]
+        items.update((where, *rest) for rest in cache[id(graph)])
+    return frozenset(items)
+
+
+def _plan(config: Any) -> Any:
+    from blockdsl.config import load_config
+    from blockdsl.model import ModelPlan
+
+    return ModelPlan(load_config(config))
+
+
+# ==================================================================== config search
+_INF = 10**12
+_LAYERS = 10**6  # distance per layer too many or too few
+_TIE = 16
+
+
+@dataclass
+class _Fit:
+    record: _Record
+    kwargs: dict[str, Any]
+    hf_config: Any
+    distance: int
+    plan: Any  # the plan the importer builds from hf_config (None if it fails)
+
+
+class _Search:
+    """Finds transformers config kwargs whose import has the target's signature."""
+
+    def __init__(self, record: _Record, target: Signature, numbers: list[Any]) -> None:
+        self.record = record
+        self.target = target
+        self.numbers = numbers
+        self.cls = type(_transformers().AutoConfig.for_model(record.model_type))
+        self.cache: dict[str, tuple[int, Any, Any]] = {}
+        self.plans: dict[str, tuple[int, Any]] = {}
+        self.fit: _Fit | None = None
+        self.layers = next((i[2] for i in target if i[:2] == ("model", "layers")), 0)
+
+    def build(self, kwargs: dict[str, Any]) -> Any:
+        return self.cls(**kwargs)
+
+    def evaluate(self, kwargs: dict[str, Any]) -> tuple[int, Any, Any]:
+        key = repr(sorted(kwargs.items()))
+        if key not in self.cache:
+            try:
+                cfg = self.build(kwargs)
+                config = self.record.config(cfg)
+            except Exception:
+                self.cache[key] = (_INF, None, None)
+                return self.cache[key]
+            imported = repr(config)
+            if imported not in self.plans:
+                layers = _layer_count(config)
+                try:
+                    if layers != self.layers:  # not worth building (it may be huge)
+                        raise _Skip(_LAYERS * abs(layers - self.layers) if layers >= 0 else _INF)
+                    plan = _plan(config)
+                    self.plans[imported] = (len(signature(plan) ^ self.target), plan)
+                except _Skip as skip:
+                    self.plans[imported] = (skip.distance, None)
+                except Exception:
+                    self.plans[imported] = (_LAYERS - 1, None)
+            distance, plan = self.plans[imported]
+            self.cache[key] = (distance, cfg, plan)
+        return self.cache[key]
+
+    def fields(self) -> list[tuple[str, Any]]:
+        """The config fields the import reads, with their default values."""
+        reads: list[str] = []
+        base = self.build({})
+        cls = type(base)
+
+        class Traced(cls):  # type: ignore[misc, valid-type]
+            def __getattribute__(self, name: str) -> Any:
+                if not name.startswith("_"):
+                    reads.append(name)
+                return super().__getattribute__(name)
+
+        traced = copy.copy(base)
+        traced.__class__ = Traced
+        with contextlib.suppress(Exception):  # the defaults themselves may be unsupported
+            self.record.config(traced)
+        out = []
+        for name in dict.fromkeys(reads):
+            value = getattr(base, name, None)
+            if callable(value) and not isinstance(value, type):
+                continue
+            out.append((name, value))
+        return out
+
+    def start(self) -> int:
+        """Set the fields the import copies verbatim; returns the distance left."""
+        self.field_list = self.fields()
+        self.kwargs = self.direct_copies(self.field_list, {})
+        self.copied = list(self.kwargs)
+        distance = self.evaluate(self.kwargs)[0]
+        # the number of layers next: until it is right no plan is built to compare
+        for name, default in self.field_list:
+            current = self.kwargs.get(name, default)
+            if distance < _LAYERS or isinstance(current, bool) or not isinstance(current, int):
+                continue
+            for value in self.candidates(name, current):
+                d = self.evaluate({**self.kwargs, name: value})[0]
+                if d < distance:
+                    self.kwargs, distance = {**self.kwargs, name: value}, d
+        return distance
+
+    def run(self) -> _Fit:
+        """Improve one field at a time. The fields the import copies verbatim (set by
+        ``start``) move last: they hold the model's own values, and moving one early only
+        leads to a config that fits elsewhere but can never fit exactly."""
+        if self.fit is not None:
+            return self.fit
+        kwargs = self.kwargs
+        distance = self.evaluate(kwargs)[0]
+        copied = set(self.copied)
+        free = [f for f in self.field_list if f[0] not in copied]
+        for fields in (free, self.field_list):
+            for _ in range(4):  # sweeps
+                improved = False
+                for name, default in fields:
+                    for value in self.candidates(name, kwargs.get(name, default)):
+                        if distance == 0:
+                            break
+                        trial = {**kwargs, name: value}
+                        d = self.evaluate(trial)[0]
+                        if d < distance:
+                            kwargs, distance, improved = trial, d, True
+                if distance == 0 or not improved:
+                    break
+            if distance == 0:
+                break
+        distance, cfg, plan = self.evaluate(kwargs)
+        self.fit = _Fit(self.record, kwargs, cfg, distance, plan)
+        return self.fit
+
+    def direct_copies(self, fields: list[tuple[str, Any]], kwargs: dict) -> dict[str, Any]:
+        """Numeric fields the import copies into the config as they are: nudge each to a
+        value found nowhere in the import's output and read the target's value at the place
+        where it lands. Repeated until nothing new is found (a field may only import once
+        others fit, as heads must divide the width)."""
+        found: dict[str, Any] = dict(kwargs)
+        values = self.target_values()
+        for _ in range(3):
+            before = dict(found)
+            for name, default in fields:
+                if name in found and not isinstance(default, dict):
+                    continue
+                current = found.get(name, default)
+                if isinstance(current, dict):
+                    for key, inner in current.items():
+                        if isinstance(inner, int | float) and not isinstance(inner, bool):
+                            place = self.landing(found, name, current, key)
+                            if place in values:
+                                current = {**current, key: values[place]}
+                    if current != found.get(name, default):
+                        found[name] = current
+                elif current is None or (
+                    isinstance(current, int | float) and not isinstance(current, bool)
+                ):
+                    place = self.landing(found, name, current, None)
+                    if place in values:
+                        found[name] = values[place]
+            if found == before:
+                break
+        return found
+
+    def landing(self, kwargs: dict, name: str, current: Any, key: str | None) -> tuple | None:
+        """Where the import writes field ``name`` (``[key]`` inside a dict field), if it
+        copies it verbatim into one place."""
+        try:
+            baseline = dict(_leaves(self.record.config(self.build(kwargs))))
+        except Exception:
+            baseline = {}
+        seen = set(map(repr, baseline.values()))
+        inner = current if key is None else current[key]
+        for probe in _probes(inner):
+            if repr(probe) in seen:
+                continue
+            value = probe if key is None else {**current, key: probe}
+            try:
+                output = dict(_leaves(self.record.config(self.build({**kwargs, name: value}))))
+            except Exception:
+                continue
+            places = [p for p, v in output.items() if v == probe and type(v) is type(probe)]
+            return places[0] if len(places) == 1 else None
+        return None
+
+    def target_values(self) -> dict[tuple, Any]:
+        """The target's values by the config place they would be written at:
+        ``("model", key)`` and ``("defaults", Component, arg)`` where that argument has one
+        value over every call of the component."""
+        out: dict[tuple, Any] = {}
+        by_arg: dict[tuple, set] = {}
+        components = {}
+        for item in self.target:
+            if item[0] == "model":
+                out[("model", item[1])] = item[2]
+            elif len(item) >= 3 and item[2] == "node" and item[3] == "call":
+                components[(item[0], item[1])] = item[4]
+        for item in self.target:
+            if len(item) >= 3 and item[2] == "arg" and (item[0], item[1]) in components:
+                by_arg.setdefault((components[(item[0], item[1])], item[3]), set()).add(item[4])
+        for (component, arg), seen in by_arg.items():
+            if len(seen) == 1:
+                out[("defaults", component, arg)] = next(iter(seen))
+        return out
+
+    def candidates(self, name: str, current: Any) -> Iterator[Any]:
+        if isinstance(current, bool):
+            yield not current
+            return
+        if isinstance(current, str):
+            activations = _transformers().activations.ACT2FN
+            if current in activations:
+                yield from (a for a in activations if a != current)
+            return
+        if isinstance(current, list):
+            yield from _list_candidates(current, self.layers)
+            return
+        if isinstance(current, dict):
+            for key, inner in current.items():
+                if isinstance(inner, int | float) and not isinstance(inner, bool):
+                    for number in self.numbers:
+                        if number != inner:
+                            yield {**current, key: number}
+            return
+        if current is None or isinstance(current, int | float):
+            if current is not None:
+                yield None
+            for number in self.numbers:
+                if number != current and (current is None or type(number) is type(current)):
+                    yield number
+
+
+class _Skip(Exception):
+    def __init__(self, distance: int) -> None:
+        self.distance = distance
+
+
+def _layer_count(config: dict) -> int:
+    """The number of layers a config's ``layers`` chain unrolls to (-1 if unreadable),
+    without unrolling it."""
+    from blockdsl import ast
+    from blockdsl.parser import parse
+
+    named = set(config.get("blocks", {}))
+
+    def only_named(block: ast.Block) -> bool:  # as ModelPlan flattens groups
+        if block.is_parallel:
+            return False
+        for step in block.chains[0].steps:
+            body = step.body if isinstance(step, ast.Repeat) else step
+            if isinstance(body, ast.Group):
+                if not only_named(body.block):
+                    return False
+            elif not (isinstance(body, ast.Call) and body.name in named):
+                return False
+        return True
+
+    def count(node: Any) -> int:
+        if isinstance(node, ast.Block):
+            return sum(count(s) for s in node.chains[0].steps) if not node.is_parallel else 1
+        if isinstance(node, ast.Repeat):
+            return node.count * count(node.body)
+        if isinstance(node, ast.Group):
+            return count(node.block) if only_named(node.block) else 1
+        return 1
+
+    try:
+        return count(parse(config["model"]["layers"]))
+    except Exception:
+        return -1
+
+
+def _probes(default: Any) -> Iterator[Any]:
+    """Values near a field's default (so that the import still accepts them)."""
+    if isinstance(default, float):
+        yield from (default * 1.37 + 0.011, default * 1.0000001 + 1e-9)
+    elif isinstance(default, int) and default > 0:
+        yield from (2 * default, 3 * default, default + 1)  # multiples keep divisibility
+    else:
+        yield from (7, 11)
+
+
+def _leaves(data: Any, path: tuple = ()) -> Iterator[tuple[tuple, Any]]:
+    if isinstance(data, dict):
+        for key, value in data.items():
+            yield from _leaves(value, (*path, key))
+    else:
+        yield path, data
+
+
+def _list_candidates(current: list, layers: int) -> Iterator[list]:
+    """For a per-layer list of names (``layer_types``): the same pattern at the model's
+    number of layers, and each name on every layer."""
+    period = current[: max(1, len(set(current)))] if current else []
+    if period:
+        yield [period[i % len(period)] for i in range(layers)]
+        for name in dict.fromkeys(current):
+            yield [name] * layers
+
+
+def _numbers(target: Signature) -> list[Any]:
+    """Candidate field values: the numbers the model holds, and simple functions of them (a
+    scale ``s`` may come from ``s**-2``; a rotary size from a fraction of the head size)."""
+    ints: set[int] = set()
+    floats: set[float] = set()
+    for item in target:
+        value = item[-1] if item[0] == "model" else item[4] if item[2] == "arg" else None
+        if isinstance(value, bool) or value is None:
+            continue
+        if isinstance(value, int):
+            ints.add(value)
+        elif isinstance(value, float) and math.isfinite(value):
+            floats.add(value)
+    ints.update(a // b for a in list(ints) for b in list(ints) if 0 < b < a and a % b == 0)
+    for f in list(floats):
+        for derived in (f**-2 if f else 0.0, 1 / f if f else 0.0):
+            if 0 < derived <= 65536 and abs(derived - round(derived)) < 1e-6 * derived:
+                ints.add(round(derived))
+        if 0 < f < 1:
+            ints.update(int(n * f) for n in list(ints) if 0 < n <= 65536)
+    floats.update(float(i) for i in ints if i <= 10**7)
+    return sorted(ints) + sorted(floats)
+
+
+# ==================================================================== refusal reasons
+def _components(target: Signature) -> dict[str, tuple[str, int]]:
+    """component -> (where, step) of its first use."""
+    out: dict[str, tuple[str, int]] = {}
+    for item in sorted(target, key=_order):
+        if len(item) > 4 and item[2] == "node" and item[3] == "call":
+            out.setdefault(item[4], (item[0], item[1]))
+    return out
+
+
+def _order(item: tuple) -> tuple:
+    where = item[0]
+    if where == "model":
+        return (0, 0, "", 0, repr(item))
+    if where.startswith("embed"):
+        rank, rest = (1, 0), where[len("embed") :]
+    elif where.startswith("layers."):
+        number = re.match(r"layers\.(\d+)(.*)", where)
+        assert number is not None
+        rank, rest = (2, int(number.group(1))), number.group(2)
+    else:
+        rank, rest = (3, 0), where[len("head") :]
+    return (*rank, rest, item[1], repr(item[2:]))
+
+
+def _step_text(plan: Any, where: str, step: int) -> str:
+    graph = _graph_at(plan, where)
+    if graph is None:
+        return ""
+    for i, (_, data) in enumerate(graph.nodes()):
+        if i == step:
+            if data["kind"] == "call":
+                return graph.modules[data["module"]].describe()
+            return "+" if data["kind"] == "add" else data["kind"]
+    return ""
+
+
+def _graph_at(plan: Any, where: str) -> BlockGraph | None:
+    head, _, rest = where.partition("[")
+    parts = head.split(".")
+    if parts[0] == "embed":
+        graph = plan.embed
+    elif parts[0] == "head":
+        graph = plan.head
+    else:
+        index = int(parts[1])
+        if index >= len(plan.layers):
+            return None
+        graph = plan.layers[index][1]
+    return graph if not rest else None
+
+
+def _where_text(plan: Any, where: str) -> str:
+    if where.startswith("layers."):
+        index = int(where.split(".")[1])
+        if index < len(plan.layers):
+            name = plan.layers[index][0]
+            return f"{where} (block '{name}')"
+    return where
+
+
+def _first_difference(target_plan: Any, target: Signature, fit: _Fit) -> str:
+    """The first layer and step where the closest importable model differs from the target."""
+    if fit.plan is None:
+        return f"the closest architecture, {fit.record.model_type}, imports nothing close"
+    image = signature(fit.plan)
+    own = sorted(target - image, key=_order)
+    theirs = sorted(image - target, key=_order)
+    model_items = [i for i in own if i[0] == "model"]
+    arch = f"{fit.record.model_type} ({fit.record.hf_class})"
+    if model_items and model_items[0][1] == "layers":
+        return f"{arch} has {len(fit.plan.layers)} layers here, the model {model_items[0][2]}"
+    for item in own:
+        if item[0] == "model":
+            continue
+        where, step = item[0], item[1]
+        mine = _step_text(target_plan, where, step)
+        other = _step_text(fit.plan, where, step)
+        if item[2] == "arg":
+            counter = next(
+                (t for t in theirs if t[:2] == item[:2] and t[2] == "arg" and t[3] == item[3]),
+                None,
+            )
+            value = _show(counter[4]) if counter else "no such argument"
+            detail = f"argument {item[3]}={_show(item[4])}; {arch} can only give {value}"
+        else:
+            detail = f"{arch} has {other or 'nothing'} there"
+        return f"{_where_text(target_plan, where)}, step {step + 1} {mine}: {detail}"
+    for item in model_items:
+        return f"[model] {item[1]} = {item[2]}: {arch} cannot express it"
+    return f"{arch} differs in a way that has no name"
+
+
+def _show(value: Any) -> str:
+    from blockdsl.printer import format_value
+
+    return format_value(list(value) if isinstance(value, tuple) else value)
+
+
+# ==================================================================== public: config
+def hf_config_for(model_or_config: Any) -> tuple[str, Any]:
+    """``(model_type, transformers config)`` whose import builds exactly this model (a
+    ``LanguageModel``, ``ModelConfig``, dict config or anything ``load_config`` takes). Raises
+    ``HFExportError`` saying which block and step has no transformers counterpart."""
+    config = getattr(model_or_config, "config", model_or_config)
+    target_plan = _plan(config)
+    target = signature(target_plan)
+    used = _components(target)
+    records = _records()
+    reachable: list[tuple[int, _Record, set[str]]] = []
+    for record in records:
+        produced = _producible(record)
+        missing = [c for c in used if c not in produced]
+        reachable.append((len(missing), record, produced))
+    reachable.sort(key=lambda r: r[0])
+    if reachable[0][0]:
+        everything = sorted(set().union(*(r[2] for r in reachable)))
+        for component, (where, step) in used.items():
+            if component not in everything:
+                raise HFExportError(
+                    "cannot export to Hugging Face: no transformers architecture has "
+                    f"a counterpart of {component}",
+                    hint=f"{_where_text(target_plan, where)}, step {step + 1} "
+                    f"{_step_text(target_plan, where, step)}: no counterpart "
+                    f"(exportable architectures use {', '.join(everything)})",
+                )
+    numbers = _numbers(target)
+    searches = [_Search(record, target, numbers) for missing, record, _ in reachable if not missing]
+    order = {record.model_type: i for i, record in enumerate(records)}
+    searches.sort(key=lambda s: order[s.record.model_type])
+    started = sorted((s.start(), i) for i, s in enumerate(searches))  # closest first
+    best: _Fit | None = None
+    for start, i in started:
+        fit = searches[i].run()
+        if fit.distance == 0:
+            # A tie (a Llama is a Mistral without a window) goes to the architecture the
+            # importer lists first, among those that started about as close.
+            for other_start, j in started:
+                if j < i and other_start <= start + _TIE and searches[j].run().distance == 0:
+                    fit = searches[j].run()
+                    break
+            return fit.record.model_type, fit.hf_config
+        if best is None or fit.distance < best.distance:
+            best = fit
+    if best is None:  # every component exists somewhere, but not all in one architecture
+        _, record, produced = reachable[0]
+        component = next(c for c in used if c not in produced)
+        where, step = used[component]
+        raise HFExportError(
+            "cannot export to Hugging Face: no transformers architecture has all of "
+            + ", ".join(sorted(used)),
+            hint=f"{_where_text(target_plan, where)}, step {step + 1} "
+            f"{_step_text(target_plan, where, step)}: no counterpart in "
+            f"{record.model_type} ({record.hf_class}), the closest",
+        )
+    raise HFExportError(
+        "cannot export to Hugging Face: no transformers architecture computes this model",
+        hint=_first_difference(target_plan, target, best),
+    )
+
+
+_PRODUCIBLE: dict[str, set[str]] = {}
+
+
+def _producible(record: _Record) -> set[str]:
+    """The components an architecture's import can produce (from its default config, with
+    each boolean field flipped)."""
+    if record.model_type not in _PRODUCIBLE:
+        search = _Search(record, frozenset(), [])
+        found: set[str] = set()
+        trials = [{}] + [{n: not v} for n, v in search.fields() if isinstance(v, bool)]
+        for kwargs in trials:
+            try:
+                config = record.config(search.build(kwargs))
+            except Exception:
+                continue
+            found |= _component_names(config)
+        _PRODUCIBLE[record.model_type] = found
+    return _PRODUCIBLE[record.model_type]
+
+
+def _component_names(config: dict) -> set[str]:
+    from blockdsl.ast import Call, walk
+    from blockdsl.parser import parse
+
+    texts = [config["model"].get("embed", "Embed"), config["model"].get("head", "Norm->Head")]
+    for value in config.get("blocks", {}).values():
+        texts += value if isinstance(value, list) else [value]
+    names = set()
+    for text in texts:
+        for node in walk(parse(text)):
+            if isinstance(node, Call):
+                names.add(node.name)
+    return names
+
+
+# ==================================================================== public: weights
+def hf_state_dict(model: nn.Module, model_type: str, hf_config: Any) -> dict[str, torch.Tensor]:
+    """The transformers checkpoint tensors of ``model`` for ``hf_config``: the importer's
+    weight mapping inverted through a probe (see the module docstring)."""
+    record = next(r for r in _records() if r.model_type == model_type)
+    skeleton = _skeleton(record, hf_config)
+    names, shapes, tied = skeleton
+    probes: dict[str, torch.Tensor] = {}
+    offsets: dict[str, int] = {}
+    total = 0
+    for name in names:
+        if name in tied:
+            continue
+        count = math.prod(shapes[name])
+        probes[name] = torch.arange(total, total + count, dtype=torch.int64).view(shapes[name])
+        offsets[name] = total
+        total += count
+    for name, target in tied.items():
+        probes[name] = probes[target]
+    mapper = record.mapper(probes)
+    record.weights(hf_config, mapper)
+    if mapper.missing:
+        raise HFExportError(
+            f"{model_type}: the importer's weight mapping asks for tensors a "
+            f"{record.hf_class} does not have: {', '.join(mapper.missing[:8])}"
+        )
+    state = model.state_dict()
+    values: torch.Tensor | None = None
+    covered = torch.zeros(total, dtype=torch.bool)
+    for name, ids in mapper.out.items():
+        if name not in state:
+            raise HFExportError(f"{model_type}: the model has no parameter '{name}'")
+        source = state[name].detach()
+        if not isinstance(ids, torch.Tensor) or ids.dtype != torch.int64:
+            raise HFExportError(
+                f"{model_type}: the weight mapping of '{name}' computes values rather than "
+                "moving them; it cannot be run backwards"
+            )
+        if values is None:
+            values = torch.empty(total, dtype=source.dtype)
+        flat_ids = ids.reshape(-1)
+        values[flat_ids] = source.reshape(-1).to(values.dtype)
+        covered[flat_ids] = True
+    if values is None or not bool(covered.all()):
+        missing = [
+            n
+            for n in probes
+            if n not in tied and not bool(covered[_span(n, offsets, shapes)].all())
+        ]
+        raise HFExportError(f"{model_type}: no blockdsl parameter gives {', '.join(missing[:8])}")
+    out = {}
+    for name in names:
+        source_name = tied.get(name, name)
+        start = offsets[source_name]
+        out[name] = (
+            values[start : start + math.prod(shapes[source_name])].view(shapes[name]).clone()
+        )
+    return out
+
+
+def _span(name: str, offsets: dict[str, int], shapes: dict[str, tuple]) -> slice:
+    return slice(offsets[name], offsets[name] + math.prod(shapes[name]))
+
+
+def _skeleton(
+    record: _Record, hf_config: Any
+) -> tuple[list[str], dict[str, tuple], dict[str, str]]:
+    """Names and shapes of a transformers model's checkpoint tensors (built on the meta
+    device), and its tied names (``lm_head.weight`` -> ``...embed_tokens.weight``)."""
+    transformers = _transformers()
+    cls = getattr(transformers, record.hf_class)
+    with torch.device("meta"):
+        hf_model = cls(hf_config)
+    names, shapes, first = [], {}, {}
+    tied: dict[str, str] = {}
+    for name, tensor in hf_model.state_dict(keep_vars=True).items():
+        shapes[name] = tuple(tensor.shape)
+        names.append(name)
+        if id(tensor) in first:
+            tied[name] = first[id(tensor)]
+        else:
+            first[id(tensor)] = name
+    return names, shapes, tied
+
+
+# ==================================================================== public: export
+def export_hf(
+    model_or_path: Any,
+    out_dir: str | os.PathLike,
+    *,
+    tokenizer: str | os.PathLike | None = None,
+    force: bool = False,
+    verify: bool = True,
+) -> Path:
+    """Write a Hugging Face checkpoint folder for a blockdsl model: ``config.json``,
+    ``model.safetensors``, ``generation_config.json`` and, given a ``tokenizer.json``, the
+    tokenizer files, so that ``AutoModelForCausalLM.from_pretrained(out_dir)`` and
+    ``AutoTokenizer.from_pretrained(out_dir)`` load them.
+
+    ``model_or_path``: a ``LanguageModel``, or what ``blockdsl.load`` takes (a checkpoint
+    file, a checkpoint directory, a training run directory: its newest checkpoint, and its
+    ``tokenizer.json`` unless ``tokenizer`` is given). An existing non-empty ``out_dir`` is
+    replaced only with ``force``; the folder is written beside it and renamed into place.
+    With ``verify`` the folder is loaded back with transformers and its logits compared on
+    random tokens (raises ``HFExportError`` above 1e-4)."""
+    from blockdsl.checkpoint import load
+    from blockdsl.model import LanguageModel
+
+    out = Path(out_dir)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
+        raise HFExportError(
+            f"'{out}' exists and is not empty; not overwriting it",
+            hint="choose another folder, or pass force=True (--force) to replace it",
+        )
+    if isinstance(model_or_path, LanguageModel):
+        model = model_or_path
+    else:
+        source = Path(model_or_path)
+        model = load(source)
+        if tokenizer is None and source.is_dir() and (source / "tokenizer.json").is_file():
+            tokenizer = source / "tokenizer.json"
+    model_type, hf_cfg = hf_config_for(model)
+    record = next(r for r in _records() if r.model_type == model_type)
+    state = hf_state_dict(model, model_type, hf_cfg)
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+
+    transformers = _transformers()
+    hf_cfg.architectures = [record.hf_class]
+    special = _special_tokens(tokenizer, hf_cfg.vocab_size) if tokenizer else {}
+    for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        value = getattr(hf_cfg, name, None)
+        if name in special or (isinstance(value, int) and not 0 <= value < hf_cfg.vocab_size):
+            setattr(hf_cfg, name, special.get(name))
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        hf_model = getattr(transformers, record.hf_class)(hf_cfg)
+        hf_model.load_state_dict(state, strict=True)
+        hf_model.to(dtype).eval()
+        hf_model.save_pretrained(staging)
+        hf_model.generation_config.save_pretrained(staging)
+        if tokenizer is not None:
+            _write_tokenizer(Path(tokenizer), staging, special)
+        if verify:
+            _verify(model, staging)
+        _replace(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return out
+
+
+def _special_tokens(path: str | os.PathLike, vocab: int) -> dict[str, int]:
+    """``eos_token_id`` (and ``bos_token_id``) from a tokenizer.json's one special token
+    (a trained BPE's end of text), if it has exactly one inside the model's vocabulary."""
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    specials = [t for t in data.get("added_tokens", []) if t.get("special")]
+    if len(specials) == 1 and 0 <= specials[0]["id"] < vocab:
+        token_id = specials[0]["id"]
+        return {"bos_token_id": token_id, "eos_token_id": token_id}
+    return {}
+
+
+def _write_tokenizer(path: Path, out: Path, special: dict[str, int]) -> None:
+    """``tokenizer.json`` and ``tokenizer_config.json`` (a ``PreTrainedTokenizerFast``): the
+    same tokenizer, so ``AutoTokenizer`` encodes exactly as the run did."""
+    transformers = _transformers()
+    if not path.is_file():
+        raise HFExportError(f"no tokenizer file '{path}'")
+    try:
+        fast = transformers.PreTrainedTokenizerFast(tokenizer_file=str(path))
+    except Exception as exc:
+        raise HFExportError(f"'{path}' is not a tokenizers tokenizer.json ({exc})") from None
+    if "eos_token_id" in special:
+        token = fast.convert_ids_to_tokens(special["eos_token_id"])
+        fast.eos_token = fast.bos_token = token
+    fast.save_pretrained(out)
+
+
+def _verify(model: nn.Module, folder: Path) -> None:
+    transformers = _transformers()
+    hf_model = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    hf_model.eval()
+    reference = model
+    if any(p.dtype != torch.float32 for p in model.parameters()):  # compare in float32
+        from blockdsl.model import build_model
+
+        reference = build_model(model.config, device="meta").to_empty(device="cpu")
+        reference.load_state_dict({k: v.float() for k, v in model.state_dict().items()})
+    seq = min(16, model.config.context)
+    generator = torch.Generator().manual_seed(0)
+    idx = torch.randint(0, model.config.vocab, (2, seq), generator=generator)
+    device = next(model.parameters()).device
+    training = reference.training
+    try:
+        with torch.no_grad():
+            expected = reference.eval()(idx.to(device)).float().cpu()
+            got = hf_model(idx).logits
+    finally:
+        reference.train(training)
+    diff = (expected - got).abs().max().item()
+    if not diff <= VERIFY_TOLERANCE:
+        raise HFExportError(
+            f"the exported model's logits differ from the blockdsl model's by {diff:.3g}",
+            hint="this is a bug in the importer's mapping for this architecture",
+        )
+
+
+def _replace(staging: Path, out: Path) -> None:
+    """Move the written folder to ``out``; an existing ``out`` (allowed by ``force``) is
+    moved aside first and deleted only once the new one is in place."""
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, old)
+    os.replace(staging, out)
+    if old is not None:
+        if old.is_dir():
+            shutil.rmtree(old)
+        else:
+            old.unlink()
