@@ -118,9 +118,13 @@ def _call_args(plan: Any, step_path: str) -> dict[str, Any]:
     graphs = {"embed": plan.embed, "head": plan.head}
     graphs.update({f"layers.{i}": graph for i, (_, graph) in enumerate(plan.layers)})
     graph = graphs.get(block)
-    for spec in graph.modules.values() if graph is not None else ():
-        if spec.attr == attr:
-            return spec.args
+    if graph is None:
+        return {}
+    from blockdsl.lower import module_attributes  # lowering owns the Python attribute names
+
+    for key, name in module_attributes(graph).items():
+        if name == attr:
+            return graph.modules[key].args
     return {}
 
 
