@@ -70,6 +70,7 @@ _LAZY = {
     "save": "blockdsl.checkpoint",
     "load": "blockdsl.checkpoint",
     "trace": "blockdsl.tracing",
+    "export_hf": "blockdsl.hf_export",
 }
 
 
