@@ -588,7 +588,7 @@ def _components(target: Signature) -> dict[str, tuple[str, int]]:
 def _order(item: tuple) -> tuple:
     where = item[0]
     if where == "model":
-        return (0, 0, "", 0, repr(item))
+        return (0, 0, "", 0, False, repr(item))
     if where.startswith("embed"):
         rank, rest = (1, 0), where[len("embed") :]
     elif where.startswith("layers."):
@@ -597,7 +597,7 @@ def _order(item: tuple) -> tuple:
         rank, rest = (2, int(number.group(1))), number.group(2)
     else:
         rank, rest = (3, 0), where[len("head") :]
-    return (*rank, rest, item[1], repr(item[2:]))
+    return (*rank, rest, item[1], item[2] != "node", repr(item[2:]))
 
 
 def _step_text(plan: Any, where: str, step: int) -> str:
@@ -662,7 +662,7 @@ def _first_difference(target_plan: Any, target: Signature, fit: _Fit) -> str:
             detail = f"argument {item[3]}={_show(item[4])}; {arch} can only give {value}"
         else:
             detail = f"{arch} has {other or 'nothing'} there"
-        return f"{_where_text(target_plan, where)}, step {step + 1} {mine}: {detail}"
+        return f"{_where_text(target_plan, where)}, step {step} {mine}: {detail}"
     for item in model_items:
         return f"[model] {item[1]} = {item[2]}: {arch} cannot express it"
     return f"{arch} differs in a way that has no name"
@@ -697,7 +697,7 @@ def hf_config_for(model_or_config: Any) -> tuple[str, Any]:
                 raise HFExportError(
                     f"cannot export to Hugging Face: {component} has no counterpart in "
                     "any transformers architecture blockdsl knows",
-                    hint=f"{_where_text(target_plan, where)}, step {step + 1}: "
+                    hint=f"{_where_text(target_plan, where)}, step {step}: "
                     f"{_step_text(target_plan, where, step)}",
                 )
     numbers = _numbers(target)
@@ -729,7 +729,7 @@ def hf_config_for(model_or_config: Any) -> tuple[str, Any]:
         raise HFExportError(
             "cannot export to Hugging Face: no transformers architecture has all of "
             + ", ".join(sorted(used)),
-            hint=f"{_where_text(target_plan, where)}, step {step + 1} "
+            hint=f"{_where_text(target_plan, where)}, step {step} "
             f"{_step_text(target_plan, where, step)}: no counterpart in "
             f"{record.model_type} ({record.hf_class}), the closest",
         )

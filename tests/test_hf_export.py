@@ -32,7 +32,7 @@ PRESETS = {
     "llama": (
         {"layers": "block*2", "defaults": {"Attn": ATTN, "MLP": {"hidden": 96}}},
         "LlamaForCausalLM",
-    ),  # noqa: E501
+    ),
     "mistral": (
         {"layers": "block*2", "defaults": {"Attn": {**ATTN, "window": 8}, "MLP": {"hidden": 96}}},
         "MistralForCausalLM",
@@ -48,7 +48,7 @@ PRESETS = {
             "defaults": {
                 "Attn": {**ATTN, "head_dim": 16, "scale": 24**-0.5},
                 "MLP": {"hidden": 96},
-            },  # noqa: E501
+            },
         },
         "Gemma2ForCausalLM",
     ),
