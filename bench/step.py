@@ -19,6 +19,15 @@ round-robin (its median), so both see the same machine load.
 
     PYTHONPATH=. python bench/step.py [--device cpu] [--dtype float32] [--steps 20]
                                       [--no-compile] [--quick]
+
+``--shapes`` runs a second benchmark instead: every preset *shape* at a small size (dense, GQA,
+sliding window, soft-capping, parallel residual, MoE), each model's training step eager against
+the same model under ``torch.compile``, interleaved; the MoE row also runs transformers'
+``MixtralForCausalLM`` on the same config with the same weights (``blockdsl.hf.from_hf``),
+eager and compiled, in the same rounds. ``--json`` records the figures for
+``bench/report.py`` (``docs/performance.md``).
+
+    PYTHONPATH=. python bench/step.py --shapes [--steps 10] [--threads 1] [--json]
 """
 
 from __future__ import annotations
@@ -133,6 +142,207 @@ def report(title: str, times: dict[str, list[float]], flops: dict[str, int], n: 
         )
 
 
+# --------------------------------------------------------------------------- --shapes
+
+SMALL = {"vocab": 2048, "d_model": 128, "seq": 128, "batch": 4, "heads": 4, "hidden": 352}
+#: (row, preset, overrides at the small size); ``{seq}`` in a block string is formatted.
+SHAPES: list[tuple[str, str, dict]] = [
+    ("dense", "llama", {"defaults": {"Attn": {"kv_heads": 4}}}),
+    ("GQA", "llama", {"defaults": {"Attn": {"kv_heads": 1}}}),
+    ("sliding window", "mistral", {"defaults": {"Attn": {"kv_heads": 2, "window": 32}}}),
+    (
+        "soft-capping",
+        "gemma2",
+        {
+            "layers": "local->global",
+            "blocks": {"local": "Norm->Attn(window=32)->Norm->+->Norm->MLP->Norm->+"},
+            "defaults": {"Attn": {"kv_heads": 2, "head_dim": 32, "scale": 32**-0.5}},
+        },
+    ),
+    ("parallel", "gptj", {"layers": "l0->l1"}),
+    ("MoE", "mixtral", {"defaults": {"Attn": {"kv_heads": 2}, "MoE": {"hidden": 176}}}),
+]
+MOE_EXPERTS, MOE_K = 8, 2
+
+
+def small_model(preset: str, overrides: dict) -> nn.Module:
+    import blockdsl
+
+    s = SMALL
+    attn = {"heads": s["heads"], **overrides.get("defaults", {}).get("Attn", {})}
+    defaults = {**overrides.get("defaults", {}), "Attn": attn}
+    if preset != "mixtral":
+        defaults["MLP"] = {"hidden": s["hidden"]}
+    config = {"layers": "block*2", **overrides, "defaults": defaults}
+    return blockdsl.build_model(
+        preset, vocab=s["vocab"], d_model=s["d_model"], context=s["seq"], **config
+    )
+
+
+class BlockdslLoss(nn.Module):
+    """The training loss of a blockdsl model: cross-entropy plus its auxiliary losses."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return self.model(idx, targets)[1]
+
+
+class MixtralLoss(nn.Module):
+    """transformers' Mixtral training loss: cross-entropy plus ``router_aux_loss_coef`` times
+    its load-balancing loss (targets given as they are: not shifted, like blockdsl's)."""
+
+    def __init__(self, hf: nn.Module) -> None:
+        super().__init__()
+        self.hf = hf
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        out = self.hf(input_ids=idx, use_cache=False, output_router_logits=True)
+        logits = out.logits.flatten(0, 1).float()
+        return F.cross_entropy(logits, targets.flatten()) + self.hf.config.router_aux_loss_coef * (
+            out.aux_loss
+        )
+
+
+def small_mixtral() -> tuple[nn.Module, nn.Module]:
+    """``MixtralForCausalLM`` at the MoE row's size and the blockdsl model converted from it."""
+    from transformers import MixtralConfig, MixtralForCausalLM
+
+    from blockdsl.hf import from_hf
+
+    s = SMALL
+    config = MixtralConfig(
+        vocab_size=s["vocab"],
+        hidden_size=s["d_model"],
+        intermediate_size=176,
+        num_hidden_layers=2,
+        num_attention_heads=s["heads"],
+        num_key_value_heads=2,
+        num_local_experts=MOE_EXPERTS,
+        num_experts_per_tok=MOE_K,
+        max_position_embeddings=s["seq"],
+        sliding_window=None,
+        router_aux_loss_coef=0.02,
+        tie_word_embeddings=False,
+        attn_implementation="sdpa",
+    )
+    hf = MixtralForCausalLM(config).train()
+    return hf, from_hf(hf).train()
+
+
+def shapes_record(rows: list[dict], steps: int):
+    """The ``--shapes`` figures as a record for ``bench/report.py``."""
+    from bench.record import Record
+
+    s = SMALL
+    record = Record("step_shapes", "Training step of every preset shape, compiled / eager")
+    record.table(
+        ["shape", "preset", "model", "eager ms", "compiled ms", "compiled / eager", "compile s"],
+        [
+            [
+                r["shape"],
+                r["preset"],
+                r["model"],
+                r["eager_ms"],
+                r["compiled_ms"],
+                r["compiled_over_eager"],
+                r["compile_s"],
+            ]
+            for r in rows
+        ],
+        caption=(
+            f"Small size: vocab {s['vocab']}, d_model {s['d_model']}, 2 layers, {s['heads']} "
+            f"heads, MLP hidden {s['hidden']}, MoE {MOE_EXPERTS} experts top-{MOE_K} hidden 176; "
+            f"batch {s['batch']} x seq {s['seq']}, float32; a step is forward + backward of the "
+            f"training loss; median of {steps} interleaved steps."
+        ),
+    )
+    by = {(r["shape"], r["model"]): r for r in rows}
+    if ("MoE", "transformers") in by:
+        bd, hf = by[("MoE", "blockdsl")], by[("MoE", "transformers")]
+        record.note(
+            "MoE against transformers' `MixtralForCausalLM` (same config, same weights, same "
+            f"loss): blockdsl / transformers = {bd['eager_ms'] / hf['eager_ms']:.3f} eager, "
+            f"{bd['compiled_ms'] / hf['compiled_ms']:.3f} compiled."
+        )
+    return record
+
+
+def shapes_main(args: argparse.Namespace) -> int:
+    device = torch.device(args.device)
+    s = SMALL
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+    print(
+        f"torch {torch.__version__}, python {platform.python_version()}, {platform.machine()}, "
+        f"{torch.get_num_threads()} threads, device {device}, float32, load average "
+        f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}"
+    )
+    print(
+        f"small size: vocab {s['vocab']}, d_model {s['d_model']}, 2 layers, {s['heads']} heads, "
+        f"MLP hidden {s['hidden']}, MoE {MOE_EXPERTS} experts top-{MOE_K} hidden 176, "
+        f"batch {s['batch']} x seq {s['seq']}; forward+backward, median of {args.steps} steps"
+    )
+    idx = torch.randint(0, s["vocab"], (s["batch"], s["seq"]), device=device)
+    targets = torch.randint(0, s["vocab"], (s["batch"], s["seq"]), device=device)
+    rows = []
+    print(
+        f"\n{'shape':<16}{'preset':<9}{'eager ms':>10}{'compiled ms':>13}{'compiled/eager':>16}"
+        f"{'compile s':>11}"
+    )
+    for name, preset, overrides in SHAPES:
+        if args.only and name not in args.only.split(","):
+            continue
+        contenders: dict[str, tuple[nn.Module, nn.Module]] = {}
+        if preset == "mixtral":
+            hf, model = small_mixtral()
+            contenders["transformers"] = (MixtralLoss(hf.to(device)), hf)
+        else:
+            model = small_model(preset, overrides)
+        model = model.to(device).train()
+        contenders = {"blockdsl": (BlockdslLoss(model), model), **contenders}
+        if "transformers" in contenders:
+            with torch.no_grad():
+                a, b = (fn(idx, targets).item() for fn, _ in contenders.values())
+            print(f"  same weights: loss blockdsl {a:.6f}, transformers {b:.6f}")
+        steps, compile_s = {}, {}
+        for who, (loss_fn, m) in contenders.items():
+            torch._dynamo.reset()
+            steps[f"{who} eager"] = make_step(loss_fn, m, idx, targets, device)
+            compiled = make_step(torch.compile(loss_fn), m, idx, targets, device)
+            t = time.perf_counter()
+            compiled()
+            compile_s[who] = time.perf_counter() - t
+            steps[f"{who} compiled"] = compiled
+        times = run_round_robin(steps, args.warmup, args.steps)
+        med = {k: statistics.median(v) for k, v in times.items()}
+        for who in contenders:
+            eager, comp = med[f"{who} eager"], med[f"{who} compiled"]
+            label = name if who == "blockdsl" else f"  {who}"
+            print(
+                f"{label:<16}{preset:<9}{eager * 1e3:>10.1f}{comp * 1e3:>13.1f}"
+                f"{comp / eager:>16.3f}{compile_s[who]:>11.1f}"
+            )
+            rows.append(
+                {
+                    "shape": name,
+                    "preset": preset,
+                    "model": who,
+                    "eager_ms": eager * 1e3,
+                    "compiled_ms": comp * 1e3,
+                    "compiled_over_eager": comp / eager,
+                    "compile_s": compile_s[who],
+                }
+            )
+        if "transformers" in contenders:
+            ratio = med["blockdsl compiled"] / med["transformers compiled"]
+            print(f"  blockdsl compiled / transformers compiled: {ratio:.3f}")
+    if args.json:
+        shapes_record(rows, args.steps).write()
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--device", default="cpu")
@@ -143,15 +353,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-eager", action="store_true", help="torch.compile only")
     ap.add_argument("--quick", action="store_true", help="tiny model, few steps (smoke test)")
     ap.add_argument(
-        "--only", default="", help="comma-separated contenders (reference is always included)"
+        "--only",
+        default="",
+        help="comma-separated contenders (reference is always included); with --shapes: shapes",
     )
     ap.add_argument("--ref-gqa", default="sdpa", choices=["sdpa", "repeat"])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
+    ap.add_argument("--shapes", action="store_true", help="every preset shape, compiled/eager")
+    ap.add_argument(
+        "--json",
+        action="store_true",
+        help="with --shapes: record to bench/results/step_shapes.json",
+    )
     args = ap.parse_args(argv)
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.shapes:
+        return shapes_main(args)
     cfg = Config()
     if args.quick:
         cfg = Config(vocab=512, d_model=64, layers=2, heads=4, kv_heads=2, hidden=176, seq=64)

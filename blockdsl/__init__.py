@@ -14,6 +14,7 @@ from blockdsl.errors import (
     BlockValidationError,
     BudgetError,
     ConfigError,
+    InputError,
     RegistryError,
     ShapeError,
     Span,
@@ -43,6 +44,7 @@ __all__ = [
     "Component",
     "ConfigError",
     "Group",
+    "InputError",
     "LanguageModel",
     "ModelConfig",
     "Registry",
@@ -70,7 +72,7 @@ _LAZY = {
     "save": "blockdsl.checkpoint",
     "load": "blockdsl.checkpoint",
     "trace": "blockdsl.tracing",
-    "export_hf": "blockdsl.hf_export",
+    "export_hf": "blockdsl.interop.hf_export",
 }
 
 
@@ -81,7 +83,7 @@ def __getattr__(name: str):
     ``blockdsl.train(spec, data=..., out=...)``)."""
     import importlib
 
-    if name in ("hf", "train"):
+    if name in ("hf", "train", "compare"):  # train and compare are callable modules
         return importlib.import_module(f"blockdsl.{name}")
     if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name]), name)

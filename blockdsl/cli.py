@@ -8,6 +8,7 @@ The work is done by the library (``blockdsl.model.ModelPlan``, ``blockdsl.shapes
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import os
 import sys
@@ -15,7 +16,7 @@ import warnings
 from collections.abc import Sequence
 from typing import Any, TextIO
 
-from blockdsl.errors import BlockDSLError, ConfigError
+from blockdsl.errors import BlockDSLError, ConfigError, Span
 from blockdsl.printer import format_int as _fmt_int
 from blockdsl.printer import human
 
@@ -50,6 +51,13 @@ PRESETS_EXAMPLES = """\
 examples:
   blockdsl presets
 """
+GENERATE_EXAMPLES = """\
+examples:
+  blockdsl generate runs/tiny --prompt "Once upon a time"
+  blockdsl generate runs/tiny/checkpoints/step_0001000 --prompt "def " --greedy
+  blockdsl generate runs/tiny --prompt "The" --temperature 0.8 --top-k 50 --top-p 0.95 --seed 0
+  blockdsl generate --from-hf ./SmolLM-135M --prompt "The capital of France is"
+"""
 FUZZ_EXAMPLES = """\
 examples:
   blockdsl fuzz --examples 200
@@ -83,8 +91,8 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     spec_help = (
-        "a block string, several strings (parallel branches), a .toml path or a preset name "
-        "(default: tiny)"
+        "a block string, several strings or one JSON/Python list of strings (parallel "
+        "branches), a .toml path or a preset name (default: tiny)"
     )
 
     def model_args(p: argparse.ArgumentParser) -> None:
@@ -182,6 +190,39 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
 
+    gen = commands.add_parser(
+        "generate",
+        help="continue a prompt with a trained model, streaming the tokens",
+        description="Continue a prompt with a training run's model (its newest checkpoint, or "
+        "the one given) and tokenizer, or with a Hugging Face checkpoint folder (--from-hf), "
+        "printing the tokens as they come. See docs/generation.md.",
+        epilog=GENERATE_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    gen.add_argument(
+        "path", nargs="?", metavar="RUN|CHECKPOINT", help="a run directory or a checkpoint"
+    )
+    gen.add_argument("--from-hf", metavar="DIR", help="a Hugging Face folder with tokenizer.json")
+    gen.add_argument("--prompt", required=True, metavar="TEXT", help="the text to continue")
+    gen.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=None,
+        metavar="N",
+        help="tokens to generate (default: 128, or what the context leaves)",
+    )
+    gen.add_argument("--temperature", type=float, default=1.0, metavar="T", help="default 1.0")
+    gen.add_argument(
+        "--top-k", type=int, default=None, metavar="K", help="sample from the K most likely"
+    )
+    gen.add_argument(
+        "--top-p", type=float, default=None, metavar="P", help="nucleus: the top tokens of mass P"
+    )
+    gen.add_argument("--seed", type=int, default=None, metavar="S", help="seed the sampling")
+    gen.add_argument("--greedy", action="store_true", help="always take the most likely token")
+    gen.add_argument("--no-cache", action="store_true", help="recompute the prefix every step")
+    gen.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if present)")
+
     fuzz = commands.add_parser(
         "fuzz",
         help="fuzz architectures built from components; shrink a failure to a minimal block",
@@ -209,6 +250,7 @@ def _parser() -> argparse.ArgumentParser:
         help="import a module (dotted path or .py file) that registers components (repeatable)",
     )
     _train_parsers(commands, model_args)
+    _compare_parser(commands)
     _export_parser(commands)
     return parser
 
@@ -325,7 +367,8 @@ def _export_parser(commands: Any) -> None:
 # ==================================================================== helpers
 def parse_value(text: str) -> Any:
     """A ``--set`` value: a TOML literal (``512``, ``1e-5``, ``true``, ``"rms"``, ``[1, 2]``),
-    else JSON, else the text itself as a string (``rms``, ``block*80``)."""
+    else JSON, else a Python list of strings (parallel branches, as users write them: ``["a",
+    'b']``), else the text itself as a string (``rms``, ``block*80``)."""
     try:
         return tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
@@ -333,7 +376,46 @@ def parse_value(text: str) -> Any:
     try:
         return json.loads(text)
     except ValueError:
-        return text
+        pass
+    listed = block_list(text)
+    return text if listed is None else listed
+
+
+def block_list(text: str) -> list[str] | None:
+    """Parallel branches written as ONE argument, a JSON or Python list of block strings
+    (``'["Norm->Attn->+->Norm->MLP->+", "Norm->MoE->+"]'``); None when ``text`` is not a list
+    (a block string never starts with '['). A list that does not read is a ``ConfigError``."""
+    stripped = text.strip()
+    if not stripped.startswith("["):
+        return None
+    try:
+        value = json.loads(stripped)
+    except ValueError:
+        try:  # literals only: nothing is executed
+            value = ast.literal_eval(stripped)
+        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+            value = None
+    if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+        return value
+    start = text.index("[")
+    raise ConfigError(
+        "a list of block strings must be a JSON or Python list of quoted strings",
+        text,
+        Span.at(text, start, len(text.rstrip())),
+        hint='e.g. \'["Norm->Attn->+->Norm->MLP->+", "Norm->MoE->+"]\' (one argument, quoted '
+        "for the shell), or each branch as its own argument",
+    )
+
+
+def spec_from(specs: Sequence[str]) -> Any:
+    """The model spec of the SPEC arguments: a preset, path or block string; several strings,
+    or one JSON/Python list of strings, are parallel branches."""
+    if not specs:
+        return "tiny"
+    if len(specs) == 1:
+        listed = block_list(specs[0])
+        return specs[0] if listed is None else listed
+    return list(specs)
 
 
 def overrides_from(settings: Sequence[str]) -> dict[str, Any]:
@@ -363,19 +445,15 @@ def load_plan(args: argparse.Namespace) -> Any:
         if args.spec:
             raise ConfigError("give either SPEC or --from-hf, not both")
         spec = _from_hf(args.from_hf)
-    elif not args.spec:
-        spec = "tiny"
-    elif len(args.spec) == 1:
-        spec = args.spec[0]
     else:
-        spec = list(args.spec)
+        spec = spec_from(args.spec)
     return ModelPlan(load_config(spec, **overrides))
 
 
 def _from_hf(path: str) -> dict:
     """The config of a Hugging Face checkpoint folder (config.json only: no weights are read).
-    ``blockdsl.hf`` imports the optional transformers itself and says how to install it."""
-    from blockdsl import hf
+    ``blockdsl.interop.hf`` imports the optional transformers itself and says how to install it."""
+    from blockdsl.interop import hf
 
     return hf.config_from_dir(path)
 
@@ -402,8 +480,14 @@ def cmd_compile(args: argparse.Namespace, out: TextIO) -> int:
     plan = load_plan(args)
     if args.batch < 1 or (args.seq is not None and args.seq < 1):
         raise ConfigError("--batch and --seq must be positive")
+    context = plan.config.context
+    if args.seq is not None and args.seq > context:
+        raise ConfigError(
+            f"--seq {args.seq} is longer than the model's context ({context})",
+            hint=f"use --seq {context} or less, or raise the context: --set context={args.seq}",
+        )
     if args.emit:
-        from blockdsl.export import to_dot, to_json, to_mermaid, to_python
+        from blockdsl.interop.export import to_dot, to_json, to_mermaid, to_python
 
         if args.emit == "json":
             text = to_json(plan, args.seq)
@@ -452,7 +536,7 @@ def _trace(args: argparse.Namespace, plan: Any, console: Any) -> int:
 
 
 def _print_summary(console: Any, plan: Any) -> None:
-    from blockdsl.export import distinct_blocks
+    from blockdsl.interop.export import distinct_blocks
 
     config = plan.config
     seq = config.context
@@ -519,7 +603,7 @@ def cmd_components(args: argparse.Namespace, out: TextIO) -> int:
     if args.name in aliases:
         console.print(f"{args.name}: alias of {component.name}({bound})")
     console.print(f"{component.name}: {component.description}")
-    helps = getattr(component.cls, "arg_help", {}) or {}
+    helps = component.arg_help
     grid = Table(box=None, show_header=True, header_style="bold", pad_edge=False)
     grid.add_column("argument", no_wrap=True)
     grid.add_column("type", overflow="fold")
@@ -554,6 +638,46 @@ def cmd_presets(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+def cmd_generate(args: argparse.Namespace, out: TextIO) -> int:
+    import torch
+
+    from blockdsl.generate import GenerationError, eos_ids, load_generator, stream_text
+
+    if bool(args.path) == bool(args.from_hf):
+        raise GenerationError("give a run or checkpoint, or --from-hf DIR (one of them)")
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model, tokenizer = load_generator(
+        args.from_hf or args.path, from_hf=bool(args.from_hf), device=device
+    )
+    steps = args.max_new_tokens
+    if steps is None:
+        steps = max(0, min(128, model.config.context - len(tokenizer.encode(args.prompt).ids)))
+    generator = None
+    if args.seed is not None:
+        generator = torch.Generator(device=device).manual_seed(args.seed)
+    pieces = stream_text(
+        model,
+        tokenizer,
+        args.prompt,
+        steps,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        greedy=args.greedy,
+        generator=generator,
+        use_cache=not args.no_cache,
+        stop=eos_ids(args.from_hf) if args.from_hf else None,
+    )
+    first = next(pieces, "")  # bad prompts and options are reported before any output
+    out.write(args.prompt + first)
+    out.flush()
+    for piece in pieces:
+        out.write(piece)
+        out.flush()
+    out.write("\n")
+    return 0
+
+
 def cmd_fuzz(args: argparse.Namespace, out: TextIO) -> int:
     from blockdsl.fuzz import main as fuzz_main
 
@@ -568,7 +692,7 @@ def cmd_train(args: argparse.Namespace, out: TextIO) -> int:
         spec = load_plan(args).config
         overrides: dict[str, Any] = {}
     else:
-        spec = args.spec[0] if len(args.spec) == 1 else (list(args.spec) or "tiny")
+        spec = spec_from(args.spec)
         overrides = overrides_from(args.set)
         load_config(spec, **overrides)  # configuration errors before anything else
     run = training.train(
@@ -589,6 +713,9 @@ def cmd_train(args: argparse.Namespace, out: TextIO) -> int:
             f"{summary['elapsed']:.1f} s; loss {summary['final_loss']:.4f}, val loss "
             f"{summary['final_val_loss']:.4f}; run in {run.dir}\n"
         )
+        if summary.get("final_accuracy") is not None:  # --data task:...
+            reached = " (target reached)" if summary.get("reached_target") else ""
+            out.write(f"accuracy {summary['final_accuracy']:.4f}{reached}\n")
     return 0
 
 
@@ -614,7 +741,7 @@ def cmd_data(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_export(args: argparse.Namespace, out: TextIO) -> int:
-    from blockdsl.hf_export import export_hf
+    from blockdsl.interop.hf_export import export_hf
 
     folder = export_hf(
         args.source,
@@ -630,6 +757,88 @@ def cmd_export(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+COMPARE_EXAMPLES = """\
+examples:
+  blockdsl compare attn="Norm->Attn->+->Norm->MLP->+" conv="Norm->BaseConv->+->Norm->MLP->+" \\
+      --data task:mqar,vocab=256,seq=64,pairs=4,train=20000 --steps 400 --lr 1e-3,3e-3 \\
+      --set d_model=64 --set layers='block*2' --out runs/mqar
+  blockdsl compare tiny examples/llama.toml --data data/stdlib --tokens 2e6 --seeds 0,1,2
+"""
+
+
+def _compare_parser(commands: Any) -> None:
+    compare = commands.add_parser(
+        "compare",
+        help="train variants on the same batches and budget; tabulate and plot",
+        description="Train every SPEC (anything compile takes, or NAME=SPEC; a block string "
+        "goes into the --base model) on the same batches under one budget, for each seed and "
+        "learning rate, and report each variant at its best learning rate: a table, "
+        "summary.csv, summary.md and curves.png in --out. Finished runs in --out are reused. "
+        "See docs/compare.md.",
+        epilog=COMPARE_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    compare.add_argument("spec", nargs="+", metavar="SPEC", help="a variant: SPEC or NAME=SPEC")
+    compare.add_argument(
+        "--data", required=True, metavar="D", help="a prepared data directory or task:NAME,..."
+    )
+    budget = compare.add_mutually_exclusive_group()
+    budget.add_argument("--steps", type=int, metavar="N", help="optimizer steps per run")
+    budget.add_argument("--tokens", type=float, metavar="N", help="training tokens per run")
+    budget.add_argument("--time", type=float, metavar="S", help="wall-clock seconds per run")
+    compare.add_argument(
+        "--seeds", default="0", metavar="0,1,2", help="seeds (model init and data order)"
+    )
+    compare.add_argument(
+        "--lr", default=None, metavar="3e-4,1e-3", help="learning rates; each variant's best wins"
+    )
+    compare.add_argument("--max-memory", metavar="M", help="skip variants estimated above M")
+    compare.add_argument("--base", default="tiny", metavar="SPEC", help="model for block strings")
+    compare.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key of every variant (d_model=64, train.batch_size=32)",
+    )
+    compare.add_argument("--out", default="runs/compare", metavar="DIR", help="runs and results")
+    compare.add_argument("--no-plot", action="store_true", help="do not write curves.png")
+    compare.add_argument("--quiet", action="store_true", help="print only the table")
+
+
+def _number_list(text: str | None, kind: type, flag: str) -> list[Any] | None:
+    if text is None:
+        return None
+    try:
+        return [kind(float(x)) if kind is int else kind(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(f"{flag} expects comma-separated numbers, got '{text}'") from None
+
+
+def cmd_compare(args: argparse.Namespace, out: TextIO) -> int:
+    from blockdsl.compare import compare
+
+    comparison = compare(
+        args.spec,
+        data=args.data,
+        out=args.out,
+        base=args.base,
+        steps=args.steps,
+        tokens=int(args.tokens) if args.tokens else None,
+        time=args.time,
+        seeds=_number_list(args.seeds, int, "--seeds") or [0],
+        lrs=_number_list(args.lr, float, "--lr"),
+        max_memory=args.max_memory,
+        progress=False if args.quiet else None,
+        plot=not args.no_plot,
+        **overrides_from(args.set),
+    )
+    _console(out).print(comparison.table())
+    if not args.quiet:
+        out.write(f"results in {comparison.out}: summary.csv, summary.md, curves.png\n")
+    return 0
+
+
 COMMANDS = {
     "compile": cmd_compile,
     "check": cmd_check,
@@ -638,6 +847,8 @@ COMMANDS = {
     "fuzz": cmd_fuzz,
     "train": cmd_train,
     "data": cmd_data,
+    "generate": cmd_generate,
+    "compare": cmd_compare,
     "export": cmd_export,
 }
 

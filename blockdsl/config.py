@@ -1,4 +1,4 @@
-"""Model configurations (LANGUAGE.md §2): TOML files, dicts, keyword overrides and presets.
+"""Model configurations (docs/configs.md): TOML files, dicts, keyword overrides and presets.
 
 A configuration has three tables::
 
@@ -99,10 +99,13 @@ class ModelConfig:
         return _locate(self.text, path)
 
     def error(self, message: str, *path: str, hint: str | None = None) -> ConfigError:
+        """An error pointing at the key in the text, or at nothing when the text does not hold
+        it (a key given as an override, not written in the file)."""
+        span = _find(self.text, path)
         return ConfigError(
             message,
-            self.text or None,
-            self.locate(*path),
+            self.text if span is not None else None,
+            span,
             hint=hint,
             context=self.origin or None,
         )
@@ -126,15 +129,28 @@ def _toml_value(value: Any) -> str:
     return repr(value)
 
 
+def _find(text: str, path: tuple[str, ...]) -> Span | None:
+    """The span of the last key of ``path`` found in ``text``: a ``key =`` line or a
+    ``[key]`` table header (comments are not searched)."""
+    if not text:
+        return None
+    code = re.sub(r"#[^\n]*", lambda m: " " * len(m.group()), text)  # offsets kept
+    for key in reversed(path):
+        table = re.search(rf"(?m)^[ \t]*\[[ \t]*({re.escape(key)})[ \t]*\]", code)
+        if table:
+            return Span.at(text, table.start(1), table.end(1))
+        match = re.search(rf"(?m)(?<![\w.-])\"?{re.escape(key)}\"?\s*=", code)
+        if match:
+            start = match.start() + (1 if code[match.start()] == '"' else 0)
+            return Span.at(text, start, start + len(key))
+    return None
+
+
 def _locate(text: str, path: tuple[str, ...]) -> Span:
     if not text:
         return Span(1, 1, 0, 0)
-    for key in reversed(path):
-        match = re.search(rf"(?m)(?<![\w.-])\"?{re.escape(key)}\"?\s*=", text)
-        if match:
-            start = match.start() + (1 if text[match.start()] == '"' else 0)
-            return Span.at(text, start, start + len(key))
-    return Span.at(text, 0, len(text.split("\n", 1)[0]))
+    found = _find(text, path)
+    return found if found is not None else Span.at(text, 0, len(text.split("\n", 1)[0]))
 
 
 # ==================================================================== presets
@@ -168,11 +184,30 @@ def load_config(spec: Any = "tiny", **overrides: Any) -> ModelConfig:
     elif isinstance(spec, str) and spec in list_presets():
         config = _preset(spec)
     elif isinstance(spec, str):
+        _refuse_mistyped_preset(spec)
         config = _preset("tiny")
         config.blocks = {"block": spec}
     else:
         raise ConfigError(f"cannot build a model from {type(spec).__name__}")
     return apply_overrides(config, overrides) if overrides else config
+
+
+def _refuse_mistyped_preset(spec: str) -> None:
+    """A bare name that is no component but close to a preset (``lama``) was meant as the
+    preset: say so, instead of reporting an unknown component of the ``tiny`` block."""
+    if not re.fullmatch(r"[A-Za-z_]\w*", spec):
+        return
+    from blockdsl.registry import REGISTRY
+
+    presets = list(list_presets())
+    if spec in REGISTRY or not did_you_mean(spec, presets):
+        return
+    raise ConfigError(
+        f"unknown preset or component '{spec}'",
+        spec,
+        Span.at(spec, 0, len(spec)),
+        hint=f"{did_you_mean(spec, presets)} (a preset; presets: {', '.join(presets)})",
+    )
 
 
 def _preset(name: str) -> ModelConfig:

@@ -181,5 +181,10 @@ class ConfigError(BlockDSLError):
     """A model configuration (TOML, dict or keyword arguments) is invalid."""
 
 
+class InputError(BlockDSLError):
+    """A model was called with inputs it cannot take (shape, dtype, length, token ids, a
+    missing call-time input)."""
+
+
 class BudgetError(BlockValidationError):
     """The model would exceed a configured parameter or memory budget."""

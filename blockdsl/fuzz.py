@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 import random
 import sys
 import time
+import zlib
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -48,6 +50,11 @@ def load_plugin(spec: str) -> ModuleType:
         sys.modules[name] = module
         module_spec.loader.exec_module(module)
         return module
+    # like `python -m`, a module path is looked up from the current directory first (the
+    # console script's sys.path does not hold it)
+    cwd = os.getcwd()
+    if "" not in sys.path and cwd not in sys.path:
+        sys.path.insert(0, cwd)
     return importlib.import_module(spec)
 
 
@@ -151,9 +158,13 @@ def fuzz(
             if isinstance(node, ast.Call):
                 seen[node.name] += 1
         try:
-            module = compile_block(
-                text, d_model=d_model, registry=registry, model_globals=DEFAULT_GLOBALS
-            )
+            # initial weights from (seed, architecture): a failure's detail (how far a leak
+            # moves the output) is the same in every run with this seed
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed ^ zlib.crc32(text.encode()))
+                module = compile_block(
+                    text, d_model=d_model, registry=registry, model_globals=DEFAULT_GLOBALS
+                )
         except Exception as exc:  # a drawn architecture must compile
             raise _Failed(text, "compile", None, f"{type(exc).__name__}: {exc}") from exc
         try:

@@ -14,7 +14,10 @@ position). The tokens are those each prompt gives alone.
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -89,7 +92,7 @@ def generate(
     return results
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def stream(
     model: LanguageModel,
     prompts: Prompts,
@@ -102,10 +105,13 @@ def stream(
     stop: int | Iterable[int] | None = None,
     generator: torch.Generator | None = None,
     use_cache: bool = True,
-) -> Iterator[torch.Tensor]:
+    with_logits: bool = False,
+) -> Iterator[Any]:
     """Yield the next token of every prompt, ``(B,)``, one step at a time (``generate``'s
-    options). A row that has produced a stop token yields that token again; the stream ends
-    after ``max_new_tokens`` steps or when every row has stopped."""
+    options); with ``with_logits``, ``(tokens, logits)`` where ``logits`` ``(B, vocab)``
+    (float32) are the model's scores the tokens were chosen from. A row that has produced a
+    stop token yields that token again; the stream ends after ``max_new_tokens`` steps or
+    when every row has stopped."""
     rows, _, _ = _prompts(prompts)
     _check_options(max_new_tokens, temperature, top_k, top_p)
     stops = _stop_ids(stop)
@@ -144,12 +150,14 @@ def stream(
         stop_tensor = torch.tensor(sorted(stops), dtype=torch.long, device=device)
         logits = next(steps)
         for step in range(max_new_tokens):
-            token = torch.where(done, ended, pick(logits))
-            newly = ~done & torch.isin(token, stop_tensor)
-            ended = torch.where(newly, token, ended)
-            done = done | newly
-            yield token
-            if step + 1 == max_new_tokens or bool(done.all()):
+            token = pick(logits)
+            if stops:  # a stopped row repeats its stop token; all stopped: the end
+                token = torch.where(done, ended, token)
+                newly = ~done & torch.isin(token, stop_tensor)
+                ended = torch.where(newly, token, ended)
+                done = done | newly
+            yield (token, logits) if with_logits else token
+            if step + 1 == max_new_tokens or (stops and bool(done.all())):
                 break
             logits = steps.send(token)
     finally:
@@ -357,4 +365,112 @@ def _check_model(model: LanguageModel) -> None:
             )
 
 
-__all__ = ["GenerationError", "generate", "sample", "stream"]
+# ==================================================================== runs and text
+def load_generator(
+    path: str | os.PathLike, *, from_hf: bool = False, device: torch.device | str | None = None
+) -> tuple[LanguageModel, Any]:
+    """The model (eval mode) and ``tokenizers.Tokenizer`` to generate from:
+
+    * a training run directory (``config.toml``, ``tokenizer.json``, ``checkpoints/step_*``):
+      its newest checkpoint;
+    * one checkpoint of a run: its ``step_*`` directory or that directory's
+      ``model.safetensors`` (the run's config and tokenizer are two levels up);
+    * a self-describing ``blockdsl.save`` file, with a ``tokenizer.json`` beside it;
+    * with ``from_hf``, a Hugging Face checkpoint folder (``config.json``, ``*.safetensors``,
+      ``tokenizer.json``)."""
+    from blockdsl.train import checkpoint as run_checkpoints
+
+    path = Path(path)
+    if not path.exists():
+        raise GenerationError(f"{path} does not exist", hint="give a run directory or checkpoint")
+    if from_hf:
+        from blockdsl import hf
+
+        return hf.from_pretrained_dir(path, device=device), _tokenizer(path / "tokenizer.json")
+    if path.is_file():
+        weights, run_dir = path, path.parent.parent.parent
+        if not (run_dir / "config.toml").is_file():  # a blockdsl.save file: self-describing
+            from blockdsl import checkpoint
+
+            model = checkpoint.load(path, device=device)
+            return model, _tokenizer(path.parent / "tokenizer.json")
+    elif (path / "model.safetensors").is_file():  # RUN/checkpoints/step_N
+        weights, run_dir = path / "model.safetensors", path.parent.parent
+    elif (path / "config.toml").is_file():
+        found = run_checkpoints.checkpoints(path)
+        if not found:
+            raise GenerationError(f"the run {path} has no checkpoint yet")
+        weights, run_dir = found[-1].weights, path
+    else:
+        raise GenerationError(
+            f"{path} is neither a training run (no config.toml) nor a checkpoint "
+            "(no model.safetensors)",
+            hint="for a Hugging Face folder use --from-hf",
+        )
+    from blockdsl.config import load_config
+    from blockdsl.model import build_model
+
+    model = build_model(load_config(run_dir / "config.toml"), device=device)
+    run_checkpoints.load_weights(weights, model)
+    return model.eval(), _tokenizer(run_dir / "tokenizer.json")
+
+
+def eos_ids(path: str | os.PathLike) -> list[int]:
+    """The end-of-sequence token ids a Hugging Face folder's ``config.json`` names (its
+    ``generation_config.json`` first), for ``stop``; empty when it names none."""
+    for name in ("generation_config.json", "config.json"):
+        file = Path(path) / name
+        if file.is_file():
+            try:
+                eos = json.loads(file.read_text()).get("eos_token_id")
+            except (ValueError, AttributeError):
+                continue
+            if eos is not None:
+                return [int(e) for e in (eos if isinstance(eos, list) else [eos])]
+    return []
+
+
+def _tokenizer(path: Path) -> Any:
+    from tokenizers import Tokenizer
+
+    if not path.is_file():
+        raise GenerationError(
+            f"no tokenizer: {path} is missing", hint="generation needs the tokenizer.json"
+        )
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as exc:
+        raise GenerationError(f"{path} is not a tokenizer.json: {exc}") from None
+
+
+def stream_text(
+    model: LanguageModel, tokenizer: Any, prompt: str, max_new_tokens: int, **options: Any
+) -> Iterator[str]:
+    """The continuation of ``prompt`` as text pieces, one per token as it comes (a piece may be
+    empty while a multi-byte character is incomplete). ``options`` as for ``generate``."""
+    ids = tokenizer.encode(prompt).ids
+    if not ids:
+        raise GenerationError("the prompt is empty (it encodes to no tokens)")
+    new: list[int] = []
+    shown = ""
+    for token in stream(model, [ids], max_new_tokens, **options):
+        new.append(int(token[0]))
+        text = tokenizer.decode(new)
+        if text.endswith("\ufffd"):  # an incomplete UTF-8 sequence: wait for the rest
+            continue
+        yield text[len(shown) :]
+        shown = text
+    text = tokenizer.decode(new)
+    if len(text) > len(shown):
+        yield text[len(shown) :]
+
+
+__all__ = [
+    "GenerationError",
+    "eos_ids",
+    "generate",
+    "load_generator",
+    "sample",
+    "stream",
+    "stream_text",
+]

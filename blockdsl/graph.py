@@ -16,17 +16,17 @@ resolved: inline > defaults > the component's own), ``label``, ``d_in`` and ``d_
 ``module``: a key into ``BlockGraph.modules``, where each distinct module (a label's shared one
 counted once) is described with its owned child graphs, parameters and FLOPs.
 
-Expansion follows LANGUAGE.md §1 exactly: chains carry ``tap`` and ``h``; groups have their own
-taps; ``X*N`` makes N distinct modules (unless labelled); parallel branches are summed into the
-stream as ``input + s1 + s2 + ...`` without subtraction; a labelled module applied twice to the
-same value is computed once.
+Expansion follows docs/language.md ("Semantics") exactly: chains carry ``tap`` and ``h``; groups
+have their own taps; ``X*N`` makes N distinct modules (unless labelled); parallel branches are
+summed into the stream as ``input + s1 + s2 + ...`` without subtraction; a labelled module
+applied twice to the same value is computed once.
 """
 
 from __future__ import annotations
 
 import itertools
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -43,7 +43,7 @@ from blockdsl.errors import (
     did_you_mean,
 )
 from blockdsl.printer import format_value
-from blockdsl.registry import REGISTRY, Component, Registry
+from blockdsl.registry import CONTEXT_ARGS, REGISTRY, Component, Registry
 
 Role = Literal["block", "embed", "head"]
 NodeKind = Literal["input", "call", "add", "output"]
@@ -51,10 +51,13 @@ NodeKind = Literal["input", "call", "add", "output"]
 
 @dataclass
 class ModuleSpec:
-    """One module to instantiate. Nodes that share it (a label) point at the same spec."""
+    """One module to instantiate. Nodes that share it (a label) point at the same spec.
+    ``key`` identifies it in ``BlockGraph.modules`` (``#label`` for a label); ``name`` is the
+    readable name it is known by (its label, else its component's name, in snake case), from
+    which lowering derives the Python attribute."""
 
     key: str
-    attr: str
+    name: str
     component: Component
     written: str
     args: dict[str, Any]
@@ -96,9 +99,10 @@ class LabelTable:
         self.specs: dict[str, ModuleSpec] = {}
 
 
-@dataclass
+@dataclass(eq=False)
 class BlockGraph:
-    """A validated block as a DAG (``nx``), with its modules and source."""
+    """A validated block as a DAG (``nx``), with its modules and source. Compared (and
+    hashed) by identity: later stages cache what they derive from a graph by the graph."""
 
     nx: nx.DiGraph
     source: str
@@ -108,7 +112,6 @@ class BlockGraph:
     input: int
     output: int
     modules: dict[str, ModuleSpec] = field(default_factory=dict)
-    fx_graph: Any = field(default=None, repr=False, compare=False)
 
     # ---------------------------------------------------------------- views
     def nodes(self) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -185,6 +188,8 @@ def build_graph(
     labels: LabelTable | None = None,
     role: Role = "block",
     source: str | None = None,
+    supplies: Iterable[str] = CONTEXT_ARGS,
+    supplier: str = "the model",
 ) -> BlockGraph:
     """Expand and validate a block. ``src`` is block text, a list of texts (parallel
     branches) or a parsed ``Block`` (pass ``source`` too so errors can show it).
@@ -193,7 +198,9 @@ def build_graph(
     ``model_globals`` holds model-level values (``vocab``, ``context``) for components that
     declare them; ``labels`` is shared by all blocks of one model so that a label means one
     module everywhere. ``role`` relaxes the size rule for the embedding (token ids in) and the
-    head (any size out). Every problem is collected and raised together as one
+    head (any size out). ``supplies`` names the call-time inputs (``positions``, ``memory``)
+    that ``supplier`` passes to the block: a component whose ``forward`` requires another one is
+    an error at its call. Every problem is collected and raised together as one
     ``BlockValidationError``.
     """
     from blockdsl.parser import parse, source_text
@@ -209,6 +216,8 @@ def build_graph(
         defaults or {},
         model_globals or {},
         labels or LabelTable(),
+        frozenset(supplies),
+        supplier,
     )
     graph = builder.build(block, d_model, role)
     if builder.problems:
@@ -234,8 +243,12 @@ class _Builder:
         defaults: Mapping[str, Mapping[str, Any]],
         model_globals: Mapping[str, Any],
         labels: LabelTable,
+        supplies: frozenset[str] = frozenset(CONTEXT_ARGS),
+        supplier: str = "the model",
     ) -> None:
         self.source = source
+        self.supplies = supplies
+        self.supplier = supplier
         self.registry = registry
         self.defaults = defaults
         self.model_globals = model_globals
@@ -400,6 +413,18 @@ class _Builder:
             )
             return self.failed(call.span, h)
 
+        missing = sorted(component.required_context - self.supplies)
+        if missing:
+            self.problem(
+                BlockValidationError,
+                f"{call.name} needs {_quoted(missing)} at call time, which {self.supplier} "
+                "does not supply",
+                call.name_span,
+                f"{self.supplier} supplies "
+                + (_quoted(sorted(self.supplies)) if self.supplies else "only the stream"),
+            )
+            return self.failed(call.span, h)
+
         # An embedding's size argument is the width it produces: the model's d_model.
         size = self.d_model if component.tokens_in else d_in
         args = self.bind(call, component, alias_args, size)
@@ -424,7 +449,7 @@ class _Builder:
             spec = self.new_spec(call, component, args, size, key=None)
             if spec is None:
                 return self.failed(call.span, h)
-        node = self.node("call", spec.attr, (h,), spec.d_out, call.span)
+        node = self.node("call", spec.name, (h,), spec.d_out, call.span)
         self.g.nodes[node].update(
             module=spec.key,
             component=spec.component.name,
@@ -544,18 +569,18 @@ class _Builder:
         d_in: int | None,
         key: str | None,
     ) -> ModuleSpec | None:
-        children = tuple(self.child(block, d_in) for block in call.children)
+        children = tuple(self.child(block, d_in, call.name) for block in call.children)
         if any(child is None for child in children):
             return None
-        attr = self.unique_attr(_snake(call.label) if call.label else _snake(call.name))
+        name = _snake(call.label) if call.label else _snake(call.name)
         try:
             d_out = component.out_features(d_in, args) if d_in is not None else None
         except Exception as exc:  # a size hook rejecting its arguments
             self.problem(ArgumentError, f"{call.name}: {exc}", call.span)
             return None
         spec = ModuleSpec(
-            key=key or attr,
-            attr=attr,
+            key=key or self.unique_key(name),
+            name=name,
             component=component,
             written=call.name,
             args=args,
@@ -569,14 +594,9 @@ class _Builder:
         self.modules[spec.key] = spec
         return spec
 
-    def unique_attr(self, base: str) -> str:
-        from blockdsl.lower import BlockModule
-
-        # A submodule named like a method of the module holding it ("double", "train",
-        # "graph", "code") would be shadowed by that method: give it a trailing underscore.
-        if hasattr(BlockModule, base):
-            base = f"{base}_"
-        taken = {spec.attr for spec in self.modules.values()}
+    def unique_key(self, base: str) -> str:
+        """A key for an unlabelled module: its name, numbered when taken (``norm_1``)."""
+        taken = self.modules.keys()
         if base not in taken:
             return base
         for index in itertools.count(1):
@@ -584,8 +604,16 @@ class _Builder:
                 return f"{base}_{index}"
         raise AssertionError("unreachable")
 
-    def child(self, block: ast.Block, d_in: int | None) -> BlockGraph | None:
-        sub = _Builder(self.source, self.registry, self.defaults, self.model_globals, self.labels)
+    def child(self, block: ast.Block, d_in: int | None, parent: str) -> BlockGraph | None:
+        sub = _Builder(
+            self.source,
+            self.registry,
+            self.defaults,
+            self.model_globals,
+            self.labels,
+            frozenset(),  # combinators call their children with the stream alone
+            f"{parent}[...]",
+        )
         graph = sub.build(block, d_in or 0, "block")
         self.problems.extend(sub.problems)
         if sub.problems:
@@ -598,18 +626,11 @@ class _Builder:
                 "combinators call their children as plain modules; put the MoE outside",
             )
             return None
-        needs = sorted(
-            {name for spec in graph.modules.values() for name in spec.component.required_context}
-        )
-        if needs:
-            self.problem(
-                BlockValidationError,
-                f"a child block cannot hold a component that needs {', '.join(needs)}",
-                block.span,
-                "combinators call their children with the stream alone",
-            )
-            return None
         return graph
+
+
+def _quoted(names: Sequence[str]) -> str:
+    return " and ".join(f"'{name}'" for name in names)
 
 
 def _lint(graph: BlockGraph) -> None:

@@ -21,11 +21,24 @@ sequence of per-call state dicts whose default is all None (the full-sequence pa
 Nothing interprets the graph at run time: each call of the module runs that code. Blocks with
 the same structure share their generated Python (``_SharedCodeGraph``): it is generated once,
 and each block instance only compiles that text into its own ``forward``.
+
+Lowering owns every Python name it creates; the graph IR knows nothing of Python or fx. A
+module's attribute (and so its ``state_dict`` prefix) is its label, or else its component's name,
+in snake case (``Norm#ln`` → ``ln``, ``CrossAttn`` → ``cross_attn``, a label starting with a
+digit gets ``m_``). A name that Python reserves (``lambda``, ``class``) or that the block module
+already uses (``training``, ``forward``, ``context``, ``_modules``: every attribute of
+``nn.Module``, ``fx.GraphModule`` and the generated block class) gets a trailing ``_``
+(``lambda_``, ``training_``); repeated names get ``_1``, ``_2``. ``module_attributes(graph)``
+gives the mapping; docs/language.md states it for users.
 """
 
 from __future__ import annotations
 
+import functools
+import keyword
 import operator
+import re
+import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, ClassVar
@@ -79,8 +92,14 @@ class BlockModule(fx.GraphModule):
 
     has_aux: bool
     context: tuple[str, ...]
+    block_graph: BlockGraph
     #: attributes of the stateful calls' modules, in call order (one entry per call site)
     state_attrs: tuple[str, ...] = ()
+
+    @property
+    def code(self) -> str:
+        """The generated ``forward`` (fx's leading blank lines dropped)."""
+        return fx.GraphModule.code.fget(self).lstrip("\n")
 
     def init_state(self, batch_size: int, max_len: int) -> list[Any] | None:
         """Fresh decoding state for ``batch_size`` sequences of at most ``max_len`` positions:
@@ -163,11 +182,94 @@ def _where(spec: ModuleSpec) -> str:
     return f"{spec.describe()} at {spec.span.line}:{spec.span.column}"
 
 
-def _fx_graph(graph: BlockGraph) -> _SharedCodeGraph:
-    """The fx Graph of a block, built once per BlockGraph (the model builder reuses one
-    BlockGraph for every repetition of a named block, so they share the generated code)."""
-    if graph.fx_graph is not None:
-        return graph.fx_graph
+def _block_module(
+    modules: Mapping[str, nn.Module], graph: fx.Graph, block_graph: BlockGraph | None
+) -> BlockModule:
+    block = BlockModule(dict(modules), graph, class_name="Block")
+    block.has_aux = block_graph is not None and bool(block_graph.aux_modules)
+    block.context = tuple(sorted(block_graph.context)) if block_graph is not None else ()
+    block.block_graph = block_graph  # type: ignore[assignment]
+    return block
+
+
+@functools.cache
+def reserved_names() -> frozenset[str]:
+    """Names a submodule of a block cannot take: Python keywords and every attribute of the
+    generated block class and of its instances (``nn.Module``'s and ``fx.GraphModule``'s
+    included), measured on a real block."""
+    graph = fx.Graph()
+    graph.output(graph.placeholder("x"))
+    sample = _block_module({}, graph, None)
+    return frozenset(
+        {*keyword.kwlist, *keyword.softkwlist, *dir(type(sample)), *vars(sample), "self"}
+    )
+
+
+_NOT_IDENTIFIER = re.compile(r"[^0-9a-zA-Z_]")
+
+
+def python_name(name: str, taken: set[str] | frozenset[str] = frozenset()) -> str:
+    """``name`` as a submodule attribute: an identifier, not reserved, not in ``taken``."""
+    name = _NOT_IDENTIFIER.sub("_", name) or "m"
+    if name[0].isdigit():
+        name = f"m_{name}"
+    reserved = reserved_names()
+    while name in reserved:
+        name = f"{name}_"
+    if name not in taken:
+        return name
+    index = 1
+    while f"{name}_{index}" in taken or f"{name}_{index}" in reserved:
+        index += 1
+    return f"{name}_{index}"
+
+
+class _Lowering:
+    """What lowering derives from one ``BlockGraph``, computed once: attribute names and the
+    fx Graph (repetitions of a named block share one BlockGraph, so they share these)."""
+
+    def __init__(self, graph: BlockGraph) -> None:
+        taken: set[str] = set()
+        self.attributes: dict[str, str] = {}
+        for key, spec in graph.modules.items():
+            self.attributes[key] = python_name(spec.name, taken)
+            taken.add(self.attributes[key])
+        # Built on first use (a shape table needs the names only). No reference to the graph
+        # is kept: the cache is keyed weakly by it.
+        self.fx_graph: _SharedCodeGraph | None = None
+
+
+_LOWERINGS: weakref.WeakKeyDictionary[BlockGraph, _Lowering] = weakref.WeakKeyDictionary()
+
+
+def _lowering(graph: BlockGraph) -> _Lowering:
+    found = _LOWERINGS.get(graph)
+    if found is None:
+        found = _LOWERINGS[graph] = _Lowering(graph)
+    return found
+
+
+def module_attributes(graph: BlockGraph) -> dict[str, str]:
+    """Module key (``graph.modules``) -> the attribute that holds it in the lowered block, which
+    is also its ``state_dict`` prefix within the block."""
+    return dict(_lowering(graph).attributes)
+
+
+def fx_graph(graph: BlockGraph) -> fx.Graph:
+    """The block's fx Graph (built once per BlockGraph; do not edit it)."""
+    lowering = _lowering(graph)
+    if lowering.fx_graph is None:
+        lowering.fx_graph = _build_fx_graph(graph, lowering.attributes)
+    return lowering.fx_graph
+
+
+def generated_code(graph: BlockGraph) -> str:
+    """The Python source of the block's generated ``forward`` (what ``BlockModule.code``
+    shows), without building any module."""
+    return fx_graph(graph).python_code("self").src
+
+
+def _build_fx_graph(graph: BlockGraph, attributes: Mapping[str, str]) -> _SharedCodeGraph:
     g = _SharedCodeGraph()
     env: dict[int, fx.Node] = {graph.input: g.placeholder("idx" if graph.role == "embed" else "x")}
     context = {name: g.placeholder(name, default_value=None) for name in sorted(graph.context)}
@@ -181,32 +283,27 @@ def _fx_graph(graph: BlockGraph) -> _SharedCodeGraph:
             continue
         if kind == "call":
             spec = graph.modules[data["module"]]
+            attr = attributes[data["module"]]
             kwargs = {name: context[name] for name in sorted(spec.component.context)}
             if state is not None and _keeps_state(graph, spec):
                 kwargs["state"] = g.create_node(
                     "call_function",
                     operator.getitem,
                     (state, n_states),
-                    name=f"{data['name']}_state",
+                    name=f"{attr.rstrip('_') or attr}_state",
                 )
                 n_states += 1
             (source,) = data["inputs"]
             if spec.component.aux_loss:
                 pair = g.create_node(
-                    "call_module", spec.attr, (env[source],), kwargs, name=f"{data['name']}_out"
+                    "call_module", attr, (env[source],), kwargs, name=f"{attr}_out"
                 )
-                env[node] = g.create_node(
-                    "call_function", operator.getitem, (pair, 0), name=data["name"]
-                )
+                env[node] = g.create_node("call_function", operator.getitem, (pair, 0), name=attr)
                 auxes.append(
-                    g.create_node(
-                        "call_function", operator.getitem, (pair, 1), name=f"{data['name']}_aux"
-                    )
+                    g.create_node("call_function", operator.getitem, (pair, 1), name=f"{attr}_aux")
                 )
             else:
-                env[node] = g.create_node(
-                    "call_module", spec.attr, (env[source],), kwargs, name=data["name"]
-                )
+                env[node] = g.create_node("call_module", attr, (env[source],), kwargs, name=attr)
         elif kind == "add":
             left, right = data["inputs"]
             env[node] = g.create_node(
@@ -216,7 +313,6 @@ def _fx_graph(graph: BlockGraph) -> _SharedCodeGraph:
             (source,) = data["inputs"]
             g.output((env[source], tuple(auxes)) if auxes else env[source])
     g.lint()
-    graph.fx_graph = g
     return g
 
 
@@ -232,25 +328,38 @@ def lower(
     created on the current default device (use ``with allocation("meta"):`` for none).
     """
     shared = {} if shared is None else shared
+    lowering = _lowering(graph)
     modules: dict[str, nn.Module] = {}
     for key, spec in graph.modules.items():
+        attr = lowering.attributes[key]
         if spec.label is not None and key in shared:
-            modules[spec.attr] = shared[key]
+            modules[attr] = shared[key]
             continue
-        module = _instantiate(spec, graph, shared)
+        children = [lower(child, shared=shared) for child in spec.children]
+        module = _instantiate(spec, graph, children)
         if spec.label is not None:
             shared[key] = module
-        modules[spec.attr] = module
-    block = BlockModule(modules, _fx_graph(graph), class_name="Block")
-    block.has_aux = bool(graph.aux_modules)
-    block.context = tuple(sorted(graph.context))
-    block.state_attrs = tuple(graph.modules[key].attr for key in _state_calls(graph))
-    block.block_graph = graph
+        modules[attr] = module
+    block = _block_module(modules, fx_graph(graph), graph)
+    block.state_attrs = tuple(lowering.attributes[key] for key in _state_calls(graph))
     return block
 
 
-def _instantiate(spec: ModuleSpec, graph: BlockGraph, shared: dict[str, nn.Module]) -> nn.Module:
-    children = [lower(child, shared=shared) for child in spec.children]
+def component_modules(
+    block: BlockModule, prefix: str = ""
+) -> Iterator[tuple[str, ModuleSpec, nn.Module]]:
+    """Every module of a lowered block with the spec it was built from, children of
+    combinators included: ``(path, spec, module)``, in the order of ``block_graph.modules``."""
+    attributes = _lowering(block.block_graph).attributes
+    for key, spec in block.block_graph.modules.items():
+        attr = attributes[key]
+        module = getattr(block, attr)
+        yield f"{prefix}{attr}", spec, module
+        for index, child in enumerate(module.__dict__.get(_CHILDREN, ())):
+            yield from component_modules(child, f"{prefix}{attr}[{index}].")
+
+
+def _instantiate(spec: ModuleSpec, graph: BlockGraph, children: Sequence[BlockModule]) -> nn.Module:
     try:
         module = spec.component.build(spec.args, children)
         if children:

@@ -1,6 +1,6 @@
 """The model builder: a configuration becomes a ``LanguageModel`` of compiled blocks.
 
-A model is an embedding chain, a stack of layers and a head chain (LANGUAGE.md §2). ``layers``
+A model is an embedding chain, a stack of layers and a head chain (docs/configs.md). ``layers``
 is a chain over named blocks and inline block text: each top-level step, repeats unrolled and
 groups of named blocks flattened, becomes one layer (``layers.0``, ``layers.1``, ...).
 Repetitions of one named block share its validated graph and generated code but get their own
@@ -18,9 +18,9 @@ from torch import nn
 
 from blockdsl import ast
 from blockdsl.config import ModelConfig, load_config
-from blockdsl.errors import BlockDSLError, BudgetError, ConfigError, did_you_mean
+from blockdsl.errors import BlockDSLError, BudgetError, ConfigError, InputError, did_you_mean
 from blockdsl.graph import BlockGraph, LabelTable, build_graph
-from blockdsl.lower import BlockModule, allocation, cache_blocker, lower
+from blockdsl.lower import BlockModule, allocation, cache_blocker, component_modules, lower
 from blockdsl.parser import parse, source_text
 from blockdsl.printer import unparse
 from blockdsl.registry import REGISTRY, Registry
@@ -44,8 +44,8 @@ class LanguageModel(nn.Module):
         self.layers = nn.ModuleList(layers)
         self.head = head
         self.layer_names = list(layer_names)
-        # Auxiliary losses are grouped by how they combine (a class's ``combine_aux`` sees
-        # the whole model's values at once; the default is their sum).
+        # Auxiliary losses are grouped by how they combine (a component's ``combine_aux`` hook
+        # sees the whole model's values at once; the default is their sum).
         self._combiners: list[Callable[[list[torch.Tensor]], torch.Tensor]] = []
         self._aux_groups: dict[int, tuple[int, ...]] = {}
         for index, block in enumerate([embed, *layers, head]):
@@ -53,12 +53,77 @@ class LanguageModel(nn.Module):
                 continue
             groups = []
             for key in block.block_graph.aux_modules:
-                cls = block.block_graph.modules[key].component.cls
-                combine = getattr(cls, "combine_aux", None) or _sum_aux
+                component = block.block_graph.modules[key].component
+                combine = component.combine_aux_fn or _sum_aux
                 if combine not in self._combiners:
                     self._combiners.append(combine)
                 groups.append(self._combiners.index(combine))
             self._aux_groups[index] = tuple(groups)
+        # Call-time inputs some call cannot do without (``memory``), and who needs them.
+        self._required_inputs: dict[str, str] = {}
+        for path, block in [("embed", embed), *zip(self.layer_paths(), layers), ("head", head)]:
+            for where, spec, _ in component_modules(block, f"{path}."):
+                for name in sorted(spec.component.required_context):
+                    self._required_inputs.setdefault(name, f"{spec.written} at {where}")
+
+    def layer_paths(self) -> list[str]:
+        return [f"layers.{index}" for index in range(len(self.layers))]
+
+    def check_inputs(
+        self,
+        idx: Any,
+        *,
+        ids: bool | None = None,
+        **inputs: torch.Tensor | None,
+    ) -> None:
+        """Raise ``InputError`` unless ``idx`` is a ``(batch, time)`` tensor of integer token ids
+        no longer than the model's context, and every call-time input some call requires
+        (``memory``) is given in ``inputs``. ``ids=True`` also checks that every id is in
+        ``[0, vocab)`` (it reads the values: on an accelerator that waits for the device);
+        the default checks them on the CPU only, where it costs nothing measurable. Under
+        ``torch.compile`` and ``torch.export`` only the static checks (shape, dtype) run, so
+        that nothing breaks the graph. ``forward`` calls this; training and generation call it
+        with ``ids=True``."""
+        if not isinstance(idx, torch.Tensor):
+            raise InputError(f"idx must be a tensor of token ids, got {type(idx).__name__}")
+        if idx.dim() != 2:
+            raise InputError(
+                f"idx must be token ids of shape (batch, time), got shape {tuple(idx.shape)}",
+                hint="add a batch dimension: model(idx[None])"
+                if idx.dim() == 1
+                else "pass a 2-D tensor of token ids",
+            )
+        if idx.dtype not in (torch.long, torch.int32, torch.int16, torch.uint8):
+            raise InputError(
+                f"token ids must be integers, got {idx.dtype}",
+                hint="convert them with idx.long()",
+            )
+        for name, where in self._required_inputs.items():
+            if inputs.get(name) is None:
+                raise InputError(
+                    f"{where} needs '{name}': call model(idx, {name}=...)",
+                    hint="memory is (batch, source length, d_model)" if name == "memory" else None,
+                )
+        if torch.compiler.is_compiling():
+            return
+        length, context = idx.shape[1], self.config.context
+        if length > context:
+            raise InputError(
+                f"cannot forward a sequence of length {length}: the context is only {context}",
+                hint=f"crop it to the last {context} tokens (idx[:, -{context}:]), or build "
+                "the model with a larger context",
+            )
+        if ids is None:
+            ids = idx.device.type == "cpu"
+        if ids and idx.numel():
+            low, high = int(idx.min()), int(idx.max())
+            vocab = self.config.vocab
+            if low < 0 or high >= vocab:
+                bad = low if low < 0 else high
+                raise InputError(
+                    f"token id {bad} is outside the vocabulary: ids must be in [0, {vocab})",
+                    hint="the tokenizer and the model disagree on the vocabulary size",
+                )
 
     @property
     def source(self) -> str:
@@ -77,15 +142,25 @@ class LanguageModel(nn.Module):
         """Logits ``(B, T, vocab)``; with ``targets``, ``(logits, loss)`` where the loss adds
         every auxiliary loss; with ``return_aux`` the auxiliary loss is appended.
 
+        Targets equal to ``IGNORE_INDEX`` (-100) carry no label. When some do, the head runs
+        only at each row's labelled positions (``labelled_positions``), so the logits are
+        ``(B, K, vocab)`` for the K most labels in a row; the loss is the same.
+
         ``state`` (from ``init_state``) decodes: ``idx`` are the tokens following those the
         state has seen and ``positions`` ``(B, T)`` their absolute positions; every block's
         state is updated in place (docs/generation.md)."""
+        self.check_inputs(idx, memory=memory)
         context = {"positions": positions, "memory": memory}
         states = state if state is not None else [None] * (len(self.layers) + 2)
         collected: list[list[torch.Tensor]] = [[] for _ in self._combiners]
         x = self._run(0, self.embed, idx, context, collected, states[0])
         for index, layer in enumerate(self.layers, start=1):
             x = self._run(index, layer, x, context, collected, states[index])
+        if targets is not None and not self.head.context:
+            order = labelled_positions(targets)
+            if order is not None:
+                x = x.gather(1, order.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+                targets = targets.gather(1, order)
         last = len(self.layers) + 1
         logits = self._run(last, self.head, x, context, collected, states[last])
 
@@ -154,6 +229,31 @@ class LanguageModel(nn.Module):
         return ModelPlan(self.config)._repr_html_()
 
 
+def _state_size(graph: BlockGraph, seq: int) -> int:
+    total = 0
+    for _, data in graph.calls():
+        spec = graph.modules[data["module"]]
+        total += spec.component.state_size(spec.d_in, spec.args, seq)
+        total += sum(_state_size(child, seq) for child in spec.children)
+    return total
+
+
+IGNORE_INDEX = -100
+
+
+def labelled_positions(targets: torch.Tensor) -> torch.Tensor | None:
+    """Indices ``(B, K)`` of each row's labelled positions in order, K the most labels in a
+    row (shorter rows padded with unlabelled positions), or None when no position is
+    unlabelled. The head needs only these positions: a task labelling 4 of 64 positions
+    computes 1/16 of the logits."""
+    labelled = targets != IGNORE_INDEX
+    width = int(labelled.sum(dim=1).max())
+    if width == targets.shape[1]:
+        return None
+    order = labelled.to(torch.int8).argsort(dim=1, descending=True, stable=True)
+    return order[:, : max(width, 1)]
+
+
 def _sum_aux(values: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack([v.sum() for v in values]).sum()
 
@@ -182,6 +282,7 @@ class ModelPlan:
         if not self.layers:
             raise ConfigError("[model] layers is empty", layers_text, context="[model] layers")
         self.head = self._graph(config.head, "[model] head", role="head")
+        self._check_head()
 
     def graphs(self) -> list[BlockGraph]:
         return [self.embed, *(g for _, g in self.layers), self.head]
@@ -202,6 +303,12 @@ class ModelPlan:
     def flops(self, seq: int) -> int:
         return sum(graph.flops(seq) for graph in self.graphs())
 
+    def state_size(self, seq: int | None = None) -> int:
+        """Decoding-state elements of one sequence of ``seq`` positions (default: the context):
+        every stateful call's state (a label called twice: twice; children included)."""
+        seq = self.config.context if seq is None else seq
+        return sum(_state_size(graph, seq) for graph in self.graphs())
+
     def _repr_html_(self) -> str:
         """Notebooks show the shape table (one sequence of the full context). A display hook
         only: ``blockdsl.shapes`` sits above this module, so it is imported here, on use."""
@@ -210,6 +317,21 @@ class ModelPlan:
         return shape_table(self)._repr_html_()
 
     # ---------------------------------------------------------------- internals
+    def _check_head(self) -> None:
+        """The loss reads the head's output as logits over the vocabulary: refuse a head of
+        another width now, not with an IndexError inside the loss."""
+        got = self.head.nx.nodes[self.head.output]["size"]
+        if got is None or got == self.config.vocab:
+            return
+        message = (
+            f"the head {self.config.head!r} outputs {got} features per token, not logits over "
+            f"the vocabulary (vocab = {self.config.vocab})"
+        )
+        hint = 'end the head with a component giving vocab outputs, e.g. "Norm->Head"'
+        if f'"{self.config.head}"' in self.config.text:  # as written in the file, not overridden
+            raise self.config.error(message, "model", "head", hint=hint)
+        raise ConfigError(message, hint=hint, context=self.config.origin or None)
+
     def _check_defaults(self) -> None:
         for component, args in self.config.defaults.items():
             if component not in self.registry:
@@ -387,11 +509,14 @@ def build_model(
     return model
 
 
-def _tie(embed: nn.Module, head: nn.Module) -> None:
-    """Give every tied head (``Head(tie=true)``) the embedding's weight."""
-    tokens = [m for m in embed.modules() if hasattr(m, "tok") and isinstance(m.tok, nn.Embedding)]
-    for module in head.modules():
-        if getattr(module, "tie", False) and hasattr(module, "tie_to"):
-            if not tokens:
-                raise ConfigError("Head(tie=true) needs an embedding to tie to")
-            module.tie_to(tokens[0])
+def _tie(embed: BlockModule, head: BlockModule) -> None:
+    """Run the ``tie`` hook of every head module (``Head(tie=true)`` takes the weight of the
+    first token embedding, found by the ``embedding`` hook of the embedding chain's modules)."""
+    embeddings = [
+        spec.component.embedding_fn(module)
+        for _, spec, module in component_modules(embed)
+        if spec.component.embedding_fn is not None
+    ]
+    for _, spec, module in component_modules(head):
+        if spec.component.tie_fn is not None:
+            spec.component.tie_fn(module, embeddings[0] if embeddings else None)

@@ -22,10 +22,27 @@ else a compiler needs to know is declared once, at registration, and has a safe 
 ``state_size``      decoding-state elements per sequence ``f(d_in=..., context=..., **args)``
                     (stateful components only); default: counted from ``init_state`` on the
                     meta device
+``arg_help``        ``{argument: one-line description}`` for ``blockdsl components NAME``
+``shape_steps``     ``f(d_in=..., seq=..., batch=..., **args)``: the steps inside the module for
+                    ``--show-shapes --depth 2``, as ``(name, symbolic shape, concrete shape,
+                    FLOPs)`` tuples
+``combine_aux``     ``f(auxes)``: the model's auxiliary loss from every call's ``aux`` of this
+                    component (default: their sum)
+``embedding``       ``f(module)``: the ``nn.Embedding`` (or a module with ``.weight``) a head may
+                    tie its weight to (token embeddings)
+``tie``             ``f(module, embedding)``: tie this module to the model's token embedding
+                    (``embedding`` is None when the model has none); called once per built
+                    module, after the whole model is built (heads)
 ==================  =======================================================================
 
 Hooks of combinators (components with ``children``) also receive ``n_children``: the number of
 child blocks, whose own parameters and FLOPs the compiler adds separately.
+
+This table is the whole protocol between a component and the compiler: ``register`` reads every
+declaration once into the ``Component``, and nothing else inspects the class. ``arg_help``,
+``shape_steps`` and ``combine_aux`` may also be written on the class itself (a class attribute,
+static or class method of that name, next to the math they describe); a keyword given to
+``register`` wins.
 
 Call-time context is declared by the ``forward`` signature itself: a keyword parameter named
 ``positions`` (token positions, ``(T,)`` or ``(B, T)``) or ``memory`` (``(B, S, D)`` for
@@ -228,6 +245,12 @@ def _forward_context(cls: type) -> tuple[frozenset[str], frozenset[str]]:
     return accepted, required
 
 
+def _declared(cls: type, name: str) -> Any:
+    """A hook written on the class itself (see the module docstring), or None. Only
+    ``register`` calls this: it is the one place that reads declarations off a class."""
+    return getattr(cls, name, None)
+
+
 def _accepts_state(cls: type) -> bool:
     """Whether ``forward`` takes the decoding-state keyword (the protocol's declaration)."""
     try:
@@ -255,6 +278,11 @@ class Component:
     flops_fn: Callable[..., int] | None = None
     check_fn: Callable[..., str | None] | None = None
     description: str = ""
+    arg_help: Mapping[str, str] = field(default_factory=dict)
+    shape_steps_fn: Callable[..., list[tuple]] | None = None
+    combine_aux_fn: Callable[[Sequence[torch.Tensor]], torch.Tensor] | None = None
+    embedding_fn: Callable[[nn.Module], nn.Module] | None = None
+    tie_fn: Callable[[nn.Module, nn.Module | None], None] | None = None
     stateful: bool = False
     state_size_fn: Callable[..., int] | None = None
     _probe_cache: dict = field(default_factory=dict, repr=False)
@@ -525,6 +553,11 @@ class Registry:
         tokens_in: bool = False,
         check: Callable[..., str | None] | None = None,
         description: str | None = None,
+        arg_help: Mapping[str, str] | None = None,
+        shape_steps: Callable[..., list[tuple]] | None = None,
+        combine_aux: Callable[[Sequence[torch.Tensor]], torch.Tensor] | None = None,
+        embedding: Callable[[nn.Module], nn.Module] | None = None,
+        tie: Callable[[nn.Module, nn.Module | None], None] | None = None,
         state_size: Callable[..., int] | None = None,
     ) -> Callable[[type[nn.Module]], type[nn.Module]]:
         """Class decorator: ``@register("Attn")``. See the module docstring for the options."""
@@ -567,6 +600,11 @@ class Registry:
                 flops_fn=flops,
                 check_fn=check,
                 description=doc.strip().split("\n")[0] if doc else "",
+                arg_help=dict(arg_help or _declared(cls, "arg_help") or {}),
+                shape_steps_fn=shape_steps or _declared(cls, "shape_steps"),
+                combine_aux_fn=combine_aux or _declared(cls, "combine_aux"),
+                embedding_fn=embedding,
+                tie_fn=tie,
                 stateful=stateful,
                 state_size_fn=state_size,
             )

@@ -21,7 +21,10 @@ Totals:
   produces at graph level (the output of every module call and every ``+``, in every block,
   the logits included; token ids and the steps inside components are not counted), with
   ``bytes`` the element size of ``dtype`` (4 for float32). It is the memory autograd keeps for
-  the block boundaries; component internals (attention scores, MLP hidden units) come on top.
+  the block boundaries; component internals (attention scores, MLP hidden units) come on top;
+* decoding state: what ``generate`` keeps for ``B`` sequences of ``T`` positions (the
+  components' ``state_size``: attention's K/V cache, convolution windows, recurrent states),
+  shown when the model has any.
 
 A component's ``shape_steps(d_in, seq, batch, **args)`` returns a list of
 ``(name, symbolic, concrete, flops)``: ``symbolic`` a tuple of dimension names (``"B"``,
@@ -38,6 +41,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from blockdsl.graph import BlockGraph, ModuleSpec
+from blockdsl.lower import module_attributes
 from blockdsl.model import ModelPlan
 from blockdsl.printer import format_int, format_value, human, human_bytes
 
@@ -84,6 +88,7 @@ class ShapeTable:
     vocab: int
     layers: int
     symbols: dict[str, int] = field(default_factory=dict)
+    state_bytes: int = 0  # decoding state of B sequences of T positions (docs/generation.md)
 
     @property
     def flops_per_token(self) -> int:
@@ -183,7 +188,7 @@ class _Tabulator:
                 )  # fmt: skip
                 continue
             spec = graph.modules[data["module"]]
-            node_path = f"{path}.{spec.attr}"
+            node_path = f"{path}.{module_attributes(graph)[data['module']]}"
             what = describe_args(spec) if self.full_args else spec.describe()
             flops = spec.flops(self.seq) * self.batch
             # A named block's repetitions share one graph but own distinct modules; only a
@@ -206,7 +211,7 @@ class _Tabulator:
                     self.graph_rows(f"{node_path}[{index}]", child, level + 1)
 
     def step_rows(self, path: str, spec: ModuleSpec, level: int) -> None:
-        hook = getattr(spec.component.cls, "shape_steps", None)
+        hook = spec.component.shape_steps_fn
         if hook is None or spec.d_in is None:
             return
         args = {k: v for k, v in spec.args.items() if k != spec.component.input_size}
@@ -251,6 +256,7 @@ def shape_table(
         vocab=plan.config.vocab,
         layers=len(plan.layers),
         symbols=dict(tab.symbols),
+        state_bytes=batch * plan.state_size(seq) * DTYPE_BYTES[dtype],
     )
 
 
@@ -364,6 +370,11 @@ def shape_grid(table: ShapeTable) -> Grid:
         f"activation memory: {format_int(table.activation_bytes)} bytes "
         f"({human_bytes(table.activation_bytes)}; B·T·{table.dtype} × Σ node output sizes)",
     ]
+    if table.state_bytes:
+        footer.append(
+            f"decoding state:    {format_int(table.state_bytes)} bytes "
+            f"({human_bytes(table.state_bytes)}; B sequences of T positions, {table.dtype})"
+        )
     columns = [*LEAD_COLUMNS, Column("params", "right"), Column("FLOPs", "right")]
     return Grid(table_title(table), columns, rows, footer)
 

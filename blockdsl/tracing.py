@@ -26,7 +26,7 @@ import torch
 from torch import fx, nn
 
 from blockdsl.errors import ConfigError
-from blockdsl.lower import BlockModule
+from blockdsl.lower import BlockModule, module_attributes
 from blockdsl.model import LanguageModel, ModelPlan
 from blockdsl.registry import Registry
 from blockdsl.shapes import Column, Grid, ShapeRow, ShapeTable, lead_cells, shape_table, table_title
@@ -206,17 +206,18 @@ def _block_paths(model: LanguageModel) -> Iterator[tuple[str, BlockModule]]:
 
 def _with_children(path: str, block: BlockModule) -> Iterator[tuple[str, BlockModule]]:
     yield path, block
-    for spec in block.block_graph.modules.values():
+    attributes = module_attributes(block.block_graph)
+    for key, spec in block.block_graph.modules.items():
         if not spec.children:
             continue
-        module = getattr(block, spec.attr)
+        module = getattr(block, attributes[key])
         found = [
             m
             for m in _direct_blocks(module)
             if any(m.block_graph is child for child in spec.children)
         ]
         for index, child in enumerate(found):
-            yield from _with_children(f"{path}.{spec.attr}[{index}]", child)
+            yield from _with_children(f"{path}.{attributes[key]}[{index}]", child)
 
 
 def _direct_blocks(module: nn.Module) -> Iterator[BlockModule]:
@@ -233,10 +234,17 @@ def _recording(model: LanguageModel, sink: dict, explode: float) -> Iterator[Non
     patched = []
     try:
         for path, block in _block_paths(model):
-            placeholders = [n.target for n in block.graph.nodes if n.op == "placeholder"]
+            # (name, default) of each input of the generated forward (``state`` defaults to
+            # one None per stateful call, not to None)
+            placeholders = [
+                (n.target, n.args[0] if n.args else None)
+                for n in block.graph.nodes
+                if n.op == "placeholder"
+            ]
 
             def forward(*args: Any, _b=block, _p=path, _names=placeholders, **kwargs: Any):
-                values = list(args) + [kwargs.get(name) for name in _names[len(args) :]]
+                rest = _names[len(args) :]
+                values = list(args) + [kwargs.get(name, default) for name, default in rest]
                 return _Recorder(_b, _p, sink, explode).run(*values)
 
             block.forward = forward  # an instance attribute: nn.Module.__call__ uses it

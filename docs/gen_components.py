@@ -3,7 +3,7 @@
     python docs/gen_components.py          # rewrite docs/components.md
     python docs/gen_components.py --check  # exit 1 if the committed file is stale
 
-The arguments' one-line meanings come from each component class's ``arg_help`` dict; types and
+The arguments' one-line meanings come from each component's ``arg_help`` declaration; types and
 defaults from its constructor signature, exactly as block strings see them.
 """
 
@@ -61,7 +61,7 @@ def render(registry: Registry = REGISTRY) -> str:
             traits.append("combinator: `" + c.name + "[child, ...]`")
         if traits:
             out += ["; ".join(traits), ""]
-        help_ = getattr(c.cls, "arg_help", {})
+        help_ = c.arg_help
         out += ["| argument | type | default | meaning |", "|---|---|---|---|"]
         for p in c.user_params.values():
             default = "required" if p.required else f"`{format_value(p.default)}`"

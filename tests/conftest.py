@@ -50,7 +50,7 @@ class Built:
         return out if self.component.aux_loss else (out, None)
 
     def aux_scalar(self, aux: torch.Tensor) -> torch.Tensor:
-        combine = getattr(type(self.module), "combine_aux", None)
+        combine = self.component.combine_aux_fn
         return combine([aux]) if combine is not None else aux.sum()
 
 
@@ -63,15 +63,15 @@ def resolve(
     return component, args
 
 
-def tied_embedding(module: nn.Module) -> nn.Module | None:
+def tied_embedding(module: nn.Module, component: Component) -> nn.Module | None:
     """A module whose weight is to be tied (``Head(tie=true)``) gets the token embedding of the
-    registry's first ``tokens_in`` component, built with the same globals."""
-    if not hasattr(module, "tie_to") or getattr(module, "weight", 0) is not None:
+    registry's first component with an ``embedding`` hook, built with the same globals."""
+    if component.tie_fn is None or getattr(module, "weight", 0) is not None:
         return None
-    embed = next(c for c in REGISTRY.components() if c.tokens_in)
+    embed = next(c for c in REGISTRY.components() if c.embedding_fn is not None)
     _, args = resolve(embed.name)
     embedding = embed.build(args)  # on the current default device (cpu, or meta)
-    module.tie_to(embedding)
+    component.tie_fn(module, embed.embedding_fn(embedding))
     return embedding
 
 
@@ -84,7 +84,7 @@ def build(
     component, args = resolve(name, kwargs)
     module = component.build(args, children or [])
     if tie:
-        tied_embedding(module)
+        tied_embedding(module, component)
     return Built(component, args, module)
 
 

@@ -6,6 +6,7 @@ regenerate them with ``BLOCKDSL_REGEN=1 pytest tests/test_cli.py`` and review th
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -392,3 +393,24 @@ def test_from_hf_reads_a_local_checkpoint(capsys, tmp_path):
     expected = sum(p.numel() for p in hf_model.parameters())
     assert f"parameters:        {expected:,}" in out
     assert "Attn(heads=4, kv_heads=2" in out
+
+
+def test_parallel_branches_as_one_list_argument(capsys):
+    """The seeds' own syntax: a JSON or Python list of block strings as ONE argument means the
+    same as the branches given as separate arguments, for compile and check, and in --set."""
+    branches = ["Norm->Attn->+->Norm->MLP->+", "Norm->MoE->+"]
+    _, separate, _ = run(capsys, "compile", *branches, "--set", "layers=block*2", "--emit", "json")
+    for listed in (json.dumps(branches), repr(branches)):  # JSON, and Python's single quotes
+        code, out, err = run(capsys, "compile", listed, "--set", "layers=block*2", "--emit", "json")
+        assert code == 0, err
+        assert out == separate
+        code, out, err = run(capsys, "check", listed)
+        assert code == 0 and out.startswith("ok:"), err
+    code, out, err = run(capsys, "check", "tiny", "--set", f"blocks.block={branches!r}")
+    assert code == 0, err
+    assert parse_value(repr(branches)) == branches
+    code, _, err = run(capsys, "check", "['Norm->Attn->+', 'Norm->MLP->+'")
+    assert code == 2
+    assert "a list of block strings must be a JSON or Python list of quoted strings" in err
+    code, _, err = run(capsys, "check", "[1, 2]")
+    assert code == 2 and "list of block strings" in err

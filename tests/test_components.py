@@ -56,9 +56,12 @@ EXTRA = [
     ("ShortConv", {"kernel": 1, "bias": True}),
     ("Mamba", {"state": 4, "dt_rank": 3, "conv": 2, "bias": True, "conv_bias": False}),
     ("Mamba", {"inner": 24, "conv": 1}),
+    ("Mamba", {"inner_norms": True, "eps": 1e-5}),
+    ("Bias", {"init": 0.5}),
     ("Mamba2", {"state": 8, "head_dim": 16, "groups": 2, "chunk": 5, "bias": True}),
     ("Mamba2", {"state": 4, "head_dim": 8, "groups": 4, "chunk": 3, "norm": False, "conv": 2}),
     ("Mamba2", {"inner": 48, "head_dim": 12, "conv_bias": False}),
+    ("Mamba2", {"head_dim": 16, "groups": 2, "norm_before_gate": True, "state": 4}),
     ("RGLRU", {"heads": 4, "conv": 2}),
     ("RGLRU", {"width": 48, "heads": 3, "act": "silu"}),
 ]

@@ -27,7 +27,7 @@ def test_every_builtin_argument_is_documented():
     for component in REGISTRY.components():
         if not component.cls.__module__.startswith("blockdsl."):
             continue
-        help_ = getattr(component.cls, "arg_help", {})
+        help_ = component.arg_help
         assert component.description, component.name
         missing = set(component.user_params) - set(help_)
         assert not missing, f"{component.name}: no arg_help for {sorted(missing)}"

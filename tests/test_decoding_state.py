@@ -39,6 +39,8 @@ ATTN_CASES = [
     {"heads": 4, "kv_heads": 2},
     {"heads": 4, "kv_heads": 1, "qk_norm": True},
     {"pos": "alibi", "heads": 4},
+    {"pos": "alibi", "heads": 4, "kv_heads": 2},
+    {"pos": "alibi", "heads": 4, "kv_heads": 1, "window": 3, "softcap": 1.5},
     {"pos": "alibi", "heads": 3, "head_dim": 8, "window": 4},
     {"window": 3},
     {"softcap": 2.0, "heads": 4, "kv_heads": 2},
@@ -103,6 +105,38 @@ def test_state_sizes_are_declared() -> None:
     args, _ = conv.bind(keywords={"kernel": 4}, d_in=64)
     assert conv.state_size(64, args, 128) == 3 * 64
     assert registry.get("MLP").state_size(64, {}, 128) == 0
+
+
+def test_plan_state_size_counts_every_call_site() -> None:
+    from blockdsl.model import ModelPlan
+
+    config = blockdsl.load_config(
+        "Norm->Attn#a->+->Norm->Attn#a->+->Norm->Conv(kernel=3)->MLP->+",
+        d_model=32,
+        vocab=50,
+        context=16,
+        layers="block*2",
+        defaults={"Attn": {"heads": 4, "kv_heads": 2}},
+    )
+    attn = 2 * 2 * 8 * 16  # k and v, kv_heads 2, head_dim 8, 16 positions
+    expected = 2 * (2 * attn + 2 * 32)  # two layers of: the label twice, a Conv window
+    assert ModelPlan(config).state_size() == expected
+    model = blockdsl.build_model(config)
+    measured = sum(
+        t.numel() for t in _leaves(model.init_state(1, 16))
+    )  # what init_state allocates is what the plan reports
+    assert measured == expected
+
+
+def _leaves(tree):
+    if isinstance(tree, torch.Tensor):
+        yield tree
+    elif isinstance(tree, dict):
+        for value in tree.values():
+            yield from _leaves(value)
+    elif isinstance(tree, (list, tuple)):
+        for value in tree:
+            yield from _leaves(value)
 
 
 def test_registry_requires_init_state_with_a_state_keyword() -> None:

@@ -1,4 +1,4 @@
-"""Graph IR: expansion semantics (LANGUAGE.md §1 "Meaning"), checked structurally on the spec's
+"""Graph IR: expansion semantics (docs/language.md, "Semantics"), checked structurally on the spec's
 examples and numerically with parameter-free components whose arithmetic is easy to follow."""
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ transformers = pytest.importorskip("transformers")
 
 import blockdsl  # noqa: E402
 from blockdsl import hf  # noqa: E402
+from blockdsl.interop import hf as interop_hf  # noqa: E402
 
 V = 97  # vocabulary
 T = 24  # sequence length: longer than the sliding windows below
@@ -270,10 +271,10 @@ def test_gemma2_layer_types_are_read():
 
 
 def test_compress():
-    assert hf._compress(["b"] * 3) == "b*3"
-    assert hf._compress(["a", "b", "a", "b"]) == "(a->b)*2"
-    assert hf._compress(["a", "a", "b", "a", "a", "b"]) == "(a*2->b)*2"
-    assert hf._compress(["a", "b", "b"]) == "a->b*2"
+    assert interop_hf._compress(["b"] * 3) == "b*3"
+    assert interop_hf._compress(["a", "b", "a", "b"]) == "(a->b)*2"
+    assert interop_hf._compress(["a", "a", "b", "a", "a", "b"]) == "(a*2->b)*2"
+    assert interop_hf._compress(["a", "b", "b"]) == "a->b*2"
 
 
 # --------------------------------------------------------------------------- errors
@@ -347,3 +348,27 @@ def test_base_model_keys_without_prefix():
     model = blockdsl.build_model(hf.to_config(hf_model.config))
     hf.load_weights(model, weights)
     assert _max_diff(hf_model, model.eval(), _ids()) <= TOL
+
+
+@pytest.mark.parametrize("rotary_pct", [0.25, 0.75, 0.6])
+def test_gpt_neox_odd_rotary_dims_match(rotary_pct):
+    """Head size 12: 0.25, 0.75 and 0.6 give odd rotary sizes (3, 9, and 7.1999... truncated to
+    7, as transformers truncates it). Attn follows transformers' arithmetic: frequencies over
+    n, n + 1 rotated dims."""
+    torch.manual_seed(0)
+    cfg = transformers.GPTNeoXConfig(
+        vocab_size=V,
+        hidden_size=48,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=64,
+        rotary_pct=rotary_pct,
+        rotary_emb_base=300.0,
+        attn_implementation="eager",
+    )
+    hf_model = transformers.GPTNeoXForCausalLM(cfg).eval()
+    model = hf.from_hf(hf_model)
+    attn = model.layers[0].attn
+    assert attn.rotary_size == int(12 * rotary_pct) and attn.rotary_size % 2 == 1
+    assert _max_diff(hf_model, model, _ids()) < 1e-5

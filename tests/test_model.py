@@ -62,11 +62,19 @@ def test_blocks_are_fx_graph_modules() -> None:
 
 # ---------------------------------------------------------------- presets
 SMALL = {"d_model": 64, "vocab": 97, "context": 32}
-SMALL_LAYERS = {"gemma2": "local->global", "gptj": "l0->l1"}
+SMALL_LAYERS = {
+    "gemma2": "local->global",
+    "gptj": "l0->l1",
+    "recurrentgemma": "recurrent->attention",
+    "jamba": "mamba->mamba_moe->attention",
+    "hybrid": "M->A->F",
+}
 SMALL_DEFAULTS = {
     "Attn": {"heads": 4, "head_dim": 16},
     "MLP": {"hidden": 96},
     "MoE": {"experts": 4, "hidden": 32},
+    "Mamba": {"dt_rank": 8},
+    "RGLRU": {"width": 64, "heads": 2},
 }
 
 
@@ -78,7 +86,9 @@ def small_preset(name: str, **extra):
         if component in config.defaults
     }
     attn = config.defaults.get("Attn", {})
-    if attn.get("kv_heads") not in (None, attn.get("heads")):
+    if "Attn" not in defaults:
+        pass
+    elif attn.get("kv_heads") not in (None, attn.get("heads")):
         defaults["Attn"]["kv_heads"] = 2
     else:
         defaults["Attn"]["kv_heads"] = None
@@ -139,6 +149,9 @@ PUBLISHED_PARAMS = {
     "mistral": (7_241_732_096, 0),
     "mixtral": (46_702_792_704, 0),
     "gemma2": (2_614_341_888, 0),
+    "mamba2": (128_989_632, 0),  # also = transformers' count: tests/test_ssm.py
+    "recurrentgemma": (2_682_862_080, 0),
+    "jamba": (51_570_323_328, 0),
 }
 
 

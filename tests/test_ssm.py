@@ -9,13 +9,14 @@ import random
 import pytest
 import torch
 
+import blockdsl
 from blockdsl.components.ssm import (
     RGLRU,
-    STATE_SIZES,
     Mamba,
     Mamba2,
     _LinearScan,
     _scan_forward,
+    _SelectiveScan,
     linear_scan,
     ssd,
 )
@@ -83,7 +84,8 @@ def test_declared_state_size_is_the_state(name, kwargs):
     module = component.build(args)
     state = module.init_state(3, 50)
     assert all(v.shape[0] == 3 and not v.any() for v in state.values())
-    assert sum(v[0].numel() for v in state.values()) == STATE_SIZES[name](d_in=D, **args)
+    assert sum(v[0].numel() for v in state.values()) == component.state_size(D, args, 50)
+    assert component.state_size(D, args, 50) == component.state_size(D, args, 5000)
     assert all(v.dtype == module.out_proj.weight.dtype for v in state.values() if name != "RGLRU")
 
 
@@ -147,6 +149,15 @@ def test_linear_scan_values_and_exact_gradient():
         h.append(prev)
     torch.testing.assert_close(_scan_forward(a, u, h0), torch.stack(h, dim=1))
     assert linear_scan(a[:, :0], u[:, :0]).shape == (2, 0, 3)
+
+
+def test_selective_scan_exact_gradient_across_chunks():
+    torch.manual_seed(4)
+    b, T, E, N = 2, 7, 3, 4
+    x, B, C = torch.randn(b, T, E), torch.randn(b, T, N), torch.randn(b, T, N)
+    dt, A, h0 = torch.rand(b, T, E), -torch.rand(E, N), torch.randn(b, E, N)
+    inputs = [t.double().requires_grad_() for t in (x, dt, A, B, C, h0)]
+    assert torch.autograd.gradcheck(lambda *a: _SelectiveScan.apply(*a, 3), inputs)
 
 
 @pytest.mark.parametrize(
@@ -225,3 +236,48 @@ def test_rglru_matches_transformers_recurrent_block():
     with torch.no_grad():
         expected = hf(x, positions, None, use_cache=False)[0]
         torch.testing.assert_close(ours(x), expected, atol=1e-4, rtol=1e-4)
+
+
+# --------------------------------------------------------------------------- whole models
+
+
+@pytest.mark.parametrize(
+    "block",
+    [
+        "Norm->Mamba(state=4)->+->Norm->MLP->+",
+        ["Norm->Mamba2(state=8, head_dim=16, chunk=4)->+", "Norm->Attn->+->Norm->MLP->+"],
+        ["Norm->RGLRU(heads=2)->+->Norm->MLP->+", "Norm->Attn(window=4)->+->Norm->MLP->+"],
+    ],
+    ids=str,
+)
+def test_model_generation_with_state_equals_the_plain_loop(block):
+    torch.manual_seed(0)
+    model = blockdsl.build_model(block, d_model=D, vocab=41, context=40, layers="block*2").eval()
+    assert not model.cache_blocker()
+    prompts = [[3, 4, 5], list(range(10, 19)), [7]]
+    batched = model.generate(prompts, 6, greedy=True)
+    for prompt, out in zip(prompts, batched):
+        idx = torch.tensor([prompt])
+        assert torch.equal(out, model.generate(idx, 6, greedy=True, use_cache=False)[0])
+
+
+def test_mixer_benchmark_runs_every_row(capsys):
+    from bench.mixers import main
+
+    argv = ["--d-model", "32", "--seq", "8", "--steps", "1", "--markdown"]
+    assert main([*argv, "--mixers", "Mamba(state=4)", "Mamba2(head_dim=16)", "RGLRU"]) == 0
+    out = capsys.readouterr().out
+    for row in ("`Attn(heads=4)` | 8", "`Mamba(state=4)` | 8", "`Mamba2(head_dim=16)` | 8"):
+        assert row in out
+    assert out.count("×") >= 4 + 3  # every row vs attention, three vs transformers
+
+
+def test_hybrids_doc_examples_run():
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parent.parent / "docs/hybrids.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    assert blocks
+    for code in blocks:
+        exec(compile(code, "docs/hybrids.md", "exec"), {})

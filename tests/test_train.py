@@ -245,7 +245,10 @@ def test_muon_with_accumulation_and_moe_aux_loss(data_dir: Path, tmp_path: Path)
     assert len(state["optimizers"]) == 2  # AdamW for the rest, Muon for the hidden matrices
 
 
-def test_compile_auto_stays_eager_on_short_runs(data_dir: Path, tmp_path: Path) -> None:
+def test_compile_auto_stays_eager_on_short_runs(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BLOCKDSL_CACHE_DIR", str(tmp_path / "cache"))
     lines: list[str] = []
     settings = TrainSettings(steps=10, compile="auto", seq_len=32)
     model = blockdsl.build_model("tiny", **TINY)
@@ -263,6 +266,11 @@ def test_compile_auto_stays_eager_on_short_runs(data_dir: Path, tmp_path: Path) 
     long.observe(3, 0.2)  # compiled slower than eager: back to eager
     assert long.decision == "eager" and long.forward is model
     assert long.summary()["measured_compile_s"] == pytest.approx(4.8)
+    # the measurement is remembered: the next run of this model decides from it
+    again = CompileChoice(model, settings, 10**6, 0, None, lines.append)
+    again.observe(0, 0.5)
+    again.observe(1, 0.1)
+    assert again.decision == "eager" and "measured before" in lines[-1]
     run = blockdsl.train(
         "tiny",
         data=data_dir,
@@ -449,3 +457,116 @@ def test_a_write_cut_short_leaves_the_previous_checkpoint(data_dir: Path, tmp_pa
         "tiny", out=tmp_path / "a", resume=True, train=tiny_train(steps=4), **common
     )
     assert run.metrics[-1]["step"] == 4 and not partial.exists()
+
+
+def test_blockdsl_train_is_the_callable_package() -> None:
+    import blockdsl.train as package
+
+    assert blockdsl.train is package and callable(blockdsl.train)
+    assert blockdsl.train.train.__doc__ == package.loop.train.__doc__
+
+
+def small_preset(name: str) -> dict:
+    """Overrides that shrink a preset to a few hundred thousand parameters, keeping its
+    block structure (norms, attention kind, gating, experts, parallel branches)."""
+    config = load_config(name)
+    layers = config.layers
+    if layers.startswith("("):
+        layers = layers.split("*")[0] + "*1"
+    elif "*" in layers:
+        layers = layers.split("*")[0] + "*2"
+    else:
+        layers = "->".join(layers.split("->")[:2])
+    defaults: dict = {}
+    attn = config.defaults.get("Attn", {})
+    if attn:
+        defaults["Attn"] = {"heads": 4, "kv_heads": 2 if attn.get("kv_heads") else 4}
+        defaults["Attn"]["head_dim"] = 16
+        if "window" in attn:
+            defaults["Attn"]["window"] = 32
+    if "hidden" in config.defaults.get("MLP", {}):
+        defaults["MLP"] = {"hidden": 128}
+    if "MoE" in config.defaults:
+        defaults["MoE"] = {"hidden": 64, "experts": 4}
+    return {"vocab": 256, "d_model": 64, "context": 128, "layers": layers, "defaults": defaults}
+
+
+@pytest.mark.parametrize("preset", sorted(blockdsl.list_presets()))
+def test_memory_estimate_within_25_percent_on_presets(
+    data_dir: Path, tmp_path: Path, preset: str
+) -> None:
+    run = blockdsl.train(
+        preset,
+        data=data_dir,
+        out=tmp_path / "run",
+        progress=False,
+        train={"steps": 2, "batch_size": 8, "seq_len": 128, "eval_every": 0, "eval_batches": 1},
+        **small_preset(preset),
+    )
+    memory = run.summary["memory"]
+    assert 0.75 <= memory["measured_peak"] / memory["estimate"]["total"] <= 1.25, memory
+
+
+def test_checkpoint_weights_load_with_blockdsl_load(data_dir: Path, tmp_path: Path) -> None:
+    run = blockdsl.train(
+        "tiny", data=data_dir, out=tmp_path / "run", progress=False, train=tiny_train(), **TINY
+    )
+    loaded = blockdsl.load(ckpt.checkpoints(run.dir)[-1].weights)
+    for (name, a), (_, b) in zip(run.model.state_dict().items(), loaded.state_dict().items()):
+        assert torch.equal(a, b), name
+
+
+def test_training_doc_lists_every_key() -> None:
+    from dataclasses import fields
+
+    text = (ROOT / "docs" / "training.md").read_text()
+    for settings in (TrainSettings, OptimSettings):
+        for key in fields(settings):
+            assert f"| `{key.name}` |" in text, key.name
+
+
+@pytest.mark.slow
+def test_readme_training_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The README's two training commands, as written, with the budget cut to 2 steps."""
+    import shlex
+
+    from blockdsl.cli import main
+
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("## Training", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    commands = [shlex.split(line)[1:] for line in block.strip().splitlines()]
+    assert [c[:2] for c in commands] == [["data", "prepare"], ["train", "tiny"]]
+    monkeypatch.chdir(tmp_path)
+    assert main(commands[0]) == 0
+    assert main([*commands[1], "--set", "train.steps=2", "--quiet"]) == 0
+    run = Run.load(tmp_path / "runs" / "tiny")
+    assert run.steps == 2 and run.metrics[-1]["loss"] < 6
+
+
+def test_budgets_precision_and_checkpoint_retention(data_dir: Path, tmp_path: Path) -> None:
+    common = {"data": data_dir, "progress": False, **TINY}
+
+    def without_steps(**train: object) -> dict:
+        return {k: v for k, v in tiny_train(**train).items() if k != "steps"}
+
+    by_tokens = blockdsl.train(
+        "tiny", out=tmp_path / "t", train=without_steps(tokens=5 * 4 * 32), **common
+    )
+    assert by_tokens.steps == 5
+    by_time = blockdsl.train(
+        "tiny",
+        out=tmp_path / "w",
+        train=without_steps(time=1e-6),
+        optim={"schedule": "constant"},
+        **common,
+    )
+    assert by_time.steps == 1  # stops after the step that passes the budget
+    kept = blockdsl.train(
+        "tiny",
+        out=tmp_path / "k",
+        train=tiny_train(steps=7, save_every=2, keep=2, precision="bfloat16"),
+        **common,
+    )
+    assert [c.step for c in ckpt.checkpoints(kept.dir)] == [6, 7]
+    assert all(torch.isfinite(torch.tensor(m["loss"])) for m in kept.metrics)
+    assert kept.summary["precision"] == "bfloat16"

@@ -49,6 +49,20 @@ def _check_attn_options(window: int | None = None, rope_fraction: float = 1.0, *
     return None
 
 
+def rotary_sizes(head_dim: int, rope_fraction: float) -> tuple[int, int]:
+    """``(n, r)``: the rotary size ``n = int(head_dim * rope_fraction)`` that sets the
+    frequencies ``theta ** (-2i / n)``, one per pair ``i < ceil(n / 2)``, and the ``r = 2 *
+    ceil(n / 2)`` dims that rotate: transformers' arithmetic exactly (GPT-NeoX, partial rotary
+    factors), so an odd ``n`` rotates ``n + 1`` dims. Where that exceeds the head (an odd
+    ``head_dim`` rotated whole, which transformers cannot run) ``n`` is rounded down to even
+    and the last dim stays unrotated."""
+    n = int(head_dim * rope_fraction)
+    r = 2 * ((n + 1) // 2)
+    if r > head_dim:
+        n = r = n // 2 * 2
+    return n, r
+
+
 def _check_attn(d_in: int, **args) -> Problem:
     return _check_heads(d_in, **args) or _check_attn_options(**args)
 
@@ -303,8 +317,9 @@ class Attn(_Projections):
 
     * ``kv_heads`` (default ``heads``): query head ``h`` uses kv head ``h // (heads // kv_heads)``
       (HF ``repeat_kv``); ``kv_heads=1`` is MQA.
-    * ``pos=rope``: rotary embedding of the first ``int(head_dim * rope_fraction)`` dims of each
-      head (rounded down to even; GPT-NeoX partial rotary), pairs ``(i, i + r/2)`` (Llama
+    * ``pos=rope``: rotary embedding of the first ``n = int(head_dim * rope_fraction)`` dims of
+      each head (GPT-NeoX partial rotary; frequencies ``theta ** (-2i / n)`` and, for an odd
+      ``n``, ``n + 1`` rotated dims, as transformers computes them), pairs ``(i, i + r/2)`` (Llama
       ``rotate_half``) or, with ``rope_interleaved``, adjacent pairs (GPT-J ``rotate_every_two``);
       the cos/sin tables are non-persistent buffers ``rope_cos``/``rope_sin`` of ``context``
       rows, indexed by ``positions`` (default ``arange(T)``; must be ``< context``).
@@ -369,7 +384,10 @@ class Attn(_Projections):
         raise_problem(_check_attn_options(window=window, rope_fraction=rope_fraction))
         self.pos, self.causal, self.window, self.context = pos, causal, window, context
         self.rope_theta, self.rope_interleaved = rope_theta, rope_interleaved
-        self.rotary_dims = int(self.head_dim * rope_fraction) // 2 * 2 if pos == "rope" else 0
+        # rotary_size sets the frequencies, rotary_dims (its even round-up) the rotated dims.
+        self.rotary_size, self.rotary_dims = (
+            rotary_sizes(self.head_dim, rope_fraction) if pos == "rope" else (0, 0)
+        )
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -384,9 +402,9 @@ class Attn(_Projections):
                 "rope_sin", torch.empty(shape, device=device, dtype=torch.float32), persistent=False
             )
         elif self.rotary_dims:
-            r = self.rotary_dims
+            n = self.rotary_size
             inv_freq = 1.0 / self.rope_theta ** (
-                torch.arange(0, r, 2, dtype=torch.float32, device=device) / r
+                torch.arange(0, n, 2, dtype=torch.float32, device=device) / n
             )  # (r/2,)
             t = torch.arange(self.context, dtype=torch.float32, device=device)
             angles = torch.outer(t, inv_freq)  # (context, r/2)
@@ -462,41 +480,68 @@ class Attn(_Projections):
     def _rotate(
         self, q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rotary of the new queries and keys at ``positions`` (B, T) (``apply_rotary``'s
+        math with the angles looked up per row)."""
         cos = self.rope_cos[positions].unsqueeze(1)  # (B, 1, T, r/2)
         sin = self.rope_sin[positions].unsqueeze(1)
-        return (
-            apply_rotary(q, cos, sin, self.rope_interleaved),
-            apply_rotary(k, cos, sin, self.rope_interleaved),
-        )
+        if self.rope_interleaved:  # pairs (2i, 2i+1)
+            cos, sin = cos.repeat_interleave(2, -1), sin.repeat_interleave(2, -1)
+            rotate = rotate_every_two
+        else:  # pairs (i, i + r/2)
+            cos, sin = torch.cat((cos, cos), -1), torch.cat((sin, sin), -1)
+            rotate = rotate_half
+        cos, sin = cos.to(q.dtype), sin.to(q.dtype)  # (B, 1, T, r), shared by q and k
+        r = self.rotary_dims
+
+        def rotated(x: torch.Tensor) -> torch.Tensor:
+            if r == x.shape[-1]:
+                return x * cos + rotate(x) * sin
+            x_rot, x_pass = x[..., :r], x[..., r:]
+            return torch.cat((x_rot * cos + rotate(x_rot) * sin, x_pass), dim=-1)
+
+        return rotated(q), rotated(k)
 
     def _decode(
         self, x: torch.Tensor, positions: torch.Tensor | None, state: dict[str, torch.Tensor]
     ) -> torch.Tensor:
-        """The new tokens ``x`` (B, T, D) at ``positions`` (B, T), attending to the cache."""
+        """The new tokens ``x`` (B, T, D) at ``positions`` (B, T), attending to the cache.
+
+        Query heads are grouped by the kv head they read, ``(B, K, G*T, hd)``, so the cache is
+        never repeated; in eager mode only the cache up to the furthest position is read (under
+        ``torch.compile`` all of it, masked: static shapes)."""
         if positions is None:
             raise ValueError("Attn with a decoding state needs positions (B, T_new)")
         B, T = x.shape[:2]
+        K, G, hd = self.kv_heads, self.groups, self.head_dim
         positions = positions.expand(B, T) if positions.dim() == 2 else positions.expand(B, -1)
         cache_k, cache_v = state["k"], state["v"]  # (B, K, L, hd)
-        q, k, v = self.project(x, x)  # (B, H, T, hd), (B, K, T, hd), (B, K, T, hd)
+        q = self.q(x).view(B, T, self.heads, hd).transpose(1, 2)  # (B, H, T, hd)
+        k = self.k(x).view(B, T, K, hd).transpose(1, 2)  # (B, K, T, hd)
+        v = self.v(x).view(B, T, K, hd).transpose(1, 2)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
         if self.rotary_dims:
             q, k = self._rotate(q, k, positions)
-        slots = positions[:, None, :, None].expand(B, self.kv_heads, T, self.head_dim)
+        slots = positions[:, None, :, None].expand(B, K, T, hd)
         cache_k.scatter_(2, slots, k.to(cache_k.dtype))
         cache_v.scatter_(2, slots, v.to(cache_v.dtype))
-        keys, values = self.repeat_kv(cache_k), self.repeat_kv(cache_v)  # (B, H, L, hd)
-        j = torch.arange(cache_k.shape[2], device=x.device)  # (L,) key positions
-        distance = positions[:, None, :, None] - j  # (B, 1, T, L): query - key position
+        keys, values = cache_k, cache_v
+        if not torch.compiler.is_compiling():  # skip the never-written tail of the cache
+            used = int(positions.max()) + 1
+            keys, values = cache_k[:, :, :used], cache_v[:, :, :used]
+        j = torch.arange(keys.shape[2], device=x.device)  # (L,) key positions
+        distance = (positions[:, :, None] - j).repeat(1, G, 1)[:, None]  # (B, 1, G*T, L)
         mask = distance >= 0  # causal (the cache past a row's position is never seen)
         if self.window is not None:
             mask = mask & (distance < self.window)
         bias = None
-        if self.pos == "alibi":
-            bias = -self.alibi[:, None, None] * distance.to(torch.float32)  # (B, H, T, L)
-        y = attend(
-            q, keys, values, scale=self.scale, mask=mask, bias=bias, cap=self.softcap
-        )  # (B, H, T, hd)
-        return self.merge(y)
+        if self.pos == "alibi":  # (B, K, G*T, L): query head k*G + g has slope alibi[k*G + g]
+            slopes = self.alibi.view(K, G, 1).expand(K, G, T).reshape(K, G * T, 1)
+            bias = -slopes * distance.to(torch.float32)
+        q = q.reshape(B, K, G * T, hd)  # query head h = k*G + g reads kv head k
+        y = attend(q, keys, values, scale=self.scale, mask=mask, bias=bias, cap=self.softcap)
+        y = y.view(B, self.heads, T, hd).transpose(1, 2).reshape(B, T, self.heads * hd)
+        return self.o(y)  # (B, T, D)
 
     def extra_repr(self) -> str:
         return (

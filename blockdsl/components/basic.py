@@ -292,3 +292,33 @@ class Conv(nn.Module):
 
     def extra_repr(self) -> str:
         return f"kernel={self.kernel}"
+
+
+# --------------------------------------------------------------------------- Bias
+
+
+@register(
+    "Bias",
+    out_features=same_size,
+    params=lambda d_in, **_: d_in,
+    flops=lambda d_in, seq, **_: d_in * seq,
+    check=accepts_any,
+)
+class Bias(nn.Module):
+    """Learned additive bias ``x + bias``, e.g. the output bias of a projection whose other
+    biases are off (RecurrentGemma's attention: ``Attn->Bias``). Parameter: ``bias [D]``,
+    filled with ``init``."""
+
+    arg_help: ClassVar[dict[str, str]] = {"init": "initial value"}
+
+    def __init__(self, d_model: int, init: float = 0.0) -> None:
+        super().__init__()
+        self.init = init
+        self.bias = nn.Parameter(torch.empty(d_model))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.constant_(self.bias, self.init)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, D) -> (B, T, D)
+        return x + self.bias

@@ -16,6 +16,7 @@ from blockdsl.components._util import (
     same_size,
     softcap,
 )
+from blockdsl.errors import ConfigError
 from blockdsl.registry import register
 
 # --------------------------------------------------------------------------- Embed
@@ -52,6 +53,7 @@ def _check_embed(vocab: int, **_) -> Problem:
     params=_embed_params,
     flops=_embed_flops,
     check=_check_embed,
+    embedding=lambda module: module.tok,
 )
 class Embed(nn.Module):
     """Token embedding ``tok(idx) * scale``, plus learned or sinusoidal position embeddings.
@@ -124,7 +126,23 @@ def _head_out(vocab: int, **_) -> int:
     return vocab
 
 
-@register("Head", out_features=_head_out, params=_head_params, flops=_head_flops, check=accepts_any)
+def _tie_head(head: Head, embedding: nn.Module | None) -> None:
+    """The ``tie`` hook: a ``Head(tie=true)`` takes the token embedding's weight."""
+    if not head.tie:
+        return
+    if embedding is None:
+        raise ConfigError("Head(tie=true) needs an embedding to tie to")
+    head.tie_to(embedding)
+
+
+@register(
+    "Head",
+    out_features=_head_out,
+    params=_head_params,
+    flops=_head_flops,
+    check=accepts_any,
+    tie=_tie_head,
+)
 class Head(nn.Module):
     """Output projection to vocabulary logits ``x @ weight.T (+ bias)``, optionally soft-capped.
 

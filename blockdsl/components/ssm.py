@@ -83,6 +83,23 @@ class _LinearScan(torch.autograd.Function):
         return G * h_prev, G, a[:, 0] * G[:, 0]
 
 
+def _parallel_scan(a: torch.Tensor, u: torch.Tensor, h0: torch.Tensor) -> torch.Tensor:
+    """The same recurrence as ``_scan_forward`` in ``ceil(log2 T)`` whole-tensor steps
+    (Hillis-Steele): used under ``torch.compile``/``torch.export``, where a Python loop over
+    time would be unrolled into ``T`` graph nodes. Plain autograd differentiates it."""
+    u = torch.cat([a[:, :1] * h0[:, None] + u[:, :1], u[:, 1:]], dim=1)
+    k, T = 1, u.shape[1]
+    while k < T:
+        u = torch.cat([u[:, :k], u[:, k:] + a[:, k:] * u[:, :-k]], dim=1)
+        a = torch.cat([a[:, :k], a[:, k:] * a[:, :-k]], dim=1)
+        k *= 2
+    return u
+
+
+def _tracing() -> bool:
+    return torch.compiler.is_compiling() or torch.compiler.is_exporting()
+
+
 def linear_scan(a: torch.Tensor, u: torch.Tensor, h0: torch.Tensor | None = None) -> torch.Tensor:
     """All states of ``h_t = a_t * h_{t-1} + u_t`` (elementwise; time is dim 1), ``h_{-1} = h0``
     (zeros when None). ``a`` and ``u`` are ``(B, T, *S)``, ``h0`` is ``(B, *S)``; the result is
@@ -92,7 +109,115 @@ def linear_scan(a: torch.Tensor, u: torch.Tensor, h0: torch.Tensor | None = None
     if u.shape[1] == 0:
         return u
     h0 = torch.zeros_like(u[:, 0]) if h0 is None else h0.to(dtype)
+    if _tracing():
+        return _parallel_scan(a, u, h0)
     return _LinearScan.apply(a.contiguous(), u.contiguous(), h0.contiguous())
+
+
+#: Steps of the selective scan processed together: their ``(B, L, E, N)`` tensors stay in cache.
+SCAN_CHUNK = 32
+
+
+def _reverse_scan(a: torch.Tensor, g: torch.Tensor, carry: torch.Tensor) -> torch.Tensor:
+    """The adjoint of ``_scan_forward``: ``G_t = g_t + a_{t+1} G_{t+1}`` backwards along dim 1,
+    with ``a_L G_L = carry`` (the gradient arriving from after the last step); no autograd."""
+    G = torch.empty_like(g)
+    n = g.shape[1]
+    torch.add(g[:, n - 1], carry, out=G[:, n - 1])
+    for t in range(n - 2, -1, -1):
+        torch.addcmul(g[:, t], a[:, t + 1], G[:, t + 1], out=G[:, t])
+    return G
+
+
+@torch.no_grad()
+def _selective_chunk(
+    x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, start: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One chunk of the selective recurrence from ``start`` (B, E, N): the decays ``a`` (B, L,
+    E, N) and the states ``h`` (B, L+1, E, N) *including* the start state at index 0."""
+    a = torch.exp(dt[..., None] * A)  # (B, L, E, N)
+    u = (dt * x)[..., None] * B[:, :, None, :]  # (B, L, E, N)
+    h = torch.empty(u.shape[0], u.shape[1] + 1, *u.shape[2:], dtype=u.dtype, device=u.device)
+    h[:, 0] = start
+    for t in range(u.shape[1]):
+        torch.addcmul(u[:, t], a[:, t], h[:, t], out=h[:, t + 1])
+    return a, h
+
+
+class _SelectiveScan(torch.autograd.Function):
+    """Mamba's selective scan ``h_t = exp(Δ_t A) h_{t-1} + Δ_t x_t B_t``, ``y_t = h_t C_t``,
+    chunk by chunk, never holding more than one chunk of ``(B, L, E, N)`` states.
+
+    Forward keeps only the state entering each chunk; backward recomputes a chunk's states
+    from it and runs the reverse recurrence ``G_t = C_t dy_t + a_{t+1} G_{t+1}`` (``G =
+    dL/dh``) through the chunk, then turns ``G`` into the gradients of x, Δ, A, B, C and
+    ``h0`` with a few einsums: the recomputation strategy of the CUDA kernel, in PyTorch."""
+
+    @staticmethod
+    def forward(ctx, x, dt, A, B, C, h0, chunk):
+        T = x.shape[1]
+        y = torch.empty_like(x)
+        starts, h = [], h0
+        for c0 in range(0, T, chunk):
+            c = slice(c0, min(c0 + chunk, T))
+            starts.append(h)
+            _, hs = _selective_chunk(x[:, c], dt[:, c], A, B[:, c], h)
+            y[:, c] = torch.einsum("blen,bln->ble", hs[:, 1:], C[:, c])
+            h = hs[:, -1]
+        ctx.chunk = chunk
+        ctx.save_for_backward(x, dt, A, B, C, torch.stack(starts, dim=1))
+        return y, h.clone()
+
+    @staticmethod
+    def backward(ctx, gy, gh):
+        x, dt, A, B, C, starts = ctx.saved_tensors
+        T, chunk = x.shape[1], ctx.chunk
+        dx, ddt, dB, dC = (torch.empty_like(t) for t in (x, dt, B, C))
+        dA = torch.zeros_like(A)
+        carry = torch.zeros_like(starts[:, 0]) if gh is None else gh  # dL/dh after the chunk
+        if gy is None:
+            gy = torch.zeros_like(x)
+        for i in reversed(range(starts.shape[1])):
+            c = slice(i * chunk, min((i + 1) * chunk, T))
+            xc, dtc, Bc, Cc, gyc = x[:, c], dt[:, c], B[:, c], C[:, c], gy[:, c]
+            a, hs = _selective_chunk(xc, dtc, A, Bc, starts[:, i])
+            g = gyc[..., None] * Cc[:, :, None, :]  # dL/dh_t through y_t: (B, L, E, N)
+            G = _reverse_scan(a, g, carry)  # dL/dh_t through everything
+            carry = a[:, 0] * G[:, 0]
+            dC[:, c] = torch.einsum("blen,ble->bln", hs[:, 1:], gyc)
+            dlog_a = G * hs[:, :-1] * a  # dL/d(Δ A)
+            GB = torch.einsum("blen,bln->ble", G, Bc)
+            ddt[:, c] = torch.einsum("blen,en->ble", dlog_a, A) + GB * xc
+            dA += torch.einsum("blen,ble->en", dlog_a, dtc)
+            dx[:, c] = GB * dtc
+            dB[:, c] = torch.einsum("blen,ble->bln", G, dtc * xc)
+        return dx, ddt, dA, dB, dC, carry, None
+
+
+def selective_scan(
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    h0: torch.Tensor | None = None,
+    chunk: int = SCAN_CHUNK,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mamba's selective scan: ``x``, ``dt`` (B, T, E), ``A`` (E, N), ``B``, ``C`` (B, T, N),
+    ``h0`` (B, E, N) (zeros when None) -> ``y`` (B, T, E) and the final state (B, E, N), in
+    float32 at least. Memory ``O(T E + T/chunk E N)``: the ``(B, T, E, N)`` states are never
+    stored whole."""
+    dtype = torch.promote_types(x.dtype, torch.float32)
+    x, dt, A, B, C = (t.to(dtype).contiguous() for t in (x, dt, A, B, C))
+    if h0 is None:
+        h0 = x.new_zeros(x.shape[0], x.shape[2], A.shape[1])
+    if x.shape[1] == 0:
+        return torch.zeros_like(x), h0.to(dtype)
+    if _tracing():  # whole-sequence tensors, a log-depth scan: a small static graph
+        a = torch.exp(dt[..., None] * A)
+        h = _parallel_scan(a, (dt * x)[..., None] * B[:, :, None, :], h0.to(dtype))
+        return torch.einsum("blen,bln->ble", h, C), h[:, -1]
+    return _SelectiveScan.apply(x, dt, A, B, C, h0.to(dtype).contiguous(), chunk)
 
 
 def causal_conv(
@@ -141,6 +266,22 @@ def _check_dt(dt_min: float = 0.001, dt_max: float = 0.1, **_) -> Problem:
 # --------------------------------------------------------------------------- Mamba
 
 
+class _RMSNorm(nn.Module):
+    """``weight * x / rms(x)`` in float32 (Jamba's inner norms, ``JambaRMSNorm``)."""
+
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def reset_parameters(self) -> None:
+        nn.init.ones_(self.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x.float() * torch.rsqrt(x.float().square().mean(-1, keepdim=True) + self.eps)
+        return self.weight * y.to(x.dtype)
+
+
 def _mamba_sizes(
     d_in: int, expand: float, inner: int | None, dt_rank: int | None
 ) -> tuple[int, int]:
@@ -158,11 +299,15 @@ def _mamba_params(
     conv: int,
     bias: bool,
     conv_bias: bool,
+    inner_norms: bool = False,
     **_,
 ) -> int:
     E, R = _mamba_sizes(d_in, expand, inner, dt_rank)
     in_out = 3 * d_in * E + bias * (2 * E + d_in)  # in_proj (D -> 2E), out_proj (E -> D)
-    return in_out + E * conv + conv_bias * E + E * (R + 2 * state) + R * E + E + E * state + E
+    norms = inner_norms * (R + 2 * state)
+    return (
+        in_out + E * conv + conv_bias * E + E * (R + 2 * state) + R * E + E + E * state + E + norms
+    )
 
 
 def _mamba_flops(
@@ -214,6 +359,7 @@ def _check_mamba(
     "Mamba",
     out_features=same_size,
     mixes_positions=True,
+    state_size=_mamba_state_size,
     params=_mamba_params,
     flops=_mamba_flops,
     check=_check_mamba,
@@ -224,10 +370,12 @@ class Mamba(nn.Module):
     ``x, z = in_proj(u)``; ``x = silu(conv(x))``; ``Δ, B, C = x_proj(x)``; ``Δ =
     softplus(dt_proj(Δ))``; per channel e and state n, ``h_t = exp(Δ_t A) h_{t-1} + Δ_t B_t
     x_t`` with ``A = -exp(A_log)``; ``y_t = C_t·h_t + D x_t``; out ``out_proj(y * silu(z))``.
-    Parameters as transformers' ``MambaMixer``: ``in_proj [2E, D]``, ``conv1d`` (depthwise
-    ``[E, 1, K]``), ``x_proj [R + 2N, E]``, ``dt_proj [E, R]`` (+ bias), ``A_log [E, N]``,
-    ``D [E]``, ``out_proj [D, E]``. Decoding state: ``conv`` (B, K-1, E) and ``ssm`` (B, E, N),
-    ``E * (N + K - 1)`` numbers per sequence whatever the context.
+    With ``inner_norms`` (Jamba), Δ, B and C pass through RMSNorms (``dt_layernorm``,
+    ``b_layernorm``, ``c_layernorm``) before use. Parameters as transformers' ``MambaMixer``:
+    ``in_proj [2E, D]``, ``conv1d`` (depthwise ``[E, 1, K]``), ``x_proj [R + 2N, E]``,
+    ``dt_proj [E, R]`` (+ bias), ``A_log [E, N]``, ``D [E]``, ``out_proj [D, E]``. Decoding
+    state: ``conv`` (B, K-1, E) and ``ssm`` (B, E, N), ``E * (N + K - 1)`` numbers per sequence
+    whatever the context.
     """
 
     arg_help: ClassVar[dict[str, str]] = {
@@ -240,6 +388,8 @@ class Mamba(nn.Module):
         "conv_bias": "bias on the conv",
         "dt_min": "smallest initial time step",
         "dt_max": "largest initial time step",
+        "inner_norms": "RMSNorm on Δ, B and C after x_proj (Jamba)",
+        "eps": "epsilon of the inner norms",
     }
 
     def __init__(
@@ -254,6 +404,8 @@ class Mamba(nn.Module):
         conv_bias: bool = True,
         dt_min: float = 0.001,
         dt_max: float = 0.1,
+        inner_norms: bool = False,
+        eps: float = 1e-6,
     ) -> None:
         super().__init__()
         raise_problem(
@@ -269,6 +421,9 @@ class Mamba(nn.Module):
         self.A_log = nn.Parameter(torch.empty(E, state))
         self.D = nn.Parameter(torch.empty(E))
         self.out_proj = nn.Linear(E, d_model, bias=bias)
+        self.dt_layernorm = _RMSNorm(R, eps) if inner_norms else None
+        self.b_layernorm = _RMSNorm(state, eps) if inner_norms else None
+        self.c_layernorm = _RMSNorm(state, eps) if inner_norms else None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -328,15 +483,15 @@ class Mamba(nn.Module):
         window = None if state is None else state["conv"]
         xs = F.silu(causal_conv(xs, self.conv1d.weight, self.conv1d.bias, window))
         dt, B, C = self.x_proj(xs).split([self.dt_rank, self.state, self.state], dim=-1)
+        if self.dt_layernorm is not None:
+            dt, B, C = self.dt_layernorm(dt), self.b_layernorm(B), self.c_layernorm(C)
         dt = F.softplus(self.dt_proj(dt)).float()  # (B, T, E)
         A = -torch.exp(self.A_log.float())  # (E, N)
-        a = torch.exp(dt[..., None] * A)  # (B, T, E, N)
-        u = (dt * xs)[..., None] * B[:, :, None, :].float()  # (B, T, E, N)
         h0 = None if state is None else state["ssm"]
-        h = linear_scan(a, u, h0)  # (B, T, E, N)
+        y, h = selective_scan(xs, dt, A, B, C, h0)  # (B, T, E), final (B, E, N)
         if state is not None:
-            state["ssm"].copy_(h[:, -1])
-        y = torch.einsum("bten,btn->bte", h, C.float()) + self.D * xs
+            state["ssm"].copy_(h)
+        y = y + self.D * xs
         return self.out_proj((y * F.silu(z.float())).to(x.dtype))
 
     def extra_repr(self) -> str:
@@ -506,26 +661,32 @@ def ssd(
 
 class GatedRMSNorm(nn.Module):
     """Mamba2's output norm: ``rmsnorm(y * silu(z))`` over groups of ``group`` channels, times
-    ``weight`` (transformers' ``MambaRMSNormGated`` with ``norm_before_gate=False``)."""
+    ``weight`` (transformers' ``MambaRMSNormGated``); with ``before_gate`` (Falcon-H1)
+    ``rmsnorm(y) * silu(z)``."""
 
-    def __init__(self, dim: int, group: int, eps: float) -> None:
+    def __init__(self, dim: int, group: int, eps: float, before_gate: bool = False) -> None:
         super().__init__()
-        self.group, self.eps = group, eps
+        self.group, self.eps, self.before_gate = group, eps, before_gate
         self.weight = nn.Parameter(torch.ones(dim))
 
     def reset_parameters(self) -> None:
         nn.init.ones_(self.weight)
 
     def forward(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        y = rearrange(y.float() * F.silu(z.float()), "... (g c) -> ... g c", c=self.group)
-        y = y * torch.rsqrt(y.square().mean(-1, keepdim=True) + self.eps)
-        return self.weight * rearrange(y, "... g c -> ... (g c)").to(z.dtype)
+        gate = F.silu(z.float())
+        y = y.float() if self.before_gate else y.float() * gate
+        y = rearrange(y, "... (g c) -> ... g c", c=self.group)
+        y = rearrange(y * torch.rsqrt(y.square().mean(-1, keepdim=True) + self.eps),
+                      "... g c -> ... (g c)")  # fmt: skip
+        y = self.weight * y
+        return (y * gate if self.before_gate else y).to(z.dtype)
 
 
 @register(
     "Mamba2",
     out_features=same_size,
     mixes_positions=True,
+    state_size=_mamba2_state_size,
     params=_mamba2_params,
     flops=_mamba2_flops,
     check=_check_mamba2,
@@ -539,7 +700,8 @@ class Mamba2(nn.Module):
     (see ``ssd``); out ``out_proj(norm(y, z))``. Parameters as transformers'
     ``Mamba2Mixer``: ``in_proj [2E + 2GN + H, D]`` (order z, xBC, Δ), ``conv1d`` (depthwise
     over ``E + 2GN`` channels), ``dt_bias``, ``A_log``, ``D`` (``[H]`` each), ``norm.weight
-    [E]``, ``out_proj [D, E]``. With ``norm=false`` the output is ``y * silu(z)`` (no norm).
+    [E]``, ``out_proj [D, E]``. With ``norm=false`` the output is ``y * silu(z)`` (no norm);
+    with ``norm_before_gate`` (Falcon-H1) it is ``rmsnorm(y) * silu(z)``.
     Decoding state: ``conv`` (B, K-1, E + 2GN) and ``ssm`` (B, H, P, N).
     """
 
@@ -554,6 +716,7 @@ class Mamba2(nn.Module):
         "bias": "biases on in_proj and out_proj",
         "conv_bias": "bias on the conv",
         "norm": "gated RMSNorm before out_proj (else y * silu(z))",
+        "norm_before_gate": "rmsnorm(y) * silu(z) (Falcon-H1) instead of rmsnorm(y * silu(z))",
         "eps": "epsilon of the gated RMSNorm",
         "dt_min": "smallest initial time step",
         "dt_max": "largest initial time step",
@@ -572,6 +735,7 @@ class Mamba2(nn.Module):
         bias: bool = False,
         conv_bias: bool = True,
         norm: bool = True,
+        norm_before_gate: bool = False,
         eps: float = 1e-5,
         dt_min: float = 0.001,
         dt_max: float = 0.1,
@@ -608,7 +772,7 @@ class Mamba2(nn.Module):
         self.dt_bias = nn.Parameter(torch.empty(H))
         self.A_log = nn.Parameter(torch.empty(H))
         self.D = nn.Parameter(torch.empty(H))
-        self.norm = GatedRMSNorm(E, E // groups, eps) if norm else None
+        self.norm = GatedRMSNorm(E, E // groups, eps, norm_before_gate) if norm else None
         self.out_proj = nn.Linear(E, d_model, bias=bias)
         self.reset_parameters()
 
@@ -816,6 +980,7 @@ class _RGLRUGates(nn.Module):
     "RGLRU",
     out_features=same_size,
     mixes_positions=True,
+    state_size=_rglru_state_size,
     params=_rglru_params,
     flops=_rglru_flops,
     check=_check_rglru,
@@ -915,8 +1080,3 @@ class RGLRU(nn.Module):
     def extra_repr(self) -> str:
         heads = self.rg_lru.heads
         return f"width={self.width}, heads={heads}, conv={self.kernel}, act={self.act_name}"
-
-
-#: Decoding state per sequence, declared with ``register(..., state_size=...)`` once the
-#: registry accepts it (the decoding-state protocol).
-STATE_SIZES = {"Mamba": _mamba_state_size, "Mamba2": _mamba2_state_size, "RGLRU": _rglru_state_size}

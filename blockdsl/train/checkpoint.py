@@ -1,8 +1,8 @@
 """Checkpoints: ``RUN/checkpoints/step_NNNNNNN/`` with two files.
 
-* ``model.safetensors``: the weights, written by ``blockdsl.save`` (tied weights once; the
-  resolved config and blockdsl version in its metadata, so ``blockdsl.load`` rebuilds the
-  model from this file alone);
+* ``model.safetensors``: the weights, written by ``blockdsl.save`` (self-describing: the
+  model's config is in the header, so ``blockdsl.load(path)`` rebuilds the trained model;
+  tied weights once);
 * ``state.pt``: optimizer and scheduler state, step, tokens, elapsed time, RNG states; plain
   tensors and containers, loaded with ``torch.load(weights_only=True)``.
 
@@ -24,14 +24,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from blockdsl.errors import BlockDSLError
+from blockdsl.checkpoint import CheckpointError
+from blockdsl.checkpoint import save as save_weights
 
 STATE_FORMAT = "blockdsl-train-state"
 _STEP_DIR = re.compile(r"step_(\d+)")
-
-
-class CheckpointError(BlockDSLError):
-    """A checkpoint is missing, truncated or not one of ours."""
 
 
 @dataclass
@@ -69,8 +66,6 @@ def save(
     keep: int,
 ) -> Checkpoint:
     """Write the checkpoint of ``step`` atomically, then drop all but the newest ``keep``."""
-    from blockdsl.checkpoint import save as save_model
-
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{step:07d}"
@@ -79,7 +74,7 @@ def save(
     tmp = root / f".tmp-step_{step:07d}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    save_model(model, tmp / "model.safetensors", metadata={"step": str(step)})
+    save_weights(model, tmp / "model.safetensors", metadata={"step": str(step)})
     torch.save({"format": STATE_FORMAT, "version": 1, "step": step, **state}, tmp / "state.pt")
     for name in ("model.safetensors", "state.pt"):
         _fsync(tmp / name)

@@ -35,6 +35,7 @@ from torch import nn
 
 from blockdsl.config import ModelConfig, load_config
 from blockdsl.errors import BlockDSLError, BudgetError, ConfigError
+from blockdsl.tasks.data import open_task
 from blockdsl.train import checkpoint as ckpt
 from blockdsl.train import memory
 from blockdsl.train.autocompile import CompileChoice
@@ -140,7 +141,10 @@ def train(
     # ---------------------------------------------------------------- 1. check everything
     config = load_config(spec, **overrides)
     settings, optim = resolve(config)
-    tokens = TokenData(data)
+    task = open_task(data, settings.seed)  # --data task:NAME (blockdsl.tasks)
+    if task is not None:
+        task.configure(config, settings)
+    tokens = task if task is not None else TokenData(data)
     tokens.check_length(settings.seq_len)
     if tokens.vocab > config.vocab:
         raise ConfigError(
@@ -173,6 +177,8 @@ def train(
     # ---------------------------------------------------------------- 2. build
     torch.manual_seed(settings.seed)
     model = build_model(config, device=device, registry=registry)
+    if task is not None:
+        model = task.wrap_model(model).to(device)
     optimizers = build_optimizers(model, optim)
     horizon = total_steps(settings)
     schedulers = [build_scheduler(o, optim, horizon) for o in optimizers]
@@ -268,22 +274,31 @@ def train(
             settings.keep,
         )
 
-    peak: int | None = None
+    def measure_memory() -> int:
+        """The peak tensor memory of a training micro-step, measured once the run is over
+        (the profiler it needs slows later steps of the same model): forward and backward
+        of one micro-batch with the optimizer state in place (and, with accumulation, the
+        gradients already there). Leaves weights, RNG state and optimizer untouched."""
+        rng = ckpt.rng_state([device])
+        inputs, targets = tokens.batch(settings.seed, 0, settings.batch_size, settings.seq_len)
+        inputs, targets = inputs.to(device), targets.to(device)
 
-    def measured_step(step: int) -> tuple[float, float, float]:
-        """``train_step`` with its peak memory recorded (once per process, on a step that
-        has optimizer state: the step the budget is about)."""
-        nonlocal peak
-        live = [list(model.parameters()), [o.state_dict()["state"] for o in optimizers]]
-        result: list[tuple[float, float, float]] = []
-        peak = memory.measure_peak(
-            lambda: result.append(train_step(step)), device, memory.live_bytes(*live)
-        )
-        return result[0]
+        def forward_backward() -> None:
+            with autocast:
+                _, loss = chooser.forward(inputs, targets)
+            loss.backward()
+
+        if accumulation > 1:
+            forward_backward()
+        live = [params, [p.grad for p in params], [o.state_dict()["state"] for o in optimizers]]
+        peak = memory.measure_peak(forward_backward, device, memory.live_bytes(*live))
+        for optimizer in optimizers:
+            optimizer.zero_grad(set_to_none=True)
+        ckpt.set_rng_state(rng)
+        return peak
 
     stop: list[int] = []
     restore = _catch_signals(stop)
-    measure_at = state["step"] + (1 if state["step"] == 0 else 0)  # optimizer state exists
     has_aux = bool(model._combiners)
     model.train()
     started = time.perf_counter() - state["elapsed"]
@@ -294,10 +309,7 @@ def train(
                 step = state["step"]
                 lr = optimizers[0].param_groups[0]["lr"]  # what this step uses
                 tick = time.perf_counter()
-                if step == measure_at and peak is None:
-                    loss, aux, grad_norm = measured_step(step)
-                else:
-                    loss, aux, grad_norm = train_step(step)
+                loss, aux, grad_norm = train_step(step)
                 state["step"] = step + 1
                 state["tokens"] += step_tokens
                 took = time.perf_counter() - tick
@@ -315,8 +327,14 @@ def train(
                 if has_aux:
                     line["aux_loss"] = aux
                 final = _done(state, settings, horizon)
+                reached = False
                 if final or (settings.eval_every and state["step"] % settings.eval_every == 0):
                     line["val_loss"] = evaluate()
+                    if task is not None:
+                        line["accuracy"] = task.evaluate(model, device)
+                        target = settings.target_accuracy
+                        reached = target is not None and line["accuracy"] >= target
+                        final = final or reached
                 metrics_file.write(json.dumps(line) + "\n")
                 metrics_file.flush()
                 history.append(line)
@@ -324,6 +342,9 @@ def train(
                 periodic = settings.save_every and state["step"] % settings.save_every == 0
                 if final or stop or periodic:
                     save(state["step"])
+                if reached:
+                    report.log(f"reached accuracy {line['accuracy']:.4f} at step {step + 1}")
+                    break
                 if stop:
                     report.log(
                         f"stopped by {signal.Signals(stop[0]).name} at step {state['step']}; "
@@ -332,6 +353,7 @@ def train(
                     break
             if not stop and state["step"] and not ckpt.checkpoints(run_dir):
                 save(state["step"])
+        peak = measure_memory() if state["step"] and not stop else None
     finally:
         restore()
 
@@ -357,8 +379,16 @@ def train(
             "limit": limit,
         },
         "interrupted": signal.Signals(stop[0]).name if stop else None,
-        "data": str(tokens.path),
+        "data": task.text if task is not None else str(tokens.path),
     }
+    if task is not None:
+        accuracies = [m["accuracy"] for m in history if "accuracy" in m]
+        summary["final_accuracy"] = accuracies[-1] if accuracies else None
+        summary["reached_target"] = bool(
+            accuracies
+            and settings.target_accuracy is not None
+            and accuracies[-1] >= settings.target_accuracy
+        )
     _write_atomic(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     return Run(run_dir, config, history, summary, model, stop[0] if stop else None)
 
@@ -403,13 +433,13 @@ def _write_run_files(
     config: ModelConfig,
     settings: TrainSettings,
     optim: OptimSettings,
-    tokens: TokenData,
+    tokens: Any,
 ) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     resolved = load_config(config)
     resolved.train, resolved.optim = to_tables(settings, optim)
     _write_atomic(run_dir / "config.toml", resolved.to_toml())
-    if (tokens.path / "tokenizer.json").is_file():
+    if tokens.path is not None and (tokens.path / "tokenizer.json").is_file():
         shutil.copyfile(tokens.path / "tokenizer.json", run_dir / "tokenizer.json")
     _write_atomic(run_dir / "data.json", json.dumps(tokens.meta, indent=2) + "\n")
 

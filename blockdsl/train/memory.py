@@ -8,16 +8,21 @@ Estimate (``estimate(plan, ...)``), in bytes, from the model plan and its shape 
 * activations of one micro-batch: what autograd keeps between forward and backward, taken as
   every value of the shape table (each node's output, at graph level) plus the steps inside
   components that declare them (q/k/v, attention outputs, MLP hidden units, experts), at the
-  precision's element size; attention score matrices are not counted (torch's fused attention
-  does not keep them);
+  precision's element size, less each component's last step (its output, already counted);
+  attention score matrices count only where soft-capping makes attention compute them
+  explicitly (twice: capped scores and probabilities; torch's fused attention keeps none);
+  a gated product keeps the activation too, a gated expert's hidden step four tensors;
 * the loss: cross-entropy keeps float32 log-probabilities of the logits and, in backward,
   their gradient: two more ``B × T × vocab`` float32 tensors.
 
-Measurement (``measure_peak``): one training step is run under ``torch.profiler`` with
-``profile_memory=True``; the allocator's events, summed in time order, give the step's peak
-above what was live before it (parameters, optimizer state, data), which is added back. On
-CUDA, ``torch.cuda.max_memory_allocated`` gives the same directly. Both count tensor memory
-only (not the Python interpreter or torch's own code), which is what the estimate predicts.
+Measurement (``measure_peak``): when the run is over, one more forward and backward of a
+micro-batch (with the optimizer state in place, and with accumulation the gradients too) runs
+under ``torch.profiler`` with ``profile_memory=True``; the allocator's events, summed in time
+order, give the peak above what was live before (parameters, gradients, optimizer state),
+which is added back. It runs after training because the profiler slows the later steps of the
+model it profiled (by about 10 % on CPU, measured with bench/train.py). On CUDA,
+``torch.cuda.max_memory_allocated`` gives the same directly. Both count tensor memory only (not
+the Python interpreter or torch's own code), which is what the estimate predicts.
 """
 
 from __future__ import annotations
@@ -65,9 +70,19 @@ def estimate(plan: Any, batch: int, seq: int, precision: str, optim: Any) -> Mem
     param_bytes = sum(p.numel() * p.element_size() for p in meta.parameters())
     table = shape_table(plan, batch=batch, seq=seq, depth=2, dtype=precision)
     inside = 0
-    for row in table.rows:
-        if row.kind == "step" and row.what != "scores":
-            inside += math.prod(row.concrete)
+    rows = table.rows
+    for index, row in enumerate(rows):
+        if row.kind != "step":
+            continue
+        last = index + 1 == len(rows) or rows[index + 1].kind != "step"
+        if last and row.level == 1:
+            continue  # a component's last step is its output, counted at graph level
+        if row.what == "scores":
+            # torch's fused attention keeps no score matrix; the explicit path (soft-capping)
+            # keeps two (the capped scores and the probabilities)
+            inside += 2 * math.prod(row.concrete) if _explicit_scores(plan, row.path) else 0
+            continue
+        inside += math.prod(row.concrete) * _copies(plan, row)
     activations = table.activation_bytes + inside * DTYPE_BYTES[precision]
     loss = 2 * batch * seq * plan.config.vocab * 4
     return MemoryEstimate(
@@ -77,6 +92,36 @@ def estimate(plan: Any, batch: int, seq: int, precision: str, optim: Any) -> Mem
         activations=activations,
         loss=loss,
     )
+
+
+def _copies(plan: Any, row: Any) -> int:
+    """Tensors autograd keeps per declared step: a gated product (``act*up``) keeps the
+    activation and the product; a gated expert's hidden step stands for gate, up,
+    activation and product."""
+    if "*" in row.what:
+        return 2
+    if row.what == "expert hidden" and _call_args(plan, row.path).get("gated"):
+        return 4
+    return 1
+
+
+def _explicit_scores(plan: Any, step_path: str) -> bool:
+    """Whether the attention call that owns the step at ``step_path`` materialises its
+    scores (``softcap`` set: ``blockdsl.components.attention.attend``)."""
+    return _call_args(plan, step_path).get("softcap") is not None
+
+
+def _call_args(plan: Any, step_path: str) -> dict[str, Any]:
+    """The resolved arguments of the component call that owns ``step_path``."""
+    call = step_path.split("/")[0]
+    block, _, attr = call.rpartition(".")
+    graphs = {"embed": plan.embed, "head": plan.head}
+    graphs.update({f"layers.{i}": graph for i, (_, graph) in enumerate(plan.layers)})
+    graph = graphs.get(block)
+    for spec in graph.modules.values() if graph is not None else ():
+        if spec.attr == attr:
+            return spec.args
+    return {}
 
 
 def available(device: torch.device) -> int | None:

@@ -42,6 +42,7 @@ class TrainSettings:
     max_memory: int | str | None = None  # bytes or "8GiB"; default: the memory available
     device: str = "auto"  # auto (cuda when available) | cpu | cuda
     log_every: int = 10  # steps between log lines when not on a terminal
+    target_accuracy: float | None = None  # --data task:...: stop once the test score reaches it
 
     @property
     def accumulation(self) -> int:
@@ -66,7 +67,7 @@ class OptimSettings:
 
 _POSITIVE_INT = ("batch_size", "global_batch_size", "seq_len", "eval_batches", "keep", "log_every")
 _NONNEG_INT = ("eval_every", "save_every", "seed", "warmup", "steps", "tokens")
-_NONNEG_FLOAT = ("lr", "min_lr", "weight_decay", "grad_clip", "time", "momentum")
+_NONNEG_FLOAT = ("lr", "min_lr", "weight_decay", "grad_clip", "time", "momentum", "target_accuracy")
 
 
 def resolve(config: ModelConfig) -> tuple[TrainSettings, OptimSettings]:

@@ -62,7 +62,7 @@ class HFExportError(ConfigError):
 
 
 def _hf() -> Any:
-    from blockdsl import hf
+    from blockdsl.interop import hf
 
     return hf
 
@@ -82,11 +82,12 @@ class _Record:
 
 
 def _records() -> list[_Record]:
-    """The importer's architectures, in its order."""
+    """The importer's architectures (``blockdsl.interop.hf.ARCHITECTURES``), in its order:
+    one record serves both directions."""
     hf = _hf()
     return [
-        _Record(name, cls, hf._CONFIGS[name], hf._WEIGHTS[name], hf._Mapper)
-        for name, cls in hf.SUPPORTED.items()
+        _Record(a.model_type, a.hf_class, a.config, a.weights, hf.WeightMapper)
+        for a in hf.ARCHITECTURES.values()
     ]
 
 

@@ -1,0 +1,595 @@
+"""``blockdsl compare``: is my block better? Train every variant on the same batches under the
+same budget, over seeds and learning rates, and tabulate (docs/compare.md).
+
+Each variant is a spec ``compile`` takes (a preset, a ``.toml``, a config), or a block string
+put in the ``base`` model in place of its ``block``; ``NAME=SPEC`` names it. Every run is a
+``blockdsl.train`` run in ``OUT/runs/``; a finished one is reused, an interrupted one resumed,
+so a comparison stopped half-way continues where it stopped. A variant whose memory estimate
+exceeds the budget is skipped with the reason. With several learning rates each variant
+reports its best (highest task score, or lowest validation loss), as the papers do.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import math
+import os
+import statistics
+import sys
+import types
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from blockdsl.config import ModelConfig, list_presets, load_config
+from blockdsl.errors import BudgetError, ConfigError
+
+COLUMNS = (
+    "name",
+    "status",
+    "params",
+    "flops_per_token",
+    "state_per_token",
+    "metric_mean",
+    "metric_std",
+    "loss_mean",
+    "tokens_per_s",
+    "peak_memory",
+    "best_lr",
+    "seeds",
+    "spec",
+)
+
+
+@dataclass
+class Variant:
+    name: str
+    spec: Any
+    config: ModelConfig
+
+
+@dataclass
+class Result:
+    """One variant's row: its best learning rate's runs summarised over seeds."""
+
+    name: str
+    spec: str
+    status: str = "ok"
+    params: int | None = None
+    flops_per_token: int | None = None
+    state_per_token: float | None = None
+    metric_mean: float | None = None
+    metric_std: float | None = None
+    loss_mean: float | None = None
+    tokens_per_s: float | None = None
+    peak_memory: int | None = None
+    best_lr: float | None = None
+    seeds: int = 0
+    #: every learning rate tried: lr -> (metric mean, metric std)
+    by_lr: dict[float, tuple[float, float]] = field(default_factory=dict)
+    #: the run directories of the best learning rate, one per seed
+    runs: list[Path] = field(default_factory=list)
+
+    def row(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in COLUMNS}
+
+
+@dataclass
+class Comparison:
+    """What ``compare`` returns: ``results`` (one per variant, in the order given), the metric's
+    name and direction, and where everything was written."""
+
+    out: Path
+    data: str
+    metric: str
+    higher_is_better: bool
+    results: list[Result]
+
+    def result(self, name: str) -> Result:
+        return next(r for r in self.results if r.name == name)
+
+    def best(self) -> Result | None:
+        ok = [r for r in self.results if r.status == "ok" and r.metric_mean is not None]
+        if not ok:
+            return None
+        key = (lambda r: r.metric_mean) if self.higher_is_better else (lambda r: -r.metric_mean)
+        return max(ok, key=key)
+
+    def table(self) -> Any:
+        """A ``rich`` table of the results."""
+        from rich.table import Table
+        from rich.text import Text
+
+        arrow = "↑" if self.higher_is_better else "↓"
+        table = Table(title=f"{self.data}: {self.metric} {arrow}")
+        for header in (
+            "variant",
+            "params",
+            "FLOPs/token",
+            "state/token",
+            f"{self.metric} (mean ± std)",
+            "val loss",
+            "tokens/s",
+            "peak memory",
+            "best lr",
+        ):
+            table.add_column(header, justify="left" if header == "variant" else "right")
+        best = self.best()
+        for r in self.results:
+            if r.status != "ok":
+                table.add_row(r.name, *[""] * 3, Text(r.status, style="yellow"), *[""] * 4)
+                continue
+            cells: list[Any] = _cells(r)
+            if best is not None and r is best:
+                cells[4] = Text(cells[4], style="bold green")
+            table.add_row(*cells)
+        return table
+
+    def to_csv(self) -> str:
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        for r in self.results:
+            writer.writerow({k: ("" if v is None else v) for k, v in r.row().items()})
+        return buffer.getvalue()
+
+    def to_markdown(self) -> str:
+        arrow = "higher is better" if self.higher_is_better else "lower is better"
+        lines = [
+            f"Data: `{self.data}`; metric: {self.metric} ({arrow}), mean ± std over seeds at "
+            "each variant's best learning rate.",
+            "",
+            f"| variant | params | FLOPs/token | state/token | {self.metric} | val loss | "
+            "tokens/s | peak memory | best lr |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for r in self.results:
+            if r.status != "ok":
+                lines.append(f"| {r.name} | | | | {r.status} | | | | |")
+            else:
+                lines.append("| " + " | ".join(_cells(r)) + " |")
+        return "\n".join(lines) + "\n"
+
+
+def _cells(r: Result) -> list[str]:
+    metric = "—" if r.metric_mean is None else f"{r.metric_mean:.4f}"
+    if r.metric_std is not None and r.seeds > 1:
+        metric += f" ± {r.metric_std:.4f}"
+    return [
+        r.name,
+        f"{r.params:,}" if r.params is not None else "",
+        f"{r.flops_per_token:,}" if r.flops_per_token is not None else "",
+        f"{r.state_per_token:,.0f}" if r.state_per_token is not None else "",
+        metric,
+        f"{r.loss_mean:.4f}" if r.loss_mean is not None else "",
+        f"{r.tokens_per_s:,.0f}" if r.tokens_per_s is not None else "",
+        _bytes(r.peak_memory),
+        f"{r.best_lr:g}" if r.best_lr is not None else "",
+    ]
+
+
+def _bytes(n: int | None) -> str:
+    if n is None:
+        return ""
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+
+# ==================================================================== variants
+def parse_variants(
+    specs: Sequence[Any], base: Any = "tiny", overrides: dict[str, Any] | None = None
+) -> list[Variant]:
+    """``NAME=SPEC`` or ``SPEC`` → named, validated variants (names unique)."""
+    overrides = overrides or {}
+    variants: list[Variant] = []
+    for index, item in enumerate(specs):
+        name, spec = _split_name(item, index)
+        if any(v.name == name for v in variants):
+            raise ConfigError(
+                f"two variants are named '{name}'",
+                hint="name them: NAME=SPEC (e.g. attn='Norm->Attn->+')",
+            )
+        config = _variant_config(spec, base, overrides)
+        variants.append(Variant(name, spec, config))
+    if not variants:
+        raise ConfigError("compare needs at least one SPEC", hint="e.g. blockdsl compare tiny")
+    return variants
+
+
+def _split_name(item: Any, index: int) -> tuple[str, Any]:
+    if isinstance(item, tuple) and len(item) == 2:
+        return str(item[0]), item[1]
+    if isinstance(item, str):
+        name, sep, rest = item.partition("=")
+        if sep and name.strip().isidentifier() and "->" not in name:
+            return name.strip(), rest.strip()
+        if _is_block_string(item):
+            return item.replace(" ", ""), item
+        return Path(item).stem if item.endswith(".toml") else item, item
+    return f"variant{index + 1}", item
+
+
+def _is_block_string(spec: Any) -> bool:
+    return isinstance(spec, str) and not (
+        spec in list_presets() or spec.endswith(".toml") or Path(spec).is_file()
+    )
+
+
+def _variant_config(spec: Any, base: Any, overrides: dict[str, Any]) -> ModelConfig:
+    if _is_block_string(spec) or isinstance(spec, list):
+        config = load_config(base)
+        if "block" not in config.blocks:
+            raise ConfigError(
+                f"the base model {base!r} has no [blocks] block to put '{spec}' in",
+                hint="give a base whose layers repeat a block named 'block' (e.g. tiny)",
+            )
+        config = load_config(config, blocks={"block": spec})
+    else:
+        config = load_config(spec)
+    return load_config(config, **overrides) if overrides else config
+
+
+# ==================================================================== running
+def compare(
+    specs: Sequence[Any],
+    *,
+    data: str | os.PathLike,
+    out: str | os.PathLike,
+    base: Any = "tiny",
+    steps: int | None = None,
+    tokens: int | None = None,
+    time: float | None = None,
+    seeds: Sequence[int] = (0,),
+    lrs: Sequence[float] | None = None,
+    max_memory: int | str | None = None,
+    progress: bool | None = None,
+    plot: bool = True,
+    **overrides: Any,
+) -> Comparison:
+    """Train every variant of ``specs`` on ``data`` (a prepared directory or ``task:...``)
+    for each seed and learning rate under one budget (``steps``, ``tokens`` or ``time``),
+    writing runs, ``summary.csv``, ``summary.md`` and ``curves.png`` (with matplotlib) to
+    ``out``. ``overrides`` set config keys of every variant (``d_model=64``,
+    ``train={"batch_size": 32}``). Returns the ``Comparison``."""
+    from blockdsl.tasks.data import open_task
+
+    out = Path(out)
+    data_text = str(data)
+    task = open_task(data_text, 0)
+    overrides = dict(overrides)
+    if task is not None:
+        # A task fixes the vocabulary and the sequence length; the model follows unless told.
+        overrides.setdefault("vocab", task.vocab)
+    variants = parse_variants(specs, base, overrides)
+    if task is not None:
+        for v in variants:
+            if "context" not in overrides and v.config.context < task.seq_len:
+                v.config = load_config(v.config, context=task.seq_len)
+            if "seq_len" not in v.config.train:
+                v.config = load_config(v.config, train={**v.config.train, "seq_len": task.seq_len})
+    budget = {k: v for k, v in (("steps", steps), ("tokens", tokens), ("time", time)) if v}
+    if not budget and not any(k in v.config.train for v in variants for k in _BUDGETS):
+        raise ConfigError(
+            "compare needs a budget: --steps, --tokens or --time",
+            hint="every variant gets the same budget, e.g. --steps 200",
+        )
+    seeds = list(seeds) or [0]
+    lr_grid: list[float | None] = list(lrs) if lrs else [None]
+    metric = "accuracy" if task is not None else "val_loss"
+    higher = task is not None
+    out.mkdir(parents=True, exist_ok=True)
+
+    runs = [(v, lr, seed) for v in variants for lr in lr_grid for seed in seeds]
+    reporter = _Progress(progress, len(runs))
+    results: list[Result] = []
+    with reporter:
+        for variant in variants:
+            result = Result(variant.name, str(variant.spec))
+            results.append(result)
+            per_lr: dict[float | None, list[dict[str, Any]]] = {}
+            over = _over_budget(_run_config(variant, budget, seeds[0], lr_grid[0]), max_memory)
+            if over is not None:
+                result.status = f"skipped: {over}"
+                reporter.log(f"{variant.name}: {result.status}")
+                reporter.done += len(lr_grid) * len(seeds)
+                continue
+            for lr in lr_grid:
+                for seed in seeds:
+                    reporter.advance(f"{variant.name} lr={lr or 'default'} seed={seed}")
+                    try:
+                        record = _run(variant, data_text, out, budget, seed, lr, max_memory)
+                    except BudgetError as exc:  # e.g. a measured limit the estimate missed
+                        result.status = f"skipped: {exc.message}"
+                        break
+                    per_lr.setdefault(lr, []).append(record)
+                if result.status != "ok":
+                    break
+            if result.status == "ok":
+                _summarise(result, per_lr, higher)
+    comparison = Comparison(out, data_text, metric, higher, results)
+    _write(out / "summary.csv", comparison.to_csv())
+    _write(out / "summary.md", comparison.to_markdown())
+    _write(
+        out / "compare.json",
+        json.dumps(
+            {
+                "data": data_text,
+                "metric": metric,
+                "budget": budget,
+                "seeds": seeds,
+                "lrs": lrs and list(lrs),
+                "variants": [{"name": v.name, "spec": str(v.spec)} for v in variants],
+            },
+            indent=2,
+        )
+        + "\n",
+    )
+    if plot:
+        plot_curves(comparison, out / "curves.png")
+    return comparison
+
+
+_BUDGETS = ("steps", "tokens", "time")
+
+
+def _run(
+    variant: Variant,
+    data: str,
+    out: Path,
+    budget: dict[str, Any],
+    seed: int,
+    lr: float | None,
+    max_memory: Any,
+) -> dict[str, Any]:
+    """Train one (variant, lr, seed), or read it back when ``out`` holds it finished."""
+    from blockdsl.train.loop import Run, train
+
+    config = _run_config(variant, budget, seed, lr)
+    key = hashlib.sha256((config.to_toml() + data).encode()).hexdigest()[:10]
+    lr_text = f"-lr{lr:g}" if lr is not None else ""
+    run_dir = out / "runs" / f"{_safe(variant.name)}-seed{seed}{lr_text}-{key}"
+    summary_path = run_dir / "summary.json"
+    if summary_path.is_file():
+        summary = json.loads(summary_path.read_text())
+        if summary.get("interrupted") is None:
+            return _record(Run.load(run_dir), lr)
+    run = train(
+        config,
+        data=data,
+        out=run_dir,
+        resume=run_dir.is_dir(),
+        max_memory=max_memory,
+        progress=False,
+    )
+    if run.interrupted:
+        raise KeyboardInterrupt
+    return _record(Run.load(run_dir), lr)
+
+
+def _run_config(variant: Variant, budget: dict[str, Any], seed: int, lr: float | None) -> Any:
+    train_table = {**variant.config.train, **budget, "seed": seed}
+    optim_table = dict(variant.config.optim)
+    if lr is not None:
+        optim_table["lr"] = lr
+    return load_config(variant.config, train=train_table, optim=optim_table)
+
+
+def _over_budget(config: ModelConfig, max_memory: Any) -> str | None:
+    """Why ``config``'s training would not fit the memory budget (None: it fits), from the
+    training loop's own estimate, before anything is built or trained."""
+    import torch
+
+    from blockdsl.model import ModelPlan
+    from blockdsl.train import memory
+    from blockdsl.train.settings import parse_bytes, resolve
+
+    settings, optim = resolve(config)
+    plan = ModelPlan(config)
+    estimate = memory.estimate(
+        plan, settings.batch_size, settings.seq_len, settings.precision, optim
+    )
+    if max_memory is not None:
+        limit = parse_bytes(max_memory)
+    elif settings.max_memory is not None:
+        limit = parse_bytes(settings.max_memory, "[train] max_memory")
+    else:
+        cuda = settings.device == "cuda" or (
+            settings.device == "auto" and torch.cuda.is_available()
+        )
+        limit = memory.available(torch.device("cuda" if cuda else "cpu"))
+    if limit is None or estimate.total <= limit:
+        return None
+    return (
+        f"memory estimate {_bytes(estimate.total)} (batch {settings.batch_size}×"
+        f"{settings.seq_len}) over the budget of {_bytes(limit)}"
+    )
+
+
+def _record(run: Any, lr: float | None) -> dict[str, Any]:
+    metrics, summary = run.metrics, run.summary
+    evals = [m for m in metrics if "val_loss" in m]
+    accuracy = [m["accuracy"] for m in metrics if "accuracy" in m]
+    speeds = [m["tokens_per_s"] for m in metrics[1:]] or [m["tokens_per_s"] for m in metrics]
+    return {
+        "dir": run.dir,
+        "lr": lr if lr is not None else run.config.optim.get("lr"),
+        "accuracy": accuracy[-1] if accuracy else None,
+        "val_loss": evals[-1]["val_loss"] if evals else None,
+        "tokens_per_s": statistics.median(speeds) if speeds else None,
+        "peak_memory": (summary.get("memory") or {}).get("measured_peak"),
+        "params": summary.get("params"),
+        "flops_per_token": summary.get("flops_per_token"),
+        "state_per_token": state_per_token(run.config),
+    }
+
+
+def state_per_token(config: ModelConfig) -> float:
+    """Decoding-state elements (KV cache, recurrent and convolution state) a sequence of
+    ``[train] seq_len`` (default: the context) holds, per token of that sequence."""
+    from blockdsl.model import ModelPlan
+
+    seq = int(config.train.get("seq_len", config.context))
+    plan = ModelPlan(config)
+
+    def elements(graph: Any) -> int:
+        total = 0
+        for spec in graph.modules.values():
+            total += spec.component.state_size(spec.d_in, spec.args, seq)
+            total += sum(elements(child) for child in spec.children)
+        return total
+
+    return sum(elements(g) for g in plan.graphs()) / seq
+
+
+def _summarise(result: Result, per_lr: dict[Any, list[dict[str, Any]]], higher: bool) -> None:
+    metric_key = "accuracy" if higher else "val_loss"
+
+    def stats(records: list[dict[str, Any]], key: str) -> tuple[float | None, float | None]:
+        values = [r[key] for r in records if r[key] is not None and math.isfinite(r[key])]
+        if not values:
+            return None, None
+        return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+    scored = {}
+    for lr, records in per_lr.items():
+        mean, std = stats(records, metric_key)
+        scored[lr] = (mean, std)
+        if mean is not None and lr is not None:
+            result.by_lr[lr] = (mean, std or 0.0)
+    candidates = [lr for lr, (mean, _) in scored.items() if mean is not None]
+    if not candidates:
+        result.status = "failed: no finite metric"
+        return
+    pick = max if higher else min
+    best = pick(candidates, key=lambda lr: scored[lr][0])
+    records = per_lr[best]
+    first = records[0]
+    result.best_lr = first["lr"]
+    result.metric_mean, result.metric_std = scored[best]
+    result.loss_mean = stats(records, "val_loss")[0]
+    result.tokens_per_s = stats(records, "tokens_per_s")[0]
+    peaks = [r["peak_memory"] for r in records if r["peak_memory"]]
+    result.peak_memory = max(peaks) if peaks else None
+    result.params = first["params"]
+    result.flops_per_token = first["flops_per_token"]
+    result.state_per_token = first["state_per_token"]
+    result.seeds = len(records)
+    result.runs = [r["dir"] for r in records]
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[:60]
+
+
+def _write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+class _Progress:
+    """A rich progress bar over the runs on a terminal; log lines otherwise."""
+
+    def __init__(self, progress: bool | None, total: int) -> None:
+        self.mode = (
+            "bar"
+            if progress is True or (progress is None and sys.stdout.isatty())
+            else ("quiet" if progress is False else "lines")
+        )
+        self.total, self.done = total, 0
+
+    def __enter__(self) -> _Progress:
+        if self.mode == "bar":
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+            self.bar = Progress(
+                TextColumn("runs"),
+                MofNCompleteColumn(),
+                BarColumn(),
+                TextColumn("{task.fields[now]}"),
+            )
+            self.bar.__enter__()
+            self.task = self.bar.add_task("compare", total=self.total, now="")
+        return self
+
+    def advance(self, what: str) -> None:
+        if self.mode == "bar":
+            self.bar.update(self.task, completed=self.done, now=what)
+        elif self.mode == "lines":
+            print(f"[{self.done + 1}/{self.total}] {what}", flush=True)
+        self.done += 1
+
+    def log(self, message: str) -> None:
+        if self.mode == "bar":
+            self.bar.console.print(message)
+        elif self.mode == "lines":
+            print(message, flush=True)
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.mode == "bar":
+            self.bar.update(self.task, completed=self.done)
+            self.bar.__exit__(*exc)
+
+
+# ==================================================================== plot
+def plot_curves(comparison: Comparison, path: Path) -> bool:
+    """``curves.png``: loss and the metric against tokens and against wall time, one line per
+    variant (its best learning rate, first seed). False when matplotlib is not installed
+    (the ``plot`` extra)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    from blockdsl.train.loop import read_metrics
+
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
+    for result in comparison.results:
+        if result.status != "ok" or not result.runs:
+            continue
+        metrics = read_metrics(Path(result.runs[0]) / "metrics.jsonl")
+        tokens = [m["tokens"] for m in metrics]
+        elapsed = [m["elapsed"] for m in metrics]
+        loss = [m["loss"] for m in metrics]
+        evals = [m for m in metrics if comparison.metric in m]
+        for column, xs, eval_x in ((0, tokens, "tokens"), (1, elapsed, "elapsed")):
+            axes[0][column].plot(xs, loss, label=result.name, linewidth=1)
+            axes[1][column].plot(
+                [m[eval_x] for m in evals],
+                [m[comparison.metric] for m in evals],
+                marker="o",
+                markersize=3,
+                label=result.name,
+            )
+    for column, label in ((0, "tokens"), (1, "wall time (s)")):
+        axes[0][column].set_ylabel("training loss")
+        axes[1][column].set_ylabel(comparison.metric)
+        for row in (0, 1):
+            axes[row][column].set_xlabel(label)
+            axes[row][column].grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle(comparison.data)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return True
+
+
+class _CallableModule(types.ModuleType):
+    """``blockdsl.compare(...)`` calls ``compare`` whether ``blockdsl.compare`` names this
+    module (once imported, Python binds the package attribute to it) or the function."""
+
+    def __call__(self, specs: Sequence[Any], **kwargs: Any) -> Comparison:
+        return compare(specs, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
+
+__all__ = ["COLUMNS", "Comparison", "Result", "Variant", "compare", "parse_variants"]

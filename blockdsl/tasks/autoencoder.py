@@ -1,0 +1,80 @@
+"""MAD's ``AutoEncoder`` backbone (``mad/model/auto_encoder.py``) around a blockdsl model, for
+the compression task: the model's embedding and layers encode the sequence, the features at
+its last position are the encoding, and MAD's fixed decoder (encoding plus a sinusoidal
+position embedding, then LayerNorm → Linear → GELU → LayerNorm → Linear → GELU at each
+position) feeds the model's own head to rebuild every token."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def sincos_positions(count: int, dim: int) -> torch.Tensor:
+    """fairseq's sinusoidal table, as MAD's ``posemb_sincos_1d``."""
+    half = dim // 2
+    rate = math.log(10000) / max(half - 1, 1)
+    freqs = torch.exp(torch.arange(half, dtype=torch.float) * -rate)
+    angles = torch.arange(count, dtype=torch.float).unsqueeze(1) * freqs.unsqueeze(0)
+    table = torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)
+    if dim % 2:
+        table = torch.cat([table, torch.zeros(count, 1)], dim=1)
+    return table
+
+
+class AutoEncoder(nn.Module):
+    def __init__(self, model: nn.Module, seq_len: int) -> None:
+        super().__init__()
+        self.model = model
+        self.config = getattr(model, "config", None)
+        dim = model.config.d_model
+        self.register_buffer("positions", sincos_positions(seq_len, dim), persistent=False)
+        self.decoder = nn.Sequential(
+            nn.LayerNorm(dim),
+            nn.Linear(dim, dim),
+            nn.GELU(),
+            nn.LayerNorm(dim),
+            nn.Linear(dim, dim),
+            nn.GELU(),
+        )
+        for module in self.decoder.modules():  # MAD's _init_weights
+            if isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, mean=0.0, std=0.02)
+                nn.init.zeros_(module.bias)
+
+    @property
+    def _combiners(self) -> list:
+        return self.model._combiners
+
+    def forward(
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None, *, return_aux: bool = False
+    ) -> Any:
+        """Logits ``(B, T, vocab)`` of the rebuilt sequence; with ``targets``,
+        ``(logits, loss)``, the loss adding the encoder's auxiliary losses; with
+        ``return_aux`` the auxiliary loss is appended (as ``LanguageModel.forward``)."""
+        model = self.model
+        collected: list[list[torch.Tensor]] = [[] for _ in model._combiners]
+        context = {"positions": None, "memory": None}
+        x = model._run(0, model.embed, idx, context, collected)
+        for index, layer in enumerate(model.layers, start=1):
+            x = model._run(index, layer, x, context, collected)
+        encoding = x[:, -1]
+        decoded = self.decoder(encoding.unsqueeze(1) + self.positions[: idx.shape[1]].to(x.dtype))
+        logits = model._run(len(model.layers) + 1, model.head, decoded, context, collected)
+        aux = None
+        if model._combiners:
+            aux = sum(combine(values) for combine, values in zip(model._combiners, collected))
+        outputs: tuple[torch.Tensor, ...] = (logits,)
+        if targets is not None:
+            loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+            outputs += (loss if aux is None else loss + aux,)
+        if return_aux:
+            outputs += (aux if aux is not None else logits.new_zeros(()),)
+        return outputs[0] if len(outputs) == 1 else outputs
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())

@@ -1,0 +1,140 @@
+"""blockdsl compare: variants on the same batches, skip of an over-budget variant with its
+reason, reuse of finished runs, the output files, and training on a task."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import pytest
+
+import blockdsl
+from blockdsl.cli import main
+from blockdsl.compare import COLUMNS, compare, parse_variants
+from blockdsl.errors import ConfigError
+
+TASK = "task:mqar,vocab=64,seq=16,pairs=2,train=64,test=16"
+SMALL = {
+    "d_model": 16,
+    "layers": "block*1",
+    "defaults": {"Attn": {"heads": 2, "kv_heads": 2}, "MLP": {"hidden": 32}},
+    "train": {"batch_size": 4, "eval_every": 2},
+}
+
+
+def _runs(out):
+    return sorted(p.name for p in (out / "runs").iterdir())
+
+
+def test_compare_trains_reuses_and_skips_with_reason(tmp_path):
+    out = tmp_path / "cmp"
+    specs = [
+        "attn=Norm->Attn->+",
+        "conv=Norm->Conv->+->Norm->MLP->+",
+        "big=Norm->MLP(hidden=100000)->+",
+    ]
+    first = compare(
+        specs,
+        data=TASK,
+        out=out,
+        steps=2,
+        seeds=[0, 1],
+        max_memory="6MB",
+        plot=False,
+        progress=False,
+        **SMALL,
+    )
+    by_name = {r.name: r for r in first.results}
+    assert by_name["attn"].status == "ok" and by_name["conv"].status == "ok"
+    assert by_name["big"].status.startswith("skipped: memory estimate")
+    assert "over the budget of" in by_name["big"].status
+    assert by_name["attn"].seeds == 2 and 0.0 <= by_name["attn"].metric_mean <= 1.0
+    assert by_name["attn"].params < by_name["conv"].params
+    runs = _runs(out)
+    assert len(runs) == 4 and not any(name.startswith("big") for name in runs)
+
+    rows = list(csv.DictReader(io.StringIO((out / "summary.csv").read_text())))
+    assert tuple(rows[0]) == COLUMNS
+    assert [r["status"] for r in rows] == ["ok", "ok", by_name["big"].status]
+    assert "| big |" in (out / "summary.md").read_text()
+
+    # The same batches for every variant: the same task, data seed and (seed, step) order.
+    data = {
+        name.split("-")[0] + name.split("-")[1]: (out / "runs" / name / "data.json").read_text()
+        for name in runs
+    }
+    assert data["attnseed0"] == data["convseed0"] != data["attnseed1"] == data["convseed1"]
+
+    # Reuse: a second comparison trains nothing and reports the same numbers.
+    stamps = {n: (out / "runs" / n / "metrics.jsonl").stat().st_mtime_ns for n in runs}
+    again = compare(
+        specs,
+        data=TASK,
+        out=out,
+        steps=2,
+        seeds=[0, 1],
+        max_memory="6MB",
+        plot=False,
+        progress=False,
+        **SMALL,
+    )
+    assert _runs(out) == runs
+    assert stamps == {n: (out / "runs" / n / "metrics.jsonl").stat().st_mtime_ns for n in runs}
+    assert [r.metric_mean for r in again.results] == [r.metric_mean for r in first.results]
+
+
+def test_interrupted_run_is_resumed_not_restarted(tmp_path):
+    out = tmp_path / "cmp"
+    compare(["Norm->Attn->+"], data=TASK, out=out, steps=2, plot=False, progress=False, **SMALL)
+    (run,) = (out / "runs").iterdir()
+    summary = json.loads((run / "summary.json").read_text())
+    summary["interrupted"] = "SIGTERM"  # as a stopped run leaves it
+    (run / "summary.json").write_text(json.dumps(summary))
+    result = compare(
+        ["Norm->Attn->+"], data=TASK, out=out, steps=2, plot=False, progress=False, **SMALL
+    )
+    assert result.results[0].status == "ok"
+    assert json.loads((run / "summary.json").read_text())["interrupted"] is None
+
+
+def test_learning_rate_grid_reports_the_best(tmp_path):
+    result = compare(
+        ["Norm->Attn->+"],
+        data=TASK,
+        out=tmp_path,
+        steps=3,
+        lrs=[1e-6, 3e-2],
+        plot=False,
+        progress=False,
+        **SMALL,
+    ).results[0]
+    assert set(result.by_lr) == {1e-6, 3e-2}
+    best = max(result.by_lr, key=lambda lr: result.by_lr[lr][0])
+    assert result.best_lr == best and result.metric_mean == result.by_lr[best][0]
+
+
+def test_variants_are_named_and_put_in_the_base():
+    variants = parse_variants(["a=Norm->Attn->+", "Norm->MLP->+", "tiny"], overrides={})
+    assert [v.name for v in variants] == ["a", "Norm->MLP->+", "tiny"]
+    assert variants[0].config.blocks["block"] == "Norm->Attn->+"
+    assert variants[0].config.layers == variants[2].config.layers  # tiny's layers
+    with pytest.raises(ConfigError, match="two variants are named 'a'"):
+        parse_variants(["a=tiny", "a=llama"])
+    with pytest.raises(ConfigError, match="needs a budget"):
+        compare(["tiny"], data=TASK, out="unused")
+
+
+def test_blockdsl_compare_is_callable_and_the_cli_prints_the_table(tmp_path, capsys):
+    import blockdsl.compare as module
+
+    assert callable(blockdsl.compare) and callable(module)
+    argv = ["compare", "attn=Norm->Attn->+", "--data", TASK, "--steps", "2"]
+    argv += ["--out", str(tmp_path), "--set", "d_model=16", "--set", "layers='block*1'"]
+    argv += ["--set", "defaults.Attn.heads=2", "--set", "train.batch_size=4", "--quiet"]
+    code = main(argv)
+    printed = capsys.readouterr().out
+    assert code == 0 and "attn" in printed and "accuracy" in printed
+    assert (tmp_path / "curves.png").stat().st_size > 1000  # matplotlib is in dev
+    assert main(["compare", "x", "--data", TASK, "--steps", "2", "--seeds", "a"]) == 2
+    assert "--seeds expects comma-separated numbers" in capsys.readouterr().err

@@ -1,0 +1,169 @@
+"""Acceptance of generation (issue 15): over architectures drawn by blockdsl's own Hypothesis
+strategies the cache changes neither tokens nor (beyond 1e-5) logits, batches equal prompts
+alone, and every imported Hugging Face architecture continues exactly like transformers'
+``generate(do_sample=False)``."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+import blockdsl
+from blockdsl.generate import stream
+from blockdsl.lower import noncausal_call
+from blockdsl.testing import model_configs
+
+TOL = 1e-5
+VOCAB, CONTEXT = 32, 24
+#: The drawn models' components: attention as drawn from its schema and, so that every kind
+#: is drawn often, with a sliding window, ALiBi and soft-capping bound by aliases; Conv and
+#: Shift; MoE (with children); and the per-token pieces around them.
+REGISTRY = blockdsl.REGISTRY.copy()
+REGISTRY.register_alias("WindowAttn", "Attn", window=3, heads=2)
+REGISTRY.register_alias("AlibiAttn", "Attn", pos="alibi", heads=2)
+REGISTRY.register_alias("CappedAttn", "Attn", softcap=2.0, heads=2, window=4)
+COMPONENTS = [
+    "Norm",
+    "Attn",
+    "WindowAttn",
+    "AlibiAttn",
+    "CappedAttn",
+    "MLP",
+    "MoE",
+    "Conv",
+    "Shift",
+    "Scale",
+]
+
+
+def _causal(model) -> bool:
+    return all(noncausal_call(block.block_graph) is None for block in model.blocks())
+
+
+def _steps(model, prompts, n: int, use_cache: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Greedy tokens (B, n) and the logits they were chosen from (B, n, vocab)."""
+    pairs = list(stream(model, prompts, n, greedy=True, use_cache=use_cache, with_logits=True))
+    return torch.stack([t for t, _ in pairs], 1), torch.stack([lg for _, lg in pairs], 1)
+
+
+@settings(
+    max_examples=12,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(
+    config=model_configs(
+        COMPONENTS, vocab=VOCAB, context=CONTEXT, d_models=(8, 16), registry=REGISTRY
+    ),
+    seed=st.integers(0, 2**16),
+)
+def test_cache_is_exact_on_drawn_architectures(config, seed) -> None:
+    torch.manual_seed(seed)
+    model = blockdsl.build_model(config, registry=REGISTRY).eval()
+    assume(_causal(model))
+    assert model.cache_blocker() is None, model.cache_blocker()
+    gen = torch.Generator().manual_seed(seed)
+    prompts = [torch.randint(0, VOCAB, (n,), generator=gen).tolist() for n in (5, 2, 5, 9)]
+    tokens, logits = _steps(model, prompts, 8, use_cache=True)
+    ref_tokens, ref_logits = _steps(model, prompts, 8, use_cache=False)
+    # within 1e-5, absolutely or relative to the logit (drawn models without norms reach
+    # logits of a few units, where float32 rounding of a different summation order is ~1e-6)
+    torch.testing.assert_close(logits, ref_logits, rtol=TOL, atol=TOL)
+    assert torch.equal(tokens, ref_tokens)
+    # batched equals alone: the same tokens (and logits up to the batch's summation order)
+    for row, prompt in enumerate(prompts):
+        alone, alone_logits = _steps(model, [prompt], 8, use_cache=True)
+        assert torch.equal(alone[0], tokens[row])
+        torch.testing.assert_close(alone_logits[0], logits[row], rtol=TOL, atol=TOL)
+
+
+# ---------------------------------------------------------------- parity with transformers
+transformers = pytest.importorskip("transformers")
+
+V = 97
+
+
+def _hf_config(name: str):
+    llama = dict(
+        vocab_size=V,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        attn_implementation="eager",
+    )
+    gpt = dict(vocab_size=V, n_embd=32, n_layer=2, n_head=4, n_positions=64)
+    if name == "gpt2":
+        return transformers.GPT2LMHeadModel, transformers.GPT2Config(**gpt)
+    if name == "llama":
+        return transformers.LlamaForCausalLM, transformers.LlamaConfig(**llama)
+    if name == "mistral":
+        cfg = transformers.MistralConfig(**llama, sliding_window=6)
+        return transformers.MistralForCausalLM, cfg
+    if name == "mixtral":
+        cfg = transformers.MixtralConfig(
+            **llama, sliding_window=6, num_local_experts=4, num_experts_per_tok=2
+        )
+        return transformers.MixtralForCausalLM, cfg
+    if name == "gemma2":
+        cfg = transformers.Gemma2Config(
+            **{**llama, "head_dim": 8},
+            query_pre_attn_scalar=12,
+            sliding_window=6,
+            attn_logit_softcapping=5.0,
+            final_logit_softcapping=3.0,
+        )
+        return transformers.Gemma2ForCausalLM, cfg
+    if name == "gpt_neox":
+        cfg = transformers.GPTNeoXConfig(
+            vocab_size=V,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=64,
+            rotary_pct=0.5,
+            attn_implementation="eager",
+        )
+        return transformers.GPTNeoXForCausalLM, cfg
+    if name == "gptj":
+        cfg = transformers.GPTJConfig(**gpt, rotary_dim=4)
+        return transformers.GPTJForCausalLM, cfg
+    raise KeyError(name)
+
+
+def _import():
+    try:
+        from blockdsl.interop import hf
+    except ImportError:
+        from blockdsl import hf
+    return hf
+
+
+@pytest.mark.parametrize(
+    "name", ["gpt2", "llama", "mistral", "mixtral", "gemma2", "gpt_neox", "gptj"]
+)
+def test_greedy_continuations_equal_transformers_generate(name: str) -> None:
+    torch.manual_seed(0)
+    cls, cfg = _hf_config(name)
+    hf_model = cls(cfg).eval()
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # every weight random (norms too): no accidental agreement
+        for p in hf_model.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * (0.5 if p.ndim == 1 else 0.2))
+    hf_model.generation_config.eos_token_id = None  # run every step, as ours does
+    hf_model.generation_config.pad_token_id = V - 1  # never inferred from ids: mask given
+    model = _import().from_hf(hf_model)
+    ids = torch.randint(0, V, (2, 5), generator=gen)
+    n = 16  # past the sliding windows
+    with torch.no_grad():
+        theirs = hf_model.generate(
+            ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, do_sample=False
+        )
+    ours = model.generate(ids, n, greedy=True)
+    assert torch.equal(ours, theirs), f"{name}: ours {ours.tolist()} theirs {theirs.tolist()}"
