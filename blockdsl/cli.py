@@ -570,7 +570,33 @@ def cmd_check(args: argparse.Namespace, out: TextIO) -> int:
         f"ok: {len(plan.layers)} layers, d_model={config.d_model}, vocab={config.vocab}, "
         f"{_fmt_int(plan.params())} parameters\n"
     )
+    for label, paths in plan.shared_labels().items():
+        out.write(f"shared across layers: {label} in {_runs(paths)} (one module)\n")
     return 0
+
+
+def _runs(paths: list[str]) -> str:
+    """``layers.0-11, head``: consecutive layers as one run."""
+    out: list[str] = []
+    run: list[int] = []
+
+    def flush() -> None:
+        if run:
+            out.append(f"layers.{run[0]}" if len(run) == 1 else f"layers.{run[0]}-{run[-1]}")
+            run.clear()
+
+    for path in paths:
+        index = int(path.split(".")[1]) if path.startswith("layers.") else None
+        if index is not None and (not run or index == run[-1] + 1):
+            run.append(index)
+            continue
+        flush()
+        if index is None:
+            out.append(path)
+        else:
+            run.append(index)
+    flush()
+    return ", ".join(out)
 
 
 def cmd_components(args: argparse.Namespace, out: TextIO) -> int:

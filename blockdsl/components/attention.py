@@ -26,8 +26,15 @@ _SDPA_HAS_GQA = tuple(int(p) for p in torch.__version__.split(".")[:2]) >= (2, 5
 
 
 def _check_heads(
-    d_in: int, heads: int, kv_heads: int | None = None, head_dim: int | None = None, **_
+    d_in: int,
+    heads: int,
+    kv_heads: int | None = None,
+    head_dim: int | None = None,
+    dropout: float = 0.0,
+    **_,
 ) -> Problem:
+    if not 0.0 <= dropout < 1.0:
+        return f"dropout must be in [0, 1), got {dropout}"
     if heads <= 0:
         return f"heads must be positive, got {heads}"
     if head_dim is None and d_in % heads:
@@ -232,7 +239,7 @@ class _Projections(nn.Module):
         d_memory: int | None = None,
     ) -> None:
         super().__init__()
-        raise_problem(_check_heads(d_model, heads, kv_heads, head_dim))
+        raise_problem(_check_heads(d_model, heads, kv_heads, head_dim, dropout))
         kv, hd = _dims(d_model, heads, kv_heads, head_dim)
         self.heads, self.kv_heads, self.head_dim = heads, kv, hd
         self.groups = heads // kv  # query heads per kv head (GQA)

@@ -46,6 +46,7 @@ from torch import nn
 
 from blockdsl.errors import ConfigError
 from blockdsl.graph import BlockGraph
+from blockdsl.lower import module_attributes
 
 __all__ = ["HFExportError", "export_hf", "hf_config_for", "hf_state_dict"]
 
@@ -99,18 +100,20 @@ def _nodes(where: str, graph: BlockGraph) -> Iterator[tuple]:
     """``(where, step, ...)`` items describing a block: one per node (kind, component, module
     attribute, inputs) and one per resolved argument."""
     index = {node: i for i, (node, _) in enumerate(graph.nodes())}
+    attributes = module_attributes(graph)
     for step, (_, data) in enumerate(graph.nodes()):
         inputs = tuple(index[n] for n in data["inputs"])
         if data["kind"] != "call":
             yield (where, step, "node", data["kind"], "", "", inputs)
             continue
         spec = graph.modules[data["module"]]
-        label = "label" if spec.label is not None else ""
-        yield (where, step, "node", "call", spec.component.name, spec.attr, inputs, label)
+        attr = attributes[data["module"]]
+        label = "" if spec.label is None else "##" if spec.global_label else "#"  # the scope
+        yield (where, step, "node", "call", spec.component.name, attr, inputs, label)
         for name, value in sorted(spec.args.items()):
             yield (where, step, "arg", name, _hashable(value))
         for c, child in enumerate(spec.children):
-            yield from _nodes(f"{where}.{spec.attr}[{c}]", child)
+            yield from _nodes(f"{where}.{attr}[{c}]", child)
 
 
 def _hashable(value: Any) -> Any:
