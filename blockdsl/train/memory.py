@@ -35,6 +35,7 @@ from typing import Any
 
 import torch
 
+from blockdsl.lower import module_attributes
 from blockdsl.shapes import DTYPE_BYTES, shape_table
 
 
@@ -120,9 +121,7 @@ def _call_args(plan: Any, step_path: str) -> dict[str, Any]:
     graph = graphs.get(block)
     if graph is None:
         return {}
-    from blockdsl.lower import module_attributes
-
-    for key, name in module_attributes(graph).items():  # lowering names the attributes
+    for key, name in module_attributes(graph).items():
         if name == attr:
             return graph.modules[key].args
     return {}
