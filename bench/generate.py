@@ -121,6 +121,11 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     import transformers
 
+    record = None
+    if args.json:  # made first: it notes the machine's load before the runs
+        from bench.record import Record
+
+        record = Record("generate", "Generation: tokens/s with and without the cache")
     context = PROMPT + max(32, *args.tokens)  # 32: the agreement check below
     hf_model, model = tiny_llama(context)
     print(
@@ -170,10 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         ]
         rows.append(row)
         print("| " + " | ".join(str(v) for v in row) + " |", flush=True)
-    if args.json:
-        from bench.record import Record
-
-        record = Record("generate", "Generation: tokens/s with and without the cache")
+    if record is not None:
         record.table(
             columns,
             rows,
