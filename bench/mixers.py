@@ -208,6 +208,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ref-limit", type=float, default=60.0)
     parser.add_argument("--no-reference", action="store_true")
     parser.add_argument("--markdown", action="store_true", help="print a markdown table")
+    parser.add_argument(
+        "--json", action="store_true", help="write bench/results/mixers.json (bench/report.py)"
+    )
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     D, context = args.d_model, max(args.seq)
@@ -244,6 +247,23 @@ def main(argv: list[str] | None = None) -> int:
                   f"{ours / T * 1e6:8.1f} us/token  {ours / med[attn_call]:5.2f}x attn  {ref_s}",
                   flush=True)  # fmt: skip
 
+    columns = ["mixer", "T", "step (ms)", "µs/token", "vs attention", "transformers (ms)",
+               "blockdsl / transformers"]  # fmt: skip
+    table = []
+    for call, T, ours, vs_attn, ref_t, has_ref in rows:
+        ref_cells = (
+            [round(ref_t * 1e3, 1), f"{ours / ref_t:.3f}×"]
+            if ref_t is not None
+            else (["skipped (too slow)", "–"] if has_ref else ["–", "–"])
+        )
+        table.append([f"`{call}`", T, round(ours * 1e3, 1), round(ours / T * 1e6, 1),
+                      f"{vs_attn:.2f}×", *ref_cells])  # fmt: skip
+    if args.json:
+        from bench.record import Record
+
+        record = Record("mixers", "Training step of each sequence mixer")
+        record.table(columns, table, caption=f"d_model={D}, batch={args.batch}")
+        print(f"wrote {record.write()}")
     if args.markdown:
         threads = torch.get_num_threads()
         print(f"\n{platform.processor() or platform.machine()}, torch {torch.__version__}, "

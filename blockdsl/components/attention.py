@@ -26,8 +26,15 @@ _SDPA_HAS_GQA = tuple(int(p) for p in torch.__version__.split(".")[:2]) >= (2, 5
 
 
 def _check_heads(
-    d_in: int, heads: int, kv_heads: int | None = None, head_dim: int | None = None, **_
+    d_in: int,
+    heads: int,
+    kv_heads: int | None = None,
+    head_dim: int | None = None,
+    dropout: float = 0.0,
+    **_,
 ) -> Problem:
+    if not 0.0 <= dropout < 1.0:
+        return f"dropout must be in [0, 1), got {dropout}"
     if heads <= 0:
         return f"heads must be positive, got {heads}"
     if head_dim is None and d_in % heads:
@@ -237,7 +244,7 @@ class _Projections(nn.Module):
         qk_norm_eps: float = 1e-6,
     ) -> None:
         super().__init__()
-        raise_problem(_check_heads(d_model, heads, kv_heads, head_dim))
+        raise_problem(_check_heads(d_model, heads, kv_heads, head_dim, dropout))
         kv, hd = _dims(d_model, heads, kv_heads, head_dim)
         self.heads, self.kv_heads, self.head_dim = heads, kv, hd
         self.groups = heads // kv  # query heads per kv head (GQA)
@@ -529,8 +536,9 @@ class Attn(_Projections):
         """The new tokens ``x`` (B, T, D) at ``positions`` (B, T), attending to the cache.
 
         Query heads are grouped by the kv head they read, ``(B, K, G*T, hd)``, so the cache is
-        never repeated; in eager mode only the cache up to the furthest position is read (under
-        ``torch.compile`` all of it, masked: static shapes)."""
+        never repeated; in eager mode only the slots some query may see are read, without a
+        mask when every row is at one position (under ``torch.compile`` the whole cache,
+        masked: static shapes)."""
         if positions is None:
             raise ValueError("Attn with a decoding state needs positions (B, T_new)")
         B, T = x.shape[:2]
@@ -547,15 +555,23 @@ class Attn(_Projections):
         slots = positions[:, None, :, None].expand(B, K, T, hd)
         cache_k.scatter_(2, slots, k.to(cache_k.dtype))
         cache_v.scatter_(2, slots, v.to(cache_v.dtype))
-        keys, values = cache_k, cache_v
-        if not torch.compiler.is_compiling():  # skip the never-written tail of the cache
-            used = int(positions.max()) + 1
-            keys, values = cache_k[:, :, :used], cache_v[:, :, :used]
-        j = torch.arange(keys.shape[2], device=x.device)  # (L,) key positions
+        keys, values, start, uniform = cache_k, cache_v, 0, False
+        if not torch.compiler.is_compiling():
+            # read only cache slots some query may see: none past the furthest position, none
+            # before the window of the nearest; one step of rows at one position sees them all
+            low, high = (int(p) for p in torch.aminmax(positions))
+            used = high + 1
+            if self.window is not None:
+                start = max(0, low - self.window + 1)
+            keys, values = cache_k[:, :, start:used], cache_v[:, :, start:used]
+            uniform = T == 1 and low == high
+        j = torch.arange(start, start + keys.shape[2], device=x.device)  # (L,) key positions
         distance = (positions[:, :, None] - j).repeat(1, G, 1)[:, None]  # (B, 1, G*T, L)
-        mask = distance >= 0  # causal (the cache past a row's position is never seen)
-        if self.window is not None:
-            mask = mask & (distance < self.window)
+        mask = None
+        if not uniform:
+            mask = distance >= 0  # causal (the cache past a row's position is never seen)
+            if self.window is not None:
+                mask = mask & (distance < self.window)
         bias = None
         if self.pos == "alibi":  # (B, K, G*T, L): query head k*G + g has slope alibi[k*G + g]
             slopes = self.alibi.view(K, G, 1).expand(K, G, T).reshape(K, G * T, 1)

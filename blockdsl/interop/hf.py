@@ -7,7 +7,8 @@
 
 Supported (``config.model_type``): ``gpt2``, ``llama``, ``mistral``, ``mixtral``, ``gemma2``,
 ``gpt_neox``, ``gptj``, ``lfm2`` and ``qwen3_next`` (the ``...ForCausalLM`` / ``GPT2LMHeadModel``
-classes). Each architecture
+classes); the state-space and hybrid ``mamba``, ``mamba2``, ``recurrent_gemma``, ``jamba``,
+``bamba`` and ``falcon_h1`` (``blockdsl.interop.hf_ssm``, docs/hybrids.md). Each architecture
 is one ``Architecture`` record (its transformers class, weight prefix, config mapping and weight
 mapping) in ``ARCHITECTURES``: adding an architecture is adding one record with
 ``register_architecture``. Each becomes an ordinary blockdsl config (a block string,
@@ -662,13 +663,11 @@ def _config_gptj(cfg: Any) -> dict:
     d, heads, L = cfg.n_embd, cfg.n_head, cfg.n_layer
     head_dim = d // heads
     rotary = cfg.rotary_dim if cfg.rotary_dim is not None else head_dim
-    # One LayerNorm feeds both parallel branches: a label per layer (a label is one module in
-    # the whole model, so each layer needs its own).
-    blocks = {f"layer{i}": f"Norm#ln{i}->Attn->+ | Norm#ln{i}->MLP->+" for i in range(L)}
+    # One LayerNorm feeds both parallel branches: a #label is one module per layer.
     return _config(
         cfg,
-        layers="->".join(blocks),
-        blocks=blocks,
+        layers=f"block*{L}",
+        blocks={"block": "Norm#ln->Attn->+ | Norm#ln->MLP->+"},
         defaults={
             "Norm": {"kind": "layer", "eps": cfg.layer_norm_epsilon, "bias": True},
             "Attn": {
@@ -696,7 +695,7 @@ def _weights_gptj(cfg: Any, m: WeightMapper) -> None:
     m.put("embed.embed.tok.weight", "transformer.wte.weight")
     for i in range(cfg.n_layer):
         p, q = f"transformer.h.{i}", f"layers.{i}"
-        m.norm(f"{q}.ln{i}", f"{p}.ln_1", bias=True)
+        m.norm(f"{q}.ln", f"{p}.ln_1", bias=True)
         for n, hf in (("q", "q_proj"), ("k", "k_proj"), ("v", "v_proj"), ("o", "out_proj")):
             m.linear(f"{q}.attn.{n}", f"{p}.attn.{hf}", bias=False)
         m.linear(f"{q}.mlp.up", f"{p}.mlp.fc_in", bias=True)
@@ -1104,3 +1103,8 @@ def from_pretrained_dir(
     load_weights(model, weights)
     model.eval()
     return model
+
+
+# The state-space and hybrid architectures (Mamba, Mamba2, RecurrentGemma, Jamba, Bamba,
+# Falcon-H1) are records in their own module; importing it registers them.
+from blockdsl.interop import hf_ssm as _hf_ssm  # noqa: E402, F401
