@@ -151,12 +151,13 @@ def _node_args(plan: Any) -> dict[tuple[str, int], Any]:
     out: dict[tuple[str, int], Any] = {}
 
     def visit(where: str, graph: BlockGraph) -> None:
+        attributes = module_attributes(graph)
         for step, (_, data) in enumerate(graph.nodes()):
             if data["kind"] == "call":
                 spec = graph.modules[data["module"]]
                 out[(where, step)] = spec
                 for c, child in enumerate(spec.children):
-                    visit(f"{where}.{spec.attr}[{c}]", child)
+                    visit(f"{where}.{attributes[data['module']]}[{c}]", child)
 
     visit("embed", plan.embed)
     for i, (_, graph) in enumerate(plan.layers):
