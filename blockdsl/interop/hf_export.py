@@ -361,8 +361,8 @@ class _Search:
         distance = self.evaluate(kwargs)[0]
         copied = set(self.copied)
         free = [f for f in self.field_list if f[0] not in copied]
-        for fields in (free, self.field_list):
-            for _ in range(4):  # sweeps
+        for fields, sweeps in ((free, 3), (self.field_list, 1)):
+            for _ in range(sweeps):
                 improved = False
                 for name, default in fields:
                     for value in self.candidates(name, kwargs.get(name, default)):
@@ -646,7 +646,10 @@ def _first_difference(target_plan: Any, target: Signature, fit: _Fit) -> str:
     if fit.plan is None:
         return f"the closest architecture, {fit.record.model_type}, imports nothing close"
     own_set, theirs_set = difference(target_plan, target, fit.plan)
-    own = sorted(own_set, key=_order)
+    # an unset argument (derived from others) differs only because something else does
+    own = sorted(
+        own_set, key=lambda i: (*_order(i)[:-1], i[2] == "arg" and i[4] is None, _order(i)[-1])
+    )
     theirs = sorted(theirs_set, key=_order)
     model_items = [i for i in own if i[0] == "model"]
     arch = f"{fit.record.model_type} ({fit.record.hf_class})"
