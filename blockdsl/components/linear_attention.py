@@ -353,7 +353,7 @@ def _gdn_steps(
 
 
 def _gdn_flops(d_in: int, seq: int, **args) -> int:
-    return sum(step[-1] for step in _gdn_steps(d_in, seq, 1, **args))
+    return sum(step[3] for step in _gdn_steps(d_in, seq, 1, **args))
 
 
 def _gdn_state_size(d_in: int, heads, v_heads=None, head_dim=None, v_head_dim=None, kernel=4, **_):
@@ -591,7 +591,7 @@ def _rwkv7_steps(
 
 
 def _rwkv7_flops(d_in: int, seq: int, **args) -> int:
-    return sum(step[-1] for step in _rwkv7_steps(d_in, seq, 1, **args))
+    return sum(step[3] for step in _rwkv7_steps(d_in, seq, 1, **args))
 
 
 def _rwkv7_state_size(d_in: int, head_dim=None, **_) -> int:
@@ -767,7 +767,7 @@ def _cmix_steps(d_in: int, seq: int, batch: int, hidden: int | None, mult: float
     out_features=same_size,
     mixes_positions=True,
     params=_cmix_params,
-    flops=lambda d_in, seq, **args: sum(s[-1] for s in _cmix_steps(d_in, seq, 1, **args)),
+    flops=lambda d_in, seq, **args: sum(s[3] for s in _cmix_steps(d_in, seq, 1, **args)),
     check=_check_cmix,
     state_size=lambda d_in, **_: d_in,
 )
