@@ -34,6 +34,9 @@ many tensors of that shape the forward keeps for backward (default 1; 0 for a st
 is never stored whole, like a scan's per-position states): the training memory estimate
 (``blockdsl.train.memory``) sums ``saved × size`` over the steps, so a component whose forward
 keeps more than its listed outputs (custom autograd functions, chunked scans) declares it here.
+A sixth, ``workspace``, says how many tensors of that shape its backward allocates at once and
+frees before returning (a chunked scan's recomputed states): the estimate adds the largest
+such workspace of the model once, since backward runs one component at a time.
 """
 
 from __future__ import annotations
@@ -71,6 +74,7 @@ class ShapeRow:
     block: str = ""
     node: str = ""
     saved: int = 1  # tensors of this shape kept for backward (a step's declared ``saved``)
+    workspace: int = 0  # tensors of this shape its backward allocates transiently
 
     @property
     def shape(self) -> str:
@@ -235,10 +239,11 @@ class _Tabulator:
         for step in hook(d_in=spec.d_in, seq=self.seq, batch=self.batch, **args):
             name, symbolic, concrete, flops = step[:4]
             saved = step[4] if len(step) > 4 else 1
+            workspace = step[5] if len(step) > 5 else 0
             self.rows.append(
                 ShapeRow(
                     f"{path}/{name}", "step", name, tuple(symbolic), tuple(concrete), None,
-                    flops, level, saved=saved,
+                    flops, level, saved=saved, workspace=workspace,
                 )
             )  # fmt: skip
 

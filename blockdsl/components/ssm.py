@@ -451,7 +451,7 @@ class Mamba(nn.Module):
     ) -> list[tuple]:
         """The steps inside, for ``blockdsl compile --show-shapes --depth 2``."""
         E, R = _mamba_sizes(d_in, expand, inner, dt_rank)
-        n = batch * seq
+        n, L = batch * seq, min(SCAN_CHUNK, seq)
         # The last element of each step is what the float32 forward keeps for backward (the
         # training memory estimate): in_proj's output (z is a view of it); the conv's padded
         # input, its output, the SiLU and the contiguous copies x_proj and the scan take of
@@ -479,6 +479,9 @@ class Mamba(nn.Module):
                 0,
                 1,
             ),
+            # backward recomputes one chunk at a time: its decays, states, dL/dy·C, dL/dh and
+            # dL/d(ΔA) with the product before it, all (B, L, E, N)
+            ("scan backward chunk", ("B", "L", "E", "N"), (batch, L, E, state), 0, 0, 6),
             ("C·h+Dx, gate", ("B", "T", "E"), (batch, seq, E), n * (2 * E * state + 3 * E), 3),
             ("out_proj", ("B", "T", "D"), (batch, seq, d_in), 2 * n * E * d_in),
         ]
