@@ -335,19 +335,28 @@ def _gdn_params(d_in: int, heads, v_heads, head_dim, v_head_dim, kernel, **_) ->
 
 
 def _gdn_steps(
-    d_in: int, seq: int, batch: int, heads, v_heads, head_dim, v_head_dim, kernel, **_
+    d_in: int, seq: int, batch: int, heads, v_heads, head_dim, v_head_dim, kernel, chunk=64, **_
 ) -> Steps:
     Hk, Hv, dk, dv = _gdn_dims(d_in, heads, v_heads, head_dim, v_head_dim)
     n = batch * seq
     conv_dim = 2 * Hk * dk + Hv * dv
+    padded = -(-seq // chunk) * chunk
+    # The last element of each step is what the float32 forward keeps for backward (the
+    # training memory estimate, measured with saved_tensors_hooks): qkvz (z is a view of it);
+    # the conv's padded input and output; within chunks the decay mask, k·k^T and its
+    # scaled form, A, q·k^T and the masked scores (C x C per position and head); about
+    # sixteen per-head K- or V-sized tensors of the WY form and the scan over chunks (q, k
+    # copies, right-hand sides and solutions, decayed q and k, per-chunk states); the
+    # gated norm's input, normalised values, gate and the output fed to out_proj.
     return [
         ("qkvz", ("B", "T", "2HK+2Hv·V"), (batch, seq, 2 * Hk * dk + 2 * Hv * dv),
-         2 * n * d_in * (2 * Hk * dk + 2 * Hv * dv)),
-        ("beta, decay", ("B", "T", "2Hv"), (batch, seq, 2 * Hv), 2 * n * d_in * 2 * Hv),
-        ("conv", ("B", "T", "2HK+Hv·V"), (batch, seq, conv_dim), 2 * n * conv_dim * kernel),
+         2 * n * d_in * (2 * Hk * dk + 2 * Hv * dv), 1),
+        ("beta, decay", ("B", "T", "2Hv"), (batch, seq, 2 * Hv), 2 * n * d_in * 2 * Hv, 2),
+        ("conv", ("B", "T", "2HK+Hv·V"), (batch, seq, conv_dim), 2 * n * conv_dim * kernel, 2),
         ("state", ("B", "Hv", "V", "K"), (batch, Hv, dv, dk), 0),
-        ("delta rule", ("B", "T", "Hv", "V"), (batch, seq, Hv, dv), 7 * n * Hv * dk * dv),
-        ("norm*gate", ("B", "T", "Hv", "V"), (batch, seq, Hv, dv), 4 * n * Hv * dv),
+        ("chunk masks", ("B", "Hv", "T", "C"), (batch, Hv, padded, chunk), 0, 6),
+        ("delta rule", ("B", "T", "Hv", "V"), (batch, seq, Hv, dv), 7 * n * Hv * dk * dv, 16),
+        ("norm*gate", ("B", "T", "Hv", "V"), (batch, seq, Hv, dv), 4 * n * Hv * dv, 5),
         ("out", ("B", "T", "D"), (batch, seq, d_in), 2 * n * Hv * dv * d_in),
     ]  # fmt: skip
 
