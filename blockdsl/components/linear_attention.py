@@ -582,19 +582,25 @@ def _rwkv7_params(d_in: int, head_dim, decay_rank, a_rank, gate_rank, **_) -> in
 
 
 def _rwkv7_steps(
-    d_in: int, seq: int, batch: int, head_dim, decay_rank, a_rank, gate_rank, **_
+    d_in: int, seq: int, batch: int, head_dim, decay_rank, a_rank, gate_rank, chunk=16, **_
 ) -> Steps:
     N, dw, da, dg = _rwkv7_dims(d_in, head_dim, decay_rank, a_rank, gate_rank)
     C, n, H = d_in, batch * seq, d_in // N
     btd = ("B", "T", "D")
     shape = (batch, seq, C)
+    # The last element of each step is what the float32 forward keeps for backward (the
+    # training memory estimate, measured with saved_tensors_hooks): the shifted and mixed
+    # inputs, r, k, v and the low-rank decay, a and gate branches; the state entering each
+    # chunk; about 33 per-head N-sized tensors of the chunked delta rule (its within-chunk
+    # products and their operand copies); the group norm, bonus and gate before out.
     return [
-        ("shift+mix", btd, shape, 7 * n * C),
-        ("r, k, v", btd, shape, 3 * 2 * n * C * C),
-        ("decay, a, gate", btd, shape, 2 * n * 2 * C * (dw + da + dg)),
+        ("shift+mix", btd, shape, 7 * n * C, 7),
+        ("r, k, v", btd, shape, 3 * 2 * n * C * C, 3),
+        ("decay, a, gate", btd, shape, 2 * n * 2 * C * (dw + da + dg), 4),
         ("state", ("B", "H", "N", "N"), (batch, H, N, N), 0),
-        ("delta rule", ("B", "T", "H", "N"), (batch, seq, H, N), 9 * n * H * N * N),
-        ("norm+bonus", btd, shape, 8 * n * C),
+        ("chunk states", ("B", "T/C", "H", "N", "N"), (batch, -(-seq // chunk), H, N, N), 0, 1),
+        ("delta rule", ("B", "T", "H", "N"), (batch, seq, H, N), 9 * n * H * N * N, 33),
+        ("norm+bonus", btd, shape, 8 * n * C, 6),
         ("out", btd, shape, 2 * n * C * C + n * C),
     ]
 
