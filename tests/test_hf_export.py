@@ -53,7 +53,7 @@ PRESETS = {
         "Gemma2ForCausalLM",
     ),
     "neox": ({"layers": "block*2", "defaults": {"Attn": {"heads": 4}}}, "GPTNeoXForCausalLM"),
-    "gptj": ({"layers": "l0->l1", "defaults": {"Attn": {"heads": 4}}}, "GPTJForCausalLM"),
+    "gptj": ({"layers": "block*2", "defaults": {"Attn": {"heads": 4}}}, "GPTJForCausalLM"),
 }
 
 

@@ -155,8 +155,9 @@ def _node_args(plan: Any) -> dict[tuple[str, int], Any]:
             if data["kind"] == "call":
                 spec = graph.modules[data["module"]]
                 out[(where, step)] = spec
+                attr = module_attributes(graph)[data["module"]]
                 for c, child in enumerate(spec.children):
-                    visit(f"{where}.{spec.attr}[{c}]", child)
+                    visit(f"{where}.{attr}[{c}]", child)
 
     visit("embed", plan.embed)
     for i, (_, graph) in enumerate(plan.layers):
