@@ -53,7 +53,7 @@ PRESETS = {
         "Gemma2ForCausalLM",
     ),
     "neox": ({"layers": "block*2", "defaults": {"Attn": {"heads": 4}}}, "GPTNeoXForCausalLM"),
-    "gptj": ({"layers": "l0->l1", "defaults": {"Attn": {"heads": 4}}}, "GPTJForCausalLM"),
+    "gptj": ({"layers": "block*2", "defaults": {"Attn": {"heads": 4}}}, "GPTJForCausalLM"),
 }
 
 
@@ -96,7 +96,8 @@ def test_the_same_model_written_differently_exports_the_same():
         "tiny",
         **SMALL,
         layers="block*2",
-        blocks={"block": "RMSNorm->Attn(heads=4, kv_heads=2)->+->RMSNorm->MLP(hidden=96)->+"},
+        blocks={"block": "Norm->Attn(heads=4, kv_heads=2)->+->Norm->MLP(hidden=96)->+"},
+        defaults={"Norm": {"kind": "rms"}, "MLP": {"gated": True, "act": "silu"}},
     )
     model_type, cfg = hf_config_for(inline)
     assert model_type == "llama"

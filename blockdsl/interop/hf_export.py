@@ -151,12 +151,13 @@ def _node_args(plan: Any) -> dict[tuple[str, int], Any]:
     out: dict[tuple[str, int], Any] = {}
 
     def visit(where: str, graph: BlockGraph) -> None:
+        attributes = module_attributes(graph)
         for step, (_, data) in enumerate(graph.nodes()):
             if data["kind"] == "call":
                 spec = graph.modules[data["module"]]
                 out[(where, step)] = spec
                 for c, child in enumerate(spec.children):
-                    visit(f"{where}.{spec.attr}[{c}]", child)
+                    visit(f"{where}.{attributes[data['module']]}[{c}]", child)
 
     visit("embed", plan.embed)
     for i, (_, graph) in enumerate(plan.layers):
@@ -192,25 +193,44 @@ _EQUIVALENT: dict[tuple, bool] = {}
 
 
 def _equivalent(a: Any, b: Any) -> bool:
-    """Whether two module specs of one component with different numeric arguments build the
-    same module: the same parameter shapes, and the same outputs for the same weights on a
-    random input. An argument left unset (``hidden=None``: derived from another) and one set
-    to the value it derives to are the same module; ``eps=1e-5`` and ``eps=1e-6`` are not."""
+    """Whether two specs of one component are the same module although their arguments
+    differ: every difference is a size argument left unset on the model's side (``hidden``
+    derived from ``mult``, ``head_dim`` from ``heads``) and set by the other to the value it
+    derives to: the same parameter shapes, while another value would change them, and the
+    same outputs for the same weights. ``window=8`` and ``window=None`` are not the same
+    module, though they agree on short inputs."""
     names = set(a.args) | set(b.args)
     differing = [n for n in names if a.args.get(n) != b.args.get(n)]
     key = (a.component.name, repr(sorted(a.args.items())), repr(sorted(b.args.items())))
     if key in _EQUIVALENT:
         return _EQUIVALENT[key]
-    result = False
-    numeric = all(
-        isinstance(v, int | float | type(None)) and not isinstance(v, bool)
-        for n in differing
-        for v in (a.args.get(n), b.args.get(n))
+    result = (
+        all(
+            a.args.get(n) is None
+            and isinstance(b.args.get(n), int)
+            and not isinstance(b.args.get(n), bool)
+            for n in differing
+        )
+        and not a.children
+        and not b.children
+        and not a.component.required_context
+        and all(_sizes(a, {n: b.args[n] * 2 + 1}) != _sizes(a, {n: b.args[n]}) for n in differing)
+        and _same_module(a, b)
     )
-    if numeric and not a.children and not b.children and not a.component.required_context:
-        result = _same_module(a, b)
     _EQUIVALENT[key] = result
     return result
+
+
+def _sizes(spec: Any, changes: dict[str, Any]) -> Any:
+    """The parameter shapes of ``spec`` with some arguments changed (built on meta)."""
+    from blockdsl.lower import allocation
+
+    try:
+        with allocation("meta"):
+            module = spec.component.build({**spec.args, **changes}, [])
+        return {n: tuple(p.shape) for n, p in module.state_dict().items()}
+    except Exception:
+        return None
 
 
 def _same_module(a: Any, b: Any) -> bool:
@@ -360,8 +380,8 @@ class _Search:
         distance = self.evaluate(kwargs)[0]
         copied = set(self.copied)
         free = [f for f in self.field_list if f[0] not in copied]
-        for fields in (free, self.field_list):
-            for _ in range(4):  # sweeps
+        for fields, sweeps in ((free, 3), (self.field_list, 1)):
+            for _ in range(sweeps):
                 improved = False
                 for name, default in fields:
                     for value in self.candidates(name, kwargs.get(name, default)):
@@ -645,7 +665,10 @@ def _first_difference(target_plan: Any, target: Signature, fit: _Fit) -> str:
     if fit.plan is None:
         return f"the closest architecture, {fit.record.model_type}, imports nothing close"
     own_set, theirs_set = difference(target_plan, target, fit.plan)
-    own = sorted(own_set, key=_order)
+    # an unset argument (derived from others) differs only because something else does
+    own = sorted(
+        own_set, key=lambda i: (*_order(i)[:-1], i[2] == "arg" and i[4] is None, _order(i)[-1])
+    )
     theirs = sorted(theirs_set, key=_order)
     model_items = [i for i in own if i[0] == "model"]
     arch = f"{fit.record.model_type} ({fit.record.hf_class})"
