@@ -15,7 +15,11 @@ round-robin and the median of ``--repeats`` runs is reported:
 * ``transformers``        ``hf_model.generate(idx, max_new_tokens=N, do_sample=False)``
                           (its default dynamic cache)
 
-    PYTHONPATH=. python bench/generate.py [--tokens 64 256 1024] [--repeats 3] [--threads 1]
+    PYTHONPATH=. python bench/generate.py [--tokens 64 256 1024] [--repeats 3]
+                                          [--repeats-long 1] [--threads 1] [--json]
+
+``--json`` writes the record ``bench/results/generate.json`` that ``bench/report.py`` puts in
+docs/performance.md.
 """
 
 from __future__ import annotations
@@ -98,6 +102,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tokens", type=int, nargs="+", default=[64, 256, 1024])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--repeats-long",
+        type=int,
+        default=1,
+        help="runs of each contender at 1024 new tokens or more (the uncached one takes minutes)",
+    )
+    parser.add_argument("--json", action="store_true", help="write bench/results/generate.json")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument(
@@ -110,7 +121,12 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     import transformers
 
-    context = PROMPT + max(args.tokens)
+    record = None
+    if args.json:  # made first: it notes the machine's load before the runs
+        from bench.record import Record
+
+        record = Record("generate", "Generation: tokens/s with and without the cache")
+    context = PROMPT + max(32, *args.tokens)  # 32: the agreement check below
     hf_model, model = tiny_llama(context)
     print(
         f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, "
@@ -130,27 +146,45 @@ def main(argv: list[str] | None = None) -> int:
             idx, attention_mask=torch.ones_like(idx), max_new_tokens=32, do_sample=False
         )
     assert torch.equal(ours, theirs), "blockdsl and transformers disagree: not the same model"
-    print(
-        "| new tokens | blockdsl cached | blockdsl uncached | transformers | cached / uncached "
-        "| blockdsl / transformers |"
-    )
-    print("|---|---|---|---|---|---|")
+    columns = [
+        "new tokens",
+        "blockdsl cached (tok/s)",
+        "blockdsl uncached (tok/s)",
+        "transformers (tok/s)",
+        "cached / uncached",
+        "blockdsl / transformers",
+    ]
+    print("| " + " | ".join(columns) + " |")
+    print("|" + "---|" * len(columns))
     for run in contenders(hf_model, model, idx, 8, uncached=True).values():  # warm-up
         run()
+    rows = []
     for n in args.tokens:
         runs = contenders(hf_model, model, idx, n, uncached=n <= args.uncached_max)
-        times = round_robin(runs, args.repeats)
+        times = round_robin(runs, args.repeats if n < 1024 else args.repeats_long)
         rate = {name: args.batch * n / statistics.median(t) for name, t in times.items()}
         cached, hf_rate = rate["blockdsl cached"], rate["transformers"]
         uncached = rate.get("blockdsl uncached")
-        print(
-            f"| {n} | {cached:,.0f} tok/s | "
-            + (f"{uncached:,.0f} tok/s" if uncached else "—")
-            + f" | {hf_rate:,.0f} tok/s | "
-            + (f"{cached / uncached:.2f}×" if uncached else "—")
-            + f" | **{cached / hf_rate:.2f}×** |",
-            flush=True,
+        row = [
+            n,
+            round(cached, 1),
+            round(uncached, 1) if uncached else "—",
+            round(hf_rate, 1),
+            f"{cached / uncached:.2f}×" if uncached else "—",
+            f"**{cached / hf_rate:.2f}×**",
+        ]
+        rows.append(row)
+        print("| " + " | ".join(str(v) for v in row) + " |", flush=True)
+    if record is not None:
+        record.table(
+            columns,
+            rows,
+            f"tiny Llama ({sum(p.numel() for p in model.parameters()):,} parameters), context "
+            f"{context}, prompt {PROMPT} tokens, batch {args.batch}, greedy; median of "
+            f"{args.repeats} interleaved runs ({args.repeats_long} at 1024 new tokens or more); "
+            f"transformers {transformers.__version__}",
         )
+        print(f"wrote {record.write()}")
     return 0
 
 

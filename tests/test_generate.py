@@ -177,16 +177,3 @@ def test_models_that_cannot_decode_are_clear_errors() -> None:
         _model("Norm->Attn(causal=false)->+").generate(torch.tensor([[1]]), 2)
     with pytest.raises(GenerationError, match="memory"):
         _model("Norm->CrossAttn->+").generate(torch.tensor([[1]]), 2)
-
-
-def test_docs_generation_examples_run() -> None:
-    """Every ```python block of docs/generation.md, in order, in one namespace."""
-    import re
-    from pathlib import Path
-
-    text = (Path(__file__).resolve().parent.parent / "docs" / "generation.md").read_text()
-    blocks = re.findall(r"^```python\n(.*?)^```", text, flags=re.S | re.M)
-    assert len(blocks) >= 3
-    namespace: dict = {}
-    for block in blocks:
-        exec(compile(block, "docs/generation.md", "exec"), namespace)

@@ -134,7 +134,7 @@ def _hf_config(name: str):
     if name == "gptj":
         cfg = transformers.GPTJConfig(**gpt, rotary_dim=4)
         return transformers.GPTJForCausalLM, cfg
-    raise KeyError(name)
+    raise KeyError(f"no small config for the imported architecture '{name}': add one here")
 
 
 def _import():
@@ -145,21 +145,36 @@ def _import():
     return hf
 
 
-@pytest.mark.parametrize(
-    "name", ["gpt2", "llama", "mistral", "mixtral", "gemma2", "gpt_neox", "gptj"]
-)
+def _recurrent_hf_model(name: str):
+    """The state-space and hybrid imports, from the small configs of their own tests."""
+    from tests import test_hf_hybrid, test_hf_ssm
+
+    if name in test_hf_ssm.NAMES:
+        return test_hf_ssm._hf_model(name), test_hf_ssm.V
+    makers = {"qwen3_next": test_hf_hybrid._qwen3_next, "lfm2": test_hf_hybrid._lfm2}
+    if name in makers:
+        return test_hf_hybrid._random(makers[name]), test_hf_hybrid.V
+    raise KeyError(f"no small config for the imported architecture '{name}': add one here")
+
+
+@pytest.mark.parametrize("name", sorted(_import().SUPPORTED))  # every imported architecture
 def test_greedy_continuations_equal_transformers_generate(name: str) -> None:
-    torch.manual_seed(0)
-    cls, cfg = _hf_config(name)
-    hf_model = cls(cfg).eval()
     gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():  # every weight random (norms too): no accidental agreement
-        for p in hf_model.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen) * (0.5 if p.ndim == 1 else 0.2))
+    vocab = V
+    try:
+        cls, cfg = _hf_config(name)
+    except KeyError:
+        hf_model, vocab = _recurrent_hf_model(name)
+    else:
+        torch.manual_seed(0)
+        hf_model = cls(cfg).eval()
+        with torch.no_grad():  # every weight random (norms too): no accidental agreement
+            for p in hf_model.parameters():
+                p.copy_(torch.randn(p.shape, generator=gen) * (0.5 if p.ndim == 1 else 0.2))
     hf_model.generation_config.eos_token_id = None  # run every step, as ours does
-    hf_model.generation_config.pad_token_id = V - 1  # never inferred from ids: mask given
+    hf_model.generation_config.pad_token_id = vocab - 1  # never inferred: the mask is given
     model = _import().from_hf(hf_model)
-    ids = torch.randint(0, V, (2, 5), generator=gen)
+    ids = torch.randint(0, vocab, (2, 5), generator=gen)
     n = 16  # past the sliding windows
     with torch.no_grad():
         theirs = hf_model.generate(

@@ -25,7 +25,8 @@ from blockdsl.testing import (
 
 # Derandomized: every run draws the same examples, so CI does not depend on luck. (Random
 # draws over every registered component found that chaining multiplicative mixers without a
-# norm, e.g. BaseConv three times over three layers, overflows to inf at initialisation.)
+# norm, e.g. BaseConv three times over three layers, overflows to inf at initialisation; drawn
+# models are therefore pre-norm residual layers unless asked otherwise.)
 FAST = settings(
     max_examples=40,
     deadline=None,
@@ -57,6 +58,43 @@ def test_drawn_asts_round_trip_through_the_printer(block):
 def test_drawn_blocks_validate_compile_and_pass_every_invariant(src):
     module = blockdsl.compile_block(src, d_model=16, model_globals=DEFAULT_GLOBALS)
     check_architecture(module, architecture=src)
+
+
+@settings(FAST, max_examples=10)
+@given(model_configs(["Norm", "MLP", "Hyena"]), model_configs(["MLP"], prenorm_layers=False))
+def test_drawn_models_are_prenorm_residual_layers_unless_asked(wrapped, raw):
+    for text in wrapped["blocks"].values():
+        assert text.startswith("Norm->(") and text.endswith(")->+"), text
+        blockdsl.parse(text)
+    assert not any(t.startswith("Norm->(") for t in raw["blocks"].values()), raw
+
+
+def test_unnormalised_multiplicative_stack_overflows_and_prenorm_layers_do_not():
+    """Why drawn models are pre-norm layers: a stack of Hyena/BaseConv layers found by the
+    fuzzer overflows float32 at initialisation without norms, and passes every invariant with
+    them."""
+    raw = (
+        "(Attn(2)*2->+->RGLRU#l0*2->+)->+"
+        "->(BaseConv(filter_order=2, act=true)->Hyena#l1*2->+->Conv->+)->+"
+    )
+    model = {
+        "vocab": 32,
+        "d_model": 8,
+        "context": 16,
+        "layers": "b*4",
+        "embed": "Embed(scale=sqrt_d)",
+    }
+    idx = torch.randint(0, 32, (2, 16), generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    unnormalised = blockdsl.build_model({"model": model, "blocks": {"b": raw}})
+    with torch.no_grad():
+        assert not torch.isfinite(unnormalised(idx)).all()
+    torch.manual_seed(0)
+    config = {"model": model, "blocks": {"b": f"Norm->({raw})->+"}}
+    prenorm = blockdsl.build_model(config)
+    with torch.no_grad():
+        assert torch.isfinite(prenorm(idx)).all()
+    check_architecture(prenorm, architecture=config)
 
 
 @settings(FAST, max_examples=20)

@@ -487,11 +487,19 @@ def model_configs(
     groups: bool = True,
     vocab: int = 32,
     context: int = 16,
+    prenorm_layers: bool = True,
     registry: Registry | None = None,
 ) -> st.SearchStrategy[dict[str, Any]]:
     """Model configs (the dict form of a TOML file) for ``blockdsl.build_model``: named blocks
     drawn like ``block_strings`` (labels consistent across the whole model), a ``layers`` chain
-    over them, and an embedding and head when ``Embed``/``Head``/``Norm`` are registered."""
+    over them, and an embedding and head when ``Embed``/``Head``/``Norm`` are registered.
+
+    With ``prenorm_layers`` (the default, when ``Norm`` is registered) each named block is a
+    pre-norm residual layer around the drawn block, ``Norm->(drawn)->+``, as every published
+    stack normalises between layers: without it, the residual stream of a deep stack of
+    multiplicative mixers (Hyena, BaseConv, gated MLPs) grows polynomially from layer to layer
+    and overflows float32 at initialisation by design, which no invariant should blame on a
+    component. ``prenorm_layers=False`` draws the raw blocks."""
     from blockdsl.printer import unparse
 
     registry = registry or REGISTRY
@@ -499,6 +507,7 @@ def model_configs(
     globals_ = {"vocab": vocab, "context": context}
     for d in d_models:
         _resolve_names(components, registry, d, globals_)
+    prenorm = prenorm_layers and "Norm" in registry
 
     @st.composite
     def draw_config(draw: Callable) -> dict[str, Any]:
@@ -520,7 +529,8 @@ def model_configs(
         )
         blocks = {}
         for i in range(draw(st.integers(1, max_blocks))):
-            blocks[f"b{i}"] = unparse(_block(draw, ctx, max_depth))
+            body = unparse(_block(draw, ctx, max_depth))
+            blocks[f"b{i}"] = f"Norm->({body})->+" if prenorm else body
         layer_steps = []
         for _ in range(draw(st.integers(1, max_layers))):
             name = draw(st.sampled_from(sorted(blocks)))
