@@ -119,12 +119,50 @@ def _rglru_reference(module: nn.Module, args: dict) -> Step:
     return run
 
 
+def _gated_deltanet_reference(module: nn.Module, args: dict) -> Step:
+    from transformers import Qwen3NextConfig
+    from transformers.models.qwen3_next.modeling_qwen3_next import Qwen3NextGatedDeltaNet
+
+    cfg = Qwen3NextConfig(
+        hidden_size=args["d_model"],
+        linear_num_key_heads=module.heads,
+        linear_num_value_heads=module.v_heads,
+        linear_key_head_dim=module.head_dim,
+        linear_value_head_dim=module.v_head_dim,
+        linear_conv_kernel_dim=module.kernel,
+        rms_norm_eps=module.eps,
+        num_hidden_layers=1,
+        layer_types=["linear_attention"],
+    )
+    ref = Qwen3NextGatedDeltaNet(cfg, 0)
+    ref.load_state_dict(module.state_dict())
+    return ref
+
+
+def _short_conv_reference(module: nn.Module, args: dict) -> Step:
+    from transformers import Lfm2Config
+    from transformers.models.lfm2.modeling_lfm2 import Lfm2ShortConv
+
+    cfg = Lfm2Config(
+        hidden_size=args["d_model"],
+        conv_L_cache=module.kernel,
+        conv_bias=args["bias"],
+        num_hidden_layers=1,
+        layer_types=["conv"],
+    )
+    ref = Lfm2ShortConv(cfg, 0)
+    ref.load_state_dict(module.state_dict())
+    return ref
+
+
 #: Mixer name -> ``build(blockdsl_module, args) -> callable`` running transformers' module with
 #: the same weights. Other mixers register theirs here.
 REFERENCES: dict[str, Callable[[nn.Module, dict], Step]] = {
     "Mamba": _mamba_reference,
     "Mamba2": _mamba2_reference,
     "RGLRU": _rglru_reference,
+    "GatedDeltaNet": _gated_deltanet_reference,
+    "ShortConv": _short_conv_reference,
 }
 
 # --------------------------------------------------------------------------- timing

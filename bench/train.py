@@ -14,7 +14,8 @@ the first ``--warmup`` steps of each round are left out (both loops). Reported: 
 step time over all rounds, tokens/s, and the ratio blockdsl ÷ hand-written in tokens/s (1.0 =
 as fast). Eager, then ``torch.compile``.
 
-    PYTHONPATH=. python bench/train.py [--steps 30] [--rounds 3] [--threads 2] [--no-compile]
+    PYTHONPATH=. python bench/train.py [--steps 30] [--rounds 3] [--threads 2] [--seq 256]
+                                       [--no-compile | --no-eager]
 """
 
 from __future__ import annotations
@@ -129,7 +130,8 @@ def main() -> None:
     parser.add_argument("--accumulation", type=int, default=2)
     parser.add_argument("--seq", type=int, default=256)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--no-compile", action="store_true")
+    parser.add_argument("--no-compile", action="store_true", help="eager rows only")
+    parser.add_argument("--no-eager", action="store_true", help="torch.compile rows only")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(
@@ -142,12 +144,17 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data"
         prepare([str(ROOT / "blockdsl")], data, glob="*.py", progress=False)
-        modes = [False] if args.no_compile else [False, True]
+        modes = [] if args.no_eager else [False]
+        modes += [] if args.no_compile else [True]
         for compiled in modes:
             ours: list[float] = []
             theirs: list[float] = []
             for round_ in range(args.rounds):
+                # each loop compiles its own model afresh (a shared code cache would hit
+                # dynamo's recompile limit after a few rounds and silently run eagerly)
+                torch._dynamo.reset()
                 ours += blockdsl_steps(data, Path(tmp) / f"run{compiled}{round_}", args, compiled)
+                torch._dynamo.reset()
                 theirs += handwritten_steps(data, args, compiled)
             a, b = statistics.median(ours), statistics.median(theirs)
             mode = "compiled" if compiled else "eager"

@@ -7,8 +7,9 @@ A data directory holds (nanoGPT's layout, plus what makes it self-describing)::
     tokenizer.json  a Hugging Face ``tokenizers`` tokenizer that encodes and decodes the ids
     meta.json       vocab, dtype, token counts, the tokenizer's kind, each source's sha256
 
-Preparation streams: documents are read one at a time, encoded in chunks and appended to the
-bin files, so a corpus larger than memory is fine (``char`` and ``bpe:N`` read the sources
+Preparation streams: documents are read one at a time (a file over BIG_FILE bytes in pieces,
+a ``.jsonl`` line by line), encoded in chunks and appended to the bin files, so a corpus larger
+than memory is fine (``char`` and ``bpe:N`` read the sources
 twice: once to build the vocabulary, once to encode). Each document goes to ``val.bin`` with
 probability ``val_fraction`` (drawn from ``seed``); when that leaves the validation split empty
 (a single file), the last ``val_fraction`` of the training tokens become it.
@@ -21,6 +22,7 @@ run needs no loader state, and rank ``r`` of ``w`` can take its rows of the same
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import json
 import os
@@ -44,6 +46,7 @@ NAMED_SOURCES = {
     "present wherever Python is installed",
 }
 CHUNK_CHARS = 1 << 20  # documents are encoded in pieces of about this many characters
+BIG_FILE = 64 << 20  # files larger than this are streamed (a corpus may exceed memory)
 
 
 class DataError(BlockDSLError):
@@ -79,33 +82,72 @@ class Source:
         hint = "a file, a directory, hf:NAME[:split], or one of: " + ", ".join(NAMED_SOURCES)
         raise DataError(f"data source '{self.spec}' does not exist", hint=hint)
 
-    def documents_iter(self, progress: Callable[[int], None] | None = None) -> Iterator[str]:
-        """The documents, in a fixed order; hashes and counts them as it goes."""
+    def pieces(self, progress: Callable[[int], None] | None = None) -> Iterator[tuple[bool, str]]:
+        """The documents as ``(starts_a_document, text)`` pieces of about CHUNK_CHARS, in a
+        fixed order; hashes and counts what it reads. Files are read whole up to BIG_FILE
+        bytes (a directory's non-UTF-8 files are skipped) and streamed above it; ``.jsonl``
+        is read line by line."""
         self.documents, self.bytes, self.skipped = 0, 0, []
         self._sha = hashlib.sha256()
+        advance = progress or (lambda n: None)
         if self.spec.startswith("hf:"):
-            yield from self._hf_documents()
+            for text in self._hf_documents():
+                yield from _pieces(text)
             return
         explicit = Path(self.spec).is_file()
         for path in self._paths():
-            raw = path.read_bytes()
-            if progress:
-                progress(len(raw))
             if path.suffix == ".jsonl":
-                texts = list(_jsonl_texts(path, raw))
+                yield from self._jsonl(path, advance)
+            elif path.stat().st_size > BIG_FILE:
+                yield from self._stream(path, advance)
             else:
+                raw = path.read_bytes()
+                advance(len(raw))
                 try:
-                    texts = [raw.decode("utf-8")]
+                    text = raw.decode("utf-8")
                 except UnicodeDecodeError:
                     if explicit:
                         raise DataError(f"{path} is not UTF-8 text") from None
                     self.skipped.append(str(path))
                     continue
-            self._sha.update(raw)
-            self.bytes += len(raw)
-            for text in texts:
-                self.documents += 1
-                yield text
+                self._count(raw)
+                yield from _pieces(text)
+
+    def _count(self, raw: bytes, document: bool = True) -> None:
+        self._sha.update(raw)
+        self.bytes += len(raw)
+        self.documents += document
+
+    def _jsonl(self, path: Path, advance: Callable[[int], None]) -> Iterator[tuple[bool, str]]:
+        with open(path, "rb") as f:
+            for number, line in enumerate(f, 1):
+                advance(len(line))
+                text = _jsonl_text(path, number, line)
+                self._count(line, text is not None)
+                if text is not None:
+                    yield from _pieces(text)
+
+    def _stream(self, path: Path, advance: Callable[[int], None]) -> Iterator[tuple[bool, str]]:
+        """A file larger than BIG_FILE, one document, decoded incrementally."""
+        decoder = codecs.getincrementaldecoder("utf-8")()
+        first, carry = True, ""
+        self.documents += 1
+        with open(path, "rb") as f:
+            while True:
+                raw = f.read(CHUNK_CHARS)
+                advance(len(raw))
+                self._count(raw, document=False)
+                try:
+                    text = carry + decoder.decode(raw, final=not raw)
+                except UnicodeDecodeError:
+                    raise DataError(f"{path} is not UTF-8 text") from None
+                cut = text.rfind("\n") + 1 if raw else len(text)  # pieces end at a newline
+                piece, carry = (text[:cut], text[cut:]) if cut else ("", text)
+                if piece:
+                    yield first, piece
+                    first = False
+                if not raw:
+                    return
 
     def _hf_documents(self) -> Iterator[str]:
         name, _, split = self.spec[3:].partition(":")
@@ -149,17 +191,22 @@ def stdlib_files() -> list[Path]:
     return sorted(p for p in root.rglob("*.py") if not skip.intersection(p.relative_to(root).parts))
 
 
-def _jsonl_texts(path: Path, raw: bytes) -> Iterator[str]:
-    for number, line in enumerate(raw.decode("utf-8", errors="strict").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except ValueError as exc:
-            raise DataError(f"{path}:{number}: not JSON ({exc})") from None
-        if not isinstance(row, dict) or not isinstance(row.get("text"), str):
-            raise DataError(f"{path}:{number}: a .jsonl line needs a 'text' string field")
-        yield row["text"]
+def _jsonl_text(path: Path, number: int, line: bytes) -> str | None:
+    """The ``text`` of one ``.jsonl`` line (None for a blank line)."""
+    if not line.strip():
+        return None
+    try:
+        row = json.loads(line)
+    except ValueError as exc:
+        raise DataError(f"{path}:{number}: not JSON ({exc})") from None
+    if not isinstance(row, dict) or not isinstance(row.get("text"), str):
+        raise DataError(f"{path}:{number}: a .jsonl line needs a 'text' string field")
+    return row["text"]
+
+
+def _pieces(text: str) -> Iterator[tuple[bool, str]]:
+    for index, piece in enumerate(_chunks([text])):
+        yield index == 0, piece
 
 
 # ==================================================================== tokenizers
@@ -275,20 +322,23 @@ def prepare(
 
     with _Progress(progress, total) as bar:
 
-        def documents(label: str) -> Iterator[str]:
+        def pieces(label: str) -> Iterator[tuple[bool, str]]:
             bar.start(label)
             for source in items:
-                yield from source.documents_iter(bar.advance)
+                yield from source.pieces(bar.advance)
+
+        def texts(label: str) -> Iterator[str]:
+            return (piece for _, piece in pieces(label))
 
         if kind == "byte":
             tok = byte_tokenizer()
         elif kind == "char":
             chars: set[str] = set()
-            for text in documents("reading characters"):
+            for text in texts("reading characters"):
                 chars.update(text)
             tok = char_tokenizer(chars)
         elif kind == "bpe":
-            tok = bpe_tokenizer(size or 0, documents(f"training a {size}-token BPE"))
+            tok = bpe_tokenizer(size or 0, texts(f"training a {size}-token BPE"))
         else:
             from tokenizers import Tokenizer
 
@@ -307,17 +357,21 @@ def prepare(
             _BinWriter(out / "train.bin.tmp", dtype) as train_bin,
             _BinWriter(out / "val.bin.tmp", dtype) as val_bin,
         ):
-            for text in documents("tokenizing"):
-                split = "val" if rng.random() < val_fraction else "train"
-                writer = val_bin if split == "val" else train_bin
-                docs[split] += 1
-                for piece in _chunks([text]):
-                    ids = piece.encode("utf-8") if kind == "byte" else tok.encode(piece).ids
-                    writer.write(ids)
-                    counts[split] += len(ids)
-                if eot is not None:
-                    writer.write([eot])
-                    counts[split] += 1
+            writers = {"train": train_bin, "val": val_bin}
+            split = None
+            for starts, piece in pieces("tokenizing"):
+                if starts:  # each document goes to one split, with an EOT after it
+                    if split is not None and eot is not None:
+                        writers[split].write([eot])
+                        counts[split] += 1
+                    split = "val" if rng.random() < val_fraction else "train"
+                    docs[split] += 1
+                ids = piece.encode("utf-8") if kind == "byte" else tok.encode(piece).ids
+                writers[split].write(ids)
+                counts[split] += len(ids)
+            if split is not None and eot is not None:
+                writers[split].write([eot])
+                counts[split] += 1
         if counts["val"] == 0 and val_fraction > 0 and counts["train"] > 1:
             counts["val"] = max(1, int(counts["train"] * val_fraction))
             counts["train"] -= counts["val"]

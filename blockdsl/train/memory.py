@@ -35,6 +35,7 @@ from typing import Any
 
 import torch
 
+from blockdsl.lower import module_attributes
 from blockdsl.shapes import DTYPE_BYTES, shape_table
 
 
@@ -118,9 +119,11 @@ def _call_args(plan: Any, step_path: str) -> dict[str, Any]:
     graphs = {"embed": plan.embed, "head": plan.head}
     graphs.update({f"layers.{i}": graph for i, (_, graph) in enumerate(plan.layers)})
     graph = graphs.get(block)
-    for spec in graph.modules.values() if graph is not None else ():
-        if spec.attr == attr:
-            return spec.args
+    if graph is None:
+        return {}
+    for key, name in module_attributes(graph).items():
+        if name == attr:
+            return graph.modules[key].args
     return {}
 
 
