@@ -70,7 +70,11 @@ def timed(fn: Callable[[], object], repeats: int) -> tuple[float, object]:
     return statistics.median(times), out
 
 
+ROWS: list[list] = []  # what --json records: [what, ms, ratio to transformers, parameters]
+
+
 def row(name: str, seconds: float, params: int | None, base: float | None = None) -> None:
+    ROWS.append([name, seconds * 1e3, f"{seconds / base:.2f}x" if base else "", params or ""])
     ratio = f"{seconds / base:>7.2f}x" if base else " " * 8
     n = f"{params:>16,}" if params is not None else " " * 16
     print(f"  {name:<40}{seconds * 1e3:>10.1f} ms{ratio}{n}")
@@ -108,6 +112,14 @@ def cli_row(args: argparse.Namespace) -> None:
         if proc.returncode != 0:
             print(f"  CLI failed ({' '.join(cmd[2:])}): {proc.stderr.strip()[-300:]}")
             return
+    ROWS.append(
+        [
+            "`blockdsl compile llama --show-shapes` at 70B, cold process",
+            statistics.median(times) * 1e3,
+            "",
+            "",
+        ]
+    )
     print(
         f"  {'blockdsl compile llama --show-shapes (70B)':<40}"
         f"{statistics.median(times) * 1e3:>10.1f} ms  (cold process, median of {len(times)})"
@@ -120,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--cli-repeats", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="one repeat each")
+    ap.add_argument("--json", action="store_true", help="record to bench/results/build.json")
     args = ap.parse_args(argv)
     if args.quick:
         args.repeats, args.cli_repeats = 1, 1
@@ -156,6 +169,17 @@ def main(argv: list[str] | None = None) -> int:
     del m
     print("CLI, Llama-2-70B size:")
     cli_row(args)
+    if args.json:
+        from bench.record import Record
+
+        record = Record("build", "Build time")
+        record.table(
+            ["build", "ms (median)", "ratio to transformers", "parameters"],
+            ROWS,
+            caption=f"Median of {args.repeats} builds (the CLI: of {args.cli_repeats} cold "
+            "processes, interpreter start and imports included).",
+        )
+        record.write()
     return 0
 
 

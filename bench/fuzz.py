@@ -28,16 +28,18 @@ def main() -> None:
     parser.add_argument("--examples", type=int, default=200)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", action="store_true", help="record to bench/results/fuzz.json")
     args = parser.parse_args()
 
     fuzz(examples=5, seed=args.seed + 1000)  # warm-up: imports, lark, first fx codegen
-    rates = []
+    rates, rows = [], []
     for run in range(args.runs):
         result = fuzz(examples=args.examples, seed=args.seed + run)
         if not result.ok:
             print(f"run {run}: FAILED\n{result.failure.render()}")
             sys.exit(1)
         rates.append(result.per_second)
+        rows.append([args.seed + run, result.examples, result.seconds, result.per_second])
         print(
             f"run {run} (seed {args.seed + run}): {result.examples} architectures in "
             f"{result.seconds:.2f}s = {result.per_second:.1f} architectures/s"
@@ -48,6 +50,16 @@ def main() -> None:
         f"{args.examples}; python {platform.python_version()}, torch {torch.__version__}, "
         f"{torch.get_num_threads()} torch threads outside checks"
     )
+    if args.json:
+        from bench.record import Record
+
+        record = Record("fuzz", "Fuzzing throughput")
+        record.table(["seed", "architectures", "seconds", "architectures/s"], rows)
+        record.note(
+            f"Median {statistics.median(rates):.1f} architectures/s over {args.runs} runs "
+            "(Hypothesis's own time included)."
+        )
+        record.write()
 
 
 if __name__ == "__main__":

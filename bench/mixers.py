@@ -119,12 +119,50 @@ def _rglru_reference(module: nn.Module, args: dict) -> Step:
     return run
 
 
+def _gated_deltanet_reference(module: nn.Module, args: dict) -> Step:
+    from transformers import Qwen3NextConfig
+    from transformers.models.qwen3_next.modeling_qwen3_next import Qwen3NextGatedDeltaNet
+
+    cfg = Qwen3NextConfig(
+        hidden_size=args["d_model"],
+        linear_num_key_heads=module.heads,
+        linear_num_value_heads=module.v_heads,
+        linear_key_head_dim=module.head_dim,
+        linear_value_head_dim=module.v_head_dim,
+        linear_conv_kernel_dim=module.kernel,
+        rms_norm_eps=module.eps,
+        num_hidden_layers=1,
+        layer_types=["linear_attention"],
+    )
+    ref = Qwen3NextGatedDeltaNet(cfg, 0)
+    ref.load_state_dict(module.state_dict())
+    return ref
+
+
+def _short_conv_reference(module: nn.Module, args: dict) -> Step:
+    from transformers import Lfm2Config
+    from transformers.models.lfm2.modeling_lfm2 import Lfm2ShortConv
+
+    cfg = Lfm2Config(
+        hidden_size=args["d_model"],
+        conv_L_cache=module.kernel,
+        conv_bias=args["bias"],
+        num_hidden_layers=1,
+        layer_types=["conv"],
+    )
+    ref = Lfm2ShortConv(cfg, 0)
+    ref.load_state_dict(module.state_dict())
+    return ref
+
+
 #: Mixer name -> ``build(blockdsl_module, args) -> callable`` running transformers' module with
 #: the same weights. Other mixers register theirs here.
 REFERENCES: dict[str, Callable[[nn.Module, dict], Step]] = {
     "Mamba": _mamba_reference,
     "Mamba2": _mamba2_reference,
     "RGLRU": _rglru_reference,
+    "GatedDeltaNet": _gated_deltanet_reference,
+    "ShortConv": _short_conv_reference,
 }
 
 # --------------------------------------------------------------------------- timing
@@ -170,6 +208,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ref-limit", type=float, default=60.0)
     parser.add_argument("--no-reference", action="store_true")
     parser.add_argument("--markdown", action="store_true", help="print a markdown table")
+    parser.add_argument(
+        "--json", action="store_true", help="write bench/results/mixers.json (bench/report.py)"
+    )
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     D, context = args.d_model, max(args.seq)
@@ -206,6 +247,23 @@ def main(argv: list[str] | None = None) -> int:
                   f"{ours / T * 1e6:8.1f} us/token  {ours / med[attn_call]:5.2f}x attn  {ref_s}",
                   flush=True)  # fmt: skip
 
+    columns = ["mixer", "T", "step (ms)", "µs/token", "vs attention", "transformers (ms)",
+               "blockdsl / transformers"]  # fmt: skip
+    table = []
+    for call, T, ours, vs_attn, ref_t, has_ref in rows:
+        ref_cells = (
+            [round(ref_t * 1e3, 1), f"{ours / ref_t:.3f}×"]
+            if ref_t is not None
+            else (["skipped (too slow)", "–"] if has_ref else ["–", "–"])
+        )
+        table.append([f"`{call}`", T, round(ours * 1e3, 1), round(ours / T * 1e6, 1),
+                      f"{vs_attn:.2f}×", *ref_cells])  # fmt: skip
+    if args.json:
+        from bench.record import Record
+
+        record = Record("mixers", "Training step of each sequence mixer")
+        record.table(columns, table, caption=f"d_model={D}, batch={args.batch}")
+        print(f"wrote {record.write()}")
     if args.markdown:
         threads = torch.get_num_threads()
         print(f"\n{platform.processor() or platform.machine()}, torch {torch.__version__}, "

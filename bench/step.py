@@ -343,6 +343,23 @@ def shapes_main(args: argparse.Namespace) -> int:
     return 0
 
 
+def missing_extra(args: argparse.Namespace) -> str | None:
+    """The message for a competitor whose package is not installed (the ``bench`` extra)."""
+    import importlib.util
+
+    wanted = {s.strip() for s in args.only.split(",") if s.strip()}
+    needed = {"transformers": "transformers"}
+    if not args.shapes:
+        needed["x-transformers"] = "x_transformers"
+    for name, module in needed.items():
+        if (args.shapes or not wanted or name in wanted) and not importlib.util.find_spec(module):
+            return (
+                f"bench/step.py: {name} is not installed; the benchmark's competitors come with "
+                "the bench extra: pip install -e '.[bench]' (or leave it out: --only blockdsl)"
+            )
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--device", default="cpu")
@@ -368,6 +385,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = ap.parse_args(argv)
 
+    problem = missing_extra(args)
+    if problem:
+        print(problem, file=sys.stderr)
+        return 2
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.shapes:

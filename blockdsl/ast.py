@@ -61,12 +61,15 @@ class Residual(Node):
 
 @dataclass(frozen=True)
 class Call(Node):
-    """``Name#label(args)[child, ...]``. ``name_span`` covers just the name."""
+    """``Name#label(args)[child, ...]``. ``name_span`` covers just the name. ``global_label``:
+    the label was written ``##label`` (one module in the whole model) rather than ``#label``
+    (one module per instance of the block)."""
 
     name: str
     label: str | None = None
     args: tuple[Arg, ...] = ()
     children: tuple[Block, ...] = ()
+    global_label: bool = field(default=False, kw_only=True)
     name_span: Span = field(default=NO_SPAN, compare=False, repr=False, kw_only=True)
 
 

@@ -251,6 +251,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     _train_parsers(commands, model_args)
     _compare_parser(commands)
+    _export_parser(commands)
     return parser
 
 
@@ -327,6 +328,40 @@ def _train_parsers(commands: Any, model_args: Any) -> None:
         "--glob", default="*", metavar="PATTERN", help="files to take from directories"
     )
     prepare.add_argument("--force", action="store_true", help="replace prepared data in DIR")
+
+
+EXPORT_EXAMPLES = """\
+examples:
+  blockdsl export runs/tiny --to hf hf/tiny              a run: newest checkpoint + tokenizer
+  blockdsl export runs/tiny/checkpoints/step_0000200 --to hf hf/tiny --force
+  blockdsl export model.safetensors --to hf hf/model --tokenizer data/tokenizer.json
+"""
+
+
+def _export_parser(commands: Any) -> None:
+    export = commands.add_parser(
+        "export",
+        help="write a run or checkpoint as a Hugging Face transformers folder",
+        description="Write config.json, model.safetensors, generation_config.json and the "
+        "tokenizer files of a blockdsl model (a run directory: its newest checkpoint and its "
+        "tokenizer.json; a checkpoint directory or file) so that transformers' "
+        "AutoModelForCausalLM and AutoTokenizer load them. The architecture is found by "
+        "running the Hugging Face importer backwards; a model with no transformers "
+        "equivalent is refused with the block and step that has no counterpart. The written "
+        "folder is loaded back and its logits compared. See docs/interop.md.",
+        epilog=EXPORT_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    export.add_argument("source", metavar="RUN|CHECKPOINT")
+    export.add_argument("--to", required=True, choices=["hf"], help="the format (hf)")
+    export.add_argument("out", metavar="DIR", help="the folder to write")
+    export.add_argument("--force", action="store_true", help="replace a non-empty DIR")
+    export.add_argument(
+        "--tokenizer", metavar="FILE", help="a tokenizer.json (default: the run's, if any)"
+    )
+    export.add_argument(
+        "--no-verify", action="store_true", help="skip loading the result back to compare"
+    )
 
 
 # ==================================================================== helpers
@@ -535,7 +570,33 @@ def cmd_check(args: argparse.Namespace, out: TextIO) -> int:
         f"ok: {len(plan.layers)} layers, d_model={config.d_model}, vocab={config.vocab}, "
         f"{_fmt_int(plan.params())} parameters\n"
     )
+    for label, paths in plan.shared_labels().items():
+        out.write(f"shared across layers: {label} in {_runs(paths)} (one module)\n")
     return 0
+
+
+def _runs(paths: list[str]) -> str:
+    """``layers.0-11, head``: consecutive layers as one run."""
+    out: list[str] = []
+    run: list[int] = []
+
+    def flush() -> None:
+        if run:
+            out.append(f"layers.{run[0]}" if len(run) == 1 else f"layers.{run[0]}-{run[-1]}")
+            run.clear()
+
+    for path in paths:
+        index = int(path.split(".")[1]) if path.startswith("layers.") else None
+        if index is not None and (not run or index == run[-1] + 1):
+            run.append(index)
+            continue
+        flush()
+        if index is None:
+            out.append(path)
+        else:
+            run.append(index)
+    flush()
+    return ", ".join(out)
 
 
 def cmd_components(args: argparse.Namespace, out: TextIO) -> int:
@@ -705,6 +766,23 @@ def cmd_data(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace, out: TextIO) -> int:
+    from blockdsl.interop.hf_export import export_hf
+
+    folder = export_hf(
+        args.source,
+        args.out,
+        tokenizer=args.tokenizer,
+        force=args.force,
+        verify=not args.no_verify,
+    )
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    files = ", ".join(sorted(p.name for p in folder.iterdir()))
+    checked = "" if args.no_verify else "; logits checked against transformers"
+    out.write(f"{folder}: {', '.join(config.get('architectures', []))} ({files}){checked}\n")
+    return 0
+
+
 COMPARE_EXAMPLES = """\
 examples:
   blockdsl compare attn="Norm->Attn->+->Norm->MLP->+" conv="Norm->BaseConv->+->Norm->MLP->+" \\
@@ -797,6 +875,7 @@ COMMANDS = {
     "data": cmd_data,
     "generate": cmd_generate,
     "compare": cmd_compare,
+    "export": cmd_export,
 }
 
 

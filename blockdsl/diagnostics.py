@@ -102,6 +102,13 @@ def _explain_char(text: str, err: UnexpectedCharacters) -> Explained:
         line_end = text.find("\n", pos)
         line_end = len(text) if line_end < 0 else line_end
         return "unterminated string", pos, line_end, f"close the string with {ch}"
+    if text.startswith("##", pos):
+        return (
+            "missing label after '##'",
+            pos,
+            pos + 2,
+            "a model-global label is letters, digits or '_' right after '##', e.g. 'Norm##ln'",
+        )
     if ch == "#":
         return (
             "missing label after '#'",

@@ -67,6 +67,14 @@ class ModuleSpec:
     children: tuple[BlockGraph, ...]
     span: Span
     call: ast.Call
+    global_label: bool = False
+
+    @property
+    def label_text(self) -> str:
+        """``#ln`` (one module per block instance), ``##ln`` (model-global), or ``""``."""
+        if self.label is None:
+            return ""
+        return f"{'##' if self.global_label else '#'}{self.label}"
 
     @property
     def own_params(self) -> int:
@@ -88,12 +96,14 @@ class ModuleSpec:
             value = self.args.get(name)
             if param.required or value != param.default:
                 shown.append(f"{name}={format_value(value)}")
-        label = f"#{self.label}" if self.label else ""
+        label = self.label_text
         return f"{self.written}{label}({', '.join(shown)})" if shown else f"{self.written}{label}"
 
 
 class LabelTable:
-    """Labels of one model: each label is one module wherever it appears, across blocks."""
+    """The labels of one scope, each one module wherever it appears there: the model-global
+    ``##label`` of one model (one table shared by all its blocks), or the ``#label`` of one
+    block instance (a table per ``build_graph`` call, shared with its combinators' children)."""
 
     def __init__(self) -> None:
         self.specs: dict[str, ModuleSpec] = {}
@@ -164,7 +174,7 @@ class BlockGraph:
                 memo[node] = "x"
             elif kind == "call":
                 spec = self.modules[data["module"]]
-                label = f"#{spec.label}" if spec.label else ""
+                label = spec.label_text
                 memo[node] = f"{spec.written}{label}({memo[data['inputs'][0]]})"
             elif kind == "add":
                 left, right = data["inputs"]
@@ -196,8 +206,10 @@ def build_graph(
 
     ``defaults`` maps component names to default arguments (a config's ``[defaults]``);
     ``model_globals`` holds model-level values (``vocab``, ``context``) for components that
-    declare them; ``labels`` is shared by all blocks of one model so that a label means one
-    module everywhere. ``role`` relaxes the size rule for the embedding (token ids in) and the
+    declare them; ``labels`` holds the model-global ``##labels`` and is shared by all blocks of
+    one model so that such a label means one module everywhere, while each call starts a fresh
+    scope for the block's own ``#labels`` (each instance of the block gets its own modules when
+    lowered). ``role`` relaxes the size rule for the embedding (token ids in) and the
     head (any size out). ``supplies`` names the call-time inputs (``positions``, ``memory``)
     that ``supplier`` passes to the block: a component whose ``forward`` requires another one is
     an error at its call. Every problem is collected and raised together as one
@@ -252,7 +264,8 @@ class _Builder:
         self.registry = registry
         self.defaults = defaults
         self.model_globals = model_globals
-        self.labels = labels
+        self.global_labels = labels
+        self.local_labels = LabelTable()
         self.problems: list[BlockDSLError] = []
 
     def problem(
@@ -296,9 +309,20 @@ class _Builder:
         return self.g.nodes[node]["size"]
 
     def _check_output(self, block: ast.Block, x: int, out: int, d_model: int, role: Role) -> None:
-        want = d_model if role == "embed" else self.size(x)
         got = self.size(out)
-        if role == "head" or got is None or want is None or got == want:
+        vocab = self.model_globals.get("vocab")
+        if role == "head":
+            if got is not None and vocab is not None and got != vocab:
+                self.problem(
+                    ShapeError,
+                    f"the head produces {got} features but the model's vocabulary has {vocab}",
+                    block.span,
+                    "the head maps the stream to one logit per token: end it with Head, "
+                    "e.g. 'Norm->Head'",
+                )
+            return
+        want = d_model if role == "embed" else self.size(x)
+        if got is None or want is None or got == want:
             return
         self.problem(
             ShapeError,
@@ -526,11 +550,13 @@ class _Builder:
     def labelled(
         self, call: ast.Call, component: Component, args: dict[str, Any], d_in: int | None
     ) -> ModuleSpec | None:
-        existing = self.labels.specs.get(call.label)
+        table = self.global_labels if call.global_label else self.local_labels
+        existing = table.specs.get(call.label)
         if existing is None:
-            spec = self.new_spec(call, component, args, d_in, key=f"#{call.label}")
+            key = f"{'##' if call.global_label else '#'}{call.label}"
+            spec = self.new_spec(call, component, args, d_in, key=key)
             if spec is not None:
-                self.labels.specs[call.label] = spec
+                table.specs[call.label] = spec
             return spec
         same = (
             existing.component is component
@@ -552,7 +578,7 @@ class _Builder:
                 detail = f"its children differ from those at {where}"
             self.problem(
                 BlockValidationError,
-                f"label '#{call.label}' names different modules",
+                f"label '{existing.label_text}' names different modules",
                 call.span,
                 f"{detail}\nevery use of a label must name the same component with the same "
                 "arguments",
@@ -590,6 +616,7 @@ class _Builder:
             children=children,  # type: ignore[arg-type]
             span=call.span,
             call=call,
+            global_label=call.global_label,
         )
         self.modules[spec.key] = spec
         return spec
@@ -610,10 +637,11 @@ class _Builder:
             self.registry,
             self.defaults,
             self.model_globals,
-            self.labels,
+            self.global_labels,
             frozenset(),  # combinators call their children with the stream alone
             f"{parent}[...]",
         )
+        sub.local_labels = self.local_labels  # children belong to the same block instance
         graph = sub.build(block, d_in or 0, "block")
         self.problems.extend(sub.problems)
         if sub.problems:

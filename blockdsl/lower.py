@@ -321,24 +321,33 @@ def lower(
     *,
     shared: dict[str, nn.Module] | None = None,
 ) -> BlockModule:
-    """Instantiate the modules of ``graph`` and wrap them in a GraphModule running its code.
+    """Instantiate the modules of ``graph`` (one instance of the block) and wrap them in a
+    GraphModule running its code.
 
-    ``shared`` maps label keys to modules already built for this model, so that a label is one
-    module object everywhere (pass the same dict for every block of a model). Modules are
-    created on the current default device (use ``with allocation("meta"):`` for none).
+    ``shared`` maps model-global label keys (``##label``) to modules already built for this
+    model, so that such a label is one module object everywhere (pass the same dict for every
+    block of a model). A block's own ``#labels`` are shared within this instance only (its
+    combinators' children included): lowering one graph twice gives two sets of modules.
+    Modules are created on the current default device (``with allocation("meta"):`` for none).
     """
-    shared = {} if shared is None else shared
+    return _lower(graph, {} if shared is None else shared, {})
+
+
+def _lower(
+    graph: BlockGraph, shared: dict[str, nn.Module], local: dict[str, nn.Module]
+) -> BlockModule:
     lowering = _lowering(graph)
     modules: dict[str, nn.Module] = {}
     for key, spec in graph.modules.items():
         attr = lowering.attributes[key]
-        if spec.label is not None and key in shared:
-            modules[attr] = shared[key]
+        scope = None if spec.label is None else shared if spec.global_label else local
+        if scope is not None and key in scope:
+            modules[attr] = scope[key]
             continue
-        children = [lower(child, shared=shared) for child in spec.children]
+        children = [_lower(child, shared, local) for child in spec.children]
         module = _instantiate(spec, graph, children)
-        if spec.label is not None:
-            shared[key] = module
+        if scope is not None:
+            scope[key] = module
         modules[attr] = module
     block = _block_module(modules, fx_graph(graph), graph)
     block.state_attrs = tuple(lowering.attributes[key] for key in _state_calls(graph))

@@ -61,10 +61,15 @@ class LanguageModel(nn.Module):
             self._aux_groups[index] = tuple(groups)
         # Call-time inputs some call cannot do without (``memory``), and who needs them.
         self._required_inputs: dict[str, str] = {}
+        # The width each memory reader expects (its ``d_memory`` argument, else its input size).
+        self._memory_widths: dict[int, str] = {}
         for path, block in [("embed", embed), *zip(self.layer_paths(), layers), ("head", head)]:
             for where, spec, _ in component_modules(block, f"{path}."):
                 for name in sorted(spec.component.required_context):
                     self._required_inputs.setdefault(name, f"{spec.written} at {where}")
+                if "memory" in spec.component.context:
+                    width = spec.args.get("d_memory") or spec.d_in
+                    self._memory_widths.setdefault(width, f"{spec.written} at {where}")
 
     def layer_paths(self) -> list[str]:
         return [f"layers.{index}" for index in range(len(self.layers))]
@@ -104,6 +109,17 @@ class LanguageModel(nn.Module):
                     f"{where} needs '{name}': call model(idx, {name}=...)",
                     hint="memory is (batch, source length, d_model)" if name == "memory" else None,
                 )
+        memory = inputs.get("memory")
+        if memory is not None and self._memory_widths:
+            if not isinstance(memory, torch.Tensor) or memory.dim() != 3:
+                shape = tuple(memory.shape) if isinstance(memory, torch.Tensor) else memory
+                raise InputError(f"memory must be (batch, source length, width), got {shape}")
+            for width, where in self._memory_widths.items():
+                if memory.shape[-1] != width or memory.shape[0] != idx.shape[0]:
+                    raise InputError(
+                        f"memory of shape {tuple(memory.shape)} does not fit {where}: it reads "
+                        f"(batch={idx.shape[0]}, source length, {width})",
+                    )
         if torch.compiler.is_compiling():
             return
         length, context = idx.shape[1], self.config.context
@@ -218,11 +234,36 @@ class LanguageModel(nn.Module):
         states. Every tensor has the batch as dim 0."""
         return [block.init_state(batch_size, max_len) for block in self.blocks()]
 
-    def generate(self, idx: Any, max_new_tokens: int, **options: Any) -> Any:
-        """Continue ``idx``: see ``blockdsl.generate.generate`` for the options."""
+    def generate(
+        self,
+        idx: Any,
+        max_new_tokens: int,
+        *,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        greedy: bool = False,
+        stop: Any = None,
+        generator: torch.Generator | None = None,
+        use_cache: bool = True,
+    ) -> Any:
+        """Continue ``idx`` (a ``(B, T)`` tensor or a list of prompts of any lengths) by up to
+        ``max_new_tokens`` tokens, with the decoding state when every component has one;
+        see ``blockdsl.generate.generate`` and docs/generation.md."""
         from blockdsl.generate import generate
 
-        return generate(self, idx, max_new_tokens, **options)
+        return generate(
+            self,
+            idx,
+            max_new_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            greedy=greedy,
+            stop=stop,
+            generator=generator,
+            use_cache=use_cache,
+        )
 
     def _repr_html_(self) -> str:
         """Notebooks show the model's shape table (see ``ModelPlan._repr_html_``)."""
@@ -288,17 +329,30 @@ class ModelPlan:
         return [self.embed, *(g for _, g in self.layers), self.head]
 
     def params(self) -> int:
-        """Parameters of the whole model, shared labels and tied heads once."""
+        """Parameters of the whole model: a ``#label`` once per block instance, a
+        model-global ``##label`` once in all, tied heads once."""
         seen: set[int] = set()
         total = 0
         for graph in self.graphs():
             for spec in graph.modules.values():
-                if spec.label is not None:
+                if spec.global_label:
                     if id(spec) in seen:
                         continue
                     seen.add(id(spec))
                 total += spec.params
         return total
+
+    def shared_labels(self) -> dict[str, list[str]]:
+        """Model-global labels used by more than one block instance: ``{"##ln": ["layers.0",
+        "layers.1", ...]}`` (the embedding and head are ``embed`` and ``head``). Only these tie
+        weights across layers; ``blockdsl check`` lists them so that no tying is silent."""
+        paths = ["embed", *(f"layers.{i}" for i in range(len(self.layers))), "head"]
+        users: dict[str, list[str]] = {}
+        for path, graph in zip(paths, self.graphs()):
+            for spec in graph.modules.values():
+                if spec.global_label:
+                    users.setdefault(f"{spec.written}{spec.label_text}", []).append(path)
+        return {label: where for label, where in users.items() if len(where) > 1}
 
     def flops(self, seq: int) -> int:
         return sum(graph.flops(seq) for graph in self.graphs())

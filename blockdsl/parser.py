@@ -198,18 +198,21 @@ class _AstBuilder(Transformer):
     def call(self, c: list) -> Call:
         name: Token = c[0]
         label = args = children = None
+        global_label = False
         for part in c[1:]:
             if isinstance(part, _Args):
                 args = part
             elif isinstance(part, _Children):
                 children = part
-            else:
-                label = part.value[1:]  # LABEL includes its '#'
+            else:  # LABEL ('#name') or GLOBAL_LABEL ('##name')
+                global_label = part.type == "GLOBAL_LABEL"
+                label = part.value.lstrip("#")
         return Call(
             name.value,
             label,
             tuple(args) if args else (),
             tuple(children) if children else (),
+            global_label=global_label,
             span=_span(name, c[-1]),
             name_span=_tok_span(name),
         )

@@ -90,7 +90,7 @@ def unparse(node: Node) -> str:
 def _call(call: Call) -> str:
     out = call.name
     if call.label is not None:
-        out += f"#{call.label}"
+        out += f"{'##' if call.global_label else '#'}{call.label}"
     if call.args:
         out += "(" + ", ".join(unparse(arg) for arg in call.args) + ")"
     if call.children:

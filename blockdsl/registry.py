@@ -62,8 +62,10 @@ and returns the outputs for those tokens, equal to the full-sequence outputs at 
 positions. ``T_new > 1`` is a prefill, ``T_new == 1`` a decode step. Each call site has its own
 state: a label used twice has two. A combinator whose ``forward`` accepts ``state`` receives a
 list with one entry per child, that child block's state (None for a child without stateful
-calls), and passes it on as ``child(x, state=...)``. A component that mixes positions without
-the protocol still generates, by the uncached fallback (the whole prefix recomputed each step).
+calls), and passes it on as ``child(x, state=...)``; it should also accept ``positions`` and
+pass them to the children that read them (``MoE`` does both). A component that mixes positions
+without the protocol still generates, by the uncached fallback (the whole prefix recomputed
+each step); ``LanguageModel.cache_blocker()`` names it.
 """
 
 from __future__ import annotations

@@ -108,9 +108,14 @@ def describe_args(spec: ModuleSpec) -> str:
     for name in spec.component.user_params:
         value = spec.args.get(name)
         shown.append(f"{name}={format_value(value)}")
-    label = f"#{spec.label}" if spec.label else ""
     inner = f"({', '.join(shown)})" if shown else ""
-    return f"{spec.written}{label}{inner}"
+    return f"{spec.written}{spec.label_text}{inner}"
+
+
+def _shared_key(spec: ModuleSpec, instance: str) -> object:
+    """What identifies a labelled module: the spec for a model-global ``##label``; the spec in
+    one block instance for a ``#label`` (repetitions of a named block share the spec)."""
+    return id(spec) if spec.global_label else (id(spec), instance)
 
 
 class _Tabulator:
@@ -121,7 +126,8 @@ class _Tabulator:
         config = plan.config
         self.symbols = {"D": config.d_model, "V": config.vocab}
         self.rows: list[ShapeRow] = []
-        self.owner: dict[int, str] = {}  # id(ModuleSpec) -> path of its first use
+        # a labelled module -> path of its first use (see _shared_key)
+        self.owner: dict[object, str] = {}
         self.values = 0  # Σ size over produced values, per token
 
     def dims(self, size: int | None) -> tuple[tuple[str, ...], tuple[int, ...]]:
@@ -153,9 +159,9 @@ class _Tabulator:
         params = 0
         for spec in graph.modules.values():
             if spec.label is not None:
-                if id(spec) in self.owner:
+                if _shared_key(spec, path) in self.owner:
                     continue
-                self.owner[id(spec)] = path
+                self.owner[_shared_key(spec, path)] = path
             params += spec.params
         for _, data in graph.nodes():
             if data["kind"] in ("call", "add") and data["size"]:
@@ -169,7 +175,10 @@ class _Tabulator:
         flops = graph.flops(self.seq) * self.batch
         self.rows.append(ShapeRow(path, "block", what, sym, num, params, flops, block=path))
 
-    def graph_rows(self, path: str, graph: BlockGraph, level: int) -> None:
+    def graph_rows(
+        self, path: str, graph: BlockGraph, level: int, instance: str | None = None
+    ) -> None:
+        instance = instance or path  # the block instance (layers.3) that owns #labels
         for _, data in graph.nodes():
             kind = data["kind"]
             if kind not in ("call", "add"):
@@ -191,11 +200,12 @@ class _Tabulator:
             node_path = f"{path}.{module_attributes(graph)[data['module']]}"
             what = describe_args(spec) if self.full_args else spec.describe()
             flops = spec.flops(self.seq) * self.batch
-            # A named block's repetitions share one graph but own distinct modules; only a
-            # label (``Name#label``) is one module wherever it is used.
-            first = self.owner.get(id(spec)) if spec.label is not None else None
+            # A named block's repetitions share one graph but own distinct modules; a label is
+            # one module within its block instance (#label) or the whole model (##label).
+            key = _shared_key(spec, instance)
+            first = self.owner.get(key) if spec.label is not None else None
             if first is None:
-                self.owner.setdefault(id(spec), node_path)
+                self.owner.setdefault(key, node_path)
                 params, note = spec.params, ""
             else:
                 params, note = None, f"shared with {first}"
@@ -208,7 +218,7 @@ class _Tabulator:
             if self.depth >= 2:
                 self.step_rows(node_path, spec, level + 1)
                 for index, child in enumerate(spec.children):
-                    self.graph_rows(f"{node_path}[{index}]", child, level + 1)
+                    self.graph_rows(f"{node_path}[{index}]", child, level + 1, instance)
 
     def step_rows(self, path: str, spec: ModuleSpec, level: int) -> None:
         hook = spec.component.shape_steps_fn

@@ -23,6 +23,8 @@ the evaluators below say what each kind of block means. The rules, for anyone wr
 
 Compared output may contain ``...``: within a line it matches any text, alone on a line any
 number of lines; use it for what varies between runs (timings, paths, load).
+After an intended change of output, ``python -m tests.docs_harness docs/PAGE.md`` rewrites the
+shown outputs of a page's console sessions from a fresh run (review the diff).
 Python blocks and commands run in a fresh temporary directory per page, with OMP_NUM_THREADS=1;
 ``examples/``, ``bench/`` and ``tests/`` of the repository are linked into it, and it is on
 ``sys.path`` while a page's Python runs (as the current directory is for ``python -m``).
@@ -122,7 +124,7 @@ def run_shell(command: str, workdir: Path) -> subprocess.CompletedProcess:
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env["OMP_NUM_THREADS"] = "1"
-    env["COLUMNS"] = "200"
+    env.pop("COLUMNS", None)  # the documented default width (120), whatever the terminal
     env["PYTHONPATH"] = os.pathsep.join(
         p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p
     )  # `PYTHONPATH=. python bench/...` still finds the repository through the link
@@ -308,3 +310,39 @@ def run_document(path: Path) -> Outcome:
         if page is not None:
             shutil.rmtree(page.workdir, ignore_errors=True)
     return Outcome(ran, skipped, failures)
+
+
+def regenerate(path: Path) -> int:
+    """Rewrite the shown output of every console command of a page from a fresh run (after an
+    intended change of output; review the diff). Outputs holding ``...`` and commands shown
+    without output are left alone. Returns the number of outputs changed."""
+    text = path.read_text()
+    workdir = Path(tempfile.mkdtemp(prefix="blockdsl-docs-"))
+    for name in ("examples", "bench", "tests"):
+        (workdir / name).symlink_to(ROOT / name)
+    changed = 0
+    pieces, index = [], 0
+    try:
+        for match in re.finditer(r"(?ms)^```console\n(.*?)^```$", text):
+            body = match.group(1)
+            new, status = [], 0
+            for command, expected in session_commands(body):
+                result = run_shell(f"(exit {status}); {command}", workdir)
+                status = result.returncode
+                shown = "$ " + command
+                if expected.strip() and "..." not in expected:
+                    actual = "\n".join(line.rstrip() for line in result.stdout.rstrip().split("\n"))
+                    changed += actual != expected.rstrip()
+                    expected = actual
+                new.append(shown + ("\n" + expected.rstrip("\n") if expected.strip() else ""))
+            pieces += [text[index : match.start(1)], "\n".join(new) + "\n"]
+            index = match.end(1)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    path.write_text("".join(pieces) + text[index:])
+    return changed
+
+
+if __name__ == "__main__":  # python -m tests.docs_harness docs/cli.md ...: regenerate outputs
+    for arg in sys.argv[1:]:
+        print(f"{arg}: {regenerate(Path(arg))} outputs rewritten")

@@ -28,9 +28,9 @@ def small_gpt2() -> blockdsl.LanguageModel:
 
 def shared_norms() -> blockdsl.LanguageModel:
     # labels: one LayerNorm feeds both parallel branches of each layer (GPT-J style)
-    blocks = {f"layer{i}": f"Norm#ln{i}->Attn->+ | Norm#ln{i}->MLP->+" for i in range(2)}
+    blocks = {"block": "Norm#ln->Attn->+ | Norm#ln->MLP->+"}
     return blockdsl.build_model(
-        "tiny", **SMALL, layers="layer0->layer1", blocks=blocks, defaults={"Attn": {"heads": 2}}
+        "tiny", **SMALL, layers="block*2", blocks=blocks, defaults={"Attn": {"heads": 2}}
     )
 
 

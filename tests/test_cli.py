@@ -126,11 +126,15 @@ def test_depth_zero_is_one_row_per_block(capsys):
 
 
 def test_shared_label_parameters_counted_once(capsys):
-    argv = ["compile", "Norm#n->Attn#a->+->Norm->MLP->+", *SMALL, *SMALL_ATTN, "--show-shapes"]
+    argv = ["compile", "Norm##n->Attn##a->+->Norm->MLP->+", *SMALL, *SMALL_ATTN, "--show-shapes"]
     code, out, _ = run(capsys, *argv)
     assert code == 0
     assert re.search(r"^layers\.1\.a .*shared with layers\.0\.a\s", out, re.M)
     assert re.search(r"^layers\.1\.n .*shared with layers\.0\.n\s", out, re.M)
+    # a block's own label is one module per layer: each layer counts its own
+    argv[1] = "Norm#n->Attn#a->+->Norm->MLP->+"
+    code, out, _ = run(capsys, *argv)
+    assert code == 0 and "shared with" not in out
 
 
 # ==================================================================== 70B
@@ -414,3 +418,13 @@ def test_parallel_branches_as_one_list_argument(capsys):
     assert "a list of block strings must be a JSON or Python list of quoted strings" in err
     code, _, err = run(capsys, "check", "[1, 2]")
     assert code == 2 and "list of block strings" in err
+
+
+def test_check_lists_labels_shared_across_layers(capsys):
+    block = "blocks.block=Norm##ln->Attn->+->Norm#n->MLP->+"
+    code, out, err = run(capsys, "check", "tiny", "--set", block, "--set", "layers=block*12")
+    assert code == 0, err
+    assert "shared across layers: Norm##ln in layers.0-11 (one module)" in out
+    assert "#n" not in out  # a block's own label is one module per layer: nothing is tied
+    code, out, _ = run(capsys, "check", "gptj", "--set", "d_model=64", "--set", "vocab=64")
+    assert code == 0 and "shared across layers" not in out

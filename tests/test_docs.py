@@ -28,6 +28,7 @@ def test_every_docs_page_is_collected(tmp_path):
     assert found == ["README.md", "docs/a.md", "docs/b.md"]
 
 
+@pytest.mark.slow  # three blockdsl subprocesses
 def test_harness_fails_on_a_broken_page():
     outcome = run_document(BROKEN)
     lines = BROKEN.read_text().splitlines()

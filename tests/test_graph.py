@@ -274,12 +274,12 @@ def test_children_are_owned_subgraphs() -> None:
     assert spec.children[1].expression() == "MLP(Norm(x))"
 
 
-def test_labels_are_shared_across_blocks_of_one_model() -> None:
+def test_global_labels_are_shared_across_blocks_of_one_model() -> None:
     model = blockdsl.build_model(
         "tiny",
         d_model=32,
         layers="shared*3",
-        blocks={"shared": "Norm#a->Attn#b->+->Norm#c->MLP#d->+"},
+        blocks={"shared": "Norm##a->Attn##b->+->Norm##c->MLP##d->+"},
         defaults={"Attn": {"heads": 2, "kv_heads": 1}, "MLP": {"hidden": 64}},
     )
     layer_params = sum(p.numel() for p in model.layers.parameters())

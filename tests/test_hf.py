@@ -212,13 +212,7 @@ def test_to_config_block_strings():
         "mistral": ({"block": "Norm->Attn->+->Norm->MLP->+"}, "block*2"),
         "mixtral": ({"block": "Norm->Attn->+->Norm->MoE->+"}, "block*2"),
         "gpt_neox": ({"block": "Norm->Attn->+ | Norm->MLP->+"}, "block*2"),
-        "gptj": (
-            {
-                "layer0": "Norm#ln0->Attn->+ | Norm#ln0->MLP->+",
-                "layer1": "Norm#ln1->Attn->+ | Norm#ln1->MLP->+",
-            },
-            "layer0->layer1",
-        ),
+        "gptj": ({"block": "Norm#ln->Attn->+ | Norm#ln->MLP->+"}, "block*2"),
         "gemma2": (
             {
                 "local": "Norm->Attn(window=8)->Norm->+->Norm->MLP->Norm->+",

@@ -86,3 +86,23 @@ def test_checks_do_not_break_compile_or_export():
             model, (idx,), dynamic_shapes={"idx": {1: torch.export.Dim("T", max=12)}}
         )
         assert torch.allclose(exported.module()(idx[:, :5]), model(idx[:, :5]), atol=1e-6)
+
+
+def test_a_head_must_produce_the_vocabulary():
+    with pytest.raises(BlockValidationError, match="the head produces 16 features but the"):
+        _model(head="Norm->MLP->+")
+
+
+def test_memory_of_the_wrong_width_names_the_reader():
+    model = _model(blocks={"block": "Norm->CrossAttn(d_memory=4)->+"})
+    idx = torch.randint(0, 50, (2, 5))
+    with pytest.raises(InputError, match=r"does not fit CrossAttn at layers\.0\.cross_attn"):
+        model(idx, memory=torch.randn(2, 3, 16))
+    assert model(idx, memory=torch.randn(2, 3, 4)).shape == (2, 5, 50)
+    with pytest.raises(InputError, match="memory must be"):
+        model(idx, memory=torch.randn(3, 4))
+
+
+def test_attention_dropout_out_of_range_is_rejected():
+    with pytest.raises(BlockValidationError, match=r"dropout must be in \[0, 1\), got -1"):
+        _model(blocks={"block": "Norm->CrossAttn(dropout=-1)->+"})

@@ -64,7 +64,6 @@ def test_blocks_are_fx_graph_modules() -> None:
 SMALL = {"d_model": 64, "vocab": 97, "context": 32}
 SMALL_LAYERS = {
     "gemma2": "local->global",
-    "gptj": "l0->l1",
     "recurrentgemma": "recurrent->attention",
     "jamba": "mamba->mamba_moe->attention",
     "hybrid": "M->A->F",
@@ -176,7 +175,7 @@ def test_arctic_is_x_plus_a_plus_m_plus_e() -> None:
 
 # ---------------------------------------------------------------- sharing and tying
 def test_shared_layers_hold_one_layer_of_parameters_and_accumulate_gradients() -> None:
-    blocks = {"shared": "Norm#a->Attn#b->+->Norm#c->MLP#d->+"}
+    blocks = {"shared": "Norm##a->Attn##b->+->Norm##c->MLP##d->+"}
     kwargs = {"d_model": 32, "vocab": 50, "context": 16, "blocks": blocks}
     model = build_model("tiny", layers="shared*12", **kwargs)
     single = build_model("tiny", layers="shared", **kwargs)
@@ -384,3 +383,44 @@ def test_meta_builds_skip_initialisation_and_restore_it() -> None:
     real = build_model("tiny", d_model=32, layers="block")
     weight = real.layers[0].attn.q.weight
     assert weight.abs().max() > 0 and weight.std() > 0
+
+
+# ---------------------------------------------------------------- label scope (spec v2)
+def test_label_scope_block_instance_and_model_global() -> None:
+    """``#label`` is one module per block instance (GPT-J's norm: each layer its own, shared by
+    both branches); ``##label`` one module in the whole model (ALBERT), also across named blocks
+    (Zamba's shared block). Parameters, the shape table and ``check`` agree."""
+    from blockdsl.model import ModelPlan
+
+    sizes = {"d_model": 32, "vocab": 50, "context": 16}
+    local = build_model(
+        "tiny", layers="block*3", blocks={"block": "Norm#ln->Attn->+ | Norm#ln->MLP->+"}, **sizes
+    )
+    norms = [layer.ln for layer in local.layers]
+    assert len({id(n) for n in norms}) == 3  # one per layer
+    assert [n for n, _ in local.layers[0].named_children()] == ["ln", "attn", "mlp"]
+    per_layer = sum(p.numel() for p in local.layers[0].parameters())
+    assert sum(p.numel() for p in local.layers.parameters()) == 3 * per_layer
+
+    blocks = {"a": "Norm##n->Attn->+", "b": "Norm##n->MLP->+"}
+    shared = build_model("tiny", layers="(a->b)*2", blocks=blocks, **sizes)
+    assert len({id(layer.n) for layer in shared.layers}) == 1  # across layers and blocks
+    plan = ModelPlan(shared.config)
+    assert plan.params() == shared.num_params()
+    assert plan.shared_labels() == {"Norm##n": ["layers.0", "layers.1", "layers.2", "layers.3"]}
+    assert ModelPlan(local.config).shared_labels() == {}
+    assert ModelPlan(local.config).params() == local.num_params()
+
+
+def test_labels_inside_one_block_share_across_repeats_and_children() -> None:
+    model = build_model(
+        "tiny",
+        d_model=32,
+        vocab=50,
+        context=16,
+        layers="block*2",
+        blocks={"block": "(Norm#n->MLP->+)*2->Norm->MoE[Norm#n->MLP, MLP]->+"},
+    )
+    layer = model.layers[0]
+    assert layer.n is layer.moe.experts[0].n  # a child of the same instance shares it
+    assert model.layers[0].n is not model.layers[1].n

@@ -53,7 +53,8 @@ def test_targets_are_not_shifted_and_minus_100_is_ignored():
     model = blockdsl.build_model("tiny", **SMALL).eval()
     idx = torch.randint(0, 64, (2, 16))
     targets = torch.cat([idx[:, 1:], torch.full((2, 1), -100)], dim=1)  # next token; none last
-    logits, loss = model(idx, targets=targets)
+    _, loss = model(idx, targets=targets)
+    logits = model(idx)  # every position's logits
     expected = F.cross_entropy(logits[:, :-1].reshape(-1, 64), idx[:, 1:].reshape(-1))
     torch.testing.assert_close(loss, expected)
 
@@ -92,3 +93,19 @@ def test_true_and_false_are_names_outside_argument_values():
     labels = [step.label for step in block.chains[0].steps[:2]]
     assert labels == ["true", "False"]
     assert blockdsl.compile_block("Norm#true->MLP(gated=true)->+", d_model=16).mlp.gate is not None
+
+
+def test_bench_step_without_the_bench_extra_names_it(monkeypatch, capsys):
+    import importlib.util
+
+    from bench import step
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "x_transformers" else real(name, *a),
+    )
+    assert step.main(["--quick", "--no-compile"]) == 2
+    err = capsys.readouterr().err
+    assert "x-transformers is not installed" in err and "pip install -e '.[bench]'" in err

@@ -270,14 +270,3 @@ def test_mixer_benchmark_runs_every_row(capsys):
     for row in ("`Attn(heads=4)` | 8", "`Mamba(state=4)` | 8", "`Mamba2(head_dim=16)` | 8"):
         assert row in out
     assert out.count("×") >= 4 + 3  # every row vs attention, three vs transformers
-
-
-def test_hybrids_doc_examples_run():
-    import re
-    from pathlib import Path
-
-    text = (Path(__file__).resolve().parent.parent / "docs/hybrids.md").read_text()
-    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
-    assert blocks
-    for code in blocks:
-        exec(compile(code, "docs/hybrids.md", "exec"), {})

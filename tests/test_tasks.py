@@ -286,3 +286,10 @@ def test_train_on_compression_trains_the_autoencoder(tmp_path):
         **{**_train_overrides(steps=2, eval_every=2), "vocab": 16},
     )
     assert run.model.__class__.__name__ == "AutoEncoder" and "accuracy" in run.metrics[-1]
+    from safetensors import safe_open
+
+    from blockdsl.train.checkpoint import checkpoints
+
+    with safe_open(str(checkpoints(run.dir)[-1].weights), "pt") as f:
+        keys = set(f.keys())
+    assert "decoder.1.weight" in keys and any(k.startswith("layers.0.") for k in keys)

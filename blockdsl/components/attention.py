@@ -26,8 +26,15 @@ _SDPA_HAS_GQA = tuple(int(p) for p in torch.__version__.split(".")[:2]) >= (2, 5
 
 
 def _check_heads(
-    d_in: int, heads: int, kv_heads: int | None = None, head_dim: int | None = None, **_
+    d_in: int,
+    heads: int,
+    kv_heads: int | None = None,
+    head_dim: int | None = None,
+    dropout: float = 0.0,
+    **_,
 ) -> Problem:
+    if not 0.0 <= dropout < 1.0:
+        return f"dropout must be in [0, 1), got {dropout}"
     if heads <= 0:
         return f"heads must be positive, got {heads}"
     if head_dim is None and d_in % heads:
@@ -180,11 +187,12 @@ def _attn_params(
     qk_norm: bool,
     bias: bool,
     d_memory: int | None = None,
+    gate: bool = False,
     **_,
 ) -> int:
     kv, hd = _dims(d_in, heads, kv_heads, head_dim)
     d_kv = d_memory or d_in
-    q = (d_in + bias) * heads * hd
+    q = (d_in + bias) * heads * hd * (2 if gate else 1)  # + the output gate's projection
     k_and_v = 2 * (d_kv + bias) * kv * hd
     o = heads * hd * d_in + bias * d_in
     return q + k_and_v + o + (2 * hd if qk_norm else 0)
@@ -199,6 +207,7 @@ def _attn_flops(
     bias: bool,
     window: int | None = None,
     d_memory: int | None = None,
+    gate: bool = False,
     **_,
 ) -> int:
     kv, hd = _dims(d_in, heads, kv_heads, head_dim)
@@ -207,6 +216,7 @@ def _attn_flops(
         (2 * d_in + bias) * heads * hd
         + 2 * (2 * d_kv + bias) * kv * hd
         + (2 * heads * hd + bias) * d_in
+        + gate * ((2 * d_in + bias) * heads * hd + 2 * heads * hd)  # gate and its product
     )
     keys = seq if window is None else min(seq, window)
     return projections + 2 * 2 * seq * keys * heads * hd  # + QK^T and AV
@@ -230,9 +240,11 @@ class _Projections(nn.Module):
         bias: bool,
         dropout: float,
         d_memory: int | None = None,
+        gate: bool = False,
+        qk_norm_eps: float = 1e-6,
     ) -> None:
         super().__init__()
-        raise_problem(_check_heads(d_model, heads, kv_heads, head_dim))
+        raise_problem(_check_heads(d_model, heads, kv_heads, head_dim, dropout))
         kv, hd = _dims(d_model, heads, kv_heads, head_dim)
         self.heads, self.kv_heads, self.head_dim = heads, kv, hd
         self.groups = heads // kv  # query heads per kv head (GQA)
@@ -243,8 +255,9 @@ class _Projections(nn.Module):
         self.k = nn.Linear(d_kv, kv * hd, bias=bias)
         self.v = nn.Linear(d_kv, kv * hd, bias=bias)
         self.o = nn.Linear(heads * hd, d_model, bias=bias)
-        self.q_norm = Norm(hd, kind="rms", eps=1e-6) if qk_norm else None
-        self.k_norm = Norm(hd, kind="rms", eps=1e-6) if qk_norm else None
+        self.q_norm = Norm(hd, kind="rms", eps=qk_norm_eps) if qk_norm else None
+        self.k_norm = Norm(hd, kind="rms", eps=qk_norm_eps) if qk_norm else None
+        self.gate = nn.Linear(d_model, heads * hd, bias=bias) if gate else None
 
     def project(
         self, x: torch.Tensor, kv_source: torch.Tensor
@@ -266,8 +279,12 @@ class _Projections(nn.Module):
         fused kernels that take grouped heads take no mask either), torch >= 2.5."""
         return self.groups > 1 and self.softcap is None and not masked and _SDPA_HAS_GQA
 
-    def merge(self, y: torch.Tensor) -> torch.Tensor:
-        return self.o(rearrange(y, "b h t d -> b t (h d)"))  # (B, T, D)
+    def merge(self, y: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
+        """Heads concatenated, gated by ``sigmoid(gate(x))`` with an output gate, then ``o``."""
+        y = rearrange(y, "b h t d -> b t (h d)")
+        if self.gate is not None:
+            y = y * torch.sigmoid(self.gate(x))
+        return self.o(y)  # (B, T, D)
 
 
 def _attn_steps(
@@ -278,6 +295,7 @@ def _attn_steps(
     kv_heads: int | None,
     head_dim: int | None,
     window: int | None = None,
+    gate: bool = False,
     **_,
 ) -> list[tuple[str, tuple[str, ...], tuple[int, ...], int]]:
     """Attention's steps for ``blockdsl compile --show-shapes --depth 2``: ``(name, symbolic
@@ -286,12 +304,14 @@ def _attn_steps(
     kv, hd = _dims(d_in, heads, kv_heads, head_dim)
     n = batch * seq
     keys = seq if window is None else min(seq, window)
+    gate_flops = (2 * d_in + 2) * n * heads * hd  # the gate's projection and product
     return [
         ("q", ("B", "H", "T", "hd"), (batch, heads, seq, hd), 2 * n * d_in * heads * hd),
         ("k", ("B", "K", "T", "hd"), (batch, kv, seq, hd), 2 * n * d_in * kv * hd),
         ("v", ("B", "K", "T", "hd"), (batch, kv, seq, hd), 2 * n * d_in * kv * hd),
         ("scores", ("B", "H", "T", "T"), (batch, heads, seq, seq), 2 * n * keys * heads * hd),
         ("mix", ("B", "H", "T", "hd"), (batch, heads, seq, hd), 2 * n * keys * heads * hd),
+        *([("gate", ("B", "T", "H·hd"), (batch, seq, heads * hd), gate_flops)] if gate else []),
         ("o", ("B", "T", "D"), (batch, seq, d_in), 2 * n * heads * hd * d_in),
     ]
 
@@ -328,7 +348,9 @@ class Attn(_Projections):
       ``i - j < window`` (HF Mistral/Gemma 2). Masks are index based (built with one broadcast
       compare per call); with neither window nor ALiBi nor soft-capping SDPA's ``is_causal``.
     * ``qk_norm``: RMSNorm over ``head_dim`` of queries and keys (before rotary), weights
-      ``q_norm.weight``/``k_norm.weight`` shared by the heads.
+      ``q_norm.weight``/``k_norm.weight`` shared by the heads (epsilon ``qk_norm_eps``).
+    * ``gate``: head-wise output gate (Qwen3-Next): the concatenated heads are multiplied by
+      ``sigmoid(gate(x))`` (a ``D -> heads * head_dim`` linear of the input) before ``o``.
     * ``softcap``: scores ``softcap * tanh(scores / softcap)`` after scaling (Gemma 2); computed
       with explicit math, SDPA otherwise. ``scale`` defaults to ``head_dim ** -0.5``.
     * ``dropout``: on the attention probabilities, in training only.
@@ -338,7 +360,7 @@ class Attn(_Projections):
       window``), with ALiBi's bias ``-slope * (p - j)``: the full path's masks, per row.
 
     Parameters: ``q``, ``k``, ``v``, ``o`` (``nn.Linear``; biases with ``bias``),
-    ``q_norm``, ``k_norm`` (with ``qk_norm``).
+    ``q_norm``, ``k_norm`` (with ``qk_norm``), ``gate`` (with ``gate``).
     """
 
     arg_help: ClassVar[dict[str, str]] = {
@@ -357,6 +379,8 @@ class Attn(_Projections):
         "bias": "biases on the q, k, v, o projections",
         "dropout": "dropout on attention probabilities (training only)",
         "context": "maximum sequence length (rotary table size; set by the model)",
+        "gate": "head-wise output gate `sigmoid(gate(x))` before `o` (Qwen3-Next)",
+        "qk_norm_eps": "epsilon of the q/k RMSNorm",
     }
 
     shape_steps = staticmethod(_attn_steps)
@@ -379,8 +403,13 @@ class Attn(_Projections):
         bias: bool = False,
         dropout: float = 0.0,
         context: int = 2048,
+        gate: bool = False,
+        qk_norm_eps: float = 1e-6,
     ) -> None:
-        super().__init__(d_model, heads, kv_heads, head_dim, qk_norm, softcap, scale, bias, dropout)
+        super().__init__(
+            d_model, heads, kv_heads, head_dim, qk_norm, softcap, scale, bias, dropout,
+            gate=gate, qk_norm_eps=qk_norm_eps,
+        )  # fmt: skip
         raise_problem(_check_attn_options(window=window, rope_fraction=rope_fraction))
         self.pos, self.causal, self.window, self.context = pos, causal, window, context
         self.rope_theta, self.rope_interleaved = rope_theta, rope_interleaved
@@ -475,7 +504,7 @@ class Attn(_Projections):
             dropout=self.dropout if self.training else 0.0,
             enable_gqa=gqa,
         )  # (B, H, T, hd)
-        return self.merge(y)
+        return self.merge(y, x)
 
     def _rotate(
         self, q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor
@@ -507,8 +536,9 @@ class Attn(_Projections):
         """The new tokens ``x`` (B, T, D) at ``positions`` (B, T), attending to the cache.
 
         Query heads are grouped by the kv head they read, ``(B, K, G*T, hd)``, so the cache is
-        never repeated; in eager mode only the cache up to the furthest position is read (under
-        ``torch.compile`` all of it, masked: static shapes)."""
+        never repeated; in eager mode only the slots some query may see are read, without a
+        mask when every row is at one position (under ``torch.compile`` the whole cache,
+        masked: static shapes)."""
         if positions is None:
             raise ValueError("Attn with a decoding state needs positions (B, T_new)")
         B, T = x.shape[:2]
@@ -525,15 +555,23 @@ class Attn(_Projections):
         slots = positions[:, None, :, None].expand(B, K, T, hd)
         cache_k.scatter_(2, slots, k.to(cache_k.dtype))
         cache_v.scatter_(2, slots, v.to(cache_v.dtype))
-        keys, values = cache_k, cache_v
-        if not torch.compiler.is_compiling():  # skip the never-written tail of the cache
-            used = int(positions.max()) + 1
-            keys, values = cache_k[:, :, :used], cache_v[:, :, :used]
-        j = torch.arange(keys.shape[2], device=x.device)  # (L,) key positions
+        keys, values, start, uniform = cache_k, cache_v, 0, False
+        if not torch.compiler.is_compiling():
+            # read only cache slots some query may see: none past the furthest position, none
+            # before the window of the nearest; one step of rows at one position sees them all
+            low, high = (int(p) for p in torch.aminmax(positions))
+            used = high + 1
+            if self.window is not None:
+                start = max(0, low - self.window + 1)
+            keys, values = cache_k[:, :, start:used], cache_v[:, :, start:used]
+            uniform = T == 1 and low == high
+        j = torch.arange(start, start + keys.shape[2], device=x.device)  # (L,) key positions
         distance = (positions[:, :, None] - j).repeat(1, G, 1)[:, None]  # (B, 1, G*T, L)
-        mask = distance >= 0  # causal (the cache past a row's position is never seen)
-        if self.window is not None:
-            mask = mask & (distance < self.window)
+        mask = None
+        if not uniform:
+            mask = distance >= 0  # causal (the cache past a row's position is never seen)
+            if self.window is not None:
+                mask = mask & (distance < self.window)
         bias = None
         if self.pos == "alibi":  # (B, K, G*T, L): query head k*G + g has slope alibi[k*G + g]
             slopes = self.alibi.view(K, G, 1).expand(K, G, T).reshape(K, G * T, 1)
@@ -541,6 +579,8 @@ class Attn(_Projections):
         q = q.reshape(B, K, G * T, hd)  # query head h = k*G + g reads kv head k
         y = attend(q, keys, values, scale=self.scale, mask=mask, bias=bias, cap=self.softcap)
         y = y.view(B, self.heads, T, hd).transpose(1, 2).reshape(B, T, self.heads * hd)
+        if self.gate is not None:
+            y = y * torch.sigmoid(self.gate(x))
         return self.o(y)  # (B, T, D)
 
     def extra_repr(self) -> str:

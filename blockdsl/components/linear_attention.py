@@ -51,12 +51,15 @@ def causal_conv(
     sequence); when given it is updated in place to the last ``k-1`` inputs including ``x``,
     so that the next call continues the same sequence."""
     k = weight.shape[-1]
-    if window is None:
-        padded = F.pad(x, (k - 1, 0))
+    if window is None:  # padding both sides and dropping the tail saves a padded copy
+        return F.conv1d(x, weight, bias, padding=k - 1, groups=x.shape[1])[..., : x.shape[-1]]
     else:
         padded = torch.cat((window.to(x.dtype), x), dim=-1)  # (B, C, k-1 + T)
         if k > 1:
             window.copy_(padded[..., -(k - 1) :])
+        if x.shape[-1] == 1:  # a decode step: one dot product per channel beats conv1d's setup
+            y = (padded * weight[:, 0]).sum(-1, keepdim=True)  # (B, C, 1)
+            return y if bias is None else y + bias[:, None]
     return F.conv1d(padded, weight, bias, groups=x.shape[1])  # (B, C, T)
 
 
@@ -105,54 +108,116 @@ def chunked_delta_rule(
 
     ``S_t = S_{t-1} (diag(exp(log_w_t)) + a_t b_t^T) + v_t k_t^T``, ``o_t = S_t r_t``.
 
-    ``r``, ``k``, ``a``, ``b``: (B, H, T, K); ``v``: (B, H, T, V); ``log_w``: (B, H, T, K) or
-    (B, H, T, 1) (one decay per head), entries <= 0; ``state``: (B, H, V, K) or None (zeros).
-    Returns the outputs (B, H, T, V) and the final state (B, H, V, K).
+    ``r``, ``k``, ``a``, ``b``: (B, T, H, K); ``v``: (B, T, H, V); ``log_w``: (B, T, H, K) or
+    (B, T, H, 1) (one decay per head), entries <= 0; ``state``: (B, H, V, K) or None (zeros).
+    Returns the outputs (B, T, H, V) and the final state (B, H, V, K).
 
     Within a chunk, with ``G`` the cumulative log decay from the chunk's start, write
     ``u_t = S_{t-1} a_t``; unrolling gives ``U = (I - L)^{-1} (A~ S_0^T + L_k V)`` with the
-    strictly lower triangular ``L[t, s] = a~_t . b~_s`` (UT transform). Everything except the
-    chunk-to-chunk state hand-over ``S <- S A_i + X_i`` is computed for all chunks at once."""
-    B, H, T, K = k.shape
+    strictly lower triangular ``L[t, s] = a~_t . b~_s`` (UT transform), solved for every chunk
+    at once; the scan over chunks is then three matrix products each (chunk-major, so that each
+    chunk's operands are contiguous)."""
+    B, T, H, K = k.shape
     Vd = v.shape[-1]
     dtype = v.dtype
     r, k, v, a, b, log_w = (t.float() for t in (r, k, v, a, b, log_w))
     pad = (-T) % chunk
     if pad:  # zero inputs with decay 1 leave the state as it is
-        r, k, v, a, b, log_w = (F.pad(t, (0, 0, 0, pad)) for t in (r, k, v, a, b, log_w))
+        r, k, v, a, b, log_w = (F.pad(t, (0, 0, 0, 0, 0, pad)) for t in (r, k, v, a, b, log_w))
     r, k, v, a, b, log_w = (
-        rearrange(t, "b h (n c) d -> b h n c d", c=chunk) for t in (r, k, v, a, b, log_w)
+        rearrange(t, "b (n c) h d -> n b h c d", c=chunk) for t in (r, k, v, a, b, log_w)
     )
-    G = log_w.cumsum(dim=-2)  # (B, H, n, C, K|1) log decay from the chunk's start, inclusive
+    G = log_w.cumsum(dim=-2)  # (n, B, H, C, K|1) log decay from the chunk's start, inclusive
     G_before = G - log_w  # ... exclusive: the decay applied before token t's own update
-    G_end = G[..., -1:, :]  # (B, H, n, 1, K|1)
+    G_end = G[..., -1:, :]  # (n, B, H, 1, K|1)
 
-    L_ab = _pair_scores(a, G_before, b, G, strict=True)  # (B, H, n, C, C)
+    L_ab = _pair_scores(a, G_before, b, G, strict=True)  # (n, B, H, C, C)
     L_ak = _pair_scores(a, G_before, k, G, strict=True)
     M_rb = _pair_scores(r, G, b, G, strict=False)
     M_rk = _pair_scores(r, G, k, G, strict=False)
-    a_dec = a * G_before.exp()  # (B, H, n, C, K)
+    a_dec = a * G_before.exp()  # (n, B, H, C, K)
     eye = torch.eye(chunk, dtype=L_ab.dtype, device=L_ab.device)
     solved = torch.linalg.solve_triangular(
         eye - L_ab, torch.cat((a_dec, L_ak @ v), dim=-1), upper=False, unitriangular=True
     )
     W, U_v = solved.split([K, Vd], dim=-1)  # u_t = U_v[t] + S_0 W[t]
-    q_eff = r * G.exp() + M_rb @ W  # (B, H, n, C, K): o = O_v + q_eff S_0^T
-    O_v = M_rb @ U_v + M_rk @ v  # (B, H, n, C, V)
-    b_end = b * (G_end - G).exp()  # (B, H, n, C, K) decays from each token to the chunk's end
-    k_end = k * (G_end - G).exp()
-    decay_end = G_end.exp().squeeze(-2).expand(B, H, -1, K)  # (B, H, n, K)
-    A = torch.diag_embed(decay_end) + W.transpose(-1, -2) @ b_end  # (B, H, n, K, K)
-    X = U_v.transpose(-1, -2) @ b_end + v.transpose(-1, -2) @ k_end  # (B, H, n, V, K)
+    q_eff = r * G.exp() + M_rb @ W  # (n, B, H, C, K): o = O_v + q_eff S_0^T
+    O_v = M_rb @ U_v + M_rk @ v  # (n, B, H, C, V)
+    to_end = (G_end - G).exp()  # (n, B, H, C, K|1) decay from each token to the chunk's end
+    b_end_t = (b * to_end).transpose(-1, -2).contiguous()  # (n, B, H, K, C)
+    X_t = (k * to_end).transpose(-1, -2) @ v  # (n, B, H, K, V): the values' own writes
+    decay_end = G_end.exp().transpose(-1, -2)  # (n, B, H, K|1, 1)
 
-    S = torch.zeros(B, H, Vd, K, dtype=v.dtype, device=v.device) if state is None else state.float()
+    # S^T (K, V) here; unbind, not indexing: its backward stacks the gradients once (no
+    # full-size zero tensor per chunk)
+    St = v.new_zeros(B, H, K, Vd) if state is None else state.float().transpose(-1, -2)
     outputs = []
-    for i in range(A.shape[2]):
-        outputs.append(O_v[:, :, i] + q_eff[:, :, i] @ S.transpose(-1, -2))  # (B, H, C, V)
-        S = S @ A[:, :, i] + X[:, :, i]
-    o = torch.stack(outputs, dim=2)  # (B, H, n, C, V)
-    o = rearrange(o, "b h n c d -> b h (n c) d")[:, :, :T]
-    return o.to(dtype), S.to(dtype)
+    for O_i, q_i, W_i, U_i, b_i, X_i, d_i in zip(
+        *(t.unbind(0) for t in (O_v, q_eff, W, U_v, b_end_t, X_t, decay_end))
+    ):
+        outputs.append(O_i + q_i @ St)  # (B, H, C, V)
+        St = St * d_i + b_i @ (U_i + W_i @ St) + X_i
+    o = rearrange(torch.stack(outputs), "n b h c d -> b (n c) h d")[:, :T]
+    return o.to(dtype), St.transpose(-1, -2).to(dtype)
+
+
+def chunked_gated_delta_rule(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    log_alpha: torch.Tensor,
+    beta: torch.Tensor,
+    state: torch.Tensor | None = None,
+    chunk: int = 64,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The gated delta rule ``S_t = alpha_t S_{t-1} (I - beta_t k_t k_t^T) + beta_t v_t k_t^T``,
+    ``o_t = S_t q_t``, chunk by chunk: the special case of ``chunked_delta_rule`` with one decay
+    per head, in fewer operations (the WY form of Yang et al., as fla and HF compute it).
+
+    ``q``, ``k``: (B, T, H, K); ``v``: (B, T, H, V); ``log_alpha``, ``beta``: (B, T, H);
+    ``state``: (B, H, V, K) or None. Returns the outputs (B, T, H, V) and the final state.
+
+    With ``g`` the cumulative log decay within a chunk, the corrections ``u_t = beta_t (v_t -
+    alpha_t S_{t-1} k_t)`` (so that ``S_t = alpha_t S_{t-1} + u_t k_t^T``) solve
+    ``(I + A) U = beta V - diag(beta e^g) K S_0^T`` with ``A[t, s] = beta_t e^{g_t - g_s} k_t.k_s``
+    (s < t); both right-hand sides are solved for every chunk at once, and the scan over chunks
+    is four matrix products each (chunk-major, so that each chunk's operands are contiguous)."""
+    B, T, H, K = k.shape
+    Vd = v.shape[-1]
+    dtype = v.dtype
+    q, k, v, log_alpha, beta = (t.float() for t in (q, k, v, log_alpha, beta))
+    pad = (-T) % chunk
+    if pad:  # zero keys and values with decay 1 leave the state as it is
+        q, k, v = (F.pad(t, (0, 0, 0, 0, 0, pad)) for t in (q, k, v))
+        log_alpha, beta = (F.pad(t, (0, 0, 0, pad)) for t in (log_alpha, beta))
+    q, k, v = (rearrange(t, "b (n c) h d -> n b h c d", c=chunk) for t in (q, k, v))
+    g = rearrange(log_alpha, "b (n c) h -> n b h c", c=chunk).cumsum(-1)  # (n, B, H, C)
+    beta = rearrange(beta, "b (n c) h -> n b h c", c=chunk)[..., None]  # (n, B, H, C, 1)
+    upper = torch.ones(chunk, chunk, dtype=torch.bool, device=q.device).triu(1)
+    decay = (g[..., :, None] - g[..., None, :]).masked_fill(upper, float("-inf")).exp()
+    A = (beta * (k @ k.transpose(-1, -2)) * decay).tril(-1)  # (n, B, H, C, C)
+    eye = torch.eye(chunk, dtype=A.dtype, device=A.device)
+    rhs = torch.cat((beta * v, beta * g.exp()[..., None] * k), dim=-1)
+    U0, Wk = torch.linalg.solve_triangular(eye + A, rhs, upper=False, unitriangular=True).split(
+        [Vd, K], dim=-1
+    )  # U = U0 - Wk S_0^T
+    M = (q @ k.transpose(-1, -2)) * decay  # (n, B, H, C, C), zero above the diagonal
+    q_dec = q * g.exp()[..., None]
+    k_end = (k * (g[..., -1:] - g).exp()[..., None]).transpose(-1, -2).contiguous()  # (.., K, C)
+    g_end = g[..., -1].exp()[..., None, None]  # (n, B, H, 1, 1)
+
+    S = v.new_zeros(B, H, K, Vd) if state is None else state.float().transpose(-1, -2)
+    outputs = []
+    # unbind, not indexing: its backward stacks the chunks' gradients once instead of adding
+    # each into a zero tensor of the whole size
+    for U0_i, Wk_i, q_i, M_i, k_i, g_i in zip(
+        *(t.unbind(0) for t in (U0, Wk, q_dec, M, k_end, g_end))
+    ):  # S is (K, V) here: rows are read by keys and queries
+        U = U0_i - Wk_i @ S  # (B, H, C, V)
+        outputs.append(q_i @ S + M_i @ U)
+        S = S * g_i + k_i @ U
+    o = rearrange(torch.stack(outputs), "n b h c d -> b (n c) h d")[:, :T]
+    return o.to(dtype), S.transpose(-1, -2).to(dtype)
 
 
 def delta_rule_step(
@@ -183,14 +248,18 @@ def _delta_rule(
     if state is not None and r.shape[1] == 1:
         o = delta_rule_step(*(t[:, 0] for t in (r, k, v, a, b, log_w)), state)
         return o[:, None]
-    heads_first = [rearrange(t, "b t h d -> b h t d") for t in (r, k, v, a, b, log_w)]
-    o, final = chunked_delta_rule(*heads_first, state=state, chunk=chunk)
+    o, final = chunked_delta_rule(r, k, v, a, b, log_w, state=state, chunk=chunk)
     if state is not None:
         state.copy_(final)
-    return rearrange(o, "b h t d -> b t h d")
+    return o
 
 
 # --------------------------------------------------------------------------- Gated DeltaNet
+
+
+def l2norm(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """``x / sqrt(|x|^2 + eps)`` over the last dim (fla's and HF Qwen3-Next's convention)."""
+    return x * torch.rsqrt(x.pow(2).sum(-1, keepdim=True) + eps)
 
 
 class GatedRMSNorm(nn.Module):
@@ -416,14 +485,23 @@ class GatedDeltaNet(nn.Module):
             for t in (q, k)
         )  # (B, T, Hv, K)
         v = rearrange(v, "b t (h d) -> b t h d", h=self.v_heads)  # (B, T, Hv, V)
-        q = F.normalize(q.float(), dim=-1, eps=1e-6) * self.head_dim**-0.5
-        k = F.normalize(k.float(), dim=-1, eps=1e-6)
+        q = l2norm(q.float()) * self.head_dim**-0.5
+        k = l2norm(k.float())
         beta = torch.sigmoid(b.float())[..., None]  # (B, T, Hv, 1)
         log_alpha = (-self.A_log.float().exp() * F.softplus(a.float() + self.dt_bias))[..., None]
-        o = _delta_rule(
-            q, k, beta * v.float(), k, -(log_alpha.exp() * beta) * k, log_alpha,
-            None if state is None else state["ssm"], self.chunk,
-        )  # fmt: skip
+        ssm = None if state is None else state["ssm"]
+        if ssm is not None and x.shape[1] == 1:  # decode step: the recurrence
+            alpha_beta = (log_alpha.exp() * beta)[:, 0]
+            o = delta_rule_step(
+                q[:, 0], k[:, 0], (beta * v.float())[:, 0], k[:, 0], -alpha_beta * k[:, 0],
+                log_alpha[:, 0], ssm,
+            )[:, None]  # fmt: skip
+        else:
+            o, final = chunked_gated_delta_rule(
+                q, k, v, log_alpha[..., 0], beta[..., 0], ssm, self.chunk
+            )
+            if ssm is not None:
+                ssm.copy_(final)
         o = self.norm(o.to(x.dtype), z)  # (B, T, Hv, V)
         return self.out_proj(rearrange(o, "b t h d -> b t (h d)"))
 

@@ -130,6 +130,18 @@ class ImplicitFilter(nn.Module):
         deltas = torch.linspace(target / 1.5, target / 0.3, self.d_model, device=device)
         self.register_buffer("deltas", deltas, persistent=False)
 
+    def taps(self, length: int) -> torch.Tensor:
+        """``self(length)``, from a cache of the whole filter when no gradient is wanted
+        (decoding asks for the filter at every step; it changes only with the weights, whose
+        storage and version counters key the cache)."""
+        if torch.is_grad_enabled():
+            return self(length)
+        key = tuple((p.data_ptr(), p._version) for p in self.parameters())
+        key += (self.z.data_ptr(), self.z.dtype)
+        if getattr(self, "_cache_key", None) != key:
+            self._cache, self._cache_key = self(self.context), key
+        return self._cache[:, :length]
+
     def forward(self, length: int) -> torch.Tensor:
         """The filter's first ``length`` taps, (D, length)."""
         h = self.z[:length]
@@ -269,7 +281,7 @@ class Hyena(nn.Module):
             _check_context(T, self.context)
             y = fft_conv(v, self.filter(T))
         else:
-            y = LongConvState.conv(v, self.filter, self.context, state)
+            y = LongConvState.conv(v, self.filter.taps, self.context, state)
         y = (y + v * self.bias[:, None]) * x2
         return self.out_proj(rearrange(y, "b d t -> b t d"))
 
@@ -388,7 +400,7 @@ class BaseConv(nn.Module):
             _check_context(u.shape[-1], self.context)
             conv = fft_conv(u, self.filter(u.shape[-1])) + u
         else:
-            conv = LongConvState.conv(u, self.filter, self.context, state) + u
+            conv = LongConvState.conv(u, self.filter.taps, self.context, state) + u
         conv = rearrange(conv, "b d t -> b t d")
         proj = self.projection(x)
         if self.act:
@@ -467,7 +479,7 @@ class ShortConv(nn.Module):
         b, c, h = rearrange(self.in_proj(x), "b t c -> b c t").chunk(3, dim=1)  # (B, D, T)
         window = None if state is None else state["conv"]
         y = c * causal_conv(b * h, self.conv.weight, self.conv.bias, window)
-        return self.out_proj(rearrange(y, "b d t -> b t d"))
+        return self.out_proj(rearrange(y, "b d t -> b t d").contiguous())
 
     def extra_repr(self) -> str:
         return f"kernel={self.kernel}"

@@ -118,12 +118,14 @@ def _moe_params(
     gated: bool,
     shared: int,
     n_children: int | None = None,
+    shared_gate: bool = False,
     **_,
 ) -> int:
     E, h = _moe_sizes(d_in, experts, hidden, mult, n_children)
     per_expert = d_in * h * (3 if gated else 2)
     own_experts = 0 if n_children else E * per_expert
-    return E * d_in + own_experts + shared * per_expert  # router + experts + shared
+    gate = d_in if shared and shared_gate else 0
+    return E * d_in + own_experts + shared * per_expert + gate  # router + experts + shared
 
 
 def _moe_flops(
@@ -136,11 +138,12 @@ def _moe_flops(
     gated: bool,
     shared: int,
     n_children: int | None = None,
+    shared_gate: bool = False,
     **_,
 ) -> int:
     E, h = _moe_sizes(d_in, experts, hidden, mult, n_children)
     per_token_expert = 2 * d_in * h * (3 if gated else 2)
-    router = 2 * d_in * E
+    router = 2 * d_in * E + (2 * d_in + d_in if shared and shared_gate else 0)
     if n_children:  # children's FLOPs are theirs; here the router and the weighted sum
         return seq * (router + 2 * E * d_in) + seq * shared * per_token_expert
     return seq * (router + (k + shared) * per_token_expert + 2 * k * d_in)
@@ -186,7 +189,9 @@ class MoE(nn.Module):
     each token, their probabilities renormalised to sum to 1 when ``norm_topk`` (Mixtral) or
     used as they are (Qwen2-MoE). ``jitter > 0`` multiplies the *router's* input by
     ``U(1 - jitter, 1 + jitter)`` noise in training (Switch Transformer). ``shared`` always-on
-    experts are one gated/plain MLP ``shared`` of width ``shared * hidden`` added to every token.
+    experts are one gated/plain MLP ``shared`` of width ``shared * hidden`` added to every token;
+    with ``shared_gate`` its output is scaled per token by ``sigmoid(shared_gate(x))``
+    (``nn.Linear(D, 1, bias=False)``; Qwen2-MoE, Qwen3-Next).
 
     Experts: ``experts`` (default 8) MLPs of width ``hidden`` (default ``int(mult * d_model)``)
     stored stacked as ``w_gate [E, hidden, D]`` (gated only), ``w_up [E, hidden, D]``,
@@ -221,6 +226,7 @@ class MoE(nn.Module):
         "norm_topk": "renormalise the top-k weights to sum to 1 (Mixtral; Qwen2-MoE: false)",
         "aux_loss": "load-balancing loss coefficient",
         "jitter": "multiplicative U(1-jitter, 1+jitter) noise on the router input in training",
+        "shared_gate": "scale the shared experts per token by sigmoid(shared_gate(x)) (Qwen-MoE)",
     }
 
     def __init__(
@@ -237,6 +243,7 @@ class MoE(nn.Module):
         aux_loss: float = 0.01,
         jitter: float = 0.0,
         children: Sequence[nn.Module] | None = None,
+        shared_gate: bool = False,
     ) -> None:
         super().__init__()
         children = list(children or [])
@@ -258,6 +265,7 @@ class MoE(nn.Module):
         self.shared = (
             MLP(d_model, hidden=shared * h, act=act, gated=gated, bias=False) if shared else None
         )
+        self.shared_gate = nn.Linear(d_model, 1, bias=False) if shared and shared_gate else None
         self.reset_parameters()
 
     @staticmethod
@@ -365,7 +373,10 @@ class MoE(nn.Module):
         else:
             y = self._experts_grouped(flat, top_w, top_i, counts)
         if self.shared is not None:
-            y = y + self.shared(flat)
+            shared_out = self.shared(flat)
+            if self.shared_gate is not None:
+                shared_out = torch.sigmoid(self.shared_gate(flat)) * shared_out
+            y = y + shared_out
         # load balancing statistics: fraction of tokens sent to e (top-k counted), mean prob
         f = counts.float() / flat.shape[0]  # (E,)
         p = probs.mean(dim=0)  # (E,)

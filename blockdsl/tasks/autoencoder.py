@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from blockdsl.model import LanguageModel
+
 
 def sincos_positions(count: int, dim: int) -> torch.Tensor:
     """fairseq's sinusoidal table, as MAD's ``posemb_sincos_1d``."""
@@ -26,11 +28,18 @@ def sincos_positions(count: int, dim: int) -> torch.Tensor:
     return table
 
 
-class AutoEncoder(nn.Module):
-    def __init__(self, model: nn.Module, seq_len: int) -> None:
-        super().__init__()
-        self.model = model
-        self.config = getattr(model, "config", None)
+class AutoEncoder(LanguageModel):
+    """A ``LanguageModel`` whose head rebuilds the whole sequence from the last position. It
+    holds the given model's own embedding, layers and head (same parameter names, so the
+    checkpoints of ``blockdsl train`` hold it whole: the model's tensors plus ``decoder.*``)."""
+
+    def __init__(self, model: LanguageModel, seq_len: int) -> None:
+        nn.Module.__init__(self)
+        self.config = model.config
+        self.embed, self.layers, self.head = model.embed, model.layers, model.head
+        self.layer_names = list(model.layer_names)
+        self._combiners = model._combiners
+        self._aux_groups = model._aux_groups
         dim = model.config.d_model
         self.register_buffer("positions", sincos_positions(seq_len, dim), persistent=False)
         self.decoder = nn.Sequential(
@@ -46,17 +55,13 @@ class AutoEncoder(nn.Module):
                 nn.init.normal_(module.weight, mean=0.0, std=0.02)
                 nn.init.zeros_(module.bias)
 
-    @property
-    def _combiners(self) -> list:
-        return self.model._combiners
-
     def forward(
         self, idx: torch.Tensor, targets: torch.Tensor | None = None, *, return_aux: bool = False
     ) -> Any:
         """Logits ``(B, T, vocab)`` of the rebuilt sequence; with ``targets``,
         ``(logits, loss)``, the loss adding the encoder's auxiliary losses; with
         ``return_aux`` the auxiliary loss is appended (as ``LanguageModel.forward``)."""
-        model = self.model
+        model = self
         collected: list[list[torch.Tensor]] = [[] for _ in model._combiners]
         context = {"positions": None, "memory": None}
         x = model._run(0, model.embed, idx, context, collected)
@@ -75,6 +80,3 @@ class AutoEncoder(nn.Module):
         if return_aux:
             outputs += (aux if aux is not None else logits.new_zeros(()),)
         return outputs[0] if len(outputs) == 1 else outputs
-
-    def num_params(self) -> int:
-        return sum(p.numel() for p in self.parameters())

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import keyword
 import re
@@ -25,7 +26,7 @@ from blockdsl import ast
 from blockdsl.registry import MODEL_GLOBALS, REGISTRY, Component, Param, Registry
 from blockdsl.testing.invariants import DEFAULT_GLOBALS
 
-__all__ = ["block_asts", "block_strings", "model_configs", "usable_components"]
+__all__ = ["block_asts", "block_strings", "hostile_labels", "model_configs", "usable_components"]
 
 
 # ==================================================================== argument drawing
@@ -277,13 +278,28 @@ def _call(draw: Callable, ctx: _Context, depth: int, in_children: bool) -> ast.C
     ctx.current_children = len(children)
     args = _draw_args(draw, ctx, component, alias_args)
     ctx.current_children = 0
-    label = None
+    label, global_label = None, False
     if ctx.labels and draw(st.integers(0, 3)) == 3:
-        label = f"l{next(ctx.label_ids)}"
-    call = ast.Call(name, label, args, children)
+        # Hostile names half of the time: keywords and attributes of the modules that will
+        # hold the call (lowering must rename them); ``##`` (model-global) a third.
+        label = draw(st.one_of(st.none(), st.sampled_from(hostile_labels())))
+        if label is None or label in ctx.label_calls:
+            label = f"l{next(ctx.label_ids)}"
+        global_label = draw(st.integers(0, 2)) == 2
+    call = ast.Call(name, label, args, children, global_label=global_label)
     if label is not None:
         ctx.label_calls[label] = call
     return call
+
+
+@functools.cache
+def hostile_labels() -> tuple[str, ...]:
+    """Labels that Python or ``nn.Module`` already use: every keyword, and every attribute of
+    the module class that holds a block's calls (``training``, ``forward``, ``_modules``...)
+    that the label grammar can write."""
+    from blockdsl.lower import reserved_names
+
+    return tuple(sorted(n for n in reserved_names() if re.fullmatch(r"[A-Za-z0-9_]+", n)))
 
 
 def _term(draw: Callable, ctx: _Context, depth: int, in_children: bool) -> ast.Step:

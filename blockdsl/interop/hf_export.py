@@ -46,6 +46,7 @@ from torch import nn
 
 from blockdsl.errors import ConfigError
 from blockdsl.graph import BlockGraph
+from blockdsl.lower import module_attributes
 
 __all__ = ["HFExportError", "export_hf", "hf_config_for", "hf_state_dict"]
 
@@ -62,7 +63,7 @@ class HFExportError(ConfigError):
 
 
 def _hf() -> Any:
-    from blockdsl import hf
+    from blockdsl.interop import hf
 
     return hf
 
@@ -82,11 +83,12 @@ class _Record:
 
 
 def _records() -> list[_Record]:
-    """The importer's architectures, in its order."""
+    """The importer's architectures (``blockdsl.interop.hf.ARCHITECTURES``), in its order:
+    one record serves both directions."""
     hf = _hf()
     return [
-        _Record(name, cls, hf._CONFIGS[name], hf._WEIGHTS[name], hf._Mapper)
-        for name, cls in hf.SUPPORTED.items()
+        _Record(a.model_type, a.hf_class, a.config, a.weights, hf.WeightMapper)
+        for a in hf.ARCHITECTURES.values()
     ]
 
 
@@ -98,18 +100,20 @@ def _nodes(where: str, graph: BlockGraph) -> Iterator[tuple]:
     """``(where, step, ...)`` items describing a block: one per node (kind, component, module
     attribute, inputs) and one per resolved argument."""
     index = {node: i for i, (node, _) in enumerate(graph.nodes())}
+    attributes = module_attributes(graph)
     for step, (_, data) in enumerate(graph.nodes()):
         inputs = tuple(index[n] for n in data["inputs"])
         if data["kind"] != "call":
             yield (where, step, "node", data["kind"], "", "", inputs)
             continue
         spec = graph.modules[data["module"]]
-        label = "label" if spec.label is not None else ""
-        yield (where, step, "node", "call", spec.component.name, spec.attr, inputs, label)
+        attr = attributes[data["module"]]
+        label = "" if spec.label is None else "##" if spec.global_label else "#"  # the scope
+        yield (where, step, "node", "call", spec.component.name, attr, inputs, label)
         for name, value in sorted(spec.args.items()):
             yield (where, step, "arg", name, _hashable(value))
         for c, child in enumerate(spec.children):
-            yield from _nodes(f"{where}.{spec.attr}[{c}]", child)
+            yield from _nodes(f"{where}.{attr}[{c}]", child)
 
 
 def _hashable(value: Any) -> Any:
@@ -142,6 +146,101 @@ def signature(plan: Any) -> Signature:
     return frozenset(items)
 
 
+def _node_args(plan: Any) -> dict[tuple[str, int], Any]:
+    """``(where, step) -> ModuleSpec`` of every call node (child blocks' too)."""
+    out: dict[tuple[str, int], Any] = {}
+
+    def visit(where: str, graph: BlockGraph) -> None:
+        for step, (_, data) in enumerate(graph.nodes()):
+            if data["kind"] == "call":
+                spec = graph.modules[data["module"]]
+                out[(where, step)] = spec
+                for c, child in enumerate(spec.children):
+                    visit(f"{where}.{spec.attr}[{c}]", child)
+
+    visit("embed", plan.embed)
+    for i, (_, graph) in enumerate(plan.layers):
+        visit(f"layers.{i}", graph)
+    visit("head", plan.head)
+    return out
+
+
+def difference(target_plan: Any, target: Signature, plan: Any) -> tuple[set, set]:
+    """``(target's items the plan lacks, the plan's items the target lacks)``, where two
+    spellings of one module count as the same (``MLP(mult=4)`` and ``MLP(hidden=256)`` at
+    width 64: see ``_equivalent``)."""
+    image = signature(plan)
+    own, theirs = set(target - image), set(image - target)
+    nodes: dict[tuple[str, int], list[tuple]] = {}
+    for item in own:
+        if item[2] == "arg":
+            nodes.setdefault(item[:2], []).append(item)
+    if not nodes:
+        return own, theirs
+    mine, other = _node_args(target_plan), _node_args(plan)
+    for key, items in nodes.items():
+        a, b = mine.get(key), other.get(key)
+        if a is None or b is None or a.component is not b.component:
+            continue
+        if _equivalent(a, b):
+            own.difference_update(items)
+            theirs.difference_update(t for t in list(theirs) if t[:2] == key and t[2] == "arg")
+    return own, theirs
+
+
+_EQUIVALENT: dict[tuple, bool] = {}
+
+
+def _equivalent(a: Any, b: Any) -> bool:
+    """Whether two module specs of one component with different numeric arguments build the
+    same module: the same parameter shapes, and the same outputs for the same weights on a
+    random input. An argument left unset (``hidden=None``: derived from another) and one set
+    to the value it derives to are the same module; ``eps=1e-5`` and ``eps=1e-6`` are not."""
+    names = set(a.args) | set(b.args)
+    differing = [n for n in names if a.args.get(n) != b.args.get(n)]
+    key = (a.component.name, repr(sorted(a.args.items())), repr(sorted(b.args.items())))
+    if key in _EQUIVALENT:
+        return _EQUIVALENT[key]
+    result = False
+    numeric = all(
+        isinstance(v, int | float | type(None)) and not isinstance(v, bool)
+        for n in differing
+        for v in (a.args.get(n), b.args.get(n))
+    )
+    if numeric and not a.children and not b.children and not a.component.required_context:
+        result = _same_module(a, b)
+    _EQUIVALENT[key] = result
+    return result
+
+
+def _same_module(a: Any, b: Any) -> bool:
+    from blockdsl.lower import allocation
+
+    try:
+        with allocation("meta"):
+            shapes = [
+                {n: p.shape for n, p in spec.component.build(spec.args, []).state_dict().items()}
+                for spec in (a, b)
+            ]
+        if shapes[0] != shapes[1] or a.d_in is None:
+            return False
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            first = a.component.build(a.args, []).eval()
+            second = b.component.build(b.args, []).eval()
+            second.load_state_dict(first.state_dict())
+            x = torch.randn(1, 5, a.d_in)
+            with torch.no_grad():
+                out = [module(x) for module in (first, second)]
+    except Exception:  # cannot be built or run alone
+        return False
+    pairs = list(zip(*(o if isinstance(o, tuple) else (o,) for o in out)))
+    return all(
+        isinstance(p, torch.Tensor) and p.shape == q.shape and torch.allclose(p, q)
+        for p, q in pairs
+    )
+
+
 def _plan(config: Any) -> Any:
     from blockdsl.config import load_config
     from blockdsl.model import ModelPlan
@@ -167,14 +266,18 @@ class _Fit:
 class _Search:
     """Finds transformers config kwargs whose import has the target's signature."""
 
-    def __init__(self, record: _Record, target: Signature, numbers: list[Any]) -> None:
+    def __init__(
+        self, record: _Record, target_plan: Any, target: Signature, numbers: list[Any]
+    ) -> None:
         self.record = record
+        self.target_plan = target_plan
         self.target = target
         self.numbers = numbers
         self.cls = type(_transformers().AutoConfig.for_model(record.model_type))
         self.cache: dict[str, tuple[int, Any, Any]] = {}
         self.plans: dict[str, tuple[int, Any]] = {}
         self.fit: _Fit | None = None
+        self.leaves: dict[str, dict[tuple, Any] | None] = {}
         self.layers = next((i[2] for i in target if i[:2] == ("model", "layers")), 0)
 
     def build(self, kwargs: dict[str, Any]) -> Any:
@@ -196,7 +299,8 @@ class _Search:
                     if layers != self.layers:  # not worth building (it may be huge)
                         raise _Skip(_LAYERS * abs(layers - self.layers) if layers >= 0 else _INF)
                     plan = _plan(config)
-                    self.plans[imported] = (len(signature(plan) ^ self.target), plan)
+                    own, theirs = difference(self.target_plan, self.target, plan)
+                    self.plans[imported] = (len(own) + len(theirs), plan)
                 except _Skip as skip:
                     self.plans[imported] = (skip.distance, None)
                 except Exception:
@@ -292,7 +396,7 @@ class _Search:
                     for key, inner in current.items():
                         if isinstance(inner, int | float) and not isinstance(inner, bool):
                             place = self.landing(found, name, current, key)
-                            if place in values:
+                            if values.get(place) is not None:
                                 current = {**current, key: values[place]}
                     if current != found.get(name, default):
                         found[name] = current
@@ -300,7 +404,7 @@ class _Search:
                     isinstance(current, int | float) and not isinstance(current, bool)
                 ):
                     place = self.landing(found, name, current, None)
-                    if place in values:
+                    if values.get(place) is not None:
                         found[name] = values[place]
             if found == before:
                 break
@@ -309,23 +413,30 @@ class _Search:
     def landing(self, kwargs: dict, name: str, current: Any, key: str | None) -> tuple | None:
         """Where the import writes field ``name`` (``[key]`` inside a dict field), if it
         copies it verbatim into one place."""
-        try:
-            baseline = dict(_leaves(self.record.config(self.build(kwargs))))
-        except Exception:
-            baseline = {}
+        baseline = self.imported(kwargs) or {}
         seen = set(map(repr, baseline.values()))
         inner = current if key is None else current[key]
         for probe in _probes(inner):
             if repr(probe) in seen:
                 continue
             value = probe if key is None else {**current, key: probe}
-            try:
-                output = dict(_leaves(self.record.config(self.build({**kwargs, name: value}))))
-            except Exception:
+            output = self.imported({**kwargs, name: value})
+            if output is None:
                 continue
             places = [p for p, v in output.items() if v == probe and type(v) is type(probe)]
             return places[0] if len(places) == 1 else None
         return None
+
+    def imported(self, kwargs: dict[str, Any]) -> dict[tuple, Any] | None:
+        """The leaves of the blockdsl config the import makes of ``kwargs`` (None if it
+        fails)."""
+        key = repr(sorted(kwargs.items()))
+        if key not in self.leaves:
+            try:
+                self.leaves[key] = dict(_leaves(self.record.config(self.build(kwargs))))
+            except Exception:
+                self.leaves[key] = None
+        return self.leaves[key]
 
     def target_values(self) -> dict[tuple, Any]:
         """The target's values by the config place they would be written at:
@@ -460,8 +571,10 @@ def _numbers(target: Signature) -> list[Any]:
         for derived in (f**-2 if f else 0.0, 1 / f if f else 0.0):
             if 0 < derived <= 65536 and abs(derived - round(derived)) < 1e-6 * derived:
                 ints.add(round(derived))
-        if 0 < f < 1:
-            ints.update(int(n * f) for n in list(ints) if 0 < n <= 65536)
+        if 0 < f <= 16:  # a fraction of a size (rotary dims) or a multiple (MLP mult)
+            for n in [n for n in ints if 0 < n <= 65536]:
+                if f < 1 or float(n * f).is_integer():
+                    ints.add(int(n * f))
     floats.update(float(i) for i in ints if i <= 10**7)
     return sorted(ints) + sorted(floats)
 
@@ -479,7 +592,7 @@ def _components(target: Signature) -> dict[str, tuple[str, int]]:
 def _order(item: tuple) -> tuple:
     where = item[0]
     if where == "model":
-        return (0, 0, "", 0, repr(item))
+        return (0, 0, "", 0, False, repr(item))
     if where.startswith("embed"):
         rank, rest = (1, 0), where[len("embed") :]
     elif where.startswith("layers."):
@@ -488,7 +601,7 @@ def _order(item: tuple) -> tuple:
         rank, rest = (2, int(number.group(1))), number.group(2)
     else:
         rank, rest = (3, 0), where[len("head") :]
-    return (*rank, rest, item[1], repr(item[2:]))
+    return (*rank, rest, item[1], item[2] != "node", repr(item[2:]))
 
 
 def _step_text(plan: Any, where: str, step: int) -> str:
@@ -531,9 +644,9 @@ def _first_difference(target_plan: Any, target: Signature, fit: _Fit) -> str:
     """The first layer and step where the closest importable model differs from the target."""
     if fit.plan is None:
         return f"the closest architecture, {fit.record.model_type}, imports nothing close"
-    image = signature(fit.plan)
-    own = sorted(target - image, key=_order)
-    theirs = sorted(image - target, key=_order)
+    own_set, theirs_set = difference(target_plan, target, fit.plan)
+    own = sorted(own_set, key=_order)
+    theirs = sorted(theirs_set, key=_order)
     model_items = [i for i in own if i[0] == "model"]
     arch = f"{fit.record.model_type} ({fit.record.hf_class})"
     if model_items and model_items[0][1] == "layers":
@@ -553,7 +666,7 @@ def _first_difference(target_plan: Any, target: Signature, fit: _Fit) -> str:
             detail = f"argument {item[3]}={_show(item[4])}; {arch} can only give {value}"
         else:
             detail = f"{arch} has {other or 'nothing'} there"
-        return f"{_where_text(target_plan, where)}, step {step + 1} {mine}: {detail}"
+        return f"{_where_text(target_plan, where)}, step {step} {mine}: {detail}"
     for item in model_items:
         return f"[model] {item[1]} = {item[2]}: {arch} cannot express it"
     return f"{arch} differs in a way that has no name"
@@ -582,18 +695,21 @@ def hf_config_for(model_or_config: Any) -> tuple[str, Any]:
         reachable.append((len(missing), record, produced))
     reachable.sort(key=lambda r: r[0])
     if reachable[0][0]:
-        everything = sorted(set().union(*(r[2] for r in reachable)))
+        everything = set().union(*(r[2] for r in reachable))
         for component, (where, step) in used.items():
             if component not in everything:
                 raise HFExportError(
-                    "cannot export to Hugging Face: no transformers architecture has "
-                    f"a counterpart of {component}",
-                    hint=f"{_where_text(target_plan, where)}, step {step + 1} "
-                    f"{_step_text(target_plan, where, step)}: no counterpart "
-                    f"(exportable architectures use {', '.join(everything)})",
+                    f"cannot export to Hugging Face: {component} has no counterpart in "
+                    "any transformers architecture blockdsl knows",
+                    hint=f"{_where_text(target_plan, where)}, step {step}: "
+                    f"{_step_text(target_plan, where, step)}",
                 )
     numbers = _numbers(target)
-    searches = [_Search(record, target, numbers) for missing, record, _ in reachable if not missing]
+    searches = [
+        _Search(record, target_plan, target, numbers)
+        for missing, record, _ in reachable
+        if not missing
+    ]
     order = {record.model_type: i for i, record in enumerate(records)}
     searches.sort(key=lambda s: order[s.record.model_type])
     started = sorted((s.start(), i) for i, s in enumerate(searches))  # closest first
@@ -617,7 +733,7 @@ def hf_config_for(model_or_config: Any) -> tuple[str, Any]:
         raise HFExportError(
             "cannot export to Hugging Face: no transformers architecture has all of "
             + ", ".join(sorted(used)),
-            hint=f"{_where_text(target_plan, where)}, step {step + 1} "
+            hint=f"{_where_text(target_plan, where)}, step {step} "
             f"{_step_text(target_plan, where, step)}: no counterpart in "
             f"{record.model_type} ({record.hf_class}), the closest",
         )
@@ -634,7 +750,7 @@ def _producible(record: _Record) -> set[str]:
     """The components an architecture's import can produce (from its default config, with
     each boolean field flipped)."""
     if record.model_type not in _PRODUCIBLE:
-        search = _Search(record, frozenset(), [])
+        search = _Search(record, None, frozenset(), [])
         found: set[str] = set()
         trials = [{}] + [{n: not v} for n, v in search.fields() if isinstance(v, bool)]
         for kwargs in trials:
@@ -798,6 +914,8 @@ def export_hf(
 
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    bars = transformers.utils.logging.is_progress_bar_enabled()
+    transformers.utils.logging.disable_progress_bar()
     try:
         hf_model = getattr(transformers, record.hf_class)(hf_cfg)
         hf_model.load_state_dict(state, strict=True)
@@ -811,6 +929,8 @@ def export_hf(
         _replace(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        if bars:
+            transformers.utils.logging.enable_progress_bar()
     return out
 
 

@@ -1,0 +1,562 @@
+"""State-space and hybrid architectures for the Hugging Face import: Mamba, Mamba2,
+RecurrentGemma, Jamba and Bamba (one ``Architecture`` record each).
+
+Their layer-pattern fields (Jamba's attention/expert periods and offsets, RecurrentGemma's
+``block_types``, Bamba's ``attn_layer_indices``) become ``layers`` chains over named blocks
+(``(mamba->mamba_moe->...)*4``), so an imported config reads as the architecture it is. The
+mixers' parameter names are transformers' own, so their weights are renamed, not reshaped.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from blockdsl.interop.hf import (
+    Architecture,
+    HFImportError,
+    WeightMapper,
+    _act,
+    _compress,
+    _config,
+    _fraction,
+    _rope,
+    _unsupported,
+    register_architecture,
+)
+
+#: The context of a model without attention: nothing depends on positions, so it only bounds
+#: how long a sequence may be.
+RECURRENT_CONTEXT = 1 << 20
+
+
+def _rename(m: WeightMapper, src: str, dst: str) -> None:
+    """Every checkpoint tensor under ``src.`` as the same name under ``dst.``."""
+    for name in [k for k in m.source if k.startswith(src + ".")]:
+        m.put(dst + name[len(src) :], name)
+
+
+def _layers(kinds: list[str]) -> str:
+    return _compress(kinds)
+
+
+# --------------------------------------------------------------------------- mamba
+
+
+def _mamba_args(cfg: Any, t: str) -> dict:
+    if cfg.hidden_act != "silu":
+        raise _unsupported(t, f"hidden_act '{cfg.hidden_act}' in the mixer")
+    return {
+        "state": cfg.state_size,
+        "inner": cfg.intermediate_size,
+        "dt_rank": int(cfg.time_step_rank),
+        "conv": cfg.conv_kernel,
+        "bias": bool(cfg.use_bias),
+        "conv_bias": bool(cfg.use_conv_bias),
+        "dt_min": cfg.time_step_min,
+        "dt_max": cfg.time_step_max,
+    }
+
+
+def config_mamba(cfg: Any) -> dict:
+    return _config(
+        cfg,
+        layers=f"block*{cfg.num_hidden_layers}",
+        blocks={"block": "Norm->Mamba->+"},
+        defaults={
+            "Norm": {"kind": "rms", "eps": cfg.layer_norm_epsilon},
+            "Mamba": _mamba_args(cfg, "mamba"),
+        },
+        context=RECURRENT_CONTEXT,
+        tied_by_default=True,
+    )
+
+
+def _weights_pure_ssm(cfg: Any, m: WeightMapper, label: str) -> None:
+    m.put("embed.embed.tok.weight", "backbone.embeddings.weight")
+    for i in range(cfg.num_hidden_layers):
+        p, q = f"backbone.layers.{i}", f"layers.{i}"
+        m.norm(f"{q}.norm", f"{p}.norm", bias=False)
+        _rename(m, f"{p}.mixer", f"{q}.{label}")
+    m.norm("head.norm", "backbone.norm_f", bias=False)
+    m.head(cfg, "backbone.embeddings.weight", getattr(cfg, "tie_word_embeddings", True))
+
+
+def weights_mamba(cfg: Any, m: WeightMapper) -> None:
+    _weights_pure_ssm(cfg, m, "mamba")
+
+
+# --------------------------------------------------------------------------- mamba2
+
+
+def _mamba2_args(
+    t: str,
+    *,
+    hidden: int,
+    inner: int,
+    heads: int,
+    head_dim: int,
+    groups: int,
+    state: int,
+    conv: int,
+    chunk: int,
+    bias: bool,
+    conv_bias: bool,
+    eps: float,
+    act: str,
+    limit: Any,
+    norm: bool = True,
+) -> dict:
+    if act != "silu":
+        raise _unsupported(t, f"hidden_act '{act}' in the mixer")
+    if heads * head_dim != inner:
+        raise HFImportError(
+            f"{t}: num_heads * head_dim = {heads * head_dim} differs from the inner width "
+            f"{inner} (expand * hidden_size); transformers' mixer cannot run this config either"
+        )
+    if limit is not None and tuple(limit) != (0.0, float("inf")):
+        raise _unsupported(t, f"time_step_limit {tuple(limit)} (Δ clamping)")
+    args = {
+        "state": state,
+        "inner": inner,
+        "head_dim": head_dim,
+        "groups": groups,
+        "conv": conv,
+        "chunk": chunk,
+        "bias": bias,
+        "conv_bias": conv_bias,
+        "eps": eps,
+    }
+    if not norm:
+        args["norm"] = False
+    return args
+
+
+def config_mamba2(cfg: Any) -> dict:
+    t = "mamba2"
+    mamba2 = _mamba2_args(
+        t,
+        hidden=cfg.hidden_size,
+        inner=int(cfg.expand * cfg.hidden_size),
+        heads=cfg.num_heads,
+        head_dim=cfg.head_dim,
+        groups=cfg.n_groups,
+        state=cfg.state_size,
+        conv=cfg.conv_kernel,
+        chunk=cfg.chunk_size,
+        bias=bool(cfg.use_bias),
+        conv_bias=bool(cfg.use_conv_bias),
+        eps=cfg.layer_norm_epsilon,
+        act=cfg.hidden_act,
+        limit=cfg.time_step_limit,
+    )
+    mamba2["dt_min"], mamba2["dt_max"] = cfg.time_step_min, cfg.time_step_max
+    return _config(
+        cfg,
+        layers=f"block*{cfg.num_hidden_layers}",
+        blocks={"block": "Norm->Mamba2->+"},
+        defaults={"Norm": {"kind": "rms", "eps": cfg.layer_norm_epsilon}, "Mamba2": mamba2},
+        context=RECURRENT_CONTEXT,
+    )
+
+
+def weights_mamba2(cfg: Any, m: WeightMapper) -> None:
+    _weights_pure_ssm(cfg, m, "mamba2")
+
+
+# --------------------------------------------------------------------------- recurrent gemma
+
+
+#: RecurrentGemma has no position limit; its rotary table covers the published training length.
+RECURRENT_GEMMA_CONTEXT = 8192
+
+#: RecurrentGemma's block types, old spelling (``block_types``) and new (``layer_types``).
+_GRIFFIN_KINDS = {
+    "recurrent": "recurrent",
+    "linear_attention": "recurrent",
+    "attention": "attention",
+    "sliding_attention": "attention",
+}
+
+
+def _recurrent_gemma_kinds(cfg: Any) -> list[str]:
+    kinds = []
+    for kind in cfg.layers_block_type:
+        if kind not in _GRIFFIN_KINDS:
+            raise _unsupported("recurrent_gemma", f"block type '{kind}'")
+        kinds.append(_GRIFFIN_KINDS[kind])
+    return kinds
+
+
+def config_recurrent_gemma(cfg: Any) -> dict:
+    t = "recurrent_gemma"
+    theta, fraction = _rope(cfg, t)
+    head_dim = cfg.head_dim
+    kinds = _recurrent_gemma_kinds(cfg)
+    act = _act(cfg.hidden_activation, t)
+    # transformers keeps sqrt(hidden_size) as a bfloat16 buffer: the same rounded value here
+    normalizer = float(torch.tensor(cfg.hidden_size**0.5, dtype=torch.bfloat16))
+    config = _config(
+        cfg,
+        layers=_layers(kinds),
+        blocks={
+            "recurrent": "Norm->RGLRU->+->Norm->MLP->+",
+            "attention": "Norm->Attn->Bias->+->Norm->MLP->+",
+        },
+        defaults={
+            "Norm": {"kind": "rms", "eps": cfg.rms_norm_eps, "unit_offset": True},
+            "RGLRU": {
+                "width": cfg.lru_width,
+                "heads": cfg.num_attention_heads,
+                "conv": cfg.conv1d_width,
+                "act": act,
+            },
+            "Attn": {
+                "heads": cfg.num_attention_heads,
+                "kv_heads": cfg.num_key_value_heads,
+                "head_dim": head_dim,
+                "pos": "rope",
+                "rope_theta": theta,
+                "rope_fraction": _fraction(int(head_dim * fraction), head_dim),
+                "window": cfg.attention_window_size,
+                "bias": bool(cfg.attention_bias),
+            },
+            "MLP": {"hidden": cfg.intermediate_size // 2, "act": act, "gated": True, "bias": True},
+        },
+        embed=f"Embed(scale={normalizer!r})",
+        # no position limit (local attention, recurrence): the rotary table's length
+        context=RECURRENT_GEMMA_CONTEXT,
+        tied_by_default=True,
+    )
+    if cfg.logits_soft_cap:
+        tie = "tie=true, " if getattr(cfg, "tie_word_embeddings", True) else ""
+        config["model"]["head"] = f"Norm->Head({tie}softcap={float(cfg.logits_soft_cap)!r})"
+    return config
+
+
+def weights_recurrent_gemma(cfg: Any, m: WeightMapper) -> None:
+    m.put("embed.embed.tok.weight", "model.embed_tokens.weight")
+    for i, kind in enumerate(_recurrent_gemma_kinds(cfg)):
+        p, q = f"model.layers.{i}", f"layers.{i}"
+        m.norm(f"{q}.norm", f"{p}.temporal_pre_norm", bias=False)
+        if kind == "recurrent":
+            _rename(m, f"{p}.temporal_block", f"{q}.rglru")
+        else:
+            for n in "qkvo":
+                m.linear(f"{q}.attn.{n}", f"{p}.temporal_block.{n}_proj", bool(cfg.attention_bias))
+            m.put(f"{q}.bias.bias", f"{p}.temporal_block.o_proj.bias")
+        m.norm(f"{q}.norm_1", f"{p}.channel_pre_norm", bias=False)
+        for n in ("gate", "up", "down"):
+            m.linear(f"{q}.mlp.{n}", f"{p}.mlp_block.{n}_proj", True)
+    m.norm("head.norm", "model.final_norm", bias=False)
+    m.head(cfg, "model.embed_tokens.weight", getattr(cfg, "tie_word_embeddings", True))
+
+
+# --------------------------------------------------------------------------- jamba
+
+
+def config_jamba(cfg: Any) -> dict:
+    t = "jamba"
+    mamba = {
+        "state": cfg.mamba_d_state,
+        "expand": float(cfg.mamba_expand),
+        "dt_rank": int(cfg.mamba_dt_rank),
+        "conv": cfg.mamba_d_conv,
+        "bias": bool(cfg.mamba_proj_bias),
+        "conv_bias": bool(cfg.mamba_conv_bias),
+        "inner_norms": True,
+        "eps": cfg.rms_norm_eps,
+    }
+    if cfg.hidden_act != "silu":
+        raise _unsupported(t, f"hidden_act '{cfg.hidden_act}'")
+    ffn = {"hidden": cfg.intermediate_size, "act": "silu", "gated": True}
+    kinds = []
+    for mixer, experts in zip(cfg.layers_block_type, cfg.layers_num_experts):
+        name = "attention" if mixer == "attention" else "mamba"
+        kinds.append(name + ("_moe" if experts > 1 else ""))
+    blocks = {}
+    for kind in dict.fromkeys(kinds):
+        mixer = "Attn" if kind.startswith("attention") else "Mamba"
+        ffn_name = "MoE" if kind.endswith("_moe") else "MLP"
+        blocks[kind] = f"Norm->{mixer}->+->Norm->{ffn_name}->+"
+    defaults: dict[str, Any] = {
+        "Norm": {"kind": "rms", "eps": cfg.rms_norm_eps},
+        "Mamba": mamba,
+        "Attn": {
+            "heads": cfg.num_attention_heads,
+            "kv_heads": cfg.num_key_value_heads,
+            "pos": "none",
+        },
+        "MLP": ffn,
+        "MoE": {
+            **ffn,
+            "experts": cfg.num_experts,
+            "k": cfg.num_experts_per_tok,
+            "norm_topk": False,
+            "aux_loss": cfg.router_aux_loss_coef,
+        },
+    }
+    return _config(cfg, layers=_layers(kinds), blocks=blocks, defaults=defaults)
+
+
+def weights_jamba(cfg: Any, m: WeightMapper) -> None:
+    inter = cfg.intermediate_size
+    m.put("embed.embed.tok.weight", "model.embed_tokens.weight")
+    for i, (mixer, experts) in enumerate(zip(cfg.layers_block_type, cfg.layers_num_experts)):
+        p, q = f"model.layers.{i}", f"layers.{i}"
+        m.norm(f"{q}.norm", f"{p}.input_layernorm", bias=False)
+        if mixer == "attention":
+            for n in "qkvo":
+                m.linear(f"{q}.attn.{n}", f"{p}.self_attn.{n}_proj", False)
+        else:
+            _rename(m, f"{p}.mamba", f"{q}.mamba")
+        m.norm(f"{q}.norm_1", f"{p}.pre_ff_layernorm", bias=False)
+        if experts > 1:
+            m.put(f"{q}.moe.router.weight", f"{p}.feed_forward.router.weight")
+            m.split(
+                [f"{q}.moe.w_gate", f"{q}.moe.w_up"],
+                f"{p}.feed_forward.experts.gate_up_proj",
+                lambda w: [w[:, :inter], w[:, inter:]],
+            )
+            m.put(f"{q}.moe.w_down", f"{p}.feed_forward.experts.down_proj")
+        else:
+            for n in ("gate", "up", "down"):
+                m.linear(f"{q}.mlp.{n}", f"{p}.feed_forward.{n}_proj", False)
+    m.norm("head.norm", "model.final_layernorm", bias=False)
+    m.head(cfg, "model.embed_tokens.weight", getattr(cfg, "tie_word_embeddings", False))
+
+
+# --------------------------------------------------------------------------- bamba
+
+
+def config_bamba(cfg: Any) -> dict:
+    t = "bamba"
+    theta, fraction = _rope(cfg, t)
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    inner = int(cfg.mamba_expand * cfg.hidden_size)
+    mamba2 = _mamba2_args(
+        t,
+        hidden=cfg.hidden_size,
+        inner=inner,
+        heads=cfg.mamba_n_heads,
+        head_dim=cfg.mamba_d_head,
+        groups=cfg.mamba_n_groups,
+        state=cfg.mamba_d_state,
+        conv=cfg.mamba_d_conv,
+        chunk=cfg.mamba_chunk_size,
+        bias=bool(cfg.mamba_proj_bias),
+        conv_bias=bool(cfg.mamba_conv_bias),
+        eps=cfg.rms_norm_eps,
+        act=cfg.hidden_act,
+        limit=getattr(cfg, "time_step_limit", None),
+    )
+    kinds = ["attention" if k == "full_attention" else "mamba" for k in cfg.layers_block_type]
+    return _config(
+        cfg,
+        layers=_layers(kinds),
+        blocks={
+            "mamba": "Norm->Mamba2->+->Norm->MLP->+",
+            "attention": "Norm->Attn->+->Norm->MLP->+",
+        },
+        defaults={
+            "Norm": {"kind": "rms", "eps": cfg.rms_norm_eps},
+            "Mamba2": mamba2,
+            "Attn": {
+                "heads": cfg.num_attention_heads,
+                "kv_heads": cfg.num_key_value_heads,
+                "head_dim": head_dim,
+                "pos": "rope",
+                "rope_theta": theta,
+                "rope_fraction": _fraction(int(head_dim * fraction), head_dim),
+                "bias": bool(cfg.attention_bias),
+            },
+            "MLP": {
+                "hidden": cfg.intermediate_size,
+                "act": _act(cfg.hidden_act, t),
+                "gated": True,
+                "bias": bool(cfg.mlp_bias),
+            },
+        },
+    )
+
+
+def weights_bamba(cfg: Any, m: WeightMapper) -> None:
+    attn_bias, mlp_bias = bool(cfg.attention_bias), bool(cfg.mlp_bias)
+    m.put("embed.embed.tok.weight", "model.embed_tokens.weight")
+    for i, kind in enumerate(cfg.layers_block_type):
+        p, q = f"model.layers.{i}", f"layers.{i}"
+        m.norm(f"{q}.norm", f"{p}.input_layernorm", bias=False)
+        if kind == "full_attention":
+            for n in "qkvo":
+                m.linear(f"{q}.attn.{n}", f"{p}.self_attn.{n}_proj", attn_bias)
+        else:
+            _rename(m, f"{p}.mamba", f"{q}.mamba2")
+        m.norm(f"{q}.norm_1", f"{p}.pre_ff_layernorm", bias=False)
+        for n in ("gate", "up", "down"):
+            m.linear(f"{q}.mlp.{n}", f"{p}.feed_forward.{n}_proj", mlp_bias)
+    m.norm("head.norm", "model.final_layernorm", bias=False)
+    m.head(cfg, "model.embed_tokens.weight", getattr(cfg, "tie_word_embeddings", False))
+
+
+# --------------------------------------------------------------------------- falcon-h1
+
+
+def _falcon_h1_sizes(cfg: Any) -> tuple[int, int, int]:
+    """``(inner, heads, head_dim)`` of Falcon-H1's Mamba2 mixer."""
+    inner = (
+        cfg.mamba_d_ssm if cfg.mamba_d_ssm is not None else int(cfg.mamba_expand * cfg.hidden_size)
+    )
+    return inner, cfg.mamba_n_heads, cfg.mamba_d_head
+
+
+def config_falcon_h1(cfg: Any) -> dict:
+    """Falcon-H1: Mamba2 and attention in parallel on one normed input (``Norm#ln->Mamba2->+ |
+    Norm#ln->Attn->+``, one label per layer), then a SwiGLU MLP block. Its µP multipliers are
+    constants in front of or behind linear maps, so the import folds them into those weights
+    (``weights_falcon_h1``): the same function with plain components."""
+    t = "falcon_h1"
+    theta, fraction = _rope(cfg, t)
+    if fraction != 1.0:
+        raise _unsupported(t, "partial_rotary_factor")
+    if bool(cfg.mamba_proj_bias) != bool(cfg.projectors_bias):
+        raise _unsupported(t, "mamba_proj_bias differing from projectors_bias")
+    if cfg.tie_word_embeddings and (cfg.embedding_multiplier != 1 or cfg.lm_head_multiplier != 1):
+        raise _unsupported(t, "tied embeddings with embedding or lm_head multipliers")
+    inner, heads, head_dim = _falcon_h1_sizes(cfg)
+    mamba2 = _mamba2_args(
+        t,
+        hidden=cfg.hidden_size,
+        inner=inner,
+        heads=heads,
+        head_dim=head_dim,
+        groups=cfg.mamba_n_groups,
+        state=cfg.mamba_d_state,
+        conv=cfg.mamba_d_conv,
+        chunk=cfg.mamba_chunk_size,
+        bias=bool(cfg.mamba_proj_bias),
+        conv_bias=bool(cfg.mamba_conv_bias),
+        eps=cfg.rms_norm_eps,
+        act=cfg.hidden_act,
+        limit=getattr(cfg, "time_step_limit", None),
+        norm=bool(cfg.mamba_rms_norm),
+    )
+    if cfg.mamba_rms_norm and cfg.mamba_norm_before_gate:
+        mamba2["norm_before_gate"] = True
+    attn_head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    # Each Falcon-H1 layer is two blocks: the parallel mixers, whose residual closes before
+    # the MLP reads the sum (a group would leave the outer residual tap behind), then the MLP.
+    # One norm feeds both mixers: a label per layer, as for GPT-J (a label is one module in the
+    # whole model, so each layer needs its own).
+    L = cfg.num_hidden_layers
+    blocks = {f"mixer{i}": f"Norm#ln{i}->Mamba2->+ | Norm#ln{i}->Attn->+" for i in range(L)}
+    blocks["mlp"] = "Norm->MLP->+"
+    return _config(
+        cfg,
+        layers="->".join(f"mixer{i}->mlp" for i in range(L)),
+        blocks=blocks,
+        defaults={
+            "Norm": {"kind": "rms", "eps": cfg.rms_norm_eps},
+            "Mamba2": mamba2,
+            "Attn": {
+                "heads": cfg.num_attention_heads,
+                "kv_heads": cfg.num_key_value_heads,
+                "head_dim": attn_head_dim,
+                "pos": "rope",
+                "rope_theta": theta,
+                "bias": bool(cfg.attention_bias),
+            },
+            "MLP": {
+                "hidden": cfg.intermediate_size,
+                "act": _act(cfg.hidden_act, t),
+                "gated": True,
+                "bias": bool(cfg.mlp_bias),
+            },
+        },
+    )
+
+
+def _scaled(c: float) -> Any:
+    return lambda w: w * c
+
+
+def weights_falcon_h1(cfg: Any, m: WeightMapper) -> None:
+    inner, heads, _ = _falcon_h1_sizes(cfg)
+    gn = cfg.mamba_n_groups * cfg.mamba_d_state
+    zxbcdt = list(cfg.ssm_multipliers or [1.0] * 5)
+    # one multiplier per output row of in_proj: z, x, B, C, dt (compute_mup_vector)
+    mup = torch.cat(
+        [torch.full((n,), float(c)) for n, c in zip((inner, inner, gn, gn, heads), zxbcdt)]
+    )
+    gate_mult, down_mult = cfg.mlp_multipliers or (1.0, 1.0)
+    attn_in, key_mult = cfg.attention_in_multiplier, cfg.key_multiplier
+    attn_bias, mlp_bias = bool(cfg.attention_bias), bool(cfg.mlp_bias)
+    m.put(
+        "embed.embed.tok.weight", "model.embed_tokens.weight", fn=_scaled(cfg.embedding_multiplier)
+    )
+    for i in range(cfg.num_hidden_layers):
+        p, q, q_mlp = f"model.layers.{i}", f"layers.{2 * i}", f"layers.{2 * i + 1}"
+        m.norm(f"{q}.ln{i}", f"{p}.input_layernorm", bias=False)
+        mix, dst = f"{p}.mamba", f"{q}.mamba2"
+        if m.has(f"{mix}.mup_vector"):  # a saved copy of the multipliers folded below
+            saved = m.get(f"{mix}.mup_vector").flatten()
+            if not torch.allclose(saved.float(), mup):
+                raise HFImportError(f"falcon_h1: {mix}.mup_vector differs from ssm_multipliers")
+        scale_in = mup * cfg.ssm_in_multiplier
+        m.put(
+            f"{dst}.in_proj.weight",
+            f"{mix}.in_proj.weight",
+            fn=lambda w, s=scale_in: w * s[:, None].to(w),
+        )
+        if cfg.mamba_proj_bias:
+            m.put(f"{dst}.in_proj.bias", f"{mix}.in_proj.bias", fn=lambda b: b * mup.to(b))
+        m.linear(f"{dst}.conv1d", f"{mix}.conv1d", bool(cfg.mamba_conv_bias))
+        for n in ("dt_bias", "A_log", "D"):
+            m.put(f"{dst}.{n}", f"{mix}.{n}")
+        if cfg.mamba_rms_norm:
+            m.put(f"{dst}.norm.weight", f"{mix}.norm.weight")
+        m.put(
+            f"{dst}.out_proj.weight", f"{mix}.out_proj.weight", fn=_scaled(cfg.ssm_out_multiplier)
+        )
+        if cfg.projectors_bias:
+            m.put(
+                f"{dst}.out_proj.bias", f"{mix}.out_proj.bias", fn=_scaled(cfg.ssm_out_multiplier)
+            )
+        a = f"{p}.self_attn"
+        m.put(f"{q}.attn.q.weight", f"{a}.q_proj.weight", fn=_scaled(attn_in))
+        m.put(f"{q}.attn.k.weight", f"{a}.k_proj.weight", fn=_scaled(attn_in * key_mult))
+        m.put(f"{q}.attn.v.weight", f"{a}.v_proj.weight", fn=_scaled(attn_in))
+        m.put(f"{q}.attn.o.weight", f"{a}.o_proj.weight", fn=_scaled(cfg.attention_out_multiplier))
+        if attn_bias:
+            m.put(f"{q}.attn.q.bias", f"{a}.q_proj.bias")
+            m.put(f"{q}.attn.k.bias", f"{a}.k_proj.bias", fn=_scaled(key_mult))
+            m.put(f"{q}.attn.v.bias", f"{a}.v_proj.bias")
+            m.put(f"{q}.attn.o.bias", f"{a}.o_proj.bias", fn=_scaled(cfg.attention_out_multiplier))
+        m.norm(f"{q_mlp}.norm", f"{p}.pre_ff_layernorm", bias=False)
+        f = f"{p}.feed_forward"
+        for n, c in (("gate", gate_mult), ("up", 1.0), ("down", down_mult)):
+            m.put(f"{q_mlp}.mlp.{n}.weight", f"{f}.{n}_proj.weight", fn=_scaled(c))
+            if mlp_bias:
+                m.put(f"{q_mlp}.mlp.{n}.bias", f"{f}.{n}_proj.bias", fn=_scaled(c))
+    m.norm("head.norm", "model.final_layernorm", bias=False)
+    if cfg.tie_word_embeddings:
+        m.head(cfg, "model.embed_tokens.weight", True)
+    else:
+        m.put("head.head.weight", "lm_head.weight", fn=_scaled(cfg.lm_head_multiplier))
+
+
+for _record in (
+    Architecture("mamba", "MambaForCausalLM", "backbone", config_mamba, weights_mamba),
+    Architecture("mamba2", "Mamba2ForCausalLM", "backbone", config_mamba2, weights_mamba2),
+    Architecture(
+        "recurrent_gemma",
+        "RecurrentGemmaForCausalLM",
+        "model",
+        config_recurrent_gemma,
+        weights_recurrent_gemma,
+    ),
+    Architecture("jamba", "JambaForCausalLM", "model", config_jamba, weights_jamba),
+    Architecture("bamba", "BambaForCausalLM", "model", config_bamba, weights_bamba),
+    Architecture("falcon_h1", "FalconH1ForCausalLM", "model", config_falcon_h1, weights_falcon_h1),
+):
+    register_architecture(_record)
