@@ -209,8 +209,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-reference", action="store_true")
     parser.add_argument("--markdown", action="store_true", help="print a markdown table")
     parser.add_argument(
-        "--json", action="store_true", help="write bench/results/mixers.json (bench/report.py)"
+        "--json", action="store_true", help="write bench/results/NAME.json (bench/report.py)"
     )
+    parser.add_argument("--record", default="mixers", help="NAME of the --json record")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     D, context = args.d_model, max(args.seq)
@@ -261,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         from bench.record import Record
 
-        record = Record("mixers", "Training step of each sequence mixer")
+        record = Record(args.record, "Training step of each sequence mixer")
         record.table(columns, table, caption=f"d_model={D}, batch={args.batch}")
         print(f"wrote {record.write()}")
     if args.markdown:

@@ -63,10 +63,16 @@ class LanguageModel(nn.Module):
         self._required_inputs: dict[str, str] = {}
         # The width each memory reader expects (its ``d_memory`` argument, else its input size).
         self._memory_widths: dict[int, str] = {}
+        # The longest sequence every call can take: the model's context, or less where a call
+        # was given a smaller ``context`` of its own.
+        self._context: tuple[int, str] = (config.context, "the context")
         for path, block in [("embed", embed), *zip(self.layer_paths(), layers), ("head", head)]:
             for where, spec, _ in component_modules(block, f"{path}."):
                 for name in sorted(spec.component.required_context):
                     self._required_inputs.setdefault(name, f"{spec.written} at {where}")
+                own = spec.args.get("context") if "context" in spec.component.params else None
+                if isinstance(own, int) and own < self._context[0]:
+                    self._context = (own, f"the context of {spec.written} at {where}")
                 if "memory" in spec.component.context:
                     width = spec.args.get("d_memory") or spec.d_in
                     self._memory_widths.setdefault(width, f"{spec.written} at {where}")
@@ -122,10 +128,10 @@ class LanguageModel(nn.Module):
                     )
         if torch.compiler.is_compiling():
             return
-        length, context = idx.shape[1], self.config.context
+        length, (context, which) = idx.shape[1], self._context
         if length > context:
             raise InputError(
-                f"cannot forward a sequence of length {length}: the context is only {context}",
+                f"cannot forward a sequence of length {length}: {which} is only {context}",
                 hint=f"crop it to the last {context} tokens (idx[:, -{context}:]), or build "
                 "the model with a larger context",
             )

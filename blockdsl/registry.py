@@ -397,6 +397,14 @@ class Component:
                     )
                 )
                 continue
+            if name in MODEL_GLOBALS and isinstance(coerced, int) and coerced < 1:
+                # a vocabulary or context of nothing builds, then fails inside torch
+                issues.append(
+                    ArgumentIssue(
+                        f"{name} of {self.name} must be at least 1, got {coerced}", where, valid
+                    )
+                )
+                continue
             resolved[name] = coerced
         return resolved, issues
 

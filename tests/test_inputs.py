@@ -106,3 +106,12 @@ def test_memory_of_the_wrong_width_names_the_reader():
 def test_attention_dropout_out_of_range_is_rejected():
     with pytest.raises(BlockValidationError, match=r"dropout must be in \[0, 1\), got -1"):
         _model(blocks={"block": "Norm->CrossAttn(dropout=-1)->+"})
+
+
+def test_a_call_with_a_smaller_context_limits_the_model():
+    model = _model(blocks={"block": "Norm->Attn(context=4)->+"})
+    with pytest.raises(InputError, match=r"length 5: the context of Attn at layers\.0\.attn is"):
+        model(torch.randint(0, 50, (1, 5)))
+    assert model(torch.randint(0, 50, (1, 4))).shape == (1, 4, 50)
+    with pytest.raises(BlockValidationError, match="context of Attn must be at least 1, got 0"):
+        _model(blocks={"block": "Norm->Attn(context=0)->+"})
