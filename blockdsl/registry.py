@@ -25,7 +25,10 @@ else a compiler needs to know is declared once, at registration, and has a safe 
 ``arg_help``        ``{argument: one-line description}`` for ``blockdsl components NAME``
 ``shape_steps``     ``f(d_in=..., seq=..., batch=..., **args)``: the steps inside the module for
                     ``--show-shapes --depth 2``, as ``(name, symbolic shape, concrete shape,
-                    FLOPs)`` tuples
+                    FLOPs)`` tuples, optionally ``(..., FLOPs, saved[, workspace])``: how many
+                    tensors of that shape the forward keeps for backward (default 1) and its
+                    backward allocates transiently (default 0), for the training memory
+                    estimate (``blockdsl/shapes.py``)
 ``combine_aux``     ``f(auxes)``: the model's auxiliary loss from every call's ``aux`` of this
                     component (default: their sum)
 ``embedding``       ``f(module)``: the ``nn.Embedding`` (or a module with ``.weight``) a head may

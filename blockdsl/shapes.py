@@ -29,7 +29,14 @@ Totals:
 A component's ``shape_steps(d_in, seq, batch, **args)`` returns a list of
 ``(name, symbolic, concrete, flops)``: ``symbolic`` a tuple of dimension names (``"B"``,
 ``"H"``, ``"T"``, ...), ``concrete`` the matching sizes, ``flops`` the step's forward FLOPs
-for the whole batch (0 where not counted).
+for the whole batch (0 where not counted). A fifth element, ``saved``, optionally says how
+many tensors of that shape the forward keeps for backward (default 1; 0 for a step whose value
+is never stored whole, like a scan's per-position states): the training memory estimate
+(``blockdsl.train.memory``) sums ``saved × size`` over the steps, so a component whose forward
+keeps more than its listed outputs (custom autograd functions, chunked scans) declares it here.
+A sixth, ``workspace``, says how many tensors of that shape its backward allocates at once and
+frees before returning (a chunked scan's recomputed states): the estimate adds the largest
+such workspace of the model once, since backward runs one component at a time.
 """
 
 from __future__ import annotations
@@ -66,6 +73,8 @@ class ShapeRow:
     # that block's generated code ("" for a whole block's row); used by ``blockdsl.trace``.
     block: str = ""
     node: str = ""
+    saved: int = 1  # tensors of this shape kept for backward (a step's declared ``saved``)
+    workspace: int = 0  # tensors of this shape its backward allocates transiently
 
     @property
     def shape(self) -> str:
@@ -227,13 +236,14 @@ class _Tabulator:
         args = {k: v for k, v in spec.args.items() if k != spec.component.input_size}
         if spec.component.takes_children:
             args["n_children"] = len(spec.children)
-        for name, symbolic, concrete, flops in hook(
-            d_in=spec.d_in, seq=self.seq, batch=self.batch, **args
-        ):
+        for step in hook(d_in=spec.d_in, seq=self.seq, batch=self.batch, **args):
+            name, symbolic, concrete, flops = step[:4]
+            saved = step[4] if len(step) > 4 else 1
+            workspace = step[5] if len(step) > 5 else 0
             self.rows.append(
                 ShapeRow(
                     f"{path}/{name}", "step", name, tuple(symbolic), tuple(concrete), None,
-                    flops, level,
+                    flops, level, saved=saved, workspace=workspace,
                 )
             )  # fmt: skip
 

@@ -335,25 +335,34 @@ def _gdn_params(d_in: int, heads, v_heads, head_dim, v_head_dim, kernel, **_) ->
 
 
 def _gdn_steps(
-    d_in: int, seq: int, batch: int, heads, v_heads, head_dim, v_head_dim, kernel, **_
+    d_in: int, seq: int, batch: int, heads, v_heads, head_dim, v_head_dim, kernel, chunk=64, **_
 ) -> Steps:
     Hk, Hv, dk, dv = _gdn_dims(d_in, heads, v_heads, head_dim, v_head_dim)
     n = batch * seq
     conv_dim = 2 * Hk * dk + Hv * dv
+    padded = -(-seq // chunk) * chunk
+    # The last element of each step is what the float32 forward keeps for backward (the
+    # training memory estimate, measured with saved_tensors_hooks): qkvz (z is a view of it);
+    # the conv's padded input and output; within chunks the decay mask, k·k^T and its
+    # scaled form, A, q·k^T and the masked scores (C x C per position and head); about
+    # sixteen per-head K- or V-sized tensors of the WY form and the scan over chunks (q, k
+    # copies, right-hand sides and solutions, decayed q and k, per-chunk states); the
+    # gated norm's input, normalised values, gate and the output fed to out_proj.
     return [
         ("qkvz", ("B", "T", "2HK+2Hv·V"), (batch, seq, 2 * Hk * dk + 2 * Hv * dv),
-         2 * n * d_in * (2 * Hk * dk + 2 * Hv * dv)),
-        ("beta, decay", ("B", "T", "2Hv"), (batch, seq, 2 * Hv), 2 * n * d_in * 2 * Hv),
-        ("conv", ("B", "T", "2HK+Hv·V"), (batch, seq, conv_dim), 2 * n * conv_dim * kernel),
+         2 * n * d_in * (2 * Hk * dk + 2 * Hv * dv), 1),
+        ("beta, decay", ("B", "T", "2Hv"), (batch, seq, 2 * Hv), 2 * n * d_in * 2 * Hv, 2),
+        ("conv", ("B", "T", "2HK+Hv·V"), (batch, seq, conv_dim), 2 * n * conv_dim * kernel, 2),
         ("state", ("B", "Hv", "V", "K"), (batch, Hv, dv, dk), 0),
-        ("delta rule", ("B", "T", "Hv", "V"), (batch, seq, Hv, dv), 7 * n * Hv * dk * dv),
-        ("norm*gate", ("B", "T", "Hv", "V"), (batch, seq, Hv, dv), 4 * n * Hv * dv),
+        ("chunk masks", ("B", "Hv", "T", "C"), (batch, Hv, padded, chunk), 0, 6),
+        ("delta rule", ("B", "T", "Hv", "V"), (batch, seq, Hv, dv), 7 * n * Hv * dk * dv, 16),
+        ("norm*gate", ("B", "T", "Hv", "V"), (batch, seq, Hv, dv), 4 * n * Hv * dv, 5),
         ("out", ("B", "T", "D"), (batch, seq, d_in), 2 * n * Hv * dv * d_in),
     ]  # fmt: skip
 
 
 def _gdn_flops(d_in: int, seq: int, **args) -> int:
-    return sum(step[-1] for step in _gdn_steps(d_in, seq, 1, **args))
+    return sum(step[3] for step in _gdn_steps(d_in, seq, 1, **args))
 
 
 def _gdn_state_size(d_in: int, heads, v_heads=None, head_dim=None, v_head_dim=None, kernel=4, **_):
@@ -573,25 +582,31 @@ def _rwkv7_params(d_in: int, head_dim, decay_rank, a_rank, gate_rank, **_) -> in
 
 
 def _rwkv7_steps(
-    d_in: int, seq: int, batch: int, head_dim, decay_rank, a_rank, gate_rank, **_
+    d_in: int, seq: int, batch: int, head_dim, decay_rank, a_rank, gate_rank, chunk=16, **_
 ) -> Steps:
     N, dw, da, dg = _rwkv7_dims(d_in, head_dim, decay_rank, a_rank, gate_rank)
     C, n, H = d_in, batch * seq, d_in // N
     btd = ("B", "T", "D")
     shape = (batch, seq, C)
+    # The last element of each step is what the float32 forward keeps for backward (the
+    # training memory estimate, measured with saved_tensors_hooks): the shifted and mixed
+    # inputs, r, k, v and the low-rank decay, a and gate branches; the state entering each
+    # chunk; about 33 per-head N-sized tensors of the chunked delta rule (its within-chunk
+    # products and their operand copies); the group norm, bonus and gate before out.
     return [
-        ("shift+mix", btd, shape, 7 * n * C),
-        ("r, k, v", btd, shape, 3 * 2 * n * C * C),
-        ("decay, a, gate", btd, shape, 2 * n * 2 * C * (dw + da + dg)),
+        ("shift+mix", btd, shape, 7 * n * C, 7),
+        ("r, k, v", btd, shape, 3 * 2 * n * C * C, 3),
+        ("decay, a, gate", btd, shape, 2 * n * 2 * C * (dw + da + dg), 4),
         ("state", ("B", "H", "N", "N"), (batch, H, N, N), 0),
-        ("delta rule", ("B", "T", "H", "N"), (batch, seq, H, N), 9 * n * H * N * N),
-        ("norm+bonus", btd, shape, 8 * n * C),
+        ("chunk states", ("B", "T/C", "H", "N", "N"), (batch, -(-seq // chunk), H, N, N), 0, 1),
+        ("delta rule", ("B", "T", "H", "N"), (batch, seq, H, N), 9 * n * H * N * N, 33),
+        ("norm+bonus", btd, shape, 8 * n * C, 6),
         ("out", btd, shape, 2 * n * C * C + n * C),
     ]
 
 
 def _rwkv7_flops(d_in: int, seq: int, **args) -> int:
-    return sum(step[-1] for step in _rwkv7_steps(d_in, seq, 1, **args))
+    return sum(step[3] for step in _rwkv7_steps(d_in, seq, 1, **args))
 
 
 def _rwkv7_state_size(d_in: int, head_dim=None, **_) -> int:
@@ -767,7 +782,7 @@ def _cmix_steps(d_in: int, seq: int, batch: int, hidden: int | None, mult: float
     out_features=same_size,
     mixes_positions=True,
     params=_cmix_params,
-    flops=lambda d_in, seq, **args: sum(s[-1] for s in _cmix_steps(d_in, seq, 1, **args)),
+    flops=lambda d_in, seq, **args: sum(s[3] for s in _cmix_steps(d_in, seq, 1, **args)),
     check=_check_cmix,
     state_size=lambda d_in, **_: d_in,
 )

@@ -221,7 +221,7 @@ def _hyena_state_size(d_in: int, kernel: int = 3, context: int = 2048, **_) -> i
 
 
 def _steps_flops(steps_fn):
-    return lambda d_in, seq, **args: sum(s[-1] for s in steps_fn(d_in, seq, 1, **args))
+    return lambda d_in, seq, **args: sum(s[3] for s in steps_fn(d_in, seq, 1, **args))
 
 
 @register(

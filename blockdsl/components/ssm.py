@@ -446,23 +446,43 @@ class Mamba(nn.Module):
         inner: int | None,
         dt_rank: int | None,
         conv: int,
+        inner_norms: bool = False,
         **_,
-    ) -> list[tuple[str, tuple[str, ...], tuple[int, ...], int]]:
+    ) -> list[tuple]:
         """The steps inside, for ``blockdsl compile --show-shapes --depth 2``."""
         E, R = _mamba_sizes(d_in, expand, inner, dt_rank)
-        n = batch * seq
+        n, L = batch * seq, min(SCAN_CHUNK, seq)
+        # The last element of each step is what the float32 forward keeps for backward (the
+        # training memory estimate): in_proj's output (z is a view of it); the conv's padded
+        # input, its output, the SiLU and the contiguous copies x_proj and the scan take of
+        # it; Δ before and after softplus; B and C as the scan saves them; the scan's state
+        # entering each chunk of SCAN_CHUNK steps (the (B, T, E, N) states are never stored);
+        # y + D x, silu(z) and the gated product fed to out_proj. The inner norms (Jamba) keep
+        # their normalised values and their outputs.
         return [
-            ("in_proj", ("B", "T", "2E"), (batch, seq, 2 * E), 2 * n * d_in * 2 * E),
-            ("conv+silu", ("B", "T", "E"), (batch, seq, E), 2 * n * E * conv),
+            ("in_proj", ("B", "T", "2E"), (batch, seq, 2 * E), 2 * n * d_in * 2 * E, 1),
+            ("conv+silu", ("B", "T", "E"), (batch, seq, E), 2 * n * E * conv, 5),
             (
                 "x_proj",
                 ("B", "T", "R+2N"),
                 (batch, seq, R + 2 * state),
                 2 * n * E * (R + 2 * state),
+                3 if inner_norms else 1,
             ),
-            ("dt_proj", ("B", "T", "E"), (batch, seq, E), 2 * n * R * E),
-            ("scan", ("B", "T", "E", "N"), (batch, seq, E, state), 5 * n * E * state),
-            ("C·h+Dx, gate", ("B", "T", "E"), (batch, seq, E), n * (2 * E * state + 3 * E)),
+            ("B, C", ("B", "T", "2N"), (batch, seq, 2 * state), 0, 1),
+            ("dt_proj", ("B", "T", "E"), (batch, seq, E), 2 * n * R * E, 2),
+            ("scan", ("B", "T", "E", "N"), (batch, seq, E, state), 5 * n * E * state, 0),
+            (
+                "scan chunk starts",
+                ("B", "T/32", "E", "N"),
+                (batch, -(-seq // SCAN_CHUNK), E, state),
+                0,
+                1,
+            ),
+            # backward recomputes one chunk at a time: its decays, states, dL/dy·C, dL/dh and
+            # dL/d(ΔA) with the product before it, all (B, L, E, N)
+            ("scan backward chunk", ("B", "L", "E", "N"), (batch, L, E, state), 0, 0, 6),
+            ("C·h+Dx, gate", ("B", "T", "E"), (batch, seq, E), n * (2 * E * state + 3 * E), 3),
             ("out_proj", ("B", "T", "D"), (batch, seq, d_in), 2 * n * E * d_in),
         ]
 
@@ -796,32 +816,44 @@ class Mamba2(nn.Module):
         groups: int,
         conv: int,
         chunk: int,
+        norm: bool = True,
         **_,
-    ) -> list[tuple[str, tuple[str, ...], tuple[int, ...], int]]:
+    ) -> list[tuple]:
         """The steps inside, for ``blockdsl compile --show-shapes --depth 2``."""
         E, H = _mamba2_sizes(d_in, expand, inner, head_dim)
-        cd, n, L = E + 2 * groups * state, batch * seq, min(chunk, seq)
+        cd, n, L = E + 2 * groups * state, batch * seq, max(1, min(chunk, seq))
+        c = -(-seq // L)  # chunks; the sequence is padded to c * L positions
+        G, N = groups, state
+        # The last element of each step is what the float32 forward keeps for backward (the
+        # training memory estimate): the conv's padded input, its output and the SiLU; the
+        # einsums' operand copies (C and B three times, x three times: within chunks, chunk
+        # states, state readout), the decay mask and its product with C·B, B scaled by the
+        # decays, the chunk states before and after the recurrence, and the gated norm's
+        # gate, input, gated product, normalised values and output. Tensors of H or G
+        # numbers per token (Δ, cumulative decays, norms' scales) are left out.
+        norm_kept = 5 if norm else 3
         return [
             (
                 "in_proj",
                 ("B", "T", "E+CD+H"),
                 (batch, seq, E + cd + H),
                 2 * n * d_in * (E + cd + H),
+                1,
             ),
-            ("conv+silu", ("B", "T", "E+2GN"), (batch, seq, cd), 2 * n * cd * conv),
-            (
-                "ssd chunks",
-                ("B", "T", "H", "P"),
-                (batch, seq, H, head_dim),
-                n * (2 * L * groups * state + 2 * L * E),
-            ),
+            ("conv+silu", ("B", "T", "E+2GN"), (batch, seq, cd), 2 * n * cd * conv, 3),
+            ("B, C", ("B", "T", "G", "N"), (batch, seq, G, N), 0, 3),
+            ("C·B", ("B", "G", "T", "L"), (batch, G, c * L, L), 2 * n * L * G * N, 1),
+            ("decay mask", ("B", "H", "T", "L"), (batch, H, c * L, L), 0, 2),
+            ("ssd chunks", ("B", "T", "H", "P"), (batch, seq, H, head_dim), 2 * n * L * E, 3),
+            ("B·decay", ("B", "T", "H", "N"), (batch, seq, H, N), 0, 1),
             (
                 "ssd states",
-                ("B", "T/L", "H", "P", "N"),
-                (batch, -(-seq // L), H, head_dim, state),
-                4 * n * E * state,
+                ("B", "T/L+1", "H", "P", "N"),
+                (batch, c + 1, H, head_dim, N),
+                4 * n * E * N,
+                2,
             ),
-            ("gated norm", ("B", "T", "E"), (batch, seq, E), 6 * n * E),
+            ("gated norm", ("B", "T", "E"), (batch, seq, E), 6 * n * E, norm_kept),
             ("out_proj", ("B", "T", "D"), (batch, seq, d_in), 2 * n * E * d_in),
         ]
 
@@ -1026,16 +1058,21 @@ class RGLRU(nn.Module):
     @staticmethod
     def shape_steps(
         d_in: int, seq: int, batch: int, width: int | None, heads: int, conv: int, **_
-    ) -> list[tuple[str, tuple[str, ...], tuple[int, ...], int]]:
+    ) -> list[tuple]:
         """The steps inside, for ``blockdsl compile --show-shapes --depth 2``."""
         W, n = _rglru_width(d_in, width), batch * seq
         hid = ("B", "T", "W"), (batch, seq, W)
+        # The last element of each step is what the float32 forward keeps for backward (the
+        # training memory estimate): linear_y's output and its activation; the conv's padded
+        # input and output; the block-diagonal gates' copies of their input and the two
+        # sigmoids; in the recurrence -8·r, exp(2 log a), 1 - exp(2 log a), the bounded sqrt,
+        # exp(log a), a, x·i, the scan's states and the product fed to linear_out.
         return [
-            ("gate branch", *hid, 2 * n * d_in * W),
-            ("linear_x", *hid, 2 * n * d_in * W),
-            ("conv", *hid, 2 * n * W * conv),
-            ("gates", *hid, 4 * n * W * (W // heads)),
-            ("recurrence", *hid, 8 * n * W),
+            ("gate branch", *hid, 2 * n * d_in * W, 2),
+            ("linear_x", *hid, 2 * n * d_in * W, 1),
+            ("conv", *hid, 2 * n * W * conv, 1),
+            ("gates", *hid, 4 * n * W * (W // heads), 4),
+            ("recurrence", *hid, 8 * n * W, 9),
             ("linear_out", ("B", "T", "D"), (batch, seq, d_in), 2 * n * W * d_in),
         ]
 

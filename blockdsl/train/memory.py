@@ -9,6 +9,12 @@ Estimate (``estimate(plan, ...)``), in bytes, from the model plan and its shape 
   every value of the shape table (each node's output, at graph level) plus the steps inside
   components that declare them (q/k/v, attention outputs, MLP hidden units, experts), at the
   precision's element size, less each component's last step (its output, already counted);
+  a step declaring ``saved`` (the fifth element of a ``shape_steps`` tuple: the tensors of its
+  shape that the forward keeps, e.g. what a scan's autograd function saves) counts that many
+  times, or not at all with ``saved = 0``; plus the largest backward workspace a step
+  declares (its sixth element: tensors of its shape that the component's backward allocates
+  and frees, e.g. a chunked scan's recomputed states), once, since backward runs one
+  component at a time;
   attention score matrices count only where soft-capping makes attention compute them
   explicitly (twice: capped scores and probabilities; torch's fused attention keeps none);
   a gated product keeps the activation too, a gated expert's hidden step four tensors;
@@ -70,21 +76,23 @@ def estimate(plan: Any, batch: int, seq: int, precision: str, optim: Any) -> Mem
     meta = build_model(plan.config, device=torch.device("meta"), registry=plan.registry)
     param_bytes = sum(p.numel() * p.element_size() for p in meta.parameters())
     table = shape_table(plan, batch=batch, seq=seq, depth=2, dtype=precision)
-    inside = 0
+    inside = workspace = 0
     rows = table.rows
     for index, row in enumerate(rows):
         if row.kind != "step":
             continue
+        workspace = max(workspace, row.workspace * math.prod(row.concrete))
         last = index + 1 == len(rows) or rows[index + 1].kind != "step"
-        if last and row.level == 1:
-            continue  # a component's last step is its output, counted at graph level
+        kept = row.saved - 1 if last and row.level == 1 else row.saved
+        if kept <= 0:
+            continue  # nothing kept: a last step is the output (counted at graph level)
         if row.what == "scores":
             # torch's fused attention keeps no score matrix; the explicit path (soft-capping)
             # keeps two (the capped scores and the probabilities)
             inside += 2 * math.prod(row.concrete) if _explicit_scores(plan, row.path) else 0
             continue
-        inside += math.prod(row.concrete) * _copies(plan, row)
-    activations = table.activation_bytes + inside * DTYPE_BYTES[precision]
+        inside += math.prod(row.concrete) * (_copies(plan, row) if row.saved == 1 else kept)
+    activations = table.activation_bytes + (inside + workspace) * DTYPE_BYTES[precision]
     loss = 2 * batch * seq * plan.config.vocab * 4
     return MemoryEstimate(
         params=param_bytes,
