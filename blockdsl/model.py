@@ -329,7 +329,6 @@ class ModelPlan:
         if not self.layers:
             raise ConfigError("[model] layers is empty", layers_text, context="[model] layers")
         self.head = self._graph(config.head, "[model] head", role="head")
-        self._check_head()
 
     def graphs(self) -> list[BlockGraph]:
         return [self.embed, *(g for _, g in self.layers), self.head]
@@ -377,21 +376,6 @@ class ModelPlan:
         return shape_table(self)._repr_html_()
 
     # ---------------------------------------------------------------- internals
-    def _check_head(self) -> None:
-        """The loss reads the head's output as logits over the vocabulary: refuse a head of
-        another width now, not with an IndexError inside the loss."""
-        got = self.head.nx.nodes[self.head.output]["size"]
-        if got is None or got == self.config.vocab:
-            return
-        message = (
-            f"the head {self.config.head!r} outputs {got} features per token, not logits over "
-            f"the vocabulary (vocab = {self.config.vocab})"
-        )
-        hint = 'end the head with a component giving vocab outputs, e.g. "Norm->Head"'
-        if f'"{self.config.head}"' in self.config.text:  # as written in the file, not overridden
-            raise self.config.error(message, "model", "head", hint=hint)
-        raise ConfigError(message, hint=hint, context=self.config.origin or None)
-
     def _check_defaults(self) -> None:
         for component, args in self.config.defaults.items():
             if component not in self.registry:

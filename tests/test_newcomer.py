@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 import blockdsl
 from blockdsl.cli import main
-from blockdsl.errors import ConfigError
+from blockdsl.errors import ShapeError
 
 SMALL = {"d_model": 32, "vocab": 64, "context": 16, "layers": "block"}
 
@@ -41,10 +41,10 @@ def test_seq_longer_than_the_context_is_refused(capsys):
 
 @pytest.mark.parametrize("head", ["Norm", "Norm->Linear(out=7)"])
 def test_head_without_vocabulary_logits_fails_at_build_time(capsys, head):
-    with pytest.raises(ConfigError, match=r"outputs \d+ features per token, not logits"):
+    with pytest.raises(ShapeError, match=r"the head produces \d+ features but the model's vocab"):
         blockdsl.build_model("tiny", head=head, **SMALL)
     code, err = run(capsys, "check", "tiny", "--set", f"head={head}")
-    assert code == 2 and "not logits over the vocabulary (vocab = 4096)" in err
+    assert code == 2 and "the model's vocabulary has 4096" in err and "end it with Head" in err
 
 
 def test_targets_are_not_shifted_and_minus_100_is_ignored():
