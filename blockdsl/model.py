@@ -4,7 +4,8 @@ A model is an embedding chain, a stack of layers and a head chain (docs/configs.
 is a chain over named blocks and inline block text: each top-level step, repeats unrolled and
 groups of named blocks flattened, becomes one layer (``layers.0``, ``layers.1``, ...).
 Repetitions of one named block share its validated graph and generated code but get their own
-modules, except labelled ones, which are one module across the whole model.
+modules (a ``#label`` is one module within each instance; a ``##label`` one module across the
+whole model).
 """
 
 from __future__ import annotations
