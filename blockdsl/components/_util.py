@@ -77,3 +77,9 @@ def softcap(x: torch.Tensor, cap: float) -> torch.Tensor:
 def same_size(d_in: int, **_) -> int:
     """``out_features`` of a component that keeps the feature size (saves a meta-device probe)."""
     return d_in
+
+
+def flops_from_steps(steps_fn):
+    """A ``flops`` hook that adds up the FLOPs (index 3) of a component's ``shape_steps`` rows
+    for one sequence, so that the ``--depth 2`` table and the total cannot disagree."""
+    return lambda d_in, seq, **args: sum(step[3] for step in steps_fn(d_in, seq, 1, **args))

@@ -31,7 +31,13 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from blockdsl.components._util import Problem, init_linear_, raise_problem, same_size
+from blockdsl.components._util import (
+    Problem,
+    flops_from_steps,
+    init_linear_,
+    raise_problem,
+    same_size,
+)
 from blockdsl.registry import register
 
 Steps = list[tuple[str, tuple[str, ...], tuple[int, ...], int]]
@@ -361,10 +367,6 @@ def _gdn_steps(
     ]  # fmt: skip
 
 
-def _gdn_flops(d_in: int, seq: int, **args) -> int:
-    return sum(step[3] for step in _gdn_steps(d_in, seq, 1, **args))
-
-
 def _gdn_state_size(d_in: int, heads, v_heads=None, head_dim=None, v_head_dim=None, kernel=4, **_):
     Hk, Hv, dk, dv = _gdn_dims(d_in, heads, v_heads, head_dim, v_head_dim)
     return (2 * Hk * dk + Hv * dv) * (kernel - 1) + Hv * dv * dk
@@ -375,7 +377,7 @@ def _gdn_state_size(d_in: int, heads, v_heads=None, head_dim=None, v_head_dim=No
     out_features=same_size,
     mixes_positions=True,
     params=_gdn_params,
-    flops=_gdn_flops,
+    flops=flops_from_steps(_gdn_steps),
     check=_check_gdn,
     state_size=_gdn_state_size,
 )
@@ -605,10 +607,6 @@ def _rwkv7_steps(
     ]
 
 
-def _rwkv7_flops(d_in: int, seq: int, **args) -> int:
-    return sum(step[3] for step in _rwkv7_steps(d_in, seq, 1, **args))
-
-
 def _rwkv7_state_size(d_in: int, head_dim=None, **_) -> int:
     N = min(64, d_in) if head_dim is None else head_dim
     return d_in + d_in * N  # token shift + (H, N, N)
@@ -624,7 +622,7 @@ def _orthogonal_(weight: torch.Tensor, gain: float) -> None:
     out_features=same_size,
     mixes_positions=True,
     params=_rwkv7_params,
-    flops=_rwkv7_flops,
+    flops=flops_from_steps(_rwkv7_steps),
     check=_check_rwkv7,
     state_size=_rwkv7_state_size,
 )
@@ -782,7 +780,7 @@ def _cmix_steps(d_in: int, seq: int, batch: int, hidden: int | None, mult: float
     out_features=same_size,
     mixes_positions=True,
     params=_cmix_params,
-    flops=lambda d_in, seq, **args: sum(s[3] for s in _cmix_steps(d_in, seq, 1, **args)),
+    flops=flops_from_steps(_cmix_steps),
     check=_check_cmix,
     state_size=lambda d_in, **_: d_in,
 )

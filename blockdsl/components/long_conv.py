@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from blockdsl.components._util import Problem, raise_problem, same_size
+from blockdsl.components._util import Problem, flops_from_steps, raise_problem, same_size
 from blockdsl.components.linear_attention import causal_conv
 from blockdsl.errors import ShapeError
 from blockdsl.registry import register
@@ -220,16 +220,12 @@ def _hyena_state_size(d_in: int, kernel: int = 3, context: int = 2048, **_) -> i
     return 3 * d_in * (kernel - 1) + d_in * context + 1  # window, inputs, count
 
 
-def _steps_flops(steps_fn):
-    return lambda d_in, seq, **args: sum(s[3] for s in steps_fn(d_in, seq, 1, **args))
-
-
 @register(
     "Hyena",
     out_features=same_size,
     mixes_positions=True,
     params=_hyena_params,
-    flops=_steps_flops(_hyena_steps),
+    flops=flops_from_steps(_hyena_steps),
     check=_check_hyena,
     state_size=_hyena_state_size,
 )
@@ -350,7 +346,7 @@ def _baseconv_state_size(d_in: int, kernel: int | None = None, context: int = 20
     out_features=same_size,
     mixes_positions=True,
     params=_baseconv_params,
-    flops=_steps_flops(_baseconv_steps),
+    flops=flops_from_steps(_baseconv_steps),
     check=_check_baseconv,
     state_size=_baseconv_state_size,
 )
@@ -452,7 +448,7 @@ def _shortconv_steps(d_in: int, seq: int, batch: int, kernel: int, **_) -> Steps
     out_features=same_size,
     mixes_positions=True,
     params=_shortconv_params,
-    flops=_steps_flops(_shortconv_steps),
+    flops=flops_from_steps(_shortconv_steps),
     check=_check_shortconv,
     state_size=lambda d_in, kernel=3, **_: d_in * (kernel - 1),
 )
