@@ -53,6 +53,8 @@ from sybil import Example, Region, Sybil
 from sybil.parsers.markdown.lexers import RawFencedCodeBlockLexer
 from sybil.parsers.markdown.skip import SkipParser
 
+import blockdsl
+
 ROOT = Path(__file__).resolve().parent.parent
 MODEL_TABLES = {"model", "blocks", "defaults"}
 COMMAND_TIMEOUT = 300  # seconds for one shell command
@@ -294,6 +296,9 @@ def run_document(path: Path) -> Outcome:
     page goes on (later examples may then fail too: the first failure is the cause)."""
     document = SYBIL.parse(path)
     ran, skipped, failures = 0, [], []
+    # A page may register components (``@blockdsl.register``) into the global registry; they
+    # belong to that page, not to the tests that run after it in the same process.
+    registry_before = blockdsl.REGISTRY.copy()
     try:
         for example in document:
             where = f"{path.name}:{example.line}"
@@ -306,6 +311,8 @@ def run_document(path: Path) -> Outcome:
                 failures.append(f"{where}: {type(exc).__name__}: {exc}")
             ran += example.region.evaluator in EVALUATORS
     finally:
+        blockdsl.REGISTRY._components = registry_before._components
+        blockdsl.REGISTRY._aliases = registry_before._aliases
         page = document.namespace.get("__page__")
         if page is not None:
             shutil.rmtree(page.workdir, ignore_errors=True)

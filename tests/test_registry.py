@@ -81,7 +81,10 @@ def test_position_mixing_components_must_default_to_causal() -> None:
 def test_builtins_validate_without_building_anything(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every built-in declares a ``check`` validator (its constructor runs the same one), so a
     plan is validated without constructing modules, even on the meta device."""
-    assert all(c.check_fn is not None for c in blockdsl.REGISTRY.components())
+    components = blockdsl.REGISTRY.components()
+    builtins = [c for c in components if c.cls.__module__.startswith("blockdsl.")]
+    assert len(builtins) > 20
+    assert [c.name for c in builtins if c.check_fn is None] == []
 
     def no_builds(self, *args, **kwargs):
         raise AssertionError(f"{self.name} was built during validation")
