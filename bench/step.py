@@ -126,11 +126,16 @@ def run_round_robin(steps: dict[str, Callable[[], float]], warmup: int, n: int) 
     return times
 
 
-def report(title: str, times: dict[str, list[float]], flops: dict[str, int], n: int) -> None:
+REPORT_COLUMNS = ["model", "median ms", "min ms", "ratio", "GFLOP/s", "of matmul peak"]
+
+
+def report(title: str, times: dict[str, list[float]], flops: dict[str, int], n: int) -> list[list]:
+    """Print one table of step times against the reference; return its rows (REPORT_COLUMNS)."""
     ref = statistics.median(times["reference"])
     peak = 2 * n**3 / statistics.median(times[MATMUL])
     print(f"\n{title}; matmul peak {peak / 1e9:.1f} GFLOP/s ({n}x{n}, median, same rounds)")
     print(f"{'model':<16}{'median ms':>11}{'min ms':>9}{'ratio':>8}{'GFLOP/s':>9}{'of peak':>9}")
+    rows = []
     for name, ts in times.items():
         if name == MATMUL:
             continue
@@ -140,6 +145,8 @@ def report(title: str, times: dict[str, list[float]], flops: dict[str, int], n: 
             f"{name:<16}{med * 1e3:>11.1f}{min(ts) * 1e3:>9.1f}{med / ref:>8.3f}"
             f"{rate / 1e9:>9.1f}{rate / peak:>9.1%}"
         )
+        rows.append([name, med * 1e3, min(ts) * 1e3, med / ref, rate / 1e9, f"{rate / peak:.1%}"])
+    return rows
 
 
 # --------------------------------------------------------------------------- --shapes
@@ -381,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--json",
         action="store_true",
-        help="with --shapes: record to bench/results/step_shapes.json",
+        help="record to bench/results/step.json (with --shapes: step_shapes.json)",
     )
     args = ap.parse_args(argv)
 
@@ -471,9 +478,11 @@ def main(argv: list[str] | None = None) -> int:
     steps = {
         name: make_step(LossOf(m, cfg.vocab), m, idx, targets, device) for name, m in models.items()
     }
+    tables: list[tuple[str, list[list]]] = []
     if not args.no_eager:
         times = run_round_robin({**steps, MATMUL: matmul}, args.warmup, args.steps)
-        report(f"eager: forward+backward, median of {args.steps} steps", times, flops, n)
+        title = f"eager: forward+backward, median of {args.steps} steps"
+        tables.append((title, report(title, times, flops, n)))
 
     if not args.no_compile:
         torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
@@ -487,7 +496,20 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {name:<16}{time.perf_counter() - t:>8.1f} s")
             compiled[name] = step
         times = run_round_robin({**compiled, MATMUL: matmul}, args.warmup, args.steps)
-        report(f"torch.compile: forward+backward, median of {args.steps} steps", times, flops, n)
+        title = f"torch.compile: forward+backward, median of {args.steps} steps"
+        tables.append((title, report(title, times, flops, n)))
+    if args.json:
+        from bench.record import Record
+
+        record = Record("step", "Training step against hand-written PyTorch")
+        for title, rows in tables:
+            record.table(REPORT_COLUMNS, rows, caption=f"{title}; ratio = time / reference's")
+        record.note(
+            f"vocab {cfg.vocab}, d_model {cfg.d_model}, {cfg.layers} layers, {cfg.heads} heads / "
+            f"{cfg.kv_heads} kv heads, hidden {cfg.hidden}, batch {cfg.batch} x seq {cfg.seq}, "
+            f"{args.dtype} on {device}; x-transformers has its own weights."
+        )
+        print(f"recorded {record.write()}")
     return 0
 
 

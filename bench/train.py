@@ -15,12 +15,16 @@ step time over all rounds, tokens/s, and the ratio blockdsl ÷ hand-written in t
 as fast). Eager, then ``torch.compile``.
 
     PYTHONPATH=. python bench/train.py [--steps 30] [--rounds 3] [--threads 2] [--seq 256]
-                                       [--no-compile | --no-eager]
+                                       [--no-compile | --no-eager] [--json [--record NAME]]
+
+``--json`` writes the rows to ``bench/results/NAME.json`` (default ``train``) for
+``bench/report.py``; eager and compiled rows may be recorded by separate runs under two names.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import math
 import platform
@@ -50,6 +54,9 @@ LR, MIN_LR, WARMUP, CLIP, WD, BETAS = 1e-3, 1e-4, 5, 1.0, 0.1, (0.9, 0.95)
 
 
 def blockdsl_steps(data: Path, out: Path, args: argparse.Namespace, compiled: bool) -> list[float]:
+    # each loop compiles its own model afresh (a shared code cache would hit dynamo's
+    # recompile limit after a few rounds and silently run eagerly)
+    torch._dynamo.reset()
     run = blockdsl.train(
         "tiny",
         data=data,
@@ -83,6 +90,7 @@ def blockdsl_steps(data: Path, out: Path, args: argparse.Namespace, compiled: bo
 
 def handwritten_steps(data: Path, args: argparse.Namespace, compiled: bool) -> list[float]:
     """nanoGPT's loop, reduced to what this run uses."""
+    torch._dynamo.reset()
     torch.manual_seed(0)
     model = blockdsl.build_model("tiny", **MODEL)
     tokens = TokenData(data)
@@ -132,6 +140,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-compile", action="store_true", help="eager rows only")
     parser.add_argument("--no-eager", action="store_true", help="torch.compile rows only")
+    parser.add_argument("--json", action="store_true", help="record to bench/results/NAME.json")
+    parser.add_argument("--record", default="train", help="record NAME (default: train)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(
@@ -146,24 +156,71 @@ def main() -> None:
         prepare([str(ROOT / "blockdsl")], data, glob="*.py", progress=False)
         modes = [] if args.no_eager else [False]
         modes += [] if args.no_compile else [True]
+        rows = []
         for compiled in modes:
             ours: list[float] = []
             theirs: list[float] = []
+            round_ratios: list[float] = []
             for round_ in range(args.rounds):
-                # each loop compiles its own model afresh (a shared code cache would hit
-                # dynamo's recompile limit after a few rounds and silently run eagerly)
-                torch._dynamo.reset()
-                ours += blockdsl_steps(data, Path(tmp) / f"run{compiled}{round_}", args, compiled)
-                torch._dynamo.reset()
-                theirs += handwritten_steps(data, args, compiled)
+                run_ours = functools.partial(
+                    blockdsl_steps, data, Path(tmp) / f"run{compiled}{round_}", args, compiled
+                )
+                run_theirs = functools.partial(handwritten_steps, data, args, compiled)
+                # ABBA order: a load that drifts during a round weighs on both loops alike
+                if round_ % 2 == 0:
+                    mine, reference = run_ours(), run_theirs()
+                else:
+                    reference, mine = run_theirs(), run_ours()
+                ours += mine
+                theirs += reference
+                round_ratios.append(statistics.median(reference) / statistics.median(mine))
             a, b = statistics.median(ours), statistics.median(theirs)
+            paired = statistics.median(round_ratios)
             mode = "compiled" if compiled else "eager"
             print(
                 f"{mode:8s} blockdsl train {a * 1e3:7.1f} ms/step {step_tokens / a:9,.0f} tok/s | "
                 f"hand-written {b * 1e3:7.1f} ms/step {step_tokens / b:9,.0f} tok/s | "
-                f"ratio {b / a:.3f} ({len(ours)} and {len(theirs)} steps)",
+                f"ratio {b / a:.3f}, median of per-round ratios {paired:.3f} "
+                f"({len(ours)} and {len(theirs)} steps)",
                 flush=True,
             )
+            rows.append(
+                [
+                    f"{mode}, {args.threads} thread(s)",
+                    f"{len(ours)} / {len(theirs)}",
+                    a * 1e3,
+                    step_tokens / a,
+                    b * 1e3,
+                    step_tokens / b,
+                    b / a,
+                    paired,
+                ]
+            )
+    if args.json:
+        from bench.record import Record
+
+        record = Record(args.record, "blockdsl train against a hand-written nanoGPT-style loop")
+        record.table(
+            [
+                "mode",
+                "steps timed (blockdsl / hand-written)",
+                "blockdsl ms/step",
+                "blockdsl tok/s",
+                "hand-written ms/step",
+                "hand-written tok/s",
+                "ratio (tokens/s)",
+                "median of per-round ratios",
+            ],
+            rows,
+            caption=(
+                f"tiny preset {MODEL['d_model']}d {MODEL['layers']}, byte vocabulary; "
+                f"micro-batch {args.batch} x {args.seq} tokens, {args.accumulation}-step "
+                f"accumulation; {args.rounds} alternating rounds of {args.steps} steps, the "
+                f"first {args.warmup} of each left out; median step time; ratio = blockdsl "
+                "tokens/s over hand-written (1.0 = as fast), pooled and per round (ABBA order)."
+            ),
+        )
+        print(f"recorded {record.write()}")
 
 
 if __name__ == "__main__":
