@@ -363,8 +363,7 @@ class Study:
         optuna = require_optuna()
         self.optuna = optuna
         self.url, self.name = storage, name
-        connect = {"connect_args": {"timeout": 120}} if storage.startswith("sqlite") else {}
-        self.storage = optuna.storages.RDBStorage(storage, engine_kwargs=connect)
+        self.storage = _rdb(optuna, storage)
         directions = ["maximize" if OBJECTIVES[o] else "minimize" for o in settings.objectives]
         if create:
             self.study = optuna.create_study(
@@ -384,13 +383,16 @@ class Study:
     def open(cls, *, storage: str, name: str) -> Study:
         """An existing study, with the settings it was created with."""
         optuna = require_optuna()
+        missing = SearchError(
+            f"no study '{name}' in {storage}",
+            hint="run 'blockdsl search ...' first, or give --out, --storage and --study",
+        )
+        if storage.startswith("sqlite:///") and not Path(storage[len("sqlite:///") :]).is_file():
+            raise missing
         try:
-            study = optuna.load_study(storage=storage, study_name=name)
+            study = optuna.load_study(storage=_rdb(optuna, storage), study_name=name)
         except KeyError:
-            raise SearchError(
-                f"no study '{name}' in {storage}",
-                hint="run 'blockdsl search ...' first, or give --storage and --study",
-            ) from None
+            raise missing from None
         stored = study.user_attrs.get("blockdsl")
         if stored is None:
             raise SearchError(f"study '{name}' in {storage} was not made by blockdsl search")
@@ -441,6 +443,20 @@ class Study:
                     skip_if_finished=True,
                 )
         return found
+
+
+def _rdb(optuna: Any, url: str) -> Any:
+    """Optuna's storage for a database URL; a URL it cannot open is a ``SearchError``."""
+    import sqlalchemy
+
+    connect = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {}
+    try:
+        return optuna.storages.RDBStorage(url, engine_kwargs=connect)
+    except (sqlalchemy.exc.SQLAlchemyError, ValueError, ImportError) as exc:
+        raise SearchError(
+            f"cannot open the study storage {url}: {str(exc).splitlines()[0]}",
+            hint="--storage takes a database URL Optuna accepts, e.g. sqlite:///runs/study.db",
+        ) from None
 
 
 def _check_same(stored: dict[str, Any], given: dict[str, Any], name: str) -> None:
