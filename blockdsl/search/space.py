@@ -53,8 +53,8 @@ class SearchSpace:
     """Mutations over blocks made of ``components`` at width ``d_model``.
 
     ``defaults`` are the model's ``[defaults]`` (the values arguments resolve to when not
-    written); ``max_calls`` bounds a candidate's size (a mutation that would exceed it is not
-    made)."""
+    written), ``model_globals`` its ``vocab``/``context``; ``max_calls`` bounds a
+    candidate's size (a mutation that would exceed it is not made)."""
 
     def __init__(
         self,
@@ -63,6 +63,7 @@ class SearchSpace:
         d_model: int,
         defaults: Mapping[str, Mapping[str, Any]] | None = None,
         registry: Registry | None = None,
+        model_globals: Mapping[str, Any] | None = None,
         max_calls: int = 16,
     ) -> None:
         self.registry = registry or REGISTRY
@@ -81,6 +82,7 @@ class SearchSpace:
         self.mixers = tuple(n for n in self.components if n != self.norm) or self.components
         self.d_model = d_model
         self.defaults = {k: dict(v) for k, v in (defaults or {}).items()}
+        self.model_globals = dict(model_globals) if model_globals else None
         self.max_calls = max_calls
 
     # ---------------------------------------------------------------- public
@@ -107,7 +109,13 @@ class SearchSpace:
         from blockdsl.graph import build_graph
 
         try:
-            build_graph(text, d_model=self.d_model, defaults=self.defaults, registry=self.registry)
+            build_graph(
+                text,
+                d_model=self.d_model,
+                defaults=self.defaults,
+                registry=self.registry,
+                model_globals=self.model_globals,
+            )
         except BlockDSLError as exc:
             return exc.message
         return None
