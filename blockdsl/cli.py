@@ -11,6 +11,7 @@ import argparse
 import ast
 import json
 import os
+import pathlib
 import sys
 import warnings
 from collections.abc import Sequence
@@ -945,11 +946,23 @@ def _search_parser(commands: Any) -> None:
 
 
 def cmd_search(args: argparse.Namespace, out: TextIO) -> int:
+    try:
+        return _search(args, out)
+    except KeyboardInterrupt:
+        # the candidate in training saved a checkpoint; its claim is taken back on rerun
+        print("blockdsl search: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+def _search(args: argparse.Namespace, out: TextIO) -> int:
     from blockdsl import search as search_module
 
     storage = args.storage or search_module.default_storage(args.out)
     if args.action == "show":
         result = search_module.show(storage=storage, study=args.study)
+        out_dir = pathlib.Path(args.out)
+        if not args.no_plot and out_dir.is_dir():
+            search_module.plot_front(result, out_dir / "front.png")
     else:
         missing = [
             flag

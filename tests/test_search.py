@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from blockdsl import compile_block, parse, unparse
+from blockdsl.errors import BlockDSLError
 from blockdsl.search.space import MUTATIONS, SearchSpace, canonical
 from blockdsl.testing import block_asts
 from blockdsl.testing.invariants import DEFAULT_GLOBALS
@@ -78,6 +79,29 @@ def test_change_arg_stays_within_the_declared_schema():
                 param = space.registry.get("Attn").user_params[arg.name]
                 assert param.check(arg.value.to_python())[0], child
     assert len(seen) > 3
+
+
+def test_without_optuna_the_command_says_how_to_install_it(monkeypatch, tmp_path, capsys):
+    from blockdsl.cli import main
+
+    monkeypatch.setitem(sys.modules, "optuna", None)  # import optuna raises ImportError
+    argv = ["search", "--data", TASK, "--components", "Norm,MLP", "--seed-spec", "Norm->MLP->+"]
+    assert main([*argv, "--steps", "2", "--out", str(tmp_path)]) == 2
+    assert "pip install 'blockdsl[search]'" in capsys.readouterr().err
+
+
+def test_a_study_refuses_other_settings_and_bad_seeds(tmp_path, capsys):
+    from blockdsl.cli import main
+
+    storage = default_storage(tmp_path)
+    Study(_settings(), storage=storage, name="s")
+    with pytest.raises(BlockDSLError, match=r"other settings.*steps: study 2, now 3"):
+        Study(_settings(steps=3), storage=storage, name="s")
+    argv = ["search", "--data", TASK, "--components", "Norm,MLP", "--steps", "2"]
+    assert main([*argv, "--seed-spec", "MLP | MLP->+", "--out", str(tmp_path / "x")]) == 2
+    assert "seed 'MLP | MLP->+' is not a valid block" in capsys.readouterr().err
+    assert main([*argv, "--seed-spec", "Norm->MLP->+", "--components", "Nrom"]) == 2
+    assert "did you mean 'Norm'" in capsys.readouterr().err
 
 
 # ==================================================================== the ledger

@@ -516,7 +516,8 @@ def train_candidate(
         run = train(config, data=data, out=run_dir, resume=run_dir.is_dir(), progress=False)
         if run.interrupted:
             raise KeyboardInterrupt
-    except (TrainingError, BudgetError) as exc:
+    except (TrainingError, BudgetError, BlockDSLError) as exc:
+        # a non-finite loss, a measured memory limit, a config the estimates let through
         return Outcome("failed", reason=exc.message)
     metric = run.summary.get("final_accuracy")
     if metric is None or not math.isfinite(metric):
