@@ -1011,7 +1011,8 @@ def _search(args: argparse.Namespace, out: TextIO) -> int:
                 f"this run: {stats.proposed} proposed, {stats.invalid} invalid and "
                 f"{stats.over_budget} over budget (rejected before training), "
                 f"{stats.duplicates} already known, {stats.trained} trained "
-                f"({stats.pruned} pruned at the hurdle) in {result.seconds:.0f} s\n"
+                f"({stats.pruned} pruned at the hurdle, {stats.resumed} resumed from a stopped "
+                f"worker) in {result.seconds:.0f} s\n"
             )
         out.write("reproduce the best blocks and the seeds with:\n")
         out.write(result.compare_command(top=args.top) + "\n")

@@ -303,13 +303,23 @@ def plot_front(result: SearchReport, path: Path) -> bool:
             color="0.6",
             label="trained",
         )
-        best = sorted(result.front, key=lambda m: getattr(m, attr))
-        ax.plot(
-            [getattr(m, attr) for m in best],
-            [m.metric for m in best],
-            "o-",
+        # the two-objective front of this panel (metric against this axis) as a staircase
+        plane = sorted(pareto_front(result.members, ("metric", attr)), key=lambda m: m.score(attr))
+        ax.step(
+            [getattr(m, attr) for m in plane],
+            [m.metric for m in plane],
+            where="post",
             color="C0",
-            label="Pareto front",
+            linewidth=1,
+            label=f"front (metric, {label})",
+        )
+        ax.scatter(
+            [getattr(m, attr) for m in result.front],
+            [m.metric for m in result.front],
+            s=36,
+            color="C0",
+            label="front (all objectives)",
+            zorder=3,
         )
         ax.scatter(
             [getattr(m, attr) for m in result.seeds],
@@ -318,12 +328,12 @@ def plot_front(result: SearchReport, path: Path) -> bool:
             s=50,
             color="C3",
             label="seeds",
-            zorder=3,
+            zorder=4,
         )
         ax.set_xlabel(label)
         ax.set_ylabel("metric")
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
+        ax.legend(fontsize=8)
     fig.suptitle(result.settings.data)
     fig.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp.png")
