@@ -74,25 +74,18 @@ def main() -> None:
         )
     minutes = stats.seconds / 60
     rejected = stats.invalid + stats.over_budget
-    search_rows = [
-        ["proposed", stats.proposed, round(stats.proposed / minutes, 1)],
-        ["rejected before training (invalid)", stats.invalid, round(stats.invalid / minutes, 1)],
-        [
-            "rejected before training (over budget)",
-            stats.over_budget,
-            round(stats.over_budget / minutes, 1),
-        ],
-        [
-            "already known (not re-evaluated)",
-            stats.duplicates,
-            round(stats.duplicates / minutes, 1),
-        ],
-        ["trained", stats.trained, round(stats.trained / minutes, 1)],
-        ["of which pruned at the hurdle", stats.pruned, round(stats.pruned / minutes, 1)],
+    counted = [
+        ("proposed", stats.proposed),
+        ("rejected before training (invalid)", stats.invalid),
+        ("rejected before training (over budget)", stats.over_budget),
+        ("already known (not re-evaluated)", stats.duplicates),
+        ("trained", stats.trained),
+        ("of which pruned at the hurdle", stats.pruned),
     ]
+    search_rows = [[what, count, f"{count / minutes:.1f}"] for what, count in counted]
     print(f"search: {stats.seconds:.1f} s, {args.trials} trials of {args.steps} steps")
     for row in search_rows:
-        print(f"  {row[0]:42s} {row[1]:5d}  {row[2]:8.1f}/min")
+        print(f"  {row[0]:42s} {row[1]:5d}  {row[2]:>8s}/min")
 
     # the cheap part alone: propose and check, nothing trained
     space = search_space(chosen)
@@ -132,7 +125,7 @@ def main() -> None:
                     outcomes["ok"],
                     outcomes["invalid"],
                     outcomes["budget"],
-                    round(per_check * 1e3, 1),
+                    f"{per_check * 1e3:.1f}",
                 ]
             ],
             caption="The cheap checks alone: a mutation, validation and the parameter and "
