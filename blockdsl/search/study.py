@@ -95,8 +95,9 @@ class SearchSettings:
                 f"got {','.join(self.objectives)}",
                 hint="e.g. --objectives metric,params,state",
             )
-        if self.steps < 1:
-            raise SearchError("--steps must be at least 1")
+        for name in ("steps", "population", "tournament"):
+            if getattr(self, name) < 1:
+                raise SearchError(f"--{name} must be at least 1, got {getattr(self, name)}")
         if not self.seeds:
             raise SearchError(
                 "a search starts from at least one --seed-spec",
@@ -491,7 +492,7 @@ def train_candidate(
     there it stops (pruned), else it continues to the full budget from that checkpoint
     (the schedule is constant, so the run is the one ``blockdsl compare`` makes)."""
     from blockdsl.config import load_config
-    from blockdsl.train.loop import TrainingError, read_metrics, train
+    from blockdsl.train import TrainingError, read_metrics, train
 
     config = candidate_config(settings, block)
     data = settings.data
