@@ -354,11 +354,13 @@ def _edit_chain(
 
 
 def _replace_call(tree: ast.Block, target: ast.Call, replacement: ast.Call) -> ast.Block:
-    """``tree`` with the call ``target`` (that very node) replaced."""
+    """``tree`` with one call replaced: ``target``, that very node, at its first place in
+    ``ast.walk``'s order (a duplicated segment holds the same node object twice; only one of
+    the copies changes)."""
+    index = next(i for i, call in enumerate(_calls(tree)) if call is target)
+    seen = [0]
 
     def swap(node: Any) -> Any:
-        if node is target:
-            return replacement
         if isinstance(node, ast.Block):
             return ast.Block(tuple(swap(c) for c in node.chains))
         if isinstance(node, ast.Chain):
@@ -367,8 +369,14 @@ def _replace_call(tree: ast.Block, target: ast.Call, replacement: ast.Call) -> a
             return ast.Group(swap(node.block))
         if isinstance(node, ast.Repeat):
             return ast.Repeat(swap(node.body), node.count)
-        if isinstance(node, ast.Call) and node.children:
-            return dataclasses.replace(node, children=tuple(swap(c) for c in node.children))
+        if isinstance(node, ast.Call):
+            here = seen[0]
+            seen[0] += 1
+            if here == index:
+                seen[0] += sum(1 for n in ast.walk(node) if isinstance(n, ast.Call)) - 1
+                return replacement
+            if node.children:
+                return dataclasses.replace(node, children=tuple(swap(c) for c in node.children))
         return node
 
     return swap(tree)
