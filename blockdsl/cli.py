@@ -11,6 +11,7 @@ import argparse
 import ast
 import json
 import os
+import pathlib
 import sys
 import warnings
 from collections.abc import Sequence
@@ -251,6 +252,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     _train_parsers(commands, model_args)
     _compare_parser(commands)
+    _search_parser(commands)
     _export_parser(commands)
     return parser
 
@@ -865,6 +867,158 @@ def cmd_compare(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+SEARCH_EXAMPLES = """\
+examples:
+  blockdsl search --data task:mqar,vocab=64,seq=32,pairs=4,train=4000,test=256 \\
+      --components Norm,MLP,Conv,Attn --seed-spec 'Norm->Conv->+->Norm->MLP->+' \\
+      --steps 400 --trials 24 --set d_model=64 --set layers='block*2' --out runs/search
+  blockdsl search show --out runs/search
+  blockdsl search ... --workers 2                       (two processes, one study)
+  blockdsl search ... --storage postgresql://host/db    (workers on many machines)
+"""
+
+
+def _search_parser(commands: Any) -> None:
+    search = commands.add_parser(
+        "search",
+        help="evolve block strings on a task; keep the Pareto front (needs blockdsl[search])",
+        description="Regularised evolution over block strings: mutate the seeds, reject "
+        "invalid or over-budget candidates before any allocation, train the rest with the "
+        "compare recipe and an early hurdle, and keep the Pareto front of the metric against "
+        "parameters and decoding state in an Optuna study (SQLite in --out by default). "
+        "Rerunning resumes the study. 'blockdsl search show' prints a stored study's front "
+        "and the compare command that reproduces it. See docs/search.md.",
+        epilog=SEARCH_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    search.add_argument(
+        "action", nargs="?", choices=["show"], help="show: print a stored study instead"
+    )
+    search.add_argument("--data", metavar="D", help="a task (task:NAME,...) to score on")
+    search.add_argument("--components", metavar="A,B,...", help="components the mutations may use")
+    search.add_argument(
+        "--seed-spec",
+        action="append",
+        default=[],
+        metavar="SPEC",
+        help="a block string to start from (repeatable)",
+    )
+    search.add_argument("--steps", type=int, metavar="N", help="training steps per candidate")
+    search.add_argument(
+        "--trials", type=int, default=20, metavar="N", help="candidates to train in all"
+    )
+    search.add_argument(
+        "--hurdle",
+        type=int,
+        metavar="N",
+        help="early checkpoint (steps): a candidate below the running median there stops "
+        "(default: steps/4; 0: none)",
+    )
+    search.add_argument("--max-params", type=float, metavar="N", help="reject larger candidates")
+    search.add_argument(
+        "--max-memory", metavar="M", help="reject candidates whose training estimate exceeds M"
+    )
+    search.add_argument(
+        "--objectives",
+        default="metric,params,state",
+        metavar="LIST",
+        help="metric,params,state (metric first)",
+    )
+    search.add_argument("--lr", type=float, metavar="LR", help="learning rate of every run")
+    search.add_argument("--seed", type=int, default=0, metavar="S", help="training seed")
+    search.add_argument("--base", default="tiny", metavar="SPEC", help="model for block strings")
+    search.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key of every candidate (d_model=64, layers='block*2')",
+    )
+    search.add_argument("--population", type=int, default=16, metavar="N", help="ageing window")
+    search.add_argument("--tournament", type=int, default=4, metavar="N", help="tournament size")
+    search.add_argument("--workers", type=int, default=1, metavar="K", help="local processes")
+    search.add_argument("--out", default="runs/search", metavar="DIR", help="runs and front.png")
+    search.add_argument("--storage", metavar="URL", help="Optuna storage (default: DIR/study.db)")
+    search.add_argument("--study", default="search", metavar="NAME", help="the study's name")
+    search.add_argument("--top", type=int, default=2, metavar="N", help="best blocks to reproduce")
+    search.add_argument("--no-plot", action="store_true", help="do not write front.png")
+    search.add_argument("--quiet", action="store_true", help="print only the front")
+
+
+def cmd_search(args: argparse.Namespace, out: TextIO) -> int:
+    try:
+        return _search(args, out)
+    except KeyboardInterrupt:
+        # the candidate in training saved a checkpoint; its claim is taken back on rerun
+        print("blockdsl search: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+def _search(args: argparse.Namespace, out: TextIO) -> int:
+    from blockdsl import search as search_module
+
+    storage = args.storage or search_module.default_storage(args.out)
+    if args.action == "show":
+        result = search_module.show(storage=storage, study=args.study)
+        out_dir = pathlib.Path(args.out)
+        if not args.no_plot and out_dir.is_dir():
+            search_module.plot_front(result, out_dir / "front.png")
+    else:
+        missing = [
+            flag
+            for flag, value in (
+                ("--data", args.data),
+                ("--components", args.components),
+                ("--seed-spec", args.seed_spec),
+                ("--steps", args.steps),
+            )
+            if not value
+        ]
+        if missing:
+            raise ConfigError(
+                f"blockdsl search needs {', '.join(missing)}",
+                hint="see 'blockdsl search --help' for an example",
+            )
+        result = search_module.search(
+            data=args.data,
+            components=[c.strip() for c in args.components.split(",") if c.strip()],
+            seeds=args.seed_spec,
+            steps=args.steps,
+            trials=args.trials,
+            out=args.out,
+            storage=storage,
+            study=args.study,
+            workers=args.workers,
+            base=args.base,
+            lr=args.lr,
+            seed=args.seed,
+            hurdle=args.hurdle,
+            max_params=int(args.max_params) if args.max_params else None,
+            max_memory=args.max_memory,
+            objectives=[o.strip() for o in args.objectives.split(",") if o.strip()],
+            population=args.population,
+            tournament=args.tournament,
+            progress=False if args.quiet else None,
+            plot=not args.no_plot,
+            **overrides_from(args.set),
+        )
+    console = _console(out)
+    console.print(result.table())
+    if not args.quiet:
+        stats = result.stats
+        if stats is not None:
+            out.write(
+                f"this run: {stats.proposed} proposed, {stats.invalid} invalid and "
+                f"{stats.over_budget} over budget (rejected before training), "
+                f"{stats.duplicates} already known, {stats.trained} trained "
+                f"({stats.pruned} pruned at the hurdle, {stats.resumed} resumed from a stopped "
+                f"worker) in {result.seconds:.0f} s\n"
+            )
+        out.write("reproduce the best blocks and the seeds with:\n")
+        out.write(result.compare_command(top=args.top) + "\n")
+    return 0
+
+
 COMMANDS = {
     "compile": cmd_compile,
     "check": cmd_check,
@@ -875,6 +1029,7 @@ COMMANDS = {
     "data": cmd_data,
     "generate": cmd_generate,
     "compare": cmd_compare,
+    "search": cmd_search,
     "export": cmd_export,
 }
 

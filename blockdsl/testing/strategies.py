@@ -26,7 +26,14 @@ from blockdsl import ast
 from blockdsl.registry import MODEL_GLOBALS, REGISTRY, Component, Param, Registry
 from blockdsl.testing.invariants import DEFAULT_GLOBALS
 
-__all__ = ["block_asts", "block_strings", "hostile_labels", "model_configs", "usable_components"]
+__all__ = [
+    "argument_values",
+    "block_asts",
+    "block_strings",
+    "hostile_labels",
+    "model_configs",
+    "usable_components",
+]
 
 
 # ==================================================================== argument drawing
@@ -145,6 +152,38 @@ class _Context:
 
 
 _VALID_CACHE: dict[tuple, str | None] = {}
+
+
+def argument_values(
+    param: Param,
+    *,
+    d_model: int,
+    chosen: Mapping[str, Any] | None = None,
+    defaults: Mapping[str, Any] | None = None,
+    n_children: int = 0,
+) -> list[Any]:
+    """The values the strategies draw for ``param`` of a component at width ``d_model``
+    (``chosen``: the call's other written arguments, e.g. ``heads`` for ``kv_heads``;
+    ``defaults``: its resolved defaults), small ones first. Empty when the strategies leave
+    the argument at its default (sizes that would change the stream, free strings)."""
+    ctx = _Context(
+        registry=REGISTRY,
+        names=(),
+        d_model=d_model,
+        model_globals=DEFAULT_GLOBALS,
+        max_depth=0,
+        max_length=1,
+        max_branches=1,
+        parallel=False,
+        repeats=False,
+        labels=False,
+        children=False,
+        groups=False,
+        positional=False,
+        current_children=n_children,
+        current_defaults=dict(defaults or {}),
+    )
+    return _candidates(param, chosen or {}, ctx)
 
 
 def _why_invalid(
