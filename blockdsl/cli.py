@@ -280,7 +280,8 @@ def _train_parsers(commands: Any, model_args: Any) -> None:
         "config.toml, metrics.jsonl, checkpoints, summary.json. Settings come from the "
         "[train] and [optim] tables (--set train.steps=200 --set optim.lr=1e-3). SIGINT or "
         "SIGTERM saves a checkpoint and stops (exit 128+signal); --resume continues exactly. "
-        "See docs/training.md.",
+        "Under torchrun (torchrun --nproc_per_node=N -m blockdsl train ...) it trains with DDP "
+        "or FSDP2 ([train] strategy). See docs/training.md and docs/distributed.md.",
         epilog=TRAIN_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -711,8 +712,16 @@ def cmd_fuzz(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_train(args: argparse.Namespace, out: TextIO) -> int:
+    # under torchrun, an exception leaving a rank is written where torchrun's summary shows it
+    from torch.distributed.elastic.multiprocessing.errors import record
+
+    return record(_train_command)(args, out)
+
+
+def _train_command(args: argparse.Namespace, out: TextIO) -> int:
     import blockdsl.train as training
     from blockdsl.config import load_config
+    from blockdsl.train.distributed import detect_launch
 
     if args.from_hf:
         spec = load_plan(args).config
@@ -733,7 +742,7 @@ def cmd_train(args: argparse.Namespace, out: TextIO) -> int:
     if run.interrupted:
         return 128 + run.interrupted
     summary = run.summary
-    if not args.quiet:
+    if not args.quiet and detect_launch().rank == 0:
         out.write(
             f"done: {summary['steps']} steps, {summary['tokens']:,} tokens in "
             f"{summary['elapsed']:.1f} s; loss {summary['final_loss']:.4f}, val loss "
