@@ -326,14 +326,18 @@ def _train(
         model.train()
         return (group.sum(total) / settings.eval_batches).item()
 
+    plain_copy: list[nn.Module] = []  # FSDP: rank 0's whole-weights model, built once
+
     def save(step: int) -> None:
-        weights = module
-        if strategy == "fsdp":  # rank 0 gathers the whole weights into a plain copy
+        weights: nn.Module | None = module
+        if strategy == "fsdp":  # rank 0 gathers the whole weights into its plain copy
             gathered = distributed.full_weights(model, group)
             weights = None
             if gathered is not None:
-                weights = build_model(config, registry=registry)
-                weights = task.wrap_model(weights) if task is not None else weights
+                if not plain_copy:
+                    copy = build_model(config, registry=registry)
+                    plain_copy.append(task.wrap_model(copy) if task is not None else copy)
+                weights = plain_copy[0]
                 weights.load_state_dict(gathered)
         shards = None
         if strategy is not None:
