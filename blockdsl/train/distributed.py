@@ -214,9 +214,10 @@ class Group:
 def inject_fault(rank: int, step: int) -> None:
     """Fail here when ``$BLOCKDSL_FAULT`` says so (``RANK:STEP:raise`` raises, ``RANK:STEP:kill``
     SIGKILLs the process): how the test suite and docs/distributed.md show a failing rank
-    taking the job down."""
+    taking the job down. Only in torchrun's first attempt, so a restart (``--max-restarts``)
+    gets past it."""
     spec = os.environ.get(FAULT_ENV)
-    if not spec:
+    if not spec or os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0":
         return
     at_rank, at_step, kind = spec.split(":")
     if int(at_rank) != rank or int(at_step) != step:

@@ -27,6 +27,7 @@ import threading
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -156,13 +157,22 @@ def train(
         )
     launch = distributed.detect_launch()
     if launch.distributed:
-        _check_distributed(config, settings, optim, launch.world_size)
+        _check_distributed(config, settings, launch.world_size)
     device = _device(settings.device, launch)
     with distributed.Group(launch, device, settings.collective_timeout) as group:
         return _train(
-            config, settings, optim, task, tokens, Path(out), resume, max_memory,
-            progress, registry, group,
-        )  # fmt: skip
+            config,
+            settings,
+            optim,
+            task,
+            tokens,
+            Path(out),
+            resume=resume,
+            max_memory=max_memory,
+            progress=progress,
+            registry=registry,
+            group=group,
+        )
 
 
 def _train(
@@ -172,6 +182,7 @@ def _train(
     task: Any,
     tokens: Any,
     run_dir: Path,
+    *,
     resume: bool,
     max_memory: Any,
     progress: bool | None,
@@ -234,7 +245,7 @@ def _train(
     optimizers = build_optimizers(model, optim)
     horizon = total_steps(settings)
     schedulers = [build_scheduler(o, optim, horizon) for o in optimizers]
-    if latest is not None and saved is not None:
+    if latest is not None and saved is not None:  # resuming
         if saved.get("sharded"):
             distributed.load_sharded(latest.path / saved["sharded"], model, optimizers)
         elif full_optimizer_state is not None:
@@ -273,8 +284,8 @@ def _train(
         (tokens.batch(settings.seed, i, settings.batch_size, settings.seq_len, split="val"), 1.0)
         for i in dealt
     ]
-    val_batches += [(tokens.batch(settings.seed, 0, settings.batch_size, settings.seq_len,
-                                  split="val"), 0.0)] * (rounds - len(dealt))  # fmt: skip
+    padding = tokens.batch(settings.seed, 0, settings.batch_size, settings.seq_len, split="val")
+    val_batches += [(padding, 0.0)] * (rounds - len(dealt))
     report = _Reporter(progress if group.main else False, horizon, settings)
     chooser = CompileChoice(model, settings, horizon, state["step"], state["compile"], report.log)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -340,11 +351,8 @@ def _train(
                 weights = plain_copy[0]
                 weights.load_state_dict(gathered)
         shards = None
-        if strategy is not None:
-
-            def shards(path: Path) -> None:
-                distributed.save_sharded(path, model, optimizers)
-
+        if strategy is not None:  # the model and optimizer state, every rank its shards
+            shards = partial(distributed.save_sharded, model=model, optimizers=optimizers)
         ckpt.save(
             run_dir,
             step,
@@ -568,9 +576,7 @@ def _device(name: str, launch: distributed.Launch) -> torch.device:
     return torch.device(name)
 
 
-def _check_distributed(
-    config: ModelConfig, settings: TrainSettings, optim: OptimSettings, world: int
-) -> None:
+def _check_distributed(config: ModelConfig, settings: TrainSettings, world: int) -> None:
     """The global batch splits evenly into the ranks' micro-batches."""
     if settings.global_batch_size % (settings.batch_size * world):
         raise config.error(
