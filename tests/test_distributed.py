@@ -31,6 +31,7 @@ from blockdsl.train.distributed import (
     choose_strategy,
     detect_launch,
     per_rank_estimate,
+    shardable_layers,
 )
 from blockdsl.train.settings import resolve
 from tests.distributed_driver import cut_copy
@@ -207,6 +208,18 @@ def test_auto_strategy_follows_the_memory_estimate() -> None:
     assert sharded.optimizer == estimate.optimizer // 2
     assert sharded.activations == estimate.activations and sharded.total < estimate.total
     assert per_rank_estimate(estimate, "ddp", 2, meta) is estimate
+
+
+def test_layers_sharing_a_weight_are_not_sharded_apart() -> None:
+    """FSDP shards a layer as a unit of its own only when no other part holds its weights."""
+    config = {
+        "model": {"vocab": 256, "d_model": 32, "context": 64, "layers": "a->b->a->b"},
+        "blocks": {"a": "Norm->Attn->+->Norm->MLP##shared->+", "b": "Norm->Attn->+->Norm->MLP->+"},
+        "defaults": {"Attn": {"heads": 2}},
+    }
+    assert shardable_layers(blockdsl.build_model(config, device="meta")) == [1, 3]
+    tiny = blockdsl.build_model("tiny", **TINY, device="meta")
+    assert shardable_layers(tiny) == [0, 1]
 
 
 def test_distributed_settings_are_checked(

@@ -293,19 +293,29 @@ def parallelize(model: nn.Module, strategy: str | None, group: Group, precision:
     policy = MixedPrecisionPolicy()
     if device.type == "cuda" and precision == "bfloat16":
         policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
-    owners: dict[int, set[int]] = {}
     layers = _layers(model)
-    for index, layer in enumerate(layers):
-        for param in layer.parameters():
-            owners.setdefault(id(param), set()).add(index)
-    in_layers = set(owners)
-    outside = {id(p) for p in model.parameters() if id(p) not in in_layers}
-    for index, layer in enumerate(layers):
-        ids = [id(p) for p in layer.parameters()]
-        if all(owners[i] == {index} and i not in outside for i in ids):
-            fully_shard(layer, mesh=group.mesh, mp_policy=policy)
+    for index in shardable_layers(model):
+        fully_shard(layers[index], mesh=group.mesh, mp_policy=policy)
     fully_shard(model, mesh=group.mesh, mp_policy=policy)
     return model
+
+
+def shardable_layers(model: nn.Module) -> list[int]:
+    """The indices of the layers FSDP can shard as units of their own: those sharing no
+    weight with another layer or with the rest of the model (a ``##label``)."""
+    layers = _layers(model)
+    # who holds each parameter: a layer's index, or -1 for the rest of the model
+    owners: dict[int, set[int]] = {}
+    prefixes = {id(m): name for name, m in model.named_modules()}
+    layer_names = {prefixes[id(layer)]: index for index, layer in enumerate(layers)}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        holder = next((i for pre, i in layer_names.items() if name.startswith(pre + ".")), -1)
+        owners.setdefault(id(param), set()).add(holder)
+    return [
+        index
+        for index, layer in enumerate(layers)
+        if all(owners[id(p)] == {index} for p in layer.parameters())
+    ]
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -407,5 +417,6 @@ __all__ = [
     "parallelize",
     "per_rank_estimate",
     "save_sharded",
+    "shardable_layers",
     "unwrap",
 ]
