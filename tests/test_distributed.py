@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import re
 import subprocess
 import sys
@@ -21,6 +22,7 @@ import pytest
 import torch
 
 import blockdsl
+from blockdsl.checkpoint import CheckpointError
 from blockdsl.config import load_config
 from blockdsl.errors import ConfigError
 from blockdsl.train import Run
@@ -109,11 +111,14 @@ def _assert_same_run(run: Path, reference: Run) -> None:
         torch.testing.assert_close(weights[name], tensor, atol=TOLERANCE, rtol=0, msg=name)
 
 
-def test_two_ranks_equal_one_and_checkpoints_reshard(data_dir: Path, tmp_path: Path) -> None:
+def test_two_ranks_equal_one_and_checkpoints_reshard(
+    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     """2-rank DDP and FSDP equal a 1-rank run on the same global batch; a 1-rank checkpoint
     resumes on 2 FSDP ranks, a 2-rank FSDP checkpoint on 1 rank and on 2 DDP ranks, each
     continuing as the uninterrupted run did. Last, rank 1 raises: the job fails with its
-    traceback in torchrun's report."""
+    traceback in torchrun's report. And a sharded checkpoint whose pickled DCP metadata names
+    anything else than DCP's records is refused before it is unpickled."""
     reference = _one_rank(data_dir, tmp_path / "one")
     one, fsdp = str(tmp_path / "one"), str(tmp_path / "fsdp")
     plan = {
@@ -154,6 +159,20 @@ def test_two_ranks_equal_one_and_checkpoints_reshard(data_dir: Path, tmp_path: P
     _assert_same_run(tmp_path / "fsdp_to_one", reference)
     # the 1-process checkpoint it wrote is the single-process kind
     assert "sharded" not in ckpt.load_state(ckpt.checkpoints(resumed.dir)[-1])
+
+    # DCP reads .metadata with pickle: one naming anything but DCP's records is refused
+    cut_copy(tmp_path / "fsdp", tmp_path / "forged", 2)
+    metadata = ckpt.checkpoints(tmp_path / "forged")[-1].path / "sharded" / ".metadata"
+    metadata.write_bytes(pickle.dumps(_Forged()))
+    capsys.readouterr()
+    with pytest.raises(CheckpointError, match=r"builtins\.print has no place in DCP metadata"):
+        _one_rank(data_dir, tmp_path / "forged", resume=True)
+    assert not capsys.readouterr().out  # nothing ran
+
+
+class _Forged:
+    def __reduce__(self) -> tuple:
+        return (print, ("code run by unpickling",))
 
 
 def test_a_killed_rank_ends_the_job(data_dir: Path, tmp_path: Path) -> None:

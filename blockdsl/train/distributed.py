@@ -28,6 +28,7 @@ torchrun's summary.
 from __future__ import annotations
 
 import os
+import pickle
 import signal
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
@@ -357,6 +358,7 @@ def load_sharded(path: Path, model: nn.Module, optimizers: Sequence[torch.optim.
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
+    check_sharded_metadata(path)
     model_state, optim_state = get_state_dict(model, list(optimizers))
     state = {"model": model_state, "optim": optim_state}
     with warnings.catch_warnings():  # a single process reading a sharded checkpoint is meant
@@ -368,6 +370,49 @@ def load_sharded(path: Path, model: nn.Module, optimizers: Sequence[torch.optim.
         model_state_dict=state["model"],
         optim_state_dict=state["optim"],
     )
+
+
+# what a DCP ``.metadata`` pickle may name: DCP's own records, paths, sizes, dtypes, layouts
+_METADATA_MODULES = ("torch.distributed.checkpoint.metadata",)
+_METADATA_NAMES = {
+    ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
+    ("torch.serialization", "_get_layout"),
+    ("torch", "Size"),
+    ("pathlib", "PosixPath"),
+    ("pathlib", "WindowsPath"),
+    ("pathlib", "PurePosixPath"),
+    ("pathlib", "PureWindowsPath"),
+}
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    """Python's documented way of restricting what a pickle may construct."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        allowed = module in _METADATA_MODULES or (module, name) in _METADATA_NAMES
+        if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
+            allowed = True
+        if not allowed:
+            raise pickle.UnpicklingError(f"{module}.{name} has no place in DCP metadata")
+        return super().find_class(module, name)
+
+
+def check_sharded_metadata(path: Path) -> None:
+    """Refuse a sharded checkpoint whose ``.metadata`` (DCP reads it with ``pickle``) names
+    anything but DCP's metadata records: the tensors themselves DCP reads with
+    ``weights_only``, so this keeps loading a checkpoint from running code."""
+    from blockdsl.checkpoint import CheckpointError
+
+    metadata = Path(path) / ".metadata"
+    try:
+        with open(metadata, "rb") as f:
+            _MetadataUnpickler(f).load()
+    except FileNotFoundError:
+        raise CheckpointError(f"{metadata} is missing") from None
+    except Exception as exc:  # truncated or foreign pickles fail in many ways
+        raise CheckpointError(
+            f"{metadata} is not torch.distributed.checkpoint metadata: {exc}"
+        ) from None
 
 
 def full_optimizer_state(
@@ -405,6 +450,7 @@ __all__ = [
     "FAULT_ENV",
     "Group",
     "Launch",
+    "check_sharded_metadata",
     "choose_strategy",
     "detect_launch",
     "full_optimizer_state",
