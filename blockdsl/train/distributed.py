@@ -243,12 +243,14 @@ def choose_strategy(setting: str, needs: int, limit: int | None, world: int) -> 
 def per_rank_estimate(estimate: Any, strategy: str | None, world: int, model: nn.Module) -> Any:
     """The memory estimate of one rank: the single-process one, except under FSDP, where each
     rank keeps 1/world of the parameters, gradients and optimizer state, plus what it gathers
-    whole: the root's parameters (embedding, head; FSDP keeps them gathered between forward
-    and backward) and two layers at a time (the running one and the prefetched next).
+    whole: the root's parameters (embedding, head, layers sharing a weight; FSDP keeps them
+    gathered between forward and backward) and two layers at a time (the running one and the
+    prefetched next).
     ``model``: the model (its meta-device build will do)."""
     if strategy != "fsdp":
         return estimate
-    layers = _layers(model)
+    every = _layers(model)
+    layers = [every[index] for index in shardable_layers(model)]  # the units FSDP gathers
     in_layers = {id(p) for layer in layers for p in layer.parameters()}
     root = sum(_bytes(p) for p in model.parameters() if id(p) not in in_layers)
     sizes = sorted(sum(_bytes(p) for p in layer.parameters()) for layer in layers)
@@ -317,11 +319,6 @@ def shardable_layers(model: nn.Module) -> list[int]:
         for index, layer in enumerate(layers)
         if all(owners[id(p)] == {index} for p in layer.parameters())
     ]
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The model inside a DDP wrapper (FSDP2 works in place: the model itself)."""
-    return getattr(model, "module", model)
 
 
 def gradient_sync(model: nn.Module, strategy: str | None, sync: bool) -> AbstractContextManager:
@@ -464,5 +461,4 @@ __all__ = [
     "per_rank_estimate",
     "save_sharded",
     "shardable_layers",
-    "unwrap",
 ]
