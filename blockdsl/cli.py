@@ -712,6 +712,10 @@ def cmd_fuzz(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_train(args: argparse.Namespace, out: TextIO) -> int:
+    from blockdsl.train.distributed import detect_launch
+
+    if not detect_launch().distributed:
+        return _train_command(args, out)
     # under torchrun, an exception leaving a rank is written where torchrun's summary shows it
     from torch.distributed.elastic.multiprocessing.errors import record
 
