@@ -734,15 +734,20 @@ def _train_command(args: argparse.Namespace, out: TextIO) -> int:
         spec = spec_from(args.spec)
         overrides = overrides_from(args.set)
         load_config(spec, **overrides)  # configuration errors before anything else
-    run = training.train(
-        spec,
-        data=args.data,
-        out=args.out,
-        resume=args.resume,
-        max_memory=args.max_memory,
-        progress=False if args.quiet else None,
-        **overrides,
-    )
+    try:
+        run = training.train(
+            spec,
+            data=args.data,
+            out=args.out,
+            resume=args.resume,
+            max_memory=args.max_memory,
+            progress=False if args.quiet else None,
+            **overrides,
+        )
+    except BlockDSLError as exc:
+        if getattr(exc, "raised_on_rank0", False):  # rank 0 prints it, once for all
+            return EXIT_USAGE
+        raise
     if run.interrupted:
         return 128 + run.interrupted
     summary = run.summary

@@ -208,6 +208,8 @@ class Group:
         dist.broadcast_object_list(outcome, src=0)
         ok, value = outcome[0]
         if not ok:
+            if not self.main:
+                value.raised_on_rank0 = True  # the CLI lets rank 0 alone print it
             raise value
         return value
 
