@@ -282,7 +282,8 @@ def _train_parsers(commands: Any, model_args: Any) -> None:
         "config.toml, metrics.jsonl, checkpoints, summary.json. Settings come from the "
         "[train] and [optim] tables (--set train.steps=200 --set optim.lr=1e-3). SIGINT or "
         "SIGTERM saves a checkpoint and stops (exit 128+signal); --resume continues exactly. "
-        "See docs/training.md.",
+        "Under torchrun (torchrun --nproc_per_node=N -m blockdsl train ...) it trains with DDP "
+        "or FSDP2 ([train] strategy). See docs/training.md and docs/distributed.md.",
         epilog=TRAIN_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -713,8 +714,20 @@ def cmd_fuzz(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_train(args: argparse.Namespace, out: TextIO) -> int:
+    from blockdsl.train.distributed import detect_launch
+
+    if not detect_launch().distributed:
+        return _train_command(args, out)
+    # under torchrun, an exception leaving a rank is written where torchrun's summary shows it
+    from torch.distributed.elastic.multiprocessing.errors import record
+
+    return record(_train_command)(args, out)
+
+
+def _train_command(args: argparse.Namespace, out: TextIO) -> int:
     import blockdsl.train as training
     from blockdsl.config import load_config
+    from blockdsl.train.distributed import detect_launch
 
     if args.from_hf:
         spec = load_plan(args).config
@@ -723,19 +736,24 @@ def cmd_train(args: argparse.Namespace, out: TextIO) -> int:
         spec = spec_from(args.spec)
         overrides = overrides_from(args.set)
         load_config(spec, **overrides)  # configuration errors before anything else
-    run = training.train(
-        spec,
-        data=args.data,
-        out=args.out,
-        resume=args.resume,
-        max_memory=args.max_memory,
-        progress=False if args.quiet else None,
-        **overrides,
-    )
+    try:
+        run = training.train(
+            spec,
+            data=args.data,
+            out=args.out,
+            resume=args.resume,
+            max_memory=args.max_memory,
+            progress=False if args.quiet else None,
+            **overrides,
+        )
+    except BlockDSLError as exc:
+        if getattr(exc, "raised_on_rank0", False):  # rank 0 prints it, once for all
+            return EXIT_USAGE
+        raise
     if run.interrupted:
         return 128 + run.interrupted
     summary = run.summary
-    if not args.quiet:
+    if not args.quiet and detect_launch().rank == 0:
         out.write(
             f"done: {summary['steps']} steps, {summary['tokens']:,} tokens in "
             f"{summary['elapsed']:.1f} s; loss {summary['final_loss']:.4f}, val loss "

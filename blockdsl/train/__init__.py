@@ -1,7 +1,8 @@
 """Training: data preparation, the training loop, optimizers, checkpoints, memory budget.
 
 ``blockdsl.train(spec, data=..., out=..., **overrides)`` trains a model and returns a ``Run``;
-``blockdsl.train.prepare(sources, out, tokenizer=...)`` prepares a data directory. The package
+``blockdsl.train.prepare(sources, out, tokenizer=...)`` prepares a data directory. Under
+torchrun the same call trains with DDP or FSDP2 (``blockdsl.train.distributed``). The package
 is imported on first use (``import blockdsl`` stays fast); the heavy optional pieces
 (``tokenizers``, ``safetensors``, the profiler) are imported inside the functions that use them.
 

@@ -6,6 +6,12 @@
 * ``state.pt``: optimizer and scheduler state, step, tokens, elapsed time, RNG states; plain
   tensors and containers, loaded with ``torch.load(weights_only=True)``.
 
+A distributed run (``blockdsl.train.distributed``) writes the same two files from rank 0,
+``model.safetensors`` with the whole weights gathered and ``state.pt`` without the optimizer
+state, plus ``sharded/``: the model and optimizer state as every rank's shards, written by
+``torch.distributed.checkpoint`` (``state.pt`` says so under ``sharded``). Either kind resumes
+with any number of ranks and either strategy.
+
 A checkpoint is written into a temporary directory beside the others and renamed into place
 with ``os.replace``: a kill during a write leaves the previous checkpoints intact, and a
 directory named ``step_*`` is always complete. The newest ``keep`` are kept.
@@ -16,7 +22,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +34,7 @@ from blockdsl.checkpoint import CheckpointError
 from blockdsl.checkpoint import save as save_weights
 
 STATE_FORMAT = "blockdsl-train-state"
+SHARDED_DIR = "sharded"  # a distributed run's torch.distributed.checkpoint directory
 _STEP_DIR = re.compile(r"step_(\d+)")
 
 
@@ -61,30 +68,53 @@ def checkpoints(run_dir: Path) -> list[Checkpoint]:
 def save(
     run_dir: Path,
     step: int,
-    model: nn.Module,
+    model: nn.Module | None,
     state: dict[str, Any],
     keep: int,
+    group: Any = None,
+    write_shards: Callable[[Path], None] | None = None,
 ) -> Checkpoint:
-    """Write the checkpoint of ``step`` atomically, then drop all but the newest ``keep``."""
+    """Write the checkpoint of ``step`` atomically, then drop all but the newest ``keep``.
+
+    In a distributed run every rank calls it with its ``group``: ``write_shards(directory)``
+    (collective) writes the sharded state into the temporary directory, rank 0 alone writes
+    ``model`` (its whole-weights copy; None elsewhere) and ``state``, renames and prunes."""
+    main = group is None or group.main
     root = Path(run_dir) / "checkpoints"
-    root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{step:07d}"
-    if final.is_dir():  # already saved at this step (the end of a run that saved at save_every)
-        return Checkpoint(final, step)
     tmp = root / f".tmp-step_{step:07d}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    save_weights(model, tmp / "model.safetensors", metadata={"step": str(step)})
-    torch.save({"format": STATE_FORMAT, "version": 1, "step": step, **state}, tmp / "state.pt")
-    for name in ("model.safetensors", "state.pt"):
-        _fsync(tmp / name)
-    os.replace(tmp, final)
-    _fsync(root)
-    for old in checkpoints(run_dir)[:-keep]:
-        shutil.rmtree(old.path, ignore_errors=True)
-    for stale in root.glob(".tmp-step_*"):  # left by a run killed while writing
-        if stale != tmp:
-            shutil.rmtree(stale, ignore_errors=True)
+    if group is not None:
+        # one temporary directory for all ranks, and one answer to "saved already?"
+        tmp, done = group.on_main(lambda: (tmp, final.is_dir()))
+    else:
+        done = final.is_dir()
+    if done:  # already saved at this step (the end of a run that saved at save_every)
+        return Checkpoint(final, step)
+    if main:
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+    if write_shards is not None:
+        group.barrier()  # the directory exists before any rank writes into it
+        write_shards(tmp / SHARDED_DIR)  # collective: returns once every rank's shards are in
+    if main:
+        assert model is not None
+        save_weights(model, tmp / "model.safetensors", metadata={"step": str(step)})
+        payload = {"format": STATE_FORMAT, "version": 1, "step": step, **state}
+        if write_shards is not None:
+            payload["sharded"] = SHARDED_DIR
+        torch.save(payload, tmp / "state.pt")
+        for name in ("model.safetensors", "state.pt"):
+            _fsync(tmp / name)
+        os.replace(tmp, final)
+        _fsync(root)
+        for old in checkpoints(run_dir)[:-keep]:
+            shutil.rmtree(old.path, ignore_errors=True)
+        for stale in root.glob(".tmp-step_*"):  # left by a run killed while writing
+            if stale != tmp:
+                shutil.rmtree(stale, ignore_errors=True)
+    if group is not None:
+        group.barrier()  # no rank goes on (or reads checkpoints) before the rename
     return Checkpoint(final, step)
 
 
@@ -104,6 +134,12 @@ def _fsync(path: Path) -> None:
 def load(checkpoint: Checkpoint, model: nn.Module) -> dict[str, Any]:
     """Load the weights into ``model`` and return the training state (``weights_only``)."""
     load_weights(checkpoint.weights, model)
+    return load_state(checkpoint)
+
+
+def load_state(checkpoint: Checkpoint) -> dict[str, Any]:
+    """The training state of ``checkpoint`` (``state.pt``, read with ``weights_only``);
+    ``state["sharded"]`` names the directory of a distributed run's sharded state."""
     try:
         state = torch.load(checkpoint.state, map_location="cpu", weights_only=True)
     except FileNotFoundError:
@@ -117,6 +153,12 @@ def load(checkpoint: Checkpoint, model: nn.Module) -> dict[str, Any]:
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise CheckpointError(
             f"{checkpoint.state} is not a blockdsl training state", hint=_older_hint(checkpoint)
+        )
+    sharded = state.get("sharded")
+    if sharded is not None and not (checkpoint.path / sharded / ".metadata").is_file():
+        raise CheckpointError(
+            f"{checkpoint.path / sharded} is missing or incomplete (no .metadata)",
+            hint=_older_hint(checkpoint),
         )
     return state
 
@@ -172,6 +214,7 @@ __all__ = [
     "CheckpointError",
     "checkpoints",
     "load",
+    "load_state",
     "load_weights",
     "rng_state",
     "save",

@@ -27,6 +27,7 @@ import threading
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,7 @@ from blockdsl.config import ModelConfig, load_config
 from blockdsl.errors import BlockDSLError, BudgetError, ConfigError
 from blockdsl.tasks.data import open_task
 from blockdsl.train import checkpoint as ckpt
-from blockdsl.train import memory
+from blockdsl.train import distributed, memory
 from blockdsl.train.autocompile import CompileChoice
 from blockdsl.train.data import TokenData
 from blockdsl.train.optim import build_optimizers, build_scheduler
@@ -137,7 +138,8 @@ def train(
     writing the run to ``out``. ``overrides`` set config keys as in ``build_model``, with
     ``train={...}`` and ``optim={...}`` for the run's tables (``train={"steps": 60}``).
     ``progress``: True a rich bar, False silent, None (default) a bar on a terminal and log
-    lines otherwise. Returns the ``Run``."""
+    lines otherwise. Returns the ``Run``. Under torchrun every rank calls it and trains its
+    share (docs/distributed.md); rank 0 alone prints and writes."""
     # ---------------------------------------------------------------- 1. check everything
     config = load_config(spec, **overrides)
     settings, optim = resolve(config)
@@ -153,63 +155,138 @@ def train(
             hint=f"set the model's vocab to at least {tokens.vocab} (--set vocab={tokens.vocab})",
             context=str(tokens.path / "meta.json"),
         )
-    run_dir = Path(out)
-    latest = _claim_run_dir(run_dir, config, resume)
+    launch = distributed.detect_launch()
+    if launch.distributed:
+        _check_distributed(config, settings, launch.world_size)
+    device = _device(settings.device, launch)
+    with distributed.Group(launch, device, settings.collective_timeout) as group:
+        return _train(
+            config,
+            settings,
+            optim,
+            task,
+            tokens,
+            Path(out),
+            resume=resume,
+            max_memory=max_memory,
+            progress=progress,
+            registry=registry,
+            group=group,
+        )
+
+
+def _train(
+    config: ModelConfig,
+    settings: TrainSettings,
+    optim: OptimSettings,
+    task: Any,
+    tokens: Any,
+    run_dir: Path,
+    *,
+    resume: bool,
+    max_memory: Any,
+    progress: bool | None,
+    registry: Any,
+    group: distributed.Group,
+) -> Run:
+    latest = group.on_main(lambda: _claim_run_dir(run_dir, config, resume))
 
     from blockdsl.model import ModelPlan, build_model
 
     plan = ModelPlan(config, registry)
-    device = _device(settings.device)
+    device = group.device
     estimate = memory.estimate(
         plan, settings.batch_size, settings.seq_len, settings.precision, optim
     )
-    limit = _memory_limit(max_memory, settings, device)
+    limit = _memory_limit(max_memory, settings, device, group.launch)
+    strategy = distributed.choose_strategy(settings.strategy, estimate.total, limit, group.world)
+    if strategy == "fsdp" and optim.name == "muon":
+        raise config.error(
+            "Muon orthogonalises whole matrices, which FSDP shards across ranks",
+            "strategy" if "strategy" in config.train else "name",
+            hint='use [train] strategy = "ddp" with Muon, or [optim] name = "adamw"',
+        )
+    if strategy == "fsdp":
+        meta = build_model(config, device=torch.device("meta"), registry=registry)
+        estimate = distributed.per_rank_estimate(estimate, strategy, group.world, meta)
     if limit is not None and estimate.total > limit:
+        sharded = " per rank under FSDP" if strategy == "fsdp" else ""
         raise BudgetError(
-            f"training needs about {_gib(estimate.total)} (parameters {_gib(estimate.params)}, "
-            f"gradients {_gib(estimate.gradients)}, optimizer {_gib(estimate.optimizer)}, "
-            f"activations {_gib(estimate.activations + estimate.loss)} for a micro-batch of "
-            f"{settings.batch_size}×{settings.seq_len}), over the limit of {_gib(limit)}",
+            f"training needs about {_gib(estimate.total)}{sharded} (parameters "
+            f"{_gib(estimate.params)}, gradients {_gib(estimate.gradients)}, optimizer "
+            f"{_gib(estimate.optimizer)}, activations {_gib(estimate.activations + estimate.loss)}"
+            f" for a micro-batch of {settings.batch_size}×{settings.seq_len}), over the limit "
+            f"of {_gib(limit)}",
             hint="lower [train] batch_size (raise global_batch_size to keep the batch), "
             "seq_len or the model's size, or raise --max-memory",
         )
 
     # ---------------------------------------------------------------- 2. build
     torch.manual_seed(settings.seed)
-    model = build_model(config, device=device, registry=registry)
+    # FSDP moves each block to the device as it shards it: the whole model never is on one
+    build_device = torch.device("cpu") if strategy == "fsdp" else device
+    module = build_model(config, device=build_device, registry=registry)
     if task is not None:
-        model = task.wrap_model(model).to(device)
+        module = task.wrap_model(module).to(build_device)
+    state: dict[str, Any] = {"step": 0, "tokens": 0, "elapsed": 0.0, "compile": None}
+    saved: dict[str, Any] | None = None
+    full_optimizer_state = None
+    if latest is not None:
+        saved = ckpt.load_state(latest)
+        if not saved.get("sharded"):  # a single process's checkpoint: whole weights
+            ckpt.load_weights(latest.weights, module)
+            if strategy is not None:  # optimizer state by position, for this model's names
+                previous = build_optimizers(module, optim)
+                for optimizer, sd in zip(previous, saved["optimizers"]):
+                    optimizer.load_state_dict(sd)
+                full_optimizer_state = distributed.full_optimizer_state(module, previous)
+                del previous
+    model = distributed.parallelize(module, strategy, group, settings.precision)
     optimizers = build_optimizers(model, optim)
     horizon = total_steps(settings)
     schedulers = [build_scheduler(o, optim, horizon) for o in optimizers]
-    state: dict[str, Any] = {"step": 0, "tokens": 0, "elapsed": 0.0, "compile": None}
-    if latest is not None:
-        saved = ckpt.load(latest, model)
-        for optimizer, sd in zip(optimizers, saved["optimizers"]):
-            optimizer.load_state_dict(sd)
+    if latest is not None and saved is not None:  # resuming
+        if saved.get("sharded"):
+            distributed.load_sharded(latest.path / saved["sharded"], model, optimizers)
+        elif full_optimizer_state is not None:
+            distributed.load_full_optimizer_state(model, optimizers, full_optimizer_state)
+        else:
+            for optimizer, sd in zip(optimizers, saved["optimizers"]):
+                optimizer.load_state_dict(sd)
         for scheduler, sd in zip(schedulers, saved["schedulers"]):
             scheduler.load_state_dict(sd)
         ckpt.set_rng_state(saved["rng"])
         state.update({k: saved[k] for k in ("step", "tokens", "elapsed", "compile")})
-    else:
+    elif group.main:
         _write_run_files(run_dir, config, settings, optim, tokens)
     metrics_path = run_dir / "metrics.jsonl"
     history = [m for m in read_metrics(metrics_path) if m["step"] <= state["step"]]
-    _write_atomic(metrics_path, "".join(json.dumps(m) + "\n" for m in history))
+    if group.main:
+        _write_atomic(metrics_path, "".join(json.dumps(m) + "\n" for m in history))
 
     # ---------------------------------------------------------------- 3. the loop
     step_tokens = settings.global_batch_size * settings.seq_len
-    accumulation = settings.accumulation
+    # each rank takes its rows of the step's batch and accumulates its share of micro-batches
+    rank_rows = settings.global_batch_size // group.world
+    mine = slice(group.rank * rank_rows, (group.rank + 1) * rank_rows)
+    accumulation = rank_rows // settings.batch_size
+    mixed_by_fsdp = strategy == "fsdp" and device.type == "cuda"
     autocast = (
         torch.autocast(device.type, dtype=torch.bfloat16)
-        if settings.precision == "bfloat16"
+        if settings.precision == "bfloat16" and not mixed_by_fsdp
         else nullcontext()
     )
+    # validation batches dealt out to the ranks; a rank short of one repeats batch 0 with
+    # weight 0, so every rank runs as many forwards (FSDP's are collective)
+    rounds = -(-settings.eval_batches // group.world)
+    dealt = list(range(group.rank, settings.eval_batches, group.world))
     val_batches = [
-        tokens.batch(settings.seed, i, settings.batch_size, settings.seq_len, split="val")
-        for i in range(settings.eval_batches)
+        (tokens.batch(settings.seed, i, settings.batch_size, settings.seq_len, split="val"), 1.0)
+        for i in dealt
     ]
-    report = _Reporter(progress, horizon, settings)
+    padding = tokens.batch(settings.seed, 0, settings.batch_size, settings.seq_len, split="val")
+    val_batches += [(padding, 0.0)] * (rounds - len(dealt))
+    report = _Reporter(progress if group.main else False, horizon, settings)
     chooser = CompileChoice(model, settings, horizon, state["step"], state["compile"], report.log)
     params = [p for p in model.parameters() if p.requires_grad]
 
@@ -218,19 +295,21 @@ def train(
         inputs, targets = tokens.batch(
             settings.seed, step, settings.global_batch_size, settings.seq_len
         )
-        inputs, targets = inputs.to(device), targets.to(device)
+        inputs, targets = inputs[mine].to(device), targets[mine].to(device)
         forward = chooser.forward
         loss_sum = aux_sum = torch.zeros((), device=device)
         for micro in range(accumulation):
             rows = slice(micro * settings.batch_size, (micro + 1) * settings.batch_size)
-            with autocast:
-                _, loss, aux = forward(inputs[rows], targets[rows], return_aux=True)
-            (loss / accumulation).backward()
+            with distributed.gradient_sync(model, strategy, micro == accumulation - 1):
+                with autocast:
+                    _, loss, aux = forward(inputs[rows], targets[rows], return_aux=True)
+                (loss / accumulation).backward()
             loss_sum = loss_sum + loss.detach()
             aux_sum = aux_sum + aux.detach().float()
         limit = optim.grad_clip if optim.grad_clip > 0 else math.inf
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, limit)
-        loss_value = (loss_sum / accumulation).item()
+        grad_norm = distributed.full_value(torch.nn.utils.clip_grad_norm_(params, limit))
+        sums = group.sum(torch.stack([loss_sum.float(), aux_sum]))
+        loss_value = (sums[0] / (accumulation * group.world)).item()
         if not (math.isfinite(loss_value) and math.isfinite(grad_norm.item())):
             kept = ckpt.checkpoints(run_dir)
             raise TrainingError(
@@ -245,33 +324,52 @@ def train(
             optimizer.zero_grad(set_to_none=True)
         for scheduler in schedulers:
             scheduler.step()
-        return loss_value, (aux_sum / accumulation).item(), grad_norm.item()
+        return loss_value, (sums[1] / (accumulation * group.world)).item(), grad_norm.item()
 
     @torch.no_grad()
     def evaluate() -> float:
         model.eval()
         total = torch.zeros((), device=device)
-        for inputs, targets in val_batches:
+        for (inputs, targets), weight in val_batches:
             with autocast:
                 _, loss = chooser.forward(inputs.to(device), targets.to(device))
-            total += loss.float()
+            total += weight * loss.float()
         model.train()
-        return (total / len(val_batches)).item()
+        return (group.sum(total) / settings.eval_batches).item()
+
+    plain_copy: list[nn.Module] = []  # FSDP: rank 0's whole-weights model, built once
 
     def save(step: int) -> None:
+        weights: nn.Module | None = module
+        if strategy == "fsdp":  # rank 0 gathers the whole weights into its plain copy
+            gathered = distributed.full_weights(model, group)
+            weights = None
+            if gathered is not None:
+                if not plain_copy:
+                    copy = build_model(config, registry=registry)
+                    plain_copy.append(task.wrap_model(copy) if task is not None else copy)
+                weights = plain_copy[0]
+                weights.load_state_dict(gathered)
+        shards = None
+        if strategy is not None:  # the model and optimizer state, every rank its shards
+            shards = partial(distributed.save_sharded, model=model, optimizers=optimizers)
         ckpt.save(
             run_dir,
             step,
-            model,
+            weights if group.main else None,
             {
                 "tokens": state["tokens"],
                 "elapsed": state["elapsed"],
                 "compile": chooser.decision,
-                "optimizers": [o.state_dict() for o in optimizers],
+                "optimizers": [o.state_dict() for o in optimizers] if strategy is None else None,
                 "schedulers": [s.state_dict() for s in schedulers],
                 "rng": ckpt.rng_state([device]),
+                "world_size": group.world,
+                "strategy": strategy,
             },
             settings.keep,
+            group=group if strategy is not None else None,
+            write_shards=shards,
         )
 
     def measure_memory() -> int:
@@ -299,22 +397,29 @@ def train(
 
     stop: list[int] = []
     restore = _catch_signals(stop)
-    has_aux = bool(model._combiners)
+    has_aux = bool(module._combiners)
     model.train()
     started = time.perf_counter() - state["elapsed"]
     try:
-        with open(metrics_path, "a") as metrics_file, report:
+        with _metrics_file(metrics_path, group.main) as metrics_file, report:
             report.start(state["step"])
             while not _done(state, settings, horizon):
                 step = state["step"]
+                distributed.inject_fault(group.rank, step)
                 lr = optimizers[0].param_groups[0]["lr"]  # what this step uses
                 tick = time.perf_counter()
                 loss, aux, grad_norm = train_step(step)
                 state["step"] = step + 1
                 state["tokens"] += step_tokens
                 took = time.perf_counter() - tick
+                # the ranks agree on the clock (a time budget, compile="auto") and on a signal
+                took, elapsed, signum = group.max(
+                    took, time.perf_counter() - started, stop[0] if stop else 0
+                )
+                if signum and not stop:
+                    stop.append(int(signum))
                 chooser.observe(step, took)
-                state["elapsed"] = time.perf_counter() - started
+                state["elapsed"] = elapsed
                 line: dict[str, Any] = {
                     "step": state["step"],
                     "tokens": state["tokens"],
@@ -331,7 +436,7 @@ def train(
                 if final or (settings.eval_every and state["step"] % settings.eval_every == 0):
                     line["val_loss"] = evaluate()
                     if task is not None:
-                        line["accuracy"] = task.evaluate(model, device)
+                        line["accuracy"] = task.evaluate(module, device)
                         target = settings.target_accuracy
                         reached = target is not None and line["accuracy"] >= target
                         final = final or reached
@@ -351,7 +456,7 @@ def train(
                         f"checkpoint saved; continue with --resume"
                     )
                     break
-            if not stop and state["step"] and not ckpt.checkpoints(run_dir):
+            if not stop and state["step"] and not group.on_main(lambda: ckpt.checkpoints(run_dir)):
                 save(state["step"])
         peak = measure_memory() if state["step"] and not stop else None
     finally:
@@ -359,7 +464,7 @@ def train(
 
     # ---------------------------------------------------------------- 4. summary
     summary = {
-        "params": model.num_params(),
+        "params": module.num_params(),
         "flops_per_token": plan.flops(settings.seq_len) // settings.seq_len,
         "steps": state["step"],
         "tokens": state["tokens"],
@@ -368,6 +473,9 @@ def train(
         "final_val_loss": next((m["val_loss"] for m in reversed(history) if "val_loss" in m), None),
         "device": str(device),
         "precision": settings.precision,
+        "distributed": None
+        if strategy is None
+        else {"world_size": group.world, "strategy": strategy, "backend": group.backend},
         "compile": chooser.summary(),
         "memory": {
             "estimate": estimate.as_dict(),
@@ -389,8 +497,9 @@ def train(
             and settings.target_accuracy is not None
             and accuracies[-1] >= settings.target_accuracy
         )
-    _write_atomic(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
-    return Run(run_dir, config, history, summary, model, stop[0] if stop else None)
+    if group.main:
+        _write_atomic(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    return Run(run_dir, config, history, summary, module, stop[0] if stop else None)
 
 
 # ==================================================================== helpers
@@ -450,20 +559,61 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _device(name: str) -> torch.device:
+def _device(name: str, launch: distributed.Launch) -> torch.device:
+    """The run's device; under torchrun on CUDA, this rank's GPU (``cuda:LOCAL_RANK``)."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError('[train] device = "cuda" but torch sees no CUDA device')
+    if name == "cuda" and launch.distributed:
+        if launch.local_rank >= torch.cuda.device_count():
+            raise ConfigError(
+                f"LOCAL_RANK {launch.local_rank} has no GPU: torch sees "
+                f"{torch.cuda.device_count()} on this node",
+                hint="start at most one process per GPU (torchrun --nproc_per_node)",
+            )
+        return torch.device("cuda", launch.local_rank)
     return torch.device(name)
 
 
-def _memory_limit(given: Any, settings: TrainSettings, device: torch.device) -> int | None:
+def _check_distributed(config: ModelConfig, settings: TrainSettings, world: int) -> None:
+    """The global batch splits evenly into the ranks' micro-batches."""
+    if settings.global_batch_size % (settings.batch_size * world):
+        raise config.error(
+            f"[train] global_batch_size {settings.global_batch_size} does not split into "
+            f"micro-batches of {settings.batch_size} on {world} ranks",
+            "global_batch_size",
+            hint=f"make global_batch_size a multiple of batch_size × ranks = "
+            f"{settings.batch_size * world}",
+        )
+
+
+def _memory_limit(
+    given: Any, settings: TrainSettings, device: torch.device, launch: distributed.Launch
+) -> int | None:
+    """One rank's memory budget: the given size, else what is available (on CPU, the host's
+    memory shared by this node's ranks)."""
     if given is not None:
         return parse_bytes(given)
     if settings.max_memory is not None:
         return parse_bytes(settings.max_memory, "[train] max_memory")
-    return memory.available(device)
+    available = memory.available(device)
+    if available is not None and device.type == "cpu":
+        return available // launch.local_world_size
+    return available
+
+
+class _NoFile:
+    def write(self, text: str) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+
+def _metrics_file(path: Path, main: bool) -> Any:
+    """``metrics.jsonl`` opened for appending on rank 0; a sink on the other ranks."""
+    return open(path, "a") if main else nullcontext(_NoFile())
 
 
 def _gib(n: float) -> str:

@@ -159,6 +159,7 @@ def live_bytes(*groups: Any) -> int:
 
     def visit(value: Any) -> None:
         if isinstance(value, torch.Tensor):
+            value = value.to_local() if hasattr(value, "to_local") else value  # FSDP's DTensor
             storage = value.untyped_storage()
             seen[storage.data_ptr()] = storage.nbytes()
         elif isinstance(value, dict):

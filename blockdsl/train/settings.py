@@ -20,6 +20,7 @@ PRECISIONS = ("float32", "bfloat16")
 OPTIMIZERS = ("adamw", "muon")
 SCHEDULES = ("cosine", "wsd", "constant")
 DEVICES = ("auto", "cpu", "cuda")
+STRATEGIES = ("auto", "ddp", "fsdp")
 
 
 @dataclass
@@ -43,6 +44,8 @@ class TrainSettings:
     device: str = "auto"  # auto (cuda when available) | cpu | cuda
     log_every: int = 10  # steps between log lines when not on a terminal
     target_accuracy: float | None = None  # --data task:...: stop once the test score reaches it
+    strategy: str = "auto"  # under torchrun: auto | ddp | fsdp (docs/distributed.md)
+    collective_timeout: float = 600.0  # under torchrun: seconds a collective may wait for a rank
 
     @property
     def accumulation(self) -> int:
@@ -68,6 +71,7 @@ class OptimSettings:
 _POSITIVE_INT = ("batch_size", "global_batch_size", "seq_len", "eval_batches", "keep", "log_every")
 _NONNEG_INT = ("eval_every", "save_every", "seed", "warmup", "steps", "tokens")
 _NONNEG_FLOAT = ("lr", "min_lr", "weight_decay", "grad_clip", "time", "momentum", "target_accuracy")
+_POSITIVE_FLOAT = ("collective_timeout",)
 
 
 def resolve(config: ModelConfig) -> tuple[TrainSettings, OptimSettings]:
@@ -124,6 +128,12 @@ def _coerce(table: str, key: str, value: Any, default: Any, config: ModelConfig)
         if not math.isfinite(value) or value < 0 or (key == "decay" and value > 1):
             raise bad("between 0 and 1" if key == "decay" else "a finite number ≥ 0")
         return float(value)
+    if key in _POSITIVE_FLOAT:
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise bad("a number")
+        if not math.isfinite(value) or value <= 0:
+            raise bad("a finite number > 0")
+        return float(value)
     if key == "betas":
         ok = (
             isinstance(value, (list, tuple))
@@ -147,6 +157,7 @@ def _coerce(table: str, key: str, value: Any, default: Any, config: ModelConfig)
         "name": OPTIMIZERS,
         "schedule": SCHEDULES,
         "device": DEVICES,
+        "strategy": STRATEGIES,
     }[key]
     if value not in choices:
         raise config.error(
