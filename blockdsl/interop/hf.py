@@ -1179,5 +1179,8 @@ def from_pretrained_dir(
 
 
 # The state-space and hybrid architectures (Mamba, Mamba2, RecurrentGemma, Jamba, Bamba,
-# Falcon-H1) are records in their own module; importing it registers them.
+# Falcon-H1) and the dense decoders (Qwen2/3, Gemma, Gemma 3, OLMo, OLMo 2, Cohere, StableLM,
+# Phi-3, Granite, StarCoder2, Persimmon, Nemotron) are records in their own modules; importing
+# them registers them.
+from blockdsl.interop import hf_dense as _hf_dense  # noqa: E402, F401
 from blockdsl.interop import hf_ssm as _hf_ssm  # noqa: E402, F401
