@@ -10,6 +10,7 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
+import blockdsl  # noqa: E402
 from blockdsl import hf  # noqa: E402
 
 V = 97
@@ -169,3 +170,159 @@ def test_logits_and_greedy_match(name):
     model = hf.from_hf(hf_model)
     assert not model.training
     _check_parity(hf_model, model)
+
+
+# --------------------------------------------------------------------------- RoPE scaling
+
+SCALINGS = {
+    "linear": {"rope_type": "linear", "factor": 2.0},
+    "llama3": {
+        "rope_type": "llama3",
+        "factor": 4.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 16,
+    },
+    "yarn": {
+        "rope_type": "yarn",
+        "factor": 4.0,
+        "original_max_position_embeddings": 16,
+        "beta_fast": 8.0,
+        "beta_slow": 1.0,
+    },
+    "dynamic": {"rope_type": "dynamic", "factor": 2.0},
+}
+
+
+@pytest.mark.parametrize("kind", sorted(SCALINGS))
+def test_rope_scaling_matches(kind):
+    """Llama with each scaled RoPE (Phi-3 above covers longrope). Dynamic NTK only departs from
+    the plain rotary past max_position_embeddings (16 here), so the blockdsl model is built
+    with a longer context and compared on 24 positions: every call reaching past 16 grows
+    the base, as transformers grows it."""
+    rope = {**SCALINGS[kind], "rope_theta": 500.0}
+    extra = {"rope_parameters": rope, "max_position_embeddings": 16 if kind == "dynamic" else 64}
+    hf_model = _hf_model("llama", **extra)
+    config = hf.to_config(hf_model.config)
+    assert config["defaults"]["Attn"]["rope_scaling"] == kind
+    if kind == "dynamic":
+        config["model"]["context"] = 64
+    model = blockdsl.build_model(config)
+    hf.load_weights(model, hf.convert_weights(hf_model.config, hf_model.state_dict()))
+    _check_parity(hf_model, model.eval())
+
+
+def test_longrope_generation_matches_transformers():
+    """Longrope switches to its long factors once a call reaches past the original context
+    (16) for every position, so generation without a cache is the full forward, as
+    transformers' Phi-3 generation (which recomputes its cache at the switch); with a cache,
+    decoding within the original context is the full forward too."""
+    from blockdsl.generate import generate
+
+    hf_model = _hf_model("phi3")
+    model = hf.from_hf(hf_model)
+    prompt = _ids(seed=3, batch=1, length=10)
+    theirs = hf_model.generate(prompt, max_new_tokens=12, do_sample=False)
+    assert torch.equal(generate(model, prompt, 12, greedy=True, use_cache=False), theirs)
+    assert torch.equal(generate(model, prompt, 6, greedy=True), theirs[:, :16])
+
+
+# --------------------------------------------------------------------------- configs
+
+
+def test_configs_read_as_named_blocks():
+    expected = {
+        "qwen2": ({"global": "Norm->Attn->+->Norm->MLP->+"}, "global->local"),
+        "gemma3_text": (None, "local->global"),
+        "olmo2": ({"block": "Attn->Norm->+->MLP->Norm->+"}, "block*2"),
+        "cohere": ({"block": "Norm#ln->Attn->+ | Norm#ln->MLP->+"}, "block*2"),
+        "granite": ({"block": "Norm->Attn->Scale->+->Norm->MLP->Scale->+"}, "block*2"),
+        "nemotron": ({"block": "Norm->Attn->+->Norm->MLP->+"}, "block*2"),
+    }
+    for name, (blocks, layers) in expected.items():
+        config = hf.to_config(_config(name)[1])
+        if blocks is not None:
+            assert blocks.items() <= config["blocks"].items(), name
+        assert config["model"]["layers"] == layers, name
+    deep = hf.to_config(_config("qwen3", num_hidden_layers=12)[1])
+    assert deep["model"]["layers"] == "block*12"
+    qwen2 = hf.to_config(_config("qwen2")[1])
+    assert qwen2["blocks"]["local"] == "Norm->Attn(window=8)->+->Norm->MLP->+"
+    assert qwen2["defaults"]["Attn"]["qkv_bias"] is True
+    gemma3 = hf.to_config(_config("gemma3_text")[1])
+    assert gemma3["blocks"]["local"] == (
+        "Norm->Attn(window=8, rope_theta=100.0, rope_scaling=none)->Norm->+->Norm->MLP->Norm->+"
+    )
+    attn = gemma3["defaults"]["Attn"]
+    assert (attn["rope_scaling"], attn["rope_factor"], attn["qk_norm_unit_offset"]) == (
+        "linear",
+        2.0,
+        True,
+    )
+    granite = hf.to_config(_config("granite")[1])["defaults"]
+    assert granite["Scale"] == {"by": 0.5}
+    assert granite["Embed"] == {"scale": 2.0}
+    assert granite["Head"] == {"scale": 0.25}
+    assert granite["Attn"]["scale"] == 0.2
+    olmo2 = hf.to_config(_config("olmo2")[1])["defaults"]["Attn"]
+    assert olmo2["qk_norm_over"] == "all"
+    olmo = hf.to_config(_config("olmo")[1])["defaults"]
+    assert olmo["Attn"]["clip_qkv"] == 0.5 and olmo["Norm"]["affine"] is False
+    stablelm = hf.to_config(_config("stablelm", use_parallel_residual=True)[1])
+    assert stablelm["blocks"]["block"] == "Norm#ln->Attn->+ | Norm#ln->MLP->+"
+
+
+def test_stablelm_parallel_residual_matches():
+    hf_model = _hf_model("stablelm", use_parallel_residual=True)
+    _check_parity(hf_model, hf.from_hf(hf_model), length=12)
+
+
+# --------------------------------------------------------------------------- refusals
+
+REFUSALS = [
+    ("llama", {"rope_parameters": {"rope_type": "proportional", "rope_theta": 1e4}}, "rope_type"),
+    ("qwen3", {"rope_parameters": {"rope_type": "bogus", "rope_theta": 1e4}}, "'bogus'"),
+    (
+        "qwen2",
+        {
+            "rope_parameters": {
+                "rope_type": "default",
+                "rope_theta": 1e4,
+                "partial_rotary_factor": 0.5,
+            }
+        },
+        "partial_rotary_factor",
+    ),
+    ("gemma3_text", {"use_bidirectional_attention": True}, "use_bidirectional_attention"),
+    ("qwen2", {"layer_types": ["full_attention", "chunked_attention"]}, "layer_types"),
+    ("olmo", {"hidden_act": "tanh"}, "activation 'tanh'"),
+    ("persimmon", {"hidden_act": "tanh"}, "activation 'tanh'"),
+]
+
+
+@pytest.mark.parametrize(("name", "extra", "match"), REFUSALS, ids=lambda v: str(v)[:40])
+def test_unsupported_options_are_refused_by_name(name, extra, match):
+    cfg = _config(name)[1]
+    for key, value in extra.items():
+        setattr(cfg, key, value)
+    with pytest.raises(hf.HFImportError, match=match) as info:
+        hf.to_config(cfg)
+    assert isinstance(info.value, blockdsl.BlockDSLError)
+    assert name.split("_")[0] in str(info.value)
+
+
+def test_attn_rejects_a_rope_scaling_it_does_not_know():
+    with pytest.raises(blockdsl.BlockDSLError, match=r"rope_scaling.*\"ntk\""):
+        blockdsl.build_model(
+            {
+                "model": {"vocab": 11, "d_model": 16, "context": 8, "layers": "b"},
+                "blocks": {"b": "Norm->Attn(heads=2, rope_scaling=ntk)->+"},
+            }
+        )
+    with pytest.raises(blockdsl.BlockDSLError, match="rope_original_context"):
+        blockdsl.build_model(
+            {
+                "model": {"vocab": 11, "d_model": 16, "context": 8, "layers": "b"},
+                "blocks": {"b": "Norm->Attn(heads=2, rope_scaling=yarn, rope_factor=2.0)->+"},
+            }
+        )

@@ -447,7 +447,10 @@ class Attn(_Projections):
       ``rope_high_freq`` (llama3), ``rope_beta_fast`` / ``rope_beta_slow`` / ``rope_truncate``
       (yarn), ``rope_short_factor`` / ``rope_long_factor`` (longrope), and a cos/sin multiplier
       ``rope_attention_factor`` (yarn, longrope). ``dynamic`` and ``longrope`` depend on the
-      furthest position of each call (as transformers computes them per forward).
+      furthest position of each call (as transformers computes them per forward); a decoding
+      cache keeps every key (and every later layer's input) as the call that wrote it computed
+      them, as transformers' cache does, so cached decoding departs from the full forward once
+      a call reaches past ``rope_original_context`` (``generate(use_cache=False)`` does not).
     * ``qk_norm``: normalise queries and keys after projection and clipping, before rotary:
       ``qk_norm_kind`` rms or layer, with ``qk_norm_eps``, ``qk_norm_bias`` and
       ``qk_norm_unit_offset`` (``(1 + w)``, Gemma 3), over each head's ``head_dim`` with one
@@ -640,11 +643,17 @@ class Attn(_Projections):
             return self.rope_cos[positions], self.rope_sin[positions]
         device = self.rope_cos.device
         if positions is None:
-            length = torch.tensor(T, device=device)
-            index = torch.arange(T, device=device)
-        else:
-            length, index = positions.max() + 1, positions
-        original = self.rope["original"]
+            return self._per_call_cos_sin(
+                torch.arange(T, device=device), torch.tensor(T, device=device)
+            )
+        return self._per_call_cos_sin(positions, positions.max() + 1)
+
+    def _per_call_cos_sin(
+        self, index: torch.Tensor, length: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Dynamic NTK's or longrope's cos and sin at positions ``index`` for a call that
+        reaches ``length`` positions (a 0-d tensor)."""
+        kind, original = self.rope["kind"], self.rope["original"]
         if kind == "longrope":
             long = length > original
             cos = torch.where(long, self.rope_long_cos[index], self.rope_cos[index])
