@@ -5,6 +5,9 @@ is refused by name."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -13,6 +16,8 @@ transformers = pytest.importorskip("transformers")
 import blockdsl  # noqa: E402
 from blockdsl import hf  # noqa: E402
 
+FIXTURES = Path(__file__).parent / "fixtures" / "hf"
+REGEN = bool(os.environ.get("BLOCKDSL_REGEN"))
 V = 97
 T = 24  # longer than the windows and the LongRoPE original context below
 TOL = 1e-4
@@ -270,6 +275,24 @@ def test_configs_read_as_named_blocks():
     assert olmo["Attn"]["clip_qkv"] == 0.5 and olmo["Norm"]["affine"] is False
     stablelm = hf.to_config(_config("stablelm", use_parallel_residual=True)[1])
     assert stablelm["blocks"]["block"] == "Norm#ln->Attn->+ | Norm#ln->MLP->+"
+
+
+@pytest.mark.parametrize("name", ["cohere", "gemma3_text", "granite", "olmo2"])
+def test_compile_from_hf_golden(name, tmp_path, capsys):
+    """``blockdsl compile --from-hf DIR`` (config.json only) prints the architecture as named
+    blocks; golden files in tests/fixtures/hf/ (``BLOCKDSL_REGEN=1`` rewrites them)."""
+    from blockdsl.cli import main
+
+    _config(name)[1].save_pretrained(tmp_path)
+    code = main(["compile", "--from-hf", str(tmp_path)])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    path = FIXTURES / f"compile_{name}.txt"
+    if REGEN:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(out)
+    assert path.exists(), f"missing golden {path}; run with BLOCKDSL_REGEN=1"
+    assert out == path.read_text()
 
 
 def test_stablelm_parallel_residual_matches():
