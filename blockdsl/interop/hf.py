@@ -8,7 +8,10 @@
 Supported (``config.model_type``): ``gpt2``, ``llama``, ``mistral``, ``mixtral``, ``gemma2``,
 ``gpt_neox``, ``gptj``, ``lfm2`` and ``qwen3_next`` (the ``...ForCausalLM`` / ``GPT2LMHeadModel``
 classes); the state-space and hybrid ``mamba``, ``mamba2``, ``recurrent_gemma``, ``jamba``,
-``bamba`` and ``falcon_h1`` (``blockdsl.interop.hf_ssm``, docs/hybrids.md). Each architecture
+``bamba`` and ``falcon_h1`` (``blockdsl.interop.hf_ssm``, docs/hybrids.md); the dense decoders
+``qwen2``, ``qwen3``, ``gemma``, ``gemma3_text``, ``olmo``, ``olmo2``, ``cohere``, ``stablelm``,
+``phi3``, ``granite``, ``starcoder2``, ``persimmon`` and ``nemotron``
+(``blockdsl.interop.hf_dense``). Each architecture
 is one ``Architecture`` record (its transformers class, weight prefix, config mapping and weight
 mapping) in ``ARCHITECTURES``: adding an architecture is adding one record with
 ``register_architecture``. Each becomes an ordinary blockdsl config (a block string,
