@@ -334,18 +334,24 @@ def test_unsupported_options_are_refused_by_name(name, extra, match):
     assert name.split("_")[0] in str(info.value)
 
 
-def test_attn_rejects_a_rope_scaling_it_does_not_know():
-    with pytest.raises(blockdsl.BlockDSLError, match=r"rope_scaling.*\"ntk\""):
-        blockdsl.build_model(
-            {
-                "model": {"vocab": 11, "d_model": 16, "context": 8, "layers": "b"},
-                "blocks": {"b": "Norm->Attn(heads=2, rope_scaling=ntk)->+"},
-            }
-        )
-    with pytest.raises(blockdsl.BlockDSLError, match="rope_original_context"):
-        blockdsl.build_model(
-            {
-                "model": {"vocab": 11, "d_model": 16, "context": 8, "layers": "b"},
-                "blocks": {"b": "Norm->Attn(heads=2, rope_scaling=yarn, rope_factor=2.0)->+"},
-            }
-        )
+BAD_ATTN = [
+    ("rope_scaling=ntk", r"rope_scaling.*\"ntk\""),
+    ("rope_scaling=yarn, rope_factor=2.0", "needs rope_original_context"),
+    (
+        "rope_scaling=longrope, rope_original_context=4, rope_short_factor=[1.0],"
+        " rope_long_factor=[1.0, 2.0, 3.0, 4.0]",
+        r"rope_short_factor with one value per rotary pair \(4\), got 1 values",
+    ),
+    ("qk_norm=true, qk_norm_over=all, qk_norm_per_head=true", "qk_norm_per_head needs"),
+    ("clip_qkv=0.0", "clip_qkv must be positive"),
+]
+
+
+@pytest.mark.parametrize(("args", "match"), BAD_ATTN)
+def test_attn_rejects_bad_feature_arguments(args, match):
+    config = {
+        "model": {"vocab": 11, "d_model": 16, "context": 8, "layers": "b"},
+        "blocks": {"b": f"Norm->Attn(heads=2, {args})->+"},
+    }
+    with pytest.raises(blockdsl.BlockDSLError, match=match):
+        blockdsl.build_model(config)
