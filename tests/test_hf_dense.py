@@ -110,7 +110,7 @@ def _config(name: str, **extra):
         "persimmon": (
             t.PersimmonForCausalLM,
             t.PersimmonConfig,
-            dict(qk_layernorm=True, partial_rotary_factor=0.5, num_key_value_heads=4),
+            dict(qk_layernorm=True, partial_rotary_factor=0.5),
         ),
         "nemotron": (
             t.NemotronForCausalLM,
@@ -317,6 +317,7 @@ REFUSALS = [
         "partial_rotary_factor",
     ),
     ("gemma3_text", {"use_bidirectional_attention": True}, "use_bidirectional_attention"),
+    ("gemma", {"use_bidirectional_attention": True}, "use_bidirectional_attention"),
     ("qwen2", {"layer_types": ["full_attention", "chunked_attention"]}, "layer_types"),
     ("olmo", {"hidden_act": "tanh"}, "activation 'tanh'"),
     ("persimmon", {"hidden_act": "tanh"}, "activation 'tanh'"),

@@ -187,6 +187,8 @@ def config_gemma(cfg: Any) -> dict:
     """Gemma: Llama with ``(1 + w)`` RMSNorms, embeddings times ``sqrt(d_model)``, the tanh
     GELU, a tied head."""
     t = "gemma"
+    if getattr(cfg, "use_bidirectional_attention", False):
+        raise _unsupported(t, "use_bidirectional_attention")
     attn = {**_attn(cfg, t), "bias": bool(getattr(cfg, "attention_bias", False))}
     return _config(
         cfg,
@@ -580,7 +582,8 @@ def config_persimmon(cfg: Any) -> dict:
     """Persimmon: LayerNorms, biases everywhere, a partial rotary, LayerNorms (with bias) of
     each head's queries and keys (``qk_layernorm``), a squared-ReLU MLP."""
     t = "persimmon"
-    attn = {**_attn(cfg, t, partial=True), "bias": True}
+    # every head has its own keys and values (the config has no num_key_value_heads)
+    attn = {**_attn(cfg, t, partial=True), "kv_heads": cfg.num_attention_heads, "bias": True}
     if cfg.qk_layernorm:
         attn.update(
             qk_norm=True, qk_norm_kind="layer", qk_norm_bias=True, qk_norm_eps=cfg.layer_norm_eps
