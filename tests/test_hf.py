@@ -281,8 +281,8 @@ def test_unsupported_model_type():
 
 def test_unsupported_rope_scaling():
     cfg = _cfg("llama")[1]
-    cfg.rope_parameters = {"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0}
-    with pytest.raises(hf.HFImportError, match="rope_type 'linear'"):
+    cfg.rope_parameters = {"rope_type": "proportional", "factor": 2.0, "rope_theta": 10000.0}
+    with pytest.raises(hf.HFImportError, match="rope_type 'proportional'"):
         hf.to_config(cfg)
 
 

@@ -15,8 +15,9 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from blockdsl.components import rope as rope_math
 from blockdsl.components._util import Problem, raise_problem, same_size, softcap
-from blockdsl.components.norm import Norm
+from blockdsl.components.norm import QKNorm
 from blockdsl.registry import register
 
 # --------------------------------------------------------------------------- helpers
@@ -56,6 +57,37 @@ def _check_attn_options(window: int | None = None, rope_fraction: float = 1.0, *
     return None
 
 
+def _check_projection_options(
+    clip_qkv: float | None = None,
+    qk_norm_over: str = "head",
+    qk_norm_per_head: bool = False,
+    **_,
+) -> Problem:
+    if clip_qkv is not None and clip_qkv <= 0:
+        return f"clip_qkv must be positive, got {clip_qkv}"
+    if qk_norm_per_head and qk_norm_over != "head":
+        return (
+            "qk_norm_per_head needs qk_norm_over=head (one weight row per head)",
+            "a norm over the whole projection already has one weight per feature",
+        )
+    return None
+
+
+def _check_rope(
+    d_in: int,
+    heads: int,
+    head_dim: int | None = None,
+    pos: str = "rope",
+    rope_fraction: float = 1.0,
+    **args,
+) -> Problem:
+    if pos != "rope" or heads <= 0:
+        return None
+    hd = d_in // heads if head_dim is None else head_dim
+    n, _ = rotary_sizes(hd, rope_fraction)
+    return rope_math.check_rope_scaling(hd, n, **args)
+
+
 def rotary_sizes(head_dim: int, rope_fraction: float) -> tuple[int, int]:
     """``(n, r)``: the rotary size ``n = int(head_dim * rope_fraction)`` that sets the
     frequencies ``theta ** (-2i / n)``, one per pair ``i < ceil(n / 2)``, and the ``r = 2 *
@@ -71,7 +103,12 @@ def rotary_sizes(head_dim: int, rope_fraction: float) -> tuple[int, int]:
 
 
 def _check_attn(d_in: int, **args) -> Problem:
-    return _check_heads(d_in, **args) or _check_attn_options(**args)
+    return (
+        _check_heads(d_in, **args)
+        or _check_attn_options(**args)
+        or _check_projection_options(**args)
+        or _check_rope(d_in, **args)
+    )
 
 
 def _dims(d_in: int, heads: int, kv_heads: int | None, head_dim: int | None) -> tuple[int, int]:
@@ -179,6 +216,26 @@ def attend(
 # --------------------------------------------------------------------------- declarations
 
 
+def _biases(bias: bool, qkv_bias: bool | None, o_bias: bool | None) -> tuple[bool, bool]:
+    """``(q/k/v bias, output bias)``: each its own argument where set, else ``bias``."""
+    return (bias if qkv_bias is None else qkv_bias), (bias if o_bias is None else o_bias)
+
+
+def _qk_norm_params(
+    heads: int,
+    kv: int,
+    hd: int,
+    qk_norm_over: str = "head",
+    qk_norm_per_head: bool = False,
+    qk_norm_bias: bool = False,
+    **_,
+) -> int:
+    """Parameters of the query and key norms together."""
+    whole_or_per_head = qk_norm_over == "all" or qk_norm_per_head
+    sizes = (heads + kv) * hd if whole_or_per_head else 2 * hd
+    return sizes * (1 + int(qk_norm_bias))
+
+
 def _attn_params(
     d_in: int,
     heads: int,
@@ -188,14 +245,17 @@ def _attn_params(
     bias: bool,
     d_memory: int | None = None,
     gate: bool = False,
-    **_,
+    qkv_bias: bool | None = None,
+    o_bias: bool | None = None,
+    **args,
 ) -> int:
     kv, hd = _dims(d_in, heads, kv_heads, head_dim)
     d_kv = d_memory or d_in
-    q = (d_in + bias) * heads * hd * (2 if gate else 1)  # + the output gate's projection
-    k_and_v = 2 * (d_kv + bias) * kv * hd
-    o = heads * hd * d_in + bias * d_in
-    return q + k_and_v + o + (2 * hd if qk_norm else 0)
+    in_bias, out_bias = _biases(bias, qkv_bias, o_bias)
+    q = (d_in + in_bias) * heads * hd + (d_in + bias) * heads * hd * gate  # + the output gate
+    k_and_v = 2 * (d_kv + in_bias) * kv * hd
+    o = heads * hd * d_in + out_bias * d_in
+    return q + k_and_v + o + (_qk_norm_params(heads, kv, hd, **args) if qk_norm else 0)
 
 
 def _attn_flops(
@@ -208,14 +268,17 @@ def _attn_flops(
     window: int | None = None,
     d_memory: int | None = None,
     gate: bool = False,
+    qkv_bias: bool | None = None,
+    o_bias: bool | None = None,
     **_,
 ) -> int:
     kv, hd = _dims(d_in, heads, kv_heads, head_dim)
     d_kv = d_memory or d_in
+    in_bias, out_bias = _biases(bias, qkv_bias, o_bias)
     projections = seq * (
-        (2 * d_in + bias) * heads * hd
-        + 2 * (2 * d_kv + bias) * kv * hd
-        + (2 * heads * hd + bias) * d_in
+        (2 * d_in + in_bias) * heads * hd
+        + 2 * (2 * d_kv + in_bias) * kv * hd
+        + (2 * heads * hd + out_bias) * d_in
         + gate * ((2 * d_in + bias) * heads * hd + 2 * heads * hd)  # gate and its product
     )
     keys = seq if window is None else min(seq, window)
@@ -226,7 +289,7 @@ def _attn_flops(
 
 
 class _Projections(nn.Module):
-    """q, k, v, o linears and optional q/k RMSNorm, shared by Attn and CrossAttn."""
+    """q, k, v, o linears, optional q/k norms and clipping, shared by Attn and CrossAttn."""
 
     def __init__(
         self,
@@ -242,30 +305,61 @@ class _Projections(nn.Module):
         d_memory: int | None = None,
         gate: bool = False,
         qk_norm_eps: float = 1e-6,
+        qk_norm_kind: Literal["rms", "layer"] = "rms",
+        qk_norm_over: Literal["head", "all"] = "head",
+        qk_norm_per_head: bool = False,
+        qk_norm_bias: bool = False,
+        qk_norm_unit_offset: bool = False,
+        qkv_bias: bool | None = None,
+        o_bias: bool | None = None,
+        clip_qkv: float | None = None,
     ) -> None:
         super().__init__()
         raise_problem(_check_heads(d_model, heads, kv_heads, head_dim, dropout))
+        raise_problem(_check_projection_options(clip_qkv, qk_norm_over, qk_norm_per_head))
         kv, hd = _dims(d_model, heads, kv_heads, head_dim)
         self.heads, self.kv_heads, self.head_dim = heads, kv, hd
         self.groups = heads // kv  # query heads per kv head (GQA)
         self.scale = hd**-0.5 if scale is None else scale
-        self.softcap, self.dropout = softcap, dropout
+        self.softcap, self.dropout, self.clip_qkv = softcap, dropout, clip_qkv
         d_kv = d_memory or d_model
-        self.q = nn.Linear(d_model, heads * hd, bias=bias)
-        self.k = nn.Linear(d_kv, kv * hd, bias=bias)
-        self.v = nn.Linear(d_kv, kv * hd, bias=bias)
-        self.o = nn.Linear(heads * hd, d_model, bias=bias)
-        self.q_norm = Norm(hd, kind="rms", eps=qk_norm_eps) if qk_norm else None
-        self.k_norm = Norm(hd, kind="rms", eps=qk_norm_eps) if qk_norm else None
+        in_bias, out_bias = _biases(bias, qkv_bias, o_bias)
+        self.q = nn.Linear(d_model, heads * hd, bias=in_bias)
+        self.k = nn.Linear(d_kv, kv * hd, bias=in_bias)
+        self.v = nn.Linear(d_kv, kv * hd, bias=in_bias)
+        self.o = nn.Linear(heads * hd, d_model, bias=out_bias)
+        self.norm_whole = qk_norm_over == "all"  # over the projection, before the heads split
+
+        def qk_norm_of(n_heads: int) -> QKNorm | None:
+            if not qk_norm:
+                return None
+            return QKNorm(
+                n_heads * hd if self.norm_whole else hd,
+                kind=qk_norm_kind,
+                eps=qk_norm_eps,
+                bias=qk_norm_bias,
+                unit_offset=qk_norm_unit_offset,
+                heads=n_heads if qk_norm_per_head else None,
+            )
+
+        self.q_norm, self.k_norm = qk_norm_of(heads), qk_norm_of(kv)
         self.gate = nn.Linear(d_model, heads * hd, bias=bias) if gate else None
 
     def project(
         self, x: torch.Tensor, kv_source: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        q = rearrange(self.q(x), "b t (h d) -> b h t d", h=self.heads)  # (B, H, T, hd)
-        k = rearrange(self.k(kv_source), "b s (h d) -> b h s d", h=self.kv_heads)  # (B, K, S, hd)
-        v = rearrange(self.v(kv_source), "b s (h d) -> b h s d", h=self.kv_heads)  # (B, K, S, hd)
-        if self.q_norm is not None:
+        """Queries (B, H, T, hd), keys and values (B, K, S, hd): projected, clipped to
+        ``[-clip_qkv, clip_qkv]`` (OLMo), then q/k normalised (over the whole projection with
+        ``qk_norm_over=all``, OLMo 2; else over each head)."""
+        q, k, v = self.q(x), self.k(kv_source), self.v(kv_source)
+        if self.clip_qkv is not None:
+            q, k, v = (t.clamp(-self.clip_qkv, self.clip_qkv) for t in (q, k, v))
+        if self.q_norm is not None and self.norm_whole:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q = rearrange(q, "b t (h d) -> b h t d", h=self.heads)  # (B, H, T, hd)
+        k = rearrange(k, "b s (h d) -> b h s d", h=self.kv_heads)  # (B, K, S, hd)
+        v = rearrange(v, "b s (h d) -> b h s d", h=self.kv_heads)  # (B, K, S, hd)
+        if self.q_norm is not None and not self.norm_whole:
             q, k = self.q_norm(q), self.k_norm(k)
         return q, k, v
 
@@ -347,8 +441,26 @@ class Attn(_Projections):
     * ``causal`` (default true): query ``i`` sees keys ``j <= i``; ``window``: only keys with
       ``i - j < window`` (HF Mistral/Gemma 2). Masks are index based (built with one broadcast
       compare per call); with neither window nor ALiBi nor soft-capping SDPA's ``is_causal``.
-    * ``qk_norm``: RMSNorm over ``head_dim`` of queries and keys (before rotary), weights
-      ``q_norm.weight``/``k_norm.weight`` shared by the heads (epsilon ``qk_norm_eps``).
+    * ``rope_scaling`` (``linear``, ``dynamic``, ``llama3``, ``yarn``, ``longrope``; default
+      ``none``): rotary frequencies for contexts beyond ``rope_original_context``, transformers'
+      arithmetic (``blockdsl.components.rope``): ``rope_factor``, ``rope_low_freq`` /
+      ``rope_high_freq`` (llama3), ``rope_beta_fast`` / ``rope_beta_slow`` / ``rope_truncate``
+      (yarn), ``rope_short_factor`` / ``rope_long_factor`` (longrope), and a cos/sin multiplier
+      ``rope_attention_factor`` (yarn, longrope). ``dynamic`` and ``longrope`` depend on the
+      furthest position of each call (as transformers computes them per forward); a decoding
+      cache keeps every key (and every later layer's input) as the call that wrote it computed
+      them, as transformers' cache does, so cached decoding departs from the full forward once
+      a call reaches past ``rope_original_context`` (``generate(use_cache=False)`` does not).
+    * ``qk_norm``: normalise queries and keys after projection and clipping, before rotary:
+      ``qk_norm_kind`` rms or layer, with ``qk_norm_eps``, ``qk_norm_bias`` and
+      ``qk_norm_unit_offset`` (``(1 + w)``, Gemma 3), over each head's ``head_dim`` with one
+      weight shared by the heads (default; Qwen3), one weight row per head with
+      ``qk_norm_per_head`` (``weight [heads, head_dim]``; Cohere, StableLM), or over the whole
+      projection with ``qk_norm_over=all`` (``weight [heads * head_dim]``; OLMo 2).
+      Parameters ``q_norm.weight``/``k_norm.weight`` (and ``.bias``).
+    * ``clip_qkv``: the q, k and v projections clamped to ``[-clip_qkv, clip_qkv]`` (OLMo).
+    * ``qkv_bias`` / ``o_bias``: the q/k/v and the output projections' biases each on their own
+      (Qwen2: ``qkv_bias=true``); unset, both follow ``bias``.
     * ``gate``: head-wise output gate (Qwen3-Next): the concatenated heads are multiplied by
       ``sigmoid(gate(x))`` (a ``D -> heads * head_dim`` linear of the input) before ``o``.
     * ``softcap``: scores ``softcap * tanh(scores / softcap)`` after scaling (Gemma 2); computed
@@ -380,7 +492,26 @@ class Attn(_Projections):
         "dropout": "dropout on attention probabilities (training only)",
         "context": "maximum sequence length (rotary table size; set by the model)",
         "gate": "head-wise output gate `sigmoid(gate(x))` before `o` (Qwen3-Next)",
-        "qk_norm_eps": "epsilon of the q/k RMSNorm",
+        "qk_norm_eps": "epsilon of the q/k norm",
+        "qk_norm_kind": "q/k norm: rms (RMSNorm) or layer (LayerNorm)",
+        "qk_norm_over": "q/k norm over each head (head) or over the whole projection (all)",
+        "qk_norm_per_head": "q/k norm weights per head, `[heads, head_dim]` (over=head only)",
+        "qk_norm_bias": "q/k norm learns a bias",
+        "qk_norm_unit_offset": "q/k norm scales by `(1 + weight)` (Gemma 3)",
+        "qkv_bias": "biases on q, k, v; none: = bias",
+        "o_bias": "bias on the output projection o; none: = bias",
+        "clip_qkv": "clamp the q, k, v projections to [-clip_qkv, clip_qkv] (OLMo); none: off",
+        "rope_scaling": "rotary scaling: none, linear, dynamic (NTK), llama3, yarn or longrope",
+        "rope_factor": "rotary scaling factor (context extension ratio)",
+        "rope_original_context": "the context trained with (dynamic, llama3, yarn, longrope)",
+        "rope_low_freq": "llama3: low_freq_factor",
+        "rope_high_freq": "llama3: high_freq_factor",
+        "rope_beta_fast": "yarn: rotations where extrapolation ends",
+        "rope_beta_slow": "yarn: rotations where interpolation starts",
+        "rope_truncate": "yarn: round the ramp's correction range to whole dims",
+        "rope_attention_factor": "yarn/longrope: cos/sin multiplier; none: the paper's default",
+        "rope_short_factor": "longrope: frequency divisors within rope_original_context",
+        "rope_long_factor": "longrope: frequency divisors beyond rope_original_context",
     }
 
     shape_steps = staticmethod(_attn_steps)
@@ -405,10 +536,32 @@ class Attn(_Projections):
         context: int = 2048,
         gate: bool = False,
         qk_norm_eps: float = 1e-6,
+        qk_norm_kind: Literal["rms", "layer"] = "rms",
+        qk_norm_over: Literal["head", "all"] = "head",
+        qk_norm_per_head: bool = False,
+        qk_norm_bias: bool = False,
+        qk_norm_unit_offset: bool = False,
+        qkv_bias: bool | None = None,
+        o_bias: bool | None = None,
+        clip_qkv: float | None = None,
+        rope_scaling: rope_math.RopeScaling = "none",
+        rope_factor: float = 1.0,
+        rope_original_context: int | None = None,
+        rope_low_freq: float = 1.0,
+        rope_high_freq: float = 4.0,
+        rope_beta_fast: float = 32.0,
+        rope_beta_slow: float = 1.0,
+        rope_truncate: bool = True,
+        rope_attention_factor: float | None = None,
+        rope_short_factor: list[float] | None = None,
+        rope_long_factor: list[float] | None = None,
     ) -> None:
         super().__init__(
             d_model, heads, kv_heads, head_dim, qk_norm, softcap, scale, bias, dropout,
-            gate=gate, qk_norm_eps=qk_norm_eps,
+            gate=gate, qk_norm_eps=qk_norm_eps, qk_norm_kind=qk_norm_kind,
+            qk_norm_over=qk_norm_over, qk_norm_per_head=qk_norm_per_head,
+            qk_norm_bias=qk_norm_bias, qk_norm_unit_offset=qk_norm_unit_offset,
+            qkv_bias=qkv_bias, o_bias=o_bias, clip_qkv=clip_qkv,
         )  # fmt: skip
         raise_problem(_check_attn_options(window=window, rope_fraction=rope_fraction))
         self.pos, self.causal, self.window, self.context = pos, causal, window, context
@@ -417,30 +570,100 @@ class Attn(_Projections):
         self.rotary_size, self.rotary_dims = (
             rotary_sizes(self.head_dim, rope_fraction) if pos == "rope" else (0, 0)
         )
+        self.rope = {
+            "kind": rope_scaling if pos == "rope" else "none",
+            "factor": rope_factor,
+            "original": rope_original_context,
+            "low_freq": rope_low_freq,
+            "high_freq": rope_high_freq,
+            "beta_fast": rope_beta_fast,
+            "beta_slow": rope_beta_slow,
+            "truncate": rope_truncate,
+            "short": rope_short_factor,
+            "long": rope_long_factor,
+        }
+        if pos == "rope":
+            raise_problem(
+                rope_math.check_rope_scaling(
+                    self.head_dim, self.rotary_size, rope_scaling, rope_factor,
+                    rope_original_context, rope_low_freq, rope_high_freq,
+                    rope_short_factor, rope_long_factor,
+                )
+            )  # fmt: skip
+        self.rope_attention_factor = (
+            rope_math.default_attention_factor(rope_scaling, rope_factor, rope_original_context)
+            if rope_attention_factor is None
+            else rope_attention_factor
+        )
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         """Recompute the non-persistent tables (rotary cos/sin, ALiBi slopes)."""
         device = self.q.weight.device
-        if self.rotary_dims and device.type == "meta":  # shapes only: nothing to compute
-            shape = (self.context, self.rotary_dims // 2)
-            self.register_buffer(
-                "rope_cos", torch.empty(shape, device=device, dtype=torch.float32), persistent=False
-            )
-            self.register_buffer(
-                "rope_sin", torch.empty(shape, device=device, dtype=torch.float32), persistent=False
-            )
-        elif self.rotary_dims:
-            n = self.rotary_size
-            inv_freq = 1.0 / self.rope_theta ** (
-                torch.arange(0, n, 2, dtype=torch.float32, device=device) / n
-            )  # (r/2,)
-            t = torch.arange(self.context, dtype=torch.float32, device=device)
-            angles = torch.outer(t, inv_freq)  # (context, r/2)
-            self.register_buffer("rope_cos", angles.cos(), persistent=False)
-            self.register_buffer("rope_sin", angles.sin(), persistent=False)
+        if self.rotary_dims:
+            # longrope: a second table, for calls beyond the original context
+            tables = {"rope": self.rope["short"]}
+            if self.rope["kind"] == "longrope":
+                tables["rope_long"] = self.rope["long"]
+            for name, factors in tables.items():
+                if device.type == "meta":  # shapes only: nothing to compute
+                    shape = (self.context, self.rotary_dims // 2)
+                    cos = torch.empty(shape, device=device, dtype=torch.float32)
+                    sin = torch.empty(shape, device=device, dtype=torch.float32)
+                else:
+                    cos, sin = self._rope_table(factors, device)
+                self.register_buffer(f"{name}_cos", cos, persistent=False)
+                self.register_buffer(f"{name}_sin", sin, persistent=False)
         if self.pos == "alibi":  # (H,) slopes
             self.register_buffer("alibi", alibi_slopes(self.heads).to(device), persistent=False)
+
+    def _rope_table(
+        self, factors: list[float] | None, device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin (context, r/2) of every position (``factors``: longrope's divisors)."""
+        rope = self.rope
+        inv_freq = rope_math.inv_freq(
+            self.rotary_size, self.rope_theta, rope["kind"], factor=rope["factor"],
+            original=rope["original"], low_freq=rope["low_freq"], high_freq=rope["high_freq"],
+            beta_fast=rope["beta_fast"], beta_slow=rope["beta_slow"],
+            truncate=rope["truncate"], factors=factors, device=device,
+        )  # fmt: skip
+        t = torch.arange(self.context, dtype=torch.float32, device=device)
+        angles = torch.outer(t, inv_freq)  # (context, r/2)
+        return angles.cos() * self.rope_attention_factor, angles.sin() * self.rope_attention_factor
+
+    def _cos_sin(self, T: int, positions: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rotary cos and sin of the positions of a call: (T, r/2), or ``positions.shape +
+        (r/2,)``. Dynamic NTK and longrope depend on the furthest position the call reaches
+        (computed in tensors: no host sync, one graph under ``torch.compile``)."""
+        kind = self.rope["kind"]
+        if kind not in rope_math.PER_CALL:
+            if positions is None:
+                return self.rope_cos[:T], self.rope_sin[:T]
+            return self.rope_cos[positions], self.rope_sin[positions]
+        device = self.rope_cos.device
+        if positions is None:
+            return self._per_call_cos_sin(
+                torch.arange(T, device=device), torch.tensor(T, device=device)
+            )
+        return self._per_call_cos_sin(positions, positions.max() + 1)
+
+    def _per_call_cos_sin(
+        self, index: torch.Tensor, length: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Dynamic NTK's or longrope's cos and sin at positions ``index`` for a call that
+        reaches ``length`` positions (a 0-d tensor)."""
+        kind, original = self.rope["kind"], self.rope["original"]
+        if kind == "longrope":
+            long = length > original
+            cos = torch.where(long, self.rope_long_cos[index], self.rope_cos[index])
+            sin = torch.where(long, self.rope_long_sin[index], self.rope_sin[index])
+            return cos, sin
+        inv_freq = rope_math.dynamic_inv_freq(
+            self.rotary_size, self.rope_theta, self.rope["factor"], original, length
+        )
+        angles = index.float()[..., None] * inv_freq  # (..., r/2)
+        return angles.cos(), angles.sin()
 
     def _mask(self, T: int, device: torch.device) -> torch.Tensor | None:
         """Boolean (T, T), True where query i may see key j; None for plain causal/full."""
@@ -475,12 +698,9 @@ class Attn(_Projections):
         T = x.shape[1]
         q, k, v = self.project(x, x)  # (B, H, T, hd), (B, K, T, hd), (B, K, T, hd)
         if self.rotary_dims:
-            if positions is None:
-                cos, sin = self.rope_cos[:T], self.rope_sin[:T]  # (T, r/2)
-            else:
-                cos, sin = self.rope_cos[positions], self.rope_sin[positions]
-                if positions.dim() == 2:  # (B, T, r/2) -> (B, 1, T, r/2)
-                    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+            cos, sin = self._cos_sin(T, positions)  # (T, r/2) or (B, T, r/2)
+            if positions is not None and positions.dim() == 2:  # -> (B, 1, T, r/2)
+                cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
             q = apply_rotary(q, cos, sin, self.rope_interleaved)
             k = apply_rotary(k, cos, sin, self.rope_interleaved)
         gqa = self.sdpa_gqa(masked=self.window is not None or self.pos == "alibi")
@@ -511,8 +731,8 @@ class Attn(_Projections):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Rotary of the new queries and keys at ``positions`` (B, T) (``apply_rotary``'s
         math with the angles looked up per row)."""
-        cos = self.rope_cos[positions].unsqueeze(1)  # (B, 1, T, r/2)
-        sin = self.rope_sin[positions].unsqueeze(1)
+        cos, sin = self._cos_sin(positions.shape[1], positions)
+        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # (B, 1, T, r/2)
         if self.rope_interleaved:  # pairs (2i, 2i+1)
             cos, sin = cos.repeat_interleave(2, -1), sin.repeat_interleave(2, -1)
             rotate = rotate_every_two
@@ -545,11 +765,7 @@ class Attn(_Projections):
         K, G, hd = self.kv_heads, self.groups, self.head_dim
         positions = positions.expand(B, T) if positions.dim() == 2 else positions.expand(B, -1)
         cache_k, cache_v = state["k"], state["v"]  # (B, K, L, hd)
-        q = self.q(x).view(B, T, self.heads, hd).transpose(1, 2)  # (B, H, T, hd)
-        k = self.k(x).view(B, T, K, hd).transpose(1, 2)  # (B, K, T, hd)
-        v = self.v(x).view(B, T, K, hd).transpose(1, 2)
-        if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
+        q, k, v = self.project(x, x)  # (B, H, T, hd), (B, K, T, hd), (B, K, T, hd)
         if self.rotary_dims:
             q, k = self._rotate(q, k, positions)
         slots = positions[:, None, :, None].expand(B, K, T, hd)

@@ -83,7 +83,9 @@ class Linear(nn.Linear):
 # --------------------------------------------------------------------------- Scale
 
 
-def _scale_params(d_in: int, per_channel: bool, **_) -> int:
+def _scale_params(d_in: int, per_channel: bool, by: float | None = None, **_) -> int:
+    if by is not None:
+        return 0
     return d_in if per_channel else 1
 
 
@@ -95,27 +97,39 @@ def _scale_params(d_in: int, per_channel: bool, **_) -> int:
     check=accepts_any,
 )
 class Scale(nn.Module):
-    """Learned scale ``x * weight``: per-channel LayerScale (CaiT), or a scalar (ReZero: init=0).
+    """Learned scale ``x * weight``: per-channel LayerScale (CaiT), or a scalar (ReZero: init=0);
+    or, with ``by``, a fixed multiplier ``x * by`` that is no parameter (Granite's residual
+    multiplier: ``Norm->Attn->Scale(by=0.22)->+``).
 
-    Parameter: ``weight`` of shape ``[D]`` (``per_channel``) or ``[1]``, filled with ``init``.
+    Parameter: ``weight`` of shape ``[D]`` (``per_channel``) or ``[1]``, filled with ``init``;
+    none with ``by``.
     """
 
     arg_help: ClassVar[dict[str, str]] = {
         "init": "initial value (LayerScale: small, e.g. 1e-5; ReZero: 0)",
         "per_channel": "one scale per feature (LayerScale), else one scalar (ReZero)",
+        "by": "a fixed multiplier instead of a learned one (no parameter); none: learned",
     }
 
-    def __init__(self, d_model: int, init: float = 1e-5, per_channel: bool = True) -> None:
+    def __init__(
+        self, d_model: int, init: float = 1e-5, per_channel: bool = True, by: float | None = None
+    ) -> None:
         super().__init__()
-        self.init = init
-        self.weight = nn.Parameter(torch.empty(d_model if per_channel else 1))
+        self.init, self.by = init, by
+        self.weight = (
+            nn.Parameter(torch.empty(d_model if per_channel else 1)) if by is None else None
+        )
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        nn.init.constant_(self.weight, self.init)
+        if self.weight is not None:
+            nn.init.constant_(self.weight, self.init)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, D) -> (B, T, D)
-        return x * self.weight
+        return x * (self.by if self.weight is None else self.weight)
+
+    def extra_repr(self) -> str:
+        return f"by={self.by}" if self.by is not None else f"init={self.init}"
 
 
 # --------------------------------------------------------------------------- Gate

@@ -118,8 +118,10 @@ def _head_params(d_in: int, vocab: int, tie: bool, bias: bool, **_) -> int:
     return (0 if tie else vocab * d_in) + (vocab if bias else 0)
 
 
-def _head_flops(d_in: int, seq: int, vocab: int, bias: bool, softcap: float | None, **_) -> int:
-    return seq * vocab * (2 * d_in + int(bias) + (2 if softcap else 0))
+def _head_flops(
+    d_in: int, seq: int, vocab: int, bias: bool, softcap: float | None, scale: float = 1.0, **_
+) -> int:
+    return seq * vocab * (2 * d_in + int(bias) + (2 if softcap else 0) + int(scale != 1.0))
 
 
 def _head_out(vocab: int, **_) -> int:
@@ -148,8 +150,9 @@ class Head(nn.Module):
 
     Parameters: ``weight [vocab, D]`` and ``bias [vocab]``. With ``tie`` the module owns no
     weight until ``head.tie_to(embed)`` sets ``head.weight = embed.tok.weight`` (one shared
-    parameter, counted once; the declared count is then the bias only). ``softcap``: final
-    logits ``softcap * tanh(logits / softcap)`` (Gemma 2).
+    parameter, counted once; the declared count is then the bias only). ``scale``: logits
+    multiplied by a constant (Cohere's ``logit_scale``, Granite's ``1 / logits_scaling``),
+    before ``softcap``: final logits ``softcap * tanh(logits / softcap)`` (Gemma 2).
     """
 
     arg_help: ClassVar[dict[str, str]] = {
@@ -157,6 +160,7 @@ class Head(nn.Module):
         "tie": "share the token embedding's weight (the model calls `tie_to`)",
         "bias": "learn a bias per vocabulary entry",
         "softcap": "cap logits with `softcap * tanh(logits / softcap)` (Gemma 2); none: off",
+        "scale": "multiply the logits by a constant (Cohere logit_scale)",
     }
 
     def __init__(
@@ -166,9 +170,11 @@ class Head(nn.Module):
         tie: bool = False,
         bias: bool = False,
         softcap: float | None = None,
+        scale: float = 1.0,
     ) -> None:
         super().__init__()
         self.d_model, self.vocab, self.tie, self.softcap = d_model, vocab, tie, softcap
+        self.scale = scale
         if tie:
             self.register_parameter("weight", None)
         else:
@@ -198,6 +204,8 @@ class Head(nn.Module):
         if self.weight is None:
             raise RuntimeError("Head(tie=true) is not tied: call head.tie_to(embedding) first")
         logits = torch.nn.functional.linear(x, self.weight, self.bias)
+        if self.scale != 1.0:
+            logits = logits * self.scale
         return logits if self.softcap is None else softcap(logits, self.softcap)
 
     def extra_repr(self) -> str:

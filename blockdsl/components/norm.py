@@ -114,5 +114,44 @@ class Norm(nn.Module):
         return f"{self.d_model}, kind={self.kind}, eps={self.eps}, unit_offset={self.unit_offset}"
 
 
+class QKNorm(Norm):
+    """Attention's query or key norm (not a registered component): a ``Norm`` over each
+    head's ``size`` features (or over a whole projection), or, with ``heads``, one weight row
+    per head (``weight [heads, size]``, Cohere / StableLM) for inputs ``(B, heads, T, size)``.
+    The per-head form computes in float32 and casts last, as those references do."""
+
+    def __init__(
+        self,
+        size: int,
+        kind: Literal["rms", "layer"] = "rms",
+        eps: float = 1e-6,
+        bias: bool = False,
+        unit_offset: bool = False,
+        heads: int | None = None,
+    ) -> None:
+        self.heads = heads
+        super().__init__(size, kind=kind, eps=eps, bias=bias, unit_offset=unit_offset)
+        if heads is not None:
+            self.weight = nn.Parameter(torch.empty(heads, size))
+            self.bias = nn.Parameter(torch.empty(heads, size)) if bias else None
+            self.reset_parameters()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, H, T, hd) or (..., size)
+        if self.heads is None:
+            return super().forward(x)
+        dtype, x32 = x.dtype, x.float()
+        if self.kind == "layer":
+            x32 = x32 - x32.mean(-1, keepdim=True)
+        y = x32 * torch.rsqrt(x32.square().mean(-1, keepdim=True) + self.eps)
+        weight = self.weight.float()[:, None, :]  # (H, 1, hd): one row per head
+        y = y * (1.0 + weight if self.unit_offset else weight)
+        if self.bias is not None:
+            y = y + self.bias.float()[:, None, :]
+        return y.to(dtype)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + (f", heads={self.heads}" if self.heads else "")
+
+
 register_alias("RMSNorm", "Norm", kind="rms")
 register_alias("LayerNorm", "Norm", kind="layer", bias=True)

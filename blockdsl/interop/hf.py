@@ -8,7 +8,10 @@
 Supported (``config.model_type``): ``gpt2``, ``llama``, ``mistral``, ``mixtral``, ``gemma2``,
 ``gpt_neox``, ``gptj``, ``lfm2`` and ``qwen3_next`` (the ``...ForCausalLM`` / ``GPT2LMHeadModel``
 classes); the state-space and hybrid ``mamba``, ``mamba2``, ``recurrent_gemma``, ``jamba``,
-``bamba`` and ``falcon_h1`` (``blockdsl.interop.hf_ssm``, docs/hybrids.md). Each architecture
+``bamba`` and ``falcon_h1`` (``blockdsl.interop.hf_ssm``, docs/hybrids.md); the dense decoders
+``qwen2``, ``qwen3``, ``gemma``, ``gemma3_text``, ``olmo``, ``olmo2``, ``cohere``, ``stablelm``,
+``phi3``, ``granite``, ``starcoder2``, ``persimmon`` and ``nemotron``
+(``blockdsl.interop.hf_dense``). Each architecture
 is one ``Architecture`` record (its transformers class, weight prefix, config mapping and weight
 mapping) in ``ARCHITECTURES``: adding an architecture is adding one record with
 ``register_architecture``. Each becomes an ordinary blockdsl config (a block string,
@@ -111,6 +114,78 @@ def _rope(cfg: Any, model_type: str) -> tuple[float, float]:
         raise _unsupported(model_type, f"rope_type '{kind}' (RoPE scaling)")
     theta = params.get("rope_theta", getattr(cfg, "rope_theta", 10000.0))
     return float(theta), float(params.get("partial_rotary_factor", 1.0))
+
+
+#: HF ``rope_type`` -> ``Attn(rope_scaling=...)``.
+ROPE_SCALINGS = ("linear", "dynamic", "llama3", "yarn", "longrope")
+
+
+def _rope_args(cfg: Any, model_type: str, params: Mapping | None = None) -> tuple[dict, float]:
+    """``(Attn arguments, partial_rotary_factor)`` of a RoPE config, scaled or not: the
+    ``rope_theta`` and, for a ``rope_type`` blockdsl implements, ``rope_scaling`` with its
+    factors (the attention factor resolved as transformers resolves it). ``params``: one layer
+    type's entry of a per-layer ``rope_parameters`` (Gemma 3); default the config's."""
+    if params is None:
+        params = getattr(cfg, "rope_parameters", None) or {}
+    params = dict(params)
+    kind = params.get("rope_type", params.get("type", "default"))
+    theta = float(params.get("rope_theta", getattr(cfg, "rope_theta", 10000.0)))
+    fraction = float(params.get("partial_rotary_factor", 1.0))
+    args: dict[str, Any] = {"rope_theta": theta}
+    if kind == "default":
+        return args, fraction
+    if kind not in ROPE_SCALINGS:
+        raise HFImportError(
+            f"{model_type}: rope_type '{kind}' (RoPE scaling) is not supported by the blockdsl "
+            "import",
+            hint=f"supported: default, {', '.join(ROPE_SCALINGS)}",
+        )
+    args["rope_scaling"] = kind
+    max_positions = cfg.max_position_embeddings
+    original = params.get("original_max_position_embeddings") or getattr(
+        cfg, "original_max_position_embeddings", None
+    )
+    factor = params.get("factor")
+    if kind == "dynamic":  # transformers grows from max_position_embeddings
+        original = max_positions
+    original = int(original or max_positions)
+    if factor is None:
+        if kind not in ("yarn", "longrope"):
+            raise HFImportError(f"{model_type}: rope_type '{kind}' without a 'factor'")
+        factor = max_positions / original
+    args["rope_factor"] = float(factor)
+    if kind != "linear":
+        args["rope_original_context"] = original
+    if kind == "llama3":
+        args["rope_low_freq"] = float(params["low_freq_factor"])
+        args["rope_high_freq"] = float(params["high_freq_factor"])
+    elif kind == "yarn":
+        attention = params.get("attention_factor")
+        mscale, mscale_all_dim = params.get("mscale"), params.get("mscale_all_dim")
+
+        def get_mscale(scale: float, m: float = 1.0) -> float:
+            return 1.0 if scale <= 1 else 0.1 * m * math.log(scale) + 1.0
+
+        if attention is None:
+            attention = (
+                get_mscale(factor, mscale) / get_mscale(factor, mscale_all_dim)
+                if mscale and mscale_all_dim
+                else get_mscale(factor)
+            )
+        args["rope_attention_factor"] = float(attention)
+        args["rope_beta_fast"] = float(params.get("beta_fast") or 32.0)
+        args["rope_beta_slow"] = float(params.get("beta_slow") or 1.0)
+        args["rope_truncate"] = bool(params.get("truncate", True))
+    elif kind == "longrope":
+        attention = params.get("attention_factor")
+        if attention is None:
+            attention = (
+                1.0 if factor <= 1.0 else math.sqrt(1 + math.log(factor) / math.log(original))
+            )
+        args["rope_attention_factor"] = float(attention)
+        args["rope_short_factor"] = [float(f) for f in params["short_factor"]]
+        args["rope_long_factor"] = [float(f) for f in params["long_factor"]]
+    return args, fraction
 
 
 def _fraction(rotary: int, head_dim: int) -> float:
@@ -379,8 +454,9 @@ register_architecture(
 
 
 def _llama_like(cfg: Any, model_type: str, mlp: dict | None = None, window: bool = False) -> dict:
-    """Llama, Mistral and Mixtral: pre-norm RMSNorm, GQA with RoPE, SwiGLU (or MoE)."""
-    theta, fraction = _rope(cfg, model_type)
+    """Llama, Mistral and Mixtral: pre-norm RMSNorm, GQA with RoPE (scaled or not), SwiGLU (or
+    MoE)."""
+    rope, fraction = _rope_args(cfg, model_type)
     if fraction != 1.0:
         raise _unsupported(model_type, "partial_rotary_factor")
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
@@ -389,7 +465,7 @@ def _llama_like(cfg: Any, model_type: str, mlp: dict | None = None, window: bool
         "kv_heads": cfg.num_key_value_heads or cfg.num_attention_heads,
         "head_dim": head_dim,
         "pos": "rope",
-        "rope_theta": theta,
+        **rope,
         "bias": bool(getattr(cfg, "attention_bias", False)),
     }
     if window and getattr(cfg, "sliding_window", None) is not None:
@@ -1106,5 +1182,8 @@ def from_pretrained_dir(
 
 
 # The state-space and hybrid architectures (Mamba, Mamba2, RecurrentGemma, Jamba, Bamba,
-# Falcon-H1) are records in their own module; importing it registers them.
+# Falcon-H1) and the dense decoders (Qwen2/3, Gemma, Gemma 3, OLMo, OLMo 2, Cohere, StableLM,
+# Phi-3, Granite, StarCoder2, Persimmon, Nemotron) are records in their own modules; importing
+# them registers them.
+from blockdsl.interop import hf_dense as _hf_dense  # noqa: E402, F401
 from blockdsl.interop import hf_ssm as _hf_ssm  # noqa: E402, F401

@@ -1,0 +1,673 @@
+"""Dense decoder architectures for the Hugging Face import: Qwen2, Qwen3, Gemma, Gemma 3,
+OLMo, OLMo 2, Cohere, StableLM, Phi-3, Granite, StarCoder2, Persimmon and Nemotron (one
+``Architecture`` record each).
+
+Each is a Llama relative that differs in a few named places (q/k norms, biases, norm kind and
+placement, multipliers, fused projections), and each difference is an argument of a built-in
+component, so an imported config reads as the architecture: ``layers`` is ``block*N`` (or
+``local``/``global`` blocks from ``layer_types``), the per-model conventions sit in
+``[defaults]``. Fused checkpoint tensors (Phi-3's ``qkv_proj`` and ``gate_up_proj``,
+Persimmon's per-head ``query_key_value``, StableLM's per-head norms) are split or stacked,
+never recomputed, so the export runs the same mapping backwards.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from blockdsl.interop.hf import (
+    Architecture,
+    WeightMapper,
+    _act,
+    _compress,
+    _config,
+    _fraction,
+    _rope_args,
+    _unsupported,
+    register_architecture,
+)
+
+Tensor = torch.Tensor
+
+
+# --------------------------------------------------------------------------- shared helpers
+
+
+def _head_dim(cfg: Any) -> int:
+    return getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+
+
+def _attn(cfg: Any, t: str, *, partial: bool = False, params: Any = None) -> dict:
+    """``Attn`` defaults of a GQA + RoPE attention: heads, kv heads, head size, the rotary
+    (scaled or not; a partial rotary only where the architecture has one)."""
+    head_dim = _head_dim(cfg)
+    rope, fraction = _rope_args(cfg, t, params)
+    attn: dict[str, Any] = {
+        "heads": cfg.num_attention_heads,
+        "kv_heads": getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads,
+        "head_dim": head_dim,
+        "pos": "rope",
+        **rope,
+    }
+    if fraction != 1.0:
+        if not partial:
+            raise _unsupported(t, "partial_rotary_factor")
+        attn["rope_fraction"] = _fraction(int(head_dim * fraction), head_dim)
+    return attn
+
+
+def _windows(cfg: Any, t: str) -> list[str]:
+    """``local`` or ``global`` per layer, from ``layer_types`` (a window only where the config
+    has one)."""
+    L = cfg.num_hidden_layers
+    kinds = list(getattr(cfg, "layer_types", None) or ["full_attention"] * L)
+    if len(kinds) != L or not set(kinds) <= {"sliding_attention", "full_attention"}:
+        raise _unsupported(t, f"layer_types {kinds}")
+    window = getattr(cfg, "sliding_window", None)
+    return ["local" if k == "sliding_attention" and window is not None else "global" for k in kinds]
+
+
+def _layered(cfg: Any, block: str, kinds: list[str], window_step: str = "Attn") -> tuple:
+    """``(blocks, layers)``: one ``block`` where every layer is global, else a ``local`` block
+    with ``Attn(window=W)`` and a ``global`` one."""
+    if set(kinds) == {"global"}:
+        return {"block": block}, f"block*{len(kinds)}"
+    local = block.replace(window_step, f"{window_step}(window={int(cfg.sliding_window)})", 1)
+    blocks = {"local": local, "global": block}
+    return {k: blocks[k] for k in dict.fromkeys(kinds)}, _compress(kinds)
+
+
+def _rms(cfg: Any, **extra: Any) -> dict:
+    return {"kind": "rms", "eps": cfg.rms_norm_eps, **extra}
+
+
+def _gated_mlp(cfg: Any, t: str, bias: bool = False) -> dict:
+    act = getattr(cfg, "hidden_activation", None) or cfg.hidden_act
+    return {"hidden": cfg.intermediate_size, "act": _act(act, t), "gated": True, "bias": bias}
+
+
+def _tied(cfg: Any, default: bool) -> bool:
+    return bool(getattr(cfg, "tie_word_embeddings", default))
+
+
+def _attn_weights(
+    m: WeightMapper, p: str, q: str, qkv_bias: bool, o_bias: bool, o_name: str = "o_proj"
+) -> None:
+    for n in "qkv":
+        m.linear(f"{q}.attn.{n}", f"{p}.self_attn.{n}_proj", qkv_bias)
+    m.linear(f"{q}.attn.o", f"{p}.self_attn.{o_name}", o_bias)
+
+
+def _mlp_weights(m: WeightMapper, p: str, q: str, bias: bool = False) -> None:
+    for n in ("gate", "up", "down"):
+        m.linear(f"{q}.mlp.{n}", f"{p}.mlp.{n}_proj", bias)
+
+
+def _standard_layers(
+    cfg: Any,
+    m: WeightMapper,
+    *,
+    qkv_bias: bool,
+    o_bias: bool,
+    norm_bias: bool = False,
+    mlp_bias: bool = False,
+    qk_norm: bool = False,
+) -> None:
+    """Llama-layout layers: ``input_layernorm``, ``self_attn.{q,k,v,o}_proj`` (and
+    ``q_norm``/``k_norm``), ``post_attention_layernorm``, ``mlp.{gate,up,down}_proj``."""
+    m.put("embed.embed.tok.weight", "model.embed_tokens.weight")
+    for i in range(cfg.num_hidden_layers):
+        p, q = f"model.layers.{i}", f"layers.{i}"
+        m.norm(f"{q}.norm", f"{p}.input_layernorm", bias=norm_bias)
+        _attn_weights(m, p, q, qkv_bias, o_bias)
+        if qk_norm:
+            for n in "qk":
+                m.norm(f"{q}.attn.{n}_norm", f"{p}.self_attn.{n}_norm", bias=False)
+        m.norm(f"{q}.norm_1", f"{p}.post_attention_layernorm", bias=norm_bias)
+        _mlp_weights(m, p, q, mlp_bias)
+    m.norm("head.norm", "model.norm", bias=norm_bias)
+
+
+def _register(model_type: str, hf_class: str, config: Any, weights: Any) -> None:
+    register_architecture(Architecture(model_type, hf_class, "model", config, weights))
+
+
+PRE_NORM = "Norm->Attn->+->Norm->MLP->+"
+
+
+# --------------------------------------------------------------------------- qwen2, qwen3
+
+
+def config_qwen2(cfg: Any) -> dict:
+    """Qwen2: Llama with biases on q, k and v (none on o); sliding-window layers from
+    ``layer_types`` when ``use_sliding_window``."""
+    t = "qwen2"
+    blocks, layers = _layered(cfg, PRE_NORM, _windows(cfg, t))
+    attn = {**_attn(cfg, t), "qkv_bias": True}
+    defaults = {"Norm": _rms(cfg), "Attn": attn, "MLP": _gated_mlp(cfg, t)}
+    return _config(cfg, layers=layers, blocks=blocks, defaults=defaults)
+
+
+def weights_qwen2(cfg: Any, m: WeightMapper) -> None:
+    _standard_layers(cfg, m, qkv_bias=True, o_bias=False)
+    m.head(cfg, "model.embed_tokens.weight", _tied(cfg, False))
+
+
+def config_qwen3(cfg: Any) -> dict:
+    """Qwen3: Llama with an RMSNorm of each head's queries and keys (weights shared by the
+    heads, eps ``rms_norm_eps``) and ``head_dim`` of its own."""
+    t = "qwen3"
+    blocks, layers = _layered(cfg, PRE_NORM, _windows(cfg, t))
+    attn = {
+        **_attn(cfg, t),
+        "bias": bool(cfg.attention_bias),
+        "qk_norm": True,
+        "qk_norm_eps": cfg.rms_norm_eps,
+    }
+    defaults = {"Norm": _rms(cfg), "Attn": attn, "MLP": _gated_mlp(cfg, t)}
+    return _config(cfg, layers=layers, blocks=blocks, defaults=defaults)
+
+
+def weights_qwen3(cfg: Any, m: WeightMapper) -> None:
+    bias = bool(cfg.attention_bias)
+    _standard_layers(cfg, m, qkv_bias=bias, o_bias=bias, qk_norm=True)
+    m.head(cfg, "model.embed_tokens.weight", _tied(cfg, False))
+
+
+_register("qwen2", "Qwen2ForCausalLM", config_qwen2, weights_qwen2)
+_register("qwen3", "Qwen3ForCausalLM", config_qwen3, weights_qwen3)
+
+
+# --------------------------------------------------------------------------- gemma, gemma 3
+
+
+def config_gemma(cfg: Any) -> dict:
+    """Gemma: Llama with ``(1 + w)`` RMSNorms, embeddings times ``sqrt(d_model)``, the tanh
+    GELU, a tied head."""
+    t = "gemma"
+    if getattr(cfg, "use_bidirectional_attention", False):
+        raise _unsupported(t, "use_bidirectional_attention")
+    attn = {**_attn(cfg, t), "bias": bool(getattr(cfg, "attention_bias", False))}
+    return _config(
+        cfg,
+        layers=f"block*{cfg.num_hidden_layers}",
+        blocks={"block": PRE_NORM},
+        defaults={
+            "Norm": _rms(cfg, unit_offset=True),
+            "Attn": attn,
+            "MLP": _gated_mlp(cfg, t),
+            "Embed": {"scale": "sqrt_d"},
+        },
+        tied_by_default=True,
+    )
+
+
+def weights_gemma(cfg: Any, m: WeightMapper) -> None:
+    bias = bool(getattr(cfg, "attention_bias", False))
+    _standard_layers(cfg, m, qkv_bias=bias, o_bias=bias)
+    m.head(cfg, "model.embed_tokens.weight", _tied(cfg, True))
+
+
+GEMMA_SANDWICH = "Norm->Attn->Norm->+->Norm->MLP->Norm->+"
+
+
+def config_gemma3(cfg: Any) -> dict:
+    """Gemma 3 (text): Gemma 2's sandwich norms and local/global layers, with ``(1 + w)``
+    RMSNorms of each head's queries and keys, and a RoPE of its own per layer type (the local
+    layers' ``rope_theta`` inline)."""
+    t = "gemma3_text"
+    if getattr(cfg, "use_bidirectional_attention", False):
+        raise _unsupported(t, "use_bidirectional_attention")
+    kinds = _windows(cfg, t)
+    rope = dict(getattr(cfg, "rope_parameters", None) or {})
+    attn = {
+        **_attn(cfg, t, params=rope.get("full_attention")),
+        "scale": float(cfg.query_pre_attn_scalar) ** -0.5,
+        "bias": bool(getattr(cfg, "attention_bias", False)),
+        "qk_norm": True,
+        "qk_norm_eps": cfg.rms_norm_eps,
+        "qk_norm_unit_offset": True,
+    }
+    # attn_logit_softcapping is read by no transformers Gemma 3 attention: not carried over
+    blocks, layers = _layered(cfg, GEMMA_SANDWICH, kinds)
+    if "local" in blocks:  # the local layers' rotary, where it differs from the global one
+        local = _attn(cfg, t, params=rope.get("sliding_attention"))
+        inline = [f"window={int(cfg.sliding_window)}"]
+        for name, value in local.items():
+            if attn.get(name) != value:
+                inline.append(f"{name}={_value(value)}")
+        if "rope_scaling" in attn and "rope_scaling" not in local:  # scaled global layers only
+            inline.append("rope_scaling=none")
+        blocks["local"] = GEMMA_SANDWICH.replace("Attn", f"Attn({', '.join(inline)})", 1)
+    defaults: dict[str, dict] = {
+        "Norm": _rms(cfg, unit_offset=True),
+        "Attn": attn,
+        "MLP": _gated_mlp(cfg, t),
+        "Embed": {"scale": "sqrt_d"},
+    }
+    if cfg.final_logit_softcapping is not None:
+        defaults["Head"] = {"softcap": float(cfg.final_logit_softcapping)}
+    return _config(cfg, layers=layers, blocks=blocks, defaults=defaults, tied_by_default=True)
+
+
+def _value(value: Any) -> str:
+    from blockdsl.printer import format_value
+
+    return format_value(value)
+
+
+def weights_gemma3(cfg: Any, m: WeightMapper) -> None:
+    bias = bool(getattr(cfg, "attention_bias", False))
+    m.put("embed.embed.tok.weight", "model.embed_tokens.weight")
+    for i in range(cfg.num_hidden_layers):
+        p, q = f"model.layers.{i}", f"layers.{i}"
+        m.norm(f"{q}.norm", f"{p}.input_layernorm", bias=False)
+        _attn_weights(m, p, q, bias, bias)
+        for n in "qk":
+            m.norm(f"{q}.attn.{n}_norm", f"{p}.self_attn.{n}_norm", bias=False)
+        m.norm(f"{q}.norm_1", f"{p}.post_attention_layernorm", bias=False)
+        m.norm(f"{q}.norm_2", f"{p}.pre_feedforward_layernorm", bias=False)
+        _mlp_weights(m, p, q)
+        m.norm(f"{q}.norm_3", f"{p}.post_feedforward_layernorm", bias=False)
+    m.norm("head.norm", "model.norm", bias=False)
+    m.head(cfg, "model.embed_tokens.weight", _tied(cfg, True))
+
+
+_register("gemma", "GemmaForCausalLM", config_gemma, weights_gemma)
+_register("gemma3_text", "Gemma3ForCausalLM", config_gemma3, weights_gemma3)
+
+
+# --------------------------------------------------------------------------- olmo, olmo 2
+
+
+def config_olmo(cfg: Any) -> dict:
+    """OLMo: Llama with LayerNorms that learn nothing (eps 1e-5) and q/k/v clipped to
+    ``clip_qkv``."""
+    t = "olmo"
+    attn = {**_attn(cfg, t), "bias": bool(cfg.attention_bias)}
+    if cfg.clip_qkv is not None:
+        attn["clip_qkv"] = float(cfg.clip_qkv)
+    return _config(
+        cfg,
+        layers=f"block*{cfg.num_hidden_layers}",
+        blocks={"block": PRE_NORM},
+        defaults={
+            "Norm": {"kind": "layer", "eps": 1e-5, "affine": False, "bias": False},
+            "Attn": attn,
+            "MLP": _gated_mlp(cfg, t),
+        },
+    )
+
+
+def weights_olmo(cfg: Any, m: WeightMapper) -> None:
+    bias = bool(cfg.attention_bias)
+    m.put("embed.embed.tok.weight", "model.embed_tokens.weight")
+    for i in range(cfg.num_hidden_layers):
+        p, q = f"model.layers.{i}", f"layers.{i}"
+        _attn_weights(m, p, q, bias, bias)
+        _mlp_weights(m, p, q)
+    m.head(cfg, "model.embed_tokens.weight", _tied(cfg, False))
+
+
+def config_olmo2(cfg: Any) -> dict:
+    """OLMo 2: norms after attention and MLP, not before (``Attn->Norm->+``), and an RMSNorm
+    of the whole query and key projections (``qk_norm_over=all``)."""
+    t = "olmo2"
+    attn = {
+        **_attn(cfg, t),
+        "bias": bool(cfg.attention_bias),
+        "qk_norm": True,
+        "qk_norm_over": "all",
+        "qk_norm_eps": cfg.rms_norm_eps,
+    }
+    return _config(
+        cfg,
+        layers=f"block*{cfg.num_hidden_layers}",
+        blocks={"block": "Attn->Norm->+->MLP->Norm->+"},
+        defaults={"Norm": _rms(cfg), "Attn": attn, "MLP": _gated_mlp(cfg, t)},
+    )
+
+
+def weights_olmo2(cfg: Any, m: WeightMapper) -> None:
+    bias = bool(cfg.attention_bias)
+    m.put("embed.embed.tok.weight", "model.embed_tokens.weight")
+    for i in range(cfg.num_hidden_layers):
+        p, q = f"model.layers.{i}", f"layers.{i}"
+        _attn_weights(m, p, q, bias, bias)
+        for n in "qk":
+            m.norm(f"{q}.attn.{n}_norm", f"{p}.self_attn.{n}_norm", bias=False)
+        m.norm(f"{q}.norm", f"{p}.post_attention_layernorm", bias=False)
+        _mlp_weights(m, p, q)
+        m.norm(f"{q}.norm_1", f"{p}.post_feedforward_layernorm", bias=False)
+    m.norm("head.norm", "model.norm", bias=False)
+    m.head(cfg, "model.embed_tokens.weight", _tied(cfg, False))
+
+
+_register("olmo", "OlmoForCausalLM", config_olmo, weights_olmo)
+_register("olmo2", "Olmo2ForCausalLM", config_olmo2, weights_olmo2)
+
+
+# --------------------------------------------------------------------------- cohere, stablelm
+
+PARALLEL_SHARED = "Norm#ln->Attn->+ | Norm#ln->MLP->+"
+
+
+def config_cohere(cfg: Any) -> dict:
+    """Cohere (Command R): parallel attention and MLP on one bias-free LayerNorm, interleaved
+    rotary pairs, optional per-head LayerNorms of queries and keys, logits times
+    ``logit_scale``."""
+    t = "cohere"
+    attn = {**_attn(cfg, t), "rope_interleaved": True, "bias": bool(cfg.attention_bias)}
+    if cfg.use_qk_norm:
+        attn.update(
+            qk_norm=True,
+            qk_norm_kind="layer",
+            qk_norm_per_head=True,
+            qk_norm_eps=cfg.layer_norm_eps,
+        )
+    defaults: dict[str, dict] = {
+        "Norm": {"kind": "layer", "eps": cfg.layer_norm_eps, "bias": False},
+        "Attn": attn,
+        "MLP": _gated_mlp(cfg, t),
+    }
+    if cfg.logit_scale is not None and cfg.logit_scale != 1.0:
+        defaults["Head"] = {"scale": float(cfg.logit_scale)}
+    return _config(
+        cfg,
+        layers=f"block*{cfg.num_hidden_layers}",
+        blocks={"block": PARALLEL_SHARED},
+        defaults=defaults,
+        tied_by_default=True,
+    )
+
+
+def weights_cohere(cfg: Any, m: WeightMapper) -> None:
+    bias = bool(cfg.attention_bias)
+    m.put("embed.embed.tok.weight", "model.embed_tokens.weight")
+    for i in range(cfg.num_hidden_layers):
+        p, q = f"model.layers.{i}", f"layers.{i}"
+        m.norm(f"{q}.ln", f"{p}.input_layernorm", bias=False)
+        _attn_weights(m, p, q, bias, bias)
+        if cfg.use_qk_norm:
+            for n in "qk":
+                m.norm(f"{q}.attn.{n}_norm", f"{p}.self_attn.{n}_norm", bias=False)
+        _mlp_weights(m, p, q)
+    m.norm("head.norm", "model.norm", bias=False)
+    m.head(cfg, "model.embed_tokens.weight", _tied(cfg, True))
+
+
+def config_stablelm(cfg: Any) -> dict:
+    """StableLM: LayerNorms, a partial rotary, q/k/v biases (``use_qkv_bias``, none on o),
+    optional per-head LayerNorms of queries and keys, parallel residual (one shared norm) or
+    sequential."""
+    t = "stablelm"
+    attn = {**_attn(cfg, t, partial=True), "qkv_bias": bool(cfg.use_qkv_bias)}
+    if cfg.qk_layernorm:
+        attn.update(
+            qk_norm=True,
+            qk_norm_kind="layer",
+            qk_norm_per_head=True,
+            qk_norm_eps=cfg.layer_norm_eps,
+        )
+    block = PARALLEL_SHARED if cfg.use_parallel_residual else PRE_NORM
+    return _config(
+        cfg,
+        layers=f"block*{cfg.num_hidden_layers}",
+        blocks={"block": block},
+        defaults={
+            "Norm": {"kind": "layer", "eps": cfg.layer_norm_eps, "bias": True},
+            "Attn": attn,
+            "MLP": _gated_mlp(cfg, t),
+        },
+    )
+
+
+def _stack(*ws: Tensor) -> Tensor:
+    return torch.stack(ws)
+
+
+def weights_stablelm(cfg: Any, m: WeightMapper) -> None:
+    m.put("embed.embed.tok.weight", "model.embed_tokens.weight")
+    heads = {"q": cfg.num_attention_heads, "k": cfg.num_key_value_heads}
+    for i in range(cfg.num_hidden_layers):
+        p, q = f"model.layers.{i}", f"layers.{i}"
+        first = "ln" if cfg.use_parallel_residual else "norm"
+        m.norm(f"{q}.{first}", f"{p}.input_layernorm", bias=True)
+        _attn_weights(m, p, q, bool(cfg.use_qkv_bias), False)
+        if cfg.qk_layernorm:  # one LayerNorm per head: stacked into weight [heads, head_dim]
+            for n, count in heads.items():
+                srcs = [f"{p}.self_attn.{n}_layernorm.norms.{h}.weight" for h in range(count)]
+                m.put(f"{q}.attn.{n}_norm.weight", *srcs, fn=_stack)
+        if not cfg.use_parallel_residual:
+            m.norm(f"{q}.norm_1", f"{p}.post_attention_layernorm", bias=True)
+        _mlp_weights(m, p, q)
+    m.norm("head.norm", "model.norm", bias=True)
+    m.head(cfg, "model.embed_tokens.weight", _tied(cfg, False))
+
+
+_register("cohere", "CohereForCausalLM", config_cohere, weights_cohere)
+_register("stablelm", "StableLmForCausalLM", config_stablelm, weights_stablelm)
+
+
+# --------------------------------------------------------------------------- phi3, granite
+
+
+def config_phi3(cfg: Any) -> dict:
+    """Phi-3: Llama with fused q/k/v and gate/up projections (split on import), a partial
+    rotary, LongRoPE, an optional sliding window."""
+    t = "phi3"
+    attn = _attn(cfg, t, partial=True)
+    if cfg.sliding_window is not None:
+        attn["window"] = int(cfg.sliding_window)
+    return _config(
+        cfg,
+        layers=f"block*{cfg.num_hidden_layers}",
+        blocks={"block": PRE_NORM},
+        defaults={"Norm": _rms(cfg), "Attn": attn, "MLP": _gated_mlp(cfg, t)},
+    )
+
+
+def weights_phi3(cfg: Any, m: WeightMapper) -> None:
+    H, K, hd = cfg.num_attention_heads, cfg.num_key_value_heads, _head_dim(cfg)
+    inter = cfg.intermediate_size
+    m.put("embed.embed.tok.weight", "model.embed_tokens.weight")
+    for i in range(cfg.num_hidden_layers):
+        p, q = f"model.layers.{i}", f"layers.{i}"
+        m.norm(f"{q}.norm", f"{p}.input_layernorm", bias=False)
+        m.split(  # rows [q (H*hd) | k (K*hd) | v (K*hd)]
+            [f"{q}.attn.{n}.weight" for n in "qkv"],
+            f"{p}.self_attn.qkv_proj.weight",
+            lambda w: list(w.split([H * hd, K * hd, K * hd])),
+        )
+        m.linear(f"{q}.attn.o", f"{p}.self_attn.o_proj", bias=False)
+        m.norm(f"{q}.norm_1", f"{p}.post_attention_layernorm", bias=False)
+        m.split(  # rows [gate | up]
+            [f"{q}.mlp.gate.weight", f"{q}.mlp.up.weight"],
+            f"{p}.mlp.gate_up_proj.weight",
+            lambda w: list(w.split([inter, inter])),
+        )
+        m.linear(f"{q}.mlp.down", f"{p}.mlp.down_proj", bias=False)
+    m.norm("head.norm", "model.norm", bias=False)
+    m.head(cfg, "model.embed_tokens.weight", _tied(cfg, False))
+
+
+def config_granite(cfg: Any) -> dict:
+    """Granite: Llama with constant multipliers: embeddings (``Embed(scale)``), each residual
+    update (``Scale(by)`` before ``+``), attention scores (``Attn(scale)``) and the logits
+    (``Head(scale = 1 / logits_scaling)``)."""
+    t = "granite"
+    bias = bool(cfg.attention_bias)
+    attn = {**_attn(cfg, t), "scale": float(cfg.attention_multiplier), "bias": bias}
+    defaults: dict[str, dict] = {
+        "Norm": _rms(cfg),
+        "Attn": attn,
+        "MLP": _gated_mlp(cfg, t, bias=bool(getattr(cfg, "mlp_bias", False))),
+    }
+    block = PRE_NORM
+    if cfg.residual_multiplier != 1.0:
+        block = "Norm->Attn->Scale->+->Norm->MLP->Scale->+"
+        defaults["Scale"] = {"by": float(cfg.residual_multiplier)}
+    if cfg.embedding_multiplier != 1.0:
+        defaults["Embed"] = {"scale": float(cfg.embedding_multiplier)}
+    if cfg.logits_scaling != 1.0:
+        defaults["Head"] = {"scale": 1.0 / float(cfg.logits_scaling)}
+    return _config(
+        cfg, layers=f"block*{cfg.num_hidden_layers}", blocks={"block": block}, defaults=defaults
+    )
+
+
+def weights_granite(cfg: Any, m: WeightMapper) -> None:
+    bias = bool(cfg.attention_bias)
+    _standard_layers(
+        cfg, m, qkv_bias=bias, o_bias=bias, mlp_bias=bool(getattr(cfg, "mlp_bias", False))
+    )
+    m.head(cfg, "model.embed_tokens.weight", _tied(cfg, False))
+
+
+_register("phi3", "Phi3ForCausalLM", config_phi3, weights_phi3)
+_register("granite", "GraniteForCausalLM", config_granite, weights_granite)
+
+
+# --------------------------------------------------------------------------- starcoder2
+
+
+def config_starcoder2(cfg: Any) -> dict:
+    """StarCoder2: LayerNorms and biases everywhere (``use_bias``), a plain (ungated) MLP,
+    an optional sliding window."""
+    t = "starcoder2"
+    attn = {**_attn(cfg, t), "bias": bool(cfg.use_bias)}
+    if cfg.sliding_window is not None:
+        attn["window"] = int(cfg.sliding_window)
+    return _config(
+        cfg,
+        layers=f"block*{cfg.num_hidden_layers}",
+        blocks={"block": PRE_NORM},
+        defaults={
+            "Norm": {"kind": "layer", "eps": cfg.norm_epsilon, "bias": True},
+            "Attn": attn,
+            "MLP": {
+                "hidden": cfg.intermediate_size,
+                "act": _act(cfg.hidden_act, t),
+                "gated": False,
+                "bias": bool(cfg.use_bias),
+            },
+        },
+        tied_by_default=True,
+    )
+
+
+def weights_starcoder2(cfg: Any, m: WeightMapper) -> None:
+    bias = bool(cfg.use_bias)
+    m.put("embed.embed.tok.weight", "model.embed_tokens.weight")
+    for i in range(cfg.num_hidden_layers):
+        p, q = f"model.layers.{i}", f"layers.{i}"
+        m.norm(f"{q}.norm", f"{p}.input_layernorm", bias=True)
+        _attn_weights(m, p, q, bias, bias)
+        m.norm(f"{q}.norm_1", f"{p}.post_attention_layernorm", bias=True)
+        m.linear(f"{q}.mlp.up", f"{p}.mlp.c_fc", bias)
+        m.linear(f"{q}.mlp.down", f"{p}.mlp.c_proj", bias)
+    m.norm("head.norm", "model.norm", bias=True)
+    m.head(cfg, "model.embed_tokens.weight", _tied(cfg, True))
+
+
+_register("starcoder2", "Starcoder2ForCausalLM", config_starcoder2, weights_starcoder2)
+
+
+# --------------------------------------------------------------------------- persimmon, nemotron
+
+
+def config_persimmon(cfg: Any) -> dict:
+    """Persimmon: LayerNorms, biases everywhere, a partial rotary, LayerNorms (with bias) of
+    each head's queries and keys (``qk_layernorm``), a squared-ReLU MLP."""
+    t = "persimmon"
+    # every head has its own keys and values (the config has no num_key_value_heads)
+    attn = {**_attn(cfg, t, partial=True), "kv_heads": cfg.num_attention_heads, "bias": True}
+    if cfg.qk_layernorm:
+        attn.update(
+            qk_norm=True, qk_norm_kind="layer", qk_norm_bias=True, qk_norm_eps=cfg.layer_norm_eps
+        )
+    return _config(
+        cfg,
+        layers=f"block*{cfg.num_hidden_layers}",
+        blocks={"block": PRE_NORM},
+        defaults={
+            "Norm": {"kind": "layer", "eps": cfg.layer_norm_eps, "bias": True},
+            "Attn": attn,
+            "MLP": {
+                "hidden": cfg.intermediate_size,
+                "act": _act(cfg.hidden_act, t),
+                "gated": False,
+                "bias": True,
+            },
+        },
+    )
+
+
+def weights_persimmon(cfg: Any, m: WeightMapper) -> None:
+    H, d = cfg.num_attention_heads, cfg.hidden_size
+    m.put("embed.embed.tok.weight", "model.embed_tokens.weight")
+    for i in range(cfg.num_hidden_layers):
+        p, q = f"model.layers.{i}", f"layers.{i}"
+        m.norm(f"{q}.norm", f"{p}.input_layernorm", bias=True)
+        # fused per head: rows [q_0 | k_0 | v_0 | q_1 | ...] (as GPT-NeoX)
+        m.split(
+            [f"{q}.attn.{n}.weight" for n in "qkv"],
+            f"{p}.self_attn.query_key_value.weight",
+            lambda w: [t.reshape(d, d) for t in w.reshape(H, 3, -1, d).unbind(1)],
+        )
+        m.split(
+            [f"{q}.attn.{n}.bias" for n in "qkv"],
+            f"{p}.self_attn.query_key_value.bias",
+            lambda b: [t.reshape(d) for t in b.reshape(H, 3, -1).unbind(1)],
+        )
+        m.linear(f"{q}.attn.o", f"{p}.self_attn.dense", bias=True)
+        if cfg.qk_layernorm:
+            for n in "qk":
+                m.norm(f"{q}.attn.{n}_norm", f"{p}.self_attn.{n}_layernorm", bias=True)
+        m.norm(f"{q}.norm_1", f"{p}.post_attention_layernorm", bias=True)
+        m.linear(f"{q}.mlp.up", f"{p}.mlp.dense_h_to_4h", bias=True)
+        m.linear(f"{q}.mlp.down", f"{p}.mlp.dense_4h_to_h", bias=True)
+    m.norm("head.norm", "model.final_layernorm", bias=True)
+    m.head(cfg, "model.embed_tokens.weight", _tied(cfg, False))
+
+
+def config_nemotron(cfg: Any) -> dict:
+    """Nemotron: LayerNorms with a ``(1 + w)`` weight and a bias (LayerNorm1P), a partial
+    rotary, a squared-ReLU MLP."""
+    t = "nemotron"
+    attn = {**_attn(cfg, t, partial=True), "bias": bool(cfg.attention_bias)}
+    return _config(
+        cfg,
+        layers=f"block*{cfg.num_hidden_layers}",
+        blocks={"block": PRE_NORM},
+        defaults={
+            "Norm": {"kind": "layer", "eps": cfg.norm_eps, "bias": True, "unit_offset": True},
+            "Attn": attn,
+            "MLP": {
+                "hidden": cfg.intermediate_size,
+                "act": _act(cfg.hidden_act, t),
+                "gated": False,
+                "bias": bool(cfg.mlp_bias),
+            },
+        },
+    )
+
+
+def weights_nemotron(cfg: Any, m: WeightMapper) -> None:
+    m.put("embed.embed.tok.weight", "model.embed_tokens.weight")
+    bias, mlp_bias = bool(cfg.attention_bias), bool(cfg.mlp_bias)
+    for i in range(cfg.num_hidden_layers):
+        p, q = f"model.layers.{i}", f"layers.{i}"
+        m.norm(f"{q}.norm", f"{p}.input_layernorm", bias=True)
+        _attn_weights(m, p, q, bias, bias)
+        m.norm(f"{q}.norm_1", f"{p}.post_attention_layernorm", bias=True)
+        m.linear(f"{q}.mlp.up", f"{p}.mlp.up_proj", mlp_bias)
+        m.linear(f"{q}.mlp.down", f"{p}.mlp.down_proj", mlp_bias)
+    m.norm("head.norm", "model.norm", bias=True)
+    m.head(cfg, "model.embed_tokens.weight", _tied(cfg, False))
+
+
+_register("persimmon", "PersimmonForCausalLM", config_persimmon, weights_persimmon)
+_register("nemotron", "NemotronForCausalLM", config_nemotron, weights_nemotron)
