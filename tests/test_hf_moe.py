@@ -47,8 +47,8 @@ _COMMON = dict(
 
 def _cfg(name: str, **extra):
     if name == "qwen2_moe":
-        cfg = transformers.Qwen2MoeConfig(
-            **_COMMON,
+        kwargs = dict(
+            _COMMON,
             num_key_value_heads=2,
             intermediate_size=48,
             moe_intermediate_size=16,
@@ -57,19 +57,18 @@ def _cfg(name: str, **extra):
             num_experts_per_tok=2,
             mlp_only_layers=[0],
             qkv_bias=False,
-            **extra,
         )
-        return transformers.Qwen2MoeForCausalLM, cfg
+        return transformers.Qwen2MoeForCausalLM, transformers.Qwen2MoeConfig(**{**kwargs, **extra})
     if name == "olmoe":
-        cfg = transformers.OlmoeConfig(
-            **{**_COMMON, "num_hidden_layers": 2},
+        kwargs = dict(
+            _COMMON,
+            num_hidden_layers=2,
             num_key_value_heads=2,
             intermediate_size=16,
             num_experts=4,
             num_experts_per_tok=2,
-            **extra,
         )
-        return transformers.OlmoeForCausalLM, cfg
+        return transformers.OlmoeForCausalLM, transformers.OlmoeConfig(**{**kwargs, **extra})
     if name == "dbrx":
         ffn = {"ffn_hidden_size": 16, "moe_num_experts": 4, "moe_top_k": 2}
         cfg = transformers.DbrxConfig(
@@ -123,11 +122,14 @@ def _cfg(name: str, **extra):
 
 
 def _hf_model(name: str, seed: int = 0, **extra):
-    """A random HF model with every parameter (and DeepSeek-V3's correction bias, a buffer)
-    re-randomised."""
+    """A random HF model of a class above."""
     torch.manual_seed(seed)
     cls, cfg = _cfg(name, **extra)
-    model = cls(cfg)
+    return _randomised(cls(cfg), seed)
+
+
+def _randomised(model, seed: int = 0):
+    """Every parameter (and DeepSeek-V3's correction bias, a buffer) re-randomised."""
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in model.parameters():
@@ -175,3 +177,149 @@ def test_logits_and_greedy_match(name, extra):
     hf_model = _hf_model(name, **extra)
     model = hf.from_hf(hf_model)
     _check_parity(hf_model, model)
+
+
+# --------------------------------------------------------------------------- jitter
+
+
+def _mixtral(jitter: float):
+    torch.manual_seed(0)
+    cfg = transformers.MixtralConfig(
+        **{**_COMMON, "num_hidden_layers": 2},
+        num_key_value_heads=2,
+        intermediate_size=16,
+        num_local_experts=4,
+        num_experts_per_tok=2,
+        router_jitter_noise=jitter,
+    )
+    return _randomised(transformers.MixtralForCausalLM(cfg))
+
+
+def test_mixtral_jitter_matches_in_training():
+    """transformers multiplies the whole MoE input by the noise (the experts see it too): with
+    the same seed, training-mode logits agree; router-only jitter (Switch) does not."""
+    hf_model = _mixtral(0.1).train()
+    model = hf.from_hf(hf_model)
+    assert model.training
+    moe = model.layers[0].moe
+    assert (moe.jitter, moe.jitter_scope) == (0.1, "input")
+    ids = _ids()
+    with torch.no_grad():
+        torch.manual_seed(5)
+        theirs = hf_model(ids).logits
+        torch.manual_seed(5)
+        ours = model(ids)
+        assert (theirs - ours).abs().max().item() <= TOL
+        for layer in model.layers:
+            layer.moe.jitter_scope = "router"
+        torch.manual_seed(5)
+        router_only = model(ids)
+    assert (theirs - router_only).abs().max().item() > 100 * TOL
+
+
+def test_no_jitter_leaves_mixtral_config_unchanged():
+    config = hf.to_config(_mixtral(0.0).config)
+    assert "jitter" not in config["defaults"]["MoE"]
+    assert "jitter_scope" not in config["defaults"]["MoE"]
+
+
+@needs_clip_qkv
+def test_dbrx_jitter_matches_in_training():
+    hf_model = _hf_model("dbrx", ffn_config={"moe_jitter_eps": 0.2}).train()
+    model = hf.from_hf(hf_model)
+    assert model.layers[0].moe.jitter_scope == "input"
+    with torch.no_grad():
+        torch.manual_seed(7)
+        theirs = hf_model(_ids()).logits
+        torch.manual_seed(7)
+        ours = model(_ids())
+    assert (theirs - ours).abs().max().item() <= TOL
+
+
+# --------------------------------------------------------------------------- configs
+
+
+def test_imported_configs_read_as_named_blocks():
+    expected = {
+        "qwen2_moe": ("dense->moe*2", {"dense", "moe"}),
+        "olmoe": ("moe*2", {"moe"}),
+        "dbrx": ("block*2", {"block"}),
+        "deepseek_v2": ("dense->moe*2", {"dense", "moe"}),
+        "deepseek_v3": ("dense->moe*2", {"dense", "moe"}),
+    }
+    for name, (layers, blocks) in expected.items():
+        config = hf.to_config(_cfg(name)[1])
+        assert config["model"]["layers"] == layers, name
+        assert set(config["blocks"]) == blocks, name
+    v3 = hf.to_config(_cfg("deepseek_v3")[1])
+    assert v3["blocks"]["moe"] == "Norm->MLA->+->Norm->MoE->+"
+    assert v3["defaults"]["MoE"] == {
+        "experts": 4,
+        "k": 2,
+        "hidden": 16,
+        "act": "silu",
+        "gated": True,
+        "shared": 1,
+        "aux_loss": 0.0,
+        "score": "sigmoid",
+        "score_bias": True,
+        "norm_topk": True,
+        "routed_scale": 1.5,
+        "groups": 2,
+        "topk_groups": 1,
+        "group_top": 2,
+    }
+    sparse = _cfg("qwen2_moe", mlp_only_layers=[], decoder_sparse_step=2)[1]
+    assert hf.to_config(sparse)["model"]["layers"] == "dense->moe->dense"
+    v2 = hf.to_config(_cfg("deepseek_v2", first_k_dense_replace=0)[1])
+    assert v2["model"]["layers"] == "moe*3"
+
+
+def test_compile_from_hf_shows_the_architecture(tmp_path, capsys):
+    from blockdsl.cli import main
+
+    hf_cfg = _cfg("deepseek_v3")[1]
+    hf_cfg.save_pretrained(tmp_path)
+    assert main(["compile", "--from-hf", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    count = sum(p.numel() for p in _hf_model("deepseek_v3").parameters())
+    assert out.splitlines() == [
+        f"3 layers, d_model=32, vocab=97, context=64: {count:,} parameters, "
+        "84.9 kFLOP per token at T=64",
+        "  embed (embed): Embed",
+        "    = Embed(x)",
+        "  layers.0 (dense): Norm->MLA->+->Norm->MLP->+",
+        "    = x + MLA(Norm(x)) + MLP(Norm(x + MLA(Norm(x))))",
+        "  layers.1-2 (moe): Norm->MLA->+->Norm->MoE->+",
+        "    = x + MLA(Norm(x)) + MoE(Norm(x + MLA(Norm(x))))",
+        "  head (head): Norm->Head",
+        "    = Head(Norm(x))",
+    ]
+
+
+# --------------------------------------------------------------------------- refusals
+
+REFUSALS = [
+    ("qwen2_moe", {"use_sliding_window": True}, "use_sliding_window"),
+    ("qwen2_moe", {"shared_expert_intermediate_size": 24}, "shared_expert_intermediate_size=24"),
+    ("olmoe", {"clip_qkv": 4.0}, "clip_qkv=4.0"),
+    ("dbrx", {"ffn_config": {"moe_normalize_expert_weights": 2.0}}, "moe_normalize_expert_weights"),
+    ("dbrx", {"ffn_config": {"ffn_act_fn": {"name": "silu", "alpha": 2}}}, "ffn_act_fn options"),
+    ("deepseek_v2", {"mlp_bias": True}, "mlp_bias"),
+    ("deepseek_v2", {"topk_method": "noaux_tc"}, "topk_method 'noaux_tc'"),
+    ("deepseek_v2", {"num_key_value_heads": 2}, "num_key_value_heads=2"),
+    (
+        "deepseek_v3",
+        {"rope_parameters": {"rope_type": "yarn", "factor": 4.0, "rope_theta": 500.0}},
+        "rope_type 'yarn'",
+    ),
+    ("deepseek_v3", {"hidden_act": "tanh"}, "activation 'tanh'"),
+]
+
+
+@pytest.mark.parametrize(("name", "extra", "match"), REFUSALS, ids=lambda v: str(v))
+def test_unsupported_options_are_named(name, extra, match):
+    with pytest.raises(hf.HFImportError, match=match) as info:
+        hf.to_config(_cfg(name, **extra)[1])
+    assert isinstance(info.value, blockdsl.BlockDSLError)
+    assert name in str(info.value)
