@@ -157,6 +157,7 @@ def _check_parity(hf_model, model) -> None:
 
 CASES = [
     ("qwen2_moe", {}),
+    ("qwen2_moe", {"qkv_bias": True, "tie_word_embeddings": True}),
     ("olmoe", {}),
     ("dbrx", {}),
     ("deepseek_v2", {}),
@@ -170,7 +171,12 @@ _NEEDS = {"olmoe": [needs_qk_norm_over], "dbrx": [needs_clip_qkv]}
 
 @pytest.mark.parametrize(
     ("name", "extra"),
-    [pytest.param(n, e, marks=_NEEDS.get(n, [])) for n, e in CASES],
+    [
+        pytest.param(
+            n, e, marks=[*_NEEDS.get(n, []), *([needs_qkv_bias] * bool(e.get("qkv_bias")))]
+        )
+        for n, e in CASES
+    ],
     ids=lambda v: str(v),
 )
 def test_logits_and_greedy_match(name, extra):
