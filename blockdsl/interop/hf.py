@@ -8,7 +8,9 @@
 Supported (``config.model_type``): ``gpt2``, ``llama``, ``mistral``, ``mixtral``, ``gemma2``,
 ``gpt_neox``, ``gptj``, ``lfm2`` and ``qwen3_next`` (the ``...ForCausalLM`` / ``GPT2LMHeadModel``
 classes); the state-space and hybrid ``mamba``, ``mamba2``, ``recurrent_gemma``, ``jamba``,
-``bamba`` and ``falcon_h1`` (``blockdsl.interop.hf_ssm``, docs/hybrids.md). Each architecture
+``bamba`` and ``falcon_h1`` (``blockdsl.interop.hf_ssm``, docs/hybrids.md); the
+mixture-of-experts ``qwen2_moe``, ``olmoe``, ``dbrx``, ``deepseek_v2`` and ``deepseek_v3``
+(``blockdsl.interop.hf_moe``). Each architecture
 is one ``Architecture`` record (its transformers class, weight prefix, config mapping and weight
 mapping) in ``ARCHITECTURES``: adding an architecture is adding one record with
 ``register_architecture``. Each becomes an ordinary blockdsl config (a block string,
