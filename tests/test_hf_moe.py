@@ -183,6 +183,9 @@ def test_logits_and_greedy_match(name, extra):
     hf_model = _hf_model(name, **extra)
     model = hf.from_hf(hf_model)
     _check_parity(hf_model, model)
+    if name == "deepseek_v3":  # a persistent buffer that is a weight: imported, not dropped
+        theirs = hf_model.model.layers[1].mlp.gate.e_score_correction_bias
+        assert torch.equal(model.layers[1].moe.score_bias, theirs) and theirs.abs().sum() > 0
 
 
 # --------------------------------------------------------------------------- jitter
