@@ -23,9 +23,20 @@ from blockdsl.components import (
     embed,
     linear_attention,
     long_conv,
+    mla,
     mlp,
     norm,
     ssm,
 )
 
-__all__ = ["attention", "basic", "embed", "linear_attention", "long_conv", "mlp", "norm", "ssm"]
+__all__ = [
+    "attention",
+    "basic",
+    "embed",
+    "linear_attention",
+    "long_conv",
+    "mla",
+    "mlp",
+    "norm",
+    "ssm",
+]

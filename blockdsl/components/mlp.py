@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -156,6 +156,10 @@ def _check_moe(
     hidden: int | None = None,
     mult: float = 4.0,
     n_children: int = 0,
+    groups: int = 1,
+    topk_groups: int | None = None,
+    group_top: int = 1,
+    jitter: float = 0.0,
     **_,
 ) -> Problem:
     if n_children and experts is not None and experts != n_children:
@@ -171,6 +175,33 @@ def _check_moe(
         return f"MoE top-k must be in 1..{E} (the number of experts), got k={k}"
     if h <= 0:
         return f"MoE hidden size must be positive, got {h}"
+    if not 0.0 <= jitter < 1.0:
+        return f"MoE jitter must be in [0, 1), got {jitter}"
+    return _check_groups(E, k, groups, topk_groups, group_top)
+
+
+def _check_groups(
+    experts: int, k: int, groups: int, topk_groups: int | None, group_top: int
+) -> Problem:
+    """Group-limited routing: the experts split into ``groups`` equal groups, each token picks
+    its ``topk_groups`` best groups, then its top-k experts among those groups' experts."""
+    if groups <= 0 or experts % groups:
+        return (
+            f"MoE groups={groups} must divide the {experts} experts",
+            "DeepSeek's n_group: experts split into equal groups",
+        )
+    per_group = experts // groups
+    chosen = groups if topk_groups is None else topk_groups
+    if not 1 <= chosen <= groups:
+        return f"MoE topk_groups must be in 1..{groups} (the number of groups), got {chosen}"
+    if k > chosen * per_group:
+        return (
+            f"MoE top-k={k} exceeds the {chosen * per_group} experts of the {chosen} groups "
+            "a token may use",
+            "raise topk_groups or lower k",
+        )
+    if not 1 <= group_top <= per_group:
+        return f"MoE group_top must be in 1..{per_group} (the experts per group), got {group_top}"
     return None
 
 
@@ -187,11 +218,27 @@ class MoE(nn.Module):
 
     Routing (as HF Mixtral): ``probs = softmax(router(x))`` in float32, the top ``k`` experts of
     each token, their probabilities renormalised to sum to 1 when ``norm_topk`` (Mixtral) or
-    used as they are (Qwen2-MoE). ``jitter > 0`` multiplies the *router's* input by
-    ``U(1 - jitter, 1 + jitter)`` noise in training (Switch Transformer). ``shared`` always-on
-    experts are one gated/plain MLP ``shared`` of width ``shared * hidden`` added to every token;
-    with ``shared_gate`` its output is scaled per token by ``sigmoid(shared_gate(x))``
-    (``nn.Linear(D, 1, bias=False)``; Qwen2-MoE, Qwen3-Next).
+    used as they are (Qwen2-MoE, OLMoE, DeepSeek-V2). Variants:
+
+    * ``score=sigmoid``: each expert's score is ``sigmoid(router(x))`` (DeepSeek-V3); with
+      ``norm_topk`` the chosen scores are divided by their sum (plus 1e-20).
+    * ``score_bias``: a persistent buffer ``score_bias`` (E,) added to the scores for choosing
+      the experts only; the weights are the unbiased scores (DeepSeek-V3's
+      ``e_score_correction_bias``, balanced without an auxiliary loss). It is state, not a
+      parameter: imported and checkpointed, never changed by the optimizer.
+    * ``groups``/``topk_groups``: group-limited routing (DeepSeek): the experts form ``groups``
+      equal groups, a group's score is the sum of its ``group_top`` best (biased) scores
+      (DeepSeek-V2: 1, the max; V3: 2), each token keeps its ``topk_groups`` best groups and
+      picks its top-k experts among theirs.
+    * ``routed_scale``: the routed experts' weights are multiplied by it (DeepSeek's
+      ``routed_scaling_factor``), after ``norm_topk``.
+
+    ``jitter > 0`` multiplies by ``U(1 - jitter, 1 + jitter)`` noise in training: the router's
+    input only (``jitter_scope=router``, Switch Transformer) or the whole MoE input, which the
+    experts then see too (``jitter_scope=input``, HF Mixtral's ``router_jitter_noise`` and DBRX's
+    ``moe_jitter_eps``). ``shared`` always-on experts are one gated/plain MLP ``shared`` of width
+    ``shared * hidden`` added to every token; with ``shared_gate`` its output is scaled per token
+    by ``sigmoid(shared_gate(x))`` (``nn.Linear(D, 1, bias=False)``; Qwen2-MoE, Qwen3-Next).
 
     Experts: ``experts`` (default 8) MLPs of width ``hidden`` (default ``int(mult * d_model)``)
     stored stacked as ``w_gate [E, hidden, D]`` (gated only), ``w_up [E, hidden, D]``,
@@ -225,8 +272,16 @@ class MoE(nn.Module):
         "shared": "always-on shared experts (one MLP of width shared * hidden)",
         "norm_topk": "renormalise the top-k weights to sum to 1 (Mixtral; Qwen2-MoE: false)",
         "aux_loss": "load-balancing loss coefficient",
-        "jitter": "multiplicative U(1-jitter, 1+jitter) noise on the router input in training",
+        "jitter": "multiplicative U(1-jitter, 1+jitter) noise in training (see jitter_scope)",
         "shared_gate": "scale the shared experts per token by sigmoid(shared_gate(x)) (Qwen-MoE)",
+        "jitter_scope": "what the jitter multiplies: router (its input only) or input (the "
+        "whole MoE input, as HF Mixtral/DBRX)",
+        "score": "expert scores: softmax over the experts, or sigmoid of each (DeepSeek-V3)",
+        "score_bias": "a bias buffer added to the scores for choosing experts only (DeepSeek-V3)",
+        "groups": "expert groups for group-limited routing (DeepSeek n_group)",
+        "topk_groups": "groups each token may use (DeepSeek topk_group); none: all",
+        "group_top": "a group's score: the sum of its group_top best expert scores",
+        "routed_scale": "multiplier of the routed experts' weights (routed_scaling_factor)",
     }
 
     def __init__(
@@ -244,14 +299,41 @@ class MoE(nn.Module):
         jitter: float = 0.0,
         children: Sequence[nn.Module] | None = None,
         shared_gate: bool = False,
+        jitter_scope: Literal["router", "input"] = "router",
+        score: Literal["softmax", "sigmoid"] = "softmax",
+        score_bias: bool = False,
+        groups: int = 1,
+        topk_groups: int | None = None,
+        group_top: int = 1,
+        routed_scale: float = 1.0,
     ) -> None:
         super().__init__()
         children = list(children or [])
-        raise_problem(_check_moe(d_model, experts, k, hidden, mult, n_children=len(children)))
+        raise_problem(
+            _check_moe(
+                d_model,
+                experts,
+                k,
+                hidden,
+                mult,
+                n_children=len(children),
+                groups=groups,
+                topk_groups=topk_groups,
+                group_top=group_top,
+                jitter=jitter,
+            )
+        )
         E = len(children) or (8 if experts is None else experts)
         h = _hidden(d_model, hidden, mult)
         self.d_model, self.num_experts, self.k, self.hidden = d_model, E, k, h
         self.norm_topk, self.aux_coef, self.jitter = norm_topk, aux_loss, jitter
+        self.jitter_scope, self.score = jitter_scope, score
+        self.groups, self.group_top, self.routed_scale = groups, group_top, routed_scale
+        self.topk_groups = groups if topk_groups is None else topk_groups
+        if score_bias:
+            self.register_buffer("score_bias", torch.zeros(E, dtype=torch.float32))
+        else:
+            self.score_bias = None
         self.act_name, self.act, self.gated = act, activation(act), gated
         self.router = nn.Linear(d_model, E, bias=False)
         if children:
@@ -316,16 +398,41 @@ class MoE(nn.Module):
             init_linear_(self.w_down, self.hidden)
 
     # ------------------------------------------------------------------ routing
+    def _jittered(self, x: torch.Tensor) -> torch.Tensor:
+        noise = torch.empty_like(x).uniform_(1.0 - self.jitter, 1.0 + self.jitter)
+        return x * noise
+
     def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(N, D) tokens -> router probs (N, E) float32, top-k weights (N, k), indices (N, k)."""
-        if self.training and self.jitter > 0:
-            noise = torch.empty_like(x).uniform_(1.0 - self.jitter, 1.0 + self.jitter)
-            x = x * noise
-        probs = F.softmax(self.router(x).float(), dim=-1)  # (N, E)
-        top_w, top_i = probs.topk(self.k, dim=-1)  # (N, k)
+        """(N, D) tokens -> router scores (N, E) float32, top-k weights (N, k), indices (N, k)."""
+        if self.training and self.jitter > 0 and self.jitter_scope == "router":
+            x = self._jittered(x)
+        logits = self.router(x).float()
+        sigmoid = self.score == "sigmoid"
+        probs = torch.sigmoid(logits) if sigmoid else F.softmax(logits, dim=-1)  # (N, E)
+        choice = probs if self.score_bias is None else probs + self.score_bias
+        if self.topk_groups < self.groups:
+            choice = self._limit_groups(choice)
+        if choice is probs:
+            top_w, top_i = probs.topk(self.k, dim=-1)  # (N, k)
+        else:  # chosen by the biased or group-masked scores, weighted by the scores
+            top_i = choice.topk(self.k, dim=-1).indices
+            top_w = probs.gather(1, top_i)
         if self.norm_topk:
-            top_w = top_w / top_w.sum(dim=-1, keepdim=True)
+            total = top_w.sum(dim=-1, keepdim=True)
+            top_w = top_w / (total + 1e-20 if self.score == "sigmoid" else total)
+        if self.routed_scale != 1.0:
+            top_w = top_w * self.routed_scale
         return probs, top_w, top_i
+
+    def _limit_groups(self, choice: torch.Tensor) -> torch.Tensor:
+        """(N, E) scores with every expert outside each token's ``topk_groups`` best groups set
+        to -inf; a group's score is the sum of its ``group_top`` best."""
+        per_group = self.num_experts // self.groups
+        grouped = choice.view(-1, self.groups, per_group)  # (N, G, E/G)
+        group_scores = grouped.topk(self.group_top, dim=-1).values.sum(dim=-1)  # (N, G)
+        kept = group_scores.topk(self.topk_groups, dim=-1).indices  # (N, topk_groups)
+        keep = torch.zeros_like(group_scores, dtype=torch.bool).scatter(1, kept, True)
+        return grouped.masked_fill(~keep[..., None], float("-inf")).view_as(choice)
 
     def _experts_grouped(
         self, x: torch.Tensor, top_w: torch.Tensor, top_i: torch.Tensor, counts: torch.Tensor
@@ -357,6 +464,8 @@ class MoE(nn.Module):
         # ``positions`` reach the children; ``state`` (decoding, docs/generation.md) has one
         # entry per child, that child block's state
         B = x.shape[0]
+        if self.training and self.jitter > 0 and self.jitter_scope == "input":
+            x = self._jittered(x)  # the experts (and children) see the noisy input too
         flat = rearrange(x, "b t d -> (b t) d")  # (N, D), N = B*T tokens
         probs, top_w, top_i = self.route(flat)  # (N, E), (N, k), (N, k)
         E = self.num_experts
@@ -400,9 +509,12 @@ class MoE(nn.Module):
         return total if total is not None else torch.zeros(())
 
     def extra_repr(self) -> str:
+        routing = "" if self.score == "softmax" else f", score={self.score}"
+        if self.groups > 1:
+            routing += f", groups={self.groups}, topk_groups={self.topk_groups}"
         return (
             f"experts={self.num_experts}, k={self.k}, hidden={self.hidden}, act={self.act_name}, "
-            f"gated={self.gated}, norm_topk={self.norm_topk}"
+            f"gated={self.gated}, norm_topk={self.norm_topk}{routing}"
         )
 
 

@@ -11,7 +11,8 @@ classes); the state-space and hybrid ``mamba``, ``mamba2``, ``recurrent_gemma``,
 ``bamba`` and ``falcon_h1`` (``blockdsl.interop.hf_ssm``, docs/hybrids.md); the dense decoders
 ``qwen2``, ``qwen3``, ``gemma``, ``gemma3_text``, ``olmo``, ``olmo2``, ``cohere``, ``stablelm``,
 ``phi3``, ``granite``, ``starcoder2``, ``persimmon`` and ``nemotron``
-(``blockdsl.interop.hf_dense``). Each architecture
+(``blockdsl.interop.hf_dense``); the mixture-of-experts ``qwen2_moe``, ``olmoe``, ``dbrx``,
+``deepseek_v2`` and ``deepseek_v3`` (``blockdsl.interop.hf_moe``). Each architecture
 is one ``Architecture`` record (its transformers class, weight prefix, config mapping and weight
 mapping) in ``ARCHITECTURES``: adding an architecture is adding one record with
 ``register_architecture``. Each becomes an ordinary blockdsl config (a block string,
@@ -337,6 +338,9 @@ class Architecture:
     config: Callable[[Any], dict]
     weights: Callable[[Any, WeightMapper], None]
     outside: tuple[str, ...] = ("lm_head",)
+    #: name endings of the HF model's persistent buffers that are weights (state the model
+    #: computes with, such as DeepSeek-V3's ``e_score_correction_bias``); other buffers are not
+    buffers: tuple[str, ...] = ()
 
 
 #: ``config.model_type`` -> its record.
@@ -510,8 +514,10 @@ def _config_mixtral(cfg: Any) -> dict:
         "gated": True,
         "norm_topk": True,
         "aux_loss": float(cfg.router_aux_loss_coef),
-        "jitter": float(getattr(cfg, "router_jitter_noise", 0.0) or 0.0),
     }
+    jitter = float(getattr(cfg, "router_jitter_noise", 0.0) or 0.0)
+    if jitter:  # transformers multiplies the whole MoE input, which the experts see too
+        moe.update(jitter=jitter, jitter_scope="input")
     return _llama_like(cfg, "mixtral", mlp=moe, window=True)
 
 
@@ -1083,9 +1089,11 @@ def convert_weights(hf_config: Any, state_dict: Mapping[str, Tensor]) -> dict[st
 
 
 def load_weights(model: torch.nn.Module, weights: Mapping[str, Tensor]) -> None:
-    """Copy converted weights into a blockdsl model's parameters (shared parameters once);
-    every parameter must be given, with its exact shape."""
+    """Copy converted weights into a blockdsl model's parameters and persistent buffers
+    (shared parameters once); every one must be given, with its exact shape."""
     params = dict(model.named_parameters())
+    persistent = model.state_dict(keep_vars=True)
+    params.update((n, b) for n, b in model.named_buffers() if n in persistent)
     missing = sorted(set(params) - set(weights))
     extra = sorted(set(weights) - set(params))
     wrong = sorted(
@@ -1133,7 +1141,12 @@ def from_hf(hf_model: torch.nn.Module, *, dtype: torch.dtype | None = None, devi
     ``dtype`` defaults to the HF model's; the result is in eval mode if the HF model is."""
     cfg = _as_hf_config(hf_model.config)
     config = to_config(cfg)
-    buffers = {name for name, _ in hf_model.named_buffers()}
+    weights_too = ARCHITECTURES[cfg.model_type].buffers
+    buffers = {
+        name
+        for name, _ in hf_model.named_buffers()
+        if not (weights_too and name.endswith(weights_too))
+    }
     state = {k: v for k, v in hf_model.state_dict().items() if k not in buffers}
     weights = convert_weights(cfg, state)
     model = _build(config, dtype or _floating_dtype(state), device)
@@ -1182,8 +1195,9 @@ def from_pretrained_dir(
 
 
 # The state-space and hybrid architectures (Mamba, Mamba2, RecurrentGemma, Jamba, Bamba,
-# Falcon-H1) and the dense decoders (Qwen2/3, Gemma, Gemma 3, OLMo, OLMo 2, Cohere, StableLM,
-# Phi-3, Granite, StarCoder2, Persimmon, Nemotron) are records in their own modules; importing
-# them registers them.
+# Falcon-H1), the dense decoders (Qwen2/3, Gemma, Gemma 3, OLMo, OLMo 2, Cohere, StableLM,
+# Phi-3, Granite, StarCoder2, Persimmon, Nemotron) and the mixture-of-experts ones (Qwen2-MoE,
+# OLMoE, DBRX, DeepSeek-V2/V3) are records in their own modules; importing them registers them.
 from blockdsl.interop import hf_dense as _hf_dense  # noqa: E402, F401
+from blockdsl.interop import hf_moe as _hf_moe  # noqa: E402, F401
 from blockdsl.interop import hf_ssm as _hf_ssm  # noqa: E402, F401
