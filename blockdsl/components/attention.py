@@ -48,11 +48,18 @@ def _check_heads(
     return None
 
 
-def _check_attn_options(window: int | None = None, rope_fraction: float = 1.0, **_) -> Problem:
+def _check_attn_options(
+    window: int | None = None,
+    rope_fraction: float = 1.0,
+    clip_qkv: float | None = None,
+    **_,
+) -> Problem:
     if window is not None and window <= 0:
         return f"window must be positive, got {window}"
     if not 0.0 <= rope_fraction <= 1.0:
         return f"rope_fraction must be in [0, 1], got {rope_fraction}"
+    if clip_qkv is not None and not clip_qkv > 0:
+        return f"clip_qkv must be positive, got {clip_qkv}"
     return None
 
 
@@ -242,9 +249,11 @@ class _Projections(nn.Module):
         d_memory: int | None = None,
         gate: bool = False,
         qk_norm_eps: float = 1e-6,
+        clip_qkv: float | None = None,
     ) -> None:
         super().__init__()
         raise_problem(_check_heads(d_model, heads, kv_heads, head_dim, dropout))
+        self.clip_qkv = clip_qkv
         kv, hd = _dims(d_model, heads, kv_heads, head_dim)
         self.heads, self.kv_heads, self.head_dim = heads, kv, hd
         self.groups = heads // kv  # query heads per kv head (GQA)
@@ -259,12 +268,23 @@ class _Projections(nn.Module):
         self.k_norm = Norm(hd, kind="rms", eps=qk_norm_eps) if qk_norm else None
         self.gate = nn.Linear(d_model, heads * hd, bias=bias) if gate else None
 
+    def projections(
+        self, x: torch.Tensor, kv_source: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The q, k, v linears, each clamped to ``[-clip_qkv, clip_qkv]`` when set (MPT)."""
+        q, k, v = self.q(x), self.k(kv_source), self.v(kv_source)
+        if self.clip_qkv is not None:
+            c = self.clip_qkv
+            q, k, v = q.clamp(-c, c), k.clamp(-c, c), v.clamp(-c, c)
+        return q, k, v
+
     def project(
         self, x: torch.Tensor, kv_source: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        q = rearrange(self.q(x), "b t (h d) -> b h t d", h=self.heads)  # (B, H, T, hd)
-        k = rearrange(self.k(kv_source), "b s (h d) -> b h s d", h=self.kv_heads)  # (B, K, S, hd)
-        v = rearrange(self.v(kv_source), "b s (h d) -> b h s d", h=self.kv_heads)  # (B, K, S, hd)
+        q, k, v = self.projections(x, kv_source)
+        q = rearrange(q, "b t (h d) -> b h t d", h=self.heads)  # (B, H, T, hd)
+        k = rearrange(k, "b s (h d) -> b h s d", h=self.kv_heads)  # (B, K, S, hd)
+        v = rearrange(v, "b s (h d) -> b h s d", h=self.kv_heads)  # (B, K, S, hd)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         return q, k, v
@@ -343,7 +363,10 @@ class Attn(_Projections):
       ``rotate_half``) or, with ``rope_interleaved``, adjacent pairs (GPT-J ``rotate_every_two``);
       the cos/sin tables are non-persistent buffers ``rope_cos``/``rope_sin`` of ``context``
       rows, indexed by ``positions`` (default ``arange(T)``; must be ``< context``).
-      ``pos=alibi``: per-head linear bias ``-slope_h * (i - j)`` on query/key *indices*.
+      ``pos=alibi``: per-head linear bias ``-slope_h * (i - j)`` on query/key *indices*, added
+      to the scaled scores; slopes ``alibi_scale * 2^(-8h/H)`` (``alibi_scale``: Falcon adds
+      ALiBi before scaling the scores, so its slopes are scaled by ``head_dim ** -0.5``), kept
+      in the non-persistent buffer ``alibi``.
     * ``causal`` (default true): query ``i`` sees keys ``j <= i``; ``window``: only keys with
       ``i - j < window`` (HF Mistral/Gemma 2). Masks are index based (built with one broadcast
       compare per call); with neither window nor ALiBi nor soft-capping SDPA's ``is_causal``.
@@ -351,6 +374,8 @@ class Attn(_Projections):
       ``q_norm.weight``/``k_norm.weight`` shared by the heads (epsilon ``qk_norm_eps``).
     * ``gate``: head-wise output gate (Qwen3-Next): the concatenated heads are multiplied by
       ``sigmoid(gate(x))`` (a ``D -> heads * head_dim`` linear of the input) before ``o``.
+    * ``clip_qkv``: the q, k and v projections (with their biases) clamped to ``[-clip_qkv,
+      clip_qkv]`` before anything else (MPT).
     * ``softcap``: scores ``softcap * tanh(scores / softcap)`` after scaling (Gemma 2); computed
       with explicit math, SDPA otherwise. ``scale`` defaults to ``head_dim ** -0.5``.
     * ``dropout``: on the attention probabilities, in training only.
@@ -381,6 +406,8 @@ class Attn(_Projections):
         "context": "maximum sequence length (rotary table size; set by the model)",
         "gate": "head-wise output gate `sigmoid(gate(x))` before `o` (Qwen3-Next)",
         "qk_norm_eps": "epsilon of the q/k RMSNorm",
+        "alibi_scale": "multiplies the ALiBi slopes (Falcon: head_dim ** -0.5)",
+        "clip_qkv": "clamp q, k, v projections to [-clip_qkv, clip_qkv] (MPT); none: off",
     }
 
     shape_steps = staticmethod(_attn_steps)
@@ -405,12 +432,17 @@ class Attn(_Projections):
         context: int = 2048,
         gate: bool = False,
         qk_norm_eps: float = 1e-6,
+        alibi_scale: float = 1.0,
+        clip_qkv: float | None = None,
     ) -> None:
         super().__init__(
             d_model, heads, kv_heads, head_dim, qk_norm, softcap, scale, bias, dropout,
-            gate=gate, qk_norm_eps=qk_norm_eps,
+            gate=gate, qk_norm_eps=qk_norm_eps, clip_qkv=clip_qkv,
         )  # fmt: skip
-        raise_problem(_check_attn_options(window=window, rope_fraction=rope_fraction))
+        raise_problem(
+            _check_attn_options(window=window, rope_fraction=rope_fraction, clip_qkv=clip_qkv)
+        )
+        self.alibi_scale = alibi_scale
         self.pos, self.causal, self.window, self.context = pos, causal, window, context
         self.rope_theta, self.rope_interleaved = rope_theta, rope_interleaved
         # rotary_size sets the frequencies, rotary_dims (its even round-up) the rotated dims.
@@ -440,7 +472,8 @@ class Attn(_Projections):
             self.register_buffer("rope_cos", angles.cos(), persistent=False)
             self.register_buffer("rope_sin", angles.sin(), persistent=False)
         if self.pos == "alibi":  # (H,) slopes
-            self.register_buffer("alibi", alibi_slopes(self.heads).to(device), persistent=False)
+            slopes = alibi_slopes(self.heads) * self.alibi_scale
+            self.register_buffer("alibi", slopes.to(device), persistent=False)
 
     def _mask(self, T: int, device: torch.device) -> torch.Tensor | None:
         """Boolean (T, T), True where query i may see key j; None for plain causal/full."""
@@ -545,9 +578,10 @@ class Attn(_Projections):
         K, G, hd = self.kv_heads, self.groups, self.head_dim
         positions = positions.expand(B, T) if positions.dim() == 2 else positions.expand(B, -1)
         cache_k, cache_v = state["k"], state["v"]  # (B, K, L, hd)
-        q = self.q(x).view(B, T, self.heads, hd).transpose(1, 2)  # (B, H, T, hd)
-        k = self.k(x).view(B, T, K, hd).transpose(1, 2)  # (B, K, T, hd)
-        v = self.v(x).view(B, T, K, hd).transpose(1, 2)
+        q, k, v = self.projections(x, x)
+        q = q.view(B, T, self.heads, hd).transpose(1, 2)  # (B, H, T, hd)
+        k = k.view(B, T, K, hd).transpose(1, 2)  # (B, K, T, hd)
+        v = v.view(B, T, K, hd).transpose(1, 2)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         if self.rotary_dims:

@@ -1105,6 +1105,8 @@ def from_pretrained_dir(
     return model
 
 
-# The state-space and hybrid architectures (Mamba, Mamba2, RecurrentGemma, Jamba, Bamba,
-# Falcon-H1) are records in their own module; importing it registers them.
+# More architectures are records in their own modules; importing one registers them: OPT,
+# BLOOM, MPT, Falcon, Phi and GPT-BigCode (hf_classic); the state-space and hybrid
+# architectures, Mamba, Mamba2, RecurrentGemma, Jamba, Bamba and Falcon-H1 (hf_ssm).
+from blockdsl.interop import hf_classic as _hf_classic  # noqa: E402, F401
 from blockdsl.interop import hf_ssm as _hf_ssm  # noqa: E402, F401
