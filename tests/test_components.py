@@ -198,6 +198,10 @@ def test_block_string_values_are_typed():
     [
         ("Attn", {"heads": 5}),  # 32 not divisible by 5
         ("Attn", {"heads": 8, "kv_heads": 3}),
+        ("Attn", {"clip_qkv": 0.0}),
+        ("Attn", {"alibi_scale": 0.5}),  # without pos=alibi
+        ("Embed", {"pos_offset": 2}),  # without pos=learned
+        ("Embed", {"pos": "learned", "pos_offset": -1}),
         ("MoE", {"experts": 2, "k": 3}),
         ("Conv", {"kernel": 0}),
         ("GatedDeltaNet", {"heads": 5}),

@@ -52,6 +52,8 @@ def _check_attn_options(
     window: int | None = None,
     rope_fraction: float = 1.0,
     clip_qkv: float | None = None,
+    pos: str = "rope",
+    alibi_scale: float = 1.0,
     **_,
 ) -> Problem:
     if window is not None and window <= 0:
@@ -60,6 +62,8 @@ def _check_attn_options(
         return f"rope_fraction must be in [0, 1], got {rope_fraction}"
     if clip_qkv is not None and not clip_qkv > 0:
         return f"clip_qkv must be positive, got {clip_qkv}"
+    if alibi_scale != 1.0 and pos != "alibi":
+        return (f"alibi_scale={alibi_scale} needs pos=alibi, got pos={pos}", "set pos=alibi")
     return None
 
 
@@ -440,7 +444,13 @@ class Attn(_Projections):
             gate=gate, qk_norm_eps=qk_norm_eps, clip_qkv=clip_qkv,
         )  # fmt: skip
         raise_problem(
-            _check_attn_options(window=window, rope_fraction=rope_fraction, clip_qkv=clip_qkv)
+            _check_attn_options(
+                window=window,
+                rope_fraction=rope_fraction,
+                clip_qkv=clip_qkv,
+                pos=pos,
+                alibi_scale=alibi_scale,
+            )
         )
         self.alibi_scale = alibi_scale
         self.pos, self.causal, self.window, self.context = pos, causal, window, context

@@ -8,8 +8,9 @@
 Supported (``config.model_type``): ``gpt2``, ``llama``, ``mistral``, ``mixtral``, ``gemma2``,
 ``gpt_neox``, ``gptj``, ``lfm2`` and ``qwen3_next`` (the ``...ForCausalLM`` / ``GPT2LMHeadModel``
 classes); ``opt``, ``bloom``, ``mpt``, ``falcon``, ``phi`` and ``gpt_bigcode``
-(``blockdsl.interop.hf_classic``); the state-space and hybrid ``mamba``, ``mamba2``, ``recurrent_gemma``, ``jamba``,
-``bamba`` and ``falcon_h1`` (``blockdsl.interop.hf_ssm``, docs/hybrids.md). Each architecture
+(``blockdsl.interop.hf_classic``); the state-space and hybrid ``mamba``, ``mamba2``,
+``recurrent_gemma``, ``jamba``, ``bamba`` and ``falcon_h1`` (``blockdsl.interop.hf_ssm``,
+docs/hybrids.md). Each architecture
 is one ``Architecture`` record (its transformers class, weight prefix, config mapping and weight
 mapping) in ``ARCHITECTURES``: adding an architecture is adding one record with
 ``register_architecture``. Each becomes an ordinary blockdsl config (a block string,
