@@ -23,6 +23,7 @@ EXTRA = [
     ("Attn", {"pos": "none", "causal": False}),
     ("Attn", {"head_dim": 16, "scale": 0.5, "rope_theta": 500.0}),
     ("Attn", {"gate": True, "qk_norm": True, "qk_norm_eps": 1e-5, "kv_heads": 2, "bias": True}),
+    ("Attn", {"pos": "alibi", "alibi_scale": 0.25, "clip_qkv": 0.5, "kv_heads": 1, "bias": True}),
     ("CrossAttn", {"kv_heads": 2, "qk_norm": True, "softcap": 30.0, "bias": True}),
     (
         "Attn",
@@ -72,6 +73,7 @@ EXTRA = [
     ("Norm", {"kind": "none"}),
     ("Norm", {"affine": False}),
     ("Embed", {"pos": "learned"}),
+    ("Embed", {"pos": "learned", "pos_offset": 2}),
     ("Embed", {"pos": "sinusoidal", "scale": "sqrt_d"}),
     ("Head", {"tie": True}),
     ("Head", {"tie": True, "bias": True, "softcap": 30.0}),
@@ -231,6 +233,10 @@ def test_block_string_values_are_typed():
     [
         ("Attn", {"heads": 5}),  # 32 not divisible by 5
         ("Attn", {"heads": 8, "kv_heads": 3}),
+        ("Attn", {"clip_qkv": 0.0}),
+        ("Attn", {"alibi_scale": 0.5}),  # without pos=alibi
+        ("Embed", {"pos_offset": 2}),  # without pos=learned
+        ("Embed", {"pos": "learned", "pos_offset": -1}),
         ("MoE", {"experts": 2, "k": 3}),
         ("Conv", {"kernel": 0}),
         ("GatedDeltaNet", {"heads": 5}),

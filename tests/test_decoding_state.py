@@ -47,6 +47,7 @@ ATTN_CASES = [
     {"softcap": 2.0, "pos": "alibi", "window": 5},
     {"rope_fraction": 0.5, "rope_interleaved": True},
     {"pos": "none", "bias": True},
+    {"pos": "alibi", "heads": 4, "kv_heads": 2, "alibi_scale": 0.3, "clip_qkv": 0.5},
 ]
 
 

@@ -49,11 +49,19 @@ def _check_heads(
     return None
 
 
-def _check_attn_options(window: int | None = None, rope_fraction: float = 1.0, **_) -> Problem:
+def _check_attn_options(
+    window: int | None = None,
+    rope_fraction: float = 1.0,
+    pos: str = "rope",
+    alibi_scale: float = 1.0,
+    **_,
+) -> Problem:
     if window is not None and window <= 0:
         return f"window must be positive, got {window}"
     if not 0.0 <= rope_fraction <= 1.0:
         return f"rope_fraction must be in [0, 1], got {rope_fraction}"
+    if alibi_scale != 1.0 and pos != "alibi":
+        return (f"alibi_scale={alibi_scale} needs pos=alibi, got pos={pos}", "set pos=alibi")
     return None
 
 
@@ -63,7 +71,7 @@ def _check_projection_options(
     qk_norm_per_head: bool = False,
     **_,
 ) -> Problem:
-    if clip_qkv is not None and clip_qkv <= 0:
+    if clip_qkv is not None and not clip_qkv > 0:  # NaN too
         return f"clip_qkv must be positive, got {clip_qkv}"
     if qk_norm_per_head and qk_norm_over != "head":
         return (
@@ -437,7 +445,10 @@ class Attn(_Projections):
       ``rotate_half``) or, with ``rope_interleaved``, adjacent pairs (GPT-J ``rotate_every_two``);
       the cos/sin tables are non-persistent buffers ``rope_cos``/``rope_sin`` of ``context``
       rows, indexed by ``positions`` (default ``arange(T)``; must be ``< context``).
-      ``pos=alibi``: per-head linear bias ``-slope_h * (i - j)`` on query/key *indices*.
+      ``pos=alibi``: per-head linear bias ``-slope_h * (i - j)`` on query/key *indices*, added
+      to the scaled scores; slopes ``alibi_scale * 2^(-8h/H)`` (``alibi_scale``: Falcon adds
+      ALiBi before scaling the scores, so its slopes are scaled by ``head_dim ** -0.5``), kept
+      in the non-persistent buffer ``alibi``.
     * ``causal`` (default true): query ``i`` sees keys ``j <= i``; ``window``: only keys with
       ``i - j < window`` (HF Mistral/Gemma 2). Masks are index based (built with one broadcast
       compare per call); with neither window nor ALiBi nor soft-capping SDPA's ``is_causal``.
@@ -458,7 +469,8 @@ class Attn(_Projections):
       ``qk_norm_per_head`` (``weight [heads, head_dim]``; Cohere, StableLM), or over the whole
       projection with ``qk_norm_over=all`` (``weight [heads * head_dim]``; OLMo 2).
       Parameters ``q_norm.weight``/``k_norm.weight`` (and ``.bias``).
-    * ``clip_qkv``: the q, k and v projections clamped to ``[-clip_qkv, clip_qkv]`` (OLMo).
+    * ``clip_qkv``: the q, k and v projections (with their biases) clamped to ``[-clip_qkv,
+      clip_qkv]`` before anything else (OLMo, MPT).
     * ``qkv_bias`` / ``o_bias``: the q/k/v and the output projections' biases each on their own
       (Qwen2: ``qkv_bias=true``); unset, both follow ``bias``.
     * ``gate``: head-wise output gate (Qwen3-Next): the concatenated heads are multiplied by
@@ -500,7 +512,8 @@ class Attn(_Projections):
         "qk_norm_unit_offset": "q/k norm scales by `(1 + weight)` (Gemma 3)",
         "qkv_bias": "biases on q, k, v; none: = bias",
         "o_bias": "bias on the output projection o; none: = bias",
-        "clip_qkv": "clamp the q, k, v projections to [-clip_qkv, clip_qkv] (OLMo); none: off",
+        "clip_qkv": "clamp the q, k, v projections to [-clip_qkv, clip_qkv] (OLMo, MPT); none: off",
+        "alibi_scale": "multiplies the ALiBi slopes (Falcon: head_dim ** -0.5)",
         "rope_scaling": "rotary scaling: none, linear, dynamic (NTK), llama3, yarn or longrope",
         "rope_factor": "rotary scaling factor (context extension ratio)",
         "rope_original_context": "the context trained with (dynamic, llama3, yarn, longrope)",
@@ -555,6 +568,7 @@ class Attn(_Projections):
         rope_attention_factor: float | None = None,
         rope_short_factor: list[float] | None = None,
         rope_long_factor: list[float] | None = None,
+        alibi_scale: float = 1.0,
     ) -> None:
         super().__init__(
             d_model, heads, kv_heads, head_dim, qk_norm, softcap, scale, bias, dropout,
@@ -563,7 +577,15 @@ class Attn(_Projections):
             qk_norm_bias=qk_norm_bias, qk_norm_unit_offset=qk_norm_unit_offset,
             qkv_bias=qkv_bias, o_bias=o_bias, clip_qkv=clip_qkv,
         )  # fmt: skip
-        raise_problem(_check_attn_options(window=window, rope_fraction=rope_fraction))
+        raise_problem(
+            _check_attn_options(
+                window=window,
+                rope_fraction=rope_fraction,
+                pos=pos,
+                alibi_scale=alibi_scale,
+            )
+        )
+        self.alibi_scale = alibi_scale
         self.pos, self.causal, self.window, self.context = pos, causal, window, context
         self.rope_theta, self.rope_interleaved = rope_theta, rope_interleaved
         # rotary_size sets the frequencies, rotary_dims (its even round-up) the rotated dims.
@@ -615,7 +637,8 @@ class Attn(_Projections):
                 self.register_buffer(f"{name}_cos", cos, persistent=False)
                 self.register_buffer(f"{name}_sin", sin, persistent=False)
         if self.pos == "alibi":  # (H,) slopes
-            self.register_buffer("alibi", alibi_slopes(self.heads).to(device), persistent=False)
+            slopes = alibi_slopes(self.heads) * self.alibi_scale
+            self.register_buffer("alibi", slopes.to(device), persistent=False)
 
     def _rope_table(
         self, factors: list[float] | None, device: torch.device

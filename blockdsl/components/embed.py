@@ -22,8 +22,8 @@ from blockdsl.registry import register
 # --------------------------------------------------------------------------- Embed
 
 
-def _embed_params(d_in: int, vocab: int, pos: str, context: int, **_) -> int:
-    return vocab * d_in + (context * d_in if pos == "learned" else 0)
+def _embed_params(d_in: int, vocab: int, pos: str, context: int, pos_offset: int = 0, **_) -> int:
+    return vocab * d_in + ((context + pos_offset) * d_in if pos == "learned" else 0)
 
 
 def _embed_flops(d_in: int, seq: int, pos: str, scale: float | str, **_) -> int:
@@ -42,8 +42,17 @@ def sinusoidal_table(context: int, d_model: int, device=None) -> torch.Tensor:
     return table
 
 
-def _check_embed(vocab: int, **_) -> Problem:
-    return None if vocab > 0 else f"vocab must be positive, got {vocab}"
+def _check_embed(vocab: int, pos: str = "none", pos_offset: int = 0, **_) -> Problem:
+    if vocab <= 0:
+        return f"vocab must be positive, got {vocab}"
+    if pos_offset < 0:
+        return f"pos_offset must be >= 0, got {pos_offset}"
+    if pos_offset and pos != "learned":
+        return (
+            f"pos_offset={pos_offset} needs pos=learned (it shifts the learned table's rows)",
+            "set pos=learned, or drop pos_offset",
+        )
+    return None
 
 
 @register(
@@ -62,7 +71,9 @@ class Embed(nn.Module):
     (Gemma's ``* sqrt(d_model)``, applied in the embedding's dtype) and multiplies the token
     embedding only. ``pos=learned``: parameter ``pos`` (``nn.Embedding(context, d_model)``);
     ``pos=sinusoidal``: a non-persistent buffer ``pos_table``; both indexed by ``positions``
-    (default ``arange(T)``, must be ``< context``). Parameters: ``tok``
+    (default ``arange(T)``, must be ``< context``). ``pos_offset`` (learned only): the table has
+    ``context + pos_offset`` rows and position ``p`` reads row ``p + pos_offset`` (OPT's 2: its
+    first two rows are never read). Parameters: ``tok``
     (``nn.Embedding(vocab, d_model)``), ``pos``. Both are initialised N(0, 0.02) as in GPT-2
     and Llama, not PyTorch's N(0, 1): a head tied to N(0, 1) embeddings starts with logits
     so large that an untrained model's loss is far above ln(vocab).
@@ -73,6 +84,7 @@ class Embed(nn.Module):
         "pos": "position embeddings: learned, sinusoidal or none",
         "scale": "multiplies the token embeddings: a number, or sqrt_d for sqrt(d_model)",
         "context": "maximum sequence length (set by the model)",
+        "pos_offset": "learned positions: position p reads table row p + pos_offset (OPT: 2)",
     }
 
     def __init__(
@@ -82,13 +94,15 @@ class Embed(nn.Module):
         pos: Literal["learned", "sinusoidal", "none"] = "none",
         scale: float | Literal["sqrt_d"] = 1.0,
         context: int = 2048,
+        pos_offset: int = 0,
     ) -> None:
         super().__init__()
-        raise_problem(_check_embed(vocab))
+        raise_problem(_check_embed(vocab, pos, pos_offset))
         self.d_model, self.pos_kind, self.context = d_model, pos, context
+        self.pos_offset = pos_offset
         self.scale = math.sqrt(d_model) if scale == "sqrt_d" else float(scale)
         self.tok = nn.Embedding(vocab, d_model)
-        self.pos = nn.Embedding(context, d_model) if pos == "learned" else None
+        self.pos = nn.Embedding(context + pos_offset, d_model) if pos == "learned" else None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -107,6 +121,7 @@ class Embed(nn.Module):
         if self.pos_kind != "none":
             T = idx.shape[1]
             table = self.pos.weight if self.pos is not None else self.pos_table  # (context, D)
+            table = table[self.pos_offset :] if self.pos_offset else table
             x = x + (table[:T] if positions is None else table[positions]).to(x.dtype)
         return x
 

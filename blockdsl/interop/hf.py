@@ -7,12 +7,13 @@
 
 Supported (``config.model_type``): ``gpt2``, ``llama``, ``mistral``, ``mixtral``, ``gemma2``,
 ``gpt_neox``, ``gptj``, ``lfm2`` and ``qwen3_next`` (the ``...ForCausalLM`` / ``GPT2LMHeadModel``
-classes); the state-space and hybrid ``mamba``, ``mamba2``, ``recurrent_gemma``, ``jamba``,
-``bamba`` and ``falcon_h1`` (``blockdsl.interop.hf_ssm``, docs/hybrids.md); the dense decoders
-``qwen2``, ``qwen3``, ``gemma``, ``gemma3_text``, ``olmo``, ``olmo2``, ``cohere``, ``stablelm``,
-``phi3``, ``granite``, ``starcoder2``, ``persimmon`` and ``nemotron``
-(``blockdsl.interop.hf_dense``); the mixture-of-experts ``qwen2_moe``, ``olmoe``, ``dbrx``,
-``deepseek_v2`` and ``deepseek_v3`` (``blockdsl.interop.hf_moe``). Each architecture
+classes); ``opt``, ``bloom``, ``mpt``, ``falcon``, ``phi`` and ``gpt_bigcode``
+(``blockdsl.interop.hf_classic``); the state-space and hybrid ``mamba``, ``mamba2``,
+``recurrent_gemma``, ``jamba``, ``bamba`` and ``falcon_h1`` (``blockdsl.interop.hf_ssm``,
+docs/hybrids.md); the dense decoders ``qwen2``, ``qwen3``, ``gemma``, ``gemma3_text``, ``olmo``,
+``olmo2``, ``cohere``, ``stablelm``, ``phi3``, ``granite``, ``starcoder2``, ``persimmon`` and
+``nemotron`` (``blockdsl.interop.hf_dense``); the mixture-of-experts ``qwen2_moe``, ``olmoe``,
+``dbrx``, ``deepseek_v2`` and ``deepseek_v3`` (``blockdsl.interop.hf_moe``). Each architecture
 is one ``Architecture`` record (its transformers class, weight prefix, config mapping and weight
 mapping) in ``ARCHITECTURES``: adding an architecture is adding one record with
 ``register_architecture``. Each becomes an ordinary blockdsl config (a block string,
@@ -1194,10 +1195,12 @@ def from_pretrained_dir(
     return model
 
 
-# The state-space and hybrid architectures (Mamba, Mamba2, RecurrentGemma, Jamba, Bamba,
-# Falcon-H1), the dense decoders (Qwen2/3, Gemma, Gemma 3, OLMo, OLMo 2, Cohere, StableLM,
-# Phi-3, Granite, StarCoder2, Persimmon, Nemotron) and the mixture-of-experts ones (Qwen2-MoE,
-# OLMoE, DBRX, DeepSeek-V2/V3) are records in their own modules; importing them registers them.
+# More architectures are records in their own modules; importing one registers them: OPT,
+# BLOOM, MPT, Falcon, Phi and GPT-BigCode (hf_classic); the dense decoders Qwen2/3, Gemma,
+# Gemma 3, OLMo, OLMo 2, Cohere, StableLM, Phi-3, Granite, StarCoder2, Persimmon, Nemotron
+# (hf_dense); the mixture-of-experts Qwen2-MoE, OLMoE, DBRX, DeepSeek-V2/V3 (hf_moe); the
+# state-space and hybrid Mamba, Mamba2, RecurrentGemma, Jamba, Bamba, Falcon-H1 (hf_ssm).
+from blockdsl.interop import hf_classic as _hf_classic  # noqa: E402, F401
 from blockdsl.interop import hf_dense as _hf_dense  # noqa: E402, F401
 from blockdsl.interop import hf_moe as _hf_moe  # noqa: E402, F401
 from blockdsl.interop import hf_ssm as _hf_ssm  # noqa: E402, F401

@@ -1,0 +1,500 @@
+"""The classic decoder architectures for the Hugging Face import: OPT, BLOOM, MPT, Falcon
+(old and new decoder architecture, rotary or ALiBi), Phi (phi-1, phi-1.5, phi-2) and
+GPT-BigCode (SantaCoder, StarCoder): one ``Architecture`` record each.
+
+What they need beyond the GPT-2/Llama family is all in components: ALiBi with MPT's slope
+schedule and Falcon's scaled slopes (``Attn(alibi_max, alibi_scale)``), MPT's ``clip_qkv``,
+OPT's learned positions offset by two rows (``Embed(pos_offset=2)``), BLOOM's embedding
+LayerNorm (an ``Embed->Norm`` embed chain), post-norm blocks (``(Attn->+)->Norm->...``) and
+parallel attention/MLP blocks (``|``). Options transformers' own modelling code ignores (MPT's
+``logit_scale``, ``no_bias=False``, ...) are refused rather than silently dropped: the original
+code would have honoured them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from blockdsl.interop.hf import (
+    Architecture,
+    WeightMapper,
+    _act,
+    _config,
+    _fraction,
+    _rope,
+    _unsupported,
+    register_architecture,
+)
+
+Tensor = torch.Tensor
+
+#: BLOOM's config has no length: its pretraining length (ALiBi extrapolates past it; raise
+#: ``[model] context`` to go further).
+BLOOM_CONTEXT = 2048
+
+
+def _layer_norm(eps: float, bias: bool = True) -> dict:
+    return {"kind": "layer", "eps": eps, "bias": bias}
+
+
+def _per_head_qkv(heads: int) -> Any:
+    """Split a fused projection laid out per head, ``[q_0 | k_0 | v_0 | q_1 | ...]`` (BLOOM,
+    GPT-BigCode without multi-query, Falcon without multi-query), into ``q``, ``k``, ``v``
+    (weights ``[3D, D]`` or biases ``[3D]``)."""
+
+    def split(w: Tensor) -> list[Tensor]:
+        return [
+            t.reshape(-1, *w.shape[1:]) for t in w.reshape(heads, 3, -1, *w.shape[1:]).unbind(1)
+        ]
+
+    return split
+
+
+def _qkv(m: WeightMapper, dst: str, src: str, split: Any, bias: bool) -> None:
+    m.split([f"{dst}.{n}.weight" for n in "qkv"], f"{src}.weight", split)
+    if bias:
+        m.split([f"{dst}.{n}.bias" for n in "qkv"], f"{src}.bias", split)
+
+
+def _tied(cfg: Any, default: bool) -> bool:
+    return bool(getattr(cfg, "tie_word_embeddings", default))
+
+
+# ---------------------------------------------------------------- opt
+
+
+def _config_opt(cfg: Any) -> dict:
+    """OPT: learned positions offset by 2, pre-norm (or post-norm with
+    ``do_layer_norm_before=false``, OPT-350m), ReLU MLP, biases everywhere by default."""
+    t = "opt"
+    if cfg.word_embed_proj_dim != cfg.hidden_size:
+        raise _unsupported(
+            t,
+            f"word_embed_proj_dim={cfg.word_embed_proj_dim} different from "
+            f"hidden_size={cfg.hidden_size} (project_in/project_out)",
+        )
+    pre_norm = bool(cfg.do_layer_norm_before)
+    affine = bool(cfg.layer_norm_elementwise_affine)
+    bias = bool(cfg.enable_bias)
+    block = "Norm->Attn->+->Norm->MLP->+" if pre_norm else "(Attn->+)->Norm->(MLP->+)->Norm"
+    config = _config(
+        cfg,
+        layers=f"block*{cfg.num_hidden_layers}",
+        blocks={"block": block},
+        defaults={
+            "Norm": {"kind": "layer", "eps": 1e-5, "affine": affine, "bias": affine},
+            "Attn": {"heads": cfg.num_attention_heads, "pos": "none", "bias": bias},
+            "MLP": {
+                "hidden": cfg.ffn_dim,
+                "act": _act(cfg.activation_function, t),
+                "gated": False,
+                "bias": bias,
+            },
+        },
+        embed="Embed(pos=learned, pos_offset=2)",
+        tied_by_default=True,
+    )
+    if not _opt_final_norm(cfg):  # post-norm: the last block ends in its own norm
+        config["model"]["head"] = config["model"]["head"].removeprefix("Norm->")
+    return config
+
+
+def _opt_final_norm(cfg: Any) -> bool:
+    return bool(cfg.do_layer_norm_before) and not getattr(cfg, "_remove_final_layer_norm", False)
+
+
+def _weights_opt(cfg: Any, m: WeightMapper) -> None:
+    affine, bias = bool(cfg.layer_norm_elementwise_affine), bool(cfg.enable_bias)
+    d = "model.decoder"
+    m.put("embed.embed.tok.weight", f"{d}.embed_tokens.weight")
+    m.put("embed.embed.pos.weight", f"{d}.embed_positions.weight")
+
+    def norm(dst: str, src: str) -> None:
+        if affine:
+            m.norm(dst, src, bias=True)
+
+    for i in range(cfg.num_hidden_layers):
+        p, q = f"{d}.layers.{i}", f"layers.{i}"
+        # pre-norm: norm, attn, norm_1, mlp; post-norm: attn, norm, mlp, norm_1 (same names)
+        norm(f"{q}.norm", f"{p}.self_attn_layer_norm")
+        for n, hf in (("q", "q_proj"), ("k", "k_proj"), ("v", "v_proj"), ("o", "out_proj")):
+            m.linear(f"{q}.attn.{n}", f"{p}.self_attn.{hf}", bias)
+        norm(f"{q}.norm_1", f"{p}.final_layer_norm")
+        m.linear(f"{q}.mlp.up", f"{p}.fc1", bias)
+        m.linear(f"{q}.mlp.down", f"{p}.fc2", bias)
+    if _opt_final_norm(cfg):
+        norm("head.norm", f"{d}.final_layer_norm")
+    m.head(cfg, f"{d}.embed_tokens.weight", _tied(cfg, True))
+
+
+# ---------------------------------------------------------------- bloom
+
+
+def _config_bloom(cfg: Any) -> dict:
+    """BLOOM: ALiBi, a LayerNorm on the embeddings, fused per-head qkv, tanh GELU; with
+    ``apply_residual_connection_post_layernorm`` the residuals start after the norms."""
+    t = "bloom"
+    post = bool(cfg.apply_residual_connection_post_layernorm)
+    block = "Norm->(Attn->+)->Norm->(MLP->+)" if post else "Norm->Attn->+->Norm->MLP->+"
+    d = cfg.hidden_size
+    return _config(
+        cfg,
+        layers=f"block*{cfg.n_layer}",
+        blocks={"block": block},
+        defaults={
+            "Norm": _layer_norm(cfg.layer_norm_epsilon),
+            "Attn": {"heads": cfg.n_head, "pos": "alibi", "bias": True},
+            # BloomGelu is the tanh approximation (Megatron's bias GELU)
+            "MLP": {"hidden": 4 * d, "act": _act("gelu_new", t), "gated": False, "bias": True},
+        },
+        context=BLOOM_CONTEXT,
+        embed="Embed->Norm",
+        tied_by_default=True,
+    )
+
+
+def _weights_bloom(cfg: Any, m: WeightMapper) -> None:
+    m.put("embed.embed.tok.weight", "transformer.word_embeddings.weight")
+    m.norm("embed.norm", "transformer.word_embeddings_layernorm", bias=True)
+    split = _per_head_qkv(cfg.n_head)
+    for i in range(cfg.n_layer):
+        p, q = f"transformer.h.{i}", f"layers.{i}"
+        m.norm(f"{q}.norm", f"{p}.input_layernorm", bias=True)
+        _qkv(m, f"{q}.attn", f"{p}.self_attention.query_key_value", split, bias=True)
+        m.linear(f"{q}.attn.o", f"{p}.self_attention.dense", bias=True)
+        m.norm(f"{q}.norm_1", f"{p}.post_attention_layernorm", bias=True)
+        m.linear(f"{q}.mlp.up", f"{p}.mlp.dense_h_to_4h", bias=True)
+        m.linear(f"{q}.mlp.down", f"{p}.mlp.dense_4h_to_h", bias=True)
+    m.norm("head.norm", "transformer.ln_f", bias=True)
+    m.head(cfg, "transformer.word_embeddings.weight", _tied(cfg, True))
+
+
+# ---------------------------------------------------------------- mpt
+
+# MPT options transformers' MptForCausalLM does not implement (the original MosaicML code
+# does): refused, with the value that is supported.
+_MPT_FIXED = {
+    "expansion_ratio": 4,
+    "no_bias": True,
+    "logit_scale": None,
+    "embedding_fraction": 1.0,
+}
+_MPT_ATTN_FIXED = {
+    "alibi": True,
+    "attn_type": "multihead_attention",
+    "qk_ln": False,
+    "prefix_lm": False,
+    "attn_uses_sequence_id": False,
+    "alibi_bias_max": 8,
+}
+
+
+def _config_mpt(cfg: Any) -> dict:
+    """MPT: ALiBi, bias-free LayerNorms and linears, fused ``Wqkv`` clamped to ``clip_qkv``,
+    exact GELU."""
+    t = "mpt"
+    attn_cfg = cfg.attn_config
+    for name, value in _MPT_FIXED.items():
+        if getattr(cfg, name) != value:
+            raise _unsupported(
+                t,
+                f"{name}={getattr(cfg, name)!r} (transformers' MptForCausalLM implements only "
+                f"{value!r})",
+            )
+    for name, value in _MPT_ATTN_FIXED.items():
+        if getattr(attn_cfg, name) != value:
+            raise _unsupported(
+                t,
+                f"attn_config.{name}={getattr(attn_cfg, name)!r} (transformers' "
+                f"MptForCausalLM implements only {value!r})",
+            )
+    if cfg.norm_type not in ("low_precision_layernorm", "layernorm"):
+        raise _unsupported(t, f"norm_type '{cfg.norm_type}' (transformers uses a LayerNorm)")
+    attn: dict[str, Any] = {"heads": cfg.n_heads, "pos": "alibi", "bias": False}
+    if attn_cfg.softmax_scale is not None:
+        attn["scale"] = float(attn_cfg.softmax_scale)
+    if attn_cfg.clip_qkv:
+        attn["clip_qkv"] = float(attn_cfg.clip_qkv)
+    return _config(
+        cfg,
+        layers=f"block*{cfg.n_layers}",
+        blocks={"block": "Norm->Attn->+->Norm->MLP->+"},
+        defaults={
+            "Norm": _layer_norm(cfg.layer_norm_epsilon, bias=False),
+            "Attn": attn,
+            "MLP": {"hidden": 4 * cfg.d_model, "act": "gelu", "gated": False, "bias": False},
+        },
+        d_model=cfg.d_model,
+        context=cfg.max_seq_len,
+        tied_by_default=True,
+    )
+
+
+def _weights_mpt(cfg: Any, m: WeightMapper) -> None:
+    d = cfg.d_model
+    m.put("embed.embed.tok.weight", "transformer.wte.weight")
+    for i in range(cfg.n_layers):
+        p, q = f"transformer.blocks.{i}", f"layers.{i}"
+        m.norm(f"{q}.norm", f"{p}.norm_1", bias=False)
+        _qkv(m, f"{q}.attn", f"{p}.attn.Wqkv", lambda w: list(w.split(d)), bias=False)
+        m.linear(f"{q}.attn.o", f"{p}.attn.out_proj", bias=False)
+        m.norm(f"{q}.norm_1", f"{p}.norm_2", bias=False)
+        m.linear(f"{q}.mlp.up", f"{p}.ffn.up_proj", bias=False)
+        m.linear(f"{q}.mlp.down", f"{p}.ffn.down_proj", bias=False)
+    m.norm("head.norm", "transformer.norm_f", bias=False)
+    m.head(cfg, "transformer.wte.weight", _tied(cfg, True))
+
+
+# ---------------------------------------------------------------- falcon
+
+
+def _falcon_layout(cfg: Any) -> tuple[str, int]:
+    """``(block kind, kv heads)``: ``two_norms`` (new decoder architecture, ``ln_attn`` and
+    ``ln_mlp``), ``shared_norm`` (one ``input_layernorm`` feeding both parallel branches) or
+    ``sequential``; the kv heads of the fused ``query_key_value``."""
+    t = "falcon"
+    heads = cfg.num_attention_heads
+    norms = cfg.num_ln_in_parallel_attn
+    if cfg.new_decoder_architecture:
+        if not cfg.parallel_attn:
+            raise _unsupported(
+                t, "new_decoder_architecture with parallel_attn=False (transformers cannot run it)"
+            )
+        return ("shared_norm" if norms == 1 else "two_norms"), cfg.num_kv_heads
+    if norms not in (None, 1) and cfg.parallel_attn:
+        raise _unsupported(
+            t,
+            f"num_ln_in_parallel_attn={norms} without new_decoder_architecture "
+            "(transformers cannot run it)",
+        )
+    if cfg.multi_query:
+        kv = 1
+    elif cfg.num_kv_heads != heads:
+        raise _unsupported(
+            t,
+            f"num_kv_heads={cfg.num_kv_heads} without multi_query or new_decoder_architecture "
+            "(transformers cannot run it)",
+        )
+    else:
+        kv = heads
+    return ("shared_norm" if cfg.parallel_attn else "sequential"), kv
+
+
+_FALCON_BLOCKS = {
+    "two_norms": "Norm->Attn->+ | Norm->MLP->+",
+    "shared_norm": "Norm#ln->Attn->+ | Norm#ln->MLP->+",
+    "sequential": "Norm->Attn->+->Norm->MLP->+",
+}
+
+
+def _config_falcon(cfg: Any) -> dict:
+    """Falcon: parallel attention and MLP (one shared norm, or two with the new decoder
+    architecture) or sequential, multi-query or grouped kv heads, rotary or ALiBi (its slopes
+    scaled by ``head_dim ** -0.5``: Falcon adds ALiBi before scaling the scores)."""
+    t = "falcon"
+    kind, kv = _falcon_layout(cfg)
+    heads = cfg.num_attention_heads
+    head_dim = cfg.hidden_size // heads
+    attn: dict[str, Any] = {"heads": heads, "kv_heads": kv, "bias": bool(cfg.bias)}
+    if cfg.alibi:
+        attn.update(pos="alibi", alibi_scale=head_dim**-0.5)
+    else:
+        theta, fraction = _rope(cfg, t)
+        if fraction != 1.0:
+            raise _unsupported(t, "partial_rotary_factor")
+        attn.update(pos="rope", rope_theta=theta)
+    return _config(
+        cfg,
+        layers=f"block*{cfg.num_hidden_layers}",
+        blocks={"block": _FALCON_BLOCKS[kind]},
+        defaults={
+            "Norm": _layer_norm(cfg.layer_norm_epsilon),
+            "Attn": attn,
+            "MLP": {
+                "hidden": cfg.ffn_hidden_size,
+                "act": _act(cfg.activation, t),
+                "gated": False,
+                "bias": bool(cfg.bias),
+            },
+        },
+        tied_by_default=True,
+    )
+
+
+def _falcon_qkv(cfg: Any, kv: int) -> Any:
+    """Split Falcon's fused ``query_key_value``: per kv head ``[q (G heads) | k | v]`` (new
+    decoder architecture), ``[q (all heads) | k | v]`` (multi-query) or per head."""
+    heads, d = cfg.num_attention_heads, cfg.hidden_size
+    hd = d // heads
+    if cfg.new_decoder_architecture:
+        groups = heads // kv
+
+        def split(w: Tensor) -> list[Tensor]:
+            fused = w.reshape(kv, groups + 2, hd, *w.shape[1:])
+            q, k, v = fused[:, :groups], fused[:, groups], fused[:, groups + 1]
+            return [t.reshape(-1, *w.shape[1:]) for t in (q, k, v)]
+
+        return split
+    if kv == 1:
+        return lambda w: list(w.split([d, hd, hd]))
+    return _per_head_qkv(heads)
+
+
+def _weights_falcon(cfg: Any, m: WeightMapper) -> None:
+    kind, kv = _falcon_layout(cfg)
+    bias = bool(cfg.bias)
+    split = _falcon_qkv(cfg, kv)
+    m.put("embed.embed.tok.weight", "transformer.word_embeddings.weight")
+    for i in range(cfg.num_hidden_layers):
+        p, q = f"transformer.h.{i}", f"layers.{i}"
+        if kind == "two_norms":
+            m.norm(f"{q}.norm", f"{p}.ln_attn", bias=True)
+            m.norm(f"{q}.norm_1", f"{p}.ln_mlp", bias=True)
+        elif kind == "shared_norm":
+            m.norm(f"{q}.ln", f"{p}.input_layernorm", bias=True)
+        else:
+            m.norm(f"{q}.norm", f"{p}.input_layernorm", bias=True)
+            m.norm(f"{q}.norm_1", f"{p}.post_attention_layernorm", bias=True)
+        _qkv(m, f"{q}.attn", f"{p}.self_attention.query_key_value", split, bias)
+        m.linear(f"{q}.attn.o", f"{p}.self_attention.dense", bias)
+        m.linear(f"{q}.mlp.up", f"{p}.mlp.dense_h_to_4h", bias)
+        m.linear(f"{q}.mlp.down", f"{p}.mlp.dense_4h_to_h", bias)
+    m.norm("head.norm", "transformer.ln_f", bias=True)
+    m.head(cfg, "transformer.word_embeddings.weight", _tied(cfg, True))
+
+
+# ---------------------------------------------------------------- phi
+
+
+def _config_phi(cfg: Any) -> dict:
+    """Phi (phi-1, phi-1.5, phi-2): one LayerNorm feeding parallel attention and MLP, partial
+    rotary, biases on every linear and on the head."""
+    t = "phi"
+    if cfg.qk_layernorm:
+        raise _unsupported(t, "qk_layernorm (a LayerNorm of queries and keys)")
+    theta, fraction = _rope(cfg, t)
+    heads = cfg.num_attention_heads
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+    rotary = int(head_dim * fraction)
+    if rotary % 2:
+        raise _unsupported(
+            t, f"an odd number of rotary dims ({rotary}; transformers cannot run it)"
+        )
+    return _config(
+        cfg,
+        layers=f"block*{cfg.num_hidden_layers}",
+        blocks={"block": "Norm#ln->Attn->+ | Norm#ln->MLP->+"},
+        defaults={
+            "Norm": _layer_norm(cfg.layer_norm_eps),
+            "Attn": {
+                "heads": heads,
+                "kv_heads": cfg.num_key_value_heads or heads,
+                "head_dim": head_dim,
+                "pos": "rope",
+                "rope_theta": theta,
+                "rope_fraction": _fraction(rotary, head_dim),
+                "bias": True,
+            },
+            "MLP": {
+                "hidden": cfg.intermediate_size,
+                "act": _act(cfg.hidden_act, t),
+                "gated": False,
+                "bias": True,
+            },
+            "Head": {"bias": True},
+        },
+    )
+
+
+def _weights_phi(cfg: Any, m: WeightMapper) -> None:
+    m.put("embed.embed.tok.weight", "model.embed_tokens.weight")
+    for i in range(cfg.num_hidden_layers):
+        p, q = f"model.layers.{i}", f"layers.{i}"
+        m.norm(f"{q}.ln", f"{p}.input_layernorm", bias=True)
+        for n, hf in (("q", "q_proj"), ("k", "k_proj"), ("v", "v_proj"), ("o", "dense")):
+            m.linear(f"{q}.attn.{n}", f"{p}.self_attn.{hf}", bias=True)
+        m.linear(f"{q}.mlp.up", f"{p}.mlp.fc1", bias=True)
+        m.linear(f"{q}.mlp.down", f"{p}.mlp.fc2", bias=True)
+    m.norm("head.norm", "model.final_layernorm", bias=True)
+    m.head(cfg, "model.embed_tokens.weight", _tied(cfg, False), bias=True)
+
+
+# ---------------------------------------------------------------- gpt_bigcode
+
+
+def _config_gpt_bigcode(cfg: Any) -> dict:
+    """GPT-BigCode (SantaCoder, StarCoder): GPT-2 with multi-query attention and ``nn.Linear``
+    layers."""
+    t = "gpt_bigcode"
+    if cfg.add_cross_attention:
+        raise _unsupported(t, "add_cross_attention")
+    d, heads = cfg.n_embd, cfg.n_head
+    attn: dict[str, Any] = {"heads": heads, "kv_heads": 1 if cfg.multi_query else heads}
+    attn.update(pos="none", bias=True)
+    if not cfg.scale_attn_weights:
+        attn["scale"] = 1.0
+    return _config(
+        cfg,
+        layers=f"block*{cfg.n_layer}",
+        blocks={"block": "Norm->Attn->+->Norm->MLP->+"},
+        defaults={
+            "Norm": _layer_norm(cfg.layer_norm_epsilon),
+            "Attn": attn,
+            "MLP": {
+                "hidden": cfg.n_inner if cfg.n_inner is not None else 4 * d,
+                "act": _act(cfg.activation_function, t),
+                "gated": False,
+                "bias": True,
+            },
+        },
+        d_model=d,
+        context=cfg.n_positions,
+        embed="Embed(pos=learned)",
+        tied_by_default=True,
+    )
+
+
+def _weights_gpt_bigcode(cfg: Any, m: WeightMapper) -> None:
+    d, heads = cfg.n_embd, cfg.n_head
+    hd = d // heads
+    if cfg.multi_query:  # rows [q (all heads) | k | v]
+
+        def split(w: Tensor) -> list[Tensor]:
+            return list(w.split([d, hd, hd]))
+    else:
+        split = _per_head_qkv(heads)
+    m.put("embed.embed.tok.weight", "transformer.wte.weight")
+    m.put("embed.embed.pos.weight", "transformer.wpe.weight")
+    for i in range(cfg.n_layer):
+        p, q = f"transformer.h.{i}", f"layers.{i}"
+        m.norm(f"{q}.norm", f"{p}.ln_1", bias=True)
+        _qkv(m, f"{q}.attn", f"{p}.attn.c_attn", split, bias=True)
+        m.linear(f"{q}.attn.o", f"{p}.attn.c_proj", bias=True)
+        m.norm(f"{q}.norm_1", f"{p}.ln_2", bias=True)
+        m.linear(f"{q}.mlp.up", f"{p}.mlp.c_fc", bias=True)
+        m.linear(f"{q}.mlp.down", f"{p}.mlp.c_proj", bias=True)
+    m.norm("head.norm", "transformer.ln_f", bias=True)
+    m.head(cfg, "transformer.wte.weight", _tied(cfg, True))
+
+
+for _record in (
+    Architecture("opt", "OPTForCausalLM", "model", config=_config_opt, weights=_weights_opt),
+    Architecture(
+        "bloom", "BloomForCausalLM", "transformer", config=_config_bloom, weights=_weights_bloom
+    ),
+    Architecture("mpt", "MptForCausalLM", "transformer", config=_config_mpt, weights=_weights_mpt),
+    Architecture(
+        "falcon", "FalconForCausalLM", "transformer", config=_config_falcon, weights=_weights_falcon
+    ),
+    Architecture("phi", "PhiForCausalLM", "model", config=_config_phi, weights=_weights_phi),
+    Architecture(
+        "gpt_bigcode",
+        "GPTBigCodeForCausalLM",
+        "transformer",
+        config=_config_gpt_bigcode,
+        weights=_weights_gpt_bigcode,
+    ),
+):
+    register_architecture(_record)
