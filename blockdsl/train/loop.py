@@ -191,6 +191,8 @@ def train(
             scheduler.load_state_dict(sd)
         ckpt.set_rng_state(saved["rng"])
         state.update({k: saved[k] for k in ("step", "tokens", "elapsed", "compile")})
+        if task is not None:
+            task.recent.extend(saved.get("task_recent", []))
     else:
         _write_run_files(run_dir, config, settings, optim, tokens)
     metrics_path = run_dir / "metrics.jsonl"
@@ -224,7 +226,9 @@ def train(
         for micro in range(accumulation):
             rows = slice(micro * settings.batch_size, (micro + 1) * settings.batch_size)
             with autocast:
-                _, loss, aux = forward(inputs[rows], targets[rows], return_aux=True)
+                logits, loss, aux = forward(inputs[rows], targets[rows], return_aux=True)
+            if task is not None:
+                task.observe(logits.detach(), targets[rows])
             (loss / accumulation).backward()
             loss_sum = loss_sum + loss.detach()
             aux_sum = aux_sum + aux.detach().float()
@@ -270,6 +274,7 @@ def train(
                 "optimizers": [o.state_dict() for o in optimizers],
                 "schedulers": [s.state_dict() for s in schedulers],
                 "rng": ckpt.rng_state([device]),
+                "task_recent": list(task.recent) if task is not None else [],
             },
             settings.keep,
         )
@@ -328,7 +333,11 @@ def train(
                     line["aux_loss"] = aux
                 final = _done(state, settings, horizon)
                 reached = False
-                if final or (settings.eval_every and state["step"] % settings.eval_every == 0):
+                due = settings.eval_every and state["step"] % settings.eval_every == 0
+                # between evaluations, score the test set once the training batches say
+                # the target may be reached, so a run stops within a few steps of it
+                gate = settings.target_accuracy is not None and task is not None
+                if final or due or (gate and task.may_have_reached(settings.target_accuracy)):
                     line["val_loss"] = evaluate()
                     if task is not None:
                         line["accuracy"] = task.evaluate(model, device)
