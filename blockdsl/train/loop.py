@@ -336,8 +336,12 @@ def train(
                 due = settings.eval_every and state["step"] % settings.eval_every == 0
                 # between evaluations, score the test set once the training batches say
                 # the target may be reached, so a run stops within a few steps of it
-                gate = settings.target_accuracy is not None and task is not None
-                if final or due or (gate and task.may_have_reached(settings.target_accuracy)):
+                ready = (
+                    task is not None
+                    and settings.target_accuracy is not None
+                    and task.may_have_reached(settings.target_accuracy)
+                )
+                if final or due or ready:
                     line["val_loss"] = evaluate()
                     if task is not None:
                         line["accuracy"] = task.evaluate(model, device)
