@@ -249,6 +249,75 @@ def test_train_on_a_task_logs_accuracy_and_stops_at_the_target(tmp_path):
     assert saved.config.train["seq_len"] == 32  # taken from the task
 
 
+def test_training_batches_gate_the_test_evaluation():
+    from blockdsl.model import labelled_positions
+    from blockdsl.tasks.data import TaskData
+
+    data = TaskData(SMALL["mqar"])
+    _, targets = data.batch(0, 0, 4, 32)
+    labels = targets.gather(1, labelled_positions(targets))
+    right = F.one_hot(labels, 64).float()  # (B, K, vocab): every label predicted
+    wrong = F.one_hot((labels + 1) % 64, 64).float()
+    for _ in range(data.GATE_BATCHES - 1):
+        data.observe(right, targets)
+    assert not data.may_have_reached(0.99)  # too few batches yet
+    data.observe(right, targets)
+    assert data.may_have_reached(0.99)
+    assert not data.may_have_reached(0.0)  # a yes starts the window afresh
+    for _ in range(data.GATE_BATCHES // 2):
+        data.observe(right, targets)
+        data.observe(wrong, targets)
+    assert data.may_have_reached(0.5) and len(data.recent) == 0
+    for _ in range(data.GATE_BATCHES):
+        data.observe(right, targets)
+        data.observe(wrong, targets)
+    assert not data.may_have_reached(0.51)
+    dense = F.one_hot(targets.clamp(min=0), 64).float()  # (B, T, vocab): the full logits
+    data.observe(dense, targets)
+    assert data.recent[-1] == 1.0
+
+
+def test_early_stop_between_evaluations(tmp_path):
+    """With evaluations only at the end (eval_every 0), the training batches' score calls
+    the test evaluation that stops the run as soon as the gate's window is full."""
+    from blockdsl.tasks.data import TaskData
+    from blockdsl.train import train
+
+    run = train(
+        "tiny",
+        data=SMALL["mqar"],
+        out=tmp_path / "r",
+        progress=False,
+        **_train_overrides(steps=30, eval_every=0, target_accuracy=0.0),
+    )
+    assert run.steps == TaskData.GATE_BATCHES
+    assert [m["step"] for m in run.metrics if "accuracy" in m] == [TaskData.GATE_BATCHES]
+    assert run.summary["reached_target"] is True
+
+
+def test_the_gate_window_survives_a_resume(tmp_path):
+    from blockdsl.tasks.data import TaskData
+    from blockdsl.train import train
+
+    common = dict(data=SMALL["mqar"], progress=False, optim={"schedule": "constant"})
+    whole = train(
+        "tiny",
+        out=tmp_path / "a",
+        **common,
+        **_train_overrides(steps=30, eval_every=0, target_accuracy=0.0),
+    )
+    train("tiny", out=tmp_path / "b", **common, **_train_overrides(steps=5, eval_every=0))
+    resumed = train(
+        "tiny",
+        out=tmp_path / "b",
+        resume=True,
+        **common,
+        **_train_overrides(steps=30, eval_every=0, target_accuracy=0.0),
+    )
+    assert whole.steps == resumed.steps == TaskData.GATE_BATCHES
+    assert [m["loss"] for m in resumed.metrics] == [m["loss"] for m in whole.metrics]
+
+
 def test_train_on_a_task_refuses_a_mismatched_length(tmp_path):
     from blockdsl.errors import ConfigError
     from blockdsl.train import train

@@ -5,12 +5,14 @@ set) and ``wrap_model`` (the model the task trains)."""
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Any
 
 import torch
 from torch import nn
 
 from blockdsl.errors import ConfigError
+from blockdsl.tasks.metrics import IGNORE_INDEX
 from blockdsl.tasks.spec import TaskSpec, parse_task
 from blockdsl.tasks.task import Task
 
@@ -21,11 +23,14 @@ class TaskData:
     order each epoch; validation batches are consecutive slices of the test set."""
 
     path = None  # no directory: nothing to copy into the run
+    #: training batches whose mean score decides whether the test set is worth scoring
+    GATE_BATCHES = 8
 
     def __init__(self, spec: str | TaskSpec, seed: int = 0) -> None:
         self.spec = parse_task(spec) if isinstance(spec, str) else spec
         self.task = Task(self.spec, seed=seed)
         self.text = self.spec.text()
+        self.recent: deque[float] = deque(maxlen=self.GATE_BATCHES)
 
     @property
     def vocab(self) -> int:
@@ -75,6 +80,31 @@ class TaskData:
         inputs, targets = self.task.test_set
         index = torch.arange(step * rows, (step + 1) * rows) % len(inputs)
         return inputs[index], targets[index]
+
+    def observe(self, logits: torch.Tensor, targets: torch.Tensor) -> None:
+        """Score a training batch from the logits its forward already computed (``(B, K,
+        vocab)`` at the labelled positions, or ``(B, T, vocab)``) against its ``(B, T)``
+        targets: the running estimate behind ``may_have_reached``, at the cost of an argmax."""
+        from blockdsl.model import labelled_positions
+
+        if logits.shape[1] != targets.shape[1]:
+            order = labelled_positions(targets)
+            if order is None or order.shape[1] != logits.shape[1]:
+                return
+            targets = targets.gather(1, order)
+        if bool((targets != IGNORE_INDEX).any()):
+            self.recent.append(self.task.score(logits.argmax(-1).cpu(), targets.cpu()))
+
+    def may_have_reached(self, target: float) -> bool:
+        """Whether the last ``GATE_BATCHES`` training batches scored ``target`` on average,
+        so that scoring the test set may stop the run. Scored before the model learned from
+        them, first-epoch batches estimate the test score (a little behind the model, which
+        has learned since); later, memorised batches overestimate it, and a false alarm
+        costs one evaluation: the window starts afresh after every call that says yes."""
+        if len(self.recent) < self.GATE_BATCHES or sum(self.recent) / len(self.recent) < target:
+            return False
+        self.recent.clear()
+        return True
 
     def evaluate(self, model: nn.Module, device: torch.device | None = None) -> float:
         """The task's score (higher is better) of ``model`` on the whole test set."""

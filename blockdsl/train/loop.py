@@ -257,6 +257,8 @@ def _train(
             scheduler.load_state_dict(sd)
         ckpt.set_rng_state(saved["rng"])
         state.update({k: saved[k] for k in ("step", "tokens", "elapsed", "compile")})
+        if task is not None:
+            task.recent.extend(saved.get("task_recent", []))
     elif group.main:
         _write_run_files(run_dir, config, settings, optim, tokens)
     metrics_path = run_dir / "metrics.jsonl"
@@ -302,7 +304,9 @@ def _train(
             rows = slice(micro * settings.batch_size, (micro + 1) * settings.batch_size)
             with distributed.gradient_sync(model, strategy, micro == accumulation - 1):
                 with autocast:
-                    _, loss, aux = forward(inputs[rows], targets[rows], return_aux=True)
+                    logits, loss, aux = forward(inputs[rows], targets[rows], return_aux=True)
+                if task is not None:
+                    task.observe(logits.detach(), targets[rows])
                 (loss / accumulation).backward()
             loss_sum = loss_sum + loss.detach()
             aux_sum = aux_sum + aux.detach().float()
@@ -366,6 +370,7 @@ def _train(
                 "rng": ckpt.rng_state([device]),
                 "world_size": group.world,
                 "strategy": strategy,
+                "task_recent": list(task.recent) if task is not None else [],
             },
             settings.keep,
             group=group if strategy is not None else None,
@@ -412,9 +417,17 @@ def _train(
                 state["step"] = step + 1
                 state["tokens"] += step_tokens
                 took = time.perf_counter() - tick
-                # the ranks agree on the clock (a time budget, compile="auto") and on a signal
-                took, elapsed, signum = group.max(
-                    took, time.perf_counter() - started, stop[0] if stop else 0
+                # between evaluations, score the test set once the training batches say the
+                # target may be reached, so a run stops within a few steps of it
+                ready = (
+                    task is not None
+                    and settings.target_accuracy is not None
+                    and task.may_have_reached(settings.target_accuracy)
+                )
+                # the ranks agree on the clock (a time budget, compile="auto"), on a signal and
+                # on scoring the test set (its forwards are collective under FSDP)
+                took, elapsed, signum, ready = group.max(
+                    took, time.perf_counter() - started, stop[0] if stop else 0, float(ready)
                 )
                 if signum and not stop:
                     stop.append(int(signum))
@@ -433,7 +446,8 @@ def _train(
                     line["aux_loss"] = aux
                 final = _done(state, settings, horizon)
                 reached = False
-                if final or (settings.eval_every and state["step"] % settings.eval_every == 0):
+                due = settings.eval_every and state["step"] % settings.eval_every == 0
+                if final or due or ready:
                     line["val_loss"] = evaluate()
                     if task is not None:
                         line["accuracy"] = task.evaluate(module, device)
