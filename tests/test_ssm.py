@@ -137,6 +137,19 @@ def test_ssd_equals_the_recurrence():
     torch.testing.assert_close(final, h)
 
 
+def test_ssd_within_chunk_product_has_the_exact_gradient():
+    """The custom backward of SSD's within-chunk product (recomputed decays, in-place passes)
+    against finite differences in float64."""
+    from blockdsl.components.ssm import _ChunkMix
+
+    torch.manual_seed(2)
+    b, g, r, c, L, p = 1, 2, 2, 2, 5, 3
+    scores = torch.randn(b, g, c, L, L, dtype=torch.float64, requires_grad=True)
+    a_cum = (-torch.rand(b, g, r, c, L, dtype=torch.float64)).cumsum(-1).requires_grad_()
+    x = torch.randn(b, g, r, c, L, p, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(_ChunkMix.apply, (scores, a_cum, x))
+
+
 def test_linear_scan_values_and_exact_gradient():
     torch.manual_seed(2)
     a = torch.rand(2, 9, 3, dtype=torch.double, requires_grad=True)
