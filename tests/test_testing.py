@@ -258,7 +258,7 @@ def registry():
         ("Norm->Unused->+", "gradient", "unused"),
         ("Norm->MLP->+->Noisy->+", "determinism", None),
         ("Norm->Unsaved->+", "state_dict", "unsaved"),
-        ("Norm->Overflow->+", "finite", None),
+        ("Norm->Overflow->+", "finite", "overflow"),
     ],
 )
 def test_each_invariant_names_the_node_at_fault(registry, src, invariant, node):
@@ -271,6 +271,34 @@ def test_each_invariant_names_the_node_at_fault(registry, src, invariant, node):
     if node is not None:
         assert err.node == node
     assert invariant in str(err) and src in str(err)
+
+
+class Blowup(nn.Module):
+    """Finite on the check's clean input, inf where the causality check's perturbation
+    (``x + 3 * noise`` after position t) makes the input large."""
+
+    def __init__(self, d_model: int) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.tensor(3.0))
+
+    def forward(self, x):
+        return torch.exp(self.scale * x.square())
+
+
+def test_non_finite_outputs_are_reported_as_such_not_as_a_leak(registry):
+    """inf at a future position reaches earlier ones through attention's 0 * inf = NaN: the
+    finding is the overflow and where it starts, not "causality broken by up to nan"."""
+    registry.register("Blowup")(Blowup)
+    src = "Blowup->Attn"
+    torch.manual_seed(0)
+    module = blockdsl.compile_block(src, d_model=16, registry=registry)
+    with pytest.raises(ArchitectureCheckError) as info:
+        check_architecture(module, architecture=src)
+    err = info.value
+    assert (err.invariant, err.node) == ("finite", "blowup")
+    assert "output is not finite (nan/inf) at positions [0, 1, 2, 3, 4, 5]" in str(err)
+    assert "when the input after position 2 is perturbed" in str(err)
+    assert "nan)" not in str(err).split("(nan/inf)")[1]
 
 
 def test_a_leak_deep_in_a_model_is_located(registry):
