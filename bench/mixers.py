@@ -11,7 +11,8 @@ configuration, loads the blockdsl module's weights into it, and returns a callab
 A training step is ``loss = (mixer(x) * w).sum(); loss.backward()`` on ``x`` of shape
 ``(batch, T, d_model)`` with gradients set to None before it (outside the timed region); ``w``
 is a fixed random projection, so no gradient is trivially zero. Contenders of one ``T`` run
-interleaved round-robin after one warm-up step and the median is reported (a single timed step
+interleaved round-robin after one warm-up step and the median is reported (at least
+``--steps`` rounds, more until every contender ran ``--min-time`` seconds; a single timed step
 when one step takes longer than ``--slow`` seconds), so every ratio compares runs under the same
 machine load; the table also gives the range of the per-round ratios (blockdsl's step over
 transformers' step of the same round), which shows how much the load moved them. ``--slow``
@@ -182,18 +183,23 @@ def _step_fn(run: Step, params: Callable, x: torch.Tensor, w: torch.Tensor) -> C
 
 
 def time_round_robin(
-    steps: dict[str, Callable[[], None]], n: int, slow: float
+    steps: dict[str, Callable[[], None]], n: int, slow: float, min_time: float = 0.0
 ) -> tuple[dict[str, float], dict[str, list[float]]]:
     """Median seconds per step of each contender, interleaved (one warm-up step each), and
-    every timed step, in round order."""
+    every timed step, in round order. At least ``n`` rounds, more while the slowest
+    contender's rounds add up to less than ``min_time`` seconds (up to 100 rounds): a fast
+    step is timed often enough that a burst of load hits only a few of its rounds."""
     times: dict[str, list[float]] = {k: [] for k in steps}
+    warm: dict[str, float] = {}
     for name, step in steps.items():  # warm-up doubles as the first measurement of slow ones
         t0 = time.perf_counter()
         step()
-        elapsed = time.perf_counter() - t0
+        warm[name] = elapsed = time.perf_counter() - t0
         if elapsed > slow:
             times[name].append(elapsed)
-    for _ in range(n):
+    timed = [t for name, t in warm.items() if t <= slow]
+    rounds = max(n, min(100, int(min_time / max(timed)))) if timed and min_time > 0 else n
+    for _ in range(rounds):
         for name, step in steps.items():
             if len(times[name]) and times[name][0] > slow:
                 continue
@@ -220,6 +226,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--steps", type=int, default=5, help="timed steps per contender")
     parser.add_argument("--slow", type=float, default=60.0, help="time slower steps only once")
+    parser.add_argument(
+        "--min-time", type=float, default=5.0, help="more rounds until a contender ran this long"
+    )
     parser.add_argument("--ref-limit", type=float, default=60.0)
     parser.add_argument("--no-reference", action="store_true")
     parser.add_argument("--markdown", action="store_true", help="print a markdown table")
@@ -252,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
             if ref is not None and call not in ref_too_slow:
                 params = ref.parameters
                 steps[f"{call} (transformers)"] = _step_fn(ref, params, x, w)
-        med, samples = time_round_robin(steps, args.steps, args.slow)
+        med, samples = time_round_robin(steps, args.steps, args.slow, args.min_time)
         for call, _name, _module, ref in contenders:
             ours = med[call]
             ref_t = med.get(f"{call} (transformers)")
@@ -286,7 +295,8 @@ def main(argv: list[str] | None = None) -> int:
         record = Record(args.record, "Training step of each sequence mixer")
         record.table(columns, table, caption=f"d_model={D}, batch={args.batch}")
         record.note(
-            f"Median of {args.steps} interleaved steps (steps over {args.slow:g} s timed once), "
+            f"Median of at least {args.steps} interleaved rounds, more for fast steps until each "
+            f"contender ran {args.min_time:g} s (steps over {args.slow:g} s timed once), "
             f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}; load average "
             f"{load_at_start[0]} at the start, {round(os.getloadavg()[0], 1)} at the end "
             f"({os.cpu_count()} cores shared with other jobs)."

@@ -277,7 +277,7 @@ def test_model_generation_with_state_equals_the_plain_loop(block):
 def test_mixer_benchmark_runs_every_row(capsys):
     from bench.mixers import main
 
-    argv = ["--d-model", "32", "--seq", "8", "--steps", "1", "--markdown"]
+    argv = ["--d-model", "32", "--seq", "8", "--steps", "1", "--min-time", "0", "--markdown"]
     assert main([*argv, "--mixers", "Mamba(state=4)", "Mamba2(head_dim=16)", "RGLRU"]) == 0
     out = capsys.readouterr().out
     for row in ("`Attn(heads=4)` | 8", "`Mamba(state=4)` | 8", "`Mamba2(head_dim=16)` | 8"):
