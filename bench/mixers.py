@@ -17,7 +17,9 @@ when one step takes longer than ``--slow`` seconds), so every ratio compares run
 machine load; the table also gives the range of the per-round ratios (blockdsl's step over
 transformers' step of the same round), which shows how much the load moved them. ``--slow``
 is high by default: a threshold that a loaded machine pushes ordinary steps over turns the
-median into a single reading (an earlier default of 5 s did so at T = 4096). A reference
+median into a single reading (an earlier default of 5 s did so at T = 4096). With one torch
+thread (``OMP_NUM_THREADS=1``) a step is timed in CPU time of that thread, not wall time,
+so time slices the scheduler gives to other jobs are not counted (``clock``). A reference
 whose previous ``T`` took longer than ``--ref-limit`` seconds is not run at longer ``T``
 (reported as skipped).
 
@@ -182,6 +184,14 @@ def _step_fn(run: Step, params: Callable, x: torch.Tensor, w: torch.Tensor) -> C
     return step
 
 
+def clock() -> float:
+    """Seconds of CPU time of this thread when torch computes on it alone (one intra-op
+    thread), else wall-clock seconds. On a machine shared with other jobs a single-threaded
+    step's wall time counts the time slices the scheduler gave to others (tens of
+    milliseconds each), which dominates short steps; its CPU time does not."""
+    return time.thread_time() if torch.get_num_threads() == 1 else time.perf_counter()
+
+
 def time_round_robin(
     steps: dict[str, Callable[[], None]], n: int, slow: float, min_time: float = 0.0
 ) -> tuple[dict[str, float], dict[str, list[float]]]:
@@ -192,9 +202,9 @@ def time_round_robin(
     times: dict[str, list[float]] = {k: [] for k in steps}
     warm: dict[str, float] = {}
     for name, step in steps.items():  # warm-up doubles as the first measurement of slow ones
-        t0 = time.perf_counter()
+        t0 = clock()
         step()
-        warm[name] = elapsed = time.perf_counter() - t0
+        warm[name] = elapsed = clock() - t0
         if elapsed > slow:
             times[name].append(elapsed)
     timed = [t for name, t in warm.items() if t <= slow]
@@ -203,9 +213,9 @@ def time_round_robin(
         for name, step in steps.items():
             if len(times[name]) and times[name][0] > slow:
                 continue
-            t0 = time.perf_counter()
+            t0 = clock()
             step()
-            times[name].append(time.perf_counter() - t0)
+            times[name].append(clock() - t0)
     return {k: statistics.median(v) for k, v in times.items()}, times
 
 
@@ -294,9 +304,11 @@ def main(argv: list[str] | None = None) -> int:
 
         record = Record(args.record, "Training step of each sequence mixer")
         record.table(columns, table, caption=f"d_model={D}, batch={args.batch}")
+        single = torch.get_num_threads() == 1
         record.note(
             f"Median of at least {args.steps} interleaved rounds, more for fast steps until each "
             f"contender ran {args.min_time:g} s (steps over {args.slow:g} s timed once), "
+            f"{'CPU time of the one torch thread' if single else 'wall time'}, "
             f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}; load average "
             f"{load_at_start[0]} at the start, {round(os.getloadavg()[0], 1)} at the end "
             f"({os.cpu_count()} cores shared with other jobs)."
