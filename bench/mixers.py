@@ -11,13 +11,20 @@ configuration, loads the blockdsl module's weights into it, and returns a callab
 A training step is ``loss = (mixer(x) * w).sum(); loss.backward()`` on ``x`` of shape
 ``(batch, T, d_model)`` with gradients set to None before it (outside the timed region); ``w``
 is a fixed random projection, so no gradient is trivially zero. Contenders of one ``T`` run
-interleaved round-robin after one warm-up step and the median is reported (a single timed step
+interleaved round-robin after one warm-up step and the median is reported (at least
+``--steps`` rounds, more until every contender ran ``--min-time`` seconds; a single timed step
 when one step takes longer than ``--slow`` seconds), so every ratio compares runs under the same
-machine load. A reference whose previous ``T`` took longer than ``--ref-limit`` seconds is not
-run at longer ``T`` (reported as skipped).
+machine load; the table also gives the range of the per-round ratios (blockdsl's step over
+transformers' step of the same round), which shows how much the load moved them. ``--slow``
+is high by default: a threshold that a loaded machine pushes ordinary steps over turns the
+median into a single reading (an earlier default of 5 s did so at T = 4096). With one torch
+thread (``OMP_NUM_THREADS=1``) a step is timed in CPU time of that thread, not wall time,
+so time slices the scheduler gives to other jobs are not counted (``clock``). A reference
+whose previous ``T`` took longer than ``--ref-limit`` seconds is not run at longer ``T``
+(reported as skipped).
 
     PYTHONPATH=. python bench/mixers.py [--mixers Mamba Mamba2 RGLRU] [--attention Attn]
-        [--d-model 256] [--seq 256 1024 4096] [--batch 1] [--steps 3] [--markdown]
+        [--d-model 256] [--seq 256 1024 4096] [--batch 1] [--steps 5] [--markdown]
 """
 
 from __future__ import annotations
@@ -177,23 +184,47 @@ def _step_fn(run: Step, params: Callable, x: torch.Tensor, w: torch.Tensor) -> C
     return step
 
 
-def time_round_robin(steps: dict[str, Callable[[], None]], n: int, slow: float) -> dict:
-    """Median seconds per step of each contender, interleaved (one warm-up step each)."""
+def clock() -> float:
+    """Seconds of CPU time of this thread when torch computes on it alone (one intra-op
+    thread), else wall-clock seconds. On a machine shared with other jobs a single-threaded
+    step's wall time counts the time slices the scheduler gave to others (tens of
+    milliseconds each), which dominates short steps; its CPU time does not."""
+    return time.thread_time() if torch.get_num_threads() == 1 else time.perf_counter()
+
+
+def time_round_robin(
+    steps: dict[str, Callable[[], None]], n: int, slow: float, min_time: float = 0.0
+) -> tuple[dict[str, float], dict[str, list[float]]]:
+    """Median seconds per step of each contender, interleaved (one warm-up step each), and
+    every timed step, in round order. At least ``n`` rounds, more while the slowest
+    contender's rounds add up to less than ``min_time`` seconds (up to 100 rounds): a fast
+    step is timed often enough that a burst of load hits only a few of its rounds."""
     times: dict[str, list[float]] = {k: [] for k in steps}
+    warm: dict[str, float] = {}
     for name, step in steps.items():  # warm-up doubles as the first measurement of slow ones
-        t0 = time.perf_counter()
+        t0 = clock()
         step()
-        elapsed = time.perf_counter() - t0
+        warm[name] = elapsed = clock() - t0
         if elapsed > slow:
             times[name].append(elapsed)
-    for _ in range(n):
+    timed = [t for name, t in warm.items() if t <= slow]
+    rounds = max(n, min(100, int(min_time / max(timed)))) if timed and min_time > 0 else n
+    for _ in range(rounds):
         for name, step in steps.items():
             if len(times[name]) and times[name][0] > slow:
                 continue
-            t0 = time.perf_counter()
+            t0 = clock()
             step()
-            times[name].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
+            times[name].append(clock() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}, times
+
+
+def ratio_range(ours: list[float], ref: list[float]) -> str:
+    """Smallest and largest ratio of two contenders' steps timed in the same round."""
+    ratios = [a / b for a, b in zip(ours, ref)]
+    if len(ratios) < 2:
+        return "–"
+    return f"{min(ratios):.2f}–{max(ratios):.2f}×"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -203,8 +234,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--d-model", type=int, default=256)
     parser.add_argument("--seq", type=int, nargs="+", default=[256, 1024, 4096])
     parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--steps", type=int, default=3, help="timed steps per contender")
-    parser.add_argument("--slow", type=float, default=5.0, help="time slower steps only once")
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per contender")
+    parser.add_argument("--slow", type=float, default=60.0, help="time slower steps only once")
+    parser.add_argument(
+        "--min-time", type=float, default=5.0, help="more rounds until a contender ran this long"
+    )
     parser.add_argument("--ref-limit", type=float, default=60.0)
     parser.add_argument("--no-reference", action="store_true")
     parser.add_argument("--markdown", action="store_true", help="print a markdown table")
@@ -214,6 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--record", default="mixers", help="NAME of the --json record")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
+    load_at_start = [round(x, 1) for x in os.getloadavg()]
     D, context = args.d_model, max(args.seq)
 
     contenders: list[tuple[str, str, nn.Module, Step | None]] = []
@@ -236,26 +271,31 @@ def main(argv: list[str] | None = None) -> int:
             if ref is not None and call not in ref_too_slow:
                 params = ref.parameters
                 steps[f"{call} (transformers)"] = _step_fn(ref, params, x, w)
-        med = time_round_robin(steps, args.steps, args.slow)
+        med, samples = time_round_robin(steps, args.steps, args.slow, args.min_time)
         for call, _name, _module, ref in contenders:
             ours = med[call]
             ref_t = med.get(f"{call} (transformers)")
             if ref_t is not None and ref_t > args.ref_limit:
                 ref_too_slow.add(call)
-            rows.append((call, T, ours, ours / med[attn_call], ref_t, ref is not None))
-            ref_s = f"{ref_t * 1e3:10.1f} ms  {ours / ref_t:5.2f}x" if ref_t else ""
+            spread = (
+                ratio_range(samples[call], samples[f"{call} (transformers)"])
+                if ref_t is not None
+                else "–"
+            )
+            rows.append((call, T, ours, ours / med[attn_call], ref_t, ref is not None, spread))
+            ref_s = f"{ref_t * 1e3:10.1f} ms  {ours / ref_t:5.2f}x  {spread}" if ref_t else ""
             print(f"T={T:5d} {call:24s} {ours * 1e3:9.1f} ms  "
                   f"{ours / T * 1e6:8.1f} us/token  {ours / med[attn_call]:5.2f}x attn  {ref_s}",
                   flush=True)  # fmt: skip
 
     columns = ["mixer", "T", "step (ms)", "µs/token", "vs attention", "transformers (ms)",
-               "blockdsl / transformers"]  # fmt: skip
+               "blockdsl / transformers", "per-round range"]  # fmt: skip
     table = []
-    for call, T, ours, vs_attn, ref_t, has_ref in rows:
+    for call, T, ours, vs_attn, ref_t, has_ref, spread in rows:
         ref_cells = (
-            [round(ref_t * 1e3, 1), f"{ours / ref_t:.3f}×"]
+            [round(ref_t * 1e3, 1), f"{ours / ref_t:.3f}×", spread]
             if ref_t is not None
-            else (["skipped (too slow)", "–"] if has_ref else ["–", "–"])
+            else (["skipped (too slow)", "–", "–"] if has_ref else ["–", "–", "–"])
         )
         table.append([f"`{call}`", T, round(ours * 1e3, 1), round(ours / T * 1e6, 1),
                       f"{vs_attn:.2f}×", *ref_cells])  # fmt: skip
@@ -264,6 +304,15 @@ def main(argv: list[str] | None = None) -> int:
 
         record = Record(args.record, "Training step of each sequence mixer")
         record.table(columns, table, caption=f"d_model={D}, batch={args.batch}")
+        single = torch.get_num_threads() == 1
+        record.note(
+            f"Median of at least {args.steps} interleaved rounds, more for fast steps until each "
+            f"contender ran {args.min_time:g} s (steps over {args.slow:g} s timed once), "
+            f"{'CPU time of the one torch thread' if single else 'wall time'}, "
+            f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}; load average "
+            f"{load_at_start[0]} at the start, {round(os.getloadavg()[0], 1)} at the end "
+            f"({os.cpu_count()} cores shared with other jobs)."
+        )
         print(f"wrote {record.write()}")
     if args.markdown:
         threads = torch.get_num_threads()
@@ -271,13 +320,13 @@ def main(argv: list[str] | None = None) -> int:
               f"{threads} thread(s), OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}, "
               f"d_model={D}, batch={args.batch}\n")  # fmt: skip
         print("| mixer | T | step (ms) | µs/token | vs attention | transformers (ms) | "
-              "blockdsl / transformers |")  # fmt: skip
-        print("|---|---:|---:|---:|---:|---:|---:|")
-        for call, T, ours, vs_attn, ref_t, has_ref in rows:
+              "blockdsl / transformers | per-round range |")  # fmt: skip
+        print("|---|---:|---:|---:|---:|---:|---:|---:|")
+        for call, T, ours, vs_attn, ref_t, has_ref, spread in rows:
             if ref_t is not None:
-                ref_cells = f"{ref_t * 1e3:.0f} | {ours / ref_t:.3f}×"
+                ref_cells = f"{ref_t * 1e3:.0f} | {ours / ref_t:.3f}× | {spread}"
             else:
-                ref_cells = "skipped (too slow) | –" if has_ref else "– | –"
+                ref_cells = "skipped (too slow) | – | –" if has_ref else "– | – | –"
             print(f"| `{call}` | {T} | {ours * 1e3:.1f} | {ours / T * 1e6:.1f} | "
                   f"{vs_attn:.2f}× | {ref_cells} |")  # fmt: skip
     return 0

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shlex
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -51,7 +52,7 @@ class Record:
     title: str
     command: str = field(
         default_factory=lambda: (
-            "PYTHONPATH=. python " + " ".join(["bench/" + Path(sys.argv[0]).name, *sys.argv[1:]])
+            "PYTHONPATH=. python " + shlex.join(["bench/" + Path(sys.argv[0]).name, *sys.argv[1:]])
         )
     )
     environment: dict = field(default_factory=environment)

@@ -142,6 +142,14 @@ def test_unsupported_options_are_refused_with_a_reason():
         ("recurrentgemma", "RecurrentGemmaForCausalLM", dict(
             intermediate_size=15360, num_key_value_heads=1)),
         ("jamba", "JambaForCausalLM", {}),  # defaults: Jamba v0.1
+        # Falcon-H1-0.5B-Base's config.json (its sizes are in transformers' FalconH1 docs table:
+        # depth 36, dim 1024, 8/2 attention heads, 24 Mamba heads, d_head 64/64, d_state 128)
+        ("falcon-h1", "FalconH1ForCausalLM", dict(
+            vocab_size=32784, hidden_size=1024, intermediate_size=2048, num_hidden_layers=36,
+            num_attention_heads=8, num_key_value_heads=2, head_dim=64, mamba_d_ssm=1536,
+            mamba_n_heads=24, mamba_d_head=64, mamba_n_groups=1, mamba_d_state=128,
+            mamba_d_conv=4, mamba_conv_bias=True, mamba_proj_bias=False, mamba_rms_norm=False,
+            tie_word_embeddings=False)),
     ],
 )  # fmt: skip
 def test_presets_count_the_parameters_of_the_published_models(preset, name, config):

@@ -283,9 +283,27 @@ def test_shortconv_matches_transformers_lfm2():
     ref = _randomise(modeling.Lfm2ShortConv(config, 0)).eval()
     ours = ShortConv(32, kernel=3, bias=True)
     ours.load_state_dict(ref.state_dict())
-    x = torch.randn(2, 13, 32)
-    with torch.no_grad():
-        torch.testing.assert_close(ours(x), ref(x), rtol=1e-5, atol=1e-5)
+    x = torch.randn(2, 13, 32, requires_grad=True)
+    torch.testing.assert_close(ours(x), ref(x), rtol=1e-5, atol=1e-5)
+    w = torch.randn(2, 13, 32)
+    names = sorted(dict(ref.named_parameters()))
+    mine = torch.autograd.grad((ours(x) * w).sum(), [x, *(ours.get_parameter(n) for n in names)])
+    theirs = torch.autograd.grad((ref(x) * w).sum(), [x, *(ref.get_parameter(n) for n in names)])
+    for a, b in zip(mine, theirs, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(("kernel", "seq", "bias"), [(3, 7, True), (4, 2, False), (1, 5, True)])
+def test_gated_short_conv_has_the_exact_gradient(kernel, seq, bias):
+    """ShortConv's (B, T, 3D)-layout kernel, shifted multiply-adds with a written-out
+    backward, against finite differences (including sequences shorter than the kernel)."""
+    from blockdsl.components.long_conv import _GatedShortConv
+
+    torch.manual_seed(3)
+    bch = torch.randn(2, seq, 12, dtype=torch.float64, requires_grad=True)
+    taps = torch.randn(4, kernel, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(4, dtype=torch.float64, requires_grad=True) if bias else None
+    assert torch.autograd.gradcheck(_GatedShortConv.apply, (bch, taps, b))
 
 
 def test_channel_mix_is_the_reference_formula():

@@ -67,6 +67,7 @@ SMALL_LAYERS = {
     "recurrentgemma": "recurrent->attention",
     "jamba": "mamba->mamba_moe->attention",
     "hybrid": "M->A->F",
+    "falcon-h1": "mixer->mlp",
 }
 SMALL_DEFAULTS = {
     "Attn": {"heads": 4, "head_dim": 16},
@@ -74,6 +75,7 @@ SMALL_DEFAULTS = {
     "MoE": {"experts": 4, "hidden": 32},
     "Mamba": {"dt_rank": 8},
     "RGLRU": {"width": 64, "heads": 2},
+    "Mamba2": {"inner": 128},
 }
 
 
@@ -151,6 +153,9 @@ PUBLISHED_PARAMS = {
     "mamba2": (128_989_632, 0),  # also = transformers' count: tests/test_ssm.py
     "recurrentgemma": (2_682_862_080, 0),
     "jamba": (51_570_323_328, 0),
+    # Falcon-H1 0.5B: 521M on its Hugging Face page (tiiuae/Falcon-H1-0.5B-Base), 0.52B in the
+    # technical report; = transformers' exact count: tests/test_hf_ssm.py
+    "falcon-h1": (521_411_104, 0),
 }
 
 

@@ -137,6 +137,19 @@ def test_ssd_equals_the_recurrence():
     torch.testing.assert_close(final, h)
 
 
+def test_ssd_within_chunk_product_has_the_exact_gradient():
+    """The custom backward of SSD's within-chunk product (recomputed decays, in-place passes)
+    against finite differences in float64."""
+    from blockdsl.components.ssm import _ChunkMix
+
+    torch.manual_seed(2)
+    b, g, r, c, L, p = 1, 2, 2, 2, 5, 3
+    scores = torch.randn(b, g, c, L, L, dtype=torch.float64, requires_grad=True)
+    a_cum = (-torch.rand(b, g, r, c, L, dtype=torch.float64)).cumsum(-1).requires_grad_()
+    x = torch.randn(b, g, r, c, L, p, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(_ChunkMix.apply, (scores, a_cum, x))
+
+
 def test_linear_scan_values_and_exact_gradient():
     torch.manual_seed(2)
     a = torch.rand(2, 9, 3, dtype=torch.double, requires_grad=True)
@@ -264,7 +277,7 @@ def test_model_generation_with_state_equals_the_plain_loop(block):
 def test_mixer_benchmark_runs_every_row(capsys):
     from bench.mixers import main
 
-    argv = ["--d-model", "32", "--seq", "8", "--steps", "1", "--markdown"]
+    argv = ["--d-model", "32", "--seq", "8", "--steps", "1", "--min-time", "0", "--markdown"]
     assert main([*argv, "--mixers", "Mamba(state=4)", "Mamba2(head_dim=16)", "RGLRU"]) == 0
     out = capsys.readouterr().out
     for row in ("`Attn(heads=4)` | 8", "`Mamba(state=4)` | 8", "`Mamba2(head_dim=16)` | 8"):

@@ -69,6 +69,59 @@ def test_drawn_models_are_prenorm_residual_layers_unless_asked(wrapped, raw):
     assert not any(t.startswith("Norm->(") for t in raw["blocks"].values()), raw
 
 
+def _calls_without_norm_before(block: ast.Block) -> list[str]:
+    """Calls (other than Norm) not directly preceded by a Norm call in their chain, and calls
+    repeated bare (``X*2``)."""
+    bare = []
+    for chain in block.chains:
+        prev = None
+        for step in chain.steps:
+            after_norm = isinstance(prev, ast.Call) and prev.name == "Norm"
+            if isinstance(step, ast.Call) and step.name != "Norm" and not after_norm:
+                bare.append(step.name)
+            repeated = step.body if isinstance(step, ast.Repeat) else None
+            if isinstance(repeated, ast.Call) and repeated.name != "Norm":
+                bare.append(f"{repeated.name}*{step.count}")
+            inner = step.body if isinstance(step, ast.Repeat) else step
+            if isinstance(inner, ast.Group):
+                bare += _calls_without_norm_before(inner.block)
+            if isinstance(inner, ast.Call):
+                for child in inner.children:
+                    bare += _calls_without_norm_before(child)
+            prev = step
+    return bare
+
+
+@settings(FAST, max_examples=20)
+@given(
+    block_asts(["Norm", "BaseConv", "Attn", "MoE", "MLP"]),
+    block_asts(["Norm", "BaseConv", "Attn"], prenorm=False),
+    block_asts(["BaseConv", "Attn"]),
+)
+def test_drawn_blocks_norm_every_call_unless_asked(prenormed, raw, without_norm):
+    assert _calls_without_norm_before(prenormed) == [], blockdsl.unparse(prenormed)
+    assert blockdsl.parse(blockdsl.unparse(raw)) == raw
+    assert "Norm" not in blockdsl.unparse(without_norm)  # Norm is not among the components
+
+
+def test_prenorm_draws_keep_a_deep_multiplicative_chain_finite():
+    """The raw block the fuzzer once drew overflows (each BaseConv roughly squares its input)
+    and was reported as a NaN "leak"; normed as the strategy now draws it, it passes."""
+    raw = "(BaseConv#l0*2->(BaseConv(kernel=1)->Attn->Attn)*2->Bias)*2"
+    normed = (
+        "((Norm->BaseConv#l0)*2->(Norm->BaseConv(kernel=1)->Norm->Attn->Norm->Attn)*2"
+        "->Norm->Bias)*2"
+    )
+    torch.manual_seed(3)
+    module = blockdsl.compile_block(raw, d_model=16, model_globals=DEFAULT_GLOBALS)
+    with pytest.raises(ArchitectureCheckError, match="not finite") as info:
+        check_architecture(module, architecture=raw)
+    assert info.value.invariant == "finite"
+    torch.manual_seed(3)
+    module = blockdsl.compile_block(normed, d_model=16, model_globals=DEFAULT_GLOBALS)
+    check_architecture(module, architecture=normed)
+
+
 def test_unnormalised_multiplicative_stack_overflows_and_prenorm_layers_do_not():
     """Why drawn models are pre-norm layers: a stack of Hyena/BaseConv layers found by the
     fuzzer overflows float32 at initialisation without norms, and passes every invariant with
@@ -258,7 +311,7 @@ def registry():
         ("Norm->Unused->+", "gradient", "unused"),
         ("Norm->MLP->+->Noisy->+", "determinism", None),
         ("Norm->Unsaved->+", "state_dict", "unsaved"),
-        ("Norm->Overflow->+", "finite", None),
+        ("Norm->Overflow->+", "finite", "overflow"),
     ],
 )
 def test_each_invariant_names_the_node_at_fault(registry, src, invariant, node):
@@ -271,6 +324,34 @@ def test_each_invariant_names_the_node_at_fault(registry, src, invariant, node):
     if node is not None:
         assert err.node == node
     assert invariant in str(err) and src in str(err)
+
+
+class Blowup(nn.Module):
+    """Finite on the check's clean input, inf where the causality check's perturbation
+    (``x + 3 * noise`` after position t) makes the input large."""
+
+    def __init__(self, d_model: int) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.tensor(3.0))
+
+    def forward(self, x):
+        return torch.exp(self.scale * x.square())
+
+
+def test_non_finite_outputs_are_reported_as_such_not_as_a_leak(registry):
+    """inf at a future position reaches earlier ones through attention's 0 * inf = NaN: the
+    finding is the overflow and where it starts, not "causality broken by up to nan"."""
+    registry.register("Blowup")(Blowup)
+    src = "Blowup->Attn"
+    torch.manual_seed(0)
+    module = blockdsl.compile_block(src, d_model=16, registry=registry)
+    with pytest.raises(ArchitectureCheckError) as info:
+        check_architecture(module, architecture=src)
+    err = info.value
+    assert (err.invariant, err.node) == ("finite", "blowup")
+    assert "output is not finite (nan/inf) at positions [0, 1, 2, 3, 4, 5]" in str(err)
+    assert "when the input after position 2 is perturbed" in str(err)
+    assert "nan)" not in str(err).split("(nan/inf)")[1]
 
 
 def test_a_leak_deep_in_a_model_is_located(registry):

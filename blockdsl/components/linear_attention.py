@@ -491,13 +491,14 @@ class GatedDeltaNet(nn.Module):
             [self.key_dim, self.key_dim, self.value_dim], dim=-1
         )
         group = self.v_heads // self.heads
-        q, k = (
-            rearrange(t, "b t (h d) -> b t h d", h=self.heads).repeat_interleave(group, dim=2)
-            for t in (q, k)
-        )  # (B, T, Hv, K)
+        # normalised per key head, then shared by its value heads (no copy when there is one
+        # value head per key head)
+        q = l2norm(rearrange(q, "b t (h d) -> b t h d", h=self.heads).float())
+        k = l2norm(rearrange(k, "b t (h d) -> b t h d", h=self.heads).float())
+        q = q * self.head_dim**-0.5
+        if group > 1:
+            q, k = (t.repeat_interleave(group, dim=2) for t in (q, k))  # (B, T, Hv, K)
         v = rearrange(v, "b t (h d) -> b t h d", h=self.v_heads)  # (B, T, Hv, V)
-        q = l2norm(q.float()) * self.head_dim**-0.5
-        k = l2norm(k.float())
         beta = torch.sigmoid(b.float())[..., None]  # (B, T, Hv, 1)
         log_alpha = (-self.A_log.float().exp() * F.softplus(a.float() + self.dt_bias))[..., None]
         ssm = None if state is None else state["ssm"]

@@ -23,6 +23,7 @@ from torch import nn
 
 from blockdsl.components._util import Problem, flops_from_steps, raise_problem, same_size
 from blockdsl.components.linear_attention import causal_conv
+from blockdsl.components.ssm import _tracing
 from blockdsl.errors import ShapeError
 from blockdsl.registry import register
 
@@ -443,6 +444,66 @@ def _shortconv_steps(d_in: int, seq: int, batch: int, kernel: int, **_) -> Steps
     ]
 
 
+def _shift_conv(u: torch.Tensor, taps: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """Depthwise causal convolution in the (B, T, D) layout: ``y_t = Σ_k taps[:, k] ⊙
+    u_{t-K+1+k} (+ bias)``, one multiply-add pass over contiguous rows per tap."""
+    K, T = taps.shape[-1], u.shape[1]
+    y = u * taps[:, K - 1] if bias is None else torch.addcmul(bias, u, taps[:, K - 1])
+    for k in range(max(0, K - 1 - T + 1), K - 1):
+        s = K - 1 - k  # how far back tap k reads
+        y[:, s:].addcmul_(u[:, : T - s], taps[:, k])
+    return y
+
+
+class _GatedShortConv(torch.autograd.Function):
+    """LFM2's gated short convolution between the projections, ``c ⊙ conv(b ⊙ h)`` with
+    ``b, c, h`` the thirds of ``bch`` (B, T, 3D), computed in the projections' (B, T, ·)
+    layout with its gradient written into one (B, T, 3D) tensor.
+
+    The straightforward form (``Lfm2ShortConv``'s) transposes to (B, 3D, T) for ``conv1d``:
+    its products then run on strided views, its output needs a contiguous copy for
+    ``out_proj``, and the backward concatenates the thirds' gradients. Here a short kernel
+    is ``K`` shifted multiply-adds over contiguous rows and nothing is copied."""
+
+    @staticmethod
+    def forward(ctx, bch: torch.Tensor, taps: torch.Tensor, bias: torch.Tensor | None):
+        b, c, h = bch.chunk(3, dim=-1)
+        u = b * h
+        conv = _shift_conv(u, taps, bias)
+        ctx.save_for_backward(bch, taps, u, conv)
+        ctx.has_bias = bias is not None
+        return c * conv
+
+    @staticmethod
+    def backward(ctx, gy: torch.Tensor):
+        bch, taps, u, conv = ctx.saved_tensors
+        b, c, h = bch.chunk(3, dim=-1)
+        K, T = taps.shape[-1], u.shape[1]
+        gbch = torch.empty_like(bch)
+        gb, gc, gh = gbch.chunk(3, dim=-1)
+        torch.mul(gy, conv, out=gc)
+        gconv = gy * c
+        gu = gconv * taps[:, K - 1]
+        gtaps = torch.empty_like(taps)
+        gtaps[:, K - 1] = (gconv * u).sum((0, 1))
+        for k in range(K - 1):
+            s = K - 1 - k
+            if s >= T:
+                gtaps[:, k] = 0
+                continue
+            gu[:, : T - s].addcmul_(gconv[:, s:], taps[:, k])
+            gtaps[:, k] = (gconv[:, s:] * u[:, : T - s]).sum((0, 1))
+        torch.mul(gu, h, out=gb)
+        torch.mul(gu, b, out=gh)
+        gbias = gconv.sum((0, 1)) if ctx.has_bias else None
+        return gbch, gtaps, gbias
+
+
+#: Kernels up to this width run as shifted multiply-adds (``_GatedShortConv``); wider ones
+#: through ``conv1d``, whose cost does not grow with the width the same way.
+SHIFT_CONV_MAX_KERNEL = 8
+
+
 @register(
     "ShortConv",
     out_features=same_size,
@@ -486,6 +547,9 @@ class ShortConv(nn.Module):
         positions: torch.Tensor | None = None,
         state: dict[str, torch.Tensor] | None = None,
     ) -> torch.Tensor:  # (B, T, D) -> (B, T, D)
+        if state is None and self.kernel <= SHIFT_CONV_MAX_KERNEL and not _tracing():
+            taps = self.conv.weight[:, 0]  # (D, K)
+            return self.out_proj(_GatedShortConv.apply(self.in_proj(x), taps, self.conv.bias))
         b, c, h = rearrange(self.in_proj(x), "b t c -> b c t").chunk(3, dim=1)  # (B, D, T)
         window = None if state is None else state["conv"]
         y = c * causal_conv(b * h, self.conv.weight, self.conv.bias, window)

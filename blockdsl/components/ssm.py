@@ -624,6 +624,55 @@ def _segsum(x: torch.Tensor) -> torch.Tensor:
     )
 
 
+def _decay_mask(a_cum: torch.Tensor) -> torch.Tensor:
+    """``exp(a_cum[..., i] - a_cum[..., j])`` for ``j <= i``, 0 above the diagonal: the decay
+    from position j to position i of a chunk, (..., L) -> (..., L, L). Differences of the
+    cumulative sums (as mamba_ssm's kernels compute it) rather than ``_segsum``'s masked cumsum
+    over the (L, L) square; within one chunk the cumulative sums stay small enough for float32
+    (the chunk tests check the result against the step-by-step recurrence)."""
+    L = a_cum.shape[-1]
+    upper = torch.ones(L, L, dtype=torch.bool, device=a_cum.device).triu(1)
+    diff = a_cum[..., :, None] - a_cum[..., None, :]
+    return torch.exp_(diff.masked_fill_(upper, -torch.inf))
+
+
+class _ChunkMix(torch.autograd.Function):
+    """SSD's within-chunk product ``y = (scores ∘ decay) @ x``: ``scores`` (b, g, c, l, s) is
+    C·Bᵀ of one group, shared by its ``r`` heads; ``decay = _decay_mask(a_cum)`` (b, g, r, c,
+    l, s) is each head's; ``x`` (b, g, r, c, s, p).
+
+    The (l, s) squares are the largest tensors of a Mamba2 step (``T * chunk`` numbers per
+    head). Autograd would keep the decay and its product with the scores for backward and run
+    about a dozen passes over them; this saves only the small operands, recomputes the decay
+    in backward, and folds the backward's products into in-place passes:
+    ``d(scores) = Σ_r dM ∘ decay`` and ``d(a_cum)`` from ``dM ∘ M`` (row sums minus column
+    sums, since ``M_ls`` depends on ``a_cum_l - a_cum_s``)."""
+
+    @staticmethod
+    def forward(ctx, scores: torch.Tensor, a_cum: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(scores, a_cum, x)
+        return _decay_mask(a_cum).mul_(scores[:, :, None]) @ x
+
+    @staticmethod
+    def backward(ctx, gy: torch.Tensor):
+        scores, a_cum, x = ctx.saved_tensors
+        decay = _decay_mask(a_cum)
+        M = decay * scores[:, :, None]
+        gx = M.transpose(-1, -2) @ gy
+        gM = gy @ x.transpose(-1, -2)
+        gM.mul_(decay)  # dL/d(scores) per head
+        gscores = gM.sum(2)
+        gM.mul_(scores[:, :, None])  # dL/d(a_cum_l - a_cum_s)
+        ga = gM.sum(-1) - gM.sum(-2)
+        return gscores, ga, gx
+
+
+def _chunk_mix(scores: torch.Tensor, a_cum: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    if _tracing():  # traced graphs take plain autograd
+        return (scores[:, :, None] * _decay_mask(a_cum)) @ x
+    return _ChunkMix.apply(scores, a_cum, x)
+
+
 def ssd(
     x: torch.Tensor,
     a: torch.Tensor,
@@ -639,44 +688,51 @@ def ssd(
     ``H/G`` consecutive heads, ``h0`` (B, H, P, N). Returns ``y`` (B, T, H, P) and the final
     state (B, H, P, N). Cost ``O(T * chunk)``: attention-like matmuls inside each chunk, a
     recurrence over the chunks' end states between them. A sequence that is not a multiple of
-    ``chunk`` is padded with ``a = 0, x = 0`` steps, which leave the state unchanged."""
-    T, G = x.shape[1], B.shape[2]
+    ``chunk`` is padded with ``a = 0, x = 0`` steps, which leave the state unchanged.
+
+    Every operand is laid out head-major once, ``(b, g, r, c, l, ·)`` (group, head in group,
+    chunk, position), so each product below is a batched matmul on contiguous blocks: no
+    einsum re-permutes its operands in the forward or the backward, and B·C is computed once
+    per group, not per head."""
+    b, T, H, P = x.shape
+    G, N = B.shape[2], B.shape[3]
+    R = H // G
     L = max(1, min(chunk, T))
     pad = (-T) % L
     x, a, B, C = (t.float() for t in (x, a, B, C))
     if pad:
         x, B, C = (F.pad(t, (0, 0, 0, 0, 0, pad)) for t in (x, B, C))
         a = F.pad(a, (0, 0, 0, pad))
-    xc = rearrange(x, "b (c l) (g r) p -> b c l g r p", l=L, g=G)
-    ac = rearrange(a, "b (c l) (g r) -> b g r c l", l=L, g=G)
-    Bc = rearrange(B, "b (c l) g n -> b c l g n", l=L)
-    Cc = rearrange(C, "b (c l) g n -> b c l g n", l=L)
-    a_cum = torch.cumsum(ac, dim=-1)  # (b, g, r, c, l)
+    c = (T + pad) // L
+    xh = x.reshape(b, c, L, G, R, P).permute(0, 3, 4, 1, 2, 5).contiguous()  # (b, g, r, c, l, p)
+    ah = a.reshape(b, c, L, G, R).permute(0, 3, 4, 1, 2)  # (b, g, r, c, l)
+    Bh = B.reshape(b, c, L, G, N).permute(0, 3, 1, 2, 4).contiguous()  # (b, g, c, l, n)
+    Ch = C.reshape(b, c, L, G, N).permute(0, 3, 1, 2, 4).contiguous()
+    a_cum = torch.cumsum(ah, dim=-1)  # (b, g, r, c, l)
 
     # 1. within each chunk: y = (C B^T ∘ decay mask) x, like causal attention
-    scores = torch.einsum("bclgn,bcsgn->bgcls", Cc, Bc)  # (b, g, c, l, s)
-    M = scores[:, :, None] * torch.exp(_segsum(ac))  # (b, g, r, c, l, s)
-    y = torch.einsum("bgrcls,bcsgrp->bclgrp", M, xc)
+    scores = Ch @ Bh.transpose(-1, -2)  # (b, g, c, l, s), once per group
+    y = _chunk_mix(scores, a_cum, xh)  # (b, g, r, c, l, p)
 
-    # 2. each chunk's end state from its own inputs
+    # 2. each chunk's end state from its own inputs: sum_l decay(l -> end) x_l ⊗ B_l
     decay_to_end = torch.exp(a_cum[..., -1:] - a_cum)  # (b, g, r, c, l)
-    states = torch.einsum("bclgn,bgrcl,bclgrp->bcgrpn", Bc, decay_to_end, xc)
+    states = (xh * decay_to_end[..., None]).transpose(-1, -2) @ Bh[:, :, None]  # (b,g,r,c,p,n)
 
     # 3. the recurrence over chunks: the state entering each chunk
     start = (
-        torch.zeros_like(states[:, :1])
+        torch.zeros_like(states[:, :, :, :1])
         if h0 is None
-        else rearrange(h0.float(), "b (g r) p n -> b 1 g r p n", g=G)
+        else h0.float().reshape(b, G, R, 1, P, N)
     )
-    states = torch.cat([start, states], dim=1)  # (b, c+1, g, r, p, n)
+    states = torch.cat([start, states], dim=3)  # (b, g, r, c+1, p, n)
     decay_chunks = torch.exp(_segsum(F.pad(a_cum[..., -1], (1, 0))))  # (b, g, r, c+1, c+1)
-    states = torch.einsum("bgrzc,bcgrpn->bzgrpn", decay_chunks, states)
-    entering, final = states[:, :-1], states[:, -1]
+    states = (decay_chunks @ states.flatten(-2)).unflatten(-1, (P, N))
+    entering, final = states[:, :, :, :-1], states[:, :, :, -1]
 
     # 4. what each position reads from the state that entered its chunk
-    y = y + torch.einsum("bclgn,bcgrpn,bgrcl->bclgrp", Cc, entering, torch.exp(a_cum))
-    y = rearrange(y, "b c l g r p -> b (c l) (g r) p")[:, :T]
-    return y, rearrange(final, "b g r p n -> b (g r) p n")
+    y = y + torch.exp(a_cum)[..., None] * (Ch[:, :, None] @ entering.transpose(-1, -2))
+    y = y.permute(0, 3, 4, 1, 2, 5).reshape(b, c * L, H, P)[:, :T]
+    return y, final.reshape(b, H, P, N)
 
 
 class GatedRMSNorm(nn.Module):
@@ -827,8 +883,10 @@ class Mamba2(nn.Module):
         # The last element of each step is what the float32 forward keeps for backward (the
         # training memory estimate): the conv's padded input, its output and the SiLU; the
         # einsums' operand copies (C and B three times, x three times: within chunks, chunk
-        # states, state readout), the decay mask and its product with C·B, B scaled by the
-        # decays, the chunk states before and after the recurrence, and the gated norm's
+        # states, state readout), C·B, two (l, s) squares (the forward keeps none, but the
+        # within-chunk product's backward recomputes the decay mask and its product with C·B
+        # while the other activations are still held), B scaled by the decays, the chunk
+        # states before and after the recurrence, and the gated norm's
         # gate, input, gated product, normalised values and output. Tensors of H or G
         # numbers per token (Δ, cumulative decays, norms' scales) are left out.
         norm_kept = 5 if norm else 3

@@ -267,7 +267,7 @@ def _check(
         module.eval()
         with torch.no_grad():
             out, auxes = _forward(subject, feed)
-        _check_output(subject, wanted, out, auxes, batch, seq)
+        _check_output(subject, feed, wanted, out, auxes, batch, seq)
         if "determinism" in wanted:
             with torch.no_grad():
                 again, _ = _forward(subject, feed)
@@ -289,6 +289,7 @@ def _check(
 
 def _check_output(
     subject: _Subject,
+    feed: Mapping[str, Any],
     wanted: set[str],
     out: torch.Tensor,
     auxes: list[torch.Tensor],
@@ -305,10 +306,40 @@ def _check_output(
             )
     if "finite" in wanted:
         if not torch.isfinite(out).all():
-            raise ArchitectureCheckError("finite", "output has NaN or inf values")
+            raise _not_finite(subject, feed, out)
         for i, aux in enumerate(auxes):
             if aux.is_floating_point() and not torch.isfinite(aux).all():
                 raise ArchitectureCheckError("finite", f"auxiliary output {i} is not finite")
+
+
+def _positions(bad: torch.Tensor) -> str:
+    """The sequence positions (dim 1) where ``bad`` (a boolean tensor) holds anywhere."""
+    if bad.dim() < 2:
+        return "some entries"
+    rows = bad.reshape(bad.shape[0], bad.shape[1], -1).any(-1)  # (batch, seq)
+    where = sorted(set(rows.nonzero()[:, 1].tolist()))
+    return "position " + str(where[0]) if len(where) == 1 else f"positions {where}"
+
+
+def _not_finite(
+    subject: _Subject, feed: Mapping[str, Any], out: torch.Tensor, when: str = ""
+) -> ArchitectureCheckError:
+    """The finding for an output with NaN or inf: where in the sequence, and the first
+    component whose output is not finite although its input is (with the size of that input:
+    an overflow shows as a huge finite input)."""
+    detail = f"output is not finite (nan/inf) at {_positions(~torch.isfinite(out))}{when}"
+    for path, inp, result in _record(subject, feed):
+        if result is None or not result.is_floating_point() or torch.isfinite(result).all():
+            continue
+        if inp is not None and inp.is_floating_point() and not torch.isfinite(inp).all():
+            break  # it came in from outside the recorded components
+        if inp is not None and inp.is_floating_point():
+            detail += f"; first produced by {path} from an input of magnitude up to "
+            detail += f"{inp.abs().max().item():.3g}"
+        else:
+            detail += f"; first produced by {path}"
+        return ArchitectureCheckError("finite", detail, path)
+    return ArchitectureCheckError("finite", detail)
 
 
 def _check_causality(
@@ -324,6 +355,13 @@ def _check_causality(
     perturbed = _perturb_after(subject, feed, t, gen)
     with torch.no_grad():
         out_b, _ = _forward(subject, perturbed)
+    if not torch.isfinite(out).all() or not torch.isfinite(out_b).all():
+        # NaN or inf anywhere reaches earlier positions through any product with a zero
+        # weight (a causal mask's 0 * NaN is NaN), so causality cannot be judged: say what
+        # happened instead of reporting a leak "by up to nan"
+        bad_feed, bad_out = (feed, out) if not torch.isfinite(out).all() else (perturbed, out_b)
+        when = "" if bad_out is out else f" when the input after position {t} is perturbed"
+        raise _not_finite(subject, bad_feed, bad_out, when)
     scale = atol * max(1.0, out.abs().max().item())
     if _close(out[:, : t + 1], out_b[:, : t + 1], rtol, scale):
         return

@@ -143,6 +143,7 @@ class _Context:
     children: bool
     groups: bool
     positional: bool
+    prenorm: bool = False
     max_args: int = 3
     child_names: tuple[str, ...] = ()
     label_calls: dict[str, ast.Call] = field(default_factory=dict)
@@ -368,7 +369,8 @@ def _chain(
     steps: list[ast.Step] = []
     since_add = 0
     for _ in range(draw(st.integers(1, ctx.max_length))):
-        steps.append(_term(draw, ctx, depth, in_children))
+        term = _term(draw, ctx, depth, in_children)
+        steps.extend(_prenormed(ctx, term) if ctx.prenorm else (term,))
         since_add += 1
         if draw(st.booleans()):
             steps.append(ast.Residual())
@@ -376,6 +378,19 @@ def _chain(
     if must_end_in_add and since_add:
         steps.append(ast.Residual())
     return ast.Chain(tuple(steps))
+
+
+def _prenormed(ctx: _Context, term: ast.Step) -> tuple[ast.Step, ...]:
+    """``term`` with a ``Norm`` in front of each call it repeats or makes: ``X`` becomes
+    ``Norm->X`` and ``X*2`` becomes ``(Norm->X)*2`` (groups hold prenormed chains already)."""
+    if isinstance(term, ast.Call) and ctx.registry.resolve(term.name)[0].name != "Norm":
+        return (ast.Call("Norm"), term)
+    if isinstance(term, ast.Repeat) and isinstance(term.body, ast.Call):
+        inner = _prenormed(ctx, term.body)
+        if len(inner) > 1:
+            body = ast.Group(ast.Block((ast.Chain(inner),)))
+            return (dataclasses.replace(term, body=body),)
+    return (term,)
 
 
 def _fits_children(ctx: _Context, call: ast.Call) -> bool:
@@ -473,6 +488,7 @@ def block_asts(
     positional: bool = True,
     registry: Registry | None = None,
     model_globals: Mapping[str, Any] | None = None,
+    prenorm: bool = True,
 ) -> st.SearchStrategy[ast.Block]:
     """Valid blocks (``blockdsl.ast.Block``) over ``components`` at width ``d_model``.
 
@@ -480,6 +496,14 @@ def block_asts(
     steps of a chain (not counting ``+``). ``model_globals`` are the ``vocab``/``context``
     values components see (pass the same to ``compile_block``; default
     ``DEFAULT_GLOBALS``). Every drawn block validates and compiles at ``d_model``.
+
+    With ``prenorm`` (the default; when ``Norm`` is one of the components drawn, as it is
+    with the default of every usable component) every drawn call but a ``Norm`` reads a
+    normalised input: ``X`` is drawn as ``Norm->X`` and a repeat ``X*2`` as
+    ``(Norm->X)*2``, like ``model_configs``' ``prenorm_layers``. Without it a deep chain of
+    multiplicative mixers (BaseConv, Hyena, gated MLPs: each roughly squares the size of
+    its input) overflows float32 at initialisation by construction, which no invariant
+    should blame on a component. ``prenorm=False`` draws the raw chains.
     """
     components = None if components is None else tuple(components)
     options = dict(
@@ -495,6 +519,9 @@ def block_asts(
     )
     # resolve once up front so that bad component names fail when the strategy is made
     template = _context(registry, components, d_model, model_globals, **options)
+    if prenorm:
+        drawn = {template.registry.resolve(n)[0].name for n in template.names}
+        template = dataclasses.replace(template, prenorm="Norm" in drawn)
 
     @st.composite
     def draw_block(draw: Callable) -> ast.Block:
