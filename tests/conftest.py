@@ -91,3 +91,11 @@ def build(
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _cli_width(monkeypatch: pytest.MonkeyPatch) -> None:
+    """CLI output is compared with goldens rendered at the documented default width (120);
+    an explicit width keeps them independent of whatever an earlier test in the same worker
+    left behind as standard output (rich asks a terminal for its size)."""
+    monkeypatch.setenv("COLUMNS", "120")

@@ -145,15 +145,22 @@ def _import():
     return hf
 
 
-def _recurrent_hf_model(name: str):
-    """The state-space and hybrid imports, from the small configs of their own tests."""
-    from tests import test_hf_hybrid, test_hf_ssm
+def _other_hf_model(name: str):
+    """The imports whose tests keep their own small configs (state-space and hybrid, dense
+    decoders, mixture-of-experts, classic decoders), built by those tests' factories."""
+    from tests import test_hf_classic, test_hf_dense, test_hf_hybrid, test_hf_moe, test_hf_ssm
 
     if name in test_hf_ssm.NAMES:
         return test_hf_ssm._hf_model(name), test_hf_ssm.V
     makers = {"qwen3_next": test_hf_hybrid._qwen3_next, "lfm2": test_hf_hybrid._lfm2}
     if name in makers:
         return test_hf_hybrid._random(makers[name]), test_hf_hybrid.V
+    if name in test_hf_dense.CLASSES:
+        return test_hf_dense._hf_model(name), test_hf_dense.V
+    if name in {case[0] for case in test_hf_moe.CASES}:
+        return test_hf_moe._hf_model(name), test_hf_moe.V
+    if name in test_hf_classic.VARIANTS:
+        return test_hf_classic._hf_model(name), test_hf_classic.V
     raise KeyError(f"no small config for the imported architecture '{name}': add one here")
 
 
@@ -164,7 +171,7 @@ def test_greedy_continuations_equal_transformers_generate(name: str) -> None:
     try:
         cls, cfg = _hf_config(name)
     except KeyError:
-        hf_model, vocab = _recurrent_hf_model(name)
+        hf_model, vocab = _other_hf_model(name)
     else:
         torch.manual_seed(0)
         hf_model = cls(cfg).eval()

@@ -100,9 +100,15 @@ def _attn_weights(
     m.linear(f"{q}.attn.o", f"{p}.self_attn.{o_name}", o_bias)
 
 
-def _mlp_weights(m: WeightMapper, p: str, q: str, bias: bool = False) -> None:
-    for n in ("gate", "up", "down"):
-        m.linear(f"{q}.mlp.{n}", f"{p}.mlp.{n}_proj", bias)
+GATED_MLP = {"gate": "gate_proj", "up": "up_proj", "down": "down_proj"}
+
+
+def _mlp_weights(
+    m: WeightMapper, p: str, q: str, bias: bool = False, names: dict[str, str] = GATED_MLP
+) -> None:
+    """``names``: blockdsl's MLP linear -> the checkpoint's name under ``mlp``."""
+    for ours, theirs in names.items():
+        m.linear(f"{q}.mlp.{ours}", f"{p}.mlp.{theirs}", bias)
 
 
 def _standard_layers(
@@ -114,9 +120,11 @@ def _standard_layers(
     norm_bias: bool = False,
     mlp_bias: bool = False,
     qk_norm: bool = False,
+    mlp_names: dict[str, str] = GATED_MLP,
 ) -> None:
     """Llama-layout layers: ``input_layernorm``, ``self_attn.{q,k,v,o}_proj`` (and
-    ``q_norm``/``k_norm``), ``post_attention_layernorm``, ``mlp.{gate,up,down}_proj``."""
+    ``q_norm``/``k_norm``), ``post_attention_layernorm``, ``mlp.{gate,up,down}_proj`` (or the
+    ``mlp_names`` of an ungated MLP)."""
     m.put("embed.embed.tok.weight", "model.embed_tokens.weight")
     for i in range(cfg.num_hidden_layers):
         p, q = f"model.layers.{i}", f"layers.{i}"
@@ -126,7 +134,7 @@ def _standard_layers(
             for n in "qk":
                 m.norm(f"{q}.attn.{n}_norm", f"{p}.self_attn.{n}_norm", bias=False)
         m.norm(f"{q}.norm_1", f"{p}.post_attention_layernorm", bias=norm_bias)
-        _mlp_weights(m, p, q, mlp_bias)
+        _mlp_weights(m, p, q, mlp_bias, mlp_names)
     m.norm("head.norm", "model.norm", bias=norm_bias)
 
 
@@ -560,15 +568,10 @@ def config_starcoder2(cfg: Any) -> dict:
 
 def weights_starcoder2(cfg: Any, m: WeightMapper) -> None:
     bias = bool(cfg.use_bias)
-    m.put("embed.embed.tok.weight", "model.embed_tokens.weight")
-    for i in range(cfg.num_hidden_layers):
-        p, q = f"model.layers.{i}", f"layers.{i}"
-        m.norm(f"{q}.norm", f"{p}.input_layernorm", bias=True)
-        _attn_weights(m, p, q, bias, bias)
-        m.norm(f"{q}.norm_1", f"{p}.post_attention_layernorm", bias=True)
-        m.linear(f"{q}.mlp.up", f"{p}.mlp.c_fc", bias)
-        m.linear(f"{q}.mlp.down", f"{p}.mlp.c_proj", bias)
-    m.norm("head.norm", "model.norm", bias=True)
+    _standard_layers(
+        cfg, m, qkv_bias=bias, o_bias=bias, norm_bias=True, mlp_bias=bias,
+        mlp_names={"up": "c_fc", "down": "c_proj"},
+    )  # fmt: skip
     m.head(cfg, "model.embed_tokens.weight", _tied(cfg, True))
 
 
@@ -656,16 +659,11 @@ def config_nemotron(cfg: Any) -> dict:
 
 
 def weights_nemotron(cfg: Any, m: WeightMapper) -> None:
-    m.put("embed.embed.tok.weight", "model.embed_tokens.weight")
-    bias, mlp_bias = bool(cfg.attention_bias), bool(cfg.mlp_bias)
-    for i in range(cfg.num_hidden_layers):
-        p, q = f"model.layers.{i}", f"layers.{i}"
-        m.norm(f"{q}.norm", f"{p}.input_layernorm", bias=True)
-        _attn_weights(m, p, q, bias, bias)
-        m.norm(f"{q}.norm_1", f"{p}.post_attention_layernorm", bias=True)
-        m.linear(f"{q}.mlp.up", f"{p}.mlp.up_proj", mlp_bias)
-        m.linear(f"{q}.mlp.down", f"{p}.mlp.down_proj", mlp_bias)
-    m.norm("head.norm", "model.norm", bias=True)
+    bias = bool(cfg.attention_bias)
+    _standard_layers(
+        cfg, m, qkv_bias=bias, o_bias=bias, norm_bias=True, mlp_bias=bool(cfg.mlp_bias),
+        mlp_names={"up": "up_proj", "down": "down_proj"},
+    )  # fmt: skip
     m.head(cfg, "model.embed_tokens.weight", _tied(cfg, False))
 
 
