@@ -380,13 +380,21 @@ SUPPORTED: Mapping[str, str] = _Supported()
 
 
 def _config_gpt2(cfg: Any) -> dict:
-    t = "gpt2"
+    return _gpt2_like_config(cfg, "gpt2")
+
+
+def _gpt2_like_config(cfg: Any, t: str, kv_heads: int | None = None) -> dict:
+    """GPT-2's layout (learned positions, biased LayerNorms and linears, ungated MLP), also
+    GPT-BigCode's, whose multi-query attention sets ``kv_heads``."""
     if getattr(cfg, "add_cross_attention", False):
         raise _unsupported(t, "add_cross_attention")
     d, heads, L = cfg.n_embd, cfg.n_head, cfg.n_layer
     hd = d // heads
     block = "Norm->Attn->+->Norm->MLP->+"
-    attn: dict[str, Any] = {"heads": heads, "pos": "none", "bias": True}
+    attn: dict[str, Any] = {"heads": heads}
+    if kv_heads is not None:
+        attn["kv_heads"] = kv_heads
+    attn.update(pos="none", bias=True)
     scale = hd**-0.5 if getattr(cfg, "scale_attn_weights", True) else 1.0
     if getattr(cfg, "scale_attn_by_inverse_layer_idx", False):
         # one block per layer: layer i divides the scores by (i + 1)
@@ -549,6 +557,36 @@ def _weights_llama(cfg: Any, m: WeightMapper) -> None:
     m.head(cfg, "model.embed_tokens.weight", getattr(cfg, "tie_word_embeddings", False))
 
 
+def _stacked_experts(m: WeightMapper, src: str, dst: str, inter: int) -> None:
+    """transformers 5.x stacked experts: ``gate_up_proj [E, 2I, D]`` (gate first) and
+    ``down_proj [E, D, I]`` -> ``w_gate``, ``w_up``, ``w_down``."""
+    m.split(
+        [f"{dst}.w_gate", f"{dst}.w_up"],
+        f"{src}.gate_up_proj",
+        lambda w: [w[:, :inter], w[:, inter:]],
+    )
+    m.put(f"{dst}.w_down", f"{src}.down_proj")
+
+
+def _gated_shared_expert(m: WeightMapper, src: str, dst: str) -> None:
+    """Qwen's sigmoid-gated shared expert: ``shared_expert.{gate,up,down}_proj`` and
+    ``shared_expert_gate`` -> ``shared.*`` and ``shared_gate``."""
+    for n in ("gate", "up", "down"):
+        m.linear(f"{dst}.shared.{n}", f"{src}.shared_expert.{n}_proj", bias=False)
+    m.linear(f"{dst}.shared_gate", f"{src}.shared_expert_gate", bias=False)
+
+
+def _shared_multiple(t: str, shared_size: int, expert_size: int, field: str) -> int:
+    """The shared expert's width as a number of expert widths (MoE's ``shared``)."""
+    shared, rest = divmod(shared_size, expert_size)
+    if rest:
+        raise _unsupported(
+            t,
+            f"{field}={shared_size} that is not a multiple of moe_intermediate_size={expert_size}",
+        )
+    return shared
+
+
 def _moe_mixtral(cfg: Any, m: WeightMapper, p: str, q: str) -> None:
     E, inter = cfg.num_local_experts, cfg.intermediate_size
     legacy = f"{p}.block_sparse_moe"
@@ -559,14 +597,8 @@ def _moe_mixtral(cfg: Any, m: WeightMapper, p: str, q: str) -> None:
             srcs = [f"{legacy}.experts.{e}.{w}.weight" for e in range(E)]
             m.put(f"{q}.moe.{dst}", *srcs, fn=lambda *ws: torch.stack(ws))
         return
-    # transformers 5.x modules: gate_up_proj [E, 2I, H] (gate first), down_proj [E, H, I]
     m.put(f"{q}.moe.router.weight", f"{p}.mlp.gate.weight")
-    m.split(
-        [f"{q}.moe.w_gate", f"{q}.moe.w_up"],
-        f"{p}.mlp.experts.gate_up_proj",
-        lambda w: [w[:, :inter], w[:, inter:]],
-    )
-    m.put(f"{q}.moe.w_down", f"{p}.mlp.experts.down_proj")
+    _stacked_experts(m, f"{p}.mlp.experts", f"{q}.moe", inter)
 
 
 register_architecture(
@@ -929,13 +961,12 @@ def _config_qwen3_next(cfg: Any) -> dict:
         "MLP": {"hidden": cfg.intermediate_size, "act": act, "gated": True},
     }
     if any(name.endswith("_moe") for name in names):
-        shared, rest = divmod(cfg.shared_expert_intermediate_size, cfg.moe_intermediate_size)
-        if rest:
-            raise _unsupported(
-                t,
-                f"shared_expert_intermediate_size={cfg.shared_expert_intermediate_size} that is "
-                f"not a multiple of moe_intermediate_size={cfg.moe_intermediate_size}",
-            )
+        shared = _shared_multiple(
+            t,
+            cfg.shared_expert_intermediate_size,
+            cfg.moe_intermediate_size,
+            "shared_expert_intermediate_size",
+        )
         defaults["MoE"] = {
             "experts": cfg.num_experts,
             "k": cfg.num_experts_per_tok,
@@ -988,16 +1019,9 @@ def _weights_qwen3_next(cfg: Any, m: WeightMapper) -> None:
         if _qwen3_next_sparse(cfg, i):
             e, src = f"{q}.moe", f"{p}.mlp"
             m.put(f"{e}.router.weight", f"{src}.gate.weight")
-            m.split(
-                [f"{e}.w_gate", f"{e}.w_up"],
-                f"{src}.experts.gate_up_proj",
-                lambda w: [w[:, :inter], w[:, inter:]],
-            )
-            m.put(f"{e}.w_down", f"{src}.experts.down_proj")
+            _stacked_experts(m, f"{src}.experts", e, inter)
             if cfg.shared_expert_intermediate_size:
-                for n in ("gate", "up", "down"):
-                    m.linear(f"{e}.shared.{n}", f"{src}.shared_expert.{n}_proj", bias=False)
-                m.linear(f"{e}.shared_gate", f"{src}.shared_expert_gate", bias=False)
+                _gated_shared_expert(m, src, e)
         else:
             _mlp_llama(cfg, m, p, q)
     m.norm("head.norm", "model.norm", bias=False)

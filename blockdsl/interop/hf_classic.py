@@ -23,6 +23,7 @@ from blockdsl.interop.hf import (
     _act,
     _config,
     _fraction,
+    _gpt2_like_config,
     _rope,
     _unsupported,
     register_architecture,
@@ -427,33 +428,7 @@ def _weights_phi(cfg: Any, m: WeightMapper) -> None:
 def _config_gpt_bigcode(cfg: Any) -> dict:
     """GPT-BigCode (SantaCoder, StarCoder): GPT-2 with multi-query attention and ``nn.Linear``
     layers."""
-    t = "gpt_bigcode"
-    if cfg.add_cross_attention:
-        raise _unsupported(t, "add_cross_attention")
-    d, heads = cfg.n_embd, cfg.n_head
-    attn: dict[str, Any] = {"heads": heads, "kv_heads": 1 if cfg.multi_query else heads}
-    attn.update(pos="none", bias=True)
-    if not cfg.scale_attn_weights:
-        attn["scale"] = 1.0
-    return _config(
-        cfg,
-        layers=f"block*{cfg.n_layer}",
-        blocks={"block": "Norm->Attn->+->Norm->MLP->+"},
-        defaults={
-            "Norm": _layer_norm(cfg.layer_norm_epsilon),
-            "Attn": attn,
-            "MLP": {
-                "hidden": cfg.n_inner if cfg.n_inner is not None else 4 * d,
-                "act": _act(cfg.activation_function, t),
-                "gated": False,
-                "bias": True,
-            },
-        },
-        d_model=d,
-        context=cfg.n_positions,
-        embed="Embed(pos=learned)",
-        tied_by_default=True,
-    )
+    return _gpt2_like_config(cfg, "gpt_bigcode", kv_heads=1 if cfg.multi_query else cfg.n_head)
 
 
 def _weights_gpt_bigcode(cfg: Any, m: WeightMapper) -> None:

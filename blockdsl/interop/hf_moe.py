@@ -21,8 +21,11 @@ from blockdsl.interop.hf import (
     _act,
     _compress,
     _config,
+    _gated_shared_expert,
     _mlp_llama,
     _rope,
+    _shared_multiple,
+    _stacked_experts,
     _unsupported,
     register_architecture,
 )
@@ -36,28 +39,6 @@ _SPARSE_BLOCKS = {
 def _named_layers(kinds: list[str], blocks: dict[str, str]) -> tuple[str, dict[str, str]]:
     """``layers`` chain and the blocks it uses, from one block name per layer."""
     return _compress(kinds), {name: blocks[name] for name in dict.fromkeys(kinds)}
-
-
-def _experts(m: WeightMapper, src: str, dst: str, inter: int) -> None:
-    """transformers 5.x stacked experts: ``gate_up_proj [E, 2I, D]`` (gate first) and
-    ``down_proj [E, D, I]`` -> ``w_gate``, ``w_up``, ``w_down``."""
-    m.split(
-        [f"{dst}.w_gate", f"{dst}.w_up"],
-        f"{src}.gate_up_proj",
-        lambda w: [w[:, :inter], w[:, inter:]],
-    )
-    m.put(f"{dst}.w_down", f"{src}.down_proj")
-
-
-def _shared_multiple(t: str, shared_size: int, expert_size: int, field: str) -> int:
-    """The shared expert's width as a number of expert widths (MoE's ``shared``)."""
-    shared, rest = divmod(shared_size, expert_size)
-    if rest:
-        raise _unsupported(
-            t,
-            f"{field}={shared_size} that is not a multiple of moe_intermediate_size={expert_size}",
-        )
-    return shared
 
 
 def _attn_gqa(cfg: Any, t: str) -> dict[str, Any]:
@@ -138,11 +119,9 @@ def _weights_qwen2_moe(cfg: Any, m: WeightMapper) -> None:
             continue
         e, src = f"{q}.moe", f"{p}.mlp"
         m.put(f"{e}.router.weight", f"{src}.gate.weight")
-        _experts(m, f"{src}.experts", e, cfg.moe_intermediate_size)
+        _stacked_experts(m, f"{src}.experts", e, cfg.moe_intermediate_size)
         if cfg.shared_expert_intermediate_size:
-            for n in ("gate", "up", "down"):
-                m.linear(f"{e}.shared.{n}", f"{src}.shared_expert.{n}_proj", bias=False)
-            m.linear(f"{e}.shared_gate", f"{src}.shared_expert_gate", bias=False)
+            _gated_shared_expert(m, src, e)
     m.norm("head.norm", "model.norm", bias=False)
     m.head(cfg, "model.embed_tokens.weight", getattr(cfg, "tie_word_embeddings", False))
 
@@ -207,7 +186,7 @@ def _weights_olmoe(cfg: Any, m: WeightMapper) -> None:
             m.norm(f"{q}.attn.{n}_norm", f"{p}.self_attn.{n}_norm", bias=False)
         m.norm(f"{q}.norm_1", f"{p}.post_attention_layernorm", bias=False)
         m.put(f"{q}.moe.router.weight", f"{p}.mlp.gate.weight")
-        _experts(m, f"{p}.mlp.experts", f"{q}.moe", cfg.intermediate_size)
+        _stacked_experts(m, f"{p}.mlp.experts", f"{q}.moe", cfg.intermediate_size)
     m.norm("head.norm", "model.norm", bias=False)
     m.head(cfg, "model.embed_tokens.weight", getattr(cfg, "tie_word_embeddings", False))
 
@@ -418,7 +397,7 @@ def _weights_deepseek(cfg: Any, m: WeightMapper) -> None:
         m.put(f"{e}.router.weight", f"{mlp}.gate.weight")
         if v3:
             m.put(f"{e}.score_bias", f"{mlp}.gate.e_score_correction_bias")
-        _experts(m, f"{mlp}.experts", e, cfg.moe_intermediate_size)
+        _stacked_experts(m, f"{mlp}.experts", e, cfg.moe_intermediate_size)
         if cfg.n_shared_experts:
             for n in ("gate", "up", "down"):
                 m.linear(f"{e}.shared.{n}", f"{mlp}.shared_experts.{n}_proj", bias=False)
