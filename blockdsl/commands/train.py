@@ -1,0 +1,96 @@
+"""``blockdsl train``: train a model on prepared data or a task, writing the run's directory
+(``blockdsl.train.train``); under torchrun every rank runs it."""
+
+from __future__ import annotations
+
+import argparse
+from typing import TextIO
+
+from blockdsl.commands.common import add_model_arguments, model_spec
+from blockdsl.commands.options import Option, add_options, options_from
+from blockdsl.errors import BlockDSLError
+
+NAME = "train"
+HELP = "train a model on prepared data (metrics, checkpoints, exact resume)"
+DESCRIPTION = (
+    "Train SPEC on a prepared data directory, writing the run to --out: config.toml, "
+    "metrics.jsonl, checkpoints, summary.json. Settings come from the [train] and [optim] "
+    "tables (--set train.steps=200 --set optim.lr=1e-3). SIGINT or SIGTERM saves a checkpoint "
+    "and stops (exit 128+signal); --resume continues exactly. Under torchrun (torchrun "
+    "--nproc_per_node=N -m blockdsl train ...) it trains with DDP or FSDP2 ([train] strategy). "
+    "See docs/training.md and docs/distributed.md."
+)
+EXAMPLES = """\
+blockdsl data prepare stdlib --out data/stdlib
+blockdsl train tiny --data data/stdlib --out runs/tiny --set vocab=256 --set train.steps=200
+blockdsl train runs/tiny/config.toml --data data/stdlib --out runs/tiny --resume
+blockdsl train "Norm->Attn->+->Norm->MoE->+" --data data/stdlib --out runs/moe \\
+    --set vocab=256 --set train.steps=200 --set optim.name=muon
+"""
+
+# blockdsl.train.train is a wrapper taking **kwargs: the signature is the loop's
+TRAIN = "blockdsl.train.loop:train"
+OPTIONS = (
+    Option(
+        "--data", "a prepared data directory, or task:NAME,...", TRAIN, metavar="DIR", required=True
+    ),
+    Option("--out", "the run's directory", TRAIN, metavar="RUN", required=True),
+    Option("--resume", "continue the run in RUN", TRAIN),
+    Option(
+        "--max-memory",
+        "refuse to start above this estimated peak (8GiB, 500MB; default: available)",
+        TRAIN,
+        metavar="SIZE",
+    ),
+    Option(
+        "--quiet",
+        "no progress bar or log lines (metrics still kept)",
+        TRAIN,
+        param="progress",
+        switch=False,
+    ),
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_model_arguments(parser)
+    add_options(parser, OPTIONS)
+
+
+def run(args: argparse.Namespace, out: TextIO) -> int:
+    from blockdsl.train.distributed import detect_launch
+
+    if not detect_launch().distributed:
+        return _train(args, out)
+    # under torchrun, an exception leaving a rank is written where torchrun's summary shows it
+    from torch.distributed.elastic.multiprocessing.errors import record
+
+    return record(_train)(args, out)
+
+
+def _train(args: argparse.Namespace, out: TextIO) -> int:
+    import blockdsl.train as training
+    from blockdsl.config import load_config
+    from blockdsl.train.distributed import detect_launch
+
+    spec, overrides = model_spec(args)
+    load_config(spec, **overrides)  # configuration errors before anything else
+    try:
+        run = training.train(spec, **options_from(args, OPTIONS), **overrides)
+    except BlockDSLError as exc:
+        if getattr(exc, "raised_on_rank0", False):  # rank 0 prints it, once for all
+            return 2
+        raise
+    if run.interrupted:
+        return 128 + run.interrupted
+    summary = run.summary
+    if not args.quiet and detect_launch().rank == 0:
+        out.write(
+            f"done: {summary['steps']} steps, {summary['tokens']:,} tokens in "
+            f"{summary['elapsed']:.1f} s; loss {summary['final_loss']:.4f}, val loss "
+            f"{summary['final_val_loss']:.4f}; run in {run.dir}\n"
+        )
+        if summary.get("final_accuracy") is not None:  # --data task:...
+            reached = " (target reached)" if summary.get("reached_target") else ""
+            out.write(f"accuracy {summary['final_accuracy']:.4f}{reached}\n")
+    return 0
