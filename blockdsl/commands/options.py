@@ -150,8 +150,9 @@ def add_options(parser: argparse.ArgumentParser | Any, options: Iterable[Option]
             common["choices"] = list(option.choices)
         if option.parse is None and kind in (int, float):
             common["type"] = kind
-        if option.repeat:
+        if option.repeat:  # append needs None (or a list) to start from: None is "not given"
             common["action"] = "append"
+            common["default"] = None
         parser.add_argument(*flags, **common)
 
 
