@@ -428,3 +428,89 @@ def test_check_lists_labels_shared_across_layers(capsys):
     assert "#n" not in out  # a block's own label is one module per layer: nothing is tied
     code, out, _ = run(capsys, "check", "gptj", "--set", "d_model=64", "--set", "vocab=64")
     assert code == 0 and "shared across layers" not in out
+
+
+# ==================================================================== options stated once
+def _declared_options():
+    """Every ``Option`` a command module declares (module-level names and tuples)."""
+    from blockdsl.commands import COMMANDS
+    from blockdsl.commands.options import Option
+
+    for command in COMMANDS:
+        for value in vars(command).values():
+            for item in value if isinstance(value, tuple) else (value,):
+                if isinstance(item, Option):
+                    yield command.NAME, item
+
+
+def test_every_option_names_a_parameter_of_its_library_function():
+    """The flags are declared against the library's signature: a renamed or removed keyword
+    fails here, not at a user's command line."""
+    declared = list(_declared_options())
+    assert {name for name, _ in declared} >= {"compile", "compare", "search", "train", "data"}
+    for name, option in declared:
+        parameter = option.parameter()  # raises TypeError when the keyword is gone
+        assert parameter.name == option.keyword, (name, option.flag)
+
+
+def test_options_take_type_and_default_from_the_signature(capsys):
+    import argparse
+    import inspect
+
+    from blockdsl.commands.options import Option, add_options, options_from
+
+    def library(*, steps: int | None = None, seeds=(0, 1), plot: bool = True, base: str = "x"):
+        return steps, seeds, plot, base
+
+    options = [
+        Option("--steps", "optimizer steps", library, metavar="N"),
+        Option("--seeds", "seeds", library, parse=lambda t: [int(x) for x in t.split(",")]),
+        Option("--no-plot", "no plot", library),
+        Option("--base", "the base", library),
+    ]
+    parser = argparse.ArgumentParser(prog="p")
+    add_options(parser, options)
+    shown = " ".join(parser.format_help().split())
+    assert "--seeds SEEDS seeds (default: 0,1)" in shown and "the base (default: x)" in shown
+    assert options_from(parser.parse_args([]), options) == {}  # the library's defaults apply
+    given = parser.parse_args(["--steps", "3", "--seeds", "4,5", "--no-plot", "--base", "y"])
+    assert options_from(given, options) == {"steps": 3, "seeds": [4, 5], "plot": False, "base": "y"}
+    assert library(**options_from(given, options)) == (3, [4, 5], False, "y")
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--steps", "x"])  # the type (int) came from the annotation
+    capsys.readouterr()
+    with pytest.raises(TypeError, match="has no parameter 'lr'"):
+        Option("--lr", "learning rate", library).parameter()
+    assert inspect.signature(library).parameters["steps"].default is None
+
+
+def test_compare_help_defaults_come_from_the_library(capsys):
+    import inspect
+
+    from blockdsl.compare import compare
+
+    code, out, _ = run(capsys, "compare", "--help")
+    assert code == 0
+    base = inspect.signature(compare).parameters["base"].default
+    assert f"model for block strings (default: {base})" in " ".join(out.split())
+
+
+# ==================================================================== components (issue 33.7)
+def test_components_descriptions_are_whole_sentences(capsys, monkeypatch):
+    """The listing showed the docstring's first line, cut mid-sentence ("the output bias of a
+    projection whose other"); every description is now a whole sentence."""
+    from blockdsl.commands.components import first_sentence
+    from blockdsl.registry import REGISTRY
+
+    for component in REGISTRY.components():
+        sentence = first_sentence(component)
+        assert sentence.endswith((".", "!", "?")), (component.name, sentence)
+    monkeypatch.setenv("COLUMNS", "1000")  # one line per row: the whole description on it
+    code, out, _ = run(capsys, "components")
+    assert code == 0
+    (bias,) = [line for line in out.splitlines() if line.startswith("Bias ")]
+    assert bias.rstrip().endswith(
+        "whose other biases are off (RecurrentGemma's attention: ``Attn->Bias``)."
+    )
+    code, out, _ = run(capsys, "components", "Bias")
+    assert code == 0 and "whose other biases are off" in " ".join(out.split())

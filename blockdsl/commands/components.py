@@ -31,8 +31,8 @@ def first_sentence(component: Any) -> str:
     the docstring, which may stop mid-sentence; the docstring says how the sentence goes on."""
     description = " ".join(component.description.split())
     doc = " ".join((inspect.getdoc(component.cls) or "").split())
-    if not description or not doc.startswith(description):
-        return description  # given to register() explicitly: shown as written
+    if description.endswith((".", "!", "?")) or not doc.startswith(description):
+        return description  # whole already, or given to register() explicitly: as written
     end = SENTENCE_END.search(doc, len(description) - 1)
     return doc if end is None else doc[: end.end()]
 

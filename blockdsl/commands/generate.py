@@ -17,7 +17,7 @@ DESCRIPTION = (
 )
 EXAMPLES = """\
 blockdsl generate runs/tiny --prompt "Once upon a time"
-blockdsl generate runs/tiny/checkpoints/step_0001000 --prompt "def " --greedy
+blockdsl generate runs/tiny/checkpoints/step_0000200 --prompt "def " --greedy
 blockdsl generate runs/tiny --prompt "The" --temperature 0.8 --top-k 50 --top-p 0.95 --seed 0
 blockdsl generate --from-hf ./SmolLM-135M --prompt "The capital of France is"
 """
