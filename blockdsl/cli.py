@@ -41,7 +41,7 @@ def examples_text(command: ModuleType) -> str:
 def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
     """The ``blockdsl`` parser. Only the ``selected`` command's arguments are added (each
     command reads its options' types and defaults from the library, which is imported for it
-    alone); None adds every command's."""
+    alone); None adds every command's, "" none."""
     from blockdsl import __version__
 
     parser = _Parser(
@@ -77,7 +77,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # torch warns at import when NumPy is absent; the command line uses no NumPy.
     warnings.filterwarnings("ignore", message="Failed to initialize NumPy")
-    parser = build_parser(_selected(argv))
+    # no command named: --version, the overview or a usage error, none needs a command's options
+    parser = build_parser(_selected(argv) or "")
     try:
         args = parser.parse_args(argv)
     except _UsageError as exc:
