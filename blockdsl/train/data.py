@@ -37,6 +37,7 @@ from typing import Any
 
 import torch
 
+from blockdsl._io import Progress, write_atomic
 from blockdsl.errors import BlockDSLError
 
 META_FORMAT = "blockdsl-data"
@@ -320,12 +321,16 @@ def prepare(
     if all(s.size_hint() is not None for s in items):
         total = sum(s.size_hint() or 0 for s in items)
 
-    with _Progress(progress, total) as bar:
+    bar = Progress(progress, columns="bytes", fallback="quiet", stream=sys.stderr)
+    with bar:
+
+        def advance(n: int) -> None:
+            bar.update(advance=n)
 
         def pieces(label: str) -> Iterator[tuple[bool, str]]:
-            bar.start(label)
+            bar.start(label, total)
             for source in items:
-                yield from source.pieces(bar.advance)
+                yield from source.pieces(advance)
 
         def texts(label: str) -> Iterator[str]:
             return (piece for _, piece in pieces(label))
@@ -396,14 +401,8 @@ def prepare(
     tok.save(str(out / "tokenizer.json.tmp"))
     for name in ("train.bin", "val.bin", "tokenizer.json"):
         os.replace(out / f"{name}.tmp", out / name)
-    _write_atomic(out / "meta.json", json.dumps(meta, indent=2) + "\n")
+    write_atomic(out / "meta.json", json.dumps(meta, indent=2) + "\n")
     return meta
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 class _BinWriter:
@@ -438,51 +437,6 @@ def _split_tail(train: Path, val: Path, tokens: int, dtype: str) -> None:
         while chunk := src.read(1 << 24):
             dst.write(chunk)
         src.truncate(size - tokens * itemsize)
-
-
-class _Progress:
-    """A rich progress bar over the bytes read, on a terminal; silent otherwise."""
-
-    def __init__(self, enabled: bool | None, total: int | None) -> None:
-        self.enabled = sys.stderr.isatty() if enabled is None else enabled
-        self.total = total
-        self.task: Any = None
-
-    def __enter__(self) -> _Progress:
-        if self.enabled:
-            from rich.progress import (
-                BarColumn,
-                DownloadColumn,
-                Progress,
-                TextColumn,
-                TimeRemainingColumn,
-                TransferSpeedColumn,
-            )
-
-            self.bar = Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                DownloadColumn(),
-                TransferSpeedColumn(),
-                TimeRemainingColumn(),
-                transient=False,
-            )
-            self.bar.__enter__()
-        return self
-
-    def start(self, label: str) -> None:
-        if self.enabled:
-            if self.task is not None:
-                self.bar.update(self.task, completed=self.total or 0)
-            self.task = self.bar.add_task(label, total=self.total)
-
-    def advance(self, n: int) -> None:
-        if self.enabled and self.task is not None:
-            self.bar.advance(self.task, n)
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.enabled:
-            self.bar.__exit__(*exc)
 
 
 # ==================================================================== reading
