@@ -964,13 +964,29 @@ def _search_parser(commands: Any) -> None:
     search.add_argument("--quiet", action="store_true", help="print only the front")
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, turned into an interrupt so that a stopped search exits 128+15, not 0."""
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise _Terminated
+
+
 def cmd_search(args: argparse.Namespace, out: TextIO) -> int:
+    import signal
+    import threading
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
     try:
         return _search(args, out)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:
         # the candidate in training saved a checkpoint; its claim is taken back on rerun
         print("blockdsl search: interrupted; rerun the same command to resume", file=sys.stderr)
-        return 130
+        return 128 + (signal.SIGTERM if isinstance(stop, _Terminated) else signal.SIGINT)
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _search(args: argparse.Namespace, out: TextIO) -> int:

@@ -335,52 +335,24 @@ def prepare(
         def texts(label: str) -> Iterator[str]:
             return (piece for _, piece in pieces(label))
 
-        if kind == "byte":
-            tok = byte_tokenizer()
-        elif kind == "char":
-            chars: set[str] = set()
-            for text in texts("reading characters"):
-                chars.update(text)
-            tok = char_tokenizer(chars)
-        elif kind == "bpe":
-            tok = bpe_tokenizer(size or 0, texts(f"training a {size}-token BPE"))
-        else:
-            from tokenizers import Tokenizer
-
-            try:
-                tok = Tokenizer.from_file(tokenizer)
-            except Exception as exc:
-                raise DataError(f"{tokenizer} is not a tokenizer.json: {exc}") from None
+        tok = _tokenizer_for(kind, size, tokenizer, texts)
         vocab = tok.get_vocab_size(with_added_tokens=True)
         eot = tok.token_to_id(EOT)
         dtype = "uint16" if vocab <= 2**16 else "uint32"
         out.mkdir(parents=True, exist_ok=True)
-        rng = random.Random(seed)
-        counts = {"train": 0, "val": 0}
-        docs = {"train": 0, "val": 0}
-        with (
-            _BinWriter(out / "train.bin.tmp", dtype) as train_bin,
-            _BinWriter(out / "val.bin.tmp", dtype) as val_bin,
-        ):
-            writers = {"train": train_bin, "val": val_bin}
-            split = None
-            for starts, piece in pieces("tokenizing"):
-                if starts:  # each document goes to one split, with an EOT after it
-                    if split is not None and eot is not None:
-                        writers[split].write([eot])
-                        counts[split] += 1
-                    split = "val" if rng.random() < val_fraction else "train"
-                    docs[split] += 1
-                ids = piece.encode("utf-8") if kind == "byte" else tok.encode(piece).ids
-                writers[split].write(ids)
-                counts[split] += len(ids)
-            if split is not None and eot is not None:
-                writers[split].write([eot])
-                counts[split] += 1
-        if counts["val"] == 0 and val_fraction > 0 and counts["train"] > 1:
-            counts["val"] = max(1, int(counts["train"] * val_fraction))
-            counts["train"] -= counts["val"]
-            _split_tail(out / "train.bin.tmp", out / "val.bin.tmp", counts["val"], dtype)
+
+        def encode(text: str) -> Sequence[int] | bytes:  # byte ids are the UTF-8 bytes
+            return text.encode("utf-8") if kind == "byte" else tok.encode(text).ids
+
+        counts, docs = _write_splits(
+            out,
+            pieces("tokenizing"),
+            encode,
+            eot,
+            dtype,
+            val_fraction,
+            seed,
+        )
     if counts["train"] == 0:
         raise DataError("the sources hold no text to train on", hint=", ".join(sources))
     meta = {
@@ -421,6 +393,68 @@ class _BinWriter:
 
     def __exit__(self, *exc: Any) -> None:
         self.file.close()
+
+
+def _tokenizer_for(
+    kind: str, size: int | None, spec: str, texts: Callable[[str], Iterator[str]]
+) -> Any:
+    """The tokenizer of ``--tokenizer``: byte, char (the characters of the text), a BPE
+    trained on the text, or a tokenizer.json file."""
+    if kind == "byte":
+        return byte_tokenizer()
+    if kind == "char":
+        chars: set[str] = set()
+        for text in texts("reading characters"):
+            chars.update(text)
+        return char_tokenizer(chars)
+    if kind == "bpe":
+        return bpe_tokenizer(size or 0, texts(f"training a {size}-token BPE"))
+    from tokenizers import Tokenizer
+
+    try:
+        return Tokenizer.from_file(spec)
+    except Exception as exc:
+        raise DataError(f"{spec} is not a tokenizer.json: {exc}") from None
+
+
+def _write_splits(
+    out: Path,
+    pieces: Iterator[tuple[bool, str]],
+    encode: Callable[[str], Sequence[int] | bytes],
+    eot: int | None,
+    dtype: str,
+    val_fraction: float,
+    seed: int,
+) -> tuple[dict[str, int], dict[str, int]]:
+    """Encode the documents into ``train.bin.tmp`` and ``val.bin.tmp`` (each document to one
+    split, drawn with ``seed``, an EOT after it); the tokens and documents of each split."""
+    rng = random.Random(seed)
+    counts = {"train": 0, "val": 0}
+    docs = {"train": 0, "val": 0}
+    with (
+        _BinWriter(out / "train.bin.tmp", dtype) as train_bin,
+        _BinWriter(out / "val.bin.tmp", dtype) as val_bin,
+    ):
+        writers = {"train": train_bin, "val": val_bin}
+        split = None
+        for starts, piece in pieces:
+            if starts:
+                if split is not None and eot is not None:
+                    writers[split].write([eot])
+                    counts[split] += 1
+                split = "val" if rng.random() < val_fraction else "train"
+                docs[split] += 1
+            ids = encode(piece)
+            writers[split].write(ids)
+            counts[split] += len(ids)
+        if split is not None and eot is not None:
+            writers[split].write([eot])
+            counts[split] += 1
+    if counts["val"] == 0 and val_fraction > 0 and counts["train"] > 1:
+        counts["val"] = max(1, int(counts["train"] * val_fraction))
+        counts["train"] -= counts["val"]
+        _split_tail(out / "train.bin.tmp", out / "val.bin.tmp", counts["val"], dtype)
+    return counts, docs
 
 
 def _array_code(dtype: str) -> str:

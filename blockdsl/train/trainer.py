@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from blockdsl import checkpoint as runs
-from blockdsl._io import JsonlWriter, Progress, read_jsonl, write_atomic
+from blockdsl._io import JsonlWriter, Progress, read_jsonl, scan_jsonl, write_atomic
 from blockdsl.config import ModelConfig, load_config
 from blockdsl.errors import BlockDSLError, BudgetError
 from blockdsl.model import ModelPlan, build_model
@@ -539,32 +539,38 @@ def read_metrics(path: Path, report: Any = None) -> list[dict[str, Any]]:
 
 
 def _cut_metrics(path: Path, saved: dict[str, Any]) -> None:
-    """Truncate ``metrics.jsonl`` to where it stood at the checkpoint: at the offset the
-    checkpoint recorded, or (an older checkpoint) before the first line past its step."""
-    from blockdsl._io import scan_jsonl
-
+    """Truncate ``metrics.jsonl`` to where it stood at the checkpoint: at the byte offset the
+    checkpoint recorded when the line ending there is still the checkpoint's step; else (an
+    older checkpoint, or a file edited since) before the first line past that step. A file
+    that no longer reaches the checkpoint's step lost lines: refused, not resumed with a gap."""
     if not path.is_file():
+        if saved["step"]:
+            raise TrainingError(
+                f"{path} is missing but the run has a checkpoint of step {saved['step']}",
+                hint="restore the file, or start a new run with a different --out",
+            )
         return
-    offset = saved.get("metrics_offset")
-    if offset is None:
-        offset = next(
-            (
-                start
-                for start, _, record in scan_jsonl(path)
-                if record is not None
-                and isinstance(record.get("step"), int)
-                and record["step"] > saved["step"]
-            ),
-            path.stat().st_size,
-        )
-    size = path.stat().st_size
-    if size < offset:
+    step, offset = saved["step"], saved.get("metrics_offset")
+    reached, cut = 0, None
+    for start, end, record in scan_jsonl(path):
+        at = record.get("step") if record is not None else None
+        if not isinstance(at, int):
+            continue
+        if end == offset and at == step:
+            JsonlWriter.truncate(path, offset)
+            return
+        if at > step:
+            cut = start
+            break
+        reached = max(reached, at)
+    if reached < step:
         raise TrainingError(
-            f"{path} holds {size:,} bytes, fewer than the {offset:,} it held at the checkpoint "
-            f"of step {saved['step']}: metrics were lost",
+            f"{path} ends at step {reached} but the checkpoint is of step {step}: metrics "
+            "were lost",
             hint="restore the file, or start a new run with a different --out",
         )
-    JsonlWriter.truncate(path, offset)
+    if cut is not None:
+        JsonlWriter.truncate(path, cut)
 
 
 def _describe_change(key: str, then: Any, now: Any) -> str:
