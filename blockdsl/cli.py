@@ -86,7 +86,7 @@ def _parser() -> argparse.ArgumentParser:
         epilog="run 'blockdsl COMMAND --help' for a command's options and examples",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    from blockdsl import __version__
+    from blockdsl._version import __version__
 
     parser.add_argument("--version", action="version", version=f"blockdsl {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from blockdsl import checkpoint as runs
+import blockdsl.checkpoint as runs
 from blockdsl.config import ModelConfig, load_config
 from blockdsl.errors import ConfigError
 from blockdsl.train import distributed

@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from blockdsl import checkpoint as runs
+import blockdsl.checkpoint as runs
 from blockdsl._io import JsonlWriter, Progress, read_jsonl, scan_jsonl, write_atomic
 from blockdsl.config import ModelConfig, load_config
 from blockdsl.errors import BlockDSLError, BudgetError
