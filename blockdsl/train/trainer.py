@@ -96,7 +96,7 @@ class Trainer:
         """Check the budget, own the run directory, build, restore or start the run files."""
         self.plan = ModelPlan(self.config, self.registry)
         self._plan_memory()
-        self.group.on_main(lambda: self._owned.enter_context(runs.run_lock(self.run_dir)) and None)
+        self.group.on_main(self._own_run_dir)
         latest = self.group.on_main(self._claim)
         torch.manual_seed(self.settings.seed)
         built = build_model(
@@ -150,6 +150,10 @@ class Trainer:
     def _plain_model(self) -> nn.Module:
         """A whole, unsharded copy of the model (FSDP's rank 0 writes its weights)."""
         return self.source.wrap_model(build_model(self.config, registry=self.registry))
+
+    def _own_run_dir(self) -> None:
+        """Hold the run directory's lock until ``close`` (rank 0: the one that writes)."""
+        self._owned.enter_context(runs.run_lock(self.run_dir))
 
     def _claim(self) -> runs.Checkpoint | None:
         """Check the run directory can be used; the checkpoint to resume from (None: afresh)."""
