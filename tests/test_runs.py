@@ -265,3 +265,22 @@ def test_a_search_stopped_by_sigterm_does_not_exit_0(monkeypatch, capsys) -> Non
     assert cli.main(["search", "--data", "task:mqar", "--quiet"]) == 128 + signal.SIGTERM
     assert "interrupted; rerun the same command to resume" in capsys.readouterr().err
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+@pytest.mark.parametrize(
+    ("summary", "message"), [('{"steps": 2', "is not JSON"), ("[1, 2]", "not a JSON object")]
+)
+def test_a_damaged_summary_is_named(data_dir: Path, tmp_path: Path, summary, message) -> None:
+    out = tmp_path / "run"
+    _train(data_dir, out, 2)
+    (out / "summary.json").write_text(summary)
+    with pytest.raises(TrainingError, match=message):
+        Run.load(out)
+
+
+@pytest.mark.parametrize(("data", "named"), [(None, "NoneType"), (5, "int")])
+def test_train_without_data_is_a_blockdsl_error(tmp_path: Path, data: object, named: str) -> None:
+    out = tmp_path / "run"
+    with pytest.raises(blockdsl.BlockDSLError, match=f"train needs data: .* got {named}"):
+        blockdsl.train("tiny", data=data, out=out, train=tiny_train(), **TINY)  # type: ignore[arg-type]
+    assert not out.exists()

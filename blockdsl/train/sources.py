@@ -135,9 +135,11 @@ DataSource = TextSource | TaskSource
 
 def open_source(data: str | os.PathLike, seed: int) -> DataSource:
     """The source ``data`` names: ``task:NAME[,key=value...]`` a task, else a data directory."""
-    if data is None:
-        raise ConfigError("train needs data: a prepared data directory or task:NAME")
     task = open_task(data, seed)
+    if task is None and not isinstance(data, (str, os.PathLike)):
+        raise ConfigError(
+            f"train needs data: a prepared data directory or task:NAME, got {type(data).__name__}"
+        )
     return TaskSource(task) if task is not None else TextSource(TokenData(data))
 
 
