@@ -5,6 +5,7 @@
 """
 
 import blockdsl.components  # noqa: F401  registers the built-ins
+from blockdsl._version import __version__ as __version__
 from blockdsl.ast import Block, Call, Chain, Group, Repeat, Residual
 from blockdsl.config import ModelConfig, list_presets, load_config
 from blockdsl.errors import (
@@ -26,8 +27,6 @@ from blockdsl.model import LanguageModel, build_model
 from blockdsl.parser import parse
 from blockdsl.printer import unparse
 from blockdsl.registry import REGISTRY, Component, Registry, register, register_alias
-
-__version__ = "0.1.0"
 
 __all__ = [
     "REGISTRY",

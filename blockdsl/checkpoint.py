@@ -1,6 +1,16 @@
-"""Self-describing model files: ``blockdsl.save(model, path)`` and ``blockdsl.load(path)``.
+"""Model files, checkpoints and run directories: the one module that knows their layout.
 
-A blockdsl checkpoint is one safetensors file. Its tensors are the model's ``state_dict``
+* **Model files**: ``blockdsl.save(model, path)`` and ``blockdsl.load(path)``;
+* **run directories** (``blockdsl.train``): ``RUN/config.toml``, ``metrics.jsonl``,
+  ``summary.json``, ``tokenizer.json``, ``data.json`` and ``RUN/checkpoints/step_NNNNNNN/``
+  (``model.safetensors``, a model file, and ``state.pt``, the training state), owned by one
+  process at a time (``run_lock``);
+* **generation inputs**: ``load_generator(path)``, the model and tokenizer a path stands for.
+
+``load(path)`` takes a model file, a checkpoint directory or a run directory (its newest
+checkpoint); every reader (generate, export, resume, ``Run.load_model``) goes through it.
+
+A model file is one safetensors file. Its tensors are the model's ``state_dict``
 (a tied or shared weight stored once); its metadata (string to string, in the file's JSON
 header) describes the model completely:
 
@@ -24,24 +34,33 @@ says which module that is.
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import hashlib
 import json
 import os
+import re
+import shutil
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
+from blockdsl._version import __version__
 from blockdsl.errors import BlockDSLError, ConfigError
+
+if TYPE_CHECKING:
+    from blockdsl.model import LanguageModel
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["FORMAT_VERSION", "CheckpointError", "load", "read_metadata", "resolve", "save"]
 
 FORMAT_VERSION = 1
 _RESERVED = ("format", "blockdsl_format", "blockdsl_version", "blockdsl_config", "blockdsl_modules")
@@ -78,7 +97,6 @@ def save(
     """Write ``model`` (a ``blockdsl.LanguageModel``) to ``path`` as a self-describing
     safetensors file; returns the path. The write is atomic (a temporary file renamed into
     place); an existing file is replaced only with ``overwrite=True``."""
-    from blockdsl import __version__
     from blockdsl.model import LanguageModel
 
     if not isinstance(model, LanguageModel):
@@ -124,46 +142,100 @@ def save(
     return path
 
 
-def resolve(path: str | os.PathLike) -> Path:
-    """The model file ``path`` stands for: the file itself; ``DIR/model.safetensors`` for a
-    checkpoint directory; the newest checkpoint's for a training run directory
-    (``RUN/checkpoints/step_NNNNNNN/model.safetensors``)."""
+# ==================================================================== where a path points
+WEIGHTS = "model.safetensors"  # a checkpoint directory's model file
+STATE = "state.pt"  # a checkpoint directory's training state
+CONFIG = "config.toml"  # a run's resolved configuration ([model] ... [train], [optim])
+TOKENIZER = "tokenizer.json"
+METRICS = "metrics.jsonl"
+SUMMARY = "summary.json"
+DATA = "data.json"
+LOCK = ".lock"  # held (flock) by the process that owns the run directory
+CHECKPOINTS = "checkpoints"
+SHARDED_DIR = "sharded"  # a distributed run's torch.distributed.checkpoint directory
+_STEP_DIR = re.compile(r"step_(\d+)")
+_TMP_PREFIX = ".tmp-step_"
+
+
+def _step_name(step: int) -> str:
+    return f"step_{step:07d}"
+
+
+@dataclass
+class Located:
+    """What a path given to ``load`` stands for: the model file, and the training run it
+    belongs to (None for a file of its own)."""
+
+    weights: Path
+    run_dir: Path | None
+
+
+def locate(path: str | os.PathLike) -> Located:
+    """The model file ``path`` stands for and its run: the file itself; ``DIR/model.safetensors``
+    for a checkpoint directory; the newest checkpoint's for a training run directory."""
     path = Path(path)
-    if path.is_dir():
-        if (path / "model.safetensors").is_file():
-            return path / "model.safetensors"
-        steps = sorted(
-            (int(p.name[5:]), p)
-            for p in (path / "checkpoints").glob("step_*")
-            if p.name[5:].isdigit() and (p / "model.safetensors").is_file()
-        )
-        if steps:
-            return steps[-1][1] / "model.safetensors"
+    if not path.exists():
         raise CheckpointError(
-            f"'{path}' is a directory with no model.safetensors and no checkpoints/step_*",
-            hint="give a checkpoint file, a checkpoint directory or a training run directory",
+            f"no checkpoint file '{path}': it does not exist",
+            hint="give a model file, a checkpoint directory or a training run directory",
         )
-    return path
+    if path.is_dir() and (path / WEIGHTS).is_file():  # RUN/checkpoints/step_N
+        return Located(path / WEIGHTS, _run_of(path))
+    if path.is_dir():
+        newest = latest(path)
+        if newest is not None:
+            return Located(newest.weights, path)
+        if (path / CONFIG).is_file():
+            raise CheckpointError(
+                f"the run '{path}' has no checkpoint yet",
+                hint="a run writes one at [train] save_every and when it ends",
+            )
+        raise CheckpointError(
+            f"'{path}' is neither a training run (no {CONFIG}) nor a checkpoint: a directory "
+            f"with no {WEIGHTS} and no {CHECKPOINTS}/step_*",
+            hint="give a model file, a checkpoint directory or a training run directory "
+            "(for a Hugging Face folder: --from-hf)",
+        )
+    return Located(path, _run_of(path.parent))
+
+
+def _run_of(step_dir: Path) -> Path | None:
+    """The run a checkpoint directory belongs to (``RUN/checkpoints/step_N``), if any."""
+    if _STEP_DIR.fullmatch(step_dir.name) and step_dir.parent.name == CHECKPOINTS:
+        run = step_dir.parent.parent
+        return run if (run / CONFIG).is_file() else None
+    return None
+
+
+def resolve(path: str | os.PathLike) -> Path:
+    """The model file ``path`` stands for (see ``locate``)."""
+    return locate(path).weights
+
+
+def _header(path: Path) -> dict[str, str]:
+    """A safetensors file's metadata (the header only)."""
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint file '{path}'")
+    _safetensors()
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return dict(handle.metadata() or {})
+    except Exception as exc:  # safetensors' own errors: the header is unreadable
+        raise CheckpointError(
+            f"'{path}' is not a readable safetensors file ({_reason(exc)})",
+            hint="the file is truncated or of another format",
+        ) from None
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:
     """The metadata of a blockdsl checkpoint (reads the header only). Raises
     ``CheckpointError`` naming the file when it is missing, not safetensors, truncated, not a
     blockdsl checkpoint or written in a newer format."""
-    path = resolve(path)
-    if not path.is_file():
-        raise CheckpointError(f"no checkpoint file '{path}'")
-    from safetensors import safe_open
-
-    _safetensors()
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-    except Exception as exc:  # safetensors' own errors: the header is unreadable
-        raise CheckpointError(
-            f"'{path}' is not a readable safetensors file ({_reason(exc)})",
-            hint="the file is truncated or of another format",
-        ) from None
+    path = Path(path)
+    path = resolve(path) if path.exists() else path
+    metadata = _header(path)
     if metadata.get("format") != "blockdsl" or "blockdsl_config" not in metadata:
         raise CheckpointError(
             f"'{path}' is a safetensors file but not a blockdsl checkpoint (no blockdsl "
@@ -178,26 +250,48 @@ def read_metadata(path: str | os.PathLike) -> dict[str, str]:
             f"{FORMAT_VERSION} or older",
             hint=f"it was written by blockdsl {metadata.get('blockdsl_version', '?')}; upgrade",
         )
-    return dict(metadata)
+    return metadata
 
 
-def _reason(exc: Exception) -> str:
-    return str(exc).strip().split("\n")[0] or type(exc).__name__
+def _reason(exc: BaseException) -> str:
+    return (str(exc).strip().split("\n")[0] or type(exc).__name__)[:200]
 
 
+# ==================================================================== loading a model
 def load(
     path: str | os.PathLike,
     *,
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
-) -> nn.Module:
-    """The ``blockdsl.LanguageModel`` saved by ``blockdsl.save`` in ``path`` (a file, a
-    checkpoint directory, or a training run directory: its newest checkpoint), in eval mode,
-    with the stored dtype (or ``dtype``) on ``device`` (default: cpu)."""
-    from blockdsl.config import from_dict
+) -> LanguageModel:
+    """The ``blockdsl.LanguageModel`` saved in ``path`` (a model file, a checkpoint directory,
+    or a training run directory: its newest checkpoint), in eval mode, with the stored dtype
+    (or ``dtype``) on ``device`` (default: cpu). A file's own config describes the model; a
+    file of a run without one (written by other tools) takes the run's ``config.toml``."""
     from blockdsl.model import build_model
 
-    path = resolve(path)
+    located = locate(path)
+    path = located.weights
+    config, origin, modules = _stored_config(located)
+    state = _read_tensors(path)
+    stored = next((t.dtype for t in state.values() if t.is_floating_point()), None)
+    try:
+        model = build_model(config, device=device, dtype=dtype or stored)
+    except BlockDSLError as exc:
+        raise _in_file(exc, origin, modules) from None
+    _fill(model, state, path, "do not fit its config")
+    return model.eval()
+
+
+def _stored_config(located: Located) -> tuple[Any, str, dict[str, str]]:
+    """The model config of a located file: its own (a blockdsl model file), else its run's
+    ``config.toml``; with a description of where it came from and the components' modules."""
+    from blockdsl.config import from_dict, load_config
+
+    path = located.weights
+    header = _header(path)
+    if "blockdsl_config" not in header and located.run_dir is not None:
+        return load_config(located.run_dir / CONFIG), f"'{located.run_dir / CONFIG}'", {}
     metadata = read_metadata(path)
     origin = f"the config stored in '{path}'"
     text = metadata["blockdsl_config"]
@@ -205,21 +299,26 @@ def load(
         config = from_dict(tomllib.loads(text), origin=origin, text=text)
     except tomllib.TOMLDecodeError as exc:
         raise CheckpointError(f"the config stored in '{path}' is not TOML ({exc})") from None
-    st = _safetensors()
+    return config, origin, _modules(metadata)
+
+
+def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
     try:
-        state = st.load_file(str(path))
+        return _safetensors().load_file(str(path))
     except Exception as exc:
         raise CheckpointError(
             f"cannot read the tensors of '{path}' ({_reason(exc)})",
             hint="the file is truncated or damaged",
         ) from None
-    stored = next((t.dtype for t in state.values() if t.is_floating_point()), None)
-    try:
-        model = build_model(config, device=device, dtype=dtype or stored)
-    except BlockDSLError as exc:
-        raise _in_file(exc, origin, _modules(metadata)) from None
-    _fill(model, state, path)
-    return model.eval()
+
+
+def load_weights(path: str | os.PathLike, model: nn.Module) -> None:
+    """Copy the tensors of the model file ``path`` into ``model`` (every parameter and buffer,
+    with its shape; a weight stored once for several names fills them all)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path} is missing")
+    _fill(model, _read_tensors(path), path, "cannot be loaded into this model")
 
 
 def _in_file(exc: BlockDSLError, origin: str, modules: Mapping[str, str]) -> BlockDSLError:
@@ -244,7 +343,7 @@ def _modules(metadata: Mapping[str, str]) -> dict[str, str]:
     return modules if isinstance(modules, dict) else {}
 
 
-def _fill(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
+def _fill(model: nn.Module, state: dict[str, torch.Tensor], path: Path, verdict: str) -> None:
     """Copy the stored tensors in; a name stored once for several aliases (tied weights)
     fills them all. Every parameter and buffer must be given, with its shape."""
     expected = model.state_dict()
@@ -273,7 +372,358 @@ def _fill(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
             problems.append(f"unexpected tensors: {', '.join(unexpected[:8])}")
         if wrong:
             problems.append(f"shape mismatches: {', '.join(sorted(wrong)[:8])}")
-        raise CheckpointError(
-            f"the tensors of '{path}' do not fit its config: " + "; ".join(problems)
-        )
+        raise CheckpointError(f"the tensors of '{path}' {verdict}: " + "; ".join(problems))
     model.load_state_dict(filled, strict=True)
+
+
+# ==================================================================== generation inputs
+def load_tokenizer(path: str | os.PathLike) -> Any:
+    """The ``tokenizers.Tokenizer`` of a ``tokenizer.json`` file."""
+    from tokenizers import Tokenizer
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(
+            f"no tokenizer: {path} is missing", hint="generation needs the tokenizer.json"
+        )
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as exc:
+        raise CheckpointError(f"{path} is not a tokenizer.json: {_reason(exc)}") from None
+
+
+def tokenizer_file(path: str | os.PathLike) -> Path | None:
+    """The ``tokenizer.json`` that goes with what ``load(path)`` loads: its run's, or the one
+    beside a model file of its own; None when there is none."""
+    located = locate(path)
+    home = located.run_dir if located.run_dir is not None else located.weights.parent
+    return home / TOKENIZER if (home / TOKENIZER).is_file() else None
+
+
+def load_generator(
+    path: str | os.PathLike, *, from_hf: bool = False, device: torch.device | str | None = None
+) -> tuple[LanguageModel, Any]:
+    """The model (eval mode) and ``tokenizers.Tokenizer`` to generate from: what ``load``
+    takes (a run: its newest checkpoint and its tokenizer; a checkpoint directory; a model
+    file with a ``tokenizer.json`` beside it), or with ``from_hf`` a Hugging Face checkpoint
+    folder (``config.json``, ``*.safetensors``, ``tokenizer.json``)."""
+    path = Path(path)
+    if from_hf:
+        from blockdsl.interop import hf
+
+        if not path.exists():
+            raise CheckpointError(f"'{path}' does not exist", hint="give a Hugging Face folder")
+        return hf.from_pretrained_dir(path, device=device), load_tokenizer(path / TOKENIZER)
+    model = load(path, device=device)
+    tokenizer = tokenizer_file(path)
+    if tokenizer is None:
+        raise CheckpointError(
+            f"no tokenizer: no {TOKENIZER} in the run of '{path}' or beside its model file",
+            hint="generation needs the tokenizer.json the model was trained with",
+        )
+    return model, load_tokenizer(tokenizer)
+
+
+def eos_ids(path: str | os.PathLike) -> list[int]:
+    """The end-of-sequence token ids a Hugging Face folder's ``config.json`` names (its
+    ``generation_config.json`` first), for ``stop``; empty when it names none."""
+    for name in ("generation_config.json", "config.json"):
+        file = Path(path) / name
+        if file.is_file():
+            try:
+                eos = json.loads(file.read_text()).get("eos_token_id")
+            except (ValueError, AttributeError):
+                continue
+            if eos is not None:
+                try:
+                    return [int(e) for e in (eos if isinstance(eos, list) else [eos])]
+                except (TypeError, ValueError):
+                    raise CheckpointError(
+                        f"{file}: eos_token_id {eos!r} is not a token id or a list of them"
+                    ) from None
+    return []
+
+
+# ==================================================================== run directories
+@dataclass
+class Checkpoint:
+    """One complete checkpoint of a run: ``RUN/checkpoints/step_NNNNNNN``."""
+
+    path: Path
+    step: int
+
+    @property
+    def weights(self) -> Path:
+        return self.path / WEIGHTS
+
+    @property
+    def state(self) -> Path:
+        return self.path / STATE
+
+    @property
+    def run_dir(self) -> Path:
+        return self.path.parent.parent
+
+
+def checkpoints(run_dir: str | os.PathLike) -> list[Checkpoint]:
+    """The run's complete checkpoints, oldest first."""
+    root = Path(run_dir) / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    found = []
+    for child in root.iterdir():
+        match = _STEP_DIR.fullmatch(child.name)
+        if match and child.is_dir():
+            found.append(Checkpoint(child, int(match.group(1))))
+    return sorted(found, key=lambda c: c.step)
+
+
+def latest(run_dir: str | os.PathLike, step: int | None = None) -> Checkpoint | None:
+    """The run's newest checkpoint (or the one of ``step``); None when there is none."""
+    found = [c for c in checkpoints(run_dir) if step is None or c.step == step]
+    return found[-1] if found else None
+
+
+def is_run(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a training run directory (it has a ``config.toml``)."""
+    return (Path(path) / CONFIG).is_file()
+
+
+def run_is_empty(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds nothing but (possibly) its lock file."""
+    return not run_dir.is_dir() or all(p.name == LOCK for p in run_dir.iterdir())
+
+
+def save_checkpoint(
+    run_dir: str | os.PathLike,
+    step: int,
+    model: nn.Module | None,
+    state: dict[str, Any],
+    keep: int,
+    group: Any = None,
+    write_shards: Callable[[Path], None] | None = None,
+) -> Checkpoint:
+    """Write the checkpoint of ``step`` atomically, then drop all but the newest ``keep``.
+
+    The checkpoint goes into a temporary directory beside the others, renamed into place with
+    ``os.replace``: a kill during a write leaves the previous checkpoints intact, and a
+    directory named ``step_*`` is always complete. ``state.pt`` records the weights' SHA-256,
+    checked on loading.
+
+    In a distributed run every rank calls it with its ``group``: ``write_shards(directory)``
+    (collective) writes the sharded state into the temporary directory, rank 0 alone writes
+    ``model`` (its whole-weights copy; None elsewhere) and ``state``, renames and prunes."""
+    main = group is None or group.main
+    root = Path(run_dir) / CHECKPOINTS
+    final = root / _step_name(step)
+    tmp = root / f"{_TMP_PREFIX}{step:07d}-{os.getpid()}"
+    if group is not None:
+        # one temporary directory for all ranks, and one answer to "saved already?"
+        tmp, done = group.on_main(lambda: (tmp, final.is_dir()))
+    else:
+        done = final.is_dir()
+    if done:  # already saved at this step (the end of a run that saved at save_every)
+        return Checkpoint(final, step)
+    if main:
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+    if write_shards is not None:
+        group.barrier()  # the directory exists before any rank writes into it
+        write_shards(tmp / SHARDED_DIR)  # collective: returns once every rank's shards are in
+    if main:
+        assert model is not None
+        save(model, tmp / WEIGHTS, metadata={"step": str(step)})
+        payload = {
+            "format": STATE_FORMAT,
+            "version": 1,
+            "step": step,
+            "weights_sha256": _sha256(tmp / WEIGHTS),
+            **state,
+        }
+        if write_shards is not None:
+            payload["sharded"] = SHARDED_DIR
+        torch.save(payload, tmp / STATE)
+        for name in (WEIGHTS, STATE):
+            _fsync(tmp / name)
+        os.replace(tmp, final)
+        _fsync(root)
+        for old in checkpoints(run_dir)[:-keep]:
+            shutil.rmtree(old.path, ignore_errors=True)
+        for stale in root.glob(f"{_TMP_PREFIX}*"):  # left by a run killed while writing
+            if stale != tmp:
+                shutil.rmtree(stale, ignore_errors=True)
+    if group is not None:
+        group.barrier()  # no rank goes on (or reads checkpoints) before the rename
+    return Checkpoint(final, step)
+
+
+STATE_FORMAT = "blockdsl-train-state"
+MAX_STEP = 10**12  # far beyond any run: a larger step in a state.pt is damage, not progress
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _fsync(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def load_state(checkpoint: Checkpoint) -> dict[str, Any]:
+    """The training state of ``checkpoint`` (``state.pt``, read with ``weights_only``),
+    validated: its step is the directory's, its counters are in range, and the weights file
+    has the checksum it recorded. ``state["sharded"]`` names the directory of a distributed
+    run's sharded state."""
+    try:
+        state = torch.load(checkpoint.state, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"{checkpoint.state} is missing") from None
+    except Exception as exc:  # truncated or foreign pickles fail in many ways
+        raise CheckpointError(
+            f"{checkpoint.state} is not a readable training state (truncated or foreign): "
+            f"{_reason(exc)}",
+            hint=_older_hint(checkpoint),
+        ) from None
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        raise CheckpointError(
+            f"{checkpoint.state} is not a blockdsl training state", hint=_older_hint(checkpoint)
+        )
+    _check_counters(checkpoint, state)
+    recorded = state.get("weights_sha256")
+    if recorded is not None and _sha256(checkpoint.weights) != recorded:
+        raise CheckpointError(
+            f"{checkpoint.weights} is not the file this checkpoint saved (its SHA-256 differs "
+            f"from the one {checkpoint.state} records): damaged or replaced",
+            hint=_older_hint(checkpoint),
+        )
+    sharded = state.get("sharded")
+    if sharded is not None and not (checkpoint.path / str(sharded) / ".metadata").is_file():
+        raise CheckpointError(
+            f"{checkpoint.path / str(sharded)} is missing or incomplete (no .metadata)",
+            hint=_older_hint(checkpoint),
+        )
+    return state
+
+
+def _check_counters(checkpoint: Checkpoint, state: dict[str, Any]) -> None:
+    """The step, token and time counters of a state are numbers in range, the step the
+    directory's own."""
+    step = state.get("step")
+    if not isinstance(step, int) or isinstance(step, bool) or not 0 <= step <= MAX_STEP:
+        raise CheckpointError(
+            f"{checkpoint.state} records step {step!r}, not a step count",
+            hint=_older_hint(checkpoint),
+        )
+    if step != checkpoint.step:
+        raise CheckpointError(
+            f"{checkpoint.state} records step {step} but sits in {checkpoint.path.name}",
+            hint=_older_hint(checkpoint),
+        )
+    for key in ("tokens", "elapsed", "metrics_offset"):
+        value = state.get(key, 0)
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value < 2**62:
+            raise CheckpointError(
+                f"{checkpoint.state} records {key} {value!r}, out of range",
+                hint=_older_hint(checkpoint),
+            )
+
+
+def _older_hint(checkpoint: Checkpoint) -> str | None:
+    older = [c for c in checkpoints(checkpoint.run_dir) if c.step < checkpoint.step]
+    if older:
+        return f"move it away to resume from the previous checkpoint ({older[-1].path.name})"
+    return None
+
+
+def load_checkpoint(checkpoint: Checkpoint, model: nn.Module) -> dict[str, Any]:
+    """Load the weights of ``checkpoint`` into ``model`` and return its training state."""
+    state = load_state(checkpoint)
+    load_weights(checkpoint.weights, model)
+    return state
+
+
+# ==================================================================== one owner per run
+class RunInUse(CheckpointError):
+    """Another live process owns the run directory."""
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: str | os.PathLike) -> Iterator[Path]:
+    """Own ``run_dir`` for the life of the ``with``: an OS lock (``flock``) on ``RUN/.lock``,
+    which holds this process's pid. A second owner gets ``RunInUse`` naming the holder's pid.
+    The OS drops the lock when its process dies, so a lock left by a killed process is
+    simply taken over. Creates ``run_dir``."""
+    import fcntl
+
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise CheckpointError(f"{run_dir} exists and is not a directory")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / LOCK
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise CheckpointError(f"cannot lock {path}: {exc.strerror}") from None
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+            raise RunInUse(
+                f"{run_dir} is in use by another process (pid {holder})",
+                hint="wait for it to finish, or choose another --out",
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        try:
+            yield path
+        finally:
+            os.ftruncate(fd, 0)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+__all__ = [
+    "CONFIG",
+    "DATA",
+    "FORMAT_VERSION",
+    "METRICS",
+    "SUMMARY",
+    "TOKENIZER",
+    "Checkpoint",
+    "CheckpointError",
+    "Located",
+    "RunInUse",
+    "checkpoints",
+    "eos_ids",
+    "is_run",
+    "latest",
+    "load",
+    "load_checkpoint",
+    "load_generator",
+    "load_state",
+    "load_tokenizer",
+    "load_weights",
+    "locate",
+    "read_metadata",
+    "resolve",
+    "run_is_empty",
+    "run_lock",
+    "save",
+    "save_checkpoint",
+    "tokenizer_file",
+]

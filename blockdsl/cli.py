@@ -42,7 +42,7 @@ def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
     """The ``blockdsl`` parser. Only the ``selected`` command's arguments are added (each
     command reads its options' types and defaults from the library, which is imported for it
     alone); None adds every command's, "" none."""
-    from blockdsl import __version__
+    from blockdsl._version import __version__
 
     parser = _Parser(
         prog="blockdsl",

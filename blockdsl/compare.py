@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from blockdsl._io import Progress, save_figure, write_atomic
 from blockdsl.config import ModelConfig, list_presets, load_config
 from blockdsl.errors import BudgetError, ConfigError
 
@@ -283,9 +284,10 @@ def compare(
     out.mkdir(parents=True, exist_ok=True)
 
     runs = [(v, lr, seed) for v in variants for lr in lr_grid for seed in seeds]
-    reporter = _Progress(progress, len(runs))
+    reporter = Progress(progress)
     results: list[Result] = []
     with reporter:
+        reporter.start("runs", len(runs))
         for variant in variants:
             result = Result(variant.name, str(variant.spec))
             results.append(result)
@@ -298,7 +300,7 @@ def compare(
                 continue
             for lr in lr_grid:
                 for seed in seeds:
-                    reporter.advance(f"{variant.name} lr={lr or 'default'} seed={seed}")
+                    reporter.item(f"{variant.name} lr={lr or 'default'} seed={seed}")
                     try:
                         record = _run(variant, data_text, out, budget, seed, lr, max_memory)
                     except BudgetError as exc:  # e.g. a measured limit the estimate missed
@@ -310,9 +312,9 @@ def compare(
             if result.status == "ok":
                 _summarise(result, per_lr, higher)
     comparison = Comparison(out, data_text, metric, higher, results)
-    _write(out / "summary.csv", comparison.to_csv())
-    _write(out / "summary.md", comparison.to_markdown())
-    _write(
+    write_atomic(out / "summary.csv", comparison.to_csv())
+    write_atomic(out / "summary.md", comparison.to_markdown())
+    write_atomic(
         out / "compare.json",
         json.dumps(
             {
@@ -484,56 +486,6 @@ def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[:60]
 
 
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-class _Progress:
-    """A rich progress bar over the runs on a terminal; log lines otherwise."""
-
-    def __init__(self, progress: bool | None, total: int) -> None:
-        self.mode = (
-            "bar"
-            if progress is True or (progress is None and sys.stdout.isatty())
-            else ("quiet" if progress is False else "lines")
-        )
-        self.total, self.done = total, 0
-
-    def __enter__(self) -> _Progress:
-        if self.mode == "bar":
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
-            self.bar = Progress(
-                TextColumn("runs"),
-                MofNCompleteColumn(),
-                BarColumn(),
-                TextColumn("{task.fields[now]}"),
-            )
-            self.bar.__enter__()
-            self.task = self.bar.add_task("compare", total=self.total, now="")
-        return self
-
-    def advance(self, what: str) -> None:
-        if self.mode == "bar":
-            self.bar.update(self.task, completed=self.done, now=what)
-        elif self.mode == "lines":
-            print(f"[{self.done + 1}/{self.total}] {what}", flush=True)
-        self.done += 1
-
-    def log(self, message: str) -> None:
-        if self.mode == "bar":
-            self.bar.console.print(message)
-        elif self.mode == "lines":
-            print(message, flush=True)
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.mode == "bar":
-            self.bar.update(self.task, completed=self.done)
-            self.bar.__exit__(*exc)
-
-
 # ==================================================================== plot
 def plot_curves(comparison: Comparison, path: Path) -> bool:
     """``curves.png``: loss and the metric against tokens and against wall time, one line per
@@ -546,7 +498,7 @@ def plot_curves(comparison: Comparison, path: Path) -> bool:
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    from blockdsl.train.loop import read_metrics
+    from blockdsl.train.trainer import read_metrics
 
     fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
     for result in comparison.results:
@@ -575,10 +527,7 @@ def plot_curves(comparison: Comparison, path: Path) -> bool:
     axes[0][0].legend(fontsize=8)
     fig.suptitle(comparison.data)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path)
     return True
 
 

@@ -14,10 +14,7 @@ position). The tokens are those each prompt gives alone.
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Iterable, Iterator, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -365,87 +362,7 @@ def _check_model(model: LanguageModel) -> None:
             )
 
 
-# ==================================================================== runs and text
-def load_generator(
-    path: str | os.PathLike, *, from_hf: bool = False, device: torch.device | str | None = None
-) -> tuple[LanguageModel, Any]:
-    """The model (eval mode) and ``tokenizers.Tokenizer`` to generate from:
-
-    * a training run directory (``config.toml``, ``tokenizer.json``, ``checkpoints/step_*``):
-      its newest checkpoint;
-    * one checkpoint of a run: its ``step_*`` directory or that directory's
-      ``model.safetensors`` (the run's config and tokenizer are two levels up);
-    * a self-describing ``blockdsl.save`` file, with a ``tokenizer.json`` beside it;
-    * with ``from_hf``, a Hugging Face checkpoint folder (``config.json``, ``*.safetensors``,
-      ``tokenizer.json``)."""
-    from blockdsl.train import checkpoint as run_checkpoints
-
-    path = Path(path)
-    if not path.exists():
-        raise GenerationError(f"{path} does not exist", hint="give a run directory or checkpoint")
-    if from_hf:
-        try:
-            from blockdsl.interop import hf
-        except ImportError:  # before the interop package
-            from blockdsl import hf  # type: ignore[no-redef]
-
-        return hf.from_pretrained_dir(path, device=device), _tokenizer(path / "tokenizer.json")
-    if path.is_file():
-        weights, run_dir = path, path.parent.parent.parent
-        if not (run_dir / "config.toml").is_file():  # a blockdsl.save file: self-describing
-            from blockdsl import checkpoint
-
-            model = checkpoint.load(path, device=device)
-            return model, _tokenizer(path.parent / "tokenizer.json")
-    elif (path / "model.safetensors").is_file():  # RUN/checkpoints/step_N
-        weights, run_dir = path / "model.safetensors", path.parent.parent
-    elif (path / "config.toml").is_file():
-        found = run_checkpoints.checkpoints(path)
-        if not found:
-            raise GenerationError(f"the run {path} has no checkpoint yet")
-        weights, run_dir = found[-1].weights, path
-    else:
-        raise GenerationError(
-            f"{path} is neither a training run (no config.toml) nor a checkpoint "
-            "(no model.safetensors)",
-            hint="for a Hugging Face folder use --from-hf",
-        )
-    from blockdsl.config import load_config
-    from blockdsl.model import build_model
-
-    model = build_model(load_config(run_dir / "config.toml"), device=device)
-    run_checkpoints.load_weights(weights, model)
-    return model.eval(), _tokenizer(run_dir / "tokenizer.json")
-
-
-def eos_ids(path: str | os.PathLike) -> list[int]:
-    """The end-of-sequence token ids a Hugging Face folder's ``config.json`` names (its
-    ``generation_config.json`` first), for ``stop``; empty when it names none."""
-    for name in ("generation_config.json", "config.json"):
-        file = Path(path) / name
-        if file.is_file():
-            try:
-                eos = json.loads(file.read_text()).get("eos_token_id")
-            except (ValueError, AttributeError):
-                continue
-            if eos is not None:
-                return [int(e) for e in (eos if isinstance(eos, list) else [eos])]
-    return []
-
-
-def _tokenizer(path: Path) -> Any:
-    from tokenizers import Tokenizer
-
-    if not path.is_file():
-        raise GenerationError(
-            f"no tokenizer: {path} is missing", hint="generation needs the tokenizer.json"
-        )
-    try:
-        return Tokenizer.from_file(str(path))
-    except Exception as exc:
-        raise GenerationError(f"{path} is not a tokenizer.json: {exc}") from None
-
-
+# ==================================================================== text
 def stream_text(
     model: LanguageModel, tokenizer: Any, prompt: str, max_new_tokens: int, **options: Any
 ) -> Iterator[str]:
@@ -470,9 +387,7 @@ def stream_text(
 
 __all__ = [
     "GenerationError",
-    "eos_ids",
     "generate",
-    "load_generator",
     "sample",
     "stream",
     "stream_text",

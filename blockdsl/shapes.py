@@ -45,12 +45,14 @@ import html
 import io
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from blockdsl.graph import BlockGraph, ModuleSpec
 from blockdsl.lower import module_attributes
-from blockdsl.model import ModelPlan
 from blockdsl.printer import format_int, format_value, human, human_bytes
+
+if TYPE_CHECKING:  # an annotation only: blockdsl.model imports this module on use
+    from blockdsl.model import ModelPlan
 
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8}
 

@@ -22,7 +22,7 @@ import torch.distributed as dist
 from torch.distributed.elastic.multiprocessing.errors import record
 
 import blockdsl
-from blockdsl.train import checkpoint as ckpt
+from blockdsl import checkpoint as ckpt
 from blockdsl.train.distributed import FAULT_ENV
 
 

@@ -22,11 +22,11 @@ import pytest
 import torch
 
 import blockdsl
+from blockdsl import checkpoint as ckpt
 from blockdsl.checkpoint import CheckpointError
 from blockdsl.config import load_config
 from blockdsl.errors import ConfigError
 from blockdsl.train import Run
-from blockdsl.train import checkpoint as ckpt
 from blockdsl.train.data import prepare
 from blockdsl.train.distributed import (
     Launch,

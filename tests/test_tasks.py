@@ -357,7 +357,7 @@ def test_train_on_compression_trains_the_autoencoder(tmp_path):
     assert run.model.__class__.__name__ == "AutoEncoder" and "accuracy" in run.metrics[-1]
     from safetensors import safe_open
 
-    from blockdsl.train.checkpoint import checkpoints
+    from blockdsl.checkpoint import checkpoints
 
     with safe_open(str(checkpoints(run.dir)[-1].weights), "pt") as f:
         keys = set(f.keys())

@@ -19,10 +19,10 @@ import pytest
 import torch
 
 import blockdsl
+from blockdsl import checkpoint as ckpt
 from blockdsl.config import load_config
 from blockdsl.errors import BudgetError, ConfigError
 from blockdsl.train import WALL_CLOCK_FIELDS, CheckpointError, DataError, Run, TrainingError
-from blockdsl.train import checkpoint as ckpt
 from blockdsl.train.autocompile import CompileChoice
 from blockdsl.train.data import TokenData, byte_tokenizer, prepare
 from blockdsl.train.optim import build_optimizers, build_scheduler
@@ -329,7 +329,7 @@ def test_non_finite_loss_names_the_step_and_keeps_the_checkpoint(
     assert [c.step for c in kept] == [step - 1]
     assert str(kept[0].path) in str(info.value)
     model = blockdsl.build_model("tiny", **TINY)
-    ckpt.load(kept[0], model)
+    ckpt.load_checkpoint(kept[0], model)
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 

@@ -55,7 +55,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, out: TextIO) -> int:
     import torch
 
-    from blockdsl.generate import GenerationError, eos_ids, load_generator, stream_text
+    from blockdsl.checkpoint import eos_ids, load_generator
+    from blockdsl.generate import GenerationError, stream_text
 
     if bool(args.path) == bool(args.from_hf):
         raise GenerationError("give a run or checkpoint, or --from-hf DIR (one of them)")

@@ -7,7 +7,7 @@ import argparse
 import inspect
 import pathlib
 import sys
-from typing import TextIO
+from typing import Any, TextIO
 
 from blockdsl.commands.common import add_set_option, console, overrides_from
 from blockdsl.commands.options import (
@@ -116,13 +116,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, turned into an interrupt so that a stopped search exits 128+15, not 0."""
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise _Terminated
+
+
 def run(args: argparse.Namespace, out: TextIO) -> int:
+    import signal
+    import threading
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
     try:
         return _search(args, out)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:
         # the candidate in training saved a checkpoint; its claim is taken back on rerun
         print("blockdsl search: interrupted; rerun the same command to resume", file=sys.stderr)
-        return 130
+        return 128 + (signal.SIGTERM if isinstance(stop, _Terminated) else signal.SIGINT)
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _search(args: argparse.Namespace, out: TextIO) -> int:

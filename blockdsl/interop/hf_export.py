@@ -906,7 +906,7 @@ def export_hf(
     replaced only with ``force``; the folder is written beside it and renamed into place.
     With ``verify`` the folder is loaded back with transformers and its logits compared on
     random tokens (raises ``HFExportError`` above 1e-4)."""
-    from blockdsl.checkpoint import load
+    from blockdsl.checkpoint import load, tokenizer_file
     from blockdsl.model import LanguageModel
 
     out = Path(out_dir)
@@ -920,8 +920,8 @@ def export_hf(
     else:
         source = Path(model_or_path)
         model = load(source)
-        if tokenizer is None and source.is_dir() and (source / "tokenizer.json").is_file():
-            tokenizer = source / "tokenizer.json"
+        if tokenizer is None:
+            tokenizer = tokenizer_file(source)
     model_type, hf_cfg = hf_config_for(model)
     record = next(r for r in _records() if r.model_type == model_type)
     state = hf_state_dict(model, model_type, hf_cfg)

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from blockdsl._io import save_figure
 from blockdsl.search.evolution import OBJECTIVES, Member, pareto_front
 from blockdsl.search.space import MUTATIONS, SearchSpace, canonical
 from blockdsl.search.study import SearchError, SearchSettings, Study
@@ -336,10 +337,7 @@ def plot_front(result: SearchReport, path: Path) -> bool:
         ax.legend(fontsize=8)
     fig.suptitle(result.settings.data)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path)
     return True
 
 

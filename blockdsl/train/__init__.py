@@ -17,7 +17,7 @@ import sys
 import types
 from typing import Any
 
-from blockdsl.train.checkpoint import CheckpointError
+from blockdsl.checkpoint import CheckpointError
 from blockdsl.train.data import DataError, TokenData, prepare
 from blockdsl.train.loop import WALL_CLOCK_FIELDS, Run, TrainingError, read_metrics
 from blockdsl.train.loop import train as _train

@@ -24,6 +24,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from blockdsl._io import write_atomic
+
 PRIOR_COMPILE_SECONDS = {"cpu": 30.0, "cuda": 60.0}
 PRIOR_SPEEDUP = 0.15  # fraction of an eager step's time that compiling saves
 
@@ -165,9 +167,7 @@ def _cache_put(key: str, value: dict[str, float]) -> None:
         except (OSError, ValueError):
             data = {}
         data[key] = value
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(data, indent=1))
-        os.replace(tmp, path)
+        write_atomic(path, json.dumps(data, indent=1))
     except OSError:
         pass  # a read-only home: decide from the priors next time
 

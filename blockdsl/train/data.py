@@ -37,6 +37,7 @@ from typing import Any
 
 import torch
 
+from blockdsl._io import Progress, write_atomic
 from blockdsl.errors import BlockDSLError
 
 META_FORMAT = "blockdsl-data"
@@ -320,62 +321,38 @@ def prepare(
     if all(s.size_hint() is not None for s in items):
         total = sum(s.size_hint() or 0 for s in items)
 
-    with _Progress(progress, total) as bar:
+    bar = Progress(progress, columns="bytes", fallback="quiet", stream=sys.stderr)
+    with bar:
+
+        def advance(n: int) -> None:
+            bar.update(advance=n)
 
         def pieces(label: str) -> Iterator[tuple[bool, str]]:
-            bar.start(label)
+            bar.start(label, total)
             for source in items:
-                yield from source.pieces(bar.advance)
+                yield from source.pieces(advance)
 
         def texts(label: str) -> Iterator[str]:
             return (piece for _, piece in pieces(label))
 
-        if kind == "byte":
-            tok = byte_tokenizer()
-        elif kind == "char":
-            chars: set[str] = set()
-            for text in texts("reading characters"):
-                chars.update(text)
-            tok = char_tokenizer(chars)
-        elif kind == "bpe":
-            tok = bpe_tokenizer(size or 0, texts(f"training a {size}-token BPE"))
-        else:
-            from tokenizers import Tokenizer
-
-            try:
-                tok = Tokenizer.from_file(tokenizer)
-            except Exception as exc:
-                raise DataError(f"{tokenizer} is not a tokenizer.json: {exc}") from None
+        tok = _tokenizer_for(kind, size, tokenizer, texts)
         vocab = tok.get_vocab_size(with_added_tokens=True)
         eot = tok.token_to_id(EOT)
         dtype = "uint16" if vocab <= 2**16 else "uint32"
         out.mkdir(parents=True, exist_ok=True)
-        rng = random.Random(seed)
-        counts = {"train": 0, "val": 0}
-        docs = {"train": 0, "val": 0}
-        with (
-            _BinWriter(out / "train.bin.tmp", dtype) as train_bin,
-            _BinWriter(out / "val.bin.tmp", dtype) as val_bin,
-        ):
-            writers = {"train": train_bin, "val": val_bin}
-            split = None
-            for starts, piece in pieces("tokenizing"):
-                if starts:  # each document goes to one split, with an EOT after it
-                    if split is not None and eot is not None:
-                        writers[split].write([eot])
-                        counts[split] += 1
-                    split = "val" if rng.random() < val_fraction else "train"
-                    docs[split] += 1
-                ids = piece.encode("utf-8") if kind == "byte" else tok.encode(piece).ids
-                writers[split].write(ids)
-                counts[split] += len(ids)
-            if split is not None and eot is not None:
-                writers[split].write([eot])
-                counts[split] += 1
-        if counts["val"] == 0 and val_fraction > 0 and counts["train"] > 1:
-            counts["val"] = max(1, int(counts["train"] * val_fraction))
-            counts["train"] -= counts["val"]
-            _split_tail(out / "train.bin.tmp", out / "val.bin.tmp", counts["val"], dtype)
+
+        def encode(text: str) -> Sequence[int] | bytes:  # byte ids are the UTF-8 bytes
+            return text.encode("utf-8") if kind == "byte" else tok.encode(text).ids
+
+        counts, docs = _write_splits(
+            out,
+            pieces("tokenizing"),
+            encode,
+            eot,
+            dtype,
+            val_fraction,
+            seed,
+        )
     if counts["train"] == 0:
         raise DataError("the sources hold no text to train on", hint=", ".join(sources))
     meta = {
@@ -396,14 +373,8 @@ def prepare(
     tok.save(str(out / "tokenizer.json.tmp"))
     for name in ("train.bin", "val.bin", "tokenizer.json"):
         os.replace(out / f"{name}.tmp", out / name)
-    _write_atomic(out / "meta.json", json.dumps(meta, indent=2) + "\n")
+    write_atomic(out / "meta.json", json.dumps(meta, indent=2) + "\n")
     return meta
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 class _BinWriter:
@@ -424,6 +395,68 @@ class _BinWriter:
         self.file.close()
 
 
+def _tokenizer_for(
+    kind: str, size: int | None, spec: str, texts: Callable[[str], Iterator[str]]
+) -> Any:
+    """The tokenizer of ``--tokenizer``: byte, char (the characters of the text), a BPE
+    trained on the text, or a tokenizer.json file."""
+    if kind == "byte":
+        return byte_tokenizer()
+    if kind == "char":
+        chars: set[str] = set()
+        for text in texts("reading characters"):
+            chars.update(text)
+        return char_tokenizer(chars)
+    if kind == "bpe":
+        return bpe_tokenizer(size or 0, texts(f"training a {size}-token BPE"))
+    from tokenizers import Tokenizer
+
+    try:
+        return Tokenizer.from_file(spec)
+    except Exception as exc:
+        raise DataError(f"{spec} is not a tokenizer.json: {exc}") from None
+
+
+def _write_splits(
+    out: Path,
+    pieces: Iterator[tuple[bool, str]],
+    encode: Callable[[str], Sequence[int] | bytes],
+    eot: int | None,
+    dtype: str,
+    val_fraction: float,
+    seed: int,
+) -> tuple[dict[str, int], dict[str, int]]:
+    """Encode the documents into ``train.bin.tmp`` and ``val.bin.tmp`` (each document to one
+    split, drawn with ``seed``, an EOT after it); the tokens and documents of each split."""
+    rng = random.Random(seed)
+    counts = {"train": 0, "val": 0}
+    docs = {"train": 0, "val": 0}
+    with (
+        _BinWriter(out / "train.bin.tmp", dtype) as train_bin,
+        _BinWriter(out / "val.bin.tmp", dtype) as val_bin,
+    ):
+        writers = {"train": train_bin, "val": val_bin}
+        split = None
+        for starts, piece in pieces:
+            if starts:
+                if split is not None and eot is not None:
+                    writers[split].write([eot])
+                    counts[split] += 1
+                split = "val" if rng.random() < val_fraction else "train"
+                docs[split] += 1
+            ids = encode(piece)
+            writers[split].write(ids)
+            counts[split] += len(ids)
+        if split is not None and eot is not None:
+            writers[split].write([eot])
+            counts[split] += 1
+    if counts["val"] == 0 and val_fraction > 0 and counts["train"] > 1:
+        counts["val"] = max(1, int(counts["train"] * val_fraction))
+        counts["train"] -= counts["val"]
+        _split_tail(out / "train.bin.tmp", out / "val.bin.tmp", counts["val"], dtype)
+    return counts, docs
+
+
 def _array_code(dtype: str) -> str:
     if dtype == "uint16":
         return "H"
@@ -438,51 +471,6 @@ def _split_tail(train: Path, val: Path, tokens: int, dtype: str) -> None:
         while chunk := src.read(1 << 24):
             dst.write(chunk)
         src.truncate(size - tokens * itemsize)
-
-
-class _Progress:
-    """A rich progress bar over the bytes read, on a terminal; silent otherwise."""
-
-    def __init__(self, enabled: bool | None, total: int | None) -> None:
-        self.enabled = sys.stderr.isatty() if enabled is None else enabled
-        self.total = total
-        self.task: Any = None
-
-    def __enter__(self) -> _Progress:
-        if self.enabled:
-            from rich.progress import (
-                BarColumn,
-                DownloadColumn,
-                Progress,
-                TextColumn,
-                TimeRemainingColumn,
-                TransferSpeedColumn,
-            )
-
-            self.bar = Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                DownloadColumn(),
-                TransferSpeedColumn(),
-                TimeRemainingColumn(),
-                transient=False,
-            )
-            self.bar.__enter__()
-        return self
-
-    def start(self, label: str) -> None:
-        if self.enabled:
-            if self.task is not None:
-                self.bar.update(self.task, completed=self.total or 0)
-            self.task = self.bar.add_task(label, total=self.total)
-
-    def advance(self, n: int) -> None:
-        if self.enabled and self.task is not None:
-            self.bar.advance(self.task, n)
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.enabled:
-            self.bar.__exit__(*exc)
 
 
 # ==================================================================== reading
