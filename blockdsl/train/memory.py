@@ -21,11 +21,11 @@ Estimate (``estimate(plan, ...)``), in bytes, from the model plan and its shape 
 * the loss: cross-entropy keeps float32 log-probabilities of the logits and, in backward,
   their gradient: two more ``B × T × vocab`` float32 tensors.
 
-Measurement (``measure_peak``): when the run is over, one more forward and backward of a micro-
-batch (with the optimizer state in place, and with accumulation the gradients too) runs under
-``torch.profiler`` with ``profile_memory=True`` (whose native start/stop log lines are kept off
-the terminal at file-descriptor level, ``_profiler_log_silenced``); the allocator's events,
-summed in time order, give the peak above what was live before (parameters, gradients,
+Measurement (``measure_peak``): when the run is over, one more forward and backward of a
+micro-batch (with the optimizer state in place, and with accumulation the gradients too) runs
+under ``torch.profiler`` with ``profile_memory=True`` (whose native start/stop log lines are
+kept off the terminal at file-descriptor level, ``_profiler_log_silenced``); the allocator's
+events, summed in time order, give the peak above what was live before (parameters, gradients,
 optimizer state), which is added back. It runs after training because the profiler slows the
 later steps of the model it profiled (by about 10 % on CPU, measured with bench/train.py). On
 CUDA, ``torch.cuda.max_memory_allocated`` gives the same directly. Both count tensor memory
