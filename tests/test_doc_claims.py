@@ -46,3 +46,31 @@ def test_cli_synopsis_shows_every_command(capsys):
     synopsis = (ROOT / "docs/cli.md").read_text().split("```")[1]
     missing = [c for c in commands if f"blockdsl {c}" not in synopsis]
     assert not missing, missing
+
+
+def test_training_page_figures_are_the_recorded_runs():
+    """docs/training.md's stdlib run (issue 33: its split and losses were from before the split
+    changed) is checked against the run recorded in docs/records/stdlib-tiny/."""
+    import json
+
+    record = ROOT / "docs" / "records" / "stdlib-tiny"
+    text = (ROOT / "docs/training.md").read_text()
+    metrics = {
+        m["step"]: m for m in map(json.loads, (record / "metrics.jsonl").read_text().splitlines())
+    }
+    rows = re.findall(
+        r"^\| (\d+) \| ([\d,]+) \| ([\d.]+) \|\s*([\d.]*)\s*\| ([\d.e-]+) \|$", text, re.M
+    )
+    assert len(rows) == 8
+    for step, tokens, loss, val, lr in rows:
+        m = metrics[int(step)]
+        assert (tokens, loss, lr) == (f"{m['tokens']:,}", f"{m['loss']:.4f}", f"{m['lr']:.2e}")
+        assert val == (f"{m['val_loss']:.4f}" if "val_loss" in m else ""), step
+    meta = json.loads((record / "data-meta.json").read_text())
+    assert f"{meta['train_tokens']:,} training and {meta['val_tokens']:,}" in text
+    summary = json.loads((record / "summary.json").read_text())
+    assert f"has {summary['params']:,} parameters" in text
+    memory = summary["memory"]
+    assert f"start, {memory['estimate']['total'] / 1e6:.1f} MB" in text
+    assert f"peak, {memory['measured_peak'] / 1e6:.1f} MB" in text
+    assert f"in {summary['elapsed']:.1f} s; loss {summary['final_loss']:.4f}" in text
