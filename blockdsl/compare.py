@@ -82,13 +82,14 @@ class Result:
 @dataclass
 class Comparison:
     """What ``compare`` returns: ``results`` (one per variant, in the order given), the metric's
-    name and direction, and where everything was written."""
+    name and direction, and where everything was written (``files``: the names in ``out``)."""
 
     out: Path
     data: str
     metric: str
     higher_is_better: bool
     results: list[Result]
+    files: list[str] = field(default_factory=list)
 
     def result(self, name: str) -> Result:
         return next(r for r in self.results if r.name == name)
@@ -375,8 +376,9 @@ def compare(
             hint="raise --max-memory, shrink the models (e.g. --set d_model=...) or lower "
             "train.batch_size",
         )
-    if plot:
-        plot_curves(comparison, out / "curves.png")
+    comparison.files = ["summary.csv", "summary.md", "compare.json"]
+    if plot and plot_curves(comparison, out / "curves.png"):
+        comparison.files.append("curves.png")
     return comparison
 
 

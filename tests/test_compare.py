@@ -221,6 +221,7 @@ def test_a_skipped_variant_is_said_and_the_plot_shows_the_rest(tmp_path, capsys,
     )  # fmt: skip
     assert "warning: 1 of 2 variants not compared: big (skipped:" in capsys.readouterr().err
     assert (tmp_path / "curves.png").stat().st_size > 1000
+    assert comparison.files == ["summary.csv", "summary.md", "compare.json", "curves.png"]
     assert not [w for w in recwarn if "No artists" in str(w.message)]
     from blockdsl.compare import plot_curves
 
