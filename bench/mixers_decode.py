@@ -11,7 +11,10 @@ under the same machine load. The recurrent form of a long ``T`` can take long: i
 one pass takes longer than ``--slow`` seconds.
 
     PYTHONPATH=. python bench/mixers_decode.py [--mixers GatedDeltaNet RWKV7 ...]
-        [--d-model 256] [--seq 256 1024 4096] [--batch 1] [--repeats 3] [--markdown]
+        [--d-model 256] [--seq 256 1024 4096] [--batch 1] [--repeats 3] [--markdown] [--json]
+
+``--json`` writes the record ``bench/results/mixers_decode.json`` that ``bench/report.py`` puts
+in docs/performance.md.
 """
 
 from __future__ import annotations
@@ -90,7 +93,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--slow", type=float, default=5.0, help="run slower passes only once")
     parser.add_argument("--markdown", action="store_true", help="print a markdown table")
+    parser.add_argument("--json", action="store_true", help="write the record")
     args = parser.parse_args(argv)
+    record = None
+    if args.json:  # made first: it notes the machine's load before the runs
+        from bench.record import Record
+
+        record = Record("mixers_decode", "Chunked against recurrent form of each stateful mixer")
     torch.manual_seed(0)
     rows = []
     for call in args.mixers:
@@ -113,6 +122,16 @@ def main(argv: list[str] | None = None) -> int:
         for call, T, par, rec, diff in rows:
             print(f"| `{call}` | {T} | {par * 1e3:.1f} | {rec * 1e3:.0f} | {rec / T * 1e6:.0f} | "
                   f"{rec / par:.1f}× | {diff:.1e} |")  # fmt: skip
+    if record is not None:
+        record.table(
+            ["mixer", "T", "chunked (ms)", "recurrent (ms)", "µs/token decoded",
+             "recurrent / chunked", "max abs diff"],
+            [[f"`{call}`", T, round(par * 1e3, 1), round(rec * 1e3), round(rec / T * 1e6),
+              f"{rec / par:.1f}×", f"{diff:.1e}"] for call, T, par, rec, diff in rows],
+            f"d_model={args.d_model}, batch={args.batch}, inference; median of {args.repeats} "
+            f"alternating runs (one above {args.slow:g} s)",
+        )  # fmt: skip
+        print(f"wrote {record.write()}")
     return 0
 
 

@@ -40,7 +40,8 @@ def render_record(record: dict) -> str:
         "```",
         "",
         f"Recorded {env['date']} on {env['cpu']} ({env['cores']} cores, {env['torch_threads']} "
-        f"torch threads, load average {load} at the start), Python {env['python']}, torch "
+        f"torch threads, load average {load} when the bench created its record), Python "
+        f"{env['python']}, torch "
         f"{env['torch']}. The machine was shared with other developers' jobs: read the ratios "
         "(measured side by side, interleaved in the same process), not the absolute times.",
     ]

@@ -14,7 +14,6 @@ from collections.abc import Sequence
 from types import ModuleType
 
 from blockdsl.commands import COMMANDS
-from blockdsl.commands.common import block_list, overrides_from, parse_value, spec_from
 from blockdsl.errors import BlockDSLError
 
 EXIT_USAGE = 2
@@ -108,15 +107,7 @@ def run() -> None:
     sys.exit(main())
 
 
-__all__ = [
-    "block_list",
-    "build_parser",
-    "main",
-    "overrides_from",
-    "parse_value",
-    "run",
-    "spec_from",
-]
+__all__ = ["build_parser", "main", "run"]
 
 if __name__ == "__main__":  # pragma: no cover
     run()

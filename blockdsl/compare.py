@@ -17,6 +17,7 @@ import io
 import json
 import math
 import os
+import re
 import statistics
 import sys
 import types
@@ -82,13 +83,14 @@ class Result:
 @dataclass
 class Comparison:
     """What ``compare`` returns: ``results`` (one per variant, in the order given), the metric's
-    name and direction, and where everything was written."""
+    name and direction, and where everything was written (``files``: the names in ``out``)."""
 
     out: Path
     data: str
     metric: str
     higher_is_better: bool
     results: list[Result]
+    files: list[str] = field(default_factory=list)
 
     def result(self, name: str) -> Result:
         return next(r for r in self.results if r.name == name)
@@ -107,28 +109,40 @@ class Comparison:
 
         arrow = "↑" if self.higher_is_better else "↓"
         table = Table(title=f"{self.data}: {self.metric} {arrow}")
-        for header in (
-            "variant",
-            "params",
-            "FLOPs/token",
-            "state/token",
-            f"{self.metric} (mean ± std)",
-            "val loss",
-            "tokens/s",
-            "peak memory",
-            "best lr",
-        ):
+        headers = self._headers()
+        headers[4] = f"{self.metric} (mean ± std)"
+        for header in headers:
             table.add_column(header, justify="left" if header == "variant" else "right")
         best = self.best()
         for r in self.results:
             if r.status != "ok":
-                table.add_row(r.name, *[""] * 3, Text(r.status, style="yellow"), *[""] * 4)
+                blank = [""] * (len(headers) - 5)
+                table.add_row(r.name, *[""] * 3, Text(r.status, style="yellow"), *blank)
                 continue
-            cells: list[Any] = _cells(r)
+            cells: list[Any] = self._cells(r)
             if best is not None and r is best:
                 cells[4] = Text(cells[4], style="bold green")
             table.add_row(*cells)
         return table
+
+    def _headers(self) -> list[str]:
+        """The table's columns; "val loss" only when the metric is not the validation loss
+        itself (a task's accuracy), where it would repeat the metric's column."""
+        headers = ["variant", "params", "FLOPs/token", "state/token", self.metric, "val loss"]
+        headers += ["tokens/s", "peak memory", "best lr"]
+        if self.metric == "val_loss":
+            headers.remove("val loss")
+        return headers
+
+    def _cells(self, r: Result) -> list[str]:
+        cells = _cells(r)
+        if self.metric == "val_loss":
+            del cells[5]
+        return cells
+
+    def skipped(self) -> list[Result]:
+        """The variants that did not train (over the memory budget) or gave no result."""
+        return [r for r in self.results if r.status != "ok"]
 
     def to_csv(self) -> str:
         buffer = io.StringIO()
@@ -140,19 +154,20 @@ class Comparison:
 
     def to_markdown(self) -> str:
         arrow = "higher is better" if self.higher_is_better else "lower is better"
+        headers = self._headers()
         lines = [
             f"Data: `{self.data}`; metric: {self.metric} ({arrow}), mean ± std over seeds at "
             "each variant's best learning rate.",
             "",
-            f"| variant | params | FLOPs/token | state/token | {self.metric} | val loss | "
-            "tokens/s | peak memory | best lr |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "| " + " | ".join(headers) + " |",
+            "|---|" + "---:|" * (len(headers) - 1),
         ]
         for r in self.results:
             if r.status != "ok":
-                lines.append(f"| {r.name} | | | | {r.status} | | | | |")
+                cells = [r.name, "", "", "", r.status] + [""] * (len(headers) - 5)
             else:
-                lines.append("| " + " | ".join(_cells(r)) + " |")
+                cells = self._cells(r)
+            lines.append("| " + " | ".join(cells) + " |")
         return "\n".join(lines) + "\n"
 
 
@@ -200,17 +215,38 @@ def parse_variants(
     return variants
 
 
+#: What a variant name may be: it names the variant's run directories and table row, so a
+#: safe file name (letters, digits, '-', '_', '.'; not starting with '.' or '-').
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+_NAME_RULE = (
+    "a variant name may contain letters, digits, '-', '_' and '.', and starts with a letter, "
+    "a digit or '_'"
+)
+
+
 def _split_name(item: Any, index: int) -> tuple[str, Any]:
     if isinstance(item, tuple) and len(item) == 2:
-        return str(item[0]), item[1]
+        return _checked_name(str(item[0])), item[1]
     if isinstance(item, str):
         name, sep, rest = item.partition("=")
-        if sep and name.strip().isidentifier() and "->" not in name:
-            return name.strip(), rest.strip()
+        name = name.strip()
+        # In a block string '=' only appears inside a call's parentheses after '->' or '(',
+        # so text before the first '=' without them is a name.
+        if sep and not Path(item).is_file() and not any(c in name for c in "(>[{"):
+            return _checked_name(name), rest.strip()
         if _is_block_string(item):
             return item.replace(" ", ""), item
         return Path(item).stem if item.endswith(".toml") else item, item
     return f"variant{index + 1}", item
+
+
+def _checked_name(name: str) -> str:
+    if not _NAME.fullmatch(name) or len(name) > 60:
+        raise ConfigError(
+            f"'{name}' is not a usable variant name: {_NAME_RULE} (at most 60 characters)",
+            hint="e.g. llama-like='Norm->Attn->+->Norm->MLP->+'",
+        )
+    return name
 
 
 def _is_block_string(spec: Any) -> bool:
@@ -256,14 +292,16 @@ def compare(
     ``out``. ``overrides`` set config keys of every variant (``d_model=64``,
     ``train={"batch_size": 32}``). Returns the ``Comparison``."""
     from blockdsl.tasks.data import open_task
+    from blockdsl.train.data import TokenData
 
     out = Path(out)
     data_text = str(data)
     task = open_task(data_text, 0)
     overrides = dict(overrides)
-    if task is not None:
-        # A task fixes the vocabulary and the sequence length; the model follows unless told.
-        overrides.setdefault("vocab", task.vocab)
+    # The data fixes the vocabulary (a task's, or a prepared directory's tokenizer), as
+    # ``train`` requires; the models follow unless told (``vocab=``), so a byte corpus does
+    # not train the base preset's 4096-token embedding. A task also fixes the sequence length.
+    overrides.setdefault("vocab", task.vocab if task is not None else TokenData(data_text).vocab)
     variants = parse_variants(specs, base, overrides)
     if task is not None:
         for v in variants:
@@ -329,9 +367,32 @@ def compare(
         )
         + "\n",
     )
-    if plot:
-        plot_curves(comparison, out / "curves.png")
+    skipped = comparison.skipped()
+    if skipped:
+        _warn_skipped(skipped, len(results))
+    if len(skipped) == len(results):
+        raise BudgetError(
+            f"nothing to compare: all {len(results)} variant(s) were skipped ("
+            + "; ".join(f"{r.name}: {r.status}" for r in skipped)
+            + ")",
+            hint="raise --max-memory, shrink the models (e.g. --set d_model=...) or lower "
+            "train.batch_size",
+        )
+    comparison.files = ["summary.csv", "summary.md", "compare.json"]
+    if plot and plot_curves(comparison, out / "curves.png"):
+        comparison.files.append("curves.png")
     return comparison
+
+
+def _warn_skipped(skipped: list[Result], total: int) -> None:
+    """Skipped variants are said on stderr whatever the progress setting: a table that
+    silently lacks a variant reads as a comparison of everything asked for."""
+    print(
+        f"warning: {len(skipped)} of {total} variants not compared: "
+        + "; ".join(f"{r.name} ({r.status})" for r in skipped),
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 _BUDGETS = ("steps", "tokens", "time")
@@ -490,7 +551,10 @@ def _safe(name: str) -> str:
 def plot_curves(comparison: Comparison, path: Path) -> bool:
     """``curves.png``: loss and the metric against tokens and against wall time, one line per
     variant (its best learning rate, first seed). False when matplotlib is not installed
-    (the ``plot`` extra)."""
+    (the ``plot`` extra) or when no variant has a curve to draw (nothing is written then)."""
+    drawn = [r for r in comparison.results if r.status == "ok" and r.runs]
+    if not drawn:
+        return False
     try:
         import matplotlib
 
@@ -501,9 +565,7 @@ def plot_curves(comparison: Comparison, path: Path) -> bool:
     from blockdsl.train.trainer import read_metrics
 
     fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
-    for result in comparison.results:
-        if result.status != "ok" or not result.runs:
-            continue
+    for result in drawn:
         metrics = read_metrics(Path(result.runs[0]) / "metrics.jsonl")
         tokens = [m["tokens"] for m in metrics]
         elapsed = [m["elapsed"] for m in metrics]

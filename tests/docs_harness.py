@@ -319,6 +319,21 @@ def run_document(path: Path) -> Outcome:
     return Outcome(ran, skipped, failures)
 
 
+def skipped_blocks(path: Path) -> list[str]:
+    """The runnable blocks of one page that a ``<!-- skip -->`` directive keeps from running,
+    as ``page:line: reason``, found without running anything."""
+    document = SYBIL.parse(path)
+    skipped = []
+    for example in document:
+        if example.region.evaluator in EVALUATORS:
+            example.region.evaluator = lambda example: None  # this pass runs no block
+        try:
+            example.evaluate()
+        except unittest.SkipTest as exc:
+            skipped.append(f"{path.name}:{example.line}: {exc}")
+    return skipped
+
+
 def regenerate(path: Path) -> int:
     """Rewrite the shown output of every console command of a page from a fresh run (after an
     intended change of output; review the diff). Outputs holding ``...`` and commands shown

@@ -20,7 +20,8 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from blockdsl.cli import main, parse_value
+from blockdsl.cli import main
+from blockdsl.commands.common import parse_value
 
 FIXTURES = Path(__file__).parent / "fixtures" / "cli"
 REGEN = os.environ.get("BLOCKDSL_REGEN") == "1"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 
 import pytest
 
@@ -138,3 +139,92 @@ def test_blockdsl_compare_is_callable_and_the_cli_prints_the_table(tmp_path, cap
     assert (tmp_path / "curves.png").stat().st_size > 1000  # matplotlib is in dev
     assert main(["compare", "x", "--data", TASK, "--steps", "2", "--seeds", "a"]) == 2
     assert "--seeds expects comma-separated numbers" in capsys.readouterr().err
+
+
+# ==================================================================== issue 33: 3, 4, 5
+@pytest.fixture(scope="module")
+def byte_data(tmp_path_factory):
+    """A prepared byte-level corpus (vocab 256): this package's parser and config sources."""
+    from pathlib import Path
+
+    from blockdsl.train.data import prepare
+
+    root = Path(blockdsl.__file__).parent
+    out = tmp_path_factory.mktemp("bytes")
+    prepare(
+        [str(root / "parser.py"), str(root / "config.py")], out, tokenizer="byte", progress=False
+    )
+    return out
+
+
+def test_data_directory_gives_the_vocabulary_and_one_loss_column(tmp_path, byte_data):
+    """A data directory fixes the vocabulary as a task does (the base preset's 4096 would
+    train a 4096-row embedding on 256 byte tokens), and a val_loss comparison shows the loss
+    once, not as "val_loss" and "val loss" side by side."""
+    from blockdsl.model import build_model
+
+    small = {**SMALL, "train": {**SMALL["train"], "seq_len": 16}}
+    comparison = compare(
+        ["attn=Norm->Attn->+"], data=byte_data, out=tmp_path, steps=2, plot=False,
+        progress=False, **small,
+    )  # fmt: skip
+    (result,) = comparison.results
+    run = blockdsl.train.Run.load(result.runs[0])
+    assert run.config.vocab == 256
+    assert result.params == build_model(run.config).num_params()
+    headers = comparison.to_markdown().splitlines()[2]
+    assert headers.count("val") == 1 and "val_loss" in headers
+    assert [c.header for c in comparison.table().columns].count("val loss") == 0
+    # a task's accuracy keeps the validation loss beside it
+    task = compare(
+        ["attn=Norm->Attn->+"], data=TASK, out=tmp_path / "t", steps=2, plot=False,
+        progress=False, **SMALL,
+    )  # fmt: skip
+    assert "| accuracy | val loss |" in task.to_markdown()
+
+
+def test_variant_names_are_safe_file_names_with_hyphens():
+    variants = parse_variants(
+        ["llama-like=Norm->Attn->+", "v1.2_x=Norm->MLP(hidden=8)->+", "Norm->MLP(hidden=8)->+"]
+    )
+    assert [v.name for v in variants][:2] == ["llama-like", "v1.2_x"]
+    assert variants[0].config.blocks["block"] == "Norm->Attn->+"
+    assert variants[2].config.blocks["block"] == "Norm->MLP(hidden=8)->+"
+    for bad in ("my variant=Norm->Attn->+", "a/b=tiny", ".hidden=tiny", "-x=tiny"):
+        with pytest.raises(
+            ConfigError, match=re.escape("may contain letters, digits, '-', '_' and '.'")
+        ):
+            parse_variants([bad])
+
+
+def test_nothing_left_to_compare_is_an_error_and_draws_no_plot(tmp_path, capsys):
+    from blockdsl.errors import BudgetError
+
+    specs = ["big=Norm->MLP(hidden=100000)->+", "bigger=Norm->MLP(hidden=200000)->+"]
+    with pytest.raises(BudgetError, match="nothing to compare: all 2 variant"):
+        compare(specs, data=TASK, out=tmp_path, steps=2, max_memory="6MB", progress=False, **SMALL)
+    assert "warning: 2 of 2 variants not compared: big (skipped: memory estimate" in (
+        capsys.readouterr().err
+    )
+    assert not (tmp_path / "curves.png").exists()
+    argv = ["compare", *specs, "--data", TASK, "--steps", "2", "--max-memory", "6MB"]
+    argv += ["--out", str(tmp_path / "cli"), "--set", "d_model=16", "--quiet"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "nothing to compare" in err and "Traceback" not in err
+
+
+def test_a_skipped_variant_is_said_and_the_plot_shows_the_rest(tmp_path, capsys, recwarn):
+    comparison = compare(
+        ["attn=Norm->Attn->+", "big=Norm->MLP(hidden=100000)->+"], data=TASK, out=tmp_path,
+        steps=2, max_memory="6MB", progress=False, **SMALL,
+    )  # fmt: skip
+    assert "warning: 1 of 2 variants not compared: big (skipped:" in capsys.readouterr().err
+    assert (tmp_path / "curves.png").stat().st_size > 1000
+    assert comparison.files == ["summary.csv", "summary.md", "compare.json", "curves.png"]
+    assert not [w for w in recwarn if "No artists" in str(w.message)]
+    from blockdsl.compare import plot_curves
+
+    comparison.results[0].status = "skipped: for the test"
+    assert plot_curves(comparison, tmp_path / "empty.png") is False
+    assert not (tmp_path / "empty.png").exists()

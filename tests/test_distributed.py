@@ -263,3 +263,21 @@ def test_distributed_settings_are_checked(
             **TINY,
         )
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow  # a torchrun job that fails, restarts and finishes (about a minute)
+def test_max_restarts_resumes_from_the_newest_checkpoint(data_dir: Path, tmp_path: Path) -> None:
+    """docs/distributed.md's elastic restart: rank 1 is killed at its sixth step in torchrun's
+    first attempt; ``--max-restarts=1`` with ``--resume`` restarts both ranks, which continue
+    from the step-4 checkpoint and finish the 8 steps with exit status 0."""
+    sets = [f"train.{key}={value}" for key, value in {**TRAIN, "steps": 8}.items()]
+    sets += [f"{key}={value}" for key, value in TINY.items() if key != "defaults"]
+    sets += ["defaults.Attn.heads=2", "defaults.Attn.kv_heads=1", "defaults.MLP.hidden=64"]
+    args = ["--max-restarts=1", "-m", "blockdsl", "train", "tiny", "--data", str(data_dir)]
+    args += ["--out", str(tmp_path / "run"), "--resume", "--quiet"]
+    args += [part for value in sets for part in ("--set", value)]
+    job = _torchrun(*args, timeout=400, BLOCKDSL_FAULT="1:5:kill")
+    assert job.returncode == 0, job.stderr[-3000:]
+    run = Run.load(tmp_path / "run")
+    assert [m["step"] for m in run.metrics] == list(range(1, 9))  # steps 5-6 redone once
+    assert [c.step for c in ckpt.checkpoints(tmp_path / "run")][-1] == 8

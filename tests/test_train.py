@@ -390,6 +390,23 @@ def _env() -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
 
 
+def test_cli_run_prints_only_its_own_lines(data_dir: Path, tmp_path: Path) -> None:
+    """Issue 33.1: the end-of-run memory measurement (torch.profiler) wrote two native log
+    lines (``USDT:... profiler_start`` / ``profiler_stop``) to file descriptor 2, even under
+    --quiet. Captured at fd level in a real process: --quiet prints nothing at all, and the
+    memory is still measured."""
+    out = tmp_path / "quiet"
+    command = _command(data_dir, out)
+    command[command.index(f"train.steps={RESUME_STEPS}")] = "train.steps=2"
+    done = subprocess.run(
+        command, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=300
+    )
+    assert done.returncode == 0, done.stdout.decode()
+    assert done.stdout.decode() == ""
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["memory"]["measured_peak"] > 0
+
+
 def _run_until(data_dir: Path, out: Path, lines: int, sig: int, *extra: str) -> int:
     proc = subprocess.Popen(_command(data_dir, out, *extra), env=_env(), stderr=subprocess.PIPE)
     metrics = out / "metrics.jsonl"

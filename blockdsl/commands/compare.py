@@ -79,5 +79,5 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
     )
     console(out).print(comparison.table())
     if not args.quiet:
-        out.write(f"results in {comparison.out}: summary.csv, summary.md, curves.png\n")
+        out.write(f"results in {comparison.out}: {', '.join(comparison.files)}\n")
     return 0

@@ -12,7 +12,6 @@ from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
 from torch import nn
 
 from blockdsl.components import rope as rope_math
@@ -126,6 +125,16 @@ def _dims(d_in: int, heads: int, kv_heads: int | None, head_dim: int | None) -> 
     )
 
 
+def _pair_angles(
+    cos: torch.Tensor, sin: torch.Tensor, interleaved: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of one angle per rotated pair (..., r/2) widened to the r rotated dims:
+    pairs (2i, 2i+1) with ``interleaved`` (GPT-J), else (i, i + r/2) (Llama, GPT-NeoX)."""
+    if interleaved:
+        return cos.repeat_interleave(2, -1), sin.repeat_interleave(2, -1)
+    return torch.cat((cos, cos), -1), torch.cat((sin, sin), -1)
+
+
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
     """Llama / GPT-NeoX: ``[x1, x2] -> [-x2, x1]`` over the two halves of the last dim."""
     x1, x2 = x.chunk(2, dim=-1)
@@ -144,12 +153,8 @@ def apply_rotary(
     """Rotate the first ``r = 2 * cos.shape[-1]`` dims of each head of ``x`` (B, H, T, hd);
     ``cos``/``sin`` are (T, r/2) or (B, 1, T, r/2), one angle per rotated pair."""
     r = 2 * cos.shape[-1]
-    if interleaved:  # pairs are adjacent dims (2i, 2i+1)
-        cos, sin = cos.repeat_interleave(2, -1), sin.repeat_interleave(2, -1)
-        rotate = rotate_every_two
-    else:  # pairs are (i, i + r/2)
-        cos, sin = torch.cat((cos, cos), -1), torch.cat((sin, sin), -1)
-        rotate = rotate_half
+    cos, sin = _pair_angles(cos, sin, interleaved)
+    rotate = rotate_every_two if interleaved else rotate_half
     cos, sin = cos.to(x.dtype), sin.to(x.dtype)
     if r == x.shape[-1]:  # the whole head rotates: no slicing, no concatenation (no copies)
         return x * cos + rotate(x) * sin
@@ -364,9 +369,11 @@ class _Projections(nn.Module):
             q, k, v = (t.clamp(-self.clip_qkv, self.clip_qkv) for t in (q, k, v))
         if self.q_norm is not None and self.norm_whole:
             q, k = self.q_norm(q), self.k_norm(k)
-        q = rearrange(q, "b t (h d) -> b h t d", h=self.heads)  # (B, H, T, hd)
-        k = rearrange(k, "b s (h d) -> b h s d", h=self.kv_heads)  # (B, K, S, hd)
-        v = rearrange(v, "b s (h d) -> b h s d", h=self.kv_heads)  # (B, K, S, hd)
+        # views, as einops' "b t (h d) -> b h t d" makes them, without its per-call parsing
+        # (a measurable share of a decoding step, bench/generate.py)
+        q = q.unflatten(-1, (self.heads, -1)).transpose(1, 2)  # (B, H, T, hd)
+        k = k.unflatten(-1, (self.kv_heads, -1)).transpose(1, 2)  # (B, K, S, hd)
+        v = v.unflatten(-1, (self.kv_heads, -1)).transpose(1, 2)  # (B, K, S, hd)
         if self.q_norm is not None and not self.norm_whole:
             q, k = self.q_norm(q), self.k_norm(k)
         return q, k, v
@@ -383,7 +390,7 @@ class _Projections(nn.Module):
 
     def merge(self, y: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
         """Heads concatenated, gated by ``sigmoid(gate(x))`` with an output gate, then ``o``."""
-        y = rearrange(y, "b h t d -> b t (h d)")
+        y = y.transpose(1, 2).flatten(2)  # (B, T, H·hd)
         if self.gate is not None:
             y = y * torch.sigmoid(self.gate(x))
         return self.o(y)  # (B, T, D)
@@ -754,15 +761,14 @@ class Attn(_Projections):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Rotary of the new queries and keys at ``positions`` (B, T) (``apply_rotary``'s
         math with the angles looked up per row)."""
-        cos, sin = self._cos_sin(positions.shape[1], positions)
-        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # (B, 1, T, r/2)
-        if self.rope_interleaved:  # pairs (2i, 2i+1)
-            cos, sin = cos.repeat_interleave(2, -1), sin.repeat_interleave(2, -1)
-            rotate = rotate_every_two
-        else:  # pairs (i, i + r/2)
-            cos, sin = torch.cat((cos, cos), -1), torch.cat((sin, sin), -1)
-            rotate = rotate_half
-        cos, sin = cos.to(q.dtype), sin.to(q.dtype)  # (B, 1, T, r), shared by q and k
+        rotate = rotate_every_two if self.rope_interleaved else rotate_half
+        if self.rope["kind"] in rope_math.PER_CALL:
+            cos, sin = self._cos_sin(positions.shape[1], positions)
+            cos, sin = _pair_angles(cos, sin, self.rope_interleaved)
+        else:  # the fixed table, already widened to the r dims: one lookup per step
+            cos_table, sin_table = self._decode_tables()
+            cos, sin = cos_table[positions], sin_table[positions]  # (B, T, r)
+        cos, sin = cos.unsqueeze(1).to(q.dtype), sin.unsqueeze(1).to(q.dtype)  # (B, 1, T, r)
         r = self.rotary_dims
 
         def rotated(x: torch.Tensor) -> torch.Tensor:
@@ -772,6 +778,17 @@ class Attn(_Projections):
             return torch.cat((x_rot * cos + rotate(x_rot) * sin, x_pass), dim=-1)
 
         return rotated(q), rotated(k)
+
+    def _decode_tables(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin (context, r) of every position with each angle repeated over its pair
+        of dims, as ``apply_rotary`` widens them per call: made once per rotary table (a
+        decoding step then indexes instead of widening the angles in every layer)."""
+        source = (self.rope_cos, self.rope_sin)
+        cached = self.__dict__.get("_decode_tables_of")
+        if cached is None or cached[0] is not source[0] or cached[1] is not source[1]:
+            cached = (*source, *_pair_angles(*source, self.rope_interleaved))
+            self.__dict__["_decode_tables_of"] = cached  # not a buffer: never saved or moved
+        return cached[2], cached[3]
 
     def _decode(
         self, x: torch.Tensor, positions: torch.Tensor | None, state: dict[str, torch.Tensor]
@@ -804,9 +821,10 @@ class Attn(_Projections):
                 start = max(0, low - self.window + 1)
             keys, values = cache_k[:, :, start:used], cache_v[:, :, start:used]
             uniform = T == 1 and low == high
-        j = torch.arange(start, start + keys.shape[2], device=x.device)  # (L,) key positions
-        distance = (positions[:, :, None] - j).repeat(1, G, 1)[:, None]  # (B, 1, G*T, L)
-        mask = None
+        mask = distance = None
+        if not uniform or self.pos == "alibi":
+            j = torch.arange(start, start + keys.shape[2], device=x.device)  # key positions
+            distance = (positions[:, :, None] - j).repeat(1, G, 1)[:, None]  # (B, 1, G*T, L)
         if not uniform:
             mask = distance >= 0  # causal (the cache past a row's position is never seen)
             if self.window is not None:

@@ -23,19 +23,24 @@ Estimate (``estimate(plan, ...)``), in bytes, from the model plan and its shape 
 
 Measurement (``measure_peak``): when the run is over, one more forward and backward of a
 micro-batch (with the optimizer state in place, and with accumulation the gradients too) runs
-under ``torch.profiler`` with ``profile_memory=True``; the allocator's events, summed in time
-order, give the peak above what was live before (parameters, gradients, optimizer state),
-which is added back. It runs after training because the profiler slows the later steps of the
-model it profiled (by about 10 % on CPU, measured with bench/train.py). On CUDA,
-``torch.cuda.max_memory_allocated`` gives the same directly. Both count tensor memory only (not
-the Python interpreter or torch's own code), which is what the estimate predicts.
+under ``torch.profiler`` with ``profile_memory=True`` (whose native start/stop log lines are
+kept off the terminal at file-descriptor level, ``_profiler_log_silenced``); the allocator's
+events, summed in time order, give the peak above what was live before (parameters, gradients,
+optimizer state), which is added back. It runs after training because the profiler slows the
+later steps of the model it profiled (by about 10 % on CPU, measured with bench/train.py). On
+CUDA, ``torch.cuda.max_memory_allocated`` gives the same directly. Both count tensor memory
+only (not the Python interpreter or torch's own code), which is what the estimate predicts.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
-from collections.abc import Callable
+import re
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -185,8 +190,14 @@ def measure_peak(step: Callable[[], Any], device: torch.device, baseline: int) -
         return int(torch.cuda.max_memory_allocated(device))
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
+    with _profiler_log_silenced():
+        prof.start()
+    try:
         step()
+    finally:
+        with _profiler_log_silenced():
+            prof.stop()
     events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
     events.sort(key=lambda e: e.start_ns())
     current = peak = 0
@@ -195,6 +206,35 @@ def measure_peak(step: Callable[[], Any], device: torch.device, baseline: int) -
             current += event.nbytes()
             peak = max(peak, current)
     return baseline + peak
+
+
+#: Lines the profiler's native library (kineto) writes to stderr when it starts and stops
+#: (``USDT:... SyncActivityProfilerHandler.cpp:52] profiler_start``, ``STAGE:...``); its
+#: ``KINETO_LOG_LEVEL`` does not reach the USDT lines.
+_PROFILER_LOG = re.compile(rb"^(USDT|STAGE|INFO|WARNING):[^\n]*\.cpp:\d+\][^\n]*\n?", re.M)
+
+
+@contextlib.contextmanager
+def _profiler_log_silenced() -> Iterator[None]:
+    """Keep the profiler's native log lines off the terminal: while the profiler starts or
+    stops, file descriptor 2 goes to a temporary file, and whatever else was written there
+    meanwhile (another thread's message) is written back to the real stderr afterwards."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with tempfile.TemporaryFile() as capture:
+            os.dup2(capture.fileno(), 2)
+            try:
+                yield
+            finally:
+                sys.stderr.flush()
+                os.dup2(saved, 2)
+                capture.seek(0)
+                rest = _PROFILER_LOG.sub(b"", capture.read())
+                if rest:
+                    os.write(2, rest)
+    finally:
+        os.close(saved)
 
 
 __all__ = ["MemoryEstimate", "available", "estimate", "live_bytes", "measure_peak"]
