@@ -955,6 +955,9 @@ def _search_parser(commands: Any) -> None:
     search.add_argument("--population", type=int, default=16, metavar="N", help="ageing window")
     search.add_argument("--tournament", type=int, default=4, metavar="N", help="tournament size")
     search.add_argument("--workers", type=int, default=1, metavar="K", help="local processes")
+    search.add_argument(
+        "--force-workers", action="store_true", help="allow more --workers than cores"
+    )
     search.add_argument("--out", default="runs/search", metavar="DIR", help="runs and front.png")
     search.add_argument("--storage", metavar="URL", help="Optuna storage (default: DIR/study.db)")
     search.add_argument("--study", default="search", metavar="NAME", help="the study's name")
@@ -1007,11 +1010,12 @@ def _search(args: argparse.Namespace, out: TextIO) -> int:
             storage=storage,
             study=args.study,
             workers=args.workers,
+            force_workers=args.force_workers,
             base=args.base,
             lr=args.lr,
             seed=args.seed,
             hurdle=args.hurdle,
-            max_params=int(args.max_params) if args.max_params else None,
+            max_params=args.max_params,
             max_memory=args.max_memory,
             objectives=[o.strip() for o in args.objectives.split(",") if o.strip()],
             population=args.population,
