@@ -857,7 +857,7 @@ def _number_list(text: str | None, kind: type, flag: str) -> list[Any] | None:
         return None
     try:
         return [kind(float(x)) if kind is int else kind(x) for x in text.split(",") if x.strip()]
-    except ValueError:
+    except (ValueError, OverflowError):  # int(float("inf")) overflows
         raise ConfigError(f"{flag} expects comma-separated numbers, got '{text}'") from None
 
 
@@ -870,7 +870,7 @@ def cmd_compare(args: argparse.Namespace, out: TextIO) -> int:
         out=args.out,
         base=args.base,
         steps=args.steps,
-        tokens=int(args.tokens) if args.tokens else None,
+        tokens=args.tokens,
         time=args.time,
         seeds=_number_list(args.seeds, int, "--seeds") or [0],
         lrs=_number_list(args.lr, float, "--lr"),

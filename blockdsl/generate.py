@@ -15,6 +15,7 @@ position). The tokens are those each prompt gives alone.
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -113,7 +114,7 @@ def stream(
     stop token yields that token again; the stream ends after ``max_new_tokens`` steps or
     when every row has stopped."""
     rows, _, _ = _prompts(prompts)
-    _check_options(max_new_tokens, temperature, top_k, top_p)
+    _check_options(max_new_tokens, temperature, top_k, top_p, greedy, generator)
     stops = _stop_ids(stop)
     _check_model(model)
     device = next(iter(model.parameters()), torch.zeros(())).device
@@ -150,6 +151,8 @@ def stream(
         stop_tensor = torch.tensor(sorted(stops), dtype=torch.long, device=device)
         logits = next(steps)
         for step in range(max_new_tokens):
+            if not bool(torch.isfinite(logits).all()):
+                raise _not_finite(model, rows, step)
             token = pick(logits)
             if stops:  # a stopped row repeats its stop token; all stopped: the end
                 token = torch.where(done, ended, token)
@@ -162,6 +165,19 @@ def stream(
             logits = steps.send(token)
     finally:
         model.train(was_training)
+
+
+def _not_finite(model: LanguageModel, rows: list[torch.Tensor], step: int) -> GenerationError:
+    """The error for logits holding NaN or inf: sampling from them would emit arbitrary
+    tokens. Names the first component whose output is not finite on the first prompt."""
+    from blockdsl.testing.invariants import first_nonfinite_component
+
+    culprit = first_nonfinite_component(model, rows[0][None])
+    where = f"; first produced by {culprit}" if culprit else ""
+    return GenerationError(
+        f"the model's next-token scores are not finite (nan/inf) at new token {step}{where}",
+        hint="check the config's numeric arguments (eps, rope_theta, scales) and the weights",
+    )
 
 
 def sample(
@@ -179,7 +195,9 @@ def sample(
     logits = logits.float()
     if greedy or temperature == 0:
         return logits.argmax(dim=-1)
-    logits = logits / temperature
+    # shifted so that the largest is 0 before dividing: a tiny temperature then sends the
+    # others to -inf instead of every score to inf (whose softmax is NaN)
+    logits = (logits - logits.max(dim=-1, keepdim=True).values) / temperature
     if top_k is not None and top_k < logits.shape[-1]:
         kth = logits.topk(top_k, dim=-1).values[:, -1:]  # (B, 1)
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -279,6 +297,11 @@ def _prompts(idx: Prompts) -> tuple[list[torch.Tensor], bool, bool]:
         raise GenerationError(
             "prompts must be token ids, not text", hint="encode the text with the tokenizer"
         )
+    if not isinstance(idx, Iterable):
+        raise GenerationError(
+            f"prompts must be token ids of shape (B, T) or (T,), or a list of prompts, got "
+            f"{type(idx).__name__}"
+        )
     rows = list(idx)
     if not rows:
         raise GenerationError("no prompt given (the list is empty)")
@@ -320,29 +343,53 @@ def _check_prompt(model: LanguageModel, i: int, row: torch.Tensor) -> torch.Tens
     return row
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _check_options(
-    max_new_tokens: int, temperature: float, top_k: int | None, top_p: float | None
+    max_new_tokens: int,
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None,
+    greedy: Any = False,
+    generator: Any = None,
 ) -> None:
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int):
+    if not _is_int(max_new_tokens):
         raise GenerationError(f"max_new_tokens must be an integer, got {max_new_tokens!r}")
     if max_new_tokens < 0:
         raise GenerationError(f"max_new_tokens must be at least 0, got {max_new_tokens}")
-    if not temperature >= 0:
-        raise GenerationError(f"temperature must be at least 0, got {temperature}")
-    if top_k is not None and top_k < 1:
-        raise GenerationError(f"top_k must be at least 1, got {top_k}")
-    if top_p is not None and not 0 < top_p <= 1:
-        raise GenerationError(f"top_p must be in (0, 1], got {top_p}")
+    if not _is_real(temperature) or not 0 <= temperature < math.inf:
+        raise GenerationError(f"temperature must be a finite number ≥ 0, got {temperature!r}")
+    if top_k is not None and (not _is_int(top_k) or top_k < 1):
+        raise GenerationError(f"top_k must be an integer ≥ 1, got {top_k!r}")
+    if top_p is not None and (not _is_real(top_p) or not 0 < top_p <= 1):
+        raise GenerationError(f"top_p must be a number in (0, 1], got {top_p!r}")
+    if not isinstance(greedy, bool):
+        raise GenerationError(f"greedy must be True or False, got {greedy!r}")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise GenerationError(
+            f"generator must be a torch.Generator, got {type(generator).__name__}",
+            hint="e.g. torch.Generator().manual_seed(0)",
+        )
 
 
 def _stop_ids(stop: int | Iterable[int] | None) -> set[int]:
     if stop is None:
         return set()
-    if isinstance(stop, int):
-        return {stop}
     if isinstance(stop, torch.Tensor):
+        if stop.dtype.is_floating_point or stop.dtype == torch.bool:
+            raise GenerationError(f"stop must hold token ids, got a {stop.dtype} tensor")
         return {int(s) for s in stop.flatten().tolist()}
-    return {int(s) for s in stop}
+    items = [stop] if not isinstance(stop, Iterable) or isinstance(stop, (str, bytes)) else stop
+    ids = list(items)
+    if not all(_is_int(s) for s in ids):
+        raise GenerationError(f"stop must be a token id or token ids, got {stop!r}")
+    return set(ids)
 
 
 def _check_model(model: LanguageModel) -> None:
@@ -410,10 +457,16 @@ def load_generator(
             "(no model.safetensors)",
             hint="for a Hugging Face folder use --from-hf",
         )
+    from blockdsl import checkpoint
     from blockdsl.config import load_config
     from blockdsl.model import build_model
 
-    model = build_model(load_config(run_dir / "config.toml"), device=device)
+    config = load_config(run_dir / "config.toml")
+    header = checkpoint.read_tensor_header(weights)  # the run's config is untrusted too
+    checkpoint.check_sizes_before_allocation(
+        config, header, weights, device=device, origin=f"the run's config '{run_dir}/config.toml'"
+    )
+    model = build_model(config, device=device)
     run_checkpoints.load_weights(weights, model)
     return model.eval(), _tokenizer(run_dir / "tokenizer.json")
 

@@ -198,8 +198,7 @@ def check_inputs(settings: SearchSettings) -> None:
             ) from None
         if data_vocab > config.vocab:
             raise SearchError(
-                f"the data has {data_vocab:,} tokens but the candidates' vocab is "
-                f"{config.vocab:,}",
+                f"the data has {data_vocab:,} tokens but the candidates' vocab is {config.vocab:,}",
                 hint=f"--set vocab={data_vocab}",
             )
 

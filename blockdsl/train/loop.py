@@ -50,6 +50,7 @@ from blockdsl.train.settings import (
     to_tables,
     total_steps,
 )
+from blockdsl.untrusted import read_json_object
 
 WALL_CLOCK_FIELDS = ("tokens_per_s", "elapsed")  # the metrics that differ between equal runs
 
@@ -94,7 +95,7 @@ class Run:
         config = load_config(path / "config.toml")
         metrics = read_metrics(path / "metrics.jsonl")
         summary_path = path / "summary.json"
-        summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+        summary = read_json_object(summary_path, "run summary") if summary_path.exists() else {}
         return cls(path, config, metrics, summary)
 
     def load_model(self, step: int | None = None) -> nn.Module:
@@ -153,7 +154,7 @@ def train(
             f"the data's tokenizer has {tokens.vocab:,} tokens but the model's vocab is "
             f"{config.vocab:,}",
             hint=f"set the model's vocab to at least {tokens.vocab} (--set vocab={tokens.vocab})",
-            context=str(tokens.path / "meta.json"),
+            context=str(tokens.path / "meta.json") if tokens.path else tokens.text,
         )
     launch = distributed.detect_launch()
     if launch.distributed:
