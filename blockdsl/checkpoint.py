@@ -46,6 +46,7 @@ __all__ = [
     "FORMAT_VERSION",
     "CheckpointError",
     "check_load_arguments",
+    "check_memory_budget",
     "check_sizes_before_allocation",
     "declared_layers",
     "load",
@@ -386,8 +387,6 @@ def check_sizes_before_allocation(
     first (without expanding the plan), then the model is built on the meta device and every
     tensor's shape compared, and its parameters and buffers are counted in bytes."""
     from blockdsl.model import build_model
-    from blockdsl.train import memory
-    from blockdsl.train.settings import parse_bytes
 
     origin = origin or f"the config stored in '{path}'"
     declared, stored = declared_layers(config.layers), _file_layers(header)
@@ -427,6 +426,22 @@ def check_sizes_before_allocation(
         raise CheckpointError(
             f"the tensors of '{path}' do not fit its config: " + "; ".join(problems)
         )
+    check_memory_budget(model, device=device, max_memory=max_memory, origin=origin)
+
+
+def check_memory_budget(
+    model: nn.Module,
+    *,
+    device: torch.device | str | None = None,
+    max_memory: int | str | None = None,
+    origin: str = "the model",
+) -> None:
+    """Refuse a model (built on the meta device) whose parameters and buffers would not fit
+    ``max_memory`` (bytes or "8GiB"; default: ``USABLE_FRACTION`` of the memory available
+    on ``device``) once allocated there."""
+    from blockdsl.train import memory
+    from blockdsl.train.settings import parse_bytes
+
     tensors = {id(t): t for t in [*model.parameters(), *model.buffers()]}
     needed = sum(t.numel() * t.element_size() for t in tensors.values())
     target = torch.device(device) if device is not None else torch.device("cpu")

@@ -14,7 +14,6 @@ position). The tokens are those each prompt gives alone.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Iterable, Iterator, Sequence
@@ -474,15 +473,15 @@ def load_generator(
 def eos_ids(path: str | os.PathLike) -> list[int]:
     """The end-of-sequence token ids a Hugging Face folder's ``config.json`` names (its
     ``generation_config.json`` first), for ``stop``; empty when it names none."""
+    from blockdsl.interop.hf_checks import eos_token_ids
+    from blockdsl.untrusted import read_json_object
+
     for name in ("generation_config.json", "config.json"):
         file = Path(path) / name
-        if file.is_file():
-            try:
-                eos = json.loads(file.read_text()).get("eos_token_id")
-            except (ValueError, AttributeError):
-                continue
-            if eos is not None:
-                return [int(e) for e in (eos if isinstance(eos, list) else [eos])]
+        if file.exists():
+            ids = eos_token_ids(read_json_object(file).get("eos_token_id"), str(file))
+            if ids:
+                return ids
     return []
 
 
