@@ -498,14 +498,34 @@ def _tokenizer(path: Path) -> Any:
         raise GenerationError(f"{path} is not a tokenizer.json: {exc}") from None
 
 
+def _check_known(tokenizer: Any, prompt: str, encoding: Any) -> None:
+    """Refuse a prompt with characters the tokenizer has no token for: the model would see
+    ``<unk>`` in their place and continue something else than what was asked."""
+    unk = getattr(tokenizer.model, "unk_token", None)
+    unk_id = tokenizer.token_to_id(unk) if unk else None
+    if unk_id is None or unk_id not in encoding.ids:
+        return
+    start, end = encoding.offsets[encoding.ids.index(unk_id)]
+    text = prompt[start:end] or "?"
+    shown = ", ".join(f"{c!r} (U+{ord(c):04X})" for c in dict.fromkeys(text))
+    raise GenerationError(
+        f"the prompt holds {shown} at character {start}, which the tokenizer has no token for",
+        hint="the model never saw it in training: leave it out or replace it",
+    )
+
+
 def stream_text(
     model: LanguageModel, tokenizer: Any, prompt: str, max_new_tokens: int, **options: Any
 ) -> Iterator[str]:
     """The continuation of ``prompt`` as text pieces, one per token as it comes (a piece may be
     empty while a multi-byte character is incomplete). ``options`` as for ``generate``."""
-    ids = tokenizer.encode(prompt).ids
+    if not isinstance(prompt, str):
+        raise GenerationError(f"the prompt must be text, got {type(prompt).__name__}")
+    encoding = tokenizer.encode(prompt)
+    ids = encoding.ids
     if not ids:
         raise GenerationError("the prompt is empty (it encodes to no tokens)")
+    _check_known(tokenizer, prompt, encoding)
     new: list[int] = []
     shown = ""
     for token in stream(model, [ids], max_new_tokens, **options):

@@ -38,6 +38,7 @@ from typing import Any
 import torch
 
 from blockdsl.errors import BlockDSLError
+from blockdsl.untrusted import require_regular_file
 
 META_FORMAT = "blockdsl-data"
 EOT = "<|endoftext|>"
@@ -76,9 +77,15 @@ class Source:
             return stdlib_files()
         path = Path(self.spec)
         if path.is_dir():
+            pattern = Path(self.glob)
+            if pattern.is_absolute() or ".." in pattern.parts:
+                raise DataError(
+                    f"--glob {self.glob!r} reaches outside the source directory {path}",
+                    hint="a pattern relative to the directory, e.g. --glob '*.py'",
+                )
             return sorted(p for p in path.rglob(self.glob) if p.is_file())
-        if path.is_file():
-            return [path]
+        if path.exists():  # a FIFO or device is refused before it is opened
+            return [require_regular_file(path, "data source")]
         hint = "a file, a directory, hf:NAME[:split], or one of: " + ", ".join(NAMED_SOURCES)
         raise DataError(f"data source '{self.spec}' does not exist", hint=hint)
 
