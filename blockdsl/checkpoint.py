@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from blockdsl.errors import BlockDSLError, ConfigError
-from blockdsl.untrusted import require_regular_file
+from blockdsl.untrusted import require_regular_file, writing
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -129,8 +129,9 @@ def save(
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         # save_model stores a weight shared by several names (a tied head) once
-        _safetensors().save_model(model, str(tmp), metadata=header)
-        os.replace(tmp, path)
+        with writing(path, "model file"):
+            _safetensors().save_model(model, str(tmp), metadata=header)
+            os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()

@@ -171,7 +171,12 @@ def _not_finite(model: LanguageModel, rows: list[torch.Tensor], step: int) -> Ge
     tokens. Names the first component whose output is not finite on the first prompt."""
     from blockdsl.testing.invariants import first_nonfinite_component
 
-    culprit = first_nonfinite_component(model, rows[0][None])
+    ids = rows[0][None]
+    culprit = first_nonfinite_component(model, ids)
+    if culprit is None and model.cache_blocker() is None:  # the cached path differs: its prefill
+        positions = torch.arange(ids.shape[1], device=ids.device)[None]
+        state = model.init_state(1, ids.shape[1])
+        culprit = first_nonfinite_component(model, ids, positions=positions, state=state)
     where = f"; first produced by {culprit}" if culprit else ""
     return GenerationError(
         f"the model's next-token scores are not finite (nan/inf) at new token {step}{where}",
@@ -308,7 +313,7 @@ def _prompts(idx: Prompts) -> tuple[list[torch.Tensor], bool, bool]:
     for i, row in enumerate(rows):
         try:
             tensor = torch.as_tensor(row)
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, RuntimeError) as exc:  # RuntimeError: as_tensor(None)
             raise GenerationError(f"prompt {i} is not a sequence of token ids: {exc}") from None
         if tensor.dim() != 1 or tensor.dtype.is_floating_point or tensor.dtype == torch.bool:
             if tensor.numel() == 0 and tensor.dim() == 1:
@@ -424,8 +429,10 @@ def load_generator(
     * a self-describing ``blockdsl.save`` file, with a ``tokenizer.json`` beside it;
     * with ``from_hf``, a Hugging Face checkpoint folder (``config.json``, ``*.safetensors``,
       ``tokenizer.json``)."""
+    from blockdsl.checkpoint import check_load_arguments
     from blockdsl.train import checkpoint as run_checkpoints
 
+    device, _ = check_load_arguments(device, None)
     path = Path(path)
     if not path.exists():
         raise GenerationError(f"{path} does not exist", hint="give a run directory or checkpoint")

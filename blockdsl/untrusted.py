@@ -7,9 +7,11 @@ with a ``BlockDSLError`` naming the file, before anything is opened or parsed fu
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -72,4 +74,39 @@ def read_json_object(path: str | os.PathLike, what: str = "JSON file") -> dict[s
     return value
 
 
-__all__ = ["UntrustedFileError", "read_json_object", "require_regular_file"]
+class WriteError(BlockDSLError):
+    """A file could not be written (the disk is full, a quota, a read-only directory)."""
+
+
+@contextlib.contextmanager
+def writing(path: str | os.PathLike, what: str = "file") -> Iterator[None]:
+    """Report a failed write of ``path`` as a ``WriteError`` naming it and the cause. The
+    writers' own exceptions (``OSError``; torch's ``RuntimeError`` "unexpected pos" and
+    safetensors' ``SafetensorError`` when the disk fills) say nothing about which file."""
+    try:
+        yield
+    except OSError as exc:
+        raise WriteError(
+            f"cannot write the {what} '{path}': {exc.strerror or exc}",
+            hint="free some disk space (or check the directory's permissions) and rerun",
+        ) from None
+    except Exception as exc:
+        if type(exc).__name__ not in _WRITER_ERRORS:
+            raise
+        raise WriteError(
+            f"cannot write the {what} '{path}': {str(exc).strip().splitlines()[0]}",
+            hint="the disk may be full: free some space and rerun",
+        ) from None
+
+
+#: what torch.save and safetensors raise when a write fails part-way
+_WRITER_ERRORS = ("RuntimeError", "SafetensorError")
+
+
+__all__ = [
+    "UntrustedFileError",
+    "WriteError",
+    "read_json_object",
+    "require_regular_file",
+    "writing",
+]

@@ -32,6 +32,7 @@ from torch import nn
 
 from blockdsl.checkpoint import CheckpointError
 from blockdsl.checkpoint import save as save_weights
+from blockdsl.untrusted import writing
 
 STATE_FORMAT = "blockdsl-train-state"
 SHARDED_DIR = "sharded"  # a distributed run's torch.distributed.checkpoint directory
@@ -103,7 +104,8 @@ def save(
         payload = {"format": STATE_FORMAT, "version": 1, "step": step, **state}
         if write_shards is not None:
             payload["sharded"] = SHARDED_DIR
-        torch.save(payload, tmp / "state.pt")
+        with writing(tmp / "state.pt", "training state"):  # a full disk: a BlockDSLError
+            torch.save(payload, tmp / "state.pt")
         for name in ("model.safetensors", "state.pt"):
             _fsync(tmp / name)
         os.replace(tmp, final)
