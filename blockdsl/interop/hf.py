@@ -1185,6 +1185,7 @@ def config_from_dir(path: str | os.PathLike) -> dict:
     """The blockdsl config of a local Hugging Face checkpoint folder, from its ``config.json``
     alone: enough to check, tabulate or emit the model without reading any weights."""
     path = os.fspath(path)
+    _transformers()  # without it nothing below can work: say so first
     hf_checks.read_hf_config(path, tuple(ARCHITECTURES))  # untrusted: checked before parsing
     return to_config(_auto_config(path))
 
@@ -1210,6 +1211,7 @@ def from_pretrained_dir(
     path = os.fspath(path)
     if not os.path.isdir(path):
         raise HFImportError(f"'{path}' is not a folder (expected config.json + *.safetensors)")
+    _transformers()  # without it nothing below can work: say so first
     hf_checks.read_hf_config(path, tuple(ARCHITECTURES))  # untrusted: checked before parsing
     cfg = _auto_config(path)
     files = [f.name for f in hf_checks.weight_files(path)]  # regular, complete files only
