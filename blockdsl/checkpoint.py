@@ -52,6 +52,7 @@ from torch import nn
 
 from blockdsl._version import __version__
 from blockdsl.errors import BlockDSLError, ConfigError
+from blockdsl.untrusted import require_regular_file, writing
 
 if TYPE_CHECKING:
     from blockdsl.model import LanguageModel
@@ -134,8 +135,9 @@ def save(
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         # save_model stores a weight shared by several names (a tied head) once
-        _safetensors().save_model(model, str(tmp), metadata=header)
-        os.replace(tmp, path)
+        with writing(path, "model file"):
+            _safetensors().save_model(model, str(tmp), metadata=header)
+            os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -173,6 +175,8 @@ class Located:
 def locate(path: str | os.PathLike) -> Located:
     """The model file ``path`` stands for and its run: the file itself; ``DIR/model.safetensors``
     for a checkpoint directory; the newest checkpoint's for a training run directory."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise CheckpointError(f"a model path must be a str or Path, got {type(path).__name__}")
     path = Path(path)
     if not path.exists():
         raise CheckpointError(
@@ -214,8 +218,9 @@ def resolve(path: str | os.PathLike) -> Path:
 
 def _header(path: Path) -> dict[str, str]:
     """A safetensors file's metadata (the header only)."""
-    if not path.is_file():
+    if not path.exists():
         raise CheckpointError(f"no checkpoint file '{path}'")
+    require_regular_file(path, "model file")
     _safetensors()
     from safetensors import safe_open
 
@@ -263,16 +268,31 @@ def load(
     *,
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
+    max_memory: int | str | None = None,
 ) -> LanguageModel:
     """The ``blockdsl.LanguageModel`` saved in ``path`` (a model file, a checkpoint directory,
     or a training run directory: its newest checkpoint), in eval mode, with the stored dtype
     (or ``dtype``) on ``device`` (default: cpu). A file's own config describes the model; a
-    file of a run without one (written by other tools) takes the run's ``config.toml``."""
+    file of a run without one (written by other tools) takes the run's ``config.toml``.
+
+    The stored config is untrusted: before anything is allocated, the model is built on the
+    meta device and its tensors' shapes compared with the file's header, and a model larger
+    than ``max_memory`` (bytes or "8GiB"; default: 80% of the memory available) is refused."""
     from blockdsl.model import build_model
 
+    device, dtype = check_load_arguments(device, dtype)
     located = locate(path)
     path = located.weights
     config, origin, modules = _stored_config(located)
+    header = read_tensor_header(path)
+    try:
+        check_sizes_before_allocation(
+            config, header, path, device=device, dtype=dtype, max_memory=max_memory, origin=origin
+        )
+    except CheckpointError:
+        raise
+    except BlockDSLError as exc:
+        raise _in_file(exc, origin, modules) from None
     state = _read_tensors(path)
     stored = next((t.dtype for t in state.values() if t.is_floating_point()), None)
     try:
@@ -319,6 +339,213 @@ def load_weights(path: str | os.PathLike, model: nn.Module) -> None:
     if not path.is_file():
         raise CheckpointError(f"{path} is missing")
     _fill(model, _read_tensors(path), path, "cannot be loaded into this model")
+
+
+# ==================================================================== untrusted sizes
+#: largest safetensors header read (the JSON listing of the tensors); real ones are kilobytes
+MAX_HEADER_BYTES = 100 * 2**20
+#: layers a stored config may declare beyond those the file holds tensors for before it is
+#: refused without expanding its plan (parameter-free layers store no tensors)
+LAYER_SLACK = 1024
+#: share of the free memory a loaded model may take by default: the rest is the room its
+#: forward passes and the file's tensors (read before they are copied in) need
+USABLE_FRACTION = 0.8
+_SAFETENSORS_DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+}
+
+
+def check_load_arguments(device: Any, dtype: Any) -> tuple[torch.device | None, torch.dtype | None]:
+    """``device`` and ``dtype`` checked before anything is read: a device torch knows and this
+    machine has, a floating-point dtype."""
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise CheckpointError(
+            f"dtype must be a floating-point torch.dtype, got {dtype!r}",
+            hint="e.g. dtype=torch.bfloat16",
+        )
+    if device is None:
+        return None, dtype
+    if not isinstance(device, (str, torch.device, int)) or isinstance(device, bool):
+        raise CheckpointError(f"device must be a string or torch.device, got {device!r}")
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise CheckpointError(
+            f"unknown device {device!r}", hint="cpu, cuda or cuda:N (or mps)"
+        ) from None
+    usable = {
+        "cpu": True,
+        "meta": True,
+        "cuda": torch.cuda.is_available(),
+        "mps": torch.backends.mps.is_available(),
+    }
+    if not usable.get(parsed.type, False):
+        raise CheckpointError(
+            f"device {device!r} is not available on this machine", hint="e.g. device='cpu'"
+        )
+    return parsed, dtype
+
+
+def read_tensor_header(path: str | os.PathLike) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """``name -> (dtype, shape)`` of every tensor in the safetensors file ``path``, from the
+    JSON header alone (no tensor is read). Raises ``CheckpointError`` for a header that is
+    missing, oversized, cut short or malformed."""
+    path = require_regular_file(path, "model file")
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        prefix = handle.read(8)
+        length = int.from_bytes(prefix, "little") if len(prefix) == 8 else -1
+        if not 0 < length <= min(MAX_HEADER_BYTES, size - 8):
+            raise CheckpointError(
+                f"'{path}' is not a readable safetensors file (header length {length} in a "
+                f"file of {size:,} bytes)",
+                hint="the file is truncated or of another format",
+            )
+        raw = handle.read(length)
+    try:
+        header = json.loads(raw)
+    except ValueError:
+        header = None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"'{path}' has a malformed safetensors header")
+    tensors: dict[str, tuple[str, tuple[int, ...]]] = {}
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        shape = entry.get("shape") if isinstance(entry, dict) else None
+        dtype = entry.get("dtype") if isinstance(entry, dict) else None
+        if (
+            not isinstance(dtype, str)
+            or not isinstance(shape, list)
+            or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape)
+        ):
+            raise CheckpointError(f"'{path}' has a malformed entry for tensor '{name}'")
+        tensors[name] = (dtype, tuple(shape))
+    return tensors
+
+
+def declared_layers(layers: str) -> int:
+    """How many layers the ``[model] layers`` text expands to, counted on its syntax tree
+    (repeat counts multiplied, never iterated): what expanding it would cost, known first."""
+    from blockdsl import ast
+    from blockdsl.parser import parse
+
+    def count_block(block: ast.Block) -> int:
+        if block.is_parallel:
+            return 1
+        return sum(count_step(step) for step in block.chains[0].steps)
+
+    def count_step(step: ast.Node) -> int:
+        if isinstance(step, ast.Repeat):
+            return max(step.count, 0) * count_step(step.body)
+        if isinstance(step, ast.Group):
+            return count_block(step.block)
+        return 1
+
+    return count_block(parse(layers))
+
+
+def _file_layers(header: Mapping[str, Any]) -> int:
+    """Layers the file holds tensors for: one more than the largest ``layers.N.`` index."""
+    indices = [
+        int(parts[1])
+        for parts in (name.split(".", 2) for name in header)
+        if len(parts) > 2 and parts[0] == "layers" and parts[1].isdigit()
+    ]
+    return max(indices) + 1 if indices else 0
+
+
+def check_sizes_before_allocation(
+    config: Any,
+    header: Mapping[str, tuple[str, tuple[int, ...]]],
+    path: str | os.PathLike,
+    *,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+    max_memory: int | str | None = None,
+    origin: str | None = None,
+) -> None:
+    """Refuse an untrusted ``config`` (described as ``origin`` in messages; default: the
+    config stored in ``path``) whose model does not match the tensors the file's
+    ``header`` lists, or does not fit ``max_memory`` (default: ``USABLE_FRACTION`` of the
+    memory available on ``device``), before any real allocation: the layer count is compared
+    first (without expanding the plan), then the model is built on the meta device and every
+    tensor's shape compared, and its parameters and buffers are counted in bytes."""
+    from blockdsl.model import build_model
+
+    origin = origin or f"the config stored in '{path}'"
+    declared, stored = declared_layers(config.layers), _file_layers(header)
+    if declared > stored + LAYER_SLACK:
+        raise CheckpointError(
+            f"{origin} declares {declared:,} layers, but '{path}' holds tensors for {stored:,}",
+            hint="the file's config was altered or the file is not what it claims to be",
+        )
+    if dtype is None:
+        dtype = next(
+            (_SAFETENSORS_DTYPES[d] for d, _ in header.values() if d in _SAFETENSORS_DTYPES),
+            None,
+        )
+    model = build_model(config, device="meta", dtype=dtype)
+    state = model.state_dict(keep_vars=True)  # the tensors themselves: a tie is one object
+    expected = {name: tuple(t.shape) for name, t in state.items()}
+    aliases: dict[int, list[str]] = {}
+    for name, tensor in state.items():
+        aliases.setdefault(id(tensor), []).append(name)
+    missing = [
+        name for names in aliases.values() if not any(a in header for a in names) for name in names
+    ]
+    unexpected = sorted(set(header) - set(expected))
+    wrong = [
+        f"{name} (file {list(header[name][1])}, model {list(shape)})"
+        for name, shape in expected.items()
+        if name in header and header[name][1] != shape
+    ]
+    if missing or unexpected or wrong:
+        problems = []
+        if missing:
+            problems.append(f"missing tensors: {', '.join(sorted(missing)[:8])}")
+        if unexpected:
+            problems.append(f"unexpected tensors: {', '.join(unexpected[:8])}")
+        if wrong:
+            problems.append(f"shape mismatches: {', '.join(sorted(wrong)[:8])}")
+        raise CheckpointError(
+            f"the tensors of '{path}' do not fit its config: " + "; ".join(problems)
+        )
+    check_memory_budget(model, device=device, max_memory=max_memory, origin=origin)
+
+
+def check_memory_budget(
+    model: nn.Module,
+    *,
+    device: torch.device | str | None = None,
+    max_memory: int | str | None = None,
+    origin: str = "the model",
+) -> None:
+    """Refuse a model (built on the meta device) whose parameters and buffers would not fit
+    ``max_memory`` (bytes or "8GiB"; default: ``USABLE_FRACTION`` of the memory available
+    on ``device``) once allocated there."""
+    from blockdsl.train import memory
+    from blockdsl.train.settings import parse_bytes
+
+    tensors = {id(t): t for t in [*model.parameters(), *model.buffers()]}
+    needed = sum(t.numel() * t.element_size() for t in tensors.values())
+    target = torch.device(device) if device is not None else torch.device("cpu")
+    if max_memory is not None:
+        limit: int | None = parse_bytes(max_memory, "max_memory")
+    elif target.type == "meta":
+        limit = None
+    else:
+        free = memory.available(target)
+        limit = None if free is None else int(free * USABLE_FRACTION)
+    if limit is not None and needed > limit:
+        raise CheckpointError(
+            f"the model of {origin} needs {needed:,} bytes of weights and buffers, over the "
+            f"budget of {limit:,} bytes",
+            hint="load it on a machine with more memory, or raise max_memory if this is wrong",
+        )
 
 
 def _in_file(exc: BlockDSLError, origin: str, modules: Mapping[str, str]) -> BlockDSLError:
@@ -427,20 +654,15 @@ def load_generator(
 def eos_ids(path: str | os.PathLike) -> list[int]:
     """The end-of-sequence token ids a Hugging Face folder's ``config.json`` names (its
     ``generation_config.json`` first), for ``stop``; empty when it names none."""
+    from blockdsl.interop.hf_checks import eos_token_ids
+    from blockdsl.untrusted import read_json_object
+
     for name in ("generation_config.json", "config.json"):
         file = Path(path) / name
-        if file.is_file():
-            try:
-                eos = json.loads(file.read_text()).get("eos_token_id")
-            except (ValueError, AttributeError):
-                continue
-            if eos is not None:
-                try:
-                    return [int(e) for e in (eos if isinstance(eos, list) else [eos])]
-                except (TypeError, ValueError):
-                    raise CheckpointError(
-                        f"{file}: eos_token_id {eos!r} is not a token id or a list of them"
-                    ) from None
+        if file.exists():
+            ids = eos_token_ids(read_json_object(file).get("eos_token_id"), str(file))
+            if ids:
+                return ids
     return []
 
 
@@ -543,7 +765,8 @@ def save_checkpoint(
         }
         if write_shards is not None:
             payload["sharded"] = SHARDED_DIR
-        torch.save(payload, tmp / STATE)
+        with writing(tmp / STATE, "training state"):  # a full disk: a BlockDSLError
+            torch.save(payload, tmp / STATE)
         for name in (WEIGHTS, STATE):
             _fsync(tmp / name)
         os.replace(tmp, final)

@@ -29,6 +29,8 @@ from typing import Any
 from blockdsl._io import Progress, save_figure, write_atomic
 from blockdsl.config import ModelConfig, list_presets, load_config
 from blockdsl.errors import BudgetError, ConfigError
+from blockdsl.train.settings import parse_bytes
+from blockdsl.untrusted import read_json_object
 
 COLUMNS = (
     "name",
@@ -309,14 +311,17 @@ def compare(
                 v.config = load_config(v.config, context=task.seq_len)
             if "seq_len" not in v.config.train:
                 v.config = load_config(v.config, train={**v.config.train, "seq_len": task.seq_len})
-    budget = {k: v for k, v in (("steps", steps), ("tokens", tokens), ("time", time)) if v}
+    budget = _check_budget(steps, tokens, time)
     if not budget and not any(k in v.config.train for v in variants for k in _BUDGETS):
         raise ConfigError(
             "compare needs a budget: --steps, --tokens or --time",
             hint="every variant gets the same budget, e.g. --steps 200",
         )
-    seeds = list(seeds) or [0]
-    lr_grid: list[float | None] = list(lrs) if lrs else [None]
+    seeds = _check_seeds(seeds)
+    lr_grid: list[float | None] = list(_check_lrs(lrs)) if lrs else [None]
+    if max_memory is not None:
+        parse_bytes(max_memory)
+    _check_runs(variants, budget, seeds, lr_grid, data_text, task)
     metric = "accuracy" if task is not None else "val_loss"
     higher = task is not None
     out.mkdir(parents=True, exist_ok=True)
@@ -398,6 +403,79 @@ def _warn_skipped(skipped: list[Result], total: int) -> None:
 _BUDGETS = ("steps", "tokens", "time")
 
 
+def _whole(value: Any) -> Any:
+    """``2e6`` as ``2000000``: a float that is a whole number, as the integer it is."""
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        return int(value)
+    return value
+
+
+def _check_budget(steps: Any, tokens: Any, time: Any) -> dict[str, Any]:
+    """The budget options that are given, each checked: whole steps and tokens ≥ 1, a finite
+    positive time."""
+    budget: dict[str, Any] = {}
+    for name, value in (("steps", _whole(steps)), ("tokens", _whole(tokens))):
+        if value is None:
+            continue
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ConfigError(f"--{name} must be a whole number ≥ 1, got {value!r}")
+        budget[name] = value
+    if time is not None:
+        if not isinstance(time, (int, float)) or isinstance(time, bool):
+            raise ConfigError(f"--time must be a number of seconds, got {time!r}")
+        if not 0 < time < math.inf:
+            raise ConfigError(f"--time must be a finite number of seconds > 0, got {time!r}")
+        budget["time"] = time
+    return budget
+
+
+def _check_seeds(seeds: Sequence[Any]) -> list[int]:
+    from blockdsl.train.settings import MAX_SEED
+
+    checked = [_whole(seed) for seed in seeds] or [0]
+    for seed in checked:
+        if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= MAX_SEED:
+            raise ConfigError(f"--seeds must be whole numbers from 0 to {MAX_SEED}, got {seed!r}")
+    if len(set(checked)) != len(checked):
+        raise ConfigError(f"--seeds lists a seed twice: {checked}")
+    return checked
+
+
+def _check_lrs(lrs: Sequence[Any]) -> list[float]:
+    for lr in lrs:
+        if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not 0 < lr < math.inf:
+            raise ConfigError(
+                f"--lr must be finite learning rates > 0, got {lr!r}", hint="e.g. --lr 3e-4,1e-3"
+            )
+    return [float(lr) for lr in lrs]
+
+
+def _check_runs(
+    variants: Sequence[Variant],
+    budget: dict[str, Any],
+    seeds: Sequence[int],
+    lr_grid: Sequence[float | None],
+    data: str,
+    task: Any,
+) -> None:
+    """Everything that can be checked before the first run, so that a mistake in the last
+    variant or in the data does not surface after the others trained: the data directory
+    opens, and every variant's training settings resolve and fit the data's vocabulary."""
+    from blockdsl.train.data import TokenData
+    from blockdsl.train.settings import resolve
+
+    vocab = task.vocab if task is not None else TokenData(data).vocab
+    for variant in variants:
+        config = _run_config(variant, budget, seeds[0], lr_grid[0])
+        resolve(config)
+        if vocab > config.vocab:
+            raise ConfigError(
+                f"variant '{variant.name}' has vocab {config.vocab:,} but the data has "
+                f"{vocab:,} tokens",
+                hint=f"--set vocab={vocab}",
+            )
+
+
 def _run(
     variant: Variant,
     data: str,
@@ -416,7 +494,7 @@ def _run(
     run_dir = out / "runs" / f"{_safe(variant.name)}-seed{seed}{lr_text}-{key}"
     summary_path = run_dir / "summary.json"
     if summary_path.is_file():
-        summary = json.loads(summary_path.read_text())
+        summary = read_json_object(summary_path, "run summary")
         if summary.get("interrupted") is None:
             return _record(Run.load(run_dir), lr)
     run = train(

@@ -215,6 +215,9 @@ def _preset(name: str) -> ModelConfig:
 
 
 def load_toml(path: Path, origin: str | None = None) -> ModelConfig:
+    from blockdsl.untrusted import require_regular_file
+
+    require_regular_file(path, "config file")  # a FIFO named x.toml would block the read
     try:
         text = path.read_text()
     except OSError as exc:

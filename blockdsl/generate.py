@@ -14,6 +14,7 @@ position). The tokens are those each prompt gives alone.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -110,7 +111,7 @@ def stream(
     stop token yields that token again; the stream ends after ``max_new_tokens`` steps or
     when every row has stopped."""
     rows, _, _ = _prompts(prompts)
-    _check_options(max_new_tokens, temperature, top_k, top_p)
+    _check_options(max_new_tokens, temperature, top_k, top_p, greedy, generator)
     stops = _stop_ids(stop)
     _check_model(model)
     device = next(iter(model.parameters()), torch.zeros(())).device
@@ -147,6 +148,8 @@ def stream(
         stop_tensor = torch.tensor(sorted(stops), dtype=torch.long, device=device)
         logits = next(steps)
         for step in range(max_new_tokens):
+            if not bool(torch.isfinite(logits).all()):
+                raise _not_finite(model, rows, step)
             token = pick(logits)
             if stops:  # a stopped row repeats its stop token; all stopped: the end
                 token = torch.where(done, ended, token)
@@ -159,6 +162,24 @@ def stream(
             logits = steps.send(token)
     finally:
         model.train(was_training)
+
+
+def _not_finite(model: LanguageModel, rows: list[torch.Tensor], step: int) -> GenerationError:
+    """The error for logits holding NaN or inf: sampling from them would emit arbitrary
+    tokens. Names the first component whose output is not finite on the first prompt."""
+    from blockdsl.testing.invariants import first_nonfinite_component
+
+    ids = rows[0][None]
+    culprit = first_nonfinite_component(model, ids)
+    if culprit is None and model.cache_blocker() is None:  # the cached path differs: its prefill
+        positions = torch.arange(ids.shape[1], device=ids.device)[None]
+        state = model.init_state(1, ids.shape[1])
+        culprit = first_nonfinite_component(model, ids, positions=positions, state=state)
+    where = f"; first produced by {culprit}" if culprit else ""
+    return GenerationError(
+        f"the model's next-token scores are not finite (nan/inf) at new token {step}{where}",
+        hint="check the config's numeric arguments (eps, rope_theta, scales) and the weights",
+    )
 
 
 def sample(
@@ -176,7 +197,9 @@ def sample(
     logits = logits.float()
     if greedy or temperature == 0:
         return logits.argmax(dim=-1)
-    logits = logits / temperature
+    # shifted so that the largest is 0 before dividing: a tiny temperature then sends the
+    # others to -inf instead of every score to inf (whose softmax is NaN)
+    logits = (logits - logits.max(dim=-1, keepdim=True).values) / temperature
     if top_k is not None and top_k < logits.shape[-1]:
         kth = logits.topk(top_k, dim=-1).values[:, -1:]  # (B, 1)
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -276,6 +299,11 @@ def _prompts(idx: Prompts) -> tuple[list[torch.Tensor], bool, bool]:
         raise GenerationError(
             "prompts must be token ids, not text", hint="encode the text with the tokenizer"
         )
+    if not isinstance(idx, Iterable):
+        raise GenerationError(
+            f"prompts must be token ids of shape (B, T) or (T,), or a list of prompts, got "
+            f"{type(idx).__name__}"
+        )
     rows = list(idx)
     if not rows:
         raise GenerationError("no prompt given (the list is empty)")
@@ -283,7 +311,7 @@ def _prompts(idx: Prompts) -> tuple[list[torch.Tensor], bool, bool]:
     for i, row in enumerate(rows):
         try:
             tensor = torch.as_tensor(row)
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, RuntimeError) as exc:  # RuntimeError: as_tensor(None)
             raise GenerationError(f"prompt {i} is not a sequence of token ids: {exc}") from None
         if tensor.dim() != 1 or tensor.dtype.is_floating_point or tensor.dtype == torch.bool:
             if tensor.numel() == 0 and tensor.dim() == 1:
@@ -317,29 +345,53 @@ def _check_prompt(model: LanguageModel, i: int, row: torch.Tensor) -> torch.Tens
     return row
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _check_options(
-    max_new_tokens: int, temperature: float, top_k: int | None, top_p: float | None
+    max_new_tokens: int,
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None,
+    greedy: Any = False,
+    generator: Any = None,
 ) -> None:
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int):
+    if not _is_int(max_new_tokens):
         raise GenerationError(f"max_new_tokens must be an integer, got {max_new_tokens!r}")
     if max_new_tokens < 0:
         raise GenerationError(f"max_new_tokens must be at least 0, got {max_new_tokens}")
-    if not temperature >= 0:
-        raise GenerationError(f"temperature must be at least 0, got {temperature}")
-    if top_k is not None and top_k < 1:
-        raise GenerationError(f"top_k must be at least 1, got {top_k}")
-    if top_p is not None and not 0 < top_p <= 1:
-        raise GenerationError(f"top_p must be in (0, 1], got {top_p}")
+    if not _is_real(temperature) or not 0 <= temperature < math.inf:
+        raise GenerationError(f"temperature must be a finite number ≥ 0, got {temperature!r}")
+    if top_k is not None and (not _is_int(top_k) or top_k < 1):
+        raise GenerationError(f"top_k must be an integer ≥ 1, got {top_k!r}")
+    if top_p is not None and (not _is_real(top_p) or not 0 < top_p <= 1):
+        raise GenerationError(f"top_p must be a number in (0, 1], got {top_p!r}")
+    if not isinstance(greedy, bool):
+        raise GenerationError(f"greedy must be True or False, got {greedy!r}")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise GenerationError(
+            f"generator must be a torch.Generator, got {type(generator).__name__}",
+            hint="e.g. torch.Generator().manual_seed(0)",
+        )
 
 
 def _stop_ids(stop: int | Iterable[int] | None) -> set[int]:
     if stop is None:
         return set()
-    if isinstance(stop, int):
-        return {stop}
     if isinstance(stop, torch.Tensor):
+        if stop.dtype.is_floating_point or stop.dtype == torch.bool:
+            raise GenerationError(f"stop must hold token ids, got a {stop.dtype} tensor")
         return {int(s) for s in stop.flatten().tolist()}
-    return {int(s) for s in stop}
+    items = [stop] if not isinstance(stop, Iterable) or isinstance(stop, (str, bytes)) else stop
+    ids = list(items)
+    if not all(_is_int(s) for s in ids):
+        raise GenerationError(f"stop must be a token id or token ids, got {stop!r}")
+    return set(ids)
 
 
 def _check_model(model: LanguageModel) -> None:
@@ -363,14 +415,34 @@ def _check_model(model: LanguageModel) -> None:
 
 
 # ==================================================================== text
+def _check_known(tokenizer: Any, prompt: str, encoding: Any) -> None:
+    """Refuse a prompt with characters the tokenizer has no token for: the model would see
+    ``<unk>`` in their place and continue something else than what was asked."""
+    unk = getattr(tokenizer.model, "unk_token", None)
+    unk_id = tokenizer.token_to_id(unk) if unk else None
+    if unk_id is None or unk_id not in encoding.ids:
+        return
+    start, end = encoding.offsets[encoding.ids.index(unk_id)]
+    text = prompt[start:end] or "?"
+    shown = ", ".join(f"{c!r} (U+{ord(c):04X})" for c in dict.fromkeys(text))
+    raise GenerationError(
+        f"the prompt holds {shown} at character {start}, which the tokenizer has no token for",
+        hint="the model never saw it in training: leave it out or replace it",
+    )
+
+
 def stream_text(
     model: LanguageModel, tokenizer: Any, prompt: str, max_new_tokens: int, **options: Any
 ) -> Iterator[str]:
     """The continuation of ``prompt`` as text pieces, one per token as it comes (a piece may be
     empty while a multi-byte character is incomplete). ``options`` as for ``generate``."""
-    ids = tokenizer.encode(prompt).ids
+    if not isinstance(prompt, str):
+        raise GenerationError(f"the prompt must be text, got {type(prompt).__name__}")
+    encoding = tokenizer.encode(prompt)
+    ids = encoding.ids
     if not ids:
         raise GenerationError("the prompt is empty (it encodes to no tokens)")
+    _check_known(tokenizer, prompt, encoding)
     new: list[int] = []
     shown = ""
     for token in stream(model, [ids], max_new_tokens, **options):

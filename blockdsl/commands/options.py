@@ -192,7 +192,7 @@ def comma_list(kind: type, flag: str) -> Callable[[str], list[Any]]:
             return items
         try:
             return [int(float(x)) if kind is int else kind(x) for x in items]
-        except ValueError:
+        except (ValueError, OverflowError):  # int(float("inf")) overflows
             raise ConfigError(f"{flag} expects comma-separated numbers, got '{text}'") from None
 
     return parse
@@ -204,7 +204,7 @@ def whole_number(flag: str) -> Callable[[str], int]:
     def parse(text: str) -> int:
         try:
             return int(float(text))
-        except ValueError:
+        except (ValueError, OverflowError):  # int(float("inf")) overflows
             raise ConfigError(f"{flag} expects a number, got '{text}'") from None
 
     return parse

@@ -95,6 +95,7 @@ OPTIONS = (
     Option("--population", "ageing window", SEARCH, metavar="N"),
     Option("--tournament", "tournament size", SEARCH, metavar="N"),
     Option("--workers", "local processes", SEARCH, metavar="K"),
+    Option("--force-workers", "allow more --workers than cores", SEARCH),
     Option("--out", "runs and front.png", SEARCH, metavar="DIR"),
     Option("--storage", "Optuna storage (default: DIR/study.db)", SEARCH, metavar="URL"),
     Option("--study", "the study's name", SEARCH, metavar="NAME"),

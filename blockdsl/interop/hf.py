@@ -42,6 +42,7 @@ from typing import Any
 import torch
 
 from blockdsl.errors import ConfigError
+from blockdsl.interop import hf_checks
 
 __all__ = [
     "ARCHITECTURES",
@@ -1184,9 +1185,22 @@ def config_from_dir(path: str | os.PathLike) -> dict:
     """The blockdsl config of a local Hugging Face checkpoint folder, from its ``config.json``
     alone: enough to check, tabulate or emit the model without reading any weights."""
     path = os.fspath(path)
-    if not os.path.isfile(os.path.join(path, "config.json")):
-        raise HFImportError(f"no config.json in '{path}' (expected a Hugging Face checkpoint)")
-    return to_config(_transformers().AutoConfig.from_pretrained(path))
+    _transformers()  # without it nothing below can work: say so first
+    hf_checks.read_hf_config(path, tuple(ARCHITECTURES))  # untrusted: checked before parsing
+    return to_config(_auto_config(path))
+
+
+def _auto_config(path: str) -> Any:
+    """``AutoConfig.from_pretrained`` on a folder whose config.json ``hf_checks`` passed;
+    what transformers' own validation still refuses (an odd rotary dimension...) is an
+    ``HFImportError`` naming the file, not transformers' exception."""
+    transformers = _transformers()
+    try:
+        return transformers.AutoConfig.from_pretrained(path)
+    except Exception as exc:
+        raise HFImportError(
+            f"transformers refuses {path}/config.json: {str(exc).strip().splitlines()[0]}"
+        ) from None
 
 
 def from_pretrained_dir(
@@ -1197,10 +1211,10 @@ def from_pretrained_dir(
     path = os.fspath(path)
     if not os.path.isdir(path):
         raise HFImportError(f"'{path}' is not a folder (expected config.json + *.safetensors)")
-    cfg = _transformers().AutoConfig.from_pretrained(path)
-    files = sorted(f for f in os.listdir(path) if f.endswith(".safetensors"))
-    if not files:
-        raise HFImportError(f"no *.safetensors weights in '{path}'")
+    _transformers()  # without it nothing below can work: say so first
+    hf_checks.read_hf_config(path, tuple(ARCHITECTURES))  # untrusted: checked before parsing
+    cfg = _auto_config(path)
+    files = [f.name for f in hf_checks.weight_files(path)]  # regular, complete files only
     try:
         from safetensors.torch import load_file
     except ImportError as error:  # pragma: no cover
@@ -1208,10 +1222,15 @@ def from_pretrained_dir(
             "reading checkpoints needs the optional dependency 'safetensors'",
             hint="install it with: pip install 'blockdsl[hf]'",
         ) from error
+    config = to_config(cfg)
+    shapes = {
+        k: v for f in files for k, v in hf_checks.check_safetensors_file(f"{path}/{f}").items()
+    }
+    hf_checks.check_layer_count(config, shapes, f"{path}/config.json")
+    hf_checks.check_model_memory(config, dtype, device, f"{path}/config.json")
     state: dict[str, Tensor] = {}
     for name in files:
         state.update(load_file(os.path.join(path, name)))
-    config = to_config(cfg)
     weights = convert_weights(cfg, state)
     model = _build(config, dtype or _floating_dtype(state), device)
     load_weights(model, weights)

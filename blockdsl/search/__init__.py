@@ -30,7 +30,7 @@ from typing import Any
 from blockdsl._io import save_figure
 from blockdsl.search.evolution import OBJECTIVES, Member, pareto_front
 from blockdsl.search.space import MUTATIONS, SearchSpace, canonical
-from blockdsl.search.study import SearchError, SearchSettings, Study
+from blockdsl.search.study import SearchError, SearchSettings, Study, check_inputs
 from blockdsl.search.workers import WorkerStats, run_worker, run_workers
 
 
@@ -58,6 +58,13 @@ class SearchReport:
     def best(self) -> Member | None:
         return self.front[0] if self.front else None
 
+    def ranked(self) -> list[Member]:
+        """Every trained candidate, best first: the front in its order, then the others by
+        metric (so that the top N names N blocks whenever N were trained)."""
+        on_front = {m.number for m in self.front}
+        rest = [m for m in self.members if m.number not in on_front]
+        return [*self.front, *sorted(rest, key=lambda m: -m.metric)]
+
     def table(self) -> Any:
         return front_table(self.front, self.settings.objectives, title=self._title())
 
@@ -74,7 +81,7 @@ class SearchReport:
         """The ``blockdsl compare`` command that retrains the ``top`` best front members and
         the seeds under the search's recipe (same base, overrides, budget, seed and lr)."""
         specs: list[tuple[str, str]] = [
-            (f"best{i + 1}", m.block) for i, m in enumerate(self.front[:top])
+            (f"best{i + 1}", m.block) for i, m in enumerate(self.ranked()[:top])
         ]
         shown = {b for _, b in specs}
         for i, block in enumerate(canonical(s) for s in self.settings.seeds):
@@ -166,6 +173,7 @@ def search(
     storage: str | None = None,
     study: str = "search",
     workers: int = 1,
+    force_workers: bool = False,
     base: str = "tiny",
     lr: float | None = None,
     seed: int = 0,
@@ -184,7 +192,6 @@ def search(
     its ``SearchReport``. ``overrides`` set config keys of every candidate as in
     ``blockdsl.compare`` (``d_model=64``, ``layers="block*2"``, ``train={...}``)."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     storage = storage or default_storage(out)
     settings = SearchSettings(
         data=str(data),
@@ -204,11 +211,16 @@ def search(
     )
     from blockdsl.search.workers import search_space
 
+    workers = check_workers(workers, force_workers)
+    if not isinstance(trials, int) or isinstance(trials, bool) or trials < 1:
+        raise SearchError(f"--trials must be a positive integer, got {trials!r}")
     space = search_space(settings)  # bad component names fail here, before any worker starts
     for block in settings.seeds:
         problem = space.check(block)
         if problem is not None:
             raise SearchError(f"seed '{block}' is not a valid block: {problem}")
+    check_inputs(settings)  # the data, the task and the recipe: once, before any proposal
+    out.mkdir(parents=True, exist_ok=True)
     opened = Study(settings, storage=storage, name=study)
     started = time.perf_counter()
     with _Live(progress, opened) as live:
@@ -234,9 +246,48 @@ def search(
                 poll=live.poll,
             )
     result = report(opened, stats, time.perf_counter() - started)
+    if not result.front:
+        raise SearchError(
+            f"study '{study}' has no trained candidate: {_empty_front_reason(opened, stats)}",
+            hint="see the reasons above; 'blockdsl search show' lists the study",
+        )
     if plot:
         plot_front(result, out / "front.png")
     return result
+
+
+def check_workers(workers: int, force: bool = False) -> int:
+    """``workers`` if this machine can run that many worker processes: at most one per core
+    unless ``force`` (a worker trains on every core it gets; more only contend)."""
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+        raise SearchError(f"--workers must be a positive integer, got {workers!r}")
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = cores or 1
+    if workers > cores and not force:
+        raise SearchError(
+            f"--workers {workers} is more than the {cores} cores this process may use",
+            hint=f"--workers {cores} at most, or --force-workers to run {workers} anyway; more "
+            "machines can share the study with --storage",
+        )
+    return workers
+
+
+def _empty_front_reason(study: Study, stats: WorkerStats | None) -> str:
+    """Why nothing was trained: the ledger's most frequent rejection or failure reason."""
+    reasons: dict[str, int] = {}
+    for row in study.ledger.rows(study.name):
+        if row["status"] != "complete" and row["reason"]:
+            reasons[row["reason"]] = reasons.get(row["reason"], 0) + 1
+    counts = ""
+    if stats is not None:
+        counts = (
+            f"{stats.proposed} proposed, {stats.invalid} invalid, {stats.over_budget} over "
+            f"budget, {stats.duplicates} already known, {stats.trained} trained"
+        )
+    if not reasons:
+        return counts or "nothing was proposed"
+    reason, times = max(reasons.items(), key=lambda item: item[1])
+    return f"{counts}; most often ({times}x): {reason}" if counts else reason
 
 
 def show(*, storage: str, study: str = "search") -> SearchReport:
@@ -351,6 +402,7 @@ __all__ = [
     "SearchSpace",
     "Study",
     "WorkerStats",
+    "check_workers",
     "compare_command",
     "default_storage",
     "front_table",

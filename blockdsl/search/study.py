@@ -20,7 +20,9 @@ resumes its training run from the last checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import json
 import math
@@ -29,7 +31,7 @@ import socket
 import statistics
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +45,10 @@ HEARTBEAT_S = 30.0
 GRACE_S = 300.0
 #: hurdle scores needed before the running median prunes anyone
 MIN_HURDLE_SCORES = 3
+#: largest seed every random generator the training run seeds accepts
+MAX_SEED = 2**63 - 1
+#: tries at opening a storage whose schema another process is creating
+SCHEMA_ATTEMPTS = 5
 
 
 class SearchError(BlockDSLError):
@@ -86,6 +92,7 @@ class SearchSettings:
         self.components = tuple(self.components)
         self.seeds = tuple(self.seeds)
         self.objectives = tuple(self.objectives)
+        _check_recipe(self)
         if self.hurdle is None:
             self.hurdle = self.steps // 4
         unknown = [o for o in self.objectives if o not in OBJECTIVES]
@@ -135,6 +142,65 @@ class SearchSettings:
         if self.hurdle:
             overrides.setdefault("optim", {})["schedule"] = "constant"
         return overrides
+
+
+def _check_recipe(settings: SearchSettings) -> None:
+    """Types and ranges of the numbers every candidate shares (the learning rate, the seed, the
+    budgets), so that a bad value fails once, up front, and never reaches a study."""
+    from blockdsl.train.settings import parse_bytes
+
+    for name in ("steps", "population", "tournament"):
+        value = getattr(settings, name)
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise SearchError(f"--{name} must be an integer, got {value!r}")
+    if settings.hurdle is not None and (
+        not isinstance(settings.hurdle, int) or isinstance(settings.hurdle, bool)
+    ):
+        raise SearchError(f"--hurdle must be an integer, got {settings.hurdle!r}")
+    lr = settings.lr
+    if lr is not None and (
+        not isinstance(lr, (int, float)) or isinstance(lr, bool) or not math.isfinite(lr) or lr <= 0
+    ):
+        raise SearchError(f"--lr must be a finite number > 0, got {lr!r}", hint="e.g. --lr 1e-3")
+    seed = settings.seed
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= MAX_SEED:
+        raise SearchError(f"--seed must be an integer from 0 to {MAX_SEED}, got {seed!r}")
+    cap = settings.max_params
+    if isinstance(cap, float) and math.isfinite(cap) and cap.is_integer():
+        cap = settings.max_params = int(cap)  # --max-params 2e6
+    if cap is not None and (not isinstance(cap, int) or isinstance(cap, bool) or cap < 1):
+        raise SearchError(f"--max-params must be a positive integer, got {cap!r}")
+    if settings.max_memory is not None:
+        parse_bytes(settings.max_memory, "--max-memory")
+
+
+def check_inputs(settings: SearchSettings) -> None:
+    """Everything global to a search, checked once before anything is proposed: the data (a
+    task spec is parsed and built, a data directory opened) and every seed's full training
+    config (base model, overrides, recipe). A problem here is the run's, never a candidate's:
+    it raises instead of being recorded against every candidate."""
+    from blockdsl.model import ModelPlan
+    from blockdsl.tasks.data import open_task
+    from blockdsl.train.data import TokenData
+    from blockdsl.train.settings import resolve
+
+    task = open_task(settings.data, settings.seed)
+    data_vocab = task.vocab if task is not None else TokenData(settings.data).vocab
+    for block in settings.seeds:
+        try:
+            config = candidate_config(settings, block)
+            ModelPlan(config)
+            resolve(config)
+        except BlockDSLError as exc:
+            raise SearchError(
+                f"seed '{block}' cannot be trained as configured: {exc.message}",
+                hint=exc.hint or "check --base, --set and the recipe options",
+            ) from None
+        if data_vocab > config.vocab:
+            raise SearchError(
+                f"the data has {data_vocab:,} tokens but the candidates' vocab is {config.vocab:,}",
+                hint=f"--set vocab={data_vocab}",
+            )
 
 
 # ==================================================================== candidates
@@ -364,21 +430,27 @@ class Study:
         optuna = require_optuna()
         self.optuna = optuna
         self.url, self.name = storage, name
-        self.storage = _rdb(optuna, storage)
         directions = ["maximize" if OBJECTIVES[o] else "minimize" for o in settings.objectives]
-        if create:
-            self.study = optuna.create_study(
-                storage=self.storage, study_name=name, directions=directions, load_if_exists=True
-            )
-        else:
-            self.study = optuna.load_study(storage=self.storage, study_name=name)
-        stored = self.study.user_attrs.get("blockdsl")
-        if stored is None:
-            self.study.set_user_attr("blockdsl", settings.to_dict())
-        else:
-            _check_same(SearchSettings.from_dict(stored).fixed, settings.fixed, name)
-        self.settings = settings
-        self.ledger = Ledger(storage)
+        # Creating the schema, the study and its settings is check-then-write in Optuna and
+        # SQLAlchemy: processes opening one fresh study at once take turns.
+        with _creation_lock(storage):
+            self.storage = _rdb(optuna, storage)
+            if create:
+                self.study = optuna.create_study(
+                    storage=self.storage,
+                    study_name=name,
+                    directions=directions,
+                    load_if_exists=True,
+                )
+            else:
+                self.study = optuna.load_study(storage=self.storage, study_name=name)
+            stored = self.study.user_attrs.get("blockdsl")
+            if stored is None:
+                self.study.set_user_attr("blockdsl", settings.to_dict())
+            else:
+                _check_same(SearchSettings.from_dict(stored).fixed, settings.fixed, name)
+            self.settings = settings
+            self.ledger = Ledger(storage)
 
     @classmethod
     def open(cls, *, storage: str, name: str) -> Study:
@@ -446,22 +518,54 @@ class Study:
         return found
 
 
+@contextlib.contextmanager
+def _creation_lock(url: str) -> Iterator[None]:
+    """An exclusive OS lock on ``.NAME.lock`` beside an SQLite study file (released when the
+    process dies); other databases serialise schema creation themselves, and ``_rdb`` retries
+    the schema race there."""
+    if not url.startswith("sqlite:///") or url == "sqlite:///:memory:":
+        yield
+        return
+    path = Path(url[len("sqlite:///") :])
+    if not path.parent.is_dir():
+        yield  # the database cannot be created there: _rdb reports it
+        return
+    lock = os.open(path.with_name(f".{path.name}.lock"), os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(lock)  # closing releases the lock
+
+
 def _rdb(optuna: Any, url: str) -> Any:
     """Optuna's storage for a database URL; a URL it cannot open is a ``SearchError``."""
     import sqlalchemy
 
     connect = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {}
-    try:
-        return optuna.storages.RDBStorage(url, engine_kwargs=connect)
-    except (sqlalchemy.exc.SQLAlchemyError, ValueError, ImportError) as exc:
-        raise SearchError(
-            f"cannot open the study storage {url}: {str(exc).splitlines()[0]}",
-            hint="--storage takes a database URL Optuna accepts, e.g. sqlite:///runs/study.db",
-        ) from None
+    for attempt in range(SCHEMA_ATTEMPTS):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs=connect)
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError) as exc:
+            # another process creating the same fresh schema (on a server database, where no
+            # file lock serialises it): its tables exist a moment later, so try again
+            racing = isinstance(exc, sqlalchemy.exc.IntegrityError) or "already exists" in str(exc)
+            if not racing or attempt == SCHEMA_ATTEMPTS - 1:
+                failure: Exception = exc
+                break
+            time.sleep(0.2 * (attempt + 1))
+        except (sqlalchemy.exc.SQLAlchemyError, ValueError, ImportError) as exc:
+            failure = exc
+            break
+    raise SearchError(
+        f"cannot open the study storage {url}: {str(failure).splitlines()[0]}",
+        hint="--storage takes a database URL Optuna accepts, e.g. sqlite:///runs/study.db",
+    )
 
 
 def _check_same(stored: dict[str, Any], given: dict[str, Any], name: str) -> None:
-    differ = [k for k in stored if stored.get(k) != given.get(k)]
+    # compared as JSON (how the study stores them), so that equal settings compare equal
+    differ = [k for k in stored if json.dumps(stored.get(k)) != json.dumps(given.get(k))]
     if differ:
         shown = "; ".join(f"{k}: study {stored[k]!r}, now {given.get(k)!r}" for k in differ)
         raise SearchError(
@@ -493,6 +597,7 @@ def train_candidate(
     (the schedule is constant, so the run is the one ``blockdsl compare`` makes)."""
     from blockdsl.config import load_config
     from blockdsl.train import TrainingError, read_metrics, train
+    from blockdsl.train.data import DataError
 
     config = candidate_config(settings, block)
     data = settings.data
@@ -517,6 +622,8 @@ def train_candidate(
         run = train(config, data=data, out=run_dir, resume=run_dir.is_dir(), progress=False)
         if run.interrupted:
             raise KeyboardInterrupt
+    except DataError:
+        raise  # the data is every candidate's: a problem there is the run's, not this one's
     except (TrainingError, BudgetError, BlockDSLError) as exc:
         # a non-finite loss, a measured memory limit, a config the estimates let through
         return Outcome("failed", reason=exc.message)
@@ -569,6 +676,7 @@ __all__ = [
     "Study",
     "block_key",
     "candidate_config",
+    "check_inputs",
     "owner_id",
     "precheck",
     "require_optuna",

@@ -6,18 +6,21 @@ from __future__ import annotations
 
 import multiprocessing
 import random
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from blockdsl.errors import BlockDSLError
 from blockdsl.search.evolution import aged, tournament
 from blockdsl.search.space import SearchSpace, canonical
 from blockdsl.search.study import (
     GRACE_S,
     HEARTBEAT_S,
     Heartbeat,
+    SearchError,
     SearchSettings,
     Study,
     block_key,
@@ -133,7 +136,8 @@ def run_worker(
             else:
                 parent = rng.choice(seeds)
             mutation, block = space.mutate(parent, rng)
-        stats.proposed += 1
+        stats.proposed += 1  # every proposal ends as one of: duplicate, invalid, over budget,
+        # trained (a claim refused because the study is full is taken back below)
         if block in seen or study.ledger.status(study_name, block) is not None:
             stats.duplicates += 1
             seen.add(block)
@@ -155,6 +159,7 @@ def run_worker(
             continue
         verdict = study.ledger.claim(study_name, block, me, trials)
         if verdict == "full":
+            stats.proposed -= 1  # never considered: the study was complete
             break
         if verdict == "taken":
             stats.duplicates += 1
@@ -243,8 +248,11 @@ def _worker_main(payload: dict[str, Any], queue: Any) -> None:
 
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     settings = SearchSettings.from_dict(payload.pop("settings"))
-    stats = run_worker(settings, on_event=queue.put, **payload)
-    queue.put(stats)
+    try:
+        stats: WorkerStats | str = run_worker(settings, on_event=queue.put, **payload)
+    except BlockDSLError as exc:
+        stats = str(exc)  # the main process raises it (an exception may not pickle)
+    queue.put((os.getpid(), stats))
 
 
 def run_workers(
@@ -278,28 +286,64 @@ def run_workers(
         process.start()
         processes.append(process)
     total = WorkerStats()
-    finished = 0
+    reported: set[int] = set()  # pids of the workers that sent their stats
+    dead: dict[int, int] = {}  # index -> exit code of a worker that ended without reporting
+    errors: list[str] = []  # what workers that stopped on a BlockDSLError said
     import queue as queue_module
 
-    while finished < workers:
+    def note_deaths() -> None:
+        for index, process in enumerate(processes):
+            if index in dead or process.is_alive() or process.pid in reported:
+                continue
+            # the stats of a worker that exited cleanly may still be on their way
+            if process.exitcode == 0 and not queue.empty():
+                continue
+            dead[index] = process.exitcode
+            if on_event is not None:
+                on_event(f"worker {index} (pid {process.pid}) died: {_exit_text(process.exitcode)}")
+
+    while len(reported) + len(dead) < workers:
         try:
             item = queue.get(timeout=2.0)
         except queue_module.Empty:
+            note_deaths()
             if poll is not None:
                 poll()
-            if not any(p.is_alive() for p in processes) and queue.empty():
-                break  # a worker died without reporting (killed): its claim is recovered later
             continue
-        if isinstance(item, WorkerStats):
-            total.add(item)
-            finished += 1
+        if isinstance(item, tuple):  # (pid, stats or the worker's error)
+            reported.add(item[0])
+            if isinstance(item[1], WorkerStats):
+                total.add(item[1])
+            else:
+                errors.append(item[1])
         elif on_event is not None:
             on_event(item)
         if poll is not None:
             poll()
     for process in processes:
         process.join()
+    if errors:
+        raise SearchError(errors[0].removeprefix("blockdsl: "))
+    if dead:
+        # a dead worker's claim names its pid, which no process holds now: mark its trial
+        # failed (the next run resumes the candidate) instead of leaving it RUNNING
+        Study(settings, storage=storage, name=study_name).recover(owner_id(), GRACE_S)
+        shown = ", ".join(f"worker {i}: {_exit_text(code)}" for i, code in sorted(dead.items()))
+        raise SearchError(
+            f"{len(dead)} of {workers} search workers died ({shown}); their trials are "
+            "marked failed",
+            hint="rerun the same command to resume the study",
+        )
     return total
+
+
+def _exit_text(code: int | None) -> str:
+    if code is not None and code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
 
 
 __all__ = ["MAX_BARREN", "WorkerStats", "run_worker", "run_workers", "search_space"]

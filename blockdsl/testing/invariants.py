@@ -14,7 +14,13 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["DEFAULT_GLOBALS", "INVARIANTS", "ArchitectureCheckError", "check_architecture"]
+__all__ = [
+    "DEFAULT_GLOBALS",
+    "INVARIANTS",
+    "ArchitectureCheckError",
+    "check_architecture",
+    "first_nonfinite_component",
+]
 
 #: Default model-level values for blocks drawn without a model (``vocab``, ``context``).
 DEFAULT_GLOBALS: dict[str, int] = {"vocab": 32, "context": 64}
@@ -383,6 +389,34 @@ def _first_tensor(value: Any) -> torch.Tensor | None:
             found = _first_tensor(item)
             if found is not None:
                 return found
+    return None
+
+
+def first_nonfinite_component(module: nn.Module, *inputs: Any, **context: Any) -> str | None:
+    """The path of the first component of ``module`` (in execution order) whose output holds
+    NaN or inf although its input is finite, running ``module(*inputs, **context)`` once
+    without gradients; None when every output is finite or the first non-finite value came
+    in from outside the components."""
+    calls: list[tuple[str, Any, Any]] = []
+    handles = []
+    for path, mod in _component_modules(module):
+
+        def hook(_m: nn.Module, args: Any, output: Any, path: str = path) -> None:
+            calls.append((path, _first_tensor(args), _first_tensor(output)))
+
+        handles.append(mod.register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            module(*inputs, **context)
+    finally:
+        for handle in handles:
+            handle.remove()
+    for path, inp, result in calls:
+        if result is None or not result.is_floating_point() or torch.isfinite(result).all():
+            continue
+        if inp is not None and inp.is_floating_point() and not torch.isfinite(inp).all():
+            return None
+        return path
     return None
 
 

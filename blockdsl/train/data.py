@@ -39,6 +39,7 @@ import torch
 
 from blockdsl._io import Progress, write_atomic
 from blockdsl.errors import BlockDSLError
+from blockdsl.untrusted import require_regular_file
 
 META_FORMAT = "blockdsl-data"
 EOT = "<|endoftext|>"
@@ -77,9 +78,15 @@ class Source:
             return stdlib_files()
         path = Path(self.spec)
         if path.is_dir():
+            pattern = Path(self.glob)
+            if pattern.is_absolute() or ".." in pattern.parts:
+                raise DataError(
+                    f"--glob {self.glob!r} reaches outside the source directory {path}",
+                    hint="a pattern relative to the directory, e.g. --glob '*.py'",
+                )
             return sorted(p for p in path.rglob(self.glob) if p.is_file())
-        if path.is_file():
-            return [path]
+        if path.exists():  # a FIFO or device is refused before it is opened
+            return [require_regular_file(path, "data source")]
         hint = "a file, a directory, hf:NAME[:split], or one of: " + ", ".join(NAMED_SOURCES)
         raise DataError(f"data source '{self.spec}' does not exist", hint=hint)
 
@@ -277,14 +284,23 @@ def _chunks(texts: Iterator[str]) -> Iterator[str]:
             start = end
 
 
+#: the largest BPE vocabulary ``bpe:N`` trains (2**20 tokens, far beyond any corpus here)
+MAX_BPE_VOCAB = 2**20
+
+
 def parse_tokenizer(spec: str) -> tuple[str, int | None]:
     """``byte`` | ``char`` | ``bpe:N`` | a path to a tokenizer.json → (kind, size)."""
     if spec in ("byte", "char"):
         return spec, None
     if spec.startswith("bpe:"):
         size = spec[4:]
-        if not size.isdigit() or not 257 <= int(size) <= 2**32:
-            raise DataError(f"--tokenizer {spec}: N must be an integer ≥ 257", hint="e.g. bpe:4096")
+        # checked here: the tokenizers library aborts the process (no exception) when it
+        # cannot allocate the tables of a huge vocabulary
+        if not size.isdigit() or not 257 <= int(size) <= MAX_BPE_VOCAB:
+            raise DataError(
+                f"--tokenizer {spec}: N must be an integer from 257 to {MAX_BPE_VOCAB:,}",
+                hint="e.g. bpe:4096",
+            )
         return "bpe", int(size)
     if Path(spec).is_file():
         return "file", None
@@ -478,6 +494,12 @@ class TokenData:
     """A prepared data directory, memory-mapped (never read whole into memory)."""
 
     def __init__(self, path: str | os.PathLike) -> None:
+        if not isinstance(path, (str, os.PathLike)):
+            raise DataError(
+                f"data must be a prepared data directory or task:NAME,..., got "
+                f"{type(path).__name__}",
+                hint="e.g. data='data/stdlib' or data='task:mqar'",
+            )
         self.path = Path(path)
         meta_path = self.path / "meta.json"
         if not self.path.is_dir():

@@ -8,7 +8,6 @@ checkpoints, summary. ``Run`` reads a run directory back.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ from blockdsl.train import distributed
 from blockdsl.train.settings import TrainSettings, resolve
 from blockdsl.train.sources import open_source
 from blockdsl.train.trainer import Trainer, TrainingError, read_metrics
+from blockdsl.untrusted import read_json_object
 
 WALL_CLOCK_FIELDS = ("tokens_per_s", "elapsed")  # the metrics that differ between equal runs
 
@@ -64,14 +64,7 @@ class Run:
         config = load_config(path / runs.CONFIG)
         metrics = read_metrics(path / runs.METRICS)
         summary_path = path / runs.SUMMARY
-        summary: Any = {}
-        if summary_path.is_file():
-            try:
-                summary = json.loads(summary_path.read_text())
-            except ValueError as exc:
-                raise TrainingError(f"{summary_path} is not JSON ({exc})") from None
-            if not isinstance(summary, dict):
-                raise TrainingError(f"{summary_path} is not a JSON object")
+        summary = read_json_object(summary_path, "run summary") if summary_path.exists() else {}
         return cls(path, config, metrics, summary)
 
     def load_model(self, step: int | None = None) -> nn.Module:

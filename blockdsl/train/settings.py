@@ -68,8 +68,19 @@ class OptimSettings:
     grad_clip: float = 1.0  # max global gradient norm (0: no clipping)
 
 
-_POSITIVE_INT = ("batch_size", "global_batch_size", "seq_len", "eval_batches", "keep", "log_every")
-_NONNEG_INT = ("eval_every", "save_every", "seed", "warmup", "steps", "tokens")
+_POSITIVE_INT = (
+    "batch_size",
+    "global_batch_size",
+    "seq_len",
+    "eval_batches",
+    "keep",
+    "log_every",
+    "steps",
+    "tokens",
+)
+_NONNEG_INT = ("eval_every", "save_every", "seed", "warmup")
+#: the largest seed every generator a run seeds accepts (torch's and Python's)
+MAX_SEED = 2**63 - 1
 _NONNEG_FLOAT = ("lr", "min_lr", "weight_decay", "grad_clip", "time", "momentum", "target_accuracy")
 _POSITIVE_FLOAT = ("collective_timeout",)
 
@@ -121,6 +132,8 @@ def _coerce(table: str, key: str, value: Any, default: Any, config: ModelConfig)
             raise bad("an integer")
         if value < (1 if key in _POSITIVE_INT else 0):
             raise bad("positive" if key in _POSITIVE_INT else "zero or more")
+        if key == "seed" and value > MAX_SEED:
+            raise bad(f"at most {MAX_SEED}")
         return value
     if key in _NONNEG_FLOAT or key == "decay":
         if not isinstance(value, (int, float)) or isinstance(value, bool):
@@ -168,19 +181,29 @@ def _coerce(table: str, key: str, value: Any, default: Any, config: ModelConfig)
     return value
 
 
+#: the largest memory budget accepted: 1 EiB, far above any machine
+MAX_BYTES = 2**60
 _UNITS = {"": 1, "b": 1, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}
 _UNITS.update({"kb": 1e3, "mb": 1e6, "gb": 1e9, "tb": 1e12})
 _UNITS.update({"kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40})
 
 
 def parse_bytes(value: Any, where: str = "--max-memory", config: ModelConfig | None = None) -> int:
-    """``8GiB``, ``500MB``, ``1.5e9`` or an integer: a number of bytes."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
-        return int(value)
-    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([a-zA-Z]*)\s*", str(value))
-    if match and match.group(2).lower() in _UNITS and float(match.group(1)) > 0:
-        return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
-    message = f"{where} must be a size like 8GiB, 500MB or a number of bytes, got {value!r}"
+    """``8GiB``, ``500MB``, ``1.5e9`` or an integer: a number of bytes (at least 1, at most
+    ``MAX_BYTES``)."""
+    size: float | None = None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        size = value
+    else:
+        match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([a-zA-Z]*)\s*", str(value))
+        if match and match.group(2).lower() in _UNITS:
+            size = float(match.group(1)) * _UNITS[match.group(2).lower()]
+    if size is not None and 1 <= size <= MAX_BYTES:  # False for NaN; inf is over the bound
+        return int(size)
+    message = (
+        f"{where} must be a size like 8GiB, 500MB or a number of bytes (1 B to 1 EiB), "
+        f"got {value!r}"
+    )
     if config is not None:
         raise config.error(message, "max_memory")
     raise ConfigError(message)
