@@ -149,18 +149,18 @@ def test_the_memory_budget_defaults_to_a_share_of_the_available_memory(
     assert blockdsl.load(model_file).config.d_model == 16
 
 
-def test_a_run_config_that_lies_is_refused_before_generate_builds_it(
-    run_dir: Path, tmp_path: Path
-) -> None:
-    from blockdsl.generate import load_generator
+def test_a_run_config_that_lies_is_not_what_generate_builds(run_dir: Path, tmp_path: Path) -> None:
+    """A checkpoint's model file describes itself; the run's config.toml (which anyone may edit)
+    is not read to build the model, so a lie there costs nothing."""
+    from blockdsl.checkpoint import load_generator
 
     hostile = tmp_path / "run"
     shutil.copytree(run_dir, hostile)
     config = hostile / "config.toml"
     config.write_text(config.read_text().replace('"block*1"', '"block*100000"'))
     started = time.perf_counter()
-    with pytest.raises(BlockDSLError, match=r"run's config .* declares 100,000 layers"):
-        load_generator(hostile)
+    model, _ = load_generator(hostile)
+    assert len(model.layers) == 1
     assert time.perf_counter() - started < 5.0
 
 
@@ -554,7 +554,7 @@ HOSTILE_EOS = ["x", -5, 1e30, ["a"], {"a": 1}, True, 2**70, [2, None]]
 
 @pytest.mark.parametrize("eos", HOSTILE_EOS)
 def test_a_hostile_eos_token_id_is_refused(hf_folder: Path, tmp_path: Path, eos: Any) -> None:
-    from blockdsl.generate import eos_ids
+    from blockdsl.checkpoint import eos_ids
 
     folder = _hf_variant(hf_folder, tmp_path / "hf", eos_token_id=eos)
     with pytest.raises(BlockDSLError, match="eos_token_id must be a token id"):
@@ -562,7 +562,7 @@ def test_a_hostile_eos_token_id_is_refused(hf_folder: Path, tmp_path: Path, eos:
 
 
 def test_good_eos_token_ids_are_read(hf_folder: Path, tmp_path: Path) -> None:
-    from blockdsl.generate import eos_ids
+    from blockdsl.checkpoint import eos_ids
 
     assert eos_ids(_hf_variant(hf_folder, tmp_path / "a", eos_token_id=[2, 3])) == [2, 3]
     assert eos_ids(_hf_variant(hf_folder, tmp_path / "b", eos_token_id=None)) == []

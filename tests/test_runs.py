@@ -19,6 +19,7 @@ import blockdsl
 from blockdsl import checkpoint as ckpt
 from blockdsl._io import read_jsonl
 from blockdsl.checkpoint import CheckpointError, RunInUse
+from blockdsl.cli import main
 from blockdsl.train import Run, TrainingError
 from blockdsl.train.data import prepare
 from tests.test_train import ROOT, TINY, TINY_SET, _env, strip_clock, tiny_train
@@ -254,33 +255,37 @@ def test_kill_loop_and_interrupt_resume_bit_exactly(data_dir: Path, tmp_path: Pa
 def test_a_search_stopped_by_sigterm_does_not_exit_0(monkeypatch, capsys) -> None:
     import os
 
-    from blockdsl import cli
+    from blockdsl.commands import search
 
     def search_until_terminated(args: object, out: object) -> int:
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(30)  # the signal arrives long before
         return 0
 
-    monkeypatch.setattr(cli, "_search", search_until_terminated)
-    assert cli.main(["search", "--data", "task:mqar", "--quiet"]) == 128 + signal.SIGTERM
+    monkeypatch.setattr(search, "_search", search_until_terminated)
+    assert main(["search", "--data", "task:mqar", "--quiet"]) == 128 + signal.SIGTERM
     assert "interrupted; rerun the same command to resume" in capsys.readouterr().err
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
 
 
 @pytest.mark.parametrize(
-    ("summary", "message"), [('{"steps": 2', "is not JSON"), ("[1, 2]", "not a JSON object")]
+    ("summary", "message"),
+    [('{"steps": 2', "is not valid JSON"), ("[1, 2]", "holds a JSON list, not an object")],
 )
 def test_a_damaged_summary_is_named(data_dir: Path, tmp_path: Path, summary, message) -> None:
     out = tmp_path / "run"
     _train(data_dir, out, 2)
     (out / "summary.json").write_text(summary)
-    with pytest.raises(TrainingError, match=message):
+    with pytest.raises(blockdsl.BlockDSLError, match=message):
         Run.load(out)
 
 
 @pytest.mark.parametrize(("data", "named"), [(None, "NoneType"), (5, "int")])
 def test_train_without_data_is_a_blockdsl_error(tmp_path: Path, data: object, named: str) -> None:
     out = tmp_path / "run"
-    with pytest.raises(blockdsl.BlockDSLError, match=f"train needs data: .* got {named}"):
+    with pytest.raises(
+        blockdsl.BlockDSLError,
+        match=f"data must be a prepared data directory or task:NAME, got {named}",
+    ):
         blockdsl.train("tiny", data=data, out=out, train=tiny_train(), **TINY)  # type: ignore[arg-type]
     assert not out.exists()

@@ -198,13 +198,15 @@ def comma_list(kind: type, flag: str) -> Callable[[str], list[Any]]:
     return parse
 
 
-def whole_number(flag: str) -> Callable[[str], int]:
-    """A parser of a count written as a float (``2e6``) into an int."""
+def whole_number(flag: str) -> Callable[[str], int | float]:
+    """A parser of a count written as a float (``2e6``) into an int; a value that is not a
+    whole number (``0.5``, ``inf``, ``nan``) is passed on for the library to refuse by name."""
 
-    def parse(text: str) -> int:
+    def parse(text: str) -> int | float:
         try:
-            return int(float(text))
-        except (ValueError, OverflowError):  # int(float("inf")) overflows
+            value = float(text)
+        except ValueError:
             raise ConfigError(f"{flag} expects a number, got '{text}'") from None
+        return int(value) if value.is_integer() else value
 
     return parse
