@@ -138,7 +138,8 @@ def open_source(data: str | os.PathLike, seed: int) -> DataSource:
     task = open_task(data, seed)
     if task is None and not isinstance(data, (str, os.PathLike)):
         raise ConfigError(
-            f"train's data must be a prepared data directory or task:NAME, got {type(data).__name__}"
+            "train's data must be a prepared data directory or task:NAME, got "
+            f"{type(data).__name__}"
         )
     return TaskSource(task) if task is not None else TextSource(TokenData(data))
 
