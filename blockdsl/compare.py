@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from blockdsl._io import Progress, save_figure, write_atomic
+from blockdsl.checkpoint import run_lock
 from blockdsl.config import ModelConfig, list_presets, load_config
 from blockdsl.errors import BudgetError, ConfigError
 from blockdsl.train.settings import parse_bytes
@@ -326,6 +327,42 @@ def compare(
     higher = task is not None
     out.mkdir(parents=True, exist_ok=True)
 
+    with run_lock(out):  # one process owns a comparison's directory
+        results = _train_variants(
+            variants, lr_grid, seeds, data_text, out, budget, max_memory, higher, progress
+        )
+        comparison = Comparison(out, data_text, metric, higher, results)
+        _write_summaries(comparison, variants, budget, seeds, lrs)
+    skipped = comparison.skipped()
+    if skipped:
+        _warn_skipped(skipped, len(results))
+    if len(skipped) == len(results):
+        raise BudgetError(
+            f"nothing to compare: all {len(results)} variant(s) were skipped ("
+            + "; ".join(f"{r.name}: {r.status}" for r in skipped)
+            + ")",
+            hint="raise --max-memory, shrink the models (e.g. --set d_model=...) or lower "
+            "train.batch_size",
+        )
+    comparison.files = ["summary.csv", "summary.md", "compare.json"]
+    if plot and plot_curves(comparison, out / "curves.png"):
+        comparison.files.append("curves.png")
+    return comparison
+
+
+def _train_variants(
+    variants: list[Variant],
+    lr_grid: list[float | None],
+    seeds: list[int],
+    data_text: str,
+    out: Path,
+    budget: dict[str, Any],
+    max_memory: int | str | None,
+    higher: bool,
+    progress: bool | None,
+) -> list[Result]:
+    """Every variant trained for each learning rate and seed (a variant over the memory budget
+    skipped), summarised at its best learning rate."""
     runs = [(v, lr, seed) for v in variants for lr in lr_grid for seed in seeds]
     reporter = Progress(progress)
     results: list[Result] = []
@@ -354,7 +391,17 @@ def compare(
                     break
             if result.status == "ok":
                 _summarise(result, per_lr, higher)
-    comparison = Comparison(out, data_text, metric, higher, results)
+    return results
+
+
+def _write_summaries(
+    comparison: Comparison,
+    variants: list[Variant],
+    budget: dict[str, Any],
+    seeds: list[int],
+    lrs: Sequence[float] | None,
+) -> None:
+    out, data_text, metric = comparison.out, comparison.data, comparison.metric
     write_atomic(out / "summary.csv", comparison.to_csv())
     write_atomic(out / "summary.md", comparison.to_markdown())
     write_atomic(
@@ -372,21 +419,6 @@ def compare(
         )
         + "\n",
     )
-    skipped = comparison.skipped()
-    if skipped:
-        _warn_skipped(skipped, len(results))
-    if len(skipped) == len(results):
-        raise BudgetError(
-            f"nothing to compare: all {len(results)} variant(s) were skipped ("
-            + "; ".join(f"{r.name}: {r.status}" for r in skipped)
-            + ")",
-            hint="raise --max-memory, shrink the models (e.g. --set d_model=...) or lower "
-            "train.batch_size",
-        )
-    comparison.files = ["summary.csv", "summary.md", "compare.json"]
-    if plot and plot_curves(comparison, out / "curves.png"):
-        comparison.files.append("curves.png")
-    return comparison
 
 
 def _warn_skipped(skipped: list[Result], total: int) -> None:

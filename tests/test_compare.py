@@ -228,3 +228,11 @@ def test_a_skipped_variant_is_said_and_the_plot_shows_the_rest(tmp_path, capsys,
     comparison.results[0].status = "skipped: for the test"
     assert plot_curves(comparison, tmp_path / "empty.png") is False
     assert not (tmp_path / "empty.png").exists()
+
+
+def test_a_comparison_directory_has_one_owner(tmp_path):
+    from blockdsl.checkpoint import RunInUse, run_lock
+
+    with run_lock(tmp_path), pytest.raises(RunInUse, match=r"in use by another process \(pid"):
+        compare(["Norm->MLP->+"], data=TASK, out=tmp_path, steps=1, progress=False, **SMALL)
+    assert not (tmp_path / "runs").exists()  # refused before anything was trained
