@@ -455,8 +455,8 @@ def load_plan(args: argparse.Namespace) -> Any:
 
 def _from_hf(path: str) -> dict:
     """The config of a Hugging Face checkpoint folder (config.json only: no weights are read).
-    ``blockdsl.interop.hf`` imports the optional transformers itself and says how to install it."""
-    from blockdsl.interop import hf
+    ``blockdsl.hf`` imports the optional transformers itself and says how to install it."""
+    from blockdsl import hf
 
     return hf.config_from_dir(path)
 
@@ -490,7 +490,7 @@ def cmd_compile(args: argparse.Namespace, out: TextIO) -> int:
             hint=f"use --seq {context} or less, or raise the context: --set context={args.seq}",
         )
     if args.emit:
-        from blockdsl.interop.export import to_dot, to_json, to_mermaid, to_python
+        from blockdsl.export import to_dot, to_json, to_mermaid, to_python
 
         if args.emit == "json":
             text = to_json(plan, args.seq)
@@ -539,7 +539,7 @@ def _trace(args: argparse.Namespace, plan: Any, console: Any) -> int:
 
 
 def _print_summary(console: Any, plan: Any) -> None:
-    from blockdsl.interop.export import distinct_blocks
+    from blockdsl.export import distinct_blocks
 
     config = plan.config
     seq = config.context
@@ -787,7 +787,7 @@ def cmd_data(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_export(args: argparse.Namespace, out: TextIO) -> int:
-    from blockdsl.interop.hf_export import export_hf
+    from blockdsl.hf.exporter import export_hf
 
     folder = export_hf(
         args.source,

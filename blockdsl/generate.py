@@ -384,10 +384,7 @@ def load_generator(
     if not path.exists():
         raise GenerationError(f"{path} does not exist", hint="give a run directory or checkpoint")
     if from_hf:
-        try:
-            from blockdsl.interop import hf
-        except ImportError:  # before the interop package
-            from blockdsl import hf  # type: ignore[no-redef]
+        from blockdsl import hf
 
         return hf.from_pretrained_dir(path, device=device), _tokenizer(path / "tokenizer.json")
     if path.is_file():

@@ -138,10 +138,8 @@ def _hf_config(name: str):
 
 
 def _import():
-    try:
-        from blockdsl.interop import hf
-    except ImportError:
-        from blockdsl import hf
+    from blockdsl import hf
+
     return hf
 
 

@@ -14,7 +14,7 @@ transformers = pytest.importorskip("transformers")
 
 import blockdsl  # noqa: E402
 from blockdsl import hf  # noqa: E402
-from blockdsl.interop import hf as interop_hf  # noqa: E402
+from blockdsl.hf.base import compress_layers  # noqa: E402
 
 V = 97  # vocabulary
 T = 24  # sequence length: longer than the sliding windows below
@@ -265,10 +265,10 @@ def test_gemma2_layer_types_are_read():
 
 
 def test_compress():
-    assert interop_hf._compress(["b"] * 3) == "b*3"
-    assert interop_hf._compress(["a", "b", "a", "b"]) == "(a->b)*2"
-    assert interop_hf._compress(["a", "a", "b", "a", "a", "b"]) == "(a*2->b)*2"
-    assert interop_hf._compress(["a", "b", "b"]) == "a->b*2"
+    assert compress_layers(["b"] * 3) == "b*3"
+    assert compress_layers(["a", "b", "a", "b"]) == "(a->b)*2"
+    assert compress_layers(["a", "a", "b", "a", "a", "b"]) == "(a*2->b)*2"
+    assert compress_layers(["a", "b", "b"]) == "a->b*2"
 
 
 # --------------------------------------------------------------------------- errors

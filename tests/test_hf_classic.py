@@ -16,8 +16,8 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 import blockdsl  # noqa: E402
+from blockdsl import hf  # noqa: E402
 from blockdsl.cli import main  # noqa: E402
-from blockdsl.interop import hf  # noqa: E402
 
 V, T, TOL = 97, 24, 1e-4
 FIXTURES = Path(__file__).parent / "fixtures" / "hf_classic"

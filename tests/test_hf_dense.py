@@ -1,4 +1,4 @@
-"""Hugging Face import of the dense decoders (blockdsl/interop/hf_dense.py) and the features
+"""Hugging Face import of the dense decoders (blockdsl/hf/dense.py) and the features
 they need: each class converts to a blockdsl model with the same logits (float32, max abs diff
 <= 1e-4) and greedy continuations; RoPE scalings match transformers'; every unsupported option
 is refused by name."""

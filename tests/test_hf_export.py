@@ -19,7 +19,7 @@ transformers = pytest.importorskip("transformers")
 import blockdsl  # noqa: E402
 from blockdsl import hf  # noqa: E402
 from blockdsl.cli import main  # noqa: E402
-from blockdsl.interop.hf_export import HFExportError, export_hf, hf_config_for  # noqa: E402
+from blockdsl.hf import HFExportError, export_hf, hf_config_for  # noqa: E402
 
 FIXTURES = Path(__file__).parent / "fixtures" / "export"
 REGEN = os.environ.get("BLOCKDSL_REGEN") == "1"
@@ -82,7 +82,7 @@ def test_round_trip(name, tmp_path):
     # import(export(m)) is m: the same plan and the same tensors
     back = hf.from_pretrained_dir(folder)
     assert hf_config_for(back)[0] == hf_config_for(model)[0]
-    from blockdsl.interop.hf_export import _plan, difference, signature
+    from blockdsl.hf.exporter import _plan, difference, signature
 
     plan = _plan(model.config)
     assert difference(plan, signature(plan), _plan(back.config)) == (set(), set())

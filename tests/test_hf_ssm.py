@@ -10,7 +10,7 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from blockdsl.interop import hf  # noqa: E402
+from blockdsl import hf  # noqa: E402
 
 V, T, TOL = 97, 20, 1e-4
 

@@ -46,6 +46,7 @@ from torch import nn
 
 from blockdsl.errors import ConfigError
 from blockdsl.graph import BlockGraph
+from blockdsl.hf.base import ARCHITECTURES, WeightMapper, require_transformers
 from blockdsl.lower import module_attributes
 
 __all__ = ["HFExportError", "export_hf", "hf_config_for", "hf_state_dict"]
@@ -62,16 +63,6 @@ class HFExportError(ConfigError):
         return head if not self.hint else f"{head}\n  " + self.hint.replace("\n", "\n  ")
 
 
-def _hf() -> Any:
-    from blockdsl.interop import hf
-
-    return hf
-
-
-def _transformers() -> Any:
-    return _hf()._transformers()
-
-
 # ==================================================================== the importer's records
 @dataclass(frozen=True)
 class _Record:
@@ -83,12 +74,11 @@ class _Record:
 
 
 def _records() -> list[_Record]:
-    """The importer's architectures (``blockdsl.interop.hf.ARCHITECTURES``), in its order:
+    """The importer's architectures (``blockdsl.hf.base.ARCHITECTURES``), in its order:
     one record serves both directions."""
-    hf = _hf()
     return [
-        _Record(a.model_type, a.hf_class, a.config, a.weights, hf.WeightMapper)
-        for a in hf.ARCHITECTURES.values()
+        _Record(a.model_type, a.hf_class, a.config, a.weights, WeightMapper)
+        for a in ARCHITECTURES.values()
     ]
 
 
@@ -293,7 +283,7 @@ class _Search:
         self.target_plan = target_plan
         self.target = target
         self.numbers = numbers
-        self.cls = type(_transformers().AutoConfig.for_model(record.model_type))
+        self.cls = type(require_transformers().AutoConfig.for_model(record.model_type))
         self.cache: dict[str, tuple[int, Any, Any]] = {}
         self.plans: dict[str, tuple[int, Any]] = {}
         self.fit: _Fit | None = None
@@ -483,7 +473,7 @@ class _Search:
             yield not current
             return
         if isinstance(current, str):
-            activations = _transformers().activations.ACT2FN
+            activations = require_transformers().activations.ACT2FN
             if current in activations:
                 yield from (a for a in activations if a != current)
             return
@@ -870,7 +860,7 @@ def _skeleton(
 ) -> tuple[list[str], dict[str, tuple], dict[str, str]]:
     """Names and shapes of a transformers model's checkpoint tensors (built on the meta
     device), and its tied names (``lm_head.weight`` -> ``...embed_tokens.weight``)."""
-    transformers = _transformers()
+    transformers = require_transformers()
     cls = getattr(transformers, record.hf_class)
     with torch.device("meta"):
         hf_model = cls(hf_config)
@@ -927,7 +917,7 @@ def export_hf(
     state = hf_state_dict(model, model_type, hf_cfg)
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
 
-    transformers = _transformers()
+    transformers = require_transformers()
     hf_cfg.architectures = [record.hf_class]
     special = _special_tokens(tokenizer, hf_cfg.vocab_size) if tokenizer else {}
     for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
@@ -971,7 +961,7 @@ def _special_tokens(path: str | os.PathLike, vocab: int) -> dict[str, int]:
 def _write_tokenizer(path: Path, out: Path, special: dict[str, int]) -> None:
     """``tokenizer.json`` and ``tokenizer_config.json`` (a ``PreTrainedTokenizerFast``): the
     same tokenizer, so ``AutoTokenizer`` encodes exactly as the run did."""
-    transformers = _transformers()
+    transformers = require_transformers()
     if not path.is_file():
         raise HFExportError(f"no tokenizer file '{path}'")
     try:
@@ -985,7 +975,7 @@ def _write_tokenizer(path: Path, out: Path, special: dict[str, int]) -> None:
 
 
 def _verify(model: nn.Module, folder: Path) -> None:
-    transformers = _transformers()
+    transformers = require_transformers()
     hf_model = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
     hf_model.eval()
     reference = model
