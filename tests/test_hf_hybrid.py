@@ -84,6 +84,8 @@ def _ids(seed: int = 1, batch: int = 2, length: int = T) -> torch.Tensor:
 VARIANTS = [
     (_qwen3_next, {}),
     (_qwen3_next, {"decoder_sparse_step": 2, "mlp_only_layers": [], "tie_word_embeddings": True}),
+    # head_dim 16 x 0.3125 = 5 rotary dims: odd, which transformers runs as GPT-NeoX does
+    (_qwen3_next, {"rope_parameters": {"rope_theta": 500.0, "partial_rotary_factor": 0.3125}}),
     (_lfm2, {}),
     (_lfm2, {"conv_bias": True, "tie_word_embeddings": False, "block_auto_adjust_ff_dim": False}),
 ]

@@ -114,9 +114,7 @@ def _config_qwen3_next(cfg: Any) -> dict:
         raise unsupported(t, f"hidden_act '{cfg.hidden_act}' (GatedDeltaNet uses SiLU)")
     theta, fraction = default_rope(cfg, t)
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-    rotary = int(head_dim * fraction)
-    if rotary % 2:
-        raise unsupported(t, f"an odd number of rotary dims ({rotary})")
+    rotary = int(head_dim * fraction)  # odd counts too: Attn follows transformers' arithmetic
     mixers = layer_kinds(cfg, t, {"linear_attention": "linear", "full_attention": "full"})
     ffn = {True: "MoE", False: "MLP"}
     names = [f"{mixer}_{ffn[_qwen3_next_sparse(cfg, i)].lower()}" for i, mixer in enumerate(mixers)]
