@@ -36,6 +36,7 @@ import os
 import re
 import shutil
 import tempfile
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -262,6 +263,7 @@ def _plan(config: Any) -> Any:
 _INF = 10**12
 _LAYERS = 10**6  # distance per layer too many or too few
 _TIE = 16
+_LAYER_FIELD_BOUND = 4  # a field that sets the layer count: values up to 4x the count tried
 
 
 @dataclass
@@ -289,6 +291,9 @@ class _Search:
         self.fit: _Fit | None = None
         self.leaves: dict[str, dict[tuple, Any] | None] = {}
         self.layers = next((i[2] for i in target if i[:2] == ("model", "layers")), 0)
+        #: the fields that set the number of layers (found by ``start``): another value of one
+        #: alone only makes the count wrong, so ``run`` leaves them be
+        self.layer_fields: set[str] = set()
 
     def build(self, kwargs: dict[str, Any]) -> Any:
         return self.cls(**kwargs)
@@ -349,14 +354,21 @@ class _Search:
         self.kwargs = self.direct_copies(self.field_list, {})
         self.copied = list(self.kwargs)
         distance = self.evaluate(self.kwargs)[0]
-        # the number of layers next: until it is right no plan is built to compare
+        # The number of layers next: until it is right no plan is built to compare. A field
+        # that sets it needs a value near it; a huge one only costs a huge config (Jamba
+        # validates a layer-type list per layer: 65536 layers take seconds to build).
+        bound = _LAYER_FIELD_BOUND * max(self.layers, 1)
         for name, default in self.field_list:
             current = self.kwargs.get(name, default)
             if distance < _LAYERS or isinstance(current, bool) or not isinstance(current, int):
                 continue
             for value in self.candidates(name, current):
+                if isinstance(value, int) and value > bound:
+                    continue
                 d = self.evaluate({**self.kwargs, name: value})[0]
                 if d < distance:
+                    if distance >= _LAYERS > d:
+                        self.layer_fields.add(name)
                     self.kwargs, distance = {**self.kwargs, name: value}, d
         return distance
 
@@ -369,8 +381,9 @@ class _Search:
         kwargs = self.kwargs
         distance = self.evaluate(kwargs)[0]
         copied = set(self.copied)
-        free = [f for f in self.field_list if f[0] not in copied]
-        for fields, sweeps in ((free, 3), (self.field_list, 1)):
+        movable = [f for f in self.field_list if f[0] not in self.layer_fields]
+        free = [f for f in movable if f[0] not in copied]
+        for fields, sweeps in ((free, 3), (movable, 1)):
             for _ in range(sweeps):
                 improved = False
                 for name, default in fields:
@@ -696,6 +709,11 @@ def hf_config_for(model_or_config: Any) -> tuple[str, Any]:
     """``(model_type, transformers config)`` whose import builds exactly this model (a
     ``LanguageModel``, ``ModelConfig``, dict config or anything ``load_config`` takes). Raises
     ``HFExportError`` saying which block and step has no transformers counterpart."""
+    with _quiet_transformers():
+        return _find_config(model_or_config)
+
+
+def _find_config(model_or_config: Any) -> tuple[str, Any]:
     config = getattr(model_or_config, "config", model_or_config)
     target_plan = _plan(config)
     target = signature(target_plan)
@@ -796,7 +814,8 @@ def hf_state_dict(model: nn.Module, model_type: str, hf_config: Any) -> dict[str
     """The transformers checkpoint tensors of ``model`` for ``hf_config``: the importer's
     weight mapping inverted through a probe (see the module docstring)."""
     record = next(r for r in _records() if r.model_type == model_type)
-    skeleton = _skeleton(record, hf_config)
+    with _quiet_transformers():
+        skeleton = _skeleton(record, hf_config)
     names, shapes, tied = skeleton
     probes: dict[str, torch.Tensor] = {}
     offsets: dict[str, int] = {}
@@ -919,32 +938,60 @@ def export_hf(
 
     transformers = require_transformers()
     hf_cfg.architectures = [record.hf_class]
+    # The token ids the tokenizer really has (none without one), not the config class's
+    # defaults: a byte tokenizer has no bos/eos, and Llama's default 1/2 would be bytes.
     special = _special_tokens(tokenizer, hf_cfg.vocab_size) if tokenizer else {}
     for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
-        value = getattr(hf_cfg, name, None)
-        if name in special or (isinstance(value, int) and not 0 <= value < hf_cfg.vocab_size):
-            setattr(hf_cfg, name, special.get(name))
+        setattr(hf_cfg, name, special.get(name))
 
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    bars = transformers.utils.logging.is_progress_bar_enabled()
-    transformers.utils.logging.disable_progress_bar()
     try:
-        hf_model = getattr(transformers, record.hf_class)(hf_cfg)
-        hf_model.load_state_dict(state, strict=True)
-        hf_model.to(dtype).eval()
-        hf_model.save_pretrained(staging)
-        hf_model.generation_config.save_pretrained(staging)
-        if tokenizer is not None:
-            _write_tokenizer(Path(tokenizer), staging, special)
-        if verify:
-            _verify(model, staging)
+        with _quiet_transformers():
+            hf_model = getattr(transformers, record.hf_class)(hf_cfg)
+            hf_model.load_state_dict(state, strict=True)
+            hf_model.to(dtype).eval()
+            hf_model.save_pretrained(staging)
+            hf_model.generation_config.save_pretrained(staging)
+            if tokenizer is not None:
+                _write_tokenizer(Path(tokenizer), staging, special)
+            if verify:
+                _verify(model, staging)
+        _use_umask(staging)
         _replace(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-        if bars:
-            transformers.utils.logging.enable_progress_bar()
     return out
+
+
+@contextlib.contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """Nothing from transformers reaches the terminal meanwhile: the search builds configs
+    whose class defaults (token ids such as GPT-2's 50256) lie outside a small vocabulary, and
+    transformers logs a warning for each; its progress bars go too. Errors still raise."""
+    logging = require_transformers().utils.logging
+    verbosity = logging.get_verbosity()
+    bars = logging.is_progress_bar_enabled()
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logging.set_verbosity(verbosity)
+        if bars:
+            logging.enable_progress_bar()
+
+
+def _use_umask(folder: Path) -> None:
+    """``tempfile.mkdtemp`` makes the folder 0700 and safetensors may write 0600: give the
+    folder and its files the modes every other writer's get (0777 / 0666 less the umask)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    folder.chmod(0o777 & ~mask)
+    for path in folder.rglob("*"):
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~mask)
 
 
 def _special_tokens(path: str | os.PathLike, vocab: int) -> dict[str, int]:
