@@ -516,29 +516,29 @@ class _Skip(Exception):
 def _layer_count(config: dict) -> int:
     """The number of layers a config's ``layers`` chain unrolls to (-1 if unreadable),
     without unrolling it."""
-    from blockdsl import ast
+    from blockdsl.ast import Block, Call, Group, Repeat
     from blockdsl.parser import parse
 
     named = set(config.get("blocks", {}))
 
-    def only_named(block: ast.Block) -> bool:  # as ModelPlan flattens groups
+    def only_named(block: Block) -> bool:  # as ModelPlan flattens groups
         if block.is_parallel:
             return False
         for step in block.chains[0].steps:
-            body = step.body if isinstance(step, ast.Repeat) else step
-            if isinstance(body, ast.Group):
+            body = step.body if isinstance(step, Repeat) else step
+            if isinstance(body, Group):
                 if not only_named(body.block):
                     return False
-            elif not (isinstance(body, ast.Call) and body.name in named):
+            elif not (isinstance(body, Call) and body.name in named):
                 return False
         return True
 
     def count(node: Any) -> int:
-        if isinstance(node, ast.Block):
+        if isinstance(node, Block):
             return sum(count(s) for s in node.chains[0].steps) if not node.is_parallel else 1
-        if isinstance(node, ast.Repeat):
+        if isinstance(node, Repeat):
             return node.count * count(node.body)
-        if isinstance(node, ast.Group):
+        if isinstance(node, Group):
             return count(node.block) if only_named(node.block) else 1
         return 1
 
