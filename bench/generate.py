@@ -46,11 +46,7 @@ def tiny_llama(context: int):
     import transformers
 
     import blockdsl
-
-    try:
-        from blockdsl.interop import hf
-    except ImportError:
-        from blockdsl import hf
+    from blockdsl import hf
 
     preset = blockdsl.load_config("tiny")
     defaults = preset.defaults

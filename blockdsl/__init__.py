@@ -71,7 +71,7 @@ _LAZY = {
     "save": "blockdsl.checkpoint",
     "load": "blockdsl.checkpoint",
     "trace": "blockdsl.tracing",
-    "export_hf": "blockdsl.interop.hf_export",
+    "export_hf": "blockdsl.hf.exporter",
 }
 
 

@@ -628,19 +628,13 @@ def tokenizer_file(path: str | os.PathLike) -> Path | None:
 
 
 def load_generator(
-    path: str | os.PathLike, *, from_hf: bool = False, device: torch.device | str | None = None
+    path: str | os.PathLike, *, device: torch.device | str | None = None
 ) -> tuple[LanguageModel, Any]:
     """The model (eval mode) and ``tokenizers.Tokenizer`` to generate from: what ``load``
     takes (a run: its newest checkpoint and its tokenizer; a checkpoint directory; a model
-    file with a ``tokenizer.json`` beside it), or with ``from_hf`` a Hugging Face checkpoint
-    folder (``config.json``, ``*.safetensors``, ``tokenizer.json``)."""
+    file with a ``tokenizer.json`` beside it). For a Hugging Face folder:
+    ``blockdsl.hf.load_generator``."""
     path = Path(path)
-    if from_hf:
-        from blockdsl.interop import hf
-
-        if not path.exists():
-            raise CheckpointError(f"'{path}' does not exist", hint="give a Hugging Face folder")
-        return hf.from_pretrained_dir(path, device=device), load_tokenizer(path / TOKENIZER)
     model = load(path, device=device)
     tokenizer = tokenizer_file(path)
     if tokenizer is None:
@@ -649,21 +643,6 @@ def load_generator(
             hint="generation needs the tokenizer.json the model was trained with",
         )
     return model, load_tokenizer(tokenizer)
-
-
-def eos_ids(path: str | os.PathLike) -> list[int]:
-    """The end-of-sequence token ids a Hugging Face folder's ``config.json`` names (its
-    ``generation_config.json`` first), for ``stop``; empty when it names none."""
-    from blockdsl.interop.hf_checks import eos_token_ids
-    from blockdsl.untrusted import read_json_object
-
-    for name in ("generation_config.json", "config.json"):
-        file = Path(path) / name
-        if file.exists():
-            ids = eos_token_ids(read_json_object(file).get("eos_token_id"), str(file))
-            if ids:
-                return ids
-    return []
 
 
 # ==================================================================== run directories
@@ -932,7 +911,6 @@ __all__ = [
     "Located",
     "RunInUse",
     "checkpoints",
-    "eos_ids",
     "is_run",
     "latest",
     "load",

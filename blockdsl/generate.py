@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from blockdsl.errors import BlockDSLError
-from blockdsl.lower import call_specs, noncausal_call
+from blockdsl.lower import call_specs, first_nonfinite_component, noncausal_call
 
 if TYPE_CHECKING:
     from blockdsl.model import LanguageModel
@@ -167,7 +167,6 @@ def stream(
 def _not_finite(model: LanguageModel, rows: list[torch.Tensor], step: int) -> GenerationError:
     """The error for logits holding NaN or inf: sampling from them would emit arbitrary
     tokens. Names the first component whose output is not finite on the first prompt."""
-    from blockdsl.testing.invariants import first_nonfinite_component
 
     ids = rows[0][None]
     culprit = first_nonfinite_component(model, ids)

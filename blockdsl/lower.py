@@ -432,3 +432,60 @@ def allocation(device: torch.device | str | None) -> Iterator[None]:
 
 def _keep(tensor: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
     return tensor
+
+
+# ==================================================================== finding a component
+def component_paths(root: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The modules that stand for components (direct children of a compiled block), with their
+    paths, in ``named_modules`` order; for a plain module, its leaf modules."""
+    found: list[tuple[str, nn.Module]] = []
+    seen: set[int] = set()
+    for path, module in root.named_modules():
+        if isinstance(module, BlockModule):
+            for name, child in module.named_children():
+                if id(child) not in seen and not isinstance(child, BlockModule):
+                    seen.add(id(child))
+                    found.append((f"{path}.{name}" if path else name, child))
+    if not found and not isinstance(root, BlockModule):
+        found = [(p, m) for p, m in root.named_modules() if p and not list(m.children())]
+    return found
+
+
+def first_tensor(value: Any) -> torch.Tensor | None:
+    """The first tensor in a module's inputs or outputs (nested tuples and lists)."""
+    if isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, (tuple, list)):
+        for item in value:
+            found = first_tensor(item)
+            if found is not None:
+                return found
+    return None
+
+
+def first_nonfinite_component(module: nn.Module, *inputs: Any, **context: Any) -> str | None:
+    """The path of the first component of ``module`` (in execution order) whose output holds
+    NaN or inf although its input is finite, running ``module(*inputs, **context)`` once
+    without gradients; None when every output is finite or the first non-finite value came
+    in from outside the components."""
+    calls: list[tuple[str, Any, Any]] = []
+    handles = []
+    for path, mod in component_paths(module):
+
+        def hook(_m: nn.Module, args: Any, output: Any, path: str = path) -> None:
+            calls.append((path, first_tensor(args), first_tensor(output)))
+
+        handles.append(mod.register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            module(*inputs, **context)
+    finally:
+        for handle in handles:
+            handle.remove()
+    for path, inp, result in calls:
+        if result is None or not result.is_floating_point() or torch.isfinite(result).all():
+            continue
+        if inp is not None and inp.is_floating_point() and not torch.isfinite(inp).all():
+            return None
+        return path
+    return None

@@ -524,7 +524,7 @@ HOSTILE_HF_CONFIGS = [
 def test_a_hostile_hf_config_is_refused(
     hf_folder: Path, tmp_path: Path, fields: dict, message: str
 ) -> None:
-    from blockdsl.interop import hf
+    from blockdsl import hf
 
     folder = _hf_variant(hf_folder, tmp_path / "hf", **fields)
     with pytest.raises(BlockDSLError, match=message):
@@ -538,7 +538,7 @@ def test_a_hostile_hf_config_is_refused(
 def test_an_hf_config_json_of_another_shape_is_refused(
     hf_folder: Path, tmp_path: Path, text: str, message: str
 ) -> None:
-    from blockdsl.interop import hf
+    from blockdsl import hf
 
     folder = tmp_path / "hf"
     shutil.copytree(hf_folder, folder)
@@ -554,7 +554,7 @@ HOSTILE_EOS = ["x", -5, 1e30, ["a"], {"a": 1}, True, 2**70, [2, None]]
 
 @pytest.mark.parametrize("eos", HOSTILE_EOS)
 def test_a_hostile_eos_token_id_is_refused(hf_folder: Path, tmp_path: Path, eos: Any) -> None:
-    from blockdsl.checkpoint import eos_ids
+    from blockdsl.hf import eos_ids
 
     folder = _hf_variant(hf_folder, tmp_path / "hf", eos_token_id=eos)
     with pytest.raises(BlockDSLError, match="eos_token_id must be a token id"):
@@ -562,7 +562,7 @@ def test_a_hostile_eos_token_id_is_refused(hf_folder: Path, tmp_path: Path, eos:
 
 
 def test_good_eos_token_ids_are_read(hf_folder: Path, tmp_path: Path) -> None:
-    from blockdsl.checkpoint import eos_ids
+    from blockdsl.hf import eos_ids
 
     assert eos_ids(_hf_variant(hf_folder, tmp_path / "a", eos_token_id=[2, 3])) == [2, 3]
     assert eos_ids(_hf_variant(hf_folder, tmp_path / "b", eos_token_id=None)) == []
@@ -572,7 +572,7 @@ def test_good_eos_token_ids_are_read(hf_folder: Path, tmp_path: Path) -> None:
 def test_truncated_hf_weights_are_refused_before_reading(
     hf_folder: Path, tmp_path: Path, keep: float
 ) -> None:
-    from blockdsl.interop import hf
+    from blockdsl import hf
 
     folder = tmp_path / "hf"
     shutil.copytree(hf_folder, folder)
@@ -587,7 +587,7 @@ def test_a_fifo_named_model_safetensors_in_an_hf_folder_is_refused(
     hf_folder: Path, tmp_path: Path
 ) -> None:
     """It blocked `generate --from-hf` forever."""
-    from blockdsl.interop import hf
+    from blockdsl import hf
 
     folder = tmp_path / "hf"
     shutil.copytree(hf_folder, folder)
@@ -598,7 +598,7 @@ def test_a_fifo_named_model_safetensors_in_an_hf_folder_is_refused(
 
 
 def test_the_untouched_hf_folder_still_imports(hf_folder: Path) -> None:
-    from blockdsl.interop import hf
+    from blockdsl import hf
 
     model = hf.from_pretrained_dir(hf_folder)
     assert model.config.vocab == 64

@@ -27,7 +27,7 @@ def test_readme_lists_every_docs_page():
 
 
 def test_every_hf_architecture_is_documented():
-    hf = pytest.importorskip("blockdsl.interop.hf")
+    hf = pytest.importorskip("blockdsl.hf")
     text = (ROOT / "docs/huggingface.md").read_text() + (ROOT / "docs/hybrids.md").read_text()
     missing = sorted(cls for cls in hf.SUPPORTED.values() if f"`{cls}`" not in text)
     assert not missing, missing

@@ -83,65 +83,12 @@ def test_cache_is_exact_on_drawn_architectures(config, seed) -> None:
 # ---------------------------------------------------------------- parity with transformers
 transformers = pytest.importorskip("transformers")
 
-V = 97
-
-
-def _hf_config(name: str):
-    llama = dict(
-        vocab_size=V,
-        hidden_size=32,
-        intermediate_size=48,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        attn_implementation="eager",
-    )
-    gpt = dict(vocab_size=V, n_embd=32, n_layer=2, n_head=4, n_positions=64)
-    if name == "gpt2":
-        return transformers.GPT2LMHeadModel, transformers.GPT2Config(**gpt)
-    if name == "llama":
-        return transformers.LlamaForCausalLM, transformers.LlamaConfig(**llama)
-    if name == "mistral":
-        cfg = transformers.MistralConfig(**llama, sliding_window=6)
-        return transformers.MistralForCausalLM, cfg
-    if name == "mixtral":
-        cfg = transformers.MixtralConfig(
-            **llama, sliding_window=6, num_local_experts=4, num_experts_per_tok=2
-        )
-        return transformers.MixtralForCausalLM, cfg
-    if name == "gemma2":
-        cfg = transformers.Gemma2Config(
-            **{**llama, "head_dim": 8},
-            query_pre_attn_scalar=12,
-            sliding_window=6,
-            attn_logit_softcapping=5.0,
-            final_logit_softcapping=3.0,
-        )
-        return transformers.Gemma2ForCausalLM, cfg
-    if name == "gpt_neox":
-        cfg = transformers.GPTNeoXConfig(
-            vocab_size=V,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            max_position_embeddings=64,
-            rotary_pct=0.5,
-            attn_implementation="eager",
-        )
-        return transformers.GPTNeoXForCausalLM, cfg
-    if name == "gptj":
-        cfg = transformers.GPTJConfig(**gpt, rotary_dim=4)
-        return transformers.GPTJForCausalLM, cfg
-    raise KeyError(f"no small config for the imported architecture '{name}': add one here")
+from tests.hf_configs import V, small_model  # noqa: E402
 
 
 def _import():
-    try:
-        from blockdsl.interop import hf
-    except ImportError:
-        from blockdsl import hf
+    from blockdsl import hf
+
     return hf
 
 
@@ -169,15 +116,9 @@ def test_greedy_continuations_equal_transformers_generate(name: str) -> None:
     gen = torch.Generator().manual_seed(0)
     vocab = V
     try:
-        cls, cfg = _hf_config(name)
+        hf_model = small_model(name)  # every weight random (norms too): no accidental agreement
     except KeyError:
         hf_model, vocab = _other_hf_model(name)
-    else:
-        torch.manual_seed(0)
-        hf_model = cls(cfg).eval()
-        with torch.no_grad():  # every weight random (norms too): no accidental agreement
-            for p in hf_model.parameters():
-                p.copy_(torch.randn(p.shape, generator=gen) * (0.5 if p.ndim == 1 else 0.2))
     hf_model.generation_config.eos_token_id = None  # run every step, as ours does
     hf_model.generation_config.pad_token_id = vocab - 1  # never inferred: the mask is given
     model = _import().from_hf(hf_model)

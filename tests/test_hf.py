@@ -14,111 +14,10 @@ transformers = pytest.importorskip("transformers")
 
 import blockdsl  # noqa: E402
 from blockdsl import hf  # noqa: E402
-from blockdsl.interop import hf as interop_hf  # noqa: E402
+from blockdsl.hf.base import compress_layers  # noqa: E402
+from tests.hf_configs import V, small_config, small_model, token_ids  # noqa: E402
 
-V = 97  # vocabulary
-T = 24  # sequence length: longer than the sliding windows below
 TOL = 1e-4
-
-
-def _cfg(name: str, **extra):
-    """A tiny (2 layers, d 64) config of each supported class, eager attention."""
-    common = {"attn_implementation": "eager"}
-    llama = dict(
-        vocab_size=V,
-        hidden_size=64,
-        intermediate_size=96,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        rope_parameters={"rope_type": "default", "rope_theta": 500.0},
-    )
-    if name == "gpt2":
-        cfg = transformers.GPT2Config(
-            vocab_size=V,
-            n_embd=64,
-            n_layer=2,
-            n_head=4,
-            n_positions=64,
-            bos_token_id=0,
-            eos_token_id=0,
-            **common,
-            **extra,
-        )
-        return transformers.GPT2LMHeadModel, cfg
-    if name == "llama":
-        return transformers.LlamaForCausalLM, transformers.LlamaConfig(**llama, **common, **extra)
-    if name == "mistral":
-        cfg = transformers.MistralConfig(**llama, sliding_window=8, **common, **extra)
-        return transformers.MistralForCausalLM, cfg
-    if name == "mixtral":
-        cfg = transformers.MixtralConfig(
-            **llama,
-            sliding_window=8,
-            num_local_experts=4,
-            num_experts_per_tok=2,
-            router_aux_loss_coef=0.02,
-            experts_implementation="eager",
-            **common,
-            **extra,
-        )
-        return transformers.MixtralForCausalLM, cfg
-    if name == "gemma2":
-        gemma = dict(
-            head_dim=16,
-            query_pre_attn_scalar=24,
-            sliding_window=8,
-            attn_logit_softcapping=5.0,
-            final_logit_softcapping=3.0,
-        )
-        cfg = transformers.Gemma2Config(**{**llama, **gemma, **common, **extra})
-        return transformers.Gemma2ForCausalLM, cfg
-    if name == "gpt_neox":
-        cfg = transformers.GPTNeoXConfig(
-            vocab_size=V,
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            max_position_embeddings=64,
-            rotary_pct=0.5,
-            rotary_emb_base=300.0,
-            **common,
-            **extra,
-        )
-        return transformers.GPTNeoXForCausalLM, cfg
-    if name == "gptj":
-        cfg = transformers.GPTJConfig(
-            vocab_size=V,
-            n_embd=64,
-            n_layer=2,
-            n_head=4,
-            rotary_dim=8,
-            n_positions=64,
-            bos_token_id=0,
-            eos_token_id=0,
-            **common,
-        )
-        return transformers.GPTJForCausalLM, cfg
-    raise KeyError(name)
-
-
-def _hf_model(name: str, seed: int = 0, **extra):
-    """A random HF model with every parameter re-randomised (norm weights and biases too)."""
-    torch.manual_seed(seed)
-    cls, cfg = _cfg(name, **extra)
-    model = cls(cfg)
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            std = 0.5 if p.ndim == 1 else 0.15
-            p.copy_(torch.randn(p.shape, generator=gen) * std)
-    return model.eval()
-
-
-def _ids(seed: int = 1, batch: int = 2, length: int = T) -> torch.Tensor:
-    return torch.randint(0, V, (batch, length), generator=torch.Generator().manual_seed(seed))
 
 
 @torch.no_grad()
@@ -129,7 +28,7 @@ def _max_diff(hf_model, model, ids) -> float:
 @torch.no_grad()
 def _greedy(hf_model, model, steps: int = 16) -> None:
     """Both models pick the same next token at every step of a growing sequence."""
-    ids = _ids(seed=2, batch=1, length=8)
+    ids = token_ids(seed=2, batch=1, length=8)
     for _ in range(steps):
         ours = model(ids)[:, -1].argmax(-1)
         theirs = hf_model(ids).logits[:, -1].argmax(-1)
@@ -154,19 +53,19 @@ VARIANTS = [
 
 @pytest.mark.parametrize(("name", "extra"), VARIANTS, ids=lambda v: str(v))
 def test_logits_and_greedy_match(name, extra):
-    hf_model = _hf_model(name, **extra)
+    hf_model = small_model(name, **extra)
     model = hf.from_hf(hf_model)
     assert not model.training
-    diff = _max_diff(hf_model, model, _ids())
+    diff = _max_diff(hf_model, model, token_ids())
     assert diff <= TOL, f"{name}: max abs diff {diff:.3g}"
     if not extra or name == "gpt_neox":  # the greedy check once per class and residual kind
         _greedy(hf_model, model)
 
 
 def test_mixtral_aux_loss_matches():
-    hf_model = _hf_model("mixtral")
+    hf_model = small_model("mixtral")
     model = hf.from_hf(hf_model)
-    ids = _ids()
+    ids = token_ids()
     with torch.no_grad():
         theirs = hf_model(ids, output_router_logits=True).aux_loss  # unscaled, all layers
         _, ours = model(ids, return_aux=True)  # scaled by router_aux_loss_coef
@@ -177,10 +76,10 @@ def test_mixtral_aux_loss_matches():
 @pytest.mark.parametrize("name", CLASSES)
 def test_compiled_matches(name):
     torch._dynamo.reset()
-    hf_model = _hf_model(name)
+    hf_model = small_model(name)
     model = hf.from_hf(hf_model)
     compiled = torch.compile(model, fullgraph=True)
-    ids = _ids()
+    ids = token_ids()
     with torch.no_grad():
         expected = hf_model(ids, output_router_logits=name == "mixtral")
         if name == "mixtral":
@@ -196,10 +95,10 @@ def test_compiled_matches(name):
 
 @pytest.mark.parametrize("name", CLASSES)
 def test_from_pretrained_dir(name, tmp_path):
-    hf_model = _hf_model(name)
+    hf_model = small_model(name)
     hf_model.save_pretrained(tmp_path)
     model = hf.from_pretrained_dir(tmp_path)
-    assert _max_diff(hf_model, model, _ids()) <= TOL
+    assert _max_diff(hf_model, model, token_ids()) <= TOL
 
 
 # --------------------------------------------------------------------------- configs
@@ -222,53 +121,53 @@ def test_to_config_block_strings():
         ),
     }
     for name, (blocks, layers) in expected.items():
-        config = hf.to_config(_cfg(name)[1])
+        config = hf.to_config(small_config(name)[1])
         assert config["blocks"] == blocks, name
         assert config["model"]["layers"] == layers, name
         blockdsl.build_model(config, device="meta")  # valid as it stands
 
 
 def test_to_config_details():
-    gemma = hf.to_config(_cfg("gemma2")[1])
+    gemma = hf.to_config(small_config("gemma2")[1])
     assert gemma["defaults"]["Norm"]["unit_offset"] is True
     assert gemma["defaults"]["Attn"]["scale"] == pytest.approx(24**-0.5)
     assert gemma["defaults"]["Attn"]["softcap"] == 5.0
     assert gemma["defaults"]["Head"]["softcap"] == 3.0
     assert gemma["defaults"]["Embed"]["scale"] == "sqrt_d"
     assert gemma["model"]["head"] == "Norm->Head(tie=true)"
-    gpt2 = hf.to_config(_cfg("gpt2")[1])
+    gpt2 = hf.to_config(small_config("gpt2")[1])
     assert gpt2["defaults"]["MLP"]["act"] == "gelu_tanh"  # gelu_new
     assert gpt2["model"]["embed"] == "Embed(pos=learned)"
-    neox = hf.to_config(_cfg("gpt_neox")[1])
+    neox = hf.to_config(small_config("gpt_neox")[1])
     assert neox["defaults"]["Attn"]["rope_fraction"] == 0.5
-    sequential = hf.to_config(_cfg("gpt_neox", use_parallel_residual=False)[1])
+    sequential = hf.to_config(small_config("gpt_neox", use_parallel_residual=False)[1])
     assert sequential["blocks"]["block"] == "Norm->Attn->+->Norm->MLP->+"
-    gptj = hf.to_config(_cfg("gptj")[1])
+    gptj = hf.to_config(small_config("gptj")[1])
     assert gptj["defaults"]["Attn"]["rope_interleaved"] is True
     assert gptj["defaults"]["Head"] == {"bias": True}
     # a config.json dict works as well as a config object
-    as_dict = _cfg("llama")[1].to_dict()
-    assert hf.to_config(as_dict) == hf.to_config(_cfg("llama")[1])
+    as_dict = small_config("llama")[1].to_dict()
+    assert hf.to_config(as_dict) == hf.to_config(small_config("llama")[1])
 
 
 def test_gemma2_layer_types_are_read():
     # the default: sliding window on layers 0, 2, 4, ...
-    assert hf.to_config(_cfg("gemma2", num_hidden_layers=6)[1])["model"]["layers"] == (
+    assert hf.to_config(small_config("gemma2", num_hidden_layers=6)[1])["model"]["layers"] == (
         "(local->global)*3"
     )
     kinds = ["full_attention", "sliding_attention"] * 2
-    cfg = _cfg("gemma2", num_hidden_layers=4, layer_types=kinds)[1]
+    cfg = small_config("gemma2", num_hidden_layers=4, layer_types=kinds)[1]
     assert hf.to_config(cfg)["model"]["layers"] == "(global->local)*2"
     kinds = ["sliding_attention"] * 3 + ["full_attention"]
-    cfg = _cfg("gemma2", num_hidden_layers=4, layer_types=kinds)[1]
+    cfg = small_config("gemma2", num_hidden_layers=4, layer_types=kinds)[1]
     assert hf.to_config(cfg)["model"]["layers"] == "local*3->global"
 
 
 def test_compress():
-    assert interop_hf._compress(["b"] * 3) == "b*3"
-    assert interop_hf._compress(["a", "b", "a", "b"]) == "(a->b)*2"
-    assert interop_hf._compress(["a", "a", "b", "a", "a", "b"]) == "(a*2->b)*2"
-    assert interop_hf._compress(["a", "b", "b"]) == "a->b*2"
+    assert compress_layers(["b"] * 3) == "b*3"
+    assert compress_layers(["a", "b", "a", "b"]) == "(a->b)*2"
+    assert compress_layers(["a", "a", "b", "a", "a", "b"]) == "(a*2->b)*2"
+    assert compress_layers(["a", "b", "b"]) == "a->b*2"
 
 
 # --------------------------------------------------------------------------- errors
@@ -280,14 +179,14 @@ def test_unsupported_model_type():
 
 
 def test_unsupported_rope_scaling():
-    cfg = _cfg("llama")[1]
+    cfg = small_config("llama")[1]
     cfg.rope_parameters = {"rope_type": "proportional", "factor": 2.0, "rope_theta": 10000.0}
     with pytest.raises(hf.HFImportError, match="rope_type 'proportional'"):
         hf.to_config(cfg)
 
 
 def test_missing_and_unused_weights_are_named():
-    hf_model = _hf_model("llama")
+    hf_model = small_model("llama")
     state = dict(hf_model.state_dict())
     del state["model.layers.1.mlp.up_proj.weight"]
     state["model.layers.0.mlp.extra.weight"] = torch.zeros(3)
@@ -300,7 +199,7 @@ def test_missing_and_unused_weights_are_named():
 
 
 def test_tied_head_must_equal_embedding():
-    hf_model = _hf_model("gpt2")
+    hf_model = small_model("gpt2")
     state = dict(hf_model.state_dict())
     state["lm_head.weight"] = state["lm_head.weight"] + 1.0
     with pytest.raises(hf.HFImportError, match="differs from the tied embedding"):
@@ -308,7 +207,7 @@ def test_tied_head_must_equal_embedding():
 
 
 def test_tied_weights_are_one_parameter():
-    model = hf.from_hf(_hf_model("gpt2"))
+    model = hf.from_hf(small_model("gpt2"))
     assert model.head.head.weight is model.embed.embed.tok.weight
 
 
@@ -331,7 +230,7 @@ def test_missing_transformers_is_a_clear_error(monkeypatch, tmp_path):
 def test_base_model_keys_without_prefix():
     """Old GPT-2 checkpoints hold the base model's names ("h.0...", no "transformer.") and no
     lm_head (tied); old causal-mask buffers ("attn.bias") are not weights."""
-    hf_model = _hf_model("gpt2")
+    hf_model = small_model("gpt2")
     state = {
         k.removeprefix("transformer."): v
         for k, v in hf_model.state_dict().items()
@@ -341,7 +240,7 @@ def test_base_model_keys_without_prefix():
     weights = hf.convert_weights(hf_model.config, state)
     model = blockdsl.build_model(hf.to_config(hf_model.config))
     hf.load_weights(model, weights)
-    assert _max_diff(hf_model, model.eval(), _ids()) <= TOL
+    assert _max_diff(hf_model, model.eval(), token_ids()) <= TOL
 
 
 @pytest.mark.parametrize("rotary_pct", [0.25, 0.75, 0.6])
@@ -365,4 +264,4 @@ def test_gpt_neox_odd_rotary_dims_match(rotary_pct):
     model = hf.from_hf(hf_model)
     attn = model.layers[0].attn
     assert attn.rotary_size == int(12 * rotary_pct) and attn.rotary_size % 2 == 1
-    assert _max_diff(hf_model, model, _ids()) < 1e-5
+    assert _max_diff(hf_model, model, token_ids()) < 1e-5

@@ -8,6 +8,7 @@ as one named block repeated (``block*2``); every unsupported option is refused b
 from __future__ import annotations
 
 import os
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -16,10 +17,11 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 import blockdsl  # noqa: E402
+from blockdsl import hf  # noqa: E402
 from blockdsl.cli import main  # noqa: E402
-from blockdsl.interop import hf  # noqa: E402
+from tests.hf_configs import V, random_model, token_ids  # noqa: E402
 
-V, T, TOL = 97, 24, 1e-4
+T, TOL = 24, 1e-4
 FIXTURES = Path(__file__).parent / "fixtures" / "hf_classic"
 REGEN = os.environ.get("BLOCKDSL_REGEN") == "1"
 EAGER = {"attn_implementation": "eager"}
@@ -86,17 +88,10 @@ def _config(name: str, **extra):
 
 def _hf_model(name: str, seed: int = 0):
     """A random transformers model with every parameter re-randomised (norms and biases too)."""
-    torch.manual_seed(seed)
-    model = getattr(transformers, VARIANTS[name][0])(_config(name))
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=generator) * (0.5 if p.ndim == 1 else 0.15))
-    return model.eval()
+    return random_model(getattr(transformers, VARIANTS[name][0]), _config(name), seed)
 
 
-def _ids(seed: int = 1, batch: int = 2, length: int = T) -> torch.Tensor:
-    return torch.randint(0, V, (batch, length), generator=torch.Generator().manual_seed(seed))
+_ids = partial(token_ids, length=T)
 
 
 @torch.no_grad()

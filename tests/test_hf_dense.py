@@ -1,4 +1,4 @@
-"""Hugging Face import of the dense decoders (blockdsl/interop/hf_dense.py) and the features
+"""Hugging Face import of the dense decoders (blockdsl/hf/dense.py) and the features
 they need: each class converts to a blockdsl model with the same logits (float32, max abs diff
 <= 1e-4) and greedy continuations; RoPE scalings match transformers'; every unsupported option
 is refused by name."""
@@ -6,6 +6,7 @@ is refused by name."""
 from __future__ import annotations
 
 import os
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -15,10 +16,10 @@ transformers = pytest.importorskip("transformers")
 
 import blockdsl  # noqa: E402
 from blockdsl import hf  # noqa: E402
+from tests.hf_configs import V, random_model, token_ids  # noqa: E402
 
 FIXTURES = Path(__file__).parent / "fixtures" / "hf"
 REGEN = bool(os.environ.get("BLOCKDSL_REGEN"))
-V = 97
 T = 24  # longer than the windows and the LongRoPE original context below
 TOL = 1e-4
 
@@ -142,18 +143,10 @@ CLASSES = [
 
 def _hf_model(name: str, seed: int = 0, **extra):
     """A random HF model with every parameter re-randomised (norm weights and biases too)."""
-    torch.manual_seed(seed)
-    cls, cfg = _config(name, **extra)
-    model = cls(cfg)
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen) * (0.5 if p.ndim == 1 else 0.15))
-    return model.eval()
+    return random_model(*_config(name, **extra), seed)
 
 
-def _ids(seed: int = 1, batch: int = 2, length: int = T) -> torch.Tensor:
-    return torch.randint(0, V, (batch, length), generator=torch.Generator().manual_seed(seed))
+_ids = partial(token_ids, length=T)
 
 
 @torch.no_grad()

@@ -19,7 +19,7 @@ transformers = pytest.importorskip("transformers")
 import blockdsl  # noqa: E402
 from blockdsl import hf  # noqa: E402
 from blockdsl.cli import main  # noqa: E402
-from blockdsl.interop.hf_export import HFExportError, export_hf, hf_config_for  # noqa: E402
+from blockdsl.hf import HFExportError, export_hf, hf_config_for  # noqa: E402
 
 FIXTURES = Path(__file__).parent / "fixtures" / "export"
 REGEN = os.environ.get("BLOCKDSL_REGEN") == "1"
@@ -82,7 +82,7 @@ def test_round_trip(name, tmp_path):
     # import(export(m)) is m: the same plan and the same tensors
     back = hf.from_pretrained_dir(folder)
     assert hf_config_for(back)[0] == hf_config_for(model)[0]
-    from blockdsl.interop.hf_export import _plan, difference, signature
+    from blockdsl.hf.exporter import _plan, difference, signature
 
     plan = _plan(model.config)
     assert difference(plan, signature(plan), _plan(back.config)) == (set(), set())
@@ -196,3 +196,62 @@ def test_cli_errors(tmp_path, capsys):
     assert main(["export", str(tmp_path / "missing"), "--to", "hf", str(tmp_path / "o")]) == 2
     assert "no checkpoint file" in capsys.readouterr().err
     assert main(["export", "x", "--to", "onnx", str(tmp_path / "o")]) == 2
+
+
+def test_cli_export_writes_with_the_umask_prints_only_its_line_and_true_token_ids(tmp_path, capfd):
+    """A byte tokenizer has no bos/eos: config.json says null, not Llama's defaults 1 and 2;
+    folder and files get the umask's modes (not mkdtemp's 0700 / 0600); transformers' warnings
+    about its config defaults (token id 50256 outside a 97-token vocabulary) stay silent."""
+    from blockdsl.train.data import byte_tokenizer
+
+    model = shrunk("llama")
+    blockdsl.save(model, tmp_path / "model.safetensors")
+    byte_tokenizer().save(str(tmp_path / "tokenizer.json"))
+    out = tmp_path / "hf"
+    capfd.readouterr()
+    old = os.umask(0o027)
+    try:
+        argv = ["export", str(tmp_path / "model.safetensors"), "--to", "hf", str(out)]
+        status = main([*argv, "--tokenizer", str(tmp_path / "tokenizer.json")])
+    finally:
+        os.umask(old)
+    printed = capfd.readouterr()
+    assert status == 0
+    assert printed.err == ""
+    assert printed.out.count("\n") == 1 and "LlamaForCausalLM" in printed.out
+    assert out.stat().st_mode & 0o777 == 0o750
+    files = sorted(out.iterdir())
+    assert "tokenizer.json" in [f.name for f in files]
+    for path in files:
+        assert path.stat().st_mode & 0o777 == 0o640, path.name
+    for name in ("config.json", "generation_config.json"):
+        written = json.loads((out / name).read_text())
+        assert written.get("bos_token_id") is None and written.get("eos_token_id") is None, name
+    assert transformers.AutoTokenizer.from_pretrained(out).eos_token_id is None
+
+
+def test_the_search_builds_few_and_small_configs(monkeypatch):
+    """The export search of a 2-layer Mamba took minutes: it tried every number the model
+    holds (up to 65536) as the layer count of every architecture, and Jamba's config validates
+    a list per layer. Now a field that sets the layer count is tried near it only, so every
+    config built stays small and few are built."""
+    from blockdsl.hf import exporter
+
+    built: list[dict] = []
+    build = exporter._Search.build
+
+    def counted(self, kwargs):
+        built.append(kwargs)
+        return build(self, kwargs)
+
+    monkeypatch.setattr(exporter._Search, "build", counted)
+    config = hf.to_config(
+        transformers.MambaConfig(
+            vocab_size=97, hidden_size=64, state_size=8, num_hidden_layers=2, expand=2
+        )
+    )
+    assert hf_config_for(config)[0] == "mamba"
+    layers = [k["num_hidden_layers"] for k in built if isinstance(k.get("num_hidden_layers"), int)]
+    # the probes for verbatim copies (2x and 3x the default 32) are the largest
+    assert layers and max(layers) <= 96
+    assert len(built) <= 400

@@ -5,14 +5,16 @@ equal greedy continuations, also decoding through the state."""
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 import torch
 
 transformers = pytest.importorskip("transformers")
 
 from blockdsl import hf  # noqa: E402
+from tests.hf_configs import V, random_model, token_ids  # noqa: E402
 
-V = 97
 T = 20
 TOL = 1e-4
 
@@ -66,24 +68,17 @@ def _lfm2(**extra):
 
 
 def _random(make, seed: int = 0, **extra):
-    torch.manual_seed(seed)
-    cls, cfg = make(**extra)
-    model = cls(cfg)
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            std = 0.5 if p.ndim == 1 else 0.15
-            p.copy_(torch.randn(p.shape, generator=gen) * std)
-    return model.eval()
+    return random_model(*make(**extra), seed)
 
 
-def _ids(seed: int = 1, batch: int = 2, length: int = T) -> torch.Tensor:
-    return torch.randint(0, V, (batch, length), generator=torch.Generator().manual_seed(seed))
+_ids = partial(token_ids, length=T)
 
 
 VARIANTS = [
     (_qwen3_next, {}),
     (_qwen3_next, {"decoder_sparse_step": 2, "mlp_only_layers": [], "tie_word_embeddings": True}),
+    # head_dim 16 x 0.3125 = 5 rotary dims: odd, which transformers runs as GPT-NeoX does
+    (_qwen3_next, {"rope_parameters": {"rope_theta": 500.0, "partial_rotary_factor": 0.3125}}),
     (_lfm2, {}),
     (_lfm2, {"conv_bias": True, "tie_word_embeddings": False, "block_auto_adjust_ff_dim": False}),
 ]

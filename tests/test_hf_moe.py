@@ -5,6 +5,8 @@ in training, seeded; each refused option named."""
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 import torch
 
@@ -13,8 +15,8 @@ transformers = pytest.importorskip("transformers")
 import blockdsl  # noqa: E402
 from blockdsl import hf  # noqa: E402
 from blockdsl.registry import REGISTRY  # noqa: E402
+from tests.hf_configs import V, random_model, randomised, token_ids  # noqa: E402
 
-V = 97
 T = 20
 TOL = 1e-4
 
@@ -123,26 +125,10 @@ def _cfg(name: str, **extra):
 
 def _hf_model(name: str, seed: int = 0, **extra):
     """A random HF model of a class above."""
-    torch.manual_seed(seed)
-    cls, cfg = _cfg(name, **extra)
-    return _randomised(cls(cfg), seed)
+    return random_model(*_cfg(name, **extra), seed)
 
 
-def _randomised(model, seed: int = 0):
-    """Every parameter (and DeepSeek-V3's correction bias, a buffer) re-randomised."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            std = 0.5 if p.ndim == 1 else 0.15
-            p.copy_(torch.randn(p.shape, generator=gen) * std)
-        for n, b in model.named_buffers():
-            if n.endswith("e_score_correction_bias"):
-                b.copy_(torch.randn(b.shape, generator=gen) * 0.3)
-    return model.eval()
-
-
-def _ids(seed: int = 1, batch: int = 2, length: int = T) -> torch.Tensor:
-    return torch.randint(0, V, (batch, length), generator=torch.Generator().manual_seed(seed))
+_ids = partial(token_ids, length=T)
 
 
 @torch.no_grad()
@@ -201,7 +187,7 @@ def _mixtral(jitter: float):
         num_experts_per_tok=2,
         router_jitter_noise=jitter,
     )
-    return _randomised(transformers.MixtralForCausalLM(cfg))
+    return randomised(transformers.MixtralForCausalLM(cfg))
 
 
 def test_mixtral_jitter_matches_in_training():

@@ -10,9 +10,10 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from blockdsl.interop import hf  # noqa: E402
+from blockdsl import hf  # noqa: E402
+from tests.hf_configs import V, random_model  # noqa: E402
 
-V, T, TOL = 97, 20, 1e-4
+T, TOL = 20, 1e-4
 
 
 def _cfg(name: str):
@@ -70,14 +71,7 @@ def _cfg(name: str):
 
 
 def _hf_model(name: str):
-    torch.manual_seed(0)
-    cls, cfg = _cfg(name)
-    model = cls(cfg)
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen) * (0.5 if p.ndim == 1 else 0.15))
-    return model.eval()
+    return random_model(*_cfg(name))
 
 
 NAMES = ["mamba", "mamba2", "recurrent_gemma", "jamba", "bamba", "falcon_h1"]

@@ -26,7 +26,7 @@ blockdsl export runs/tiny/checkpoints/step_0000200 --to hf hf/tiny --force
 blockdsl export model.safetensors --to hf hf/model --tokenizer data/tokenizer.json
 """
 
-EXPORT = "blockdsl:export_hf"
+EXPORT = "blockdsl.hf.exporter:export_hf"
 OPTIONS = (
     Option("--force", "replace a non-empty DIR", EXPORT),
     Option("--tokenizer", "a tokenizer.json (default: the run's, if any)", EXPORT, metavar="FILE"),
@@ -42,7 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, out: TextIO) -> int:
-    from blockdsl import export_hf
+    from blockdsl.hf.exporter import export_hf
 
     folder = export_hf(args.source, args.out, **options_from(args, OPTIONS))
     config = json.loads((folder / "config.json").read_text(encoding="utf-8"))

@@ -55,15 +55,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, out: TextIO) -> int:
     import torch
 
-    from blockdsl.checkpoint import eos_ids, load_generator
+    from blockdsl import checkpoint
     from blockdsl.generate import GenerationError, stream_text
 
     if bool(args.path) == bool(args.from_hf):
         raise GenerationError("give a run or checkpoint, or --from-hf DIR (one of them)")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model, tokenizer = load_generator(
-        args.from_hf or args.path, from_hf=bool(args.from_hf), device=device
-    )
+    stop = None
+    if args.from_hf:
+        from blockdsl import hf
+
+        model, tokenizer = hf.load_generator(args.from_hf, device=device)
+        stop = hf.eos_ids(args.from_hf)
+    else:
+        model, tokenizer = checkpoint.load_generator(args.path, device=device)
     steps = args.max_new_tokens
     if steps is None:
         steps = max(0, min(128, model.config.context - len(tokenizer.encode(args.prompt).ids)))
@@ -76,7 +81,7 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
         args.prompt,
         steps,
         generator=generator,
-        stop=eos_ids(args.from_hf) if args.from_hf else None,
+        stop=stop,
         **options_from(args, SAMPLING),
     )
     first = next(pieces, "")  # bad prompts and options are reported before any output

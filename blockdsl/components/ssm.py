@@ -16,7 +16,7 @@ Each has two forms that compute the same function:
 
 Parameter names and layouts follow transformers' ``MambaMixer``, ``Mamba2Mixer`` and
 ``RecurrentGemmaRecurrentBlock`` so that importing their weights is a renaming
-(``blockdsl.interop``). Shapes in comments: ``B`` batch, ``T`` time, ``D`` model width, ``E``
+(``blockdsl.hf``). Shapes in comments: ``B`` batch, ``T`` time, ``D`` model width, ``E``
 inner width, ``N`` state size, ``H`` heads, ``P`` head size, ``G`` B/C groups, ``K`` conv
 kernel, ``W`` recurrence width.
 """

@@ -14,6 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from blockdsl.lower import component_paths, first_nonfinite_component, first_tensor
+
 __all__ = [
     "DEFAULT_GLOBALS",
     "INVARIANTS",
@@ -124,29 +126,11 @@ def _close(a: torch.Tensor, b: torch.Tensor, rtol: float, atol: float) -> bool:
     return bool(torch.allclose(a.float(), b.float(), rtol=rtol, atol=atol, equal_nan=True))
 
 
-def _component_modules(root: nn.Module) -> list[tuple[str, nn.Module]]:
-    """The modules that stand for components (direct children of a compiled block), with their
-    paths; for a plain module, its leaf modules."""
-    from blockdsl.lower import BlockModule
-
-    found: list[tuple[str, nn.Module]] = []
-    seen: set[int] = set()
-    for path, module in root.named_modules():
-        if isinstance(module, BlockModule):
-            for name, child in module.named_children():
-                if id(child) not in seen and not isinstance(child, BlockModule):
-                    seen.add(id(child))
-                    found.append((f"{path}.{name}" if path else name, child))
-    if not found and not isinstance(root, BlockModule):
-        found = [(p, m) for p, m in root.named_modules() if p and not list(m.children())]
-    return found
-
-
 def _owner(root: nn.Module, param_name: str) -> str:
     """The component path that owns a parameter (``layers.0.attn.q.weight`` -> the
     ``layers.0.attn`` component), else the parameter's module path."""
     best = ""
-    for path, _ in _component_modules(root):
+    for path, _ in component_paths(root):
         if (param_name.startswith(path + ".") or param_name == path) and len(path) > len(best):
             best = path
     return best or param_name.rpartition(".")[0] or param_name
@@ -381,52 +365,13 @@ def _check_causality(
     )
 
 
-def _first_tensor(value: Any) -> torch.Tensor | None:
-    if isinstance(value, torch.Tensor):
-        return value
-    if isinstance(value, (tuple, list)):
-        for item in value:
-            found = _first_tensor(item)
-            if found is not None:
-                return found
-    return None
-
-
-def first_nonfinite_component(module: nn.Module, *inputs: Any, **context: Any) -> str | None:
-    """The path of the first component of ``module`` (in execution order) whose output holds
-    NaN or inf although its input is finite, running ``module(*inputs, **context)`` once
-    without gradients; None when every output is finite or the first non-finite value came
-    in from outside the components."""
-    calls: list[tuple[str, Any, Any]] = []
-    handles = []
-    for path, mod in _component_modules(module):
-
-        def hook(_m: nn.Module, args: Any, output: Any, path: str = path) -> None:
-            calls.append((path, _first_tensor(args), _first_tensor(output)))
-
-        handles.append(mod.register_forward_hook(hook))
-    try:
-        with torch.no_grad():
-            module(*inputs, **context)
-    finally:
-        for handle in handles:
-            handle.remove()
-    for path, inp, result in calls:
-        if result is None or not result.is_floating_point() or torch.isfinite(result).all():
-            continue
-        if inp is not None and inp.is_floating_point() and not torch.isfinite(inp).all():
-            return None
-        return path
-    return None
-
-
 def _record(subject: _Subject, feed: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
     calls: list[tuple[str, Any, Any]] = []
     handles = []
-    for path, mod in _component_modules(subject.module):
+    for path, mod in component_paths(subject.module):
 
         def hook(_m: nn.Module, inputs: Any, output: Any, path: str = path) -> None:
-            calls.append((path, _first_tensor(inputs), _first_tensor(output)))
+            calls.append((path, first_tensor(inputs), first_tensor(output)))
 
         handles.append(mod.register_forward_hook(hook))
     try:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from blockdsl.errors import BlockDSLError
+from blockdsl.hf.base import HFImportError
 from blockdsl.untrusted import read_json_object, require_regular_file
 
 #: integer sizes a config.json may hold that must be at least 1 where present
@@ -67,8 +68,6 @@ LAYER_SLACK = 1024
 
 
 def _error(message: str, hint: str | None = None) -> BlockDSLError:
-    from blockdsl.interop.hf import HFImportError
-
     return HFImportError(message, hint=hint)
 
 
@@ -249,3 +248,15 @@ __all__ = [
     "weight_files",
     "weight_shapes",
 ]
+
+
+def eos_ids(path: str | os.PathLike) -> list[int]:
+    """The end-of-sequence token ids a Hugging Face folder's ``config.json`` names (its
+    ``generation_config.json`` first), for ``stop``; empty when it names none."""
+    for name in ("generation_config.json", "config.json"):
+        file = Path(path) / name
+        if file.exists():
+            ids = eos_token_ids(read_json_object(file).get("eos_token_id"), str(file))
+            if ids:
+                return ids
+    return []

@@ -13,17 +13,17 @@ from typing import Any
 
 import torch
 
-from blockdsl.interop.hf import (
+from blockdsl.hf.base import (
     Architecture,
     HFImportError,
     WeightMapper,
-    _act,
-    _compress,
-    _config,
-    _fraction,
-    _rope,
-    _unsupported,
+    activation,
+    compress_layers,
+    default_rope,
+    model_config,
     register_architecture,
+    rotary_fraction,
+    unsupported,
 )
 
 #: The context of a model without attention: nothing depends on positions, so it only bounds
@@ -38,7 +38,7 @@ def _rename(m: WeightMapper, src: str, dst: str) -> None:
 
 
 def _layers(kinds: list[str]) -> str:
-    return _compress(kinds)
+    return compress_layers(kinds)
 
 
 # --------------------------------------------------------------------------- mamba
@@ -46,7 +46,7 @@ def _layers(kinds: list[str]) -> str:
 
 def _mamba_args(cfg: Any, t: str) -> dict:
     if cfg.hidden_act != "silu":
-        raise _unsupported(t, f"hidden_act '{cfg.hidden_act}' in the mixer")
+        raise unsupported(t, f"hidden_act '{cfg.hidden_act}' in the mixer")
     return {
         "state": cfg.state_size,
         "inner": cfg.intermediate_size,
@@ -60,7 +60,7 @@ def _mamba_args(cfg: Any, t: str) -> dict:
 
 
 def config_mamba(cfg: Any) -> dict:
-    return _config(
+    return model_config(
         cfg,
         layers=f"block*{cfg.num_hidden_layers}",
         blocks={"block": "Norm->Mamba->+"},
@@ -109,14 +109,14 @@ def _mamba2_args(
     norm: bool = True,
 ) -> dict:
     if act != "silu":
-        raise _unsupported(t, f"hidden_act '{act}' in the mixer")
+        raise unsupported(t, f"hidden_act '{act}' in the mixer")
     if heads * head_dim != inner:
         raise HFImportError(
             f"{t}: num_heads * head_dim = {heads * head_dim} differs from the inner width "
             f"{inner} (expand * hidden_size); transformers' mixer cannot run this config either"
         )
     if limit is not None and tuple(limit) != (0.0, float("inf")):
-        raise _unsupported(t, f"time_step_limit {tuple(limit)} (Δ clamping)")
+        raise unsupported(t, f"time_step_limit {tuple(limit)} (Δ clamping)")
     args = {
         "state": state,
         "inner": inner,
@@ -152,7 +152,7 @@ def config_mamba2(cfg: Any) -> dict:
         limit=cfg.time_step_limit,
     )
     mamba2["dt_min"], mamba2["dt_max"] = cfg.time_step_min, cfg.time_step_max
-    return _config(
+    return model_config(
         cfg,
         layers=f"block*{cfg.num_hidden_layers}",
         blocks={"block": "Norm->Mamba2->+"},
@@ -184,20 +184,20 @@ def _recurrent_gemma_kinds(cfg: Any) -> list[str]:
     kinds = []
     for kind in cfg.layers_block_type:
         if kind not in _GRIFFIN_KINDS:
-            raise _unsupported("recurrent_gemma", f"block type '{kind}'")
+            raise unsupported("recurrent_gemma", f"block type '{kind}'")
         kinds.append(_GRIFFIN_KINDS[kind])
     return kinds
 
 
 def config_recurrent_gemma(cfg: Any) -> dict:
     t = "recurrent_gemma"
-    theta, fraction = _rope(cfg, t)
+    theta, fraction = default_rope(cfg, t)
     head_dim = cfg.head_dim
     kinds = _recurrent_gemma_kinds(cfg)
-    act = _act(cfg.hidden_activation, t)
+    act = activation(cfg.hidden_activation, t)
     # transformers keeps sqrt(hidden_size) as a bfloat16 buffer: the same rounded value here
     normalizer = float(torch.tensor(cfg.hidden_size**0.5, dtype=torch.bfloat16))
-    config = _config(
+    config = model_config(
         cfg,
         layers=_layers(kinds),
         blocks={
@@ -218,7 +218,7 @@ def config_recurrent_gemma(cfg: Any) -> dict:
                 "head_dim": head_dim,
                 "pos": "rope",
                 "rope_theta": theta,
-                "rope_fraction": _fraction(int(head_dim * fraction), head_dim),
+                "rope_fraction": rotary_fraction(int(head_dim * fraction), head_dim),
                 "window": cfg.attention_window_size,
                 "bias": bool(cfg.attention_bias),
             },
@@ -269,7 +269,7 @@ def config_jamba(cfg: Any) -> dict:
         "eps": cfg.rms_norm_eps,
     }
     if cfg.hidden_act != "silu":
-        raise _unsupported(t, f"hidden_act '{cfg.hidden_act}'")
+        raise unsupported(t, f"hidden_act '{cfg.hidden_act}'")
     ffn = {"hidden": cfg.intermediate_size, "act": "silu", "gated": True}
     kinds = []
     for mixer, experts in zip(cfg.layers_block_type, cfg.layers_num_experts):
@@ -297,7 +297,7 @@ def config_jamba(cfg: Any) -> dict:
             "aux_loss": cfg.router_aux_loss_coef,
         },
     }
-    return _config(cfg, layers=_layers(kinds), blocks=blocks, defaults=defaults)
+    return model_config(cfg, layers=_layers(kinds), blocks=blocks, defaults=defaults)
 
 
 def weights_jamba(cfg: Any, m: WeightMapper) -> None:
@@ -332,7 +332,7 @@ def weights_jamba(cfg: Any, m: WeightMapper) -> None:
 
 def config_bamba(cfg: Any) -> dict:
     t = "bamba"
-    theta, fraction = _rope(cfg, t)
+    theta, fraction = default_rope(cfg, t)
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
     inner = int(cfg.mamba_expand * cfg.hidden_size)
     mamba2 = _mamba2_args(
@@ -352,7 +352,7 @@ def config_bamba(cfg: Any) -> dict:
         limit=getattr(cfg, "time_step_limit", None),
     )
     kinds = ["attention" if k == "full_attention" else "mamba" for k in cfg.layers_block_type]
-    return _config(
+    return model_config(
         cfg,
         layers=_layers(kinds),
         blocks={
@@ -368,12 +368,12 @@ def config_bamba(cfg: Any) -> dict:
                 "head_dim": head_dim,
                 "pos": "rope",
                 "rope_theta": theta,
-                "rope_fraction": _fraction(int(head_dim * fraction), head_dim),
+                "rope_fraction": rotary_fraction(int(head_dim * fraction), head_dim),
                 "bias": bool(cfg.attention_bias),
             },
             "MLP": {
                 "hidden": cfg.intermediate_size,
-                "act": _act(cfg.hidden_act, t),
+                "act": activation(cfg.hidden_act, t),
                 "gated": True,
                 "bias": bool(cfg.mlp_bias),
             },
@@ -416,13 +416,13 @@ def config_falcon_h1(cfg: Any) -> dict:
     constants in front of or behind linear maps, so the import folds them into those weights
     (``weights_falcon_h1``): the same function with plain components."""
     t = "falcon_h1"
-    theta, fraction = _rope(cfg, t)
+    theta, fraction = default_rope(cfg, t)
     if fraction != 1.0:
-        raise _unsupported(t, "partial_rotary_factor")
+        raise unsupported(t, "partial_rotary_factor")
     if bool(cfg.mamba_proj_bias) != bool(cfg.projectors_bias):
-        raise _unsupported(t, "mamba_proj_bias differing from projectors_bias")
+        raise unsupported(t, "mamba_proj_bias differing from projectors_bias")
     if cfg.tie_word_embeddings and (cfg.embedding_multiplier != 1 or cfg.lm_head_multiplier != 1):
-        raise _unsupported(t, "tied embeddings with embedding or lm_head multipliers")
+        raise unsupported(t, "tied embeddings with embedding or lm_head multipliers")
     inner, heads, head_dim = _falcon_h1_sizes(cfg)
     mamba2 = _mamba2_args(
         t,
@@ -451,7 +451,7 @@ def config_falcon_h1(cfg: Any) -> dict:
     L = cfg.num_hidden_layers
     blocks = {f"mixer{i}": f"Norm#ln{i}->Mamba2->+ | Norm#ln{i}->Attn->+" for i in range(L)}
     blocks["mlp"] = "Norm->MLP->+"
-    return _config(
+    return model_config(
         cfg,
         layers="->".join(f"mixer{i}->mlp" for i in range(L)),
         blocks=blocks,
@@ -468,7 +468,7 @@ def config_falcon_h1(cfg: Any) -> dict:
             },
             "MLP": {
                 "hidden": cfg.intermediate_size,
-                "act": _act(cfg.hidden_act, t),
+                "act": activation(cfg.hidden_act, t),
                 "gated": True,
                 "bias": bool(cfg.mlp_bias),
             },

@@ -1,6 +1,6 @@
-"""Dense decoder architectures for the Hugging Face import: Qwen2, Qwen3, Gemma, Gemma 3,
-OLMo, OLMo 2, Cohere, StableLM, Phi-3, Granite, StarCoder2, Persimmon and Nemotron (one
-``Architecture`` record each).
+"""Dense decoder architectures for the Hugging Face import: Llama, Mistral, Gemma 2, Qwen2,
+Qwen3, Gemma, Gemma 3, OLMo, OLMo 2, Cohere, StableLM, Phi-3, Granite, StarCoder2, Persimmon
+and Nemotron (one ``Architecture`` record each).
 
 Each is a Llama relative that differs in a few named places (q/k norms, biases, norm kind and
 placement, multipliers, fused projections), and each difference is an argument of a built-in
@@ -17,19 +17,129 @@ from typing import Any
 
 import torch
 
-from blockdsl.interop.hf import (
+from blockdsl.hf.base import (
     Architecture,
     WeightMapper,
-    _act,
-    _compress,
-    _config,
-    _fraction,
-    _rope_args,
-    _unsupported,
+    activation,
+    compress_layers,
+    default_rope,
+    llama_attention_weights,
+    llama_like_config,
+    llama_mlp_weights,
+    llama_weights,
+    model_config,
     register_architecture,
+    rope_args,
+    rotary_fraction,
+    unsupported,
 )
 
 Tensor = torch.Tensor
+
+
+# ---------------------------------------------------------------- llama, mistral
+
+
+def _config_llama(cfg: Any) -> dict:
+    return llama_like_config(cfg, "llama")
+
+
+def _config_mistral(cfg: Any) -> dict:
+    return llama_like_config(cfg, "mistral", window=True)
+
+
+def _weights_llama(cfg: Any, m: WeightMapper) -> None:
+    llama_weights(cfg, m)
+
+
+register_architecture(
+    Architecture("llama", "LlamaForCausalLM", "model", config=_config_llama, weights=_weights_llama)
+)
+register_architecture(
+    Architecture(
+        "mistral", "MistralForCausalLM", "model", config=_config_mistral, weights=_weights_llama
+    )
+)
+
+
+# ---------------------------------------------------------------- gemma2
+
+
+def _config_gemma2(cfg: Any) -> dict:
+    t = "gemma2"
+    if getattr(cfg, "use_bidirectional_attention", False):
+        raise unsupported(t, "use_bidirectional_attention")
+    theta, fraction = default_rope(cfg, t)
+    if fraction != 1.0:
+        raise unsupported(t, "partial_rotary_factor")
+    L = cfg.num_hidden_layers
+    kinds = list(cfg.layer_types or [])
+    if len(kinds) != L or not set(kinds) <= {"sliding_attention", "full_attention"}:
+        raise unsupported(t, f"layer_types {kinds}")
+    sandwich = "Norm->Attn{}->Norm->+->Norm->MLP->Norm->+"
+    blocks: dict[str, str] = {}
+    names = []
+    for kind in kinds:
+        if kind == "sliding_attention" and cfg.sliding_window is not None:
+            blocks["local"] = sandwich.format(f"(window={int(cfg.sliding_window)})")
+            names.append("local")
+        else:
+            blocks["global"] = sandwich.format("")
+            names.append("global")
+    softcap = getattr(cfg, "attn_logit_softcapping", None)
+    final_softcap = getattr(cfg, "final_logit_softcapping", None)
+    act = getattr(cfg, "hidden_activation", None) or cfg.hidden_act
+    defaults: dict[str, dict] = {
+        "Norm": {"kind": "rms", "eps": cfg.rms_norm_eps, "unit_offset": True},
+        "Attn": {
+            "heads": cfg.num_attention_heads,
+            "kv_heads": cfg.num_key_value_heads,
+            "head_dim": cfg.head_dim,
+            "pos": "rope",
+            "rope_theta": theta,
+            "scale": float(cfg.query_pre_attn_scalar) ** -0.5,
+            "bias": bool(getattr(cfg, "attention_bias", False)),
+        },
+        "MLP": {
+            "hidden": cfg.intermediate_size,
+            "act": activation(act, t),
+            "gated": True,
+            "bias": False,
+        },
+        "Embed": {"scale": "sqrt_d"},
+    }
+    if softcap is not None:
+        defaults["Attn"]["softcap"] = float(softcap)
+    if final_softcap is not None:
+        defaults["Head"] = {"softcap": float(final_softcap)}
+    return model_config(
+        cfg,
+        layers=compress_layers(names),
+        blocks=blocks,
+        defaults=defaults,
+        tied_by_default=True,
+    )
+
+
+def _weights_gemma2(cfg: Any, m: WeightMapper) -> None:
+    m.put("embed.embed.tok.weight", "model.embed_tokens.weight")
+    for i in range(cfg.num_hidden_layers):
+        p, q = f"model.layers.{i}", f"layers.{i}"
+        m.norm(f"{q}.norm", f"{p}.input_layernorm", bias=False)
+        llama_attention_weights(cfg, m, p, q)
+        m.norm(f"{q}.norm_1", f"{p}.post_attention_layernorm", bias=False)
+        m.norm(f"{q}.norm_2", f"{p}.pre_feedforward_layernorm", bias=False)
+        llama_mlp_weights(cfg, m, p, q)
+        m.norm(f"{q}.norm_3", f"{p}.post_feedforward_layernorm", bias=False)
+    m.norm("head.norm", "model.norm", bias=False)
+    m.head(cfg, "model.embed_tokens.weight", getattr(cfg, "tie_word_embeddings", True))
+
+
+register_architecture(
+    Architecture(
+        "gemma2", "Gemma2ForCausalLM", "model", config=_config_gemma2, weights=_weights_gemma2
+    )
+)
 
 
 # --------------------------------------------------------------------------- shared helpers
@@ -43,7 +153,7 @@ def _attn(cfg: Any, t: str, *, partial: bool = False, params: Any = None) -> dic
     """``Attn`` defaults of a GQA + RoPE attention: heads, kv heads, head size, the rotary
     (scaled or not; a partial rotary only where the architecture has one)."""
     head_dim = _head_dim(cfg)
-    rope, fraction = _rope_args(cfg, t, params)
+    rope, fraction = rope_args(cfg, t, params)
     attn: dict[str, Any] = {
         "heads": cfg.num_attention_heads,
         "kv_heads": getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads,
@@ -53,8 +163,8 @@ def _attn(cfg: Any, t: str, *, partial: bool = False, params: Any = None) -> dic
     }
     if fraction != 1.0:
         if not partial:
-            raise _unsupported(t, "partial_rotary_factor")
-        attn["rope_fraction"] = _fraction(int(head_dim * fraction), head_dim)
+            raise unsupported(t, "partial_rotary_factor")
+        attn["rope_fraction"] = rotary_fraction(int(head_dim * fraction), head_dim)
     return attn
 
 
@@ -64,7 +174,7 @@ def _windows(cfg: Any, t: str) -> list[str]:
     L = cfg.num_hidden_layers
     kinds = list(getattr(cfg, "layer_types", None) or ["full_attention"] * L)
     if len(kinds) != L or not set(kinds) <= {"sliding_attention", "full_attention"}:
-        raise _unsupported(t, f"layer_types {kinds}")
+        raise unsupported(t, f"layer_types {kinds}")
     window = getattr(cfg, "sliding_window", None)
     return ["local" if k == "sliding_attention" and window is not None else "global" for k in kinds]
 
@@ -76,7 +186,7 @@ def _layered(cfg: Any, block: str, kinds: list[str], window_step: str = "Attn") 
         return {"block": block}, f"block*{len(kinds)}"
     local = block.replace(window_step, f"{window_step}(window={int(cfg.sliding_window)})", 1)
     blocks = {"local": local, "global": block}
-    return {k: blocks[k] for k in dict.fromkeys(kinds)}, _compress(kinds)
+    return {k: blocks[k] for k in dict.fromkeys(kinds)}, compress_layers(kinds)
 
 
 def _rms(cfg: Any, **extra: Any) -> dict:
@@ -85,7 +195,7 @@ def _rms(cfg: Any, **extra: Any) -> dict:
 
 def _gated_mlp(cfg: Any, t: str, bias: bool = False) -> dict:
     act = getattr(cfg, "hidden_activation", None) or cfg.hidden_act
-    return {"hidden": cfg.intermediate_size, "act": _act(act, t), "gated": True, "bias": bias}
+    return {"hidden": cfg.intermediate_size, "act": activation(act, t), "gated": True, "bias": bias}
 
 
 def _tied(cfg: Any, default: bool) -> bool:
@@ -155,7 +265,7 @@ def config_qwen2(cfg: Any) -> dict:
     blocks, layers = _layered(cfg, PRE_NORM, _windows(cfg, t))
     attn = {**_attn(cfg, t), "qkv_bias": True}
     defaults = {"Norm": _rms(cfg), "Attn": attn, "MLP": _gated_mlp(cfg, t)}
-    return _config(cfg, layers=layers, blocks=blocks, defaults=defaults)
+    return model_config(cfg, layers=layers, blocks=blocks, defaults=defaults)
 
 
 def weights_qwen2(cfg: Any, m: WeightMapper) -> None:
@@ -175,7 +285,7 @@ def config_qwen3(cfg: Any) -> dict:
         "qk_norm_eps": cfg.rms_norm_eps,
     }
     defaults = {"Norm": _rms(cfg), "Attn": attn, "MLP": _gated_mlp(cfg, t)}
-    return _config(cfg, layers=layers, blocks=blocks, defaults=defaults)
+    return model_config(cfg, layers=layers, blocks=blocks, defaults=defaults)
 
 
 def weights_qwen3(cfg: Any, m: WeightMapper) -> None:
@@ -196,9 +306,9 @@ def config_gemma(cfg: Any) -> dict:
     GELU, a tied head."""
     t = "gemma"
     if getattr(cfg, "use_bidirectional_attention", False):
-        raise _unsupported(t, "use_bidirectional_attention")
+        raise unsupported(t, "use_bidirectional_attention")
     attn = {**_attn(cfg, t), "bias": bool(getattr(cfg, "attention_bias", False))}
-    return _config(
+    return model_config(
         cfg,
         layers=f"block*{cfg.num_hidden_layers}",
         blocks={"block": PRE_NORM},
@@ -227,7 +337,7 @@ def config_gemma3(cfg: Any) -> dict:
     layers' ``rope_theta`` inline)."""
     t = "gemma3_text"
     if getattr(cfg, "use_bidirectional_attention", False):
-        raise _unsupported(t, "use_bidirectional_attention")
+        raise unsupported(t, "use_bidirectional_attention")
     kinds = _windows(cfg, t)
     rope = dict(getattr(cfg, "rope_parameters", None) or {})
     attn = {
@@ -257,7 +367,7 @@ def config_gemma3(cfg: Any) -> dict:
     }
     if cfg.final_logit_softcapping is not None:
         defaults["Head"] = {"softcap": float(cfg.final_logit_softcapping)}
-    return _config(cfg, layers=layers, blocks=blocks, defaults=defaults, tied_by_default=True)
+    return model_config(cfg, layers=layers, blocks=blocks, defaults=defaults, tied_by_default=True)
 
 
 def _value(value: Any) -> str:
@@ -297,7 +407,7 @@ def config_olmo(cfg: Any) -> dict:
     attn = {**_attn(cfg, t), "bias": bool(cfg.attention_bias)}
     if cfg.clip_qkv is not None:
         attn["clip_qkv"] = float(cfg.clip_qkv)
-    return _config(
+    return model_config(
         cfg,
         layers=f"block*{cfg.num_hidden_layers}",
         blocks={"block": PRE_NORM},
@@ -330,7 +440,7 @@ def config_olmo2(cfg: Any) -> dict:
         "qk_norm_over": "all",
         "qk_norm_eps": cfg.rms_norm_eps,
     }
-    return _config(
+    return model_config(
         cfg,
         layers=f"block*{cfg.num_hidden_layers}",
         blocks={"block": "Attn->Norm->+->MLP->Norm->+"},
@@ -382,7 +492,7 @@ def config_cohere(cfg: Any) -> dict:
     }
     if cfg.logit_scale is not None and cfg.logit_scale != 1.0:
         defaults["Head"] = {"scale": float(cfg.logit_scale)}
-    return _config(
+    return model_config(
         cfg,
         layers=f"block*{cfg.num_hidden_layers}",
         blocks={"block": PARALLEL_SHARED},
@@ -420,7 +530,7 @@ def config_stablelm(cfg: Any) -> dict:
             qk_norm_eps=cfg.layer_norm_eps,
         )
     block = PARALLEL_SHARED if cfg.use_parallel_residual else PRE_NORM
-    return _config(
+    return model_config(
         cfg,
         layers=f"block*{cfg.num_hidden_layers}",
         blocks={"block": block},
@@ -469,7 +579,7 @@ def config_phi3(cfg: Any) -> dict:
     attn = _attn(cfg, t, partial=True)
     if cfg.sliding_window is not None:
         attn["window"] = int(cfg.sliding_window)
-    return _config(
+    return model_config(
         cfg,
         layers=f"block*{cfg.num_hidden_layers}",
         blocks={"block": PRE_NORM},
@@ -521,7 +631,7 @@ def config_granite(cfg: Any) -> dict:
         defaults["Embed"] = {"scale": float(cfg.embedding_multiplier)}
     if cfg.logits_scaling != 1.0:
         defaults["Head"] = {"scale": 1.0 / float(cfg.logits_scaling)}
-    return _config(
+    return model_config(
         cfg, layers=f"block*{cfg.num_hidden_layers}", blocks={"block": block}, defaults=defaults
     )
 
@@ -548,7 +658,7 @@ def config_starcoder2(cfg: Any) -> dict:
     attn = {**_attn(cfg, t), "bias": bool(cfg.use_bias)}
     if cfg.sliding_window is not None:
         attn["window"] = int(cfg.sliding_window)
-    return _config(
+    return model_config(
         cfg,
         layers=f"block*{cfg.num_hidden_layers}",
         blocks={"block": PRE_NORM},
@@ -557,7 +667,7 @@ def config_starcoder2(cfg: Any) -> dict:
             "Attn": attn,
             "MLP": {
                 "hidden": cfg.intermediate_size,
-                "act": _act(cfg.hidden_act, t),
+                "act": activation(cfg.hidden_act, t),
                 "gated": False,
                 "bias": bool(cfg.use_bias),
             },
@@ -591,7 +701,7 @@ def config_persimmon(cfg: Any) -> dict:
         attn.update(
             qk_norm=True, qk_norm_kind="layer", qk_norm_bias=True, qk_norm_eps=cfg.layer_norm_eps
         )
-    return _config(
+    return model_config(
         cfg,
         layers=f"block*{cfg.num_hidden_layers}",
         blocks={"block": PRE_NORM},
@@ -600,7 +710,7 @@ def config_persimmon(cfg: Any) -> dict:
             "Attn": attn,
             "MLP": {
                 "hidden": cfg.intermediate_size,
-                "act": _act(cfg.hidden_act, t),
+                "act": activation(cfg.hidden_act, t),
                 "gated": False,
                 "bias": True,
             },
@@ -641,7 +751,7 @@ def config_nemotron(cfg: Any) -> dict:
     rotary, a squared-ReLU MLP."""
     t = "nemotron"
     attn = {**_attn(cfg, t, partial=True), "bias": bool(cfg.attention_bias)}
-    return _config(
+    return model_config(
         cfg,
         layers=f"block*{cfg.num_hidden_layers}",
         blocks={"block": PRE_NORM},
@@ -650,7 +760,7 @@ def config_nemotron(cfg: Any) -> dict:
             "Attn": attn,
             "MLP": {
                 "hidden": cfg.intermediate_size,
-                "act": _act(cfg.hidden_act, t),
+                "act": activation(cfg.hidden_act, t),
                 "gated": False,
                 "bias": bool(cfg.mlp_bias),
             },

@@ -36,6 +36,7 @@ import os
 import re
 import shutil
 import tempfile
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +47,7 @@ from torch import nn
 
 from blockdsl.errors import ConfigError
 from blockdsl.graph import BlockGraph
+from blockdsl.hf.base import ARCHITECTURES, WeightMapper, require_transformers
 from blockdsl.lower import module_attributes
 
 __all__ = ["HFExportError", "export_hf", "hf_config_for", "hf_state_dict"]
@@ -62,16 +64,6 @@ class HFExportError(ConfigError):
         return head if not self.hint else f"{head}\n  " + self.hint.replace("\n", "\n  ")
 
 
-def _hf() -> Any:
-    from blockdsl.interop import hf
-
-    return hf
-
-
-def _transformers() -> Any:
-    return _hf()._transformers()
-
-
 # ==================================================================== the importer's records
 @dataclass(frozen=True)
 class _Record:
@@ -83,12 +75,11 @@ class _Record:
 
 
 def _records() -> list[_Record]:
-    """The importer's architectures (``blockdsl.interop.hf.ARCHITECTURES``), in its order:
+    """The importer's architectures (``blockdsl.hf.base.ARCHITECTURES``), in its order:
     one record serves both directions."""
-    hf = _hf()
     return [
-        _Record(a.model_type, a.hf_class, a.config, a.weights, hf.WeightMapper)
-        for a in hf.ARCHITECTURES.values()
+        _Record(a.model_type, a.hf_class, a.config, a.weights, WeightMapper)
+        for a in ARCHITECTURES.values()
     ]
 
 
@@ -272,6 +263,7 @@ def _plan(config: Any) -> Any:
 _INF = 10**12
 _LAYERS = 10**6  # distance per layer too many or too few
 _TIE = 16
+_LAYER_FIELD_BOUND = 4  # a field that sets the layer count: values up to 4x the count tried
 
 
 @dataclass
@@ -293,12 +285,15 @@ class _Search:
         self.target_plan = target_plan
         self.target = target
         self.numbers = numbers
-        self.cls = type(_transformers().AutoConfig.for_model(record.model_type))
+        self.cls = type(require_transformers().AutoConfig.for_model(record.model_type))
         self.cache: dict[str, tuple[int, Any, Any]] = {}
         self.plans: dict[str, tuple[int, Any]] = {}
         self.fit: _Fit | None = None
         self.leaves: dict[str, dict[tuple, Any] | None] = {}
         self.layers = next((i[2] for i in target if i[:2] == ("model", "layers")), 0)
+        #: the fields that set the number of layers (found by ``start``): another value of one
+        #: alone only makes the count wrong, so ``run`` leaves them be
+        self.layer_fields: set[str] = set()
 
     def build(self, kwargs: dict[str, Any]) -> Any:
         return self.cls(**kwargs)
@@ -359,14 +354,21 @@ class _Search:
         self.kwargs = self.direct_copies(self.field_list, {})
         self.copied = list(self.kwargs)
         distance = self.evaluate(self.kwargs)[0]
-        # the number of layers next: until it is right no plan is built to compare
+        # The number of layers next: until it is right no plan is built to compare. A field
+        # that sets it needs a value near it; a huge one only costs a huge config (Jamba
+        # validates a layer-type list per layer: 65536 layers take seconds to build).
+        bound = _LAYER_FIELD_BOUND * max(self.layers, 1)
         for name, default in self.field_list:
             current = self.kwargs.get(name, default)
             if distance < _LAYERS or isinstance(current, bool) or not isinstance(current, int):
                 continue
             for value in self.candidates(name, current):
+                if isinstance(value, int) and value > bound:
+                    continue
                 d = self.evaluate({**self.kwargs, name: value})[0]
                 if d < distance:
+                    if distance >= _LAYERS > d:
+                        self.layer_fields.add(name)
                     self.kwargs, distance = {**self.kwargs, name: value}, d
         return distance
 
@@ -379,8 +381,9 @@ class _Search:
         kwargs = self.kwargs
         distance = self.evaluate(kwargs)[0]
         copied = set(self.copied)
-        free = [f for f in self.field_list if f[0] not in copied]
-        for fields, sweeps in ((free, 3), (self.field_list, 1)):
+        movable = [f for f in self.field_list if f[0] not in self.layer_fields]
+        free = [f for f in movable if f[0] not in copied]
+        for fields, sweeps in ((free, 3), (movable, 1)):
             for _ in range(sweeps):
                 improved = False
                 for name, default in fields:
@@ -483,7 +486,7 @@ class _Search:
             yield not current
             return
         if isinstance(current, str):
-            activations = _transformers().activations.ACT2FN
+            activations = require_transformers().activations.ACT2FN
             if current in activations:
                 yield from (a for a in activations if a != current)
             return
@@ -513,29 +516,29 @@ class _Skip(Exception):
 def _layer_count(config: dict) -> int:
     """The number of layers a config's ``layers`` chain unrolls to (-1 if unreadable),
     without unrolling it."""
-    from blockdsl import ast
+    from blockdsl.ast import Block, Call, Group, Repeat
     from blockdsl.parser import parse
 
     named = set(config.get("blocks", {}))
 
-    def only_named(block: ast.Block) -> bool:  # as ModelPlan flattens groups
+    def only_named(block: Block) -> bool:  # as ModelPlan flattens groups
         if block.is_parallel:
             return False
         for step in block.chains[0].steps:
-            body = step.body if isinstance(step, ast.Repeat) else step
-            if isinstance(body, ast.Group):
+            body = step.body if isinstance(step, Repeat) else step
+            if isinstance(body, Group):
                 if not only_named(body.block):
                     return False
-            elif not (isinstance(body, ast.Call) and body.name in named):
+            elif not (isinstance(body, Call) and body.name in named):
                 return False
         return True
 
     def count(node: Any) -> int:
-        if isinstance(node, ast.Block):
+        if isinstance(node, Block):
             return sum(count(s) for s in node.chains[0].steps) if not node.is_parallel else 1
-        if isinstance(node, ast.Repeat):
+        if isinstance(node, Repeat):
             return node.count * count(node.body)
-        if isinstance(node, ast.Group):
+        if isinstance(node, Group):
             return count(node.block) if only_named(node.block) else 1
         return 1
 
@@ -706,6 +709,11 @@ def hf_config_for(model_or_config: Any) -> tuple[str, Any]:
     """``(model_type, transformers config)`` whose import builds exactly this model (a
     ``LanguageModel``, ``ModelConfig``, dict config or anything ``load_config`` takes). Raises
     ``HFExportError`` saying which block and step has no transformers counterpart."""
+    with _quiet_transformers():
+        return _find_config(model_or_config)
+
+
+def _find_config(model_or_config: Any) -> tuple[str, Any]:
     config = getattr(model_or_config, "config", model_or_config)
     target_plan = _plan(config)
     target = signature(target_plan)
@@ -806,7 +814,8 @@ def hf_state_dict(model: nn.Module, model_type: str, hf_config: Any) -> dict[str
     """The transformers checkpoint tensors of ``model`` for ``hf_config``: the importer's
     weight mapping inverted through a probe (see the module docstring)."""
     record = next(r for r in _records() if r.model_type == model_type)
-    skeleton = _skeleton(record, hf_config)
+    with _quiet_transformers():
+        skeleton = _skeleton(record, hf_config)
     names, shapes, tied = skeleton
     probes: dict[str, torch.Tensor] = {}
     offsets: dict[str, int] = {}
@@ -870,7 +879,7 @@ def _skeleton(
 ) -> tuple[list[str], dict[str, tuple], dict[str, str]]:
     """Names and shapes of a transformers model's checkpoint tensors (built on the meta
     device), and its tied names (``lm_head.weight`` -> ``...embed_tokens.weight``)."""
-    transformers = _transformers()
+    transformers = require_transformers()
     cls = getattr(transformers, record.hf_class)
     with torch.device("meta"):
         hf_model = cls(hf_config)
@@ -927,34 +936,62 @@ def export_hf(
     state = hf_state_dict(model, model_type, hf_cfg)
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
 
-    transformers = _transformers()
+    transformers = require_transformers()
     hf_cfg.architectures = [record.hf_class]
+    # The token ids the tokenizer really has (none without one), not the config class's
+    # defaults: a byte tokenizer has no bos/eos, and Llama's default 1/2 would be bytes.
     special = _special_tokens(tokenizer, hf_cfg.vocab_size) if tokenizer else {}
     for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
-        value = getattr(hf_cfg, name, None)
-        if name in special or (isinstance(value, int) and not 0 <= value < hf_cfg.vocab_size):
-            setattr(hf_cfg, name, special.get(name))
+        setattr(hf_cfg, name, special.get(name))
 
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    bars = transformers.utils.logging.is_progress_bar_enabled()
-    transformers.utils.logging.disable_progress_bar()
     try:
-        hf_model = getattr(transformers, record.hf_class)(hf_cfg)
-        hf_model.load_state_dict(state, strict=True)
-        hf_model.to(dtype).eval()
-        hf_model.save_pretrained(staging)
-        hf_model.generation_config.save_pretrained(staging)
-        if tokenizer is not None:
-            _write_tokenizer(Path(tokenizer), staging, special)
-        if verify:
-            _verify(model, staging)
+        with _quiet_transformers():
+            hf_model = getattr(transformers, record.hf_class)(hf_cfg)
+            hf_model.load_state_dict(state, strict=True)
+            hf_model.to(dtype).eval()
+            hf_model.save_pretrained(staging)
+            hf_model.generation_config.save_pretrained(staging)
+            if tokenizer is not None:
+                _write_tokenizer(Path(tokenizer), staging, special)
+            if verify:
+                _verify(model, staging)
+        _use_umask(staging)
         _replace(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-        if bars:
-            transformers.utils.logging.enable_progress_bar()
     return out
+
+
+@contextlib.contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """Nothing from transformers reaches the terminal meanwhile: the search builds configs
+    whose class defaults (token ids such as GPT-2's 50256) lie outside a small vocabulary, and
+    transformers logs a warning for each; its progress bars go too. Errors still raise."""
+    logging = require_transformers().utils.logging
+    verbosity = logging.get_verbosity()
+    bars = logging.is_progress_bar_enabled()
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logging.set_verbosity(verbosity)
+        if bars:
+            logging.enable_progress_bar()
+
+
+def _use_umask(folder: Path) -> None:
+    """``tempfile.mkdtemp`` makes the folder 0700 and safetensors may write 0600: give the
+    folder and its files the modes every other writer's get (0777 / 0666 less the umask)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    folder.chmod(0o777 & ~mask)
+    for path in folder.rglob("*"):
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~mask)
 
 
 def _special_tokens(path: str | os.PathLike, vocab: int) -> dict[str, int]:
@@ -971,7 +1008,7 @@ def _special_tokens(path: str | os.PathLike, vocab: int) -> dict[str, int]:
 def _write_tokenizer(path: Path, out: Path, special: dict[str, int]) -> None:
     """``tokenizer.json`` and ``tokenizer_config.json`` (a ``PreTrainedTokenizerFast``): the
     same tokenizer, so ``AutoTokenizer`` encodes exactly as the run did."""
-    transformers = _transformers()
+    transformers = require_transformers()
     if not path.is_file():
         raise HFExportError(f"no tokenizer file '{path}'")
     try:
@@ -985,7 +1022,7 @@ def _write_tokenizer(path: Path, out: Path, special: dict[str, int]) -> None:
 
 
 def _verify(model: nn.Module, folder: Path) -> None:
-    transformers = _transformers()
+    transformers = require_transformers()
     hf_model = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
     hf_model.eval()
     reference = model

@@ -1,6 +1,6 @@
-"""The classic decoder architectures for the Hugging Face import: OPT, BLOOM, MPT, Falcon
-(old and new decoder architecture, rotary or ALiBi), Phi (phi-1, phi-1.5, phi-2) and
-GPT-BigCode (SantaCoder, StarCoder): one ``Architecture`` record each.
+"""The classic decoder architectures for the Hugging Face import: GPT-2, GPT-NeoX, GPT-J, OPT,
+BLOOM, MPT, Falcon (old and new decoder architecture, rotary or ALiBi), Phi (phi-1, phi-1.5,
+phi-2) and GPT-BigCode (SantaCoder, StarCoder): one ``Architecture`` record each.
 
 What they need beyond the GPT-2/Llama family is all in components: ALiBi with MPT's slope
 schedule and Falcon's scaled slopes (``Attn(alibi_max, alibi_scale)``), MPT's ``clip_qkv``,
@@ -17,19 +17,236 @@ from typing import Any
 
 import torch
 
-from blockdsl.interop.hf import (
+from blockdsl.hf.base import (
     Architecture,
     WeightMapper,
-    _act,
-    _config,
-    _fraction,
-    _gpt2_like_config,
-    _rope,
-    _unsupported,
+    activation,
+    default_rope,
+    model_config,
     register_architecture,
+    rotary_fraction,
+    unsupported,
 )
 
 Tensor = torch.Tensor
+
+
+# ---------------------------------------------------------------- gpt2
+
+
+def _config_gpt2(cfg: Any) -> dict:
+    return _gpt2_like_config(cfg, "gpt2")
+
+
+def _gpt2_like_config(cfg: Any, t: str, kv_heads: int | None = None) -> dict:
+    """GPT-2's layout (learned positions, biased LayerNorms and linears, ungated MLP), also
+    GPT-BigCode's, whose multi-query attention sets ``kv_heads``."""
+    if getattr(cfg, "add_cross_attention", False):
+        raise unsupported(t, "add_cross_attention")
+    d, heads, L = cfg.n_embd, cfg.n_head, cfg.n_layer
+    hd = d // heads
+    block = "Norm->Attn->+->Norm->MLP->+"
+    attn: dict[str, Any] = {"heads": heads}
+    if kv_heads is not None:
+        attn["kv_heads"] = kv_heads
+    attn.update(pos="none", bias=True)
+    scale = hd**-0.5 if getattr(cfg, "scale_attn_weights", True) else 1.0
+    if getattr(cfg, "scale_attn_by_inverse_layer_idx", False):
+        # one block per layer: layer i divides the scores by (i + 1)
+        blocks = {
+            f"layer{i}": f"Norm->Attn(scale={scale / (i + 1)!r})->+->Norm->MLP->+" for i in range(L)
+        }
+        layers = "->".join(blocks)
+    else:
+        if scale != hd**-0.5:
+            attn["scale"] = scale
+        blocks, layers = {"block": block}, f"block*{L}"
+    return model_config(
+        cfg,
+        layers=layers,
+        blocks=blocks,
+        defaults={
+            "Norm": {"kind": "layer", "eps": cfg.layer_norm_epsilon, "bias": True},
+            "Attn": attn,
+            "MLP": {
+                "hidden": cfg.n_inner if cfg.n_inner is not None else 4 * d,
+                "act": activation(cfg.activation_function, t),
+                "gated": False,
+                "bias": True,
+            },
+        },
+        d_model=d,
+        context=cfg.n_positions,
+        embed="Embed(pos=learned)",
+        tied_by_default=True,
+    )
+
+
+def _weights_gpt2(cfg: Any, m: WeightMapper) -> None:
+    d = cfg.n_embd
+    m.put("embed.embed.tok.weight", "transformer.wte.weight")
+    m.put("embed.embed.pos.weight", "transformer.wpe.weight")
+    for i in range(cfg.n_layer):
+        p, q = f"transformer.h.{i}", f"layers.{i}"
+        m.norm(f"{q}.norm", f"{p}.ln_1", bias=True)
+        # Conv1D stores [in, out]; c_attn's outputs are [q | k | v]
+        m.split(
+            [f"{q}.attn.{n}.weight" for n in "qkv"],
+            f"{p}.attn.c_attn.weight",
+            lambda w: [t.t() for t in w.split(d, dim=1)],
+        )
+        m.split(
+            [f"{q}.attn.{n}.bias" for n in "qkv"],
+            f"{p}.attn.c_attn.bias",
+            lambda b: list(b.split(d)),
+        )
+        m.put(f"{q}.attn.o.weight", f"{p}.attn.c_proj.weight", fn=lambda w: w.t())
+        m.put(f"{q}.attn.o.bias", f"{p}.attn.c_proj.bias")
+        m.norm(f"{q}.norm_1", f"{p}.ln_2", bias=True)
+        m.put(f"{q}.mlp.up.weight", f"{p}.mlp.c_fc.weight", fn=lambda w: w.t())
+        m.put(f"{q}.mlp.up.bias", f"{p}.mlp.c_fc.bias")
+        m.put(f"{q}.mlp.down.weight", f"{p}.mlp.c_proj.weight", fn=lambda w: w.t())
+        m.put(f"{q}.mlp.down.bias", f"{p}.mlp.c_proj.bias")
+    m.norm("head.norm", "transformer.ln_f", bias=True)
+    m.head(cfg, "transformer.wte.weight", getattr(cfg, "tie_word_embeddings", True))
+
+
+register_architecture(
+    Architecture(
+        "gpt2", "GPT2LMHeadModel", "transformer", config=_config_gpt2, weights=_weights_gpt2
+    )
+)
+
+
+# ---------------------------------------------------------------- gpt_neox
+
+
+def _config_gpt_neox(cfg: Any) -> dict:
+    t = "gpt_neox"
+    theta, fraction = default_rope(cfg, t)
+    head_dim = cfg.hidden_size // cfg.num_attention_heads
+    rotary = int(head_dim * fraction)  # odd counts too: Attn follows transformers' arithmetic
+    parallel = bool(getattr(cfg, "use_parallel_residual", True))
+    block = "Norm->Attn->+ | Norm->MLP->+" if parallel else "Norm->Attn->+->Norm->MLP->+"
+    return model_config(
+        cfg,
+        layers=f"block*{cfg.num_hidden_layers}",
+        blocks={"block": block},
+        defaults={
+            "Norm": {"kind": "layer", "eps": cfg.layer_norm_eps, "bias": True},
+            "Attn": {
+                "heads": cfg.num_attention_heads,
+                "pos": "rope",
+                "rope_theta": theta,
+                "rope_fraction": rotary_fraction(rotary, head_dim),
+                "bias": bool(getattr(cfg, "attention_bias", True)),
+            },
+            "MLP": {
+                "hidden": cfg.intermediate_size,
+                "act": activation(cfg.hidden_act, t),
+                "gated": False,
+                "bias": True,
+            },
+        },
+    )
+
+
+def _weights_gpt_neox(cfg: Any, m: WeightMapper) -> None:
+    H = cfg.num_attention_heads
+    d = cfg.hidden_size
+    bias = bool(getattr(cfg, "attention_bias", True))
+    m.put("embed.embed.tok.weight", "gpt_neox.embed_in.weight")
+    for i in range(cfg.num_hidden_layers):
+        p, q = f"gpt_neox.layers.{i}", f"layers.{i}"
+        m.norm(f"{q}.norm", f"{p}.input_layernorm", bias=True)
+        # fused per head: rows are [q_0 | k_0 | v_0 | q_1 | k_1 | v_1 | ...]
+        m.split(
+            [f"{q}.attn.{n}.weight" for n in "qkv"],
+            f"{p}.attention.query_key_value.weight",
+            lambda w: [t.reshape(d, d) for t in w.reshape(H, 3, -1, d).unbind(1)],
+        )
+        if bias:
+            m.split(
+                [f"{q}.attn.{n}.bias" for n in "qkv"],
+                f"{p}.attention.query_key_value.bias",
+                lambda b: [t.reshape(d) for t in b.reshape(H, 3, -1).unbind(1)],
+            )
+        m.linear(f"{q}.attn.o", f"{p}.attention.dense", bias)
+        m.norm(f"{q}.norm_1", f"{p}.post_attention_layernorm", bias=True)
+        m.linear(f"{q}.mlp.up", f"{p}.mlp.dense_h_to_4h", bias=True)
+        m.linear(f"{q}.mlp.down", f"{p}.mlp.dense_4h_to_h", bias=True)
+    m.norm("head.norm", "gpt_neox.final_layer_norm", bias=True)
+    name = "embed_out" if m.has("embed_out.weight") and not m.has("lm_head.weight") else "lm_head"
+    m.head(cfg, "gpt_neox.embed_in.weight", getattr(cfg, "tie_word_embeddings", False), name=name)
+
+
+register_architecture(
+    Architecture(
+        "gpt_neox",
+        "GPTNeoXForCausalLM",
+        "gpt_neox",
+        config=_config_gpt_neox,
+        weights=_weights_gpt_neox,
+        outside=("lm_head", "embed_out"),
+    )
+)
+
+
+# ---------------------------------------------------------------- gptj
+
+
+def _config_gptj(cfg: Any) -> dict:
+    t = "gptj"
+    d, heads, L = cfg.n_embd, cfg.n_head, cfg.n_layer
+    head_dim = d // heads
+    rotary = cfg.rotary_dim if cfg.rotary_dim is not None else head_dim
+    # One LayerNorm feeds both parallel branches: a #label is one module per layer.
+    return model_config(
+        cfg,
+        layers=f"block*{L}",
+        blocks={"block": "Norm#ln->Attn->+ | Norm#ln->MLP->+"},
+        defaults={
+            "Norm": {"kind": "layer", "eps": cfg.layer_norm_epsilon, "bias": True},
+            "Attn": {
+                "heads": heads,
+                "pos": "rope",
+                "rope_theta": 10000.0,
+                "rope_fraction": rotary_fraction(rotary, head_dim),
+                "rope_interleaved": True,
+                "bias": False,
+            },
+            "MLP": {
+                "hidden": cfg.n_inner if cfg.n_inner is not None else 4 * d,
+                "act": activation(cfg.activation_function, t),
+                "gated": False,
+                "bias": True,
+            },
+            "Head": {"bias": True},
+        },
+        d_model=d,
+        context=cfg.n_positions,
+    )
+
+
+def _weights_gptj(cfg: Any, m: WeightMapper) -> None:
+    m.put("embed.embed.tok.weight", "transformer.wte.weight")
+    for i in range(cfg.n_layer):
+        p, q = f"transformer.h.{i}", f"layers.{i}"
+        m.norm(f"{q}.ln", f"{p}.ln_1", bias=True)
+        for n, hf in (("q", "q_proj"), ("k", "k_proj"), ("v", "v_proj"), ("o", "out_proj")):
+            m.linear(f"{q}.attn.{n}", f"{p}.attn.{hf}", bias=False)
+        m.linear(f"{q}.mlp.up", f"{p}.mlp.fc_in", bias=True)
+        m.linear(f"{q}.mlp.down", f"{p}.mlp.fc_out", bias=True)
+    m.norm("head.norm", "transformer.ln_f", bias=True)
+    m.head(cfg, "transformer.wte.weight", getattr(cfg, "tie_word_embeddings", False), bias=True)
+
+
+register_architecture(
+    Architecture(
+        "gptj", "GPTJForCausalLM", "transformer", config=_config_gptj, weights=_weights_gptj
+    )
+)
+
 
 #: BLOOM's config has no length: its pretraining length (ALiBi extrapolates past it; raise
 #: ``[model] context`` to go further).
@@ -71,7 +288,7 @@ def _config_opt(cfg: Any) -> dict:
     ``do_layer_norm_before=false``, OPT-350m), ReLU MLP, biases everywhere by default."""
     t = "opt"
     if cfg.word_embed_proj_dim != cfg.hidden_size:
-        raise _unsupported(
+        raise unsupported(
             t,
             f"word_embed_proj_dim={cfg.word_embed_proj_dim} different from "
             f"hidden_size={cfg.hidden_size} (project_in/project_out)",
@@ -80,7 +297,7 @@ def _config_opt(cfg: Any) -> dict:
     affine = bool(cfg.layer_norm_elementwise_affine)
     bias = bool(cfg.enable_bias)
     block = "Norm->Attn->+->Norm->MLP->+" if pre_norm else "(Attn->+)->Norm->(MLP->+)->Norm"
-    config = _config(
+    config = model_config(
         cfg,
         layers=f"block*{cfg.num_hidden_layers}",
         blocks={"block": block},
@@ -89,7 +306,7 @@ def _config_opt(cfg: Any) -> dict:
             "Attn": {"heads": cfg.num_attention_heads, "pos": "none", "bias": bias},
             "MLP": {
                 "hidden": cfg.ffn_dim,
-                "act": _act(cfg.activation_function, t),
+                "act": activation(cfg.activation_function, t),
                 "gated": False,
                 "bias": bias,
             },
@@ -140,7 +357,7 @@ def _config_bloom(cfg: Any) -> dict:
     post = bool(cfg.apply_residual_connection_post_layernorm)
     block = "Norm->(Attn->+)->Norm->(MLP->+)" if post else "Norm->Attn->+->Norm->MLP->+"
     d = cfg.hidden_size
-    return _config(
+    return model_config(
         cfg,
         layers=f"block*{cfg.n_layer}",
         blocks={"block": block},
@@ -148,7 +365,12 @@ def _config_bloom(cfg: Any) -> dict:
             "Norm": _layer_norm(cfg.layer_norm_epsilon),
             "Attn": {"heads": cfg.n_head, "pos": "alibi", "bias": True},
             # BloomGelu is the tanh approximation (Megatron's bias GELU)
-            "MLP": {"hidden": 4 * d, "act": _act("gelu_new", t), "gated": False, "bias": True},
+            "MLP": {
+                "hidden": 4 * d,
+                "act": activation("gelu_new", t),
+                "gated": False,
+                "bias": True,
+            },
         },
         context=BLOOM_CONTEXT,
         embed="Embed->Norm",
@@ -199,26 +421,26 @@ def _config_mpt(cfg: Any) -> dict:
     attn_cfg = cfg.attn_config
     for name, value in _MPT_FIXED.items():
         if getattr(cfg, name) != value:
-            raise _unsupported(
+            raise unsupported(
                 t,
                 f"{name}={getattr(cfg, name)!r} (transformers' MptForCausalLM implements only "
                 f"{value!r})",
             )
     for name, value in _MPT_ATTN_FIXED.items():
         if getattr(attn_cfg, name) != value:
-            raise _unsupported(
+            raise unsupported(
                 t,
                 f"attn_config.{name}={getattr(attn_cfg, name)!r} (transformers' "
                 f"MptForCausalLM implements only {value!r})",
             )
     if cfg.norm_type not in ("low_precision_layernorm", "layernorm"):
-        raise _unsupported(t, f"norm_type '{cfg.norm_type}' (transformers uses a LayerNorm)")
+        raise unsupported(t, f"norm_type '{cfg.norm_type}' (transformers uses a LayerNorm)")
     attn: dict[str, Any] = {"heads": cfg.n_heads, "pos": "alibi", "bias": False}
     if attn_cfg.softmax_scale is not None:
         attn["scale"] = float(attn_cfg.softmax_scale)
     if attn_cfg.clip_qkv:
         attn["clip_qkv"] = float(attn_cfg.clip_qkv)
-    return _config(
+    return model_config(
         cfg,
         layers=f"block*{cfg.n_layers}",
         blocks={"block": "Norm->Attn->+->Norm->MLP->+"},
@@ -260,12 +482,12 @@ def _falcon_layout(cfg: Any) -> tuple[str, int]:
     norms = cfg.num_ln_in_parallel_attn
     if cfg.new_decoder_architecture:
         if not cfg.parallel_attn:
-            raise _unsupported(
+            raise unsupported(
                 t, "new_decoder_architecture with parallel_attn=False (transformers cannot run it)"
             )
         return ("shared_norm" if norms == 1 else "two_norms"), cfg.num_kv_heads
     if norms not in (None, 1) and cfg.parallel_attn:
-        raise _unsupported(
+        raise unsupported(
             t,
             f"num_ln_in_parallel_attn={norms} without new_decoder_architecture "
             "(transformers cannot run it)",
@@ -273,7 +495,7 @@ def _falcon_layout(cfg: Any) -> tuple[str, int]:
     if cfg.multi_query:
         kv = 1
     elif cfg.num_kv_heads != heads:
-        raise _unsupported(
+        raise unsupported(
             t,
             f"num_kv_heads={cfg.num_kv_heads} without multi_query or new_decoder_architecture "
             "(transformers cannot run it)",
@@ -302,11 +524,11 @@ def _config_falcon(cfg: Any) -> dict:
     if cfg.alibi:
         attn.update(pos="alibi", alibi_scale=head_dim**-0.5)
     else:
-        theta, fraction = _rope(cfg, t)
+        theta, fraction = default_rope(cfg, t)
         if fraction != 1.0:
-            raise _unsupported(t, "partial_rotary_factor")
+            raise unsupported(t, "partial_rotary_factor")
         attn.update(pos="rope", rope_theta=theta)
-    return _config(
+    return model_config(
         cfg,
         layers=f"block*{cfg.num_hidden_layers}",
         blocks={"block": _FALCON_BLOCKS[kind]},
@@ -315,7 +537,7 @@ def _config_falcon(cfg: Any) -> dict:
             "Attn": attn,
             "MLP": {
                 "hidden": cfg.ffn_hidden_size,
-                "act": _act(cfg.activation, t),
+                "act": activation(cfg.activation, t),
                 "gated": False,
                 "bias": bool(cfg.bias),
             },
@@ -374,16 +596,14 @@ def _config_phi(cfg: Any) -> dict:
     rotary, biases on every linear and on the head."""
     t = "phi"
     if cfg.qk_layernorm:
-        raise _unsupported(t, "qk_layernorm (a LayerNorm of queries and keys)")
-    theta, fraction = _rope(cfg, t)
+        raise unsupported(t, "qk_layernorm (a LayerNorm of queries and keys)")
+    theta, fraction = default_rope(cfg, t)
     heads = cfg.num_attention_heads
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
     rotary = int(head_dim * fraction)
     if rotary % 2:
-        raise _unsupported(
-            t, f"an odd number of rotary dims ({rotary}; transformers cannot run it)"
-        )
-    return _config(
+        raise unsupported(t, f"an odd number of rotary dims ({rotary}; transformers cannot run it)")
+    return model_config(
         cfg,
         layers=f"block*{cfg.num_hidden_layers}",
         blocks={"block": "Norm#ln->Attn->+ | Norm#ln->MLP->+"},
@@ -395,12 +615,12 @@ def _config_phi(cfg: Any) -> dict:
                 "head_dim": head_dim,
                 "pos": "rope",
                 "rope_theta": theta,
-                "rope_fraction": _fraction(rotary, head_dim),
+                "rope_fraction": rotary_fraction(rotary, head_dim),
                 "bias": True,
             },
             "MLP": {
                 "hidden": cfg.intermediate_size,
-                "act": _act(cfg.hidden_act, t),
+                "act": activation(cfg.hidden_act, t),
                 "gated": False,
                 "bias": True,
             },

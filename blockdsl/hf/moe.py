@@ -1,6 +1,6 @@
-"""Mixture-of-experts architectures for the Hugging Face import: Qwen2-MoE, OLMoE, DBRX,
-DeepSeek-V2 and DeepSeek-V3 (one ``Architecture`` record each; Mixtral and Qwen3-Next are in
-``blockdsl.interop.hf``).
+"""Mixture-of-experts architectures for the Hugging Face import: Mixtral, Qwen2-MoE, OLMoE,
+DBRX, DeepSeek-V2 and DeepSeek-V3 (one ``Architecture`` record each; Qwen3-Next, whose experts
+follow Gated DeltaNet layers, is in ``blockdsl.hf.hybrid``).
 
 Their routing conventions are ``MoE`` arguments: renormalised or raw top-k weights
 (``norm_topk``), a sigmoid-gated shared expert (Qwen2-MoE), sigmoid scores with a selection-only
@@ -15,20 +15,68 @@ from __future__ import annotations
 
 from typing import Any
 
-from blockdsl.interop.hf import (
+import torch
+
+from blockdsl.hf.base import (
     Architecture,
     WeightMapper,
-    _act,
-    _compress,
-    _config,
-    _gated_shared_expert,
-    _mlp_llama,
-    _rope,
-    _shared_multiple,
-    _stacked_experts,
-    _unsupported,
+    activation,
+    compress_layers,
+    default_rope,
+    gated_shared_expert_weights,
+    llama_like_config,
+    llama_mlp_weights,
+    llama_weights,
+    model_config,
     register_architecture,
+    shared_expert_multiple,
+    stacked_expert_weights,
+    unsupported,
 )
+
+# ---------------------------------------------------------------- mixtral
+
+
+def _config_mixtral(cfg: Any) -> dict:
+    moe = {
+        "experts": cfg.num_local_experts,
+        "k": cfg.num_experts_per_tok,
+        "hidden": cfg.intermediate_size,
+        "act": activation(cfg.hidden_act, "mixtral"),
+        "gated": True,
+        "norm_topk": True,
+        "aux_loss": float(cfg.router_aux_loss_coef),
+    }
+    jitter = float(getattr(cfg, "router_jitter_noise", 0.0) or 0.0)
+    if jitter:  # transformers multiplies the whole MoE input, which the experts see too
+        moe.update(jitter=jitter, jitter_scope="input")
+    return llama_like_config(cfg, "mixtral", mlp=moe, window=True)
+
+
+def _moe_mixtral(cfg: Any, m: WeightMapper, p: str, q: str) -> None:
+    E, inter = cfg.num_local_experts, cfg.intermediate_size
+    legacy = f"{p}.block_sparse_moe"
+    if m.has(f"{legacy}.gate.weight") and not m.has(f"{p}.mlp.gate.weight"):
+        # checkpoints on disk: per-expert w1 (gate), w3 (up), w2 (down)
+        m.put(f"{q}.moe.router.weight", f"{legacy}.gate.weight")
+        for dst, w in (("w_gate", "w1"), ("w_up", "w3"), ("w_down", "w2")):
+            srcs = [f"{legacy}.experts.{e}.{w}.weight" for e in range(E)]
+            m.put(f"{q}.moe.{dst}", *srcs, fn=lambda *ws: torch.stack(ws))
+        return
+    m.put(f"{q}.moe.router.weight", f"{p}.mlp.gate.weight")
+    stacked_expert_weights(m, f"{p}.mlp.experts", f"{q}.moe", inter)
+
+
+def _weights_mixtral(cfg: Any, m: WeightMapper) -> None:
+    llama_weights(cfg, m, feed_forward=_moe_mixtral)
+
+
+register_architecture(
+    Architecture(
+        "mixtral", "MixtralForCausalLM", "model", config=_config_mixtral, weights=_weights_mixtral
+    )
+)
+
 
 _SPARSE_BLOCKS = {
     "moe": "Norm->Attn->+->Norm->MoE->+",
@@ -38,13 +86,13 @@ _SPARSE_BLOCKS = {
 
 def _named_layers(kinds: list[str], blocks: dict[str, str]) -> tuple[str, dict[str, str]]:
     """``layers`` chain and the blocks it uses, from one block name per layer."""
-    return _compress(kinds), {name: blocks[name] for name in dict.fromkeys(kinds)}
+    return compress_layers(kinds), {name: blocks[name] for name in dict.fromkeys(kinds)}
 
 
 def _attn_gqa(cfg: Any, t: str) -> dict[str, Any]:
-    theta, fraction = _rope(cfg, t)
+    theta, fraction = default_rope(cfg, t)
     if fraction != 1.0:
-        raise _unsupported(t, "partial_rotary_factor")
+        raise unsupported(t, "partial_rotary_factor")
     return {
         "heads": cfg.num_attention_heads,
         "kv_heads": cfg.num_key_value_heads or cfg.num_attention_heads,
@@ -74,8 +122,8 @@ def _config_qwen2_moe(cfg: Any) -> dict:
     ``decoder_sparse_step``."""
     t = "qwen2_moe"
     if getattr(cfg, "use_sliding_window", False):
-        raise _unsupported(t, "use_sliding_window (sliding-window layers)")
-    act = _act(cfg.hidden_act, t)
+        raise unsupported(t, "use_sliding_window (sliding-window layers)")
+    act = activation(cfg.hidden_act, t)
     attn = _attn_gqa(cfg, t)
     if cfg.qkv_bias:
         attn["qkv_bias"] = True
@@ -85,7 +133,7 @@ def _config_qwen2_moe(cfg: Any) -> dict:
     if "dense" in blocks:
         defaults["MLP"] = {"hidden": cfg.intermediate_size, "act": act, "gated": True}
     if "moe" in blocks:
-        shared = _shared_multiple(
+        shared = shared_expert_multiple(
             t,
             cfg.shared_expert_intermediate_size,
             cfg.moe_intermediate_size,
@@ -102,7 +150,7 @@ def _config_qwen2_moe(cfg: Any) -> dict:
             "norm_topk": bool(cfg.norm_topk_prob),
             "aux_loss": float(cfg.router_aux_loss_coef),
         }
-    return _config(cfg, layers=layers, blocks=blocks, defaults=defaults)
+    return model_config(cfg, layers=layers, blocks=blocks, defaults=defaults)
 
 
 def _weights_qwen2_moe(cfg: Any, m: WeightMapper) -> None:
@@ -115,13 +163,13 @@ def _weights_qwen2_moe(cfg: Any, m: WeightMapper) -> None:
         m.linear(f"{q}.attn.o", f"{p}.self_attn.o_proj", bias=False)
         m.norm(f"{q}.norm_1", f"{p}.post_attention_layernorm", bias=False)
         if not _qwen2_moe_sparse(cfg, i):
-            _mlp_llama(cfg, m, p, q)
+            llama_mlp_weights(cfg, m, p, q)
             continue
         e, src = f"{q}.moe", f"{p}.mlp"
         m.put(f"{e}.router.weight", f"{src}.gate.weight")
-        _stacked_experts(m, f"{src}.experts", e, cfg.moe_intermediate_size)
+        stacked_expert_weights(m, f"{src}.experts", e, cfg.moe_intermediate_size)
         if cfg.shared_expert_intermediate_size:
-            _gated_shared_expert(m, src, e)
+            gated_shared_expert_weights(m, src, e)
     m.norm("head.norm", "model.norm", bias=False)
     m.head(cfg, "model.embed_tokens.weight", getattr(cfg, "tie_word_embeddings", False))
 
@@ -145,8 +193,8 @@ def _config_olmoe(cfg: Any) -> dict:
     projections (``qk_norm_over=all``, before the heads split), every layer with experts."""
     t = "olmoe"
     if cfg.clip_qkv is not None:  # OLMoE clips after the q/k norm, blockdsl before it
-        raise _unsupported(t, f"clip_qkv={cfg.clip_qkv} (clipped after the q/k norm)")
-    act = _act(cfg.hidden_act, t)
+        raise unsupported(t, f"clip_qkv={cfg.clip_qkv} (clipped after the q/k norm)")
+    act = activation(cfg.hidden_act, t)
     attn = {
         **_attn_gqa(cfg, t),
         "bias": bool(cfg.attention_bias),
@@ -154,7 +202,7 @@ def _config_olmoe(cfg: Any) -> dict:
         "qk_norm_over": "all",
         "qk_norm_eps": cfg.rms_norm_eps,
     }
-    return _config(
+    return model_config(
         cfg,
         layers=f"moe*{cfg.num_hidden_layers}",
         blocks={"moe": _SPARSE_BLOCKS["moe"]},
@@ -186,7 +234,7 @@ def _weights_olmoe(cfg: Any, m: WeightMapper) -> None:
             m.norm(f"{q}.attn.{n}_norm", f"{p}.self_attn.{n}_norm", bias=False)
         m.norm(f"{q}.norm_1", f"{p}.post_attention_layernorm", bias=False)
         m.put(f"{q}.moe.router.weight", f"{p}.mlp.gate.weight")
-        _stacked_experts(m, f"{p}.mlp.experts", f"{q}.moe", cfg.intermediate_size)
+        stacked_expert_weights(m, f"{p}.mlp.experts", f"{q}.moe", cfg.intermediate_size)
     m.norm("head.norm", "model.norm", bias=False)
     m.head(cfg, "model.embed_tokens.weight", getattr(cfg, "tie_word_embeddings", False))
 
@@ -205,14 +253,14 @@ def _config_dbrx(cfg: Any) -> dict:
     in training (transformers' router scales its input in place, and the experts read it)."""
     t = "dbrx"
     attn_cfg, ffn = cfg.attn_config, cfg.ffn_config
-    theta, _ = _rope(cfg, t)
+    theta, _ = default_rope(cfg, t)
     p = ffn.moe_normalize_expert_weights
     if p not in (None, 1, 1.0):
-        raise _unsupported(t, f"moe_normalize_expert_weights={p} (only 1, the sum, or none)")
+        raise unsupported(t, f"moe_normalize_expert_weights={p} (only 1, the sum, or none)")
     act_fn = dict(ffn.ffn_act_fn or {"name": "silu"})
-    act = _act(act_fn.pop("name", "silu"), t)
+    act = activation(act_fn.pop("name", "silu"), t)
     if act_fn:
-        raise _unsupported(t, f"ffn_act_fn options {sorted(act_fn)}")
+        raise unsupported(t, f"ffn_act_fn options {sorted(act_fn)}")
     attn: dict[str, Any] = {
         "heads": cfg.n_heads,
         "kv_heads": attn_cfg.kv_n_heads,
@@ -233,7 +281,7 @@ def _config_dbrx(cfg: Any) -> dict:
     }
     if ffn.moe_jitter_eps:
         moe.update(jitter=float(ffn.moe_jitter_eps), jitter_scope="input")
-    return _config(
+    return model_config(
         cfg,
         layers=f"block*{cfg.n_layers}",
         blocks={"block": _SPARSE_BLOCKS["moe"]},
@@ -287,9 +335,9 @@ register_architecture(
 
 
 def _mla(cfg: Any, t: str, interleaved: bool) -> dict[str, Any]:
-    theta, _ = _rope(cfg, t)  # RoPE scaling (YaRN) is refused here, naming the rope_type
+    theta, _ = default_rope(cfg, t)  # RoPE scaling (YaRN) is refused here, naming the rope_type
     if (cfg.num_key_value_heads or cfg.num_attention_heads) != cfg.num_attention_heads:
-        raise _unsupported(
+        raise unsupported(
             t,
             f"num_key_value_heads={cfg.num_key_value_heads} different from "
             f"num_attention_heads={cfg.num_attention_heads} (MLA gives every head its keys)",
@@ -310,7 +358,7 @@ def _mla(cfg: Any, t: str, interleaved: bool) -> dict[str, Any]:
 def _deepseek(cfg: Any, t: str, mla: dict, routing: dict) -> dict:
     """DeepSeek-V2/V3: MLA in every layer, a dense MLP in the first ``first_k_dense_replace``
     layers and routed experts with ``n_shared_experts`` always-on ones after them."""
-    act = _act(cfg.hidden_act, t)
+    act = activation(cfg.hidden_act, t)
     L, first_dense = cfg.num_hidden_layers, cfg.first_k_dense_replace or 0
     kinds = ["dense" if i < first_dense else "moe" for i in range(L)]
     blocks = {
@@ -332,7 +380,7 @@ def _deepseek(cfg: Any, t: str, mla: dict, routing: dict) -> dict:
             "aux_loss": 0.0,  # transformers adds no load-balancing loss for DeepSeek
             **routing,
         }
-    return _config(cfg, layers=layers, blocks=blocks, defaults=defaults)
+    return model_config(cfg, layers=layers, blocks=blocks, defaults=defaults)
 
 
 def _groups(cfg: Any, group_top: int) -> dict[str, Any]:
@@ -345,12 +393,12 @@ def _config_deepseek_v2(cfg: Any) -> dict:
     pairs."""
     t = "deepseek_v2"
     if cfg.mlp_bias:
-        raise _unsupported(t, "mlp_bias (biases on the dense and shared-expert MLPs)")
+        raise unsupported(t, "mlp_bias (biases on the dense and shared-expert MLPs)")
     routing: dict[str, Any] = {"norm_topk": False, "routed_scale": float(cfg.routed_scaling_factor)}
     if cfg.topk_method == "group_limited_greedy":
         routing.update(_groups(cfg, group_top=1))
     elif cfg.topk_method != "greedy":
-        raise _unsupported(t, f"topk_method '{cfg.topk_method}'")
+        raise unsupported(t, f"topk_method '{cfg.topk_method}'")
     return _deepseek(cfg, t, _mla(cfg, t, interleaved=True), routing)
 
 
@@ -391,13 +439,13 @@ def _weights_deepseek(cfg: Any, m: WeightMapper) -> None:
         m.linear(f"{a}.o", f"{src}.o_proj", bias)
         m.norm(f"{q}.norm_1", f"{p}.post_attention_layernorm", bias=False)
         if i < first_dense:
-            _mlp_llama(cfg, m, p, q)
+            llama_mlp_weights(cfg, m, p, q)
             continue
         e, mlp = f"{q}.moe", f"{p}.mlp"
         m.put(f"{e}.router.weight", f"{mlp}.gate.weight")
         if v3:
             m.put(f"{e}.score_bias", f"{mlp}.gate.e_score_correction_bias")
-        _stacked_experts(m, f"{mlp}.experts", e, cfg.moe_intermediate_size)
+        stacked_expert_weights(m, f"{mlp}.experts", e, cfg.moe_intermediate_size)
         if cfg.n_shared_experts:
             for n in ("gate", "up", "down"):
                 m.linear(f"{e}.shared.{n}", f"{mlp}.shared_experts.{n}_proj", bias=False)

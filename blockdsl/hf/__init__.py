@@ -1,0 +1,69 @@
+"""Hugging Face ``transformers`` interop: import causal language models into blockdsl and
+export blockdsl models as Hugging Face checkpoints.
+
+>>> from blockdsl import hf
+>>> model = hf.from_hf(hf_model)              # a transformers model object
+>>> config = hf.to_config(hf_model.config)    # the blockdsl dict config alone
+>>> model = hf.from_pretrained_dir("ckpt/")   # config.json + *.safetensors
+>>> hf.export_hf(model, "out/")               # config.json + model.safetensors
+
+Modules: ``base`` (``Architecture``, ``WeightMapper``, the registry and the helpers the
+families share), one module per family of architectures, each importing only ``base`` and
+registering its records when imported: ``classic`` (GPT-2, GPT-NeoX, GPT-J, OPT, BLOOM, MPT,
+Falcon, Phi, GPT-BigCode), ``dense`` (Llama, Mistral, Gemma 2, Qwen2/3, Gemma, Gemma 3, OLMo,
+OLMo 2, Cohere, StableLM, Phi-3, Granite, StarCoder2, Persimmon, Nemotron), ``moe`` (Mixtral,
+Qwen2-MoE, OLMoE, DBRX, DeepSeek-V2/V3), ``hybrid`` (LFM2, Qwen3-Next) and ``ssm`` (Mamba,
+Mamba2, RecurrentGemma, Jamba, Bamba, Falcon-H1: docs/hybrids.md); ``importer`` (the import's
+entry points) and ``exporter`` (the import run backwards). Adding an architecture is adding
+one ``Architecture`` record with ``register_architecture``; it then imports and exports.
+
+``transformers`` is an optional dependency (``pip install 'blockdsl[hf]'``): neither
+``import blockdsl`` nor ``import blockdsl.hf`` imports it; a function that needs it raises
+``HFImportError`` saying how to install it.
+"""
+
+# The registry is filled here, in this order (the export breaks ties between architectures
+# that build the same model in favour of the first registered: GPT-2 before GPT-BigCode, Llama
+# before Mistral and Granite, Mixtral before the other MoEs). Family modules never import this
+# package's __init__ or each other, so there is no import-time circle.
+from blockdsl.hf import classic, dense, hybrid, moe, ssm  # noqa: F401  (registers them)
+from blockdsl.hf.base import (
+    ARCHITECTURES,
+    SUPPORTED,
+    Architecture,
+    HFImportError,
+    WeightMapper,
+    register_architecture,
+)
+from blockdsl.hf.checks import eos_ids
+from blockdsl.hf.exporter import HFExportError, export_hf, hf_config_for, hf_state_dict
+from blockdsl.hf.importer import (
+    config_from_dir,
+    convert_weights,
+    from_hf,
+    from_pretrained_dir,
+    load_generator,
+    load_weights,
+    to_config,
+)
+
+__all__ = [
+    "ARCHITECTURES",
+    "SUPPORTED",
+    "Architecture",
+    "HFExportError",
+    "HFImportError",
+    "WeightMapper",
+    "config_from_dir",
+    "convert_weights",
+    "eos_ids",
+    "export_hf",
+    "from_hf",
+    "from_pretrained_dir",
+    "hf_config_for",
+    "hf_state_dict",
+    "load_generator",
+    "load_weights",
+    "register_architecture",
+    "to_config",
+]

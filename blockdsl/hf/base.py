@@ -1,0 +1,495 @@
+"""The base of the Hugging Face interop: what every architecture module builds on.
+
+``Architecture`` (one record per ``config.model_type``), the registry (``ARCHITECTURES``,
+``SUPPORTED``, ``register_architecture``), ``WeightMapper`` (takes checkpoint tensors by name
+and records what is missing) and ``HFImportError``, plus the helpers the family modules share:
+activation and RoPE mapping, the ``[model]`` section of a config, layer-pattern compression,
+and the Llama layout several families reuse (its config, attention and MLP weights, stacked
+and shared experts).
+
+Family modules (``blockdsl.hf.classic``, ``dense``, ``moe``, ``hybrid``, ``ssm``) import only
+this module and register their records when imported; ``blockdsl.hf`` imports them all.
+``transformers`` is imported only inside functions (``require_transformers``).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from blockdsl.errors import ConfigError
+
+__all__ = [
+    "ACTIVATIONS",
+    "ARCHITECTURES",
+    "NON_PERSISTENT_BUFFERS",
+    "ROPE_SCALINGS",
+    "SUPPORTED",
+    "Architecture",
+    "HFImportError",
+    "Tensor",
+    "WeightMapper",
+    "activation",
+    "compress_layers",
+    "default_rope",
+    "gated_shared_expert_weights",
+    "head_chain",
+    "layer_kinds",
+    "llama_attention_weights",
+    "llama_like_config",
+    "llama_mlp_weights",
+    "llama_weights",
+    "model_config",
+    "register_architecture",
+    "require_transformers",
+    "rope_args",
+    "rotary_fraction",
+    "shared_expert_multiple",
+    "stacked_expert_weights",
+    "unsupported",
+]
+
+
+class HFImportError(ConfigError):
+    """A Hugging Face model or checkpoint cannot be imported: unsupported option, missing or
+    unused weights, or ``transformers`` not installed."""
+
+    def _render_one(self) -> str:  # no source text to point into: no position
+        where = f" in {self.context}" if self.context else ""
+        head = f"blockdsl: {self.message}{where}"
+        return head if not self.hint else f"{head}\n  {self.hint}"
+
+
+def require_transformers() -> Any:
+    """The ``transformers`` module, or an ``HFImportError`` saying how to install it: every
+    function that needs it calls this, so ``import blockdsl.hf`` never imports it."""
+    try:
+        import transformers
+    except ImportError as error:
+        raise HFImportError(
+            "importing Hugging Face checkpoints needs the optional dependency 'transformers'",
+            hint="install it with: pip install 'blockdsl[hf]'",
+        ) from error
+    return transformers
+
+
+# ---------------------------------------------------------------- shared config helpers
+
+# HF activation names (ACT2FN keys) -> blockdsl MLP/MoE ``act``.
+ACTIVATIONS = {
+    "gelu": "gelu",
+    "gelu_new": "gelu_tanh",  # NewGELUActivation: the tanh approximation
+    "gelu_pytorch_tanh": "gelu_tanh",
+    "gelu_fast": "gelu_tanh",
+    "relu": "relu",
+    "relu2": "relu2",
+    "silu": "silu",
+    "swish": "silu",
+}
+
+
+def activation(name: str, model_type: str) -> str:
+    """The blockdsl ``act`` of a Hugging Face activation name (``hidden_act``)."""
+    if name not in ACTIVATIONS:
+        raise HFImportError(
+            f"{model_type}: activation '{name}' has no blockdsl equivalent",
+            hint=f"supported: {', '.join(sorted(ACTIVATIONS))}",
+        )
+    return ACTIVATIONS[name]
+
+
+def unsupported(model_type: str, what: str) -> HFImportError:
+    """The error for an option of ``model_type`` that blockdsl cannot express."""
+    return HFImportError(f"{model_type}: {what} is not supported by the blockdsl import")
+
+
+def default_rope(cfg: Any, model_type: str) -> tuple[float, float]:
+    """``(rope_theta, partial_rotary_factor)`` of a default (unscaled) RoPE config."""
+    params = dict(getattr(cfg, "rope_parameters", None) or {})
+    kind = params.get("rope_type", params.get("type", "default"))
+    if kind != "default":
+        raise unsupported(model_type, f"rope_type '{kind}' (RoPE scaling)")
+    theta = params.get("rope_theta", getattr(cfg, "rope_theta", 10000.0))
+    return float(theta), float(params.get("partial_rotary_factor", 1.0))
+
+
+#: HF ``rope_type`` -> ``Attn(rope_scaling=...)``.
+ROPE_SCALINGS = ("linear", "dynamic", "llama3", "yarn", "longrope")
+
+
+def rope_args(cfg: Any, model_type: str, params: Mapping | None = None) -> tuple[dict, float]:
+    """``(Attn arguments, partial_rotary_factor)`` of a RoPE config, scaled or not: the
+    ``rope_theta`` and, for a ``rope_type`` blockdsl implements, ``rope_scaling`` with its
+    factors (the attention factor resolved as transformers resolves it). ``params``: one layer
+    type's entry of a per-layer ``rope_parameters`` (Gemma 3); default the config's."""
+    if params is None:
+        params = getattr(cfg, "rope_parameters", None) or {}
+    params = dict(params)
+    kind = params.get("rope_type", params.get("type", "default"))
+    theta = float(params.get("rope_theta", getattr(cfg, "rope_theta", 10000.0)))
+    fraction = float(params.get("partial_rotary_factor", 1.0))
+    args: dict[str, Any] = {"rope_theta": theta}
+    if kind == "default":
+        return args, fraction
+    if kind not in ROPE_SCALINGS:
+        raise HFImportError(
+            f"{model_type}: rope_type '{kind}' (RoPE scaling) is not supported by the blockdsl "
+            "import",
+            hint=f"supported: default, {', '.join(ROPE_SCALINGS)}",
+        )
+    args["rope_scaling"] = kind
+    max_positions = cfg.max_position_embeddings
+    original = params.get("original_max_position_embeddings") or getattr(
+        cfg, "original_max_position_embeddings", None
+    )
+    factor = params.get("factor")
+    if kind == "dynamic":  # transformers grows from max_position_embeddings
+        original = max_positions
+    original = int(original or max_positions)
+    if factor is None:
+        if kind not in ("yarn", "longrope"):
+            raise HFImportError(f"{model_type}: rope_type '{kind}' without a 'factor'")
+        factor = max_positions / original
+    args["rope_factor"] = float(factor)
+    if kind != "linear":
+        args["rope_original_context"] = original
+    if kind == "llama3":
+        args["rope_low_freq"] = float(params["low_freq_factor"])
+        args["rope_high_freq"] = float(params["high_freq_factor"])
+    elif kind == "yarn":
+        attention = params.get("attention_factor")
+        mscale, mscale_all_dim = params.get("mscale"), params.get("mscale_all_dim")
+
+        def get_mscale(scale: float, m: float = 1.0) -> float:
+            return 1.0 if scale <= 1 else 0.1 * m * math.log(scale) + 1.0
+
+        if attention is None:
+            attention = (
+                get_mscale(factor, mscale) / get_mscale(factor, mscale_all_dim)
+                if mscale and mscale_all_dim
+                else get_mscale(factor)
+            )
+        args["rope_attention_factor"] = float(attention)
+        args["rope_beta_fast"] = float(params.get("beta_fast") or 32.0)
+        args["rope_beta_slow"] = float(params.get("beta_slow") or 1.0)
+        args["rope_truncate"] = bool(params.get("truncate", True))
+    elif kind == "longrope":
+        attention = params.get("attention_factor")
+        if attention is None:
+            attention = (
+                1.0 if factor <= 1.0 else math.sqrt(1 + math.log(factor) / math.log(original))
+            )
+        args["rope_attention_factor"] = float(attention)
+        args["rope_short_factor"] = [float(f) for f in params["short_factor"]]
+        args["rope_long_factor"] = [float(f) for f in params["long_factor"]]
+    return args, fraction
+
+
+def rotary_fraction(rotary: int, head_dim: int) -> float:
+    """A ``rope_fraction`` with ``int(head_dim * fraction) == rotary`` exactly."""
+    fraction = rotary / head_dim
+    if int(head_dim * fraction) != rotary:
+        fraction = math.nextafter(fraction, 2.0)
+    assert int(head_dim * fraction) == rotary
+    return fraction
+
+
+def compress_layers(names: list[str]) -> str:
+    """A layers chain for a list of block names: ``block*4``, ``(local->global)*3``, or runs."""
+
+    def runs(seq: list[str]) -> str:
+        out: list[str] = []
+        i = 0
+        while i < len(seq):
+            j = i
+            while j < len(seq) and seq[j] == seq[i]:
+                j += 1
+            out.append(seq[i] if j - i == 1 else f"{seq[i]}*{j - i}")
+            i = j
+        return "->".join(out)
+
+    n = len(names)
+    for period in range(1, n + 1):
+        if n % period == 0 and names == names[:period] * (n // period):
+            unit, count = names[:period], n // period
+            if count == 1:
+                return runs(unit)
+            if period == 1:
+                return f"{unit[0]}*{count}"
+            return f"({runs(unit)})*{count}"
+    raise AssertionError("unreachable")
+
+
+def head_chain(tied: bool) -> str:
+    """The ``[model] head`` chain: a final norm and the output projection, tied or not."""
+    return "Norm->Head(tie=true)" if tied else "Norm->Head"
+
+
+def model_config(
+    cfg: Any,
+    *,
+    layers: str,
+    blocks: dict,
+    defaults: dict,
+    d_model: int | None = None,
+    context: int | None = None,
+    embed: str = "Embed",
+    tied_by_default: bool = False,
+) -> dict:
+    """The blockdsl dict config: ``[model]`` from the HF config's common fields, then the
+    architecture's blocks and defaults. ``tied_by_default`` is the architecture's default for
+    ``tie_word_embeddings`` (GPT-2 and Gemma 2 tie unless told otherwise)."""
+    tied = getattr(cfg, "tie_word_embeddings", tied_by_default)
+    return {
+        "model": {
+            "vocab": cfg.vocab_size,
+            "d_model": cfg.hidden_size if d_model is None else d_model,
+            "context": cfg.max_position_embeddings if context is None else context,
+            "layers": layers,
+            "embed": embed,
+            "head": head_chain(tied),
+        },
+        "blocks": blocks,
+        "defaults": defaults,
+    }
+
+
+# ---------------------------------------------------------------- shared weight helpers
+
+#: Non-persistent buffers that old checkpoints may still carry: not weights.
+NON_PERSISTENT_BUFFERS = re.compile(
+    r"(\.attn\.(bias|masked_bias)|\.attention\.(bias|masked_bias)|\.rotary_emb\.inv_freq"
+    r"|\.embed_positions|\.embed_scale)$"
+)
+
+
+Tensor = torch.Tensor
+
+
+class WeightMapper:
+    """Takes HF tensors by name, records missing ones, and collects blockdsl tensors."""
+
+    def __init__(self, source: Mapping[str, Tensor]) -> None:
+        self.source = dict(source)
+        self.used: set[str] = set()
+        self.missing: list[str] = []
+        self.out: dict[str, Tensor] = {}
+
+    def has(self, name: str) -> bool:
+        return name in self.source
+
+    def get(self, name: str) -> Tensor | None:
+        if name not in self.source:
+            self.missing.append(name)
+            return None
+        self.used.add(name)
+        return self.source[name]
+
+    def put(self, dst: str, *srcs: str, fn: Callable[..., Tensor] | None = None) -> None:
+        tensors = [self.get(s) for s in srcs]
+        if any(t is None for t in tensors):
+            return
+        self.out[dst] = fn(*tensors) if fn is not None else tensors[0]
+
+    def split(self, dsts: list[str], src: str, fn: Callable[[Tensor], list[Tensor]]) -> None:
+        tensor = self.get(src)
+        if tensor is not None:
+            self.out.update(zip(dsts, fn(tensor)))
+
+    def linear(self, dst: str, src: str, bias: bool) -> None:
+        self.put(f"{dst}.weight", f"{src}.weight")
+        if bias:
+            self.put(f"{dst}.bias", f"{src}.bias")
+
+    def norm(self, dst: str, src: str, bias: bool) -> None:
+        self.linear(dst, src, bias)
+
+    def head(self, cfg: Any, embed: str, tied: bool, bias: bool = False, name="lm_head") -> None:
+        if not tied:
+            self.put("head.head.weight", f"{name}.weight")
+        elif self.has(f"{name}.weight"):  # the tied copy: it must be the embedding itself
+            head, tok = self.get(f"{name}.weight"), self.get(embed)
+            if tok is not None and not (head is tok or torch.equal(head, tok)):
+                raise HFImportError(
+                    f"'{name}.weight' differs from the tied embedding '{embed}' although the "
+                    "config says tie_word_embeddings=True"
+                )
+        if bias:
+            self.put("head.head.bias", f"{name}.bias")
+
+
+# ---------------------------------------------------------------- architectures
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """Everything the importer knows about one Hugging Face architecture.
+
+    ``config`` maps the HF config to a blockdsl dict config; ``weights`` maps the checkpoint's
+    tensors (names under ``prefix``, plus the top-level ``outside`` names such as ``lm_head``)
+    to blockdsl parameter names through a ``WeightMapper``."""
+
+    model_type: str
+    hf_class: str
+    prefix: str
+    config: Callable[[Any], dict]
+    weights: Callable[[Any, WeightMapper], None]
+    outside: tuple[str, ...] = ("lm_head",)
+    #: name endings of the HF model's persistent buffers that are weights (state the model
+    #: computes with, such as DeepSeek-V3's ``e_score_correction_bias``); other buffers are not
+    buffers: tuple[str, ...] = ()
+
+
+#: ``config.model_type`` -> its record.
+ARCHITECTURES: dict[str, Architecture] = {}
+
+
+def register_architecture(arch: Architecture, *, replace: bool = False) -> Architecture:
+    """Add an architecture to the importer (``replace=True`` to override an existing one)."""
+    if arch.model_type in ARCHITECTURES and not replace:
+        raise ValueError(f"architecture '{arch.model_type}' is already registered")
+    ARCHITECTURES[arch.model_type] = arch
+    return arch
+
+
+class _Supported(Mapping[str, str]):
+    """``model_type -> transformers class``: a live view of ``ARCHITECTURES``."""
+
+    def __getitem__(self, key: str) -> str:
+        return ARCHITECTURES[key].hf_class
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(ARCHITECTURES)
+
+    def __len__(self) -> int:
+        return len(ARCHITECTURES)
+
+    def __repr__(self) -> str:
+        return repr(dict(self))
+
+
+#: model_type -> the transformers class it is read from (a view of ``ARCHITECTURES``).
+SUPPORTED: Mapping[str, str] = _Supported()
+
+
+# ---------------------------------------------------------------- shared layouts
+
+
+def layer_kinds(cfg: Any, model_type: str, allowed: dict[str, str]) -> list[str]:
+    """The config's ``layer_types``, one per layer, each one of ``allowed`` (mapped to a
+    block name)."""
+    kinds = list(getattr(cfg, "layer_types", None) or [])
+    if len(kinds) != cfg.num_hidden_layers or not set(kinds) <= set(allowed):
+        raise unsupported(
+            model_type, f"layer_types {kinds} (expected one of {sorted(allowed)} per layer)"
+        )
+    return [allowed[kind] for kind in kinds]
+
+
+def llama_like_config(
+    cfg: Any, model_type: str, mlp: dict | None = None, window: bool = False
+) -> dict:
+    """The Llama layout (Llama, Mistral, Mixtral): pre-norm RMSNorm, GQA with RoPE (scaled or
+    not), SwiGLU (or MoE)."""
+    rope, fraction = rope_args(cfg, model_type)
+    if fraction != 1.0:
+        raise unsupported(model_type, "partial_rotary_factor")
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    attn: dict[str, Any] = {
+        "heads": cfg.num_attention_heads,
+        "kv_heads": cfg.num_key_value_heads or cfg.num_attention_heads,
+        "head_dim": head_dim,
+        "pos": "rope",
+        **rope,
+        "bias": bool(getattr(cfg, "attention_bias", False)),
+    }
+    if window and getattr(cfg, "sliding_window", None) is not None:
+        attn["window"] = int(cfg.sliding_window)
+    defaults: dict[str, dict] = {
+        "Norm": {"kind": "rms", "eps": cfg.rms_norm_eps},
+        "Attn": attn,
+    }
+    if mlp is None:
+        defaults["MLP"] = {
+            "hidden": cfg.intermediate_size,
+            "act": activation(cfg.hidden_act, model_type),
+            "gated": True,
+            "bias": bool(getattr(cfg, "mlp_bias", False)),
+        }
+        block = "Norm->Attn->+->Norm->MLP->+"
+    else:
+        defaults["MoE"] = mlp
+        block = "Norm->Attn->+->Norm->MoE->+"
+    return model_config(
+        cfg,
+        layers=f"block*{cfg.num_hidden_layers}",
+        blocks={"block": block},
+        defaults=defaults,
+    )
+
+
+def llama_attention_weights(cfg: Any, m: WeightMapper, p: str, q: str) -> None:
+    """Llama's ``self_attn.{q,k,v,o}_proj`` of HF layer ``p`` -> ``attn.{q,k,v,o}`` of ``q``."""
+    bias = bool(getattr(cfg, "attention_bias", False))
+    for n in "qkvo":
+        m.linear(f"{q}.attn.{n}", f"{p}.self_attn.{n}_proj", bias)
+
+
+def llama_mlp_weights(cfg: Any, m: WeightMapper, p: str, q: str) -> None:
+    """Llama's gated ``mlp.{gate,up,down}_proj`` of HF layer ``p`` -> ``mlp.*`` of ``q``."""
+    bias = bool(getattr(cfg, "mlp_bias", False))
+    for n in ("gate", "up", "down"):
+        m.linear(f"{q}.mlp.{n}", f"{p}.mlp.{n}_proj", bias)
+
+
+def llama_weights(
+    cfg: Any,
+    m: WeightMapper,
+    feed_forward: Callable[[Any, WeightMapper, str, str], None] = llama_mlp_weights,
+) -> None:
+    """Llama's checkpoint layout (also Mistral's and, with its MoE as ``feed_forward``,
+    Mixtral's): embedding, pre-norm layers, final norm, head."""
+    m.put("embed.embed.tok.weight", "model.embed_tokens.weight")
+    for i in range(cfg.num_hidden_layers):
+        p, q = f"model.layers.{i}", f"layers.{i}"
+        m.norm(f"{q}.norm", f"{p}.input_layernorm", bias=False)
+        llama_attention_weights(cfg, m, p, q)
+        m.norm(f"{q}.norm_1", f"{p}.post_attention_layernorm", bias=False)
+        feed_forward(cfg, m, p, q)
+    m.norm("head.norm", "model.norm", bias=False)
+    m.head(cfg, "model.embed_tokens.weight", getattr(cfg, "tie_word_embeddings", False))
+
+
+def stacked_expert_weights(m: WeightMapper, src: str, dst: str, inter: int) -> None:
+    """transformers 5.x stacked experts: ``gate_up_proj [E, 2I, D]`` (gate first) and
+    ``down_proj [E, D, I]`` -> ``w_gate``, ``w_up``, ``w_down``."""
+    m.split(
+        [f"{dst}.w_gate", f"{dst}.w_up"],
+        f"{src}.gate_up_proj",
+        lambda w: [w[:, :inter], w[:, inter:]],
+    )
+    m.put(f"{dst}.w_down", f"{src}.down_proj")
+
+
+def gated_shared_expert_weights(m: WeightMapper, src: str, dst: str) -> None:
+    """Qwen's sigmoid-gated shared expert: ``shared_expert.{gate,up,down}_proj`` and
+    ``shared_expert_gate`` -> ``shared.*`` and ``shared_gate``."""
+    for n in ("gate", "up", "down"):
+        m.linear(f"{dst}.shared.{n}", f"{src}.shared_expert.{n}_proj", bias=False)
+    m.linear(f"{dst}.shared_gate", f"{src}.shared_expert_gate", bias=False)
+
+
+def shared_expert_multiple(t: str, shared_size: int, expert_size: int, field: str) -> int:
+    """The shared expert's width as a number of expert widths (MoE's ``shared``)."""
+    shared, rest = divmod(shared_size, expert_size)
+    if rest:
+        raise unsupported(
+            t,
+            f"{field}={shared_size} that is not a multiple of moe_intermediate_size={expert_size}",
+        )
+    return shared
