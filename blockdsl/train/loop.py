@@ -304,7 +304,7 @@ def _train(
             rows = slice(micro * settings.batch_size, (micro + 1) * settings.batch_size)
             with distributed.gradient_sync(model, strategy, micro == accumulation - 1):
                 with autocast:
-                    logits, loss, aux = forward(inputs[rows], targets[rows], return_aux=True)
+                    logits, loss, aux = forward(inputs[rows], targets[rows])
                 if task is not None:
                     task.observe(logits.detach(), targets[rows])
                 (loss / accumulation).backward()
@@ -336,7 +336,7 @@ def _train(
         total = torch.zeros((), device=device)
         for (inputs, targets), weight in val_batches:
             with autocast:
-                _, loss = chooser.forward(inputs.to(device), targets.to(device))
+                loss = chooser.forward(inputs.to(device), targets.to(device)).loss
             total += weight * loss.float()
         model.train()
         return (group.sum(total) / settings.eval_batches).item()
@@ -388,7 +388,7 @@ def _train(
 
         def forward_backward() -> None:
             with autocast:
-                _, loss = chooser.forward(inputs, targets)
+                loss = chooser.forward(inputs, targets).loss
             loss.backward()
 
         if accumulation > 1:
