@@ -157,7 +157,7 @@ def test_registry_requires_init_state_with_a_state_keyword() -> None:
         def init_state(self, batch_size: int, max_len: int) -> dict[str, torch.Tensor]:
             return {"n": torch.zeros(batch_size, 3)}
 
-    registry.register("Counted", mixes_positions=True)(Counted)
+    registry.register("Counted", mixes_positions=True, decodes=True)(Counted)
     component = registry.get("Counted")
     assert component.stateful
     # counted from init_state on the meta device

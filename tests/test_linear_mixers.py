@@ -364,7 +364,7 @@ def test_depth_2_steps_add_up_to_the_declared_flops(name, kwargs):
     """``--show-shapes --depth 2`` lists steps whose FLOPs are the component's declared FLOPs
     (of one sequence; a long filter is generated once per batch, whatever its size)."""
     component, args = resolve(name, kwargs)
-    steps = component.cls.shape_steps(
+    steps = component.shape_steps_fn(
         d_in=32, seq=24, batch=1, **{k: v for k, v in args.items() if k != "d_model"}
     )
     assert sum(s[3] for s in steps) == component.count_flops(32, args, seq=24)

@@ -8,7 +8,7 @@ Shapes in comments: ``B`` batch, ``T`` query length, ``S`` key length, ``D`` mod
 from __future__ import annotations
 
 import math
-from typing import ClassVar, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -425,6 +425,47 @@ def _attn_state_size(
     return 2 * kv * hd * context  # keys and values of every position
 
 
+_ATTN_HELP: dict[str, str] = {
+    "heads": "query heads",
+    "kv_heads": "key/value heads (GQA; 1 = MQA); none: = heads",
+    "head_dim": "size of each head; none: d_model // heads",
+    "pos": "positions: rope (rotary), alibi (linear distance bias) or none",
+    "rope_theta": "rotary base",
+    "rope_fraction": "fraction of each head's dims that rotate (GPT-NeoX partial rotary)",
+    "rope_interleaved": "rotate adjacent pairs (GPT-J) instead of halves (Llama/NeoX)",
+    "causal": "query t sees only keys <= t",
+    "window": "sliding window: query t sees keys t-window+1 ... t; none: unlimited",
+    "qk_norm": "RMSNorm of queries and keys over head_dim",
+    "softcap": "cap scores with `softcap * tanh(scores / softcap)` (Gemma 2); none: off",
+    "scale": "score scale; none: head_dim ** -0.5",
+    "bias": "biases on the q, k, v, o projections",
+    "dropout": "dropout on attention probabilities (training only)",
+    "context": "maximum sequence length (rotary table size; set by the model)",
+    "gate": "head-wise output gate `sigmoid(gate(x))` before `o` (Qwen3-Next)",
+    "qk_norm_eps": "epsilon of the q/k norm",
+    "qk_norm_kind": "q/k norm: rms (RMSNorm) or layer (LayerNorm)",
+    "qk_norm_over": "q/k norm over each head (head) or over the whole projection (all)",
+    "qk_norm_per_head": "q/k norm weights per head, `[heads, head_dim]` (over=head only)",
+    "qk_norm_bias": "q/k norm learns a bias",
+    "qk_norm_unit_offset": "q/k norm scales by `(1 + weight)` (Gemma 3)",
+    "qkv_bias": "biases on q, k, v; none: = bias",
+    "o_bias": "bias on the output projection o; none: = bias",
+    "clip_qkv": "clamp the q, k, v projections to [-clip_qkv, clip_qkv] (OLMo, MPT); none: off",
+    "alibi_scale": "multiplies the ALiBi slopes (Falcon: head_dim ** -0.5)",
+    "rope_scaling": "rotary scaling: none, linear, dynamic (NTK), llama3, yarn or longrope",
+    "rope_factor": "rotary scaling factor (context extension ratio)",
+    "rope_original_context": "the context trained with (dynamic, llama3, yarn, longrope)",
+    "rope_low_freq": "llama3: low_freq_factor",
+    "rope_high_freq": "llama3: high_freq_factor",
+    "rope_beta_fast": "yarn: rotations where extrapolation ends",
+    "rope_beta_slow": "yarn: rotations where interpolation starts",
+    "rope_truncate": "yarn: round the ramp's correction range to whole dims",
+    "rope_attention_factor": "yarn/longrope: cos/sin multiplier; none: the paper's default",
+    "rope_short_factor": "longrope: frequency divisors within rope_original_context",
+    "rope_long_factor": "longrope: frequency divisors beyond rope_original_context",
+}
+
+
 @register(
     "Attn",
     out_features=same_size,
@@ -433,6 +474,9 @@ def _attn_state_size(
     flops=_attn_flops,
     check=_check_attn,
     state_size=_attn_state_size,
+    decodes=True,
+    arg_help=_ATTN_HELP,
+    shape_steps=_attn_steps,
 )
 class Attn(_Projections):
     """Multi-head self-attention: MHA/MQA/GQA, RoPE or ALiBi, sliding window, soft-capping.
@@ -486,48 +530,6 @@ class Attn(_Projections):
     Parameters: ``q``, ``k``, ``v``, ``o`` (``nn.Linear``; biases with ``bias``),
     ``q_norm``, ``k_norm`` (with ``qk_norm``), ``gate`` (with ``gate``).
     """
-
-    arg_help: ClassVar[dict[str, str]] = {
-        "heads": "query heads",
-        "kv_heads": "key/value heads (GQA; 1 = MQA); none: = heads",
-        "head_dim": "size of each head; none: d_model // heads",
-        "pos": "positions: rope (rotary), alibi (linear distance bias) or none",
-        "rope_theta": "rotary base",
-        "rope_fraction": "fraction of each head's dims that rotate (GPT-NeoX partial rotary)",
-        "rope_interleaved": "rotate adjacent pairs (GPT-J) instead of halves (Llama/NeoX)",
-        "causal": "query t sees only keys <= t",
-        "window": "sliding window: query t sees keys t-window+1 ... t; none: unlimited",
-        "qk_norm": "RMSNorm of queries and keys over head_dim",
-        "softcap": "cap scores with `softcap * tanh(scores / softcap)` (Gemma 2); none: off",
-        "scale": "score scale; none: head_dim ** -0.5",
-        "bias": "biases on the q, k, v, o projections",
-        "dropout": "dropout on attention probabilities (training only)",
-        "context": "maximum sequence length (rotary table size; set by the model)",
-        "gate": "head-wise output gate `sigmoid(gate(x))` before `o` (Qwen3-Next)",
-        "qk_norm_eps": "epsilon of the q/k norm",
-        "qk_norm_kind": "q/k norm: rms (RMSNorm) or layer (LayerNorm)",
-        "qk_norm_over": "q/k norm over each head (head) or over the whole projection (all)",
-        "qk_norm_per_head": "q/k norm weights per head, `[heads, head_dim]` (over=head only)",
-        "qk_norm_bias": "q/k norm learns a bias",
-        "qk_norm_unit_offset": "q/k norm scales by `(1 + weight)` (Gemma 3)",
-        "qkv_bias": "biases on q, k, v; none: = bias",
-        "o_bias": "bias on the output projection o; none: = bias",
-        "clip_qkv": "clamp the q, k, v projections to [-clip_qkv, clip_qkv] (OLMo, MPT); none: off",
-        "alibi_scale": "multiplies the ALiBi slopes (Falcon: head_dim ** -0.5)",
-        "rope_scaling": "rotary scaling: none, linear, dynamic (NTK), llama3, yarn or longrope",
-        "rope_factor": "rotary scaling factor (context extension ratio)",
-        "rope_original_context": "the context trained with (dynamic, llama3, yarn, longrope)",
-        "rope_low_freq": "llama3: low_freq_factor",
-        "rope_high_freq": "llama3: high_freq_factor",
-        "rope_beta_fast": "yarn: rotations where extrapolation ends",
-        "rope_beta_slow": "yarn: rotations where interpolation starts",
-        "rope_truncate": "yarn: round the ramp's correction range to whole dims",
-        "rope_attention_factor": "yarn/longrope: cos/sin multiplier; none: the paper's default",
-        "rope_short_factor": "longrope: frequency divisors within rope_original_context",
-        "rope_long_factor": "longrope: frequency divisors beyond rope_original_context",
-    }
-
-    shape_steps = staticmethod(_attn_steps)
 
     def __init__(
         self,
@@ -829,8 +831,26 @@ class Attn(_Projections):
         )
 
 
+_CROSS_ATTN_HELP: dict[str, str] = {
+    "heads": "query heads",
+    "kv_heads": "key/value heads (GQA; 1 = MQA); none: = heads",
+    "head_dim": "size of each head; none: d_model // heads",
+    "d_memory": "feature size of the memory; none: = d_model",
+    "qk_norm": "RMSNorm of queries and keys over head_dim",
+    "softcap": "cap scores with `softcap * tanh(scores / softcap)`; none: off",
+    "scale": "score scale; none: head_dim ** -0.5",
+    "bias": "biases on the q, k, v, o projections",
+    "dropout": "dropout on attention probabilities (training only)",
+}
+
+
 @register(
-    "CrossAttn", out_features=same_size, params=_attn_params, flops=_attn_flops, check=_check_heads
+    "CrossAttn",
+    out_features=same_size,
+    params=_attn_params,
+    flops=_attn_flops,
+    check=_check_heads,
+    arg_help=_CROSS_ATTN_HELP,
 )
 class CrossAttn(_Projections):
     """Cross-attention from the stream to a ``memory`` (B, S, d_memory) given at call time.
@@ -840,18 +860,6 @@ class CrossAttn(_Projections):
     FLOPs are counted with ``S = seq``. Parameters: ``q``, ``k``, ``v``, ``o`` (and ``q_norm``,
     ``k_norm`` with ``qk_norm``), as in Attn.
     """
-
-    arg_help: ClassVar[dict[str, str]] = {
-        "heads": "query heads",
-        "kv_heads": "key/value heads (GQA; 1 = MQA); none: = heads",
-        "head_dim": "size of each head; none: d_model // heads",
-        "d_memory": "feature size of the memory; none: = d_model",
-        "qk_norm": "RMSNorm of queries and keys over head_dim",
-        "softcap": "cap scores with `softcap * tanh(scores / softcap)`; none: off",
-        "scale": "score scale; none: head_dim ** -0.5",
-        "bias": "biases on the q, k, v, o projections",
-        "dropout": "dropout on attention probabilities (training only)",
-    }
 
     def __init__(
         self,

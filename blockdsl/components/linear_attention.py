@@ -24,7 +24,6 @@ Shapes in comments: ``B`` batch, ``T`` tokens, ``H`` heads, ``K``/``V`` key/valu
 from __future__ import annotations
 
 import math
-from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -372,6 +371,17 @@ def _gdn_state_size(d_in: int, heads, v_heads=None, head_dim=None, v_head_dim=No
     return (2 * Hk * dk + Hv * dv) * (kernel - 1) + Hv * dv * dk
 
 
+_GATED_DELTA_NET_HELP: dict[str, str] = {
+    "heads": "query/key heads",
+    "v_heads": "value heads (a multiple of heads); none: = heads",
+    "head_dim": "query/key head size; none: d_model // heads",
+    "v_head_dim": "value head size; none: = head_dim",
+    "kernel": "width of the causal short conv on q, k, v",
+    "chunk": "tokens per chunk of the chunked (training) form",
+    "eps": "epsilon of the output RMSNorm",
+}
+
+
 @register(
     "GatedDeltaNet",
     out_features=same_size,
@@ -380,6 +390,9 @@ def _gdn_state_size(d_in: int, heads, v_heads=None, head_dim=None, v_head_dim=No
     flops=flops_from_steps(_gdn_steps),
     check=_check_gdn,
     state_size=_gdn_state_size,
+    arg_help=_GATED_DELTA_NET_HELP,
+    shape_steps=_gdn_steps,
+    decodes=True,
 )
 class GatedDeltaNet(nn.Module):
     """Gated DeltaNet (Qwen3-Next's linear attention): the gated delta rule with a short causal
@@ -398,18 +411,6 @@ class GatedDeltaNet(nn.Module):
     head ``[b.., a..]``), ``conv1d.weight [2HK+Hv·V, 1, kernel]`` (no bias), ``dt_bias [Hv]``,
     ``A_log [Hv]``, ``norm.weight [V]``, ``out_proj``.
     """
-
-    arg_help: ClassVar[dict[str, str]] = {
-        "heads": "query/key heads",
-        "v_heads": "value heads (a multiple of heads); none: = heads",
-        "head_dim": "query/key head size; none: d_model // heads",
-        "v_head_dim": "value head size; none: = head_dim",
-        "kernel": "width of the causal short conv on q, k, v",
-        "chunk": "tokens per chunk of the chunked (training) form",
-        "eps": "epsilon of the output RMSNorm",
-    }
-
-    shape_steps = staticmethod(_gdn_steps)
 
     def __init__(
         self,
@@ -618,6 +619,15 @@ def _orthogonal_(weight: torch.Tensor, gain: float) -> None:
         nn.init.orthogonal_(weight, gain=gain)
 
 
+_RWKV7_HELP: dict[str, str] = {
+    "head_dim": "channels per head (the state is head_dim x head_dim); none: min(64, d_model)",
+    "decay_rank": "rank of the decay LoRA; none: BlinkDL's default for d_model",
+    "a_rank": "rank of the in-context learning-rate LoRA; none: BlinkDL's default",
+    "gate_rank": "rank of the output-gate LoRA; none: BlinkDL's default",
+    "chunk": "tokens per chunk of the chunked (training) form, at most 32",
+}
+
+
 @register(
     "RWKV7",
     out_features=same_size,
@@ -626,6 +636,9 @@ def _orthogonal_(weight: torch.Tensor, gain: float) -> None:
     flops=flops_from_steps(_rwkv7_steps),
     check=_check_rwkv7,
     state_size=_rwkv7_state_size,
+    arg_help=_RWKV7_HELP,
+    shape_steps=_rwkv7_steps,
+    decodes=True,
 )
 class RWKV7(nn.Module):
     """RWKV-7 "Goose" time mixing: the generalised delta rule with per-channel decay.
@@ -646,16 +659,6 @@ class RWKV7(nn.Module):
     gradient from the first step. Training runs the chunked form (``chunk`` <= 32 tokens: the
     per-channel decays are factored within a chunk), a decode step the recurrence.
     """
-
-    arg_help: ClassVar[dict[str, str]] = {
-        "head_dim": "channels per head (the state is head_dim x head_dim); none: min(64, d_model)",
-        "decay_rank": "rank of the decay LoRA; none: BlinkDL's default for d_model",
-        "a_rank": "rank of the in-context learning-rate LoRA; none: BlinkDL's default",
-        "gate_rank": "rank of the output-gate LoRA; none: BlinkDL's default",
-        "chunk": "tokens per chunk of the chunked (training) form, at most 32",
-    }
-
-    shape_steps = staticmethod(_rwkv7_steps)
 
     def __init__(
         self,
@@ -776,6 +779,12 @@ def _cmix_steps(d_in: int, seq: int, batch: int, hidden: int | None, mult: float
     ]
 
 
+_RWKV7_CHANNEL_MIX_HELP: dict[str, str] = {
+    "hidden": "hidden width; none: int(mult * d_model)",
+    "mult": "hidden width as a multiple of d_model when hidden is none",
+}
+
+
 @register(
     "RWKV7ChannelMix",
     out_features=same_size,
@@ -784,6 +793,9 @@ def _cmix_steps(d_in: int, seq: int, batch: int, hidden: int | None, mult: float
     flops=flops_from_steps(_cmix_steps),
     check=_check_cmix,
     state_size=lambda d_in, **_: d_in,
+    arg_help=_RWKV7_CHANNEL_MIX_HELP,
+    shape_steps=_cmix_steps,
+    decodes=True,
 )
 class RWKV7ChannelMix(nn.Module):
     """RWKV-7 channel mixing (the MLP slot): ``value(relu(key(x + (x_prev - x) * x_k))^2)``.
@@ -792,13 +804,6 @@ class RWKV7ChannelMix(nn.Module):
     input, so it sees the previous token too (hence causal, with a one-token decoding state).
     Parameters as BlinkDL's: ``x_k [1, 1, D]``, ``key``, ``value`` (``nn.Linear``, no bias).
     """
-
-    arg_help: ClassVar[dict[str, str]] = {
-        "hidden": "hidden width; none: int(mult * d_model)",
-        "mult": "hidden width as a multiple of d_model when hidden is none",
-    }
-
-    shape_steps = staticmethod(_cmix_steps)
 
     def __init__(self, d_model: int, hidden: int | None = None, mult: float = 4.0) -> None:
         super().__init__()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -46,7 +46,38 @@ def _check_mlp(d_in: int, hidden: int | None = None, mult: float = 4.0, **_) -> 
     return f"MLP hidden size must be positive, got {h}" if h <= 0 else None
 
 
-@register("MLP", out_features=same_size, params=_mlp_params, flops=_mlp_flops, check=_check_mlp)
+def _mlp_steps(
+    d_in: int, seq: int, batch: int, hidden: int | None, mult: float, gated: bool, **_
+) -> list[tuple[str, tuple[str, ...], tuple[int, ...], int]]:
+    """The steps inside, for ``blockdsl compile --show-shapes --depth 2``: ``(name,
+    symbolic shape, concrete shape, forward FLOPs of the batch)``."""
+    h, n = _hidden(d_in, hidden, mult), batch * seq
+    hid, out = ("B", "T", "F"), ("B", "T", "D")
+    steps = [("gate", hid, (batch, seq, h), 2 * n * d_in * h)] if gated else []
+    steps.append(("up", hid, (batch, seq, h), 2 * n * d_in * h))
+    steps.append(("act*up" if gated else "act", hid, (batch, seq, h), n * h * int(gated)))
+    steps.append(("down", out, (batch, seq, d_in), 2 * n * h * d_in))
+    return steps
+
+
+_MLP_HELP: dict[str, str] = {
+    "hidden": "hidden width; none: int(mult * d_model)",
+    "mult": "hidden width as a multiple of d_model when hidden is none",
+    "act": "activation: relu, gelu, gelu_tanh, silu or relu2 (squared ReLU)",
+    "gated": "gated linear unit: `down(act(gate(x)) * up(x))`",
+    "bias": "biases on the linears",
+}
+
+
+@register(
+    "MLP",
+    out_features=same_size,
+    params=_mlp_params,
+    flops=_mlp_flops,
+    check=_check_mlp,
+    arg_help=_MLP_HELP,
+    shape_steps=_mlp_steps,
+)
 class MLP(nn.Module):
     """Position-wise feed-forward: ``down(act(up(x)))``, or gated ``down(act(gate(x)) * up(x))``.
 
@@ -54,14 +85,6 @@ class MLP(nn.Module):
     (GPT-2), silu (SwiGLU when gated), relu2 (squared ReLU). Parameters: ``up``, ``down`` and,
     when ``gated``, ``gate`` (``nn.Linear``; biases with ``bias``).
     """
-
-    arg_help: ClassVar[dict[str, str]] = {
-        "hidden": "hidden width; none: int(mult * d_model)",
-        "mult": "hidden width as a multiple of d_model when hidden is none",
-        "act": "activation: relu, gelu, gelu_tanh, silu or relu2 (squared ReLU)",
-        "gated": "gated linear unit: `down(act(gate(x)) * up(x))`",
-        "bias": "biases on the linears",
-    }
 
     def __init__(
         self,
@@ -79,20 +102,6 @@ class MLP(nn.Module):
         self.gate = nn.Linear(d_model, h, bias=bias) if gated else None
         self.up = nn.Linear(d_model, h, bias=bias)
         self.down = nn.Linear(h, d_model, bias=bias)
-
-    @staticmethod
-    def shape_steps(
-        d_in: int, seq: int, batch: int, hidden: int | None, mult: float, gated: bool, **_
-    ) -> list[tuple[str, tuple[str, ...], tuple[int, ...], int]]:
-        """The steps inside, for ``blockdsl compile --show-shapes --depth 2``: ``(name,
-        symbolic shape, concrete shape, forward FLOPs of the batch)``."""
-        h, n = _hidden(d_in, hidden, mult), batch * seq
-        hid, out = ("B", "T", "F"), ("B", "T", "D")
-        steps = [("gate", hid, (batch, seq, h), 2 * n * d_in * h)] if gated else []
-        steps.append(("up", hid, (batch, seq, h), 2 * n * d_in * h))
-        steps.append(("act*up" if gated else "act", hid, (batch, seq, h), n * h * int(gated)))
-        steps.append(("down", out, (batch, seq, d_in), 2 * n * h * d_in))
-        return steps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, D) -> (B, T, D)
         if self.gate is not None:
@@ -205,6 +214,84 @@ def _check_groups(
     return None
 
 
+def _moe_steps(
+    d_in: int,
+    seq: int,
+    batch: int,
+    experts: int | None,
+    k: int,
+    hidden: int | None,
+    mult: float,
+    gated: bool,
+    shared: int,
+    n_children: int | None = None,
+    **_,
+) -> list[tuple[str, tuple[str, ...], tuple[int, ...], int]]:
+    """The steps inside, for ``blockdsl compile --show-shapes --depth 2``: ``(name,
+    symbolic shape, concrete shape, forward FLOPs of the batch)``. With children the
+    experts are the child blocks (listed after these steps) and run on every token."""
+    E, h = _moe_sizes(d_in, experts, hidden, mult, n_children)
+    n = batch * seq
+    steps = [
+        ("router", ("B", "T", "E"), (batch, seq, E), 2 * n * d_in * E),
+        ("top-k", ("B", "T", "k"), (batch, seq, k), 0),
+    ]
+    if n_children:
+        steps.append(("combine", ("B", "T", "D"), (batch, seq, d_in), 2 * n * E * d_in))
+    else:
+        routed = ("B·T·k", "D"), (n * k, d_in)
+        up = 2 * n * k * d_in * h * (2 if gated else 1)
+        steps += [
+            ("dispatch", *routed, 0),
+            ("expert hidden", ("B·T·k", "F"), (n * k, h), up),
+            ("expert out", *routed, 2 * n * k * h * d_in),
+            ("combine", ("B", "T", "D"), (batch, seq, d_in), 2 * n * k * d_in),
+        ]
+    if shared:
+        per_token = 2 * d_in * h * (3 if gated else 2)
+        steps.append(("shared", ("B", "T", "D"), (batch, seq, d_in), n * shared * per_token))
+    return steps
+
+
+def combine_moe_aux(auxes: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The model's load-balancing loss from every MoE layer's ``(2, E)`` aux:
+    ``sum_e mean_l(aux_l[0, e]) * mean_l(aux_l[1, e])``, i.e. HF Mixtral's
+    ``load_balancing_loss_func`` over all layers times the coefficient. Layers with
+    different expert counts are combined per count and summed."""
+    groups: dict[tuple[int, ...], list[torch.Tensor]] = defaultdict(list)
+    for aux in auxes:
+        groups[tuple(aux.shape)].append(aux)
+    total = None
+    for group in groups.values():
+        f, p = torch.stack(group).mean(dim=0)  # (E,), (E,)
+        loss = (f * p).sum()
+        total = loss if total is None else total + loss
+    return total if total is not None else torch.zeros(())
+
+
+_MOE_HELP: dict[str, str] = {
+    "experts": "number of experts; none: 8, or the number of children",
+    "k": "experts per token (top-k)",
+    "hidden": "each expert's hidden width; none: int(mult * d_model)",
+    "mult": "hidden width as a multiple of d_model when hidden is none",
+    "act": "experts' activation: relu, gelu, gelu_tanh, silu or relu2",
+    "gated": "gated experts (SwiGLU with act=silu)",
+    "shared": "always-on shared experts (one MLP of width shared * hidden)",
+    "norm_topk": "renormalise the top-k weights to sum to 1 (Mixtral; Qwen2-MoE: false)",
+    "aux_loss": "load-balancing loss coefficient",
+    "jitter": "multiplicative U(1-jitter, 1+jitter) noise in training (see jitter_scope)",
+    "shared_gate": "scale the shared experts per token by sigmoid(shared_gate(x)) (Qwen-MoE)",
+    "jitter_scope": "what the jitter multiplies: router (its input only) or input (the "
+    "whole MoE input, as HF Mixtral/DBRX)",
+    "score": "expert scores: softmax over the experts, or sigmoid of each (DeepSeek-V3)",
+    "score_bias": "a bias buffer added to the scores for choosing experts only (DeepSeek-V3)",
+    "groups": "expert groups for group-limited routing (DeepSeek n_group)",
+    "topk_groups": "groups each token may use (DeepSeek topk_group); none: all",
+    "group_top": "a group's score: the sum of its group_top best expert scores",
+    "routed_scale": "multiplier of the routed experts' weights (routed_scaling_factor)",
+}
+
+
 @register(
     "MoE",
     out_features=same_size,
@@ -212,6 +299,10 @@ def _check_groups(
     params=_moe_params,
     flops=_moe_flops,
     check=_check_moe,
+    arg_help=_MOE_HELP,
+    shape_steps=_moe_steps,
+    combine_aux=combine_moe_aux,
+    decodes=True,
 )
 class MoE(nn.Module):
     """Mixture of experts: a softmax router sends each token to its top-k experts.
@@ -261,28 +352,6 @@ class MoE(nn.Module):
     router probability of e. ``MoE.combine_aux`` turns every layer's aux into the
     Switch/Mixtral load-balancing loss (times the coefficient).
     """
-
-    arg_help: ClassVar[dict[str, str]] = {
-        "experts": "number of experts; none: 8, or the number of children",
-        "k": "experts per token (top-k)",
-        "hidden": "each expert's hidden width; none: int(mult * d_model)",
-        "mult": "hidden width as a multiple of d_model when hidden is none",
-        "act": "experts' activation: relu, gelu, gelu_tanh, silu or relu2",
-        "gated": "gated experts (SwiGLU with act=silu)",
-        "shared": "always-on shared experts (one MLP of width shared * hidden)",
-        "norm_topk": "renormalise the top-k weights to sum to 1 (Mixtral; Qwen2-MoE: false)",
-        "aux_loss": "load-balancing loss coefficient",
-        "jitter": "multiplicative U(1-jitter, 1+jitter) noise in training (see jitter_scope)",
-        "shared_gate": "scale the shared experts per token by sigmoid(shared_gate(x)) (Qwen-MoE)",
-        "jitter_scope": "what the jitter multiplies: router (its input only) or input (the "
-        "whole MoE input, as HF Mixtral/DBRX)",
-        "score": "expert scores: softmax over the experts, or sigmoid of each (DeepSeek-V3)",
-        "score_bias": "a bias buffer added to the scores for choosing experts only (DeepSeek-V3)",
-        "groups": "expert groups for group-limited routing (DeepSeek n_group)",
-        "topk_groups": "groups each token may use (DeepSeek topk_group); none: all",
-        "group_top": "a group's score: the sum of its group_top best expert scores",
-        "routed_scale": "multiplier of the routed experts' weights (routed_scaling_factor)",
-    }
 
     def __init__(
         self,
@@ -349,45 +418,6 @@ class MoE(nn.Module):
         )
         self.shared_gate = nn.Linear(d_model, 1, bias=False) if shared and shared_gate else None
         self.reset_parameters()
-
-    @staticmethod
-    def shape_steps(
-        d_in: int,
-        seq: int,
-        batch: int,
-        experts: int | None,
-        k: int,
-        hidden: int | None,
-        mult: float,
-        gated: bool,
-        shared: int,
-        n_children: int | None = None,
-        **_,
-    ) -> list[tuple[str, tuple[str, ...], tuple[int, ...], int]]:
-        """The steps inside, for ``blockdsl compile --show-shapes --depth 2``: ``(name,
-        symbolic shape, concrete shape, forward FLOPs of the batch)``. With children the
-        experts are the child blocks (listed after these steps) and run on every token."""
-        E, h = _moe_sizes(d_in, experts, hidden, mult, n_children)
-        n = batch * seq
-        steps = [
-            ("router", ("B", "T", "E"), (batch, seq, E), 2 * n * d_in * E),
-            ("top-k", ("B", "T", "k"), (batch, seq, k), 0),
-        ]
-        if n_children:
-            steps.append(("combine", ("B", "T", "D"), (batch, seq, d_in), 2 * n * E * d_in))
-        else:
-            routed = ("B·T·k", "D"), (n * k, d_in)
-            up = 2 * n * k * d_in * h * (2 if gated else 1)
-            steps += [
-                ("dispatch", *routed, 0),
-                ("expert hidden", ("B·T·k", "F"), (n * k, h), up),
-                ("expert out", *routed, 2 * n * k * h * d_in),
-                ("combine", ("B", "T", "D"), (batch, seq, d_in), 2 * n * k * d_in),
-            ]
-        if shared:
-            per_token = 2 * d_in * h * (3 if gated else 2)
-            steps.append(("shared", ("B", "T", "D"), (batch, seq, d_in), n * shared * per_token))
-        return steps
 
     def reset_parameters(self) -> None:
         """``nn.Linear``'s default init for each expert's matrices."""
@@ -494,19 +524,8 @@ class MoE(nn.Module):
 
     @classmethod
     def combine_aux(cls, auxes: Sequence[torch.Tensor]) -> torch.Tensor:
-        """The model's load-balancing loss from every MoE layer's ``(2, E)`` aux:
-        ``sum_e mean_l(aux_l[0, e]) * mean_l(aux_l[1, e])``, i.e. HF Mixtral's
-        ``load_balancing_loss_func`` over all layers times the coefficient. Layers with
-        different expert counts are combined per count and summed."""
-        groups: dict[tuple[int, ...], list[torch.Tensor]] = defaultdict(list)
-        for aux in auxes:
-            groups[tuple(aux.shape)].append(aux)
-        total = None
-        for group in groups.values():
-            f, p = torch.stack(group).mean(dim=0)  # (E,), (E,)
-            loss = (f * p).sum()
-            total = loss if total is None else total + loss
-        return total if total is not None else torch.zeros(())
+        """The model's load-balancing loss from every MoE layer's aux (``combine_moe_aux``)."""
+        return combine_moe_aux(auxes)
 
     def extra_repr(self) -> str:
         routing = "" if self.score == "softmax" else f", score={self.score}"
