@@ -24,6 +24,7 @@ kernel, ``W`` recurrence width.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -282,56 +283,59 @@ class _RMSNorm(nn.Module):
         return self.weight * y.to(x.dtype)
 
 
-def _mamba_sizes(
-    d_in: int, expand: float, inner: int | None, dt_rank: int | None
-) -> tuple[int, int]:
+@dataclass(frozen=True)
+class MambaSizes:
+    """Mamba's derived sizes, computed once from its arguments by ``mamba_sizes``: read by
+    the constructor and by every hook (params, FLOPs, state size, shape steps, check)."""
+
+    d_in: int
+    inner: int  # E, the channels of the scan
+    dt_rank: int  # R, the rank of the time-step projection
+    state: int  # N per channel
+    conv: int  # K, the causal conv's kernel
+
+    @property
+    def x_proj_out(self) -> int:
+        """Δ's rank, then B and C: ``R + 2N``."""
+        return self.dt_rank + 2 * self.state
+
+
+def mamba_sizes(
+    d_in: int,
+    state: int = 16,
+    expand: float = 2.0,
+    inner: int | None = None,
+    dt_rank: int | None = None,
+    conv: int = 4,
+    **_,
+) -> MambaSizes:
+    """``MambaSizes`` for these arguments at input size ``d_in`` (``E = int(expand * d_in)``
+    unless ``inner`` is set, ``R = ceil(d_in / 16)`` unless ``dt_rank`` is)."""
     E = int(expand * d_in) if inner is None else inner
     R = math.ceil(d_in / 16) if dt_rank is None else dt_rank
-    return E, R
+    return MambaSizes(d_in, E, R, state, conv)
 
 
-def _mamba_params(
-    d_in: int,
-    state: int,
-    expand: float,
-    inner: int | None,
-    dt_rank: int | None,
-    conv: int,
-    bias: bool,
-    conv_bias: bool,
-    inner_norms: bool = False,
-    **_,
-) -> int:
-    E, R = _mamba_sizes(d_in, expand, inner, dt_rank)
+def _mamba_params(d_in: int, bias: bool, conv_bias: bool, inner_norms: bool = False, **args) -> int:
+    s = mamba_sizes(d_in, **args)
+    E, R, N = s.inner, s.dt_rank, s.state
     in_out = 3 * d_in * E + bias * (2 * E + d_in)  # in_proj (D -> 2E), out_proj (E -> D)
-    norms = inner_norms * (R + 2 * state)
-    return (
-        in_out + E * conv + conv_bias * E + E * (R + 2 * state) + R * E + E + E * state + E + norms
-    )
+    norms = inner_norms * s.x_proj_out
+    return in_out + E * s.conv + conv_bias * E + E * s.x_proj_out + R * E + E + E * N + E + norms
 
 
-def _mamba_flops(
-    d_in: int,
-    seq: int,
-    state: int,
-    expand: float,
-    inner: int | None,
-    dt_rank: int | None,
-    conv: int,
-    **_,
-) -> int:
-    E, R = _mamba_sizes(d_in, expand, inner, dt_rank)
-    proj = 2 * d_in * 2 * E + 2 * E * (R + 2 * state) + 2 * R * E + 2 * E * d_in
+def _mamba_flops(d_in: int, seq: int, **args) -> int:
+    s = mamba_sizes(d_in, **args)
+    E, R, N = s.inner, s.dt_rank, s.state
+    proj = 2 * d_in * 2 * E + 2 * E * s.x_proj_out + 2 * R * E + 2 * E * d_in
     # dt*A, dt*x*B (2), h = a*h + u (2), C.h (2) per state element; D skip and gate per channel
-    scan = 7 * E * state + 3 * E
-    return seq * (proj + 2 * E * conv + scan)
+    scan = 7 * E * N + 3 * E
+    return seq * (proj + 2 * E * s.conv + scan)
 
 
-def _mamba_state_size(
-    d_in: int, state: int, expand: float, inner: int | None, conv: int, **_
-) -> int:
-    E, _ = _mamba_sizes(d_in, expand, inner, None)
-    return E * state + E * (conv - 1)
+def _mamba_state_size(d_in: int, **args) -> int:
+    s = mamba_sizes(d_in, **args)
+    return s.inner * s.state + s.inner * (s.conv - 1)
 
 
 def _check_mamba(
@@ -343,7 +347,8 @@ def _check_mamba(
     conv: int = 4,
     **args,
 ) -> Problem:
-    E, R = _mamba_sizes(d_in, expand, inner, dt_rank)
+    sizes = mamba_sizes(d_in, state, expand, inner, dt_rank, conv)
+    E, R = sizes.inner, sizes.dt_rank
     if E <= 0:
         return f"Mamba inner width must be positive, got {E}", "set inner, or expand > 0"
     if state <= 0:
@@ -355,20 +360,10 @@ def _check_mamba(
     return _check_dt(**args)
 
 
-def _mamba_steps(
-    d_in: int,
-    seq: int,
-    batch: int,
-    state: int,
-    expand: float,
-    inner: int | None,
-    dt_rank: int | None,
-    conv: int,
-    inner_norms: bool = False,
-    **_,
-) -> list[tuple]:
+def _mamba_steps(d_in: int, seq: int, batch: int, inner_norms: bool = False, **args) -> list[tuple]:
     """The steps inside, for ``blockdsl compile --show-shapes --depth 2``."""
-    E, R = _mamba_sizes(d_in, expand, inner, dt_rank)
+    sizes = mamba_sizes(d_in, **args)
+    E, R, state, conv = sizes.inner, sizes.dt_rank, sizes.state, sizes.conv
     n, L = batch * seq, min(SCAN_CHUNK, seq)
     # The last element of each step is what the float32 forward keeps for backward (the
     # training memory estimate): in_proj's output (z is a view of it); the conv's padded
@@ -383,8 +378,8 @@ def _mamba_steps(
         (
             "x_proj",
             ("B", "T", "R+2N"),
-            (batch, seq, R + 2 * state),
-            2 * n * E * (R + 2 * state),
+            (batch, seq, sizes.x_proj_out),
+            2 * n * E * sizes.x_proj_out,
             3 if inner_norms else 1,
         ),
         ("B, C", ("B", "T", "2N"), (batch, seq, 2 * state), 0, 1),
@@ -465,12 +460,13 @@ class Mamba(nn.Module):
         raise_problem(
             _check_mamba(d_model, state, expand, inner, dt_rank, conv, dt_min=dt_min, dt_max=dt_max)
         )
-        E, R = _mamba_sizes(d_model, expand, inner, dt_rank)
+        sizes = mamba_sizes(d_model, state, expand, inner, dt_rank, conv)
+        E, R = sizes.inner, sizes.dt_rank
         self.d_model, self.inner, self.dt_rank, self.state, self.kernel = d_model, E, R, state, conv
         self.dt_min, self.dt_max = dt_min, dt_max
         self.in_proj = nn.Linear(d_model, 2 * E, bias=bias)
         self.conv1d = nn.Conv1d(E, E, conv, groups=E, padding=conv - 1, bias=conv_bias)
-        self.x_proj = nn.Linear(E, R + 2 * state, bias=False)
+        self.x_proj = nn.Linear(E, sizes.x_proj_out, bias=False)
         self.dt_proj = nn.Linear(R, E, bias=True)
         self.A_log = nn.Parameter(torch.empty(E, state))
         self.D = nn.Parameter(torch.empty(E))
@@ -525,64 +521,69 @@ class Mamba(nn.Module):
 # --------------------------------------------------------------------------- Mamba2
 
 
-def _mamba2_sizes(d_in: int, expand: float, inner: int | None, head_dim: int) -> tuple[int, int]:
+@dataclass(frozen=True)
+class Mamba2Sizes:
+    """Mamba2's derived sizes, computed once from its arguments by ``mamba2_sizes``: read by
+    the constructor and by every hook (params, FLOPs, state size, shape steps, check)."""
+
+    d_in: int
+    inner: int  # E
+    heads: int  # H = E / head_dim (0 when head_dim is not positive: the check says why)
+    head_dim: int
+    state: int  # N
+    groups: int  # G, the B/C groups
+    conv: int  # K
+    chunk: int
+
+    @property
+    def conv_dim(self) -> int:
+        """The conv's channels: x, B and C, ``E + 2GN``."""
+        return self.inner + 2 * self.groups * self.state
+
+    @property
+    def in_proj_out(self) -> int:
+        """z, then x/B/C, then Δ per head: ``E + conv_dim + H``."""
+        return self.inner + self.conv_dim + self.heads
+
+
+def mamba2_sizes(
+    d_in: int,
+    state: int = 128,
+    expand: float = 2.0,
+    inner: int | None = None,
+    head_dim: int = 64,
+    groups: int = 1,
+    conv: int = 4,
+    chunk: int = 256,
+    **_,
+) -> Mamba2Sizes:
+    """``Mamba2Sizes`` for these arguments at input size ``d_in``."""
     E = int(expand * d_in) if inner is None else inner
-    return E, (E // head_dim if head_dim > 0 else 0)
+    H = E // head_dim if head_dim > 0 else 0
+    return Mamba2Sizes(d_in, E, H, head_dim, state, groups, conv, chunk)
 
 
-def _mamba2_params(
-    d_in: int,
-    state: int,
-    expand: float,
-    inner: int | None,
-    head_dim: int,
-    groups: int,
-    conv: int,
-    bias: bool,
-    conv_bias: bool,
-    norm: bool,
-    **_,
-) -> int:
-    E, H = _mamba2_sizes(d_in, expand, inner, head_dim)
-    conv_dim = E + 2 * groups * state
-    in_proj = d_in * (E + conv_dim + H) + bias * (E + conv_dim + H)
+def _mamba2_params(d_in: int, bias: bool, conv_bias: bool, norm: bool, **args) -> int:
+    s = mamba2_sizes(d_in, **args)
+    E, H = s.inner, s.heads
+    in_proj = d_in * s.in_proj_out + bias * s.in_proj_out
     out_proj = E * d_in + bias * d_in
-    return in_proj + conv_dim * conv + conv_bias * conv_dim + 3 * H + norm * E + out_proj
+    return in_proj + s.conv_dim * s.conv + conv_bias * s.conv_dim + 3 * H + norm * E + out_proj
 
 
-def _mamba2_flops(
-    d_in: int,
-    seq: int,
-    state: int,
-    expand: float,
-    inner: int | None,
-    head_dim: int,
-    groups: int,
-    conv: int,
-    chunk: int,
-    **_,
-) -> int:
-    E, H = _mamba2_sizes(d_in, expand, inner, head_dim)
-    conv_dim = E + 2 * groups * state
-    L = min(chunk, seq)
-    proj = 2 * d_in * (E + conv_dim + H) + 2 * E * d_in
+def _mamba2_flops(d_in: int, seq: int, **args) -> int:
+    s = mamba2_sizes(d_in, **args)
+    E, G, N = s.inner, s.groups, s.state
+    L = min(s.chunk, seq)
+    proj = 2 * d_in * s.in_proj_out + 2 * E * d_in
     # intra-chunk C·B (per group) and (C·B)·x (per head), chunk states and their readout
-    ssd = 2 * L * groups * state + 2 * L * E + 4 * E * state
-    return seq * (proj + 2 * conv_dim * conv + ssd + 6 * E)
+    ssd = 2 * L * G * N + 2 * L * E + 4 * E * N
+    return seq * (proj + 2 * s.conv_dim * s.conv + ssd + 6 * E)
 
 
-def _mamba2_state_size(
-    d_in: int,
-    state: int,
-    expand: float,
-    inner: int | None,
-    head_dim: int,
-    groups: int,
-    conv: int,
-    **_,
-) -> int:
-    E, _ = _mamba2_sizes(d_in, expand, inner, head_dim)
-    return E * state + (E + 2 * groups * state) * (conv - 1)
+def _mamba2_state_size(d_in: int, **args) -> int:
+    s = mamba2_sizes(d_in, **args)
+    return s.inner * s.state + s.conv_dim * (s.conv - 1)
 
 
 def _check_mamba2(
@@ -596,7 +597,8 @@ def _check_mamba2(
     chunk: int = 256,
     **args,
 ) -> Problem:
-    E = int(expand * d_in) if inner is None else inner
+    sizes = mamba2_sizes(d_in, state, expand, inner, head_dim, groups, conv, chunk)
+    E = sizes.inner
     if E <= 0:
         return f"Mamba2 inner width must be positive, got {E}", "set inner, or expand > 0"
     if head_dim <= 0 or E % head_dim:
@@ -604,7 +606,7 @@ def _check_mamba2(
             f"Mamba2 inner width {E} is not a multiple of head_dim={head_dim}",
             "choose head_dim dividing expand * d_model (or inner)",
         )
-    H = E // head_dim
+    H = sizes.heads
     if groups <= 0 or H % groups:
         return f"Mamba2 heads={H} (inner / head_dim) is not a multiple of groups={groups}"
     if state <= 0:
@@ -762,23 +764,18 @@ class GatedRMSNorm(nn.Module):
         return (y * gate if self.before_gate else y).to(z.dtype)
 
 
-def _mamba2_steps(
-    d_in: int,
-    seq: int,
-    batch: int,
-    state: int,
-    expand: float,
-    inner: int | None,
-    head_dim: int,
-    groups: int,
-    conv: int,
-    chunk: int,
-    norm: bool = True,
-    **_,
-) -> list[tuple]:
+def _mamba2_steps(d_in: int, seq: int, batch: int, norm: bool = True, **args) -> list[tuple]:
     """The steps inside, for ``blockdsl compile --show-shapes --depth 2``."""
-    E, H = _mamba2_sizes(d_in, expand, inner, head_dim)
-    cd, n, L = E + 2 * groups * state, batch * seq, max(1, min(chunk, seq))
+    sizes = mamba2_sizes(d_in, **args)
+    E, H, head_dim, state, groups, conv = (
+        sizes.inner,
+        sizes.heads,
+        sizes.head_dim,
+        sizes.state,
+        sizes.groups,
+        sizes.conv,
+    )
+    cd, n, L = sizes.conv_dim, batch * seq, max(1, min(sizes.chunk, seq))
     c = -(-seq // L)  # chunks; the sequence is padded to c * L positions
     G, N = groups, state
     # The last element of each step is what the float32 forward keeps for backward (the
@@ -894,12 +891,13 @@ class Mamba2(nn.Module):
                 dt_max=dt_max,
             )
         )
-        E, H = _mamba2_sizes(d_model, expand, inner, head_dim)
+        sizes = mamba2_sizes(d_model, state, expand, inner, head_dim, groups, conv, chunk)
+        E, H = sizes.inner, sizes.heads
         self.inner, self.heads, self.head_dim, self.groups = E, H, head_dim, groups
         self.state, self.kernel, self.chunk = state, conv, chunk
         self.dt_min, self.dt_max = dt_min, dt_max
-        self.conv_dim = E + 2 * groups * state
-        self.in_proj = nn.Linear(d_model, E + self.conv_dim + H, bias=bias)
+        self.conv_dim = sizes.conv_dim
+        self.in_proj = nn.Linear(d_model, sizes.in_proj_out, bias=bias)
         self.conv1d = nn.Conv1d(
             self.conv_dim,
             self.conv_dim,
