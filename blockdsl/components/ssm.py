@@ -338,17 +338,9 @@ def _mamba_state_size(d_in: int, **args) -> int:
     return s.inner * s.state + s.inner * (s.conv - 1)
 
 
-def _check_mamba(
-    d_in: int,
-    state: int = 16,
-    expand: float = 2.0,
-    inner: int | None = None,
-    dt_rank: int | None = None,
-    conv: int = 4,
-    **args,
-) -> Problem:
-    sizes = mamba_sizes(d_in, state, expand, inner, dt_rank, conv)
-    E, R = sizes.inner, sizes.dt_rank
+def _check_mamba(d_in: int, **args) -> Problem:
+    sizes = mamba_sizes(d_in, **args)
+    E, R, state, conv = sizes.inner, sizes.dt_rank, sizes.state, sizes.conv
     if E <= 0:
         return f"Mamba inner width must be positive, got {E}", "set inner, or expand > 0"
     if state <= 0:
@@ -457,10 +449,9 @@ class Mamba(nn.Module):
         eps: float = 1e-6,
     ) -> None:
         super().__init__()
-        raise_problem(
-            _check_mamba(d_model, state, expand, inner, dt_rank, conv, dt_min=dt_min, dt_max=dt_max)
-        )
-        sizes = mamba_sizes(d_model, state, expand, inner, dt_rank, conv)
+        args = dict(state=state, expand=expand, inner=inner, dt_rank=dt_rank, conv=conv)
+        raise_problem(_check_mamba(d_model, **args, dt_min=dt_min, dt_max=dt_max))
+        sizes = mamba_sizes(d_model, **args)
         E, R = sizes.inner, sizes.dt_rank
         self.d_model, self.inner, self.dt_rank, self.state, self.kernel = d_model, E, R, state, conv
         self.dt_min, self.dt_max = dt_min, dt_max
@@ -586,19 +577,10 @@ def _mamba2_state_size(d_in: int, **args) -> int:
     return s.inner * s.state + s.conv_dim * (s.conv - 1)
 
 
-def _check_mamba2(
-    d_in: int,
-    state: int = 128,
-    expand: float = 2.0,
-    inner: int | None = None,
-    head_dim: int = 64,
-    groups: int = 1,
-    conv: int = 4,
-    chunk: int = 256,
-    **args,
-) -> Problem:
-    sizes = mamba2_sizes(d_in, state, expand, inner, head_dim, groups, conv, chunk)
-    E = sizes.inner
+def _check_mamba2(d_in: int, **args) -> Problem:
+    sizes = mamba2_sizes(d_in, **args)
+    E, head_dim, groups = sizes.inner, sizes.head_dim, sizes.groups
+    state, conv, chunk = sizes.state, sizes.conv, sizes.chunk
     if E <= 0:
         return f"Mamba2 inner width must be positive, got {E}", "set inner, or expand > 0"
     if head_dim <= 0 or E % head_dim:
@@ -877,21 +859,17 @@ class Mamba2(nn.Module):
         dt_max: float = 0.1,
     ) -> None:
         super().__init__()
-        raise_problem(
-            _check_mamba2(
-                d_model,
-                state,
-                expand,
-                inner,
-                head_dim,
-                groups,
-                conv,
-                chunk,
-                dt_min=dt_min,
-                dt_max=dt_max,
-            )
+        args = dict(
+            state=state,
+            expand=expand,
+            inner=inner,
+            head_dim=head_dim,
+            groups=groups,
+            conv=conv,
+            chunk=chunk,
         )
-        sizes = mamba2_sizes(d_model, state, expand, inner, head_dim, groups, conv, chunk)
+        raise_problem(_check_mamba2(d_model, **args, dt_min=dt_min, dt_max=dt_max))
+        sizes = mamba2_sizes(d_model, **args)
         E, H = sizes.inner, sizes.heads
         self.inner, self.heads, self.head_dim, self.groups = E, H, head_dim, groups
         self.state, self.kernel, self.chunk = state, conv, chunk
