@@ -429,3 +429,21 @@ def test_labels_inside_one_block_share_across_repeats_and_children() -> None:
     layer = model.layers[0]
     assert layer.n is layer.moe.experts[0].n  # a child of the same instance shares it
     assert model.layers[0].n is not model.layers[1].n
+
+
+def test_forward_returns_one_type_whatever_it_is_given() -> None:
+    """``LMOutput(logits, loss, aux)`` with or without targets, with or without auxiliary
+    losses; the public stages compose to the same result (AutoEncoder builds on them)."""
+    model = build_model("tiny", d_model=32, vocab=50, layers="block", context=16).eval()
+    idx = torch.randint(0, 50, (2, 6))
+    plain = model(idx)
+    assert isinstance(plain, blockdsl.LMOutput) and plain.loss is None
+    assert plain.logits.shape == (2, 6, 50) and plain.aux.shape == () and plain.aux.item() == 0
+    scored = model(idx, idx)
+    assert isinstance(scored, blockdsl.LMOutput) and torch.equal(scored.logits, plain.logits)
+    torch.testing.assert_close(
+        scored.loss, torch.nn.functional.cross_entropy(plain.logits.flatten(0, 1), idx.flatten())
+    )
+    aux = model.new_aux_values()
+    staged = model.output(model.forward_head(model.forward_features(idx, aux), aux), idx, aux)
+    assert torch.equal(staged.logits, scored.logits) and torch.equal(staged.loss, scored.loss)
