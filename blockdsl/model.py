@@ -203,6 +203,12 @@ class LanguageModel(nn.Module):
         logits = self.forward_head(x, aux, positions=positions, memory=memory, state=state)
         return self.output(logits, targets, aux)
 
+    @property
+    def has_aux_loss(self) -> bool:
+        """Whether some component adds an auxiliary loss (``LMOutput.aux`` is then not just
+        zero)."""
+        return bool(self._combiners)
+
     def new_aux_values(self) -> AuxValues:
         """An empty collection for the auxiliary losses of one forward (``forward_features``
         and ``forward_head`` append to it, ``output`` combines it)."""

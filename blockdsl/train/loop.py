@@ -402,7 +402,7 @@ def _train(
 
     stop: list[int] = []
     restore = _catch_signals(stop)
-    has_aux = bool(module._combiners)
+    has_aux = module.has_aux_loss
     model.train()
     started = time.perf_counter() - state["elapsed"]
     try:
