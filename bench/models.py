@@ -17,6 +17,14 @@ from torch import nn
 from bench.reference_llama import LlamaArgs, ReferenceLlama, load_blockdsl_weights
 
 
+def logits_of(out: object) -> torch.Tensor:
+    """The logits of a contender's forward: blockdsl models return ``LMOutput``, the
+    references return the logits themselves."""
+    from blockdsl.model import LMOutput
+
+    return out.logits if isinstance(out, LMOutput) else out
+
+
 @dataclass
 class Config:
     vocab: int = 4096

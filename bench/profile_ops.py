@@ -19,13 +19,13 @@ from torch.profiler import ProfilerActivity, profile
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.models import Config, build_blockdsl, reference_from_blockdsl
+from bench.models import Config, build_blockdsl, logits_of, reference_from_blockdsl
 
 
 def op_counts(model: torch.nn.Module, idx: torch.Tensor, targets: torch.Tensor) -> Counter:
     def step() -> None:
         model.zero_grad(set_to_none=True)
-        logits = model(idx)
+        logits = logits_of(model(idx))
         F.cross_entropy(logits.flatten(0, 1), targets.flatten()).backward()
 
     step()

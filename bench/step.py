@@ -55,6 +55,7 @@ from bench.models import (
     build_xtransformers,
     count_params,
     hf_from_reference,
+    logits_of,
     reference_from_blockdsl,
 )
 
@@ -69,7 +70,7 @@ class LossOf(nn.Module):
         self.model, self.vocab = model, vocab
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        logits = self.model(idx)
+        logits = logits_of(self.model(idx))
         return F.cross_entropy(logits.reshape(-1, self.vocab).float(), targets.reshape(-1))
 
 
@@ -194,7 +195,7 @@ class BlockdslLoss(nn.Module):
         self.model = model
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return self.model(idx, targets)[1]
+        return self.model(idx, targets).loss
 
 
 class MixtralLoss(nn.Module):
@@ -463,7 +464,7 @@ def main(argv: list[str] | None = None) -> int:
             if name == "x-transformers":
                 note = "own weights (different init and RMSNorm form; not compared)"
             else:
-                diff = (m(idx).float() - ref_logits.float()).abs().max().item()
+                diff = (logits_of(m(idx)).float() - ref_logits.float()).abs().max().item()
                 note = f"max abs diff {diff:.3g}"
             print(f"  {name:<16}{n:>12,}  {note}")
 

@@ -70,7 +70,7 @@ def build(task: Task, seed: int = 0) -> torch.nn.Module:
 
 
 def labelled_step(model, optimizer, x, y) -> float:
-    _, loss = model(x, y)
+    loss = model(x, y).loss
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     optimizer.step()
@@ -79,7 +79,7 @@ def labelled_step(model, optimizer, x, y) -> float:
 
 
 def full_head_step(model, optimizer, x, y) -> float:
-    logits = model(x)
+    logits = model(x).logits
     loss = F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=-100)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -111,7 +111,7 @@ def full_head_accuracy(model: torch.nn.Module, task: Task, batch_size: int = 256
     """The test score as a plain loop computes it: logits at every position, argmax."""
     model.eval()
     inputs, targets = task.test_set
-    preds = torch.cat([model(x).argmax(-1) for x in inputs.split(batch_size)])
+    preds = torch.cat([model(x).logits.argmax(-1) for x in inputs.split(batch_size)])
     model.train()
     return task.score(preds, targets)
 

@@ -117,7 +117,7 @@ def handwritten_steps(data: Path, args: argparse.Namespace, compiled: bool) -> l
         x, y = tokens.batch(0, step, args.batch * args.accumulation, args.seq)
         for micro in range(args.accumulation):
             rows = slice(micro * args.batch, (micro + 1) * args.batch)
-            _, loss = forward(x[rows], y[rows])
+            loss = forward(x[rows], y[rows]).loss
             (loss / args.accumulation).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), CLIP)
         optimizer.step()

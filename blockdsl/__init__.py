@@ -23,7 +23,7 @@ from blockdsl.errors import (
 )
 from blockdsl.graph import BlockGraph, build_graph
 from blockdsl.lower import BlockModule, compile_block
-from blockdsl.model import LanguageModel, build_model
+from blockdsl.model import LanguageModel, LMOutput, build_model
 from blockdsl.parser import parse
 from blockdsl.printer import unparse
 from blockdsl.registry import REGISTRY, Component, Registry, register, register_alias
@@ -44,6 +44,7 @@ __all__ = [
     "ConfigError",
     "Group",
     "InputError",
+    "LMOutput",
     "LanguageModel",
     "ModelConfig",
     "Registry",

@@ -230,14 +230,14 @@ def _cached(
             part = model.init_state(len(members), max_len)
             out = model(ids, positions=positions, state=part)
             _copy_rows(state, part, torch.tensor(members, device=device))
-        last = out[:, -1].float()
+        last = out.logits[:, -1].float()
         if logits.numel() == 0:
             logits = last.new_empty(len(rows), last.shape[-1])
         logits[torch.tensor(members, device=device)] = last
     positions = lengths[:, None].clone()  # (B, 1): the position of each row's next token
     while True:
         token = yield logits
-        logits = model(token[:, None], positions=positions, state=state)[:, -1].float()
+        logits = model(token[:, None], positions=positions, state=state).logits[:, -1].float()
         positions += 1
 
 
@@ -250,7 +250,7 @@ def _uncached(model: LanguageModel, rows: list[torch.Tensor]) -> Iterator[torch.
     while True:
         logits = None
         for members, ids in groups.values():
-            last = model(ids)[:, -1].float()
+            last = model(ids).logits[:, -1].float()
             if logits is None:
                 logits = last.new_empty(len(rows), last.shape[-1])
             logits[torch.tensor(members, device=last.device)] = last

@@ -156,7 +156,7 @@ def cache_blocker(graph: BlockGraph) -> str | None:
         elif component.mixes_positions and not component.is_causal(spec.args):
             return f"{_where(spec)} is not causal"
         elif component.mixes_positions and not component.stateful:
-            return f"{_where(spec)} has no decoding state (no 'state' keyword in its forward)"
+            return f"{_where(spec)} has no decoding state (not registered with decodes=True)"
     return None
 
 

@@ -11,7 +11,7 @@ whole model).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +25,26 @@ from blockdsl.lower import BlockModule, allocation, cache_blocker, component_mod
 from blockdsl.parser import parse, source_text
 from blockdsl.printer import unparse
 from blockdsl.registry import REGISTRY, Registry
+
+
+class LMOutput(NamedTuple):
+    """What ``LanguageModel.forward`` returns, always (a ``NamedTuple``, so that
+    ``torch.compile(fullgraph=True)``, ``torch.export`` and ``torch.fx`` see a plain tuple):
+
+    ``logits``  ``(B, T, vocab)``; with targets some of which are ``IGNORE_INDEX``, ``(B, K,
+                vocab)`` at the labelled positions only (``labelled_positions``)
+    ``loss``    the cross-entropy plus ``aux`` when targets were given, else None
+    ``aux``     the model's auxiliary loss (MoE load balancing), a 0-dim tensor: zero for a
+                model without auxiliary losses
+    """
+
+    logits: torch.Tensor
+    loss: torch.Tensor | None
+    aux: torch.Tensor
+
+
+#: Auxiliary losses collected during one forward: one list per way of combining them.
+AuxValues = list[list[torch.Tensor]]
 
 
 class LanguageModel(nn.Module):
@@ -159,11 +179,11 @@ class LanguageModel(nn.Module):
         *,
         positions: torch.Tensor | None = None,
         memory: torch.Tensor | None = None,
-        return_aux: bool = False,
         state: Sequence[Any] | None = None,
-    ) -> Any:
-        """Logits ``(B, T, vocab)``; with ``targets``, ``(logits, loss)`` where the loss adds
-        every auxiliary loss; with ``return_aux`` the auxiliary loss is appended.
+    ) -> LMOutput:
+        """``LMOutput(logits, loss, aux)``: logits ``(B, T, vocab)``; with ``targets`` the
+        loss (cross-entropy plus every auxiliary loss), else None; the auxiliary loss alone
+        (zero when the model has none).
 
         Targets equal to ``IGNORE_INDEX`` (-100) carry no label. When some do, the head runs
         only at each row's labelled positions (``labelled_positions``), so the logits are
@@ -173,30 +193,78 @@ class LanguageModel(nn.Module):
         state has seen and ``positions`` ``(B, T)`` their absolute positions; every block's
         state is updated in place (docs/generation.md)."""
         self.check_inputs(idx, memory=memory)
-        context = {"positions": positions, "memory": memory}
-        states = state if state is not None else [None] * (len(self.layers) + 2)
-        collected: list[list[torch.Tensor]] = [[] for _ in self._combiners]
-        x = self._run(0, self.embed, idx, context, collected, states[0])
-        for index, layer in enumerate(self.layers, start=1):
-            x = self._run(index, layer, x, context, collected, states[index])
+        aux = self.new_aux_values()
+        x = self.forward_features(idx, aux, positions=positions, memory=memory, state=state)
         if targets is not None and not self.head.context:
             order = labelled_positions(targets)
             if order is not None:
                 x = x.gather(1, order.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
                 targets = targets.gather(1, order)
-        last = len(self.layers) + 1
-        logits = self._run(last, self.head, x, context, collected, states[last])
+        logits = self.forward_head(x, aux, positions=positions, memory=memory, state=state)
+        return self.output(logits, targets, aux)
 
-        aux = None
-        if self._combiners:
-            aux = sum(combine(values) for combine, values in zip(self._combiners, collected))
-        outputs: tuple[torch.Tensor, ...] = (logits,)
+    @property
+    def has_aux_loss(self) -> bool:
+        """Whether some component adds an auxiliary loss (``LMOutput.aux`` is then not just
+        zero)."""
+        return bool(self._combiners)
+
+    def new_aux_values(self) -> AuxValues:
+        """An empty collection for the auxiliary losses of one forward (``forward_features``
+        and ``forward_head`` append to it, ``output`` combines it)."""
+        return [[] for _ in self._combiners]
+
+    def forward_features(
+        self,
+        idx: torch.Tensor,
+        aux: AuxValues,
+        *,
+        positions: torch.Tensor | None = None,
+        memory: torch.Tensor | None = None,
+        state: Sequence[Any] | None = None,
+    ) -> torch.Tensor:
+        """The embedding and every layer: token ids ``(B, T)`` → features ``(B, T, d_model)``
+        before the head, their auxiliary losses appended to ``aux`` (``new_aux_values``).
+        ``state`` is the whole model's (``init_state``). Inputs are not checked: ``forward``
+        does that."""
+        context = {"positions": positions, "memory": memory}
+        states = state if state is not None else [None] * (len(self.layers) + 2)
+        x = self._run(0, self.embed, idx, context, aux, states[0])
+        for index, layer in enumerate(self.layers, start=1):
+            x = self._run(index, layer, x, context, aux, states[index])
+        return x
+
+    def forward_head(
+        self,
+        x: torch.Tensor,
+        aux: AuxValues,
+        *,
+        positions: torch.Tensor | None = None,
+        memory: torch.Tensor | None = None,
+        state: Sequence[Any] | None = None,
+    ) -> torch.Tensor:
+        """The head on features ``(B, T, d_model)`` → logits, its auxiliary losses appended to
+        ``aux``. ``state`` is the whole model's (``init_state``)."""
+        context = {"positions": positions, "memory": memory}
+        last = len(self.layers) + 1
+        return self._run(last, self.head, x, context, aux, None if state is None else state[last])
+
+    def output(
+        self, logits: torch.Tensor, targets: torch.Tensor | None, aux: AuxValues
+    ) -> LMOutput:
+        """``LMOutput`` of ``logits`` (the loss against ``targets``, already gathered to the
+        positions the logits are at) and the auxiliary losses collected in ``aux``."""
+        total = (
+            sum(combine(values) for combine, values in zip(self._combiners, aux))
+            if self._combiners
+            else None
+        )
+        loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
-            outputs += (loss if aux is None else loss + aux,)
-        if return_aux:
-            outputs += (aux if aux is not None else logits.new_zeros(()),)
-        return outputs[0] if len(outputs) == 1 else outputs
+            if total is not None:
+                loss = loss + total
+        return LMOutput(logits, loss, total if total is not None else logits.new_zeros(()))
 
     def _run(
         self,
@@ -204,7 +272,7 @@ class LanguageModel(nn.Module):
         block: BlockModule,
         x: torch.Tensor,
         context: dict[str, torch.Tensor | None],
-        collected: list[list[torch.Tensor]],
+        collected: AuxValues,
         state: Any = None,
     ) -> torch.Tensor:
         kwargs = {name: context[name] for name in block.context}

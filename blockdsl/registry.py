@@ -2,7 +2,9 @@
 
 A component is an ``nn.Module`` class registered under a name. Its constructor signature is its
 argument schema: names, annotations (``Literal[...]`` for choices) and defaults. Everything
-else a compiler needs to know is declared once, at registration, and has a safe default:
+else a compiler needs to know is declared once, as a keyword of ``register`` (the fields of
+``Declarations``, whose hook signatures are the ``*Hook`` protocols below), and has a safe
+default:
 
 ==================  =======================================================================
 ``out_features``    output feature size ``f(d_in=..., **args)``; default: unchanged, or probed
@@ -19,6 +21,7 @@ else a compiler needs to know is declared once, at registration, and has a safe 
 ``check``           ``f(d_in=..., **args)``: why these arguments cannot work (a reason, or a
                     reason and a hint), or None; without it, the module is built once on the
                     meta device to find out
+``decodes``         the component keeps a decoding state (the ``Decoder`` protocol, below)
 ``state_size``      decoding-state elements per sequence ``f(d_in=..., context=..., **args)``
                     (stateful components only); default: counted from ``init_state`` on the
                     meta device
@@ -42,20 +45,20 @@ Hooks of combinators (components with ``children``) also receive ``n_children``:
 child blocks, whose own parameters and FLOPs the compiler adds separately.
 
 This table is the whole protocol between a component and the compiler: ``register`` reads every
-declaration once into the ``Component``, and nothing else inspects the class. ``arg_help``,
-``shape_steps`` and ``combine_aux`` may also be written on the class itself (a class attribute,
-static or class method of that name, next to the math they describe); a keyword given to
-``register`` wins.
+declaration once into the ``Component`` (``Declarations.validate`` checks them against the
+class), and nothing else inspects the class. Declarations are ``register`` keywords only, next
+to the class they describe; attributes of the class are never read.
 
 Call-time context is declared by the ``forward`` signature itself: a keyword parameter named
 ``positions`` (token positions, ``(T,)`` or ``(B, T)``) or ``memory`` (``(B, S, D)`` for
 cross-attention) is passed by the compiler. A constructor parameter named ``children`` makes
 the component a combinator: it receives its ``[child, ...]`` blocks as a list of modules.
 
-Decoding state (docs/generation.md). A component decodes one step at a time when its
-``forward`` accepts a keyword ``state`` and its class defines ``init_state(batch_size, max_len)
--> dict[str, Tensor]``: zero tensors on the module's device and dtype, the batch as dim 0 of
-every one, sized for at most ``max_len`` positions (attention: a preallocated K/V cache;
+Decoding state (docs/generation.md). A component decodes one step at a time when it is
+registered with ``decodes=True``; its ``forward`` then accepts a keyword ``state`` and its class
+defines ``init_state(batch_size, max_len) -> dict[str, Tensor]`` (checked at registration):
+zero tensors on the module's device and dtype, the batch as dim 0 of every one, sized for at
+most ``max_len`` positions (attention: a preallocated K/V cache;
 ``Conv``/``Shift``: their last inputs; recurrent mixers: their fixed-size state).
 ``forward(x, positions=None, state=None)``: with ``state=None`` the ordinary full-sequence
 path; with a state dict ``x`` is ``(B, T_new, D)``, the tokens following those the state has
@@ -63,11 +66,11 @@ seen, ``positions`` their absolute positions ``(B, T_new)`` (rows may differ), a
 component updates the state's tensors *in place* (``copy_``, ``scatter_``, slice assignment)
 and returns the outputs for those tokens, equal to the full-sequence outputs at those
 positions. ``T_new > 1`` is a prefill, ``T_new == 1`` a decode step. Each call site has its own
-state: a label used twice has two. A combinator whose ``forward`` accepts ``state`` receives a
+state: a label used twice has two. A combinator declared with ``decodes=True`` receives a
 list with one entry per child, that child block's state (None for a child without stateful
 calls), and passes it on as ``child(x, state=...)``; it should also accept ``positions`` and
 pass them to the children that read them (``MoE`` does both). A component that mixes positions
-without the protocol still generates, by the uncached fallback (the whole prefix recomputed
+without declaring ``decodes`` still generates, by the uncached fallback (the whole prefix recomputed
 each step); ``LanguageModel.cache_blocker()`` names it.
 """
 
@@ -250,18 +253,128 @@ def _forward_context(cls: type) -> tuple[frozenset[str], frozenset[str]]:
     return accepted, required
 
 
-def _declared(cls: type, name: str) -> Any:
-    """A hook written on the class itself (see the module docstring), or None. Only
-    ``register`` calls this: it is the one place that reads declarations off a class."""
-    return getattr(cls, name, None)
-
-
-def _accepts_state(cls: type) -> bool:
-    """Whether ``forward`` takes the decoding-state keyword (the protocol's declaration)."""
+def _forward_accepts_state(cls: type) -> bool:
+    """Whether ``forward`` takes the decoding-state keyword: checked against the ``decodes``
+    declaration at registration, never used to decide anything by itself."""
     try:
         return STATE_ARG in inspect.signature(cls.forward).parameters
     except (TypeError, ValueError):
         return False
+
+
+# ---------------------------------------------------------------- the protocol
+# The hooks' call signatures. Every hook receives the component's resolved arguments as
+# keywords (``**args``: a hook lists those it reads and ends with ``**_``), the input feature
+# size as ``d_in`` and, for combinators, ``n_children``.
+
+
+class SizeHook(typing.Protocol):
+    """``out_features`` and ``params``: a size from the arguments."""
+
+    def __call__(self, *, d_in: int, **args: Any) -> int: ...
+
+
+class FlopsHook(typing.Protocol):
+    """``flops``: forward FLOPs of one sequence of ``seq`` positions."""
+
+    def __call__(self, *, d_in: int, seq: int, **args: Any) -> int: ...
+
+
+class CheckHook(typing.Protocol):
+    """``check``: why these arguments cannot work (a reason, or a reason and a hint), or
+    None."""
+
+    def __call__(self, *, d_in: int | None, **args: Any) -> str | tuple[str, str | None] | None: ...
+
+
+class StateSizeHook(typing.Protocol):
+    """``state_size``: decoding-state elements per sequence for ``context`` positions."""
+
+    def __call__(self, *, d_in: int, context: int, **args: Any) -> int: ...
+
+
+class ShapeStepsHook(typing.Protocol):
+    """``shape_steps``: ``(name, symbolic shape, concrete shape, FLOPs[, saved[, workspace]])``
+    for each step inside the module, for a batch of ``batch`` sequences of ``seq``."""
+
+    def __call__(self, *, d_in: int, seq: int, batch: int, **args: Any) -> list[tuple]: ...
+
+
+@typing.runtime_checkable
+class Decoder(typing.Protocol):
+    """What a component registered with ``decodes=True`` implements (the decoding-state
+    protocol of the module docstring): ``init_state``, and a ``forward`` that takes the state
+    as the keyword ``state`` (``forward(x, positions=None, state=None)``). A combinator passes
+    its children's states on and needs no ``init_state`` of its own."""
+
+    def init_state(self, batch_size: int, max_len: int) -> dict[str, torch.Tensor]: ...
+
+    def forward(self, x: torch.Tensor, *, state: Any = None) -> Any: ...
+
+
+@dataclass(frozen=True)
+class Declarations:
+    """Everything a component may declare, all optional: the keywords of ``register`` (the
+    module docstring's table describes each), read once at registration and validated by
+    ``Declarations.validate``. A new kind of declaration (named slots, issue 27) is one more
+    field here, one more keyword of ``register`` and one more check in ``validate``."""
+
+    out_features: SizeHook | None = None
+    mixes_positions: bool = False
+    params: SizeHook | None = None
+    flops: FlopsHook | None = None
+    aux_loss: bool = False
+    input_size: str | None = None
+    tokens_in: bool = False
+    check: CheckHook | None = None
+    description: str | None = None
+    arg_help: Mapping[str, str] = field(default_factory=dict)
+    shape_steps: ShapeStepsHook | None = None
+    combine_aux: Callable[[Sequence[torch.Tensor]], torch.Tensor] | None = None
+    embedding: Callable[[nn.Module], nn.Module] | None = None
+    tie: Callable[[nn.Module, nn.Module | None], None] | None = None
+    decodes: bool = False
+    state_size: StateSizeHook | None = None
+
+    def validate(
+        self, key: str, cls: type, schema: Mapping[str, Param], takes_children: bool
+    ) -> str | None:
+        """Raise ``RegistryError`` where the class contradicts these declarations; return the
+        constructor argument that receives the input size (declared, else found by name)."""
+        size_arg = self.input_size or next((n for n in INPUT_SIZE_NAMES if n in schema), None)
+        if size_arg is not None and size_arg not in schema:
+            raise RegistryError(f"{key}: input_size '{size_arg}' is not a constructor argument")
+        if self.mixes_positions and "causal" in schema and schema["causal"].default is not True:
+            raise RegistryError(
+                f"{key} mixes positions, so its 'causal' argument must default to true"
+            )
+        for hook in ("out_features", "params", "flops", "check", "shape_steps", "combine_aux"):
+            value = getattr(self, hook)
+            if value is not None and not callable(value):
+                raise RegistryError(f"{key}: {hook} must be a function, got {value!r}")
+        accepts_state = _forward_accepts_state(cls)
+        guide = "docs/generation.md"
+        if self.decodes:
+            if not accepts_state:
+                raise RegistryError(
+                    f"{key} declares decodes=True but its forward takes no 'state' keyword",
+                    hint=f"forward(self, x, positions=None, state=None) ({guide})",
+                )
+            if not takes_children and not callable(getattr(cls, "init_state", None)):
+                raise RegistryError(
+                    f"{key} declares decodes=True but the class defines no init_state",
+                    hint="define init_state(self, batch_size, max_len) -> dict[str, Tensor] "
+                    f"({guide})",
+                )
+        elif accepts_state:
+            raise RegistryError(
+                f"{key}: forward accepts 'state' but decodes=True is not declared",
+                hint="register it with decodes=True and define init_state(self, batch_size, "
+                f"max_len) -> dict[str, Tensor] ({guide}), or drop the 'state' keyword",
+            )
+        if self.state_size is not None and not self.decodes:
+            raise RegistryError(f"{key}: state_size is declared but decodes=True is not")
+        return size_arg
 
 
 @dataclass
@@ -275,22 +388,67 @@ class Component:
     context: frozenset[str]
     input_size: str | None
     required_context: frozenset[str] = frozenset()
-    mixes_positions: bool = False
-    aux_loss: bool = False
-    tokens_in: bool = False
-    out_features_fn: Callable[..., int] | None = None
-    params_fn: Callable[..., int] | None = None
-    flops_fn: Callable[..., int] | None = None
-    check_fn: Callable[..., str | None] | None = None
     description: str = ""
-    arg_help: Mapping[str, str] = field(default_factory=dict)
-    shape_steps_fn: Callable[..., list[tuple]] | None = None
-    combine_aux_fn: Callable[[Sequence[torch.Tensor]], torch.Tensor] | None = None
-    embedding_fn: Callable[[nn.Module], nn.Module] | None = None
-    tie_fn: Callable[[nn.Module, nn.Module | None], None] | None = None
-    stateful: bool = False
-    state_size_fn: Callable[..., int] | None = None
+    declarations: Declarations = field(default_factory=Declarations)
     _probe_cache: dict = field(default_factory=dict, repr=False)
+
+    # The declarations under the names the compiler reads them by.
+    @property
+    def mixes_positions(self) -> bool:
+        return self.declarations.mixes_positions
+
+    @property
+    def aux_loss(self) -> bool:
+        return self.declarations.aux_loss
+
+    @property
+    def tokens_in(self) -> bool:
+        return self.declarations.tokens_in
+
+    @property
+    def stateful(self) -> bool:
+        """Declared ``decodes=True``: the component keeps a decoding state."""
+        return self.declarations.decodes
+
+    @property
+    def arg_help(self) -> Mapping[str, str]:
+        return self.declarations.arg_help
+
+    @property
+    def out_features_fn(self) -> SizeHook | None:
+        return self.declarations.out_features
+
+    @property
+    def params_fn(self) -> SizeHook | None:
+        return self.declarations.params
+
+    @property
+    def flops_fn(self) -> FlopsHook | None:
+        return self.declarations.flops
+
+    @property
+    def check_fn(self) -> CheckHook | None:
+        return self.declarations.check
+
+    @property
+    def shape_steps_fn(self) -> ShapeStepsHook | None:
+        return self.declarations.shape_steps
+
+    @property
+    def combine_aux_fn(self) -> Callable[[Sequence[torch.Tensor]], torch.Tensor] | None:
+        return self.declarations.combine_aux
+
+    @property
+    def embedding_fn(self) -> Callable[[nn.Module], nn.Module] | None:
+        return self.declarations.embedding
+
+    @property
+    def tie_fn(self) -> Callable[[nn.Module, nn.Module | None], None] | None:
+        return self.declarations.tie
+
+    @property
+    def state_size_fn(self) -> StateSizeHook | None:
+        return self.declarations.state_size
 
     @property
     def user_params(self) -> dict[str, Param]:
@@ -557,23 +715,44 @@ class Registry:
         aliases: Sequence[str] = (),
         replace: bool = False,
         *,
-        out_features: Callable[..., int] | None = None,
+        out_features: SizeHook | None = None,
         mixes_positions: bool = False,
-        params: Callable[..., int] | None = None,
-        flops: Callable[..., int] | None = None,
+        params: SizeHook | None = None,
+        flops: FlopsHook | None = None,
         aux_loss: bool = False,
         input_size: str | None = None,
         tokens_in: bool = False,
-        check: Callable[..., str | None] | None = None,
+        check: CheckHook | None = None,
         description: str | None = None,
         arg_help: Mapping[str, str] | None = None,
-        shape_steps: Callable[..., list[tuple]] | None = None,
+        shape_steps: ShapeStepsHook | None = None,
         combine_aux: Callable[[Sequence[torch.Tensor]], torch.Tensor] | None = None,
         embedding: Callable[[nn.Module], nn.Module] | None = None,
         tie: Callable[[nn.Module, nn.Module | None], None] | None = None,
-        state_size: Callable[..., int] | None = None,
+        decodes: bool = False,
+        state_size: StateSizeHook | None = None,
     ) -> Callable[[type[nn.Module]], type[nn.Module]]:
-        """Class decorator: ``@register("Attn")``. See the module docstring for the options."""
+        """Class decorator: ``@register("Attn", mixes_positions=True, decodes=True, ...)``.
+        The keywords are the component's ``Declarations`` (the module docstring's table):
+        the only place a component declares anything."""
+        declarations = Declarations(
+            out_features=out_features,
+            mixes_positions=mixes_positions,
+            params=params,
+            flops=flops,
+            aux_loss=aux_loss,
+            input_size=input_size,
+            tokens_in=tokens_in,
+            check=check,
+            description=description,
+            arg_help=dict(arg_help or {}),
+            shape_steps=shape_steps,
+            combine_aux=combine_aux,
+            embedding=embedding,
+            tie=tie,
+            decodes=decodes,
+            state_size=state_size,
+        )
 
         def decorate(cls: type[nn.Module]) -> type[nn.Module]:
             if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
@@ -581,22 +760,9 @@ class Registry:
             key = name or cls.__name__
             self._check_free(key, replace)
             schema, takes_children = _parse_signature(cls)
-            size_arg = input_size or next((n for n in INPUT_SIZE_NAMES if n in schema), None)
-            if size_arg is not None and size_arg not in schema:
-                raise RegistryError(f"{key}: input_size '{size_arg}' is not a constructor argument")
-            if mixes_positions and "causal" in schema and schema["causal"].default is not True:
-                raise RegistryError(
-                    f"{key} mixes positions, so its 'causal' argument must default to true"
-                )
+            size_arg = declarations.validate(key, cls, schema, takes_children)
             doc = description if description is not None else inspect.getdoc(cls) or ""
             context, required_context = _forward_context(cls)
-            stateful = _accepts_state(cls)
-            if stateful and not takes_children and not callable(getattr(cls, "init_state", None)):
-                raise RegistryError(
-                    f"{key}: forward accepts 'state' but the class defines no init_state",
-                    hint="define init_state(self, batch_size, max_len) -> dict[str, Tensor] "
-                    "(docs/generation.md)",
-                )
             self._components[key] = Component(
                 name=key,
                 cls=cls,
@@ -605,21 +771,8 @@ class Registry:
                 context=context,
                 required_context=required_context,
                 input_size=size_arg,
-                mixes_positions=mixes_positions,
-                aux_loss=aux_loss,
-                tokens_in=tokens_in,
-                out_features_fn=out_features,
-                params_fn=params,
-                flops_fn=flops,
-                check_fn=check,
                 description=doc.strip().split("\n")[0] if doc else "",
-                arg_help=dict(arg_help or _declared(cls, "arg_help") or {}),
-                shape_steps_fn=shape_steps or _declared(cls, "shape_steps"),
-                combine_aux_fn=combine_aux or _declared(cls, "combine_aux"),
-                embedding_fn=embedding,
-                tie_fn=tie,
-                stateful=stateful,
-                state_size_fn=state_size,
+                declarations=declarations,
             )
             self._aliases.pop(key, None)
             for alias in aliases:

@@ -19,8 +19,8 @@ def test_plain_loop_step_and_score_match_the_labelled_head():
     task = Task(TINY, seed=0)
     x, y = task.batch(0, 8)
     model = bench_tasks.build(task)
-    _, labelled = model(x, y)
-    full = torch.nn.functional.cross_entropy(model(x).flatten(0, 1), y.flatten())
+    labelled = model(x, y).loss
+    full = torch.nn.functional.cross_entropy(model(x).logits.flatten(0, 1), y.flatten())
     torch.testing.assert_close(labelled, full)
     assert bench_tasks.full_head_accuracy(model, task) == task.evaluate(model)["accuracy"]
 

@@ -157,7 +157,7 @@ def test_registry_requires_init_state_with_a_state_keyword() -> None:
         def init_state(self, batch_size: int, max_len: int) -> dict[str, torch.Tensor]:
             return {"n": torch.zeros(batch_size, 3)}
 
-    registry.register("Counted", mixes_positions=True)(Counted)
+    registry.register("Counted", mixes_positions=True, decodes=True)(Counted)
     component = registry.get("Counted")
     assert component.stateful
     # counted from init_state on the meta device
@@ -187,11 +187,11 @@ def test_model_cached_logits_equal_full(block) -> None:
     assert model.cache_blocker() is None
     idx = torch.randint(0, 50, (2, 13), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        full = model(idx)
+        full = model(idx).logits
         state = model.init_state(2, 16)
 
         def call(chunk, positions, state):
-            return model(chunk, positions=positions, state=state)
+            return model(chunk, positions=positions, state=state).logits
 
         decoded = _decoded(call, idx, state)
     torch.testing.assert_close(decoded, full, rtol=0, atol=TOL)
@@ -247,13 +247,13 @@ def test_compiled_decoding_compiles_once_per_shape() -> None:
     state, eager_state = model.init_state(2, 16), model.init_state(2, 16)
     with torch.inference_mode():
         positions = torch.arange(6).expand(2, -1)
-        out = step(idx, positions=positions, state=state)
-        ref = model(idx, positions=positions, state=eager_state)
+        out = step(idx, positions=positions, state=state).logits
+        ref = model(idx, positions=positions, state=eager_state).logits
         for t in range(6, 14):
             torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
             token = ref[:, -1:].argmax(-1)
             positions = torch.full((2, 1), t)
-            out = step(token, positions=positions, state=state)
-            ref = model(token, positions=positions, state=eager_state)
+            out = step(token, positions=positions, state=state).logits
+            ref = model(token, positions=positions, state=eager_state).logits
     assert counters["stats"]["unique_graphs"] == 2
     torch._dynamo.reset()

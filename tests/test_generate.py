@@ -47,7 +47,7 @@ def _reference_greedy(model, idx: torch.Tensor, steps: int) -> torch.Tensor:
     """The plain loop: rerun the whole sequence for each token."""
     with torch.no_grad():
         for _ in range(steps):
-            idx = torch.cat([idx, model(idx)[:, -1:].argmax(-1)], dim=1)
+            idx = torch.cat([idx, model(idx).logits[:, -1:].argmax(-1)], dim=1)
     return idx
 
 

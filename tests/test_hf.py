@@ -22,7 +22,7 @@ TOL = 1e-4
 
 @torch.no_grad()
 def _max_diff(hf_model, model, ids) -> float:
-    return (hf_model(ids).logits - model(ids)).abs().max().item()
+    return (hf_model(ids).logits - model(ids).logits).abs().max().item()
 
 
 @torch.no_grad()
@@ -30,7 +30,7 @@ def _greedy(hf_model, model, steps: int = 16) -> None:
     """Both models pick the same next token at every step of a growing sequence."""
     ids = token_ids(seed=2, batch=1, length=8)
     for _ in range(steps):
-        ours = model(ids)[:, -1].argmax(-1)
+        ours = model(ids).logits[:, -1].argmax(-1)
         theirs = hf_model(ids).logits[:, -1].argmax(-1)
         assert torch.equal(ours, theirs), f"greedy continuations differ after {ids.shape[1]}"
         ids = torch.cat([ids, ours[:, None]], dim=1)
@@ -68,7 +68,7 @@ def test_mixtral_aux_loss_matches():
     ids = token_ids()
     with torch.no_grad():
         theirs = hf_model(ids, output_router_logits=True).aux_loss  # unscaled, all layers
-        _, ours = model(ids, return_aux=True)  # scaled by router_aux_loss_coef
+        ours = model(ids).aux  # scaled by router_aux_loss_coef
     coef = hf_model.config.router_aux_loss_coef
     torch.testing.assert_close(ours / coef, theirs, rtol=1e-5, atol=1e-6)
 
@@ -83,11 +83,11 @@ def test_compiled_matches(name):
     with torch.no_grad():
         expected = hf_model(ids, output_router_logits=name == "mixtral")
         if name == "mixtral":
-            logits, aux = compiled(ids, return_aux=True)
+            logits, _, aux = compiled(ids)
             coef = hf_model.config.router_aux_loss_coef
             torch.testing.assert_close(aux / coef, expected.aux_loss, rtol=1e-5, atol=1e-6)
         else:
-            logits = compiled(ids)
+            logits = compiled(ids).logits
     diff = (expected.logits - logits).abs().max().item()
     assert diff <= TOL, f"{name} compiled: max abs diff {diff:.3g}"
     torch._dynamo.reset()

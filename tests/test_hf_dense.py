@@ -152,11 +152,11 @@ _ids = partial(token_ids, length=T)
 @torch.no_grad()
 def _check_parity(hf_model, model, length: int = T) -> None:
     ids = _ids(length=length)
-    diff = (hf_model(ids).logits - model(ids)).abs().max().item()
+    diff = (hf_model(ids).logits - model(ids).logits).abs().max().item()
     assert diff <= TOL, f"max abs diff {diff:.3g}"
     ids = _ids(seed=2, batch=1, length=8)  # greedy: the same next token at every step
     for _ in range(length - 8):
-        ours = model(ids)[:, -1].argmax(-1)
+        ours = model(ids).logits[:, -1].argmax(-1)
         theirs = hf_model(ids).logits[:, -1].argmax(-1)
         assert torch.equal(ours, theirs), f"greedy continuations differ after {ids.shape[1]}"
         ids = torch.cat([ids, ours[:, None]], dim=1)

@@ -84,7 +84,7 @@ def test_logits_and_greedy_continuations_match(name):
     idx = torch.randint(0, V, (2, T), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         expected = model(idx).logits
-        got = ours(idx)
+        got = ours(idx).logits
     torch.testing.assert_close(got, expected, atol=TOL, rtol=0)
     prompt = idx[:, :6]
     # an explicit mask: transformers would otherwise take every pad_token_id in it for padding

@@ -137,7 +137,7 @@ def _run(text: str, where: str, rng: random.Random) -> str:
         model = blockdsl.build_model(config)
         idx = torch.randint(0, VOCAB, (2, T), generator=torch.Generator().manual_seed(0))
         memory = torch.randn(2, 3, D) if rng.random() < 0.7 else None
-        logits, loss = model(idx, targets=idx, memory=memory)
+        logits, loss, _ = model(idx, targets=idx, memory=memory)
         if loss.requires_grad:
             loss.backward()
         model.eval()

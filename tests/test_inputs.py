@@ -71,7 +71,7 @@ def test_missing_memory_names_the_call():
     idx = torch.randint(0, 50, (2, 5))
     with pytest.raises(InputError, match=r"CrossAttn at layers\.0\.cross_attn needs 'memory'"):
         model(idx)
-    assert model(idx, memory=torch.randn(2, 3, 16)).shape == (2, 5, 50)
+    assert model(idx, memory=torch.randn(2, 3, 16)).logits.shape == (2, 5, 50)
 
 
 @pytest.mark.slow
@@ -79,13 +79,15 @@ def test_checks_do_not_break_compile_or_export():
     model = _model().eval()
     idx = torch.randint(0, 50, (2, 8))
     with torch.no_grad():
-        expected = model(idx)
+        expected = model(idx).logits
         compiled = torch.compile(model, fullgraph=True, backend="eager")
-        assert torch.allclose(compiled(idx), expected, atol=1e-6)
+        assert torch.allclose(compiled(idx).logits, expected, atol=1e-6)
         exported = torch.export.export(
             model, (idx,), dynamic_shapes={"idx": {1: torch.export.Dim("T", max=12)}}
         )
-        assert torch.allclose(exported.module()(idx[:, :5]), model(idx[:, :5]), atol=1e-6)
+        assert torch.allclose(
+            exported.module()(idx[:, :5]).logits, model(idx[:, :5]).logits, atol=1e-6
+        )
 
 
 def test_a_head_must_produce_the_vocabulary():
@@ -98,7 +100,7 @@ def test_memory_of_the_wrong_width_names_the_reader():
     idx = torch.randint(0, 50, (2, 5))
     with pytest.raises(InputError, match=r"does not fit CrossAttn at layers\.0\.cross_attn"):
         model(idx, memory=torch.randn(2, 3, 16))
-    assert model(idx, memory=torch.randn(2, 3, 4)).shape == (2, 5, 50)
+    assert model(idx, memory=torch.randn(2, 3, 4)).logits.shape == (2, 5, 50)
     with pytest.raises(InputError, match="memory must be"):
         model(idx, memory=torch.randn(3, 4))
 
@@ -112,6 +114,6 @@ def test_a_call_with_a_smaller_context_limits_the_model():
     model = _model(blocks={"block": "Norm->Attn(context=4)->+"})
     with pytest.raises(InputError, match=r"length 5: the context of Attn at layers\.0\.attn is"):
         model(torch.randint(0, 50, (1, 5)))
-    assert model(torch.randint(0, 50, (1, 4))).shape == (1, 4, 50)
+    assert model(torch.randint(0, 50, (1, 4))).logits.shape == (1, 4, 50)
     with pytest.raises(BlockValidationError, match="context of Attn must be at least 1, got 0"):
         _model(blocks={"block": "Norm->Attn(context=0)->+"})

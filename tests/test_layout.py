@@ -214,5 +214,5 @@ def test_hooks_are_declared_with_register_and_used_from_there():
         "tiny", registry=registry, blocks={"block": "Norm->Twice->+"}, layers="block*2"
     )
     idx = torch.randint(0, model.config.vocab, (1, 4))
-    _, _, aux = model(idx, targets=idx, return_aux=True)
+    aux = model(idx, targets=idx).aux
     assert aux.item() == 0.0  # the declared combine_aux, not the default sum

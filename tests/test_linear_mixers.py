@@ -331,12 +331,12 @@ def test_model_with_linear_mixers_decodes_as_the_full_sequence(block):
     assert model.cache_blocker() is None
     idx = torch.randint(0, 50, (2, 15))
     with torch.no_grad():
-        full = model(idx)
+        full = model(idx).logits
         state = model.init_state(2, 32)
         pieces, start = [], 0
         for n in (5, 3, 1, 1, 4, 1):
             positions = torch.arange(start, start + n).expand(2, n)
-            pieces.append(model(idx[:, start : start + n], positions=positions, state=state))
+            pieces.append(model(idx[:, start : start + n], positions=positions, state=state).logits)
             start += n
     torch.testing.assert_close(torch.cat(pieces, dim=1), full, rtol=1e-5, atol=1e-5)
 
@@ -355,7 +355,7 @@ def test_generate_with_linear_mixers_equals_the_plain_loop(block):
         for prompt, out in zip(prompts, batched):
             idx = prompt[None]
             for _ in range(8):
-                idx = torch.cat([idx, model(idx)[:, -1:].argmax(-1)], dim=1)
+                idx = torch.cat([idx, model(idx).logits[:, -1:].argmax(-1)], dim=1)
             assert torch.equal(out, idx[0])
 
 
@@ -364,7 +364,7 @@ def test_depth_2_steps_add_up_to_the_declared_flops(name, kwargs):
     """``--show-shapes --depth 2`` lists steps whose FLOPs are the component's declared FLOPs
     (of one sequence; a long filter is generated once per batch, whatever its size)."""
     component, args = resolve(name, kwargs)
-    steps = component.cls.shape_steps(
+    steps = component.shape_steps_fn(
         d_in=32, seq=24, batch=1, **{k: v for k, v in args.items() if k != "d_model"}
     )
     assert sum(s[3] for s in steps) == component.count_flops(32, args, seq=24)

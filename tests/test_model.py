@@ -128,7 +128,7 @@ def test_preset_trains_from_near_uniform_loss(name: str) -> None:
     model = small_preset(name)
     idx = torch.randint(0, 97, (2, 16))
     targets = torch.randint(0, 97, (2, 16))
-    logits, loss = model(idx, targets)
+    logits, loss, _ = model(idx, targets)
     assert logits.shape == (2, 16, 97)
     assert abs(loss.item() - math.log(97)) < 0.5
     loss.backward()
@@ -206,8 +206,8 @@ def test_shared_layers_hold_one_layer_of_parameters_and_accumulate_gradients() -
     untied.load_state_dict(state)
     idx = torch.randint(0, 50, (2, 8))
     targets = torch.randint(0, 50, (2, 8))
-    shared(idx, targets)[1].backward()
-    untied(idx, targets)[1].backward()
+    shared(idx, targets).loss.backward()
+    untied(idx, targets).loss.backward()
     for label, attr in rename.items():
         for pname, param in getattr(shared.layers[0], label).named_parameters():
             per_use = [
@@ -262,7 +262,7 @@ MoE  = { experts = 4, hidden = 16 }
     graph = model.layers[1].block_graph
     assert graph.expression().endswith("+ MoE(Norm(x))")
     idx, targets = torch.randint(0, 64, (1, 8)), torch.randint(0, 64, (1, 8))
-    logits, loss, aux = model(idx, targets, return_aux=True)
+    logits, loss, aux = model(idx, targets)
     cross_entropy = torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten())
     assert aux.item() > 0
     torch.testing.assert_close(loss, cross_entropy + aux)
@@ -348,11 +348,11 @@ def test_preset_compiles_fullgraph_and_exports(name: str) -> None:
     model = small_preset(name).eval()
     idx = torch.randint(0, 97, (2, 16))
     with torch.no_grad():
-        eager = model(idx)
-        compiled = torch.compile(model, fullgraph=True)(idx)
+        eager = model(idx).logits
+        compiled = torch.compile(model, fullgraph=True)(idx).logits
     torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)
     exported = torch.export.export(model, (idx,))
-    torch.testing.assert_close(exported.module()(idx), eager, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(exported.module()(idx).logits, eager, rtol=1e-5, atol=1e-5)
 
 
 def test_same_block_text_compiled_twice_reuses_generated_code() -> None:
@@ -429,3 +429,21 @@ def test_labels_inside_one_block_share_across_repeats_and_children() -> None:
     layer = model.layers[0]
     assert layer.n is layer.moe.experts[0].n  # a child of the same instance shares it
     assert model.layers[0].n is not model.layers[1].n
+
+
+def test_forward_returns_one_type_whatever_it_is_given() -> None:
+    """``LMOutput(logits, loss, aux)`` with or without targets, with or without auxiliary
+    losses; the public stages compose to the same result (AutoEncoder builds on them)."""
+    model = build_model("tiny", d_model=32, vocab=50, layers="block", context=16).eval()
+    idx = torch.randint(0, 50, (2, 6))
+    plain = model(idx)
+    assert isinstance(plain, blockdsl.LMOutput) and plain.loss is None
+    assert plain.logits.shape == (2, 6, 50) and plain.aux.shape == () and plain.aux.item() == 0
+    scored = model(idx, idx)
+    assert isinstance(scored, blockdsl.LMOutput) and torch.equal(scored.logits, plain.logits)
+    torch.testing.assert_close(
+        scored.loss, torch.nn.functional.cross_entropy(plain.logits.flatten(0, 1), idx.flatten())
+    )
+    aux = model.new_aux_values()
+    staged = model.output(model.forward_head(model.forward_features(idx, aux), aux), idx, aux)
+    assert torch.equal(staged.logits, scored.logits) and torch.equal(staged.loss, scored.loss)

@@ -60,18 +60,18 @@ def _check_model(labels: list[str]) -> None:
     model = blockdsl.build_model("tiny", **kwargs)
     idx = torch.randint(0, 16, (2, 6))
     model.train()
-    _, loss = model(idx, targets=idx)
+    loss = model(idx, targets=idx).loss
     loss.backward()
     assert all(p.grad is not None for p in model.parameters()), text
     model.eval()
     assert not any(m.training for m in model.modules())
     with torch.no_grad():
-        expected = model(idx)
+        expected = model(idx).logits
     copy = blockdsl.build_model("tiny", **kwargs)
     copy.load_state_dict(model.state_dict())
     copy.eval()
     with torch.no_grad():
-        assert torch.equal(copy(idx), expected), text
+        assert torch.equal(copy(idx).logits, expected), text
     names = [name for name, _ in model.layers[0].named_children()]
     assert len(names) == len(labels)
     assert not set(names) & reserved_names()

@@ -53,8 +53,8 @@ def test_targets_are_not_shifted_and_minus_100_is_ignored():
     model = blockdsl.build_model("tiny", **SMALL).eval()
     idx = torch.randint(0, 64, (2, 16))
     targets = torch.cat([idx[:, 1:], torch.full((2, 1), -100)], dim=1)  # next token; none last
-    _, loss = model(idx, targets=targets)
-    logits = model(idx)  # every position's logits
+    loss = model(idx, targets=targets).loss
+    logits = model(idx).logits  # every position's logits
     expected = F.cross_entropy(logits[:, :-1].reshape(-1, 64), idx[:, 1:].reshape(-1))
     torch.testing.assert_close(loss, expected)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from importlib import metadata
+from typing import ClassVar
 
 import pytest
 import torch
@@ -122,3 +123,105 @@ def test_undeclared_component_is_built_once_for_validation_and_sizes() -> None:
     assert builds == ["meta", "meta"]  # one per distinct (arguments, input size)
     with pytest.raises(blockdsl.ArgumentError, match="out must be positive, got 0"):
         blockdsl.build_graph("Widen(out=0)", d_model=4, registry=registry)
+
+
+# ---------------------------------------------------------------- the component protocol
+class _Keeps(nn.Module):
+    """A running sum that keeps its decoding state (the Decoder protocol)."""
+
+    def __init__(self, d_model: int) -> None:
+        super().__init__()
+        self.d_model = d_model
+
+    def init_state(self, batch_size: int, max_len: int) -> dict[str, torch.Tensor]:
+        return {"total": torch.zeros(batch_size, 1, self.d_model)}
+
+    def forward(self, x: torch.Tensor, state: dict | None = None) -> torch.Tensor:
+        return x.cumsum(1) if state is None else state["total"] + x.cumsum(1)
+
+
+def test_decoding_is_declared_and_checked_once_at_registration() -> None:
+    registry = Registry()
+    registry.register("Keeps", mixes_positions=True, decodes=True)(_Keeps)
+    assert registry.get("Keeps").stateful
+    assert isinstance(_Keeps(4), blockdsl.registry.Decoder)
+
+    with pytest.raises(RegistryError, match="decodes=True is not declared"):
+        registry.register("Sniffed", mixes_positions=True)(_Keeps)
+
+    class NoState(nn.Module):
+        def __init__(self, d_model: int) -> None:
+            super().__init__()
+
+        def init_state(self, batch_size: int, max_len: int) -> dict[str, torch.Tensor]:
+            return {}
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x
+
+    with pytest.raises(RegistryError, match="takes no 'state' keyword"):
+        registry.register("NoState", mixes_positions=True, decodes=True)(NoState)
+
+    class NoInit(nn.Module):
+        def __init__(self, d_model: int) -> None:
+            super().__init__()
+
+        def forward(self, x: torch.Tensor, state: dict | None = None) -> torch.Tensor:
+            return x
+
+    with pytest.raises(RegistryError, match="defines no init_state"):
+        registry.register("NoInit", mixes_positions=True, decodes=True)(NoInit)
+    with pytest.raises(RegistryError, match="state_size is declared but decodes=True is not"):
+        registry.register("Sized", state_size=lambda d_in, **_: d_in)(nn.Identity)
+    assert "Sniffed" not in registry and "NoInit" not in registry
+
+
+def test_declarations_are_register_keywords_only() -> None:
+    """Hooks written on the class are not read: ``register`` is the one place."""
+    registry = Registry()
+
+    @registry.register("Plain")
+    class Plain(nn.Module):
+        arg_help: ClassVar[dict[str, str]] = {"d_model": "ignored"}
+
+        def __init__(self, d_model: int) -> None:
+            super().__init__()
+
+        @staticmethod
+        def shape_steps(**_) -> list[tuple]:
+            return []
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x
+
+    component = registry.get("Plain")
+    assert component.arg_help == {} and component.shape_steps_fn is None
+    assert component.declarations == blockdsl.registry.Declarations()
+    with pytest.raises(RegistryError, match="params must be a function"):
+        registry.register("Counted", params=3)(nn.Identity)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        {"heads": 4},
+        {"heads": 4, "kv_heads": 2, "gate": True, "bias": True, "o_bias": False},
+        {"heads": 2, "head_dim": 6, "qk_norm": True, "qk_norm_over": "all", "qkv_bias": True},
+    ],
+)
+def test_attention_is_built_from_the_sizes_its_hooks_count(args) -> None:
+    from blockdsl.components.attention import Attn, attn_sizes
+
+    sizes = attn_sizes(32, **args)
+    module = Attn(32, **args)
+    assert (module.q.out_features, module.k.out_features) == (
+        sizes.q_features,
+        sizes.kv_features,
+    )
+    assert (module.q.bias is not None, module.o.bias is not None) == (
+        sizes.in_bias,
+        sizes.out_bias,
+    )
+    component = blockdsl.REGISTRY.get("Attn")
+    full = {**{n: p.default for n, p in component.user_params.items()}, **args}
+    assert component.count_params(32, full) == sum(p.numel() for p in module.parameters())

@@ -195,9 +195,9 @@ def test_head_runs_only_at_labelled_positions_with_the_same_loss():
     task = Task(SMALL["mqar"], seed=0)
     model = _tiny(64)
     x, y = task.batch(0, 6)
-    logits, loss = model(x, y)
+    logits, loss, _ = model(x, y)
     assert logits.shape == (6, 4, 64)  # 4 labels per row, not 32 positions
-    full = model(x)
+    full = model(x).logits
     reference = F.cross_entropy(full.flatten(0, 1), y.flatten(), ignore_index=-100)
     torch.testing.assert_close(loss, reference)
     dense_x, dense_y = x, torch.roll(x, -1, dims=1)  # every position labelled: full logits
@@ -216,7 +216,7 @@ def test_compression_trains_an_autoencoder_around_the_model():
     task = Task(SMALL["compression"], seed=0)
     model = task.wrap_model(_tiny(16))
     x, y = task.batch(0, 4)
-    logits, loss = model(x, y)
+    logits, loss, _ = model(x, y)
     assert logits.shape == (4, 16, 16) and loss.requires_grad
     assert task.evaluate(model)["accuracy"] <= 1.0
 

@@ -11,6 +11,8 @@ Conventions shared by every module here (the contract with the compiler):
   where it is counted at all (activations, softmax and rotary are not: they are small next to
   the matmuls). Attention's ``QK^T`` and ``AV`` are counted over the full ``seq x seq`` square
   (an upper bound for causal attention; ``seq x min(seq, window)`` with a window);
+* everything else a component declares (sizes, FLOPs, checks, decoding, help, shape steps) is a
+  keyword of its ``@register(...)`` decorator: ``blockdsl.registry.Declarations`` lists them;
 * modules built on the meta device can be materialised with ``module.to_empty(device=...)``
   followed by ``reset_parameters()`` on every submodule that has it: each component's
   ``reset_parameters`` re-initialises its own parameters and recomputes its non-persistent

@@ -8,7 +8,8 @@ Shapes in comments: ``B`` batch, ``T`` query length, ``S`` key length, ``D`` mod
 from __future__ import annotations
 
 import math
-from typing import ClassVar, Literal
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -118,10 +119,71 @@ def _check_attn(d_in: int, **args) -> Problem:
     )
 
 
-def _dims(d_in: int, heads: int, kv_heads: int | None, head_dim: int | None) -> tuple[int, int]:
-    """``(kv_heads, head_dim)`` with their defaults filled in."""
-    return (heads if kv_heads is None else kv_heads), (
-        d_in // heads if head_dim is None else head_dim
+@dataclass(frozen=True)
+class AttnSizes:
+    """Attention's derived sizes, computed once from its arguments by ``attn_sizes``: the
+    constructor builds its layers from them and every hook (params, FLOPs, shape steps, state
+    size) counts from them, so the arithmetic lives here only."""
+
+    d_in: int  # the stream's features: the input of q, the output of o
+    d_kv: int  # the input of k and v: the memory's width for cross-attention, else d_in
+    heads: int
+    kv_heads: int
+    head_dim: int
+    in_bias: bool  # on q, k, v
+    out_bias: bool  # on o
+    gate: bool  # the output gate sigmoid(gate(x)), a linear d_in -> heads * head_dim
+    gate_bias: bool
+    qk_norm_params: int  # the query and key norms' parameters together (0 without them)
+
+    @property
+    def q_features(self) -> int:
+        return self.heads * self.head_dim
+
+    @property
+    def kv_features(self) -> int:
+        return self.kv_heads * self.head_dim
+
+    @property
+    def groups(self) -> int:
+        """Query heads per kv head (GQA)."""
+        return self.heads // self.kv_heads
+
+
+def attn_sizes(
+    d_in: int,
+    heads: int = 8,
+    kv_heads: int | None = None,
+    head_dim: int | None = None,
+    bias: bool = False,
+    qkv_bias: bool | None = None,
+    o_bias: bool | None = None,
+    d_memory: int | None = None,
+    gate: bool = False,
+    qk_norm: bool = False,
+    qk_norm_over: str = "head",
+    qk_norm_per_head: bool = False,
+    qk_norm_bias: bool = False,
+    **_,
+) -> AttnSizes:
+    """``AttnSizes`` of attention (or cross-attention) with these arguments at input size
+    ``d_in``; defaults filled in (``kv_heads = heads``, ``head_dim = d_in // heads``, each bias
+    from ``bias`` unless set on its own)."""
+    kv = heads if kv_heads is None else kv_heads
+    hd = d_in // heads if head_dim is None else head_dim
+    whole_or_per_head = qk_norm_over == "all" or qk_norm_per_head
+    norm_sizes = (heads + kv) * hd if whole_or_per_head else 2 * hd
+    return AttnSizes(
+        d_in=d_in,
+        d_kv=d_memory or d_in,
+        heads=heads,
+        kv_heads=kv,
+        head_dim=hd,
+        in_bias=bias if qkv_bias is None else qkv_bias,
+        out_bias=bias if o_bias is None else o_bias,
+        gate=gate,
+        gate_bias=bias,
+        qk_norm_params=norm_sizes * (1 + int(qk_norm_bias)) if qk_norm else 0,
     )
 
 
@@ -229,73 +291,25 @@ def attend(
 # --------------------------------------------------------------------------- declarations
 
 
-def _biases(bias: bool, qkv_bias: bool | None, o_bias: bool | None) -> tuple[bool, bool]:
-    """``(q/k/v bias, output bias)``: each its own argument where set, else ``bias``."""
-    return (bias if qkv_bias is None else qkv_bias), (bias if o_bias is None else o_bias)
+def _attn_params(d_in: int, **args) -> int:
+    s = attn_sizes(d_in, **args)
+    q = (d_in + s.in_bias) * s.q_features
+    gate = (d_in + s.gate_bias) * s.q_features * s.gate
+    k_and_v = 2 * (s.d_kv + s.in_bias) * s.kv_features
+    o = s.q_features * d_in + s.out_bias * d_in
+    return q + gate + k_and_v + o + s.qk_norm_params
 
 
-def _qk_norm_params(
-    heads: int,
-    kv: int,
-    hd: int,
-    qk_norm_over: str = "head",
-    qk_norm_per_head: bool = False,
-    qk_norm_bias: bool = False,
-    **_,
-) -> int:
-    """Parameters of the query and key norms together."""
-    whole_or_per_head = qk_norm_over == "all" or qk_norm_per_head
-    sizes = (heads + kv) * hd if whole_or_per_head else 2 * hd
-    return sizes * (1 + int(qk_norm_bias))
-
-
-def _attn_params(
-    d_in: int,
-    heads: int,
-    kv_heads: int | None,
-    head_dim: int | None,
-    qk_norm: bool,
-    bias: bool,
-    d_memory: int | None = None,
-    gate: bool = False,
-    qkv_bias: bool | None = None,
-    o_bias: bool | None = None,
-    **args,
-) -> int:
-    kv, hd = _dims(d_in, heads, kv_heads, head_dim)
-    d_kv = d_memory or d_in
-    in_bias, out_bias = _biases(bias, qkv_bias, o_bias)
-    q = (d_in + in_bias) * heads * hd + (d_in + bias) * heads * hd * gate  # + the output gate
-    k_and_v = 2 * (d_kv + in_bias) * kv * hd
-    o = heads * hd * d_in + out_bias * d_in
-    return q + k_and_v + o + (_qk_norm_params(heads, kv, hd, **args) if qk_norm else 0)
-
-
-def _attn_flops(
-    d_in: int,
-    seq: int,
-    heads: int,
-    kv_heads: int | None,
-    head_dim: int | None,
-    bias: bool,
-    window: int | None = None,
-    d_memory: int | None = None,
-    gate: bool = False,
-    qkv_bias: bool | None = None,
-    o_bias: bool | None = None,
-    **_,
-) -> int:
-    kv, hd = _dims(d_in, heads, kv_heads, head_dim)
-    d_kv = d_memory or d_in
-    in_bias, out_bias = _biases(bias, qkv_bias, o_bias)
+def _attn_flops(d_in: int, seq: int, window: int | None = None, **args) -> int:
+    s = attn_sizes(d_in, **args)
     projections = seq * (
-        (2 * d_in + in_bias) * heads * hd
-        + 2 * (2 * d_kv + in_bias) * kv * hd
-        + (2 * heads * hd + out_bias) * d_in
-        + gate * ((2 * d_in + bias) * heads * hd + 2 * heads * hd)  # gate and its product
+        (2 * d_in + s.in_bias) * s.q_features
+        + 2 * (2 * s.d_kv + s.in_bias) * s.kv_features
+        + (2 * s.q_features + s.out_bias) * d_in
+        + s.gate * ((2 * d_in + s.gate_bias) * s.q_features + 2 * s.q_features)  # gate, product
     )
     keys = seq if window is None else min(seq, window)
-    return projections + 2 * 2 * seq * keys * heads * hd  # + QK^T and AV
+    return projections + 2 * 2 * seq * keys * s.q_features  # + QK^T and AV
 
 
 # --------------------------------------------------------------------------- modules
@@ -330,17 +344,18 @@ class _Projections(nn.Module):
         super().__init__()
         raise_problem(_check_heads(d_model, heads, kv_heads, head_dim, dropout))
         raise_problem(_check_projection_options(clip_qkv, qk_norm_over, qk_norm_per_head))
-        kv, hd = _dims(d_model, heads, kv_heads, head_dim)
+        sizes = attn_sizes(
+            d_model, heads, kv_heads, head_dim, bias, qkv_bias, o_bias, d_memory, gate
+        )
+        kv, hd = sizes.kv_heads, sizes.head_dim
         self.heads, self.kv_heads, self.head_dim = heads, kv, hd
-        self.groups = heads // kv  # query heads per kv head (GQA)
+        self.groups = sizes.groups
         self.scale = hd**-0.5 if scale is None else scale
         self.softcap, self.dropout, self.clip_qkv = softcap, dropout, clip_qkv
-        d_kv = d_memory or d_model
-        in_bias, out_bias = _biases(bias, qkv_bias, o_bias)
-        self.q = nn.Linear(d_model, heads * hd, bias=in_bias)
-        self.k = nn.Linear(d_kv, kv * hd, bias=in_bias)
-        self.v = nn.Linear(d_kv, kv * hd, bias=in_bias)
-        self.o = nn.Linear(heads * hd, d_model, bias=out_bias)
+        self.q = nn.Linear(d_model, sizes.q_features, bias=sizes.in_bias)
+        self.k = nn.Linear(sizes.d_kv, sizes.kv_features, bias=sizes.in_bias)
+        self.v = nn.Linear(sizes.d_kv, sizes.kv_features, bias=sizes.in_bias)
+        self.o = nn.Linear(sizes.q_features, d_model, bias=sizes.out_bias)
         self.norm_whole = qk_norm_over == "all"  # over the projection, before the heads split
 
         def qk_norm_of(n_heads: int) -> QKNorm | None:
@@ -356,7 +371,7 @@ class _Projections(nn.Module):
             )
 
         self.q_norm, self.k_norm = qk_norm_of(heads), qk_norm_of(kv)
-        self.gate = nn.Linear(d_model, heads * hd, bias=bias) if gate else None
+        self.gate = nn.Linear(d_model, sizes.q_features, bias=sizes.gate_bias) if gate else None
 
     def project(
         self, x: torch.Tensor, kv_source: torch.Tensor
@@ -397,39 +412,70 @@ class _Projections(nn.Module):
 
 
 def _attn_steps(
-    d_in: int,
-    seq: int,
-    batch: int,
-    heads: int,
-    kv_heads: int | None,
-    head_dim: int | None,
-    window: int | None = None,
-    gate: bool = False,
-    **_,
+    d_in: int, seq: int, batch: int, window: int | None = None, **args
 ) -> list[tuple[str, tuple[str, ...], tuple[int, ...], int]]:
     """Attention's steps for ``blockdsl compile --show-shapes --depth 2``: ``(name, symbolic
     shape, concrete shape, forward FLOPs of the batch)``; scores over ``min(T, window)`` keys
     are counted, as in ``_attn_flops``."""
-    kv, hd = _dims(d_in, heads, kv_heads, head_dim)
+    s = attn_sizes(d_in, **args)
+    heads, kv, hd = s.heads, s.kv_heads, s.head_dim
     n = batch * seq
     keys = seq if window is None else min(seq, window)
-    gate_flops = (2 * d_in + 2) * n * heads * hd  # the gate's projection and product
+    gate_flops = (2 * d_in + 2) * n * s.q_features  # the gate's projection and product
     return [
-        ("q", ("B", "H", "T", "hd"), (batch, heads, seq, hd), 2 * n * d_in * heads * hd),
-        ("k", ("B", "K", "T", "hd"), (batch, kv, seq, hd), 2 * n * d_in * kv * hd),
-        ("v", ("B", "K", "T", "hd"), (batch, kv, seq, hd), 2 * n * d_in * kv * hd),
-        ("scores", ("B", "H", "T", "T"), (batch, heads, seq, seq), 2 * n * keys * heads * hd),
-        ("mix", ("B", "H", "T", "hd"), (batch, heads, seq, hd), 2 * n * keys * heads * hd),
-        *([("gate", ("B", "T", "H·hd"), (batch, seq, heads * hd), gate_flops)] if gate else []),
-        ("o", ("B", "T", "D"), (batch, seq, d_in), 2 * n * heads * hd * d_in),
+        ("q", ("B", "H", "T", "hd"), (batch, heads, seq, hd), 2 * n * d_in * s.q_features),
+        ("k", ("B", "K", "T", "hd"), (batch, kv, seq, hd), 2 * n * d_in * s.kv_features),
+        ("v", ("B", "K", "T", "hd"), (batch, kv, seq, hd), 2 * n * d_in * s.kv_features),
+        ("scores", ("B", "H", "T", "T"), (batch, heads, seq, seq), 2 * n * keys * s.q_features),
+        ("mix", ("B", "H", "T", "hd"), (batch, heads, seq, hd), 2 * n * keys * s.q_features),
+        *([("gate", ("B", "T", "H·hd"), (batch, seq, s.q_features), gate_flops)] if s.gate else []),
+        ("o", ("B", "T", "D"), (batch, seq, d_in), 2 * n * s.q_features * d_in),
     ]
 
 
-def _attn_state_size(
-    d_in: int, context: int, heads: int, kv_heads: int | None, head_dim: int | None, **_
-) -> int:
-    kv, hd = _dims(d_in, heads, kv_heads, head_dim)
-    return 2 * kv * hd * context  # keys and values of every position
+def _attn_state_size(d_in: int, context: int, **args) -> int:
+    return 2 * attn_sizes(d_in, **args).kv_features * context  # keys and values of every position
+
+
+_ATTN_HELP: dict[str, str] = {
+    "heads": "query heads",
+    "kv_heads": "key/value heads (GQA; 1 = MQA); none: = heads",
+    "head_dim": "size of each head; none: d_model // heads",
+    "pos": "positions: rope (rotary), alibi (linear distance bias) or none",
+    "rope_theta": "rotary base",
+    "rope_fraction": "fraction of each head's dims that rotate (GPT-NeoX partial rotary)",
+    "rope_interleaved": "rotate adjacent pairs (GPT-J) instead of halves (Llama/NeoX)",
+    "causal": "query t sees only keys <= t",
+    "window": "sliding window: query t sees keys t-window+1 ... t; none: unlimited",
+    "qk_norm": "RMSNorm of queries and keys over head_dim",
+    "softcap": "cap scores with `softcap * tanh(scores / softcap)` (Gemma 2); none: off",
+    "scale": "score scale; none: head_dim ** -0.5",
+    "bias": "biases on the q, k, v, o projections",
+    "dropout": "dropout on attention probabilities (training only)",
+    "context": "maximum sequence length (rotary table size; set by the model)",
+    "gate": "head-wise output gate `sigmoid(gate(x))` before `o` (Qwen3-Next)",
+    "qk_norm_eps": "epsilon of the q/k norm",
+    "qk_norm_kind": "q/k norm: rms (RMSNorm) or layer (LayerNorm)",
+    "qk_norm_over": "q/k norm over each head (head) or over the whole projection (all)",
+    "qk_norm_per_head": "q/k norm weights per head, `[heads, head_dim]` (over=head only)",
+    "qk_norm_bias": "q/k norm learns a bias",
+    "qk_norm_unit_offset": "q/k norm scales by `(1 + weight)` (Gemma 3)",
+    "qkv_bias": "biases on q, k, v; none: = bias",
+    "o_bias": "bias on the output projection o; none: = bias",
+    "clip_qkv": "clamp the q, k, v projections to [-clip_qkv, clip_qkv] (OLMo, MPT); none: off",
+    "alibi_scale": "multiplies the ALiBi slopes (Falcon: head_dim ** -0.5)",
+    "rope_scaling": "rotary scaling: none, linear, dynamic (NTK), llama3, yarn or longrope",
+    "rope_factor": "rotary scaling factor (context extension ratio)",
+    "rope_original_context": "the context trained with (dynamic, llama3, yarn, longrope)",
+    "rope_low_freq": "llama3: low_freq_factor",
+    "rope_high_freq": "llama3: high_freq_factor",
+    "rope_beta_fast": "yarn: rotations where extrapolation ends",
+    "rope_beta_slow": "yarn: rotations where interpolation starts",
+    "rope_truncate": "yarn: round the ramp's correction range to whole dims",
+    "rope_attention_factor": "yarn/longrope: cos/sin multiplier; none: the paper's default",
+    "rope_short_factor": "longrope: frequency divisors within rope_original_context",
+    "rope_long_factor": "longrope: frequency divisors beyond rope_original_context",
+}
 
 
 @register(
@@ -440,6 +486,9 @@ def _attn_state_size(
     flops=_attn_flops,
     check=_check_attn,
     state_size=_attn_state_size,
+    decodes=True,
+    arg_help=_ATTN_HELP,
+    shape_steps=_attn_steps,
 )
 class Attn(_Projections):
     """Multi-head self-attention: MHA/MQA/GQA, RoPE or ALiBi, sliding window, soft-capping.
@@ -493,48 +542,6 @@ class Attn(_Projections):
     Parameters: ``q``, ``k``, ``v``, ``o`` (``nn.Linear``; biases with ``bias``),
     ``q_norm``, ``k_norm`` (with ``qk_norm``), ``gate`` (with ``gate``).
     """
-
-    arg_help: ClassVar[dict[str, str]] = {
-        "heads": "query heads",
-        "kv_heads": "key/value heads (GQA; 1 = MQA); none: = heads",
-        "head_dim": "size of each head; none: d_model // heads",
-        "pos": "positions: rope (rotary), alibi (linear distance bias) or none",
-        "rope_theta": "rotary base",
-        "rope_fraction": "fraction of each head's dims that rotate (GPT-NeoX partial rotary)",
-        "rope_interleaved": "rotate adjacent pairs (GPT-J) instead of halves (Llama/NeoX)",
-        "causal": "query t sees only keys <= t",
-        "window": "sliding window: query t sees keys t-window+1 ... t; none: unlimited",
-        "qk_norm": "RMSNorm of queries and keys over head_dim",
-        "softcap": "cap scores with `softcap * tanh(scores / softcap)` (Gemma 2); none: off",
-        "scale": "score scale; none: head_dim ** -0.5",
-        "bias": "biases on the q, k, v, o projections",
-        "dropout": "dropout on attention probabilities (training only)",
-        "context": "maximum sequence length (rotary table size; set by the model)",
-        "gate": "head-wise output gate `sigmoid(gate(x))` before `o` (Qwen3-Next)",
-        "qk_norm_eps": "epsilon of the q/k norm",
-        "qk_norm_kind": "q/k norm: rms (RMSNorm) or layer (LayerNorm)",
-        "qk_norm_over": "q/k norm over each head (head) or over the whole projection (all)",
-        "qk_norm_per_head": "q/k norm weights per head, `[heads, head_dim]` (over=head only)",
-        "qk_norm_bias": "q/k norm learns a bias",
-        "qk_norm_unit_offset": "q/k norm scales by `(1 + weight)` (Gemma 3)",
-        "qkv_bias": "biases on q, k, v; none: = bias",
-        "o_bias": "bias on the output projection o; none: = bias",
-        "clip_qkv": "clamp the q, k, v projections to [-clip_qkv, clip_qkv] (OLMo, MPT); none: off",
-        "alibi_scale": "multiplies the ALiBi slopes (Falcon: head_dim ** -0.5)",
-        "rope_scaling": "rotary scaling: none, linear, dynamic (NTK), llama3, yarn or longrope",
-        "rope_factor": "rotary scaling factor (context extension ratio)",
-        "rope_original_context": "the context trained with (dynamic, llama3, yarn, longrope)",
-        "rope_low_freq": "llama3: low_freq_factor",
-        "rope_high_freq": "llama3: high_freq_factor",
-        "rope_beta_fast": "yarn: rotations where extrapolation ends",
-        "rope_beta_slow": "yarn: rotations where interpolation starts",
-        "rope_truncate": "yarn: round the ramp's correction range to whole dims",
-        "rope_attention_factor": "yarn/longrope: cos/sin multiplier; none: the paper's default",
-        "rope_short_factor": "longrope: frequency divisors within rope_original_context",
-        "rope_long_factor": "longrope: frequency divisors beyond rope_original_context",
-    }
-
-    shape_steps = staticmethod(_attn_steps)
 
     def __init__(
         self,
@@ -847,8 +854,26 @@ class Attn(_Projections):
         )
 
 
+_CROSS_ATTN_HELP: dict[str, str] = {
+    "heads": "query heads",
+    "kv_heads": "key/value heads (GQA; 1 = MQA); none: = heads",
+    "head_dim": "size of each head; none: d_model // heads",
+    "d_memory": "feature size of the memory; none: = d_model",
+    "qk_norm": "RMSNorm of queries and keys over head_dim",
+    "softcap": "cap scores with `softcap * tanh(scores / softcap)`; none: off",
+    "scale": "score scale; none: head_dim ** -0.5",
+    "bias": "biases on the q, k, v, o projections",
+    "dropout": "dropout on attention probabilities (training only)",
+}
+
+
 @register(
-    "CrossAttn", out_features=same_size, params=_attn_params, flops=_attn_flops, check=_check_heads
+    "CrossAttn",
+    out_features=same_size,
+    params=_attn_params,
+    flops=_attn_flops,
+    check=_check_heads,
+    arg_help=_CROSS_ATTN_HELP,
 )
 class CrossAttn(_Projections):
     """Cross-attention from the stream to a ``memory`` (B, S, d_memory) given at call time.
@@ -858,18 +883,6 @@ class CrossAttn(_Projections):
     FLOPs are counted with ``S = seq``. Parameters: ``q``, ``k``, ``v``, ``o`` (and ``q_norm``,
     ``k_norm`` with ``qk_norm``), as in Attn.
     """
-
-    arg_help: ClassVar[dict[str, str]] = {
-        "heads": "query heads",
-        "kv_heads": "key/value heads (GQA; 1 = MQA); none: = heads",
-        "head_dim": "size of each head; none: d_model // heads",
-        "d_memory": "feature size of the memory; none: = d_model",
-        "qk_norm": "RMSNorm of queries and keys over head_dim",
-        "softcap": "cap scores with `softcap * tanh(scores / softcap)`; none: off",
-        "scale": "score scale; none: head_dim ** -0.5",
-        "bias": "biases on the q, k, v, o projections",
-        "dropout": "dropout on attention probabilities (training only)",
-    }
 
     def __init__(
         self,

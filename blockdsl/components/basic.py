@@ -3,8 +3,6 @@ causal depthwise convolution."""
 
 from __future__ import annotations
 
-from typing import ClassVar
-
 import torch
 import torch.nn.functional as F
 from einops import rearrange
@@ -18,17 +16,19 @@ def _check_dropout(p: float = 0.1, **_) -> Problem:
     return None if 0.0 <= p < 1.0 else f"dropout probability must be in [0, 1), got {p}"
 
 
+_DROPOUT_HELP: dict[str, str] = {"p": "probability of zeroing each feature"}
+
+
 @register(
     "Dropout",
     out_features=same_size,
     params=lambda **_: 0,
     flops=lambda **_: 0,
     check=_check_dropout,
+    arg_help=_DROPOUT_HELP,
 )
 class Dropout(nn.Dropout):
     """Dropout: zero each feature with probability ``p`` in training (scaled by 1/(1-p))."""
-
-    arg_help: ClassVar[dict[str, str]] = {"p": "probability of zeroing each feature"}
 
     def __init__(self, d_model: int, p: float = 0.1) -> None:
         raise_problem(_check_dropout(p))
@@ -56,23 +56,25 @@ def _check_linear(d_in: int, out: int | None = None, **_) -> Problem:
     return None if n > 0 else f"Linear out must be positive, got {n}"
 
 
+_LINEAR_HELP: dict[str, str] = {
+    "out": "output features; none: = d_model",
+    "bias": "learn a bias",
+}
+
+
 @register(
     "Linear",
     out_features=_linear_out,
     params=_linear_params,
     flops=_linear_flops,
     check=_check_linear,
+    arg_help=_LINEAR_HELP,
 )
 class Linear(nn.Linear):
     """Linear map of the features to ``out`` features (default: unchanged), ``x @ weight.T + bias``.
 
     Parameters: ``weight [out, D]``, ``bias [out]`` (with ``bias``); ``nn.Linear``'s init.
     """
-
-    arg_help: ClassVar[dict[str, str]] = {
-        "out": "output features; none: = d_model",
-        "bias": "learn a bias",
-    }
 
     def __init__(self, d_model: int, out: int | None = None, bias: bool = False) -> None:
         raise_problem(_check_linear(d_model, out))
@@ -89,12 +91,20 @@ def _scale_params(d_in: int, per_channel: bool, by: float | None = None, **_) ->
     return d_in if per_channel else 1
 
 
+_SCALE_HELP: dict[str, str] = {
+    "init": "initial value (LayerScale: small, e.g. 1e-5; ReZero: 0)",
+    "per_channel": "one scale per feature (LayerScale), else one scalar (ReZero)",
+    "by": "a fixed multiplier instead of a learned one (no parameter); none: learned",
+}
+
+
 @register(
     "Scale",
     out_features=same_size,
     params=_scale_params,
     flops=lambda d_in, seq, **_: d_in * seq,
     check=accepts_any,
+    arg_help=_SCALE_HELP,
 )
 class Scale(nn.Module):
     """Learned scale ``x * weight``: per-channel LayerScale (CaiT), or a scalar (ReZero: init=0);
@@ -104,12 +114,6 @@ class Scale(nn.Module):
     Parameter: ``weight`` of shape ``[D]`` (``per_channel``) or ``[1]``, filled with ``init``;
     none with ``by``.
     """
-
-    arg_help: ClassVar[dict[str, str]] = {
-        "init": "initial value (LayerScale: small, e.g. 1e-5; ReZero: 0)",
-        "per_channel": "one scale per feature (LayerScale), else one scalar (ReZero)",
-        "by": "a fixed multiplier instead of a learned one (no parameter); none: learned",
-    }
 
     def __init__(
         self, d_model: int, init: float = 1e-5, per_channel: bool = True, by: float | None = None
@@ -143,7 +147,21 @@ def _gate_flops(d_in: int, seq: int, per_token: bool, bias: bool, **_) -> int:
     return seq * d_in * ((2 * d_in + int(bias) + 1) if per_token else 1)
 
 
-@register("Gate", out_features=same_size, params=_gate_params, flops=_gate_flops, check=accepts_any)
+_GATE_HELP: dict[str, str] = {
+    "per_token": "gate computed from x per token (`sigmoid(proj(x))`), else a static gate",
+    "bias": "learn the gate's bias (per_token only)",
+    "init": "initial gate logit: the gate starts at sigmoid(init)",
+}
+
+
+@register(
+    "Gate",
+    out_features=same_size,
+    params=_gate_params,
+    flops=_gate_flops,
+    check=accepts_any,
+    arg_help=_GATE_HELP,
+)
 class Gate(nn.Module):
     """Learned sigmoid gate on the branch output: ``x * sigmoid(proj(x))`` (or a static gate).
 
@@ -155,12 +173,6 @@ class Gate(nn.Module):
     ``per_token=false`` it is a static per-channel gate ``x * sigmoid(weight)``, ``weight``
     filled with ``init``. Parameters: ``proj`` (``nn.Linear(D, D)``) or ``weight [D]``.
     """
-
-    arg_help: ClassVar[dict[str, str]] = {
-        "per_token": "gate computed from x per token (`sigmoid(proj(x))`), else a static gate",
-        "bias": "learn the gate's bias (per_token only)",
-        "init": "initial gate logit: the gate starts at sigmoid(init)",
-    }
 
     def __init__(
         self, d_model: int, per_token: bool = True, bias: bool = True, init: float = 0.0
@@ -191,6 +203,9 @@ class Gate(nn.Module):
 # --------------------------------------------------------------------------- Shift
 
 
+_SHIFT_HELP: dict[str, str] = {"init": "initial mix (0: the token itself, 1: the previous token)"}
+
+
 @register(
     "Shift",
     out_features=same_size,
@@ -199,6 +214,8 @@ class Gate(nn.Module):
     params=lambda d_in, **_: d_in,
     flops=lambda d_in, seq, **_: 3 * d_in * seq,
     state_size=lambda d_in, **_: d_in,
+    arg_help=_SHIFT_HELP,
+    decodes=True,
 )
 class Shift(nn.Module):
     """RWKV token shift: ``x + mix * (x_prev - x)``, a learned per-channel lerp to token t-1.
@@ -207,10 +224,6 @@ class Shift(nn.Module):
     depends on tokens t and t-1 only (causal). Parameter: ``mix [D]``, filled with ``init``
     (0 = identity, 1 = the previous token). Decoding state: ``x`` (B, 1, D), the last input.
     """
-
-    arg_help: ClassVar[dict[str, str]] = {
-        "init": "initial mix (0: the token itself, 1: the previous token)"
-    }
 
     def __init__(self, d_model: int, init: float = 0.5) -> None:
         super().__init__()
@@ -251,6 +264,12 @@ def _check_conv(kernel: int = 4, **_) -> Problem:
     return None if kernel > 0 else f"Conv kernel must be positive, got {kernel}"
 
 
+_CONV_HELP: dict[str, str] = {
+    "kernel": "kernel size (tokens t-kernel+1 ... t)",
+    "bias": "learn a bias",
+}
+
+
 @register(
     "Conv",
     out_features=same_size,
@@ -259,6 +278,8 @@ def _check_conv(kernel: int = 4, **_) -> Problem:
     flops=_conv_flops,
     check=_check_conv,
     state_size=lambda d_in, kernel, **_: d_in * (kernel - 1),
+    arg_help=_CONV_HELP,
+    decodes=True,
 )
 class Conv(nn.Module):
     """Causal depthwise 1-d convolution over time (Mamba/H3 style): kernel ``kernel``, left padding.
@@ -267,11 +288,6 @@ class Conv(nn.Module):
     [D, 1, kernel]`` (``F.conv1d`` depthwise layout, ``nn.Conv1d``'s init) and ``bias [D]``.
     Decoding state: ``x`` (B, kernel-1, D), the last ``kernel-1`` inputs.
     """
-
-    arg_help: ClassVar[dict[str, str]] = {
-        "kernel": "kernel size (tokens t-kernel+1 ... t)",
-        "bias": "learn a bias",
-    }
 
     def __init__(self, d_model: int, kernel: int = 4, bias: bool = True) -> None:
         super().__init__()
@@ -311,19 +327,21 @@ class Conv(nn.Module):
 # --------------------------------------------------------------------------- Bias
 
 
+_BIAS_HELP: dict[str, str] = {"init": "initial value"}
+
+
 @register(
     "Bias",
     out_features=same_size,
     params=lambda d_in, **_: d_in,
     flops=lambda d_in, seq, **_: d_in * seq,
     check=accepts_any,
+    arg_help=_BIAS_HELP,
 )
 class Bias(nn.Module):
     """Learned additive bias ``x + bias``, e.g. the output bias of a projection whose other
     biases are off (RecurrentGemma's attention: ``Attn->Bias``). Parameter: ``bias [D]``,
     filled with ``init``."""
-
-    arg_help: ClassVar[dict[str, str]] = {"init": "initial value"}
 
     def __init__(self, d_model: int, init: float = 0.0) -> None:
         super().__init__()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import ClassVar, Literal
+from typing import Literal
 
 import torch
 from torch import nn
@@ -55,6 +55,15 @@ def _check_embed(vocab: int, pos: str = "none", pos_offset: int = 0, **_) -> Pro
     return None
 
 
+_EMBED_HELP: dict[str, str] = {
+    "vocab": "vocabulary size (set by the model)",
+    "pos": "position embeddings: learned, sinusoidal or none",
+    "scale": "multiplies the token embeddings: a number, or sqrt_d for sqrt(d_model)",
+    "context": "maximum sequence length (set by the model)",
+    "pos_offset": "learned positions: position p reads table row p + pos_offset (OPT: 2)",
+}
+
+
 @register(
     "Embed",
     out_features=same_size,
@@ -63,6 +72,7 @@ def _check_embed(vocab: int, pos: str = "none", pos_offset: int = 0, **_) -> Pro
     flops=_embed_flops,
     check=_check_embed,
     embedding=lambda module: module.tok,
+    arg_help=_EMBED_HELP,
 )
 class Embed(nn.Module):
     """Token embedding ``tok(idx) * scale``, plus learned or sinusoidal position embeddings.
@@ -78,14 +88,6 @@ class Embed(nn.Module):
     and Llama, not PyTorch's N(0, 1): a head tied to N(0, 1) embeddings starts with logits
     so large that an untrained model's loss is far above ln(vocab).
     """
-
-    arg_help: ClassVar[dict[str, str]] = {
-        "vocab": "vocabulary size (set by the model)",
-        "pos": "position embeddings: learned, sinusoidal or none",
-        "scale": "multiplies the token embeddings: a number, or sqrt_d for sqrt(d_model)",
-        "context": "maximum sequence length (set by the model)",
-        "pos_offset": "learned positions: position p reads table row p + pos_offset (OPT: 2)",
-    }
 
     def __init__(
         self,
@@ -152,6 +154,15 @@ def _tie_head(head: Head, embedding: nn.Module | None) -> None:
     head.tie_to(embedding)
 
 
+_HEAD_HELP: dict[str, str] = {
+    "vocab": "vocabulary size (set by the model)",
+    "tie": "share the token embedding's weight (the model calls `tie_to`)",
+    "bias": "learn a bias per vocabulary entry",
+    "softcap": "cap logits with `softcap * tanh(logits / softcap)` (Gemma 2); none: off",
+    "scale": "multiply the logits by a constant (Cohere logit_scale)",
+}
+
+
 @register(
     "Head",
     out_features=_head_out,
@@ -159,6 +170,7 @@ def _tie_head(head: Head, embedding: nn.Module | None) -> None:
     flops=_head_flops,
     check=accepts_any,
     tie=_tie_head,
+    arg_help=_HEAD_HELP,
 )
 class Head(nn.Module):
     """Output projection to vocabulary logits ``x @ weight.T (+ bias)``, optionally soft-capped.
@@ -169,14 +181,6 @@ class Head(nn.Module):
     multiplied by a constant (Cohere's ``logit_scale``, Granite's ``1 / logits_scaling``),
     before ``softcap``: final logits ``softcap * tanh(logits / softcap)`` (Gemma 2).
     """
-
-    arg_help: ClassVar[dict[str, str]] = {
-        "vocab": "vocabulary size (set by the model)",
-        "tie": "share the token embedding's weight (the model calls `tie_to`)",
-        "bias": "learn a bias per vocabulary entry",
-        "softcap": "cap logits with `softcap * tanh(logits / softcap)` (Gemma 2); none: off",
-        "scale": "multiply the logits by a constant (Cohere logit_scale)",
-    }
 
     def __init__(
         self,

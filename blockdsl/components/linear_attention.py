@@ -24,7 +24,7 @@ Shapes in comments: ``B`` batch, ``T`` tokens, ``H`` heads, ``K``/``V`` key/valu
 from __future__ import annotations
 
 import math
-from typing import ClassVar
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -287,20 +287,38 @@ class GatedRMSNorm(nn.Module):
         return (self.weight * normed * F.silu(gate.float())).to(x.dtype)
 
 
-def _gdn_dims(
-    d_in: int,
-    heads: int,
-    v_heads: int | None,
-    head_dim: int | None,
-    v_head_dim: int | None,
-) -> tuple[int, int, int, int]:
-    """``(key heads, value heads, key head size, value head size)`` with defaults filled in."""
-    hk = d_in // heads if head_dim is None else head_dim
-    hv = hk if v_head_dim is None else v_head_dim
-    return heads, (heads if v_heads is None else v_heads), hk, hv
+@dataclass(frozen=True)
+class GatedDeltaNetSizes:
+    """Gated DeltaNet's derived sizes, computed once from its arguments by ``gdn_sizes``: read
+    by the constructor and by every hook (params, state size, shape steps, check)."""
+
+    d_in: int
+    heads: int  # key (and query) heads Hk
+    v_heads: int  # value heads Hv
+    head_dim: int  # key head size dk
+    v_head_dim: int  # value head size dv
+    kernel: int
+    chunk: int
+
+    @property
+    def key_dim(self) -> int:
+        return self.heads * self.head_dim
+
+    @property
+    def value_dim(self) -> int:
+        return self.v_heads * self.v_head_dim
+
+    @property
+    def conv_dim(self) -> int:
+        """The short convolution's channels: q, k and v."""
+        return 2 * self.key_dim + self.value_dim
+
+    @property
+    def qkvz_dim(self) -> int:
+        return 2 * self.key_dim + 2 * self.value_dim
 
 
-def _check_gdn(
+def gdn_sizes(
     d_in: int,
     heads: int = 4,
     v_heads: int | None = None,
@@ -309,7 +327,17 @@ def _check_gdn(
     kernel: int = 4,
     chunk: int = 64,
     **_,
-) -> Problem:
+) -> GatedDeltaNetSizes:
+    """``GatedDeltaNetSizes`` at input size ``d_in``, defaults filled in (``head_dim = d_in //
+    heads``, ``v_heads = heads``, ``v_head_dim = head_dim``)."""
+    hk = d_in // heads if head_dim is None else head_dim
+    hv = hk if v_head_dim is None else v_head_dim
+    return GatedDeltaNetSizes(
+        d_in, heads, heads if v_heads is None else v_heads, hk, hv, kernel, chunk
+    )
+
+
+def _check_gdn(d_in: int, heads: int = 4, head_dim: int | None = None, **args) -> Problem:
     if heads <= 0:
         return f"heads must be positive, got {heads}"
     if head_dim is None and d_in % heads:
@@ -317,7 +345,9 @@ def _check_gdn(
             f"d_model={d_in} is not divisible by heads={heads}",
             "set head_dim, or choose heads dividing d_model",
         )
-    Hk, Hv, dk, dv = _gdn_dims(d_in, heads, v_heads, head_dim, v_head_dim)
+    sizes = gdn_sizes(d_in, heads, head_dim=head_dim, **args)
+    Hk, Hv, dk, dv = sizes.heads, sizes.v_heads, sizes.head_dim, sizes.v_head_dim
+    kernel, chunk = sizes.kernel, sizes.chunk
     if dk <= 0 or dv <= 0:
         return f"head sizes must be positive, got head_dim={dk}, v_head_dim={dv}"
     if Hv <= 0 or Hv % Hk:
@@ -332,20 +362,19 @@ def _check_gdn(
     return None
 
 
-def _gdn_params(d_in: int, heads, v_heads, head_dim, v_head_dim, kernel, **_) -> int:
-    Hk, Hv, dk, dv = _gdn_dims(d_in, heads, v_heads, head_dim, v_head_dim)
-    qkvz = d_in * (2 * Hk * dk + 2 * Hv * dv)
-    ba = d_in * 2 * Hv
-    conv = (2 * Hk * dk + Hv * dv) * kernel
-    return qkvz + ba + conv + 2 * Hv + dv + Hv * dv * d_in  # + dt_bias, A_log, norm, out
+def _gdn_params(d_in: int, **args) -> int:
+    s = gdn_sizes(d_in, **args)
+    ba = d_in * 2 * s.v_heads
+    # + dt_bias and A_log per value head, the gated norm, out_proj
+    extra = 2 * s.v_heads + s.v_head_dim + s.value_dim * d_in
+    return d_in * s.qkvz_dim + ba + s.conv_dim * s.kernel + extra
 
 
-def _gdn_steps(
-    d_in: int, seq: int, batch: int, heads, v_heads, head_dim, v_head_dim, kernel, chunk=64, **_
-) -> Steps:
-    Hk, Hv, dk, dv = _gdn_dims(d_in, heads, v_heads, head_dim, v_head_dim)
+def _gdn_steps(d_in: int, seq: int, batch: int, **args) -> Steps:
+    sizes = gdn_sizes(d_in, **args)
+    Hv, dk, dv = sizes.v_heads, sizes.head_dim, sizes.v_head_dim
+    kernel, chunk, conv_dim = sizes.kernel, sizes.chunk, sizes.conv_dim
     n = batch * seq
-    conv_dim = 2 * Hk * dk + Hv * dv
     padded = -(-seq // chunk) * chunk
     # The last element of each step is what the float32 forward keeps for backward (the
     # training memory estimate, measured with saved_tensors_hooks): qkvz (z is a view of it);
@@ -355,8 +384,8 @@ def _gdn_steps(
     # copies, right-hand sides and solutions, decayed q and k, per-chunk states); the
     # gated norm's input, normalised values, gate and the output fed to out_proj.
     return [
-        ("qkvz", ("B", "T", "2HK+2Hv·V"), (batch, seq, 2 * Hk * dk + 2 * Hv * dv),
-         2 * n * d_in * (2 * Hk * dk + 2 * Hv * dv), 1),
+        ("qkvz", ("B", "T", "2HK+2Hv·V"), (batch, seq, sizes.qkvz_dim),
+         2 * n * d_in * sizes.qkvz_dim, 1),
         ("beta, decay", ("B", "T", "2Hv"), (batch, seq, 2 * Hv), 2 * n * d_in * 2 * Hv, 2),
         ("conv", ("B", "T", "2HK+Hv·V"), (batch, seq, conv_dim), 2 * n * conv_dim * kernel, 2),
         ("state", ("B", "Hv", "V", "K"), (batch, Hv, dv, dk), 0),
@@ -367,9 +396,20 @@ def _gdn_steps(
     ]  # fmt: skip
 
 
-def _gdn_state_size(d_in: int, heads, v_heads=None, head_dim=None, v_head_dim=None, kernel=4, **_):
-    Hk, Hv, dk, dv = _gdn_dims(d_in, heads, v_heads, head_dim, v_head_dim)
-    return (2 * Hk * dk + Hv * dv) * (kernel - 1) + Hv * dv * dk
+def _gdn_state_size(d_in: int, **args) -> int:
+    s = gdn_sizes(d_in, **args)
+    return s.conv_dim * (s.kernel - 1) + s.value_dim * s.head_dim  # conv window, delta state
+
+
+_GATED_DELTA_NET_HELP: dict[str, str] = {
+    "heads": "query/key heads",
+    "v_heads": "value heads (a multiple of heads); none: = heads",
+    "head_dim": "query/key head size; none: d_model // heads",
+    "v_head_dim": "value head size; none: = head_dim",
+    "kernel": "width of the causal short conv on q, k, v",
+    "chunk": "tokens per chunk of the chunked (training) form",
+    "eps": "epsilon of the output RMSNorm",
+}
 
 
 @register(
@@ -380,6 +420,9 @@ def _gdn_state_size(d_in: int, heads, v_heads=None, head_dim=None, v_head_dim=No
     flops=flops_from_steps(_gdn_steps),
     check=_check_gdn,
     state_size=_gdn_state_size,
+    arg_help=_GATED_DELTA_NET_HELP,
+    shape_steps=_gdn_steps,
+    decodes=True,
 )
 class GatedDeltaNet(nn.Module):
     """Gated DeltaNet (Qwen3-Next's linear attention): the gated delta rule with a short causal
@@ -399,18 +442,6 @@ class GatedDeltaNet(nn.Module):
     ``A_log [Hv]``, ``norm.weight [V]``, ``out_proj``.
     """
 
-    arg_help: ClassVar[dict[str, str]] = {
-        "heads": "query/key heads",
-        "v_heads": "value heads (a multiple of heads); none: = heads",
-        "head_dim": "query/key head size; none: d_model // heads",
-        "v_head_dim": "value head size; none: = head_dim",
-        "kernel": "width of the causal short conv on q, k, v",
-        "chunk": "tokens per chunk of the chunked (training) form",
-        "eps": "epsilon of the output RMSNorm",
-    }
-
-    shape_steps = staticmethod(_gdn_steps)
-
     def __init__(
         self,
         d_model: int,
@@ -423,13 +454,14 @@ class GatedDeltaNet(nn.Module):
         eps: float = 1e-6,
     ) -> None:
         super().__init__()
-        raise_problem(_check_gdn(d_model, heads, v_heads, head_dim, v_head_dim, kernel, chunk))
-        Hk, Hv, dk, dv = _gdn_dims(d_model, heads, v_heads, head_dim, v_head_dim)
+        args = dict(v_heads=v_heads, v_head_dim=v_head_dim, kernel=kernel, chunk=chunk)
+        raise_problem(_check_gdn(d_model, heads, head_dim, **args))
+        sizes = gdn_sizes(d_model, heads, head_dim=head_dim, **args)
+        Hk, Hv, dk, dv = sizes.heads, sizes.v_heads, sizes.head_dim, sizes.v_head_dim
         self.heads, self.v_heads, self.head_dim, self.v_head_dim = Hk, Hv, dk, dv
         self.kernel, self.chunk, self.eps = kernel, chunk, eps
-        self.key_dim, self.value_dim = Hk * dk, Hv * dv
-        self.conv_dim = 2 * self.key_dim + self.value_dim
-        self.in_proj_qkvz = nn.Linear(d_model, 2 * self.key_dim + 2 * self.value_dim, bias=False)
+        self.key_dim, self.value_dim, self.conv_dim = sizes.key_dim, sizes.value_dim, sizes.conv_dim
+        self.in_proj_qkvz = nn.Linear(d_model, sizes.qkvz_dim, bias=False)
         self.in_proj_ba = nn.Linear(d_model, 2 * Hv, bias=False)
         self.conv1d = nn.Conv1d(
             self.conv_dim, self.conv_dim, kernel, groups=self.conv_dim, bias=False
@@ -618,6 +650,15 @@ def _orthogonal_(weight: torch.Tensor, gain: float) -> None:
         nn.init.orthogonal_(weight, gain=gain)
 
 
+_RWKV7_HELP: dict[str, str] = {
+    "head_dim": "channels per head (the state is head_dim x head_dim); none: min(64, d_model)",
+    "decay_rank": "rank of the decay LoRA; none: BlinkDL's default for d_model",
+    "a_rank": "rank of the in-context learning-rate LoRA; none: BlinkDL's default",
+    "gate_rank": "rank of the output-gate LoRA; none: BlinkDL's default",
+    "chunk": "tokens per chunk of the chunked (training) form, at most 32",
+}
+
+
 @register(
     "RWKV7",
     out_features=same_size,
@@ -626,6 +667,9 @@ def _orthogonal_(weight: torch.Tensor, gain: float) -> None:
     flops=flops_from_steps(_rwkv7_steps),
     check=_check_rwkv7,
     state_size=_rwkv7_state_size,
+    arg_help=_RWKV7_HELP,
+    shape_steps=_rwkv7_steps,
+    decodes=True,
 )
 class RWKV7(nn.Module):
     """RWKV-7 "Goose" time mixing: the generalised delta rule with per-channel decay.
@@ -646,16 +690,6 @@ class RWKV7(nn.Module):
     gradient from the first step. Training runs the chunked form (``chunk`` <= 32 tokens: the
     per-channel decays are factored within a chunk), a decode step the recurrence.
     """
-
-    arg_help: ClassVar[dict[str, str]] = {
-        "head_dim": "channels per head (the state is head_dim x head_dim); none: min(64, d_model)",
-        "decay_rank": "rank of the decay LoRA; none: BlinkDL's default for d_model",
-        "a_rank": "rank of the in-context learning-rate LoRA; none: BlinkDL's default",
-        "gate_rank": "rank of the output-gate LoRA; none: BlinkDL's default",
-        "chunk": "tokens per chunk of the chunked (training) form, at most 32",
-    }
-
-    shape_steps = staticmethod(_rwkv7_steps)
 
     def __init__(
         self,
@@ -776,6 +810,12 @@ def _cmix_steps(d_in: int, seq: int, batch: int, hidden: int | None, mult: float
     ]
 
 
+_RWKV7_CHANNEL_MIX_HELP: dict[str, str] = {
+    "hidden": "hidden width; none: int(mult * d_model)",
+    "mult": "hidden width as a multiple of d_model when hidden is none",
+}
+
+
 @register(
     "RWKV7ChannelMix",
     out_features=same_size,
@@ -784,6 +824,9 @@ def _cmix_steps(d_in: int, seq: int, batch: int, hidden: int | None, mult: float
     flops=flops_from_steps(_cmix_steps),
     check=_check_cmix,
     state_size=lambda d_in, **_: d_in,
+    arg_help=_RWKV7_CHANNEL_MIX_HELP,
+    shape_steps=_cmix_steps,
+    decodes=True,
 )
 class RWKV7ChannelMix(nn.Module):
     """RWKV-7 channel mixing (the MLP slot): ``value(relu(key(x + (x_prev - x) * x_k))^2)``.
@@ -792,13 +835,6 @@ class RWKV7ChannelMix(nn.Module):
     input, so it sees the previous token too (hence causal, with a one-token decoding state).
     Parameters as BlinkDL's: ``x_k [1, 1, D]``, ``key``, ``value`` (``nn.Linear``, no bias).
     """
-
-    arg_help: ClassVar[dict[str, str]] = {
-        "hidden": "hidden width; none: int(mult * d_model)",
-        "mult": "hidden width as a multiple of d_model when hidden is none",
-    }
-
-    shape_steps = staticmethod(_cmix_steps)
 
     def __init__(self, d_model: int, hidden: int | None = None, mult: float = 4.0) -> None:
         super().__init__()

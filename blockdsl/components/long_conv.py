@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -221,6 +220,13 @@ def _hyena_state_size(d_in: int, kernel: int = 3, context: int = 2048, **_) -> i
     return 3 * d_in * (kernel - 1) + d_in * context + 1  # window, inputs, count
 
 
+_HYENA_HELP: dict[str, str] = {
+    "filter_order": "width of the MLP that generates the long filter",
+    "kernel": "width of the short causal conv on the projections",
+    "context": "maximum sequence length: the long filter's length (set by the model)",
+}
+
+
 @register(
     "Hyena",
     out_features=same_size,
@@ -229,6 +235,9 @@ def _hyena_state_size(d_in: int, kernel: int = 3, context: int = 2048, **_) -> i
     flops=flops_from_steps(_hyena_steps),
     check=_check_hyena,
     state_size=_hyena_state_size,
+    arg_help=_HYENA_HELP,
+    shape_steps=_hyena_steps,
+    decodes=True,
 )
 class Hyena(nn.Module):
     """Hyena operator of order 2 (Zoology's ``Hyena``): gated implicit long convolution.
@@ -241,14 +250,6 @@ class Hyena(nn.Module):
     length). Parameters: ``in_proj``, ``short_filter`` (``nn.Conv1d`` weight ``[3D, 1, kernel]``
     and bias), ``filter.*``, ``bias [D]``, ``out_proj`` (linears with biases).
     """
-
-    arg_help: ClassVar[dict[str, str]] = {
-        "filter_order": "width of the MLP that generates the long filter",
-        "kernel": "width of the short causal conv on the projections",
-        "context": "maximum sequence length: the long filter's length (set by the model)",
-    }
-
-    shape_steps = staticmethod(_hyena_steps)
 
     def __init__(
         self, d_model: int, filter_order: int = 64, kernel: int = 3, context: int = 2048
@@ -342,6 +343,14 @@ def _baseconv_state_size(d_in: int, kernel: int | None = None, context: int = 20
     return d_in * context + 1 if kernel is None else d_in * (kernel - 1)
 
 
+_BASE_CONV_HELP: dict[str, str] = {
+    "kernel": "short conv width; none: implicit long convolution over the context",
+    "filter_order": "width of the MLP that generates the long filter (kernel=none)",
+    "act": "SiLU on both the convolution and the projection",
+    "context": "maximum sequence length: the long filter's length (set by the model)",
+}
+
+
 @register(
     "BaseConv",
     out_features=same_size,
@@ -350,6 +359,9 @@ def _baseconv_state_size(d_in: int, kernel: int | None = None, context: int = 20
     flops=flops_from_steps(_baseconv_steps),
     check=_check_baseconv,
     state_size=_baseconv_state_size,
+    arg_help=_BASE_CONV_HELP,
+    shape_steps=_baseconv_steps,
+    decodes=True,
 )
 class BaseConv(nn.Module):
     """Zoology's BaseConv: a convolution gated by a linear projection, ``conv(x) * proj(x) + x``.
@@ -362,15 +374,6 @@ class BaseConv(nn.Module):
     with bias), ``conv.*`` (``filter.*`` for the long conv, else ``conv.weight [D, 1, kernel]``
     and ``conv.bias``).
     """
-
-    arg_help: ClassVar[dict[str, str]] = {
-        "kernel": "short conv width; none: implicit long convolution over the context",
-        "filter_order": "width of the MLP that generates the long filter (kernel=none)",
-        "act": "SiLU on both the convolution and the projection",
-        "context": "maximum sequence length: the long filter's length (set by the model)",
-    }
-
-    shape_steps = staticmethod(_baseconv_steps)
 
     def __init__(
         self,
@@ -504,6 +507,12 @@ class _GatedShortConv(torch.autograd.Function):
 SHIFT_CONV_MAX_KERNEL = 8
 
 
+_SHORT_CONV_HELP: dict[str, str] = {
+    "kernel": "conv width (LFM2's conv_L_cache)",
+    "bias": "biases on the projections and the conv (LFM2's conv_bias)",
+}
+
+
 @register(
     "ShortConv",
     out_features=same_size,
@@ -512,6 +521,9 @@ SHIFT_CONV_MAX_KERNEL = 8
     flops=flops_from_steps(_shortconv_steps),
     check=_check_shortconv,
     state_size=lambda d_in, kernel=3, **_: d_in * (kernel - 1),
+    arg_help=_SHORT_CONV_HELP,
+    shape_steps=_shortconv_steps,
+    decodes=True,
 )
 class ShortConv(nn.Module):
     """LFM2's gated short convolution: ``out_proj(c * conv(b * x))`` with ``b, c, x`` the
@@ -520,13 +532,6 @@ class ShortConv(nn.Module):
     Parameters as HF ``Lfm2ShortConv`` (its weights load by name): ``in_proj [3D, D]``,
     ``conv.weight [D, 1, kernel]``, ``out_proj [D, D]``, and their biases with ``bias``.
     """
-
-    arg_help: ClassVar[dict[str, str]] = {
-        "kernel": "conv width (LFM2's conv_L_cache)",
-        "bias": "biases on the projections and the conv (LFM2's conv_bias)",
-    }
-
-    shape_steps = staticmethod(_shortconv_steps)
 
     def __init__(self, d_model: int, kernel: int = 3, bias: bool = False) -> None:
         super().__init__()

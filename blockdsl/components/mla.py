@@ -8,8 +8,6 @@ latent (``kv_lora_rank``).
 
 from __future__ import annotations
 
-from typing import ClassVar
-
 import torch
 from torch import nn
 
@@ -112,6 +110,22 @@ def _mla_state_size(d_in: int, context: int, kv_lora_rank: int, qk_rope_head_dim
     return (kv_lora_rank + qk_rope_head_dim) * context  # the latent and the rotary key
 
 
+_MLA_HELP: dict[str, str] = {
+    "heads": "attention heads",
+    "kv_lora_rank": "size of the key/value latent cached per token",
+    "q_lora_rank": "rank of the low-rank query projection; none: one full projection",
+    "qk_nope_head_dim": "per head: query/key dims without rotary",
+    "qk_rope_head_dim": "per head: query/key dims with rotary (the key part is shared)",
+    "v_head_dim": "per head: value dims",
+    "rope_theta": "rotary base",
+    "rope_interleaved": "rotate adjacent pairs (DeepSeek) instead of halves",
+    "scale": "score scale; none: (qk_nope_head_dim + qk_rope_head_dim) ** -0.5",
+    "bias": "biases on q_a, kv_a and o (HF attention_bias)",
+    "norm_eps": "epsilon of the latent RMSNorms",
+    "context": "maximum sequence length (rotary table size; set by the model)",
+}
+
+
 @register(
     "MLA",
     out_features=same_size,
@@ -120,6 +134,9 @@ def _mla_state_size(d_in: int, context: int, kv_lora_rank: int, qk_rope_head_dim
     flops=_mla_flops,
     check=_check_mla,
     state_size=_mla_state_size,
+    decodes=True,
+    arg_help=_MLA_HELP,
+    shape_steps=_mla_steps,
 )
 class MLA(nn.Module):
     """Multi-head latent attention (DeepSeek-V2/V3), causal.
@@ -145,23 +162,6 @@ class MLA(nn.Module):
     Parameters: ``q`` (or ``q_a``, ``q_norm``, ``q_b``), ``kv_a``, ``kv_norm``, ``kv_b``, ``o``;
     ``bias`` puts biases on ``q_a``, ``kv_a`` and ``o`` (HF ``attention_bias``).
     """
-
-    arg_help: ClassVar[dict[str, str]] = {
-        "heads": "attention heads",
-        "kv_lora_rank": "size of the key/value latent cached per token",
-        "q_lora_rank": "rank of the low-rank query projection; none: one full projection",
-        "qk_nope_head_dim": "per head: query/key dims without rotary",
-        "qk_rope_head_dim": "per head: query/key dims with rotary (the key part is shared)",
-        "v_head_dim": "per head: value dims",
-        "rope_theta": "rotary base",
-        "rope_interleaved": "rotate adjacent pairs (DeepSeek) instead of halves",
-        "scale": "score scale; none: (qk_nope_head_dim + qk_rope_head_dim) ** -0.5",
-        "bias": "biases on q_a, kv_a and o (HF attention_bias)",
-        "norm_eps": "epsilon of the latent RMSNorms",
-        "context": "maximum sequence length (rotary table size; set by the model)",
-    }
-
-    shape_steps = staticmethod(_mla_steps)
 
     def __init__(
         self,

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
-from typing import Any, ClassVar, Literal
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -25,28 +26,87 @@ from blockdsl.registry import register
 # --------------------------------------------------------------------------- MLP
 
 
-def _hidden(d_in: int, hidden: int | None, mult: float) -> int:
-    return int(mult * d_in) if hidden is None else hidden
+@dataclass(frozen=True)
+class MLPSizes:
+    """The MLP's derived sizes, computed once from its arguments by ``mlp_sizes``: read by
+    the constructor and by every hook (params, FLOPs, shape steps, check). MoE's experts are
+    MLPs of these sizes too."""
+
+    d_in: int
+    hidden: int
+    gated: bool
+    bias: bool
+
+    @property
+    def weights(self) -> int:
+        """Weight entries: ``up`` and ``down`` (and ``gate``), ``d_in x hidden`` each."""
+        return self.d_in * self.hidden * (3 if self.gated else 2)
+
+    @property
+    def biases(self) -> int:
+        return self.bias * (self.hidden * (2 if self.gated else 1) + self.d_in)
 
 
-def _mlp_params(d_in: int, hidden: int | None, mult: float, gated: bool, bias: bool, **_) -> int:
-    h = _hidden(d_in, hidden, mult)
-    return d_in * h * (3 if gated else 2) + bias * (h * (2 if gated else 1) + d_in)
+def mlp_sizes(
+    d_in: int,
+    hidden: int | None = None,
+    mult: float = 4.0,
+    gated: bool = False,
+    bias: bool = False,
+    **_,
+) -> MLPSizes:
+    """``MLPSizes`` at input size ``d_in``: ``hidden = int(mult * d_in)`` unless set."""
+    return MLPSizes(d_in, int(mult * d_in) if hidden is None else hidden, gated, bias)
 
 
-def _mlp_flops(
-    d_in: int, seq: int, hidden: int | None, mult: float, gated: bool, bias: bool, **_
-) -> int:
-    h = _hidden(d_in, hidden, mult)
-    return seq * (2 * d_in * h * (3 if gated else 2) + int(gated) * h)  # + gate product
+def _mlp_params(d_in: int, **args) -> int:
+    s = mlp_sizes(d_in, **args)
+    return s.weights + s.biases
 
 
-def _check_mlp(d_in: int, hidden: int | None = None, mult: float = 4.0, **_) -> Problem:
-    h = _hidden(d_in, hidden, mult)
+def _mlp_flops(d_in: int, seq: int, **args) -> int:
+    s = mlp_sizes(d_in, **args)
+    return seq * (2 * s.weights + int(s.gated) * s.hidden)  # + the gate product
+
+
+def _check_mlp(d_in: int, **args) -> Problem:
+    h = mlp_sizes(d_in, **args).hidden
     return f"MLP hidden size must be positive, got {h}" if h <= 0 else None
 
 
-@register("MLP", out_features=same_size, params=_mlp_params, flops=_mlp_flops, check=_check_mlp)
+def _mlp_steps(
+    d_in: int, seq: int, batch: int, **args
+) -> list[tuple[str, tuple[str, ...], tuple[int, ...], int]]:
+    """The steps inside, for ``blockdsl compile --show-shapes --depth 2``: ``(name,
+    symbolic shape, concrete shape, forward FLOPs of the batch)``."""
+    sizes = mlp_sizes(d_in, **args)
+    h, n, gated = sizes.hidden, batch * seq, sizes.gated
+    hid, out = ("B", "T", "F"), ("B", "T", "D")
+    steps = [("gate", hid, (batch, seq, h), 2 * n * d_in * h)] if gated else []
+    steps.append(("up", hid, (batch, seq, h), 2 * n * d_in * h))
+    steps.append(("act*up" if gated else "act", hid, (batch, seq, h), n * h * int(gated)))
+    steps.append(("down", out, (batch, seq, d_in), 2 * n * h * d_in))
+    return steps
+
+
+_MLP_HELP: dict[str, str] = {
+    "hidden": "hidden width; none: int(mult * d_model)",
+    "mult": "hidden width as a multiple of d_model when hidden is none",
+    "act": "activation: relu, gelu, gelu_tanh, silu or relu2 (squared ReLU)",
+    "gated": "gated linear unit: `down(act(gate(x)) * up(x))`",
+    "bias": "biases on the linears",
+}
+
+
+@register(
+    "MLP",
+    out_features=same_size,
+    params=_mlp_params,
+    flops=_mlp_flops,
+    check=_check_mlp,
+    arg_help=_MLP_HELP,
+    shape_steps=_mlp_steps,
+)
 class MLP(nn.Module):
     """Position-wise feed-forward: ``down(act(up(x)))``, or gated ``down(act(gate(x)) * up(x))``.
 
@@ -54,14 +114,6 @@ class MLP(nn.Module):
     (GPT-2), silu (SwiGLU when gated), relu2 (squared ReLU). Parameters: ``up``, ``down`` and,
     when ``gated``, ``gate`` (``nn.Linear``; biases with ``bias``).
     """
-
-    arg_help: ClassVar[dict[str, str]] = {
-        "hidden": "hidden width; none: int(mult * d_model)",
-        "mult": "hidden width as a multiple of d_model when hidden is none",
-        "act": "activation: relu, gelu, gelu_tanh, silu or relu2 (squared ReLU)",
-        "gated": "gated linear unit: `down(act(gate(x)) * up(x))`",
-        "bias": "biases on the linears",
-    }
 
     def __init__(
         self,
@@ -73,26 +125,12 @@ class MLP(nn.Module):
         bias: bool = False,
     ) -> None:
         super().__init__()
-        h = _hidden(d_model, hidden, mult)
-        raise_problem(_check_mlp(d_model, hidden, mult))
+        raise_problem(_check_mlp(d_model, hidden=hidden, mult=mult))
+        h = mlp_sizes(d_model, hidden, mult).hidden
         self.act_name, self.act = act, activation(act)
         self.gate = nn.Linear(d_model, h, bias=bias) if gated else None
         self.up = nn.Linear(d_model, h, bias=bias)
         self.down = nn.Linear(h, d_model, bias=bias)
-
-    @staticmethod
-    def shape_steps(
-        d_in: int, seq: int, batch: int, hidden: int | None, mult: float, gated: bool, **_
-    ) -> list[tuple[str, tuple[str, ...], tuple[int, ...], int]]:
-        """The steps inside, for ``blockdsl compile --show-shapes --depth 2``: ``(name,
-        symbolic shape, concrete shape, forward FLOPs of the batch)``."""
-        h, n = _hidden(d_in, hidden, mult), batch * seq
-        hid, out = ("B", "T", "F"), ("B", "T", "D")
-        steps = [("gate", hid, (batch, seq, h), 2 * n * d_in * h)] if gated else []
-        steps.append(("up", hid, (batch, seq, h), 2 * n * d_in * h))
-        steps.append(("act*up" if gated else "act", hid, (batch, seq, h), n * h * int(gated)))
-        steps.append(("down", out, (batch, seq, d_in), 2 * n * h * d_in))
-        return steps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, D) -> (B, T, D)
         if self.gate is not None:
@@ -103,50 +141,54 @@ class MLP(nn.Module):
 # --------------------------------------------------------------------------- MoE
 
 
-def _moe_sizes(
-    d_in: int, experts: int | None, hidden: int | None, mult: float, n_children: int | None
-) -> tuple[int, int]:
-    n = n_children or experts or 8
-    return n, _hidden(d_in, hidden, mult)
+@dataclass(frozen=True)
+class MoESizes:
+    """The MoE's derived sizes, computed once from its arguments by ``moe_sizes``: read by
+    the constructor and by every hook (params, FLOPs, shape steps, check)."""
+
+    d_in: int
+    experts: int  # E: the children when given, else ``experts`` (default 8)
+    expert: MLPSizes  # each expert (and each shared expert), without biases
+    shared: int
+    shared_gate: bool  # a d_in -> 1 gate on the shared experts (with shared experts only)
+    children: bool  # the experts are child blocks (their sizes are theirs)
+
+    @property
+    def hidden(self) -> int:
+        return self.expert.hidden
 
 
-def _moe_params(
+def moe_sizes(
     d_in: int,
-    experts: int | None,
-    hidden: int | None,
-    mult: float,
-    gated: bool,
-    shared: int,
-    n_children: int | None = None,
+    experts: int | None = None,
+    hidden: int | None = None,
+    mult: float = 4.0,
+    gated: bool = True,
+    shared: int = 0,
     shared_gate: bool = False,
+    n_children: int | None = None,
     **_,
-) -> int:
-    E, h = _moe_sizes(d_in, experts, hidden, mult, n_children)
-    per_expert = d_in * h * (3 if gated else 2)
-    own_experts = 0 if n_children else E * per_expert
-    gate = d_in if shared and shared_gate else 0
-    return E * d_in + own_experts + shared * per_expert + gate  # router + experts + shared
+) -> MoESizes:
+    """``MoESizes`` at input size ``d_in``; ``n_children`` child blocks are the experts."""
+    E = n_children or (8 if experts is None else experts)
+    expert = mlp_sizes(d_in, hidden, mult, gated)
+    return MoESizes(d_in, E, expert, shared, bool(shared and shared_gate), bool(n_children))
 
 
-def _moe_flops(
-    d_in: int,
-    seq: int,
-    experts: int | None,
-    k: int,
-    hidden: int | None,
-    mult: float,
-    gated: bool,
-    shared: int,
-    n_children: int | None = None,
-    shared_gate: bool = False,
-    **_,
-) -> int:
-    E, h = _moe_sizes(d_in, experts, hidden, mult, n_children)
-    per_token_expert = 2 * d_in * h * (3 if gated else 2)
-    router = 2 * d_in * E + (2 * d_in + d_in if shared and shared_gate else 0)
-    if n_children:  # children's FLOPs are theirs; here the router and the weighted sum
-        return seq * (router + 2 * E * d_in) + seq * shared * per_token_expert
-    return seq * (router + (k + shared) * per_token_expert + 2 * k * d_in)
+def _moe_params(d_in: int, **args) -> int:
+    s = moe_sizes(d_in, **args)
+    own_experts = 0 if s.children else s.experts * s.expert.weights
+    gate = d_in if s.shared_gate else 0
+    return s.experts * d_in + own_experts + s.shared * s.expert.weights + gate  # router first
+
+
+def _moe_flops(d_in: int, seq: int, k: int, **args) -> int:
+    s = moe_sizes(d_in, **args)
+    per_token_expert = 2 * s.expert.weights
+    router = 2 * d_in * s.experts + (2 * d_in + d_in if s.shared_gate else 0)
+    if s.children:  # children's FLOPs are theirs; here the router and the weighted sum
+        return seq * (router + 2 * s.experts * d_in) + seq * s.shared * per_token_expert
+    return seq * (router + (k + s.shared) * per_token_expert + 2 * k * d_in)
 
 
 def _check_moe(
@@ -167,8 +209,8 @@ def _check_moe(
             f"MoE has {n_children} children but experts={experts}",
             "leave experts unset when giving the experts as children",
         )
-    E = n_children or (8 if experts is None else experts)
-    h = _hidden(d_in, hidden, mult)
+    sizes = moe_sizes(d_in, experts, hidden, mult, n_children=n_children)
+    E, h = sizes.experts, sizes.hidden
     if E <= 0:
         return f"MoE needs at least one expert, got {E}"
     if not 0 < k <= E:
@@ -205,6 +247,75 @@ def _check_groups(
     return None
 
 
+def _moe_steps(
+    d_in: int, seq: int, batch: int, k: int, **args
+) -> list[tuple[str, tuple[str, ...], tuple[int, ...], int]]:
+    """The steps inside, for ``blockdsl compile --show-shapes --depth 2``: ``(name,
+    symbolic shape, concrete shape, forward FLOPs of the batch)``. With children the
+    experts are the child blocks (listed after these steps) and run on every token."""
+    sizes = moe_sizes(d_in, **args)
+    E, h, gated, shared = sizes.experts, sizes.hidden, sizes.expert.gated, sizes.shared
+    n = batch * seq
+    steps = [
+        ("router", ("B", "T", "E"), (batch, seq, E), 2 * n * d_in * E),
+        ("top-k", ("B", "T", "k"), (batch, seq, k), 0),
+    ]
+    if sizes.children:
+        steps.append(("combine", ("B", "T", "D"), (batch, seq, d_in), 2 * n * E * d_in))
+    else:
+        routed = ("B·T·k", "D"), (n * k, d_in)
+        up = 2 * n * k * d_in * h * (2 if gated else 1)
+        steps += [
+            ("dispatch", *routed, 0),
+            ("expert hidden", ("B·T·k", "F"), (n * k, h), up),
+            ("expert out", *routed, 2 * n * k * h * d_in),
+            ("combine", ("B", "T", "D"), (batch, seq, d_in), 2 * n * k * d_in),
+        ]
+    if shared:
+        per_token = 2 * sizes.expert.weights
+        steps.append(("shared", ("B", "T", "D"), (batch, seq, d_in), n * shared * per_token))
+    return steps
+
+
+def combine_moe_aux(auxes: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The model's load-balancing loss from every MoE layer's ``(2, E)`` aux:
+    ``sum_e mean_l(aux_l[0, e]) * mean_l(aux_l[1, e])``, i.e. HF Mixtral's
+    ``load_balancing_loss_func`` over all layers times the coefficient. Layers with
+    different expert counts are combined per count and summed."""
+    groups: dict[tuple[int, ...], list[torch.Tensor]] = defaultdict(list)
+    for aux in auxes:
+        groups[tuple(aux.shape)].append(aux)
+    total = None
+    for group in groups.values():
+        f, p = torch.stack(group).mean(dim=0)  # (E,), (E,)
+        loss = (f * p).sum()
+        total = loss if total is None else total + loss
+    return total if total is not None else torch.zeros(())
+
+
+_MOE_HELP: dict[str, str] = {
+    "experts": "number of experts; none: 8, or the number of children",
+    "k": "experts per token (top-k)",
+    "hidden": "each expert's hidden width; none: int(mult * d_model)",
+    "mult": "hidden width as a multiple of d_model when hidden is none",
+    "act": "experts' activation: relu, gelu, gelu_tanh, silu or relu2",
+    "gated": "gated experts (SwiGLU with act=silu)",
+    "shared": "always-on shared experts (one MLP of width shared * hidden)",
+    "norm_topk": "renormalise the top-k weights to sum to 1 (Mixtral; Qwen2-MoE: false)",
+    "aux_loss": "load-balancing loss coefficient",
+    "jitter": "multiplicative U(1-jitter, 1+jitter) noise in training (see jitter_scope)",
+    "shared_gate": "scale the shared experts per token by sigmoid(shared_gate(x)) (Qwen-MoE)",
+    "jitter_scope": "what the jitter multiplies: router (its input only) or input (the "
+    "whole MoE input, as HF Mixtral/DBRX)",
+    "score": "expert scores: softmax over the experts, or sigmoid of each (DeepSeek-V3)",
+    "score_bias": "a bias buffer added to the scores for choosing experts only (DeepSeek-V3)",
+    "groups": "expert groups for group-limited routing (DeepSeek n_group)",
+    "topk_groups": "groups each token may use (DeepSeek topk_group); none: all",
+    "group_top": "a group's score: the sum of its group_top best expert scores",
+    "routed_scale": "multiplier of the routed experts' weights (routed_scaling_factor)",
+}
+
+
 @register(
     "MoE",
     out_features=same_size,
@@ -212,6 +323,10 @@ def _check_groups(
     params=_moe_params,
     flops=_moe_flops,
     check=_check_moe,
+    arg_help=_MOE_HELP,
+    shape_steps=_moe_steps,
+    combine_aux=combine_moe_aux,
+    decodes=True,
 )
 class MoE(nn.Module):
     """Mixture of experts: a softmax router sends each token to its top-k experts.
@@ -262,28 +377,6 @@ class MoE(nn.Module):
     Switch/Mixtral load-balancing loss (times the coefficient).
     """
 
-    arg_help: ClassVar[dict[str, str]] = {
-        "experts": "number of experts; none: 8, or the number of children",
-        "k": "experts per token (top-k)",
-        "hidden": "each expert's hidden width; none: int(mult * d_model)",
-        "mult": "hidden width as a multiple of d_model when hidden is none",
-        "act": "experts' activation: relu, gelu, gelu_tanh, silu or relu2",
-        "gated": "gated experts (SwiGLU with act=silu)",
-        "shared": "always-on shared experts (one MLP of width shared * hidden)",
-        "norm_topk": "renormalise the top-k weights to sum to 1 (Mixtral; Qwen2-MoE: false)",
-        "aux_loss": "load-balancing loss coefficient",
-        "jitter": "multiplicative U(1-jitter, 1+jitter) noise in training (see jitter_scope)",
-        "shared_gate": "scale the shared experts per token by sigmoid(shared_gate(x)) (Qwen-MoE)",
-        "jitter_scope": "what the jitter multiplies: router (its input only) or input (the "
-        "whole MoE input, as HF Mixtral/DBRX)",
-        "score": "expert scores: softmax over the experts, or sigmoid of each (DeepSeek-V3)",
-        "score_bias": "a bias buffer added to the scores for choosing experts only (DeepSeek-V3)",
-        "groups": "expert groups for group-limited routing (DeepSeek n_group)",
-        "topk_groups": "groups each token may use (DeepSeek topk_group); none: all",
-        "group_top": "a group's score: the sum of its group_top best expert scores",
-        "routed_scale": "multiplier of the routed experts' weights (routed_scaling_factor)",
-    }
-
     def __init__(
         self,
         d_model: int,
@@ -323,8 +416,8 @@ class MoE(nn.Module):
                 jitter=jitter,
             )
         )
-        E = len(children) or (8 if experts is None else experts)
-        h = _hidden(d_model, hidden, mult)
+        sizes = moe_sizes(d_model, experts, hidden, mult, n_children=len(children))
+        E, h = sizes.experts, sizes.hidden
         self.d_model, self.num_experts, self.k, self.hidden = d_model, E, k, h
         self.norm_topk, self.aux_coef, self.jitter = norm_topk, aux_loss, jitter
         self.jitter_scope, self.score = jitter_scope, score
@@ -349,45 +442,6 @@ class MoE(nn.Module):
         )
         self.shared_gate = nn.Linear(d_model, 1, bias=False) if shared and shared_gate else None
         self.reset_parameters()
-
-    @staticmethod
-    def shape_steps(
-        d_in: int,
-        seq: int,
-        batch: int,
-        experts: int | None,
-        k: int,
-        hidden: int | None,
-        mult: float,
-        gated: bool,
-        shared: int,
-        n_children: int | None = None,
-        **_,
-    ) -> list[tuple[str, tuple[str, ...], tuple[int, ...], int]]:
-        """The steps inside, for ``blockdsl compile --show-shapes --depth 2``: ``(name,
-        symbolic shape, concrete shape, forward FLOPs of the batch)``. With children the
-        experts are the child blocks (listed after these steps) and run on every token."""
-        E, h = _moe_sizes(d_in, experts, hidden, mult, n_children)
-        n = batch * seq
-        steps = [
-            ("router", ("B", "T", "E"), (batch, seq, E), 2 * n * d_in * E),
-            ("top-k", ("B", "T", "k"), (batch, seq, k), 0),
-        ]
-        if n_children:
-            steps.append(("combine", ("B", "T", "D"), (batch, seq, d_in), 2 * n * E * d_in))
-        else:
-            routed = ("B·T·k", "D"), (n * k, d_in)
-            up = 2 * n * k * d_in * h * (2 if gated else 1)
-            steps += [
-                ("dispatch", *routed, 0),
-                ("expert hidden", ("B·T·k", "F"), (n * k, h), up),
-                ("expert out", *routed, 2 * n * k * h * d_in),
-                ("combine", ("B", "T", "D"), (batch, seq, d_in), 2 * n * k * d_in),
-            ]
-        if shared:
-            per_token = 2 * d_in * h * (3 if gated else 2)
-            steps.append(("shared", ("B", "T", "D"), (batch, seq, d_in), n * shared * per_token))
-        return steps
 
     def reset_parameters(self) -> None:
         """``nn.Linear``'s default init for each expert's matrices."""
@@ -494,19 +548,8 @@ class MoE(nn.Module):
 
     @classmethod
     def combine_aux(cls, auxes: Sequence[torch.Tensor]) -> torch.Tensor:
-        """The model's load-balancing loss from every MoE layer's ``(2, E)`` aux:
-        ``sum_e mean_l(aux_l[0, e]) * mean_l(aux_l[1, e])``, i.e. HF Mixtral's
-        ``load_balancing_loss_func`` over all layers times the coefficient. Layers with
-        different expert counts are combined per count and summed."""
-        groups: dict[tuple[int, ...], list[torch.Tensor]] = defaultdict(list)
-        for aux in auxes:
-            groups[tuple(aux.shape)].append(aux)
-        total = None
-        for group in groups.values():
-            f, p = torch.stack(group).mean(dim=0)  # (E,), (E,)
-            loss = (f * p).sum()
-            total = loss if total is None else total + loss
-        return total if total is not None else torch.zeros(())
+        """The model's load-balancing loss from every MoE layer's aux (``combine_moe_aux``)."""
+        return combine_moe_aux(auxes)
 
     def extra_repr(self) -> str:
         routing = "" if self.score == "softmax" else f", score={self.score}"

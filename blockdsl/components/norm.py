@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -27,7 +27,23 @@ def _norm_flops(d_in: int, seq: int, kind: str, affine: bool, bias: bool, **_) -
     return per_element * d_in * seq
 
 
-@register("Norm", out_features=same_size, params=_norm_params, flops=_norm_flops, check=accepts_any)
+_NORM_HELP: dict[str, str] = {
+    "kind": "rms (RMSNorm), layer (LayerNorm), l2 (cosine normalisation) or none (identity)",
+    "eps": "added to the mean square / variance (l2: the minimum norm)",
+    "affine": "learn a per-channel scale `weight`",
+    "bias": "learn a per-channel `bias` added last",
+    "unit_offset": "Gemma: scale by `(1 + weight)`, weight initialised to 0",
+}
+
+
+@register(
+    "Norm",
+    out_features=same_size,
+    params=_norm_params,
+    flops=_norm_flops,
+    check=accepts_any,
+    arg_help=_NORM_HELP,
+)
 class Norm(nn.Module):
     """Normalise each position's features: rms (RMSNorm), layer (LayerNorm), l2 (cosine) or none.
 
@@ -40,14 +56,6 @@ class Norm(nn.Module):
     Parameters: ``weight`` (when ``affine``; initialised to 1, or to 0 with ``unit_offset``)
     and ``bias`` (when ``bias``; initialised to 0).
     """
-
-    arg_help: ClassVar[dict[str, str]] = {
-        "kind": "rms (RMSNorm), layer (LayerNorm), l2 (cosine normalisation) or none (identity)",
-        "eps": "added to the mean square / variance (l2: the minimum norm)",
-        "affine": "learn a per-channel scale `weight`",
-        "bias": "learn a per-channel `bias` added last",
-        "unit_offset": "Gemma: scale by `(1 + weight)`, weight initialised to 0",
-    }
 
     def __init__(
         self,

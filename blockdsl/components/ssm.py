@@ -24,7 +24,8 @@ kernel, ``W`` recurrence width.
 from __future__ import annotations
 
 import math
-from typing import ClassVar, Literal
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -282,68 +283,64 @@ class _RMSNorm(nn.Module):
         return self.weight * y.to(x.dtype)
 
 
-def _mamba_sizes(
-    d_in: int, expand: float, inner: int | None, dt_rank: int | None
-) -> tuple[int, int]:
-    E = int(expand * d_in) if inner is None else inner
-    R = math.ceil(d_in / 16) if dt_rank is None else dt_rank
-    return E, R
+@dataclass(frozen=True)
+class MambaSizes:
+    """Mamba's derived sizes, computed once from its arguments by ``mamba_sizes``: read by
+    the constructor and by every hook (params, FLOPs, state size, shape steps, check)."""
+
+    d_in: int
+    inner: int  # E, the channels of the scan
+    dt_rank: int  # R, the rank of the time-step projection
+    state: int  # N per channel
+    conv: int  # K, the causal conv's kernel
+
+    @property
+    def x_proj_out(self) -> int:
+        """Δ's rank, then B and C: ``R + 2N``."""
+        return self.dt_rank + 2 * self.state
 
 
-def _mamba_params(
-    d_in: int,
-    state: int,
-    expand: float,
-    inner: int | None,
-    dt_rank: int | None,
-    conv: int,
-    bias: bool,
-    conv_bias: bool,
-    inner_norms: bool = False,
-    **_,
-) -> int:
-    E, R = _mamba_sizes(d_in, expand, inner, dt_rank)
-    in_out = 3 * d_in * E + bias * (2 * E + d_in)  # in_proj (D -> 2E), out_proj (E -> D)
-    norms = inner_norms * (R + 2 * state)
-    return (
-        in_out + E * conv + conv_bias * E + E * (R + 2 * state) + R * E + E + E * state + E + norms
-    )
-
-
-def _mamba_flops(
-    d_in: int,
-    seq: int,
-    state: int,
-    expand: float,
-    inner: int | None,
-    dt_rank: int | None,
-    conv: int,
-    **_,
-) -> int:
-    E, R = _mamba_sizes(d_in, expand, inner, dt_rank)
-    proj = 2 * d_in * 2 * E + 2 * E * (R + 2 * state) + 2 * R * E + 2 * E * d_in
-    # dt*A, dt*x*B (2), h = a*h + u (2), C.h (2) per state element; D skip and gate per channel
-    scan = 7 * E * state + 3 * E
-    return seq * (proj + 2 * E * conv + scan)
-
-
-def _mamba_state_size(
-    d_in: int, state: int, expand: float, inner: int | None, conv: int, **_
-) -> int:
-    E, _ = _mamba_sizes(d_in, expand, inner, None)
-    return E * state + E * (conv - 1)
-
-
-def _check_mamba(
+def mamba_sizes(
     d_in: int,
     state: int = 16,
     expand: float = 2.0,
     inner: int | None = None,
     dt_rank: int | None = None,
     conv: int = 4,
-    **args,
-) -> Problem:
-    E, R = _mamba_sizes(d_in, expand, inner, dt_rank)
+    **_,
+) -> MambaSizes:
+    """``MambaSizes`` for these arguments at input size ``d_in`` (``E = int(expand * d_in)``
+    unless ``inner`` is set, ``R = ceil(d_in / 16)`` unless ``dt_rank`` is)."""
+    E = int(expand * d_in) if inner is None else inner
+    R = math.ceil(d_in / 16) if dt_rank is None else dt_rank
+    return MambaSizes(d_in, E, R, state, conv)
+
+
+def _mamba_params(d_in: int, bias: bool, conv_bias: bool, inner_norms: bool = False, **args) -> int:
+    s = mamba_sizes(d_in, **args)
+    E, R, N = s.inner, s.dt_rank, s.state
+    in_out = 3 * d_in * E + bias * (2 * E + d_in)  # in_proj (D -> 2E), out_proj (E -> D)
+    norms = inner_norms * s.x_proj_out
+    return in_out + E * s.conv + conv_bias * E + E * s.x_proj_out + R * E + E + E * N + E + norms
+
+
+def _mamba_flops(d_in: int, seq: int, **args) -> int:
+    s = mamba_sizes(d_in, **args)
+    E, R, N = s.inner, s.dt_rank, s.state
+    proj = 2 * d_in * 2 * E + 2 * E * s.x_proj_out + 2 * R * E + 2 * E * d_in
+    # dt*A, dt*x*B (2), h = a*h + u (2), C.h (2) per state element; D skip and gate per channel
+    scan = 7 * E * N + 3 * E
+    return seq * (proj + 2 * E * s.conv + scan)
+
+
+def _mamba_state_size(d_in: int, **args) -> int:
+    s = mamba_sizes(d_in, **args)
+    return s.inner * s.state + s.inner * (s.conv - 1)
+
+
+def _check_mamba(d_in: int, **args) -> Problem:
+    sizes = mamba_sizes(d_in, **args)
+    E, R, state, conv = sizes.inner, sizes.dt_rank, sizes.state, sizes.conv
     if E <= 0:
         return f"Mamba inner width must be positive, got {E}", "set inner, or expand > 0"
     if state <= 0:
@@ -355,6 +352,61 @@ def _check_mamba(
     return _check_dt(**args)
 
 
+def _mamba_steps(d_in: int, seq: int, batch: int, inner_norms: bool = False, **args) -> list[tuple]:
+    """The steps inside, for ``blockdsl compile --show-shapes --depth 2``."""
+    sizes = mamba_sizes(d_in, **args)
+    E, R, state, conv = sizes.inner, sizes.dt_rank, sizes.state, sizes.conv
+    n, L = batch * seq, min(SCAN_CHUNK, seq)
+    # The last element of each step is what the float32 forward keeps for backward (the
+    # training memory estimate): in_proj's output (z is a view of it); the conv's padded
+    # input, its output, the SiLU and the contiguous copies x_proj and the scan take of
+    # it; Δ before and after softplus; B and C as the scan saves them; the scan's state
+    # entering each chunk of SCAN_CHUNK steps (the (B, T, E, N) states are never stored);
+    # y + D x, silu(z) and the gated product fed to out_proj. The inner norms (Jamba) keep
+    # their normalised values and their outputs.
+    return [
+        ("in_proj", ("B", "T", "2E"), (batch, seq, 2 * E), 2 * n * d_in * 2 * E, 1),
+        ("conv+silu", ("B", "T", "E"), (batch, seq, E), 2 * n * E * conv, 5),
+        (
+            "x_proj",
+            ("B", "T", "R+2N"),
+            (batch, seq, sizes.x_proj_out),
+            2 * n * E * sizes.x_proj_out,
+            3 if inner_norms else 1,
+        ),
+        ("B, C", ("B", "T", "2N"), (batch, seq, 2 * state), 0, 1),
+        ("dt_proj", ("B", "T", "E"), (batch, seq, E), 2 * n * R * E, 2),
+        ("scan", ("B", "T", "E", "N"), (batch, seq, E, state), 5 * n * E * state, 0),
+        (
+            "scan chunk starts",
+            ("B", "T/32", "E", "N"),
+            (batch, -(-seq // SCAN_CHUNK), E, state),
+            0,
+            1,
+        ),
+        # backward recomputes one chunk at a time: its decays, states, dL/dy·C, dL/dh and
+        # dL/d(ΔA) with the product before it, all (B, L, E, N)
+        ("scan backward chunk", ("B", "L", "E", "N"), (batch, L, E, state), 0, 0, 6),
+        ("C·h+Dx, gate", ("B", "T", "E"), (batch, seq, E), n * (2 * E * state + 3 * E), 3),
+        ("out_proj", ("B", "T", "D"), (batch, seq, d_in), 2 * n * E * d_in),
+    ]
+
+
+_MAMBA_HELP: dict[str, str] = {
+    "state": "SSM state size N per channel",
+    "expand": "inner width E as a multiple of d_model",
+    "inner": "inner width E; none: int(expand * d_model)",
+    "dt_rank": "rank R of the time-step projection; none: ceil(d_model / 16)",
+    "conv": "causal depthwise conv kernel K",
+    "bias": "biases on in_proj and out_proj",
+    "conv_bias": "bias on the conv",
+    "dt_min": "smallest initial time step",
+    "dt_max": "largest initial time step",
+    "inner_norms": "RMSNorm on Δ, B and C after x_proj (Jamba)",
+    "eps": "epsilon of the inner norms",
+}
+
+
 @register(
     "Mamba",
     out_features=same_size,
@@ -363,6 +415,9 @@ def _check_mamba(
     params=_mamba_params,
     flops=_mamba_flops,
     check=_check_mamba,
+    arg_help=_MAMBA_HELP,
+    decodes=True,
+    shape_steps=_mamba_steps,
 )
 class Mamba(nn.Module):
     """Mamba's selective state-space mixer (Mamba 1): input-dependent Δ, B, C; causal conv; gate.
@@ -377,20 +432,6 @@ class Mamba(nn.Module):
     state: ``conv`` (B, K-1, E) and ``ssm`` (B, E, N), ``E * (N + K - 1)`` numbers per sequence
     whatever the context.
     """
-
-    arg_help: ClassVar[dict[str, str]] = {
-        "state": "SSM state size N per channel",
-        "expand": "inner width E as a multiple of d_model",
-        "inner": "inner width E; none: int(expand * d_model)",
-        "dt_rank": "rank R of the time-step projection; none: ceil(d_model / 16)",
-        "conv": "causal depthwise conv kernel K",
-        "bias": "biases on in_proj and out_proj",
-        "conv_bias": "bias on the conv",
-        "dt_min": "smallest initial time step",
-        "dt_max": "largest initial time step",
-        "inner_norms": "RMSNorm on Δ, B and C after x_proj (Jamba)",
-        "eps": "epsilon of the inner norms",
-    }
 
     def __init__(
         self,
@@ -408,15 +449,15 @@ class Mamba(nn.Module):
         eps: float = 1e-6,
     ) -> None:
         super().__init__()
-        raise_problem(
-            _check_mamba(d_model, state, expand, inner, dt_rank, conv, dt_min=dt_min, dt_max=dt_max)
-        )
-        E, R = _mamba_sizes(d_model, expand, inner, dt_rank)
+        args = dict(state=state, expand=expand, inner=inner, dt_rank=dt_rank, conv=conv)
+        raise_problem(_check_mamba(d_model, **args, dt_min=dt_min, dt_max=dt_max))
+        sizes = mamba_sizes(d_model, **args)
+        E, R = sizes.inner, sizes.dt_rank
         self.d_model, self.inner, self.dt_rank, self.state, self.kernel = d_model, E, R, state, conv
         self.dt_min, self.dt_max = dt_min, dt_max
         self.in_proj = nn.Linear(d_model, 2 * E, bias=bias)
         self.conv1d = nn.Conv1d(E, E, conv, groups=E, padding=conv - 1, bias=conv_bias)
-        self.x_proj = nn.Linear(E, R + 2 * state, bias=False)
+        self.x_proj = nn.Linear(E, sizes.x_proj_out, bias=False)
         self.dt_proj = nn.Linear(R, E, bias=True)
         self.A_log = nn.Parameter(torch.empty(E, state))
         self.D = nn.Parameter(torch.empty(E))
@@ -435,56 +476,6 @@ class Mamba(nn.Module):
             self.D.fill_(1.0)
             nn.init.uniform_(self.dt_proj.weight, -(self.dt_rank**-0.5), self.dt_rank**-0.5)
         _init_dt_bias(self.dt_proj.bias, self.dt_min, self.dt_max, 1e-4)
-
-    @staticmethod
-    def shape_steps(
-        d_in: int,
-        seq: int,
-        batch: int,
-        state: int,
-        expand: float,
-        inner: int | None,
-        dt_rank: int | None,
-        conv: int,
-        inner_norms: bool = False,
-        **_,
-    ) -> list[tuple]:
-        """The steps inside, for ``blockdsl compile --show-shapes --depth 2``."""
-        E, R = _mamba_sizes(d_in, expand, inner, dt_rank)
-        n, L = batch * seq, min(SCAN_CHUNK, seq)
-        # The last element of each step is what the float32 forward keeps for backward (the
-        # training memory estimate): in_proj's output (z is a view of it); the conv's padded
-        # input, its output, the SiLU and the contiguous copies x_proj and the scan take of
-        # it; Δ before and after softplus; B and C as the scan saves them; the scan's state
-        # entering each chunk of SCAN_CHUNK steps (the (B, T, E, N) states are never stored);
-        # y + D x, silu(z) and the gated product fed to out_proj. The inner norms (Jamba) keep
-        # their normalised values and their outputs.
-        return [
-            ("in_proj", ("B", "T", "2E"), (batch, seq, 2 * E), 2 * n * d_in * 2 * E, 1),
-            ("conv+silu", ("B", "T", "E"), (batch, seq, E), 2 * n * E * conv, 5),
-            (
-                "x_proj",
-                ("B", "T", "R+2N"),
-                (batch, seq, R + 2 * state),
-                2 * n * E * (R + 2 * state),
-                3 if inner_norms else 1,
-            ),
-            ("B, C", ("B", "T", "2N"), (batch, seq, 2 * state), 0, 1),
-            ("dt_proj", ("B", "T", "E"), (batch, seq, E), 2 * n * R * E, 2),
-            ("scan", ("B", "T", "E", "N"), (batch, seq, E, state), 5 * n * E * state, 0),
-            (
-                "scan chunk starts",
-                ("B", "T/32", "E", "N"),
-                (batch, -(-seq // SCAN_CHUNK), E, state),
-                0,
-                1,
-            ),
-            # backward recomputes one chunk at a time: its decays, states, dL/dy·C, dL/dh and
-            # dL/d(ΔA) with the product before it, all (B, L, E, N)
-            ("scan backward chunk", ("B", "L", "E", "N"), (batch, L, E, state), 0, 0, 6),
-            ("C·h+Dx, gate", ("B", "T", "E"), (batch, seq, E), n * (2 * E * state + 3 * E), 3),
-            ("out_proj", ("B", "T", "D"), (batch, seq, d_in), 2 * n * E * d_in),
-        ]
 
     def init_state(self, batch_size: int, max_len: int) -> State:
         """Zero decoding state: the conv window and the SSM state (independent of max_len)."""
@@ -521,67 +512,32 @@ class Mamba(nn.Module):
 # --------------------------------------------------------------------------- Mamba2
 
 
-def _mamba2_sizes(d_in: int, expand: float, inner: int | None, head_dim: int) -> tuple[int, int]:
-    E = int(expand * d_in) if inner is None else inner
-    return E, (E // head_dim if head_dim > 0 else 0)
+@dataclass(frozen=True)
+class Mamba2Sizes:
+    """Mamba2's derived sizes, computed once from its arguments by ``mamba2_sizes``: read by
+    the constructor and by every hook (params, FLOPs, state size, shape steps, check)."""
+
+    d_in: int
+    inner: int  # E
+    heads: int  # H = E / head_dim (0 when head_dim is not positive: the check says why)
+    head_dim: int
+    state: int  # N
+    groups: int  # G, the B/C groups
+    conv: int  # K
+    chunk: int
+
+    @property
+    def conv_dim(self) -> int:
+        """The conv's channels: x, B and C, ``E + 2GN``."""
+        return self.inner + 2 * self.groups * self.state
+
+    @property
+    def in_proj_out(self) -> int:
+        """z, then x/B/C, then Δ per head: ``E + conv_dim + H``."""
+        return self.inner + self.conv_dim + self.heads
 
 
-def _mamba2_params(
-    d_in: int,
-    state: int,
-    expand: float,
-    inner: int | None,
-    head_dim: int,
-    groups: int,
-    conv: int,
-    bias: bool,
-    conv_bias: bool,
-    norm: bool,
-    **_,
-) -> int:
-    E, H = _mamba2_sizes(d_in, expand, inner, head_dim)
-    conv_dim = E + 2 * groups * state
-    in_proj = d_in * (E + conv_dim + H) + bias * (E + conv_dim + H)
-    out_proj = E * d_in + bias * d_in
-    return in_proj + conv_dim * conv + conv_bias * conv_dim + 3 * H + norm * E + out_proj
-
-
-def _mamba2_flops(
-    d_in: int,
-    seq: int,
-    state: int,
-    expand: float,
-    inner: int | None,
-    head_dim: int,
-    groups: int,
-    conv: int,
-    chunk: int,
-    **_,
-) -> int:
-    E, H = _mamba2_sizes(d_in, expand, inner, head_dim)
-    conv_dim = E + 2 * groups * state
-    L = min(chunk, seq)
-    proj = 2 * d_in * (E + conv_dim + H) + 2 * E * d_in
-    # intra-chunk C·B (per group) and (C·B)·x (per head), chunk states and their readout
-    ssd = 2 * L * groups * state + 2 * L * E + 4 * E * state
-    return seq * (proj + 2 * conv_dim * conv + ssd + 6 * E)
-
-
-def _mamba2_state_size(
-    d_in: int,
-    state: int,
-    expand: float,
-    inner: int | None,
-    head_dim: int,
-    groups: int,
-    conv: int,
-    **_,
-) -> int:
-    E, _ = _mamba2_sizes(d_in, expand, inner, head_dim)
-    return E * state + (E + 2 * groups * state) * (conv - 1)
-
-
-def _check_mamba2(
+def mamba2_sizes(
     d_in: int,
     state: int = 128,
     expand: float = 2.0,
@@ -590,9 +546,41 @@ def _check_mamba2(
     groups: int = 1,
     conv: int = 4,
     chunk: int = 256,
-    **args,
-) -> Problem:
+    **_,
+) -> Mamba2Sizes:
+    """``Mamba2Sizes`` for these arguments at input size ``d_in``."""
     E = int(expand * d_in) if inner is None else inner
+    H = E // head_dim if head_dim > 0 else 0
+    return Mamba2Sizes(d_in, E, H, head_dim, state, groups, conv, chunk)
+
+
+def _mamba2_params(d_in: int, bias: bool, conv_bias: bool, norm: bool, **args) -> int:
+    s = mamba2_sizes(d_in, **args)
+    E, H = s.inner, s.heads
+    in_proj = d_in * s.in_proj_out + bias * s.in_proj_out
+    out_proj = E * d_in + bias * d_in
+    return in_proj + s.conv_dim * s.conv + conv_bias * s.conv_dim + 3 * H + norm * E + out_proj
+
+
+def _mamba2_flops(d_in: int, seq: int, **args) -> int:
+    s = mamba2_sizes(d_in, **args)
+    E, G, N = s.inner, s.groups, s.state
+    L = min(s.chunk, seq)
+    proj = 2 * d_in * s.in_proj_out + 2 * E * d_in
+    # intra-chunk C·B (per group) and (C·B)·x (per head), chunk states and their readout
+    ssd = 2 * L * G * N + 2 * L * E + 4 * E * N
+    return seq * (proj + 2 * s.conv_dim * s.conv + ssd + 6 * E)
+
+
+def _mamba2_state_size(d_in: int, **args) -> int:
+    s = mamba2_sizes(d_in, **args)
+    return s.inner * s.state + s.conv_dim * (s.conv - 1)
+
+
+def _check_mamba2(d_in: int, **args) -> Problem:
+    sizes = mamba2_sizes(d_in, **args)
+    E, head_dim, groups = sizes.inner, sizes.head_dim, sizes.groups
+    state, conv, chunk = sizes.state, sizes.conv, sizes.chunk
     if E <= 0:
         return f"Mamba2 inner width must be positive, got {E}", "set inner, or expand > 0"
     if head_dim <= 0 or E % head_dim:
@@ -600,7 +588,7 @@ def _check_mamba2(
             f"Mamba2 inner width {E} is not a multiple of head_dim={head_dim}",
             "choose head_dim dividing expand * d_model (or inner)",
         )
-    H = E // head_dim
+    H = sizes.heads
     if groups <= 0 or H % groups:
         return f"Mamba2 heads={H} (inner / head_dim) is not a multiple of groups={groups}"
     if state <= 0:
@@ -758,6 +746,74 @@ class GatedRMSNorm(nn.Module):
         return (y * gate if self.before_gate else y).to(z.dtype)
 
 
+def _mamba2_steps(d_in: int, seq: int, batch: int, norm: bool = True, **args) -> list[tuple]:
+    """The steps inside, for ``blockdsl compile --show-shapes --depth 2``."""
+    sizes = mamba2_sizes(d_in, **args)
+    E, H, head_dim, state, groups, conv = (
+        sizes.inner,
+        sizes.heads,
+        sizes.head_dim,
+        sizes.state,
+        sizes.groups,
+        sizes.conv,
+    )
+    cd, n, L = sizes.conv_dim, batch * seq, max(1, min(sizes.chunk, seq))
+    c = -(-seq // L)  # chunks; the sequence is padded to c * L positions
+    G, N = groups, state
+    # The last element of each step is what the float32 forward keeps for backward (the
+    # training memory estimate): the conv's padded input, its output and the SiLU; the
+    # einsums' operand copies (C and B three times, x three times: within chunks, chunk
+    # states, state readout), C·B, two (l, s) squares (the forward keeps none, but the
+    # within-chunk product's backward recomputes the decay mask and its product with C·B
+    # while the other activations are still held), B scaled by the decays, the chunk
+    # states before and after the recurrence, and the gated norm's
+    # gate, input, gated product, normalised values and output. Tensors of H or G
+    # numbers per token (Δ, cumulative decays, norms' scales) are left out.
+    norm_kept = 5 if norm else 3
+    return [
+        (
+            "in_proj",
+            ("B", "T", "E+CD+H"),
+            (batch, seq, E + cd + H),
+            2 * n * d_in * (E + cd + H),
+            1,
+        ),
+        ("conv+silu", ("B", "T", "E+2GN"), (batch, seq, cd), 2 * n * cd * conv, 3),
+        ("B, C", ("B", "T", "G", "N"), (batch, seq, G, N), 0, 3),
+        ("C·B", ("B", "G", "T", "L"), (batch, G, c * L, L), 2 * n * L * G * N, 1),
+        ("decay mask", ("B", "H", "T", "L"), (batch, H, c * L, L), 0, 2),
+        ("ssd chunks", ("B", "T", "H", "P"), (batch, seq, H, head_dim), 2 * n * L * E, 3),
+        ("B·decay", ("B", "T", "H", "N"), (batch, seq, H, N), 0, 1),
+        (
+            "ssd states",
+            ("B", "T/L+1", "H", "P", "N"),
+            (batch, c + 1, H, head_dim, N),
+            4 * n * E * N,
+            2,
+        ),
+        ("gated norm", ("B", "T", "E"), (batch, seq, E), 6 * n * E, norm_kept),
+        ("out_proj", ("B", "T", "D"), (batch, seq, d_in), 2 * n * E * d_in),
+    ]
+
+
+_MAMBA2_HELP: dict[str, str] = {
+    "state": "SSM state size N per head channel",
+    "expand": "inner width E as a multiple of d_model",
+    "inner": "inner width E; none: int(expand * d_model)",
+    "head_dim": "channels P per head (heads H = E / head_dim)",
+    "groups": "groups G of heads sharing B and C (G divides H)",
+    "conv": "causal depthwise conv kernel K",
+    "chunk": "chunk length of the SSD scan (the result does not depend on it)",
+    "bias": "biases on in_proj and out_proj",
+    "conv_bias": "bias on the conv",
+    "norm": "gated RMSNorm before out_proj (else y * silu(z))",
+    "norm_before_gate": "rmsnorm(y) * silu(z) (Falcon-H1) instead of rmsnorm(y * silu(z))",
+    "eps": "epsilon of the gated RMSNorm",
+    "dt_min": "smallest initial time step",
+    "dt_max": "largest initial time step",
+}
+
+
 @register(
     "Mamba2",
     out_features=same_size,
@@ -766,6 +822,9 @@ class GatedRMSNorm(nn.Module):
     params=_mamba2_params,
     flops=_mamba2_flops,
     check=_check_mamba2,
+    arg_help=_MAMBA2_HELP,
+    decodes=True,
+    shape_steps=_mamba2_steps,
 )
 class Mamba2(nn.Module):
     """Mamba2's SSD mixer: a scalar decay per head, grouped B/C, gated RMSNorm before out_proj.
@@ -780,23 +839,6 @@ class Mamba2(nn.Module):
     with ``norm_before_gate`` (Falcon-H1) it is ``rmsnorm(y) * silu(z)``.
     Decoding state: ``conv`` (B, K-1, E + 2GN) and ``ssm`` (B, H, P, N).
     """
-
-    arg_help: ClassVar[dict[str, str]] = {
-        "state": "SSM state size N per head channel",
-        "expand": "inner width E as a multiple of d_model",
-        "inner": "inner width E; none: int(expand * d_model)",
-        "head_dim": "channels P per head (heads H = E / head_dim)",
-        "groups": "groups G of heads sharing B and C (G divides H)",
-        "conv": "causal depthwise conv kernel K",
-        "chunk": "chunk length of the SSD scan (the result does not depend on it)",
-        "bias": "biases on in_proj and out_proj",
-        "conv_bias": "bias on the conv",
-        "norm": "gated RMSNorm before out_proj (else y * silu(z))",
-        "norm_before_gate": "rmsnorm(y) * silu(z) (Falcon-H1) instead of rmsnorm(y * silu(z))",
-        "eps": "epsilon of the gated RMSNorm",
-        "dt_min": "smallest initial time step",
-        "dt_max": "largest initial time step",
-    }
 
     def __init__(
         self,
@@ -817,26 +859,23 @@ class Mamba2(nn.Module):
         dt_max: float = 0.1,
     ) -> None:
         super().__init__()
-        raise_problem(
-            _check_mamba2(
-                d_model,
-                state,
-                expand,
-                inner,
-                head_dim,
-                groups,
-                conv,
-                chunk,
-                dt_min=dt_min,
-                dt_max=dt_max,
-            )
+        args = dict(
+            state=state,
+            expand=expand,
+            inner=inner,
+            head_dim=head_dim,
+            groups=groups,
+            conv=conv,
+            chunk=chunk,
         )
-        E, H = _mamba2_sizes(d_model, expand, inner, head_dim)
+        raise_problem(_check_mamba2(d_model, **args, dt_min=dt_min, dt_max=dt_max))
+        sizes = mamba2_sizes(d_model, **args)
+        E, H = sizes.inner, sizes.heads
         self.inner, self.heads, self.head_dim, self.groups = E, H, head_dim, groups
         self.state, self.kernel, self.chunk = state, conv, chunk
         self.dt_min, self.dt_max = dt_min, dt_max
-        self.conv_dim = E + 2 * groups * state
-        self.in_proj = nn.Linear(d_model, E + self.conv_dim + H, bias=bias)
+        self.conv_dim = sizes.conv_dim
+        self.in_proj = nn.Linear(d_model, sizes.in_proj_out, bias=bias)
         self.conv1d = nn.Conv1d(
             self.conv_dim,
             self.conv_dim,
@@ -859,61 +898,6 @@ class Mamba2(nn.Module):
             self.A_log.copy_(torch.log(A))
             self.D.fill_(1.0)
         _init_dt_bias(self.dt_bias, self.dt_min, self.dt_max, 1e-4)
-
-    @staticmethod
-    def shape_steps(
-        d_in: int,
-        seq: int,
-        batch: int,
-        state: int,
-        expand: float,
-        inner: int | None,
-        head_dim: int,
-        groups: int,
-        conv: int,
-        chunk: int,
-        norm: bool = True,
-        **_,
-    ) -> list[tuple]:
-        """The steps inside, for ``blockdsl compile --show-shapes --depth 2``."""
-        E, H = _mamba2_sizes(d_in, expand, inner, head_dim)
-        cd, n, L = E + 2 * groups * state, batch * seq, max(1, min(chunk, seq))
-        c = -(-seq // L)  # chunks; the sequence is padded to c * L positions
-        G, N = groups, state
-        # The last element of each step is what the float32 forward keeps for backward (the
-        # training memory estimate): the conv's padded input, its output and the SiLU; the
-        # einsums' operand copies (C and B three times, x three times: within chunks, chunk
-        # states, state readout), C·B, two (l, s) squares (the forward keeps none, but the
-        # within-chunk product's backward recomputes the decay mask and its product with C·B
-        # while the other activations are still held), B scaled by the decays, the chunk
-        # states before and after the recurrence, and the gated norm's
-        # gate, input, gated product, normalised values and output. Tensors of H or G
-        # numbers per token (Δ, cumulative decays, norms' scales) are left out.
-        norm_kept = 5 if norm else 3
-        return [
-            (
-                "in_proj",
-                ("B", "T", "E+CD+H"),
-                (batch, seq, E + cd + H),
-                2 * n * d_in * (E + cd + H),
-                1,
-            ),
-            ("conv+silu", ("B", "T", "E+2GN"), (batch, seq, cd), 2 * n * cd * conv, 3),
-            ("B, C", ("B", "T", "G", "N"), (batch, seq, G, N), 0, 3),
-            ("C·B", ("B", "G", "T", "L"), (batch, G, c * L, L), 2 * n * L * G * N, 1),
-            ("decay mask", ("B", "H", "T", "L"), (batch, H, c * L, L), 0, 2),
-            ("ssd chunks", ("B", "T", "H", "P"), (batch, seq, H, head_dim), 2 * n * L * E, 3),
-            ("B·decay", ("B", "T", "H", "N"), (batch, seq, H, N), 0, 1),
-            (
-                "ssd states",
-                ("B", "T/L+1", "H", "P", "N"),
-                (batch, c + 1, H, head_dim, N),
-                4 * n * E * N,
-                2,
-            ),
-            ("gated norm", ("B", "T", "E"), (batch, seq, E), 6 * n * E, norm_kept),
-            ("out_proj", ("B", "T", "D"), (batch, seq, d_in), 2 * n * E * d_in),
-        ]
 
     def init_state(self, batch_size: int, max_len: int) -> State:
         """Zero decoding state: the conv window and the SSM state (independent of max_len)."""
@@ -1066,6 +1050,35 @@ class _RGLRUGates(nn.Module):
         return torch.sigmoid(rearrange(out, "b t h j -> b t (h j)"))
 
 
+def _rglru_steps(
+    d_in: int, seq: int, batch: int, width: int | None, heads: int, conv: int, **_
+) -> list[tuple]:
+    """The steps inside, for ``blockdsl compile --show-shapes --depth 2``."""
+    W, n = _rglru_width(d_in, width), batch * seq
+    hid = ("B", "T", "W"), (batch, seq, W)
+    # The last element of each step is what the float32 forward keeps for backward (the
+    # training memory estimate): linear_y's output and its activation; the conv's padded
+    # input and output; the block-diagonal gates' copies of their input and the two
+    # sigmoids; in the recurrence -8·r, exp(2 log a), 1 - exp(2 log a), the bounded sqrt,
+    # exp(log a), a, x·i, the scan's states and the product fed to linear_out.
+    return [
+        ("gate branch", *hid, 2 * n * d_in * W, 2),
+        ("linear_x", *hid, 2 * n * d_in * W, 1),
+        ("conv", *hid, 2 * n * W * conv, 1),
+        ("gates", *hid, 4 * n * W * (W // heads), 4),
+        ("recurrence", *hid, 8 * n * W, 9),
+        ("linear_out", ("B", "T", "D"), (batch, seq, d_in), 2 * n * W * d_in),
+    ]
+
+
+_RGLRU_HELP: dict[str, str] = {
+    "width": "recurrence width W; none: d_model",
+    "heads": "blocks of the block-diagonal input and recurrence gates",
+    "conv": "causal depthwise conv kernel K",
+    "act": "activation of the gate branch: relu, gelu, gelu_tanh, silu or relu2",
+}
+
+
 @register(
     "RGLRU",
     out_features=same_size,
@@ -1074,6 +1087,9 @@ class _RGLRUGates(nn.Module):
     params=_rglru_params,
     flops=_rglru_flops,
     check=_check_rglru,
+    arg_help=_RGLRU_HELP,
+    decodes=True,
+    shape_steps=_rglru_steps,
 )
 class RGLRU(nn.Module):
     """Griffin's recurrent block (RecurrentGemma, Hawk): a real-gated linear recurrence (RG-LRU)
@@ -1087,13 +1103,6 @@ class RGLRU(nn.Module):
     uses (``linear_x``, ``linear_y``, ``linear_out``, ``conv_1d``, ``rg_lru.*``). Decoding
     state: ``conv`` (B, K-1, W) and ``rnn`` (B, W).
     """
-
-    arg_help: ClassVar[dict[str, str]] = {
-        "width": "recurrence width W; none: d_model",
-        "heads": "blocks of the block-diagonal input and recurrence gates",
-        "conv": "causal depthwise conv kernel K",
-        "act": "activation of the gate branch: relu, gelu, gelu_tanh, silu or relu2",
-    }
 
     def __init__(
         self,
@@ -1112,27 +1121,6 @@ class RGLRU(nn.Module):
         self.linear_out = nn.Linear(W, d_model)
         self.conv_1d = nn.Conv1d(W, W, conv, groups=W, padding=conv - 1)
         self.rg_lru = _RGLRUGates(W, heads)
-
-    @staticmethod
-    def shape_steps(
-        d_in: int, seq: int, batch: int, width: int | None, heads: int, conv: int, **_
-    ) -> list[tuple]:
-        """The steps inside, for ``blockdsl compile --show-shapes --depth 2``."""
-        W, n = _rglru_width(d_in, width), batch * seq
-        hid = ("B", "T", "W"), (batch, seq, W)
-        # The last element of each step is what the float32 forward keeps for backward (the
-        # training memory estimate): linear_y's output and its activation; the conv's padded
-        # input and output; the block-diagonal gates' copies of their input and the two
-        # sigmoids; in the recurrence -8·r, exp(2 log a), 1 - exp(2 log a), the bounded sqrt,
-        # exp(log a), a, x·i, the scan's states and the product fed to linear_out.
-        return [
-            ("gate branch", *hid, 2 * n * d_in * W, 2),
-            ("linear_x", *hid, 2 * n * d_in * W, 1),
-            ("conv", *hid, 2 * n * W * conv, 1),
-            ("gates", *hid, 4 * n * W * (W // heads), 4),
-            ("recurrence", *hid, 8 * n * W, 9),
-            ("linear_out", ("B", "T", "D"), (batch, seq, d_in), 2 * n * W * d_in),
-        ]
 
     def init_state(self, batch_size: int, max_len: int) -> State:
         """Zero decoding state: the conv window and the recurrence (independent of max_len)."""

@@ -1038,7 +1038,7 @@ def _verify(model: nn.Module, folder: Path) -> None:
     training = reference.training
     try:
         with torch.no_grad():
-            expected = reference.eval()(idx.to(device)).float().cpu()
+            expected = reference.eval()(idx.to(device)).logits.float().cpu()
             got = hf_model(idx).logits
     finally:
         reference.train(training)

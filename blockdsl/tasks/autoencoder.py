@@ -7,13 +7,11 @@ position) feeds the model's own head to rebuild every token."""
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from blockdsl.model import LanguageModel
+from blockdsl.model import LanguageModel, LMOutput
 
 
 def sincos_positions(count: int, dim: int) -> torch.Tensor:
@@ -34,12 +32,7 @@ class AutoEncoder(LanguageModel):
     checkpoints of ``blockdsl train`` hold it whole: the model's tensors plus ``decoder.*``)."""
 
     def __init__(self, model: LanguageModel, seq_len: int) -> None:
-        nn.Module.__init__(self)
-        self.config = model.config
-        self.embed, self.layers, self.head = model.embed, model.layers, model.head
-        self.layer_names = list(model.layer_names)
-        self._combiners = model._combiners
-        self._aux_groups = model._aux_groups
+        super().__init__(model.config, model.embed, model.layers, model.head, model.layer_names)
         dim = model.config.d_model
         self.register_buffer("positions", sincos_positions(seq_len, dim), persistent=False)
         self.decoder = nn.Sequential(
@@ -55,28 +48,11 @@ class AutoEncoder(LanguageModel):
                 nn.init.normal_(module.weight, mean=0.0, std=0.02)
                 nn.init.zeros_(module.bias)
 
-    def forward(
-        self, idx: torch.Tensor, targets: torch.Tensor | None = None, *, return_aux: bool = False
-    ) -> Any:
-        """Logits ``(B, T, vocab)`` of the rebuilt sequence; with ``targets``,
-        ``(logits, loss)``, the loss adding the encoder's auxiliary losses; with
-        ``return_aux`` the auxiliary loss is appended (as ``LanguageModel.forward``)."""
-        model = self
-        collected: list[list[torch.Tensor]] = [[] for _ in model._combiners]
-        context = {"positions": None, "memory": None}
-        x = model._run(0, model.embed, idx, context, collected)
-        for index, layer in enumerate(model.layers, start=1):
-            x = model._run(index, layer, x, context, collected)
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None) -> LMOutput:
+        """``LMOutput`` of the rebuilt sequence (as ``LanguageModel.forward``): logits
+        ``(B, T, vocab)``, with ``targets`` the loss adding the encoder's auxiliary losses."""
+        aux = self.new_aux_values()
+        x = self.forward_features(idx, aux)
         encoding = x[:, -1]
         decoded = self.decoder(encoding.unsqueeze(1) + self.positions[: idx.shape[1]].to(x.dtype))
-        logits = model._run(len(model.layers) + 1, model.head, decoded, context, collected)
-        aux = None
-        if model._combiners:
-            aux = sum(combine(values) for combine, values in zip(model._combiners, collected))
-        outputs: tuple[torch.Tensor, ...] = (logits,)
-        if targets is not None:
-            loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
-            outputs += (loss if aux is None else loss + aux,)
-        if return_aux:
-            outputs += (aux if aux is not None else logits.new_zeros(()),)
-        return outputs[0] if len(outputs) == 1 else outputs
+        return self.output(self.forward_head(decoded, aux), targets, aux)

@@ -134,8 +134,7 @@ class Task:
             for inputs, targets in self.test_batches(batch_size):
                 if device is not None:
                     inputs, targets = inputs.to(device), targets.to(device)
-                out = model(inputs, targets)
-                logits = out[0]
+                logits = model(inputs, targets).logits
                 order = labelled_positions(targets)
                 if order is not None:
                     targets = targets.gather(1, order)

@@ -214,10 +214,7 @@ def _perturb_after(
 def _forward(subject: _Subject, feed: Mapping[str, Any]) -> tuple[torch.Tensor, list[torch.Tensor]]:
     kwargs = {k: v for k, v in feed.items() if k != "x" and k in subject.context}
     try:
-        if subject.is_model:
-            out = subject.module(feed["x"], return_aux=True, **kwargs)
-        else:
-            out = subject.module(feed["x"], **kwargs)
+        out = subject.module(feed["x"], **kwargs)  # a model's LMOutput: (logits, None, aux)
     except ArchitectureCheckError:
         raise
     except Exception as exc:

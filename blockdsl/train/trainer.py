@@ -274,7 +274,7 @@ class Trainer:
             self.progress.log,
         )
         self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self.has_aux = bool(self.module._combiners)
+        self.has_aux = self.module.has_aux_loss
 
     # ================================================================ phases
     def train_step(self, step: int) -> tuple[float, float, float]:
@@ -290,9 +290,7 @@ class Trainer:
             last = micro == self.accumulation - 1
             with self.parallel.gradient_sync(self.model, last):
                 with self.autocast:
-                    logits, loss, aux = self.chooser.forward(
-                        inputs[rows], targets[rows], return_aux=True
-                    )
+                    logits, loss, aux = self.chooser.forward(inputs[rows], targets[rows])
                 self.source.observe(logits.detach(), targets[rows])
                 (loss / self.accumulation).backward()
             loss_sum = loss_sum + loss.detach()
@@ -325,7 +323,7 @@ class Trainer:
         total = torch.zeros((), device=self.device)
         for (inputs, targets), weight in self.val_batches:
             with self.autocast:
-                _, loss = self.chooser.forward(inputs.to(self.device), targets.to(self.device))
+                loss = self.chooser.forward(inputs.to(self.device), targets.to(self.device)).loss
             total += weight * loss.float()
         self.model.train()
         return (self.group.sum(total) / self.settings.eval_batches).item()
@@ -478,7 +476,7 @@ class Trainer:
 
         def forward_backward() -> None:
             with self.autocast:
-                _, loss = self.chooser.forward(inputs, targets)
+                loss = self.chooser.forward(inputs, targets).loss
             loss.backward()
 
         if self.accumulation > 1:
