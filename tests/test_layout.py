@@ -1,14 +1,17 @@
-"""The package's shape: stages import only lower stages, the graph IR knows nothing of fx,
-``blockdsl.hf`` and ``blockdsl.export`` are real modules without an import circle, the checker
-needs no Hypothesis, and a component's hooks are declared in one place (``register``)."""
+"""The package's shape: no import circle between project modules (imports inside functions
+count), stages import only lower stages, the compiler core imports no wing, the graph IR knows
+nothing of fx, no module merely re-exports another, the checker needs no Hypothesis, and a
+component's hooks are declared in one place (``register``)."""
 
 from __future__ import annotations
 
 import ast
 import subprocess
 import sys
+from functools import cache
 from pathlib import Path
 
+import networkx as nx
 import torch
 from torch import nn
 
@@ -19,6 +22,7 @@ PACKAGE = Path(blockdsl.__file__).parent
 # The compiler core, lowest stage first: a module may import only modules before it.
 STAGES = [
     "errors",
+    "untrusted",
     "ast",
     "printer",
     "diagnostics",
@@ -26,38 +30,147 @@ STAGES = [
     "registry",
     "graph",
     "lower",
+    "generate",  # decoding: takes a model (duck-typed), loads no file
+    "shapes",  # shape tables: read a plan (duck-typed); the model shows them in notebooks
     "config",
     "model",
-    "shapes",
 ]
 
 
-def _imports(module: str, *, anywhere: bool = False) -> set[str]:
-    """The modules ``blockdsl.<module>`` imports at import time (its top-level statements), or
-    ``anywhere`` (inside functions too)."""
-    tree = ast.parse((PACKAGE / f"{module}.py").read_text())
-    found = set()
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+@cache
+def _modules() -> dict[str, Path]:
+    return {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+
+
+def _type_checking_only(node: ast.AST, parents: dict[ast.AST, ast.AST]) -> bool:
+    """Whether ``node`` sits under ``if TYPE_CHECKING:`` (never executed)."""
+    while node in parents:
+        node = parents[node]
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            return True
+    return False
+
+
+def _target(name: str) -> str | None:
+    """The project module that importing ``name`` runs: the longest prefix that is one."""
+    modules = _modules()
+    while name and name not in modules:
+        name = name.rpartition(".")[0]
+    return name or None
+
+
+@cache
+def _imports(module: str, *, anywhere: bool = True) -> frozenset[str]:
+    """The project modules ``module`` imports at run time: its top-level statements, or
+    ``anywhere`` (inside functions too); ``if TYPE_CHECKING:`` blocks are not run."""
+    path = _modules()[module]
+    tree = ast.parse(path.read_text())
+    parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    found: set[str] = set()
     for node in ast.walk(tree) if anywhere else tree.body:
-        if isinstance(node, ast.ImportFrom) and node.module:
-            found.add(node.module)
-            if node.module == "blockdsl":
-                found |= {f"blockdsl.{alias.name}" for alias in node.names}
+        if _type_checking_only(node, parents):
+            continue
+        if isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*anchor, *([node.module] if node.module else [])])
+            if not base.startswith("blockdsl"):
+                continue
+            for alias in node.names:  # ``from blockdsl import ast`` imports a module
+                submodule = f"{base}.{alias.name}"
+                found.add(submodule if submodule in _modules() else _target(base))
         elif isinstance(node, ast.Import):
-            found |= {alias.name for alias in node.names}
-    return found
+            found |= {_target(a.name) for a in node.names if a.name.startswith("blockdsl")}
+    found.discard(None)
+    found.discard(module)
+    return frozenset(found)
 
 
-def test_stages_import_only_lower_stages():
+def _import_graph() -> nx.DiGraph:
+    graph = nx.DiGraph()
+    for module in _modules():
+        graph.add_node(module)
+        for imported in _imports(module):
+            # A package importing its own submodules is how a package presents itself; the
+            # submodule never runs the package's __init__ body first, so that is no circle.
+            if module != "blockdsl" and imported.startswith(module + "."):
+                continue
+            graph.add_edge(module, imported)
+    return graph
+
+
+def test_no_import_circle_counting_imports_inside_functions():
+    graph = _import_graph()
+    circles = [sorted(c) for c in nx.strongly_connected_components(graph) if len(c) > 1]
+    assert not circles, f"modules that import each other (directly or round a loop): {circles}"
+
+
+def test_the_layout_check_reads_imports_inside_functions():
+    """``ModelPlan._repr_html_`` imports the shape tables on use: seen only with ``anywhere``."""
+    assert "blockdsl.shapes" in _imports("blockdsl.model")
+    assert "blockdsl.shapes" not in _imports("blockdsl.model", anywhere=False)
+    graph = _import_graph().copy()
+    graph.add_edge("blockdsl.errors", "blockdsl.model")  # as a lazy import would add
+    assert not nx.is_directed_acyclic_graph(graph)
+
+
+def test_modules_inside_the_package_do_not_import_its_top_level():
+    """``from blockdsl import X`` inside the package runs ``blockdsl/__init__`` (which imports
+    everything): a circle in disguise. Import from the module that defines X."""
+    wrong = sorted(m for m in _modules() if m != "blockdsl" and "blockdsl" in _imports(m))
+    assert not wrong, wrong
+
+
+def test_stages_import_only_lower_stages_even_inside_functions():
+    core = {f"blockdsl.{m}" for m in STAGES}
     for index, module in enumerate(STAGES):
-        higher = {f"blockdsl.{m}" for m in STAGES[index + 1 :]}
-        wrong = _imports(module) & higher
-        assert not wrong, f"blockdsl.{module} imports a higher stage: {sorted(wrong)}"
+        allowed = {f"blockdsl.{m}" for m in STAGES[:index]}
+        imported = _imports(f"blockdsl.{module}")
+        higher = imported & (core - allowed)
+        assert not higher, f"blockdsl.{module} imports a higher stage: {sorted(higher)}"
+        # the core knows no wing; components are the registry's contents, below the graph
+        wings = {m for m in imported - core if not m.startswith("blockdsl.components")}
+        assert not wings, f"blockdsl.{module} imports a wing: {sorted(wings)}"
 
 
 def test_graph_ir_knows_nothing_of_fx():
-    imports = _imports("graph", anywhere=True)
-    assert not {i for i in imports if i.startswith("torch")}, imports
-    assert "blockdsl.lower" not in imports
+    tree = ast.parse((PACKAGE / "graph.py").read_text())
+    imports = {
+        alias.name if isinstance(node, ast.Import) else node.module
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import | ast.ImportFrom)
+        for alias in node.names
+    }
+    assert not {i for i in imports if i and i.startswith("torch")}, imports
+    assert "blockdsl.lower" not in _imports("blockdsl.graph")
+
+
+def test_no_module_only_re_exports_another():
+    """No compatibility shims: every module defines something of its own."""
+    for module, path in _modules().items():
+        if path.name in ("__init__.py", "__main__.py"):
+            continue
+        tree = ast.parse(path.read_text())
+        defines = [
+            node
+            for node in tree.body
+            if not isinstance(node, ast.Import | ast.ImportFrom | ast.Expr)
+            and not (isinstance(node, ast.Assign) and _is_all(node))
+        ]
+        assert defines, f"{module} only re-exports other modules"
+
+
+def _is_all(node: ast.Assign) -> bool:
+    return any(isinstance(t, ast.Name) and t.id == "__all__" for t in node.targets)
 
 
 def test_hf_and_export_are_the_real_modules():
@@ -85,7 +198,7 @@ def test_hf_and_export_are_the_real_modules():
 HF_MODULES = sorted(
     f"hf.{path.stem}" for path in (PACKAGE / "hf").glob("*.py") if path.stem != "__init__"
 )
-HF_FAMILIES = sorted(set(HF_MODULES) - {"hf.base", "hf.importer", "hf.exporter"})
+HF_FAMILIES = sorted(set(HF_MODULES) - {"hf.base", "hf.importer", "hf.exporter", "hf.checks"})
 
 
 def _defined(module: str) -> set[str]:
@@ -102,55 +215,19 @@ def _defined(module: str) -> set[str]:
     return names
 
 
-def _names_from_package_inits(module: str) -> list[str]:
-    """``from blockdsl import X`` / ``from blockdsl.hf import X`` in a module where ``X`` is a
-    name of the package's ``__init__`` rather than a module of it."""
-    tree = ast.parse((PACKAGE / f"{module.replace('.', '/')}.py").read_text())
-    found = []
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.module in ("blockdsl", "blockdsl.hf"):
-            folder = PACKAGE.joinpath(*node.module.split(".")[1:])
-            for alias in node.names:
-                if (
-                    not (folder / f"{alias.name}.py").exists()
-                    and not (folder / alias.name).is_dir()
-                ):
-                    found.append(f"{node.module}.{alias.name}")
-    return found
-
-
 def _module(name: str):
     import importlib
 
     return importlib.import_module(f"blockdsl.{name}")
 
 
-def test_hf_and_export_modules_import_no_circle():
-    """Counting imports inside functions: families import only the base; nothing imports the
-    ``blockdsl`` or ``blockdsl.hf`` package (``from blockdsl import X``) back; no circle."""
+def test_hf_families_import_only_the_base():
     assert {"hf.classic", "hf.dense", "hf.moe", "hf.ssm"} <= set(HF_FAMILIES)
     ours = {f"blockdsl.{m}" for m in [*HF_MODULES, "export"]}
-    edges: dict[str, set[str]] = {}
-    for module in [*HF_MODULES, "export"]:
-        imports = _imports(module.replace(".", "/"), anywhere=True)
-        name = f"blockdsl.{module}"
-        from_init = _names_from_package_inits(module)
-        assert not from_init, f"{name} imports names of a package __init__: {from_init}"
-        edges[name] = imports & ours
-        if module in HF_FAMILIES:
-            assert edges[name] == {"blockdsl.hf.base"}, (name, sorted(edges[name]))
-    assert edges["blockdsl.hf.base"] == set()
-    done: set[str] = set()
-
-    def visit(node: str, path: list[str]) -> None:
-        assert node not in path, "import circle: " + " -> ".join([*path, node])
-        if node not in done:
-            for target in sorted(edges[node]):
-                visit(target, [*path, node])
-            done.add(node)
-
-    for node in sorted(edges):
-        visit(node, [])
+    for family in HF_FAMILIES:
+        imported = _imports(f"blockdsl.{family}") & ours
+        assert imported == {"blockdsl.hf.base"}, (family, sorted(imported))
+    assert not _imports("blockdsl.hf.base") & ours
 
 
 def test_checker_imports_without_hypothesis():
