@@ -439,7 +439,7 @@ class ModelPlan:
 
     def _repr_html_(self) -> str:
         """Notebooks show the shape table (one sequence of the full context). A display hook
-        only: ``blockdsl.shapes`` sits above this module, so it is imported here, on use."""
+        only, so the table code (and rich) is imported here, on use, not with the model."""
         from blockdsl.shapes import shape_table
 
         return shape_table(self)._repr_html_()
