@@ -163,11 +163,18 @@ def test_search_examples_run_on_a_cut_budget(capsys, workspace):
 
 
 def test_fuzz_examples_run_with_few_examples(capsys, workspace):
-    for argv in examples_in(help_text(capsys, "fuzz")):
-        code = main(_with_budget(argv, ["--examples", "3"], drop=("--examples",)))
-        captured = capsys.readouterr()
-        expected = 1 if "Leak" in argv else 0  # the leaky plugin is there to be caught
-        assert code == expected, captured.out + captured.err
+    from blockdsl.registry import REGISTRY
+
+    before = set(REGISTRY.names())
+    try:
+        for argv in examples_in(help_text(capsys, "fuzz")):
+            code = main(_with_budget(argv, ["--examples", "3"], drop=("--examples",)))
+            captured = capsys.readouterr()
+            expected = 1 if "Leak" in argv else 0  # the leaky plugin is there to be caught
+            assert code == expected, captured.out + captured.err
+    finally:  # --plugin registers into the process's registry: leave it as it was
+        for name in set(REGISTRY.names()) - before:
+            REGISTRY.unregister(name)
 
 
 def test_download_examples_are_the_only_ones_not_run(capsys):

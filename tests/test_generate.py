@@ -183,8 +183,9 @@ def test_a_cached_decode_step_stays_lean():
     """Issue 33.10: the cached path's per-token cost is overhead around a few small kernels, so
     its operator count is a measure a busy machine does not blur. A two-layer Llama's decode
     step ran 137 ATen operators before the rotary angles were widened once per table and the
-    unmasked step stopped building a key-distance tensor; it runs 123 (bench/generate.py
-    records the speed)."""
+    unmasked step stopped building a key-distance tensor; it ran 123 then, and 127 with the
+    finite-logits guard (isfinite, all, item: a NaN is an error naming its component) and
+    ``LMOutput``'s zero ``aux`` (bench/generate.py records the speed)."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
     class CountOps(TorchDispatchMode):
@@ -207,4 +208,4 @@ def test_a_cached_decode_step_stays_lean():
     with counter:
         next(steps)
     steps.close()
-    assert counter.count <= 123, counter.count
+    assert counter.count <= 127, counter.count
