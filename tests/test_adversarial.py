@@ -114,6 +114,7 @@ HUGE_FILE_PROBE = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_a_200kb_file_declaring_100000_layers_is_refused_in_a_second_with_flat_memory(
     model_file: Path, tmp_path: Path
 ) -> None:
@@ -149,6 +150,7 @@ def test_the_memory_budget_defaults_to_a_share_of_the_available_memory(
     assert blockdsl.load(model_file).config.d_model == 16
 
 
+@pytest.mark.slow
 def test_a_run_config_that_lies_is_not_what_generate_builds(run_dir: Path, tmp_path: Path) -> None:
     """A checkpoint's model file describes itself; the run's config.toml (which anyone may edit)
     is not read to build the model, so a lie there costs nothing."""
@@ -337,6 +339,7 @@ def test_a_full_disk_while_saving_is_a_blockdsl_error(
     assert list(tmp_path.iterdir()) == []  # no partial file left
 
 
+@pytest.mark.slow
 def test_a_full_disk_while_training_is_a_blockdsl_error(
     data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -708,6 +711,7 @@ RACE = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_searches_creating_one_fresh_sqlite_study_at_once_do_not_race(tmp_path: Path) -> None:
     """Four processes open one fresh study at the same instant: each used to fail with an
     IntegrityError about the schema, blamed on the --storage URL."""
@@ -829,6 +833,7 @@ def test_cli_train_with_steps_zero_exits_2(
 
 
 # ==================================================================== search runs
+@pytest.mark.slow
 def test_search_counts_add_up_and_top_names_as_many_blocks_as_trained(
     tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
@@ -868,6 +873,7 @@ def test_an_empty_front_after_a_run_is_an_error(tmp_path: Path) -> None:
         )
 
 
+@pytest.mark.slow
 def test_a_worker_that_dies_fails_its_trial_and_the_run(tmp_path: Path) -> None:
     """A killed worker used to leave its trial RUNNING and the main process exited 0."""
     pytest.importorskip("optuna")

@@ -158,6 +158,7 @@ def test_only_language_models_are_saved(tmp_path):
         blockdsl.save(nn.Linear(2, 2), tmp_path / "x.safetensors")
 
 
+@pytest.mark.slow
 def test_checkpoints_reload_in_a_fresh_process_without_a_config_file(tmp_path):
     from blockdsl.train.data import prepare
 

@@ -365,6 +365,7 @@ def test_from_hf_missing_folder_is_a_clean_error(capsys, tmp_path):
     assert err.startswith("blockdsl: ") and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_console_entry_has_no_traceback():
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
     result = subprocess.run(

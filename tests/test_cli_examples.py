@@ -162,6 +162,7 @@ def test_search_examples_run_on_a_cut_budget(capsys, workspace):
     assert (workspace / "runs" / "search").is_dir()
 
 
+@pytest.mark.slow
 def test_fuzz_examples_run_with_few_examples(capsys, workspace):
     from blockdsl.registry import REGISTRY
 

@@ -28,6 +28,7 @@ def _runs(out):
     return sorted(p.name for p in (out / "runs").iterdir())
 
 
+@pytest.mark.slow
 def test_compare_trains_reuses_and_skips_with_reason(tmp_path):
     out = tmp_path / "cmp"
     specs = [
@@ -85,6 +86,7 @@ def test_compare_trains_reuses_and_skips_with_reason(tmp_path):
     assert [r.metric_mean for r in again.results] == [r.metric_mean for r in first.results]
 
 
+@pytest.mark.slow
 def test_interrupted_run_is_resumed_not_restarted(tmp_path):
     out = tmp_path / "cmp"
     compare(["Norm->Attn->+"], data=TASK, out=out, steps=2, plot=False, progress=False, **SMALL)
@@ -99,6 +101,7 @@ def test_interrupted_run_is_resumed_not_restarted(tmp_path):
     assert json.loads((run / "summary.json").read_text())["interrupted"] is None
 
 
+@pytest.mark.slow
 def test_learning_rate_grid_reports_the_best(tmp_path):
     result = compare(
         ["Norm->Attn->+"],

@@ -181,6 +181,7 @@ def _model(block, **overrides):
     return blockdsl.build_model(block, d_model=32, vocab=50, context=32, **overrides).eval()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("block", BLOCKS, ids=str)
 def test_model_cached_logits_equal_full(block) -> None:
     model = _model(block)

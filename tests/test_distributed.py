@@ -111,6 +111,7 @@ def _assert_same_run(run: Path, reference: Run) -> None:
         torch.testing.assert_close(weights[name], tensor, atol=TOLERANCE, rtol=0, msg=name)
 
 
+@pytest.mark.slow
 def test_two_ranks_equal_one_and_checkpoints_reshard(
     data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
@@ -175,6 +176,7 @@ class _Forged:
         return (print, ("code run by unpickling",))
 
 
+@pytest.mark.slow
 def test_a_killed_rank_ends_the_job(data_dir: Path, tmp_path: Path) -> None:
     """Rank 1 is killed (SIGKILL) at its second step of a run of 100,000 steps: the job ends
     soon after, with a non-zero exit and rank 1's death in torchrun's report."""

@@ -48,6 +48,7 @@ def _steps(model, prompts, n: int, use_cache: bool) -> tuple[torch.Tensor, torch
     return torch.stack([t for t, _ in pairs], 1), torch.stack([lg for _, lg in pairs], 1)
 
 
+@pytest.mark.slow
 @settings(
     max_examples=12,
     deadline=None,
@@ -111,6 +112,7 @@ def _other_hf_model(name: str):
     raise KeyError(f"no small config for the imported architecture '{name}': add one here")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(_import().SUPPORTED))  # every imported architecture
 def test_greedy_continuations_equal_transformers_generate(name: str) -> None:
     gen = torch.Generator().manual_seed(0)

@@ -369,6 +369,7 @@ def architectures(draw: st.DrawFn, depth: int = 2) -> str:
     return " | ".join(segment(0).removesuffix("->+") + "->+" for _ in range(branches))
 
 
+@pytest.mark.slow
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(architectures())
 def test_random_architectures_are_dags_with_exact_parameter_counts(src: str) -> None:

@@ -51,6 +51,7 @@ VARIANTS = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("name", "extra"), VARIANTS, ids=lambda v: str(v))
 def test_logits_and_greedy_match(name, extra):
     hf_model = small_model(name, **extra)
@@ -62,6 +63,7 @@ def test_logits_and_greedy_match(name, extra):
         _greedy(hf_model, model)
 
 
+@pytest.mark.slow
 def test_mixtral_aux_loss_matches():
     hf_model = small_model("mixtral")
     model = hf.from_hf(hf_model)
@@ -73,6 +75,7 @@ def test_mixtral_aux_loss_matches():
     torch.testing.assert_close(ours / coef, theirs, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", CLASSES)
 def test_compiled_matches(name):
     torch._dynamo.reset()
@@ -211,6 +214,7 @@ def test_tied_weights_are_one_parameter():
     assert model.head.head.weight is model.embed.embed.tok.weight
 
 
+@pytest.mark.slow
 def test_import_blockdsl_does_not_import_transformers():
     code = (
         "import sys, blockdsl\n"

@@ -100,6 +100,7 @@ def _max_diff(hf_model, model) -> float:
     return (hf_model(ids).logits - model(ids).logits).abs().max().item()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(VARIANTS))
 @torch.no_grad()
 def test_logits_and_greedy_match(name):

@@ -162,6 +162,7 @@ def _check_parity(hf_model, model, length: int = T) -> None:
         ids = torch.cat([ids, ours[:, None]], dim=1)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", CLASSES)
 def test_logits_and_greedy_match(name):
     hf_model = _hf_model(name)
@@ -192,6 +193,7 @@ SCALINGS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", sorted(SCALINGS))
 def test_rope_scaling_matches(kind):
     """Llama with each scaled RoPE (Phi-3 above covers longrope). Dynamic NTK only departs from
@@ -210,6 +212,7 @@ def test_rope_scaling_matches(kind):
     _check_parity(hf_model, model.eval())
 
 
+@pytest.mark.slow
 def test_longrope_generation_matches_transformers():
     """Longrope switches to its long factors once a call reaches past the original context
     (16) for every position, so generation without a cache is the full forward, as

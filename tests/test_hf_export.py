@@ -91,6 +91,7 @@ def test_round_trip(name, tmp_path):
         assert torch.equal(theirs[key], tensor), key
 
 
+@pytest.mark.slow
 def test_the_same_model_written_differently_exports_the_same():
     inline = blockdsl.build_model(
         "tiny",
@@ -138,6 +139,7 @@ def test_refusals_golden(case):
     assert message == path.read_text()
 
 
+@pytest.mark.slow
 def test_never_overwrites_without_force(tmp_path):
     model = shrunk("llama")
     out = tmp_path / "hf"
@@ -151,6 +153,7 @@ def test_never_overwrites_without_force(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["hf"]  # nothing left beside it
 
 
+@pytest.mark.slow
 def test_cli_exports_a_run_with_its_tokenizer(tmp_path, capsys):
     from tokenizers import Tokenizer
 
@@ -198,6 +201,7 @@ def test_cli_errors(tmp_path, capsys):
     assert main(["export", "x", "--to", "onnx", str(tmp_path / "o")]) == 2
 
 
+@pytest.mark.slow
 def test_cli_export_writes_with_the_umask_prints_only_its_line_and_true_token_ids(tmp_path, capfd):
     """A byte tokenizer has no bos/eos: config.json says null, not Llama's defaults 1 and 2;
     folder and files get the umask's modes (not mkdtemp's 0700 / 0600); transformers' warnings

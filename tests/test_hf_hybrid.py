@@ -84,6 +84,7 @@ VARIANTS = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("make", "extra"), VARIANTS, ids=lambda v: getattr(v, "__name__", v))
 def test_logits_and_greedy_match(make, extra):
     hf_model = _random(make, **extra)

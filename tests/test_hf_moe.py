@@ -155,6 +155,7 @@ CASES = [
 _NEEDS = {"olmoe": [needs_qk_norm_over], "dbrx": [needs_clip_qkv]}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("name", "extra"),
     [
@@ -190,6 +191,7 @@ def _mixtral(jitter: float):
     return randomised(transformers.MixtralForCausalLM(cfg))
 
 
+@pytest.mark.slow
 def test_mixtral_jitter_matches_in_training():
     """transformers multiplies the whole MoE input by the noise (the experts see it too): with
     the same seed, training-mode logits agree; router-only jitter (Switch) does not."""

@@ -195,6 +195,7 @@ MIXERS = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("name", "kwargs"), MIXERS, ids=[n for n, _ in MIXERS])
 def test_state_continues_the_sequence(name, kwargs):
     """Prefill pieces and single decode steps through the state equal the full-sequence
@@ -215,6 +216,7 @@ def test_state_continues_the_sequence(name, kwargs):
     assert {k: id(t) for k, t in state.items()} == ids
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("name", "kwargs"), MIXERS, ids=[n for n, _ in MIXERS])
 def test_rows_of_a_state_are_independent(name, kwargs):
     """A row prefilled alone (through a view of its row of the batch state) decodes as if it
@@ -321,6 +323,7 @@ MODEL_BLOCKS = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("block", MODEL_BLOCKS, ids=str)
 def test_model_with_linear_mixers_decodes_as_the_full_sequence(block):
     """Through the model's lowering: per-call-site states, prefill pieces then steps."""
@@ -341,6 +344,7 @@ def test_model_with_linear_mixers_decodes_as_the_full_sequence(block):
     torch.testing.assert_close(torch.cat(pieces, dim=1), full, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("block", MODEL_BLOCKS[:3], ids=str)
 def test_generate_with_linear_mixers_equals_the_plain_loop(block):
     """``model.generate`` through the states (prompts of different lengths, batched) gives

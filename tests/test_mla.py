@@ -63,6 +63,7 @@ def test_declared_params_and_cache_size(args):
     assert component.state_size(24, full, 32) == cache == (10 + 4) * 32
 
 
+@pytest.mark.slow
 def test_model_with_mla_generates_with_its_cache():
     model = blockdsl.build_model(
         {

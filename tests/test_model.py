@@ -122,6 +122,7 @@ def test_all_presets_exist() -> None:
     }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", PRESETS)
 def test_preset_trains_from_near_uniform_loss(name: str) -> None:
     torch.manual_seed(0)
@@ -165,6 +166,7 @@ def test_preset_parameter_count_matches_published(name: str) -> None:
     assert build_model(name, device="meta").num_params() == expected
 
 
+@pytest.mark.slow
 def test_arctic_is_x_plus_a_plus_m_plus_e() -> None:
     torch.manual_seed(0)
     model = small_preset("arctic").eval()
@@ -179,6 +181,7 @@ def test_arctic_is_x_plus_a_plus_m_plus_e() -> None:
 
 
 # ---------------------------------------------------------------- sharing and tying
+@pytest.mark.slow
 def test_shared_layers_hold_one_layer_of_parameters_and_accumulate_gradients() -> None:
     blocks = {"shared": "Norm##a->Attn##b->+->Norm##c->MLP##d->+"}
     kwargs = {"d_model": 32, "vocab": 50, "context": 16, "blocks": blocks}
@@ -341,6 +344,7 @@ def test_budget_is_checked_before_allocating() -> None:
 
 
 # ---------------------------------------------------------------- torch.compile and export
+@pytest.mark.slow
 @pytest.mark.parametrize("name", PRESETS)
 def test_preset_compiles_fullgraph_and_exports(name: str) -> None:
     torch._dynamo.reset()

@@ -48,6 +48,7 @@ CASES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(CASES))
 def test_compiled_moe_equals_eager(name):
     moe = MoE(D, **CASES[name])
@@ -60,6 +61,7 @@ def test_inductor_compiled_moe_equals_eager():
     assert_compiled_equals_eager(moe, torch.randn(2, 6, D), backend="inductor")
 
 
+@pytest.mark.slow
 def test_compiled_moe_equals_eager_when_experts_get_no_tokens():
     """Every token routed to experts 0 and 1: experts 2..5 see no token at all (empty groups),
     and their weights get no gradient, compiled or not."""
@@ -76,6 +78,7 @@ def test_compiled_moe_equals_eager_when_experts_get_no_tokens():
     assert (grads["w_up"][2:] == 0).all() and (grads["w_up"][:2] != 0).any()
 
 
+@pytest.mark.slow
 def test_compiled_moe_with_heterogeneous_children_equals_eager():
     children = [MLP(D, hidden=16), MLP(D, hidden=24, act="relu", gated=True), nn.LayerNorm(D)]
     moe = MoE(D, k=2, children=children)

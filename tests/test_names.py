@@ -92,6 +92,7 @@ def test_hostile_labels_build_run_and_round_trip(labels):
     _check_model(labels)
 
 
+@pytest.mark.slow
 @settings(max_examples=15, deadline=None, database=None)
 @given(
     st.lists(

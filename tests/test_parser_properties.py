@@ -79,6 +79,7 @@ def check_parse_or_placed_error(src: str) -> None:
 
 # from_lark draws cost ~1 ms a grammar symbol (the strings average ~100 characters), so this
 # property gets fewer examples than the others: 60 take ~15 s on one core.
+@pytest.mark.slow
 @settings(FAST, max_examples=60)
 @given(BLOCKS)
 def test_grammar_strings_parse_and_round_trip(src: str):

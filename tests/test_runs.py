@@ -65,6 +65,7 @@ def _wait_for_lines(proc: subprocess.Popen, metrics: Path, lines: int) -> None:
 
 
 # ==================================================================== one owner
+@pytest.mark.slow
 def test_a_second_trainer_is_refused_and_nothing_is_lost(data_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     steps = 150
@@ -85,6 +86,7 @@ def test_a_second_trainer_is_refused_and_nothing_is_lost(data_dir: Path, tmp_pat
     assert run.summary["steps"] == steps
 
 
+@pytest.mark.slow
 def test_a_lock_left_by_a_killed_process_is_taken_over(data_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     holder = subprocess.Popen(
@@ -106,6 +108,7 @@ def test_a_lock_left_by_a_killed_process_is_taken_over(data_dir: Path, tmp_path:
 
 
 # ==================================================================== append-only metrics
+@pytest.mark.slow
 def test_a_damaged_metrics_line_is_kept_reported_and_resume_appends(
     data_dir: Path, tmp_path: Path
 ) -> None:
@@ -124,6 +127,7 @@ def test_a_damaged_metrics_line_is_kept_reported_and_resume_appends(
     assert [json.loads(line)["step"] for line in written[4:]] == [5, 6, 7, 8]
 
 
+@pytest.mark.slow
 def test_lines_past_the_checkpoint_are_cut_and_lost_lines_refused(
     data_dir: Path, tmp_path: Path
 ) -> None:
@@ -149,6 +153,7 @@ def test_lines_past_the_checkpoint_are_cut_and_lost_lines_refused(
 
 
 # ==================================================================== resume fingerprints
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("change", "message"),
     [
@@ -186,6 +191,7 @@ def test_resume_with_other_settings_is_refused_naming_them(
 
 
 # ==================================================================== damaged checkpoints
+@pytest.mark.slow
 def test_tampered_checkpoint_weights_and_state_are_refused(data_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     _train(data_dir, out, 2)

@@ -36,6 +36,7 @@ TASK = "task:mqar,vocab=32,seq=16,pairs=2,train=32,test=8"
 
 
 # ==================================================================== mutations
+@pytest.mark.slow
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(block=block_asts(COMPONENTS, d_model=D), seed=st.integers(0, 2**32 - 1))
 def test_mutations_yield_valid_canonical_blocks_or_are_rejected_by_validation(block, seed):
@@ -152,6 +153,7 @@ def _settings(steps: int = 2, hurdle: int = 0, seconds: float | None = None) -> 
     )
 
 
+@pytest.mark.slow
 def test_two_workers_on_one_sqlite_study_never_train_a_candidate_twice(tmp_path):
     settings = _settings()
     storage = default_storage(tmp_path)
@@ -180,6 +182,7 @@ run_worker(settings, storage=sys.argv[1], study_name="s", out=sys.argv[2], trial
 """
 
 
+@pytest.mark.slow
 def test_a_killed_worker_leaves_the_study_consistent_and_resumable(tmp_path):
     storage = default_storage(tmp_path)
     settings = _settings(steps=100_000, seconds=2.0)

@@ -64,6 +64,7 @@ def _random_split(T: int, rng: random.Random) -> list[int]:
     return sizes
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("name", "kwargs"), MIXERS, ids=IDS)
 def test_state_path_equals_full_sequence(name, kwargs):
     module = _build(name, kwargs)

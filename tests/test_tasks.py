@@ -295,6 +295,7 @@ def test_early_stop_between_evaluations(tmp_path):
     assert run.summary["reached_target"] is True
 
 
+@pytest.mark.slow
 def test_the_gate_window_survives_a_resume(tmp_path):
     from blockdsl.tasks.data import TaskData
     from blockdsl.train import train

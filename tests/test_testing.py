@@ -45,6 +45,7 @@ def _one_thread():
 
 
 # ==================================================================== strategies
+@pytest.mark.slow
 @settings(FAST, max_examples=60)
 @given(block_asts())
 def test_drawn_asts_round_trip_through_the_printer(block):
@@ -53,6 +54,7 @@ def test_drawn_asts_round_trip_through_the_printer(block):
     assert blockdsl.unparse(blockdsl.parse(text)) == text
 
 
+@pytest.mark.slow
 @FAST
 @given(block_strings())
 def test_drawn_blocks_validate_compile_and_pass_every_invariant(src):
@@ -150,6 +152,7 @@ def test_unnormalised_multiplicative_stack_overflows_and_prenorm_layers_do_not()
     check_architecture(prenorm, architecture=config)
 
 
+@pytest.mark.slow
 @settings(FAST, max_examples=20)
 @given(model_configs())
 def test_drawn_models_build_and_pass_every_invariant(config):
@@ -377,6 +380,7 @@ def test_plain_modules_need_a_width():
     assert info.value.invariant in ("shape", "causality")
 
 
+@pytest.mark.slow
 def test_presets_pass():
     for name in ("gpt2", "llama", "mixtral", "arctic", "tiny"):
         model = blockdsl.build_model(

@@ -72,6 +72,7 @@ def test_trace_golden_tiny(capsys):
     assert out == path.read_text()
 
 
+@pytest.mark.slow
 def test_trace_rows_follow_the_shape_table():
     model = blockdsl.build_model("tiny", **TINY)
     result = trace(model, batch=2, seq=8)

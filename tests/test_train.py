@@ -148,6 +148,7 @@ def test_batches_are_a_pure_function_of_seed_and_step(data_dir: Path) -> None:
 
 
 # ==================================================================== the loop
+@pytest.mark.slow
 def test_loss_falls_and_run_records_everything(data_dir: Path, tmp_path: Path) -> None:
     run = blockdsl.train(
         "tiny",
@@ -229,6 +230,7 @@ def test_schedules_are_torchs(data_dir: Path) -> None:
             assert lrs[4:15] == [pytest.approx(1e-2)] * 11
 
 
+@pytest.mark.slow
 def test_muon_with_accumulation_and_moe_aux_loss(data_dir: Path, tmp_path: Path) -> None:
     run = blockdsl.train(
         "Norm->Attn->+->Norm->MoE(experts=4, k=2, hidden=32)->+",
@@ -245,6 +247,7 @@ def test_muon_with_accumulation_and_moe_aux_loss(data_dir: Path, tmp_path: Path)
     assert len(state["optimizers"]) == 2  # AdamW for the rest, Muon for the hidden matrices
 
 
+@pytest.mark.slow
 def test_compile_auto_stays_eager_on_short_runs(
     data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -311,6 +314,7 @@ def test_bad_input_errors(data_dir: Path, tmp_path: Path) -> None:
         )
 
 
+@pytest.mark.slow
 def test_non_finite_loss_names_the_step_and_keeps_the_checkpoint(
     data_dir: Path, tmp_path: Path
 ) -> None:
@@ -333,6 +337,7 @@ def test_non_finite_loss_names_the_step_and_keeps_the_checkpoint(
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
+@pytest.mark.slow
 def test_truncated_and_foreign_checkpoints_name_the_file(data_dir: Path, tmp_path: Path) -> None:
     common = {"data": data_dir, "progress": False, **TINY}
     blockdsl.train("tiny", out=tmp_path / "a", train=tiny_train(steps=2), **common)
@@ -354,6 +359,7 @@ def test_truncated_and_foreign_checkpoints_name_the_file(data_dir: Path, tmp_pat
         ckpt.load_weights(last.weights, other)
 
 
+@pytest.mark.slow
 def test_cli_train_and_data(data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     from blockdsl.cli import main
 
@@ -390,6 +396,7 @@ def _env() -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
 
 
+@pytest.mark.slow
 def test_cli_run_prints_only_its_own_lines(data_dir: Path, tmp_path: Path) -> None:
     """Issue 33.1: the end-of-run memory measurement (torch.profiler) wrote two native log
     lines (``USDT:... profiler_start`` / ``profiler_stop``) to file descriptor 2, even under
@@ -464,6 +471,7 @@ def test_resume_after_sigkill_and_sigterm_equals_an_uninterrupted_run(
     assert strip_clock(Run.load(out).metrics) == strip_clock(reference.metrics)
 
 
+@pytest.mark.slow
 def test_a_write_cut_short_leaves_the_previous_checkpoint(data_dir: Path, tmp_path: Path) -> None:
     common = {"data": data_dir, "progress": False, **TINY}
     blockdsl.train("tiny", out=tmp_path / "a", train=tiny_train(steps=2), **common)
@@ -503,6 +511,7 @@ def small_preset(name: str) -> dict:
     return {"vocab": 256, "d_model": 64, "context": 128, "layers": layers, "defaults": defaults}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preset", sorted(blockdsl.list_presets()))
 def test_memory_estimate_within_25_percent_on_presets(
     data_dir: Path, tmp_path: Path, preset: str
@@ -519,6 +528,7 @@ def test_memory_estimate_within_25_percent_on_presets(
     assert 0.75 <= memory["measured_peak"] / memory["estimate"]["total"] <= 1.25, memory
 
 
+@pytest.mark.slow
 def test_checkpoint_weights_load_with_blockdsl_load(data_dir: Path, tmp_path: Path) -> None:
     run = blockdsl.train(
         "tiny", data=data_dir, out=tmp_path / "run", progress=False, train=tiny_train(), **TINY
@@ -555,6 +565,7 @@ def test_readme_training_example_runs(tmp_path: Path, monkeypatch: pytest.Monkey
     assert run.steps == 2 and run.metrics[-1]["loss"] < 6
 
 
+@pytest.mark.slow
 def test_budgets_precision_and_checkpoint_retention(data_dir: Path, tmp_path: Path) -> None:
     common = {"data": data_dir, "progress": False, **TINY}
 
