@@ -77,6 +77,7 @@ each step); ``LanguageModel.cache_blocker()`` names it.
 from __future__ import annotations
 
 import inspect
+import re
 import types
 import typing
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -700,6 +701,18 @@ class Alias:
     args: Mapping[str, Any]
 
 
+# a sentence ends at . ! or ? before a capital, a backtick or the end ("e.g. the" goes on)
+_SENTENCE_END = re.compile(r"[.!?](?=\s+[A-Z`]|\s*$)")
+
+
+def _first_sentence(doc: str | None) -> str:
+    """A docstring's first sentence, whole and on one line (a description never stops
+    mid-sentence where the docstring wraps its first line)."""
+    paragraph = " ".join((doc or "").strip().split("\n\n")[0].split())
+    end = _SENTENCE_END.search(paragraph)
+    return paragraph if end is None else paragraph[: end.end()]
+
+
 class Registry:
     """Names → components. ``blockdsl.REGISTRY`` is the default one; tests may make their own."""
 
@@ -761,7 +774,7 @@ class Registry:
             self._check_free(key, replace)
             schema, takes_children = _parse_signature(cls)
             size_arg = declarations.validate(key, cls, schema, takes_children)
-            doc = description if description is not None else inspect.getdoc(cls) or ""
+            doc = description if description is not None else _first_sentence(inspect.getdoc(cls))
             context, required_context = _forward_context(cls)
             self._components[key] = Component(
                 name=key,
@@ -771,7 +784,7 @@ class Registry:
                 context=context,
                 required_context=required_context,
                 input_size=size_arg,
-                description=doc.strip().split("\n")[0] if doc else "",
+                description=doc,
                 declarations=declarations,
             )
             self._aliases.pop(key, None)

@@ -500,12 +500,12 @@ def test_compare_help_defaults_come_from_the_library(capsys):
 # ==================================================================== components (issue 33.7)
 def test_components_descriptions_are_whole_sentences(capsys, monkeypatch):
     """The listing showed the docstring's first line, cut mid-sentence ("the output bias of a
-    projection whose other"); every description is now a whole sentence."""
-    from blockdsl.commands.components import first_sentence
+    projection whose other"); every description is now a whole sentence, also in the
+    registry (and so in docs/components.md)."""
     from blockdsl.registry import REGISTRY
 
     for component in REGISTRY.components():
-        sentence = first_sentence(component)
+        sentence = component.description
         assert sentence.endswith((".", "!", "?")), (component.name, sentence)
     monkeypatch.setenv("COLUMNS", "1000")  # one line per row: the whole description on it
     code, out, _ = run(capsys, "components")

@@ -4,9 +4,7 @@ description (never cut mid-sentence), or one component's arguments in detail."""
 from __future__ import annotations
 
 import argparse
-import inspect
-import re
-from typing import Any, TextIO
+from typing import TextIO
 
 from blockdsl.commands.common import console, plain_table
 
@@ -18,23 +16,9 @@ blockdsl components
 blockdsl components Attn
 """
 
-# a sentence ends at . ! or ? before a capital, a backtick or the end ("e.g. the" goes on)
-SENTENCE_END = re.compile(r"[.!?](?=\s+[A-Z`]|\s*$)")
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("name", nargs="?", metavar="NAME", help="show one component")
-
-
-def first_sentence(component: Any) -> str:
-    """The component's description as one whole sentence. The registry keeps the first line of
-    the docstring, which may stop mid-sentence; the docstring says how the sentence goes on."""
-    description = " ".join(component.description.split())
-    doc = " ".join((inspect.getdoc(component.cls) or "").split())
-    if description.endswith((".", "!", "?")) or not doc.startswith(description):
-        return description  # whole already, or given to register() explicitly: as written
-    end = SENTENCE_END.search(doc, len(description) - 1)
-    return doc if end is None else doc[: end.end()]
 
 
 def run(args: argparse.Namespace, out: TextIO) -> int:
@@ -50,7 +34,7 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
             ("description", {"overflow": "fold"}),
         )
         for component in REGISTRY.components():
-            grid.add_row(component.name, component.signature_text(), first_sentence(component))
+            grid.add_row(component.name, component.signature_text(), component.description)
         for alias in aliases.values():
             bound = ", ".join(f"{k}={v}" for k, v in alias.args.items())
             grid.add_row(alias.name, f"= {alias.target}({bound})", f"alias of {alias.target}")
@@ -65,7 +49,7 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
     component, bound = REGISTRY.resolve(args.name)
     if args.name in aliases:
         screen.print(f"{args.name}: alias of {component.name}({bound})")
-    screen.print(f"{component.name}: {first_sentence(component)}")
+    screen.print(f"{component.name}: {component.description}")
     helps = component.arg_help
     grid = plain_table(
         ("argument", {"no_wrap": True}),
