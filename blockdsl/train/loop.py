@@ -93,6 +93,9 @@ def train(
     max_memory: int | str | None = None,
     progress: bool | None = None,
     registry: Any = None,
+    init: str | os.PathLike | None = None,
+    init_strict: bool | None = None,
+    init_optimizer: bool | None = None,
     **overrides: Any,
 ) -> Run:
     """Train ``spec`` (anything ``build_model`` takes) on the prepared ``data`` directory,
@@ -101,7 +104,14 @@ def train(
     ``progress``: True a rich bar, False silent, None (default) a bar on a terminal and log
     lines otherwise. Returns the ``Run``. Under torchrun every rank calls it and trains its
     share (docs/distributed.md); rank 0 alone prints and writes. The run directory has one
-    owner: a second process training into it gets an error naming the first one's pid."""
+    owner: a second process training into it gets an error naming the first one's pid.
+    ``init`` (a model file, a checkpoint or run directory, or ``hf:DIR``) starts from those
+    weights, ``init_strict`` and ``init_optimizer`` as in ``[train]`` (docs/training.md,
+    "Starting from trained weights"); given here they override the config's ``[train]``."""
+    starting = {"init": init, "init_strict": init_strict, "init_optimizer": init_optimizer}
+    starting = {k: os.fspath(v) if k == "init" else v for k, v in starting.items() if v is not None}
+    if starting:
+        overrides["train"] = {**overrides.get("train", {}), **starting}
     config = load_config(spec, **overrides)
     settings, optim = resolve(config)
     source = open_source(data, settings.seed)  # --data task:NAME (blockdsl.tasks)

@@ -45,6 +45,7 @@ from blockdsl.train.settings import OptimSettings, TrainSettings, parse_bytes, t
 from blockdsl.train.settings import total_steps as horizon_of
 from blockdsl.train.sources import DataSource
 from blockdsl.train.strategies import SingleProcess, check_muon, make_strategy
+from blockdsl.train.warmstart import INIT_REPORT, InitReport, initialize, source_state
 
 
 class TrainingError(BlockDSLError):
@@ -102,20 +103,70 @@ class Trainer:
         built = build_model(
             self.config, device=self.parallel.build_device(self.device), registry=self.registry
         )
-        self.module = self.source.wrap_model(built).to(self.parallel.build_device(self.device))
         saved = runs.load_state(latest) if latest is not None else None
         if saved is not None:
             self._check_fingerprint(saved)
+        init_from = self._initialize(built) if saved is None and self.settings.init else None
+        self.module = self.source.wrap_model(built).to(self.parallel.build_device(self.device))
+        if saved is not None:
             self.parallel.load_whole(self.module, latest, saved, self.optim)
         self.model = self.parallel.wrap(self.module)
         self.optimizers = build_optimizers(self.model, self.optim)
         self.schedulers = [build_scheduler(o, self.optim, self.horizon) for o in self.optimizers]
         if saved is not None:
             self._restore(latest, saved)
-        elif self.group.main:
-            self._write_run_files()
+        else:
+            if init_from is not None and self.settings.init_optimizer:
+                self._keep_optimizer_state(*init_from)
+            if self.group.main:
+                self._write_run_files()
         self._open_metrics(saved)
         self._prepare_steps()
+
+    def _initialize(self, model: nn.Module) -> tuple[InitReport, runs.Checkpoint | None]:
+        """Copy ``[train] init``'s weights into the new model (every rank, before wrapping);
+        the report is printed and, on rank 0, saved as ``init.json`` with the run files."""
+        source = str(self.settings.init)
+        state, checkpoint = source_state(source)
+        report = initialize(model, state, source, strict=self.settings.init_strict)
+        self.init_report = report
+        for line in report.lines():
+            self.progress.log(line)
+        return report, checkpoint
+
+    def _keep_optimizer_state(self, report: InitReport, checkpoint: runs.Checkpoint | None) -> None:
+        """``init_optimizer``: the init run's optimizer moments, this run's hyperparameters."""
+        source = self.settings.init
+        if checkpoint is None or not report.same_parameters:
+            why = "is not a run checkpoint" if checkpoint is None else "has other parameters"
+            raise TrainingError(
+                f"[train] init_optimizer: {source} {why}, so its optimizer state cannot be kept",
+                hint="drop --init-optimizer to start the optimizer afresh",
+            )
+        saved = runs.load_state(checkpoint)
+        states = saved.get("optimizers")
+        if (
+            saved.get("sharded")
+            or not isinstance(states, list)
+            or len(states) != len(self.optimizers)
+        ):
+            raise TrainingError(
+                f"[train] init_optimizer: {checkpoint.path} holds no optimizer state this run "
+                "can use (a sharded checkpoint, or another optimizer)",
+                hint="drop --init-optimizer to start the optimizer afresh",
+            )
+        for optimizer, state in zip(self.optimizers, states):
+            fresh = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+            try:
+                optimizer.load_state_dict(state)
+            except (ValueError, KeyError) as exc:
+                raise TrainingError(
+                    f"[train] init_optimizer: the optimizer state of {checkpoint.path} does not "
+                    f"fit this run ({exc})",
+                    hint="drop --init-optimizer to start the optimizer afresh",
+                ) from None
+            for group, settings in zip(optimizer.param_groups, fresh):
+                group.update(settings)  # lr, betas, weight decay: this run's, not the old one's
 
     def _plan_memory(self) -> None:
         """The strategy for this world and budget, and a refusal when training cannot fit."""
@@ -187,7 +238,7 @@ class Trainer:
                     "with other settings",
                     hint=f"resume with the run's own config ({self.run_dir / runs.CONFIG}) and "
                     "data; to train with the new settings, start a new run with a different "
-                    "--out",
+                    f"--out from its weights: --init {self.run_dir}",
                 )
 
     def fingerprint(self) -> dict[str, Any]:
@@ -206,6 +257,10 @@ class Trainer:
         values["seq_len"] = self.settings.seq_len
         for key, value in asdict(self.optim).items():
             values[f"optim.{key}"] = list(value) if isinstance(value, tuple) else value
+        if self.optim.schedule != "constant":  # the schedule spans the budget
+            values["steps"] = self.horizon
+        if self.settings.init is not None:
+            values["init"] = self.settings.init
         return values
 
     def _restore(self, latest: runs.Checkpoint, saved: dict[str, Any]) -> None:
@@ -228,6 +283,9 @@ class Trainer:
         if path is not None and (path / runs.TOKENIZER).is_file():
             shutil.copyfile(path / runs.TOKENIZER, run_dir / runs.TOKENIZER)
         write_atomic(run_dir / runs.DATA, json.dumps(self.source.meta, indent=2) + "\n")
+        report = getattr(self, "init_report", None)
+        if report is not None:
+            write_atomic(run_dir / INIT_REPORT, json.dumps(report.as_dict(), indent=2) + "\n")
 
     def _open_metrics(self, saved: dict[str, Any] | None) -> None:
         """Cut ``metrics.jsonl`` back to the checkpoint (the lines after it are done again);
@@ -581,6 +639,11 @@ def _describe_change(key: str, then: Any, now: Any) -> str:
     if key in ("model", "data", "tokenizer"):
         what = {"model": "the model", "data": "the data", "tokenizer": "the data's tokenizer"}
         return f"{what[key]} differs from the one the run was trained with"
+    if key == "steps":
+        return (
+            f"[train] steps is {now!r}, but the run was trained with {then!r} and its learning-"
+            "rate schedule spans those (only a constant schedule's run may grow)"
+        )
     table = "optim" if key.startswith("optim.") else "train"
     name = key.removeprefix("optim.")
     return f"[{table}] {name} is {now!r}, but the run was trained with {then!r}"
