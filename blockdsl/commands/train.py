@@ -24,8 +24,8 @@ EXAMPLES = """\
 blockdsl data prepare stdlib --out data/stdlib
 blockdsl train tiny --data data/stdlib --out runs/tiny --set vocab=256 --set train.steps=200
 blockdsl train runs/tiny/config.toml --data data/stdlib --out runs/tiny --resume
-blockdsl train runs/tiny/config.toml --data data/stdlib --out runs/tiny-more --init runs/tiny \
-    --set train.steps=400
+blockdsl train tiny --data data/stdlib --out runs/tiny-more --init runs/tiny \\
+    --set vocab=256 --set train.steps=400
 blockdsl train "Norm->Attn->+->Norm->MoE->+" --data data/stdlib --out runs/moe \\
     --set vocab=256 --set train.steps=200 --set optim.name=muon
 """
