@@ -66,6 +66,13 @@ OPTIONS = (
         switch=True,
     ),
     Option(
+        "--teacher",
+        "distil this model (model file, checkpoint or run directory, hf:DIR) into the new "
+        "one; [distill] weighs the terms",
+        TRAIN,
+        metavar="SOURCE",
+    ),
+    Option(
         "--quiet",
         "no progress bar or log lines (metrics still kept)",
         TRAIN,

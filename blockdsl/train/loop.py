@@ -21,6 +21,7 @@ import blockdsl.checkpoint as runs
 from blockdsl.config import ModelConfig, load_config
 from blockdsl.errors import ConfigError
 from blockdsl.train import distributed
+from blockdsl.train.distill import resolve_distill
 from blockdsl.train.settings import TrainSettings, resolve
 from blockdsl.train.sources import open_source
 from blockdsl.train.trainer import Trainer, TrainingError, read_metrics
@@ -96,6 +97,7 @@ def train(
     init: str | os.PathLike | None = None,
     init_strict: bool | None = None,
     init_optimizer: bool | None = None,
+    teacher: str | os.PathLike | None = None,
     **overrides: Any,
 ) -> Run:
     """Train ``spec`` (anything ``build_model`` takes) on the prepared ``data`` directory,
@@ -107,13 +109,25 @@ def train(
     owner: a second process training into it gets an error naming the first one's pid.
     ``init`` (a model file, a checkpoint or run directory, or ``hf:DIR``) starts from those
     weights, ``init_strict`` and ``init_optimizer`` as in ``[train]`` (docs/training.md,
-    "Starting from trained weights"); given here they override the config's ``[train]``."""
-    starting = {"init": init, "init_strict": init_strict, "init_optimizer": init_optimizer}
-    starting = {k: os.fspath(v) if k == "init" else v for k, v in starting.items() if v is not None}
+    "Starting from trained weights"); ``teacher`` (the same kinds of source) distils it into
+    the model, weighted by ``distill={...}`` (``[distill]``); given here they override the
+    config's ``[train]``."""
+    starting = {
+        "init": init,
+        "init_strict": init_strict,
+        "init_optimizer": init_optimizer,
+        "teacher": teacher,
+    }
+    starting = {
+        k: os.fspath(v) if k in ("init", "teacher") else v
+        for k, v in starting.items()
+        if v is not None
+    }
     if starting:
         overrides["train"] = {**overrides.get("train", {}), **starting}
     config = load_config(spec, **overrides)
     settings, optim = resolve(config)
+    resolve_distill(config)  # [distill]'s keys checked before anything starts
     source = open_source(data, settings.seed)  # --data task:NAME (blockdsl.tasks)
     source.fit(config, settings)
     launch = distributed.detect_launch()

@@ -49,6 +49,7 @@ class TrainSettings:
     init: str | None = None  # start from these weights: model file, step dir, run dir, hf:DIR
     init_strict: bool = True  # false: a tensor of another shape keeps its fresh init
     init_optimizer: bool = False  # init from a run with the same parameters: keep its optimizer
+    teacher: str | None = None  # distil from this model ([distill] weighs the loss's terms)
 
     @property
     def accumulation(self) -> int:
@@ -150,7 +151,7 @@ def _coerce(table: str, key: str, value: Any, default: Any, config: ModelConfig)
         if isinstance(value, bool) or value == "auto":
             return value
         raise bad('true, false or "auto"')
-    if key == "init":
+    if key in ("init", "teacher"):
         if not isinstance(value, str) or not value.strip():
             raise bad("a path or hf:DIR")
         return value
@@ -231,6 +232,12 @@ def _check(train: TrainSettings, optim: OptimSettings, config: ModelConfig) -> N
             "but no init is set",
             "init_optimizer",
             hint="e.g. --init runs/previous --init-optimizer",
+        )
+    if config.distill and train.teacher is None:
+        raise config.error(
+            "[distill] weighs a distillation loss, but no [train] teacher is set",
+            "distill",
+            hint="e.g. --set train.teacher=runs/teacher",
         )
     if optim.min_lr > optim.lr:
         raise config.error(f"[optim] min_lr {optim.min_lr} is above lr {optim.lr}", "min_lr")

@@ -40,12 +40,19 @@ from blockdsl.errors import BlockDSLError, BudgetError
 from blockdsl.model import ModelPlan, build_model
 from blockdsl.train import distributed, memory
 from blockdsl.train.autocompile import CompileChoice
+from blockdsl.train.distill import Distiller, resolve_distill
 from blockdsl.train.optim import build_optimizers, build_scheduler
 from blockdsl.train.settings import OptimSettings, TrainSettings, parse_bytes, to_tables
 from blockdsl.train.settings import total_steps as horizon_of
 from blockdsl.train.sources import DataSource
 from blockdsl.train.strategies import SingleProcess, check_muon, make_strategy
-from blockdsl.train.warmstart import INIT_REPORT, InitReport, initialize, source_state
+from blockdsl.train.warmstart import (
+    INIT_REPORT,
+    InitReport,
+    initialize,
+    source_model,
+    source_state,
+)
 
 
 class TrainingError(BlockDSLError):
@@ -90,6 +97,8 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self.stop: list[int] = []
         self._owned = contextlib.ExitStack()
+        self.terms: dict[str, float] = {}
+        self.distiller: Distiller | None = None
         self._fingerprint: dict[str, Any] | None = None
 
     # ================================================================ setup
@@ -111,6 +120,7 @@ class Trainer:
         if saved is not None:
             self.parallel.load_whole(self.module, latest, saved, self.optim)
         self.model = self.parallel.wrap(self.module)
+        self.distiller = self._load_teacher() if self.settings.teacher else None
         self.optimizers = build_optimizers(self.model, self.optim)
         self.schedulers = [build_scheduler(o, self.optim, self.horizon) for o in self.optimizers]
         if saved is not None:
@@ -122,6 +132,18 @@ class Trainer:
                 self._write_run_files()
         self._open_metrics(saved)
         self._prepare_steps()
+
+    def _load_teacher(self) -> Distiller:
+        """``[train] teacher``: the model to distil from, on this device, frozen."""
+        teacher = source_model(str(self.settings.teacher)).to(self.device)
+        vocab = getattr(getattr(teacher, "config", None), "vocab", None)
+        if vocab is not None and vocab != self.config.vocab:
+            raise TrainingError(
+                f"the teacher {self.settings.teacher} has a vocab of {vocab}, the student "
+                f"{self.config.vocab}: their distributions cannot be compared",
+                hint="distil between models of one tokenizer and vocab",
+            )
+        return Distiller(teacher, self.module, resolve_distill(self.config))
 
     def _initialize(self, model: nn.Module) -> tuple[InitReport, runs.Checkpoint | None]:
         """Copy ``[train] init``'s weights into the new model (every rank, before wrapping);
@@ -261,6 +283,10 @@ class Trainer:
             values["steps"] = self.horizon
         if self.settings.init is not None:
             values["init"] = self.settings.init
+        if self.settings.teacher is not None:
+            values["teacher"] = self.settings.teacher
+            for key, value in resolve_distill(self.config).as_dict().items():
+                values[f"distill.{key}"] = value
         return values
 
     def _restore(self, latest: runs.Checkpoint, saved: dict[str, Any]) -> None:
@@ -343,22 +369,31 @@ class Trainer:
         )
         inputs, targets = inputs[self.rows].to(device), targets[self.rows].to(device)
         loss_sum = aux_sum = torch.zeros((), device=device)
+        distiller = self.distiller
+        names = distiller.term_names() if distiller is not None else []
+        term_sums = torch.zeros(len(names), device=device)
         for micro in range(self.accumulation):
             rows = slice(micro * settings.batch_size, (micro + 1) * settings.batch_size)
             last = micro == self.accumulation - 1
             with self.parallel.gradient_sync(self.model, last):
                 with self.autocast:
+                    if distiller is not None:
+                        teacher = distiller.teacher_logits(inputs[rows], targets[rows])
                     logits, loss, aux = self.chooser.forward(
                         inputs[rows], targets[rows], return_aux=True
                     )
+                    if distiller is not None:
+                        loss, terms = distiller.loss(logits, loss, aux, teacher)
+                        term_sums = term_sums + torch.stack([terms[n] for n in names])
                 self.source.observe(logits.detach(), targets[rows])
                 (loss / self.accumulation).backward()
             loss_sum = loss_sum + loss.detach()
             aux_sum = aux_sum + aux.detach().float()
         limit = self.optim.grad_clip if self.optim.grad_clip > 0 else math.inf
         norm = distributed.full_value(torch.nn.utils.clip_grad_norm_(self.params, limit))
-        sums = self.group.sum(torch.stack([loss_sum.float(), aux_sum]))
+        sums = self.group.sum(torch.cat([torch.stack([loss_sum.float(), aux_sum]), term_sums]))
         shares = self.accumulation * self.group.world
+        self.terms = {f"distill_{n}": (v / shares).item() for n, v in zip(names, sums[2:])}
         loss_value = (sums[0] / shares).item()
         if not (math.isfinite(loss_value) and math.isfinite(norm.item())):
             kept = runs.checkpoints(self.run_dir)
@@ -471,6 +506,7 @@ class Trainer:
         }
         if self.has_aux:
             line["aux_loss"] = aux
+        line.update(self.terms)  # the distillation loss's terms, when there is a teacher
         final, reached = self._evaluate_if_due(line, ready)
         metrics.write(line)
         self.history.append(line)
@@ -644,8 +680,8 @@ def _describe_change(key: str, then: Any, now: Any) -> str:
             f"[train] steps is {now!r}, but the run was trained with {then!r} and its learning-"
             "rate schedule spans those (only a constant schedule's run may grow)"
         )
-    table = "optim" if key.startswith("optim.") else "train"
-    name = key.removeprefix("optim.")
+    table = key.split(".")[0] if key.startswith(("optim.", "distill.")) else "train"
+    name = key.split(".", 1)[-1]
     return f"[{table}] {name} is {now!r}, but the run was trained with {then!r}"
 
 

@@ -91,6 +91,23 @@ def source_state(
     return model.state_dict(), checkpoint
 
 
+def source_model(source: str | os.PathLike) -> nn.Module:
+    """The model SOURCE stands for (a distillation teacher), in eval mode."""
+    text = os.fspath(source)
+    if text.startswith(HF_PREFIX):
+        return hf_model(text[len(HF_PREFIX) :]).eval()
+    try:
+        return runs.load(runs.locate(text).weights)
+    except runs.CheckpointError as exc:
+        if isinstance(exc, InitError):
+            raise
+        raise InitError(
+            f"model source {text!r}: {exc.message}",
+            hint="give a model file, a checkpoint directory, a training run directory or "
+            "hf:DIR (a Hugging Face checkpoint folder)",
+        ) from None
+
+
 def hf_model(path: str | os.PathLike) -> nn.Module:
     """The blockdsl model of a Hugging Face checkpoint folder, weights included: the one
     place training reaches the importer."""
@@ -146,5 +163,6 @@ __all__ = [
     "InitReport",
     "hf_model",
     "initialize",
+    "source_model",
     "source_state",
 ]
