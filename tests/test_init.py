@@ -276,3 +276,64 @@ def test_cli_init_and_allow_mismatch(data_dir: Path, trained: Path, tmp_path: Pa
             "--init-allow-mismatch"]  # fmt: skip
     assert main(argv) == 0
     assert json.loads((tmp_path / "c" / "init.json").read_text())["mismatched"]
+
+
+# ==================================================================== mixer from mixer
+def test_gated_deltanet_takes_the_attention_it_replaces(
+    data_dir: Path, trained: Path, tmp_path: Path
+) -> None:
+    """Layer 1's attention swapped for Gated DeltaNet (heads lined up): its q, k, v and output
+    projections are attention's (the one kv head repeated to both query heads), the short conv
+    passes them through, and init.json says what was mapped."""
+    hybrid = {
+        **TINY,
+        "layers": "block->gdn",
+        "blocks": {"gdn": "Norm->GatedDeltaNet->+->Norm->MLP->+"},
+        "defaults": {**TINY["defaults"], "GatedDeltaNet": {"heads": 2}},
+    }
+    run = blockdsl.train(
+        "tiny", data=data_dir, out=tmp_path / "hybrid", progress=False, init=trained,
+        **_frozen(), **hybrid,
+    )  # fmt: skip
+    report = json.loads((tmp_path / "hybrid" / "init.json").read_text())
+    gdn_name = "layers.1.gated_delta_net"
+    assert set(report["mapped"]) == {
+        f"{gdn_name}.in_proj_qkvz.weight", f"{gdn_name}.out_proj.weight",
+        f"{gdn_name}.conv1d.weight",
+    }  # fmt: skip
+    assert report["mapped"][f"{gdn_name}.in_proj_qkvz.weight"].startswith(
+        "layers.1.attn: attention's q, k, v (each of 1 kv heads repeated to its 2 query heads)"
+    )
+    assert not any(n.startswith("layers.1.attn.") for n in report["dropped"])
+    assert f"{gdn_name}.in_proj_ba.weight" in report["new"]
+
+    attn = ckpt.load(trained).layers[1].attn
+    gdn = run.model.get_submodule(gdn_name)
+    x = torch.randn(2, 5, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        q, k, v, *_ = gdn._split(x)
+        torch.testing.assert_close(q, attn.q(x))
+        torch.testing.assert_close(k, attn.k(x).repeat(1, 1, 2))  # kv head 0 for both heads
+        torch.testing.assert_close(v, attn.v(x).repeat(1, 1, 2))
+        torch.testing.assert_close(gdn.out_proj.weight, attn.o.weight)
+    assert gdn.conv1d.weight[:, 0, -1].eq(1).all() and gdn.conv1d.weight[:, 0, :-1].eq(0).all()
+
+
+def test_a_mixer_whose_heads_do_not_line_up_stays_new_and_says_why(
+    data_dir: Path, trained: Path, tmp_path: Path
+) -> None:
+    hybrid = {
+        **TINY,
+        "layers": "block->gdn",
+        "blocks": {"gdn": "Norm->GatedDeltaNet->+->Norm->MLP->+"},
+        "defaults": {**TINY["defaults"], "GatedDeltaNet": {"heads": 4}},
+    }
+    blockdsl.train(
+        "tiny", data=data_dir, out=tmp_path / "hybrid", progress=False, init=trained,
+        **_frozen(), **hybrid,
+    )  # fmt: skip
+    report = json.loads((tmp_path / "hybrid" / "init.json").read_text())
+    assert not report["mapped"]
+    why = report["unmapped"]["layers.1.gated_delta_net"]
+    assert "needs heads = v_heads = 2 and head sizes 16" in why
+    assert "layers.1.attn.q.weight" in report["dropped"]

@@ -149,8 +149,8 @@ class Trainer:
         """Copy ``[train] init``'s weights into the new model (every rank, before wrapping);
         the report is printed and, on rank 0, saved as ``init.json`` with the run files."""
         source = str(self.settings.init)
-        state, checkpoint = source_state(source)
-        report = initialize(model, state, source, strict=self.settings.init_strict)
+        source_model, checkpoint = source_state(source)
+        report = initialize(model, source_model, source, strict=self.settings.init_strict)
         self.init_report = report
         for line in report.lines():
             self.progress.log(line)
