@@ -99,6 +99,7 @@ class Trainer:
         self._owned = contextlib.ExitStack()
         self.terms: dict[str, float] = {}
         self.distiller: Distiller | None = None
+        self.init_report: InitReport | None = None  # what [train] init copied (init.json)
         self._fingerprint: dict[str, Any] | None = None
 
     # ================================================================ setup
@@ -309,7 +310,7 @@ class Trainer:
         if path is not None and (path / runs.TOKENIZER).is_file():
             shutil.copyfile(path / runs.TOKENIZER, run_dir / runs.TOKENIZER)
         write_atomic(run_dir / runs.DATA, json.dumps(self.source.meta, indent=2) + "\n")
-        report = getattr(self, "init_report", None)
+        report = self.init_report
         if report is not None:
             write_atomic(run_dir / INIT_REPORT, json.dumps(report.as_dict(), indent=2) + "\n")
 
