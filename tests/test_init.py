@@ -318,6 +318,11 @@ def test_gated_deltanet_takes_the_attention_it_replaces(
         torch.testing.assert_close(gdn.out_proj.weight, attn.o.weight)
     assert gdn.conv1d.weight[:, 0, -1].eq(1).all() and gdn.conv1d.weight[:, 0, :-1].eq(0).all()
 
+    from blockdsl.cli import main  # the surgically changed run generates like any run
+
+    argv = ["generate", str(tmp_path / "hybrid"), "--prompt", "def", "--max-new-tokens", "4"]
+    assert main([*argv, "--greedy"]) == 0
+
 
 def test_a_mixer_whose_heads_do_not_line_up_stays_new_and_says_why(
     data_dir: Path, trained: Path, tmp_path: Path
