@@ -38,9 +38,9 @@ MODEL_KEYS: dict[str, type] = {
     "max_params": int,
     "description": str,
 }
-# [train] and [optim] are kept here as raw tables (the configuration of a training run lives in
-# the model's TOML); blockdsl.train validates their keys when a run starts.
-RUN_TABLES = ("train", "optim")
+# [train], [optim] and [distill] are kept here as raw tables (the configuration of a training
+# run lives in the model's TOML); blockdsl.train validates their keys when a run starts.
+RUN_TABLES = ("train", "optim", "distill")
 TABLES = ("model", "blocks", "defaults", *RUN_TABLES)
 
 
@@ -61,6 +61,7 @@ class ModelConfig:
     defaults: dict[str, dict[str, Any]] = field(default_factory=dict)
     train: dict[str, Any] = field(default_factory=dict)
     optim: dict[str, Any] = field(default_factory=dict)
+    distill: dict[str, Any] = field(default_factory=dict)
     # Where the configuration came from and its text, for error messages; not part of it.
     origin: str = field(default="", compare=False)
     text: str = field(default="", compare=False, repr=False)

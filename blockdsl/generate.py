@@ -118,13 +118,20 @@ def stream(
     rows = [_check_prompt(model, i, row.to(device)) for i, row in enumerate(rows)]
     lengths = torch.tensor([len(row) for row in rows], device=device)
     total = int(lengths.max()) + max_new_tokens
-    if total > model.config.context:
-        raise GenerationError(
-            f"the longest prompt ({int(lengths.max())} tokens) and max_new_tokens "
-            f"({max_new_tokens}) exceed the model's context of {model.config.context} positions",
-            hint="ask for fewer new tokens, shorten the prompt, or use a model with a longer "
-            "context",
-        )
+    context = model.config.context
+    window = None  # past the context: each step sees the last ``context`` tokens (nanoGPT)
+    if total > context:
+        absolute = absolute_positions(model)
+        if absolute is not None:
+            raise GenerationError(
+                f"the longest prompt ({int(lengths.max())} tokens) and max_new_tokens "
+                f"({max_new_tokens}) exceed the model's context of {context} positions, and "
+                f"its {absolute} position embeddings stop there: cropping the window would "
+                "give every token another position than it had",
+                hint="ask for fewer new tokens, shorten the prompt, or use a model with a "
+                "longer context (rotary or position-free models continue past it)",
+            )
+        window = context
     if max_new_tokens == 0:
         return
 
@@ -141,8 +148,8 @@ def stream(
     was_training = model.training
     model.eval()
     try:
-        cached = use_cache and model.cache_blocker() is None
-        steps = _cached(model, rows, lengths, total) if cached else _uncached(model, rows)
+        cached = use_cache and window is None and model.cache_blocker() is None
+        steps = _cached(model, rows, lengths, total) if cached else _uncached(model, rows, window)
         done = torch.zeros(len(rows), dtype=torch.bool, device=device)
         ended = torch.zeros(len(rows), dtype=torch.long, device=device)
         stop_tensor = torch.tensor(sorted(stops), dtype=torch.long, device=device)
@@ -241,8 +248,11 @@ def _cached(
         positions += 1
 
 
-def _uncached(model: LanguageModel, rows: list[torch.Tensor]) -> Iterator[torch.Tensor]:
-    """The fallback: every step reruns each group of equal-length rows on its whole prefix."""
+def _uncached(
+    model: LanguageModel, rows: list[torch.Tensor], window: int | None = None
+) -> Iterator[torch.Tensor]:
+    """The fallback: every step reruns each group of equal-length rows on its whole prefix,
+    or on its last ``window`` tokens (generation past the context)."""
     groups = {
         length: (members, torch.stack([rows[i] for i in members]))
         for length, members in _by_length(rows).items()
@@ -250,7 +260,7 @@ def _uncached(model: LanguageModel, rows: list[torch.Tensor]) -> Iterator[torch.
     while True:
         logits = None
         for members, ids in groups.values():
-            last = model(ids).logits[:, -1].float()
+            last = model(ids if window is None else ids[:, -window:]).logits[:, -1].float()
             if logits is None:
                 logits = last.new_empty(len(rows), last.shape[-1])
             logits[torch.tensor(members, device=last.device)] = last
@@ -391,6 +401,17 @@ def _stop_ids(stop: int | Iterable[int] | None) -> set[int]:
     if not all(_is_int(s) for s in ids):
         raise GenerationError(f"stop must be a token id or token ids, got {stop!r}")
     return set(ids)
+
+
+def absolute_positions(model: LanguageModel) -> str | None:
+    """The kind of absolute position embeddings the model adds (``"learned"``,
+    ``"sinusoidal"``), which give no meaning to a cropped window; None for rotary or
+    position-free models, which continue past the context by cropping it."""
+    for module in model.modules():
+        kind = getattr(module, "pos_kind", None)
+        if kind in ("learned", "sinusoidal"):
+            return str(kind)
+    return None
 
 
 def _check_model(model: LanguageModel) -> None:

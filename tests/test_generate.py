@@ -154,8 +154,9 @@ def test_generate_restores_training_mode_and_grads() -> None:
     ],
 )
 def test_bad_prompts_are_clear_errors(idx, steps, message) -> None:
+    # learned absolute positions: past the context is refused (a rotary model crops instead)
     with pytest.raises(GenerationError, match=message):
-        _model().generate(idx, steps)
+        _model(defaults={"Embed": {"pos": "learned"}}).generate(idx, steps)
 
 
 @pytest.mark.parametrize(

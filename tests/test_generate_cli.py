@@ -26,14 +26,17 @@ def byte_tokenizer():
     return tok
 
 
-def make_run(root: Path, steps: tuple[int, ...] = (10, 20)) -> tuple[Path, dict]:
+def make_run(
+    root: Path, steps: tuple[int, ...] = (10, 20), **overrides: object
+) -> tuple[Path, dict]:
     """A run directory as training writes it: config.toml, tokenizer.json, checkpoints."""
     run = root / "run"
     (run / "checkpoints").mkdir(parents=True)
     models = {}
     config = blockdsl.load_config(
-        "Norm->Attn->+->Norm->MLP->+", vocab=256, d_model=32, context=64, layers="block*2"
-    )
+        "Norm->Attn->+->Norm->MLP->+", vocab=256, d_model=32, context=64, layers="block*2",
+        **overrides,
+    )  # fmt: skip
     for step in steps:
         torch.manual_seed(step)
         model = blockdsl.build_model(config).eval()
@@ -84,7 +87,8 @@ def test_seeded_sampling_repeats(tmp_path, capsys) -> None:
     ],
 )
 def test_user_errors_exit_2(tmp_path, capsys, extra, message) -> None:
-    run, _ = make_run(tmp_path, steps=(1,))
+    # learned absolute positions: past the context is refused (a rotary model crops instead)
+    run, _ = make_run(tmp_path, steps=(1,), defaults={"Embed": {"pos": "learned"}})
     assert main(["generate", str(run), *extra]) == 2
     captured = capsys.readouterr()
     assert message in captured.err and "Traceback" not in captured.err

@@ -36,9 +36,11 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _train(data_dir: Path, out: Path, steps: int, resume: bool = False, **extra: object):
     train = {**tiny_train(steps=steps, save_every=2), **extra.pop("train", {})}
+    # a constant schedule: a resumed run may then grow its budget (a decaying one may not)
+    optim = {"schedule": "constant", **extra.pop("optim", {})}
     return blockdsl.train(
         "tiny", data=data_dir, out=out, resume=resume, progress=False, train=train,
-        **{**TINY, **extra},
+        optim=optim, **{**TINY, **extra},
     )  # fmt: skip
 
 

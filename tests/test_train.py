@@ -473,7 +473,8 @@ def test_resume_after_sigkill_and_sigterm_equals_an_uninterrupted_run(
 
 @pytest.mark.slow
 def test_a_write_cut_short_leaves_the_previous_checkpoint(data_dir: Path, tmp_path: Path) -> None:
-    common = {"data": data_dir, "progress": False, **TINY}
+    # a constant schedule, so that the resumed run may grow its budget
+    common = {"data": data_dir, "progress": False, "optim": {"schedule": "constant"}, **TINY}
     blockdsl.train("tiny", out=tmp_path / "a", train=tiny_train(steps=2), **common)
     partial = tmp_path / "a" / "checkpoints" / ".tmp-step_0000004-99999"
     partial.mkdir()

@@ -40,8 +40,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--from-hf",
         metavar="DIR",
-        help="start from a Hugging Face checkpoint folder: its config.json only, no "
-        "weights are read (needs transformers)",
+        help="start from a Hugging Face checkpoint folder: its config.json (compile and "
+        "check read no weights; train loads them too, as --init hf:DIR; needs transformers)",
     )
 
 

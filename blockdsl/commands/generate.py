@@ -19,6 +19,7 @@ EXAMPLES = """\
 blockdsl generate runs/tiny --prompt "Once upon a time"
 blockdsl generate runs/tiny/checkpoints/step_0000200 --prompt "def " --greedy
 blockdsl generate runs/tiny --prompt "The" --temperature 0.8 --top-k 50 --top-p 0.95 --seed 0
+blockdsl generate runs/tiny --prompt "def " --num-samples 3 --seed 0
 blockdsl generate --from-hf ./SmolLM-135M --prompt "The capital of France is"
 """
 
@@ -48,6 +49,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="tokens to generate (default: 128, or what the context leaves)",
     )
     add_options(parser, SAMPLING)
+    parser.add_argument(
+        "--num-samples",
+        type=int,
+        default=1,
+        metavar="N",
+        help="continue the prompt N times, one after the other (default: 1)",
+    )
     parser.add_argument("--seed", type=int, default=None, metavar="S", help="seed the sampling")
     parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if present)")
 
@@ -60,6 +68,8 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
 
     if bool(args.path) == bool(args.from_hf):
         raise GenerationError("give a run or checkpoint, or --from-hf DIR (one of them)")
+    if args.num_samples < 1:
+        raise GenerationError(f"--num-samples must be at least 1, got {args.num_samples}")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     stop = None
     if args.from_hf:
@@ -75,20 +85,26 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
     generator = None
     if args.seed is not None:
         generator = torch.Generator(device=device).manual_seed(args.seed)
-    pieces = stream_text(
-        model,
-        tokenizer,
-        args.prompt,
-        steps,
-        generator=generator,
-        stop=stop,
-        **options_from(args, SAMPLING),
-    )
-    first = next(pieces, "")  # bad prompts and options are reported before any output
-    out.write(args.prompt + first)
-    out.flush()
-    for piece in pieces:
-        out.write(piece)
+    for sample in range(args.num_samples):  # one generator: each sample continues its stream
+        pieces = stream_text(
+            model,
+            tokenizer,
+            args.prompt,
+            steps,
+            generator=generator,
+            stop=stop,
+            **options_from(args, SAMPLING),
+        )
+        first = next(pieces, "")  # bad prompts and options are reported before any output
+        if sample:
+            out.write(SAMPLE_SEPARATOR)
+        out.write(args.prompt + first)
         out.flush()
-    out.write("\n")
+        for piece in pieces:
+            out.write(piece)
+            out.flush()
+        out.write("\n")
     return 0
+
+
+SAMPLE_SEPARATOR = "---------------\n"  # between --num-samples samples, as nanoGPT prints

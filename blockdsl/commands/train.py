@@ -8,7 +8,7 @@ from typing import TextIO
 
 from blockdsl.commands.common import add_model_arguments, model_spec
 from blockdsl.commands.options import Option, add_options, options_from
-from blockdsl.errors import BlockDSLError
+from blockdsl.errors import BlockDSLError, ConfigError
 
 NAME = "train"
 HELP = "train a model on prepared data (metrics, checkpoints, exact resume)"
@@ -24,6 +24,8 @@ EXAMPLES = """\
 blockdsl data prepare stdlib --out data/stdlib
 blockdsl train tiny --data data/stdlib --out runs/tiny --set vocab=256 --set train.steps=200
 blockdsl train runs/tiny/config.toml --data data/stdlib --out runs/tiny --resume
+blockdsl train tiny --data data/stdlib --out runs/tiny-more --init runs/tiny \\
+    --set vocab=256 --set train.steps=400
 blockdsl train "Norm->Attn->+->Norm->MoE->+" --data data/stdlib --out runs/moe \\
     --set vocab=256 --set train.steps=200 --set optim.name=muon
 """
@@ -41,6 +43,34 @@ OPTIONS = (
         "refuse to start above this estimated peak (8GiB, 500MB; default: available)",
         TRAIN,
         metavar="SIZE",
+    ),
+    Option(
+        "--init",
+        "start from these weights: a model file, checkpoint or run directory, or hf:DIR "
+        "(init.json in RUN says what was copied)",
+        TRAIN,
+        metavar="SOURCE",
+    ),
+    Option(
+        "--init-allow-mismatch",
+        "a tensor of another shape than --init's keeps its fresh init (default: an error)",
+        TRAIN,
+        param="init_strict",
+        switch=False,
+    ),
+    Option(
+        "--init-optimizer",
+        "keep the optimizer state of the --init run (same parameters only)",
+        TRAIN,
+        param="init_optimizer",
+        switch=True,
+    ),
+    Option(
+        "--teacher",
+        "distil this model (model file, checkpoint or run directory, hf:DIR) into the new "
+        "one; [distill] weighs the terms",
+        TRAIN,
+        metavar="SOURCE",
     ),
     Option(
         "--quiet",
@@ -72,11 +102,20 @@ def _train(args: argparse.Namespace, out: TextIO) -> int:
     import blockdsl.train as training
     from blockdsl.config import load_config
     from blockdsl.train.distributed import detect_launch
+    from blockdsl.train.warmstart import HF_PREFIX
 
     spec, overrides = model_spec(args)
     load_config(spec, **overrides)  # configuration errors before anything else
+    options = options_from(args, OPTIONS)
+    if args.from_hf:  # the folder's weights, never a silent random init
+        if options.get("init") is not None:
+            raise ConfigError(
+                "give --from-hf DIR or --init SOURCE, not both",
+                hint="--from-hf DIR takes the folder's config and weights, as --init hf:DIR",
+            )
+        options["init"] = f"{HF_PREFIX}{args.from_hf}"
     try:
-        run = training.train(spec, **options_from(args, OPTIONS), **overrides)
+        run = training.train(spec, **options, **overrides)
     except BlockDSLError as exc:
         if getattr(exc, "raised_on_rank0", False):  # rank 0 prints it, once for all
             return 2

@@ -20,6 +20,7 @@ import blockdsl.checkpoint as runs
 from blockdsl.config import ModelConfig, load_config
 from blockdsl.errors import ConfigError
 from blockdsl.train import distributed
+from blockdsl.train.distill import resolve_distill
 from blockdsl.train.settings import TrainSettings, resolve
 from blockdsl.train.sources import open_source
 from blockdsl.train.trainer import Trainer, TrainingError, read_metrics
@@ -86,6 +87,10 @@ def train(
     max_memory: int | str | None = None,
     progress: bool | None = None,
     registry: Any = None,
+    init: str | os.PathLike | None = None,
+    init_strict: bool | None = None,
+    init_optimizer: bool | None = None,
+    teacher: str | os.PathLike | None = None,
     **overrides: Any,
 ) -> Run:
     """Train ``spec`` (anything ``build_model`` takes) on the prepared ``data`` directory,
@@ -94,9 +99,28 @@ def train(
     ``progress``: True a rich bar, False silent, None (default) a bar on a terminal and log
     lines otherwise. Returns the ``Run``. Under torchrun every rank calls it and trains its
     share (docs/distributed.md); rank 0 alone prints and writes. The run directory has one
-    owner: a second process training into it gets an error naming the first one's pid."""
+    owner: a second process training into it gets an error naming the first one's pid.
+    ``init`` (a model file, a checkpoint or run directory, or ``hf:DIR``) starts from those
+    weights, ``init_strict`` and ``init_optimizer`` as in ``[train]`` (docs/training.md,
+    "Starting from trained weights"); ``teacher`` (the same kinds of source) distils it into
+    the model, weighted by ``distill={...}`` (``[distill]``); given here they override the
+    config's ``[train]``."""
+    starting = {
+        "init": init,
+        "init_strict": init_strict,
+        "init_optimizer": init_optimizer,
+        "teacher": teacher,
+    }
+    starting = {
+        k: os.fspath(v) if k in ("init", "teacher") else v
+        for k, v in starting.items()
+        if v is not None
+    }
+    if starting:
+        overrides["train"] = {**overrides.get("train", {}), **starting}
     config = load_config(spec, **overrides)
     settings, optim = resolve(config)
+    resolve_distill(config)  # [distill]'s keys checked before anything starts
     source = open_source(data, settings.seed)  # --data task:NAME (blockdsl.tasks)
     source.fit(config, settings)
     launch = distributed.detect_launch()

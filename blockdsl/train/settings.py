@@ -46,6 +46,10 @@ class TrainSettings:
     target_accuracy: float | None = None  # --data task:...: stop once the test score reaches it
     strategy: str = "auto"  # under torchrun: auto | ddp | fsdp (docs/distributed.md)
     collective_timeout: float = 600.0  # under torchrun: seconds a collective may wait for a rank
+    init: str | None = None  # start from these weights: model file, step dir, run dir, hf:DIR
+    init_strict: bool = True  # false: a tensor of another shape keeps its fresh init
+    init_optimizer: bool = False  # init from a run with the same parameters: keep its optimizer
+    teacher: str | None = None  # distil from this model ([distill] weighs the loss's terms)
 
     @property
     def accumulation(self) -> int:
@@ -160,6 +164,14 @@ def _coerce(table: str, key: str, value: Any, default: Any, config: ModelConfig)
         if isinstance(value, bool) or value == "auto":
             return value
         raise bad('true, false or "auto"')
+    if key in ("init", "teacher"):
+        if not isinstance(value, str) or not value.strip():
+            raise bad("a path or hf:DIR")
+        return value
+    if key in ("init_strict", "init_optimizer"):
+        if not isinstance(value, bool):
+            raise bad("true or false")
+        return value
     if key == "max_memory":
         if value is None:
             return None
@@ -236,6 +248,19 @@ def _check(train: TrainSettings, optim: OptimSettings, config: ModelConfig) -> N
             f"a '{optim.schedule}' schedule needs the run's length: set [train] steps or "
             'tokens (time stops the run early), or use schedule = "constant"',
             "time",
+        )
+    if train.init_optimizer and train.init is None:
+        raise config.error(
+            "[train] init_optimizer keeps the optimizer state of the run named by [train] init, "
+            "but no init is set",
+            "init_optimizer",
+            hint="e.g. --init runs/previous --init-optimizer",
+        )
+    if config.distill and train.teacher is None:
+        raise config.error(
+            "[distill] weighs a distillation loss, but no [train] teacher is set",
+            "distill",
+            hint="e.g. --set train.teacher=runs/teacher",
         )
     if optim.min_lr > optim.lr:
         raise config.error(f"[optim] min_lr {optim.min_lr} is above lr {optim.lr}", "min_lr")

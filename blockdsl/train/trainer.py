@@ -40,11 +40,19 @@ from blockdsl.errors import BlockDSLError, BudgetError
 from blockdsl.model import ModelPlan, build_model
 from blockdsl.train import distributed, memory
 from blockdsl.train.autocompile import CompileChoice
+from blockdsl.train.distill import Distiller, resolve_distill
 from blockdsl.train.optim import build_optimizers, build_scheduler
 from blockdsl.train.settings import OptimSettings, TrainSettings, parse_bytes, to_tables
 from blockdsl.train.settings import total_steps as horizon_of
 from blockdsl.train.sources import DataSource
 from blockdsl.train.strategies import SingleProcess, check_muon, make_strategy
+from blockdsl.train.warmstart import (
+    INIT_REPORT,
+    InitReport,
+    initialize,
+    source_model,
+    source_state,
+)
 
 
 class TrainingError(BlockDSLError):
@@ -89,6 +97,9 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self.stop: list[int] = []
         self._owned = contextlib.ExitStack()
+        self.terms: dict[str, float] = {}
+        self.distiller: Distiller | None = None
+        self.init_report: InitReport | None = None  # what [train] init copied (init.json)
         self._fingerprint: dict[str, Any] | None = None
 
     # ================================================================ setup
@@ -102,20 +113,83 @@ class Trainer:
         built = build_model(
             self.config, device=self.parallel.build_device(self.device), registry=self.registry
         )
-        self.module = self.source.wrap_model(built).to(self.parallel.build_device(self.device))
         saved = runs.load_state(latest) if latest is not None else None
         if saved is not None:
             self._check_fingerprint(saved)
+        init_from = self._initialize(built) if saved is None and self.settings.init else None
+        self.module = self.source.wrap_model(built).to(self.parallel.build_device(self.device))
+        if saved is not None:
             self.parallel.load_whole(self.module, latest, saved, self.optim)
         self.model = self.parallel.wrap(self.module)
+        self.distiller = self._load_teacher() if self.settings.teacher else None
         self.optimizers = build_optimizers(self.model, self.optim)
         self.schedulers = [build_scheduler(o, self.optim, self.horizon) for o in self.optimizers]
         if saved is not None:
             self._restore(latest, saved)
-        elif self.group.main:
-            self._write_run_files()
+        else:
+            if init_from is not None and self.settings.init_optimizer:
+                self._keep_optimizer_state(*init_from)
+            if self.group.main:
+                self._write_run_files()
         self._open_metrics(saved)
         self._prepare_steps()
+
+    def _load_teacher(self) -> Distiller:
+        """``[train] teacher``: the model to distil from, on this device, frozen."""
+        teacher = source_model(str(self.settings.teacher)).to(self.device)
+        vocab = getattr(getattr(teacher, "config", None), "vocab", None)
+        if vocab is not None and vocab != self.config.vocab:
+            raise TrainingError(
+                f"the teacher {self.settings.teacher} has a vocab of {vocab}, the student "
+                f"{self.config.vocab}: their distributions cannot be compared",
+                hint="distil between models of one tokenizer and vocab",
+            )
+        return Distiller(teacher, self.module, resolve_distill(self.config))
+
+    def _initialize(self, model: nn.Module) -> tuple[InitReport, runs.Checkpoint | None]:
+        """Copy ``[train] init``'s weights into the new model (every rank, before wrapping);
+        the report is printed and, on rank 0, saved as ``init.json`` with the run files."""
+        source = str(self.settings.init)
+        source_model, checkpoint = source_state(source)
+        report = initialize(model, source_model, source, strict=self.settings.init_strict)
+        self.init_report = report
+        for line in report.lines():
+            self.progress.log(line)
+        return report, checkpoint
+
+    def _keep_optimizer_state(self, report: InitReport, checkpoint: runs.Checkpoint | None) -> None:
+        """``init_optimizer``: the init run's optimizer moments, this run's hyperparameters."""
+        source = self.settings.init
+        if checkpoint is None or not report.same_parameters:
+            why = "is not a run checkpoint" if checkpoint is None else "has other parameters"
+            raise TrainingError(
+                f"[train] init_optimizer: {source} {why}, so its optimizer state cannot be kept",
+                hint="drop --init-optimizer to start the optimizer afresh",
+            )
+        saved = runs.load_state(checkpoint)
+        states = saved.get("optimizers")
+        if (
+            saved.get("sharded")
+            or not isinstance(states, list)
+            or len(states) != len(self.optimizers)
+        ):
+            raise TrainingError(
+                f"[train] init_optimizer: {checkpoint.path} holds no optimizer state this run "
+                "can use (a sharded checkpoint, or another optimizer)",
+                hint="drop --init-optimizer to start the optimizer afresh",
+            )
+        for optimizer, state in zip(self.optimizers, states):
+            fresh = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+            try:
+                optimizer.load_state_dict(state)
+            except (ValueError, KeyError) as exc:
+                raise TrainingError(
+                    f"[train] init_optimizer: the optimizer state of {checkpoint.path} does not "
+                    f"fit this run ({exc})",
+                    hint="drop --init-optimizer to start the optimizer afresh",
+                ) from None
+            for group, settings in zip(optimizer.param_groups, fresh):
+                group.update(settings)  # lr, betas, weight decay: this run's, not the old one's
 
     def _plan_memory(self) -> None:
         """The strategy for this world and budget, and a refusal when training cannot fit."""
@@ -187,7 +261,7 @@ class Trainer:
                     "with other settings",
                     hint=f"resume with the run's own config ({self.run_dir / runs.CONFIG}) and "
                     "data; to train with the new settings, start a new run with a different "
-                    "--out",
+                    f"--out from its weights: --init {self.run_dir}",
                 )
 
     def fingerprint(self) -> dict[str, Any]:
@@ -206,6 +280,14 @@ class Trainer:
         values["seq_len"] = self.settings.seq_len
         for key, value in asdict(self.optim).items():
             values[f"optim.{key}"] = list(value) if isinstance(value, tuple) else value
+        if self.optim.schedule != "constant":  # the schedule spans the budget
+            values["steps"] = self.horizon
+        if self.settings.init is not None:
+            values["init"] = self.settings.init
+        if self.settings.teacher is not None:
+            values["teacher"] = self.settings.teacher
+            for key, value in resolve_distill(self.config).as_dict().items():
+                values[f"distill.{key}"] = value
         return values
 
     def _restore(self, latest: runs.Checkpoint, saved: dict[str, Any]) -> None:
@@ -228,6 +310,9 @@ class Trainer:
         if path is not None and (path / runs.TOKENIZER).is_file():
             shutil.copyfile(path / runs.TOKENIZER, run_dir / runs.TOKENIZER)
         write_atomic(run_dir / runs.DATA, json.dumps(self.source.meta, indent=2) + "\n")
+        report = self.init_report
+        if report is not None:
+            write_atomic(run_dir / INIT_REPORT, json.dumps(report.as_dict(), indent=2) + "\n")
 
     def _open_metrics(self, saved: dict[str, Any] | None) -> None:
         """Cut ``metrics.jsonl`` back to the checkpoint (the lines after it are done again);
@@ -285,20 +370,29 @@ class Trainer:
         )
         inputs, targets = inputs[self.rows].to(device), targets[self.rows].to(device)
         loss_sum = aux_sum = torch.zeros((), device=device)
+        distiller = self.distiller
+        names = distiller.term_names() if distiller is not None else []
+        term_sums = torch.zeros(len(names), device=device)
         for micro in range(self.accumulation):
             rows = slice(micro * settings.batch_size, (micro + 1) * settings.batch_size)
             last = micro == self.accumulation - 1
             with self.parallel.gradient_sync(self.model, last):
                 with self.autocast:
+                    if distiller is not None:
+                        teacher = distiller.teacher_logits(inputs[rows], targets[rows])
                     logits, loss, aux = self.chooser.forward(inputs[rows], targets[rows])
+                    if distiller is not None:
+                        loss, terms = distiller.loss(logits, loss, aux, teacher)
+                        term_sums = term_sums + torch.stack([terms[n] for n in names])
                 self.source.observe(logits.detach(), targets[rows])
                 (loss / self.accumulation).backward()
             loss_sum = loss_sum + loss.detach()
             aux_sum = aux_sum + aux.detach().float()
         limit = self.optim.grad_clip if self.optim.grad_clip > 0 else math.inf
         norm = distributed.full_value(torch.nn.utils.clip_grad_norm_(self.params, limit))
-        sums = self.group.sum(torch.stack([loss_sum.float(), aux_sum]))
+        sums = self.group.sum(torch.cat([torch.stack([loss_sum.float(), aux_sum]), term_sums]))
         shares = self.accumulation * self.group.world
+        self.terms = {f"distill_{n}": (v / shares).item() for n, v in zip(names, sums[2:])}
         loss_value = (sums[0] / shares).item()
         if not (math.isfinite(loss_value) and math.isfinite(norm.item())):
             kept = runs.checkpoints(self.run_dir)
@@ -411,6 +505,7 @@ class Trainer:
         }
         if self.has_aux:
             line["aux_loss"] = aux
+        line.update(self.terms)  # the distillation loss's terms, when there is a teacher
         final, reached = self._evaluate_if_due(line, ready)
         metrics.write(line)
         self.history.append(line)
@@ -579,8 +674,13 @@ def _describe_change(key: str, then: Any, now: Any) -> str:
     if key in ("model", "data", "tokenizer"):
         what = {"model": "the model", "data": "the data", "tokenizer": "the data's tokenizer"}
         return f"{what[key]} differs from the one the run was trained with"
-    table = "optim" if key.startswith("optim.") else "train"
-    name = key.removeprefix("optim.")
+    if key == "steps":
+        return (
+            f"[train] steps is {now!r}, but the run was trained with {then!r} and its learning-"
+            "rate schedule spans those (only a constant schedule's run may grow)"
+        )
+    table = key.split(".")[0] if key.startswith(("optim.", "distill.")) else "train"
+    name = key.split(".", 1)[-1]
     return f"[{table}] {name} is {now!r}, but the run was trained with {then!r}"
 
 
