@@ -27,7 +27,7 @@ def _cropped_reference(model, prompt: torch.Tensor, new: int) -> torch.Tensor:
     ids = prompt
     with torch.no_grad():
         for _ in range(new):
-            logits = model(ids[:, -CONTEXT:])[:, -1]
+            logits = model(ids[:, -CONTEXT:]).logits[:, -1]
             ids = torch.cat([ids, logits.argmax(-1, keepdim=True)], dim=1)
     return ids
 
