@@ -35,17 +35,7 @@ Prompts = torch.Tensor | Sequence[Sequence[int]] | Sequence[torch.Tensor]
 
 
 def generate(
-    model: LanguageModel,
-    idx: Prompts,
-    max_new_tokens: int,
-    *,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    greedy: bool = False,
-    stop: int | Iterable[int] | None = None,
-    generator: torch.Generator | None = None,
-    use_cache: bool = True,
+    model: LanguageModel, idx: Prompts, max_new_tokens: int, **options: Any
 ) -> torch.Tensor | list[torch.Tensor]:
     """Continue ``idx`` by up to ``max_new_tokens`` tokens.
 
@@ -53,36 +43,19 @@ def generate(
     lengths (lists of ids or 1-d tensors). Returns the prompts with their continuations: a
     tensor shaped like ``idx`` for a tensor (rows that stopped early are filled with the stop
     token they produced, and generation ends when every row has stopped), else a list of 1-d
-    tensors, each ending at its stop token.
-
-    Sampling: ``greedy`` (or ``temperature == 0``) takes the most likely token; otherwise the
-    logits are divided by ``temperature``, restricted to the ``top_k`` most likely tokens and
-    to the smallest set whose probability reaches ``top_p`` (nucleus), and sampled with
-    ``generator`` (seed it for reproducible samples). ``stop``: a token id or ids ending a
-    row. ``use_cache=False`` recomputes the prefix every step (the fallback, for comparison).
+    tensors, each ending at its stop token. ``options`` are ``stream``'s sampling options
+    (stated there once): ``temperature``, ``top_k``, ``top_p``, ``greedy``, ``stop``,
+    ``generator``, ``use_cache``.
     """
     prompts, as_tensor, squeeze = _prompts(idx)
-    steps = list(
-        stream(
-            model,
-            prompts,
-            max_new_tokens,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            greedy=greedy,
-            stop=stop,
-            generator=generator,
-            use_cache=use_cache,
-        )
-    )
+    steps = list(stream(model, prompts, max_new_tokens, **options))
     device = prompts[0].device
     new = torch.stack(steps, dim=1) if steps else torch.empty(len(prompts), 0, dtype=torch.long)
     new = new.to(device)
     if as_tensor:
         out = torch.cat([torch.stack(prompts), new], dim=1)
         return out[0] if squeeze else out
-    stops = _stop_ids(stop)
+    stops = _stop_ids(options.get("stop"))
     results = []
     for prompt, row in zip(prompts, new):
         ended = [i for i, token in enumerate(row.tolist()) if token in stops]
@@ -105,11 +78,18 @@ def stream(
     use_cache: bool = True,
     with_logits: bool = False,
 ) -> Iterator[Any]:
-    """Yield the next token of every prompt, ``(B,)``, one step at a time (``generate``'s
-    options); with ``with_logits``, ``(tokens, logits)`` where ``logits`` ``(B, vocab)``
-    (float32) are the model's scores the tokens were chosen from. A row that has produced a
-    stop token yields that token again; the stream ends after ``max_new_tokens`` steps or
-    when every row has stopped."""
+    """Yield the next token of every prompt, ``(B,)``, one step at a time; with
+    ``with_logits``, ``(tokens, logits)`` where ``logits`` ``(B, vocab)`` (float32) are the
+    model's scores the tokens were chosen from. A row that has produced a stop token yields
+    that token again; the stream ends after ``max_new_tokens`` steps or when every row has
+    stopped.
+
+    Sampling: ``greedy`` (or ``temperature == 0``) takes the most likely token; otherwise the
+    logits are divided by ``temperature``, restricted to the ``top_k`` most likely tokens and
+    to the smallest set whose probability reaches ``top_p`` (nucleus), and sampled with
+    ``generator`` (seed it for reproducible samples). ``stop``: a token id or ids ending a
+    row. ``use_cache=False`` recomputes the prefix every step (the fallback, for comparison).
+    """
     rows, _, _ = _prompts(prompts)
     _check_options(max_new_tokens, temperature, top_k, top_p, greedy, generator)
     stops = _stop_ids(stop)

@@ -309,36 +309,15 @@ class LanguageModel(nn.Module):
         states. Every tensor has the batch as dim 0."""
         return [block.init_state(batch_size, max_len) for block in self.blocks()]
 
-    def generate(
-        self,
-        idx: Any,
-        max_new_tokens: int,
-        *,
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        greedy: bool = False,
-        stop: Any = None,
-        generator: torch.Generator | None = None,
-        use_cache: bool = True,
-    ) -> Any:
+    def generate(self, idx: Any, max_new_tokens: int, **options: Any) -> Any:
         """Continue ``idx`` (a ``(B, T)`` tensor or a list of prompts of any lengths) by up to
         ``max_new_tokens`` tokens, with the decoding state when every component has one;
-        see ``blockdsl.generate.generate`` and docs/generation.md."""
+        ``options`` (``temperature``, ``top_k``, ``top_p``, ``greedy``, ``stop``,
+        ``generator``, ``use_cache``) as for ``blockdsl.generate.stream``; see
+        docs/generation.md."""
         from blockdsl.generate import generate
 
-        return generate(
-            self,
-            idx,
-            max_new_tokens,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            greedy=greedy,
-            stop=stop,
-            generator=generator,
-            use_cache=use_cache,
-        )
+        return generate(self, idx, max_new_tokens, **options)
 
     def _repr_html_(self) -> str:
         """Notebooks show the model's shape table (see ``ModelPlan._repr_html_``)."""

@@ -23,7 +23,7 @@ blockdsl generate runs/tiny --prompt "def " --num-samples 3 --seed 0
 blockdsl generate --from-hf ./SmolLM-135M --prompt "The capital of France is"
 """
 
-GENERATE = "blockdsl.generate:generate"
+GENERATE = "blockdsl.generate:stream"  # where the sampling options are stated
 SAMPLING = (
     Option("--temperature", "divide the logits by T", GENERATE, metavar="T"),
     Option("--top-k", "sample from the K most likely", GENERATE, metavar="K"),
