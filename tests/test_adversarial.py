@@ -442,6 +442,18 @@ def test_a_truncated_token_file_is_refused(data_dir: Path, tmp_path: Path) -> No
         TokenData(damaged)
 
 
+def test_a_swapped_tokenizer_is_refused(data_dir: Path, tmp_path: Path) -> None:
+    """The ids were made by one tokenizer; another in its place would train on garbage."""
+    from blockdsl.train.data import TokenData, char_tokenizer
+
+    swapped = tmp_path / "data"
+    shutil.copytree(data_dir, swapped)
+    TokenData(swapped)  # as prepared: accepted
+    char_tokenizer(set("the quick brown fox")).save(str(swapped / "tokenizer.json"))
+    with pytest.raises(BlockDSLError, match="not the tokenizer the data's tokens were made with"):
+        TokenData(swapped)
+
+
 def test_a_corrupt_compare_summary_is_a_blockdsl_error(tmp_path: Path) -> None:
     """compare reuses finished runs by reading their summary.json."""
     from blockdsl.compare import compare

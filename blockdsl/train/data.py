@@ -387,6 +387,8 @@ def prepare(
         "sources": [s.describe() for s in items],
     }
     tok.save(str(out / "tokenizer.json.tmp"))
+    # the ids mean something only with this tokenizer: bind it, so a swapped file is refused
+    meta["tokenizer_sha256"] = hashlib.sha256((out / "tokenizer.json.tmp").read_bytes()).hexdigest()
     for name in ("train.bin", "val.bin", "tokenizer.json"):
         os.replace(out / f"{name}.tmp", out / name)
     write_atomic(out / "meta.json", json.dumps(meta, indent=2) + "\n")
@@ -520,7 +522,23 @@ class TokenData:
             assert self.dtype in ("uint16", "uint32")
         except (ValueError, KeyError, TypeError, AssertionError):
             raise DataError(f"{meta_path} is not a blockdsl data meta.json") from None
+        self._check_tokenizer()
         self.splits = {name: self._map(name) for name in ("train", "val")}
+
+    def _check_tokenizer(self) -> None:
+        """The tokenizer.json beside the ids is the one they were made with (meta.json records
+        its SHA-256; directories prepared before that record are taken as they are)."""
+        expected = self.meta.get("tokenizer_sha256")
+        path = self.path / "tokenizer.json"
+        if expected is None or not path.is_file():
+            return
+        if hashlib.sha256(path.read_bytes()).hexdigest() != expected:
+            raise DataError(
+                f"{path} is not the tokenizer the data's tokens were made with (its SHA-256 "
+                "differs from the one meta.json records)",
+                hint="restore the original tokenizer.json, or prepare the data again with "
+                "the new one",
+            )
 
     def _map(self, split: str) -> torch.Tensor:
         path = self.path / f"{split}.bin"

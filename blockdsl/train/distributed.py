@@ -30,6 +30,7 @@ from __future__ import annotations
 import os
 import pickle
 import signal
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
@@ -92,6 +93,35 @@ def detect_launch(environ: Mapping[str, str] | None = None) -> Launch:
 
 
 # ==================================================================== the process group
+
+
+def _attempt_store(rank: int, world: int, timeout: timedelta) -> dict[str, Any]:
+    """The rendezvous store of this torchrun attempt, as ``init_process_group`` keywords.
+
+    After an elastic restart (``--max-restarts``) the store torchrun hands the workers may
+    still hold the dead attempt's keys, and gloo then connects to the dead ranks' addresses
+    (connection refused, or a hang). Keys under a prefix per attempt
+    (``TORCHELASTIC_RESTART_COUNT``) keep each attempt's set-up its own. Outside torchrun
+    (no ``MASTER_ADDR``): torch's default ``env://`` set-up."""
+    import torch.distributed as dist
+
+    address, port = os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT")
+    if not address or not port:
+        return {}
+    agent_hosts = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    store = dist.TCPStore(
+        host_name=address,
+        port=int(port),
+        world_size=world,
+        is_master=not agent_hosts and rank == 0,
+        timeout=timeout,
+        multi_tenant=not agent_hosts,
+    )
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    prefixed = dist.PrefixStore(f"blockdsl/attempt_{attempt}", store)
+    return {"store": prefixed, "rank": rank, "world_size": world}
+
+
 class Group:
     """The run's process group: ``with Group(launch, device, timeout) as group:``. Opens one
     for a distributed launch (unless the caller already did: then it is used and left open),
@@ -137,10 +167,11 @@ class Group:
             torch.cuda.set_device(self.device)
         if not dist.is_initialized():
             timeout = timedelta(seconds=self.timeout)
+            store = _attempt_store(self.rank, self.world, timeout)
             if self.backend == "nccl":
-                dist.init_process_group("nccl", timeout=timeout, device_id=self.device)
+                dist.init_process_group("nccl", timeout=timeout, device_id=self.device, **store)
             else:
-                dist.init_process_group("gloo", timeout=timeout)
+                dist.init_process_group("gloo", timeout=timeout, **store)
             self._opened = True
         if dist.get_world_size() != self.world or dist.get_rank() != self.rank:
             raise ConfigError(
@@ -292,7 +323,11 @@ def parallelize(model: nn.Module, strategy: str | None, group: Group, precision:
         ids = [device.index] if device.type == "cuda" else None
         # buffers (rotary tables, masks) are computed alike on every rank, never learned:
         # no broadcast of them before each forward
-        return DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
+        with warnings.catch_warnings():
+            # torch 2.13 deprecates broadcast_buffers; its replacement still syncs buffers at
+            # init, which rank-local buffers must not be: keep the old switch, quietly
+            warnings.filterwarnings("ignore", "`broadcast_buffers` is deprecated")
+            return DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     policy = MixedPrecisionPolicy()
