@@ -1,6 +1,6 @@
 """Small shared pieces of the wings (training, data, compare, search): atomic writes, the
-append-only JSONL files, saving a plot, and the progress reporter. One copy each, so that a
-fix (a permission, a warning, a terminal quirk) lands everywhere at once."""
+append-only JSONL files and the progress reporter (figures are ``blockdsl.plot``'s). One copy
+each, so that a fix (a permission, a warning, a terminal quirk) lands everywhere at once."""
 
 from __future__ import annotations
 
@@ -16,7 +16,6 @@ __all__ = [
     "JsonlWriter",
     "Progress",
     "read_jsonl",
-    "save_figure",
     "scan_jsonl",
     "write_atomic",
 ]
@@ -31,23 +30,6 @@ def write_atomic(path: str | os.PathLike, text: str) -> Path:
         tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, path)
     finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
-
-
-def save_figure(figure: Any, path: str | os.PathLike, dpi: int = 110) -> Path:
-    """Save a matplotlib ``figure`` atomically (a temporary file renamed into place) and close
-    it, so that pyplot keeps no reference to it."""
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{path.suffix}")
-    try:
-        figure.savefig(tmp, dpi=dpi)
-        os.replace(tmp, path)
-    finally:
-        plt.close(figure)
         if tmp.exists():
             tmp.unlink()
     return path

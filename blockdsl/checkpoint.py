@@ -303,6 +303,12 @@ def load(
     return model.eval()
 
 
+def read_config(path: str | os.PathLike) -> Any:
+    """The model config of what ``load(path)`` loads, from the file's header (or its run's
+    ``config.toml``): nothing is allocated (``blockdsl eval`` sizes its batches with it)."""
+    return _stored_config(locate(path))[0]
+
+
 def _stored_config(located: Located) -> tuple[Any, str, dict[str, str]]:
     """The model config of a located file: its own (a blockdsl model file), else its run's
     ``config.toml``; with a description of where it came from and the components' modules."""
@@ -920,6 +926,7 @@ __all__ = [
     "load_tokenizer",
     "load_weights",
     "locate",
+    "read_config",
     "read_metadata",
     "resolve",
     "run_is_empty",

@@ -26,10 +26,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from blockdsl._io import Progress, save_figure, write_atomic
+import blockdsl.plot as plot
+from blockdsl._io import Progress, write_atomic
 from blockdsl.checkpoint import run_lock
 from blockdsl.config import ModelConfig, list_presets, load_config
 from blockdsl.errors import BudgetError, ConfigError
+from blockdsl.plot import Curve
+from blockdsl.threads import cpu_threads
 from blockdsl.train.settings import parse_bytes
 from blockdsl.untrusted import read_json_object
 
@@ -287,13 +290,15 @@ def compare(
     max_memory: int | str | None = None,
     progress: bool | None = None,
     plot: bool = True,
+    threads: int | None = None,
     **overrides: Any,
 ) -> Comparison:
     """Train every variant of ``specs`` on ``data`` (a prepared directory or ``task:...``)
     for each seed and learning rate under one budget (``steps``, ``tokens`` or ``time``),
     writing runs, ``summary.csv``, ``summary.md`` and ``curves.png`` (with matplotlib) to
     ``out``. ``overrides`` set config keys of every variant (``d_model=64``,
-    ``train={"batch_size": 32}``). Returns the ``Comparison``."""
+    ``train={"batch_size": 32}``); ``threads``: torch's CPU threads while training (default:
+    torch's choice). Returns the ``Comparison``."""
     from blockdsl.tasks.data import open_task
     from blockdsl.train.data import TokenData
 
@@ -327,7 +332,7 @@ def compare(
     higher = task is not None
     out.mkdir(parents=True, exist_ok=True)
 
-    with run_lock(out):  # one process owns a comparison's directory
+    with run_lock(out), cpu_threads(threads):  # one process owns a comparison's directory
         results = _train_variants(
             variants, lr_grid, seeds, data_text, out, budget, max_memory, higher, progress
         )
@@ -662,45 +667,14 @@ def plot_curves(comparison: Comparison, path: Path) -> bool:
     """``curves.png``: loss and the metric against tokens and against wall time, one line per
     variant (its best learning rate, first seed). False when matplotlib is not installed
     (the ``plot`` extra) or when no variant has a curve to draw (nothing is written then)."""
-    drawn = [r for r in comparison.results if r.status == "ok" and r.runs]
-    if not drawn:
-        return False
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return False
     from blockdsl.train.trainer import read_metrics
 
-    fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
-    for result in drawn:
-        metrics = read_metrics(Path(result.runs[0]) / "metrics.jsonl")
-        tokens = [m["tokens"] for m in metrics]
-        elapsed = [m["elapsed"] for m in metrics]
-        loss = [m["loss"] for m in metrics]
-        evals = [m for m in metrics if comparison.metric in m]
-        for column, xs, eval_x in ((0, tokens, "tokens"), (1, elapsed, "elapsed")):
-            axes[0][column].plot(xs, loss, label=result.name, linewidth=1)
-            axes[1][column].plot(
-                [m[eval_x] for m in evals],
-                [m[comparison.metric] for m in evals],
-                marker="o",
-                markersize=3,
-                label=result.name,
-            )
-    for column, label in ((0, "tokens"), (1, "wall time (s)")):
-        axes[0][column].set_ylabel("training loss")
-        axes[1][column].set_ylabel(comparison.metric)
-        for row in (0, 1):
-            axes[row][column].set_xlabel(label)
-            axes[row][column].grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8)
-    fig.suptitle(comparison.data)
-    fig.tight_layout()
-    save_figure(fig, path)
-    return True
+    drawn = [r for r in comparison.results if r.status == "ok" and r.runs]
+    curves = [Curve(r.name, read_metrics(Path(r.runs[0]) / "metrics.jsonl")) for r in drawn]
+    metrics = ("loss",) if comparison.metric == "val_loss" else ("loss", comparison.metric)
+    return plot.plot_curves(
+        curves, path, metrics=metrics, axes=("tokens", "elapsed"), title=comparison.data
+    )
 
 
 class _CallableModule(types.ModuleType):

@@ -14,11 +14,13 @@ from blockdsl.commands import (
     export,
     fuzz,
     generate,
+    plot,
     presets,
     search,
     train,
 )
 from blockdsl.commands import compile as compile_
+from blockdsl.commands import eval as eval_
 
 # in the order `blockdsl --help` lists them
 COMMANDS = (
@@ -29,6 +31,8 @@ COMMANDS = (
     generate,
     fuzz,
     train,
+    eval_,
+    plot,
     data,
     compare,
     search,

@@ -56,6 +56,7 @@ OPTIONS = (
     Option("--base", "model for block strings", COMPARE, metavar="SPEC"),
     Option("--out", "runs and results", COMPARE, metavar="DIR", default="runs/compare"),
     Option("--no-plot", "do not write curves.png", COMPARE),
+    Option("--threads", "torch's CPU threads (default: torch's choice)", COMPARE, metavar="N"),
     Option("--quiet", "print only the table", COMPARE, param="progress", switch=False),
 )
 

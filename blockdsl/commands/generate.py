@@ -19,7 +19,7 @@ EXAMPLES = """\
 blockdsl generate runs/tiny --prompt "Once upon a time"
 blockdsl generate runs/tiny/checkpoints/step_0000200 --prompt "def " --greedy
 blockdsl generate runs/tiny --prompt "The" --temperature 0.8 --top-k 50 --top-p 0.95 --seed 0
-blockdsl generate runs/tiny --prompt "def " --num-samples 3 --seed 0
+blockdsl generate runs/tiny --prompt "def " --num-samples 3 --seed 0 --threads 1
 blockdsl generate --from-hf ./SmolLM-135M --prompt "The capital of France is"
 """
 
@@ -58,9 +58,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--seed", type=int, default=None, metavar="S", help="seed the sampling")
     parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if present)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        metavar="N",
+        help="torch's CPU threads (default: torch's choice; 1 is often faster for small models "
+        "on a shared machine, see docs/training.md)",
+    )
 
 
 def run(args: argparse.Namespace, out: TextIO) -> int:
+    from blockdsl.threads import cpu_threads
+
+    with cpu_threads(args.threads):
+        return _generate(args, out)
+
+
+def _generate(args: argparse.Namespace, out: TextIO) -> int:
     import torch
 
     from blockdsl import checkpoint

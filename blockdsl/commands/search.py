@@ -100,6 +100,12 @@ OPTIONS = (
     Option("--storage", "Optuna storage (default: DIR/study.db)", SEARCH, metavar="URL"),
     Option("--study", "the study's name", SEARCH, metavar="NAME"),
     Option("--no-plot", "do not write front.png", SEARCH),
+    Option(
+        "--threads",
+        "torch's CPU threads per worker (default: torch's choice; 1 with several --workers)",
+        SEARCH,
+        metavar="N",
+    ),
     Option("--quiet", "print only the front", SEARCH, param="progress", switch=False),
 )
 TOP = Option(

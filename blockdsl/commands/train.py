@@ -14,16 +14,18 @@ NAME = "train"
 HELP = "train a model on prepared data (metrics, checkpoints, exact resume)"
 DESCRIPTION = (
     "Train SPEC on a prepared data directory, writing the run to --out: config.toml, "
-    "metrics.jsonl, checkpoints, summary.json. Settings come from the [train] and [optim] "
-    "tables (--set train.steps=200 --set optim.lr=1e-3). SIGINT or SIGTERM saves a checkpoint "
-    "and stops (exit 128+signal); --resume continues exactly. Under torchrun (torchrun "
-    "--nproc_per_node=N -m blockdsl train ...) it trains with DDP or FSDP2 ([train] strategy). "
-    "See docs/training.md and docs/distributed.md."
+    "metrics.jsonl, curves.png (with matplotlib), checkpoints, summary.json. Settings come "
+    "from the [train] and [optim] tables (--set train.steps=200 --set optim.lr=1e-3). SIGINT "
+    "or SIGTERM saves a checkpoint and stops (exit 128+signal); --resume continues exactly. "
+    "Under torchrun (torchrun --nproc_per_node=N -m blockdsl train ...) it trains with DDP or "
+    "FSDP2 ([train] strategy). See docs/training.md and docs/distributed.md."
 )
 EXAMPLES = """\
 blockdsl data prepare stdlib --out data/stdlib
 blockdsl train tiny --data data/stdlib --out runs/tiny --set vocab=256 --set train.steps=200
 blockdsl train runs/tiny/config.toml --data data/stdlib --out runs/tiny --resume
+blockdsl train tiny --data data/stdlib --out runs/tiny-1t --set vocab=256 \\
+    --set train.steps=200 --threads 1 --set 'train.log=["jsonl","tensorboard"]'
 blockdsl train tiny --data data/stdlib --out runs/tiny-more --init runs/tiny \\
     --set vocab=256 --set train.steps=400
 blockdsl train "Norm->Attn->+->Norm->MoE->+" --data data/stdlib --out runs/moe \\
@@ -72,6 +74,14 @@ OPTIONS = (
         TRAIN,
         metavar="SOURCE",
     ),
+    Option(
+        "--threads",
+        "torch's CPU threads (default: torch's choice, one per core; fewer can be faster on "
+        "a shared machine, see docs/training.md)",
+        TRAIN,
+        metavar="N",
+    ),
+    Option("--no-plot", "do not write curves.png at each evaluation", TRAIN, switch=False),
     Option(
         "--quiet",
         "no progress bar or log lines (metrics still kept)",

@@ -27,11 +27,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from blockdsl._io import save_figure
+import blockdsl.plot as plot
+from blockdsl.plot import ScatterPanel
 from blockdsl.search.evolution import OBJECTIVES, Member, pareto_front
 from blockdsl.search.space import MUTATIONS, SearchSpace, canonical
 from blockdsl.search.study import SearchError, SearchSettings, Study, check_inputs
 from blockdsl.search.workers import WorkerStats, run_worker, run_workers
+from blockdsl.threads import cpu_threads
 
 
 def default_storage(out: str | os.PathLike) -> str:
@@ -186,11 +188,14 @@ def search(
     progress: bool | None = None,
     plot: bool = True,
     rng_seed: int | None = None,
+    threads: int | None = None,
     **overrides: Any,
 ) -> SearchReport:
     """Run (or resume) a search until the study holds ``trials`` trained candidates; returns
     its ``SearchReport``. ``overrides`` set config keys of every candidate as in
-    ``blockdsl.compare`` (``d_model=64``, ``layers="block*2"``, ``train={...}``)."""
+    ``blockdsl.compare`` (``d_model=64``, ``layers="block*2"``, ``train={...}``).
+    ``threads``: torch's CPU threads of each worker (default: torch's choice in this
+    process, one in each of several worker processes)."""
     out = Path(out)
     storage = storage or default_storage(out)
     settings = SearchSettings(
@@ -223,7 +228,7 @@ def search(
     out.mkdir(parents=True, exist_ok=True)
     opened = Study(settings, storage=storage, name=study)
     started = time.perf_counter()
-    with _Live(progress, opened) as live:
+    with _Live(progress, opened) as live, cpu_threads(threads):
         if workers <= 1:
             stats = run_worker(
                 settings,
@@ -244,6 +249,7 @@ def search(
                 trials=trials,
                 on_event=live.event,
                 poll=live.poll,
+                threads=threads,
             )
     result = report(opened, stats, time.perf_counter() - started)
     if not result.front:
@@ -335,61 +341,24 @@ class _Live:
 def plot_front(result: SearchReport, path: Path) -> bool:
     """``front.png``: every trained candidate's metric against its parameters (and state per
     token), the front joined and the seeds marked. False without matplotlib (the plot extra)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return False
     if not result.members:
         return False
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
     front = {m.number for m in result.front}
-    for ax, attr, label in ((axes[0], "params", "parameters"), (axes[1], "state", "state/token")):
-        others = [m for m in result.members if m.number not in front]
-        ax.scatter(
-            [getattr(m, attr) for m in others],
-            [m.metric for m in others],
-            s=14,
-            color="0.6",
-            label="trained",
-        )
+    panels = []
+    for attr, label in (("params", "parameters"), ("state", "state/token")):
+
+        def points(members: Sequence[Member], attr: str = attr) -> list[tuple[float, float]]:
+            return [(getattr(m, attr), m.metric) for m in members]
+
         # the two-objective front of this panel (metric against this axis) as a staircase
         plane = sorted(pareto_front(result.members, ("metric", attr)), key=lambda m: m.score(attr))
-        ax.step(
-            [getattr(m, attr) for m in plane],
-            [m.metric for m in plane],
-            where="post",
-            color="C0",
-            linewidth=1,
-            label=f"front (metric, {label})",
+        others = [m for m in result.members if m.number not in front]
+        panels.append(
+            ScatterPanel(
+                label, points(others), points(plane), points(result.front), points(result.seeds)
+            )
         )
-        ax.scatter(
-            [getattr(m, attr) for m in result.front],
-            [m.metric for m in result.front],
-            s=36,
-            color="C0",
-            label="front (all objectives)",
-            zorder=3,
-        )
-        ax.scatter(
-            [getattr(m, attr) for m in result.seeds],
-            [m.metric for m in result.seeds],
-            marker="s",
-            s=50,
-            color="C3",
-            label="seeds",
-            zorder=4,
-        )
-        ax.set_xlabel(label)
-        ax.set_ylabel("metric")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.suptitle(result.settings.data)
-    fig.tight_layout()
-    save_figure(fig, path)
-    return True
+    return plot.plot_front(panels, path, title=result.settings.data)
 
 
 __all__ = [

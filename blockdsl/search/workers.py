@@ -247,6 +247,11 @@ def _worker_main(payload: dict[str, Any], queue: Any) -> None:
     import os
 
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    threads = payload.pop("threads", None)
+    if threads is not None:  # --threads: this worker's torch threads
+        import torch
+
+        torch.set_num_threads(threads)
     settings = SearchSettings.from_dict(payload.pop("settings"))
     try:
         stats: WorkerStats | str = run_worker(settings, on_event=queue.put, **payload)

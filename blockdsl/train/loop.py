@@ -19,8 +19,10 @@ from torch import nn
 import blockdsl.checkpoint as runs
 from blockdsl.config import ModelConfig, load_config
 from blockdsl.errors import ConfigError
+from blockdsl.threads import cpu_threads
 from blockdsl.train import distributed
 from blockdsl.train.distill import resolve_distill
+from blockdsl.train.loggers import check_available
 from blockdsl.train.settings import TrainSettings, resolve
 from blockdsl.train.sources import open_source
 from blockdsl.train.trainer import Trainer, TrainingError, read_metrics
@@ -91,6 +93,8 @@ def train(
     init_strict: bool | None = None,
     init_optimizer: bool | None = None,
     teacher: str | os.PathLike | None = None,
+    threads: int | None = None,
+    plot: bool | None = None,
     **overrides: Any,
 ) -> Run:
     """Train ``spec`` (anything ``build_model`` takes) on the prepared ``data`` directory,
@@ -103,13 +107,16 @@ def train(
     ``init`` (a model file, a checkpoint or run directory, or ``hf:DIR``) starts from those
     weights, ``init_strict`` and ``init_optimizer`` as in ``[train]`` (docs/training.md,
     "Starting from trained weights"); ``teacher`` (the same kinds of source) distils it into
-    the model, weighted by ``distill={...}`` (``[distill]``); given here they override the
-    config's ``[train]``."""
+    the model, weighted by ``distill={...}`` (``[distill]``); ``threads`` (torch's CPU
+    threads during the run, restored after it) and ``plot`` (``curves.png`` at each
+    evaluation) likewise; given here they override the config's ``[train]``."""
     starting = {
         "init": init,
         "init_strict": init_strict,
         "init_optimizer": init_optimizer,
         "teacher": teacher,
+        "threads": threads,
+        "plot": plot,
     }
     starting = {
         k: os.fspath(v) if k in ("init", "teacher") else v
@@ -121,13 +128,17 @@ def train(
     config = load_config(spec, **overrides)
     settings, optim = resolve(config)
     resolve_distill(config)  # [distill]'s keys checked before anything starts
+    check_available(settings.log)
     source = open_source(data, settings.seed)  # --data task:NAME (blockdsl.tasks)
     source.fit(config, settings)
     launch = distributed.detect_launch()
     if launch.distributed:
         _check_distributed(config, settings, launch.world_size)
     device = _device(settings.device, launch)
-    with distributed.Group(launch, device, settings.collective_timeout) as group:
+    with (
+        cpu_threads(settings.threads, "[train] threads"),
+        distributed.Group(launch, device, settings.collective_timeout) as group,
+    ):
         trainer = Trainer(
             config,
             settings,

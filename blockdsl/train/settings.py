@@ -8,6 +8,7 @@ model's tables. ``docs/training.md`` documents every key (the test suite checks 
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from dataclasses import asdict, dataclass, fields
@@ -15,12 +16,14 @@ from typing import Any
 
 from blockdsl.config import ModelConfig, _valid_hint
 from blockdsl.errors import ConfigError
+from blockdsl.threads import MAX_THREADS
 
 PRECISIONS = ("float32", "bfloat16")
 OPTIMIZERS = ("adamw", "muon")
 SCHEDULES = ("cosine", "wsd", "constant")
 DEVICES = ("auto", "cpu", "cuda")
 STRATEGIES = ("auto", "ddp", "fsdp")
+LOGGERS = ("jsonl", "tensorboard", "wandb")
 
 
 @dataclass
@@ -50,6 +53,9 @@ class TrainSettings:
     init_strict: bool = True  # false: a tensor of another shape keeps its fresh init
     init_optimizer: bool = False  # init from a run with the same parameters: keep its optimizer
     teacher: str | None = None  # distil from this model ([distill] weighs the loss's terms)
+    threads: int | None = None  # CPU threads for torch (default: torch's choice, one per core)
+    log: tuple[str, ...] = ("jsonl",)  # where metrics go: jsonl (always), tensorboard, wandb
+    plot: bool = True  # write curves.png at each evaluation (needs matplotlib)
 
     @property
     def accumulation(self) -> int:
@@ -168,7 +174,13 @@ def _coerce(table: str, key: str, value: Any, default: Any, config: ModelConfig)
         if not isinstance(value, str) or not value.strip():
             raise bad("a path or hf:DIR")
         return value
-    if key in ("init_strict", "init_optimizer"):
+    if key == "threads":
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_THREADS:
+            raise bad(f"a whole number of threads from 1 to {MAX_THREADS}")
+        return value
+    if key == "log":
+        return _loggers(value, where, config)
+    if key in ("init_strict", "init_optimizer", "plot"):
         if not isinstance(value, bool):
             raise bad("true or false")
         return value
@@ -191,6 +203,29 @@ def _coerce(table: str, key: str, value: Any, default: Any, config: ModelConfig)
             hint=_valid_hint(str(value), choices, "valid values"),
         )
     return value
+
+
+def _loggers(value: Any, where: str, config: ModelConfig) -> tuple[str, ...]:
+    """``[train] log``: a list of loggers, "jsonl" among them (metrics.jsonl is the run's own
+    record: resume, plots and compare read it)."""
+    names = [value] if isinstance(value, str) else value
+    if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
+        raise config.error(f"{where} must be a list of loggers, got {value!r}", "log")
+    for name in names:
+        if name not in LOGGERS:
+            raise config.error(
+                f"{where}: unknown logger {name!r}",
+                "log",
+                hint=_valid_hint(name, LOGGERS, "loggers"),
+            )
+    if "jsonl" not in names:
+        raise config.error(
+            f'{where} must keep "jsonl": metrics.jsonl is the run\'s record (resume, plots, '
+            "compare and eval read it)",
+            "log",
+            hint=f"log = {json.dumps(['jsonl', *names])}",
+        )
+    return tuple(dict.fromkeys(names))
 
 
 #: the largest memory budget accepted: 1 EiB, far above any machine
@@ -279,6 +314,7 @@ def total_steps(train: TrainSettings) -> int | None:
 
 
 __all__ = [
+    "LOGGERS",
     "OptimSettings",
     "TrainSettings",
     "parse_bytes",

@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 import blockdsl.checkpoint as runs
+import blockdsl.plot as plot
 from blockdsl._io import JsonlWriter, Progress, read_jsonl, scan_jsonl, write_atomic
 from blockdsl.config import ModelConfig, load_config
 from blockdsl.errors import BlockDSLError, BudgetError
@@ -41,6 +42,7 @@ from blockdsl.model import ModelPlan, build_model
 from blockdsl.train import distributed, memory
 from blockdsl.train.autocompile import CompileChoice
 from blockdsl.train.distill import Distiller, resolve_distill
+from blockdsl.train.loggers import Loggers
 from blockdsl.train.optim import build_optimizers, build_scheduler
 from blockdsl.train.settings import OptimSettings, TrainSettings, parse_bytes, to_tables
 from blockdsl.train.settings import total_steps as horizon_of
@@ -132,6 +134,7 @@ class Trainer:
             if self.group.main:
                 self._write_run_files()
         self._open_metrics(saved)
+        self._open_loggers()
         self._prepare_steps()
 
     def _load_teacher(self) -> Distiller:
@@ -327,6 +330,27 @@ class Trainer:
             if m["step"] <= self.counters.step
         ]
 
+    def _open_loggers(self) -> None:
+        """``[train] log``'s loggers beyond metrics.jsonl (rank 0), told where a resume
+        continues, with the resolved configuration as their hyperparameters."""
+        tables = self.config.to_dict()
+        tables["train"], tables["optim"] = to_tables(self.settings, self.optim)
+        self.loggers = Loggers(
+            self.settings.log,
+            self.run_dir,
+            tables,
+            resumed_at=self.counters.step if self.resume else None,
+            enabled=self.group.main,
+        )
+        self._owned.callback(self.loggers.close)
+
+    def _plot(self) -> None:
+        """``curves.png`` in the run directory, redrawn at each evaluation (rank 0, when
+        ``[train] plot`` and matplotlib is installed)."""
+        if self.settings.plot and self.group.main:
+            curve = plot.Curve(self.run_dir.name, self.history)
+            plot.plot_curves([curve], self.run_dir / PLOT, title=str(self.run_dir))
+
     def _prepare_steps(self) -> None:
         """What every step reuses: micro-batch rows, autocast, validation batches, compile."""
         settings, group = self.settings, self.group
@@ -508,7 +532,11 @@ class Trainer:
         line.update(self.terms)  # the distillation loss's terms, when there is a teacher
         final, reached = self._evaluate_if_due(line, ready)
         metrics.write(line)
+        self.loggers.write(line)
         self.history.append(line)
+        if "val_loss" in line:
+            self.loggers.flush()
+            self._plot()
         self._report(line)
         periodic = settings.save_every and counters.step % settings.save_every == 0
         if final or reached or self.stop or periodic:
@@ -599,6 +627,8 @@ class Trainer:
             "final_val_loss": evaluated["val_loss"] if evaluated else None,
             "final_val_loss_step": evaluated["step"] if evaluated else None,
             "device": str(self.device),
+            "threads": torch.get_num_threads(),
+            "log": list(settings.log),
             "precision": settings.precision,
             "distributed": None
             if name is None
@@ -625,6 +655,7 @@ class Trainer:
 
 
 # ==================================================================== helpers
+PLOT = "curves.png"  # RUN/curves.png: the run's curves, redrawn at each evaluation
 _MEASURED_CUDA = "torch.cuda.max_memory_allocated"
 _MEASURED_CPU = "torch.profiler allocator events (profile_memory) over one step + live tensors"
 
@@ -632,7 +663,7 @@ _MEASURED_CPU = "torch.profiler allocator events (profile_memory) over one step 
 def read_metrics(path: Path, report: Any = None) -> list[dict[str, Any]]:
     """The step records of a ``metrics.jsonl``: a damaged line is reported (``report``, else
     a warning) and skipped, a line cut short by a kill dropped."""
-    return [m for m in read_jsonl(path, report=report) if isinstance(m.get("step"), int)]
+    return plot.step_records(read_jsonl(path, report=report))
 
 
 def _cut_metrics(path: Path, saved: dict[str, Any]) -> None:
