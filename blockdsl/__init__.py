@@ -79,11 +79,12 @@ _LAZY = {
 def __getattr__(name: str):
     """``blockdsl.hf`` (Hugging Face import) is loaded on first use, never by ``import
     blockdsl``; it imports the optional ``transformers`` only inside its functions. So are
-    ``save``, ``load`` and ``trace`` (see ``_LAZY``), and ``blockdsl.train`` (a callable package:
-    ``blockdsl.train(spec, data=..., out=...)``)."""
+    ``save``, ``load`` and ``trace`` (see ``_LAZY``), ``blockdsl.train`` (a callable package:
+    ``blockdsl.train(spec, data=..., out=...)``), ``blockdsl.compare`` and ``blockdsl.evaluate``
+    (callable modules: ``blockdsl.evaluate(["runs/a"], data=...)``)."""
     import importlib
 
-    if name in ("hf", "train", "compare"):  # train and compare are callable modules
+    if name in ("hf", "train", "compare", "evaluate"):  # all but hf are callable modules
         return importlib.import_module(f"blockdsl.{name}")
     if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name]), name)

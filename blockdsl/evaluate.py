@@ -25,6 +25,8 @@ import io
 import json
 import math
 import os
+import sys
+import types
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -329,7 +331,7 @@ def _check_fits(name: str, path: Path, config: Any, source: Any, top_k: int) -> 
         raise EvaluationError(
             f"the model {name!r} has a vocab of {config.vocab:,} but the data's tokenizer has "
             f"{source.vocab:,} tokens: it was trained on other data",
-            hint="evaluate a model on the data (or a data of the tokenizer) it was trained on",
+            hint="score a model on data prepared with the tokenizer it was trained with",
         )
     if top_k > config.vocab:
         raise EvaluationError(
@@ -445,3 +447,14 @@ def _score(
     accuracy = source.score(model, device).get("accuracy")
     scores.accuracy = accuracy
     return scores
+
+
+class _CallableModule(types.ModuleType):
+    """``blockdsl.evaluate(...)`` calls ``evaluate`` whether ``blockdsl.evaluate`` names this
+    module (once imported, Python binds the package attribute to it) or the function."""
+
+    def __call__(self, models: Sequence[str | os.PathLike], **kwargs: Any) -> Evaluation:
+        return evaluate(models, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
