@@ -18,6 +18,7 @@ Run it without ``OMP_NUM_THREADS`` set (that would make the default one thread t
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import statistics
@@ -66,7 +67,7 @@ def train_tokens_per_s(data: Path, out: Path, threads: int | None, args: argpars
         **MODEL,
     )
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    times = [b["elapsed"] - a["elapsed"] for a, b in zip(lines, lines[1:])][args.warmup :]
+    times = [b["elapsed"] - a["elapsed"] for a, b in itertools.pairwise(lines)][args.warmup :]
     return run.summary["threads"], 8 * 128 / statistics.median(times)
 
 
