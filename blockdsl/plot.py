@@ -92,14 +92,17 @@ def plot_curves(
     metrics: Sequence[str] = tuple(METRICS),
     axes: Sequence[str] = tuple(AXES),
     title: str = "",
+    dpi: int = 110,
 ) -> bool:
     """Draw ``metrics`` (rows) against ``axes`` (columns) for every curve, one colour per
-    curve, and save the PNG at ``path``. False (nothing written) without matplotlib or when no
-    curve has a record."""
+    curve, and save the PNG at ``path`` (``dpi`` dots per inch). False (nothing written)
+    without matplotlib or when no curve has a record."""
     plt = pyplot()
     drawn = [c for c in curves if c.metrics]
     if plt is None or not drawn:
         return False
+    from matplotlib.ticker import EngFormatter
+
     figure, grid = plt.subplots(
         len(metrics), len(axes), figsize=(4.2 * len(axes), 2.9 * len(metrics)), squeeze=False
     )
@@ -112,6 +115,8 @@ def plot_curves(
         for column, axis in enumerate(axes):
             ax = grid[row][column]
             ax.set_xlabel(AXES.get(axis, axis))
+            if axis == "tokens":  # 600k, not 600000 running into its neighbour
+                ax.xaxis.set_major_formatter(EngFormatter())
             ax.set_ylabel(METRICS.get(metric, metric))
             ax.grid(alpha=0.3)
             if metric == "lr":
@@ -120,7 +125,7 @@ def plot_curves(
     if title:
         figure.suptitle(title)
     figure.tight_layout()
-    save_figure(figure, path)
+    save_figure(figure, path, dpi=dpi)
     return True
 
 
@@ -143,9 +148,11 @@ def _draw(ax: Any, curve: Curve, metric: str, axis: str, colour: str) -> None:
             [m["val_loss"] for m in evaluated],
             color=colour,
             marker="o",
-            markersize=3,
-            linestyle="--",
-            linewidth=0.8,
+            markersize=4,
+            markerfacecolor="white",
+            linestyle=":",
+            linewidth=1.2,
+            zorder=3,  # above the noisier training loss
         )
         return
     sparse = len(every_step) < len(records)

@@ -329,3 +329,24 @@ def test_the_commands_take_threads(capsys, two_runs, tmp_path):
     assert capsys.readouterr().out.startswith("def")
     assert main(["generate", str(two_runs[0]), "--prompt", "x", "--threads", "0"]) == 2
     assert "--threads must be a whole number" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # prepares data and trains the examples' runs
+@pytest.mark.parametrize("name", ["eval", "plot"])
+def test_eval_and_plot_examples_run_as_printed(capsys, tmp_path, monkeypatch, name):
+    """The --help examples of eval and plot, run in order; the data they prepare is this
+    package's source instead of the whole standard library (the same command otherwise)."""
+    from tests.test_cli_examples import examples_in, help_text
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("COLUMNS", "120")
+    for argv in examples_in(help_text(capsys, name)):
+        if argv[:2] == ["data", "prepare"]:
+            argv = [*argv[:2], str(ROOT / "blockdsl"), "--glob", "*.py", *argv[3:]]
+        code = main(argv)
+        captured = capsys.readouterr()
+        assert code == 0, f"blockdsl {' '.join(argv)}: {captured.err}"
+    if name == "plot":
+        assert (tmp_path / "curves.png").stat().st_size > 10_000
+    else:
+        assert (tmp_path / "runs" / "eval" / "eval.csv").is_file()

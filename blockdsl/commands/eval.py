@@ -21,10 +21,11 @@ DESCRIPTION = (
 )
 EXAMPLES = """\
 blockdsl data prepare stdlib --out data/stdlib
-blockdsl train tiny --data data/stdlib --out runs/tiny --set vocab=256 --set train.steps=20
-blockdsl eval runs/tiny --data data/stdlib
-blockdsl eval first=runs/tiny/checkpoints/step_0000020 runs/tiny --data data/stdlib \\
-    --split train --batches 4 --top-k 10 --threads 1 --out runs/eval
+blockdsl train tiny --data data/stdlib --out runs/tiny --set vocab=256 --set train.steps=10 \\
+    --set train.seq_len=64 --set train.save_every=5
+blockdsl eval runs/tiny --data data/stdlib --seq-len 64
+blockdsl eval early=runs/tiny/checkpoints/step_0000005 runs/tiny --data data/stdlib \\
+    --seq-len 64 --split train --batches 4 --top-k 10 --threads 1 --out runs/eval
 """
 
 EVALUATE = "blockdsl.evaluate:evaluate"

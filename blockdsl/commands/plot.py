@@ -17,9 +17,10 @@ DESCRIPTION = (
 )
 EXAMPLES = """\
 blockdsl data prepare stdlib --out data/stdlib
-blockdsl train tiny --data data/stdlib --out runs/tiny --set vocab=256 --set train.steps=20
-blockdsl train tiny --data data/stdlib --out runs/tiny-1t --set vocab=256 \\
-    --set train.steps=20 --threads 1
+blockdsl train tiny --data data/stdlib --out runs/tiny --set vocab=256 --set train.steps=10 \\
+    --set train.seq_len=64
+blockdsl train tiny --data data/stdlib --out runs/tiny-1t --set vocab=256 --set train.steps=10 \\
+    --set train.seq_len=64 --threads 1
 blockdsl plot runs/tiny runs/tiny-1t --labels default,one-thread --out curves.png
 """
 
