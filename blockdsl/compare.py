@@ -541,6 +541,7 @@ def _run(
         resume=run_dir.is_dir(),
         max_memory=max_memory,
         progress=False,
+        plot=False,  # the comparison draws every variant in its own curves.png
     )
     if run.interrupted:
         raise KeyboardInterrupt

@@ -607,7 +607,14 @@ def train_candidate(
             hurdle_score = _accuracy_at(read_metrics(run_dir / "metrics.jsonl"), settings.hurdle)
             if hurdle_score is None:
                 early = load_config(config, train={**config.train, "steps": settings.hurdle})
-                run = train(early, data=data, out=run_dir, resume=run_dir.is_dir(), progress=False)
+                run = train(
+                    early,
+                    data=data,
+                    out=run_dir,
+                    resume=run_dir.is_dir(),
+                    progress=False,
+                    plot=False,  # a candidate's curves would cost more than they tell
+                )
                 if run.interrupted:
                     raise KeyboardInterrupt
                 hurdle_score = _accuracy_at(run.metrics, settings.hurdle)
@@ -619,7 +626,9 @@ def train_candidate(
                     reason=f"{hurdle_score:.4f} below the median {median:.4f} at step "
                     f"{settings.hurdle}",
                 )
-        run = train(config, data=data, out=run_dir, resume=run_dir.is_dir(), progress=False)
+        run = train(
+            config, data=data, out=run_dir, resume=run_dir.is_dir(), progress=False, plot=False
+        )
         if run.interrupted:
             raise KeyboardInterrupt
     except DataError:
