@@ -350,3 +350,39 @@ def test_eval_and_plot_examples_run_as_printed(capsys, tmp_path, monkeypatch, na
         assert (tmp_path / "curves.png").stat().st_size > 10_000
     else:
         assert (tmp_path / "runs" / "eval" / "eval.csv").is_file()
+
+
+def test_the_search_front_is_drawn_by_the_plotting_module(tmp_path, monkeypatch):
+    """search's front.png goes through blockdsl.plot (one plotting module): every member is a
+    point, the two-objective staircase is the front of metric and that panel's axis."""
+    from types import SimpleNamespace
+
+    from blockdsl.search import plot_front
+    from blockdsl.search.evolution import Member, pareto_front
+
+    members = [
+        Member("a", 0.5, 100, 10.0, number=0),
+        Member("b", 0.9, 300, 5.0, number=1),
+        Member("c", 0.7, 200, 20.0, number=2),
+        Member("d", 0.4, 400, 40.0, number=3),
+    ]
+    front = pareto_front(members, ("metric", "params", "state"))
+    report = SimpleNamespace(
+        members=members, front=front, seeds=members[:1], settings=SimpleNamespace(data="task:x")
+    )
+    panels = []
+    real = plot.plot_front
+
+    def spy(drawn, path, title=""):
+        panels.extend(drawn)
+        return real(drawn, path, title)
+
+    monkeypatch.setattr(plot, "plot_front", spy)
+    assert plot_front(report, tmp_path / "front.png") is True
+    assert (tmp_path / "front.png").stat().st_size > 10_000
+    params, state = panels
+    assert params.x_label == "parameters" and state.x_label == "state/token"
+    assert sorted(params.others + params.front) == sorted((m.params, m.metric) for m in members)
+    assert params.staircase == [(100, 0.5), (200, 0.7), (300, 0.9)]
+    assert params.seeds == [(100, 0.5)]
+    assert plot_front(SimpleNamespace(members=[]), tmp_path / "none.png") is False
