@@ -210,12 +210,13 @@ def evaluate(
 ) -> Evaluation:
     """Score ``models`` (runs, checkpoint directories or model files; ``NAME=PATH`` names one)
     on ``batches`` batches of ``batch_size`` sequences of ``seq_len`` tokens (default: the
-    shortest context among the models; a task's own length) from ``data``'s ``split`` (a
-    prepared data directory or ``task:NAME``), drawn with ``seed`` as training draws its
-    validation batches (a run trained with seed 0 and batch_size 8 gets its own val_loss
-    back). ``top_k``: the k of top-k accuracy. ``device``: default cuda when present;
-    ``threads``: torch's CPU threads meanwhile. With ``out``, writes ``eval.csv`` and
-    ``eval.md`` there (existing files only with ``overwrite``)."""
+    shortest length the models were trained at, a run's ``[train] seq_len`` or a model
+    file's context; a task's own length) from ``data``'s ``split`` (a prepared data directory
+    or ``task:NAME``), drawn with ``seed`` as training draws its validation batches (a run
+    trained with seed 0, batch_size 8 and eval_batches 8 gets its own val_loss back).
+    ``top_k``: the k of top-k accuracy. ``device``: default cuda when present; ``threads``:
+    torch's CPU threads meanwhile. With ``out``, writes ``eval.csv`` and ``eval.md`` there
+    (existing files only with ``overwrite``)."""
     from blockdsl.train.sources import TextSource, open_source
 
     if not models:
@@ -232,7 +233,8 @@ def evaluate(
     source = open_source(data, seed)
     with cpu_threads(threads):
         configs = {name: _config(path) for name, path in named}
-        length = _seq_len(source, configs, seq_len)
+        trained = {name: _trained_length(path, configs[name]) for name, path in named}
+        length = _seq_len(source, configs, seq_len, min(trained.values()))
         if isinstance(source, TextSource):
             source.data.check_length(length, (split,))
         else:
@@ -299,7 +301,22 @@ def _config(path: Path) -> Any:
     return read_config(path)
 
 
-def _seq_len(source: Any, configs: dict[str, Any], seq_len: int | None) -> int:
+def _trained_length(path: Path, config: Any) -> int:
+    """The sequence length a model was trained at: its run's ``[train] seq_len`` (a run or
+    one of its checkpoints), else its context (a model file of its own)."""
+    from blockdsl.checkpoint import CONFIG, locate
+    from blockdsl.config import load_config
+
+    run = locate(path).run_dir
+    if run is None:
+        return config.context
+    length = load_config(run / CONFIG).train.get("seq_len")
+    if isinstance(length, int) and not isinstance(length, bool) and length > 0:
+        return min(length, config.context)
+    return config.context
+
+
+def _seq_len(source: Any, configs: dict[str, Any], seq_len: int | None, trained: int) -> int:
     from blockdsl.train.sources import TaskSource
 
     shortest = min(c.context for c in configs.values())
@@ -311,7 +328,7 @@ def _seq_len(source: Any, configs: dict[str, Any], seq_len: int | None) -> int:
             )
         seq_len = source.task.seq_len
     elif seq_len is None:
-        return shortest
+        return trained
     too_short = [name for name, c in configs.items() if c.context < seq_len]
     if too_short:
         name = too_short[0]

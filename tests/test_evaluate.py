@@ -177,7 +177,8 @@ def test_a_run_evaluated_as_it_evaluates_itself_gets_its_val_loss_back(byte_data
         "tiny", data=byte_data, out=tmp_path / "run", progress=False, plot=False, train=train,
         **TINY,
     )  # fmt: skip
-    result = evaluate([run.dir], data=byte_data, batches=3, batch_size=8, seq_len=32)
+    result = evaluate([run.dir], data=byte_data, batches=3, batch_size=8)
+    assert result.seq_len == 32  # the run's [train] seq_len, not its context of 64
     assert result.scores[0].loss == pytest.approx(run.val_loss, rel=1e-5)
 
 

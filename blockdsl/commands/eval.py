@@ -23,7 +23,7 @@ EXAMPLES = """\
 blockdsl data prepare stdlib --out data/stdlib
 blockdsl train tiny --data data/stdlib --out runs/tiny --set vocab=256 --set train.steps=10 \\
     --set train.seq_len=64 --set train.save_every=5
-blockdsl eval runs/tiny --data data/stdlib --seq-len 64
+blockdsl eval runs/tiny --data data/stdlib
 blockdsl eval early=runs/tiny/checkpoints/step_0000005 runs/tiny --data data/stdlib \\
     --seq-len 64 --split train --batches 4 --top-k 10 --threads 1 --out runs/eval
 """
@@ -35,8 +35,8 @@ OPTIONS = (
     Option("--split", "the split to score", EVALUATE, choices=("val", "train")),
     Option("--batches", "batches to score", EVALUATE, metavar="N"),
     Option("--batch-size", "sequences per batch", EVALUATE, metavar="B"),
-    Option("--seq-len", "tokens per sequence (default: the shortest context)", EVALUATE,
-           metavar="T"),
+    Option("--seq-len", "tokens per sequence (default: the shortest the models trained at)",
+           EVALUATE, metavar="T"),
     Option("--top-k", "the k of top-k accuracy", EVALUATE, metavar="K"),
     Option("--seed", "draws the batches (as a run's [train] seed draws its own)", EVALUATE,
            metavar="S"),
