@@ -7,7 +7,8 @@ rank 0 logs.
 A resumed run continues the same curves: ``metrics.jsonl`` is cut back to the checkpoint and
 the steps after it are trained again, so TensorBoard is opened with ``purge_step`` (the events
 the stopped process wrote past the checkpoint are dropped by every reader) and W&B with the
-run's id (``resume="allow"``; W&B keeps a step once)."""
+run's id (``resume="allow"``): each process writes its own offline directory of that run, the
+resumed one from the step after the checkpoint."""
 
 from __future__ import annotations
 
