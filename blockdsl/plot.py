@@ -10,6 +10,7 @@ markers, so that a single evaluation still shows."""
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -63,8 +64,14 @@ def pyplot() -> Any:
     except ImportError:
         return None
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    # a fresh installation's first import says it builds its font cache: not the tool's line
+    fonts = logging.getLogger("matplotlib.font_manager")
+    level = fonts.level
+    fonts.setLevel(logging.ERROR)
+    try:
+        import matplotlib.pyplot as plt
+    finally:
+        fonts.setLevel(level)
     return plt
 
 
