@@ -330,6 +330,8 @@ def _state_size(graph: BlockGraph, seq: int) -> int:
         spec = graph.modules[data["module"]]
         total += spec.component.state_size(spec.d_in, spec.args, seq)
         total += sum(_state_size(child, seq) for child in spec.children)
+        for slot in spec.slots.values():  # per-head steps that keep a state declare heads
+            total += _state_size(slot, seq)
     return total
 
 
