@@ -763,7 +763,7 @@ class _Builder:
         outputs = [int(n) for n in slot.outputs(d_in=d_in, **args)] if slot.outputs else []
         outputs = outputs or [features]
         slot_globals: dict[str, Any] = {"out": outputs[0]}
-        if slot.heads is not None:
+        if slot.heads is not None and slot.layout != "stream":  # per-head or per-score steps
             slot_globals["heads"] = int(slot.heads(d_in=d_in, **args))
         where = f"{call.name}'s {slot_name} slot"
         sub = _Builder(

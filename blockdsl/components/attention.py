@@ -509,7 +509,7 @@ class _Projections(nn.Module):
         self.stateful_slots = tuple(
             name for name, m in self.slots.items() if getattr(m, "state_attrs", ())
         )
-        self._register_load_state_dict_pre_hook(_rename_legacy_slot_weights)
+        self.register_load_state_dict_pre_hook(_rename_legacy_slot_weights)
 
     def slot(
         self, name: str, x: torch.Tensor, context: Mapping[str, Any], state: Any = None
