@@ -210,8 +210,14 @@ def _qk_norm_text(
 ) -> str | None:
     if not qk_norm:
         return None
-    args = [f"kind={qk_norm_kind}", f"eps={format_value(float(qk_norm_eps))}"]
-    args += ["bias=true"] * qk_norm_bias + ["unit_offset=true"] * qk_norm_unit_offset
+    # every argument written out: a config's [defaults] for Norm must not reach the shorthand
+    args = [
+        f"kind={qk_norm_kind}",
+        f"eps={format_value(float(qk_norm_eps))}",
+        "affine=true",
+        f"bias={format_value(qk_norm_bias)}",
+        f"unit_offset={format_value(qk_norm_unit_offset)}",
+    ]
     args += ["per_head=true"] * qk_norm_per_head + ["whole=true"] * (qk_norm_over == "all")
     return f"Norm({', '.join(args)})"
 
@@ -238,7 +244,7 @@ def _gate_shorthand(d_in: int, gate: bool = False, bias: bool = False, **args: A
     if not gate:
         return None
     out = attn_sizes(d_in, bias=bias, **args).out_features
-    return f"Linear(out={out}{', bias=true' if bias else ''})->Act(sigmoid)"
+    return f"Linear(out={out}, bias={format_value(bias)})->Act(fn=sigmoid)"
 
 
 def _scores_shorthand(d_in: int, softcap: float | None = None, **_) -> str | None:
