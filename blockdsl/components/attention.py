@@ -607,14 +607,15 @@ def _attn_steps(
     are counted, as in ``_attn_flops`` (the slots' blocks are counted as their own calls)."""
     s = attn_sizes(d_in, **args)
     heads, kv, hd, vhd = s.heads, s.kv_heads, s.head_dim, s.v_head_dim
+    vd = "hd" if vhd == hd else "vd"  # the value heads' size, named apart when it differs
     n = batch * seq
     keys = seq if window is None else min(seq, window)
     return [
         ("q", ("B", "H", "T", "hd"), (batch, heads, seq, hd), 2 * n * d_in * s.q_features),
         ("k", ("B", "K", "T", "hd"), (batch, kv, seq, hd), 2 * n * d_in * s.kv_features),
-        ("v", ("B", "K", "T", "vd"), (batch, kv, seq, vhd), 2 * n * d_in * s.v_features),
+        ("v", ("B", "K", "T", vd), (batch, kv, seq, vhd), 2 * n * d_in * s.v_features),
         ("scores", ("B", "H", "T", "T"), (batch, heads, seq, seq), 2 * n * keys * s.q_features),
-        ("mix", ("B", "H", "T", "vd"), (batch, heads, seq, vhd), 2 * n * keys * s.out_features),
+        ("mix", ("B", "H", "T", vd), (batch, heads, seq, vhd), 2 * n * keys * s.out_features),
         ("o", ("B", "T", "D"), (batch, seq, d_in), 2 * n * s.out_features * d_in),
     ]
 
@@ -982,17 +983,18 @@ class Attn(_Projections):
         """Rotary positions of new tokens at ``positions`` (B, T) as a function of a (B, T,
         heads, hd) tensor (``apply_rotary``'s math with the angles looked up per row)."""
         rotate = rotate_every_two if self.rope_interleaved else rotate_half
+        dtype = self.q.weight.dtype  # of the queries and keys: cast the angles once for both
         if self.rope["kind"] in rope_math.PER_CALL:
             cos, sin = self._cos_sin(positions.shape[1], positions)
             cos, sin = _pair_angles(cos, sin, self.rope_interleaved)
         else:  # the fixed table, already widened to the r dims: one lookup per step
             cos_table, sin_table = self._decode_tables()
             cos, sin = cos_table[positions], sin_table[positions]  # (B, T, r)
-        cos, sin = cos.unsqueeze(2), sin.unsqueeze(2)  # (B, T, 1, r)
+        cos, sin = cos.unsqueeze(2).to(dtype), sin.unsqueeze(2).to(dtype)  # (B, T, 1, r)
         r = self.rotary_dims
 
         def rotated(x: torch.Tensor) -> torch.Tensor:
-            c, s = cos.to(x.dtype), sin.to(x.dtype)
+            c, s = (cos, sin) if cos.dtype == x.dtype else (cos.to(x.dtype), sin.to(x.dtype))
             if r == x.shape[-1]:
                 return x * c + rotate(x) * s
             x_rot, x_pass = x[..., :r], x[..., r:]
@@ -1031,8 +1033,11 @@ class Attn(_Projections):
             context["rotary"] = self._decode_rotary(positions)
         q, k, v = self.project(x, x, context, state)  # (B, T, H, hd), (B, T, K, hd), ...
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # heads first
-        cache_k.scatter_(2, positions[:, None, :, None].expand(B, K, T, hd), k.to(cache_k.dtype))
-        cache_v.scatter_(2, positions[:, None, :, None].expand(B, K, T, vhd), v.to(cache_v.dtype))
+        where = positions[:, None, :, None]  # each row's cache slots
+        key_slots = where.expand(B, K, T, hd)
+        value_slots = key_slots if vhd == hd else where.expand(B, K, T, vhd)
+        cache_k.scatter_(2, key_slots, k.to(cache_k.dtype))
+        cache_v.scatter_(2, value_slots, v.to(cache_v.dtype))
         keys, values, start, uniform = cache_k, cache_v, 0, False
         if not torch.compiler.is_compiling():
             # read only cache slots some query may see: none past the furthest position, none
