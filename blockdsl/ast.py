@@ -5,8 +5,9 @@ Every node carries its source ``span``. Spans do not take part in equality or ha
 
     block    Block(chains)                  chain ("|" chain)*   (len > 1: parallel branches)
     chain    Chain(steps)                   step ("->" step)*
-    step     Residual() | Call | Group | Repeat
-    term     Call(name, label, args, children) | Group(block)
+    step     Residual(args) | Call | Group | Repeat
+    term     Call(name, label, args, children, slots) | Group(block)
+    child    Block (a combinator's child) | SlotFill(name, block) (``name=block``, v3)
     repeat   Repeat(body, count)            term "*" INT
     arg      Arg(name | None, value)
     value    Value(kind, value)             kind: int float bool name string list
@@ -56,19 +57,35 @@ class Arg(Node):
 
 @dataclass(frozen=True)
 class Residual(Node):
-    """``+``: add the current value to the tap, and move the tap there."""
+    """``+``: add the current value to the tap, and move the tap there. ``+(args)`` is a
+    parameterised residual (the ``Residual`` component's arguments, e.g. ``+(lerp)``)."""
+
+    args: tuple[Arg, ...] = ()
+
+
+@dataclass(frozen=True)
+class SlotFill(Node):
+    """``name=block`` inside ``[...]``: the block is applied at the component's slot ``name``
+    (language v3). ``name_span`` covers just the slot name."""
+
+    name: str
+    block: Block
+    name_span: Span = field(default=NO_SPAN, compare=False, repr=False, kw_only=True)
 
 
 @dataclass(frozen=True)
 class Call(Node):
-    """``Name#label(args)[child, ...]``. ``name_span`` covers just the name. ``global_label``:
-    the label was written ``##label`` (one module in the whole model) rather than ``#label``
-    (one module per instance of the block)."""
+    """``Name#label(args)[child, ..., slot=block, ...]``. ``name_span`` covers just the name.
+    ``global_label``: the label was written ``##label`` (one module in the whole model) rather
+    than ``#label`` (one module per instance of the block). ``children`` are the unnamed
+    children (a combinator's blocks), ``slots`` the named ones, each in source order; unnamed
+    children come first."""
 
     name: str
     label: str | None = None
     args: tuple[Arg, ...] = ()
     children: tuple[Block, ...] = ()
+    slots: tuple[SlotFill, ...] = ()
     global_label: bool = field(default=False, kw_only=True)
     name_span: Span = field(default=NO_SPAN, compare=False, repr=False, kw_only=True)
 
@@ -126,6 +143,13 @@ def walk(node: Node):
             yield from walk(arg)
         for child in node.children:
             yield from walk(child)
+        for slot in node.slots:
+            yield from walk(slot)
+    elif isinstance(node, SlotFill):
+        yield from walk(node.block)
+    elif isinstance(node, Residual):
+        for arg in node.args:
+            yield from walk(arg)
     elif isinstance(node, Arg):
         yield from walk(node.value)
     elif isinstance(node, Value) and node.kind == "list":

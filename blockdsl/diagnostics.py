@@ -189,6 +189,7 @@ class Situation:
             self.prev is None
             or self.prev_kind in ("ARROW", "PIPE")
             or (self.prev_kind in ("LPAR", "LSQB", "COMMA") and self.in_chain)
+            or (self.prev_kind == "EQUAL" and self.ctx == "children")  # a slot's block
         )
 
     @property
@@ -300,6 +301,13 @@ def missing_value(s: Situation) -> Explained | None:
     if s.prev_kind == "EQUAL" and s.closing:
         before = s.before
         name = before[-2] if len(before) > 1 and before[-2].type == "NAME" else s.prev
+        if s.ctx == "children":
+            return (
+                f"missing block after '{name.value}='",
+                name.start_pos,
+                s.prev.end_pos,
+                f"a slot holds a block string, e.g. '{name.value}=Norm'",
+            )
         example = f"{name.value}=1" if name.type == "NAME" else "heads=8"
         return (
             "missing value after '='",
@@ -439,6 +447,10 @@ def misplaced_equal(s: Situation) -> Explained | None:
         return s.at_tok("unexpected '='", "did you mean '->'?")
     if s.ctx in ("args", "list"):
         return s.at_tok("unexpected '='", "only a name can be given a value, e.g. 'heads=8'")
+    if s.ctx == "children":
+        return s.at_tok(
+            "unexpected '='", "a slot is filled as name=block, e.g. 'Attn[q=Norm, k=Norm]'"
+        )
     return s.at_tok("unexpected '='", "arguments go in parentheses, e.g. 'Norm(kind=rms)'")
 
 

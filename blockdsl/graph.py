@@ -45,7 +45,7 @@ from blockdsl.errors import (
 from blockdsl.printer import format_value
 from blockdsl.registry import CONTEXT_ARGS, REGISTRY, Component, Registry
 
-Role = Literal["block", "embed", "head"]
+Role = Literal["block", "embed", "head", "slot"]
 NodeKind = Literal["input", "call", "add", "output"]
 
 
@@ -68,6 +68,10 @@ class ModuleSpec:
     span: Span
     call: ast.Call
     global_label: bool = False
+    #: the block in each filled slot (the user's, or the one a shorthand argument means)
+    slots: dict[str, BlockGraph] = field(default_factory=dict)
+    #: the slots a shorthand argument filled (the printer shows what the user wrote)
+    shorthand_slots: frozenset[str] = frozenset()
 
     @property
     def label_text(self) -> str:
@@ -83,11 +87,22 @@ class ModuleSpec:
 
     @property
     def params(self) -> int:
-        return self.own_params + sum(child.params() for child in self.children)
+        # a label shared by two slots (``q=Norm#n, k=Norm#n``) or children is one module
+        inner = {
+            id(spec): spec
+            for graph in (*self.children, *self.slots.values())
+            for spec in graph.modules.values()
+        }
+        return self.own_params + sum(spec.params for spec in inner.values())
 
     def flops(self, seq: int) -> int:
         own = self.component.count_flops(self.d_in, self.args, seq, len(self.children))
-        return own + sum(child.flops(seq) for child in self.children)
+        slots = sum(
+            slot_multiplier(self, name, spec) * spec.flops(seq)
+            for name, graph in self.slots.items()
+            for spec in graph.call_specs()
+        )
+        return own + sum(child.flops(seq) for child in self.children) + slots
 
     def describe(self) -> str:
         """``Attn(heads=8, kv_heads=2)``: the arguments that differ from the defaults."""
@@ -152,6 +167,10 @@ class BlockGraph:
     def params(self) -> int:
         """Parameters of the modules this block owns (shared labels once)."""
         return sum(spec.params for spec in self.modules.values())
+
+    def call_specs(self) -> Iterator[ModuleSpec]:
+        """The module of each call, in call order (a shared module once per use)."""
+        return (self.modules[data["module"]] for _, data in self.calls())
 
     def flops(self, seq: int) -> int:
         """Forward FLOPs of one sequence of length ``seq`` (a shared module counts per use)."""
@@ -237,6 +256,23 @@ def build_graph(
     return graph
 
 
+def shorthand_slot_graphs(
+    component: Component,
+    d_in: int,
+    args: Mapping[str, Any],
+    registry: Registry | None = None,
+) -> dict[str, BlockGraph]:
+    """The blocks that ``args`` (a constructor's arguments) put in ``component``'s slots by
+    shorthand, validated as the compiler validates ``Name(args)``."""
+    call = ast.Call(component.name)
+    builder = _Builder(call.name, registry or REGISTRY, {}, {}, LabelTable())
+    builder.d_model = d_in
+    filled = builder.fill_slots(call, component, dict(args), d_in)
+    if builder.problems or filled is None:
+        raise BlockValidationError.collect(builder.problems)
+    return filled[0]
+
+
 _NAME_SANITISER = re.compile(r"[^0-9a-zA-Z_]")
 
 
@@ -311,6 +347,8 @@ class _Builder:
     def _check_output(self, block: ast.Block, x: int, out: int, d_model: int, role: Role) -> None:
         got = self.size(out)
         vocab = self.model_globals.get("vocab")
+        if role == "slot":  # the slot's sizes are checked by the call that owns it
+            return
         if role == "head":
             if got is not None and vocab is not None and got != vocab:
                 self.problem(
@@ -438,6 +476,16 @@ class _Builder:
             return self.failed(call.span, h)
 
         missing = sorted(component.required_context - self.supplies)
+        if missing == ["rotary"]:
+            self.problem(
+                BlockValidationError,
+                f"{call.name} applies an attention's rotary positions, and {self.supplier} "
+                "has none",
+                call.name_span,
+                "it goes in the q, k or v slot of an attention with pos=rope, e.g. "
+                "'Attn[q=Rope->Norm, k=Rope->Norm]'",
+            )
+            return self.failed(call.span, h)
         if missing:
             self.problem(
                 BlockValidationError,
@@ -562,6 +610,7 @@ class _Builder:
             existing.component is component
             and existing.args == args
             and existing.call.children == call.children
+            and existing.call.slots == call.slots
         )
         if not same:
             where = f"{existing.span.line}:{existing.span.column}"
@@ -574,8 +623,10 @@ class _Builder:
                     f"{n}={format_value(args[n])} here"
                     for n in differ
                 )
-            else:
+            elif existing.call.children != call.children:
                 detail = f"its children differ from those at {where}"
+            else:
+                detail = f"its slots differ from those at {where}"
             self.problem(
                 BlockValidationError,
                 f"label '{existing.label_text}' names different modules",
@@ -598,6 +649,10 @@ class _Builder:
         children = tuple(self.child(block, d_in, call.name) for block in call.children)
         if any(child is None for child in children):
             return None
+        filled = self.fill_slots(call, component, args, d_in)
+        if filled is None:
+            return None
+        slots, shorthand = filled
         name = _snake(call.label) if call.label else _snake(call.name)
         try:
             d_out = component.out_features(d_in, args) if d_in is not None else None
@@ -617,6 +672,8 @@ class _Builder:
             span=call.span,
             call=call,
             global_label=call.global_label,
+            slots=slots,
+            shorthand_slots=shorthand,
         )
         self.modules[spec.key] = spec
         return spec
@@ -630,6 +687,135 @@ class _Builder:
             if f"{base}_{index}" not in taken:
                 return f"{base}_{index}"
         raise AssertionError("unreachable")
+
+    # ---------------------------------------------------------------- slots (v3)
+    def fill_slots(
+        self, call: ast.Call, component: Component, args: dict[str, Any], d_in: int | None
+    ) -> tuple[dict[str, BlockGraph], frozenset[str]] | None:
+        """The block of every filled slot of ``call``: the user's ``name=block`` children, then
+        the blocks its shorthand arguments mean (``qk_norm=true`` is ``q=Norm(...)``, ...), each
+        validated at the slot's sizes. None when a problem was recorded."""
+        declared = component.slots
+        ok = True
+        written: dict[str, ast.SlotFill] = {}
+        for fill in call.slots:
+            if fill.name not in declared:
+                self.problem(
+                    BlockValidationError,
+                    f"{call.name} has no slot '{fill.name}'",
+                    fill.name_span,
+                    _slot_hint(call.name, fill.name, declared, self.registry),
+                )
+                ok = False
+            elif fill.name in written:
+                self.problem(
+                    BlockValidationError, f"slot '{fill.name}' filled twice", fill.name_span
+                )
+                ok = False
+            else:
+                written[fill.name] = fill
+        if not ok or d_in is None or not declared:
+            return ({}, frozenset()) if ok else None
+        blocks: dict[str, tuple[ast.Block, str, Span]] = {}
+        shorthand: set[str] = set()
+        for slot_name, slot in declared.items():
+            implied = slot.shorthand(d_in=d_in, **args) if slot.shorthand else None
+            if slot_name in written:
+                fill = written[slot_name]
+                if implied is not None:
+                    self.problem(
+                        BlockValidationError,
+                        f"slot '{slot_name}' is filled twice: by '{slot_name}=' and by "
+                        f"{call.name}'s arguments (they mean {slot_name}={implied})",
+                        fill.name_span,
+                        f"write the whole slot, e.g. {slot_name}={implied}, and drop the argument",
+                    )
+                    ok = False
+                    continue
+                blocks[slot_name] = (fill.block, self.source, fill.span)
+            elif implied is not None:
+                from blockdsl.parser import parse
+
+                blocks[slot_name] = (parse(implied), implied, call.span)
+                shorthand.add(slot_name)
+        graphs: dict[str, BlockGraph] = {}
+        for slot_name, (block, source, span) in blocks.items():
+            graph = self.slot_graph(call, component, slot_name, block, source, span, args, d_in)
+            if graph is None:
+                ok = False
+            else:
+                graphs[slot_name] = graph
+        return (graphs, frozenset(shorthand)) if ok else None
+
+    def slot_graph(
+        self,
+        call: ast.Call,
+        component: Component,
+        slot_name: str,
+        block: ast.Block,
+        source: str,
+        span: Span,
+        args: dict[str, Any],
+        d_in: int,
+    ) -> BlockGraph | None:
+        slot = component.slots[slot_name]
+        features = int(slot.features(d_in=d_in, **args))
+        outputs = [int(n) for n in slot.outputs(d_in=d_in, **args)] if slot.outputs else []
+        outputs = outputs or [features]
+        slot_globals: dict[str, Any] = {"out": outputs[0]}
+        if slot.heads is not None and slot.layout != "stream":  # per-head or per-score steps
+            slot_globals["heads"] = int(slot.heads(d_in=d_in, **args))
+        where = f"{call.name}'s {slot_name} slot"
+        sub = _Builder(
+            source,
+            self.registry,
+            self.defaults,
+            {**self.model_globals, **slot_globals},
+            self.global_labels,
+            frozenset(slot.supplies(d_in, args)),
+            where,
+        )
+        sub.local_labels = self.local_labels  # a slot belongs to the same block instance
+        graph = sub.build(block, features, "slot")
+        before = len(self.problems)
+        if source is not self.source:  # a shorthand's block: its problems point at the call
+            for problem in sub.problems:
+                self.problem(type(problem), f"{call.name}: {problem.message}", span, problem.hint)
+        else:
+            self.problems.extend(sub.problems)
+        if sub.problems:
+            return None
+        got = graph.nx.nodes[graph.output]["size"]
+        if slot.layout == "scores":  # extra columns are sink logits
+            fits = got is not None and got >= features
+            outputs_text = "" if fits else f"at least {features}"
+        else:
+            outputs_text = "" if got in outputs else " or ".join(str(n) for n in outputs)
+        if outputs_text:
+            self.problem(
+                ShapeError,
+                f"the block in {where} returns {got} features, the slot takes {outputs_text}",
+                span,
+                _slot_doc(slot_name, slot),
+            )
+        for _, data in graph.calls():
+            spec = graph.modules[data["module"]]
+            reason = _misfit(spec, slot, features)
+            if reason:
+                self.problem(
+                    BlockValidationError,
+                    f"{spec.written} cannot go in {where}: {reason}",
+                    spec.span if source is self.source else span,
+                    _slot_doc(slot_name, slot),
+                )
+        if graph.aux_modules:
+            self.problem(
+                BlockValidationError,
+                f"{where} cannot hold a component with an auxiliary loss",
+                span,
+                "put the MoE outside the mixer",
+            )
+        return graph if len(self.problems) == before else None
 
     def child(self, block: ast.Block, d_in: int | None, parent: str) -> BlockGraph | None:
         sub = _Builder(
@@ -657,6 +843,50 @@ class _Builder:
         return graph
 
 
+def slot_multiplier(owner: ModuleSpec, slot_name: str, spec: ModuleSpec) -> int:
+    """How many times a call in ``owner``'s slot runs per position: once per head in a
+    per-head or scores slot, unless its component takes ``heads`` itself (then its hooks
+    count every head)."""
+    slot = owner.component.slots[slot_name]
+    if slot.layout == "stream" or slot.heads is None or "heads" in spec.component.params:
+        return 1
+    return int(slot.heads(d_in=owner.d_in, **owner.args))
+
+
+def _slot_hint(name: str, wanted: str, declared: Mapping[str, Any], registry: Registry) -> str:
+    if not declared:
+        with_slots = [n for n in registry.names() if registry.get(n).slots]
+        return f"{name} has no slots; components with slots: {', '.join(with_slots)}"
+    listing = ", ".join(declared)
+    suggestion = did_you_mean(wanted, list(declared))
+    return (f"{suggestion}\n" if suggestion else "") + f"{name}'s slots: {listing}"
+
+
+def _slot_doc(name: str, slot: Any) -> str:
+    return f"slot {name}: {slot.doc}"
+
+
+def _misfit(spec: ModuleSpec, slot: Any, features: int) -> str | None:
+    """Why the module of ``spec`` cannot run in ``slot`` (None when it can)."""
+    component = spec.component
+    if slot.layout == "heads" and component.mixes_positions and not component.declarations.per_head:
+        return (
+            "it mixes positions and does not accept per-head inputs (B, T, heads, features) "
+            "(components that do: Conv, Shift)"
+        )
+    if slot.layout == "scores":
+        if component.mixes_positions:
+            return "it mixes positions; the scores slot holds position-wise steps"
+        if spec.d_in is not None and component.count_params(spec.d_in, spec.args) != (
+            component.count_params(spec.d_in + 1, spec.args)
+        ):
+            return (
+                "its parameters depend on its input size, and the scores slot has one feature "
+                "per key (as many as the sequence is long)"
+            )
+    return None
+
+
 def _quoted(names: Sequence[str]) -> str:
     return " and ".join(f"'{name}'" for name in names)
 
@@ -679,4 +909,4 @@ def _lint(graph: BlockGraph) -> None:
             raise AssertionError(f"node {data['name']}: inputs disagree with edges")
 
 
-__all__ = ["BlockGraph", "LabelTable", "ModuleSpec", "build_graph"]
+__all__ = ["BlockGraph", "LabelTable", "ModuleSpec", "build_graph", "shorthand_slot_graphs"]

@@ -47,8 +47,8 @@ import torch
 from torch import fx, nn
 
 from blockdsl.errors import ArgumentError, BlockDSLError
-from blockdsl.graph import BlockGraph, ModuleSpec, build_graph
-from blockdsl.registry import Registry
+from blockdsl.graph import BlockGraph, ModuleSpec, build_graph, shorthand_slot_graphs
+from blockdsl.registry import Component, Registry, set_shorthand_compiler
 
 
 class _SharedCodeGraph(fx.Graph):
@@ -121,6 +121,8 @@ class BlockModule(fx.GraphModule):
 #: Where a combinator built by ``lower`` keeps its child blocks (a plain attribute, not a
 #: submodule: they are already registered inside it), so that their states can be made.
 _CHILDREN = "_blockdsl_children"
+#: Where a component with filled slots keeps the blocks in them (registered inside it already).
+_SLOTS = "_blockdsl_slots"
 
 
 def _keeps_state(graph: BlockGraph, spec: ModuleSpec) -> bool:
@@ -149,6 +151,8 @@ def cache_blocker(graph: BlockGraph) -> str | None:
     change with later tokens), or a combinator that cannot pass its children's states."""
     for spec in call_specs(graph):
         component = spec.component
+        if any(_state_calls(slot) for slot in spec.slots.values()) and not component.stateful:
+            return f"{_where(spec)} does not pass a decoding state to the blocks in its slots"
         if component.takes_children:
             needs_state = any(_state_calls(child) for child in spec.children)
             if needs_state and not component.stateful:
@@ -170,11 +174,12 @@ def noncausal_call(graph: BlockGraph) -> str | None:
 
 
 def call_specs(graph: BlockGraph) -> Iterator[ModuleSpec]:
-    """The module of every call of ``graph``, then of its children's calls (depth first)."""
+    """The module of every call of ``graph``, then of its children's and its slots' calls
+    (depth first)."""
     for _, data in graph.calls():
         spec = graph.modules[data["module"]]
         yield spec
-        for child in spec.children:
+        for child in (*spec.children, *spec.slots.values()):
             yield from call_specs(child)
 
 
@@ -345,7 +350,8 @@ def _lower(
             modules[attr] = scope[key]
             continue
         children = [_lower(child, shared, local) for child in spec.children]
-        module = _instantiate(spec, graph, children)
+        slots = {name: _lower(slot, shared, local) for name, slot in spec.slots.items()}
+        module = _instantiate(spec, graph, children, slots)
         if scope is not None:
             scope[key] = module
         modules[attr] = module
@@ -366,13 +372,22 @@ def component_modules(
         yield f"{prefix}{attr}", spec, module
         for index, child in enumerate(module.__dict__.get(_CHILDREN, ())):
             yield from component_modules(child, f"{prefix}{attr}[{index}].")
+        for name, slot in module.__dict__.get(_SLOTS, {}).items():
+            yield from component_modules(slot, f"{prefix}{attr}[{name}=].")
 
 
-def _instantiate(spec: ModuleSpec, graph: BlockGraph, children: Sequence[BlockModule]) -> nn.Module:
+def _instantiate(
+    spec: ModuleSpec,
+    graph: BlockGraph,
+    children: Sequence[BlockModule],
+    slots: Mapping[str, BlockModule],
+) -> nn.Module:
     try:
-        module = spec.component.build(spec.args, children)
+        module = spec.component.build(spec.args, children, slots)
         if children:
             module.__dict__[_CHILDREN] = children
+        if slots:
+            module.__dict__[_SLOTS] = dict(slots)
         return module
     except BlockDSLError as exc:
         if exc.source:
@@ -387,6 +402,15 @@ def _instantiate(spec: ModuleSpec, graph: BlockGraph, children: Sequence[BlockMo
             spec.span,
             hint=spec.component.valid_arguments(),
         ) from exc
+
+
+def _compile_shorthand_slots(
+    component: Component, d_in: int, args: Mapping[str, Any]
+) -> dict[str, nn.Module]:
+    return {name: lower(g) for name, g in shorthand_slot_graphs(component, d_in, args).items()}
+
+
+set_shorthand_compiler(_compile_shorthand_slots)
 
 
 def compile_block(

@@ -24,7 +24,7 @@ from blockdsl.graph import BlockGraph, LabelTable, build_graph
 from blockdsl.lower import BlockModule, allocation, cache_blocker, component_modules, lower
 from blockdsl.parser import parse, source_text
 from blockdsl.printer import unparse
-from blockdsl.registry import REGISTRY, Registry
+from blockdsl.registry import REGISTRY, SLOT_CONTEXT_ARGS, Registry
 
 
 class LMOutput(NamedTuple):
@@ -89,7 +89,8 @@ class LanguageModel(nn.Module):
         self._context: tuple[int, str] = (config.context, "the context")
         for path, block in [("embed", embed), *zip(self.layer_paths(), layers), ("head", head)]:
             for where, spec, _ in component_modules(block, f"{path}."):
-                for name in sorted(spec.component.required_context):
+                # what only a mixer's slot supplies (``rotary``) the mixer passes itself
+                for name in sorted(spec.component.required_context - set(SLOT_CONTEXT_ARGS)):
                     self._required_inputs.setdefault(name, f"{spec.written} at {where}")
                 own = spec.args.get("context") if "context" in spec.component.params else None
                 if isinstance(own, int) and own < self._context[0]:
@@ -330,6 +331,8 @@ def _state_size(graph: BlockGraph, seq: int) -> int:
         spec = graph.modules[data["module"]]
         total += spec.component.state_size(spec.d_in, spec.args, seq)
         total += sum(_state_size(child, seq) for child in spec.children)
+        for slot in spec.slots.values():  # per-head steps that keep a state declare heads
+            total += _state_size(slot, seq)
     return total
 
 

@@ -22,7 +22,18 @@ from typing import Any
 from lark import Lark, Token, Transformer
 from lark.exceptions import LarkError, UnexpectedInput
 
-from blockdsl.ast import Arg, Block, Call, Chain, Group, Node, Repeat, Residual, Value
+from blockdsl.ast import (
+    Arg,
+    Block,
+    Call,
+    Chain,
+    Group,
+    Node,
+    Repeat,
+    Residual,
+    SlotFill,
+    Value,
+)
 from blockdsl.diagnostics import BRACKETS, WHITESPACE, explain
 from blockdsl.errors import BlockSyntaxError, Span
 
@@ -186,7 +197,9 @@ class _AstBuilder(Transformer):
         return Chain(tuple(c[0::2]), span=_span(c[0], c[-1]))
 
     def residual(self, c: list) -> Residual:
-        return Residual(span=_tok_span(c[0]))
+        if len(c) == 1:
+            return Residual(span=_tok_span(c[0]))
+        return Residual(tuple(c[1]), span=_span(c[0], c[1]))
 
     def group(self, c: list) -> Group:
         return Group(c[1], span=_span(c[0], c[2]))
@@ -207,11 +220,13 @@ class _AstBuilder(Transformer):
             else:  # LABEL ('#name') or GLOBAL_LABEL ('##name')
                 global_label = part.type == "GLOBAL_LABEL"
                 label = part.value.lstrip("#")
+        children = children or ()
         return Call(
             name.value,
             label,
             tuple(args) if args else (),
-            tuple(children) if children else (),
+            tuple(child for child in children if isinstance(child, Block)),
+            tuple(child for child in children if isinstance(child, SlotFill)),
             global_label=global_label,
             span=_span(name, c[-1]),
             name_span=_tok_span(name),
@@ -226,7 +241,23 @@ class _AstBuilder(Transformer):
     def children(self, c: list) -> _Children:
         out = _Children(c[1:-1:2])
         out.span = _span(c[0], c[-1])
+        named = None
+        for child in out:
+            if isinstance(child, SlotFill):
+                named = named or child
+            elif named is not None:
+                raise _BuildError(
+                    "unnamed child after a named one",
+                    child.span.start,
+                    child.span.end,
+                    f"write a combinator's children first, then the slots, e.g. "
+                    f"'MoE[MLP, MLP, {named.name}=...]'",
+                )
         return out
+
+    def slot(self, c: list) -> SlotFill:
+        name, _eq, block = c
+        return SlotFill(name.value, block, span=_span(name, block), name_span=_tok_span(name))
 
     def kwarg(self, c: list) -> Arg:
         name, _eq, value = c

@@ -72,7 +72,7 @@ def unparse(node: Node) -> str:
     if isinstance(node, Chain):
         return "->".join(unparse(step) for step in node.steps)
     if isinstance(node, Residual):
-        return "+"
+        return "+(" + ", ".join(unparse(arg) for arg in node.args) + ")" if node.args else "+"
     if isinstance(node, Group):
         return f"({unparse(node.block)})"
     if isinstance(node, Repeat):
@@ -93,8 +93,10 @@ def _call(call: Call) -> str:
         out += f"{'##' if call.global_label else '#'}{call.label}"
     if call.args:
         out += "(" + ", ".join(unparse(arg) for arg in call.args) + ")"
-    if call.children:
-        out += "[" + ", ".join(unparse(child) for child in call.children) + "]"
+    children = [unparse(child) for child in call.children]
+    children += [f"{slot.name}={unparse(slot.block)}" for slot in call.slots]
+    if children:
+        out += "[" + ", ".join(children) + "]"
     return out
 
 

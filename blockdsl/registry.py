@@ -36,6 +36,11 @@ default:
                     component (default: their sum)
 ``embedding``       ``f(module)``: the ``nn.Embedding`` (or a module with ``.weight``) a head may
                     tie its weight to (token embeddings)
+``slots``           ``{name: Slot(...)}``: named places inside the module where a block string
+                    goes (language v3, "Slots"); the constructor receives the filled ones as
+                    ``slots={name: module}``
+``per_head``        a component that mixes positions also accepts per-head inputs
+                    ``(B, T, H, F)`` (mixing along dim 1), so it fits an attention's q/k/v/o slot
 ``tie``             ``f(module, embedding)``: tie this module to the model's token embedding
                     (``embedding`` is None when the model has none); called once per built
                     module, after the whole model is built (heads)
@@ -53,6 +58,12 @@ Call-time context is declared by the ``forward`` signature itself: a keyword par
 ``positions`` (token positions, ``(T,)`` or ``(B, T)``) or ``memory`` (``(B, S, D)`` for
 cross-attention) is passed by the compiler. A constructor parameter named ``children`` makes
 the component a combinator: it receives its ``[child, ...]`` blocks as a list of modules.
+A component declaring ``slots`` has a constructor parameter named ``slots``: a dict from slot
+name to the module built from the block in that slot (only the filled ones; a shorthand
+argument such as ``qk_norm=true`` fills its slot through ``Slot.shorthand``, so the component
+sees one kind of input). A module in a slot is called with the slot's tensor and, where the
+slot supplies them, the keywords ``positions`` and ``rotary`` (a function applying the mixer's
+rotary positions to a ``(B, T, H, F)`` tensor: what the ``Rope`` step calls).
 
 Decoding state (docs/generation.md). A component decodes one step at a time when it is
 registered with ``decodes=True``; its ``forward`` then accepts a keyword ``state`` and its class
@@ -93,6 +104,8 @@ from blockdsl.printer import format_value
 
 #: Keyword parameters of ``forward`` that the compiler knows how to supply.
 CONTEXT_ARGS = ("positions", "memory")
+#: Keyword parameters of ``forward`` that only a mixer's slot supplies (``Rope``'s ``rotary``).
+SLOT_CONTEXT_ARGS = ("rotary",)
 #: Keyword parameter of ``forward`` that receives a component's decoding state (see above).
 STATE_ARG = "state"
 #: Model-level values that reach every component declaring a parameter of that name.
@@ -111,7 +124,7 @@ INPUT_SIZE_NAMES = (
     "num_features",
 )
 #: Constructor parameters never settable from a block string.
-_HIDDEN = frozenset({"self", "device", "dtype", "children"})
+_HIDDEN = frozenset({"self", "device", "dtype", "children", "slots"})
 _EMPTY = inspect.Parameter.empty
 
 
@@ -219,6 +232,13 @@ def _check(tp: Any, value: Any) -> tuple[bool, Any]:
     return True, value
 
 
+def _constructor_parameters(cls: type) -> Mapping[str, inspect.Parameter]:
+    try:
+        return inspect.signature(cls.__init__).parameters
+    except (TypeError, ValueError):
+        return {}
+
+
 def _parse_signature(cls: type) -> tuple[dict[str, Param], bool]:
     init = cls.__init__
     try:
@@ -249,7 +269,7 @@ def _forward_context(cls: type) -> tuple[frozenset[str], frozenset[str]]:
         params = inspect.signature(cls.forward).parameters
     except (TypeError, ValueError):
         return frozenset(), frozenset()
-    accepted = frozenset(n for n in CONTEXT_ARGS if n in params)
+    accepted = frozenset(n for n in (*CONTEXT_ARGS, *SLOT_CONTEXT_ARGS) if n in params)
     required = frozenset(n for n in accepted if params[n].default is inspect.Parameter.empty)
     return accepted, required
 
@@ -313,6 +333,69 @@ class Decoder(typing.Protocol):
     def forward(self, x: torch.Tensor, *, state: Any = None) -> Any: ...
 
 
+SlotLayout = Literal["heads", "stream", "scores"]
+
+#: Compiles the blocks that a component's shorthand arguments put in its slots: set by
+#: ``blockdsl.lower`` when it is imported (it sits above the registry, which cannot import it),
+#: so that a mixer built directly in Python (``Attn(64, qk_norm=True)``) gets the very blocks
+#: the compiler gives ``Attn(qk_norm=true)``.
+_shorthand_compiler: Callable[[Component, int, Mapping[str, Any]], dict[str, nn.Module]] | None = (
+    None
+)
+
+
+def set_shorthand_compiler(
+    compiler: Callable[[Component, int, Mapping[str, Any]], dict[str, nn.Module]],
+) -> None:
+    global _shorthand_compiler
+    _shorthand_compiler = compiler
+
+
+def shorthand_slots(name: str, d_in: int, args: Mapping[str, Any]) -> dict[str, nn.Module]:
+    """The modules in the slots of the registered component ``name`` that its arguments
+    ``args`` fill by shorthand (``qk_norm=true``: a ``Norm`` in q and k), compiled as the
+    compiler compiles them. For constructors called outside the compiler (``slots=None``)."""
+    if _shorthand_compiler is None:  # pragma: no cover - blockdsl/__init__ imports lower
+        raise RegistryError("the compiler (blockdsl.lower) is not loaded")
+    return _shorthand_compiler(REGISTRY.get(name), d_in, args)
+
+
+@dataclass(frozen=True)
+class Slot:
+    """A named place inside a component where a block string goes (language v3, "Slots").
+
+    ``layout`` is what the block reads and returns: ``heads`` a per-head tensor ``(B, T, H,
+    F)`` (q, k, v, o: a component sees one head's ``F`` features as its last dimension),
+    ``stream`` a ``(B, T, F)`` tensor (gate: the mixer's input), ``scores`` the attention
+    logits ``(B, H, T, S)`` before the softmax (F = S keys, which vary with the sequence; a
+    block may append columns: sink logits that take part in the softmax and are dropped after
+    it). The hooks take the component's resolved arguments like every other hook:
+
+    * ``features(d_in=..., **args)``: the feature size the block reads (``F``);
+    * ``heads(d_in=..., **args)``: the mixer's heads, given to every component in the slot
+      that declares a ``heads`` parameter and leaves it unset (a per-head norm's weight rows);
+    * ``outputs(d_in=..., **args)``: the output sizes the slot accepts (default: ``F``);
+      a component in the slot declaring ``out`` and leaving it unset gets the first;
+    * ``shorthand(d_in=..., **args)``: the block the component's own arguments put in this
+      slot when the user fills it with none (``qk_norm=true`` means ``q=Norm(...)``), or None;
+    * ``rotary`` (a bool, or ``f(d_in=..., **args)``): the slot supplies ``rotary`` (the
+      ``Rope`` step applies the mixer's rotary positions there instead of after the slot).
+    """
+
+    layout: SlotLayout
+    doc: str
+    features: SizeHook
+    heads: SizeHook | None = None
+    outputs: Callable[..., Sequence[int]] | None = None
+    shorthand: Callable[..., str | None] | None = None
+    rotary: bool | Callable[..., bool] = False
+
+    def supplies(self, d_in: int, args: Mapping[str, Any]) -> tuple[str, ...]:
+        """The call-time keywords a block in this slot may read with these arguments."""
+        rotary = self.rotary(d_in=d_in, **args) if callable(self.rotary) else self.rotary
+        return ("positions", "rotary") if rotary else ("positions",)
+
+
 @dataclass(frozen=True)
 class Declarations:
     """Everything a component may declare, all optional: the keywords of ``register`` (the
@@ -336,6 +419,8 @@ class Declarations:
     tie: Callable[[nn.Module, nn.Module | None], None] | None = None
     decodes: bool = False
     state_size: StateSizeHook | None = None
+    slots: Mapping[str, Slot] = field(default_factory=dict)
+    per_head: bool = False
 
     def validate(
         self, key: str, cls: type, schema: Mapping[str, Param], takes_children: bool
@@ -375,6 +460,17 @@ class Declarations:
             )
         if self.state_size is not None and not self.decodes:
             raise RegistryError(f"{key}: state_size is declared but decodes=True is not")
+        takes_slots = "slots" in _constructor_parameters(cls)
+        if bool(self.slots) != takes_slots:
+            raise RegistryError(
+                f"{key} declares slots but its constructor takes no 'slots' parameter"
+                if self.slots
+                else f"{key}'s constructor takes 'slots' but it declares none",
+                hint="register(..., slots={'q': Slot(...)}) and __init__(self, ..., slots=None)",
+            )
+        for slot_name, slot in self.slots.items():
+            if not isinstance(slot, Slot) or not slot_name.isidentifier():
+                raise RegistryError(f"{key}: slot {slot_name!r} must be a Slot under a name")
         return size_arg
 
 
@@ -572,10 +668,21 @@ class Component:
         """Whether a module built with ``args`` may only look at earlier positions."""
         return not self.mixes_positions or bool(args.get("causal", True))
 
-    def build(self, args: Mapping[str, Any], children: Sequence[nn.Module] = ()) -> nn.Module:
+    @property
+    def slots(self) -> Mapping[str, Slot]:
+        return self.declarations.slots
+
+    def build(
+        self,
+        args: Mapping[str, Any],
+        children: Sequence[nn.Module] = (),
+        slots: Mapping[str, nn.Module] | None = None,
+    ) -> nn.Module:
         kwargs = dict(args)
         if self.takes_children:
             kwargs["children"] = list(children)
+        if self.slots:  # None: outside the compiler (the constructor fills its shorthand)
+            kwargs["slots"] = None if slots is None else dict(slots)
         return self.cls(**kwargs)
 
     def check_args(
@@ -744,6 +851,8 @@ class Registry:
         tie: Callable[[nn.Module, nn.Module | None], None] | None = None,
         decodes: bool = False,
         state_size: StateSizeHook | None = None,
+        slots: Mapping[str, Slot] | None = None,
+        per_head: bool = False,
     ) -> Callable[[type[nn.Module]], type[nn.Module]]:
         """Class decorator: ``@register("Attn", mixes_positions=True, decodes=True, ...)``.
         The keywords are the component's ``Declarations`` (the module docstring's table):
@@ -765,6 +874,8 @@ class Registry:
             tie=tie,
             decodes=decodes,
             state_size=state_size,
+            slots=dict(slots or {}),
+            per_head=per_head,
         )
 
         def decorate(cls: type[nn.Module]) -> type[nn.Module]:

@@ -42,6 +42,8 @@ class Built:
         ctx = {}
         if "memory" in self.component.context:
             ctx["memory"] = torch.randn(x.shape[0], 5, D, device=x.device)
+        if "rotary" in self.component.context:  # Rope: what a slot supplies; here unrotated
+            ctx["rotary"] = lambda t: t
         return ctx
 
     def run(self, x: torch.Tensor, **ctx: Any) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -10,6 +10,8 @@ import torch
 from torch import nn
 
 from blockdsl.errors import ArgumentError, BlockDSLError
+from blockdsl.graph import build_graph
+from blockdsl.printer import format_value
 from blockdsl.registry import REGISTRY, Registry
 from tests.conftest import CONTEXT, GLOBALS, D, build, resolve
 
@@ -136,7 +138,14 @@ def test_builds_on_meta_device(name, kwargs):
 @pytest.mark.parametrize(("name", "kwargs"), CASES, ids=IDS)
 def test_declared_param_count(name, kwargs):
     b = build(name, kwargs, tie=False)  # a tied weight belongs to the embedding
-    assert b.component.count_params(D, b.args) == sum(p.numel() for p in b.module.parameters())
+    # a component counts its own parameters; the blocks in its slots count as their own calls
+    own = [p for n, p in b.module.named_parameters() if not n.startswith("slots.")]
+    assert b.component.count_params(D, b.args) == sum(p.numel() for p in own)
+    if b.component.slots:  # and the compiler's count is the whole module's
+        text = f"{name}({', '.join(f'{k}={format_value(v)}' for k, v in kwargs.items())})"
+        graph = build_graph(text, d_model=D, model_globals=GLOBALS, supplies=("memory",))
+        spec = next(iter(graph.modules.values()))
+        assert spec.params == sum(p.numel() for p in b.module.parameters())
 
 
 @pytest.mark.parametrize(("name", "kwargs"), CASES, ids=IDS)

@@ -105,6 +105,11 @@ def test_rope_tables():
 # --------------------------------------------------------------------------- attention
 
 
+def _slot_norm(attn, slot: str):
+    """The norm that ``qk_norm=true`` puts in attention's q or k slot, or None."""
+    return attn.slots[slot].norm if slot in attn.slots else None
+
+
 def reference_attention(attn, x: torch.Tensor, positions: torch.Tensor | None = None):
     """Attention spelled out: per-head projections, rotary via complex numbers, HF repeat_kv,
     explicit scores, soft-capping, ALiBi, causal / window mask, softmax."""
@@ -113,9 +118,10 @@ def reference_attention(attn, x: torch.Tensor, positions: torch.Tensor | None = 
     q = attn.q(x).view(B, T, H, hd).transpose(1, 2)
     k = attn.k(x).view(B, T, K, hd).transpose(1, 2)
     v = attn.v(x).view(B, T, K, hd).transpose(1, 2)
-    if attn.q_norm is not None:
-        q = q * torch.rsqrt(q.pow(2).mean(-1, keepdim=True) + 1e-6) * attn.q_norm.weight
-        k = k * torch.rsqrt(k.pow(2).mean(-1, keepdim=True) + 1e-6) * attn.k_norm.weight
+    q_norm, k_norm = _slot_norm(attn, "q"), _slot_norm(attn, "k")
+    if q_norm is not None:
+        q = q * torch.rsqrt(q.pow(2).mean(-1, keepdim=True) + 1e-6) * q_norm.weight
+        k = k * torch.rsqrt(k.pow(2).mean(-1, keepdim=True) + 1e-6) * k_norm.weight
     pos = torch.arange(T) if positions is None else positions
     if attn.pos == "rope":
         r = attn.rotary_dims
@@ -126,8 +132,9 @@ def reference_attention(attn, x: torch.Tensor, positions: torch.Tensor | None = 
     v = v[:, :, None].expand(B, K, n_rep, T, hd).reshape(B, H, T, hd)
     scale = hd**-0.5 if attn.scale is None else attn.scale
     scores = q @ k.transpose(-1, -2) * scale
-    if attn.softcap is not None:
-        scores = attn.softcap * torch.tanh(scores / attn.softcap)
+    cap = attn.slots["scores"].softcap.cap if "scores" in attn.slots else None
+    if cap is not None:
+        scores = cap * torch.tanh(scores / cap)
     i, j = torch.arange(T)[:, None], torch.arange(T)[None, :]
     if attn.pos == "alibi":
         scores = scores - alibi_slopes(H)[:, None, None] * (i - j).abs()
@@ -163,10 +170,10 @@ ATTN_CASES = [
 @pytest.mark.parametrize("kwargs", ATTN_CASES, ids=[str(c) for c in ATTN_CASES])
 def test_attention_matches_explicit_math(kwargs):
     attn = build("Attn", kwargs).module.eval()
-    if attn.q_norm is not None:
+    if _slot_norm(attn, "q") is not None:
         with torch.no_grad():
-            attn.q_norm.weight.normal_()
-            attn.k_norm.weight.normal_()
+            _slot_norm(attn, "q").weight.normal_()
+            _slot_norm(attn, "k").weight.normal_()
     x = torch.randn(2, 9, D)
     torch.testing.assert_close(attn(x), reference_attention(attn, x), rtol=1e-4, atol=1e-5)
 

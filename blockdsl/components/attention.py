@@ -8,17 +8,18 @@ Shapes in comments: ``B`` batch, ``T`` query length, ``S`` key length, ``D`` mod
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from blockdsl.components import rope as rope_math
-from blockdsl.components._util import Problem, raise_problem, same_size, softcap
-from blockdsl.components.norm import QKNorm
-from blockdsl.registry import register
+from blockdsl.components._util import Problem, raise_problem, same_size
+from blockdsl.printer import format_value
+from blockdsl.registry import Slot, register, shorthand_slots
 
 # --------------------------------------------------------------------------- helpers
 
@@ -32,8 +33,11 @@ def _check_heads(
     kv_heads: int | None = None,
     head_dim: int | None = None,
     dropout: float = 0.0,
+    v_head_dim: int | None = None,
     **_,
 ) -> Problem:
+    if v_head_dim is not None and v_head_dim <= 0:
+        return f"v_head_dim must be positive, got {v_head_dim}"
     if not 0.0 <= dropout < 1.0:
         return f"dropout must be in [0, 1), got {dropout}"
     if heads <= 0:
@@ -123,18 +127,17 @@ def _check_attn(d_in: int, **args) -> Problem:
 class AttnSizes:
     """Attention's derived sizes, computed once from its arguments by ``attn_sizes``: the
     constructor builds its layers from them and every hook (params, FLOPs, shape steps, state
-    size) counts from them, so the arithmetic lives here only."""
+    size, slot sizes) counts from them, so the arithmetic lives here only. What the slots hold
+    (q/k norms, the output gate) counts as the blocks in them."""
 
     d_in: int  # the stream's features: the input of q, the output of o
     d_kv: int  # the input of k and v: the memory's width for cross-attention, else d_in
     heads: int
     kv_heads: int
-    head_dim: int
+    head_dim: int  # of queries and keys
+    v_head_dim: int  # of values (and so of each head's output)
     in_bias: bool  # on q, k, v
     out_bias: bool  # on o
-    gate: bool  # the output gate sigmoid(gate(x)), a linear d_in -> heads * head_dim
-    gate_bias: bool
-    qk_norm_params: int  # the query and key norms' parameters together (0 without them)
 
     @property
     def q_features(self) -> int:
@@ -143,6 +146,15 @@ class AttnSizes:
     @property
     def kv_features(self) -> int:
         return self.kv_heads * self.head_dim
+
+    @property
+    def v_features(self) -> int:
+        return self.kv_heads * self.v_head_dim
+
+    @property
+    def out_features(self) -> int:
+        """The heads' outputs concatenated: the input of ``o``."""
+        return self.heads * self.v_head_dim
 
     @property
     def groups(self) -> int:
@@ -159,32 +171,172 @@ def attn_sizes(
     qkv_bias: bool | None = None,
     o_bias: bool | None = None,
     d_memory: int | None = None,
-    gate: bool = False,
-    qk_norm: bool = False,
-    qk_norm_over: str = "head",
-    qk_norm_per_head: bool = False,
-    qk_norm_bias: bool = False,
+    v_head_dim: int | None = None,
     **_,
 ) -> AttnSizes:
     """``AttnSizes`` of attention (or cross-attention) with these arguments at input size
-    ``d_in``; defaults filled in (``kv_heads = heads``, ``head_dim = d_in // heads``, each bias
-    from ``bias`` unless set on its own)."""
+    ``d_in``; defaults filled in (``kv_heads = heads``, ``head_dim = d_in // heads``,
+    ``v_head_dim = head_dim``, each bias from ``bias`` unless set on its own)."""
     kv = heads if kv_heads is None else kv_heads
     hd = d_in // heads if head_dim is None else head_dim
-    whole_or_per_head = qk_norm_over == "all" or qk_norm_per_head
-    norm_sizes = (heads + kv) * hd if whole_or_per_head else 2 * hd
     return AttnSizes(
         d_in=d_in,
         d_kv=d_memory or d_in,
         heads=heads,
         kv_heads=kv,
         head_dim=hd,
+        v_head_dim=hd if v_head_dim is None else v_head_dim,
         in_bias=bias if qkv_bias is None else qkv_bias,
         out_bias=bias if o_bias is None else o_bias,
-        gate=gate,
-        gate_bias=bias,
-        qk_norm_params=norm_sizes * (1 + int(qk_norm_bias)) if qk_norm else 0,
     )
+
+
+# --------------------------------------------------------------------------- slots
+# The anatomy of language v3 (docs/language.md, "Slots"): blocks applied per head to q, k, v
+# and the core's output o, a gate over the input, and the scores before the softmax. The flags
+# that mean a slot's contents (qk_norm*, clip_qkv, gate, softcap) are shorthand: they put a
+# block in the slot (``Slot.shorthand``), compiled like any other, so there is one code path.
+
+
+def _qk_norm_text(
+    qk_norm: bool = False,
+    qk_norm_eps: float = 1e-6,
+    qk_norm_kind: str = "rms",
+    qk_norm_over: str = "head",
+    qk_norm_per_head: bool = False,
+    qk_norm_bias: bool = False,
+    qk_norm_unit_offset: bool = False,
+    **_,
+) -> str | None:
+    if not qk_norm:
+        return None
+    # every argument written out: a config's [defaults] for Norm must not reach the shorthand
+    args = [
+        f"kind={qk_norm_kind}",
+        f"eps={format_value(float(qk_norm_eps))}",
+        "affine=true",
+        f"bias={format_value(qk_norm_bias)}",
+        f"unit_offset={format_value(qk_norm_unit_offset)}",
+    ]
+    args += ["per_head=true"] * qk_norm_per_head + ["whole=true"] * (qk_norm_over == "all")
+    return f"Norm({', '.join(args)})"
+
+
+def _clip_text(clip_qkv: float | None = None, **_) -> str | None:
+    return None if clip_qkv is None else f"Clip(limit={format_value(float(clip_qkv))})"
+
+
+def _chain(*steps: str | None) -> str | None:
+    present = [step for step in steps if step]
+    return "->".join(present) or None
+
+
+def _qk_shorthand(d_in: int, **args: Any) -> str | None:
+    """``clip_qkv`` then ``qk_norm*``: OLMo clamps the projections before normalising them."""
+    return _chain(_clip_text(**args), _qk_norm_text(**args))
+
+
+def _v_shorthand(d_in: int, **args: Any) -> str | None:
+    return _clip_text(**args)
+
+
+def _gate_shorthand(d_in: int, gate: bool = False, bias: bool = False, **args: Any) -> str | None:
+    if not gate:
+        return None
+    out = attn_sizes(d_in, bias=bias, **args).out_features
+    return f"Linear(out={out}, bias={format_value(bias)})->Act(fn=sigmoid)"
+
+
+def _scores_shorthand(d_in: int, softcap: float | None = None, **_) -> str | None:
+    return None if softcap is None else f"Softcap(cap={format_value(float(softcap))})"
+
+
+def _sizes_of(d_in: int, **args: Any) -> AttnSizes:
+    return attn_sizes(d_in, **args)
+
+
+def attn_slots(*, rotary: bool | Callable[..., bool], keys: Callable[..., int]) -> dict[str, Slot]:
+    """The slots of an attention mixer (``Attn``, ``CrossAttn``); ``rotary``: it has rotary
+    positions (q, k and v may hold the ``Rope`` step); ``keys``: the scores' feature size used
+    to validate the scores block (keys vary with the sequence; the longest)."""
+    return {
+        "q": Slot(
+            "heads",
+            "per query head (B, T, heads, head_dim), after the q projection, before rotary",
+            features=lambda d_in, **a: _sizes_of(d_in, **a).head_dim,
+            heads=lambda d_in, **a: _sizes_of(d_in, **a).heads,
+            shorthand=_qk_shorthand,
+            rotary=rotary,
+        ),
+        "k": Slot(
+            "heads",
+            "per key head (B, S, kv_heads, head_dim), after the k projection, before rotary",
+            features=lambda d_in, **a: _sizes_of(d_in, **a).head_dim,
+            heads=lambda d_in, **a: _sizes_of(d_in, **a).kv_heads,
+            shorthand=_qk_shorthand,
+            rotary=rotary,
+        ),
+        "v": Slot(
+            "heads",
+            "per value head (B, S, kv_heads, v_head_dim), after the v projection",
+            features=lambda d_in, **a: _sizes_of(d_in, **a).v_head_dim,
+            heads=lambda d_in, **a: _sizes_of(d_in, **a).kv_heads,
+            shorthand=_v_shorthand,
+            rotary=rotary,
+        ),
+        "o": Slot(
+            "heads",
+            "per head on the core's output (B, T, heads, v_head_dim), before the o projection",
+            features=lambda d_in, **a: _sizes_of(d_in, **a).v_head_dim,
+            heads=lambda d_in, **a: _sizes_of(d_in, **a).heads,
+        ),
+        "gate": Slot(
+            "stream",
+            "a block over the mixer's input (B, T, D) whose output, one value per head or per "
+            "head feature, multiplies the heads' outputs before o",
+            features=lambda d_in, **_: d_in,
+            heads=lambda d_in, **a: _sizes_of(d_in, **a).heads,
+            outputs=lambda d_in, **a: (
+                _sizes_of(d_in, **a).out_features,
+                _sizes_of(d_in, **a).heads,
+            ),
+            shorthand=_gate_shorthand,
+        ),
+        "scores": Slot(
+            "scores",
+            "on the scaled logits (B, heads, T, S) before the mask and softmax; extra columns "
+            "it appends are sink logits (in the softmax, then dropped)",
+            features=keys,
+            heads=lambda d_in, **a: _sizes_of(d_in, **a).heads,
+            shorthand=_scores_shorthand,
+        ),
+    }
+
+
+def _grouped(
+    scores: Callable[[torch.Tensor], torch.Tensor], heads: int, kv_heads: int, T: int
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A scores block for logits grouped by kv head, ``(B, K, G*T, L)`` (the decoding layout),
+    applied as the full path applies it, to ``(B, H, T, L)``."""
+
+    def apply(logits: torch.Tensor) -> torch.Tensor:
+        B, L = logits.shape[0], logits.shape[-1]
+        out = scores(logits.reshape(B, heads, T, L))
+        return out.reshape(B, kv_heads, -1, out.shape[-1])
+
+    return apply
+
+
+def _call_slot(
+    module: nn.Module, x: torch.Tensor, context: Mapping[str, Any], state: Any = None
+) -> torch.Tensor:
+    """Apply a slot's module to ``x`` with the call-time values it reads (a compiled block
+    declares them in ``context``; a plain module reads none)."""
+    wanted = getattr(module, "context", ())
+    kwargs = {name: context[name] for name in wanted if name in context}
+    if state is not None:
+        kwargs["state"] = state
+    return module(x, **kwargs)
 
 
 def _pair_angles(
@@ -248,18 +400,21 @@ def attend(
     is_causal: bool = False,
     mask: torch.Tensor | None = None,
     bias: torch.Tensor | None = None,
-    cap: float | None = None,
+    scores: Callable[[torch.Tensor], torch.Tensor] | None = None,
     dropout: float = 0.0,
     enable_gqa: bool = False,
 ) -> torch.Tensor:
-    """``softmax(q k^T * scale [softcapped] + bias, masked) v`` for (B, H, T|S, hd) tensors.
+    """``softmax(scores(q k^T * scale) + bias, masked) v`` for (B, H, T|S, hd) tensors.
 
     ``mask`` is boolean, True where a query may see a key; ``bias`` is additive (ALiBi).
-    Uses ``F.scaled_dot_product_attention`` unless soft-capping needs the scores explicitly.
+    ``scores`` (an attention's scores slot: a soft-cap, a temperature, sink logits) maps the
+    scaled logits ``(B, H, T, S)`` to ``(B, H, T, S + n)``: the ``n`` extra columns are sinks,
+    in the softmax's denominator and then dropped (no value). Uses
+    ``F.scaled_dot_product_attention`` unless ``scores`` needs the logits explicitly.
     ``enable_gqa``: ``k``/``v`` have fewer heads (B, K, S, hd), which SDPA shares between the
     query heads itself (query head h reads kv head h // (H / K)); SDPA path only.
     """
-    if cap is None:
+    if scores is None:
         attn_mask = mask  # boolean, or an additive float mask when there is a bias
         if bias is not None:
             attn_mask = bias if mask is None else bias.masked_fill(~mask, float("-inf"))
@@ -274,16 +429,19 @@ def attend(
             scale=scale,
             **({"enable_gqa": True} if enable_gqa else {}),
         )
-    scores = (q @ k.transpose(-2, -1)) * scale  # (B, H, T, S)
-    scores = softcap(scores, cap)
+    logits = (q @ k.transpose(-2, -1)) * scale  # (B, H, T, S)
+    T, S = logits.shape[-2:]
+    logits = scores(logits)  # (B, H, T, S + sinks)
+    sinks = logits.shape[-1] - S
     if bias is not None:
-        scores = scores + bias
+        logits = logits + (F.pad(bias, (0, sinks)) if sinks else bias)
     if is_causal and mask is None:
-        T, S = scores.shape[-2:]
         mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(S - T)
     if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf"))
-    probs = F.softmax(scores.float(), dim=-1).to(q.dtype)
+        mask = F.pad(mask, (0, sinks), value=True) if sinks else mask
+        logits = logits.masked_fill(~mask, float("-inf"))
+    probs = F.softmax(logits.float(), dim=-1).to(q.dtype)
+    probs = probs[..., :S] if sinks else probs
     probs = F.dropout(probs, p=dropout) if dropout > 0 else probs
     return probs @ v  # (B, H, T, hd)
 
@@ -294,29 +452,30 @@ def attend(
 def _attn_params(d_in: int, **args) -> int:
     s = attn_sizes(d_in, **args)
     q = (d_in + s.in_bias) * s.q_features
-    gate = (d_in + s.gate_bias) * s.q_features * s.gate
-    k_and_v = 2 * (s.d_kv + s.in_bias) * s.kv_features
-    o = s.q_features * d_in + s.out_bias * d_in
-    return q + gate + k_and_v + o + s.qk_norm_params
+    k = (s.d_kv + s.in_bias) * s.kv_features
+    v = (s.d_kv + s.in_bias) * s.v_features
+    o = s.out_features * d_in + s.out_bias * d_in
+    return q + k + v + o
 
 
 def _attn_flops(d_in: int, seq: int, window: int | None = None, **args) -> int:
     s = attn_sizes(d_in, **args)
     projections = seq * (
         (2 * d_in + s.in_bias) * s.q_features
-        + 2 * (2 * s.d_kv + s.in_bias) * s.kv_features
-        + (2 * s.q_features + s.out_bias) * d_in
-        + s.gate * ((2 * d_in + s.gate_bias) * s.q_features + 2 * s.q_features)  # gate, product
+        + (2 * s.d_kv + s.in_bias) * (s.kv_features + s.v_features)
+        + (2 * s.out_features + s.out_bias) * d_in
     )
     keys = seq if window is None else min(seq, window)
-    return projections + 2 * 2 * seq * keys * s.q_features  # + QK^T and AV
+    scores = 2 * seq * keys * s.q_features
+    mix = 2 * seq * keys * s.heads * s.v_head_dim
+    return projections + scores + mix
 
 
 # --------------------------------------------------------------------------- modules
 
 
 class _Projections(nn.Module):
-    """q, k, v, o linears, optional q/k norms and clipping, shared by Attn and CrossAttn."""
+    """q, k, v, o linears and the slots between them, shared by Attn and CrossAttn."""
 
     def __init__(
         self,
@@ -324,74 +483,83 @@ class _Projections(nn.Module):
         heads: int,
         kv_heads: int | None,
         head_dim: int | None,
-        qk_norm: bool,
-        softcap: float | None,
         scale: float | None,
         bias: bool,
         dropout: float,
         d_memory: int | None = None,
-        gate: bool = False,
-        qk_norm_eps: float = 1e-6,
-        qk_norm_kind: Literal["rms", "layer"] = "rms",
-        qk_norm_over: Literal["head", "all"] = "head",
-        qk_norm_per_head: bool = False,
-        qk_norm_bias: bool = False,
-        qk_norm_unit_offset: bool = False,
         qkv_bias: bool | None = None,
         o_bias: bool | None = None,
-        clip_qkv: float | None = None,
+        v_head_dim: int | None = None,
+        slots: Mapping[str, nn.Module] | None = None,
     ) -> None:
         super().__init__()
-        raise_problem(_check_heads(d_model, heads, kv_heads, head_dim, dropout))
-        raise_problem(_check_projection_options(clip_qkv, qk_norm_over, qk_norm_per_head))
+        raise_problem(_check_heads(d_model, heads, kv_heads, head_dim, dropout, v_head_dim))
         sizes = attn_sizes(
-            d_model, heads, kv_heads, head_dim, bias, qkv_bias, o_bias, d_memory, gate
+            d_model, heads, kv_heads, head_dim, bias, qkv_bias, o_bias, d_memory, v_head_dim
         )
-        kv, hd = sizes.kv_heads, sizes.head_dim
-        self.heads, self.kv_heads, self.head_dim = heads, kv, hd
+        self.sizes = sizes
+        self.heads, self.kv_heads, self.head_dim = heads, sizes.kv_heads, sizes.head_dim
+        self.v_head_dim = sizes.v_head_dim
         self.groups = sizes.groups
-        self.scale = hd**-0.5 if scale is None else scale
-        self.softcap, self.dropout, self.clip_qkv = softcap, dropout, clip_qkv
+        self.scale = sizes.head_dim**-0.5 if scale is None else scale
+        self.dropout = dropout
         self.q = nn.Linear(d_model, sizes.q_features, bias=sizes.in_bias)
         self.k = nn.Linear(sizes.d_kv, sizes.kv_features, bias=sizes.in_bias)
-        self.v = nn.Linear(sizes.d_kv, sizes.kv_features, bias=sizes.in_bias)
-        self.o = nn.Linear(sizes.q_features, d_model, bias=sizes.out_bias)
-        self.norm_whole = qk_norm_over == "all"  # over the projection, before the heads split
+        self.v = nn.Linear(sizes.d_kv, sizes.v_features, bias=sizes.in_bias)
+        self.o = nn.Linear(sizes.out_features, d_model, bias=sizes.out_bias)
+        self.slots = nn.ModuleDict(dict(slots or {}))
+        # what the slots' blocks do, found once: which hold the Rope step, which keep a state
+        self.rotates_in_slot = frozenset(
+            name for name, m in self.slots.items() if "rotary" in getattr(m, "context", ())
+        )
+        self.stateful_slots = tuple(
+            name for name, m in self.slots.items() if getattr(m, "state_attrs", ())
+        )
+        self.register_load_state_dict_pre_hook(_rename_legacy_slot_weights)
 
-        def qk_norm_of(n_heads: int) -> QKNorm | None:
-            if not qk_norm:
-                return None
-            return QKNorm(
-                n_heads * hd if self.norm_whole else hd,
-                kind=qk_norm_kind,
-                eps=qk_norm_eps,
-                bias=qk_norm_bias,
-                unit_offset=qk_norm_unit_offset,
-                heads=n_heads if qk_norm_per_head else None,
-            )
+    def slot(
+        self, name: str, x: torch.Tensor, context: Mapping[str, Any], state: Any = None
+    ) -> torch.Tensor:
+        """``x`` through the block in slot ``name`` (unchanged when the slot is empty)."""
+        module = self.slots[name] if name in self.slots else None  # noqa: SIM401 (ModuleDict)
+        if module is None:
+            return x
+        slot_state = state["slots"][name] if state is not None and name in state["slots"] else None
+        return _call_slot(module, x, context, slot_state)
 
-        self.q_norm, self.k_norm = qk_norm_of(heads), qk_norm_of(kv)
-        self.gate = nn.Linear(d_model, sizes.q_features, bias=sizes.gate_bias) if gate else None
+    def slot_states(self, batch_size: int, max_len: int) -> dict[str, Any]:
+        """The decoding states of the slots' blocks that keep one (a ``Conv`` in ``v``)."""
+        return {
+            name: self.slots[name].init_state(batch_size, max_len) for name in self.stateful_slots
+        }
 
     def project(
-        self, x: torch.Tensor, kv_source: torch.Tensor
+        self,
+        x: torch.Tensor,
+        kv_source: torch.Tensor,
+        context: Mapping[str, Any],
+        state: Any = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Queries (B, H, T, hd), keys and values (B, K, S, hd): projected, clipped to
-        ``[-clip_qkv, clip_qkv]`` (OLMo), then q/k normalised (over the whole projection with
-        ``qk_norm_over=all``, OLMo 2; else over each head)."""
-        q, k, v = self.q(x), self.k(kv_source), self.v(kv_source)
-        if self.clip_qkv is not None:
-            q, k, v = (t.clamp(-self.clip_qkv, self.clip_qkv) for t in (q, k, v))
-        if self.q_norm is not None and self.norm_whole:
-            q, k = self.q_norm(q), self.k_norm(k)
-        # views, as einops' "b t (h d) -> b h t d" makes them, without its per-call parsing
-        # (a measurable share of a decoding step, bench/generate.py)
-        q = q.unflatten(-1, (self.heads, -1)).transpose(1, 2)  # (B, H, T, hd)
-        k = k.unflatten(-1, (self.kv_heads, -1)).transpose(1, 2)  # (B, K, S, hd)
-        v = v.unflatten(-1, (self.kv_heads, -1)).transpose(1, 2)  # (B, K, S, hd)
-        if self.q_norm is not None and not self.norm_whole:
-            q, k = self.q_norm(q), self.k_norm(k)
+        """Queries (B, T, H, hd), keys (B, S, K, hd) and values (B, S, K, v_hd): projected,
+        then each through its slot, then rotated (``context["rotary"]``) unless the slot did."""
+        q = self.q(x).unflatten(-1, (self.heads, self.head_dim))  # (B, T, H, hd)
+        k = self.k(kv_source).unflatten(-1, (self.kv_heads, self.head_dim))  # (B, S, K, hd)
+        v = self.v(kv_source).unflatten(-1, (self.kv_heads, self.v_head_dim))  # (B, S, K, v_hd)
+        q = self.slot("q", q, context, state)
+        k = self.slot("k", k, context, state)
+        v = self.slot("v", v, context, state)
+        rotary = context.get("rotary")
+        if rotary is not None:
+            q = q if "q" in self.rotates_in_slot else rotary(q)
+            k = k if "k" in self.rotates_in_slot else rotary(k)
         return q, k, v
+
+    def scores_slot(self, context: Mapping[str, Any]) -> Callable | None:
+        """The scores slot as a function of the logits, or None (the fused kernel)."""
+        if "scores" not in self.slots:
+            return None
+        module = self.slots["scores"]
+        return lambda logits: _call_slot(module, logits, context)
 
     def repeat_kv(self, kv: torch.Tensor) -> torch.Tensor:
         """(B, K, S, hd) -> (B, H, S, hd): query head h reads kv head h // (H / K)."""
@@ -399,16 +567,36 @@ class _Projections(nn.Module):
 
     def sdpa_gqa(self, masked: bool = False) -> bool:
         """Whether SDPA shares the kv heads itself (``enable_gqa``), so that ``k``/``v`` need not
-        be repeated: grouped heads, no soft-capping (explicit scores), no mask or bias (the
+        be repeated: grouped heads, no scores slot (explicit scores), no mask or bias (the
         fused kernels that take grouped heads take no mask either), torch >= 2.5."""
-        return self.groups > 1 and self.softcap is None and not masked and _SDPA_HAS_GQA
+        return self.groups > 1 and "scores" not in self.slots and not masked and _SDPA_HAS_GQA
 
-    def merge(self, y: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
-        """Heads concatenated, gated by ``sigmoid(gate(x))`` with an output gate, then ``o``."""
-        y = y.transpose(1, 2).flatten(2)  # (B, T, H·hd)
-        if self.gate is not None:
-            y = y * torch.sigmoid(self.gate(x))
-        return self.o(y)  # (B, T, D)
+    def merge(
+        self, y: torch.Tensor, x: torch.Tensor, context: Mapping[str, Any], state: Any = None
+    ) -> torch.Tensor:
+        """The heads' outputs ``y`` (B, T, H, v_hd) through the o slot, times the gate slot's
+        block of the input ``x`` (one value per head or per head feature), then ``o``."""
+        y = self.slot("o", y, context, state)
+        if "gate" in self.slots:
+            gate = self.slot("gate", x, context, state)  # (B, T, H) or (B, T, H·v_hd)
+            y = y * gate.unflatten(-1, (self.heads, -1))
+        return self.o(y.flatten(2))  # (B, T, D)
+
+
+#: Weight names before the slots (blockdsl <= 0.3): the q/k norms and the output gate were
+#: attributes of the attention itself; they now live in the blocks of its slots.
+_LEGACY_SLOT_WEIGHTS = (("q_norm.", "slots.q.norm."), ("k_norm.", "slots.k.norm."),
+                        ("gate.", "slots.gate.linear."))  # fmt: skip
+
+
+def _rename_legacy_slot_weights(
+    module: nn.Module, state_dict: dict[str, Any], prefix: str, *_: Any
+) -> None:
+    """Load a checkpoint saved before the slots: its ``q_norm``/``k_norm``/``gate`` weights
+    are the same tensors as the shorthand's slot blocks hold."""
+    for old, new in _LEGACY_SLOT_WEIGHTS:
+        for key in [k for k in state_dict if k.startswith(prefix + old)]:
+            state_dict[prefix + new + key[len(prefix + old) :]] = state_dict.pop(key)
 
 
 def _attn_steps(
@@ -416,25 +604,25 @@ def _attn_steps(
 ) -> list[tuple[str, tuple[str, ...], tuple[int, ...], int]]:
     """Attention's steps for ``blockdsl compile --show-shapes --depth 2``: ``(name, symbolic
     shape, concrete shape, forward FLOPs of the batch)``; scores over ``min(T, window)`` keys
-    are counted, as in ``_attn_flops``."""
+    are counted, as in ``_attn_flops`` (the slots' blocks are counted as their own calls)."""
     s = attn_sizes(d_in, **args)
-    heads, kv, hd = s.heads, s.kv_heads, s.head_dim
+    heads, kv, hd, vhd = s.heads, s.kv_heads, s.head_dim, s.v_head_dim
+    vd = "hd" if vhd == hd else "vd"  # the value heads' size, named apart when it differs
     n = batch * seq
     keys = seq if window is None else min(seq, window)
-    gate_flops = (2 * d_in + 2) * n * s.q_features  # the gate's projection and product
     return [
         ("q", ("B", "H", "T", "hd"), (batch, heads, seq, hd), 2 * n * d_in * s.q_features),
         ("k", ("B", "K", "T", "hd"), (batch, kv, seq, hd), 2 * n * d_in * s.kv_features),
-        ("v", ("B", "K", "T", "hd"), (batch, kv, seq, hd), 2 * n * d_in * s.kv_features),
+        ("v", ("B", "K", "T", vd), (batch, kv, seq, vhd), 2 * n * d_in * s.v_features),
         ("scores", ("B", "H", "T", "T"), (batch, heads, seq, seq), 2 * n * keys * s.q_features),
-        ("mix", ("B", "H", "T", "hd"), (batch, heads, seq, hd), 2 * n * keys * s.q_features),
-        *([("gate", ("B", "T", "H·hd"), (batch, seq, s.q_features), gate_flops)] if s.gate else []),
-        ("o", ("B", "T", "D"), (batch, seq, d_in), 2 * n * s.q_features * d_in),
+        ("mix", ("B", "H", "T", vd), (batch, heads, seq, vhd), 2 * n * keys * s.out_features),
+        ("o", ("B", "T", "D"), (batch, seq, d_in), 2 * n * s.out_features * d_in),
     ]
 
 
 def _attn_state_size(d_in: int, context: int, **args) -> int:
-    return 2 * attn_sizes(d_in, **args).kv_features * context  # keys and values of every position
+    s = attn_sizes(d_in, **args)
+    return (s.kv_features + s.v_features) * context  # keys and values of every position
 
 
 _ATTN_HELP: dict[str, str] = {
@@ -447,13 +635,15 @@ _ATTN_HELP: dict[str, str] = {
     "rope_interleaved": "rotate adjacent pairs (GPT-J) instead of halves (Llama/NeoX)",
     "causal": "query t sees only keys <= t",
     "window": "sliding window: query t sees keys t-window+1 ... t; none: unlimited",
-    "qk_norm": "RMSNorm of queries and keys over head_dim",
-    "softcap": "cap scores with `softcap * tanh(scores / softcap)` (Gemma 2); none: off",
+    "v_head_dim": "size of each value head (and head output); none: = head_dim",
+    "qk_norm": "shorthand for q=Norm, k=Norm: a norm of queries and keys over head_dim",
+    "softcap": "shorthand for scores=Softcap(cap=...): `softcap * tanh(scores / softcap)` "
+    "(Gemma 2); none: off",
     "scale": "score scale; none: head_dim ** -0.5",
     "bias": "biases on the q, k, v, o projections",
     "dropout": "dropout on attention probabilities (training only)",
     "context": "maximum sequence length (rotary table size; set by the model)",
-    "gate": "head-wise output gate `sigmoid(gate(x))` before `o` (Qwen3-Next)",
+    "gate": "shorthand for gate=Linear->Act(sigmoid): an output gate before `o` (Qwen3-Next)",
     "qk_norm_eps": "epsilon of the q/k norm",
     "qk_norm_kind": "q/k norm: rms (RMSNorm) or layer (LayerNorm)",
     "qk_norm_over": "q/k norm over each head (head) or over the whole projection (all)",
@@ -462,7 +652,8 @@ _ATTN_HELP: dict[str, str] = {
     "qk_norm_unit_offset": "q/k norm scales by `(1 + weight)` (Gemma 3)",
     "qkv_bias": "biases on q, k, v; none: = bias",
     "o_bias": "bias on the output projection o; none: = bias",
-    "clip_qkv": "clamp the q, k, v projections to [-clip_qkv, clip_qkv] (OLMo, MPT); none: off",
+    "clip_qkv": "shorthand for q=Clip(limit=...), k=..., v=...: clamp the projections (OLMo, "
+    "MPT); none: off",
     "alibi_scale": "multiplies the ALiBi slopes (Falcon: head_dim ** -0.5)",
     "rope_scaling": "rotary scaling: none, linear, dynamic (NTK), llama3, yarn or longrope",
     "rope_factor": "rotary scaling factor (context extension ratio)",
@@ -489,9 +680,23 @@ _ATTN_HELP: dict[str, str] = {
     decodes=True,
     arg_help=_ATTN_HELP,
     shape_steps=_attn_steps,
+    slots=attn_slots(
+        rotary=lambda d_in, pos="rope", rope_fraction=1.0, **a: (
+            pos == "rope" and rotary_sizes(_sizes_of(d_in, **a).head_dim, rope_fraction)[1] > 0
+        ),
+        keys=lambda d_in, context=2048, **_: context,
+    ),
 )
 class Attn(_Projections):
-    """Multi-head self-attention: MHA/MQA/GQA, RoPE or ALiBi, sliding window, soft-capping.
+    """Multi-head self-attention: MHA/MQA/GQA, RoPE or ALiBi, sliding window, and slots.
+
+    * slots (language v3, docs/language.md "Slots"): ``Attn[q=..., k=..., v=..., o=...,
+      gate=..., scores=...]`` applies a block per head to the projected queries, keys and
+      values (before rotary positions, unless the block holds the ``Rope`` step), per head to
+      the core's output before ``o``, a block over the input ``x`` whose output multiplies the
+      heads' outputs (``gate``), and a block on the scaled logits before the mask and softmax
+      (``scores``; off the fused kernel). Parameters of a slot's block live under
+      ``slots.<slot>.`` (``slots.q.norm.weight``).
 
     * ``kv_heads`` (default ``heads``): query head ``h`` uses kv head ``h // (heads // kv_heads)``
       (HF ``repeat_kv``); ``kv_heads=1`` is MQA.
@@ -518,29 +723,26 @@ class Attn(_Projections):
       cache keeps every key (and every later layer's input) as the call that wrote it computed
       them, as transformers' cache does, so cached decoding departs from the full forward once
       a call reaches past ``rope_original_context`` (``generate(use_cache=False)`` does not).
-    * ``qk_norm``: normalise queries and keys after projection and clipping, before rotary:
-      ``qk_norm_kind`` rms or layer, with ``qk_norm_eps``, ``qk_norm_bias`` and
-      ``qk_norm_unit_offset`` (``(1 + w)``, Gemma 3), over each head's ``head_dim`` with one
-      weight shared by the heads (default; Qwen3), one weight row per head with
-      ``qk_norm_per_head`` (``weight [heads, head_dim]``; Cohere, StableLM), or over the whole
-      projection with ``qk_norm_over=all`` (``weight [heads * head_dim]``; OLMo 2).
-      Parameters ``q_norm.weight``/``k_norm.weight`` (and ``.bias``).
-    * ``clip_qkv``: the q, k and v projections (with their biases) clamped to ``[-clip_qkv,
-      clip_qkv]`` before anything else (OLMo, MPT).
+    * shorthand arguments that fill slots (one code path: the compiler puts their block in the
+      slot): ``qk_norm`` is ``q=Norm(...), k=Norm(...)`` with ``qk_norm_kind``, ``qk_norm_eps``,
+      ``qk_norm_bias``, ``qk_norm_unit_offset`` (``(1 + w)``, Gemma 3), one weight row per head
+      with ``qk_norm_per_head`` (``Norm(per_head=true)``; Cohere, StableLM) or one norm over
+      all heads with ``qk_norm_over=all`` (``Norm(whole=true)``; OLMo 2); ``clip_qkv`` is
+      ``Clip(limit=...)`` first in q, k and v (OLMo, MPT); ``gate`` is
+      ``gate=Linear(out=heads*v_head_dim)->Act(sigmoid)`` (Qwen3-Next); ``softcap`` is
+      ``scores=Softcap(cap=...)`` (Gemma 2). A slot filled both ways is an error.
     * ``qkv_bias`` / ``o_bias``: the q/k/v and the output projections' biases each on their own
-      (Qwen2: ``qkv_bias=true``); unset, both follow ``bias``.
-    * ``gate``: head-wise output gate (Qwen3-Next): the concatenated heads are multiplied by
-      ``sigmoid(gate(x))`` (a ``D -> heads * head_dim`` linear of the input) before ``o``.
-    * ``softcap``: scores ``softcap * tanh(scores / softcap)`` after scaling (Gemma 2); computed
-      with explicit math, SDPA otherwise. ``scale`` defaults to ``head_dim ** -0.5``.
+      (Qwen2: ``qkv_bias=true``); unset, both follow ``bias``. ``v_head_dim``: values (and
+      each head's output) wider or narrower than queries and keys.
+    * ``scale`` defaults to ``head_dim ** -0.5``.
     * ``dropout``: on the attention probabilities, in training only.
     * decoding (``state``, docs/generation.md): a static cache ``k``/``v`` of shape
       ``(B, kv_heads, max_len, head_dim)`` (keys after rotary), written at each row's absolute
       positions; a query at position ``p`` sees the cached keys ``j <= p`` (and ``p - j <
       window``), with ALiBi's bias ``-slope * (p - j)``: the full path's masks, per row.
 
-    Parameters: ``q``, ``k``, ``v``, ``o`` (``nn.Linear``; biases with ``bias``),
-    ``q_norm``, ``k_norm`` (with ``qk_norm``), ``gate`` (with ``gate``).
+    Parameters: ``q``, ``k``, ``v``, ``o`` (``nn.Linear``; biases with ``bias``), and the
+    slots' blocks' under ``slots.``.
     """
 
     def __init__(
@@ -583,13 +785,16 @@ class Attn(_Projections):
         rope_short_factor: list[float] | None = None,
         rope_long_factor: list[float] | None = None,
         alibi_scale: float = 1.0,
+        v_head_dim: int | None = None,
+        slots: Mapping[str, nn.Module] | None = None,
     ) -> None:
+        raise_problem(_check_projection_options(clip_qkv, qk_norm_over, qk_norm_per_head))
+        if slots is None:  # built directly, not by the compiler: the shorthand's blocks
+            args = {k: v for k, v in locals().items() if k not in ("self", "slots", "__class__")}
+            slots = shorthand_slots("Attn", d_model, args)
         super().__init__(
-            d_model, heads, kv_heads, head_dim, qk_norm, softcap, scale, bias, dropout,
-            gate=gate, qk_norm_eps=qk_norm_eps, qk_norm_kind=qk_norm_kind,
-            qk_norm_over=qk_norm_over, qk_norm_per_head=qk_norm_per_head,
-            qk_norm_bias=qk_norm_bias, qk_norm_unit_offset=qk_norm_unit_offset,
-            qkv_bias=qkv_bias, o_bias=o_bias, clip_qkv=clip_qkv,
+            d_model, heads, kv_heads, head_dim, scale, bias, dropout,
+            qkv_bias=qkv_bias, o_bias=o_bias, v_head_dim=v_head_dim, slots=slots,
         )  # fmt: skip
         raise_problem(
             _check_attn_options(
@@ -715,31 +920,32 @@ class Attn(_Projections):
             return (distance >= 0) & (distance < self.window)
         return distance.abs() < self.window
 
-    def init_state(self, batch_size: int, max_len: int) -> dict[str, torch.Tensor]:
-        """A static key/value cache of ``max_len`` positions: ``k``, ``v`` (B, K, max_len, hd)."""
+    def init_state(self, batch_size: int, max_len: int) -> dict[str, Any]:
+        """A static key/value cache of ``max_len`` positions: ``k`` (B, K, max_len, hd), ``v``
+        (B, K, max_len, v_hd), and ``slots``: the states of the slots' blocks that keep one."""
         weight = self.k.weight
-        shape = (batch_size, self.kv_heads, max_len, self.head_dim)
+        keys = (batch_size, self.kv_heads, max_len, self.head_dim)
+        values = (batch_size, self.kv_heads, max_len, self.v_head_dim)
         return {
-            "k": torch.zeros(shape, device=weight.device, dtype=weight.dtype),
-            "v": torch.zeros(shape, device=weight.device, dtype=weight.dtype),
+            "k": torch.zeros(keys, device=weight.device, dtype=weight.dtype),
+            "v": torch.zeros(values, device=weight.device, dtype=weight.dtype),
+            "slots": self.slot_states(batch_size, max_len),
         }
 
     def forward(
         self,
         x: torch.Tensor,
         positions: torch.Tensor | None = None,
-        state: dict[str, torch.Tensor] | None = None,
+        state: dict[str, Any] | None = None,
     ) -> torch.Tensor:  # (B, T, D) -> (B, T, D)
         if state is not None:
             return self._decode(x, positions, state)
         T = x.shape[1]
-        q, k, v = self.project(x, x)  # (B, H, T, hd), (B, K, T, hd), (B, K, T, hd)
+        context: dict[str, Any] = {"positions": positions}
         if self.rotary_dims:
-            cos, sin = self._cos_sin(T, positions)  # (T, r/2) or (B, T, r/2)
-            if positions is not None and positions.dim() == 2:  # -> (B, 1, T, r/2)
-                cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
-            q = apply_rotary(q, cos, sin, self.rope_interleaved)
-            k = apply_rotary(k, cos, sin, self.rope_interleaved)
+            context["rotary"] = self._rotary(T, positions)
+        q, k, v = self.project(x, x, context)  # (B, T, H, hd), (B, T, K, hd), (B, T, K, v_hd)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # heads first
         gqa = self.sdpa_gqa(masked=self.window is not None or self.pos == "alibi")
         if not gqa:
             k, v = self.repeat_kv(k), self.repeat_kv(v)  # (B, H, T, hd)
@@ -757,34 +963,44 @@ class Attn(_Projections):
             is_causal=self.causal,
             mask=mask,
             bias=bias,
-            cap=self.softcap,
+            scores=self.scores_slot(context),
             dropout=self.dropout if self.training else 0.0,
             enable_gqa=gqa,
-        )  # (B, H, T, hd)
-        return self.merge(y, x)
+        )  # (B, H, T, v_hd)
+        return self.merge(y.transpose(1, 2), x, context)
 
-    def _rotate(
-        self, q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Rotary of the new queries and keys at ``positions`` (B, T) (``apply_rotary``'s
-        math with the angles looked up per row)."""
+    def _rotary(
+        self, T: int, positions: torch.Tensor | None
+    ) -> Callable[[torch.Tensor], torch.Tensor]:
+        """Rotary positions of a full-sequence call, as a function of a (B, T, heads, hd)
+        tensor: what q and k get after their slots, and what the ``Rope`` step applies."""
+        cos, sin = self._cos_sin(T, positions)  # (T, r/2) or (B, T, r/2)
+        cos, sin = cos.unsqueeze(-2), sin.unsqueeze(-2)  # broadcast over the heads
+        interleaved = self.rope_interleaved
+        return lambda x: apply_rotary(x, cos, sin, interleaved)
+
+    def _decode_rotary(self, positions: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+        """Rotary positions of new tokens at ``positions`` (B, T) as a function of a (B, T,
+        heads, hd) tensor (``apply_rotary``'s math with the angles looked up per row)."""
         rotate = rotate_every_two if self.rope_interleaved else rotate_half
+        dtype = self.q.weight.dtype  # of the queries and keys: cast the angles once for both
         if self.rope["kind"] in rope_math.PER_CALL:
             cos, sin = self._cos_sin(positions.shape[1], positions)
             cos, sin = _pair_angles(cos, sin, self.rope_interleaved)
         else:  # the fixed table, already widened to the r dims: one lookup per step
             cos_table, sin_table = self._decode_tables()
             cos, sin = cos_table[positions], sin_table[positions]  # (B, T, r)
-        cos, sin = cos.unsqueeze(1).to(q.dtype), sin.unsqueeze(1).to(q.dtype)  # (B, 1, T, r)
+        cos, sin = cos.unsqueeze(2).to(dtype), sin.unsqueeze(2).to(dtype)  # (B, T, 1, r)
         r = self.rotary_dims
 
         def rotated(x: torch.Tensor) -> torch.Tensor:
+            c, s = (cos, sin) if cos.dtype == x.dtype else (cos.to(x.dtype), sin.to(x.dtype))
             if r == x.shape[-1]:
-                return x * cos + rotate(x) * sin
+                return x * c + rotate(x) * s
             x_rot, x_pass = x[..., :r], x[..., r:]
-            return torch.cat((x_rot * cos + rotate(x_rot) * sin, x_pass), dim=-1)
+            return torch.cat((x_rot * c + rotate(x_rot) * s, x_pass), dim=-1)
 
-        return rotated(q), rotated(k)
+        return rotated
 
     def _decode_tables(self) -> tuple[torch.Tensor, torch.Tensor]:
         """cos and sin (context, r) of every position with each angle repeated over its pair
@@ -798,7 +1014,7 @@ class Attn(_Projections):
         return cached[2], cached[3]
 
     def _decode(
-        self, x: torch.Tensor, positions: torch.Tensor | None, state: dict[str, torch.Tensor]
+        self, x: torch.Tensor, positions: torch.Tensor | None, state: dict[str, Any]
     ) -> torch.Tensor:
         """The new tokens ``x`` (B, T, D) at ``positions`` (B, T), attending to the cache.
 
@@ -809,15 +1025,19 @@ class Attn(_Projections):
         if positions is None:
             raise ValueError("Attn with a decoding state needs positions (B, T_new)")
         B, T = x.shape[:2]
-        K, G, hd = self.kv_heads, self.groups, self.head_dim
+        K, G, hd, vhd = self.kv_heads, self.groups, self.head_dim, self.v_head_dim
         positions = positions.expand(B, T) if positions.dim() == 2 else positions.expand(B, -1)
-        cache_k, cache_v = state["k"], state["v"]  # (B, K, L, hd)
-        q, k, v = self.project(x, x)  # (B, H, T, hd), (B, K, T, hd), (B, K, T, hd)
+        cache_k, cache_v = state["k"], state["v"]  # (B, K, L, hd), (B, K, L, v_hd)
+        context: dict[str, Any] = {"positions": positions}
         if self.rotary_dims:
-            q, k = self._rotate(q, k, positions)
-        slots = positions[:, None, :, None].expand(B, K, T, hd)
-        cache_k.scatter_(2, slots, k.to(cache_k.dtype))
-        cache_v.scatter_(2, slots, v.to(cache_v.dtype))
+            context["rotary"] = self._decode_rotary(positions)
+        q, k, v = self.project(x, x, context, state)  # (B, T, H, hd), (B, T, K, hd), ...
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # heads first
+        where = positions[:, None, :, None]  # each row's cache slots
+        key_slots = where.expand(B, K, T, hd)
+        value_slots = key_slots if vhd == hd else where.expand(B, K, T, vhd)
+        cache_k.scatter_(2, key_slots, k.to(cache_k.dtype))
+        cache_v.scatter_(2, value_slots, v.to(cache_v.dtype))
         keys, values, start, uniform = cache_k, cache_v, 0, False
         if not torch.compiler.is_compiling():
             # read only cache slots some query may see: none past the furthest position, none
@@ -840,12 +1060,13 @@ class Attn(_Projections):
         if self.pos == "alibi":  # (B, K, G*T, L): query head k*G + g has slope alibi[k*G + g]
             slopes = self.alibi.view(K, G, 1).expand(K, G, T).reshape(K, G * T, 1)
             bias = -slopes * distance.to(torch.float32)
+        scores = self.scores_slot(context)
+        if scores is not None:  # the slot sees (B, H, T, L), as in the full path
+            scores = _grouped(scores, self.heads, K, T)
         q = q.reshape(B, K, G * T, hd)  # query head h = k*G + g reads kv head k
-        y = attend(q, keys, values, scale=self.scale, mask=mask, bias=bias, cap=self.softcap)
-        y = y.view(B, self.heads, T, hd).transpose(1, 2).reshape(B, T, self.heads * hd)
-        if self.gate is not None:
-            y = y * torch.sigmoid(self.gate(x))
-        return self.o(y)  # (B, T, D)
+        y = attend(q, keys, values, scale=self.scale, mask=mask, bias=bias, scores=scores)
+        y = y.view(B, self.heads, T, vhd).transpose(1, 2)  # (B, T, H, v_hd)
+        return self.merge(y, x, context, state)
 
     def extra_repr(self) -> str:
         return (
@@ -859,8 +1080,9 @@ _CROSS_ATTN_HELP: dict[str, str] = {
     "kv_heads": "key/value heads (GQA; 1 = MQA); none: = heads",
     "head_dim": "size of each head; none: d_model // heads",
     "d_memory": "feature size of the memory; none: = d_model",
-    "qk_norm": "RMSNorm of queries and keys over head_dim",
-    "softcap": "cap scores with `softcap * tanh(scores / softcap)`; none: off",
+    "qk_norm": "shorthand for q=Norm, k=Norm: a norm of queries and keys over head_dim",
+    "softcap": "shorthand for scores=Softcap(cap=...); none: off",
+    "v_head_dim": "size of each value head (and head output); none: = head_dim",
     "scale": "score scale; none: head_dim ** -0.5",
     "bias": "biases on the q, k, v, o projections",
     "dropout": "dropout on attention probabilities (training only)",
@@ -874,14 +1096,17 @@ _CROSS_ATTN_HELP: dict[str, str] = {
     flops=_attn_flops,
     check=_check_heads,
     arg_help=_CROSS_ATTN_HELP,
+    slots=attn_slots(rotary=False, keys=lambda d_in, **_: 2048),
 )
 class CrossAttn(_Projections):
     """Cross-attention from the stream to a ``memory`` (B, S, d_memory) given at call time.
 
     Every query sees every memory position (no mask, no positional encoding); the stream's own
     positions are not mixed, so it needs no causality. ``d_memory`` defaults to ``d_model``.
-    FLOPs are counted with ``S = seq``. Parameters: ``q``, ``k``, ``v``, ``o`` (and ``q_norm``,
-    ``k_norm`` with ``qk_norm``), as in Attn.
+    FLOPs are counted with ``S = seq``. Slots as in Attn (``q``, ``k``, ``v``, ``o``, ``gate``,
+    ``scores``; no rotary positions, so no ``Rope`` step); ``qk_norm`` and ``softcap`` are
+    shorthand for the q/k and scores slots. Parameters: ``q``, ``k``, ``v``, ``o``, and the
+    slots' blocks' under ``slots.``.
     """
 
     def __init__(
@@ -896,13 +1121,21 @@ class CrossAttn(_Projections):
         scale: float | None = None,
         bias: bool = False,
         dropout: float = 0.0,
+        v_head_dim: int | None = None,
+        slots: Mapping[str, nn.Module] | None = None,
     ) -> None:
+        if slots is None:  # built directly, not by the compiler: the shorthand's blocks
+            args = {k: v for k, v in locals().items() if k not in ("self", "slots", "__class__")}
+            slots = shorthand_slots("CrossAttn", d_model, args)
         super().__init__(
-            d_model, heads, kv_heads, head_dim, qk_norm, softcap, scale, bias, dropout, d_memory
-        )
+            d_model, heads, kv_heads, head_dim, scale, bias, dropout, d_memory,
+            v_head_dim=v_head_dim, slots=slots,
+        )  # fmt: skip
 
     def forward(self, x: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
-        q, k, v = self.project(x, memory)  # (B, H, T, hd), (B, K, S, hd), (B, K, S, hd)
+        context: dict[str, Any] = {}
+        q, k, v = self.project(x, memory, context)  # (B, T, H, hd), (B, S, K, hd), ...
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # heads first
         gqa = self.sdpa_gqa()
         if not gqa:
             k, v = self.repeat_kv(k), self.repeat_kv(v)  # (B, H, S, hd)
@@ -911,8 +1144,34 @@ class CrossAttn(_Projections):
             k,
             v,
             scale=self.scale,
-            cap=self.softcap,
+            scores=self.scores_slot(context),
             dropout=self.dropout if self.training else 0.0,
             enable_gqa=gqa,
-        )  # (B, H, T, hd)
-        return self.merge(y)  # (B, T, D)
+        )  # (B, H, T, v_hd)
+        return self.merge(y.transpose(1, 2), x, context)
+
+
+@register(
+    "Rope",
+    out_features=same_size,
+    params=lambda **_: 0,
+    flops=lambda d_in, seq, **_: 3 * d_in * seq,
+    check=lambda **_: None,
+    description="The mixer's rotary positions, applied at this step of its q, k or v slot.",
+)
+class Rope(nn.Module):
+    """The mixer's rotary positions, applied at this step of its q, k or v slot.
+
+    An attention with ``pos=rope`` rotates queries and keys after their slots' blocks; a slot
+    holding ``Rope`` rotates exactly there instead (``Attn[q=Rope->Norm, k=Rope->Norm]``: the
+    norm after rotary, as in some q/k-norm variants), with the attention's own frequencies and
+    scaling. ``Rope`` in ``v`` rotates the values too. Outside a slot it has no rotary
+    positions to apply: a validation error. No parameters."""
+
+    def __init__(self, d_model: int) -> None:
+        super().__init__()
+
+    def forward(
+        self, x: torch.Tensor, rotary: Callable[[torch.Tensor], torch.Tensor]
+    ) -> torch.Tensor:  # (B, T, H, hd) -> (B, T, H, hd)
+        return rotary(x)

@@ -3,12 +3,23 @@ causal depthwise convolution."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any, Literal
+
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from blockdsl.components._util import Problem, accepts_any, init_linear_, raise_problem, same_size
+from blockdsl.components._util import (
+    ACTIVATIONS,
+    Problem,
+    accepts_any,
+    init_linear_,
+    raise_problem,
+    same_size,
+    softcap,
+)
 from blockdsl.registry import register
 
 
@@ -203,7 +214,10 @@ class Gate(nn.Module):
 # --------------------------------------------------------------------------- Shift
 
 
-_SHIFT_HELP: dict[str, str] = {"init": "initial mix (0: the token itself, 1: the previous token)"}
+_SHIFT_HELP: dict[str, str] = {
+    "init": "initial mix (0: the token itself, 1: the previous token)",
+    "heads": "in a per-head slot: its heads (set by the slot), each with its own mix",
+}
 
 
 @register(
@@ -211,11 +225,12 @@ _SHIFT_HELP: dict[str, str] = {"init": "initial mix (0: the token itself, 1: the
     out_features=same_size,
     mixes_positions=True,
     check=accepts_any,
-    params=lambda d_in, **_: d_in,
-    flops=lambda d_in, seq, **_: 3 * d_in * seq,
-    state_size=lambda d_in, **_: d_in,
+    params=lambda d_in, heads=None, **_: d_in * (heads or 1),
+    flops=lambda d_in, seq, heads=None, **_: 3 * d_in * seq * (heads or 1),
+    state_size=lambda d_in, heads=None, **_: d_in * (heads or 1),
     arg_help=_SHIFT_HELP,
     decodes=True,
+    per_head=True,
 )
 class Shift(nn.Module):
     """RWKV token shift: ``x + mix * (x_prev - x)``, a learned per-channel lerp to token t-1.
@@ -225,10 +240,10 @@ class Shift(nn.Module):
     (0 = identity, 1 = the previous token). Decoding state: ``x`` (B, 1, D), the last input.
     """
 
-    def __init__(self, d_model: int, init: float = 0.5) -> None:
+    def __init__(self, d_model: int, init: float = 0.5, heads: int | None = None) -> None:
         super().__init__()
         self.init = init
-        self.mix = nn.Parameter(torch.empty(d_model))
+        self.mix = nn.Parameter(torch.empty(d_model * (heads or 1)))
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -240,24 +255,27 @@ class Shift(nn.Module):
 
     def forward(
         self, x: torch.Tensor, state: dict[str, torch.Tensor] | None = None
-    ) -> torch.Tensor:  # (B, T, D) -> (B, T, D)
+    ) -> torch.Tensor:  # (B, T, D) -> (B, T, D); in a per-head slot (B, T, H, D)
+        shape = x.shape
+        x = x.flatten(2)  # per-head inputs: every head's features are channels
         if state is None:
             x_prev = F.pad(x, (0, 0, 1, -1))  # (B, T, D): x_prev[:, t] = x[:, t-1], zero at t=0
         else:
             x_prev = torch.cat((state["x"].to(x.dtype), x[:, :-1]), dim=1)
             state["x"].copy_(x[:, -1:])
-        return x + self.mix * (x_prev - x)
+        return (x + self.mix * (x_prev - x)).view(shape)
 
 
 # --------------------------------------------------------------------------- Conv
 
 
-def _conv_params(d_in: int, kernel: int, bias: bool, **_) -> int:
-    return d_in * kernel + (d_in if bias else 0)
+def _conv_params(d_in: int, kernel: int, bias: bool, heads: int | None = None, **_) -> int:
+    channels = d_in * (heads or 1)
+    return channels * kernel + (channels if bias else 0)
 
 
-def _conv_flops(d_in: int, seq: int, kernel: int, bias: bool, **_) -> int:
-    return seq * d_in * (2 * kernel + int(bias))
+def _conv_flops(d_in: int, seq: int, kernel: int, bias: bool, heads: int | None = None, **_) -> int:
+    return seq * d_in * (heads or 1) * (2 * kernel + int(bias))
 
 
 def _check_conv(kernel: int = 4, **_) -> Problem:
@@ -267,6 +285,7 @@ def _check_conv(kernel: int = 4, **_) -> Problem:
 _CONV_HELP: dict[str, str] = {
     "kernel": "kernel size (tokens t-kernel+1 ... t)",
     "bias": "learn a bias",
+    "heads": "in a per-head slot: its heads (set by the slot), each with its own kernels",
 }
 
 
@@ -277,24 +296,31 @@ _CONV_HELP: dict[str, str] = {
     params=_conv_params,
     flops=_conv_flops,
     check=_check_conv,
-    state_size=lambda d_in, kernel, **_: d_in * (kernel - 1),
+    state_size=lambda d_in, kernel, heads=None, **_: d_in * (heads or 1) * (kernel - 1),
     arg_help=_CONV_HELP,
     decodes=True,
+    per_head=True,
 )
 class Conv(nn.Module):
     """Causal depthwise 1-d convolution over time (Mamba/H3 style): kernel ``kernel``, left padding.
 
     Output at t mixes inputs t-kernel+1 ... t of the same channel. Parameters: ``weight
     [D, 1, kernel]`` (``F.conv1d`` depthwise layout, ``nn.Conv1d``'s init) and ``bias [D]``.
-    Decoding state: ``x`` (B, kernel-1, D), the last ``kernel-1`` inputs.
+    Decoding state: ``x`` (B, kernel-1, D), the last ``kernel-1`` inputs. In an attention's
+    per-head slot (``Attn[v=Conv(kernel=3)]``) the input is ``(B, T, heads, D)`` and every
+    head's features are channels of their own (``weight [heads * D, 1, kernel]``), as Primer's
+    depthwise convolutions of the q, k and v projections.
     """
 
-    def __init__(self, d_model: int, kernel: int = 4, bias: bool = True) -> None:
+    def __init__(
+        self, d_model: int, kernel: int = 4, bias: bool = True, heads: int | None = None
+    ) -> None:
         super().__init__()
         raise_problem(_check_conv(kernel))
         self.kernel = kernel
-        self.weight = nn.Parameter(torch.empty(d_model, 1, kernel))
-        self.bias = nn.Parameter(torch.empty(d_model)) if bias else None
+        channels = d_model * (heads or 1)
+        self.weight = nn.Parameter(torch.empty(channels, 1, kernel))
+        self.bias = nn.Parameter(torch.empty(channels)) if bias else None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -308,7 +334,9 @@ class Conv(nn.Module):
 
     def forward(
         self, x: torch.Tensor, state: dict[str, torch.Tensor] | None = None
-    ) -> torch.Tensor:  # (B, T, D) -> (B, T, D)
+    ) -> torch.Tensor:  # (B, T, D) -> (B, T, D); in a per-head slot (B, T, H, D)
+        if x.dim() > 3:  # per-head inputs: every head's features are channels
+            return self.forward(x.flatten(2), state).view(x.shape)
         if state is None:
             x = rearrange(x, "b t d -> b d t")
             x = F.pad(x, (self.kernel - 1, 0))  # (B, D, kernel-1 + T)
@@ -354,3 +382,130 @@ class Bias(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, D) -> (B, T, D)
         return x + self.bias
+
+
+# --------------------------------------------------------------------------- Act, Clip, Softcap
+Pointwise = Literal["sigmoid", "tanh", "relu", "gelu", "gelu_tanh", "silu", "relu2"]
+
+_POINTWISE: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "sigmoid": torch.sigmoid,
+    "tanh": torch.tanh,
+    **ACTIVATIONS,
+}
+
+
+@register(
+    "Act",
+    out_features=same_size,
+    params=lambda **_: 0,
+    flops=lambda d_in, seq, **_: d_in * seq,
+    check=accepts_any,
+    arg_help={"fn": "sigmoid, tanh, relu, gelu, gelu_tanh, silu or relu2 (squared ReLU)"},
+)
+class Act(nn.Module):
+    """An elementwise function of the features: ``Act(sigmoid)`` makes a gate of the block
+    before it (``Attn[gate=Linear->Act(sigmoid)]``). No parameters."""
+
+    def __init__(self, d_model: int, fn: Pointwise = "sigmoid") -> None:
+        super().__init__()
+        self.fn = fn
+        self.apply_fn = _POINTWISE[fn]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., D) -> (..., D)
+        return self.apply_fn(x)
+
+    def extra_repr(self) -> str:
+        return self.fn
+
+
+def _check_positive(name: str) -> Callable[..., Problem]:
+    def check(**args: Any) -> Problem:
+        value = args.get(name)
+        return None if value is not None and value > 0 else f"{name} must be positive, got {value}"
+
+    return check
+
+
+@register(
+    "Clip",
+    out_features=same_size,
+    params=lambda **_: 0,
+    flops=lambda d_in, seq, **_: d_in * seq,
+    check=_check_positive("limit"),
+    arg_help={"limit": "clamp every feature to [-limit, limit]"},
+)
+class Clip(nn.Module):
+    """Clamp the features to ``[-limit, limit]`` (OLMo's and MPT's ``clip_qkv``:
+    ``Attn[q=Clip(limit=8), k=Clip(limit=8), v=Clip(limit=8)]``). No parameters."""
+
+    def __init__(self, d_model: int, limit: float = 8.0) -> None:
+        super().__init__()
+        raise_problem(_check_positive("limit")(limit=limit))
+        self.limit = limit
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., D) -> (..., D)
+        return x.clamp(-self.limit, self.limit)
+
+    def extra_repr(self) -> str:
+        return f"limit={self.limit}"
+
+
+@register(
+    "Softcap",
+    out_features=same_size,
+    params=lambda **_: 0,
+    flops=lambda d_in, seq, **_: 3 * d_in * seq,
+    check=_check_positive("cap"),
+    arg_help={"cap": "the largest magnitude: `cap * tanh(x / cap)`"},
+)
+class Softcap(nn.Module):
+    """Soft-capping ``cap * tanh(x / cap)`` (Gemma 2): in an attention's scores slot,
+    ``Attn[scores=Softcap(cap=50)]``; no parameters."""
+
+    def __init__(self, d_model: int, cap: float = 30.0) -> None:
+        super().__init__()
+        raise_problem(_check_positive("cap")(cap=cap))
+        self.cap = cap
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., D) -> (..., D)
+        return softcap(x, self.cap)
+
+    def extra_repr(self) -> str:
+        return f"cap={self.cap}"
+
+
+# --------------------------------------------------------------------------- Sink
+def _check_sink(heads: int = 1, **_) -> Problem:
+    return None if heads >= 1 else f"Sink heads must be positive, got {heads}"
+
+
+@register(
+    "Sink",
+    out_features=lambda d_in, **_: d_in + 1,
+    params=lambda heads=1, **_: heads,
+    flops=lambda **_: 0,
+    check=_check_sink,
+    arg_help={
+        "heads": "one sink logit per head (set by the scores slot)",
+        "init": "initial sink logit",
+    },
+)
+class Sink(nn.Module):
+    """A learned sink logit per head (gpt-oss, StreamingLLM's attention sink): appends one
+    column to the attention's scores, ``(B, heads, T, S) -> (B, heads, T, S + 1)``, so that it
+    takes part in the softmax's denominator; the attention drops it after the softmax (it has
+    no value). ``Attn[scores=Sink]``. Parameter: ``sinks [heads]`` filled with ``init``."""
+
+    def __init__(self, d_model: int, heads: int = 1, init: float = 0.0) -> None:
+        super().__init__()
+        raise_problem(_check_sink(heads))
+        self.init = init
+        self.sinks = nn.Parameter(torch.empty(heads))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.constant_(self.sinks, self.init)
+
+    def forward(self, scores: torch.Tensor) -> torch.Tensor:  # (B, H, T, S) -> (B, H, T, S+1)
+        sink = self.sinks.to(scores.dtype).view(-1, 1, 1).expand(*scores.shape[:-1], 1)
+        return torch.cat((scores, sink), dim=-1)

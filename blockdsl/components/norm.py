@@ -8,23 +8,47 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from blockdsl.components._util import accepts_any, same_size
+from blockdsl.components._util import same_size
 from blockdsl.registry import register, register_alias
 
 NormKind = Literal["rms", "layer", "none", "l2"]
 
 
-def _norm_params(d_in: int, kind: str, affine: bool, bias: bool, **_) -> int:
+def _norm_params(
+    d_in: int,
+    kind: str,
+    affine: bool,
+    bias: bool,
+    per_head: bool = False,
+    whole: bool = False,
+    heads: int | None = None,
+    **_,
+) -> int:
     if kind == "none":
         return 0
-    return d_in * (int(affine) + int(bias))
+    rows = heads if (per_head or whole) and heads else 1
+    return d_in * rows * (int(affine) + int(bias))
 
 
-def _norm_flops(d_in: int, seq: int, kind: str, affine: bool, bias: bool, **_) -> int:
+def _norm_flops(
+    d_in: int, seq: int, kind: str, affine: bool, bias: bool, heads: int | None = None, **_
+) -> int:
     if kind == "none":
         return 0
     per_element = {"rms": 4, "layer": 6, "l2": 4}[kind] + int(affine) + int(bias)
-    return per_element * d_in * seq
+    return per_element * d_in * seq * (heads or 1)  # in a per-head slot: every head
+
+
+def _check_norm(per_head: bool = False, whole: bool = False, heads: int | None = None, **_):
+    if (per_head or whole) and not heads:
+        which = "per_head" if per_head else "whole"
+        return (
+            f"Norm({which}=true) needs the heads of the attention slot it is in",
+            "write it in a q, k, v or o slot: Attn[q=Norm(per_head=true)]",
+        )
+    if per_head and whole:
+        return "per_head and whole exclude each other (whole: one weight per feature already)"
+    return None
 
 
 _NORM_HELP: dict[str, str] = {
@@ -33,6 +57,9 @@ _NORM_HELP: dict[str, str] = {
     "affine": "learn a per-channel scale `weight`",
     "bias": "learn a per-channel `bias` added last",
     "unit_offset": "Gemma: scale by `(1 + weight)`, weight initialised to 0",
+    "per_head": "in a per-head slot: one weight row per head, `[heads, D]` (Cohere, StableLM)",
+    "whole": "in a per-head slot: normalise all heads' features together (OLMo 2's q/k norm)",
+    "heads": "the heads of the slot the norm is in (set by the slot)",
 }
 
 
@@ -41,7 +68,7 @@ _NORM_HELP: dict[str, str] = {
     out_features=same_size,
     params=_norm_params,
     flops=_norm_flops,
-    check=accepts_any,
+    check=_check_norm,
     arg_help=_NORM_HELP,
 )
 class Norm(nn.Module):
@@ -52,6 +79,12 @@ class Norm(nn.Module):
     * ``layer``: ``F.layer_norm`` (mean and variance), weight ``(1 + w)`` with ``unit_offset``;
     * ``l2``: ``F.normalize(x) * w`` (cosine normalisation, nGPT / QK-norm style);
     * ``none``: identity.
+
+    In an attention's per-head slot (``Attn[q=Norm]``) the input is ``(B, T, heads, D)`` and
+    the norm is over each head's ``D`` features with one weight for all heads; ``per_head``
+    gives each head its own weight row (``[heads, D]``, computed in float32 and cast last, as
+    Cohere and StableLM do); ``whole`` normalises all heads' features together (weight
+    ``[heads * D]``, OLMo 2). ``heads`` is set by the slot.
 
     Parameters: ``weight`` (when ``affine``; initialised to 1, or to 0 with ``unit_offset``)
     and ``bias`` (when ``bias``; initialised to 0).
@@ -65,13 +98,23 @@ class Norm(nn.Module):
         affine: bool = True,
         bias: bool = False,
         unit_offset: bool = False,
+        per_head: bool = False,
+        whole: bool = False,
+        heads: int | None = None,
     ) -> None:
         super().__init__()
-        self.d_model, self.kind, self.eps = d_model, kind, eps
+        problem = _check_norm(per_head, whole, heads)
+        if problem:
+            raise ValueError(problem if isinstance(problem, str) else problem[0])
+        self.whole, self.per_head = whole, per_head
+        # ``d_model`` is the size normalised over: all heads' features with ``whole``
+        size = d_model * heads if whole else d_model
+        self.d_model, self.kind, self.eps = size, kind, eps
         self.unit_offset = unit_offset
         learn = kind != "none"
-        self.weight = nn.Parameter(torch.empty(d_model)) if learn and affine else None
-        self.bias = nn.Parameter(torch.empty(d_model)) if learn and bias else None
+        shape = (heads, size) if per_head else (size,)
+        self.weight = nn.Parameter(torch.empty(shape)) if learn and affine else None
+        self.bias = nn.Parameter(torch.empty(shape)) if learn and bias else None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -93,6 +136,28 @@ class Norm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, D) -> (B, T, D)
         if self.kind == "none":
             return x
+        if self.whole:  # (B, T, H, hd): one norm over every head's features
+            return self._normalise(x.flatten(-2)).view_as(x)
+        if self.per_head:
+            return self._per_head(x)
+        return self._normalise(x)
+
+    def _per_head(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, H, hd), weight (H, hd)
+        dtype, x32 = x.dtype, x.float()
+        if self.kind == "layer":
+            x32 = x32 - x32.mean(-1, keepdim=True)
+        if self.kind == "l2":
+            y = F.normalize(x32, dim=-1, eps=self.eps)
+        else:
+            y = x32 * torch.rsqrt(x32.square().mean(-1, keepdim=True) + self.eps)
+        if self.weight is not None:
+            weight = self.weight.float()
+            y = y * (1.0 + weight if self.unit_offset else weight)
+        if self.bias is not None:
+            y = y + self.bias.float()
+        return y.to(dtype)
+
+    def _normalise(self, x: torch.Tensor) -> torch.Tensor:
         dtype = x.dtype
         if self.kind == "rms" and dtype == torch.float32 and self._plain_float32_rms():
             # the same float32 arithmetic as below, as one fused op (and its fused backward)
@@ -120,45 +185,6 @@ class Norm(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.d_model}, kind={self.kind}, eps={self.eps}, unit_offset={self.unit_offset}"
-
-
-class QKNorm(Norm):
-    """Attention's query or key norm (not a registered component): a ``Norm`` over each
-    head's ``size`` features (or over a whole projection), or, with ``heads``, one weight row
-    per head (``weight [heads, size]``, Cohere / StableLM) for inputs ``(B, heads, T, size)``.
-    The per-head form computes in float32 and casts last, as those references do."""
-
-    def __init__(
-        self,
-        size: int,
-        kind: Literal["rms", "layer"] = "rms",
-        eps: float = 1e-6,
-        bias: bool = False,
-        unit_offset: bool = False,
-        heads: int | None = None,
-    ) -> None:
-        self.heads = heads
-        super().__init__(size, kind=kind, eps=eps, bias=bias, unit_offset=unit_offset)
-        if heads is not None:
-            self.weight = nn.Parameter(torch.empty(heads, size))
-            self.bias = nn.Parameter(torch.empty(heads, size)) if bias else None
-            self.reset_parameters()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, H, T, hd) or (..., size)
-        if self.heads is None:
-            return super().forward(x)
-        dtype, x32 = x.dtype, x.float()
-        if self.kind == "layer":
-            x32 = x32 - x32.mean(-1, keepdim=True)
-        y = x32 * torch.rsqrt(x32.square().mean(-1, keepdim=True) + self.eps)
-        weight = self.weight.float()[:, None, :]  # (H, 1, hd): one row per head
-        y = y * (1.0 + weight if self.unit_offset else weight)
-        if self.bias is not None:
-            y = y + self.bias.float()[:, None, :]
-        return y.to(dtype)
-
-    def extra_repr(self) -> str:
-        return super().extra_repr() + (f", heads={self.heads}" if self.heads else "")
 
 
 register_alias("RMSNorm", "Norm", kind="rms")

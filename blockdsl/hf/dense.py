@@ -242,7 +242,7 @@ def _standard_layers(
         _attn_weights(m, p, q, qkv_bias, o_bias)
         if qk_norm:
             for n in "qk":
-                m.norm(f"{q}.attn.{n}_norm", f"{p}.self_attn.{n}_norm", bias=False)
+                m.norm(f"{q}.attn.slots.{n}.norm", f"{p}.self_attn.{n}_norm", bias=False)
         m.norm(f"{q}.norm_1", f"{p}.post_attention_layernorm", bias=norm_bias)
         _mlp_weights(m, p, q, mlp_bias, mlp_names)
     m.norm("head.norm", "model.norm", bias=norm_bias)
@@ -384,7 +384,7 @@ def weights_gemma3(cfg: Any, m: WeightMapper) -> None:
         m.norm(f"{q}.norm", f"{p}.input_layernorm", bias=False)
         _attn_weights(m, p, q, bias, bias)
         for n in "qk":
-            m.norm(f"{q}.attn.{n}_norm", f"{p}.self_attn.{n}_norm", bias=False)
+            m.norm(f"{q}.attn.slots.{n}.norm", f"{p}.self_attn.{n}_norm", bias=False)
         m.norm(f"{q}.norm_1", f"{p}.post_attention_layernorm", bias=False)
         m.norm(f"{q}.norm_2", f"{p}.pre_feedforward_layernorm", bias=False)
         _mlp_weights(m, p, q)
@@ -455,7 +455,7 @@ def weights_olmo2(cfg: Any, m: WeightMapper) -> None:
         p, q = f"model.layers.{i}", f"layers.{i}"
         _attn_weights(m, p, q, bias, bias)
         for n in "qk":
-            m.norm(f"{q}.attn.{n}_norm", f"{p}.self_attn.{n}_norm", bias=False)
+            m.norm(f"{q}.attn.slots.{n}.norm", f"{p}.self_attn.{n}_norm", bias=False)
         m.norm(f"{q}.norm", f"{p}.post_attention_layernorm", bias=False)
         _mlp_weights(m, p, q)
         m.norm(f"{q}.norm_1", f"{p}.post_feedforward_layernorm", bias=False)
@@ -510,7 +510,7 @@ def weights_cohere(cfg: Any, m: WeightMapper) -> None:
         _attn_weights(m, p, q, bias, bias)
         if cfg.use_qk_norm:
             for n in "qk":
-                m.norm(f"{q}.attn.{n}_norm", f"{p}.self_attn.{n}_norm", bias=False)
+                m.norm(f"{q}.attn.slots.{n}.norm", f"{p}.self_attn.{n}_norm", bias=False)
         _mlp_weights(m, p, q)
     m.norm("head.norm", "model.norm", bias=False)
     m.head(cfg, "model.embed_tokens.weight", _tied(cfg, True))
@@ -557,7 +557,7 @@ def weights_stablelm(cfg: Any, m: WeightMapper) -> None:
         if cfg.qk_layernorm:  # one LayerNorm per head: stacked into weight [heads, head_dim]
             for n, count in heads.items():
                 srcs = [f"{p}.self_attn.{n}_layernorm.norms.{h}.weight" for h in range(count)]
-                m.put(f"{q}.attn.{n}_norm.weight", *srcs, fn=_stack)
+                m.put(f"{q}.attn.slots.{n}.norm.weight", *srcs, fn=_stack)
         if not cfg.use_parallel_residual:
             m.norm(f"{q}.norm_1", f"{p}.post_attention_layernorm", bias=True)
         _mlp_weights(m, p, q)
@@ -738,7 +738,7 @@ def weights_persimmon(cfg: Any, m: WeightMapper) -> None:
         m.linear(f"{q}.attn.o", f"{p}.self_attn.dense", bias=True)
         if cfg.qk_layernorm:
             for n in "qk":
-                m.norm(f"{q}.attn.{n}_norm", f"{p}.self_attn.{n}_layernorm", bias=True)
+                m.norm(f"{q}.attn.slots.{n}.norm", f"{p}.self_attn.{n}_layernorm", bias=True)
         m.norm(f"{q}.norm_1", f"{p}.post_attention_layernorm", bias=True)
         m.linear(f"{q}.mlp.up", f"{p}.mlp.dense_h_to_4h", bias=True)
         m.linear(f"{q}.mlp.down", f"{p}.mlp.dense_4h_to_h", bias=True)

@@ -81,8 +81,8 @@ def _weights_lfm2(cfg: Any, m: WeightMapper) -> None:
         else:
             for n, hf in (("q", "q_proj"), ("k", "k_proj"), ("v", "v_proj"), ("o", "out_proj")):
                 m.linear(f"{q}.attn.{n}", f"{p}.self_attn.{hf}", bias=False)
-            m.norm(f"{q}.attn.q_norm", f"{p}.self_attn.q_layernorm", bias=False)
-            m.norm(f"{q}.attn.k_norm", f"{p}.self_attn.k_layernorm", bias=False)
+            m.norm(f"{q}.attn.slots.q.norm", f"{p}.self_attn.q_layernorm", bias=False)
+            m.norm(f"{q}.attn.slots.k.norm", f"{p}.self_attn.k_layernorm", bias=False)
         m.norm(f"{q}.norm_1", f"{p}.ffn_norm", bias=False)
         for n, hf in (("gate", "w1"), ("up", "w3"), ("down", "w2")):
             m.linear(f"{q}.mlp.{n}", f"{p}.feed_forward.{hf}", bias=False)
@@ -195,13 +195,21 @@ def _weights_qwen3_next(cfg: Any, m: WeightMapper) -> None:
                 m.put(f"{g}.{n}", f"{src}.{n}")
         else:
             a, src = f"{q}.attn", f"{p}.self_attn"
-            m.split([f"{a}.q.weight", f"{a}.gate.weight"], f"{src}.q_proj.weight", query_and_gate)
+            m.split(
+                [f"{a}.q.weight", f"{a}.slots.gate.linear.weight"],
+                f"{src}.q_proj.weight",
+                query_and_gate,
+            )
             if bias:
-                m.split([f"{a}.q.bias", f"{a}.gate.bias"], f"{src}.q_proj.bias", query_and_gate)
+                m.split(
+                    [f"{a}.q.bias", f"{a}.slots.gate.linear.bias"],
+                    f"{src}.q_proj.bias",
+                    query_and_gate,
+                )
             for n in "kvo":
                 m.linear(f"{a}.{n}", f"{src}.{n}_proj", bias)
             for n in "qk":  # Attn's q/k norms are plain RMSNorms: fold HF's unit offset in
-                m.put(f"{a}.{n}_norm.weight", f"{src}.{n}_norm.weight", fn=_unit_offset)
+                m.put(f"{a}.slots.{n}.norm.weight", f"{src}.{n}_norm.weight", fn=_unit_offset)
         m.norm(f"{q}.norm_1", f"{p}.post_attention_layernorm", bias=False)
         if _qwen3_next_sparse(cfg, i):
             e, src = f"{q}.moe", f"{p}.mlp"

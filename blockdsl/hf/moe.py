@@ -231,7 +231,7 @@ def _weights_olmoe(cfg: Any, m: WeightMapper) -> None:
         for n in "qkvo":
             m.linear(f"{q}.attn.{n}", f"{p}.self_attn.{n}_proj", bias)
         for n in "qk":
-            m.norm(f"{q}.attn.{n}_norm", f"{p}.self_attn.{n}_norm", bias=False)
+            m.norm(f"{q}.attn.slots.{n}.norm", f"{p}.self_attn.{n}_norm", bias=False)
         m.norm(f"{q}.norm_1", f"{p}.post_attention_layernorm", bias=False)
         m.put(f"{q}.moe.router.weight", f"{p}.mlp.gate.weight")
         stacked_expert_weights(m, f"{p}.mlp.experts", f"{q}.moe", cfg.intermediate_size)

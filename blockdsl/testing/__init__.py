@@ -55,7 +55,7 @@ from blockdsl.testing.invariants import (
     check_architecture,
 )
 
-_STRATEGIES = ("block_asts", "block_strings", "model_configs", "usable_components")
+_STRATEGIES = ("block_asts", "block_strings", "model_configs", "slotted_calls", "usable_components")
 
 __all__ = [
     "DEFAULT_GLOBALS",
@@ -65,6 +65,7 @@ __all__ = [
     "block_strings",
     "check_architecture",
     "model_configs",
+    "slotted_calls",
     "usable_components",
 ]
 

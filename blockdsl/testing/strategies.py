@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from blockdsl import ast
+from blockdsl.errors import BlockDSLError
 from blockdsl.registry import MODEL_GLOBALS, REGISTRY, Component, Param, Registry
 from blockdsl.testing.invariants import DEFAULT_GLOBALS
 
@@ -32,6 +33,7 @@ __all__ = [
     "block_strings",
     "hostile_labels",
     "model_configs",
+    "slotted_calls",
     "usable_components",
 ]
 
@@ -144,6 +146,7 @@ class _Context:
     groups: bool
     positional: bool
     prenorm: bool = False
+    slots: bool = True
     max_args: int = 3
     child_names: tuple[str, ...] = ()
     label_calls: dict[str, ast.Call] = field(default_factory=dict)
@@ -318,6 +321,10 @@ def _call(draw: Callable, ctx: _Context, depth: int, in_children: bool) -> ast.C
     ctx.current_children = len(children)
     args = _draw_args(draw, ctx, component, alias_args)
     ctx.current_children = 0
+    if component.slots and ctx.slots and depth > 0 and draw(st.integers(0, 2)) == 2:
+        fills = _draw_slots(draw, ctx, ast.Call(name, None, args))
+        if fills:
+            return ast.Call(name, None, args, children, fills)
     label, global_label = None, False
     if ctx.labels and draw(st.integers(0, 3)) == 3:
         # Hostile names half of the time: keywords and attributes of the modules that will
@@ -330,6 +337,62 @@ def _call(draw: Callable, ctx: _Context, depth: int, in_children: bool) -> ast.C
     if label is not None:
         ctx.label_calls[label] = call
     return call
+
+
+_SLOT_CANDIDATES: dict[tuple, tuple[str, ...]] = {}
+
+
+def _slot_candidates(ctx: _Context, call: ast.Call, slot: str) -> tuple[str, ...]:
+    """The names that, alone and with their defaults, fit ``slot`` of ``call``: every drawable
+    component (a user's registered ones included) whose shapes the slot accepts, and ``Rope``
+    where the mixer has rotary positions."""
+    from blockdsl.graph import build_graph
+    from blockdsl.printer import unparse
+
+    key = (unparse(call), slot, ctx.d_model, id(ctx.registry), ctx.names)
+    if key not in _SLOT_CANDIDATES:
+        fitting = []
+        for name in (*ctx.names, *(["Rope"] if "Rope" in ctx.registry else [])):
+            step = ast.Block((ast.Chain((ast.Call(name),)),))
+            text = unparse(ast.Call(call.name, None, call.args, (), (ast.SlotFill(slot, step),)))
+            try:
+                build_graph(
+                    text, d_model=ctx.d_model, registry=ctx.registry,
+                    model_globals=ctx.model_globals,
+                )  # fmt: skip
+            except BlockDSLError:
+                continue
+            fitting.append(name)
+        _SLOT_CANDIDATES[key] = tuple(sorted(set(fitting)))
+    return _SLOT_CANDIDATES[key]
+
+
+def _draw_slots(draw: Callable, ctx: _Context, call: ast.Call) -> tuple[ast.SlotFill, ...]:
+    """One or two of ``call``'s slots, each filled with a chain of one or two fitting steps;
+    () when the drawn combination does not validate (a shorthand argument fills that slot)."""
+    from blockdsl.graph import build_graph
+    from blockdsl.printer import unparse
+
+    component = ctx.registry.resolve(call.name)[0]
+    names = sorted(component.slots)
+    chosen = draw(st.lists(st.sampled_from(names), min_size=1, max_size=2, unique=True))
+    fills = []
+    for slot in chosen:
+        candidates = _slot_candidates(ctx, call, slot)
+        if not candidates:
+            continue
+        steps = draw(st.lists(st.sampled_from(candidates), min_size=1, max_size=2))
+        chain = ast.Chain(tuple(ast.Call(step) for step in steps))
+        fills.append(ast.SlotFill(slot, ast.Block((chain,))))
+    filled = ast.Call(call.name, None, call.args, (), tuple(fills))
+    try:
+        build_graph(
+            unparse(filled), d_model=ctx.d_model, registry=ctx.registry,
+            model_globals=ctx.model_globals,
+        )  # fmt: skip
+    except BlockDSLError:
+        return ()
+    return tuple(fills)
 
 
 @functools.cache
@@ -484,6 +547,7 @@ def block_asts(
     repeats: bool = True,
     labels: bool = True,
     children: bool = True,
+    slots: bool = True,
     groups: bool = True,
     positional: bool = True,
     registry: Registry | None = None,
@@ -492,10 +556,12 @@ def block_asts(
 ) -> st.SearchStrategy[ast.Block]:
     """Valid blocks (``blockdsl.ast.Block``) over ``components`` at width ``d_model``.
 
-    ``max_depth`` bounds nesting (groups, parallel branches, children), ``max_length`` the
-    steps of a chain (not counting ``+``). ``model_globals`` are the ``vocab``/``context``
-    values components see (pass the same to ``compile_block``; default
-    ``DEFAULT_GLOBALS``). Every drawn block validates and compiles at ``d_model``.
+    ``max_depth`` bounds nesting (groups, parallel branches, children, slots), ``max_length``
+    the steps of a chain (not counting ``+``). With ``slots`` a mixer that declares slots
+    (``Attn``) sometimes has one or two of them filled with a chain of steps drawn from the
+    components that fit there (``Attn[q=Norm->Conv, scores=Sink]``). ``model_globals`` are
+    the ``vocab``/``context`` values components see (pass the same to ``compile_block``;
+    default ``DEFAULT_GLOBALS``). Every drawn block validates and compiles at ``d_model``.
 
     With ``prenorm`` (the default; when ``Norm`` is one of the components drawn, as it is
     with the default of every usable component) every drawn call but a ``Norm`` reads a
@@ -514,6 +580,7 @@ def block_asts(
         repeats=repeats,
         labels=labels,
         children=children,
+        slots=slots,
         groups=groups,
         positional=positional,
     )
@@ -529,6 +596,42 @@ def block_asts(
         return _block(draw, ctx, max_depth)
 
     return draw_block()
+
+
+def slotted_calls(
+    components: Iterable[str] | None = None,
+    *,
+    mixers: Iterable[str] | None = None,
+    d_model: int = 16,
+    registry: Registry | None = None,
+    model_globals: Mapping[str, Any] | None = None,
+) -> st.SearchStrategy[ast.Call]:
+    """Calls of a mixer that declares slots (``Attn``, ``CrossAttn``, ...) with drawn
+    arguments and one or two slots filled with chains drawn from ``components`` (default:
+    every usable one, a user's registered components included) that fit there:
+    ``Attn(kv_heads=2)[v=Conv->Norm, scores=Sink]``; ``mixers`` limits the mixers drawn.
+    Every drawn call validates at ``d_model``."""
+    components = None if components is None else tuple(components)
+    template = _context(
+        registry, components, d_model, model_globals, max_depth=1, max_length=2,
+        max_branches=1, parallel=False, repeats=False, labels=False, children=False,
+        groups=False, positional=False,
+    )  # fmt: skip
+    declared = [n for n in template.registry.names() if template.registry.get(n).slots]
+    mixers = sorted(declared if mixers is None else set(mixers) & set(declared))
+    if not mixers:
+        raise ValueError("no registered component declares slots")
+
+    @st.composite
+    def draw_call(draw: Callable) -> ast.Call:
+        ctx = dataclasses.replace(template, label_calls={}, label_ids=itertools.count())
+        name = draw(st.sampled_from(mixers))
+        args = _draw_args(draw, ctx, ctx.registry.get(name), {})
+        fills = _draw_slots(draw, ctx, ast.Call(name, None, args))
+        assume(fills)
+        return ast.Call(name, None, args, (), fills)
+
+    return draw_call()
 
 
 def block_strings(components: Iterable[str] | None = None, **kwargs: Any) -> st.SearchStrategy[str]:
@@ -550,6 +653,7 @@ def model_configs(
     repeats: bool = True,
     labels: bool = True,
     children: bool = True,
+    slots: bool = True,
     groups: bool = True,
     vocab: int = 32,
     context: int = 16,
@@ -590,6 +694,7 @@ def model_configs(
             repeats=repeats,
             labels=labels,
             children=children,
+            slots=slots,
             groups=groups,
             positional=True,
         )
