@@ -119,6 +119,7 @@ TINY: dict[str, Any] = {
     "mamba_expand": 2,
     "mamba_d_ssm": 128,
     "attention_window_size": 8,
+    "window_size": 8,
     "n_shared_experts": 1,
 }
 
