@@ -66,7 +66,15 @@ register_architecture(
 
 
 def _config_gemma2(cfg: Any) -> dict:
-    t = "gemma2"
+    return _gemma2_like_config(cfg, "gemma2", "Norm->Attn{}->Norm->+->Norm->MLP->Norm->+")
+
+
+def _config_vaultgemma(cfg: Any) -> dict:
+    """VaultGemma: Gemma 2 with pre-norms only (no norm after attention or the MLP)."""
+    return _gemma2_like_config(cfg, "vaultgemma", "Norm->Attn{}->+->Norm->MLP->+")
+
+
+def _gemma2_like_config(cfg: Any, t: str, sandwich: str) -> dict:
     if getattr(cfg, "use_bidirectional_attention", False):
         raise unsupported(t, "use_bidirectional_attention")
     theta, fraction = default_rope(cfg, t)
@@ -76,7 +84,6 @@ def _config_gemma2(cfg: Any) -> dict:
     kinds = list(cfg.layer_types or [])
     if len(kinds) != L or not set(kinds) <= {"sliding_attention", "full_attention"}:
         raise unsupported(t, f"layer_types {kinds}")
-    sandwich = "Norm->Attn{}->Norm->+->Norm->MLP->Norm->+"
     blocks: dict[str, str] = {}
     names = []
     for kind in kinds:
@@ -135,9 +142,30 @@ def _weights_gemma2(cfg: Any, m: WeightMapper) -> None:
     m.head(cfg, "model.embed_tokens.weight", getattr(cfg, "tie_word_embeddings", True))
 
 
+def _weights_vaultgemma(cfg: Any, m: WeightMapper) -> None:
+    m.put("embed.embed.tok.weight", "model.embed_tokens.weight")
+    for i in range(cfg.num_hidden_layers):
+        p, q = f"model.layers.{i}", f"layers.{i}"
+        m.norm(f"{q}.norm", f"{p}.input_layernorm", bias=False)
+        llama_attention_weights(cfg, m, p, q)
+        m.norm(f"{q}.norm_1", f"{p}.pre_feedforward_layernorm", bias=False)
+        llama_mlp_weights(cfg, m, p, q)
+    m.norm("head.norm", "model.norm", bias=False)
+    m.head(cfg, "model.embed_tokens.weight", getattr(cfg, "tie_word_embeddings", True))
+
+
 register_architecture(
     Architecture(
         "gemma2", "Gemma2ForCausalLM", "model", config=_config_gemma2, weights=_weights_gemma2
+    )
+)
+register_architecture(
+    Architecture(
+        "vaultgemma",
+        "VaultGemmaForCausalLM",
+        "model",
+        config=_config_vaultgemma,
+        weights=_weights_vaultgemma,
     )
 )
 
@@ -787,11 +815,14 @@ _register("nemotron", "NemotronForCausalLM", config_nemotron, weights_nemotron)
 # or partial rotary, post-norms): one config function and the shared weight layout each.
 
 
-def _layer_attn(cfg: Any, t: str) -> list[dict[str, Any]]:
+def _layer_attn(cfg: Any, t: str, global_nope: bool = False) -> list[dict[str, Any]]:
     """Each layer's own ``Attn`` arguments: a window on ``sliding_attention`` layers (from
-    ``layer_types``) and ``pos=none`` on the NoPE layers (``no_rope_layers``: 0 = no rotary)."""
+    ``layer_types``) and ``pos=none`` on the NoPE layers (``no_rope_layers``: 0 = no rotary;
+    with ``global_nope``, the full-attention layers of a model that has sliding ones)."""
     kinds = _windows(cfg, t)
     nope = list(getattr(cfg, "no_rope_layers", None) or [1] * len(kinds))
+    if global_nope and "local" in kinds:
+        nope = [int(kind == "local") for kind in kinds]
     if len(nope) != len(kinds):
         raise unsupported(t, f"no_rope_layers {nope} (expected one entry per layer)")
     per_layer = []
@@ -844,21 +875,24 @@ def _llama_relative(
     mlp: dict | None = None,
     partial: bool = False,
     defaults: dict | None = None,
+    global_nope: bool = False,
+    tied_by_default: bool = False,
 ) -> dict:
-    """The config of a Llama relative: per-layer windows and NoPE layers, ``attn`` and ``mlp``
-    over the Llama defaults."""
-    blocks, layers = _blocks_per_layer(block, _layer_attn(cfg, t))
+    """The config of a Llama relative: per-layer windows and NoPE layers, ``attn``, ``mlp``
+    and ``defaults`` over the Llama defaults."""
+    blocks, layers = _blocks_per_layer(block, _layer_attn(cfg, t, global_nope))
     attention = {**_attn(cfg, t, partial=partial, params=_rope_params(cfg)), **(attn or {})}
     return model_config(
         cfg,
         layers=layers,
         blocks=blocks,
         defaults={
-            "Norm": _rms(cfg),
+            "Norm": (defaults or {}).get("Norm") or _rms(cfg),
             "Attn": attention,
             "MLP": mlp or _gated_mlp(cfg, t, bias=bool(getattr(cfg, "mlp_bias", False))),
             **(defaults or {}),
         },
+        tied_by_default=tied_by_default,
     )
 
 
@@ -1086,3 +1120,93 @@ def weights_glm(cfg: Any, m: WeightMapper) -> None:
 
 _register("glm", "GlmForCausalLM", config_glm, weights_glm)
 _register("glm4", "Glm4ForCausalLM", config_glm, weights_glm)
+
+
+def config_exaone4(cfg: Any) -> dict:
+    """EXAONE 4: OLMo 2's norms after attention and MLP, an RMSNorm of each head's queries
+    and keys, sliding-window layers from ``layer_types`` and, where there are some, no rotary
+    on the full-attention layers (global NoPE)."""
+    attn = {"qk_norm": True, "qk_norm_eps": cfg.rms_norm_eps}
+    block = "Attn->Norm->+->MLP->Norm->+"
+    return _llama_relative(cfg, "exaone4", block=block, attn=attn, global_nope=True)
+
+
+def weights_exaone4(cfg: Any, m: WeightMapper) -> None:
+    m.put("embed.embed.tok.weight", "model.embed_tokens.weight")
+    for i in range(cfg.num_hidden_layers):
+        p, q = f"model.layers.{i}", f"layers.{i}"
+        _attn_weights(m, p, q, False, False)
+        for n in "qk":
+            m.norm(f"{q}.attn.{n}_norm", f"{p}.self_attn.{n}_norm", bias=False)
+        m.norm(f"{q}.norm", f"{p}.post_attention_layernorm", bias=False)
+        _mlp_weights(m, p, q)
+        m.norm(f"{q}.norm_1", f"{p}.post_feedforward_layernorm", bias=False)
+    m.norm("head.norm", "model.norm", bias=False)
+    m.head(cfg, "model.embed_tokens.weight", _tied(cfg, False))
+
+
+_register("exaone4", "Exaone4ForCausalLM", config_exaone4, weights_exaone4)
+
+
+def config_cohere2(cfg: Any) -> dict:
+    """Cohere 2 (Command R7B): Cohere's parallel block on one bias-free LayerNorm and
+    interleaved rotary, with sliding-window layers from ``layer_types`` and no rotary on the
+    full-attention layers."""
+    t = "cohere2"
+    defaults: dict[str, dict] = {
+        "Norm": {"kind": "layer", "eps": cfg.layer_norm_eps, "bias": False},
+    }
+    if cfg.logit_scale is not None and cfg.logit_scale != 1.0:
+        defaults["Head"] = {"scale": float(cfg.logit_scale)}
+    attn = {"rope_interleaved": True, "bias": bool(cfg.attention_bias)}
+    return _llama_relative(
+        cfg,
+        t,
+        block=PARALLEL_SHARED,
+        attn=attn,
+        defaults=defaults,
+        global_nope=True,
+        tied_by_default=True,
+    )
+
+
+def weights_cohere2(cfg: Any, m: WeightMapper) -> None:
+    bias = bool(cfg.attention_bias)
+    m.put("embed.embed.tok.weight", "model.embed_tokens.weight")
+    for i in range(cfg.num_hidden_layers):
+        p, q = f"model.layers.{i}", f"layers.{i}"
+        m.norm(f"{q}.ln", f"{p}.input_layernorm", bias=False)
+        _attn_weights(m, p, q, bias, bias)
+        _mlp_weights(m, p, q)
+    m.norm("head.norm", "model.norm", bias=False)
+    m.head(cfg, "model.embed_tokens.weight", _tied(cfg, True))
+
+
+_register("cohere2", "Cohere2ForCausalLM", config_cohere2, weights_cohere2)
+
+
+def config_jais2(cfg: Any) -> dict:
+    """Jais 2: Llama with LayerNorms (with bias), biased projections and an ungated MLP
+    (``up``, ``down``; squared ReLU)."""
+    t = "jais2"
+    mlp_bias = bool(getattr(cfg, "mlp_bias", False))
+    return _llama_relative(
+        cfg,
+        t,
+        attn={"bias": bool(cfg.attention_bias)},
+        mlp={**_gated_mlp(cfg, t, bias=mlp_bias), "gated": False},
+        defaults={"Norm": {"kind": "layer", "eps": cfg.layer_norm_eps, "bias": True}},
+    )
+
+
+def weights_jais2(cfg: Any, m: WeightMapper) -> None:
+    bias = bool(cfg.attention_bias)
+    _standard_layers(
+        cfg, m, qkv_bias=bias, o_bias=bias, norm_bias=True,
+        mlp_bias=bool(getattr(cfg, "mlp_bias", False)),
+        mlp_names={"up": "up_proj", "down": "down_proj"},
+    )  # fmt: skip
+    m.head(cfg, "model.embed_tokens.weight", _tied(cfg, False))
+
+
+_register("jais2", "Jais2ForCausalLM", config_jais2, weights_jais2)
