@@ -1210,3 +1210,49 @@ def weights_jais2(cfg: Any, m: WeightMapper) -> None:
 
 
 _register("jais2", "Jais2ForCausalLM", config_jais2, weights_jais2)
+
+
+def config_apertus(cfg: Any) -> dict:
+    """Apertus: Llama with an RMSNorm of each head's queries and keys and an ungated MLP
+    whose activation is xIELU (``MLP(act=xielu)``: two learned scalars per layer)."""
+    t = cfg.model_type
+    if getattr(cfg, "output_vocab_size", None) not in (None, cfg.vocab_size):
+        raise unsupported(t, f"output_vocab_size={cfg.output_vocab_size} other than vocab_size")
+    act = cfg.hidden_act if cfg.hidden_act == "xielu" else activation(cfg.hidden_act, t)
+    mlp = {"hidden": cfg.intermediate_size, "act": act, "gated": False, "bias": False}
+    attn = {"qk_norm": True, "qk_norm_eps": cfg.rms_norm_eps, "bias": bool(cfg.attention_bias)}
+    return _llama_relative(cfg, t, attn=attn, mlp=mlp)
+
+
+def weights_apertus(cfg: Any, m: WeightMapper) -> None:
+    bias = bool(cfg.attention_bias)
+    m.put("embed.embed.tok.weight", "model.embed_tokens.weight")
+    for i in range(cfg.num_hidden_layers):
+        p, q = f"model.layers.{i}", f"layers.{i}"
+        m.norm(f"{q}.norm", f"{p}.attention_layernorm", bias=False)
+        _attn_weights(m, p, q, bias, bias)
+        for n in "qk":
+            m.norm(f"{q}.attn.{n}_norm", f"{p}.self_attn.{n}_norm", bias=False)
+        m.norm(f"{q}.norm_1", f"{p}.feedforward_layernorm", bias=False)
+        _mlp_weights(m, p, q, names={"up": "up_proj", "down": "down_proj"})
+        if cfg.hidden_act == "xielu":  # its scalars (parameters) and constants (buffers)
+            for n in ("alpha_p", "alpha_n", "beta", "eps"):
+                m.put(f"{q}.mlp.act.{n}", f"{p}.mlp.act_fn.{n}")
+    m.norm("head.norm", "model.norm", bias=False)
+    m.head(cfg, "model.embed_tokens.weight", _tied(cfg, False))
+
+
+for _type, _class in (
+    ("apertus", "ApertusForCausalLM"),
+    ("apertus1p5_text", "Apertus1p5TextForCausalLM"),
+):
+    register_architecture(
+        Architecture(
+            _type,
+            _class,
+            "model",
+            config=config_apertus,
+            weights=weights_apertus,
+            buffers=("act_fn.beta", "act_fn.eps"),
+        )
+    )
