@@ -1,6 +1,7 @@
 """The classic decoder architectures for the Hugging Face import: GPT-2, GPT-NeoX, GPT-J, OPT,
 BLOOM, MPT, Falcon (old and new decoder architecture, rotary or ALiBi), Phi (phi-1, phi-1.5,
-phi-2) and GPT-BigCode (SantaCoder, StarCoder): one ``Architecture`` record each.
+phi-2), GPT-BigCode (SantaCoder, StarCoder), CodeGen, GPT-Neo, GPT-1 (``openai-gpt``) and
+BioGPT: one ``Architecture`` record each.
 
 What they need beyond the GPT-2/Llama family is all in components: ALiBi with MPT's slope
 schedule and Falcon's scaled slopes (``Attn(alibi_max, alibi_scale)``), MPT's ``clip_qkv``,

@@ -1,6 +1,7 @@
 """Dense decoder architectures for the Hugging Face import: Llama, Mistral, Gemma 2, Qwen2,
 Qwen3, Gemma, Gemma 3, OLMo, OLMo 2, Cohere, StableLM, Phi-3, Granite, StarCoder2, Persimmon
-and Nemotron (one ``Architecture`` record each).
+and Nemotron, and the Llama relatives at the end of the module (InternLM3, EXAONE, Ministral,
+SmolLM3, GLM, Cohere 2, Apertus, ...): one ``Architecture`` record each.
 
 Each is a Llama relative that differs in a few named places (q/k norms, biases, norm kind and
 placement, multipliers, fused projections), and each difference is an argument of a built-in
