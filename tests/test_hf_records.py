@@ -52,7 +52,7 @@ RECORDS: list[tuple[str, str, dict[str, Any]]] = [
     ("ministral", "ministral", {**LLAMA, **WINDOWED}),
     ("cwm", "cwm", {**LLAMA, **WINDOWED}),
     ("smollm3", "smollm3", {**LLAMA, "no_rope_layers": [1, 0]}),
-    ("helium", "helium", LLAMA),
+    ("helium", "helium", {**LLAMA, "attention_bias": True, "mlp_bias": True}),
     ("seed_oss", "seed_oss", {**LLAMA, "attention_bias": True, "attention_out_bias": True}),
     ("arcee", "arcee", LLAMA),
     ("ernie4_5", "ernie4_5", {**LLAMA, "use_bias": True}),

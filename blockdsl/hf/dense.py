@@ -923,12 +923,19 @@ for _type, _class in (
 
 
 def config_helium(cfg: Any) -> dict:
-    """Helium: Llama with interleaved rotary pairs."""
-    attn = {"rope_interleaved": True, "bias": bool(getattr(cfg, "attention_bias", False))}
+    """Helium: Llama with interleaved rotary pairs; ``attention_bias`` biases q, k and v only."""
+    attn = {"rope_interleaved": True, "qkv_bias": bool(cfg.attention_bias)}
     return _llama_relative(cfg, "helium", attn=attn)
 
 
-_register("helium", "HeliumForCausalLM", config_helium, _llama_relative_weights)
+def weights_helium(cfg: Any, m: WeightMapper) -> None:
+    _standard_layers(
+        cfg, m, qkv_bias=bool(cfg.attention_bias), o_bias=False, mlp_bias=bool(cfg.mlp_bias)
+    )
+    m.head(cfg, "model.embed_tokens.weight", _tied(cfg, False))
+
+
+_register("helium", "HeliumForCausalLM", config_helium, weights_helium)
 
 
 def config_exaone(cfg: Any) -> dict:
