@@ -86,8 +86,9 @@ RECORDS: list[tuple[str, str, dict[str, Any]]] = [
 ]  # fmt: skip
 
 #: Rows the export refuses, with the words the refusal must contain: the export's search
-#: sets a config's scalars, not per-layer lists (``layer_types``, ``no_rope_layers``), and
-#: finds no class whose ``Scale`` sits after a post-norm.
+#: keeps a config class's default per-layer lists (``layer_types``, ``no_rope_layers``), so a
+#: row whose layer pattern differs from its class's default finds no class (VaultGemma's
+#: row, the default alternation, exports); and no class has ``Scale`` after a post-norm.
 NO_COUNTERPART = "no transformers architecture computes this model"
 EXPORT_REFUSED: dict[str, str] = {
     "ministral": NO_COUNTERPART,
