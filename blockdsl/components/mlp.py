@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,6 +26,10 @@ from blockdsl.registry import register
 
 # --------------------------------------------------------------------------- MLP
 
+#: The MLP's activations: the shared ones and xIELU, whose two learned scalars make it a module
+#: of each MLP's own (not an MoE expert activation).
+MLPActivation = Literal["relu", "gelu", "gelu_tanh", "silu", "relu2", "xielu"]
+
 
 @dataclass(frozen=True)
 class MLPSizes:
@@ -36,6 +41,7 @@ class MLPSizes:
     hidden: int
     gated: bool
     bias: bool
+    act_params: int = 0  # the activation's own parameters (xIELU: 2)
 
     @property
     def weights(self) -> int:
@@ -53,15 +59,43 @@ def mlp_sizes(
     mult: float = 4.0,
     gated: bool = False,
     bias: bool = False,
+    act: str = "gelu",
     **_,
 ) -> MLPSizes:
     """``MLPSizes`` at input size ``d_in``: ``hidden = int(mult * d_in)`` unless set."""
-    return MLPSizes(d_in, int(mult * d_in) if hidden is None else hidden, gated, bias)
+    hidden = int(mult * d_in) if hidden is None else hidden
+    return MLPSizes(d_in, hidden, gated, bias, XIELU.PARAMS if act == "xielu" else 0)
 
 
 def _mlp_params(d_in: int, **args) -> int:
     s = mlp_sizes(d_in, **args)
-    return s.weights + s.biases
+    return s.weights + s.biases + s.act_params
+
+
+class XIELU(nn.Module):
+    """xIELU (Huang et al. 2024, https://arxiv.org/abs/2411.13010), transformers'
+    ``XIELUActivation``: ``alpha_p x^2 + beta x`` for ``x > 0``, else
+    ``alpha_n (expm1(min(x, eps)) - x) + beta x``, with ``alpha_p = softplus(a_p)`` and
+    ``alpha_n = beta + softplus(a_n)`` learned (parameters ``alpha_p``, ``alpha_n``; buffers
+    ``beta``, ``eps``, the checkpoint's constants)."""
+
+    PARAMS = 2
+
+    def __init__(
+        self, alpha_p: float = 0.8, alpha_n: float = 0.8, beta: float = 0.5, eps: float = -1e-6
+    ) -> None:
+        super().__init__()
+        inverse_softplus = lambda v: math.log(math.expm1(v))  # noqa: E731
+        self.alpha_p = nn.Parameter(torch.tensor([inverse_softplus(alpha_p)]))
+        self.alpha_n = nn.Parameter(torch.tensor([inverse_softplus(alpha_n - beta)]))
+        self.register_buffer("beta", torch.tensor(beta))
+        self.register_buffer("eps", torch.tensor(eps))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        alpha_p = F.softplus(self.alpha_p)
+        alpha_n = self.beta + F.softplus(self.alpha_n)
+        negative = (torch.expm1(torch.minimum(x, self.eps)) - x) * alpha_n
+        return torch.where(x > 0, alpha_p * x * x, negative) + self.beta * x
 
 
 def _mlp_flops(d_in: int, seq: int, **args) -> int:
@@ -92,7 +126,7 @@ def _mlp_steps(
 _MLP_HELP: dict[str, str] = {
     "hidden": "hidden width; none: int(mult * d_model)",
     "mult": "hidden width as a multiple of d_model when hidden is none",
-    "act": "activation: relu, gelu, gelu_tanh, silu or relu2 (squared ReLU)",
+    "act": "activation: relu, gelu, gelu_tanh, silu, relu2 (squared ReLU) or xielu (learned)",
     "gated": "gated linear unit: `down(act(gate(x)) * up(x))`",
     "bias": "biases on the linears",
 }
@@ -111,8 +145,9 @@ class MLP(nn.Module):
     """Position-wise feed-forward: ``down(act(up(x)))``, or gated ``down(act(gate(x)) * up(x))``.
 
     ``hidden`` defaults to ``int(mult * d_model)``. Activations: relu, gelu (exact), gelu_tanh
-    (GPT-2), silu (SwiGLU when gated), relu2 (squared ReLU). Parameters: ``up``, ``down`` and,
-    when ``gated``, ``gate`` (``nn.Linear``; biases with ``bias``).
+    (GPT-2), silu (SwiGLU when gated), relu2 (squared ReLU), xielu (with two learned scalars,
+    ``act.alpha_p`` and ``act.alpha_n``: Apertus). Parameters: ``up``, ``down`` and, when
+    ``gated``, ``gate`` (``nn.Linear``; biases with ``bias``).
     """
 
     def __init__(
@@ -120,14 +155,15 @@ class MLP(nn.Module):
         d_model: int,
         hidden: int | None = None,
         mult: float = 4.0,
-        act: Activation = "gelu",
+        act: MLPActivation = "gelu",
         gated: bool = False,
         bias: bool = False,
     ) -> None:
         super().__init__()
         raise_problem(_check_mlp(d_model, hidden=hidden, mult=mult))
         h = mlp_sizes(d_model, hidden, mult).hidden
-        self.act_name, self.act = act, activation(act)
+        self.act_name = act
+        self.act = XIELU() if act == "xielu" else activation(act)
         self.gate = nn.Linear(d_model, h, bias=bias) if gated else None
         self.up = nn.Linear(d_model, h, bias=bias)
         self.down = nn.Linear(h, d_model, bias=bias)

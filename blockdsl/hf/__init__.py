@@ -10,8 +10,11 @@ export blockdsl models as Hugging Face checkpoints.
 Modules: ``base`` (``Architecture``, ``WeightMapper``, the registry and the helpers the
 families share), one module per family of architectures, each importing only ``base`` and
 registering its records when imported: ``classic`` (GPT-2, GPT-NeoX, GPT-J, OPT, BLOOM, MPT,
-Falcon, Phi, GPT-BigCode), ``dense`` (Llama, Mistral, Gemma 2, Qwen2/3, Gemma, Gemma 3, OLMo,
-OLMo 2, Cohere, StableLM, Phi-3, Granite, StarCoder2, Persimmon, Nemotron), ``moe`` (Mixtral,
+Falcon, Phi, GPT-BigCode, CodeGen, GPT-Neo, GPT-1, BioGPT), ``dense`` (Llama, Mistral,
+Gemma 2, Qwen2/3, Gemma, Gemma 3, OLMo, OLMo 2, Cohere, StableLM, Phi-3, Granite, StarCoder2,
+Persimmon, Nemotron, and the Llama relatives: InternLM3, IQuestCoder, EXAONE, EXAONE 4,
+Ministral, CWM, SmolLM3, Helium, Seed-OSS, Arcee, ERNIE 4.5, HyperCLOVA X, OLMo 3, GLM,
+GLM-4, Cohere 2, Jais 2, VaultGemma, Apertus), ``moe`` (Mixtral,
 Qwen2-MoE, OLMoE, DBRX, DeepSeek-V2/V3), ``hybrid`` (LFM2, Qwen3-Next) and ``ssm`` (Mamba,
 Mamba2, RecurrentGemma, Jamba, Bamba, Falcon-H1: docs/hybrids.md); ``importer`` (the import's
 entry points) and ``exporter`` (the import run backwards). Adding an architecture is adding

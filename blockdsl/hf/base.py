@@ -86,6 +86,8 @@ ACTIVATIONS = {
     "gelu_new": "gelu_tanh",  # NewGELUActivation: the tanh approximation
     "gelu_pytorch_tanh": "gelu_tanh",
     "gelu_fast": "gelu_tanh",
+    "gelu_accurate": "gelu_tanh",  # AccurateGELUActivation: the same tanh formula
+    "gelu_python": "gelu",  # GELUActivation(use_gelu_python=True): the erf GELU in Python
     "relu": "relu",
     "relu2": "relu2",
     "silu": "silu",

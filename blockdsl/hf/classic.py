@@ -1,6 +1,7 @@
 """The classic decoder architectures for the Hugging Face import: GPT-2, GPT-NeoX, GPT-J, OPT,
 BLOOM, MPT, Falcon (old and new decoder architecture, rotary or ALiBi), Phi (phi-1, phi-1.5,
-phi-2) and GPT-BigCode (SantaCoder, StarCoder): one ``Architecture`` record each.
+phi-2), GPT-BigCode (SantaCoder, StarCoder), CodeGen, GPT-Neo, GPT-1 (``openai-gpt``) and
+BioGPT: one ``Architecture`` record each.
 
 What they need beyond the GPT-2/Llama family is all in components: ALiBi with MPT's slope
 schedule and Falcon's scaled slopes (``Attn(alibi_max, alibi_scale)``), MPT's ``clip_qkv``,
@@ -21,6 +22,7 @@ from blockdsl.hf.base import (
     Architecture,
     WeightMapper,
     activation,
+    compress_layers,
     default_rope,
     model_config,
     register_architecture,
@@ -196,7 +198,12 @@ register_architecture(
 
 
 def _config_gptj(cfg: Any) -> dict:
-    t = "gptj"
+    return _gptj_like_config(cfg, "gptj")
+
+
+def _gptj_like_config(cfg: Any, t: str) -> dict:
+    """GPT-J's layout (one LayerNorm feeding parallel attention and MLP, interleaved partial
+    rotary, a biased head), also CodeGen's."""
     d, heads, L = cfg.n_embd, cfg.n_head, cfg.n_layer
     head_dim = d // heads
     rotary = cfg.rotary_dim if cfg.rotary_dim is not None else head_dim
@@ -690,6 +697,243 @@ for _record in (
         "transformer",
         config=_config_gpt_bigcode,
         weights=_weights_gpt_bigcode,
+    ),
+):
+    register_architecture(_record)
+
+
+# ---------------------------------------------------------------- codegen
+
+
+def _config_codegen(cfg: Any) -> dict:
+    """CodeGen: GPT-J with one fused ``qkv_proj`` (split on import)."""
+    if cfg.rotary_dim is None:  # transformers then rotates by a table wider than a head
+        raise unsupported("codegen", "rotary_dim=None")
+    return _gptj_like_config(cfg, "codegen")
+
+
+#: CodeGen's fused ``qkv_proj`` is laid out for 4 model-parallel shards.
+CODEGEN_SHARDS = 4
+
+
+def _weights_codegen(cfg: Any, m: WeightMapper) -> None:
+    d = cfg.n_embd
+
+    def split(w: Tensor) -> list[Tensor]:
+        # rows per shard [q | v | k], each d / 4 rows; a projection is its shards in order
+        q, v, k = w.reshape(CODEGEN_SHARDS, 3, d // CODEGEN_SHARDS, d).unbind(1)
+        return [t.reshape(d, d) for t in (q, k, v)]
+
+    m.put("embed.embed.tok.weight", "transformer.wte.weight")
+    for i in range(cfg.n_layer):
+        p, q = f"transformer.h.{i}", f"layers.{i}"
+        m.norm(f"{q}.ln", f"{p}.ln_1", bias=True)
+        m.split([f"{q}.attn.{n}.weight" for n in "qkv"], f"{p}.attn.qkv_proj.weight", split)
+        m.linear(f"{q}.attn.o", f"{p}.attn.out_proj", bias=False)
+        m.linear(f"{q}.mlp.up", f"{p}.mlp.fc_in", bias=True)
+        m.linear(f"{q}.mlp.down", f"{p}.mlp.fc_out", bias=True)
+    m.norm("head.norm", "transformer.ln_f", bias=True)
+    m.head(cfg, "transformer.wte.weight", _tied(cfg, False), bias=True)
+
+
+# ---------------------------------------------------------------- gpt_neo
+
+
+def _config_gpt_neo(cfg: Any) -> dict:
+    """GPT-Neo: GPT-2 with unscaled attention scores, global and local (``window_size``)
+    layers from ``attention_layers``, bias only on the attention's output projection."""
+    t = "gpt_neo"
+    kinds = list(cfg.attention_layers)
+    if len(kinds) != cfg.num_layers or not set(kinds) <= {"global", "local"}:
+        raise unsupported(t, f"attention_layers {kinds}")
+    block = "Norm->Attn{}->+->Norm->MLP->+"
+    blocks = {
+        kind: block.format(f"(window={int(cfg.window_size)})" if kind == "local" else "")
+        for kind in dict.fromkeys(kinds)
+    }
+    d = cfg.hidden_size
+    return model_config(
+        cfg,
+        layers=compress_layers(kinds),
+        blocks=blocks,
+        defaults={
+            "Norm": _layer_norm(cfg.layer_norm_epsilon),
+            "Attn": {
+                "heads": cfg.num_heads,
+                "pos": "none",
+                "scale": 1.0,
+                "bias": False,
+                "o_bias": True,
+            },
+            "MLP": {
+                "hidden": cfg.intermediate_size if cfg.intermediate_size is not None else 4 * d,
+                "act": activation(cfg.activation_function, t),
+                "gated": False,
+                "bias": True,
+            },
+        },
+        embed="Embed(pos=learned)",
+        tied_by_default=True,
+    )
+
+
+def _weights_gpt_neo(cfg: Any, m: WeightMapper) -> None:
+    m.put("embed.embed.tok.weight", "transformer.wte.weight")
+    m.put("embed.embed.pos.weight", "transformer.wpe.weight")
+    for i in range(cfg.num_layers):
+        p, q = f"transformer.h.{i}", f"layers.{i}"
+        m.norm(f"{q}.norm", f"{p}.ln_1", bias=True)
+        for n in "qkv":
+            m.linear(f"{q}.attn.{n}", f"{p}.attn.attention.{n}_proj", bias=False)
+        m.linear(f"{q}.attn.o", f"{p}.attn.attention.out_proj", bias=True)
+        m.norm(f"{q}.norm_1", f"{p}.ln_2", bias=True)
+        m.linear(f"{q}.mlp.up", f"{p}.mlp.c_fc", bias=True)
+        m.linear(f"{q}.mlp.down", f"{p}.mlp.c_proj", bias=True)
+    m.norm("head.norm", "transformer.ln_f", bias=True)
+    m.head(cfg, "transformer.wte.weight", _tied(cfg, True))
+
+
+# ---------------------------------------------------------------- openai-gpt
+
+#: GPT-1's own activation table (``afn``): its "gelu" is the tanh approximation.
+_OPENAI_GPT_ACTIVATIONS = {"relu": "relu", "silu": "silu", "swish": "silu", "gelu": "gelu_new"}
+
+
+def _config_openai_gpt(cfg: Any) -> dict:
+    """GPT-1 (``openai-gpt``): post-norm blocks (the norm after each residual sum), learned
+    positions, biased Conv1D layers, no final norm, a tied head."""
+    t = "openai-gpt"
+    if cfg.afn not in _OPENAI_GPT_ACTIVATIONS:
+        raise unsupported(t, f"afn '{cfg.afn}'")
+    d = cfg.n_embd
+    config = model_config(
+        cfg,
+        layers=f"block*{cfg.n_layer}",
+        blocks={"block": "(Attn->+)->Norm->(MLP->+)->Norm"},
+        defaults={
+            "Norm": _layer_norm(cfg.layer_norm_epsilon),
+            "Attn": {"heads": cfg.n_head, "pos": "none", "bias": True},
+            "MLP": {
+                "hidden": 4 * d,
+                "act": activation(_OPENAI_GPT_ACTIVATIONS[cfg.afn], t),
+                "gated": False,
+                "bias": True,
+            },
+        },
+        d_model=d,
+        context=cfg.n_positions,
+        embed="Embed(pos=learned)",
+        tied_by_default=True,
+    )
+    config["model"]["head"] = config["model"]["head"].removeprefix("Norm->")
+    return config
+
+
+def _weights_openai_gpt(cfg: Any, m: WeightMapper) -> None:
+    d = cfg.n_embd
+    m.put("embed.embed.tok.weight", "transformer.tokens_embed.weight")
+    m.put("embed.embed.pos.weight", "transformer.positions_embed.weight")
+    for i in range(cfg.n_layer):
+        p, q = f"transformer.h.{i}", f"layers.{i}"
+        # Conv1D stores [in, out]; c_attn's outputs are [q | k | v] (as GPT-2)
+        m.split(
+            [f"{q}.attn.{n}.weight" for n in "qkv"],
+            f"{p}.attn.c_attn.weight",
+            lambda w: [t.t() for t in w.split(d, dim=1)],
+        )
+        m.split(
+            [f"{q}.attn.{n}.bias" for n in "qkv"],
+            f"{p}.attn.c_attn.bias",
+            lambda b: list(b.split(d)),
+        )
+        m.put(f"{q}.attn.o.weight", f"{p}.attn.c_proj.weight", fn=lambda w: w.t())
+        m.put(f"{q}.attn.o.bias", f"{p}.attn.c_proj.bias")
+        m.norm(f"{q}.norm", f"{p}.ln_1", bias=True)
+        m.put(f"{q}.mlp.up.weight", f"{p}.mlp.c_fc.weight", fn=lambda w: w.t())
+        m.put(f"{q}.mlp.up.bias", f"{p}.mlp.c_fc.bias")
+        m.put(f"{q}.mlp.down.weight", f"{p}.mlp.c_proj.weight", fn=lambda w: w.t())
+        m.put(f"{q}.mlp.down.bias", f"{p}.mlp.c_proj.bias")
+        m.norm(f"{q}.norm_1", f"{p}.ln_2", bias=True)
+    m.head(cfg, "transformer.tokens_embed.weight", _tied(cfg, True))
+
+
+# ---------------------------------------------------------------- biogpt
+
+#: BioGPT's LayerNorms are built with PyTorch's default eps (``layer_norm_eps`` is unused).
+BIOGPT_NORM_EPS = 1e-5
+
+
+def _config_biogpt(cfg: Any) -> dict:
+    """BioGPT: OPT's pre-norm layout (learned positions offset by two rows, biases
+    everywhere) with token embeddings times ``sqrt(d_model)`` (``scale_embedding``)."""
+    t = "biogpt"
+    embed = "Embed(pos=learned, pos_offset=2{})".format(
+        ", scale=sqrt_d" if cfg.scale_embedding else ""
+    )
+    return model_config(
+        cfg,
+        layers=f"block*{cfg.num_hidden_layers}",
+        blocks={"block": "Norm->Attn->+->Norm->MLP->+"},
+        defaults={
+            "Norm": _layer_norm(BIOGPT_NORM_EPS),
+            "Attn": {"heads": cfg.num_attention_heads, "pos": "none", "bias": True},
+            "MLP": {
+                "hidden": cfg.intermediate_size,
+                "act": activation(cfg.hidden_act, t),
+                "gated": False,
+                "bias": True,
+            },
+        },
+        embed=embed,
+        tied_by_default=True,
+    )
+
+
+def _weights_biogpt(cfg: Any, m: WeightMapper) -> None:
+    b = "biogpt"
+    m.put("embed.embed.tok.weight", f"{b}.embed_tokens.weight")
+    m.put("embed.embed.pos.weight", f"{b}.embed_positions.weight")
+    for i in range(cfg.num_hidden_layers):
+        p, q = f"{b}.layers.{i}", f"layers.{i}"
+        m.norm(f"{q}.norm", f"{p}.self_attn_layer_norm", bias=True)
+        for n, hf in (("q", "q_proj"), ("k", "k_proj"), ("v", "v_proj"), ("o", "out_proj")):
+            m.linear(f"{q}.attn.{n}", f"{p}.self_attn.{hf}", bias=True)
+        m.norm(f"{q}.norm_1", f"{p}.final_layer_norm", bias=True)
+        m.linear(f"{q}.mlp.up", f"{p}.fc1", bias=True)
+        m.linear(f"{q}.mlp.down", f"{p}.fc2", bias=True)
+    m.norm("head.norm", f"{b}.layer_norm", bias=True)
+    m.head(cfg, f"{b}.embed_tokens.weight", _tied(cfg, True), name="output_projection")
+
+
+for _record in (
+    Architecture(
+        "codegen",
+        "CodeGenForCausalLM",
+        "transformer",
+        config=_config_codegen,
+        weights=_weights_codegen,
+    ),
+    Architecture(
+        "gpt_neo",
+        "GPTNeoForCausalLM",
+        "transformer",
+        config=_config_gpt_neo,
+        weights=_weights_gpt_neo,
+    ),
+    Architecture(
+        "openai-gpt",
+        "OpenAIGPTLMHeadModel",
+        "transformer",
+        config=_config_openai_gpt,
+        weights=_weights_openai_gpt,
+    ),
+    Architecture(
+        "biogpt",
+        "BioGptForCausalLM",
+        "biogpt",
+        config=_config_biogpt,
+        weights=_weights_biogpt,
+        outside=("output_projection",),
     ),
 ):
     register_architecture(_record)

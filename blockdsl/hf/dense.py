@@ -1,6 +1,7 @@
 """Dense decoder architectures for the Hugging Face import: Llama, Mistral, Gemma 2, Qwen2,
 Qwen3, Gemma, Gemma 3, OLMo, OLMo 2, Cohere, StableLM, Phi-3, Granite, StarCoder2, Persimmon
-and Nemotron (one ``Architecture`` record each).
+and Nemotron, and the Llama relatives at the end of the module (InternLM3, EXAONE, Ministral,
+SmolLM3, GLM, Cohere 2, Apertus, ...): one ``Architecture`` record each.
 
 Each is a Llama relative that differs in a few named places (q/k norms, biases, norm kind and
 placement, multipliers, fused projections), and each difference is an argument of a built-in
@@ -66,7 +67,15 @@ register_architecture(
 
 
 def _config_gemma2(cfg: Any) -> dict:
-    t = "gemma2"
+    return _gemma2_like_config(cfg, "gemma2", "Norm->Attn{}->Norm->+->Norm->MLP->Norm->+")
+
+
+def _config_vaultgemma(cfg: Any) -> dict:
+    """VaultGemma: Gemma 2 with pre-norms only (no norm after attention or the MLP)."""
+    return _gemma2_like_config(cfg, "vaultgemma", "Norm->Attn{}->+->Norm->MLP->+")
+
+
+def _gemma2_like_config(cfg: Any, t: str, sandwich: str) -> dict:
     if getattr(cfg, "use_bidirectional_attention", False):
         raise unsupported(t, "use_bidirectional_attention")
     theta, fraction = default_rope(cfg, t)
@@ -76,7 +85,6 @@ def _config_gemma2(cfg: Any) -> dict:
     kinds = list(cfg.layer_types or [])
     if len(kinds) != L or not set(kinds) <= {"sliding_attention", "full_attention"}:
         raise unsupported(t, f"layer_types {kinds}")
-    sandwich = "Norm->Attn{}->Norm->+->Norm->MLP->Norm->+"
     blocks: dict[str, str] = {}
     names = []
     for kind in kinds:
@@ -135,9 +143,30 @@ def _weights_gemma2(cfg: Any, m: WeightMapper) -> None:
     m.head(cfg, "model.embed_tokens.weight", getattr(cfg, "tie_word_embeddings", True))
 
 
+def _weights_vaultgemma(cfg: Any, m: WeightMapper) -> None:
+    m.put("embed.embed.tok.weight", "model.embed_tokens.weight")
+    for i in range(cfg.num_hidden_layers):
+        p, q = f"model.layers.{i}", f"layers.{i}"
+        m.norm(f"{q}.norm", f"{p}.input_layernorm", bias=False)
+        llama_attention_weights(cfg, m, p, q)
+        m.norm(f"{q}.norm_1", f"{p}.pre_feedforward_layernorm", bias=False)
+        llama_mlp_weights(cfg, m, p, q)
+    m.norm("head.norm", "model.norm", bias=False)
+    m.head(cfg, "model.embed_tokens.weight", getattr(cfg, "tie_word_embeddings", True))
+
+
 register_architecture(
     Architecture(
         "gemma2", "Gemma2ForCausalLM", "model", config=_config_gemma2, weights=_weights_gemma2
+    )
+)
+register_architecture(
+    Architecture(
+        "vaultgemma",
+        "VaultGemmaForCausalLM",
+        "model",
+        config=_config_vaultgemma,
+        weights=_weights_vaultgemma,
     )
 )
 
@@ -779,3 +808,459 @@ def weights_nemotron(cfg: Any, m: WeightMapper) -> None:
 
 _register("persimmon", "PersimmonForCausalLM", config_persimmon, weights_persimmon)
 _register("nemotron", "NemotronForCausalLM", config_nemotron, weights_nemotron)
+
+
+# --------------------------------------------------------------------------- llama relatives
+# Types transformers keeps apart that are the Llama layout with a named difference or none
+# (another name for ``LlamaForCausalLM``, per-layer windows or NoPE layers, biases, interleaved
+# or partial rotary, post-norms): one config function and the shared weight layout each.
+
+
+def _layer_attn(cfg: Any, t: str, global_nope: bool = False) -> list[dict[str, Any]]:
+    """Each layer's own ``Attn`` arguments: a window on ``sliding_attention`` layers (from
+    ``layer_types``) and ``pos=none`` on the NoPE layers (``no_rope_layers``: 0 = no rotary;
+    with ``global_nope``, the full-attention layers of a model that has sliding ones)."""
+    kinds = _windows(cfg, t)
+    nope = list(getattr(cfg, "no_rope_layers", None) or [1] * len(kinds))
+    if global_nope and "local" in kinds:
+        nope = [int(kind == "local") for kind in kinds]
+    if len(nope) != len(kinds):
+        raise unsupported(t, f"no_rope_layers {nope} (expected one entry per layer)")
+    per_layer = []
+    for kind, rope in zip(kinds, nope, strict=True):
+        args: dict[str, Any] = {}
+        if kind == "local":
+            args["window"] = int(cfg.sliding_window)
+        if not rope:
+            args["pos"] = "none"
+        per_layer.append(args)
+    return per_layer
+
+
+def _blocks_per_layer(block: str, per_layer: list[dict[str, Any]]) -> tuple[dict, str]:
+    """``(blocks, layers)`` of layers that differ only in their ``Attn`` arguments: one block
+    per distinct set of arguments (``block``, ``local``, ``nope``, ``local_nope``)."""
+    if all(not args for args in per_layer):
+        return {"block": block}, f"block*{len(per_layer)}"
+    blocks: dict[str, str] = {}
+    names = []
+    for args in per_layer:
+        name = (
+            "_".join(["local"] * ("window" in args) + ["nope"] * (args.get("pos") == "none"))
+            or "global"
+        )
+        inline = ", ".join(f"{k}={_value(v)}" for k, v in args.items())
+        blocks[name] = block.replace("Attn", f"Attn({inline})", 1) if inline else block
+        names.append(name)
+    return blocks, compress_layers(names)
+
+
+def _rope_params(cfg: Any) -> Any:
+    """The ``rope_parameters`` of the full-attention layers where the config keeps one per
+    layer type (OLMo 3), else None (the config's own)."""
+    params = getattr(cfg, "rope_parameters", None) or {}
+    if "full_attention" in params and isinstance(params["full_attention"], dict):
+        other = params.get("sliding_attention", params["full_attention"])
+        if other != params["full_attention"]:
+            raise unsupported(cfg.model_type, "a rotary of its own on the sliding-window layers")
+        return params["full_attention"]
+    return None
+
+
+def _llama_relative(
+    cfg: Any,
+    t: str,
+    *,
+    block: str = PRE_NORM,
+    attn: dict | None = None,
+    mlp: dict | None = None,
+    partial: bool = False,
+    defaults: dict | None = None,
+    global_nope: bool = False,
+    tied_by_default: bool = False,
+) -> dict:
+    """The config of a Llama relative: per-layer windows and NoPE layers, ``attn``, ``mlp``
+    and ``defaults`` over the Llama defaults."""
+    blocks, layers = _blocks_per_layer(block, _layer_attn(cfg, t, global_nope))
+    attention = {**_attn(cfg, t, partial=partial, params=_rope_params(cfg)), **(attn or {})}
+    return model_config(
+        cfg,
+        layers=layers,
+        blocks=blocks,
+        defaults={
+            "Norm": (defaults or {}).get("Norm") or _rms(cfg),
+            "Attn": attention,
+            "MLP": mlp or _gated_mlp(cfg, t, bias=bool(getattr(cfg, "mlp_bias", False))),
+            **(defaults or {}),
+        },
+        tied_by_default=tied_by_default,
+    )
+
+
+def _llama_relative_weights(cfg: Any, m: WeightMapper) -> None:
+    bias = bool(getattr(cfg, "attention_bias", False))
+    _standard_layers(
+        cfg, m, qkv_bias=bias, o_bias=bias, mlp_bias=bool(getattr(cfg, "mlp_bias", False))
+    )
+    m.head(cfg, "model.embed_tokens.weight", _tied(cfg, False))
+
+
+def config_llama_alias(cfg: Any) -> dict:
+    """Llama under another ``model_type`` (InternLM3, IQuestCoder; Ministral and CWM with
+    sliding-window layers from ``layer_types``; SmolLM3 with NoPE layers)."""
+    t = cfg.model_type
+    return _llama_relative(cfg, t, attn={"bias": bool(getattr(cfg, "attention_bias", False))})
+
+
+for _type, _class in (
+    ("internlm3", "LlamaForCausalLM"),
+    ("iquestcoder", "LlamaForCausalLM"),
+    ("ministral", "MinistralForCausalLM"),
+    ("cwm", "CwmForCausalLM"),
+    ("smollm3", "SmolLM3ForCausalLM"),
+):
+    _register(_type, _class, config_llama_alias, _llama_relative_weights)
+
+
+def config_helium(cfg: Any) -> dict:
+    """Helium: Llama with interleaved rotary pairs; ``attention_bias`` biases q, k and v only."""
+    attn = {"rope_interleaved": True, "qkv_bias": bool(cfg.attention_bias)}
+    return _llama_relative(cfg, "helium", attn=attn)
+
+
+def weights_helium(cfg: Any, m: WeightMapper) -> None:
+    _standard_layers(
+        cfg, m, qkv_bias=bool(cfg.attention_bias), o_bias=False, mlp_bias=bool(cfg.mlp_bias)
+    )
+    m.head(cfg, "model.embed_tokens.weight", _tied(cfg, False))
+
+
+_register("helium", "HeliumForCausalLM", config_helium, weights_helium)
+
+
+def config_exaone(cfg: Any) -> dict:
+    """EXAONE: Llama (transformers builds a ``LlamaForCausalLM``); its checkpoints keep their
+    own weight names (``transformer.h.{i}.attn.attention.*``, ``mlp.c_fc_0``...)."""
+    return config_llama_alias(cfg)
+
+
+def weights_exaone(cfg: Any, m: WeightMapper) -> None:
+    if not m.has("transformer.wte.weight"):  # a model in memory: Llama's own names
+        _llama_relative_weights(cfg, m)
+        return
+    m.put("embed.embed.tok.weight", "transformer.wte.weight")
+    for i in range(cfg.num_hidden_layers):
+        p, q = f"transformer.h.{i}", f"layers.{i}"
+        m.norm(f"{q}.norm", f"{p}.ln_1", bias=False)
+        for n, theirs in (("q", "q_proj"), ("k", "k_proj"), ("v", "v_proj"), ("o", "out_proj")):
+            m.linear(f"{q}.attn.{n}", f"{p}.attn.attention.{theirs}", bias=False)
+        m.norm(f"{q}.norm_1", f"{p}.ln_2", bias=False)
+        for n, theirs in (("gate", "c_fc_0"), ("up", "c_fc_1"), ("down", "c_proj")):
+            m.linear(f"{q}.mlp.{n}", f"{p}.mlp.{theirs}", bias=False)
+    m.norm("head.norm", "transformer.ln_f", bias=False)
+    m.head(cfg, "transformer.wte.weight", _tied(cfg, False))
+
+
+register_architecture(
+    Architecture(
+        "exaone",
+        "LlamaForCausalLM",
+        "model",
+        config=config_exaone,
+        weights=weights_exaone,
+        outside=("lm_head", "transformer"),
+    )
+)
+
+
+def config_seed_oss(cfg: Any) -> dict:
+    """Seed-OSS: Llama with biases on q, k, v (``attention_bias``) and on o
+    (``attention_out_bias``) set apart."""
+    t = "seed_oss"
+    qkv, out = bool(cfg.attention_bias), bool(cfg.attention_out_bias)
+    if out and not qkv:
+        raise unsupported(t, "attention_out_bias without attention_bias")
+    return _llama_relative(cfg, t, attn={"bias": out, "qkv_bias": qkv} if qkv else {})
+
+
+def weights_seed_oss(cfg: Any, m: WeightMapper) -> None:
+    _standard_layers(
+        cfg,
+        m,
+        qkv_bias=bool(cfg.attention_bias),
+        o_bias=bool(cfg.attention_out_bias),
+        mlp_bias=bool(getattr(cfg, "mlp_bias", False)),
+    )
+    m.head(cfg, "model.embed_tokens.weight", _tied(cfg, False))
+
+
+_register("seed_oss", "SeedOssForCausalLM", config_seed_oss, weights_seed_oss)
+
+
+def config_arcee(cfg: Any) -> dict:
+    """Arcee (AFM): Llama with an ungated MLP (``up``, ``down``; squared ReLU)."""
+    t = "arcee"
+    mlp = {**_gated_mlp(cfg, t, bias=bool(getattr(cfg, "mlp_bias", False))), "gated": False}
+    return _llama_relative(cfg, t, attn={"bias": bool(cfg.attention_bias)}, mlp=mlp)
+
+
+def weights_arcee(cfg: Any, m: WeightMapper) -> None:
+    bias = bool(cfg.attention_bias)
+    _standard_layers(
+        cfg, m, qkv_bias=bias, o_bias=bias, mlp_bias=bool(getattr(cfg, "mlp_bias", False)),
+        mlp_names={"up": "up_proj", "down": "down_proj"},
+    )  # fmt: skip
+    m.head(cfg, "model.embed_tokens.weight", _tied(cfg, False))
+
+
+_register("arcee", "ArceeForCausalLM", config_arcee, weights_arcee)
+
+
+def config_ernie4_5(cfg: Any) -> dict:
+    """ERNIE 4.5: Llama with interleaved rotary pairs and ``use_bias`` on every projection."""
+    t = "ernie4_5"
+    bias = bool(cfg.use_bias)
+    return _llama_relative(
+        cfg, t, attn={"rope_interleaved": True, "bias": bias}, mlp=_gated_mlp(cfg, t, bias=bias)
+    )
+
+
+def weights_ernie4_5(cfg: Any, m: WeightMapper) -> None:
+    bias = bool(cfg.use_bias)
+    _standard_layers(cfg, m, qkv_bias=bias, o_bias=bias, mlp_bias=bias)
+    m.head(cfg, "model.embed_tokens.weight", _tied(cfg, True))
+
+
+_register("ernie4_5", "Ernie4_5ForCausalLM", config_ernie4_5, weights_ernie4_5)
+
+
+def config_hyperclovax(cfg: Any) -> dict:
+    """HyperCLOVA X: Granite's multipliers (embeddings, residual updates, attention scores;
+    the logits *times* ``logits_scaling``) and, with ``use_post_norm``, an RMSNorm after
+    attention and after the MLP (Gemma 2's sandwich)."""
+    t = "hyperclovax"
+    post = bool(cfg.use_post_norm)
+    scale = "->Scale" if cfg.residual_multiplier != 1.0 else ""
+    attn_out, mlp_out = ("->Attn->Norm", "->MLP->Norm") if post else ("->Attn", "->MLP")
+    block = f"Norm{attn_out}{scale}->+->Norm{mlp_out}{scale}->+"
+    defaults: dict[str, dict] = {}
+    if scale:
+        defaults["Scale"] = {"by": float(cfg.residual_multiplier)}
+    if cfg.embedding_multiplier != 1.0:
+        defaults["Embed"] = {"scale": float(cfg.embedding_multiplier)}
+    if cfg.logits_scaling != 1.0:
+        defaults["Head"] = {"scale": float(cfg.logits_scaling)}
+    attn = {"scale": float(cfg.attention_multiplier), "bias": bool(cfg.attention_bias)}
+    return _llama_relative(cfg, t, block=block, attn=attn, defaults=defaults)
+
+
+def weights_hyperclovax(cfg: Any, m: WeightMapper) -> None:
+    bias, mlp_bias = bool(cfg.attention_bias), bool(getattr(cfg, "mlp_bias", False))
+    post = bool(cfg.use_post_norm)
+    m.put("embed.embed.tok.weight", "model.embed_tokens.weight")
+    for i in range(cfg.num_hidden_layers):
+        p, q = f"model.layers.{i}", f"layers.{i}"
+        names = iter(f"{q}.norm" + ("" if n == 0 else f"_{n}") for n in range(4))
+        m.norm(next(names), f"{p}.input_layernorm", bias=False)
+        _attn_weights(m, p, q, bias, bias)
+        if post:
+            m.norm(next(names), f"{p}.post_norm1", bias=False)
+        m.norm(next(names), f"{p}.post_attention_layernorm", bias=False)
+        _mlp_weights(m, p, q, mlp_bias)
+        if post:
+            m.norm(next(names), f"{p}.post_norm2", bias=False)
+    m.norm("head.norm", "model.norm", bias=False)
+    m.head(cfg, "model.embed_tokens.weight", _tied(cfg, False))
+
+
+_register("hyperclovax", "HyperCLOVAXForCausalLM", config_hyperclovax, weights_hyperclovax)
+
+
+def config_olmo3(cfg: Any) -> dict:
+    """OLMo 3: OLMo 2 (norms after attention and MLP, an RMSNorm of the whole q and k
+    projections) with sliding-window layers from ``layer_types``."""
+    t = "olmo3"
+    attn = {
+        "bias": bool(cfg.attention_bias),
+        "qk_norm": True,
+        "qk_norm_over": "all",
+        "qk_norm_eps": cfg.rms_norm_eps,
+    }
+    return _llama_relative(cfg, t, block="Attn->Norm->+->MLP->Norm->+", attn=attn)
+
+
+_register("olmo3", "Olmo3ForCausalLM", config_olmo3, weights_olmo2)
+
+
+def config_glm(cfg: Any) -> dict:
+    """GLM (and GLM-4 with its sandwich norms: ``post_self_attn_layernorm``,
+    ``post_mlp_layernorm``): Llama with a partial, interleaved rotary, q/k/v biases
+    (``attention_bias``, none on o) and a fused ``gate_up_proj``."""
+    t = cfg.model_type
+    block = "Norm->Attn->Norm->+->Norm->MLP->Norm->+" if t == "glm4" else PRE_NORM
+    attn = {"rope_interleaved": True, "qkv_bias": bool(cfg.attention_bias)}
+    return _llama_relative(cfg, t, block=block, attn=attn, partial=True)
+
+
+def weights_glm(cfg: Any, m: WeightMapper) -> None:
+    inter, sandwich = cfg.intermediate_size, cfg.model_type == "glm4"
+    bias = bool(cfg.attention_bias)
+    m.put("embed.embed.tok.weight", "model.embed_tokens.weight")
+    for i in range(cfg.num_hidden_layers):
+        p, q = f"model.layers.{i}", f"layers.{i}"
+        names = iter(f"{q}.norm" + ("" if n == 0 else f"_{n}") for n in range(4))
+        m.norm(next(names), f"{p}.input_layernorm", bias=False)
+        _attn_weights(m, p, q, bias, False)
+        if sandwich:
+            m.norm(next(names), f"{p}.post_self_attn_layernorm", bias=False)
+        m.norm(next(names), f"{p}.post_attention_layernorm", bias=False)
+        m.split(  # rows [gate | up]
+            [f"{q}.mlp.gate.weight", f"{q}.mlp.up.weight"],
+            f"{p}.mlp.gate_up_proj.weight",
+            lambda w: list(w.split([inter, inter])),
+        )
+        m.linear(f"{q}.mlp.down", f"{p}.mlp.down_proj", bias=False)
+        if sandwich:
+            m.norm(next(names), f"{p}.post_mlp_layernorm", bias=False)
+    m.norm("head.norm", "model.norm", bias=False)
+    m.head(cfg, "model.embed_tokens.weight", _tied(cfg, False))
+
+
+_register("glm", "GlmForCausalLM", config_glm, weights_glm)
+_register("glm4", "Glm4ForCausalLM", config_glm, weights_glm)
+
+
+def config_exaone4(cfg: Any) -> dict:
+    """EXAONE 4: OLMo 2's norms after attention and MLP, an RMSNorm of each head's queries
+    and keys, sliding-window layers from ``layer_types`` and, where there are some, no rotary
+    on the full-attention layers (global NoPE)."""
+    attn = {"qk_norm": True, "qk_norm_eps": cfg.rms_norm_eps}
+    block = "Attn->Norm->+->MLP->Norm->+"
+    return _llama_relative(cfg, "exaone4", block=block, attn=attn, global_nope=True)
+
+
+def weights_exaone4(cfg: Any, m: WeightMapper) -> None:
+    m.put("embed.embed.tok.weight", "model.embed_tokens.weight")
+    for i in range(cfg.num_hidden_layers):
+        p, q = f"model.layers.{i}", f"layers.{i}"
+        _attn_weights(m, p, q, False, False)
+        for n in "qk":
+            m.norm(f"{q}.attn.{n}_norm", f"{p}.self_attn.{n}_norm", bias=False)
+        m.norm(f"{q}.norm", f"{p}.post_attention_layernorm", bias=False)
+        _mlp_weights(m, p, q)
+        m.norm(f"{q}.norm_1", f"{p}.post_feedforward_layernorm", bias=False)
+    m.norm("head.norm", "model.norm", bias=False)
+    m.head(cfg, "model.embed_tokens.weight", _tied(cfg, False))
+
+
+_register("exaone4", "Exaone4ForCausalLM", config_exaone4, weights_exaone4)
+
+
+def config_cohere2(cfg: Any) -> dict:
+    """Cohere 2 (Command R7B): Cohere's parallel block on one bias-free LayerNorm and
+    interleaved rotary, with sliding-window layers from ``layer_types`` and no rotary on the
+    full-attention layers."""
+    t = "cohere2"
+    defaults: dict[str, dict] = {
+        "Norm": {"kind": "layer", "eps": cfg.layer_norm_eps, "bias": False},
+    }
+    if cfg.logit_scale is not None and cfg.logit_scale != 1.0:
+        defaults["Head"] = {"scale": float(cfg.logit_scale)}
+    attn = {"rope_interleaved": True, "bias": bool(cfg.attention_bias)}
+    return _llama_relative(
+        cfg,
+        t,
+        block=PARALLEL_SHARED,
+        attn=attn,
+        defaults=defaults,
+        global_nope=True,
+        tied_by_default=True,
+    )
+
+
+def weights_cohere2(cfg: Any, m: WeightMapper) -> None:
+    bias = bool(cfg.attention_bias)
+    m.put("embed.embed.tok.weight", "model.embed_tokens.weight")
+    for i in range(cfg.num_hidden_layers):
+        p, q = f"model.layers.{i}", f"layers.{i}"
+        m.norm(f"{q}.ln", f"{p}.input_layernorm", bias=False)
+        _attn_weights(m, p, q, bias, bias)
+        _mlp_weights(m, p, q)
+    m.norm("head.norm", "model.norm", bias=False)
+    m.head(cfg, "model.embed_tokens.weight", _tied(cfg, True))
+
+
+_register("cohere2", "Cohere2ForCausalLM", config_cohere2, weights_cohere2)
+
+
+def config_jais2(cfg: Any) -> dict:
+    """Jais 2: Llama with LayerNorms (with bias), biased projections and an ungated MLP
+    (``up``, ``down``; squared ReLU)."""
+    t = "jais2"
+    mlp_bias = bool(getattr(cfg, "mlp_bias", False))
+    return _llama_relative(
+        cfg,
+        t,
+        attn={"bias": bool(cfg.attention_bias)},
+        mlp={**_gated_mlp(cfg, t, bias=mlp_bias), "gated": False},
+        defaults={"Norm": {"kind": "layer", "eps": cfg.layer_norm_eps, "bias": True}},
+    )
+
+
+def weights_jais2(cfg: Any, m: WeightMapper) -> None:
+    bias = bool(cfg.attention_bias)
+    _standard_layers(
+        cfg, m, qkv_bias=bias, o_bias=bias, norm_bias=True,
+        mlp_bias=bool(getattr(cfg, "mlp_bias", False)),
+        mlp_names={"up": "up_proj", "down": "down_proj"},
+    )  # fmt: skip
+    m.head(cfg, "model.embed_tokens.weight", _tied(cfg, False))
+
+
+_register("jais2", "Jais2ForCausalLM", config_jais2, weights_jais2)
+
+
+def config_apertus(cfg: Any) -> dict:
+    """Apertus: Llama with an RMSNorm of each head's queries and keys and an ungated MLP
+    whose activation is xIELU (``MLP(act=xielu)``: two learned scalars per layer)."""
+    t = cfg.model_type
+    if getattr(cfg, "output_vocab_size", None) not in (None, cfg.vocab_size):
+        raise unsupported(t, f"output_vocab_size={cfg.output_vocab_size} other than vocab_size")
+    act = cfg.hidden_act if cfg.hidden_act == "xielu" else activation(cfg.hidden_act, t)
+    mlp = {"hidden": cfg.intermediate_size, "act": act, "gated": False, "bias": False}
+    attn = {"qk_norm": True, "qk_norm_eps": cfg.rms_norm_eps, "bias": bool(cfg.attention_bias)}
+    return _llama_relative(cfg, t, attn=attn, mlp=mlp)
+
+
+def weights_apertus(cfg: Any, m: WeightMapper) -> None:
+    bias = bool(cfg.attention_bias)
+    m.put("embed.embed.tok.weight", "model.embed_tokens.weight")
+    for i in range(cfg.num_hidden_layers):
+        p, q = f"model.layers.{i}", f"layers.{i}"
+        m.norm(f"{q}.norm", f"{p}.attention_layernorm", bias=False)
+        _attn_weights(m, p, q, bias, bias)
+        for n in "qk":
+            m.norm(f"{q}.attn.{n}_norm", f"{p}.self_attn.{n}_norm", bias=False)
+        m.norm(f"{q}.norm_1", f"{p}.feedforward_layernorm", bias=False)
+        _mlp_weights(m, p, q, names={"up": "up_proj", "down": "down_proj"})
+        if cfg.hidden_act == "xielu":  # its scalars (parameters) and constants (buffers)
+            for n in ("alpha_p", "alpha_n", "beta", "eps"):
+                m.put(f"{q}.mlp.act.{n}", f"{p}.mlp.act_fn.{n}")
+    m.norm("head.norm", "model.norm", bias=False)
+    m.head(cfg, "model.embed_tokens.weight", _tied(cfg, False))
+
+
+for _type, _class in (
+    ("apertus", "ApertusForCausalLM"),
+    ("apertus1p5_text", "Apertus1p5TextForCausalLM"),
+):
+    register_architecture(
+        Architecture(
+            _type,
+            _class,
+            "model",
+            config=config_apertus,
+            weights=weights_apertus,
+            buffers=("act_fn.beta", "act_fn.eps"),
+        )
+    )

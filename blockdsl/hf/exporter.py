@@ -933,16 +933,17 @@ def export_hf(
             tokenizer = tokenizer_file(source)
     model_type, hf_cfg = hf_config_for(model)
     record = next(r for r in _records() if r.model_type == model_type)
-    state = hf_state_dict(model, model_type, hf_cfg)
-    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
-
     transformers = require_transformers()
     hf_cfg.architectures = [record.hf_class]
     # The token ids the tokenizer really has (none without one), not the config class's
-    # defaults: a byte tokenizer has no bos/eos, and Llama's default 1/2 would be bytes.
+    # defaults: a byte tokenizer has no bos/eos, and Llama's default 1/2 would be bytes (and
+    # GLM's default pad id 151329 is no row of a small embedding: set before any HF model is
+    # built from the config).
     special = _special_tokens(tokenizer, hf_cfg.vocab_size) if tokenizer else {}
     for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
         setattr(hf_cfg, name, special.get(name))
+    state = hf_state_dict(model, model_type, hf_cfg)
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))

@@ -1,0 +1,170 @@
+"""Import records added for the coverage of docs/huggingface.md (aliases of supported classes,
+the classic GPT family, Llama relatives): one row each of ``RECORDS`` (the ``model_type`` and
+the tiny config that switches its options on). Each is built by transformers with every
+parameter re-randomised, saved with ``save_pretrained`` and imported from the folder (and in
+memory with ``from_hf``): logits within 1e-4, the same greedy continuation as transformers,
+and the cached greedy decoding equal to the uncached one. ``test_export`` writes each back
+with ``export_hf`` (which reloads it with transformers and compares logits) or checks that
+the refusal names the architecture."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+from blockdsl import hf  # noqa: E402
+from tests.hf_configs import V, randomised, token_ids  # noqa: E402
+
+T = 24  # longer than the windows below
+TOL = 1e-4
+
+LLAMA = dict(
+    vocab_size=V,
+    hidden_size=64,
+    intermediate_size=96,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=64,
+    head_dim=16,
+    pad_token_id=0,
+)
+WINDOWED = dict(sliding_window=8, layer_types=["sliding_attention", "full_attention"])
+GPT2 = dict(vocab_size=V, n_embd=64, n_layer=2, n_head=4, n_positions=64)
+NEOX = dict(
+    vocab_size=V,
+    hidden_size=64,
+    intermediate_size=96,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    max_position_embeddings=64,
+)
+
+#: ``(row id, model_type, tiny config)``: a new record costs one row.
+RECORDS: list[tuple[str, str, dict[str, Any]]] = [
+    ("internlm3", "internlm3", {**LLAMA, "qkv_bias": True, "bias": True}),
+    ("iquestcoder", "iquestcoder", LLAMA),
+    ("exaone", "exaone", LLAMA),
+    ("ministral", "ministral", {**LLAMA, **WINDOWED}),
+    ("cwm", "cwm", {**LLAMA, **WINDOWED}),
+    ("smollm3", "smollm3", {**LLAMA, "no_rope_layers": [1, 0]}),
+    ("helium", "helium", {**LLAMA, "attention_bias": True, "mlp_bias": True}),
+    ("seed_oss", "seed_oss", {**LLAMA, "attention_bias": True, "attention_out_bias": True}),
+    ("arcee", "arcee", LLAMA),
+    ("ernie4_5", "ernie4_5", {**LLAMA, "use_bias": True}),
+    ("hyperclovax", "hyperclovax", {
+        **LLAMA, "use_post_norm": True, "residual_multiplier": 0.5,
+        "embedding_multiplier": 2.0, "logits_scaling": 0.5, "attention_multiplier": 0.2,
+    }),
+    ("olmo3", "olmo3", {**LLAMA, **WINDOWED}),
+    ("glm", "glm", {**LLAMA, "head_dim": 16, "attention_bias": True}),
+    ("glm4", "glm4", {**LLAMA, "head_dim": 16, "attention_bias": True}),
+    ("exaone4", "exaone4", {**LLAMA, **WINDOWED}),
+    ("cohere2", "cohere2", {**LLAMA, **WINDOWED, "logit_scale": 0.5}),
+    ("jais2", "jais2", {**LLAMA, "attention_bias": True, "mlp_bias": True}),
+    ("vaultgemma", "vaultgemma", {
+        **LLAMA, **WINDOWED, "head_dim": 16, "query_pre_attn_scalar": 24,
+        "attn_logit_softcapping": 5.0, "final_logit_softcapping": 3.0,
+    }),
+    ("apertus", "apertus", {
+        **LLAMA, "rope_parameters": {"rope_type": "default", "rope_theta": 500.0},
+    }),
+    ("apertus1p5_text", "apertus1p5_text", LLAMA),
+    ("codegen", "codegen", {**GPT2, "rotary_dim": 8}),
+    ("gpt_neo", "gpt_neo", {
+        **NEOX, "num_layers": 2, "num_heads": 4, "window_size": 8,
+        "attention_types": [[["global", "local"], 1]],
+    }),
+    ("openai-gpt", "openai-gpt", GPT2),
+    ("biogpt", "biogpt", NEOX),
+    ("gpt2-gelu_python", "gpt2", {**GPT2, "activation_function": "gelu_python"}),
+    ("gpt2-gelu_accurate", "gpt2", {**GPT2, "activation_function": "gelu_accurate"}),
+]  # fmt: skip
+
+#: Rows the export refuses, with the words the refusal must contain: the export's search
+#: keeps a config class's default per-layer lists (``layer_types``, ``no_rope_layers``), so a
+#: row whose layer pattern differs from its class's default finds no class (VaultGemma's
+#: row, the default alternation, exports); and no class has ``Scale`` after a post-norm.
+NO_COUNTERPART = "no transformers architecture computes this model"
+EXPORT_REFUSED: dict[str, str] = {
+    "ministral": NO_COUNTERPART,
+    "cwm": NO_COUNTERPART,
+    "smollm3": NO_COUNTERPART,
+    "olmo3": NO_COUNTERPART,
+    "exaone4": NO_COUNTERPART,
+    "cohere2": NO_COUNTERPART,
+    "hyperclovax": "Scale has no counterpart",
+    "apertus": NO_COUNTERPART,  # with this unscaled rotary; the llama3 default exports (1p5 row)
+}
+#: Rows written back as another ``model_type`` that computes the same model (the export
+#: takes the first registered), by row id.
+EXPORTED_AS: dict[str, str] = {
+    "jais2": "starcoder2",
+    "apertus1p5_text": "apertus",
+    "codegen": "gptj",
+}
+
+
+def _hf_model(model_type: str, kwargs: dict[str, Any], seed: int = 0) -> Any:
+    config = transformers.AutoConfig.for_model(model_type, **kwargs)
+    config._attn_implementation = "eager"
+    torch.manual_seed(seed)
+    return randomised(transformers.AutoModelForCausalLM.from_config(config), seed)
+
+
+@torch.no_grad()
+def _max_diff(theirs: Any, ours: Any) -> float:
+    ids = token_ids(length=T)
+    return (theirs(ids).logits - ours(ids).logits).abs().max().item()
+
+
+#: Rows run without ``-m slow``: one per mechanism the records add (another checkpoint
+#: layout, NoPE layers beside windowed ones, xIELU, a sharded fused projection, post-norm
+#: blocks).
+QUICK = ("exaone", "cohere2", "apertus", "codegen", "openai-gpt")
+
+
+def _rows(quick: tuple[str, ...] = ()) -> list[Any]:
+    return [
+        pytest.param(model_type, kwargs, id=row, marks=() if row in quick else pytest.mark.slow)
+        for row, model_type, kwargs in RECORDS
+    ]
+
+
+@pytest.mark.parametrize(("model_type", "kwargs"), _rows(QUICK))
+@torch.no_grad()
+def test_record(model_type, kwargs, tmp_path):
+    theirs = _hf_model(model_type, kwargs)
+    theirs.save_pretrained(tmp_path)
+    ours = hf.from_pretrained_dir(tmp_path)
+    diff = _max_diff(theirs, ours)
+    assert diff <= TOL, f"{model_type}: max abs diff {diff:.3g} from the saved checkpoint"
+    in_memory = _max_diff(theirs, hf.from_hf(theirs))
+    assert in_memory <= TOL, f"{model_type}: max abs diff {in_memory:.3g} from the model"
+    prompt = token_ids(seed=2, batch=1, length=8)
+    ids = prompt  # both pick the same token at every step
+    for _ in range(8):
+        step = ours(ids).logits[:, -1].argmax(-1)
+        assert torch.equal(step, theirs(ids).logits[:, -1].argmax(-1)), ids.shape[1]
+        ids = torch.cat([ids, step[:, None]], dim=1)
+    assert torch.equal(ours.generate(prompt, 8, greedy=True), ids)  # and with the cache
+
+
+@pytest.mark.parametrize(("model_type", "kwargs"), _rows())
+def test_export(model_type, kwargs, tmp_path, request):
+    """``export_hf`` writes the imported model back as its transformers class (and verifies
+    the logits itself), or refuses naming why."""
+    row = request.node.callspec.id
+    ours = hf.from_hf(_hf_model(model_type, kwargs))
+    if row in EXPORT_REFUSED:
+        with pytest.raises(hf.HFExportError, match=EXPORT_REFUSED[row]):
+            hf.export_hf(ours, tmp_path / "out")
+        return
+    hf.export_hf(ours, tmp_path / "out")
+    written = transformers.AutoConfig.from_pretrained(tmp_path / "out").model_type
+    expected = hf.ARCHITECTURES[EXPORTED_AS.get(row, model_type)].hf_class
+    assert hf.ARCHITECTURES[written].hf_class == expected, written
