@@ -17,6 +17,7 @@ from blockdsl.hf.base import (
     activation,
     compress_layers,
     default_rope,
+    expert_weights,
     gated_shared_expert_weights,
     layer_kinds,
     llama_mlp_weights,
@@ -24,7 +25,6 @@ from blockdsl.hf.base import (
     register_architecture,
     rotary_fraction,
     shared_expert_multiple,
-    stacked_expert_weights,
     unsupported,
 )
 
@@ -206,7 +206,7 @@ def _weights_qwen3_next(cfg: Any, m: WeightMapper) -> None:
         if _qwen3_next_sparse(cfg, i):
             e, src = f"{q}.moe", f"{p}.mlp"
             m.put(f"{e}.router.weight", f"{src}.gate.weight")
-            stacked_expert_weights(m, f"{src}.experts", e, inter)
+            expert_weights(m, f"{src}.experts", e, experts=cfg.num_experts, inter=inter)
             if cfg.shared_expert_intermediate_size:
                 gated_shared_expert_weights(m, src, e)
         else:

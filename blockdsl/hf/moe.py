@@ -15,14 +15,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-
 from blockdsl.hf.base import (
     Architecture,
     WeightMapper,
     activation,
     compress_layers,
     default_rope,
+    expert_weights,
     gated_shared_expert_weights,
     llama_like_config,
     llama_mlp_weights,
@@ -30,7 +29,6 @@ from blockdsl.hf.base import (
     model_config,
     register_architecture,
     shared_expert_multiple,
-    stacked_expert_weights,
     unsupported,
 )
 
@@ -55,16 +53,15 @@ def _config_mixtral(cfg: Any) -> dict:
 
 def _moe_mixtral(cfg: Any, m: WeightMapper, p: str, q: str) -> None:
     E, inter = cfg.num_local_experts, cfg.intermediate_size
-    legacy = f"{p}.block_sparse_moe"
-    if m.has(f"{legacy}.gate.weight") and not m.has(f"{p}.mlp.gate.weight"):
-        # checkpoints on disk: per-expert w1 (gate), w3 (up), w2 (down)
-        m.put(f"{q}.moe.router.weight", f"{legacy}.gate.weight")
-        for dst, w in (("w_gate", "w1"), ("w_up", "w3"), ("w_down", "w2")):
-            srcs = [f"{legacy}.experts.{e}.{w}.weight" for e in range(E)]
-            m.put(f"{q}.moe.{dst}", *srcs, fn=lambda *ws: torch.stack(ws))
-        return
-    m.put(f"{q}.moe.router.weight", f"{p}.mlp.gate.weight")
-    stacked_expert_weights(m, f"{p}.mlp.experts", f"{q}.moe", inter)
+    # On disk Mixtral keeps its original names (``block_sparse_moe``, experts' ``w1`` gate,
+    # ``w3`` up, ``w2`` down); transformers renames them ``mlp``, ``gate_up_proj``/``down_proj``.
+    src = f"{p}.mlp"
+    if m.has(f"{p}.block_sparse_moe.gate.weight") and not m.has(f"{src}.gate.weight"):
+        src = f"{p}.block_sparse_moe"
+    m.put(f"{q}.moe.router.weight", f"{src}.gate.weight")
+    expert_weights(
+        m, f"{src}.experts", f"{q}.moe", experts=E, inter=inter, names=("w1", "w3", "w2")
+    )
 
 
 def _weights_mixtral(cfg: Any, m: WeightMapper) -> None:
@@ -167,7 +164,9 @@ def _weights_qwen2_moe(cfg: Any, m: WeightMapper) -> None:
             continue
         e, src = f"{q}.moe", f"{p}.mlp"
         m.put(f"{e}.router.weight", f"{src}.gate.weight")
-        stacked_expert_weights(m, f"{src}.experts", e, cfg.moe_intermediate_size)
+        expert_weights(
+            m, f"{src}.experts", e, experts=cfg.num_experts, inter=cfg.moe_intermediate_size
+        )
         if cfg.shared_expert_intermediate_size:
             gated_shared_expert_weights(m, src, e)
     m.norm("head.norm", "model.norm", bias=False)
@@ -234,7 +233,13 @@ def _weights_olmoe(cfg: Any, m: WeightMapper) -> None:
             m.norm(f"{q}.attn.{n}_norm", f"{p}.self_attn.{n}_norm", bias=False)
         m.norm(f"{q}.norm_1", f"{p}.post_attention_layernorm", bias=False)
         m.put(f"{q}.moe.router.weight", f"{p}.mlp.gate.weight")
-        stacked_expert_weights(m, f"{p}.mlp.experts", f"{q}.moe", cfg.intermediate_size)
+        expert_weights(
+            m,
+            f"{p}.mlp.experts",
+            f"{q}.moe",
+            experts=cfg.num_experts,
+            inter=cfg.intermediate_size,
+        )
     m.norm("head.norm", "model.norm", bias=False)
     m.head(cfg, "model.embed_tokens.weight", getattr(cfg, "tie_word_embeddings", False))
 
@@ -445,7 +450,13 @@ def _weights_deepseek(cfg: Any, m: WeightMapper) -> None:
         m.put(f"{e}.router.weight", f"{mlp}.gate.weight")
         if v3:
             m.put(f"{e}.score_bias", f"{mlp}.gate.e_score_correction_bias")
-        stacked_expert_weights(m, f"{mlp}.experts", e, cfg.moe_intermediate_size)
+        expert_weights(
+            m,
+            f"{mlp}.experts",
+            e,
+            experts=cfg.n_routed_experts,
+            inter=cfg.moe_intermediate_size,
+        )
         if cfg.n_shared_experts:
             for n in ("gate", "up", "down"):
                 m.linear(f"{e}.shared.{n}", f"{mlp}.shared_experts.{n}_proj", bias=False)
