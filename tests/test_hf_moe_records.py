@@ -10,6 +10,7 @@ record costs a row."""
 
 from __future__ import annotations
 
+import copy
 import re
 from typing import Any
 
@@ -141,6 +142,58 @@ MOE_RECORDS: list[tuple[str, dict[str, Any]]] = [
             max_position_embeddings=64,
         ),
     ),
+    # ---- softmax top-k experts on other blocks
+    (
+        "qwen3_moe",
+        dict(
+            **TRUNK,
+            intermediate_size=48,
+            moe_intermediate_size=16,
+            num_experts=4,
+            num_experts_per_tok=2,
+            mlp_only_layers=[0],
+            head_dim=16,
+            attention_bias=True,
+            norm_topk_prob=True,
+        ),
+    ),
+    # ---- DeepSeek-V3 routing after other attention
+    (
+        "dots1",
+        {
+            **TRUNK,
+            **DEEPSEEK_EXPERTS,
+            "sliding_window": 4,
+            "max_window_layers": 2,  # layers 2.. have the window
+            "norm_topk_prob": True,
+        },
+    ),
+    (
+        "glm4_moe",
+        {
+            **TRUNK,
+            **DEEPSEEK_EXPERTS,
+            "attention_bias": True,
+            "use_qk_norm": True,
+            "head_dim": 16,
+            "partial_rotary_factor": 0.5,
+        },
+    ),
+    (
+        "glm4_moe_lite",
+        {**TRUNK, **MLA, **DEEPSEEK_EXPERTS, "mlp_layer_types": ["dense", "sparse", "dense"]},
+    ),
+    (
+        "minimax_m2",
+        dict(
+            **TRUNK,
+            head_dim=16,
+            rotary_dim=8,
+            intermediate_size=16,
+            num_local_experts=4,
+            num_experts_per_tok=2,
+        ),
+    ),
 ]
 
 
@@ -153,7 +206,8 @@ def _saved_names(folder) -> list[str]:
 
 
 def _hf_model(model_type: str, kwargs: dict[str, Any]) -> Any:
-    config = transformers.AutoConfig.for_model(model_type, **{**COMMON, **kwargs})
+    # a copy: transformers writes into the rope_parameters dict it is given, which rows share
+    config = transformers.AutoConfig.for_model(model_type, **copy.deepcopy({**COMMON, **kwargs}))
     cls = getattr(transformers, ARCHITECTURES[model_type].hf_class)
     return random_model(cls, config)
 
