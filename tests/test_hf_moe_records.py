@@ -157,6 +157,24 @@ MOE_RECORDS: list[tuple[str, dict[str, Any]]] = [
             norm_topk_prob=True,
         ),
     ),
+    (
+        "lfm2_moe",
+        dict(
+            hidden_size=32,
+            intermediate_size=48,
+            moe_intermediate_size=16,
+            num_hidden_layers=4,
+            layer_types=["conv", "full_attention", "conv", "conv"],
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            num_dense_layers=1,
+            num_experts=4,
+            num_experts_per_tok=2,
+            routed_scaling_factor=1.5,
+            max_position_embeddings=64,
+            rope_parameters={"rope_type": "default", "rope_theta": 500.0},
+        ),
+    ),
     # ---- DeepSeek-V3 routing after other attention
     (
         "dots1",
