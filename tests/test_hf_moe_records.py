@@ -197,6 +197,10 @@ MOE_RECORDS: list[tuple[str, dict[str, Any]]] = [
             "partial_rotary_factor": 0.5,
         },
     ),
+    # Glm4MoeForCausalLM under other names: the full rotary is their default
+    ("sarvam_moe", {**TRUNK, **DEEPSEEK_EXPERTS, "head_dim": 16, "attention_bias": True}),
+    ("param2moe", {**TRUNK, **DEEPSEEK_EXPERTS, "head_dim": 16, "tie_word_embeddings": False}),
+    ("solar_open", {**TRUNK, **DEEPSEEK_EXPERTS, "head_dim": 16, "attention_bias": True}),
     (
         "glm4_moe_lite",
         {**TRUNK, **MLA, **DEEPSEEK_EXPERTS, "mlp_layer_types": ["dense", "sparse", "dense"]},

@@ -646,12 +646,19 @@ def _gqa_weights(qkv_bias: bool, o_bias: bool, qk_norm: bool) -> LayerWeights:
 
 
 def _deepseek_weights(
-    cfg: Any, m: WeightMapper, attention: LayerWeights, kinds: list[str], score_bias: bool
+    cfg: Any,
+    m: WeightMapper,
+    attention: LayerWeights,
+    kinds: list[str],
+    score_bias: bool,
+    *,
+    embed: str = "model.embed_tokens.weight",
+    score_bias_name: str = "gate.e_score_correction_bias",
 ) -> None:
     """The DeepSeek checkpoint layout: ``attention`` maps each layer's ``self_attn``; a dense
     ``mlp`` or the router ``gate`` (with its ``e_score_correction_bias``), the routed
     ``experts`` and the ``shared_experts``, as ``kinds`` says."""
-    m.put("embed.embed.tok.weight", "model.embed_tokens.weight")
+    m.put("embed.embed.tok.weight", embed)
     for i, kind in enumerate(kinds):
         p, q = f"model.layers.{i}", f"layers.{i}"
         m.norm(f"{q}.norm", f"{p}.input_layernorm", bias=False)
@@ -663,7 +670,7 @@ def _deepseek_weights(
         e, mlp = f"{q}.moe", f"{p}.mlp"
         m.put(f"{e}.router.weight", f"{mlp}.gate.weight")
         if score_bias:
-            m.put(f"{e}.score_bias", f"{mlp}.gate.e_score_correction_bias")
+            m.put(f"{e}.score_bias", f"{mlp}.{score_bias_name}")
         expert_weights(
             m,
             f"{mlp}.experts",
@@ -675,7 +682,7 @@ def _deepseek_weights(
             for n in ("gate", "up", "down"):
                 m.linear(f"{e}.shared.{n}", f"{mlp}.shared_experts.{n}_proj", bias=False)
     m.norm("head.norm", "model.norm", bias=False)
-    m.head(cfg, "model.embed_tokens.weight", getattr(cfg, "tie_word_embeddings", False))
+    m.head(cfg, embed, getattr(cfg, "tie_word_embeddings", False))
 
 
 def _weights_deepseek(cfg: Any, m: WeightMapper) -> None:
@@ -731,8 +738,9 @@ def _config_glm4_moe(cfg: Any) -> dict:
     """GLM-4.5 (``glm4_moe``): GQA with biases on q, k and v only (``attention_bias``), a
     rotary on the first ``partial_rotary_factor`` of each head, per-head q/k RMSNorm with
     ``use_qk_norm``; DeepSeek-V3's experts after ``first_k_dense_replace`` dense layers. The
-    multi-token-prediction layers some checkpoints carry are not part of the model."""
-    t = "glm4_moe"
+    multi-token-prediction layers some checkpoints carry are not part of the model. Sarvam-MoE
+    and Param2-MoE are this class under their own ``model_type``."""
+    t = cfg.model_type
     attn = _attn_gqa(cfg, t, partial=True)
     if cfg.attention_bias:
         attn["qkv_bias"] = True
@@ -742,8 +750,56 @@ def _config_glm4_moe(cfg: Any) -> dict:
 
 
 def _weights_glm4_moe(cfg: Any, m: WeightMapper) -> None:
-    attention = _gqa_weights(bool(cfg.attention_bias), o_bias=False, qk_norm=cfg.use_qk_norm)
+    bias = bool(cfg.attention_bias)
+    if m.has("model.word_embeddings.weight"):  # Sarvam's and Param2's names, as saved
+        _deepseek_weights(
+            cfg,
+            m,
+            _fused_qkv_weights,
+            _first_dense(cfg),
+            score_bias=True,
+            embed="model.word_embeddings.weight",
+            score_bias_name="gate.expert_bias",
+        )
+        return
+    attention = _gqa_weights(bias, o_bias=False, qk_norm=cfg.use_qk_norm)
     _deepseek_weights(cfg, m, attention, _first_dense(cfg), score_bias=True)
+
+
+def _fused_qkv_weights(cfg: Any, m: WeightMapper, p: str, q: str) -> None:
+    """Sarvam-MoE's and Param2-MoE's attention as their checkpoints store it: ``attention``'s
+    fused ``query_key_value`` (rows ``[q | k | v]``), ``dense`` and the q/k norms
+    ``query_layernorm``/``key_layernorm`` (transformers renames and splits them on load)."""
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    sizes = [cfg.num_attention_heads * head_dim] + [cfg.num_key_value_heads * head_dim] * 2
+    a, src = f"{q}.attn", f"{p}.attention"
+    kinds = ["weight", "bias"] if cfg.attention_bias else ["weight"]
+    for kind in kinds:
+        m.split(
+            [f"{a}.{n}.{kind}" for n in "qkv"],
+            f"{src}.query_key_value.{kind}",
+            lambda w: list(w.split(sizes)),
+        )
+    m.linear(f"{a}.o", f"{src}.dense", bias=False)
+    if cfg.use_qk_norm:
+        m.norm(f"{a}.q_norm", f"{src}.query_layernorm", bias=False)
+        m.norm(f"{a}.k_norm", f"{src}.key_layernorm", bias=False)
+
+
+def _config_solar_open(cfg: Any) -> dict:
+    """Solar-Open: Llama's attention (biases on q, k and v only, with ``attention_bias``) and
+    DeepSeek-V3's experts on every layer."""
+    t = "solar_open"
+    attn = _attn_gqa(cfg, t)
+    if cfg.attention_bias:
+        attn["qkv_bias"] = True
+    kinds = ["moe"] * cfg.num_hidden_layers
+    return _deepseek(cfg, t, "Attn", attn, _v3_routing(cfg), kinds)
+
+
+def _weights_solar_open(cfg: Any, m: WeightMapper) -> None:
+    attention = _gqa_weights(bool(cfg.attention_bias), o_bias=False, qk_norm=False)
+    _deepseek_weights(cfg, m, attention, ["moe"] * cfg.num_hidden_layers, score_bias=True)
 
 
 def _glm4_moe_lite_kinds(cfg: Any) -> list[str]:
@@ -768,6 +824,9 @@ def _weights_glm4_moe_lite(cfg: Any, m: WeightMapper) -> None:
 for _type, _class, _config, _weights in (
     ("dots1", "Dots1ForCausalLM", _config_dots1, _weights_dots1),
     ("glm4_moe", "Glm4MoeForCausalLM", _config_glm4_moe, _weights_glm4_moe),
+    ("sarvam_moe", "Glm4MoeForCausalLM", _config_glm4_moe, _weights_glm4_moe),
+    ("param2moe", "Glm4MoeForCausalLM", _config_glm4_moe, _weights_glm4_moe),
+    ("solar_open", "SolarOpenForCausalLM", _config_solar_open, _weights_solar_open),
     ("glm4_moe_lite", "Glm4MoeLiteForCausalLM", _config_glm4_moe_lite, _weights_glm4_moe_lite),
 ):
     register_architecture(
