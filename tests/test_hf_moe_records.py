@@ -175,6 +175,17 @@ MOE_RECORDS: list[tuple[str, dict[str, Any]]] = [
             rope_parameters={"rope_type": "default", "rope_theta": 500.0},
         ),
     ),
+    (
+        "flex_olmo",
+        dict(
+            **TRUNK,
+            intermediate_size=16,
+            num_experts=4,
+            num_experts_per_tok=2,
+            pad_token_id=0,  # its defaults lie outside the tiny vocabulary
+            eos_token_id=0,
+        ),
+    ),
     # ---- DeepSeek-V3 routing after other attention
     (
         "dots1",

@@ -420,6 +420,68 @@ register_architecture(
 )
 
 
+def _config_flex_olmo(cfg: Any) -> dict:
+    """FlexOlmo: OLMo 2's layers (norms after attention and after the experts, an RMSNorm of
+    the whole query and key projections) with OLMoE's experts on every layer."""
+    t = "flex_olmo"
+    attn = {
+        **_attn_gqa(cfg, t),
+        "bias": bool(cfg.attention_bias),
+        "qk_norm": True,
+        "qk_norm_over": "all",
+        "qk_norm_eps": cfg.rms_norm_eps,
+    }
+    return model_config(
+        cfg,
+        layers=f"block*{cfg.num_hidden_layers}",
+        blocks={"block": "Attn->Norm->+->MoE->Norm->+"},
+        defaults={
+            "Norm": {"kind": "rms", "eps": cfg.rms_norm_eps},
+            "Attn": attn,
+            "MoE": {
+                "experts": cfg.num_experts,
+                "k": cfg.num_experts_per_tok,
+                "hidden": cfg.intermediate_size,
+                "act": activation(cfg.hidden_act, t),
+                "gated": True,
+                "norm_topk": bool(cfg.norm_topk_prob),
+                "aux_loss": float(cfg.router_aux_loss_coef),
+            },
+        },
+    )
+
+
+def _weights_flex_olmo(cfg: Any, m: WeightMapper) -> None:
+    bias = bool(cfg.attention_bias)
+    m.put("embed.embed.tok.weight", "model.embed_tokens.weight")
+    for i in range(cfg.num_hidden_layers):
+        p, q = f"model.layers.{i}", f"layers.{i}"
+        _gqa_weights(qkv_bias=bias, o_bias=bias, qk_norm=True)(cfg, m, p, q)
+        m.norm(f"{q}.norm", f"{p}.post_attention_layernorm", bias=False)
+        m.put(f"{q}.moe.router.weight", f"{p}.mlp.gate.weight")
+        expert_weights(
+            m,
+            f"{p}.mlp.experts",
+            f"{q}.moe",
+            experts=cfg.num_experts,
+            inter=cfg.intermediate_size,
+        )
+        m.norm(f"{q}.norm_1", f"{p}.post_feedforward_layernorm", bias=False)
+    m.norm("head.norm", "model.norm", bias=False)
+    m.head(cfg, "model.embed_tokens.weight", getattr(cfg, "tie_word_embeddings", False))
+
+
+register_architecture(
+    Architecture(
+        "flex_olmo",
+        "FlexOlmoForCausalLM",
+        "model",
+        config=_config_flex_olmo,
+        weights=_weights_flex_olmo,
+    )
+)
+
+
 # --------------------------------------------------------------------------- dbrx
 
 
