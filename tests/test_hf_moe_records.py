@@ -208,6 +208,27 @@ MOE_RECORDS: list[tuple[str, dict[str, Any]]] = [
             "partial_rotary_factor": 0.5,
         },
     ),
+    (
+        "exaone_moe",
+        dict(
+            **TRUNK,
+            head_dim=8,
+            intermediate_size=48,
+            moe_intermediate_size=16,
+            num_experts=4,
+            num_experts_per_tok=2,
+            num_shared_experts=1,
+            n_group=2,
+            topk_group=1,
+            routed_scaling_factor=1.5,
+            sliding_window=4,
+            sliding_window_pattern=3,  # local, local, global (no positions)
+            mlp_layer_types=["dense", "sparse", "sparse"],
+            pad_token_id=0,
+            bos_token_id=0,
+            eos_token_id=0,
+        ),
+    ),
     # Glm4MoeForCausalLM under other names: the full rotary is their default
     ("sarvam_moe", {**TRUNK, **DEEPSEEK_EXPERTS, "head_dim": 16, "attention_bias": True}),
     ("param2moe", {**TRUNK, **DEEPSEEK_EXPERTS, "head_dim": 16, "tie_word_embeddings": False}),

@@ -174,18 +174,24 @@ def _attn_gqa(cfg: Any, t: str, *, partial: bool = False) -> dict[str, Any]:
 
 
 def _layered_blocks(
-    mixer: str, feed_forwards: list[str], windows: list[int | None]
+    mixer: str,
+    feed_forwards: list[str],
+    windows: list[int | None],
+    global_args: str = "",
 ) -> tuple[str, dict[str, str]]:
     """``(layers, blocks)`` of pre-norm layers ``Norm->mixer->+->Norm->MoE|MLP->+``, one
     ``moe`` or ``dense`` per layer in ``feed_forwards`` and a sliding window (or ``None``) per
     layer in ``windows``: ``dense->moe*2``, or ``local_moe``/``global_moe`` blocks where some
-    layers have a window."""
+    layers have a window (``global_args``: the global layers' own arguments, ``pos=none``)."""
     windowed = any(w is not None for w in windows)
     names: list[str] = []
     blocks: dict[str, str] = {}
     for ffn, window in zip(feed_forwards, windows, strict=True):
         name = ffn if not windowed else f"{'global' if window is None else 'local'}_{ffn}"
-        call = mixer if window is None else f"{mixer}(window={int(window)})"
+        if window is not None:
+            call = f"{mixer}(window={int(window)})"
+        else:
+            call = f"{mixer}({global_args})" if windowed and global_args else mixer
         blocks[name] = f"Norm->{call}->+->Norm->{'MoE' if ffn == 'moe' else 'MLP'}->+"
         names.append(name)
     return compress_layers(names), blocks
@@ -595,6 +601,14 @@ def _mla(cfg: Any, t: str, interleaved: bool) -> dict[str, Any]:
     }
 
 
+def _expert_counts(cfg: Any) -> tuple[int, int]:
+    """``(routed, shared)`` experts: DeepSeek's ``n_routed_experts``/``n_shared_experts``, or
+    EXAONE-MoE's ``num_experts``/``num_shared_experts``."""
+    if hasattr(cfg, "n_routed_experts"):
+        return cfg.n_routed_experts, cfg.n_shared_experts or 0
+    return cfg.num_experts, cfg.num_shared_experts or 0
+
+
 def _first_dense(cfg: Any) -> list[str]:
     """``dense`` for the first ``first_k_dense_replace`` layers, ``moe`` after them."""
     first = cfg.first_k_dense_replace or 0
@@ -609,27 +623,29 @@ def _deepseek(
     routing: dict,
     kinds: list[str],
     windows: list[int | None] | None = None,
+    global_args: str = "",
 ) -> dict:
     """The DeepSeek layout (DeepSeek-V2/V3 and the records that reuse it): ``mixer`` (``MLA``
     or ``Attn``) in every layer, then a dense MLP or routed experts with
     ``n_shared_experts`` always-on ones, as ``kinds`` says per layer."""
     act = activation(cfg.hidden_act, t)
     windows = windows or [None] * cfg.num_hidden_layers
-    layers, blocks = _layered_blocks(mixer, kinds, windows)
+    layers, blocks = _layered_blocks(mixer, kinds, windows, global_args)
     defaults: dict[str, dict] = {
         "Norm": {"kind": "rms", "eps": cfg.rms_norm_eps},
         mixer: mixer_args,
     }
+    routed, shared = _expert_counts(cfg)
     if "dense" in kinds:
         defaults["MLP"] = {"hidden": cfg.intermediate_size, "act": act, "gated": True}
     if "moe" in kinds:
         defaults["MoE"] = {
-            "experts": cfg.n_routed_experts,
+            "experts": routed,
             "k": cfg.num_experts_per_tok,
             "hidden": cfg.moe_intermediate_size,
             "act": act,
             "gated": True,
-            "shared": cfg.n_shared_experts or 0,
+            "shared": shared,
             "aux_loss": 0.0,  # transformers adds no load-balancing loss for these
             **routing,
         }
@@ -721,6 +737,7 @@ def _deepseek_weights(
     ``mlp`` or the router ``gate`` (with its ``e_score_correction_bias``), the routed
     ``experts`` and the ``shared_experts``, as ``kinds`` says."""
     m.put("embed.embed.tok.weight", embed)
+    routed, shared = _expert_counts(cfg)
     for i, kind in enumerate(kinds):
         p, q = f"model.layers.{i}", f"layers.{i}"
         m.norm(f"{q}.norm", f"{p}.input_layernorm", bias=False)
@@ -732,15 +749,18 @@ def _deepseek_weights(
         e, mlp = f"{q}.moe", f"{p}.mlp"
         m.put(f"{e}.router.weight", f"{mlp}.gate.weight")
         if score_bias:
-            m.put(f"{e}.score_bias", f"{mlp}.{score_bias_name}")
+            bias_name = f"{mlp}.{score_bias_name}"
+            if not m.has(bias_name) and m.has(f"{mlp}.e_score_correction_bias"):
+                bias_name = f"{mlp}.e_score_correction_bias"  # EXAONE-MoE's, as saved
+            m.put(f"{e}.score_bias", bias_name)
         expert_weights(
             m,
             f"{mlp}.experts",
             e,
-            experts=cfg.n_routed_experts,
+            experts=routed,
             inter=cfg.moe_intermediate_size,
         )
-        if cfg.n_shared_experts:
+        if shared:
             for n in ("gate", "up", "down"):
                 m.linear(f"{e}.shared.{n}", f"{mlp}.shared_experts.{n}_proj", bias=False)
     m.norm("head.norm", "model.norm", bias=False)
@@ -848,6 +868,31 @@ def _fused_qkv_weights(cfg: Any, m: WeightMapper, p: str, q: str) -> None:
         m.norm(f"{a}.k_norm", f"{src}.key_layernorm", bias=False)
 
 
+def _mlp_layer_kinds(cfg: Any, t: str) -> list[str]:
+    """``dense`` or ``moe`` per layer from ``mlp_layer_types`` (``dense``/``sparse``)."""
+    kinds = list(cfg.mlp_layer_types)
+    if len(kinds) != cfg.num_hidden_layers or not set(kinds) <= {"dense", "sparse"}:
+        raise unsupported(t, f"mlp_layer_types {kinds}")
+    return ["moe" if kind == "sparse" else "dense" for kind in kinds]
+
+
+def _config_exaone_moe(cfg: Any) -> dict:
+    """EXAONE-MoE: EXAONE 4's attention (per-head q/k RMSNorm; where the config has a
+    ``sliding_window``, windowed layers with RoPE and global layers without positions) and
+    DeepSeek-V3's experts with ``num_shared_experts`` on the layers ``mlp_layer_types`` makes
+    sparse."""
+    t = "exaone_moe"
+    attn = {**_attn_gqa(cfg, t), "qk_norm": True, "qk_norm_eps": cfg.rms_norm_eps}
+    windows = _windows(cfg, t) if cfg.sliding_window is not None else None
+    kinds = _mlp_layer_kinds(cfg, t)
+    return _deepseek(cfg, t, "Attn", attn, _v3_routing(cfg), kinds, windows, "pos=none")
+
+
+def _weights_exaone_moe(cfg: Any, m: WeightMapper) -> None:
+    attention = _gqa_weights(qkv_bias=False, o_bias=False, qk_norm=True)
+    _deepseek_weights(cfg, m, attention, _mlp_layer_kinds(cfg, "exaone_moe"), score_bias=True)
+
+
 def _config_solar_open(cfg: Any) -> dict:
     """Solar-Open: Llama's attention (biases on q, k and v only, with ``attention_bias``) and
     DeepSeek-V3's experts on every layer."""
@@ -864,23 +909,16 @@ def _weights_solar_open(cfg: Any, m: WeightMapper) -> None:
     _deepseek_weights(cfg, m, attention, ["moe"] * cfg.num_hidden_layers, score_bias=True)
 
 
-def _glm4_moe_lite_kinds(cfg: Any) -> list[str]:
-    kinds = list(cfg.mlp_layer_types)
-    if len(kinds) != cfg.num_hidden_layers or not set(kinds) <= {"dense", "sparse"}:
-        raise unsupported("glm4_moe_lite", f"mlp_layer_types {kinds}")
-    return ["moe" if kind == "sparse" else "dense" for kind in kinds]
-
-
 def _config_glm4_moe_lite(cfg: Any) -> dict:
     """GLM-4.7-Flash (``glm4_moe_lite``): DeepSeek-V3 with the dense and sparse layers named
     one by one (``mlp_layer_types``)."""
     t = "glm4_moe_lite"
     mla = _mla(cfg, t, interleaved=bool(cfg.rope_interleave))
-    return _deepseek(cfg, t, "MLA", mla, _v3_routing(cfg), _glm4_moe_lite_kinds(cfg))
+    return _deepseek(cfg, t, "MLA", mla, _v3_routing(cfg), _mlp_layer_kinds(cfg, "glm4_moe_lite"))
 
 
 def _weights_glm4_moe_lite(cfg: Any, m: WeightMapper) -> None:
-    _deepseek_weights(cfg, m, _mla_weights, _glm4_moe_lite_kinds(cfg), score_bias=True)
+    _deepseek_weights(cfg, m, _mla_weights, _mlp_layer_kinds(cfg, "glm4_moe_lite"), score_bias=True)
 
 
 for _type, _class, _config, _weights in (
@@ -889,6 +927,7 @@ for _type, _class, _config, _weights in (
     ("sarvam_moe", "Glm4MoeForCausalLM", _config_glm4_moe, _weights_glm4_moe),
     ("param2moe", "Glm4MoeForCausalLM", _config_glm4_moe, _weights_glm4_moe),
     ("solar_open", "SolarOpenForCausalLM", _config_solar_open, _weights_solar_open),
+    ("exaone_moe", "ExaoneMoeForCausalLM", _config_exaone_moe, _weights_exaone_moe),
     ("glm4_moe_lite", "Glm4MoeLiteForCausalLM", _config_glm4_moe_lite, _weights_glm4_moe_lite),
 ):
     register_architecture(
