@@ -176,6 +176,19 @@ MOE_RECORDS: list[tuple[str, dict[str, Any]]] = [
         ),
     ),
     (
+        "ernie4_5_moe",
+        dict(
+            **TRUNK,
+            intermediate_size=48,
+            moe_intermediate_size=16,
+            moe_num_experts=4,
+            moe_k=2,
+            moe_num_shared_experts=1,
+            moe_layer_start_index=1,
+            tie_word_embeddings=False,
+        ),
+    ),
+    (
         "flex_olmo",
         dict(
             **TRUNK,

@@ -361,6 +361,86 @@ register_architecture(
 )
 
 
+# --------------------------------------------------------------------------- ernie4_5_moe
+
+
+def _ernie_sparse(cfg: Any, layer: int) -> bool:
+    """Whether ERNIE-4.5-MoE's layer ``layer`` has the experts (as its decoder layer)."""
+    return (
+        (layer + 1) % cfg.moe_layer_interval == 0
+        and cfg.moe_layer_start_index <= layer <= cfg.moe_layer_end_index
+    )
+
+
+def _config_ernie4_5_moe(cfg: Any) -> dict:
+    """ERNIE-4.5-MoE: Llama's layers with the rotary on adjacent pairs, softmax experts chosen
+    by the probabilities plus ``e_score_correction_bias`` and weighted by the renormalised
+    probabilities, ``moe_num_shared_experts`` always-on ones, on every
+    ``moe_layer_interval``-th layer from ``moe_layer_start_index`` to
+    ``moe_layer_end_index``."""
+    t = "ernie4_5_moe"
+    if cfg.use_bias:
+        raise unsupported(t, "use_bias (biases on every linear layer, shared experts too)")
+    act = activation(cfg.hidden_act, t)
+    attn = {**_attn_gqa(cfg, t), "rope_interleaved": True}
+    L = cfg.num_hidden_layers
+    kinds = ["moe" if _ernie_sparse(cfg, i) else "dense" for i in range(L)]
+    layers, blocks = _layered_blocks("Attn", kinds, [None] * L)
+    defaults: dict[str, dict] = {"Norm": {"kind": "rms", "eps": cfg.rms_norm_eps}, "Attn": attn}
+    if "dense" in kinds:
+        defaults["MLP"] = {"hidden": cfg.intermediate_size, "act": act, "gated": True}
+    if "moe" in kinds:
+        defaults["MoE"] = {
+            "experts": cfg.num_experts,
+            "k": cfg.num_experts_per_tok,
+            "hidden": cfg.moe_intermediate_size,
+            "act": act,
+            "gated": True,
+            "shared": cfg.moe_num_shared_experts or 0,
+            "score_bias": True,
+            "norm_topk": True,  # divided by the sum clamped at moe_norm_min: the sum is larger
+            "aux_loss": float(cfg.router_aux_loss_coef),
+        }
+    return model_config(cfg, layers=layers, blocks=blocks, defaults=defaults)
+
+
+def _weights_ernie4_5_moe(cfg: Any, m: WeightMapper) -> None:
+    m.put("embed.embed.tok.weight", "model.embed_tokens.weight")
+    for i in range(cfg.num_hidden_layers):
+        p, q = f"model.layers.{i}", f"layers.{i}"
+        m.norm(f"{q}.norm", f"{p}.input_layernorm", bias=False)
+        _gqa_weights(qkv_bias=False, o_bias=False, qk_norm=False)(cfg, m, p, q)
+        m.norm(f"{q}.norm_1", f"{p}.post_attention_layernorm", bias=False)
+        if not _ernie_sparse(cfg, i):
+            llama_mlp_weights(cfg, m, p, q)
+            continue
+        e, src = f"{q}.moe", f"{p}.mlp"
+        m.put(f"{e}.router.weight", f"{src}.gate.weight")
+        statics = f"{src}.gate.moe_statics.e_score_correction_bias"
+        if not m.has(statics):  # as saved: beside the router, not inside it
+            statics = f"{src}.moe_statics.e_score_correction_bias"
+        m.put(f"{e}.score_bias", statics, fn=lambda b: b.reshape(-1))  # [1, E] -> [E]
+        expert_weights(
+            m, f"{src}.experts", e, experts=cfg.num_experts, inter=cfg.moe_intermediate_size
+        )
+        if cfg.moe_num_shared_experts:
+            for n in ("gate", "up", "down"):
+                m.linear(f"{e}.shared.{n}", f"{src}.shared_experts.{n}_proj", bias=False)
+    m.norm("head.norm", "model.norm", bias=False)
+    m.head(cfg, "model.embed_tokens.weight", getattr(cfg, "tie_word_embeddings", True))
+
+
+register_architecture(
+    Architecture(
+        "ernie4_5_moe",
+        "Ernie4_5_MoeForCausalLM",
+        "model",
+        config=_config_ernie4_5_moe,
+        weights=_weights_ernie4_5_moe,
+    )
+)
+
+
 # --------------------------------------------------------------------------- olmoe
 
 
