@@ -568,6 +568,93 @@ register_architecture(
 )
 
 
+# --------------------------------------------------------------------------- granitemoe
+
+
+def _config_granitemoe(cfg: Any) -> dict:
+    """Granite-MoE (and Granite-MoE-Shared): Granite's constant multipliers (embeddings, each
+    residual update, attention scores, logits) around Mixtral-like layers whose router takes
+    the softmax of the top-k logits (the renormalised top-k probabilities); with
+    ``shared_intermediate_size`` an always-on gated expert beside them."""
+    t = cfg.model_type
+    attn = {
+        **_attn_gqa(cfg, t),
+        "scale": float(cfg.attention_multiplier),
+        "bias": bool(cfg.attention_bias),
+    }
+    moe: dict[str, Any] = {
+        "experts": cfg.num_local_experts,
+        "k": cfg.num_experts_per_tok,
+        "hidden": cfg.intermediate_size,
+        "act": activation(cfg.hidden_act, t),
+        "gated": True,
+        "norm_topk": True,
+        "aux_loss": float(cfg.router_aux_loss_coef),
+    }
+    shared_size = getattr(cfg, "shared_intermediate_size", 0) or 0
+    if shared_size:
+        moe["shared"] = shared_expert_multiple(
+            t, shared_size, cfg.intermediate_size, "shared_intermediate_size"
+        )
+    defaults: dict[str, dict] = {
+        "Norm": {"kind": "rms", "eps": cfg.rms_norm_eps},
+        "Attn": attn,
+        "MoE": moe,
+    }
+    block = "Norm->Attn->+->Norm->MoE->+"
+    if cfg.residual_multiplier != 1.0:
+        block = "Norm->Attn->Scale->+->Norm->MoE->Scale->+"
+        defaults["Scale"] = {"by": float(cfg.residual_multiplier)}
+    if cfg.embedding_multiplier != 1.0:
+        defaults["Embed"] = {"scale": float(cfg.embedding_multiplier)}
+    if cfg.logits_scaling != 1.0:
+        defaults["Head"] = {"scale": 1.0 / float(cfg.logits_scaling)}
+    return model_config(
+        cfg, layers=f"block*{cfg.num_hidden_layers}", blocks={"block": block}, defaults=defaults
+    )
+
+
+def _weights_granitemoe(cfg: Any, m: WeightMapper) -> None:
+    """Granite-MoE's experts are stacked on disk too: ``input_linear [E, 2I, D]`` (gate rows
+    first) and ``output_linear [E, D, I]``, which transformers renames ``gate_up_proj`` and
+    ``down_proj``; the router is ``router.layer`` on disk, ``router`` in memory."""
+    inter = cfg.intermediate_size
+    bias = bool(cfg.attention_bias)
+    m.put("embed.embed.tok.weight", "model.embed_tokens.weight")
+    shared = getattr(cfg, "shared_intermediate_size", 0) or 0
+    for i in range(cfg.num_hidden_layers):
+        p, q = f"model.layers.{i}", f"layers.{i}"
+        m.norm(f"{q}.norm", f"{p}.input_layernorm", bias=False)
+        _gqa_weights(qkv_bias=bias, o_bias=bias, qk_norm=False)(cfg, m, p, q)
+        m.norm(f"{q}.norm_1", f"{p}.post_attention_layernorm", bias=False)
+        src, e = f"{p}.block_sparse_moe", f"{q}.moe"
+        saved = m.has(f"{src}.router.layer.weight")
+        router = f"{src}.router.layer.weight" if saved else f"{src}.router.weight"
+        m.put(f"{e}.router.weight", router)
+        gate_up = f"{src}.input_linear.weight" if saved else f"{src}.experts.gate_up_proj"
+        down = f"{src}.output_linear.weight" if saved else f"{src}.experts.down_proj"
+        m.split([f"{e}.w_gate", f"{e}.w_up"], gate_up, lambda w: [w[:, :inter], w[:, inter:]])
+        m.put(f"{e}.w_down", down)
+        if shared:  # one Linear [2S, D], gate rows first
+            m.split(
+                [f"{e}.shared.gate.weight", f"{e}.shared.up.weight"],
+                f"{p}.shared_mlp.input_linear.weight",
+                lambda w: [w[:shared], w[shared:]],
+            )
+            m.linear(f"{e}.shared.down", f"{p}.shared_mlp.output_linear", bias=False)
+    m.norm("head.norm", "model.norm", bias=False)
+    m.head(cfg, "model.embed_tokens.weight", getattr(cfg, "tie_word_embeddings", False))
+
+
+for _type, _class in (
+    ("granitemoe", "GraniteMoeForCausalLM"),
+    ("granitemoeshared", "GraniteMoeSharedForCausalLM"),
+):
+    register_architecture(
+        Architecture(_type, _class, "model", _config_granitemoe, _weights_granitemoe)
+    )
+
+
 # --------------------------------------------------------------------------- dbrx
 
 
