@@ -80,6 +80,19 @@ MOE_RECORDS: list[tuple[str, dict[str, Any]]] = [
             qkv_bias=True,
         ),
     ),
+    # a shared expert whose width is no multiple of the experts' (24 next to 16)
+    (
+        "qwen2_moe",
+        dict(
+            **TRUNK,
+            intermediate_size=48,
+            moe_intermediate_size=16,
+            shared_expert_intermediate_size=24,
+            num_experts=4,
+            num_experts_per_tok=2,
+            decoder_sparse_step=2,
+        ),
+    ),
     (
         "olmoe",
         dict(**TRUNK, intermediate_size=16, num_experts=4, num_experts_per_tok=2),
@@ -137,7 +150,7 @@ MOE_RECORDS: list[tuple[str, dict[str, Any]]] = [
             num_experts=4,
             num_experts_per_tok=2,
             moe_intermediate_size=16,
-            shared_expert_intermediate_size=16,
+            shared_expert_intermediate_size=24,  # no multiple of the experts' 16
             mlp_only_layers=[2],
             max_position_embeddings=64,
         ),
@@ -206,7 +219,7 @@ MOE_RECORDS: list[tuple[str, dict[str, Any]]] = [
         dict(
             **TRUNK,
             intermediate_size=16,
-            shared_intermediate_size=32,
+            shared_intermediate_size=24,  # no multiple of the experts' 16
             num_local_experts=4,
             num_experts_per_tok=2,
             embedding_multiplier=1.7,

@@ -50,7 +50,7 @@ __all__ = [
     "require_transformers",
     "rope_args",
     "rotary_fraction",
-    "shared_expert_multiple",
+    "shared_expert_args",
     "unsupported",
 ]
 
@@ -506,12 +506,13 @@ def gated_shared_expert_weights(m: WeightMapper, src: str, dst: str) -> None:
     m.linear(f"{dst}.shared_gate", f"{src}.shared_expert_gate", bias=False)
 
 
-def shared_expert_multiple(t: str, shared_size: int, expert_size: int, field: str) -> int:
-    """The shared expert's width as a number of expert widths (MoE's ``shared``)."""
-    shared, rest = divmod(shared_size, expert_size)
-    if rest:
-        raise unsupported(
-            t,
-            f"{field}={shared_size} that is not a multiple of moe_intermediate_size={expert_size}",
-        )
-    return shared
+def shared_expert_args(shared_size: int, expert_size: int) -> dict[str, int]:
+    """The ``MoE`` arguments of an always-on shared expert ``shared_size`` wide next to routed
+    experts ``expert_size`` wide: ``shared=n`` for a multiple ``n`` of the expert width, else
+    one shared expert of its own width (``shared_hidden``); none for a width of 0."""
+    if not shared_size:
+        return {"shared": 0}
+    multiple, rest = divmod(shared_size, expert_size)
+    if rest or not multiple:
+        return {"shared": 1, "shared_hidden": shared_size}
+    return {"shared": multiple}

@@ -324,10 +324,14 @@ class _Search:
             self.cache[key] = (distance, cfg, plan)
         return self.cache[key]
 
-    def fields(self) -> list[tuple[str, Any]]:
-        """The config fields the import reads, with their default values."""
+    def fields(self, kwargs: dict[str, Any] | None = None) -> list[tuple[str, Any]]:
+        """The config fields the import reads (of the config ``kwargs`` builds, default the
+        class's defaults), with their values there."""
         reads: list[str] = []
-        base = self.build({})
+        try:
+            base = self.build(kwargs or {})
+        except Exception:
+            return []
         cls = type(base)
 
         class Traced(cls):  # type: ignore[misc, valid-type]
@@ -385,6 +389,15 @@ class _Search:
         free = [f for f in movable if f[0] not in copied]
         for fields, sweeps in ((free, 3), (movable, 1)):
             for _ in range(sweeps):
+                # A field read only under others' values (a dense layer's width once
+                # mlp_only_layers names one) joins the search when it is first read.
+                known = {name for name, _ in self.field_list}
+                for name, value in self.fields(kwargs):
+                    if name not in known:
+                        self.field_list.append((name, value))
+                        movable.append((name, value))
+                        if fields is free:
+                            free.append((name, value))
                 improved = False
                 for name, default in fields:
                     for value in self.candidates(name, kwargs.get(name, default)):
@@ -568,7 +581,12 @@ def _leaves(data: Any, path: tuple = ()) -> Iterator[tuple[tuple, Any]]:
 
 def _list_candidates(current: list, layers: int) -> Iterator[list]:
     """For a per-layer list of names (``layer_types``): the same pattern at the model's
-    number of layers, and each name on every layer."""
+    number of layers, and each name on every layer. For a list of layer indices
+    (``mlp_only_layers``, empty by default): the first k layers."""
+    if all(isinstance(i, int) and not isinstance(i, bool) for i in current):
+        for k in range(1, layers):
+            yield list(range(k))
+        return
     period = current[: max(1, len(set(current)))] if current else []
     if period:
         yield [period[i % len(period)] for i in range(layers)]
@@ -710,7 +728,14 @@ def hf_config_for(model_or_config: Any) -> tuple[str, Any]:
     ``LanguageModel``, ``ModelConfig``, dict config or anything ``load_config`` takes). Raises
     ``HFExportError`` saying which block and step has no transformers counterpart."""
     with _quiet_transformers():
-        return _find_config(model_or_config)
+        model_type, hf_config = _find_config(model_or_config)
+    # A class default outside the vocabulary (FlexOlmo's pad_token_id 100277) is no token of
+    # this model; the embedding refuses a padding index it does not have.
+    for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        value = getattr(hf_config, name, None)
+        if isinstance(value, int) and not 0 <= value < hf_config.vocab_size:
+            setattr(hf_config, name, None)
+    return model_type, hf_config
 
 
 def _find_config(model_or_config: Any) -> tuple[str, Any]:
@@ -778,12 +803,24 @@ _PRODUCIBLE: dict[str, set[str]] = {}
 
 
 def _producible(record: _Record) -> set[str]:
-    """The components an architecture's import can produce (from its default config, with
-    each boolean field flipped)."""
+    """The components an architecture's import can produce (from its default config, and
+    with each field moved off its neutral default: a boolean flipped, a count of 0 made 1, a
+    multiplier of 1 made 0.5, an empty list of layer indices given the first layer, as
+    ``first_k_dense_replace``, ``residual_multiplier`` or ``mlp_only_layers`` bring in the
+    dense MLP or the residual ``Scale``)."""
     if record.model_type not in _PRODUCIBLE:
         search = _Search(record, None, frozenset(), [])
         found: set[str] = set()
-        trials = [{}] + [{n: not v} for n, v in search.fields() if isinstance(v, bool)]
+        trials: list[dict[str, Any]] = [{}]
+        for name, value in search.fields():
+            if isinstance(value, bool):
+                trials.append({name: not value})
+            elif isinstance(value, int) and value == 0:
+                trials.append({name: 1})
+            elif isinstance(value, float) and value == 1.0:
+                trials.append({name: 0.5})
+            elif isinstance(value, list) and not value:
+                trials.append({name: [0]})
         for kwargs in trials:
             try:
                 config = record.config(search.build(kwargs))
@@ -968,11 +1005,13 @@ def export_hf(
 def _quiet_transformers() -> Iterator[None]:
     """Nothing from transformers reaches the terminal meanwhile: the search builds configs
     whose class defaults (token ids such as GPT-2's 50256) lie outside a small vocabulary, and
-    transformers logs a warning for each; its progress bars go too. Errors still raise."""
+    transformers logs a warning for each (and an error, with the whole config, for a value a
+    config cannot take, such as a layer list Jamba derives itself); its progress bars go too.
+    Errors still raise."""
     logging = require_transformers().utils.logging
     verbosity = logging.get_verbosity()
     bars = logging.is_progress_bar_enabled()
-    logging.set_verbosity_error()
+    logging.set_verbosity(logging.CRITICAL)
     logging.disable_progress_bar()
     try:
         with warnings.catch_warnings():

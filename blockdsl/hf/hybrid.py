@@ -24,7 +24,7 @@ from blockdsl.hf.base import (
     model_config,
     register_architecture,
     rotary_fraction,
-    shared_expert_multiple,
+    shared_expert_args,
     unsupported,
 )
 
@@ -205,20 +205,15 @@ def _config_qwen3_next(cfg: Any) -> dict:
         "MLP": {"hidden": cfg.intermediate_size, "act": act, "gated": True},
     }
     if any(name.endswith("_moe") for name in names):
-        shared = shared_expert_multiple(
-            t,
-            cfg.shared_expert_intermediate_size,
-            cfg.moe_intermediate_size,
-            "shared_expert_intermediate_size",
-        )
+        shared = shared_expert_args(cfg.shared_expert_intermediate_size, cfg.moe_intermediate_size)
         defaults["MoE"] = {
             "experts": cfg.num_experts,
             "k": cfg.num_experts_per_tok,
             "hidden": cfg.moe_intermediate_size,
             "act": act,
             "gated": True,
-            "shared": shared,
-            "shared_gate": shared > 0,
+            **shared,
+            "shared_gate": shared["shared"] > 0,
             "norm_topk": bool(cfg.norm_topk_prob),
             "aux_loss": float(cfg.router_aux_loss_coef),
         }

@@ -31,7 +31,7 @@ from blockdsl.hf.base import (
     register_architecture,
     rope_args,
     rotary_fraction,
-    shared_expert_multiple,
+    shared_expert_args,
     unsupported,
 )
 
@@ -237,20 +237,15 @@ def _config_qwen2_moe(cfg: Any) -> dict:
     if "dense" in blocks:
         defaults["MLP"] = {"hidden": cfg.intermediate_size, "act": act, "gated": True}
     if "moe" in blocks:
-        shared = shared_expert_multiple(
-            t,
-            cfg.shared_expert_intermediate_size,
-            cfg.moe_intermediate_size,
-            "shared_expert_intermediate_size",
-        )
+        shared = shared_expert_args(cfg.shared_expert_intermediate_size, cfg.moe_intermediate_size)
         defaults["MoE"] = {
             "experts": cfg.num_experts,
             "k": cfg.num_experts_per_tok,
             "hidden": cfg.moe_intermediate_size,
             "act": act,
             "gated": True,
-            "shared": shared,
-            "shared_gate": shared > 0,
+            **shared,
+            "shared_gate": shared["shared"] > 0,
             "norm_topk": bool(cfg.norm_topk_prob),
             "aux_loss": float(cfg.router_aux_loss_coef),
         }
@@ -593,9 +588,7 @@ def _config_granitemoe(cfg: Any) -> dict:
     }
     shared_size = getattr(cfg, "shared_intermediate_size", 0) or 0
     if shared_size:
-        moe["shared"] = shared_expert_multiple(
-            t, shared_size, cfg.intermediate_size, "shared_intermediate_size"
-        )
+        moe.update(shared_expert_args(shared_size, cfg.intermediate_size))
     defaults: dict[str, dict] = {
         "Norm": {"kind": "rms", "eps": cfg.rms_norm_eps},
         "Attn": attn,
