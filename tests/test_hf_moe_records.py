@@ -6,11 +6,14 @@ float32 logits must be within 1e-4 of the transformers model's, and its cached g
 continuation equal to transformers' uncached one.
 
 ``MOE_RECORDS`` is the table: one row per (model_type, tiny config), run by one harness; a new
-record costs a row."""
+record costs a row. ``EXPORTS`` says what ``export_hf`` makes of each record added with it:
+the transformers class it writes (``export_hf`` loads the folder back and compares logits), or
+the words of its refusal."""
 
 from __future__ import annotations
 
 import copy
+import json
 import re
 from typing import Any
 
@@ -22,6 +25,7 @@ transformers = pytest.importorskip("transformers")
 from safetensors import safe_open  # noqa: E402
 
 from blockdsl import hf  # noqa: E402
+from blockdsl.hf import HFExportError, export_hf  # noqa: E402
 from blockdsl.hf.base import ARCHITECTURES  # noqa: E402
 from tests.hf_configs import V, random_model, token_ids  # noqa: E402
 
@@ -189,6 +193,24 @@ MOE_RECORDS: list[tuple[str, dict[str, Any]]] = [
         ),
     ),
     (
+        "mellum",
+        {
+            **TRUNK,
+            "head_dim": 8,
+            "intermediate_size": 48,
+            "moe_intermediate_size": 16,
+            "num_local_experts": 4,
+            "num_experts_per_tok": 2,
+            "sliding_window": 4,
+            "layer_types": ["sliding_attention", "full_attention", "sliding_attention"],
+            "mlp_layer_types": ["dense", "sparse", "sparse"],
+            "rope_parameters": {  # a rotary base per layer type
+                "full_attention": {"rope_type": "default", "rope_theta": 500.0},
+                "sliding_attention": {"rope_type": "default", "rope_theta": 50.0},
+            },
+        },
+    ),
+    (
         "ernie4_5_moe",
         dict(
             **TRUNK,
@@ -345,3 +367,51 @@ def test_saved_checkpoint_imports_with_parity(model_type, kwargs, tmp_path):
             eos_token_id=None,
         )
     assert torch.equal(model.generate(prompt, 8, greedy=True), theirs)  # decoded with the cache
+
+
+#: model_type -> (changes to its MOE_RECORDS config, the class export_hf writes or the words
+#: of its refusal). The changes keep layer patterns the export's search finds one field at a
+#: time (windows from sliding_window alone, dense layers first).
+EXPORTS: dict[str, tuple[dict[str, Any], str]] = {
+    "qwen3_moe": ({}, "Qwen3MoeForCausalLM"),
+    "lfm2_moe": ({}, "ShortConv has no counterpart in any transformers architecture"),
+    "ernie4_5_moe": ({}, "Ernie4_5_MoeForCausalLM"),
+    "flex_olmo": ({}, "FlexOlmoForCausalLM"),
+    "granitemoe": ({}, "GraniteMoeForCausalLM"),
+    "granitemoeshared": ({}, "GraniteMoeSharedForCausalLM"),
+    # Qwen3's attention without biases is GLM-4.5's with use_qk_norm and a full rotary
+    "dots1": ({"sliding_window": None}, "Glm4MoeForCausalLM"),
+    "glm4_moe": ({}, "Glm4MoeForCausalLM"),
+    "sarvam_moe": ({}, "Glm4MoeForCausalLM"),
+    "param2moe": ({}, "Glm4MoeForCausalLM"),
+    "solar_open": ({}, "SolarOpenForCausalLM"),
+    # GLM-4.7-Flash with its dense layers first is DeepSeek-V3
+    "glm4_moe_lite": (
+        {"mlp_layer_types": ["dense", "sparse", "sparse"]},
+        "DeepseekV3ForCausalLM",
+    ),
+    "minimax_m2": ({}, "MiniMaxM2ForCausalLM"),
+    "exaone_moe": (
+        {
+            "num_hidden_layers": 4,
+            "sliding_window_pattern": 4,
+            "mlp_layer_types": ["dense", "sparse", "sparse", "sparse"],
+        },
+        "ExaoneMoeForCausalLM",
+    ),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model_type", sorted(EXPORTS))
+def test_export_back_or_refusal_by_name(model_type, tmp_path):
+    changes, expected = EXPORTS[model_type]
+    kwargs = {**dict(MOE_RECORDS)[model_type], **changes}
+    model = hf.from_hf(_hf_model(model_type, kwargs))
+    if expected.endswith("ForCausalLM"):
+        folder = export_hf(model, tmp_path / "hf")  # verified: loaded back, logits compared
+        config = json.loads((folder / "config.json").read_text())
+        assert config["architectures"] == [expected]
+    else:
+        with pytest.raises(HFExportError, match=expected):
+            export_hf(model, tmp_path / "hf")

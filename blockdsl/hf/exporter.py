@@ -512,6 +512,11 @@ class _Search:
                     for number in self.numbers:
                         if number != inner:
                             yield {**current, key: number}
+            if name == "rope_parameters" and "partial_rotary_factor" not in current:
+                # a partial rotary the class's defaults do not name (MiniMax-M2's)
+                for number in self.numbers:
+                    if isinstance(number, float) and 0 < number < 1:
+                        yield {**current, "partial_rotary_factor": number}
             return
         if current is None or isinstance(current, int | float):
             if current is not None:
@@ -596,7 +601,8 @@ def _list_candidates(current: list, layers: int) -> Iterator[list]:
 
 def _numbers(target: Signature) -> list[Any]:
     """Candidate field values: the numbers the model holds, and simple functions of them (a
-    scale ``s`` may come from ``s**-2``; a rotary size from a fraction of the head size)."""
+    scale ``s`` may come from ``s**-2`` or from ``1 / s``, as Granite's ``logits_scaling``; a
+    rotary size from a fraction of the head size)."""
     ints: set[int] = set()
     floats: set[float] = set()
     for item in target:
@@ -616,6 +622,7 @@ def _numbers(target: Signature) -> list[Any]:
             for n in [n for n in ints if 0 < n <= 65536]:
                 if f < 1 or float(n * f).is_integer():
                     ints.add(int(n * f))
+    floats.update(1 / f for f in list(floats) if f != 0)
     floats.update(float(i) for i in ints if i <= 10**7)
     return sorted(ints) + sorted(floats)
 

@@ -178,18 +178,20 @@ def _layered_blocks(
     feed_forwards: list[str],
     windows: list[int | None],
     global_args: str = "",
+    local_args: str = "",
 ) -> tuple[str, dict[str, str]]:
     """``(layers, blocks)`` of pre-norm layers ``Norm->mixer->+->Norm->MoE|MLP->+``, one
     ``moe`` or ``dense`` per layer in ``feed_forwards`` and a sliding window (or ``None``) per
     layer in ``windows``: ``dense->moe*2``, or ``local_moe``/``global_moe`` blocks where some
-    layers have a window (``global_args``: the global layers' own arguments, ``pos=none``)."""
+    layers have a window (``global_args``, ``local_args``: each kind's own arguments, such as
+    ``pos=none`` or a rotary base of its own)."""
     windowed = any(w is not None for w in windows)
     names: list[str] = []
     blocks: dict[str, str] = {}
     for ffn, window in zip(feed_forwards, windows, strict=True):
         name = ffn if not windowed else f"{'global' if window is None else 'local'}_{ffn}"
         if window is not None:
-            call = f"{mixer}(window={int(window)})"
+            call = f"{mixer}(window={int(window)}{', ' + local_args if local_args else ''})"
         else:
             call = f"{mixer}({global_args})" if windowed and global_args else mixer
         blocks[name] = f"Norm->{call}->+->Norm->{'MoE' if ffn == 'moe' else 'MLP'}->+"
@@ -352,6 +354,71 @@ register_architecture(
         "model",
         config=_config_qwen3_moe,
         weights=_weights_qwen3_moe,
+    )
+)
+
+
+# --------------------------------------------------------------------------- mellum
+
+
+def _mellum_rope(cfg: Any, kind: str) -> float:
+    """The rotary base of Mellum's ``kind`` layers (``rope_parameters`` per layer type)."""
+    params = cfg.rope_parameters.get(kind, cfg.rope_parameters)
+    args, fraction = rope_args(cfg, "mellum", params)
+    if set(args) != {"rope_theta"} or fraction != 1.0:
+        raise unsupported("mellum", f"rope_parameters {params} (scaled or partial, per layer type)")
+    return args["rope_theta"]
+
+
+def _config_mellum(cfg: Any) -> dict:
+    """Mellum: Qwen3-MoE's layers named one by one: windowed or full attention from
+    ``layer_types`` (each kind with its own rotary base), dense or sparse from
+    ``mlp_layer_types``."""
+    t = "mellum"
+    act = activation(cfg.hidden_act, t)
+    attn = {
+        "heads": cfg.num_attention_heads,
+        "kv_heads": cfg.num_key_value_heads or cfg.num_attention_heads,
+        "head_dim": getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads,
+        "pos": "rope",
+        "rope_theta": _mellum_rope(cfg, "full_attention"),
+        "bias": bool(cfg.attention_bias),
+        "qk_norm": True,
+        "qk_norm_eps": cfg.rms_norm_eps,
+    }
+    kinds = _mlp_layer_kinds(cfg, t)
+    windows = _windows(cfg, t)
+    local = ""
+    if any(w is not None for w in windows):
+        local = f"rope_theta={_mellum_rope(cfg, 'sliding_attention')!r}"
+    layers, blocks = _layered_blocks("Attn", kinds, windows, local_args=local)
+    defaults: dict[str, dict] = {"Norm": {"kind": "rms", "eps": cfg.rms_norm_eps}, "Attn": attn}
+    if "dense" in kinds:
+        defaults["MLP"] = {"hidden": cfg.intermediate_size, "act": act, "gated": True}
+    if "moe" in kinds:
+        defaults["MoE"] = {
+            "experts": cfg.num_experts,
+            "k": cfg.num_experts_per_tok,
+            "hidden": cfg.moe_intermediate_size,
+            "act": act,
+            "gated": True,
+            "norm_topk": bool(cfg.norm_topk_prob),
+            "aux_loss": float(cfg.router_aux_loss_coef),
+        }
+    return model_config(cfg, layers=layers, blocks=blocks, defaults=defaults)
+
+
+def _weights_mellum(cfg: Any, m: WeightMapper) -> None:
+    kinds = _mlp_layer_kinds(cfg, "mellum")
+    bias = bool(cfg.attention_bias)
+    _qwen_moe_weights(
+        cfg, m, qkv_bias=bias, o_bias=bias, qk_norm=True, sparse=lambda _, i: kinds[i] == "moe"
+    )
+
+
+register_architecture(
+    Architecture(
+        "mellum", "MellumForCausalLM", "model", config=_config_mellum, weights=_weights_mellum
     )
 )
 
@@ -586,7 +653,8 @@ def _config_granitemoe(cfg: Any) -> dict:
         "norm_topk": True,
         "aux_loss": float(cfg.router_aux_loss_coef),
     }
-    shared_size = getattr(cfg, "shared_intermediate_size", 0) or 0
+    # Granite-MoE has no shared expert, whatever attribute its config is given
+    shared_size = cfg.shared_intermediate_size if t == "granitemoeshared" else 0
     if shared_size:
         moe.update(shared_expert_args(shared_size, cfg.intermediate_size))
     defaults: dict[str, dict] = {
@@ -614,7 +682,7 @@ def _weights_granitemoe(cfg: Any, m: WeightMapper) -> None:
     inter = cfg.intermediate_size
     bias = bool(cfg.attention_bias)
     m.put("embed.embed.tok.weight", "model.embed_tokens.weight")
-    shared = getattr(cfg, "shared_intermediate_size", 0) or 0
+    shared = cfg.shared_intermediate_size if cfg.model_type == "granitemoeshared" else 0
     for i in range(cfg.num_hidden_layers):
         p, q = f"model.layers.{i}", f"layers.{i}"
         m.norm(f"{q}.norm", f"{p}.input_layernorm", bias=False)
