@@ -385,11 +385,9 @@ EXPORTS: dict[str, tuple[dict[str, Any], str]] = {
     "sarvam_moe": ({}, "Glm4MoeForCausalLM"),
     "param2moe": ({}, "Glm4MoeForCausalLM"),
     "solar_open": ({}, "SolarOpenForCausalLM"),
-    # GLM-4.7-Flash with its dense layers first is DeepSeek-V3
-    "glm4_moe_lite": (
-        {"mlp_layer_types": ["dense", "sparse", "sparse"]},
-        "DeepseekV3ForCausalLM",
-    ),
+    "glm4_moe_lite": ({}, "Glm4MoeLiteForCausalLM"),
+    # ... and with its dense layers first it is DeepSeek-V3, which the importer lists first
+    "deepseek_v3": ({}, "DeepseekV3ForCausalLM"),
     "minimax_m2": ({}, "MiniMaxM2ForCausalLM"),
     "exaone_moe": (
         {

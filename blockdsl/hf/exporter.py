@@ -405,6 +405,9 @@ class _Search:
                             break
                         trial = {**kwargs, name: value}
                         d = self.evaluate(trial)[0]
+                        if d >= _INF:  # refused alone: move the fields it equals too
+                            trial = self.joint(trial, name, kwargs.get(name, default), value)
+                            d = self.evaluate(trial)[0]
                         if d < distance:
                             kwargs, distance, improved = trial, d, True
                 if distance == 0 or not improved:
@@ -414,6 +417,23 @@ class _Search:
         distance, cfg, plan = self.evaluate(kwargs)
         self.fit = _Fit(self.record, kwargs, cfg, distance, plan)
         return self.fit
+
+    def joint(self, trial: dict[str, Any], name: str, current: Any, value: Any) -> dict:
+        """``trial`` with every other integer field still at a class default equal to
+        ``name``'s current value given ``value`` as well: fields the import requires equal
+        (MLA's ``num_key_value_heads`` and ``num_attention_heads``) only move together."""
+        if not isinstance(current, int) or isinstance(current, bool):
+            return trial
+        together = {
+            other: value
+            for other, default in self.field_list
+            if other != name
+            and other not in trial
+            and isinstance(default, int)
+            and not isinstance(default, bool)
+            and default == current
+        }
+        return {**trial, **together}
 
     def direct_copies(self, fields: list[tuple[str, Any]], kwargs: dict) -> dict[str, Any]:
         """Numeric fields the import copies into the config as they are: nudge each to a
