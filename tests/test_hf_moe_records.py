@@ -386,8 +386,6 @@ EXPORTS: dict[str, tuple[dict[str, Any], str]] = {
     "param2moe": ({}, "Glm4MoeForCausalLM"),
     "solar_open": ({}, "SolarOpenForCausalLM"),
     "glm4_moe_lite": ({}, "Glm4MoeLiteForCausalLM"),
-    # DeepSeek-V3 exports too, now that the search moves heads and kv heads together
-    "deepseek_v3": ({}, "DeepseekV3ForCausalLM"),
     "minimax_m2": ({}, "MiniMaxM2ForCausalLM"),
     "exaone_moe": (
         {
