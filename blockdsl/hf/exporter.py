@@ -642,7 +642,8 @@ def _numbers(target: Signature) -> list[Any]:
             for n in [n for n in ints if 0 < n <= 65536]:
                 if f < 1 or float(n * f).is_integer():
                     ints.add(int(n * f))
-    floats.update(1 / f for f in list(floats) if f != 0)
+    # reciprocals only where they are round numbers (Granite's logits_scaling 2.5 for 0.4)
+    floats.update(1 / f for f in list(floats) if f != 0 and round(1 / f, 3) == 1 / f)
     floats.update(float(i) for i in ints if i <= 10**7)
     return sorted(ints) + sorted(floats)
 
@@ -773,7 +774,7 @@ def _find_config(model_or_config: Any) -> tuple[str, Any]:
     records = _records()
     reachable: list[tuple[int, _Record, set[str]]] = []
     for record in records:
-        produced = _producible(record)
+        produced = _producible(record, set(used))
         missing = [c for c in used if c not in produced]
         reachable.append((len(missing), record, produced))
     reachable.sort(key=lambda r: r[0])
@@ -826,22 +827,32 @@ def _find_config(model_or_config: Any) -> tuple[str, Any]:
     )
 
 
-_PRODUCIBLE: dict[str, set[str]] = {}
+_PRODUCIBLE: dict[tuple[str, bool], set[str]] = {}
 
 
-def _producible(record: _Record) -> set[str]:
-    """The components an architecture's import can produce (from its default config, and
-    with each field moved off its neutral default: a boolean flipped, a count of 0 made 1, a
-    multiplier of 1 made 0.5, an empty list of layer indices given the first layer, as
-    ``first_k_dense_replace``, ``residual_multiplier`` or ``mlp_only_layers`` bring in the
-    dense MLP or the residual ``Scale``)."""
-    if record.model_type not in _PRODUCIBLE:
+def _producible(record: _Record, needed: set[str] | None = None) -> set[str]:
+    """The components an architecture's import can produce: from its default config with
+    each boolean field flipped; where that lacks one of ``needed``, also with each field moved
+    off its neutral default (a count of 0 made 1, a multiplier of 1 made 0.5, an empty list of
+    layer indices given the first layer: ``first_k_dense_replace``, ``residual_multiplier``
+    or ``mlp_only_layers`` bring in the dense MLP or the residual ``Scale``)."""
+    basic = _trial_components(record, extended=False)
+    if needed is None or needed <= basic:
+        return basic
+    return _trial_components(record, extended=True)
+
+
+def _trial_components(record: _Record, extended: bool) -> set[str]:
+    key = (record.model_type, extended)
+    if key not in _PRODUCIBLE:
         search = _Search(record, None, frozenset(), [])
         found: set[str] = set()
         trials: list[dict[str, Any]] = [{}]
         for name, value in search.fields():
             if isinstance(value, bool):
                 trials.append({name: not value})
+            elif not extended:
+                continue
             elif isinstance(value, int) and value == 0:
                 trials.append({name: 1})
             elif isinstance(value, float) and value == 1.0:
@@ -854,8 +865,8 @@ def _producible(record: _Record) -> set[str]:
             except Exception:
                 continue
             found |= _component_names(config)
-        _PRODUCIBLE[record.model_type] = found
-    return _PRODUCIBLE[record.model_type]
+        _PRODUCIBLE[key] = found
+    return _PRODUCIBLE[key]
 
 
 def _component_names(config: dict) -> set[str]:
