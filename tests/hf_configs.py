@@ -14,14 +14,14 @@ T = 24  # sequence length: longer than the sliding windows below
 
 
 def randomised(model: torch.nn.Module, seed: int = 0) -> Any:
-    """``model`` with every parameter (and DeepSeek-V3's correction bias, a buffer)
-    re-randomised, in eval mode."""
+    """``model`` with every parameter (and the experts' selection biases, buffers: DeepSeek-V3's
+    ``e_score_correction_bias``, LFM2-MoE's ``expert_bias``) re-randomised, in eval mode."""
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in model.parameters():
             p.copy_(torch.randn(p.shape, generator=gen) * (0.5 if p.ndim == 1 else 0.15))
         for name, buffer in model.named_buffers():
-            if name.endswith("e_score_correction_bias"):
+            if name.endswith(("e_score_correction_bias", "expert_bias")):
                 buffer.copy_(torch.randn(buffer.shape, generator=gen) * 0.3)
     return model.eval()
 

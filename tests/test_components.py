@@ -350,6 +350,22 @@ def test_moe_children_and_experts_must_agree():
         component.build(args, _children())
 
 
+def test_moe_shared_expert_of_its_own_width():
+    """``shared_hidden``: one shared expert whose width is no multiple of the experts'
+    (Qwen2-MoE's shared_expert_intermediate_size); the size hooks count what is built."""
+    args = {"experts": 4, "hidden": 16, "shared": 1, "shared_hidden": 24, "shared_gate": True}
+    b = build("MoE", args)
+    assert b.module.shared.up.weight.shape == (24, D)
+    assert b.component.count_params(D, b.args) == sum(p.numel() for p in b.module.parameters())
+    plain = build("MoE", {**args, "shared_hidden": None})
+    assert b.component.count_flops(D, b.args, seq=8) > plain.component.count_flops(
+        D, plain.args, seq=8
+    )
+    component, bad = resolve("MoE", {"shared_hidden": 24})  # no shared experts to size
+    with pytest.raises(ArgumentError, match="shared_hidden=24 needs shared experts"):
+        component.build(bad)
+
+
 # --------------------------------------------------------------------------- user components
 
 

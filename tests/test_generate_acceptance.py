@@ -96,7 +96,14 @@ def _import():
 def _other_hf_model(name: str):
     """The imports whose tests keep their own small configs (state-space and hybrid, dense
     decoders, mixture-of-experts, classic decoders), built by those tests' factories."""
-    from tests import test_hf_classic, test_hf_dense, test_hf_hybrid, test_hf_moe, test_hf_ssm
+    from tests import (
+        test_hf_classic,
+        test_hf_dense,
+        test_hf_hybrid,
+        test_hf_moe,
+        test_hf_moe_records,
+        test_hf_ssm,
+    )
 
     if name in test_hf_ssm.NAMES:
         return test_hf_ssm._hf_model(name), test_hf_ssm.V
@@ -109,6 +116,11 @@ def _other_hf_model(name: str):
         return test_hf_moe._hf_model(name), test_hf_moe.V
     if name in test_hf_classic.VARIANTS:
         return test_hf_classic._hf_model(name), test_hf_classic.V
+    records: dict[str, dict] = {}
+    for model_type, kwargs in test_hf_moe_records.MOE_RECORDS:
+        records.setdefault(model_type, kwargs)  # the first row of each model_type
+    if name in records:
+        return test_hf_moe_records._hf_model(name, records[name]), test_hf_moe_records.V
     raise KeyError(f"no small config for the imported architecture '{name}': add one here")
 
 

@@ -114,9 +114,6 @@ def test_unsupported_options_are_refused_by_name():
     _, cfg = _qwen3_next(hidden_act="gelu")
     with pytest.raises(hf.HFImportError, match="hidden_act"):
         hf.to_config(cfg)
-    _, cfg = _qwen3_next(shared_expert_intermediate_size=48)
-    with pytest.raises(hf.HFImportError, match="shared_expert_intermediate_size"):
-        hf.to_config(cfg)
     _, cfg = _lfm2()
     cfg.layer_types = ["conv", "sliding_attention", "conv", "conv"]
     with pytest.raises(hf.HFImportError, match="layer_types"):

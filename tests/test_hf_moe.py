@@ -298,7 +298,6 @@ def test_compile_from_hf_shows_the_architecture(tmp_path, capsys):
 
 REFUSALS = [
     ("qwen2_moe", {"use_sliding_window": True}, "use_sliding_window"),
-    ("qwen2_moe", {"shared_expert_intermediate_size": 24}, "shared_expert_intermediate_size=24"),
     ("olmoe", {"clip_qkv": 4.0}, "clip_qkv=4.0"),
     ("dbrx", {"ffn_config": {"moe_normalize_expert_weights": 2.0}}, "moe_normalize_expert_weights"),
     ("dbrx", {"ffn_config": {"ffn_act_fn": {"name": "silu", "alpha": 2}}}, "ffn_act_fn options"),

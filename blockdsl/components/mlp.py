@@ -184,14 +184,21 @@ class MoESizes:
 
     d_in: int
     experts: int  # E: the children when given, else ``experts`` (default 8)
-    expert: MLPSizes  # each expert (and each shared expert), without biases
+    expert: MLPSizes  # each expert, without biases
     shared: int
     shared_gate: bool  # a d_in -> 1 gate on the shared experts (with shared experts only)
     children: bool  # the experts are child blocks (their sizes are theirs)
+    #: the shared experts as one MLP (hidden ``shared * hidden`` or ``shared_hidden``); None
+    #: without shared experts
+    shared_mlp: MLPSizes | None = None
 
     @property
     def hidden(self) -> int:
         return self.expert.hidden
+
+    @property
+    def shared_weights(self) -> int:
+        return 0 if self.shared_mlp is None else self.shared_mlp.weights
 
 
 def moe_sizes(
@@ -203,28 +210,34 @@ def moe_sizes(
     shared: int = 0,
     shared_gate: bool = False,
     n_children: int | None = None,
+    shared_hidden: int | None = None,
     **_,
 ) -> MoESizes:
     """``MoESizes`` at input size ``d_in``; ``n_children`` child blocks are the experts."""
     E = n_children or (8 if experts is None else experts)
     expert = mlp_sizes(d_in, hidden, mult, gated)
-    return MoESizes(d_in, E, expert, shared, bool(shared and shared_gate), bool(n_children))
+    width = shared * expert.hidden if shared_hidden is None else shared_hidden
+    shared_mlp = mlp_sizes(d_in, width, gated=gated) if shared else None
+    return MoESizes(
+        d_in, E, expert, shared, bool(shared and shared_gate), bool(n_children), shared_mlp
+    )
 
 
 def _moe_params(d_in: int, **args) -> int:
     s = moe_sizes(d_in, **args)
     own_experts = 0 if s.children else s.experts * s.expert.weights
     gate = d_in if s.shared_gate else 0
-    return s.experts * d_in + own_experts + s.shared * s.expert.weights + gate  # router first
+    return s.experts * d_in + own_experts + s.shared_weights + gate  # router first
 
 
 def _moe_flops(d_in: int, seq: int, k: int, **args) -> int:
     s = moe_sizes(d_in, **args)
     per_token_expert = 2 * s.expert.weights
     router = 2 * d_in * s.experts + (2 * d_in + d_in if s.shared_gate else 0)
+    shared = 2 * s.shared_weights
     if s.children:  # children's FLOPs are theirs; here the router and the weighted sum
-        return seq * (router + 2 * s.experts * d_in) + seq * s.shared * per_token_expert
-    return seq * (router + (k + s.shared) * per_token_expert + 2 * k * d_in)
+        return seq * (router + 2 * s.experts * d_in) + seq * shared
+    return seq * (router + k * per_token_expert + shared + 2 * k * d_in)
 
 
 def _check_moe(
@@ -238,8 +251,16 @@ def _check_moe(
     topk_groups: int | None = None,
     group_top: int = 1,
     jitter: float = 0.0,
+    shared: int = 0,
+    shared_hidden: int | None = None,
     **_,
 ) -> Problem:
+    if shared_hidden is not None and (shared <= 0 or shared_hidden <= 0):
+        return (
+            f"MoE shared_hidden={shared_hidden} needs shared experts (shared >= 1) and a "
+            "positive width",
+            "shared_hidden is the shared experts' total width when it is not shared * hidden",
+        )
     if n_children and experts is not None and experts != n_children:
         return (
             f"MoE has {n_children} children but experts={experts}",
@@ -308,8 +329,7 @@ def _moe_steps(
             ("combine", ("B", "T", "D"), (batch, seq, d_in), 2 * n * k * d_in),
         ]
     if shared:
-        per_token = 2 * sizes.expert.weights
-        steps.append(("shared", ("B", "T", "D"), (batch, seq, d_in), n * shared * per_token))
+        steps.append(("shared", ("B", "T", "D"), (batch, seq, d_in), n * 2 * sizes.shared_weights))
     return steps
 
 
@@ -337,6 +357,8 @@ _MOE_HELP: dict[str, str] = {
     "act": "experts' activation: relu, gelu, gelu_tanh, silu or relu2",
     "gated": "gated experts (SwiGLU with act=silu)",
     "shared": "always-on shared experts (one MLP of width shared * hidden)",
+    "shared_hidden": "the shared experts' width when not shared * hidden (Qwen2-MoE's "
+    "shared_expert_intermediate_size); none: shared * hidden",
     "norm_topk": "renormalise the top-k weights to sum to 1 (Mixtral; Qwen2-MoE: false)",
     "aux_loss": "load-balancing loss coefficient",
     "jitter": "multiplicative U(1-jitter, 1+jitter) noise in training (see jitter_scope)",
@@ -388,8 +410,9 @@ class MoE(nn.Module):
     input only (``jitter_scope=router``, Switch Transformer) or the whole MoE input, which the
     experts then see too (``jitter_scope=input``, HF Mixtral's ``router_jitter_noise`` and DBRX's
     ``moe_jitter_eps``). ``shared`` always-on experts are one gated/plain MLP ``shared`` of width
-    ``shared * hidden`` added to every token; with ``shared_gate`` its output is scaled per token
-    by ``sigmoid(shared_gate(x))`` (``nn.Linear(D, 1, bias=False)``; Qwen2-MoE, Qwen3-Next).
+    ``shared * hidden`` (or ``shared_hidden``, a width that is no multiple of it) added to every
+    token; with ``shared_gate`` its output is scaled per token by ``sigmoid(shared_gate(x))``
+    (``nn.Linear(D, 1, bias=False)``; Qwen2-MoE, Qwen3-Next).
 
     Experts: ``experts`` (default 8) MLPs of width ``hidden`` (default ``int(mult * d_model)``)
     stored stacked as ``w_gate [E, hidden, D]`` (gated only), ``w_up [E, hidden, D]``,
@@ -435,6 +458,7 @@ class MoE(nn.Module):
         topk_groups: int | None = None,
         group_top: int = 1,
         routed_scale: float = 1.0,
+        shared_hidden: int | None = None,
     ) -> None:
         super().__init__()
         children = list(children or [])
@@ -450,6 +474,8 @@ class MoE(nn.Module):
                 topk_groups=topk_groups,
                 group_top=group_top,
                 jitter=jitter,
+                shared=shared,
+                shared_hidden=shared_hidden,
             )
         )
         sizes = moe_sizes(d_model, experts, hidden, mult, n_children=len(children))
@@ -473,8 +499,9 @@ class MoE(nn.Module):
             self.w_gate = nn.Parameter(torch.empty(E, h, d_model)) if gated else None
             self.w_up = nn.Parameter(torch.empty(E, h, d_model))
             self.w_down = nn.Parameter(torch.empty(E, d_model, h))
+        shared_width = shared * h if shared_hidden is None else shared_hidden
         self.shared = (
-            MLP(d_model, hidden=shared * h, act=act, gated=gated, bias=False) if shared else None
+            MLP(d_model, hidden=shared_width, act=act, gated=gated, bias=False) if shared else None
         )
         self.shared_gate = nn.Linear(d_model, 1, bias=False) if shared and shared_gate else None
         self.reset_parameters()

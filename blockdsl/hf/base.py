@@ -4,8 +4,8 @@
 ``SUPPORTED``, ``register_architecture``), ``WeightMapper`` (takes checkpoint tensors by name
 and records what is missing) and ``HFImportError``, plus the helpers the family modules share:
 activation and RoPE mapping, the ``[model]`` section of a config, layer-pattern compression,
-and the Llama layout several families reuse (its config, attention and MLP weights, stacked
-and shared experts).
+and the Llama layout several families reuse (its config, attention and MLP weights, routed
+experts stacked in memory or one per expert on disk, shared experts).
 
 Family modules (``blockdsl.hf.classic``, ``dense``, ``moe``, ``hybrid``, ``ssm``) import only
 this module and register their records when imported; ``blockdsl.hf`` imports them all.
@@ -37,6 +37,7 @@ __all__ = [
     "activation",
     "compress_layers",
     "default_rope",
+    "expert_weights",
     "gated_shared_expert_weights",
     "head_chain",
     "layer_kinds",
@@ -49,8 +50,7 @@ __all__ = [
     "require_transformers",
     "rope_args",
     "rotary_fraction",
-    "shared_expert_multiple",
-    "stacked_expert_weights",
+    "shared_expert_args",
     "unsupported",
 ]
 
@@ -467,15 +467,37 @@ def llama_weights(
     m.head(cfg, "model.embed_tokens.weight", getattr(cfg, "tie_word_embeddings", False))
 
 
-def stacked_expert_weights(m: WeightMapper, src: str, dst: str, inter: int) -> None:
-    """transformers 5.x stacked experts: ``gate_up_proj [E, 2I, D]`` (gate first) and
-    ``down_proj [E, D, I]`` -> ``w_gate``, ``w_up``, ``w_down``."""
-    m.split(
-        [f"{dst}.w_gate", f"{dst}.w_up"],
-        f"{src}.gate_up_proj",
-        lambda w: [w[:, :inter], w[:, inter:]],
-    )
-    m.put(f"{dst}.w_down", f"{src}.down_proj")
+def expert_weights(
+    m: WeightMapper,
+    src: str,
+    dst: str,
+    *,
+    experts: int,
+    inter: int,
+    names: tuple[str, str, str] = ("gate_proj", "up_proj", "down_proj"),
+) -> None:
+    """Routed experts ``src`` (``...mlp.experts``) -> ``w_gate``, ``w_up``, ``w_down`` of the
+    MoE ``dst``, from either layout a checkpoint has:
+
+    * in memory (transformers 5.x modules): stacked ``gate_up_proj [E, 2I, D]`` (gate first)
+      and ``down_proj [E, D, I]``;
+    * on disk (``save_pretrained``, Hub checkpoints): one ``nn.Linear`` per expert,
+      ``{e}.gate_proj.weight [I, D]``, ``{e}.up_proj.weight``, ``{e}.down_proj.weight [D, I]``
+      (``names``: Mixtral's ``w1``, ``w3``, ``w2``), which transformers' loader stacks.
+
+    The stacked layout wins when the checkpoint has it, so the export's probe (built from the
+    in-memory modules) maps the tensors it holds."""
+    if m.has(f"{src}.gate_up_proj"):
+        m.split(
+            [f"{dst}.w_gate", f"{dst}.w_up"],
+            f"{src}.gate_up_proj",
+            lambda w: [w[:, :inter], w[:, inter:]],
+        )
+        m.put(f"{dst}.w_down", f"{src}.down_proj")
+        return
+    for target, name in zip(("w_gate", "w_up", "w_down"), names, strict=True):
+        per_expert = [f"{src}.{e}.{name}.weight" for e in range(experts)]
+        m.put(f"{dst}.{target}", *per_expert, fn=lambda *ws: torch.stack(ws))
 
 
 def gated_shared_expert_weights(m: WeightMapper, src: str, dst: str) -> None:
@@ -486,12 +508,13 @@ def gated_shared_expert_weights(m: WeightMapper, src: str, dst: str) -> None:
     m.linear(f"{dst}.shared_gate", f"{src}.shared_expert_gate", bias=False)
 
 
-def shared_expert_multiple(t: str, shared_size: int, expert_size: int, field: str) -> int:
-    """The shared expert's width as a number of expert widths (MoE's ``shared``)."""
-    shared, rest = divmod(shared_size, expert_size)
-    if rest:
-        raise unsupported(
-            t,
-            f"{field}={shared_size} that is not a multiple of moe_intermediate_size={expert_size}",
-        )
-    return shared
+def shared_expert_args(shared_size: int, expert_size: int) -> dict[str, int]:
+    """The ``MoE`` arguments of an always-on shared expert ``shared_size`` wide next to routed
+    experts ``expert_size`` wide: ``shared=n`` for a multiple ``n`` of the expert width, else
+    one shared expert of its own width (``shared_hidden``); none for a width of 0."""
+    if not shared_size:
+        return {"shared": 0}
+    multiple, rest = divmod(shared_size, expert_size)
+    if rest or not multiple:
+        return {"shared": 1, "shared_hidden": shared_size}
+    return {"shared": multiple}

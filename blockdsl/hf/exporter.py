@@ -324,10 +324,14 @@ class _Search:
             self.cache[key] = (distance, cfg, plan)
         return self.cache[key]
 
-    def fields(self) -> list[tuple[str, Any]]:
-        """The config fields the import reads, with their default values."""
+    def fields(self, kwargs: dict[str, Any] | None = None) -> list[tuple[str, Any]]:
+        """The config fields the import reads (of the config ``kwargs`` builds, default the
+        class's defaults), with their values there."""
         reads: list[str] = []
-        base = self.build({})
+        try:
+            base = self.build(kwargs or {})
+        except Exception:
+            return []
         cls = type(base)
 
         class Traced(cls):  # type: ignore[misc, valid-type]
@@ -385,6 +389,15 @@ class _Search:
         free = [f for f in movable if f[0] not in copied]
         for fields, sweeps in ((free, 3), (movable, 1)):
             for _ in range(sweeps):
+                # A field read only under others' values (a dense layer's width once
+                # mlp_only_layers names one) joins the search when it is first read.
+                known = {name for name, _ in self.field_list}
+                for name, value in self.fields(kwargs):
+                    if name not in known:
+                        self.field_list.append((name, value))
+                        movable.append((name, value))
+                        if fields is free:
+                            free.append((name, value))
                 improved = False
                 for name, default in fields:
                     for value in self.candidates(name, kwargs.get(name, default)):
@@ -392,6 +405,9 @@ class _Search:
                             break
                         trial = {**kwargs, name: value}
                         d = self.evaluate(trial)[0]
+                        if d >= _INF:  # refused alone: move the fields it equals too
+                            trial = self.joint(trial, name, kwargs.get(name, default), value)
+                            d = self.evaluate(trial)[0]
                         if d < distance:
                             kwargs, distance, improved = trial, d, True
                 if distance == 0 or not improved:
@@ -401,6 +417,23 @@ class _Search:
         distance, cfg, plan = self.evaluate(kwargs)
         self.fit = _Fit(self.record, kwargs, cfg, distance, plan)
         return self.fit
+
+    def joint(self, trial: dict[str, Any], name: str, current: Any, value: Any) -> dict:
+        """``trial`` with every other integer field still at a class default equal to
+        ``name``'s current value given ``value`` as well: fields the import requires equal
+        (MLA's ``num_key_value_heads`` and ``num_attention_heads``) only move together."""
+        if not isinstance(current, int) or isinstance(current, bool):
+            return trial
+        together = {
+            other: value
+            for other, default in self.field_list
+            if other != name
+            and other not in trial
+            and isinstance(default, int)
+            and not isinstance(default, bool)
+            and default == current
+        }
+        return {**trial, **together}
 
     def direct_copies(self, fields: list[tuple[str, Any]], kwargs: dict) -> dict[str, Any]:
         """Numeric fields the import copies into the config as they are: nudge each to a
@@ -499,6 +532,11 @@ class _Search:
                     for number in self.numbers:
                         if number != inner:
                             yield {**current, key: number}
+            if name == "rope_parameters" and "partial_rotary_factor" not in current:
+                # a partial rotary the class's defaults do not name (MiniMax-M2's)
+                for number in self.numbers:
+                    if isinstance(number, float) and 0 < number < 1:
+                        yield {**current, "partial_rotary_factor": number}
             return
         if current is None or isinstance(current, int | float):
             if current is not None:
@@ -568,7 +606,12 @@ def _leaves(data: Any, path: tuple = ()) -> Iterator[tuple[tuple, Any]]:
 
 def _list_candidates(current: list, layers: int) -> Iterator[list]:
     """For a per-layer list of names (``layer_types``): the same pattern at the model's
-    number of layers, and each name on every layer."""
+    number of layers, and each name on every layer. For a list of layer indices
+    (``mlp_only_layers``, empty by default): the first k layers."""
+    if all(isinstance(i, int) and not isinstance(i, bool) for i in current):
+        for k in range(1, layers):
+            yield list(range(k))
+        return
     period = current[: max(1, len(set(current)))] if current else []
     if period:
         yield [period[i % len(period)] for i in range(layers)]
@@ -578,7 +621,8 @@ def _list_candidates(current: list, layers: int) -> Iterator[list]:
 
 def _numbers(target: Signature) -> list[Any]:
     """Candidate field values: the numbers the model holds, and simple functions of them (a
-    scale ``s`` may come from ``s**-2``; a rotary size from a fraction of the head size)."""
+    scale ``s`` may come from ``s**-2`` or from ``1 / s``, as Granite's ``logits_scaling``; a
+    rotary size from a fraction of the head size)."""
     ints: set[int] = set()
     floats: set[float] = set()
     for item in target:
@@ -598,6 +642,8 @@ def _numbers(target: Signature) -> list[Any]:
             for n in [n for n in ints if 0 < n <= 65536]:
                 if f < 1 or float(n * f).is_integer():
                     ints.add(int(n * f))
+    # reciprocals only where they are round numbers (Granite's logits_scaling 2.5 for 0.4)
+    floats.update(1 / f for f in list(floats) if f != 0 and round(1 / f, 3) == 1 / f)
     floats.update(float(i) for i in ints if i <= 10**7)
     return sorted(ints) + sorted(floats)
 
@@ -710,7 +756,14 @@ def hf_config_for(model_or_config: Any) -> tuple[str, Any]:
     ``LanguageModel``, ``ModelConfig``, dict config or anything ``load_config`` takes). Raises
     ``HFExportError`` saying which block and step has no transformers counterpart."""
     with _quiet_transformers():
-        return _find_config(model_or_config)
+        model_type, hf_config = _find_config(model_or_config)
+    # A class default outside the vocabulary (FlexOlmo's pad_token_id 100277) is no token of
+    # this model; the embedding refuses a padding index it does not have.
+    for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        value = getattr(hf_config, name, None)
+        if isinstance(value, int) and not 0 <= value < hf_config.vocab_size:
+            setattr(hf_config, name, None)
+    return model_type, hf_config
 
 
 def _find_config(model_or_config: Any) -> tuple[str, Any]:
@@ -721,7 +774,7 @@ def _find_config(model_or_config: Any) -> tuple[str, Any]:
     records = _records()
     reachable: list[tuple[int, _Record, set[str]]] = []
     for record in records:
-        produced = _producible(record)
+        produced = _producible(record, set(used))
         missing = [c for c in used if c not in produced]
         reachable.append((len(missing), record, produced))
     reachable.sort(key=lambda r: r[0])
@@ -774,24 +827,46 @@ def _find_config(model_or_config: Any) -> tuple[str, Any]:
     )
 
 
-_PRODUCIBLE: dict[str, set[str]] = {}
+_PRODUCIBLE: dict[tuple[str, bool], set[str]] = {}
 
 
-def _producible(record: _Record) -> set[str]:
-    """The components an architecture's import can produce (from its default config, with
-    each boolean field flipped)."""
-    if record.model_type not in _PRODUCIBLE:
+def _producible(record: _Record, needed: set[str] | None = None) -> set[str]:
+    """The components an architecture's import can produce: from its default config with
+    each boolean field flipped; where that lacks one of ``needed``, also with each field moved
+    off its neutral default (a count of 0 made 1, a multiplier of 1 made 0.5, an empty list of
+    layer indices given the first layer: ``first_k_dense_replace``, ``residual_multiplier``
+    or ``mlp_only_layers`` bring in the dense MLP or the residual ``Scale``)."""
+    basic = _trial_components(record, extended=False)
+    if needed is None or needed <= basic:
+        return basic
+    return _trial_components(record, extended=True)
+
+
+def _trial_components(record: _Record, extended: bool) -> set[str]:
+    key = (record.model_type, extended)
+    if key not in _PRODUCIBLE:
         search = _Search(record, None, frozenset(), [])
         found: set[str] = set()
-        trials = [{}] + [{n: not v} for n, v in search.fields() if isinstance(v, bool)]
+        trials: list[dict[str, Any]] = [{}]
+        for name, value in search.fields():
+            if isinstance(value, bool):
+                trials.append({name: not value})
+            elif not extended:
+                continue
+            elif isinstance(value, int) and value == 0:
+                trials.append({name: 1})
+            elif isinstance(value, float) and value == 1.0:
+                trials.append({name: 0.5})
+            elif isinstance(value, list) and not value:
+                trials.append({name: [0]})
         for kwargs in trials:
             try:
                 config = record.config(search.build(kwargs))
             except Exception:
                 continue
             found |= _component_names(config)
-        _PRODUCIBLE[record.model_type] = found
-    return _PRODUCIBLE[record.model_type]
+        _PRODUCIBLE[key] = found
+    return _PRODUCIBLE[key]
 
 
 def _component_names(config: dict) -> set[str]:
@@ -969,11 +1044,13 @@ def export_hf(
 def _quiet_transformers() -> Iterator[None]:
     """Nothing from transformers reaches the terminal meanwhile: the search builds configs
     whose class defaults (token ids such as GPT-2's 50256) lie outside a small vocabulary, and
-    transformers logs a warning for each; its progress bars go too. Errors still raise."""
+    transformers logs a warning for each (and an error, with the whole config, for a value a
+    config cannot take, such as a layer list Jamba derives itself); its progress bars go too.
+    Errors still raise."""
     logging = require_transformers().utils.logging
     verbosity = logging.get_verbosity()
     bars = logging.is_progress_bar_enabled()
-    logging.set_verbosity_error()
+    logging.set_verbosity(logging.CRITICAL)
     logging.disable_progress_bar()
     try:
         with warnings.catch_warnings():

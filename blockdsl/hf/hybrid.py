@@ -17,54 +17,87 @@ from blockdsl.hf.base import (
     activation,
     compress_layers,
     default_rope,
+    expert_weights,
     gated_shared_expert_weights,
     layer_kinds,
     llama_mlp_weights,
     model_config,
     register_architecture,
     rotary_fraction,
-    shared_expert_multiple,
-    stacked_expert_weights,
+    shared_expert_args,
     unsupported,
 )
+
+
+def _lfm2_layers(cfg: Any, t: str) -> list[tuple[str, str]]:
+    """``(mixer, feed-forward)`` per layer: ``conv`` or ``attn`` from ``layer_types``, then
+    ``mlp``, or for LFM2-MoE ``dense`` before ``num_dense_layers`` and ``moe`` after."""
+    mixers = layer_kinds(cfg, t, {"conv": "conv", "full_attention": "attn"})
+    if t == "lfm2":
+        return [(mixer, "mlp") for mixer in mixers]
+    return [
+        (mixer, "dense" if i < cfg.num_dense_layers else "moe") for i, mixer in enumerate(mixers)
+    ]
 
 
 def _config_lfm2(cfg: Any) -> dict:
     """LFM2: gated short-conv layers (``ShortConv``) and GQA attention layers with q/k RMSNorm,
     from ``layer_types``; SwiGLU feed-forward everywhere; the final norm is HF's
-    ``embedding_norm``."""
-    t = "lfm2"
+    ``embedding_norm``. LFM2-MoE: the same layers with sigmoid-routed experts (a selection-only
+    ``expert_bias`` with ``use_expert_bias``, times ``routed_scaling_factor``) after the first
+    ``num_dense_layers``."""
+    t = cfg.model_type
     theta, fraction = default_rope(cfg, t)
     if fraction != 1.0:
         raise unsupported(t, "partial_rotary_factor")
-    names = layer_kinds(cfg, t, {"conv": "conv", "full_attention": "attn"})
+    layers = _lfm2_layers(cfg, t)
     hidden = cfg.intermediate_size
-    if cfg.block_auto_adjust_ff_dim:  # as Lfm2MLP
+    if t == "lfm2" and cfg.block_auto_adjust_ff_dim:  # as Lfm2MLP; Lfm2MoeMLP takes it as is
         hidden = int(2 * hidden / 3)
         if cfg.block_ffn_dim_multiplier is not None:
             hidden = int(cfg.block_ffn_dim_multiplier * hidden)
             multiple = cfg.block_multiple_of
             hidden = multiple * ((hidden + multiple - 1) // multiple)
-    mlp = "->+->Norm->MLP->+"
-    blocks = {"conv": "Norm->ShortConv" + mlp, "attn": "Norm->Attn" + mlp}
+    mixer_calls = {"conv": "Norm->ShortConv", "attn": "Norm->Attn"}
+    ffn_calls = {"mlp": "MLP", "dense": "MLP", "moe": "MoE"}
+    names = [mixer if ffn == "mlp" else f"{mixer}_{ffn}" for mixer, ffn in layers]
+    blocks = {
+        name: f"{mixer_calls[mixer]}->+->Norm->{ffn_calls[ffn]}->+"
+        for name, (mixer, ffn) in dict(zip(names, layers, strict=True)).items()
+    }
+    defaults: dict[str, dict] = {
+        "Norm": {"kind": "rms", "eps": cfg.norm_eps},
+        "Attn": {
+            "heads": cfg.num_attention_heads,
+            "kv_heads": cfg.num_key_value_heads,
+            "head_dim": cfg.hidden_size // cfg.num_attention_heads,
+            "pos": "rope",
+            "rope_theta": theta,
+            "qk_norm": True,
+            "qk_norm_eps": cfg.norm_eps,
+        },
+        "ShortConv": {"kernel": cfg.conv_L_cache, "bias": bool(cfg.conv_bias)},
+    }
+    if any(ffn != "moe" for _, ffn in layers):
+        defaults["MLP"] = {"hidden": hidden, "act": "silu", "gated": True}
+    if any(ffn == "moe" for _, ffn in layers):
+        defaults["MoE"] = {
+            "experts": cfg.num_experts,
+            "k": cfg.num_experts_per_tok,
+            "hidden": cfg.moe_intermediate_size,
+            "act": "silu",
+            "gated": True,
+            "score": "sigmoid",
+            "score_bias": bool(cfg.use_expert_bias),
+            "norm_topk": bool(cfg.norm_topk_prob),
+            "routed_scale": float(cfg.routed_scaling_factor),
+            "aux_loss": 0.0,  # transformers adds no load-balancing loss for LFM2-MoE
+        }
     return model_config(
         cfg,
         layers=compress_layers(names),
         blocks={name: blocks[name] for name in dict.fromkeys(names)},
-        defaults={
-            "Norm": {"kind": "rms", "eps": cfg.norm_eps},
-            "Attn": {
-                "heads": cfg.num_attention_heads,
-                "kv_heads": cfg.num_key_value_heads,
-                "head_dim": cfg.hidden_size // cfg.num_attention_heads,
-                "pos": "rope",
-                "rope_theta": theta,
-                "qk_norm": True,
-                "qk_norm_eps": cfg.norm_eps,
-            },
-            "ShortConv": {"kernel": cfg.conv_L_cache, "bias": bool(cfg.conv_bias)},
-            "MLP": {"hidden": hidden, "act": "silu", "gated": True},
-        },
+        defaults=defaults,
         tied_by_default=True,
     )
 
@@ -72,10 +105,10 @@ def _config_lfm2(cfg: Any) -> dict:
 def _weights_lfm2(cfg: Any, m: WeightMapper) -> None:
     m.put("embed.embed.tok.weight", "model.embed_tokens.weight")
     bias = bool(cfg.conv_bias)
-    for i, kind in enumerate(cfg.layer_types):
+    for i, (mixer, ffn) in enumerate(_lfm2_layers(cfg, cfg.model_type)):
         p, q = f"model.layers.{i}", f"layers.{i}"
         m.norm(f"{q}.norm", f"{p}.operator_norm", bias=False)
-        if kind == "conv":
+        if mixer == "conv":
             for n in ("in_proj", "conv", "out_proj"):
                 m.linear(f"{q}.short_conv.{n}", f"{p}.conv.{n}", bias)
         else:
@@ -84,14 +117,38 @@ def _weights_lfm2(cfg: Any, m: WeightMapper) -> None:
             m.norm(f"{q}.attn.slots.q.norm", f"{p}.self_attn.q_layernorm", bias=False)
             m.norm(f"{q}.attn.slots.k.norm", f"{p}.self_attn.k_layernorm", bias=False)
         m.norm(f"{q}.norm_1", f"{p}.ffn_norm", bias=False)
-        for n, hf in (("gate", "w1"), ("up", "w3"), ("down", "w2")):
-            m.linear(f"{q}.mlp.{n}", f"{p}.feed_forward.{hf}", bias=False)
+        src = f"{p}.feed_forward"
+        if ffn != "moe":
+            for n, hf in (("gate", "w1"), ("up", "w3"), ("down", "w2")):
+                m.linear(f"{q}.mlp.{n}", f"{src}.{hf}", bias=False)
+            continue
+        m.put(f"{q}.moe.router.weight", f"{src}.gate.weight")
+        if cfg.use_expert_bias:
+            m.put(f"{q}.moe.score_bias", f"{src}.expert_bias")
+        expert_weights(
+            m,
+            f"{src}.experts",
+            f"{q}.moe",
+            experts=cfg.num_experts,
+            inter=cfg.moe_intermediate_size,
+            names=("w1", "w3", "w2"),
+        )
     m.norm("head.norm", "model.embedding_norm", bias=False)
     m.head(cfg, "model.embed_tokens.weight", getattr(cfg, "tie_word_embeddings", True))
 
 
 register_architecture(
     Architecture("lfm2", "Lfm2ForCausalLM", "model", config=_config_lfm2, weights=_weights_lfm2)
+)
+register_architecture(
+    Architecture(
+        "lfm2_moe",
+        "Lfm2MoeForCausalLM",
+        "model",
+        config=_config_lfm2,
+        weights=_weights_lfm2,
+        buffers=("expert_bias",),
+    )
 )
 
 
@@ -148,20 +205,15 @@ def _config_qwen3_next(cfg: Any) -> dict:
         "MLP": {"hidden": cfg.intermediate_size, "act": act, "gated": True},
     }
     if any(name.endswith("_moe") for name in names):
-        shared = shared_expert_multiple(
-            t,
-            cfg.shared_expert_intermediate_size,
-            cfg.moe_intermediate_size,
-            "shared_expert_intermediate_size",
-        )
+        shared = shared_expert_args(cfg.shared_expert_intermediate_size, cfg.moe_intermediate_size)
         defaults["MoE"] = {
             "experts": cfg.num_experts,
             "k": cfg.num_experts_per_tok,
             "hidden": cfg.moe_intermediate_size,
             "act": act,
             "gated": True,
-            "shared": shared,
-            "shared_gate": shared > 0,
+            **shared,
+            "shared_gate": shared["shared"] > 0,
             "norm_topk": bool(cfg.norm_topk_prob),
             "aux_loss": float(cfg.router_aux_loss_coef),
         }
@@ -214,7 +266,7 @@ def _weights_qwen3_next(cfg: Any, m: WeightMapper) -> None:
         if _qwen3_next_sparse(cfg, i):
             e, src = f"{q}.moe", f"{p}.mlp"
             m.put(f"{e}.router.weight", f"{src}.gate.weight")
-            stacked_expert_weights(m, f"{src}.experts", e, inter)
+            expert_weights(m, f"{src}.experts", e, experts=cfg.num_experts, inter=inter)
             if cfg.shared_expert_intermediate_size:
                 gated_shared_expert_weights(m, src, e)
         else:

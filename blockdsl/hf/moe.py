@@ -13,9 +13,8 @@ component.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
-
-import torch
 
 from blockdsl.hf.base import (
     Architecture,
@@ -23,16 +22,21 @@ from blockdsl.hf.base import (
     activation,
     compress_layers,
     default_rope,
+    expert_weights,
     gated_shared_expert_weights,
     llama_like_config,
     llama_mlp_weights,
     llama_weights,
     model_config,
     register_architecture,
-    shared_expert_multiple,
-    stacked_expert_weights,
+    rope_args,
+    rotary_fraction,
+    shared_expert_args,
     unsupported,
 )
+
+#: Maps one layer's weights: ``(hf_config, mapper, HF layer prefix, blockdsl layer prefix)``.
+LayerWeights = Callable[[Any, WeightMapper, str, str], None]
 
 # ---------------------------------------------------------------- mixtral
 
@@ -54,17 +58,22 @@ def _config_mixtral(cfg: Any) -> dict:
 
 
 def _moe_mixtral(cfg: Any, m: WeightMapper, p: str, q: str) -> None:
-    E, inter = cfg.num_local_experts, cfg.intermediate_size
-    legacy = f"{p}.block_sparse_moe"
-    if m.has(f"{legacy}.gate.weight") and not m.has(f"{p}.mlp.gate.weight"):
-        # checkpoints on disk: per-expert w1 (gate), w3 (up), w2 (down)
-        m.put(f"{q}.moe.router.weight", f"{legacy}.gate.weight")
-        for dst, w in (("w_gate", "w1"), ("w_up", "w3"), ("w_down", "w2")):
-            srcs = [f"{legacy}.experts.{e}.{w}.weight" for e in range(E)]
-            m.put(f"{q}.moe.{dst}", *srcs, fn=lambda *ws: torch.stack(ws))
-        return
-    m.put(f"{q}.moe.router.weight", f"{p}.mlp.gate.weight")
-    stacked_expert_weights(m, f"{p}.mlp.experts", f"{q}.moe", inter)
+    # On disk Mixtral keeps its original names (``block_sparse_moe``, experts' ``w1`` gate,
+    # ``w3`` up, ``w2`` down); transformers renames them ``mlp``, ``gate_up_proj``/``down_proj``.
+    src = f"{p}.mlp"
+    if m.has(f"{p}.block_sparse_moe.gate.weight") and not m.has(f"{src}.gate.weight"):
+        src = f"{p}.block_sparse_moe"
+    m.put(f"{q}.moe.router.weight", f"{src}.gate.weight")
+    if cfg.model_type == "minimax_m2":  # its selection-only bias sits beside the router
+        m.put(f"{q}.moe.score_bias", f"{src}.e_score_correction_bias")
+    expert_weights(
+        m,
+        f"{src}.experts",
+        f"{q}.moe",
+        experts=cfg.num_local_experts,
+        inter=cfg.intermediate_size,
+        names=("w1", "w3", "w2"),
+    )
 
 
 def _weights_mixtral(cfg: Any, m: WeightMapper) -> None:
@@ -74,6 +83,60 @@ def _weights_mixtral(cfg: Any, m: WeightMapper) -> None:
 register_architecture(
     Architecture(
         "mixtral", "MixtralForCausalLM", "model", config=_config_mixtral, weights=_weights_mixtral
+    )
+)
+
+
+def _config_minimax_m2(cfg: Any) -> dict:
+    """MiniMax-M2: Mixtral's layout with OLMo-2's attention (RMSNorm over the whole query and
+    key projections, ``qk_norm_over=all``), a partial rotary, and sigmoid routing whose
+    choice adds ``e_score_correction_bias`` (no groups), the chosen scores renormalised."""
+    t = "minimax_m2"
+    moe: dict[str, Any] = {
+        "experts": cfg.num_local_experts,
+        "k": cfg.num_experts_per_tok,
+        "hidden": cfg.intermediate_size,
+        "act": activation(cfg.hidden_act, t),
+        "gated": True,
+        "score": "sigmoid",
+        "score_bias": True,
+        "norm_topk": True,
+        "aux_loss": float(cfg.router_aux_loss_coef),
+    }
+    jitter = float(getattr(cfg, "router_jitter_noise", 0.0) or 0.0)
+    if jitter:  # as Mixtral: the whole MoE input is multiplied
+        moe.update(jitter=jitter, jitter_scope="input")
+    attn = {
+        **_attn_gqa(cfg, t, partial=True),
+        "qk_norm": True,
+        "qk_norm_over": "all",
+        "qk_norm_eps": cfg.rms_norm_eps,
+    }
+    return model_config(
+        cfg,
+        layers=f"block*{cfg.num_hidden_layers}",
+        blocks={"block": "Norm->Attn->+->Norm->MoE->+"},
+        defaults={"Norm": {"kind": "rms", "eps": cfg.rms_norm_eps}, "Attn": attn, "MoE": moe},
+    )
+
+
+def _weights_minimax_m2(cfg: Any, m: WeightMapper) -> None:
+    def attention_and_moe(cfg: Any, m: WeightMapper, p: str, q: str) -> None:
+        for n in "qk":  # llama_weights maps q/k/v/o; the whole-projection norms are extra
+            m.norm(f"{q}.attn.{n}_norm", f"{p}.self_attn.{n}_norm", bias=False)
+        _moe_mixtral(cfg, m, p, q)
+
+    llama_weights(cfg, m, feed_forward=attention_and_moe)
+
+
+register_architecture(
+    Architecture(
+        "minimax_m2",
+        "MiniMaxM2ForCausalLM",
+        "model",
+        config=_config_minimax_m2,
+        weights=_weights_minimax_m2,
+        buffers=("e_score_correction_bias",),
     )
 )
 
@@ -89,18 +152,61 @@ def _named_layers(kinds: list[str], blocks: dict[str, str]) -> tuple[str, dict[s
     return compress_layers(kinds), {name: blocks[name] for name in dict.fromkeys(kinds)}
 
 
-def _attn_gqa(cfg: Any, t: str) -> dict[str, Any]:
-    theta, fraction = default_rope(cfg, t)
-    if fraction != 1.0:
-        raise unsupported(t, "partial_rotary_factor")
-    return {
+def _attn_gqa(cfg: Any, t: str, *, partial: bool = False) -> dict[str, Any]:
+    """``Attn`` of a GQA + RoPE attention without biases; a partial rotary (the first
+    ``head_dim * partial_rotary_factor`` features of each head, GPT-NeoX style) only where the
+    architecture has one."""
+    rope, fraction = rope_args(cfg, t)
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    attn: dict[str, Any] = {
         "heads": cfg.num_attention_heads,
         "kv_heads": cfg.num_key_value_heads or cfg.num_attention_heads,
-        "head_dim": getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads,
+        "head_dim": head_dim,
         "pos": "rope",
-        "rope_theta": theta,
+        **rope,
         "bias": False,
     }
+    if fraction != 1.0:
+        if not partial:
+            raise unsupported(t, "partial_rotary_factor")
+        attn["rope_fraction"] = rotary_fraction(int(head_dim * fraction), head_dim)
+    return attn
+
+
+def _layered_blocks(
+    mixer: str,
+    feed_forwards: list[str],
+    windows: list[int | None],
+    global_args: str = "",
+    local_args: str = "",
+) -> tuple[str, dict[str, str]]:
+    """``(layers, blocks)`` of pre-norm layers ``Norm->mixer->+->Norm->MoE|MLP->+``, one
+    ``moe`` or ``dense`` per layer in ``feed_forwards`` and a sliding window (or ``None``) per
+    layer in ``windows``: ``dense->moe*2``, or ``local_moe``/``global_moe`` blocks where some
+    layers have a window (``global_args``, ``local_args``: each kind's own arguments, such as
+    ``pos=none`` or a rotary base of its own)."""
+    windowed = any(w is not None for w in windows)
+    names: list[str] = []
+    blocks: dict[str, str] = {}
+    for ffn, window in zip(feed_forwards, windows, strict=True):
+        name = ffn if not windowed else f"{'global' if window is None else 'local'}_{ffn}"
+        if window is not None:
+            call = f"{mixer}(window={int(window)}{', ' + local_args if local_args else ''})"
+        else:
+            call = f"{mixer}({global_args})" if windowed and global_args else mixer
+        blocks[name] = f"Norm->{call}->+->Norm->{'MoE' if ffn == 'moe' else 'MLP'}->+"
+        names.append(name)
+    return compress_layers(names), blocks
+
+
+def _windows(cfg: Any, t: str) -> list[int | None]:
+    """The sliding window of each layer, from ``layer_types`` (all full without it)."""
+    L = cfg.num_hidden_layers
+    kinds = list(getattr(cfg, "layer_types", None) or ["full_attention"] * L)
+    if len(kinds) != L or not set(kinds) <= {"sliding_attention", "full_attention"}:
+        raise unsupported(t, f"layer_types {kinds}")
+    window = getattr(cfg, "sliding_window", None)
+    return [window if k == "sliding_attention" else None for k in kinds]
 
 
 # --------------------------------------------------------------------------- qwen2_moe
@@ -133,45 +239,62 @@ def _config_qwen2_moe(cfg: Any) -> dict:
     if "dense" in blocks:
         defaults["MLP"] = {"hidden": cfg.intermediate_size, "act": act, "gated": True}
     if "moe" in blocks:
-        shared = shared_expert_multiple(
-            t,
-            cfg.shared_expert_intermediate_size,
-            cfg.moe_intermediate_size,
-            "shared_expert_intermediate_size",
-        )
+        shared = shared_expert_args(cfg.shared_expert_intermediate_size, cfg.moe_intermediate_size)
         defaults["MoE"] = {
             "experts": cfg.num_experts,
             "k": cfg.num_experts_per_tok,
             "hidden": cfg.moe_intermediate_size,
             "act": act,
             "gated": True,
-            "shared": shared,
-            "shared_gate": shared > 0,
+            **shared,
+            "shared_gate": shared["shared"] > 0,
             "norm_topk": bool(cfg.norm_topk_prob),
             "aux_loss": float(cfg.router_aux_loss_coef),
         }
     return model_config(cfg, layers=layers, blocks=blocks, defaults=defaults)
 
 
-def _weights_qwen2_moe(cfg: Any, m: WeightMapper) -> None:
+def _qwen_moe_weights(
+    cfg: Any,
+    m: WeightMapper,
+    *,
+    qkv_bias: bool,
+    o_bias: bool,
+    qk_norm: bool,
+    sparse: Callable[[Any, int], bool],
+) -> None:
+    """The Qwen-MoE layout (Qwen2-MoE, Qwen3-MoE): Llama-like layers whose ``mlp`` is the
+    router ``gate``, the routed ``experts`` and, where the config has one, the sigmoid-gated
+    ``shared_expert``; a dense ``mlp`` on the layers ``sparse`` says have no experts."""
     m.put("embed.embed.tok.weight", "model.embed_tokens.weight")
+    shared = bool(getattr(cfg, "shared_expert_intermediate_size", 0))
     for i in range(cfg.num_hidden_layers):
         p, q = f"model.layers.{i}", f"layers.{i}"
         m.norm(f"{q}.norm", f"{p}.input_layernorm", bias=False)
         for n in "qkv":
-            m.linear(f"{q}.attn.{n}", f"{p}.self_attn.{n}_proj", bool(cfg.qkv_bias))
-        m.linear(f"{q}.attn.o", f"{p}.self_attn.o_proj", bias=False)
+            m.linear(f"{q}.attn.{n}", f"{p}.self_attn.{n}_proj", qkv_bias)
+        m.linear(f"{q}.attn.o", f"{p}.self_attn.o_proj", o_bias)
+        if qk_norm:
+            for n in "qk":
+                m.norm(f"{q}.attn.{n}_norm", f"{p}.self_attn.{n}_norm", bias=False)
         m.norm(f"{q}.norm_1", f"{p}.post_attention_layernorm", bias=False)
-        if not _qwen2_moe_sparse(cfg, i):
+        if not sparse(cfg, i):
             llama_mlp_weights(cfg, m, p, q)
             continue
         e, src = f"{q}.moe", f"{p}.mlp"
         m.put(f"{e}.router.weight", f"{src}.gate.weight")
-        stacked_expert_weights(m, f"{src}.experts", e, cfg.moe_intermediate_size)
-        if cfg.shared_expert_intermediate_size:
+        expert_weights(
+            m, f"{src}.experts", e, experts=cfg.num_experts, inter=cfg.moe_intermediate_size
+        )
+        if shared:
             gated_shared_expert_weights(m, src, e)
     m.norm("head.norm", "model.norm", bias=False)
     m.head(cfg, "model.embed_tokens.weight", getattr(cfg, "tie_word_embeddings", False))
+
+
+def _weights_qwen2_moe(cfg: Any, m: WeightMapper) -> None:
+    bias = bool(cfg.qkv_bias)
+    _qwen_moe_weights(cfg, m, qkv_bias=bias, o_bias=False, qk_norm=False, sparse=_qwen2_moe_sparse)
 
 
 register_architecture(
@@ -181,6 +304,201 @@ register_architecture(
         "model",
         config=_config_qwen2_moe,
         weights=_weights_qwen2_moe,
+    )
+)
+
+
+# --------------------------------------------------------------------------- qwen3_moe
+
+
+def _config_qwen3_moe(cfg: Any) -> dict:
+    """Qwen3-MoE: Qwen3's attention (an RMSNorm of each head's queries and keys, biases on all
+    four projections with ``attention_bias``, a window on every layer with
+    ``use_sliding_window``) and Qwen2-MoE's layers without the shared expert."""
+    t = "qwen3_moe"
+    act = activation(cfg.hidden_act, t)
+    attn = {
+        **_attn_gqa(cfg, t),
+        "bias": bool(cfg.attention_bias),
+        "qk_norm": True,
+        "qk_norm_eps": cfg.rms_norm_eps,
+    }
+    L = cfg.num_hidden_layers
+    kinds = ["moe" if _qwen2_moe_sparse(cfg, i) else "dense" for i in range(L)]
+    layers, blocks = _layered_blocks("Attn", kinds, [cfg.sliding_window] * L)
+    defaults: dict[str, dict] = {"Norm": {"kind": "rms", "eps": cfg.rms_norm_eps}, "Attn": attn}
+    if "dense" in kinds:
+        defaults["MLP"] = {"hidden": cfg.intermediate_size, "act": act, "gated": True}
+    if "moe" in kinds:
+        defaults["MoE"] = {
+            "experts": cfg.num_experts,
+            "k": cfg.num_experts_per_tok,
+            "hidden": cfg.moe_intermediate_size,
+            "act": act,
+            "gated": True,
+            "norm_topk": bool(cfg.norm_topk_prob),
+            "aux_loss": float(cfg.router_aux_loss_coef),
+        }
+    return model_config(cfg, layers=layers, blocks=blocks, defaults=defaults)
+
+
+def _weights_qwen3_moe(cfg: Any, m: WeightMapper) -> None:
+    bias = bool(cfg.attention_bias)
+    _qwen_moe_weights(cfg, m, qkv_bias=bias, o_bias=bias, qk_norm=True, sparse=_qwen2_moe_sparse)
+
+
+register_architecture(
+    Architecture(
+        "qwen3_moe",
+        "Qwen3MoeForCausalLM",
+        "model",
+        config=_config_qwen3_moe,
+        weights=_weights_qwen3_moe,
+    )
+)
+
+
+# --------------------------------------------------------------------------- mellum
+
+
+def _mellum_rope(cfg: Any, kind: str) -> float:
+    """The rotary base of Mellum's ``kind`` layers (``rope_parameters`` per layer type)."""
+    params = cfg.rope_parameters.get(kind, cfg.rope_parameters)
+    args, fraction = rope_args(cfg, "mellum", params)
+    if set(args) != {"rope_theta"} or fraction != 1.0:
+        raise unsupported("mellum", f"rope_parameters {params} (scaled or partial, per layer type)")
+    return args["rope_theta"]
+
+
+def _config_mellum(cfg: Any) -> dict:
+    """Mellum: Qwen3-MoE's layers named one by one: windowed or full attention from
+    ``layer_types`` (each kind with its own rotary base), dense or sparse from
+    ``mlp_layer_types``."""
+    t = "mellum"
+    act = activation(cfg.hidden_act, t)
+    attn = {
+        "heads": cfg.num_attention_heads,
+        "kv_heads": cfg.num_key_value_heads or cfg.num_attention_heads,
+        "head_dim": getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads,
+        "pos": "rope",
+        "rope_theta": _mellum_rope(cfg, "full_attention"),
+        "bias": bool(cfg.attention_bias),
+        "qk_norm": True,
+        "qk_norm_eps": cfg.rms_norm_eps,
+    }
+    kinds = _mlp_layer_kinds(cfg, t)
+    windows = _windows(cfg, t)
+    local = ""
+    if any(w is not None for w in windows):
+        local = f"rope_theta={_mellum_rope(cfg, 'sliding_attention')!r}"
+    layers, blocks = _layered_blocks("Attn", kinds, windows, local_args=local)
+    defaults: dict[str, dict] = {"Norm": {"kind": "rms", "eps": cfg.rms_norm_eps}, "Attn": attn}
+    if "dense" in kinds:
+        defaults["MLP"] = {"hidden": cfg.intermediate_size, "act": act, "gated": True}
+    if "moe" in kinds:
+        defaults["MoE"] = {
+            "experts": cfg.num_experts,
+            "k": cfg.num_experts_per_tok,
+            "hidden": cfg.moe_intermediate_size,
+            "act": act,
+            "gated": True,
+            "norm_topk": bool(cfg.norm_topk_prob),
+            "aux_loss": float(cfg.router_aux_loss_coef),
+        }
+    return model_config(cfg, layers=layers, blocks=blocks, defaults=defaults)
+
+
+def _weights_mellum(cfg: Any, m: WeightMapper) -> None:
+    kinds = _mlp_layer_kinds(cfg, "mellum")
+    bias = bool(cfg.attention_bias)
+    _qwen_moe_weights(
+        cfg, m, qkv_bias=bias, o_bias=bias, qk_norm=True, sparse=lambda _, i: kinds[i] == "moe"
+    )
+
+
+register_architecture(
+    Architecture(
+        "mellum", "MellumForCausalLM", "model", config=_config_mellum, weights=_weights_mellum
+    )
+)
+
+
+# --------------------------------------------------------------------------- ernie4_5_moe
+
+
+def _ernie_sparse(cfg: Any, layer: int) -> bool:
+    """Whether ERNIE-4.5-MoE's layer ``layer`` has the experts (as its decoder layer)."""
+    return (
+        (layer + 1) % cfg.moe_layer_interval == 0
+        and cfg.moe_layer_start_index <= layer <= cfg.moe_layer_end_index
+    )
+
+
+def _config_ernie4_5_moe(cfg: Any) -> dict:
+    """ERNIE-4.5-MoE: Llama's layers with the rotary on adjacent pairs, softmax experts chosen
+    by the probabilities plus ``e_score_correction_bias`` and weighted by the renormalised
+    probabilities, ``moe_num_shared_experts`` always-on ones, on every
+    ``moe_layer_interval``-th layer from ``moe_layer_start_index`` to
+    ``moe_layer_end_index``."""
+    t = "ernie4_5_moe"
+    if cfg.use_bias:
+        raise unsupported(t, "use_bias (biases on every linear layer, shared experts too)")
+    act = activation(cfg.hidden_act, t)
+    attn = {**_attn_gqa(cfg, t), "rope_interleaved": True}
+    L = cfg.num_hidden_layers
+    kinds = ["moe" if _ernie_sparse(cfg, i) else "dense" for i in range(L)]
+    layers, blocks = _layered_blocks("Attn", kinds, [None] * L)
+    defaults: dict[str, dict] = {"Norm": {"kind": "rms", "eps": cfg.rms_norm_eps}, "Attn": attn}
+    if "dense" in kinds:
+        defaults["MLP"] = {"hidden": cfg.intermediate_size, "act": act, "gated": True}
+    if "moe" in kinds:
+        defaults["MoE"] = {
+            "experts": cfg.num_experts,
+            "k": cfg.num_experts_per_tok,
+            "hidden": cfg.moe_intermediate_size,
+            "act": act,
+            "gated": True,
+            "shared": cfg.moe_num_shared_experts or 0,
+            "score_bias": True,
+            "norm_topk": True,  # divided by the sum clamped at moe_norm_min: the sum is larger
+            "aux_loss": float(cfg.router_aux_loss_coef),
+        }
+    return model_config(cfg, layers=layers, blocks=blocks, defaults=defaults)
+
+
+def _weights_ernie4_5_moe(cfg: Any, m: WeightMapper) -> None:
+    m.put("embed.embed.tok.weight", "model.embed_tokens.weight")
+    for i in range(cfg.num_hidden_layers):
+        p, q = f"model.layers.{i}", f"layers.{i}"
+        m.norm(f"{q}.norm", f"{p}.input_layernorm", bias=False)
+        _gqa_weights(qkv_bias=False, o_bias=False, qk_norm=False)(cfg, m, p, q)
+        m.norm(f"{q}.norm_1", f"{p}.post_attention_layernorm", bias=False)
+        if not _ernie_sparse(cfg, i):
+            llama_mlp_weights(cfg, m, p, q)
+            continue
+        e, src = f"{q}.moe", f"{p}.mlp"
+        m.put(f"{e}.router.weight", f"{src}.gate.weight")
+        statics = f"{src}.gate.moe_statics.e_score_correction_bias"
+        if not m.has(statics):  # as saved: beside the router, not inside it
+            statics = f"{src}.moe_statics.e_score_correction_bias"
+        m.put(f"{e}.score_bias", statics, fn=lambda b: b.reshape(-1))  # [1, E] -> [E]
+        expert_weights(
+            m, f"{src}.experts", e, experts=cfg.num_experts, inter=cfg.moe_intermediate_size
+        )
+        if cfg.moe_num_shared_experts:
+            for n in ("gate", "up", "down"):
+                m.linear(f"{e}.shared.{n}", f"{src}.shared_experts.{n}_proj", bias=False)
+    m.norm("head.norm", "model.norm", bias=False)
+    m.head(cfg, "model.embed_tokens.weight", getattr(cfg, "tie_word_embeddings", True))
+
+
+register_architecture(
+    Architecture(
+        "ernie4_5_moe",
+        "Ernie4_5_MoeForCausalLM",
+        "model",
+        config=_config_ernie4_5_moe,
+        weights=_weights_ernie4_5_moe,
     )
 )
 
@@ -234,7 +552,13 @@ def _weights_olmoe(cfg: Any, m: WeightMapper) -> None:
             m.norm(f"{q}.attn.slots.{n}.norm", f"{p}.self_attn.{n}_norm", bias=False)
         m.norm(f"{q}.norm_1", f"{p}.post_attention_layernorm", bias=False)
         m.put(f"{q}.moe.router.weight", f"{p}.mlp.gate.weight")
-        stacked_expert_weights(m, f"{p}.mlp.experts", f"{q}.moe", cfg.intermediate_size)
+        expert_weights(
+            m,
+            f"{p}.mlp.experts",
+            f"{q}.moe",
+            experts=cfg.num_experts,
+            inter=cfg.intermediate_size,
+        )
     m.norm("head.norm", "model.norm", bias=False)
     m.head(cfg, "model.embed_tokens.weight", getattr(cfg, "tie_word_embeddings", False))
 
@@ -242,6 +566,154 @@ def _weights_olmoe(cfg: Any, m: WeightMapper) -> None:
 register_architecture(
     Architecture("olmoe", "OlmoeForCausalLM", "model", config=_config_olmoe, weights=_weights_olmoe)
 )
+
+
+def _config_flex_olmo(cfg: Any) -> dict:
+    """FlexOlmo: OLMo 2's layers (norms after attention and after the experts, an RMSNorm of
+    the whole query and key projections) with OLMoE's experts on every layer."""
+    t = "flex_olmo"
+    attn = {
+        **_attn_gqa(cfg, t),
+        "bias": bool(cfg.attention_bias),
+        "qk_norm": True,
+        "qk_norm_over": "all",
+        "qk_norm_eps": cfg.rms_norm_eps,
+    }
+    return model_config(
+        cfg,
+        layers=f"block*{cfg.num_hidden_layers}",
+        blocks={"block": "Attn->Norm->+->MoE->Norm->+"},
+        defaults={
+            "Norm": {"kind": "rms", "eps": cfg.rms_norm_eps},
+            "Attn": attn,
+            "MoE": {
+                "experts": cfg.num_experts,
+                "k": cfg.num_experts_per_tok,
+                "hidden": cfg.intermediate_size,
+                "act": activation(cfg.hidden_act, t),
+                "gated": True,
+                "norm_topk": bool(cfg.norm_topk_prob),
+                "aux_loss": float(cfg.router_aux_loss_coef),
+            },
+        },
+    )
+
+
+def _weights_flex_olmo(cfg: Any, m: WeightMapper) -> None:
+    bias = bool(cfg.attention_bias)
+    m.put("embed.embed.tok.weight", "model.embed_tokens.weight")
+    for i in range(cfg.num_hidden_layers):
+        p, q = f"model.layers.{i}", f"layers.{i}"
+        _gqa_weights(qkv_bias=bias, o_bias=bias, qk_norm=True)(cfg, m, p, q)
+        m.norm(f"{q}.norm", f"{p}.post_attention_layernorm", bias=False)
+        m.put(f"{q}.moe.router.weight", f"{p}.mlp.gate.weight")
+        expert_weights(
+            m,
+            f"{p}.mlp.experts",
+            f"{q}.moe",
+            experts=cfg.num_experts,
+            inter=cfg.intermediate_size,
+        )
+        m.norm(f"{q}.norm_1", f"{p}.post_feedforward_layernorm", bias=False)
+    m.norm("head.norm", "model.norm", bias=False)
+    m.head(cfg, "model.embed_tokens.weight", getattr(cfg, "tie_word_embeddings", False))
+
+
+register_architecture(
+    Architecture(
+        "flex_olmo",
+        "FlexOlmoForCausalLM",
+        "model",
+        config=_config_flex_olmo,
+        weights=_weights_flex_olmo,
+    )
+)
+
+
+# --------------------------------------------------------------------------- granitemoe
+
+
+def _config_granitemoe(cfg: Any) -> dict:
+    """Granite-MoE (and Granite-MoE-Shared): Granite's constant multipliers (embeddings, each
+    residual update, attention scores, logits) around Mixtral-like layers whose router takes
+    the softmax of the top-k logits (the renormalised top-k probabilities); with
+    ``shared_intermediate_size`` an always-on gated expert beside them."""
+    t = cfg.model_type
+    attn = {
+        **_attn_gqa(cfg, t),
+        "scale": float(cfg.attention_multiplier),
+        "bias": bool(cfg.attention_bias),
+    }
+    moe: dict[str, Any] = {
+        "experts": cfg.num_local_experts,
+        "k": cfg.num_experts_per_tok,
+        "hidden": cfg.intermediate_size,
+        "act": activation(cfg.hidden_act, t),
+        "gated": True,
+        "norm_topk": True,
+        "aux_loss": float(cfg.router_aux_loss_coef),
+    }
+    # Granite-MoE has no shared expert, whatever attribute its config is given
+    shared_size = cfg.shared_intermediate_size if t == "granitemoeshared" else 0
+    if shared_size:
+        moe.update(shared_expert_args(shared_size, cfg.intermediate_size))
+    defaults: dict[str, dict] = {
+        "Norm": {"kind": "rms", "eps": cfg.rms_norm_eps},
+        "Attn": attn,
+        "MoE": moe,
+    }
+    block = "Norm->Attn->+->Norm->MoE->+"
+    if cfg.residual_multiplier != 1.0:
+        block = "Norm->Attn->Scale->+->Norm->MoE->Scale->+"
+        defaults["Scale"] = {"by": float(cfg.residual_multiplier)}
+    if cfg.embedding_multiplier != 1.0:
+        defaults["Embed"] = {"scale": float(cfg.embedding_multiplier)}
+    if cfg.logits_scaling != 1.0:
+        defaults["Head"] = {"scale": 1.0 / float(cfg.logits_scaling)}
+    return model_config(
+        cfg, layers=f"block*{cfg.num_hidden_layers}", blocks={"block": block}, defaults=defaults
+    )
+
+
+def _weights_granitemoe(cfg: Any, m: WeightMapper) -> None:
+    """Granite-MoE's experts are stacked on disk too: ``input_linear [E, 2I, D]`` (gate rows
+    first) and ``output_linear [E, D, I]``, which transformers renames ``gate_up_proj`` and
+    ``down_proj``; the router is ``router.layer`` on disk, ``router`` in memory."""
+    inter = cfg.intermediate_size
+    bias = bool(cfg.attention_bias)
+    m.put("embed.embed.tok.weight", "model.embed_tokens.weight")
+    shared = cfg.shared_intermediate_size if cfg.model_type == "granitemoeshared" else 0
+    for i in range(cfg.num_hidden_layers):
+        p, q = f"model.layers.{i}", f"layers.{i}"
+        m.norm(f"{q}.norm", f"{p}.input_layernorm", bias=False)
+        _gqa_weights(qkv_bias=bias, o_bias=bias, qk_norm=False)(cfg, m, p, q)
+        m.norm(f"{q}.norm_1", f"{p}.post_attention_layernorm", bias=False)
+        src, e = f"{p}.block_sparse_moe", f"{q}.moe"
+        saved = m.has(f"{src}.router.layer.weight")
+        router = f"{src}.router.layer.weight" if saved else f"{src}.router.weight"
+        m.put(f"{e}.router.weight", router)
+        gate_up = f"{src}.input_linear.weight" if saved else f"{src}.experts.gate_up_proj"
+        down = f"{src}.output_linear.weight" if saved else f"{src}.experts.down_proj"
+        m.split([f"{e}.w_gate", f"{e}.w_up"], gate_up, lambda w: [w[:, :inter], w[:, inter:]])
+        m.put(f"{e}.w_down", down)
+        if shared:  # one Linear [2S, D], gate rows first
+            m.split(
+                [f"{e}.shared.gate.weight", f"{e}.shared.up.weight"],
+                f"{p}.shared_mlp.input_linear.weight",
+                lambda w: [w[:shared], w[shared:]],
+            )
+            m.linear(f"{e}.shared.down", f"{p}.shared_mlp.output_linear", bias=False)
+    m.norm("head.norm", "model.norm", bias=False)
+    m.head(cfg, "model.embed_tokens.weight", getattr(cfg, "tie_word_embeddings", False))
+
+
+for _type, _class in (
+    ("granitemoe", "GraniteMoeForCausalLM"),
+    ("granitemoeshared", "GraniteMoeSharedForCausalLM"),
+):
+    register_architecture(
+        Architecture(_type, _class, "model", _config_granitemoe, _weights_granitemoe)
+    )
 
 
 # --------------------------------------------------------------------------- dbrx
@@ -335,7 +807,9 @@ register_architecture(
 
 
 def _mla(cfg: Any, t: str, interleaved: bool) -> dict[str, Any]:
-    theta, _ = default_rope(cfg, t)  # RoPE scaling (YaRN) is refused here, naming the rope_type
+    theta, fraction = default_rope(cfg, t)  # RoPE scaling (YaRN) is refused, naming the rope_type
+    if fraction != 1.0:
+        raise unsupported(t, "partial_rotary_factor (MLA rotates all qk_rope_head_dim features)")
     if (cfg.num_key_value_heads or cfg.num_attention_heads) != cfg.num_attention_heads:
         raise unsupported(
             t,
@@ -355,29 +829,52 @@ def _mla(cfg: Any, t: str, interleaved: bool) -> dict[str, Any]:
     }
 
 
-def _deepseek(cfg: Any, t: str, mla: dict, routing: dict) -> dict:
-    """DeepSeek-V2/V3: MLA in every layer, a dense MLP in the first ``first_k_dense_replace``
-    layers and routed experts with ``n_shared_experts`` always-on ones after them."""
+def _expert_counts(cfg: Any) -> tuple[int, int]:
+    """``(routed, shared)`` experts: DeepSeek's ``n_routed_experts``/``n_shared_experts``, or
+    EXAONE-MoE's ``num_experts``/``num_shared_experts``."""
+    if hasattr(cfg, "n_routed_experts"):
+        return cfg.n_routed_experts, cfg.n_shared_experts or 0
+    return cfg.num_experts, cfg.num_shared_experts or 0
+
+
+def _first_dense(cfg: Any) -> list[str]:
+    """``dense`` for the first ``first_k_dense_replace`` layers, ``moe`` after them."""
+    first = cfg.first_k_dense_replace or 0
+    return ["dense" if i < first else "moe" for i in range(cfg.num_hidden_layers)]
+
+
+def _deepseek(
+    cfg: Any,
+    t: str,
+    mixer: str,
+    mixer_args: dict,
+    routing: dict,
+    kinds: list[str],
+    windows: list[int | None] | None = None,
+    global_args: str = "",
+) -> dict:
+    """The DeepSeek layout (DeepSeek-V2/V3 and the records that reuse it): ``mixer`` (``MLA``
+    or ``Attn``) in every layer, then a dense MLP or routed experts with
+    ``n_shared_experts`` always-on ones, as ``kinds`` says per layer."""
     act = activation(cfg.hidden_act, t)
-    L, first_dense = cfg.num_hidden_layers, cfg.first_k_dense_replace or 0
-    kinds = ["dense" if i < first_dense else "moe" for i in range(L)]
-    blocks = {
-        "dense": "Norm->MLA->+->Norm->MLP->+",
-        "moe": "Norm->MLA->+->Norm->MoE->+",
+    windows = windows or [None] * cfg.num_hidden_layers
+    layers, blocks = _layered_blocks(mixer, kinds, windows, global_args)
+    defaults: dict[str, dict] = {
+        "Norm": {"kind": "rms", "eps": cfg.rms_norm_eps},
+        mixer: mixer_args,
     }
-    layers, blocks = _named_layers(kinds, blocks)
-    defaults: dict[str, dict] = {"Norm": {"kind": "rms", "eps": cfg.rms_norm_eps}, "MLA": mla}
-    if "dense" in blocks:
+    routed, shared = _expert_counts(cfg)
+    if "dense" in kinds:
         defaults["MLP"] = {"hidden": cfg.intermediate_size, "act": act, "gated": True}
-    if "moe" in blocks:
+    if "moe" in kinds:
         defaults["MoE"] = {
-            "experts": cfg.n_routed_experts,
+            "experts": routed,
             "k": cfg.num_experts_per_tok,
             "hidden": cfg.moe_intermediate_size,
             "act": act,
             "gated": True,
-            "shared": cfg.n_shared_experts or 0,
-            "aux_loss": 0.0,  # transformers adds no load-balancing loss for DeepSeek
+            "shared": shared,
+            "aux_loss": 0.0,  # transformers adds no load-balancing loss for these
             **routing,
         }
     return model_config(cfg, layers=layers, blocks=blocks, defaults=defaults)
@@ -399,58 +896,108 @@ def _config_deepseek_v2(cfg: Any) -> dict:
         routing.update(_groups(cfg, group_top=1))
     elif cfg.topk_method != "greedy":
         raise unsupported(t, f"topk_method '{cfg.topk_method}'")
-    return _deepseek(cfg, t, _mla(cfg, t, interleaved=True), routing)
+    mla = _mla(cfg, t, interleaved=True)
+    return _deepseek(cfg, t, "MLA", mla, routing, _first_dense(cfg))
 
 
-def _config_deepseek_v3(cfg: Any) -> dict:
-    """DeepSeek-V3: sigmoid scores, experts chosen by the scores plus
+def _v3_routing(cfg: Any) -> dict[str, Any]:
+    """DeepSeek-V3's routing: sigmoid scores, experts chosen by the scores plus
     ``e_score_correction_bias`` within the ``topk_group`` best of ``n_group`` groups (a group's
     score is the sum of its two best), weighted by the unbiased scores (renormalised with
     ``norm_topk_prob``) times ``routed_scaling_factor``."""
-    t = "deepseek_v3"
-    routing = {
+    return {
         "score": "sigmoid",
         "score_bias": True,
         "norm_topk": bool(cfg.norm_topk_prob),
         "routed_scale": float(cfg.routed_scaling_factor),
         **_groups(cfg, group_top=2),
     }
-    return _deepseek(cfg, t, _mla(cfg, t, interleaved=bool(cfg.rope_interleave)), routing)
 
 
-def _weights_deepseek(cfg: Any, m: WeightMapper) -> None:
-    v3 = cfg.model_type == "deepseek_v3"
-    first_dense = cfg.first_k_dense_replace or 0
-    m.put("embed.embed.tok.weight", "model.embed_tokens.weight")
+def _config_deepseek_v3(cfg: Any) -> dict:
+    """DeepSeek-V3: MLA (rotary on adjacent pairs with ``rope_interleave``) and V3 routing."""
+    t = "deepseek_v3"
+    mla = _mla(cfg, t, interleaved=bool(cfg.rope_interleave))
+    return _deepseek(cfg, t, "MLA", mla, _v3_routing(cfg), _first_dense(cfg))
+
+
+def _mla_weights(cfg: Any, m: WeightMapper, p: str, q: str) -> None:
+    """DeepSeek's ``self_attn`` (low-rank q, joint kv latent) of HF layer ``p`` -> ``mla``."""
     bias = bool(cfg.attention_bias)
-    for i in range(cfg.num_hidden_layers):
+    a, src = f"{q}.mla", f"{p}.self_attn"
+    if cfg.q_lora_rank is None:
+        m.linear(f"{a}.q", f"{src}.q_proj", bias=False)
+    else:
+        m.linear(f"{a}.q_a", f"{src}.q_a_proj", bias)
+        m.norm(f"{a}.q_norm", f"{src}.q_a_layernorm", bias=False)
+        m.linear(f"{a}.q_b", f"{src}.q_b_proj", bias=False)
+    m.linear(f"{a}.kv_a", f"{src}.kv_a_proj_with_mqa", bias)
+    m.norm(f"{a}.kv_norm", f"{src}.kv_a_layernorm", bias=False)
+    m.linear(f"{a}.kv_b", f"{src}.kv_b_proj", bias=False)
+    m.linear(f"{a}.o", f"{src}.o_proj", bias)
+
+
+def _gqa_weights(qkv_bias: bool, o_bias: bool, qk_norm: bool) -> LayerWeights:
+    """``self_attn.{q,k,v,o}_proj`` (and per-head ``q_norm``/``k_norm``) -> ``attn``."""
+
+    def weights(cfg: Any, m: WeightMapper, p: str, q: str) -> None:
+        for n in "qkv":
+            m.linear(f"{q}.attn.{n}", f"{p}.self_attn.{n}_proj", qkv_bias)
+        m.linear(f"{q}.attn.o", f"{p}.self_attn.o_proj", o_bias)
+        if qk_norm:
+            for n in "qk":
+                m.norm(f"{q}.attn.{n}_norm", f"{p}.self_attn.{n}_norm", bias=False)
+
+    return weights
+
+
+def _deepseek_weights(
+    cfg: Any,
+    m: WeightMapper,
+    attention: LayerWeights,
+    kinds: list[str],
+    score_bias: bool,
+    *,
+    embed: str = "model.embed_tokens.weight",
+    score_bias_name: str = "gate.e_score_correction_bias",
+) -> None:
+    """The DeepSeek checkpoint layout: ``attention`` maps each layer's ``self_attn``; a dense
+    ``mlp`` or the router ``gate`` (with its ``e_score_correction_bias``), the routed
+    ``experts`` and the ``shared_experts``, as ``kinds`` says."""
+    m.put("embed.embed.tok.weight", embed)
+    routed, shared = _expert_counts(cfg)
+    for i, kind in enumerate(kinds):
         p, q = f"model.layers.{i}", f"layers.{i}"
-        a, src = f"{q}.mla", f"{p}.self_attn"
         m.norm(f"{q}.norm", f"{p}.input_layernorm", bias=False)
-        if cfg.q_lora_rank is None:
-            m.linear(f"{a}.q", f"{src}.q_proj", bias=False)
-        else:
-            m.linear(f"{a}.q_a", f"{src}.q_a_proj", bias)
-            m.norm(f"{a}.q_norm", f"{src}.q_a_layernorm", bias=False)
-            m.linear(f"{a}.q_b", f"{src}.q_b_proj", bias=False)
-        m.linear(f"{a}.kv_a", f"{src}.kv_a_proj_with_mqa", bias)
-        m.norm(f"{a}.kv_norm", f"{src}.kv_a_layernorm", bias=False)
-        m.linear(f"{a}.kv_b", f"{src}.kv_b_proj", bias=False)
-        m.linear(f"{a}.o", f"{src}.o_proj", bias)
+        attention(cfg, m, p, q)
         m.norm(f"{q}.norm_1", f"{p}.post_attention_layernorm", bias=False)
-        if i < first_dense:
+        if kind == "dense":
             llama_mlp_weights(cfg, m, p, q)
             continue
         e, mlp = f"{q}.moe", f"{p}.mlp"
         m.put(f"{e}.router.weight", f"{mlp}.gate.weight")
-        if v3:
-            m.put(f"{e}.score_bias", f"{mlp}.gate.e_score_correction_bias")
-        stacked_expert_weights(m, f"{mlp}.experts", e, cfg.moe_intermediate_size)
-        if cfg.n_shared_experts:
+        if score_bias:
+            bias_name = f"{mlp}.{score_bias_name}"
+            if not m.has(bias_name) and m.has(f"{mlp}.e_score_correction_bias"):
+                bias_name = f"{mlp}.e_score_correction_bias"  # EXAONE-MoE's, as saved
+            m.put(f"{e}.score_bias", bias_name)
+        expert_weights(
+            m,
+            f"{mlp}.experts",
+            e,
+            experts=routed,
+            inter=cfg.moe_intermediate_size,
+        )
+        if shared:
             for n in ("gate", "up", "down"):
                 m.linear(f"{e}.shared.{n}", f"{mlp}.shared_experts.{n}_proj", bias=False)
     m.norm("head.norm", "model.norm", bias=False)
-    m.head(cfg, "model.embed_tokens.weight", getattr(cfg, "tie_word_embeddings", False))
+    m.head(cfg, embed, getattr(cfg, "tie_word_embeddings", False))
+
+
+def _weights_deepseek(cfg: Any, m: WeightMapper) -> None:
+    v3 = cfg.model_type == "deepseek_v3"
+    _deepseek_weights(cfg, m, _mla_weights, _first_dense(cfg), score_bias=v3)
 
 
 register_architecture(
@@ -472,3 +1019,147 @@ register_architecture(
         buffers=("e_score_correction_bias",),
     )
 )
+
+
+# ---------------------------------------------- DeepSeek-V3 routing after other attention
+
+
+def _config_dots1(cfg: Any) -> dict:
+    """dots.llm1: Qwen3's attention (per-head q/k RMSNorm; a window on the layers
+    ``layer_types`` says) and DeepSeek-V3's experts after ``first_k_dense_replace`` dense
+    layers."""
+    t = "dots1"
+    attn = {
+        **_attn_gqa(cfg, t),
+        "bias": bool(cfg.attention_bias),
+        "qk_norm": True,
+        "qk_norm_eps": cfg.rms_norm_eps,
+    }
+    return _deepseek(cfg, t, "Attn", attn, _v3_routing(cfg), _first_dense(cfg), _windows(cfg, t))
+
+
+def _weights_dots1(cfg: Any, m: WeightMapper) -> None:
+    bias = bool(cfg.attention_bias)
+    attention = _gqa_weights(qkv_bias=bias, o_bias=bias, qk_norm=True)
+    _deepseek_weights(cfg, m, attention, _first_dense(cfg), score_bias=True)
+
+
+def _config_glm4_moe(cfg: Any) -> dict:
+    """GLM-4.5 (``glm4_moe``): GQA with biases on q, k and v only (``attention_bias``), a
+    rotary on the first ``partial_rotary_factor`` of each head, per-head q/k RMSNorm with
+    ``use_qk_norm``; DeepSeek-V3's experts after ``first_k_dense_replace`` dense layers. The
+    multi-token-prediction layers some checkpoints carry are not part of the model. Sarvam-MoE
+    and Param2-MoE are this class under their own ``model_type``."""
+    t = cfg.model_type
+    attn = _attn_gqa(cfg, t, partial=True)
+    if cfg.attention_bias:
+        attn["qkv_bias"] = True
+    if cfg.use_qk_norm:
+        attn.update(qk_norm=True, qk_norm_eps=cfg.rms_norm_eps)
+    return _deepseek(cfg, t, "Attn", attn, _v3_routing(cfg), _first_dense(cfg))
+
+
+def _weights_glm4_moe(cfg: Any, m: WeightMapper) -> None:
+    bias = bool(cfg.attention_bias)
+    if m.has("model.word_embeddings.weight"):  # Sarvam's and Param2's names, as saved
+        _deepseek_weights(
+            cfg,
+            m,
+            _fused_qkv_weights,
+            _first_dense(cfg),
+            score_bias=True,
+            embed="model.word_embeddings.weight",
+            score_bias_name="gate.expert_bias",
+        )
+        return
+    attention = _gqa_weights(bias, o_bias=False, qk_norm=cfg.use_qk_norm)
+    _deepseek_weights(cfg, m, attention, _first_dense(cfg), score_bias=True)
+
+
+def _fused_qkv_weights(cfg: Any, m: WeightMapper, p: str, q: str) -> None:
+    """Sarvam-MoE's and Param2-MoE's attention as their checkpoints store it: ``attention``'s
+    fused ``query_key_value`` (rows ``[q | k | v]``), ``dense`` and the q/k norms
+    ``query_layernorm``/``key_layernorm`` (transformers renames and splits them on load)."""
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    sizes = [cfg.num_attention_heads * head_dim] + [cfg.num_key_value_heads * head_dim] * 2
+    a, src = f"{q}.attn", f"{p}.attention"
+    kinds = ["weight", "bias"] if cfg.attention_bias else ["weight"]
+    for kind in kinds:
+        m.split(
+            [f"{a}.{n}.{kind}" for n in "qkv"],
+            f"{src}.query_key_value.{kind}",
+            lambda w: list(w.split(sizes)),
+        )
+    m.linear(f"{a}.o", f"{src}.dense", bias=False)
+    if cfg.use_qk_norm:
+        m.norm(f"{a}.q_norm", f"{src}.query_layernorm", bias=False)
+        m.norm(f"{a}.k_norm", f"{src}.key_layernorm", bias=False)
+
+
+def _mlp_layer_kinds(cfg: Any, t: str) -> list[str]:
+    """``dense`` or ``moe`` per layer from ``mlp_layer_types`` (``dense``/``sparse``)."""
+    kinds = list(cfg.mlp_layer_types)
+    if len(kinds) != cfg.num_hidden_layers or not set(kinds) <= {"dense", "sparse"}:
+        raise unsupported(t, f"mlp_layer_types {kinds}")
+    return ["moe" if kind == "sparse" else "dense" for kind in kinds]
+
+
+def _config_exaone_moe(cfg: Any) -> dict:
+    """EXAONE-MoE: EXAONE 4's attention (per-head q/k RMSNorm; where the config has a
+    ``sliding_window``, windowed layers with RoPE and global layers without positions) and
+    DeepSeek-V3's experts with ``num_shared_experts`` on the layers ``mlp_layer_types`` makes
+    sparse."""
+    t = "exaone_moe"
+    attn = {**_attn_gqa(cfg, t), "qk_norm": True, "qk_norm_eps": cfg.rms_norm_eps}
+    windows = _windows(cfg, t) if cfg.sliding_window is not None else None
+    kinds = _mlp_layer_kinds(cfg, t)
+    return _deepseek(cfg, t, "Attn", attn, _v3_routing(cfg), kinds, windows, "pos=none")
+
+
+def _weights_exaone_moe(cfg: Any, m: WeightMapper) -> None:
+    attention = _gqa_weights(qkv_bias=False, o_bias=False, qk_norm=True)
+    _deepseek_weights(cfg, m, attention, _mlp_layer_kinds(cfg, "exaone_moe"), score_bias=True)
+
+
+def _config_solar_open(cfg: Any) -> dict:
+    """Solar-Open: Llama's attention (biases on q, k and v only, with ``attention_bias``) and
+    DeepSeek-V3's experts on every layer."""
+    t = "solar_open"
+    attn = _attn_gqa(cfg, t)
+    if cfg.attention_bias:
+        attn["qkv_bias"] = True
+    kinds = ["moe"] * cfg.num_hidden_layers
+    return _deepseek(cfg, t, "Attn", attn, _v3_routing(cfg), kinds)
+
+
+def _weights_solar_open(cfg: Any, m: WeightMapper) -> None:
+    attention = _gqa_weights(bool(cfg.attention_bias), o_bias=False, qk_norm=False)
+    _deepseek_weights(cfg, m, attention, ["moe"] * cfg.num_hidden_layers, score_bias=True)
+
+
+def _config_glm4_moe_lite(cfg: Any) -> dict:
+    """GLM-4.7-Flash (``glm4_moe_lite``): DeepSeek-V3 with the dense and sparse layers named
+    one by one (``mlp_layer_types``)."""
+    t = "glm4_moe_lite"
+    mla = _mla(cfg, t, interleaved=bool(cfg.rope_interleave))
+    return _deepseek(cfg, t, "MLA", mla, _v3_routing(cfg), _mlp_layer_kinds(cfg, "glm4_moe_lite"))
+
+
+def _weights_glm4_moe_lite(cfg: Any, m: WeightMapper) -> None:
+    _deepseek_weights(cfg, m, _mla_weights, _mlp_layer_kinds(cfg, "glm4_moe_lite"), score_bias=True)
+
+
+for _type, _class, _config, _weights in (
+    ("dots1", "Dots1ForCausalLM", _config_dots1, _weights_dots1),
+    ("glm4_moe", "Glm4MoeForCausalLM", _config_glm4_moe, _weights_glm4_moe),
+    ("sarvam_moe", "Glm4MoeForCausalLM", _config_glm4_moe, _weights_glm4_moe),
+    ("param2moe", "Glm4MoeForCausalLM", _config_glm4_moe, _weights_glm4_moe),
+    ("solar_open", "SolarOpenForCausalLM", _config_solar_open, _weights_solar_open),
+    ("exaone_moe", "ExaoneMoeForCausalLM", _config_exaone_moe, _weights_exaone_moe),
+    ("glm4_moe_lite", "Glm4MoeLiteForCausalLM", _config_glm4_moe_lite, _weights_glm4_moe_lite),
+):
+    register_architecture(
+        Architecture(
+            _type, _class, "model", _config, _weights, buffers=("e_score_correction_bias",)
+        )
+    )

@@ -20,6 +20,7 @@ from blockdsl.hf.base import (
     activation,
     compress_layers,
     default_rope,
+    expert_weights,
     model_config,
     register_architecture,
     rotary_fraction,
@@ -314,12 +315,7 @@ def weights_jamba(cfg: Any, m: WeightMapper) -> None:
         m.norm(f"{q}.norm_1", f"{p}.pre_ff_layernorm", bias=False)
         if experts > 1:
             m.put(f"{q}.moe.router.weight", f"{p}.feed_forward.router.weight")
-            m.split(
-                [f"{q}.moe.w_gate", f"{q}.moe.w_up"],
-                f"{p}.feed_forward.experts.gate_up_proj",
-                lambda w: [w[:, :inter], w[:, inter:]],
-            )
-            m.put(f"{q}.moe.w_down", f"{p}.feed_forward.experts.down_proj")
+            expert_weights(m, f"{p}.feed_forward.experts", f"{q}.moe", experts=experts, inter=inter)
         else:
             for n in ("gate", "up", "down"):
                 m.linear(f"{q}.mlp.{n}", f"{p}.feed_forward.{n}_proj", False)
