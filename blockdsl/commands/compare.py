@@ -25,7 +25,7 @@ blockdsl compare attn="Norm->Attn->+->Norm->MLP->+" conv="Norm->BaseConv->+->Nor
     --data task:mqar,vocab=256,seq=64,pairs=4,train=20000 --steps 400 --lr 1e-3,3e-3 \\
     --set d_model=64 --set layers='block*2' --out runs/mqar
 blockdsl compare tiny "Norm->Conv->+->Norm->MLP->+" --data task:mqar,vocab=64,seq=32,pairs=4 \\
-    --tokens 2e5 --seeds 0,1,2 --set d_model=64 --out runs/tiny-vs-conv
+    --tokens 2e5 --seeds 0,1,2 --lr 3e-3 --set d_model=64 --out runs/tiny-vs-conv
 blockdsl compare attn="Norm->Attn->+->Norm->MLP->+" \\
     conv="Norm->BaseConv(kernel=4)->+->Norm->MLP->+" --data task:mqar,vocab=128,seq=64,pairs=4 \\
     --set d_model=64 --set layers='block*2' --out runs/mqar-recipe

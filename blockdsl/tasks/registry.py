@@ -135,14 +135,18 @@ _RECALL_CHANGES = {
     "train": (6400, 3200, 1600, 800),
 }
 _MAD = "MAD (Poli et al. 2024, athms/mad-lab mad/data/instances.py)"
-#: MAD's own training settings (``mad/configs.py``, ``MADConfig``): batch 128, AdamW at lr 5e-4
-#: (the middle of its 1e-4, 5e-4, 1e-3 sweep), no weight decay, cosine decay over 200 epochs
-#: of its 12,800 training examples (100 steps each)
-_MAD_RECIPE = Recipe(batch_size=128, lr=5e-4, steps=20_000, weight_decay=0.0)
+
+
+def _mad_recipe(train_examples: int) -> Recipe:
+    """MAD's own training settings (``mad/configs.py``, ``MADConfig``): batch 128, AdamW at lr
+    5e-4 (the middle of its 1e-4, 5e-4, 1e-3 sweep), no weight decay, cosine decay over 200
+    epochs of the task's default training examples."""
+    return Recipe(batch_size=128, lr=5e-4, steps=200 * train_examples // 128, weight_decay=0.0)
+
 
 #: MQAR's recipe, measured (docs/tasks.md, "Recipes"): attention solves the issue-28 setting
 #: (two layers of width 64, vocab 128, seq 64, 4 pairs) and the short convolution does not
-MQAR_RECIPE = Recipe(batch_size=64, lr=3e-3, steps=2_000)
+MQAR_RECIPE = Recipe(batch_size=64, lr=3e-3, steps=4_000, schedule="wsd")
 
 TASKS: dict[str, TaskDef] = {
     "mqar": TaskDef(
@@ -177,7 +181,7 @@ TASKS: dict[str, TaskDef] = {
         metric="macro_accuracy",
         generate=_mad_generate("in_context_recall"),
         check=_mad_check("in_context_recall"),
-        recipe=_MAD_RECIPE,
+        recipe=_mad_recipe(12_800),
         difficulties=dict(_RECALL_CHANGES),
     ),
     "fuzzy_recall": TaskDef(
@@ -194,7 +198,7 @@ TASKS: dict[str, TaskDef] = {
         metric="macro_accuracy",
         generate=_mad_generate("fuzzy_recall"),
         check=_mad_check("fuzzy_recall"),
-        recipe=_MAD_RECIPE,
+        recipe=_mad_recipe(12_800),
         difficulties=dict(_RECALL_CHANGES),
     ),
     "noisy_recall": TaskDef(
@@ -205,7 +209,7 @@ TASKS: dict[str, TaskDef] = {
         metric="macro_accuracy",
         generate=_mad_generate("noisy_recall"),
         check=_mad_check("noisy_recall"),
-        recipe=_MAD_RECIPE,
+        recipe=_mad_recipe(12_800),
         difficulties={
             "vocab": (48, 80, 144),
             "seq": (256, 512, 1024),
@@ -224,7 +228,7 @@ TASKS: dict[str, TaskDef] = {
         metric="macro_accuracy",
         generate=_mad_generate("selective_copying"),
         check=_mad_check("selective_copying"),
-        recipe=_MAD_RECIPE,
+        recipe=_mad_recipe(12_800),
         difficulties={
             "vocab": (32, 64, 128),
             "seq": (512, 1024),
@@ -240,7 +244,7 @@ TASKS: dict[str, TaskDef] = {
         metric="macro_accuracy",
         generate=_mad_generate("compression"),
         check=_mad_check("compression"),
-        recipe=_MAD_RECIPE,
+        recipe=_mad_recipe(12_800),
         difficulties={
             "vocab": (32, 64, 128),
             "seq": (64, 128, 256),
@@ -256,7 +260,7 @@ TASKS: dict[str, TaskDef] = {
         metric="macro_accuracy",
         generate=_mad_generate("memorization"),
         check=_mad_check("memorization"),
-        recipe=_MAD_RECIPE,
+        recipe=_mad_recipe(256),
         difficulties={"vocab": (512, 1024, 2048, 4096, 8192)},
     ),
 }
