@@ -30,7 +30,7 @@ from blockdsl._io import Progress, save_figure, write_atomic
 from blockdsl.checkpoint import run_lock
 from blockdsl.config import ModelConfig, list_presets, load_config
 from blockdsl.errors import BudgetError, ConfigError
-from blockdsl.tasks.recipe import with_recipe
+from blockdsl.tasks.recipe import unset_entries, with_recipe
 from blockdsl.train.settings import parse_bytes
 from blockdsl.untrusted import read_json_object
 
@@ -97,8 +97,9 @@ class Comparison:
     files: list[str] = field(default_factory=list)
     #: without ``--lr``: the learning rates each variant was swept over (name -> grid)
     lr_sweep: dict[str, list[float]] = field(default_factory=dict)
-    #: on a task: its default recipe, in words (``tasks.recipe.Recipe.describe``)
-    recipe: str | None = None
+    #: on a task: the entries of its recipe that the variants' configs left unset and took
+    #: (``"optim.lr": 0.003``, ...)
+    recipe: dict[str, Any] = field(default_factory=dict)
 
     def result(self, name: str) -> Result:
         return next(r for r in self.results if r.name == name)
@@ -116,14 +117,15 @@ class Comparison:
         given, and a best learning rate at the edge of its sweep (the sweep may be too
         narrow for that variant)."""
         notes = []
-        if self.recipe is not None:
-            notes.append(f"task recipe (where not set): {self.recipe}")
+        if self.recipe:
+            entries = ", ".join(f"{key}={_value(value)}" for key, value in self.recipe.items())
+            notes.append(f"from the task's recipe (not set otherwise): {entries}")
         grids = {tuple(grid) for grid in self.lr_sweep.values()}
         if len(grids) == 1:
             (grid,) = grids
             notes.append(
-                f"no --lr given: every variant swept lr {_lr_list(grid)} (its default ÷3, ×1, "
-                "×3) and is shown at its best"
+                f"no --lr given: every variant swept lr {_lr_list(grid)} (its default lr "
+                f"{grid[1]:g} ÷3, ×1, ×3) and is shown at its best"
             )
         elif grids:
             swept = "; ".join(f"{name} {_lr_list(g)}" for name, g in self.lr_sweep.items())
@@ -211,6 +213,10 @@ class Comparison:
         if notes:  # under the table, as the printed table has them in its caption
             lines += ["", *(f"- {note}" for note in notes)]
         return "\n".join(lines) + "\n"
+
+
+def _value(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def _lr_list(grid: Sequence[float]) -> str:
@@ -350,6 +356,7 @@ def compare(
     overrides.setdefault("vocab", task.vocab if task is not None else TokenData(data_text).vocab)
     variants = parse_variants(specs, base, overrides)
     budget = _check_budget(steps, tokens, time)
+    recipe_used: dict[str, Any] = {}  # the task recipe's entries some variant trains with
     if task is not None:
         for v in variants:
             if "context" not in overrides and v.config.context < task.seq_len:
@@ -357,9 +364,12 @@ def compare(
             if "seq_len" not in v.config.train:
                 v.config = load_config(v.config, train={**v.config.train, "seq_len": task.seq_len})
             # The budget first, so that the recipe's steps apply only when none is given.
-            v.config = with_recipe(
-                load_config(v.config, train={**v.config.train, **budget}), task.recipe
-            )
+            given = load_config(v.config, train={**v.config.train, **budget})
+            for table, entries in zip(
+                ("train", "optim"), unset_entries(task.recipe, given.train, given.optim)
+            ):
+                recipe_used.update({f"{table}.{key}": value for key, value in entries.items()})
+            v.config = with_recipe(given, task.recipe)
     if not budget and not any(k in v.config.train for v in variants for k in _BUDGETS):
         raise ConfigError(
             "compare needs a budget: --steps, --tokens or --time",
@@ -381,8 +391,8 @@ def compare(
         comparison = Comparison(out, data_text, metric, higher, results)
         if not lrs:
             comparison.lr_sweep = grids
-        if task is not None:
-            comparison.recipe = task.recipe.describe()
+        # the learning rates are --lr's or the sweep's (whose note names its centre)
+        comparison.recipe = {k: v for k, v in recipe_used.items() if k != "optim.lr"}
         _write_summaries(comparison, variants, budget, seeds, lrs)
     skipped = comparison.skipped()
     if skipped:
@@ -491,7 +501,8 @@ def _write_summaries(
                 "lrs": lrs and list(lrs),
                 # without --lr: the learning rates each variant was swept over
                 "lr_sweep": comparison.lr_sweep or None,
-                "recipe": comparison.recipe,
+                # on a task: the recipe's entries the runs took (nothing else set them)
+                "recipe": comparison.recipe or None,
                 "variants": [{"name": v.name, "spec": str(v.spec)} for v in variants],
             },
             indent=2,

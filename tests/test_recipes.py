@@ -106,11 +106,18 @@ def test_compare_without_lr_sweeps_around_the_recipe_and_says_so(tmp_path, tiny_
     assert len(list((out / "runs").iterdir())) == 3  # one run per learning rate
     notes = "\n".join(comparison.notes())
     assert "no --lr given: every variant swept lr 0.0067, 0.02, 0.06" in notes
-    assert f"task recipe (where not set): {tiny_recipe.describe()}" in notes
+    used = {"train.batch_size": 3, "train.steps": 2, "optim.schedule": "constant"}
+    used.update({"optim.warmup": 1, "optim.weight_decay": 0.05})
+    assert comparison.recipe == used  # the lr is the sweep's centre, said in its own note
+    assert (
+        "from the task's recipe (not set otherwise): train.batch_size=3, train.steps=2, "
+        "optim.schedule=constant, optim.warmup=1, optim.weight_decay=0.05" in notes
+    )
+    assert "(its default lr 0.02 ÷3, ×1, ×3)" in notes
     assert "no --lr given" in (out / "summary.md").read_text()
     record = json.loads((out / "compare.json").read_text())
     assert record["lr_sweep"] == {"attn": grid} and record["lrs"] is None
-    assert record["recipe"] == tiny_recipe.describe()
+    assert record["recipe"] == used
     for run in (out / "runs").iterdir():  # the recipe's budget and batch, as train uses them
         config = (run / "config.toml").read_text()
         assert f"batch_size = {tiny_recipe.batch_size}" in config and "steps = 2" in config
@@ -123,6 +130,7 @@ def test_compare_with_lr_or_a_users_lr_sweeps_accordingly(tmp_path, tiny_recipe)
     )  # fmt: skip
     assert given.lr_sweep == {} and list(given.results[0].by_lr) == [1e-3]
     assert not any("no --lr" in note for note in given.notes())
+    assert "optim.lr" not in given.recipe  # --lr is the learning rate, not the recipe's
     # a user's [optim] lr is the centre of the sweep in place of the recipe's
     own = compare(
         ["attn=Norm->Attn->+"], data=TASK, out=tmp_path / "own", steps=1, optim={"lr": 1e-3},
