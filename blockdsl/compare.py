@@ -32,6 +32,7 @@ from blockdsl.checkpoint import run_lock
 from blockdsl.config import ModelConfig, list_presets, load_config
 from blockdsl.errors import BudgetError, ConfigError
 from blockdsl.plot import Curve
+from blockdsl.tasks.recipe import unset_entries, with_recipe
 from blockdsl.threads import cpu_threads
 from blockdsl.train.settings import parse_bytes
 from blockdsl.untrusted import read_json_object
@@ -97,6 +98,11 @@ class Comparison:
     higher_is_better: bool
     results: list[Result]
     files: list[str] = field(default_factory=list)
+    #: without ``--lr``: the learning rates each variant was swept over (name -> grid)
+    lr_sweep: dict[str, list[float]] = field(default_factory=dict)
+    #: on a task: the entries of its recipe that the variants' configs left unset and took
+    #: (``"optim.lr": 0.003``, ...)
+    recipe: dict[str, Any] = field(default_factory=dict)
 
     def result(self, name: str) -> Result:
         return next(r for r in self.results if r.name == name)
@@ -108,13 +114,45 @@ class Comparison:
         key = (lambda r: r.metric_mean) if self.higher_is_better else (lambda r: -r.metric_mean)
         return max(ok, key=key)
 
+    def notes(self) -> list[str]:
+        """What the table does not show and a reader must know: the task recipe the runs
+        used where the config left settings unset, the learning rates swept when none were
+        given, and a best learning rate at the edge of its sweep (the sweep may be too
+        narrow for that variant)."""
+        notes = []
+        if self.recipe:
+            entries = ", ".join(f"{key}={_value(value)}" for key, value in self.recipe.items())
+            notes.append(f"from the task's recipe (not set otherwise): {entries}")
+        grids = {tuple(grid) for grid in self.lr_sweep.values()}
+        if len(grids) == 1:
+            (grid,) = grids
+            notes.append(
+                f"no --lr given: every variant swept lr {_lr_list(grid)} (its default lr "
+                f"{grid[1]:g} ÷3, ×1, ×3) and is shown at its best"
+            )
+        elif grids:
+            swept = "; ".join(f"{name} {_lr_list(g)}" for name, g in self.lr_sweep.items())
+            notes.append(f"no --lr given: each variant swept lr around its default ({swept})")
+        for r in self.results:
+            grid = self.lr_sweep.get(r.name)
+            if r.status == "ok" and grid and r.best_lr in (grid[0], grid[-1]):
+                notes.append(
+                    f"{r.name}: the best lr {r.best_lr:g} is the sweep's edge; a wider --lr "
+                    "may find a better one"
+                )
+        return notes
+
     def table(self) -> Any:
-        """A ``rich`` table of the results."""
+        """A ``rich`` table of the results (the notes as its caption)."""
         from rich.table import Table
         from rich.text import Text
 
         arrow = "↑" if self.higher_is_better else "↓"
-        table = Table(title=f"{self.data}: {self.metric} {arrow}")
+        table = Table(
+            title=f"{self.data}: {self.metric} {arrow}",
+            caption="\n".join(self.notes()) or None,
+            caption_justify="left",
+        )
         headers = self._headers()
         headers[4] = f"{self.metric} (mean ± std)"
         for header in headers:
@@ -174,7 +212,18 @@ class Comparison:
             else:
                 cells = self._cells(r)
             lines.append("| " + " | ".join(cells) + " |")
+        notes = self.notes()
+        if notes:  # under the table, as the printed table has them in its caption
+            lines += ["", *(f"- {note}" for note in notes)]
         return "\n".join(lines) + "\n"
+
+
+def _value(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _lr_list(grid: Sequence[float]) -> str:
+    return ", ".join(f"{lr:g}" for lr in grid)
 
 
 def _cells(r: Result) -> list[str]:
@@ -311,32 +360,44 @@ def compare(
     # not train the base preset's 4096-token embedding. A task also fixes the sequence length.
     overrides.setdefault("vocab", task.vocab if task is not None else TokenData(data_text).vocab)
     variants = parse_variants(specs, base, overrides)
+    budget = _check_budget(steps, tokens, time)
+    recipe_used: dict[str, Any] = {}  # the task recipe's entries some variant trains with
     if task is not None:
         for v in variants:
             if "context" not in overrides and v.config.context < task.seq_len:
                 v.config = load_config(v.config, context=task.seq_len)
             if "seq_len" not in v.config.train:
                 v.config = load_config(v.config, train={**v.config.train, "seq_len": task.seq_len})
-    budget = _check_budget(steps, tokens, time)
+            # The budget first, so that the recipe's steps apply only when none is given.
+            given = load_config(v.config, train={**v.config.train, **budget})
+            for table, entries in zip(
+                ("train", "optim"), unset_entries(task.recipe, given.train, given.optim)
+            ):
+                recipe_used.update({f"{table}.{key}": value for key, value in entries.items()})
+            v.config = with_recipe(given, task.recipe)
     if not budget and not any(k in v.config.train for v in variants for k in _BUDGETS):
         raise ConfigError(
             "compare needs a budget: --steps, --tokens or --time",
             hint="every variant gets the same budget, e.g. --steps 200",
         )
     seeds = _check_seeds(seeds)
-    lr_grid: list[float | None] = list(_check_lrs(lrs)) if lrs else [None]
+    grids = _lr_grids(variants, budget, _check_lrs(lrs) if lrs else None)
     if max_memory is not None:
         parse_bytes(max_memory)
-    _check_runs(variants, budget, seeds, lr_grid, data_text, task)
+    _check_runs(variants, budget, seeds, grids, data_text, task)
     metric = "accuracy" if task is not None else "val_loss"
     higher = task is not None
     out.mkdir(parents=True, exist_ok=True)
 
     with run_lock(out), cpu_threads(threads):  # one process owns a comparison's directory
         results = _train_variants(
-            variants, lr_grid, seeds, data_text, out, budget, max_memory, higher, progress
+            variants, grids, seeds, data_text, out, budget, max_memory, higher, progress
         )
         comparison = Comparison(out, data_text, metric, higher, results)
+        if not lrs:
+            comparison.lr_sweep = grids
+        # the learning rates are --lr's or the sweep's (whose note names its centre)
+        comparison.recipe = {k: v for k, v in recipe_used.items() if k != "optim.lr"}
         _write_summaries(comparison, variants, budget, seeds, lrs)
     skipped = comparison.skipped()
     if skipped:
@@ -355,9 +416,33 @@ def compare(
     return comparison
 
 
+#: without ``--lr`` each variant is trained at its default learning rate times these, the
+#: half-decade steps of the papers' sweeps (Zoology's ``np.logspace(-4, -2, 4)``, MAD's 1e-4,
+#: 5e-4, 1e-3): a default that happens to under-train one variant would invert a ranking
+SWEEP_FACTORS = (1 / 3, 1.0, 3.0)
+
+
+def sweep_around(lr: float) -> list[float]:
+    """The learning rates swept around ``lr`` (``lr/3, lr, 3·lr``, to two significant digits):
+    ``sweep_around(3e-3) == [0.001, 0.003, 0.009]``."""
+    return [float(f"{lr * factor:.2g}") for factor in SWEEP_FACTORS]
+
+
+def _lr_grids(
+    variants: list[Variant], budget: dict[str, Any], lrs: list[float] | None
+) -> dict[str, list[float]]:
+    """Each variant's learning rates: the ones given, or the sweep around the variant's own
+    (its ``[optim] lr``: the task recipe's, the config's, or the default)."""
+    from blockdsl.train.settings import resolve
+
+    if lrs:
+        return {v.name: list(lrs) for v in variants}
+    return {v.name: sweep_around(resolve(_run_config(v, budget, 0, None))[1].lr) for v in variants}
+
+
 def _train_variants(
     variants: list[Variant],
-    lr_grid: list[float | None],
+    grids: dict[str, list[float]],
     seeds: list[int],
     data_text: str,
     out: Path,
@@ -368,7 +453,7 @@ def _train_variants(
 ) -> list[Result]:
     """Every variant trained for each learning rate and seed (a variant over the memory budget
     skipped), summarised at its best learning rate."""
-    runs = [(v, lr, seed) for v in variants for lr in lr_grid for seed in seeds]
+    runs = [(v, lr, seed) for v in variants for lr in grids[v.name] for seed in seeds]
     reporter = Progress(progress)
     results: list[Result] = []
     with reporter:
@@ -376,7 +461,8 @@ def _train_variants(
         for variant in variants:
             result = Result(variant.name, str(variant.spec))
             results.append(result)
-            per_lr: dict[float | None, list[dict[str, Any]]] = {}
+            per_lr: dict[float, list[dict[str, Any]]] = {}
+            lr_grid = grids[variant.name]
             over = _over_budget(_run_config(variant, budget, seeds[0], lr_grid[0]), max_memory)
             if over is not None:
                 result.status = f"skipped: {over}"
@@ -385,7 +471,7 @@ def _train_variants(
                 continue
             for lr in lr_grid:
                 for seed in seeds:
-                    reporter.item(f"{variant.name} lr={lr or 'default'} seed={seed}")
+                    reporter.item(f"{variant.name} lr={lr:g} seed={seed}")
                     try:
                         record = _run(variant, data_text, out, budget, seed, lr, max_memory)
                     except BudgetError as exc:  # e.g. a measured limit the estimate missed
@@ -418,6 +504,10 @@ def _write_summaries(
                 "budget": budget,
                 "seeds": seeds,
                 "lrs": lrs and list(lrs),
+                # without --lr: the learning rates each variant was swept over
+                "lr_sweep": comparison.lr_sweep or None,
+                # on a task: the recipe's entries the runs took (nothing else set them)
+                "recipe": comparison.recipe or None,
                 "variants": [{"name": v.name, "spec": str(v.spec)} for v in variants],
             },
             indent=2,
@@ -491,7 +581,7 @@ def _check_runs(
     variants: Sequence[Variant],
     budget: dict[str, Any],
     seeds: Sequence[int],
-    lr_grid: Sequence[float | None],
+    grids: dict[str, list[float]],
     data: str,
     task: Any,
 ) -> None:
@@ -503,7 +593,7 @@ def _check_runs(
 
     vocab = task.vocab if task is not None else TokenData(data).vocab
     for variant in variants:
-        config = _run_config(variant, budget, seeds[0], lr_grid[0])
+        config = _run_config(variant, budget, seeds[0], grids[variant.name][0])
         resolve(config)
         if vocab > config.vocab:
             raise ConfigError(

@@ -458,7 +458,7 @@ def test_a_corrupt_compare_summary_is_a_blockdsl_error(tmp_path: Path) -> None:
     """compare reuses finished runs by reading their summary.json."""
     from blockdsl.compare import compare
 
-    options = dict(data=TASK, steps=2, plot=False, progress=False, d_model=16)
+    options = dict(data=TASK, steps=2, lrs=[1e-3], plot=False, progress=False, d_model=16)
     options["layers"] = "block*1"
     options["train"] = {"batch_size": 4, "eval_every": 0}
     compare(["Norm->MLP->+"], out=tmp_path, **options)

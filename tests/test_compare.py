@@ -42,6 +42,7 @@ def test_compare_trains_reuses_and_skips_with_reason(tmp_path):
         out=out,
         steps=2,
         seeds=[0, 1],
+        lrs=[1e-3],
         max_memory="6MB",
         plot=False,
         progress=False,
@@ -76,6 +77,7 @@ def test_compare_trains_reuses_and_skips_with_reason(tmp_path):
         out=out,
         steps=2,
         seeds=[0, 1],
+        lrs=[1e-3],
         max_memory="6MB",
         plot=False,
         progress=False,
@@ -89,14 +91,13 @@ def test_compare_trains_reuses_and_skips_with_reason(tmp_path):
 @pytest.mark.slow
 def test_interrupted_run_is_resumed_not_restarted(tmp_path):
     out = tmp_path / "cmp"
-    compare(["Norm->Attn->+"], data=TASK, out=out, steps=2, plot=False, progress=False, **SMALL)
+    options = dict(steps=2, lrs=[1e-3], plot=False, progress=False, **SMALL)
+    compare(["Norm->Attn->+"], data=TASK, out=out, **options)
     (run,) = (out / "runs").iterdir()
     summary = json.loads((run / "summary.json").read_text())
     summary["interrupted"] = "SIGTERM"  # as a stopped run leaves it
     (run / "summary.json").write_text(json.dumps(summary))
-    result = compare(
-        ["Norm->Attn->+"], data=TASK, out=out, steps=2, plot=False, progress=False, **SMALL
-    )
+    result = compare(["Norm->Attn->+"], data=TASK, out=out, **options)
     assert result.results[0].status == "ok"
     assert json.loads((run / "summary.json").read_text())["interrupted"] is None
 
@@ -118,7 +119,7 @@ def test_learning_rate_grid_reports_the_best(tmp_path):
     assert result.best_lr == best and result.metric_mean == result.by_lr[best][0]
 
 
-def test_variants_are_named_and_put_in_the_base():
+def test_variants_are_named_and_put_in_the_base(byte_data):
     variants = parse_variants(["a=Norm->Attn->+", "Norm->MLP->+", "tiny"], overrides={})
     assert [v.name for v in variants] == ["a", "Norm->MLP->+", "tiny"]
     assert variants[0].config.blocks["block"] == "Norm->Attn->+"
@@ -126,7 +127,7 @@ def test_variants_are_named_and_put_in_the_base():
     with pytest.raises(ConfigError, match="two variants are named 'a'"):
         parse_variants(["a=tiny", "a=llama"])
     with pytest.raises(ConfigError, match="needs a budget"):
-        compare(["tiny"], data=TASK, out="unused")
+        compare(["tiny"], data=byte_data, out="unused")
 
 
 def test_blockdsl_compare_is_callable_and_the_cli_prints_the_table(tmp_path, capsys):

@@ -15,14 +15,20 @@ DESCRIPTION = (
     "Train every SPEC (anything compile takes, or NAME=SPEC; a block string goes into the "
     "--base model) on the same batches under one budget, for each seed and learning rate, and "
     "report each variant at its best learning rate: a table, summary.csv, summary.md and "
-    "curves.png in --out. Finished runs in --out are reused. See docs/compare.md."
+    "curves.png in --out. Without --lr each variant is trained at its default learning rate "
+    "÷3, ×1 and ×3 (three runs per seed). On a task the task's recipe (batch, learning rate, "
+    "schedule, steps; docs/tasks.md) fills in what --set leaves unset, its steps the budget "
+    "when none is given. Finished runs in --out are reused. See docs/compare.md."
 )
 EXAMPLES = """\
 blockdsl compare attn="Norm->Attn->+->Norm->MLP->+" conv="Norm->BaseConv->+->Norm->MLP->+" \\
     --data task:mqar,vocab=256,seq=64,pairs=4,train=20000 --steps 400 --lr 1e-3,3e-3 \\
     --set d_model=64 --set layers='block*2' --out runs/mqar
 blockdsl compare tiny "Norm->Conv->+->Norm->MLP->+" --data task:mqar,vocab=64,seq=32,pairs=4 \\
-    --tokens 2e5 --seeds 0,1,2 --set d_model=64 --out runs/tiny-vs-conv
+    --tokens 2e5 --seeds 0,1,2 --lr 3e-3 --set d_model=64 --out runs/tiny-vs-conv
+blockdsl compare attn="Norm->Attn->+->Norm->MLP->+" \\
+    conv="Norm->BaseConv(kernel=4)->+->Norm->MLP->+" --data task:mqar,vocab=128,seq=64,pairs=4 \\
+    --set d_model=64 --set layers='block*2' --out runs/mqar-recipe
 """
 
 COMPARE = "blockdsl.compare:compare"
@@ -46,7 +52,7 @@ OPTIONS = (
     ),
     Option(
         "--lr",
-        "learning rates; each variant's best wins",
+        "learning rates; each variant's best wins (default: its lr ÷3, ×1, ×3)",
         COMPARE,
         param="lrs",
         metavar="3e-4,1e-3",

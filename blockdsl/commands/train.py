@@ -15,10 +15,12 @@ HELP = "train a model on prepared data (metrics, checkpoints, exact resume)"
 DESCRIPTION = (
     "Train SPEC on a prepared data directory, writing the run to --out: config.toml, "
     "metrics.jsonl, curves.png (with matplotlib), checkpoints, summary.json. Settings come "
-    "from the [train] and [optim] tables (--set train.steps=200 --set optim.lr=1e-3). SIGINT "
-    "or SIGTERM saves a checkpoint and stops (exit 128+signal); --resume continues exactly. "
-    "Under torchrun (torchrun --nproc_per_node=N -m blockdsl train ...) it trains with DDP or "
-    "FSDP2 ([train] strategy). See docs/training.md and docs/distributed.md."
+    "from the [train] and [optim] tables (--set train.steps=200 --set optim.lr=1e-3); on --data "
+    "task:NAME the task's recipe (batch, learning rate, schedule, steps; docs/tasks.md) fills "
+    "in the keys they leave unset. SIGINT or SIGTERM saves a checkpoint and stops (exit "
+    "128+signal); --resume continues exactly. Under torchrun (torchrun --nproc_per_node=N -m "
+    "blockdsl train ...) it trains with DDP or FSDP2 ([train] strategy). See docs/training.md "
+    "and docs/distributed.md."
 )
 EXAMPLES = """\
 blockdsl data prepare stdlib --out data/stdlib

@@ -13,6 +13,7 @@ from torch import nn
 
 from blockdsl.errors import ConfigError
 from blockdsl.tasks.metrics import IGNORE_INDEX
+from blockdsl.tasks.recipe import Recipe
 from blockdsl.tasks.spec import TaskSpec, parse_task
 from blockdsl.tasks.task import Task
 
@@ -39,6 +40,11 @@ class TaskData:
     @property
     def seq_len(self) -> int:
         return self.task.seq_len
+
+    @property
+    def recipe(self) -> Recipe:
+        """How this task trains when the run's config does not say (``tasks.recipe``)."""
+        return self.spec.definition.recipe
 
     @property
     def meta(self) -> dict[str, Any]:
@@ -112,6 +118,16 @@ class TaskData:
 
     def wrap_model(self, model: nn.Module) -> nn.Module:
         return self.task.wrap_model(model)
+
+
+def task_recipe(data: Any) -> Recipe | None:
+    """The default recipe of the task ``data`` names (None: ``data`` is a data directory)."""
+    from blockdsl.tasks.spec import is_task
+
+    if not is_task(data):
+        return None
+    spec = data if isinstance(data, TaskSpec) else parse_task(data)
+    return spec.definition.recipe
 
 
 def open_task(data: Any, seed: int) -> TaskData | None:

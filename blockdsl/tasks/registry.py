@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from blockdsl.tasks import mad, mqar
+from blockdsl.tasks.recipe import Recipe
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,8 @@ class TaskDef:
     metric: str
     generate: Callable[[dict[str, Any], int], tuple[torch.Tensor, ...]]
     check: Callable[[dict[str, Any]], str | None]
+    #: how the task trains when the run's config does not say (docs/tasks.md, "Recipes")
+    recipe: Recipe
     #: MAD's difficulty settings: one parameter changed at a time from the defaults.
     difficulties: dict[str, tuple[Any, ...]] = field(default_factory=dict)
     #: The model is an encoder with a decoder from its last position (MAD's AutoEncoder).
@@ -133,6 +136,18 @@ _RECALL_CHANGES = {
 }
 _MAD = "MAD (Poli et al. 2024, athms/mad-lab mad/data/instances.py)"
 
+
+def _mad_recipe(train_examples: int) -> Recipe:
+    """MAD's own training settings (``mad/configs.py``, ``MADConfig``): batch 128, AdamW at lr
+    5e-4 (the middle of its 1e-4, 5e-4, 1e-3 sweep), no weight decay, cosine decay over 200
+    epochs of the task's default training examples."""
+    return Recipe(batch_size=128, lr=5e-4, steps=200 * train_examples // 128, weight_decay=0.0)
+
+
+#: MQAR's recipe, measured (docs/tasks.md, "Recipes"): attention solves the issue-28 setting
+#: (two layers of width 64, vocab 128, seq 64, 4 pairs) and the short convolution does not
+MQAR_RECIPE = Recipe(batch_size=64, lr=3e-3, steps=4_000, schedule="wsd")
+
 TASKS: dict[str, TaskDef] = {
     "mqar": TaskDef(
         name="mqar",
@@ -156,6 +171,7 @@ TASKS: dict[str, TaskDef] = {
         metric="per_example_accuracy",
         generate=_mqar_generate,
         check=_mqar_check,
+        recipe=MQAR_RECIPE,
     ),
     "in_context_recall": TaskDef(
         name="in_context_recall",
@@ -165,6 +181,7 @@ TASKS: dict[str, TaskDef] = {
         metric="macro_accuracy",
         generate=_mad_generate("in_context_recall"),
         check=_mad_check("in_context_recall"),
+        recipe=_mad_recipe(12_800),
         difficulties=dict(_RECALL_CHANGES),
     ),
     "fuzzy_recall": TaskDef(
@@ -181,6 +198,7 @@ TASKS: dict[str, TaskDef] = {
         metric="macro_accuracy",
         generate=_mad_generate("fuzzy_recall"),
         check=_mad_check("fuzzy_recall"),
+        recipe=_mad_recipe(12_800),
         difficulties=dict(_RECALL_CHANGES),
     ),
     "noisy_recall": TaskDef(
@@ -191,6 +209,7 @@ TASKS: dict[str, TaskDef] = {
         metric="macro_accuracy",
         generate=_mad_generate("noisy_recall"),
         check=_mad_check("noisy_recall"),
+        recipe=_mad_recipe(12_800),
         difficulties={
             "vocab": (48, 80, 144),
             "seq": (256, 512, 1024),
@@ -209,6 +228,7 @@ TASKS: dict[str, TaskDef] = {
         metric="macro_accuracy",
         generate=_mad_generate("selective_copying"),
         check=_mad_check("selective_copying"),
+        recipe=_mad_recipe(12_800),
         difficulties={
             "vocab": (32, 64, 128),
             "seq": (512, 1024),
@@ -224,6 +244,7 @@ TASKS: dict[str, TaskDef] = {
         metric="macro_accuracy",
         generate=_mad_generate("compression"),
         check=_mad_check("compression"),
+        recipe=_mad_recipe(12_800),
         difficulties={
             "vocab": (32, 64, 128),
             "seq": (64, 128, 256),
@@ -239,6 +260,7 @@ TASKS: dict[str, TaskDef] = {
         metric="macro_accuracy",
         generate=_mad_generate("memorization"),
         check=_mad_check("memorization"),
+        recipe=_mad_recipe(256),
         difficulties={"vocab": (512, 1024, 2048, 4096, 8192)},
     ),
 }

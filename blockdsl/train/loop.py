@@ -19,6 +19,8 @@ from torch import nn
 import blockdsl.checkpoint as runs
 from blockdsl.config import ModelConfig, load_config
 from blockdsl.errors import ConfigError
+from blockdsl.tasks.data import task_recipe
+from blockdsl.tasks.recipe import with_recipe
 from blockdsl.threads import cpu_threads
 from blockdsl.train import distributed
 from blockdsl.train.distill import resolve_distill
@@ -125,7 +127,9 @@ def train(
     }
     if starting:
         overrides["train"] = {**overrides.get("train", {}), **starting}
-    config = load_config(spec, **overrides)
+    # A task's recipe fills in what the config leaves unset (blockdsl.tasks.recipe): the
+    # generic defaults suit language modelling and under-train the tasks.
+    config = with_recipe(load_config(spec, **overrides), task_recipe(data))
     settings, optim = resolve(config)
     resolve_distill(config)  # [distill]'s keys checked before anything starts
     check_available(settings.log)
