@@ -7,14 +7,18 @@ import re
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, note, settings
+from hypothesis import strategies as st
 from torch import nn
 
 import blockdsl
+from blockdsl import ast
 from blockdsl.errors import BlockDSLError, RegistryError
 from blockdsl.graph import build_graph
 from blockdsl.lower import compile_block
 from blockdsl.parser import parse
 from blockdsl.printer import unparse
+from blockdsl.testing import DEFAULT_GLOBALS, block_asts, check_architecture
 
 D = 16
 
@@ -162,3 +166,58 @@ def test_residual_between_layers_is_refused() -> None:
                 "blocks": {"b": "Norm->MLP->+"},
             }
         )
+
+
+# ---------------------------------------------------------------- property
+def _parameterise(node, draw):
+    """``node`` with every '+' replaced by a drawn ``+(args)`` (or kept plain)."""
+    if isinstance(node, ast.Residual):
+        return draw(_RESIDUALS)
+    if isinstance(node, ast.Block):
+        return ast.Block(tuple(_parameterise(c, draw) for c in node.chains))
+    if isinstance(node, ast.Chain):
+        return ast.Chain(tuple(_parameterise(s, draw) for s in node.steps))
+    if isinstance(node, ast.Group):
+        return ast.Group(_parameterise(node.block, draw))
+    if isinstance(node, ast.Repeat):
+        return ast.Repeat(_parameterise(node.body, draw), node.count)
+    return node  # calls: their children and slots keep plain '+'
+
+
+def _arg(name: str, kind: str, value: object) -> ast.Arg:
+    return ast.Arg(name, ast.Value(kind, value))
+
+
+_RESIDUALS = st.one_of(
+    st.just(ast.Residual()),
+    st.builds(
+        lambda mix, init, per_channel: ast.Residual(
+            (
+                _arg(None, "name", mix),
+                _arg("init", "float", init),
+                _arg("per_channel", "bool", per_channel),
+            )
+        ),
+        st.sampled_from(["lerp", "scale"]),
+        st.sampled_from([0.0, 0.25, 1.0]),
+        st.booleans(),
+    ),
+)
+
+
+# Mixers, position-wise steps and a stateful step (the residuals are what is drawn here)
+_COMPONENTS = ["Attn", "MLP", "Norm", "Linear", "Gate", "Scale", "RWKV7ChannelMix"]
+
+
+@pytest.mark.slow
+@settings(max_examples=8, deadline=None, suppress_health_check=list(HealthCheck))
+@given(block_asts(_COMPONENTS, d_model=D, max_depth=1, max_length=2), st.data())
+def test_random_blocks_with_parameterised_residuals_pass_every_invariant(block, data) -> None:
+    """Random blocks with their '+' steps drawn as '+(args)': they print and parse back, build,
+    and pass every invariant (shape, causality, gradients, ...)."""
+    mixed = _parameterise(block, data.draw)
+    text = unparse(mixed)
+    note(text)
+    assert parse(text) == mixed
+    module = compile_block(text, d_model=D, model_globals=DEFAULT_GLOBALS)
+    check_architecture(module, d_model=D, architecture=text)
