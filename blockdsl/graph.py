@@ -4,7 +4,8 @@
 kind       meaning
 =========  ==================================================================================
 input      the block's input (the residual stream ``x``, or token ids for an embed chain)
-call       one application of a module: ``h = module(h)``
+call       one application of a module: ``h = module(h)``; a parameterised residual
+           ``+(args)`` is a call with two inputs, ``u = Residual(tap, h)``
 add        ``a + b`` (a residual ``+``, or one term of a parallel block's exact sum)
 output     the block's result
 =========  ==================================================================================
@@ -43,9 +44,12 @@ from blockdsl.errors import (
     did_you_mean,
 )
 from blockdsl.printer import format_value
+from blockdsl.printer import unparse as printer_unparse
 from blockdsl.registry import CONTEXT_ARGS, REGISTRY, Component, Registry
 
 Role = Literal["block", "embed", "head", "slot"]
+#: The component a parameterised residual ``+(args)`` calls (registered with residual=True).
+RESIDUAL = "Residual"
 NodeKind = Literal["input", "call", "add", "output"]
 
 
@@ -194,7 +198,8 @@ class BlockGraph:
             elif kind == "call":
                 spec = self.modules[data["module"]]
                 label = spec.label_text
-                memo[node] = f"{spec.written}{label}({memo[data['inputs'][0]]})"
+                operands = ", ".join(memo[source] for source in data["inputs"])
+                memo[node] = f"{spec.written}{label}({operands})"
             elif kind == "add":
                 left, right = data["inputs"]
                 rhs = memo[right]
@@ -417,8 +422,9 @@ class _Builder:
                         "(or the start of the chain)",
                     )
                     continue
-                updates.append(h)
-                h = tap = self.add(tap, h, step.span)
+                update = self.residual(step, tap, h) if step.args else h
+                updates.append(update)
+                h = tap = self.add(tap, update, step.span)
             elif isinstance(step, ast.Repeat):
                 if step.count < 1:
                     self.problem(
@@ -450,6 +456,47 @@ class _Builder:
             )
         return self.node("add", "add", (a, b), size_a, span)
 
+    def residual(self, step: ast.Residual, tap: int, h: int) -> int:
+        """``+(args)``: a call of the registry's ``Residual`` on ``(tap, h)``, whose output is
+        the update the chain adds to ``tap`` (docs/language.md, "Parameterised residuals")."""
+        call = ast.Call(RESIDUAL, args=step.args, span=step.span, name_span=step.span)
+        try:
+            component, alias_args = self.registry.resolve(RESIDUAL)
+        except KeyError:
+            self.problem(
+                UnknownComponentError,
+                f"'+(...)' needs a registered '{RESIDUAL}' component, and there is none",
+                step.span,
+                "write a plain '+', or register a Residual component (residual=True)",
+            )
+            return self.failed(step.span, h)
+        if not component.residual:
+            self.problem(
+                BlockValidationError,
+                f"the registered '{RESIDUAL}' is not a residual (declared residual=True)",
+                step.span,
+            )
+            return self.failed(step.span, h)
+        size = self.size(tap)
+        if size != self.size(h):  # reported once, by the '+' that follows
+            return self.failed(step.span, h)
+        args = self.bind(call, component, alias_args, size)
+        if args is None:
+            return self.failed(step.span, h)
+        spec = self.new_spec(call, component, args, size, key=None)
+        if spec is None:
+            return self.failed(step.span, h)
+        node = self.node("call", spec.name, (tap, h), spec.d_out, step.span)
+        self.g.nodes[node].update(
+            module=spec.key,
+            component=spec.component.name,
+            args=spec.args,
+            label=None,
+            d_in=spec.d_in,
+            d_out=spec.d_out,
+        )
+        return node
+
     # ---------------------------------------------------------------- calls
     def call(self, call: ast.Call, h: int) -> int:
         try:
@@ -460,6 +507,15 @@ class _Builder:
                 f"unknown component '{call.name}'",
                 call.name_span,
                 did_you_mean(call.name, self.registry.names()),
+            )
+            return self.failed(call.span, h)
+        if component.residual:
+            written = ", ".join(printer_unparse(arg) for arg in call.args) or "lerp"
+            self.problem(
+                BlockValidationError,
+                f"{call.name} is a residual step, not a sublayer",
+                call.name_span,
+                f"write it as +(...) where the residual goes, e.g. 'Norm->Attn->+({written})'",
             )
             return self.failed(call.span, h)
         d_in = self.size(h)

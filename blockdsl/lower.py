@@ -298,17 +298,15 @@ def _build_fx_graph(graph: BlockGraph, attributes: Mapping[str, str]) -> _Shared
                     name=f"{attr.rstrip('_') or attr}_state",
                 )
                 n_states += 1
-            (source,) = data["inputs"]
+            operands = tuple(env[source] for source in data["inputs"])  # (tap, h): a residual
             if spec.component.aux_loss:
-                pair = g.create_node(
-                    "call_module", attr, (env[source],), kwargs, name=f"{attr}_out"
-                )
+                pair = g.create_node("call_module", attr, operands, kwargs, name=f"{attr}_out")
                 env[node] = g.create_node("call_function", operator.getitem, (pair, 0), name=attr)
                 auxes.append(
                     g.create_node("call_function", operator.getitem, (pair, 1), name=f"{attr}_aux")
                 )
             else:
-                env[node] = g.create_node("call_module", attr, (env[source],), kwargs, name=attr)
+                env[node] = g.create_node("call_module", attr, operands, kwargs, name=attr)
         elif kind == "add":
             left, right = data["inputs"]
             env[node] = g.create_node(

@@ -41,6 +41,9 @@ default:
                     ``slots={name: module}``
 ``per_head``        a component that mixes positions also accepts per-head inputs
                     ``(B, T, H, F)`` (mixing along dim 1), so it fits an attention's q/k/v/o slot
+``residual``        the component is a parameterised residual, written ``+(args)``:
+                    ``forward(tap, h)`` returns the update that the chain adds to ``tap``
+                    (docs/language.md, "Parameterised residuals"); never an ordinary step
 ``tie``             ``f(module, embedding)``: tie this module to the model's token embedding
                     (``embedding`` is None when the model has none); called once per built
                     module, after the whole model is built (heads)
@@ -421,6 +424,7 @@ class Declarations:
     state_size: StateSizeHook | None = None
     slots: Mapping[str, Slot] = field(default_factory=dict)
     per_head: bool = False
+    residual: bool = False
 
     def validate(
         self, key: str, cls: type, schema: Mapping[str, Param], takes_children: bool
@@ -460,6 +464,12 @@ class Declarations:
             )
         if self.state_size is not None and not self.decodes:
             raise RegistryError(f"{key}: state_size is declared but decodes=True is not")
+        if self.residual and (self.mixes_positions or self.decodes or self.slots or takes_children):
+            raise RegistryError(
+                f"{key}: a residual (residual=True) is position-wise and has no state, slots or "
+                "children",
+                hint="forward(self, tap, h) returns the update the chain adds to tap",
+            )
         takes_slots = "slots" in _constructor_parameters(cls)
         if bool(self.slots) != takes_slots:
             raise RegistryError(
@@ -501,6 +511,11 @@ class Component:
     @property
     def tokens_in(self) -> bool:
         return self.declarations.tokens_in
+
+    @property
+    def residual(self) -> bool:
+        """Declared ``residual=True``: written ``+(args)``, called as ``forward(tap, h)``."""
+        return self.declarations.residual
 
     @property
     def stateful(self) -> bool:
@@ -853,6 +868,7 @@ class Registry:
         state_size: StateSizeHook | None = None,
         slots: Mapping[str, Slot] | None = None,
         per_head: bool = False,
+        residual: bool = False,
     ) -> Callable[[type[nn.Module]], type[nn.Module]]:
         """Class decorator: ``@register("Attn", mixes_positions=True, decodes=True, ...)``.
         The keywords are the component's ``Declarations`` (the module docstring's table):
@@ -876,6 +892,7 @@ class Registry:
             state_size=state_size,
             slots=dict(slots or {}),
             per_head=per_head,
+            residual=residual,
         )
 
         def decorate(cls: type[nn.Module]) -> type[nn.Module]:

@@ -36,6 +36,75 @@ FLOPs conventions, parameter names and the meta-device protocol are described in
 """
 
 
+#: Published attention variants as strings: ``(variant, slot form, shorthand or "")``. The
+#: slot form comes first: where a slot replaces a family of flags, the flags are shorthand for
+#: it (compiled into the same blocks). tests/test_components_docs.py builds every string.
+ATTENTION_VARIANTS: tuple[tuple[str, str, str], ...] = (
+    (
+        "QK-norm over each head (Qwen3)",
+        "Attn[q=Norm, k=Norm]",
+        "Attn(qk_norm=true, qk_norm_eps=1e-5)",
+    ),
+    (
+        "QK-norm over the whole projection (OLMo 2)",
+        "Attn[q=Norm(whole=true), k=Norm(whole=true)]",
+        "Attn(qk_norm=true, qk_norm_over=all, qk_norm_eps=1e-5)",
+    ),
+    (
+        "QK-norm with a weight row per head (Cohere, StableLM)",
+        "Attn[q=Norm(kind=layer, per_head=true), k=Norm(kind=layer, per_head=true)]",
+        "Attn(qk_norm=true, qk_norm_kind=layer, qk_norm_per_head=true, qk_norm_eps=1e-5)",
+    ),
+    ("QK-norm after rotary positions", "Attn[q=Rope->Norm, k=Rope->Norm]", ""),
+    (
+        "Primer-EZ: depthwise convolutions on q, k, v",
+        "Attn[q=Conv(kernel=3), k=Conv(kernel=3), v=Conv(kernel=3)]",
+        "",
+    ),
+    (
+        "Qwen3-Next: sigmoid output gate per head feature, QK-norm",
+        "Attn[q=Norm, k=Norm, gate=Linear->Act(sigmoid)]",
+        "Attn(qk_norm=true, qk_norm_eps=1e-5, gate=true)",
+    ),
+    (
+        "GPT Alpha: q/k/v norms, wide values, a norm per head, SiLU gate (preset `gptalpha`)",
+        "Attn(v_head_dim=128)[q=Norm(affine=false), k=Norm(affine=false), "
+        "v=Norm(affine=false), o=Norm(kind=layer, bias=true, per_head=true), "
+        "gate=Linear->Act(silu)]",
+        "",
+    ),
+    ("Logit soft-capping (Gemma 2)", "Attn[scores=Softcap(cap=50.0)]", "Attn(softcap=50.0)"),
+    ("A learned sink logit per head (gpt-oss)", "Attn[scores=Sink]", ""),
+    (
+        "QKV clipping (OLMo, DBRX)",
+        "Attn[q=Clip(limit=8.0), k=Clip(limit=8.0), v=Clip(limit=8.0)]",
+        "Attn(clip_qkv=8.0)",
+    ),
+    (
+        "A temperature: a learned scale on the logits",
+        "Attn[scores=Scale(init=1.0, per_channel=false)]",
+        "",
+    ),
+    ("A fixed temperature", "Attn[scores=Scale(by=0.5)]", ""),
+)
+
+VARIANTS_INTRO = """## Attention variants
+
+Published attention variants as block strings (language v3, "Slots" in docs/language.md).
+Where a slot replaces a family of flags, the slot form is the model and the flags are shorthand
+for it, compiled into the same blocks; the performance of a `scores` slot (off the fused
+kernel) is in docs/performance.md.
+"""
+
+
+def _variants() -> list[str]:
+    out = [VARIANTS_INTRO, "| variant | slot form | shorthand |", "|---|---|---|"]
+    for variant, slots, flags in ATTENTION_VARIANTS:
+        shorthand = f"`{_cell(flags)}`" if flags else ""
+        out.append(f"| {_cell(variant)} | `{_cell(slots)}` | {shorthand} |")
+    return out
+
+
 def _cell(text: str) -> str:
     return text.replace("|", "\\|")
 
@@ -46,6 +115,7 @@ def render(registry: Registry = REGISTRY) -> str:
     aliases = registry.aliases()
     out = [HEADER, "| component | description |", "|---|---|"]
     out += [f"| [{c.name}](#{c.name.lower()}) | {_cell(c.description)} |" for c in builtins]
+    out += ["", *_variants()]
     for c in builtins:
         out += ["", f"## {c.name}", "", c.description, ""]
         traits = []
@@ -59,6 +129,10 @@ def render(registry: Registry = REGISTRY) -> str:
             traits.append("returns `(y, aux)`")
         if c.takes_children:
             traits.append("combinator: `" + c.name + "[child, ...]`")
+        if c.slots:
+            traits.append("slots: " + ", ".join(f"`{n}`" for n in c.slots))
+        if c.residual:
+            traits.append("a residual: written `+(args)`, not as a step")
         if traits:
             out += ["; ".join(traits), ""]
         help_ = c.arg_help

@@ -48,7 +48,10 @@ class Built:
 
     def run(self, x: torch.Tensor, **ctx: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Forward; returns ``(y, aux)`` with ``aux`` None unless the component declares it."""
-        out = self.module(x, **ctx)
+        if self.component.residual:  # forward(tap, h): the sublayer's output is another value
+            out = self.module(x, torch.tanh(x), **ctx)
+        else:
+            out = self.module(x, **ctx)
         return out if self.component.aux_loss else (out, None)
 
     def aux_scalar(self, aux: torch.Tensor) -> torch.Tensor:

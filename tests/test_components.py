@@ -87,6 +87,7 @@ EXTRA = [
     ("Gate", {"bias": False, "init": 1.0}),
     ("Conv", {"kernel": 1, "bias": False}),
     ("Shift", {"init": 0.0}),
+    ("Residual", {"mix": "scale", "per_channel": False, "init": 1.0}),
     ("GatedDeltaNet", {"heads": 2, "v_heads": 4, "head_dim": 8, "v_head_dim": 4, "chunk": 5}),
     ("GatedDeltaNet", {"kernel": 1, "eps": 1e-5}),
     ("RWKV7", {"head_dim": 8, "chunk": 3, "decay_rank": 4, "a_rank": 4, "gate_rank": 8}),

@@ -5,6 +5,10 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+import pytest
+import torch
+
+from blockdsl.lower import compile_block
 from blockdsl.registry import REGISTRY
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,3 +36,20 @@ def test_every_builtin_argument_is_documented():
         missing = set(component.user_params) - set(help_)
         assert not missing, f"{component.name}: no arg_help for {sorted(missing)}"
         assert not set(help_) - set(component.user_params), f"{component.name}: stale arg_help"
+
+
+VARIANTS = _generator().ATTENTION_VARIANTS
+
+
+@pytest.mark.parametrize(("variant", "slots", "flags"), VARIANTS, ids=[v[0] for v in VARIANTS])
+def test_attention_variants_build_and_their_shorthand_is_the_slot_form(
+    variant: str, slots: str, flags: str
+) -> None:
+    torch.manual_seed(0)
+    slotted = compile_block(slots, d_model=32).eval()
+    x = torch.randn(2, 5, 32)
+    assert slotted(x).shape == x.shape
+    if flags:
+        shorthand = compile_block(flags, d_model=32).eval()
+        shorthand.load_state_dict(slotted.state_dict())
+        torch.testing.assert_close(shorthand(x), slotted(x), rtol=0, atol=0)

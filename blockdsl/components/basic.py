@@ -147,6 +147,62 @@ class Scale(nn.Module):
         return f"by={self.by}" if self.by is not None else f"init={self.init}"
 
 
+# --------------------------------------------------------------------------- Residual
+
+
+def _residual_params(d_in: int, per_channel: bool, **_) -> int:
+    return d_in if per_channel else 1
+
+
+_RESIDUAL_HELP: dict[str, str] = {
+    "mix": "lerp: the stream moves a learned fraction of the way to the sublayer's output "
+    "(x + alpha * (h - x)); scale: the sublayer's output is added scaled (x + alpha * h)",
+    "init": "initial alpha (lerp 1: the stream becomes h; scale 1: a plain '+')",
+    "per_channel": "one alpha per feature, else one scalar",
+}
+
+
+@register(
+    "Residual",
+    out_features=same_size,
+    params=_residual_params,
+    flops=lambda d_in, seq, mix, **_: (2 if mix == "lerp" else 1) * d_in * seq,
+    check=accepts_any,
+    arg_help=_RESIDUAL_HELP,
+    residual=True,
+)
+class Residual(nn.Module):
+    """A residual step with a learned ratio, written ``+(args)``: ``Norm->Attn->+(lerp)``.
+
+    ``forward(tap, h)`` gets the stream at the last ``+`` (``tap``) and the sublayer's output
+    ``h`` and returns the *update* the chain adds to ``tap``: ``alpha * (h - tap)`` (``lerp``,
+    GPT Alpha's residual mixing) or ``alpha * h`` (``scale``). Returning the update, not the new
+    stream, keeps parallel branches exact: their updates are summed into the input. Parameter:
+    ``alpha`` of shape ``[D]`` (``per_channel``) or ``[1]``, filled with ``init``.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        mix: Literal["lerp", "scale"] = "lerp",
+        init: float = 0.5,
+        per_channel: bool = True,
+    ) -> None:
+        super().__init__()
+        self.mix, self.init = mix, init
+        self.alpha = nn.Parameter(torch.empty(d_model if per_channel else 1))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.constant_(self.alpha, self.init)
+
+    def forward(self, tap: torch.Tensor, h: torch.Tensor) -> torch.Tensor:  # (B, T, D) x2
+        return self.alpha * (h - tap) if self.mix == "lerp" else self.alpha * h
+
+    def extra_repr(self) -> str:
+        return f"mix={self.mix}, init={self.init}"
+
+
 # --------------------------------------------------------------------------- Gate
 
 

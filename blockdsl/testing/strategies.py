@@ -492,7 +492,7 @@ def usable_components(
     names = []
     for name in registry.names():
         component, alias_args = registry.resolve(name)
-        if component.tokens_in:
+        if component.tokens_in or component.residual:  # a residual is written '+(...)'
             continue
         required = [
             p for p in component.user_params.values() if p.required and p.name not in alias_args
