@@ -558,6 +558,19 @@ class _Builder:
         args = self.bind(call, component, alias_args, size)
         if args is None:
             return self.failed(call.span, h)
+        if (
+            component.declarations.per_head
+            and args.get("heads") is not None
+            and "heads" not in self.model_globals
+        ):
+            self.problem(
+                ArgumentError,
+                f"{call.name}(heads=...) is for a per-head slot, which sets it",
+                call.span,
+                f"outside an attention's q, k, v or o slot leave heads unset; inside one, "
+                f"e.g. 'Attn[v={call.name}]', each head gets its own weights",
+            )
+            return self.failed(call.span, h)
         if call.children and not component.takes_children:
             self.problem(
                 BlockValidationError,

@@ -1145,7 +1145,7 @@ def weights_exaone4(cfg: Any, m: WeightMapper) -> None:
         p, q = f"model.layers.{i}", f"layers.{i}"
         _attn_weights(m, p, q, False, False)
         for n in "qk":
-            m.norm(f"{q}.attn.{n}_norm", f"{p}.self_attn.{n}_norm", bias=False)
+            m.norm(f"{q}.attn.slots.{n}.norm", f"{p}.self_attn.{n}_norm", bias=False)
         m.norm(f"{q}.norm", f"{p}.post_attention_layernorm", bias=False)
         _mlp_weights(m, p, q)
         m.norm(f"{q}.norm_1", f"{p}.post_feedforward_layernorm", bias=False)
@@ -1240,7 +1240,7 @@ def weights_apertus(cfg: Any, m: WeightMapper) -> None:
         m.norm(f"{q}.norm", f"{p}.attention_layernorm", bias=False)
         _attn_weights(m, p, q, bias, bias)
         for n in "qk":
-            m.norm(f"{q}.attn.{n}_norm", f"{p}.self_attn.{n}_norm", bias=False)
+            m.norm(f"{q}.attn.slots.{n}.norm", f"{p}.self_attn.{n}_norm", bias=False)
         m.norm(f"{q}.norm_1", f"{p}.feedforward_layernorm", bias=False)
         _mlp_weights(m, p, q, names={"up": "up_proj", "down": "down_proj"})
         if cfg.hidden_act == "xielu":  # its scalars (parameters) and constants (buffers)

@@ -123,7 +123,7 @@ def _config_minimax_m2(cfg: Any) -> dict:
 def _weights_minimax_m2(cfg: Any, m: WeightMapper) -> None:
     def attention_and_moe(cfg: Any, m: WeightMapper, p: str, q: str) -> None:
         for n in "qk":  # llama_weights maps q/k/v/o; the whole-projection norms are extra
-            m.norm(f"{q}.attn.{n}_norm", f"{p}.self_attn.{n}_norm", bias=False)
+            m.norm(f"{q}.attn.slots.{n}.norm", f"{p}.self_attn.{n}_norm", bias=False)
         _moe_mixtral(cfg, m, p, q)
 
     llama_weights(cfg, m, feed_forward=attention_and_moe)
@@ -276,7 +276,7 @@ def _qwen_moe_weights(
         m.linear(f"{q}.attn.o", f"{p}.self_attn.o_proj", o_bias)
         if qk_norm:
             for n in "qk":
-                m.norm(f"{q}.attn.{n}_norm", f"{p}.self_attn.{n}_norm", bias=False)
+                m.norm(f"{q}.attn.slots.{n}.norm", f"{p}.self_attn.{n}_norm", bias=False)
         m.norm(f"{q}.norm_1", f"{p}.post_attention_layernorm", bias=False)
         if not sparse(cfg, i):
             llama_mlp_weights(cfg, m, p, q)
@@ -946,7 +946,7 @@ def _gqa_weights(qkv_bias: bool, o_bias: bool, qk_norm: bool) -> LayerWeights:
         m.linear(f"{q}.attn.o", f"{p}.self_attn.o_proj", o_bias)
         if qk_norm:
             for n in "qk":
-                m.norm(f"{q}.attn.{n}_norm", f"{p}.self_attn.{n}_norm", bias=False)
+                m.norm(f"{q}.attn.slots.{n}.norm", f"{p}.self_attn.{n}_norm", bias=False)
 
     return weights
 

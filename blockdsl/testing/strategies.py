@@ -24,7 +24,14 @@ from torch import nn
 
 from blockdsl import ast
 from blockdsl.errors import BlockDSLError
-from blockdsl.registry import MODEL_GLOBALS, REGISTRY, Component, Param, Registry
+from blockdsl.registry import (
+    MODEL_GLOBALS,
+    REGISTRY,
+    SLOT_CONTEXT_ARGS,
+    Component,
+    Param,
+    Registry,
+)
 from blockdsl.testing.invariants import DEFAULT_GLOBALS
 
 __all__ = [
@@ -216,6 +223,8 @@ def _why_invalid(
     )
     if issues:
         reason = issues[0].message
+    if reason is None and component.declarations.per_head and resolved.get("heads") is not None:
+        reason = "heads is set by a per-head slot"
     if reason is None:
         verdict = component.check_args(d_model, resolved, n_children)
         reason = verdict[0] if verdict else None
@@ -493,6 +502,8 @@ def usable_components(
     for name in registry.names():
         component, alias_args = registry.resolve(name)
         if component.tokens_in or component.residual:  # a residual is written '+(...)'
+            continue
+        if component.required_context & set(SLOT_CONTEXT_ARGS):  # Rope: in a mixer's slot
             continue
         required = [
             p for p in component.user_params.values() if p.required and p.name not in alias_args
