@@ -139,3 +139,19 @@ def test_random_slot_contents_build_run_and_decode(call) -> None:
                 model(ids[:, t : t + 1], positions=torch.tensor([[t]]), state=state).logits
             )
     torch.testing.assert_close(torch.cat(steps, 1), full, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_qwen3_next_deltanet_weights_export_back_exactly() -> None:
+    """The import splits HF's fused ``in_proj_qkvz`` and ``conv1d`` into the projections and
+    the slots' blocks; the export (the mapping run backwards) gives every tensor back."""
+    pytest.importorskip("transformers")
+    from blockdsl import hf
+    from blockdsl.hf.exporter import hf_state_dict
+    from tests.test_hf_hybrid import _qwen3_next, _random
+
+    hf_model = _random(_qwen3_next, layer_types=["linear_attention"] * 4)
+    exported = hf_state_dict(hf.from_hf(hf_model), "qwen3_next", hf_model.config)
+    original = hf_model.state_dict()
+    assert exported.keys() == original.keys()
+    assert all(torch.equal(exported[name], original[name]) for name in original)

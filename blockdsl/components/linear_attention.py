@@ -521,8 +521,7 @@ _GATED_DELTA_NET_HELP: dict[str, str] = {
     slots=GATED_DELTANET_SLOTS,
 )
 class GatedDeltaNet(nn.Module):
-    """Gated DeltaNet (Qwen3-Next's linear attention): the gated delta rule, with slots for
-    what surrounds it.
+    """Gated DeltaNet (Qwen3-Next's linear attention): the gated delta rule between its slots.
 
     Per value head, with ``q``, ``k`` L2-normalised (``q`` also scaled by ``head_dim ** -0.5``)
     after their slots, ``beta = sigmoid(b)`` and decay ``alpha = exp(-exp(A_log) *
