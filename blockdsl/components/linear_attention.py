@@ -24,7 +24,7 @@ Shapes in comments: ``B`` batch, ``T`` tokens, ``H`` heads, ``K``/``V`` key/valu
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -342,7 +342,7 @@ def _check_gdn(d_in: int, heads: int = 4, head_dim: int | None = None, **args) -
             "each key head serves v_heads // heads value heads",
         )
     if kernel < 0:
-        return (f"kernel must be 0 (no short conv) or positive, got {kernel}", None)
+        return f"kernel must be 0 (no short conv) or positive, got {kernel}"
     if chunk <= 0:
         return f"chunk must be positive, got {chunk}"
     return None
@@ -405,7 +405,12 @@ def _gate_default(d_in: int, **args) -> str:
     return f"Linear(out={gdn_sizes(d_in, **args).value_dim}, bias=false)->Act(fn=silu)"
 
 
-def _per_head_slot(doc: str, features, heads, default) -> Slot:
+def _per_head_slot(
+    doc: str,
+    features: Callable[..., int],
+    heads: Callable[..., int],
+    default: Callable[..., str | None],
+) -> Slot:
     return Slot("heads", doc, features=features, heads=heads, default=default)
 
 
