@@ -142,7 +142,9 @@ def _gated_deltanet_reference(module: nn.Module, args: dict) -> Step:
         layer_types=["linear_attention"],
     )
     ref = Qwen3NextGatedDeltaNet(cfg, 0)
-    ref.load_state_dict(module.state_dict())
+    # the other way round: HF's fused in_proj_qkvz/conv1d/norm load into the module's
+    # projections and slots (its load hook splits them), so both hold the same weights
+    module.load_state_dict(ref.state_dict())
     return ref
 
 

@@ -802,7 +802,12 @@ class _Builder:
                     ok = False
                     continue
                 blocks[slot_name] = (fill.block, self.source, fill.span)
-            elif implied is not None:
+            else:
+                # not written: the shorthand's block, else the slot's default contents (both
+                # compiled from text; the printer shows neither)
+                implied = implied or (slot.default(d_in=d_in, **args) if slot.default else None)
+                if implied is None:
+                    continue
                 from blockdsl.parser import parse
 
                 blocks[slot_name] = (parse(implied), implied, call.span)
@@ -835,10 +840,14 @@ class _Builder:
         if slot.heads is not None and slot.layout != "stream":  # per-head or per-score steps
             slot_globals["heads"] = int(slot.heads(d_in=d_in, **args))
         where = f"{call.name}'s {slot_name} slot"
+        # A block the component's arguments mean (shorthand, default contents) means exactly
+        # what its text says: the model's [defaults] (Qwen3-Next's Norm with a unit offset)
+        # reach only the blocks the user writes.
+        written_by_user = source is self.source
         sub = _Builder(
             source,
             self.registry,
-            self.defaults,
+            self.defaults if written_by_user else {},
             {**self.model_globals, **slot_globals},
             self.global_labels,
             frozenset(slot.supplies(d_in, args)),
@@ -847,7 +856,7 @@ class _Builder:
         sub.local_labels = self.local_labels  # a slot belongs to the same block instance
         graph = sub.build(block, features, "slot")
         before = len(self.problems)
-        if source is not self.source:  # a shorthand's block: its problems point at the call
+        if not written_by_user:  # a shorthand's block: its problems point at the call
             for problem in sub.problems:
                 self.problem(type(problem), f"{call.name}: {problem.message}", span, problem.hint)
         else:

@@ -381,6 +381,10 @@ class Slot:
       a component in the slot declaring ``out`` and leaving it unset gets the first;
     * ``shorthand(d_in=..., **args)``: the block the component's own arguments put in this
       slot when the user fills it with none (``qk_norm=true`` means ``q=Norm(...)``), or None;
+      the user filling the slot too is an error (the slot would be filled twice);
+    * ``default(d_in=..., **args)``: the block the slot holds when neither the user nor a
+      shorthand argument fills it (Gated DeltaNet's short convolution), or None; a block the
+      user writes replaces it (``GatedDeltaNet[q=Act(silu)]``: no convolution on q);
     * ``rotary`` (a bool, or ``f(d_in=..., **args)``): the slot supplies ``rotary`` (the
       ``Rope`` step applies the mixer's rotary positions there instead of after the slot).
     """
@@ -392,6 +396,7 @@ class Slot:
     outputs: Callable[..., Sequence[int]] | None = None
     shorthand: Callable[..., str | None] | None = None
     rotary: bool | Callable[..., bool] = False
+    default: Callable[..., str | None] | None = None
 
     def supplies(self, d_in: int, args: Mapping[str, Any]) -> tuple[str, ...]:
         """The call-time keywords a block in this slot may read with these arguments."""

@@ -298,11 +298,10 @@ def test_gated_deltanet_takes_the_attention_it_replaces(
     report = json.loads((tmp_path / "hybrid" / "init.json").read_text())
     gdn_name = "layers.1.gated_delta_net"
     assert set(report["mapped"]) == {
-        f"{gdn_name}.in_proj_qkvz.weight", f"{gdn_name}.out_proj.weight",
-        f"{gdn_name}.conv1d.weight",
-    }  # fmt: skip
-    assert report["mapped"][f"{gdn_name}.in_proj_qkvz.weight"].startswith(
-        "layers.1.attn: attention's q, k, v (each of 1 kv heads repeated to its 2 query heads)"
+        f"{gdn_name}.{n}_proj.weight" for n in ("q", "k", "v", "out")
+    } | {f"{gdn_name}.slots.{n}.conv.weight" for n in "qkv"}
+    assert report["mapped"][f"{gdn_name}.k_proj.weight"].startswith(
+        "layers.1.attn: attention's k (each of 1 kv heads repeated to its 2 query heads)"
     )
     assert not any(n.startswith("layers.1.attn.") for n in report["dropped"])
     assert f"{gdn_name}.in_proj_ba.weight" in report["new"]
@@ -311,12 +310,14 @@ def test_gated_deltanet_takes_the_attention_it_replaces(
     gdn = run.model.get_submodule(gdn_name)
     x = torch.randn(2, 5, 32, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        q, k, v, *_ = gdn._split(x)
+        q, k, v = gdn.q_proj(x), gdn.k_proj(x), gdn.v_proj(x)
         torch.testing.assert_close(q, attn.q(x))
         torch.testing.assert_close(k, attn.k(x).repeat(1, 1, 2))  # kv head 0 for both heads
         torch.testing.assert_close(v, attn.v(x).repeat(1, 1, 2))
         torch.testing.assert_close(gdn.out_proj.weight, attn.o.weight)
-    assert gdn.conv1d.weight[:, 0, -1].eq(1).all() and gdn.conv1d.weight[:, 0, :-1].eq(0).all()
+    for name in "qkv":
+        conv = gdn.get_parameter(f"slots.{name}.conv.weight")
+        assert conv[:, 0, -1].eq(1).all() and conv[:, 0, :-1].eq(0).all()
 
     from blockdsl.cli import main  # the surgically changed run generates like any run
 

@@ -71,9 +71,13 @@ def test_gated_deltanet_equals_its_recurrence(T):
     (taken from the module's own projections, so the whole layer is checked)."""
     m = _randomise(GatedDeltaNet(32, heads=2, v_heads=4, head_dim=8, v_head_dim=6, chunk=8))
     x = torch.randn(2, T, 32)
-    q, k, v, z, b, a = m._split(x)
+    q, k, v, z = m.q_proj(x), m.k_proj(x), m.v_proj(x), m.slots.gate.linear(x)
+    b, a = m.in_proj_ba(x).view(2, T, 2, 4).split([2, 2], -1)  # per key head [b.., a..]
+    b, a = b.reshape(2, T, 4), a.reshape(2, T, 4)
+    z = z.view(2, T, 4, 6)
+    conv = torch.cat([m.slots.get_submodule(f"{n}.conv").weight for n in "qkv"])
     mixed = F.silu(F.conv1d(F.pad(torch.cat((q, k, v), -1).transpose(1, 2), (3, 0)),
-                            m.conv1d.weight, groups=m.conv_dim)).transpose(1, 2)  # fmt: skip
+                            conv, groups=conv.shape[0])).transpose(1, 2)  # fmt: skip
     q, k, v = mixed.split([16, 16, 24], dim=-1)
     q, k = (t.reshape(2, T, 2, 8) for t in (q, k))
     q = (q / (q.pow(2).sum(-1, keepdim=True) + 1e-6).sqrt()).repeat_interleave(2, 2) / math.sqrt(8)
@@ -81,7 +85,8 @@ def test_gated_deltanet_equals_its_recurrence(T):
     v = v.reshape(2, T, 4, 6)
     log_alpha = -m.A_log.exp() * F.softplus(a + m.dt_bias)
     o = gated_delta_loop(q, k, v, log_alpha, b.sigmoid()).float()
-    o = o * torch.rsqrt(o.pow(2).mean(-1, keepdim=True) + m.eps) * m.norm.weight * F.silu(z)
+    norm = m.slots.o.norm.weight
+    o = o * torch.rsqrt(o.pow(2).mean(-1, keepdim=True) + m.eps) * norm * F.silu(z)
     expected = m.out_proj(o.reshape(2, T, 24))
     torch.testing.assert_close(m(x), expected, rtol=1e-5, atol=1e-5)
 
@@ -195,6 +200,24 @@ MIXERS = [
 ]
 
 
+def _leaves(state, path: str = "") -> dict:
+    """The tensors of a decoding state by path: a mixer with slots nests its slots' blocks'
+    states (lists of dicts) under ``slots`` (GatedDeltaNet's short convs)."""
+    if isinstance(state, torch.Tensor):
+        return {path: state}
+    items = state.items() if isinstance(state, dict) else enumerate(state)
+    return {p: t for key, value in items for p, t in _leaves(value, f"{path}{key}.").items()}
+
+
+def _row(state, row: int):
+    """The state of one row of the batch: views of every tensor, nesting kept."""
+    if isinstance(state, torch.Tensor):
+        return state[row : row + 1]
+    if isinstance(state, dict):
+        return {key: _row(value, row) for key, value in state.items()}
+    return [_row(value, row) for value in state]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(("name", "kwargs"), MIXERS, ids=[n for n, _ in MIXERS])
 def test_state_continues_the_sequence(name, kwargs):
@@ -205,15 +228,15 @@ def test_state_continues_the_sequence(name, kwargs):
     x = torch.randn(3, 30, 32)
     full = module(x)
     state = module.init_state(3, 64)
-    assert all(t.shape[0] == 3 for t in state.values())
-    ids = {k: id(t) for k, t in state.items()}
+    assert all(t.shape[0] == 3 for t in _leaves(state).values())
+    ids = {k: id(t) for k, t in _leaves(state).items()}
     pieces, start = [], 0
     for n in (6, 1, 1, 9, 1, 12):
         positions = torch.arange(start, start + n).expand(3, n)
         pieces.append(module(x[:, start : start + n], positions=positions, state=state))
         start += n
     torch.testing.assert_close(torch.cat(pieces, dim=1), full, rtol=1e-5, atol=1e-5)
-    assert {k: id(t) for k, t in state.items()} == ids
+    assert {k: id(t) for k, t in _leaves(state).items()} == ids
 
 
 @pytest.mark.slow
@@ -226,7 +249,7 @@ def test_rows_of_a_state_are_independent(name, kwargs):
     prompts = [torch.randn(1, 5, 32), torch.randn(1, 11, 32)]
     state = module.init_state(2, 64)
     for row, prompt in enumerate(prompts):
-        module(prompt, state={k: t[row : row + 1] for k, t in state.items()})
+        module(prompt, state=_row(state, row))
     step = torch.randn(2, 1, 32)
     together = module(step, state=state)
     for row, prompt in enumerate(prompts):
@@ -238,6 +261,7 @@ def test_declared_state_sizes_count_the_state():
     for name, kwargs in MIXERS:
         component, args = resolve(name, kwargs)
         state = component.build(args).init_state(1, 64)
+        state.pop("slots", None)  # the slots' blocks declare their own (the model adds them)
         assert component.stateful, name
         assert component.state_size(32, args, 64) == sum(t.numel() for t in state.values()), name
 

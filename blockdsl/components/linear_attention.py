@@ -24,7 +24,9 @@ Shapes in comments: ``B`` batch, ``T`` tokens, ``H`` heads, ``K``/``V`` key/valu
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -38,7 +40,9 @@ from blockdsl.components._util import (
     raise_problem,
     same_size,
 )
-from blockdsl.registry import register
+from blockdsl.components.attention import _call_slot
+from blockdsl.printer import format_value
+from blockdsl.registry import Slot, register, shorthand_slots
 
 Steps = list[tuple[str, tuple[str, ...], tuple[int, ...], int]]
 
@@ -268,36 +272,17 @@ def l2norm(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     return x * torch.rsqrt(x.pow(2).sum(-1, keepdim=True) + eps)
 
 
-class GatedRMSNorm(nn.Module):
-    """``weight * RMSNorm(x) * silu(gate)`` over the last dim, in float32 (HF
-    ``Qwen3NextRMSNormGated``: normalise first, then gate). Parameter: ``weight`` (ones)."""
-
-    def __init__(self, dim: int, eps: float = 1e-6) -> None:
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.empty(dim))
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        nn.init.ones_(self.weight)
-
-    def forward(self, x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
-        x32 = x.float()
-        normed = (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype)
-        return (self.weight * normed * F.silu(gate.float())).to(x.dtype)
-
-
 @dataclass(frozen=True)
 class GatedDeltaNetSizes:
     """Gated DeltaNet's derived sizes, computed once from its arguments by ``gdn_sizes``: read
-    by the constructor and by every hook (params, state size, shape steps, check)."""
+    by the constructor and by every hook (params, state size, shape steps, check, slots)."""
 
     d_in: int
     heads: int  # key (and query) heads Hk
     v_heads: int  # value heads Hv
     head_dim: int  # key head size dk
     v_head_dim: int  # value head size dv
-    kernel: int
+    kernel: int  # of the default short convs in q, k, v; 0: none
     chunk: int
 
     @property
@@ -310,11 +295,12 @@ class GatedDeltaNetSizes:
 
     @property
     def conv_dim(self) -> int:
-        """The short convolution's channels: q, k and v."""
+        """The short convolutions' channels: q, k and v (HF's one ``conv1d``)."""
         return 2 * self.key_dim + self.value_dim
 
     @property
     def qkvz_dim(self) -> int:
+        """HF's ``in_proj_qkvz`` rows: q, k, v and the gate's z."""
         return 2 * self.key_dim + 2 * self.value_dim
 
 
@@ -355,50 +341,164 @@ def _check_gdn(d_in: int, heads: int = 4, head_dim: int | None = None, **args) -
             f"v_heads={Hv} is not a multiple of heads={Hk}",
             "each key head serves v_heads // heads value heads",
         )
-    if kernel <= 0:
-        return f"kernel must be positive, got {kernel}"
+    if kernel < 0:
+        return f"kernel must be 0 (no short conv) or positive, got {kernel}"
     if chunk <= 0:
         return f"chunk must be positive, got {chunk}"
     return None
 
 
 def _gdn_params(d_in: int, **args) -> int:
+    """The projections, decay and output: the slots' blocks (short convs, output norm, the
+    gate's z projection) count as the blocks in them."""
     s = gdn_sizes(d_in, **args)
+    qkv = d_in * (2 * s.key_dim + s.value_dim)
     ba = d_in * 2 * s.v_heads
-    # + dt_bias and A_log per value head, the gated norm, out_proj
-    extra = 2 * s.v_heads + s.v_head_dim + s.value_dim * d_in
-    return d_in * s.qkvz_dim + ba + s.conv_dim * s.kernel + extra
+    return qkv + ba + 2 * s.v_heads + s.value_dim * d_in  # + dt_bias and A_log, out_proj
 
 
 def _gdn_steps(d_in: int, seq: int, batch: int, **args) -> Steps:
     sizes = gdn_sizes(d_in, **args)
     Hv, dk, dv = sizes.v_heads, sizes.head_dim, sizes.v_head_dim
-    kernel, chunk, conv_dim = sizes.kernel, sizes.chunk, sizes.conv_dim
+    chunk, qkv_dim = sizes.chunk, sizes.conv_dim
     n = batch * seq
     padded = -(-seq // chunk) * chunk
     # The last element of each step is what the float32 forward keeps for backward (the
-    # training memory estimate, measured with saved_tensors_hooks): qkvz (z is a view of it);
-    # the conv's padded input and output; within chunks the decay mask, k·k^T and its
-    # scaled form, A, q·k^T and the masked scores (C x C per position and head); about
-    # sixteen per-head K- or V-sized tensors of the WY form and the scan over chunks (q, k
-    # copies, right-hand sides and solutions, decayed q and k, per-chunk states); the
-    # gated norm's input, normalised values, gate and the output fed to out_proj.
+    # training memory estimate, measured with saved_tensors_hooks): q, k, v; within chunks
+    # the decay mask, k·k^T and its scaled form, A, q·k^T and the masked scores (C x C per
+    # position and head); about sixteen per-head K- or V-sized tensors of the WY form and the
+    # scan over chunks (q, k copies, right-hand sides and solutions, decayed q and k,
+    # per-chunk states); the gated output fed to out_proj. The slots' blocks (short convs,
+    # output norm, gate) are counted as their own calls.
     return [
-        ("qkvz", ("B", "T", "2HK+2Hv·V"), (batch, seq, sizes.qkvz_dim),
-         2 * n * d_in * sizes.qkvz_dim, 1),
+        ("q, k, v", ("B", "T", "2HK+Hv·V"), (batch, seq, qkv_dim), 2 * n * d_in * qkv_dim, 1),
         ("beta, decay", ("B", "T", "2Hv"), (batch, seq, 2 * Hv), 2 * n * d_in * 2 * Hv, 2),
-        ("conv", ("B", "T", "2HK+Hv·V"), (batch, seq, conv_dim), 2 * n * conv_dim * kernel, 2),
         ("state", ("B", "Hv", "V", "K"), (batch, Hv, dv, dk), 0),
         ("chunk masks", ("B", "Hv", "T", "C"), (batch, Hv, padded, chunk), 0, 6),
         ("delta rule", ("B", "T", "Hv", "V"), (batch, seq, Hv, dv), 7 * n * Hv * dk * dv, 16),
-        ("norm*gate", ("B", "T", "Hv", "V"), (batch, seq, Hv, dv), 4 * n * Hv * dv, 5),
+        ("o*gate", ("B", "T", "Hv", "V"), (batch, seq, Hv, dv), n * Hv * dv, 2),
         ("out", ("B", "T", "D"), (batch, seq, d_in), 2 * n * Hv * dv * d_in),
     ]  # fmt: skip
 
 
 def _gdn_state_size(d_in: int, **args) -> int:
     s = gdn_sizes(d_in, **args)
-    return s.conv_dim * (s.kernel - 1) + s.value_dim * s.head_dim  # conv window, delta state
+    return s.value_dim * s.head_dim  # the delta state (the slots' conv windows: their own)
+
+
+# The slots (language v3, docs/language.md "Slots"): what Qwen3-Next hard-wires is the
+# slots' default contents, each a block string compiled like any other (a model's [defaults]
+# do not reach them: they mean what their text says).
+
+
+def _conv_default(d_in: int, kernel: int = 4, **_) -> str:
+    """q, k, v: the short causal conv, then SiLU (``kernel=0``: SiLU alone, as fla's
+    ``use_short_conv=False``)."""
+    return "Act(fn=silu)" if kernel == 0 else f"Conv(kernel={kernel}, bias=false)->Act(fn=silu)"
+
+
+def _o_default(d_in: int, eps: float = 1e-6, **_) -> str:
+    return f"Norm(kind=rms, eps={format_value(float(eps))})"
+
+
+def _gate_default(d_in: int, **args) -> str:
+    return f"Linear(out={gdn_sizes(d_in, **args).value_dim}, bias=false)->Act(fn=silu)"
+
+
+def _per_head_slot(
+    doc: str,
+    features: Callable[..., int],
+    heads: Callable[..., int],
+    default: Callable[..., str | None],
+) -> Slot:
+    return Slot("heads", doc, features=features, heads=heads, default=default)
+
+
+GATED_DELTANET_SLOTS: dict[str, Slot] = {
+    "q": _per_head_slot(
+        "per key head (B, T, heads, head_dim), after the q projection, before the L2 norm; "
+        "default: Conv(kernel=kernel, bias=false)->Act(silu)",
+        lambda d_in, **a: gdn_sizes(d_in, **a).head_dim,
+        lambda d_in, **a: gdn_sizes(d_in, **a).heads,
+        _conv_default,
+    ),
+    "k": _per_head_slot(
+        "per key head (B, T, heads, head_dim), after the k projection, before the L2 norm; "
+        "default: Conv(kernel=kernel, bias=false)->Act(silu)",
+        lambda d_in, **a: gdn_sizes(d_in, **a).head_dim,
+        lambda d_in, **a: gdn_sizes(d_in, **a).heads,
+        _conv_default,
+    ),
+    "v": _per_head_slot(
+        "per value head (B, T, v_heads, v_head_dim), after the v projection; default: "
+        "Conv(kernel=kernel, bias=false)->Act(silu)",
+        lambda d_in, **a: gdn_sizes(d_in, **a).v_head_dim,
+        lambda d_in, **a: gdn_sizes(d_in, **a).v_heads,
+        _conv_default,
+    ),
+    "o": _per_head_slot(
+        "per value head on the delta rule's output (B, T, v_heads, v_head_dim), before the "
+        "gate and out_proj; default: Norm(kind=rms, eps=eps)",
+        lambda d_in, **a: gdn_sizes(d_in, **a).v_head_dim,
+        lambda d_in, **a: gdn_sizes(d_in, **a).v_heads,
+        _o_default,
+    ),
+    "gate": Slot(
+        "stream",
+        "a block over the mixer's input (B, T, D) whose output, one value per value head or "
+        "per value head feature, multiplies o's output; default: "
+        "Linear(out=v_heads*v_head_dim)->Act(silu) (Qwen3-Next's z)",
+        features=lambda d_in, **_: d_in,
+        heads=lambda d_in, **a: gdn_sizes(d_in, **a).v_heads,
+        outputs=lambda d_in, **a: (
+            gdn_sizes(d_in, **a).value_dim,
+            gdn_sizes(d_in, **a).v_heads,
+        ),
+        default=_gate_default,
+    ),
+}
+
+
+def split_grouped_qkvz(
+    qkvz: torch.Tensor, heads: int, v_heads: int, head_dim: int, v_head_dim: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """HF Qwen3-Next's ``in_proj_qkvz`` rows (grouped per key head: ``[q (K), k (K), v (r·V),
+    z (r·V)]`` with ``r = v_heads // heads``) as the rows of the q, k, v and z projections
+    (value heads in order). A rearrangement only, so the HF export runs it backwards."""
+    r = v_heads // heads
+    grouped = qkvz.reshape(heads, 2 * head_dim + 2 * r * v_head_dim, *qkvz.shape[1:])
+    q, k, v, z = grouped.split([head_dim, head_dim, r * v_head_dim, r * v_head_dim], dim=1)
+    return tuple(t.reshape(-1, *qkvz.shape[1:]) for t in (q, k, v, z))  # type: ignore[return-value]
+
+
+def split_qkv_conv(
+    conv: torch.Tensor, key_dim: int, value_dim: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """HF Qwen3-Next's one ``conv1d.weight`` over ``[q | k | v]`` channels as the three slots'
+    ``Conv`` weights."""
+    return conv.split([key_dim, key_dim, value_dim], dim=0)  # type: ignore[return-value]
+
+
+def _rename_hf_layout_weights(
+    module: nn.Module, state_dict: dict[str, Any], prefix: str, *_: Any
+) -> None:
+    """Load weights in HF Qwen3-Next's layout (and blockdsl <= 0.3's, which kept it):
+    ``in_proj_qkvz``, ``conv1d`` and ``norm`` become the q/k/v projections and the default
+    slot blocks' weights (``slots.q.conv.weight``, ``slots.o.norm.weight``,
+    ``slots.gate.linear.weight``)."""
+    gdn: GatedDeltaNet = module  # type: ignore[assignment]
+    qkvz = state_dict.pop(prefix + "in_proj_qkvz.weight", None)
+    if qkvz is not None:
+        parts = split_grouped_qkvz(qkvz, gdn.heads, gdn.v_heads, gdn.head_dim, gdn.v_head_dim)
+        for name, tensor in zip(("q_proj", "k_proj", "v_proj", "slots.gate.linear"), parts):
+            state_dict[f"{prefix}{name}.weight"] = tensor
+    conv = state_dict.pop(prefix + "conv1d.weight", None)
+    if conv is not None:
+        for name, tensor in zip("qkv", split_qkv_conv(conv, gdn.key_dim, gdn.value_dim)):
+            state_dict[f"{prefix}slots.{name}.conv.weight"] = tensor
+    norm = state_dict.pop(prefix + "norm.weight", None)
+    if norm is not None:
+        state_dict[prefix + "slots.o.norm.weight"] = norm
 
 
 _GATED_DELTA_NET_HELP: dict[str, str] = {
@@ -406,9 +506,9 @@ _GATED_DELTA_NET_HELP: dict[str, str] = {
     "v_heads": "value heads (a multiple of heads); none: = heads",
     "head_dim": "query/key head size; none: d_model // heads",
     "v_head_dim": "value head size; none: = head_dim",
-    "kernel": "width of the causal short conv on q, k, v",
+    "kernel": "width of the causal short conv in the default q, k, v slots; 0: SiLU alone",
     "chunk": "tokens per chunk of the chunked (training) form",
-    "eps": "epsilon of the output RMSNorm",
+    "eps": "epsilon of the default o slot's RMSNorm",
 }
 
 
@@ -423,23 +523,32 @@ _GATED_DELTA_NET_HELP: dict[str, str] = {
     arg_help=_GATED_DELTA_NET_HELP,
     shape_steps=_gdn_steps,
     decodes=True,
+    slots=GATED_DELTANET_SLOTS,
 )
 class GatedDeltaNet(nn.Module):
-    """Gated DeltaNet (Qwen3-Next's linear attention): the gated delta rule with a short causal
-    conv on q, k, v and a gated RMSNorm on the output.
+    """Gated DeltaNet (Qwen3-Next's linear attention): the gated delta rule between its slots.
 
     Per value head, with ``q``, ``k`` L2-normalised (``q`` also scaled by ``head_dim ** -0.5``)
-    after a SiLU causal depthwise conv of width ``kernel``, ``beta = sigmoid(b)`` and decay
-    ``alpha = exp(-exp(A_log) * softplus(a + dt_bias))``:
-    ``S_t = alpha_t S_{t-1} (I - beta_t k_t k_t^T) + beta_t v_t k_t^T``, ``o_t = S_t q_t``; then
-    ``out_proj(RMSNorm(o) * silu(z))`` per head. ``heads`` key/query heads serve ``v_heads``
-    value heads (``v_heads // heads`` each, as GQA). Training runs the chunked WY form
-    (``chunk`` tokens per chunk), a decode step the recurrence.
+    after their slots, ``beta = sigmoid(b)`` and decay ``alpha = exp(-exp(A_log) *
+    softplus(a + dt_bias))``: ``S_t = alpha_t S_{t-1} (I - beta_t k_t k_t^T) + beta_t v_t
+    k_t^T``, ``o_t = S_t q_t``; then ``out_proj(o(o) * gate(x))`` per head. ``heads``
+    key/query heads serve ``v_heads`` value heads (``v_heads // heads`` each, as GQA).
+    Training runs the chunked WY form (``chunk`` tokens per chunk), a decode step the
+    recurrence.
 
-    Parameters as HF ``Qwen3NextGatedDeltaNet`` (so its weights load by name):
-    ``in_proj_qkvz`` (grouped per key head: ``[q, k, v.., z..]``), ``in_proj_ba`` (per key
-    head ``[b.., a..]``), ``conv1d.weight [2HK+Hv·V, 1, kernel]`` (no bias), ``dt_bias [Hv]``,
-    ``A_log [Hv]``, ``norm.weight [V]``, ``out_proj``.
+    Slots (docs/language.md "Slots") and their default contents, Qwen3-Next's anatomy:
+    ``q``, ``k``, ``v`` (per head, after the projections): ``Conv(kernel=kernel,
+    bias=false)->Act(silu)``, the short causal convolution (``kernel=0``: ``Act(silu)``
+    alone); ``o`` (per value head): ``Norm(kind=rms, eps=eps)``; ``gate`` (over the input):
+    ``Linear(out=v_heads*v_head_dim)->Act(silu)``, HF's ``z``. A block written in a slot
+    replaces its default: ``GatedDeltaNet[q=Act(silu), k=Act(silu), v=Act(silu)]`` is
+    Gated DeltaNet without its short convolution (the same as ``kernel=0``).
+
+    Parameters: ``q_proj``, ``k_proj``, ``v_proj``, ``in_proj_ba`` (HF's grouped layout: per
+    key head ``[b.., a..]``), ``dt_bias [Hv]``, ``A_log [Hv]``, ``out_proj``, and the slots'
+    blocks' under ``slots.`` (``slots.q.conv.weight``, ``slots.o.norm.weight``,
+    ``slots.gate.linear.weight``). HF Qwen3-Next's ``in_proj_qkvz``, ``conv1d`` and ``norm``
+    weights load by name (split into these).
     """
 
     def __init__(
@@ -452,29 +561,37 @@ class GatedDeltaNet(nn.Module):
         kernel: int = 4,
         chunk: int = 64,
         eps: float = 1e-6,
+        slots: Mapping[str, nn.Module] | None = None,
     ) -> None:
         super().__init__()
         args = dict(v_heads=v_heads, v_head_dim=v_head_dim, kernel=kernel, chunk=chunk)
         raise_problem(_check_gdn(d_model, heads, head_dim, **args))
+        if slots is None:  # built directly, not by the compiler: the default contents
+            slots = shorthand_slots(
+                "GatedDeltaNet", d_model, {"heads": heads, "head_dim": head_dim, "eps": eps, **args}
+            )
         sizes = gdn_sizes(d_model, heads, head_dim=head_dim, **args)
         Hk, Hv, dk, dv = sizes.heads, sizes.v_heads, sizes.head_dim, sizes.v_head_dim
         self.heads, self.v_heads, self.head_dim, self.v_head_dim = Hk, Hv, dk, dv
         self.kernel, self.chunk, self.eps = kernel, chunk, eps
-        self.key_dim, self.value_dim, self.conv_dim = sizes.key_dim, sizes.value_dim, sizes.conv_dim
-        self.in_proj_qkvz = nn.Linear(d_model, sizes.qkvz_dim, bias=False)
+        self.key_dim, self.value_dim = sizes.key_dim, sizes.value_dim
+        self.q_proj = nn.Linear(d_model, self.key_dim, bias=False)
+        self.k_proj = nn.Linear(d_model, self.key_dim, bias=False)
+        self.v_proj = nn.Linear(d_model, self.value_dim, bias=False)
         self.in_proj_ba = nn.Linear(d_model, 2 * Hv, bias=False)
-        self.conv1d = nn.Conv1d(
-            self.conv_dim, self.conv_dim, kernel, groups=self.conv_dim, bias=False
-        )
         self.dt_bias = nn.Parameter(torch.empty(Hv))
         self.A_log = nn.Parameter(torch.empty(Hv))
-        self.norm = GatedRMSNorm(dv, eps)
         self.out_proj = nn.Linear(self.value_dim, d_model, bias=False)
+        self.slots = nn.ModuleDict(dict(slots))
+        self.stateful_slots = tuple(
+            name for name, m in self.slots.items() if getattr(m, "state_attrs", ())
+        )
+        self.register_load_state_dict_pre_hook(_rename_hf_layout_weights)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         """fla's init: ``A ~ U(0, 16)``; ``dt_bias`` the inverse softplus of a log-uniform
-        ``dt`` in [0.001, 0.1] (Mamba2); norm weight 1."""
+        ``dt`` in [0.001, 0.1] (Mamba2)."""
         with torch.no_grad():
             self.A_log.copy_(torch.empty_like(self.A_log).uniform_(1e-4, 16).log())
             dt = torch.exp(
@@ -482,57 +599,55 @@ class GatedDeltaNet(nn.Module):
             ).clamp(min=1e-4)
             self.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))
 
-    def _split(self, x: torch.Tensor):
-        """HF's grouped layout: per key head ``[q (K), k (K), v (r·V), z (r·V)]`` and
-        ``[b (r), a (r)]`` with ``r = v_heads // heads``."""
-        r = self.v_heads // self.heads
-        qkvz = rearrange(self.in_proj_qkvz(x), "b t (h d) -> b t h d", h=self.heads)
-        ba = rearrange(self.in_proj_ba(x), "b t (h d) -> b t h d", h=self.heads)
-        dk, dv = self.head_dim, self.v_head_dim
-        q, k, v, z = qkvz.split([dk, dk, r * dv, r * dv], dim=-1)
-        b, a = ba.split([r, r], dim=-1)
-        flat = "b t h d -> b t (h d)"
-        return (
-            rearrange(q, flat),
-            rearrange(k, flat),
-            rearrange(v, flat),
-            z.reshape(*z.shape[:2], self.v_heads, dv),  # (B, T, Hv, V)
-            b.reshape(*b.shape[:2], self.v_heads),  # (B, T, Hv)
-            a.reshape(*a.shape[:2], self.v_heads),
-        )
+    def _slot(self, name: str, x: torch.Tensor, context: Mapping[str, Any], state: Any) -> Any:
+        """``x`` through the block in slot ``name`` (unchanged when the slot is empty)."""
+        if name not in self.slots:
+            return x
+        slot_state = None if state is None else state["slots"].get(name)
+        return _call_slot(self.slots[name], x, context, slot_state)
 
-    def init_state(self, batch_size: int, max_len: int) -> dict[str, torch.Tensor]:
-        """The short-conv window and the ``(Hv, V, K)`` state: fixed size, whatever ``max_len``."""
+    def _beta_and_decay(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``beta`` and ``log alpha`` (B, T, Hv, 1) from HF's grouped ``in_proj_ba`` (per key
+        head ``[b (r), a (r)]`` with ``r = v_heads // heads``)."""
+        r = self.v_heads // self.heads
+        ba = rearrange(self.in_proj_ba(x), "b t (h d) -> b t h d", h=self.heads)
+        b, a = (t.reshape(*x.shape[:2], self.v_heads) for t in ba.split([r, r], dim=-1))
+        beta = torch.sigmoid(b.float())[..., None]
+        log_alpha = (-self.A_log.float().exp() * F.softplus(a.float() + self.dt_bias))[..., None]
+        return beta, log_alpha
+
+    def init_state(self, batch_size: int, max_len: int) -> dict[str, Any]:
+        """The ``(Hv, V, K)`` delta state (fixed size, whatever ``max_len``) and ``slots``: the
+        states of the slots' blocks that keep one (the short convs' windows)."""
         p = self.out_proj.weight
         return {
-            "conv": p.new_zeros(batch_size, self.conv_dim, self.kernel - 1),
             "ssm": p.new_zeros(batch_size, self.v_heads, self.v_head_dim, self.head_dim),
+            "slots": {
+                name: self.slots[name].init_state(batch_size, max_len)
+                for name in self.stateful_slots
+            },
         }
 
     def forward(
         self,
         x: torch.Tensor,
         positions: torch.Tensor | None = None,
-        state: dict[str, torch.Tensor] | None = None,
+        state: dict[str, Any] | None = None,
     ) -> torch.Tensor:  # (B, T, D) -> (B, T, D)
-        q, k, v, z, b, a = self._split(x)
-        mixed = rearrange(torch.cat((q, k, v), dim=-1), "b t c -> b c t")
-        window = None if state is None else state["conv"]
-        mixed = F.silu(causal_conv(mixed, self.conv1d.weight, None, window))
-        q, k, v = rearrange(mixed, "b c t -> b t c").split(
-            [self.key_dim, self.key_dim, self.value_dim], dim=-1
-        )
+        context = {"positions": positions}
+        heads = (self.heads, self.head_dim)
+        q = self._slot("q", self.q_proj(x).unflatten(-1, heads), context, state)  # (B, T, Hk, K)
+        k = self._slot("k", self.k_proj(x).unflatten(-1, heads), context, state)
+        v = self.v_proj(x).unflatten(-1, (self.v_heads, self.v_head_dim))
+        v = self._slot("v", v, context, state)  # (B, T, Hv, V)
         group = self.v_heads // self.heads
         # normalised per key head, then shared by its value heads (no copy when there is one
         # value head per key head)
-        q = l2norm(rearrange(q, "b t (h d) -> b t h d", h=self.heads).float())
-        k = l2norm(rearrange(k, "b t (h d) -> b t h d", h=self.heads).float())
+        q, k = l2norm(q.float()), l2norm(k.float())
         q = q * self.head_dim**-0.5
         if group > 1:
             q, k = (t.repeat_interleave(group, dim=2) for t in (q, k))  # (B, T, Hv, K)
-        v = rearrange(v, "b t (h d) -> b t h d", h=self.v_heads)  # (B, T, Hv, V)
-        beta = torch.sigmoid(b.float())[..., None]  # (B, T, Hv, 1)
-        log_alpha = (-self.A_log.float().exp() * F.softplus(a.float() + self.dt_bias))[..., None]
+        beta, log_alpha = self._beta_and_decay(x)  # (B, T, Hv, 1)
         ssm = None if state is None else state["ssm"]
         if ssm is not None and x.shape[1] == 1:  # decode step: the recurrence
             alpha_beta = (log_alpha.exp() * beta)[:, 0]
@@ -546,8 +661,10 @@ class GatedDeltaNet(nn.Module):
             )
             if ssm is not None:
                 ssm.copy_(final)
-        o = self.norm(o.to(x.dtype), z)  # (B, T, Hv, V)
-        return self.out_proj(rearrange(o, "b t h d -> b t (h d)"))
+        o = self._slot("o", o.to(x.dtype), context, state)  # (B, T, Hv, V)
+        if "gate" in self.slots:  # (B, T, Hv·V) or (B, T, Hv)
+            o = o * self._slot("gate", x, context, state).unflatten(-1, (self.v_heads, -1))
+        return self.out_proj(o.flatten(2))
 
     def extra_repr(self) -> str:
         return (

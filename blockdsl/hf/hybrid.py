@@ -8,8 +8,10 @@ hybrids with state-space layers (Jamba, Bamba, Falcon-H1) are in ``blockdsl.hf.s
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
+from blockdsl.components.linear_attention import split_grouped_qkvz, split_qkv_conv
 from blockdsl.hf.base import (
     Architecture,
     Tensor,
@@ -231,6 +233,8 @@ def _weights_qwen3_next(cfg: Any, m: WeightMapper) -> None:
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // H
     bias = bool(getattr(cfg, "attention_bias", False))
     inter = cfg.moe_intermediate_size
+    Hk, Hv = cfg.linear_num_key_heads, cfg.linear_num_value_heads
+    dk, dv = cfg.linear_key_head_dim, cfg.linear_value_head_dim
 
     def query_and_gate(w: Tensor) -> list[Tensor]:  # per head: [q (hd) | gate (hd)] rows
         halves = w.reshape(H, 2, head_dim, *w.shape[1:]).unbind(1)
@@ -239,9 +243,20 @@ def _weights_qwen3_next(cfg: Any, m: WeightMapper) -> None:
     for i, kind in enumerate(cfg.layer_types):
         p, q = f"model.layers.{i}", f"layers.{i}"
         m.norm(f"{q}.norm", f"{p}.input_layernorm", bias=False)
-        if kind == "linear_attention":  # GatedDeltaNet keeps HF's parameter names
+        if kind == "linear_attention":  # HF's fused q/k/v/z and conv are the slots' weights
             g, src = f"{q}.gated_delta_net", f"{p}.linear_attn"
-            for n in ("in_proj_qkvz", "in_proj_ba", "conv1d", "out_proj", "norm"):
+            m.split(
+                [f"{g}.{n}.weight" for n in ("q_proj", "k_proj", "v_proj", "slots.gate.linear")],
+                f"{src}.in_proj_qkvz.weight",
+                partial(split_grouped_qkvz, heads=Hk, v_heads=Hv, head_dim=dk, v_head_dim=dv),
+            )
+            m.split(
+                [f"{g}.slots.{n}.conv.weight" for n in "qkv"],
+                f"{src}.conv1d.weight",
+                partial(split_qkv_conv, key_dim=Hk * dk, value_dim=Hv * dv),
+            )
+            m.put(f"{g}.slots.o.norm.weight", f"{src}.norm.weight")
+            for n in ("in_proj_ba", "out_proj"):
                 m.put(f"{g}.{n}.weight", f"{src}.{n}.weight")
             for n in ("dt_bias", "A_log"):
                 m.put(f"{g}.{n}", f"{src}.{n}")

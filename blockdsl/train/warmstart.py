@@ -177,7 +177,8 @@ def _attention_to_gated_deltanet(attn: nn.Module, gdn: nn.Module) -> dict[str, A
         and gdn.v_heads == heads
         and gdn.head_dim == dim
         and gdn.v_head_dim == dim
-        and attn.q.in_features == gdn.in_proj_qkvz.in_features
+        and attn.v_head_dim == dim
+        and attn.q.in_features == gdn.q_proj.in_features
         and attn.k.in_features == attn.q.in_features
         and attn.o.out_features == gdn.out_proj.out_features
     )
@@ -189,27 +190,24 @@ def _attention_to_gated_deltanet(attn: nn.Module, gdn: nn.Module) -> dict[str, A
         )
     group = heads // kv_heads
 
-    qkvz = gdn.in_proj_qkvz.weight.detach().clone().view(heads, 4 * dim, -1)  # [q, k, v, z]
+    def repeated(weight: torch.Tensor) -> torch.Tensor:  # kv heads to their query heads
+        weight = weight.detach()
+        return weight.view(kv_heads, dim, -1).repeat_interleave(group, dim=0).flatten(0, 1)
 
-    def per_head(weight: torch.Tensor, repeat: int) -> torch.Tensor:  # (H, dim, D)
-        weight = weight.detach().to(qkvz.device, qkvz.dtype)
-        return weight.view(-1, dim, weight.shape[-1]).repeat_interleave(repeat, dim=0)
-
-    q, k, v = (
-        per_head(attn.q.weight, 1),
-        per_head(attn.k.weight, group),
-        per_head(attn.v.weight, group),
-    )
-    qkvz[:, :dim], qkvz[:, dim : 2 * dim], qkvz[:, 2 * dim : 3 * dim] = q, k, v
-    conv = torch.zeros_like(gdn.conv1d.weight)
-    conv[:, 0, -1] = 1.0  # causal conv: the last tap is the current position
-    kv = f"k, v (each of {kv_heads} kv heads repeated to its {group} query heads)"
-    where = f"attention's q, {kv}" if group > 1 else "attention's q, k, v"
-    return {
-        "in_proj_qkvz.weight": (qkvz.view_as(gdn.in_proj_qkvz.weight), f"{where}; z new"),
+    repeat = f" (each of {kv_heads} kv heads repeated to its {group} query heads)" * (group > 1)
+    mapped: dict[str, Any] = {
+        "q_proj.weight": (attn.q.weight, "attention's q"),
+        "k_proj.weight": (repeated(attn.k.weight), f"attention's k{repeat}"),
+        "v_proj.weight": (repeated(attn.v.weight), f"attention's v{repeat}"),
         "out_proj.weight": (attn.o.weight, "attention's o"),
-        "conv1d.weight": (conv, "identity (q, k, v pass through the short conv)"),
     }
+    for name in "qkv":  # the default short convs (a slot the user filled otherwise: as it is)
+        conv = f"slots.{name}.conv.weight"
+        if conv in dict(gdn.named_parameters()):
+            identity = torch.zeros_like(gdn.get_parameter(conv))
+            identity[:, 0, -1] = 1.0  # causal conv: the last tap is the current position
+            mapped[conv] = (identity, f"identity ({name} passes through the short conv)")
+    return mapped
 
 
 # (source component, target component) -> (the mapping, the source parameters it reads);
