@@ -39,6 +39,12 @@ default:
 ``tie``             ``f(module, embedding)``: tie this module to the model's token embedding
                     (``embedding`` is None when the model has none); called once per built
                     module, after the whole model is built (heads)
+``init_roles``      ``{parameter name pattern: role}``: what each parameter is to a model-level
+                    initialisation scheme (``[init]``, ``blockdsl/initialisation.py``):
+                    ``hidden``, ``output`` (a residual-branch output projection), ``embedding``,
+                    ``position``, ``readout`` or ``router``; patterns are ``fnmatch`` patterns
+                    over ``named_parameters`` names, the first match wins. A component that
+                    declares none keeps its own initialisation under every scheme
 ==================  =======================================================================
 
 Hooks of combinators (components with ``children``) also receive ``n_children``: the number of
@@ -110,6 +116,8 @@ INPUT_SIZE_NAMES = (
     "n_embd",
     "num_features",
 )
+#: The roles a parameter may play for an initialisation scheme (``init_roles``).
+INIT_ROLES = ("hidden", "output", "embedding", "position", "readout", "router")
 #: Constructor parameters never settable from a block string.
 _HIDDEN = frozenset({"self", "device", "dtype", "children"})
 _EMPTY = inspect.Parameter.empty
@@ -336,6 +344,7 @@ class Declarations:
     tie: Callable[[nn.Module, nn.Module | None], None] | None = None
     decodes: bool = False
     state_size: StateSizeHook | None = None
+    init_roles: Mapping[str, str] = field(default_factory=dict)
 
     def validate(
         self, key: str, cls: type, schema: Mapping[str, Param], takes_children: bool
@@ -375,6 +384,12 @@ class Declarations:
             )
         if self.state_size is not None and not self.decodes:
             raise RegistryError(f"{key}: state_size is declared but decodes=True is not")
+        for pattern, role in self.init_roles.items():
+            if role not in INIT_ROLES:
+                raise RegistryError(
+                    f"{key}: init_roles gives '{pattern}' the unknown role '{role}'",
+                    hint=f"roles: {', '.join(INIT_ROLES)}",
+                )
         return size_arg
 
 
@@ -450,6 +465,10 @@ class Component:
     @property
     def state_size_fn(self) -> StateSizeHook | None:
         return self.declarations.state_size
+
+    @property
+    def init_roles(self) -> Mapping[str, str]:
+        return self.declarations.init_roles
 
     @property
     def user_params(self) -> dict[str, Param]:
@@ -744,6 +763,7 @@ class Registry:
         tie: Callable[[nn.Module, nn.Module | None], None] | None = None,
         decodes: bool = False,
         state_size: StateSizeHook | None = None,
+        init_roles: Mapping[str, str] | None = None,
     ) -> Callable[[type[nn.Module]], type[nn.Module]]:
         """Class decorator: ``@register("Attn", mixes_positions=True, decodes=True, ...)``.
         The keywords are the component's ``Declarations`` (the module docstring's table):
@@ -765,6 +785,7 @@ class Registry:
             tie=tie,
             decodes=decodes,
             state_size=state_size,
+            init_roles=dict(init_roles or {}),
         )
 
         def decorate(cls: type[nn.Module]) -> type[nn.Module]:

@@ -478,6 +478,11 @@ _ATTN_HELP: dict[str, str] = {
 }
 
 
+#: What the projections are to an ``[init]`` scheme (``blockdsl/initialisation.py``).
+ATTN_INIT_ROLES = {"q.*": "hidden", "k.*": "hidden", "v.*": "hidden", "gate.*": "hidden",
+                   "o.*": "output"}  # fmt: skip
+
+
 @register(
     "Attn",
     out_features=same_size,
@@ -489,6 +494,7 @@ _ATTN_HELP: dict[str, str] = {
     decodes=True,
     arg_help=_ATTN_HELP,
     shape_steps=_attn_steps,
+    init_roles=ATTN_INIT_ROLES,
 )
 class Attn(_Projections):
     """Multi-head self-attention: MHA/MQA/GQA, RoPE or ALiBi, sliding window, soft-capping.
@@ -874,6 +880,7 @@ _CROSS_ATTN_HELP: dict[str, str] = {
     flops=_attn_flops,
     check=_check_heads,
     arg_help=_CROSS_ATTN_HELP,
+    init_roles=ATTN_INIT_ROLES,
 )
 class CrossAttn(_Projections):
     """Cross-attention from the stream to a ``memory`` (B, S, d_memory) given at call time.
