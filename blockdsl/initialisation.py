@@ -239,7 +239,8 @@ def initialise(model: nn.Module) -> None:
     """Draw the parameters of ``model`` (a ``LanguageModel``) as its ``[init]`` scheme says.
     Under ``torch`` nothing is drawn; parameters on the meta device are left alone."""
     scheme = resolve_init(model.config)
-    if scheme.scheme == "torch":
+    first = next(model.parameters(), None)
+    if scheme.scheme == "torch" or first is None or first.is_meta:  # meta: shapes only
         return
     d_model, layers = model.config.d_model, len(model.layers)
     embedding_ids = set()

@@ -293,3 +293,26 @@ def test_mup_coordinate_check_flat_across_widths_growing_under_sp() -> None:
         column = [row[index] for row in mup]
         assert max(column) / min(column) < 1.6, mup
     assert sp[-1][1] / sp[0][1] > 4, sp
+
+
+@pytest.mark.slow
+def test_train_takes_the_init_table_from_the_cli_and_from_python(tmp_path) -> None:
+    """``--set init.scheme=...`` and ``train(init={...})`` are the model's ``[init]`` table;
+    ``--init``/``init=PATH`` stay weights to start from."""
+    from blockdsl.cli import main
+    from blockdsl.train import Run
+    from blockdsl.train.data import prepare
+    from tests.test_train import ROOT, TINY, TINY_SET, tiny_train
+
+    data = tmp_path / "data"
+    prepare([str(ROOT / "blockdsl" / "train")], data, glob="*.py", progress=False)
+    out = tmp_path / "cli"
+    args = ["train", "tiny", "--data", str(data), "--out", str(out), *TINY_SET, "--quiet"]
+    assert main([*args, "--set", "train.steps=1", "--set", "init.scheme=gpt2"]) == 0
+    assert Run.load(out).config.init == {"scheme": "gpt2"}
+    run = blockdsl.train(
+        "tiny", data=data, out=tmp_path / "py", progress=False, init={"scheme": "xavier"},
+        train=tiny_train(steps=1), **TINY,
+    )  # fmt: skip
+    assert run.config.init == {"scheme": "xavier"}
+    assert main([*args[:5], str(tmp_path / "bad"), *TINY_SET, "--set", "init.scheme=gtp2"]) == 2
