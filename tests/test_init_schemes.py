@@ -316,3 +316,18 @@ def test_train_takes_the_init_table_from_the_cli_and_from_python(tmp_path) -> No
     )  # fmt: skip
     assert run.config.init == {"scheme": "xavier"}
     assert main([*args[:5], str(tmp_path / "bad"), *TINY_SET, "--set", "init.scheme=gtp2"]) == 2
+
+
+def test_init_roles_are_checked_at_registration() -> None:
+    from torch import nn
+
+    from blockdsl.errors import RegistryError
+
+    registry = blockdsl.REGISTRY.copy()
+    with pytest.raises(RegistryError, match=r"init_roles gives 'proj\.weight' the unknown role"):
+
+        @registry.register("Proj", init_roles={"proj.weight": "hiden"})
+        class Proj(nn.Module):
+            def __init__(self, d_model: int) -> None:
+                super().__init__()
+                self.proj = nn.Linear(d_model, d_model)
