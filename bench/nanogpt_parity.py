@@ -357,13 +357,19 @@ def main() -> None:
         ]
     else:
         runs = run_seeds(args, config, [int(s) for s in args.seeds.split(",")])
-    seeds = sorted({r["seed"] for r in runs})
+    # the seeds every loop finished (a combined file of unfinished processes has others)
+    seeds = sorted(s for s in {r["seed"] for r in runs} if all(
+        any(r["loop"] == name and r["seed"] == s for r in runs) for name in LOOPS))  # fmt: skip
+    assert seeds, "no seed has all three loops finished"
     steps = {r["steps"] for r in runs}
     assert len(steps) == 1, f"runs of different lengths: {steps}"
     losses = {name: [next(r["val_loss"] for r in runs if r["loop"] == name and r["seed"] == s)
                      for s in seeds] for name in LOOPS}  # fmt: skip
     seconds = {
-        name: statistics.mean(r["seconds"] for r in runs if r["loop"] == name) for name in LOOPS
+        name: statistics.mean(
+            r["seconds"] for r in runs if r["loop"] == name and r["seed"] in seeds
+        )
+        for name in LOOPS
     }
     reference = losses["nanoGPT"]
     low, high = min(reference), max(reference)
