@@ -10,7 +10,7 @@ untied head, logit soft-cap, warmup-stable-decay) is trained with step budgets f
 whose final validation loss reaches the target, and that run's CPU time against the gpt2 run's.
 Then the ablation: the speedrun recipe at that budget with one technique taken out at a time.
 
-    PYTHONPATH=. python bench/speedrun.py [--budgets 200,250,300] [--seed 0] [--threads 1]
+    PYTHONPATH=. python bench/speedrun.py [--budgets 80,100] [--seed 0] [--threads 1]
         [--json]
 
 ``--json`` writes ``bench/results/speedrun.json``.
@@ -89,7 +89,7 @@ def train(preset: str, data: Path, out: Path, steps: int, seed: int, extra: dict
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--budgets", default="200,250,300")
+    parser.add_argument("--budgets", default="80,100")
     parser.add_argument("--baseline-steps", type=int, default=500)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
@@ -112,8 +112,8 @@ def main() -> None:
         reached = [s for s in budgets if tried[s][0] <= target]
         chosen = reached[0] if reached else budgets[-1]
         ablations = {"speedrun recipe": tried[chosen][0]}
-        for name, extra in ABLATIONS.items():
-            loss, _ = train("speedrun", data, work / name.split()[0], chosen, args.seed, extra)
+        for index, (name, extra) in enumerate(ABLATIONS.items()):
+            loss, _ = train("speedrun", data, work / f"ablation-{index}", chosen, args.seed, extra)
             ablations[name] = loss
             print(f"{chosen} steps, {name}: val loss {loss:.4f}", flush=True)
     result = {
