@@ -6,6 +6,9 @@ A configuration has three tables::
     [blocks]    name = "block string"  or  name = ["branch", "branch"]   (parallel branches)
     [defaults]  Component = { arg = value, ... }
 
+and an optional ``[init]`` (the initialisation scheme, validated by ``blockdsl.initialisation``
+when the model is built).
+
 Unknown keys are errors that list the valid ones. Overrides (``build_model(spec, d_model=512,
 defaults={"Attn": {"heads": 4}})``) replace ``[model]`` keys and merge into ``[blocks]`` and
 ``[defaults]`` per key.
@@ -38,9 +41,10 @@ MODEL_KEYS: dict[str, type] = {
     "max_params": int,
     "description": str,
 }
-# [train], [optim] and [distill] are kept here as raw tables (the configuration of a training
-# run lives in the model's TOML); blockdsl.train validates their keys when a run starts.
-RUN_TABLES = ("train", "optim", "distill")
+# [init], [train], [optim] and [distill] are kept here as raw tables: blockdsl.initialisation
+# validates [init] when the model is built, blockdsl.train the others when a run starts (the
+# configuration of a training run lives in the model's TOML).
+RUN_TABLES = ("init", "train", "optim", "distill")
 TABLES = ("model", "blocks", "defaults", *RUN_TABLES)
 
 
@@ -59,6 +63,7 @@ class ModelConfig:
     description: str = ""
     blocks: dict[str, str | list[str]] = field(default_factory=dict)
     defaults: dict[str, dict[str, Any]] = field(default_factory=dict)
+    init: dict[str, Any] = field(default_factory=dict)
     train: dict[str, Any] = field(default_factory=dict)
     optim: dict[str, Any] = field(default_factory=dict)
     distill: dict[str, Any] = field(default_factory=dict)

@@ -21,6 +21,7 @@ from blockdsl import ast
 from blockdsl.config import ModelConfig, load_config
 from blockdsl.errors import BlockDSLError, BudgetError, ConfigError, InputError, did_you_mean
 from blockdsl.graph import BlockGraph, LabelTable, build_graph
+from blockdsl.initialisation import initialise, parametrised_defaults
 from blockdsl.lower import BlockModule, allocation, cache_blocker, component_modules, lower
 from blockdsl.parser import parse, source_text
 from blockdsl.printer import unparse
@@ -367,6 +368,9 @@ class ModelPlan:
         self.labels = LabelTable()
         self.model_globals = {"vocab": config.vocab, "context": config.context}
         self._check_defaults()
+        # [defaults] plus what the [init] scheme sets per call (muP's attention and logit
+        # scales); the configuration itself stays as written
+        self.defaults = parametrised_defaults(config, self.registry)
         self.embed = self._graph(config.embed, "[model] embed", role="embed")
         self._named: dict[str, BlockGraph] = {}
         self._inline: dict[int, BlockGraph] = {}
@@ -456,7 +460,7 @@ class ModelPlan:
             return build_graph(
                 src,
                 d_model=self.config.d_model,
-                defaults=self.config.defaults,
+                defaults=self.defaults,
                 registry=self.registry,
                 model_globals=self.model_globals,
                 labels=self.labels,
@@ -599,6 +603,7 @@ def build_model(
         head = lower(plan.head, shared=shared)
     _tie(embed, head)
     model = LanguageModel(config, embed, layers, head, [name for name, _ in plan.layers])
+    initialise(model)  # the [init] scheme (nothing under "torch", nothing on the meta device)
     if dtype is not None:
         model.to(dtype)
     return model

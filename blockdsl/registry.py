@@ -47,6 +47,12 @@ default:
 ``tie``             ``f(module, embedding)``: tie this module to the model's token embedding
                     (``embedding`` is None when the model has none); called once per built
                     module, after the whole model is built (heads)
+``init_roles``      ``{parameter name pattern: role}``: what each parameter is to a model-level
+                    initialisation scheme (``[init]``, ``blockdsl/initialisation.py``):
+                    ``hidden``, ``output`` (a residual-branch output projection), ``embedding``,
+                    ``position``, ``readout`` or ``router``; patterns are ``fnmatch`` patterns
+                    over ``named_parameters`` names, the first match wins. A component that
+                    declares none keeps its own initialisation under every scheme
 ==================  =======================================================================
 
 Hooks of combinators (components with ``children``) also receive ``n_children``: the number of
@@ -126,6 +132,8 @@ INPUT_SIZE_NAMES = (
     "n_embd",
     "num_features",
 )
+#: The roles a parameter may play for an initialisation scheme (``init_roles``).
+INIT_ROLES = ("hidden", "output", "embedding", "position", "readout", "router")
 #: Constructor parameters never settable from a block string.
 _HIDDEN = frozenset({"self", "device", "dtype", "children", "slots"})
 _EMPTY = inspect.Parameter.empty
@@ -430,6 +438,7 @@ class Declarations:
     slots: Mapping[str, Slot] = field(default_factory=dict)
     per_head: bool = False
     residual: bool = False
+    init_roles: Mapping[str, str] = field(default_factory=dict)
 
     def validate(
         self, key: str, cls: type, schema: Mapping[str, Param], takes_children: bool
@@ -486,6 +495,12 @@ class Declarations:
         for slot_name, slot in self.slots.items():
             if not isinstance(slot, Slot) or not slot_name.isidentifier():
                 raise RegistryError(f"{key}: slot {slot_name!r} must be a Slot under a name")
+        for pattern, role in self.init_roles.items():
+            if role not in INIT_ROLES:
+                raise RegistryError(
+                    f"{key}: init_roles gives '{pattern}' the unknown role '{role}'",
+                    hint=f"roles: {', '.join(INIT_ROLES)}",
+                )
         return size_arg
 
 
@@ -566,6 +581,10 @@ class Component:
     @property
     def state_size_fn(self) -> StateSizeHook | None:
         return self.declarations.state_size
+
+    @property
+    def init_roles(self) -> Mapping[str, str]:
+        return self.declarations.init_roles
 
     @property
     def user_params(self) -> dict[str, Param]:
@@ -874,6 +893,7 @@ class Registry:
         slots: Mapping[str, Slot] | None = None,
         per_head: bool = False,
         residual: bool = False,
+        init_roles: Mapping[str, str] | None = None,
     ) -> Callable[[type[nn.Module]], type[nn.Module]]:
         """Class decorator: ``@register("Attn", mixes_positions=True, decodes=True, ...)``.
         The keywords are the component's ``Declarations`` (the module docstring's table):
@@ -898,6 +918,7 @@ class Registry:
             slots=dict(slots or {}),
             per_head=per_head,
             residual=residual,
+            init_roles=dict(init_roles or {}),
         )
 
         def decorate(cls: type[nn.Module]) -> type[nn.Module]:

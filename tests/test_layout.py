@@ -33,6 +33,7 @@ STAGES = [
     "generate",  # decoding: takes a model (duck-typed), loads no file
     "shapes",  # shape tables: read a plan (duck-typed); the model shows them in notebooks
     "config",
+    "initialisation",  # the [init] schemes: read a config, draw a built model's weights
     "model",
 ]
 

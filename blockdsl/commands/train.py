@@ -118,6 +118,8 @@ def _train(args: argparse.Namespace, out: TextIO) -> int:
 
     spec, overrides = model_spec(args)
     load_config(spec, **overrides)  # configuration errors before anything else
+    if "init" in overrides:  # --set init.scheme=gpt2: the model's [init] table, not --init
+        spec = load_config(spec, init=overrides.pop("init"))
     options = options_from(args, OPTIONS)
     if args.from_hf:  # the folder's weights, never a silent random init
         if options.get("init") is not None:

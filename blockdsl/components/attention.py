@@ -669,6 +669,11 @@ _ATTN_HELP: dict[str, str] = {
 }
 
 
+#: What the projections are to an ``[init]`` scheme (``blockdsl/initialisation.py``).
+ATTN_INIT_ROLES = {"q.*": "hidden", "k.*": "hidden", "v.*": "hidden", "gate.*": "hidden",
+                   "o.*": "output"}  # fmt: skip
+
+
 @register(
     "Attn",
     out_features=same_size,
@@ -686,6 +691,7 @@ _ATTN_HELP: dict[str, str] = {
         ),
         keys=lambda d_in, context=2048, **_: context,
     ),
+    init_roles=ATTN_INIT_ROLES,
 )
 class Attn(_Projections):
     """Multi-head self-attention: MHA/MQA/GQA, RoPE or ALiBi, sliding window, and slots.
@@ -1097,6 +1103,7 @@ _CROSS_ATTN_HELP: dict[str, str] = {
     check=_check_heads,
     arg_help=_CROSS_ATTN_HELP,
     slots=attn_slots(rotary=False, keys=lambda d_in, **_: 2048),
+    init_roles=ATTN_INIT_ROLES,
 )
 class CrossAttn(_Projections):
     """Cross-attention from the stream to a ``memory`` (B, S, d_memory) given at call time.

@@ -80,6 +80,7 @@ _LINEAR_HELP: dict[str, str] = {
     flops=_linear_flops,
     check=_check_linear,
     arg_help=_LINEAR_HELP,
+    init_roles={"weight": "hidden", "bias": "hidden"},
 )
 class Linear(nn.Linear):
     """Linear map of the features to ``out`` features (default: unchanged), ``x @ weight.T + bias``.

@@ -73,6 +73,7 @@ _EMBED_HELP: dict[str, str] = {
     check=_check_embed,
     embedding=lambda module: module.tok,
     arg_help=_EMBED_HELP,
+    init_roles={"tok.*": "embedding", "pos.*": "position"},
 )
 class Embed(nn.Module):
     """Token embedding ``tok(idx) * scale``, plus learned or sinusoidal position embeddings.
@@ -171,6 +172,7 @@ _HEAD_HELP: dict[str, str] = {
     check=accepts_any,
     tie=_tie_head,
     arg_help=_HEAD_HELP,
+    init_roles={"weight": "readout", "bias": "readout"},
 )
 class Head(nn.Module):
     """Output projection to vocabulary logits ``x @ weight.T (+ bias)``, optionally soft-capped.

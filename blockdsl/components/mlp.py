@@ -103,9 +103,13 @@ def _mlp_flops(d_in: int, seq: int, **args) -> int:
     return seq * (2 * s.weights + int(s.gated) * s.hidden)  # + the gate product
 
 
-def _check_mlp(d_in: int, **args) -> Problem:
+def _check_mlp(d_in: int, init_std: float | None = None, **args) -> Problem:
     h = mlp_sizes(d_in, **args).hidden
-    return f"MLP hidden size must be positive, got {h}" if h <= 0 else None
+    if h <= 0:
+        return f"MLP hidden size must be positive, got {h}"
+    if init_std is not None and not (init_std >= 0 and math.isfinite(init_std)):
+        return f"MLP init_std must be a finite number >= 0, got {init_std}"
+    return None
 
 
 def _mlp_steps(
@@ -129,6 +133,8 @@ _MLP_HELP: dict[str, str] = {
     "act": "activation: relu, gelu, gelu_tanh, silu, relu2 (squared ReLU) or xielu (learned)",
     "gated": "gated linear unit: `down(act(gate(x)) * up(x))`",
     "bias": "biases on the linears",
+    "init_std": "initialise the weights N(0, init_std) (0: zeros) and the biases to zero, "
+    "whatever the model's [init] scheme; none: the scheme's (nn.Linear's under torch)",
 }
 
 
@@ -140,6 +146,7 @@ _MLP_HELP: dict[str, str] = {
     check=_check_mlp,
     arg_help=_MLP_HELP,
     shape_steps=_mlp_steps,
+    init_roles={"gate.*": "hidden", "up.*": "hidden", "down.*": "output"},
 )
 class MLP(nn.Module):
     """Position-wise feed-forward: ``down(act(up(x)))``, or gated ``down(act(gate(x)) * up(x))``.
@@ -147,7 +154,9 @@ class MLP(nn.Module):
     ``hidden`` defaults to ``int(mult * d_model)``. Activations: relu, gelu (exact), gelu_tanh
     (GPT-2), silu (SwiGLU when gated), relu2 (squared ReLU), xielu (with two learned scalars,
     ``act.alpha_p`` and ``act.alpha_n``: Apertus). Parameters: ``up``, ``down`` and, when
-    ``gated``, ``gate`` (``nn.Linear``; biases with ``bias``).
+    ``gated``, ``gate`` (``nn.Linear``; biases with ``bias``), initialised as
+    ``nn.Linear``, or N(0, ``init_std``) with zero biases when it is set (``init_std=0``: the
+    zero-initialised projections of modded-nanogpt).
     """
 
     def __init__(
@@ -158,15 +167,31 @@ class MLP(nn.Module):
         act: MLPActivation = "gelu",
         gated: bool = False,
         bias: bool = False,
+        init_std: float | None = None,
     ) -> None:
         super().__init__()
-        raise_problem(_check_mlp(d_model, hidden=hidden, mult=mult))
+        raise_problem(_check_mlp(d_model, hidden=hidden, mult=mult, init_std=init_std))
         h = mlp_sizes(d_model, hidden, mult).hidden
         self.act_name = act
         self.act = XIELU() if act == "xielu" else activation(act)
+        self.init_std = init_std
         self.gate = nn.Linear(d_model, h, bias=bias) if gated else None
         self.up = nn.Linear(d_model, h, bias=bias)
         self.down = nn.Linear(h, d_model, bias=bias)
+        if init_std is not None:  # else nn.Linear's own init, already drawn
+            self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """``nn.Linear``'s init, or N(0, ``init_std``) weights and zero biases."""
+        for linear in (self.gate, self.up, self.down):
+            if linear is None:
+                continue
+            if self.init_std is None:
+                linear.reset_parameters()
+            else:
+                nn.init.normal_(linear.weight, std=self.init_std)
+                if linear.bias is not None:
+                    nn.init.zeros_(linear.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, D) -> (B, T, D)
         if self.gate is not None:
@@ -385,7 +410,11 @@ _MOE_HELP: dict[str, str] = {
     shape_steps=_moe_steps,
     combine_aux=combine_moe_aux,
     decodes=True,
-)
+    init_roles={
+        "router.*": "router", "shared_gate.*": "router", "w_gate": "hidden", "w_up": "hidden",
+        "w_down": "output", "shared.down.*": "output", "shared.*": "hidden",
+    },
+)  # fmt: skip
 class MoE(nn.Module):
     """Mixture of experts: a softmax router sends each token to its top-k experts.
 

@@ -9,6 +9,7 @@ checkpoints, summary. ``Run`` reads a run directory back.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -91,7 +92,7 @@ def train(
     max_memory: int | str | None = None,
     progress: bool | None = None,
     registry: Any = None,
-    init: str | os.PathLike | None = None,
+    init: str | os.PathLike | Mapping[str, Any] | None = None,
     init_strict: bool | None = None,
     init_optimizer: bool | None = None,
     teacher: str | os.PathLike | None = None,
@@ -111,7 +112,11 @@ def train(
     "Starting from trained weights"); ``teacher`` (the same kinds of source) distils it into
     the model, weighted by ``distill={...}`` (``[distill]``); ``threads`` (torch's CPU
     threads during the run, restored after it) and ``plot`` (``curves.png`` at each
-    evaluation) likewise; given here they override the config's ``[train]``."""
+    evaluation) likewise; given here they override the config's ``[train]``. ``init`` given
+    as a mapping is the model's ``[init]`` table (its
+    initialisation scheme, as for ``build_model``), not weights to start from."""
+    if isinstance(init, Mapping):
+        overrides["init"], init = init, None
     starting = {
         "init": init,
         "init_strict": init_strict,

@@ -21,34 +21,49 @@ import torch
 from torch import nn
 from torch.optim import lr_scheduler
 
+from blockdsl.initialisation import lr_multipliers
+from blockdsl.model import LanguageModel
 from blockdsl.train.settings import OptimSettings
 
 
 def param_groups(model: nn.Module, settings: OptimSettings) -> dict[str, list[dict[str, Any]]]:
-    """The parameters of each optimizer: ``{"adamw": [decay group, no-decay group]}``, plus
-    ``"muon"`` (the hidden matrices) for ``name = "muon"``."""
+    """The parameters of each optimizer: ``{"adamw": [decay group, no-decay group, ...]}``,
+    plus ``"muon"`` (the hidden matrices) for ``name = "muon"``. A model whose ``[init]``
+    scheme scales learning rates per parameter (``mup``: ``blockdsl.initialisation.
+    lr_multipliers``) gets one more group per multiplier, with ``lr`` set to ``settings.lr``
+    times it (the schedule scales every group alike); the multiplier-1 groups come first."""
+    language_model = next((m for m in model.modules() if isinstance(m, LanguageModel)), None)
     hidden: set[int] = set()
-    if settings.name == "muon":
-        for layer in getattr(model, "layers", []):
+    if settings.name == "muon" and language_model is not None:
+        for layer in language_model.layers:
             hidden.update(id(p) for p in layer.parameters() if p.ndim == 2)
-    muon, decay, no_decay = [], [], []
+    multipliers = lr_multipliers(language_model, hidden) if language_model is not None else {}
+    split: dict[tuple[str, bool, float], list[nn.Parameter]] = {}
     for param in model.parameters():  # distinct parameters: tied weights appear once
         if not param.requires_grad:
             continue
-        if id(param) in hidden:
-            muon.append(param)
-        elif param.ndim >= 2:
-            decay.append(param)
-        else:
-            no_decay.append(param)
-    groups = {
+        kind = "muon" if id(param) in hidden else "adamw"
+        decays = kind == "muon" or param.ndim >= 2
+        split.setdefault((kind, decays, multipliers.get(id(param), 1.0)), [])
+        split[(kind, decays, multipliers.get(id(param), 1.0))].append(param)
+    groups: dict[str, list[dict[str, Any]]] = {
         "adamw": [
-            {"params": decay, "weight_decay": settings.weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
+            {"params": split.pop(("adamw", True, 1.0), []), "weight_decay": settings.weight_decay},
+            {"params": split.pop(("adamw", False, 1.0), []), "weight_decay": 0.0},
         ]
     }
-    if muon:
-        groups["muon"] = [{"params": muon, "weight_decay": settings.weight_decay}]
+    if ("muon", True, 1.0) in split:
+        groups["muon"] = [
+            {"params": split.pop(("muon", True, 1.0)), "weight_decay": settings.weight_decay}
+        ]
+    for (kind, decays, multiplier), params in split.items():
+        groups.setdefault(kind, []).append(
+            {
+                "params": params,
+                "weight_decay": settings.weight_decay if decays else 0.0,
+                "lr": settings.lr * multiplier,
+            }
+        )
     return groups
 
 
