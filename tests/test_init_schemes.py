@@ -39,6 +39,7 @@ REFERENCES = {
     "mamba2": "torch",  # mamba_ssm: nn.Linear's default, embeddings N(0, 0.02)
     "recurrentgemma": "torch",
     "speedrun": "modded",  # modded-nanogpt: std 0.5/sqrt(fan_in), projections and head zero
+    "gptalpha": "small_embed",  # GPT Core / RWKV: embedding U-ish 1e-4 (normalised), else 0.02
 }
 LINEAR = re.compile(r"\.(attn|mlp)\.(q|k|v|o|gate|up|down)\.weight$")
 OUTPUT = re.compile(r"\.(attn\.o|mlp\.down)\.weight$|\.moe\.w_down$")
@@ -52,7 +53,7 @@ def expected_std(reference: str, name: str, weight: torch.Tensor, layers: int) -
     parameter its reference's rule covers, e.g. a norm gain or a state-space mixer's own)."""
     d_model = weight.shape[-1]
     if EMBEDDING.search(name):
-        return d_model**-0.5 if reference == "xavier" else 0.02
+        return {"xavier": d_model**-0.5, "small_embed": 1e-4}.get(reference, 0.02)
     dense = LINEAR.search(name) or EXPERTS.search(name) or name.endswith("moe.router.weight")
     dense = dense or name == "head.head.weight"
     if not dense:
@@ -84,7 +85,8 @@ def test_every_preset_names_its_references_scheme() -> None:
     assert set(REFERENCES) == set(list_presets())
     for preset, reference in REFERENCES.items():
         scheme = blockdsl.load_config(preset).init.get("scheme")
-        assert scheme in SCHEMES and scheme == {"modded": "llama"}.get(reference, reference)
+        assert scheme in SCHEMES
+        assert scheme == {"modded": "llama", "small_embed": "llama"}.get(reference, reference)
 
 
 @pytest.mark.parametrize("preset", sorted(REFERENCES))
