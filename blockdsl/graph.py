@@ -955,8 +955,11 @@ def _misfit(spec: ModuleSpec, slot: Any, features: int) -> str | None:
     if slot.layout == "scores":
         if component.mixes_positions:
             return "it mixes positions; the scores slot holds position-wise steps"
+        wider = dict(spec.args)
+        if component.input_size in wider and spec.d_in is not None:
+            wider[component.input_size] = spec.d_in + 1
         if spec.d_in is not None and component.count_params(spec.d_in, spec.args) != (
-            component.count_params(spec.d_in + 1, spec.args)
+            component.count_params(spec.d_in + 1, wider)
         ):
             return (
                 "its parameters depend on its input size, and the scores slot has one feature "

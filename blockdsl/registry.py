@@ -39,8 +39,9 @@ default:
 ``slots``           ``{name: Slot(...)}``: named places inside the module where a block string
                     goes (language v3, "Slots"); the constructor receives the filled ones as
                     ``slots={name: module}``
-``per_head``        a component that mixes positions also accepts per-head inputs
-                    ``(B, T, H, F)`` (mixing along dim 1), so it fits an attention's q/k/v/o slot
+``per_head``        the component accepts per-head inputs ``(B, T, H, F)`` (a mixer of positions
+                    mixing along dim 1), so it fits an attention's q/k/v/o slot, and its
+                    ``heads`` argument is the slot's (an error outside one)
 ``residual``        the component is a parameterised residual, written ``+(args)``:
                     ``forward(tap, h)`` returns the update that the chain adds to ``tap``
                     (docs/language.md, "Parameterised residuals"); never an ordinary step

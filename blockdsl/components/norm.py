@@ -70,6 +70,7 @@ _NORM_HELP: dict[str, str] = {
     flops=_norm_flops,
     check=_check_norm,
     arg_help=_NORM_HELP,
+    per_head=True,
 )
 class Norm(nn.Module):
     """Normalise each position's features: rms (RMSNorm), layer (LayerNorm), l2 (cosine) or none.
