@@ -297,6 +297,40 @@ def invalid_repeat_count(s: Situation) -> Explained | None:
 
 
 @rule
+def unnamed_child_after_slot(s: Situation) -> Explained | None:
+    """``Attn[q=Norm, MLP]``: the grammar puts a combinator's children before the slots."""
+    if s.ctx != "children" or s.kind == "EQUAL":
+        return None
+    pos = len(s.text) if s.at_end else s.tok.start_pos
+    items, depth, current = [], 0, ""
+    for index in range(pos - 1, -1, -1):  # back to the '[' that holds this item
+        ch = s.text[index]
+        if ch in ")]":
+            depth += 1
+        elif ch in "([":
+            if depth == 0:
+                break
+            depth -= 1
+        if depth == 0 and ch == ",":
+            items.append(current)
+            current = ""
+        else:
+            current = ch + current
+    items.append(current)
+    last, earlier = items[0], items[1:]
+    named = [item for item in earlier if re.match(r"\s*[A-Za-z_][A-Za-z0-9_]*\s*=(?!>)", item)]
+    if not named or "=" in last.replace("->", ""):
+        return None
+    start = pos - len(last) + (len(last) - len(last.lstrip()))
+    return (
+        "unnamed child after a named one",
+        start,
+        max(start + 1, pos - (len(last) - len(last.rstrip()))),
+        "write a combinator's children first, then the slots, e.g. 'MoE[MLP, MLP, q=...]'",
+    )
+
+
+@rule
 def missing_value(s: Situation) -> Explained | None:
     if s.prev_kind == "EQUAL" and s.closing:
         before = s.before

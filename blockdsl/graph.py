@@ -558,6 +558,17 @@ class _Builder:
         args = self.bind(call, component, alias_args, size)
         if args is None:
             return self.failed(call.span, h)
+        vocab = self.model_globals.get("vocab")
+        short = isinstance(args.get("vocab"), int) and vocab is not None and args["vocab"] < vocab
+        if component.tokens_in and short:
+            self.problem(
+                ArgumentError,
+                f"{call.name}(vocab={args['vocab']}) has fewer rows than the model's "
+                f"vocabulary ({vocab}): token ids from {args['vocab']} on have no embedding",
+                call.span,
+                "leave vocab unset (the model's), or raise it",
+            )
+            return self.failed(call.span, h)
         if (
             component.declarations.per_head
             and args.get("heads") is not None

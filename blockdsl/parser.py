@@ -241,18 +241,6 @@ class _AstBuilder(Transformer):
     def children(self, c: list) -> _Children:
         out = _Children(c[1:-1:2])
         out.span = _span(c[0], c[-1])
-        named = None
-        for child in out:
-            if isinstance(child, SlotFill):
-                named = named or child
-            elif named is not None:
-                raise _BuildError(
-                    "unnamed child after a named one",
-                    child.span.start,
-                    child.span.end,
-                    f"write a combinator's children first, then the slots, e.g. "
-                    f"'MoE[MLP, MLP, {named.name}=...]'",
-                )
         return out
 
     def slot(self, c: list) -> SlotFill:

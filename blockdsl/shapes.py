@@ -112,6 +112,11 @@ class ShapeTable:
         return shape_grid(self).html()
 
 
+def _slot_values(graph: BlockGraph) -> int:
+    """Features per position that the calls of a slot's block keep for backward."""
+    return sum(data["size"] or 0 for _, data in graph.calls())
+
+
 def describe_args(spec: ModuleSpec) -> str:
     """``Attn(heads=64, kv_heads=8, head_dim=128, pos=rope, ...)``: every user-settable
     argument as resolved (model-level values like ``context`` included)."""
@@ -187,8 +192,16 @@ class _Tabulator:
         self.rows.append(ShapeRow(path, "block", what, sym, num, params, flops, block=path))
 
     def graph_rows(
-        self, path: str, graph: BlockGraph, level: int, instance: str | None = None
+        self,
+        path: str,
+        graph: BlockGraph,
+        level: int,
+        instance: str | None = None,
+        per_position: int | None = None,
     ) -> None:
+        """Rows of ``graph``'s calls and adds. ``per_position``: the graph is the block in a
+        mixer's slot, whose every call keeps its output for backward, ``per_position`` values
+        per position for each of its features (a per-head slot: one per head)."""
         instance = instance or path  # the block instance (layers.3) that owns #labels
         for _, data in graph.nodes():
             kind = data["kind"]
@@ -197,6 +210,7 @@ class _Tabulator:
             sym, num = self.dims(data["size"])
             if data["size"]:
                 self.values += data["size"] if level == 0 else 0
+                self.values += data["size"] * per_position if per_position else 0
             if kind == "add":
                 flops = self.seq * (data["size"] or 0) * self.batch
                 node_path = f"{path}.{data['name']}"
@@ -230,6 +244,17 @@ class _Tabulator:
                 self.step_rows(node_path, spec, level + 1)
                 for index, child in enumerate(spec.children):
                     self.graph_rows(f"{node_path}[{index}]", child, level + 1, instance)
+            for name, slot in spec.slots.items():  # rows at depth 2; their activations always
+                declared = spec.component.slots[name]
+                heads = declared.heads(d_in=spec.d_in, **spec.args) if declared.heads else 1
+                # a scores block's logits are the attention's explicit scores (train/memory.py)
+                layout = declared.layout
+                per_position = 0 if layout == "scores" else heads if layout == "heads" else 1
+                if self.depth >= 2:
+                    row = f"{node_path}[{name}=]"
+                    self.graph_rows(row, slot, level + 1, instance, per_position)
+                else:
+                    self.values += _slot_values(slot) * per_position
 
     def step_rows(self, path: str, spec: ModuleSpec, level: int) -> None:
         hook = spec.component.shape_steps_fn

@@ -102,6 +102,7 @@ def _other_hf_model(name: str):
         test_hf_hybrid,
         test_hf_moe,
         test_hf_moe_records,
+        test_hf_records,
         test_hf_ssm,
     )
 
@@ -121,11 +122,28 @@ def _other_hf_model(name: str):
         records.setdefault(model_type, kwargs)  # the first row of each model_type
     if name in records:
         return test_hf_moe_records._hf_model(name, records[name]), test_hf_moe_records.V
+    for _, model_type, kwargs in test_hf_records.RECORDS:
+        if model_type == name:
+            return test_hf_records._hf_model(model_type, kwargs), V
     raise KeyError(f"no small config for the imported architecture '{name}': add one here")
 
 
+def _record_types() -> set[str]:
+    """Types whose record tests already compare greedy and cached greedy decoding with
+    transformers (tests/test_hf_records.py, test_hf_moe_records.py): here with -m long."""
+    from tests import test_hf_moe_records, test_hf_records
+
+    return {r[1] for r in test_hf_records.RECORDS} | {r[0] for r in test_hf_moe_records.MOE_RECORDS}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("name", sorted(_import().SUPPORTED))  # every imported architecture
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(n, marks=pytest.mark.long if n in _record_types() else ())
+        for n in sorted(_import().SUPPORTED)
+    ],
+)  # every imported architecture
 def test_greedy_continuations_equal_transformers_generate(name: str) -> None:
     gen = torch.Generator().manual_seed(0)
     vocab = V

@@ -128,8 +128,9 @@ QUICK = ("exaone", "cohere2", "apertus", "codegen")
 
 
 def _rows(quick: tuple[str, ...] = ()) -> list[Any]:
+    long = (pytest.mark.slow, pytest.mark.long)  # pytest -m long runs them
     return [
-        pytest.param(model_type, kwargs, id=row, marks=() if row in quick else pytest.mark.slow)
+        pytest.param(model_type, kwargs, id=row, marks=() if row in quick else long)
         for row, model_type, kwargs in RECORDS
     ]
 

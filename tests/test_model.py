@@ -131,7 +131,10 @@ def test_preset_trains_from_near_uniform_loss(name: str) -> None:
     targets = torch.randint(0, 97, (2, 16))
     logits, loss, _ = model(idx, targets)
     assert logits.shape == (2, 16, 97)
-    assert abs(loss.item() - math.log(97)) < 0.5
+    # fairseq's init (the transformer preset's xavier scheme) gives the tied head's logits a
+    # standard deviation near 1: its first loss is log(V) + ~0.5, as in fairseq
+    tolerance = 0.75 if name == "transformer" else 0.5
+    assert abs(loss.item() - math.log(97)) < tolerance
     loss.backward()
     missing = [n for n, p in model.named_parameters() if p.grad is None]
     assert not missing

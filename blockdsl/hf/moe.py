@@ -1092,8 +1092,8 @@ def _fused_qkv_weights(cfg: Any, m: WeightMapper, p: str, q: str) -> None:
         )
     m.linear(f"{a}.o", f"{src}.dense", bias=False)
     if cfg.use_qk_norm:
-        m.norm(f"{a}.q_norm", f"{src}.query_layernorm", bias=False)
-        m.norm(f"{a}.k_norm", f"{src}.key_layernorm", bias=False)
+        m.norm(f"{a}.slots.q.norm", f"{src}.query_layernorm", bias=False)
+        m.norm(f"{a}.slots.k.norm", f"{src}.key_layernorm", bias=False)
 
 
 def _mlp_layer_kinds(cfg: Any, t: str) -> list[str]:

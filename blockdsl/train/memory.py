@@ -121,23 +121,31 @@ def _copies(plan: Any, row: Any) -> int:
 
 def _explicit_scores(plan: Any, step_path: str) -> bool:
     """Whether the attention call that owns the step at ``step_path`` materialises its
-    scores (``softcap`` set: ``blockdsl.components.attention.attend``)."""
-    return _call_args(plan, step_path).get("softcap") is not None
+    scores (a block in its ``scores`` slot, ``softcap`` included:
+    ``blockdsl.components.attention.attend``)."""
+    spec = _call_spec(plan, step_path)
+    return spec is not None and "scores" in spec.slots
 
 
 def _call_args(plan: Any, step_path: str) -> dict[str, Any]:
     """The resolved arguments of the component call that owns ``step_path``."""
+    spec = _call_spec(plan, step_path)
+    return {} if spec is None else spec.args
+
+
+def _call_spec(plan: Any, step_path: str) -> Any:
+    """The module spec of the component call that owns ``step_path`` (None: not found)."""
     call = step_path.split("/")[0]
     block, _, attr = call.rpartition(".")
     graphs = {"embed": plan.embed, "head": plan.head}
     graphs.update({f"layers.{i}": graph for i, (_, graph) in enumerate(plan.layers)})
     graph = graphs.get(block)
     if graph is None:
-        return {}
+        return None
     for key, name in module_attributes(graph).items():
         if name == attr:
-            return graph.modules[key].args
-    return {}
+            return graph.modules[key]
+    return None
 
 
 def available(device: torch.device) -> int | None:
