@@ -42,7 +42,12 @@ def test_the_table_reads_back():
 
 @pytest.mark.parametrize(
     "model_type",
-    [pytest.param(t, marks=() if t in QUICK else pytest.mark.slow) for t in IMPORTED],
+    # the quick ones every run; the rest (a new user's sweep of every type, minutes) with
+    # -m long, and by docs/gen_huggingface.py, which rewrites the table from the same check
+    [
+        pytest.param(t, marks=() if t in QUICK else (pytest.mark.slow, pytest.mark.long))
+        for t in IMPORTED
+    ],
 )
 def test_a_listed_type_still_imports(model_type):
     row = gen.check(model_type, gen.causal_lm_types()[model_type])

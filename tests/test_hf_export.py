@@ -62,8 +62,18 @@ def shrunk(name: str) -> blockdsl.LanguageModel:
     return blockdsl.build_model(name, **SMALL, **overrides).eval()
 
 
+#: Round trips whose export search runs for minutes on two cores: with -m long.
+LONG_ROUND_TRIPS = ("gptj",)
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("name", sorted(PRESETS))
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(n, marks=pytest.mark.long) if n in LONG_ROUND_TRIPS else n
+        for n in sorted(PRESETS)
+    ],
+)
 def test_round_trip(name, tmp_path):
     model = shrunk(name)
     folder = export_hf(model, tmp_path / "hf")
@@ -128,7 +138,18 @@ REFUSALS = {
 @pytest.mark.parametrize(
     "case",
     # the structural cases search every architecture to exhaustion (tens of seconds)
-    [c if c == "no_counterpart" else pytest.param(c, marks=pytest.mark.slow) for c in REFUSALS],
+    # (the two longest, over a minute each, with -m long)
+    [
+        c
+        if c == "no_counterpart"
+        else pytest.param(
+            c,
+            marks=(pytest.mark.slow, pytest.mark.long)
+            if c in ("argument", "post_norm")
+            else pytest.mark.slow,
+        )
+        for c in REFUSALS
+    ],
 )
 def test_refusals_golden(case):
     message = refusal(REFUSALS[case]) + "\n"
