@@ -94,6 +94,18 @@ def build(
 
 
 @pytest.fixture(autouse=True)
+def _no_training_curves(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Drawing ``curves.png`` at each evaluation costs about half a second of matplotlib per
+    evaluation: in-process trainings of the suite skip it, except in the files that test the
+    plots (a CLI run in a subprocess, as the docs run, still draws them)."""
+    if request.module.__name__.rsplit(".", 1)[-1] in ("test_watch", "test_compare"):
+        return
+    from blockdsl.train.trainer import Trainer
+
+    monkeypatch.setattr(Trainer, "_plot", lambda self: None)
+
+
+@pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
 
