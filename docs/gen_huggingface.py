@@ -355,8 +355,11 @@ def check(model_type: str, hf_class: str = "") -> Row:
                         diff = (model(ids).logits - ours(ids).logits).abs().max().item()
                 except HFImportError as exc:
                     reason = _first_line(exc).removeprefix("blockdsl: ").replace(folder, "")
-                    if re.search(r"model_type '[^']+' is not supported", reason):
+                    missing = re.search(r"model_type '[^']+' is not supported(: (.*))?", reason)
+                    if missing:
                         reason = "no import record for this model_type"
+                        if missing.group(2):
+                            reason += f"; {missing.group(2)}"
                     row.status, row.reason = REFUSED, reason.removeprefix("/")
                 except (BlockDSLError, Exception) as exc:
                     row.reason = f"{type(exc).__name__}: {_first_line(exc)}"

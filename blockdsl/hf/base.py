@@ -378,6 +378,31 @@ class _Supported(Mapping[str, str]):
 #: model_type -> the transformers class it is read from (a view of ``ARCHITECTURES``).
 SUPPORTED: Mapping[str, str] = _Supported()
 
+#: model_type -> what blockdsl lacks to import it, for causal LMs of transformers that have no
+#: record: the refusal names the missing part, so a user knows whether a string could do it.
+MISSING_PARTS: dict[str, str] = {
+    "deepseek_v32": "DeepSeek sparse attention (the lightning indexer that picks the keys)",
+    "glm_moe_dsa": "DeepSeek sparse attention (the lightning indexer that picks the keys)",
+    "diffllama": "differential attention (two softmax maps subtracted with a learned lambda)",
+    "doge": "dynamic mask attention and cross-domain MoE",
+    "jetmoe": "mixture-of-attention-heads (MoA) routing of the attention projections",
+    "kimi_linear": "Kimi delta attention (KDA)",
+    "minimax": "lightning attention (MiniMax's linear attention with decay)",
+    "rwkv": "RWKV-4 time mixing (blockdsl has RWKV-7)",
+    "falcon_mamba": "Mamba-1 selective scan (blockdsl has Mamba-2)",
+    "zamba2": "shared transformer blocks with per-use LoRA adapters",
+}
+
+
+def unsupported_model_type(model_type: str, where: str = "") -> HFImportError:
+    """The refusal of a ``model_type`` without a record: it names the missing part if known."""
+    missing = MISSING_PARTS.get(model_type)
+    return HFImportError(
+        f"{where}Hugging Face model_type '{model_type}' is not supported"
+        + (f": blockdsl has no {missing}" if missing else ""),
+        hint="supported: " + ", ".join(f"{k} ({v})" for k, v in SUPPORTED.items()),
+    )
+
 
 # ---------------------------------------------------------------- shared layouts
 

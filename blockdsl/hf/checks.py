@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from blockdsl.errors import BlockDSLError
-from blockdsl.hf.base import HFImportError
+from blockdsl.hf.base import HFImportError, unsupported_model_type
 from blockdsl.untrusted import read_json_object, require_regular_file
 
 #: integer sizes a config.json may hold that must be at least 1 where present
@@ -83,10 +83,7 @@ def read_hf_config(folder: str | os.PathLike, supported: Sequence[str] = ()) -> 
     if not isinstance(model_type, str):
         raise _error(f"{path}: 'model_type' must be a string, got {model_type!r}")
     if supported and model_type not in supported:
-        raise _error(
-            f"{path}: Hugging Face model_type '{model_type}' is not supported",
-            hint="supported: " + ", ".join(sorted(supported)),
-        )
+        raise unsupported_model_type(model_type, where=f"{path}: ")
     check_hf_values(data, str(path))
     return data
 

@@ -29,11 +29,11 @@ from blockdsl.hf import checks
 from blockdsl.hf.base import (
     ARCHITECTURES,
     NON_PERSISTENT_BUFFERS,
-    SUPPORTED,
     HFImportError,
     Tensor,
     WeightMapper,
     require_transformers,
+    unsupported_model_type,
 )
 
 __all__ = [
@@ -67,10 +67,7 @@ def _as_hf_config(hf_config: Any) -> Any:
 def _model_type(cfg: Any) -> str:
     model_type = cfg.model_type
     if model_type not in ARCHITECTURES:
-        raise HFImportError(
-            f"Hugging Face model_type '{model_type}' is not supported",
-            hint="supported: " + ", ".join(f"{k} ({v})" for k, v in SUPPORTED.items()),
-        )
+        raise unsupported_model_type(model_type)
     return model_type
 
 
