@@ -112,9 +112,31 @@ class ShapeTable:
         return shape_grid(self).html()
 
 
-def _slot_values(graph: BlockGraph) -> int:
-    """Features per position that the calls of a slot's block keep for backward."""
-    return sum(data["size"] or 0 for _, data in graph.calls())
+def _slot_positions(spec: ModuleSpec, name: str) -> int:
+    """Values a slot's block produces per position for each of its features: one per head for
+    a per-head slot, none for a ``scores`` block (its logits are the attention's explicit
+    scores, counted by train/memory.py)."""
+    declared = spec.component.slots[name]
+    if declared.layout == "scores":
+        return 0
+    if declared.layout == "heads" and declared.heads:
+        return declared.heads(d_in=spec.d_in, **spec.args)
+    return 1
+
+
+def _kept_values(graph: BlockGraph, per_position: int = 1) -> int:
+    """Features per position that a block keeps for backward: the output of every call and
+    residual ``+``, and of the calls inside its mixers' slots."""
+    total = 0
+    for _, data in graph.nodes():
+        if data["kind"] not in ("call", "add"):
+            continue
+        total += (data["size"] or 0) * per_position
+        if data["kind"] == "call":
+            spec = graph.modules[data["module"]]
+            for name, slot in spec.slots.items():
+                total += _kept_values(slot, per_position * _slot_positions(spec, name))
+    return total
 
 
 def describe_args(spec: ModuleSpec) -> str:
@@ -144,7 +166,6 @@ class _Tabulator:
         self.rows: list[ShapeRow] = []
         # a labelled module -> path of its first use (see _shared_key)
         self.owner: dict[object, str] = {}
-        self.values = 0  # Σ size over produced values, per token
 
     def dims(self, size: int | None) -> tuple[tuple[str, ...], tuple[int, ...]]:
         if size is None:  # token ids
@@ -179,9 +200,6 @@ class _Tabulator:
                     continue
                 self.owner[_shared_key(spec, path)] = path
             params += spec.params
-        for _, data in graph.nodes():
-            if data["kind"] in ("call", "add") and data["size"]:
-                self.values += data["size"]
         out = graph.nx.nodes[graph.output]["size"]
         sym, num = self.dims(out)
         if name in ("embed", "head"):
@@ -197,20 +215,14 @@ class _Tabulator:
         graph: BlockGraph,
         level: int,
         instance: str | None = None,
-        per_position: int | None = None,
     ) -> None:
-        """Rows of ``graph``'s calls and adds. ``per_position``: the graph is the block in a
-        mixer's slot, whose every call keeps its output for backward, ``per_position`` values
-        per position for each of its features (a per-head slot: one per head)."""
+        """Rows of ``graph``'s calls and adds."""
         instance = instance or path  # the block instance (layers.3) that owns #labels
         for _, data in graph.nodes():
             kind = data["kind"]
             if kind not in ("call", "add"):
                 continue
             sym, num = self.dims(data["size"])
-            if data["size"]:
-                self.values += data["size"] if level == 0 else 0
-                self.values += data["size"] * per_position if per_position else 0
             if kind == "add":
                 flops = self.seq * (data["size"] or 0) * self.batch
                 node_path = f"{path}.{data['name']}"
@@ -244,17 +256,9 @@ class _Tabulator:
                 self.step_rows(node_path, spec, level + 1)
                 for index, child in enumerate(spec.children):
                     self.graph_rows(f"{node_path}[{index}]", child, level + 1, instance)
-            for name, slot in spec.slots.items():  # rows at depth 2; their activations always
-                declared = spec.component.slots[name]
-                heads = declared.heads(d_in=spec.d_in, **spec.args) if declared.heads else 1
-                # a scores block's logits are the attention's explicit scores (train/memory.py)
-                layout = declared.layout
-                per_position = 0 if layout == "scores" else heads if layout == "heads" else 1
-                if self.depth >= 2:
-                    row = f"{node_path}[{name}=]"
-                    self.graph_rows(row, slot, level + 1, instance, per_position)
-                else:
-                    self.values += _slot_values(slot) * per_position
+            if self.depth >= 2:
+                for name, slot in spec.slots.items():
+                    self.graph_rows(f"{node_path}[{name}=]", slot, level + 1, instance)
 
     def step_rows(self, path: str, spec: ModuleSpec, level: int) -> None:
         hook = spec.component.shape_steps_fn
@@ -291,6 +295,7 @@ def shape_table(
         raise ValueError(f"unknown dtype {dtype!r}; one of {', '.join(DTYPE_BYTES)}")
     tab = _Tabulator(plan, batch, seq, depth, full_args)
     rows = tab.run()
+    values = sum(_kept_values(graph) for _, _, graph in tab.blocks())
     return ShapeTable(
         rows=rows,
         batch=batch,
@@ -298,7 +303,7 @@ def shape_table(
         dtype=dtype,
         params=plan.params(),
         flops=plan.flops(seq) * batch,
-        activation_bytes=batch * seq * tab.values * DTYPE_BYTES[dtype],
+        activation_bytes=batch * seq * values * DTYPE_BYTES[dtype],
         d_model=plan.config.d_model,
         vocab=plan.config.vocab,
         layers=len(plan.layers),

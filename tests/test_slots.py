@@ -299,3 +299,21 @@ def test_random_slot_contents_build_run_stay_causal_and_decode(call) -> None:
                 pos = torch.tensor([[t]])
                 steps.append(model(ids[:, t : t + 1], positions=pos, state=state).logits)
         torch.testing.assert_close(torch.cat(steps, 1), full, rtol=1e-4, atol=1e-4)
+
+
+def test_the_activation_estimate_counts_slots_the_same_at_every_depth() -> None:
+    from blockdsl.config import load_config
+    from blockdsl.model import ModelPlan
+    from blockdsl.shapes import shape_table
+
+    def estimate(block: str, depth: int) -> int:
+        model = {"vocab": 64, "d_model": 32, "context": 16, "layers": "b*2"}
+        config = load_config({"model": model, "blocks": {"b": block}})
+        return shape_table(ModelPlan(config), seq=16, depth=depth).activation_bytes
+
+    plain = estimate("Norm->Attn(heads=4)->+", 1)
+    block = "Norm->Attn(heads=4)[q=Norm->Norm, v=Conv(kernel=3)]->+"
+    slotted = [estimate(block, depth) for depth in (0, 1, 2)]
+    assert slotted[0] == slotted[1] == slotted[2]
+    # three per-head calls of head_dim 8 on 4 heads, per position, in each of the two layers
+    assert slotted[0] - plain == 2 * 16 * 3 * 8 * 4 * 4
