@@ -42,7 +42,7 @@ import os
 import re
 import shutil
 import sys
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -75,6 +75,27 @@ class CheckpointError(ConfigError):
         where = f" in {self.context}" if self.context else ""
         head = f"blockdsl: {self.message}{where}"
         return head if not self.hint else f"{head}\n  {self.hint}"
+
+
+def _misfit(
+    path: object,
+    verdict: str,
+    missing: Iterable[str],
+    unexpected: Iterable[str],
+    wrong: Iterable[str],
+) -> CheckpointError:
+    """The error for a weights file whose tensors do not fit the model: up to eight names of
+    each kind of misfit."""
+    problems = []
+    for what, names in (
+        ("missing tensors", missing),
+        ("unexpected tensors", unexpected),
+        ("shape mismatches", wrong),
+    ):
+        names = sorted(names)
+        if names:
+            problems.append(f"{what}: {', '.join(names[:8])}")
+    return CheckpointError(f"the tensors of '{path}' {verdict}: " + "; ".join(problems))
 
 
 def _safetensors() -> Any:
@@ -510,16 +531,7 @@ def check_sizes_before_allocation(
         if name in header and header[name][1] != shape
     ]
     if missing or unexpected or wrong:
-        problems = []
-        if missing:
-            problems.append(f"missing tensors: {', '.join(sorted(missing)[:8])}")
-        if unexpected:
-            problems.append(f"unexpected tensors: {', '.join(unexpected[:8])}")
-        if wrong:
-            problems.append(f"shape mismatches: {', '.join(sorted(wrong)[:8])}")
-        raise CheckpointError(
-            f"the tensors of '{path}' do not fit its config: " + "; ".join(problems)
-        )
+        raise _misfit(path, "do not fit its config", missing, unexpected, wrong)
     check_memory_budget(model, device=device, max_memory=max_memory, origin=origin)
 
 
@@ -598,14 +610,7 @@ def _fill(model: nn.Module, state: dict[str, torch.Tensor], path: Path, verdict:
         if tuple(tensor.shape) != tuple(expected[name].shape):
             wrong.append(f"{name} (file {list(tensor.shape)}, model {list(expected[name].shape)})")
     if missing or unexpected or wrong:
-        problems = []
-        if missing:
-            problems.append(f"missing tensors: {', '.join(sorted(missing)[:8])}")
-        if unexpected:
-            problems.append(f"unexpected tensors: {', '.join(unexpected[:8])}")
-        if wrong:
-            problems.append(f"shape mismatches: {', '.join(sorted(wrong)[:8])}")
-        raise CheckpointError(f"the tensors of '{path}' {verdict}: " + "; ".join(problems))
+        raise _misfit(path, verdict, missing, unexpected, wrong)
     model.load_state_dict(filled, strict=True)
 
 

@@ -121,10 +121,18 @@ def _copies(plan: Any, row: Any) -> int:
 
 def _explicit_scores(plan: Any, step_path: str) -> bool:
     """Whether the attention call that owns the step at ``step_path`` materialises its
-    scores (a block in its ``scores`` slot, ``softcap`` included:
-    ``blockdsl.components.attention.attend``)."""
+    scores: a block in its ``scores`` slot (``softcap`` included:
+    ``blockdsl.components.attention.attend``), or value heads of another width than the
+    query heads, which torch's fused CPU kernel (like FlashAttention) does not take, so
+    ``scaled_dot_product_attention`` falls back to its math path. On CUDA the memory-efficient
+    kernel takes them; the estimate stays on the safe side there."""
     spec = _call_spec(plan, step_path)
-    return spec is not None and "scores" in spec.slots
+    if spec is None:
+        return False
+    v_head_dim = spec.args.get("v_head_dim")
+    return "scores" in spec.slots or (
+        v_head_dim is not None and v_head_dim != spec.args.get("head_dim")
+    )
 
 
 def _call_args(plan: Any, step_path: str) -> dict[str, Any]:
