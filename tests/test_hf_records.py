@@ -131,6 +131,37 @@ QUICK = ("exaone", "cohere2", "apertus", "codegen")
 #: answer (on a loaded machine); a test that long is no test to run.
 EXPORT_UNTESTED = ("gpt_neo",)
 
+#: Hybrid and recurrent records (``blockdsl.hf.hybrid``, ``blockdsl.hf.ssm``): linear or
+#: state-space mixers beside attention. Gated DeltaNet with two value heads per key head, so
+#: the grouped beta/decay rows are checked; a partial rotary as the real configs have.
+QWEN3_5 = dict(
+    vocab_size=V,
+    hidden_size=64,
+    num_hidden_layers=4,
+    layer_types=["linear_attention"] * 3 + ["full_attention"],  # the class's default pattern
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=16,
+    rope_parameters={"rope_type": "default", "rope_theta": 500.0, "partial_rotary_factor": 0.5},
+    linear_num_key_heads=2,
+    linear_num_value_heads=4,
+    linear_key_head_dim=16,
+    linear_value_head_dim=8,
+    linear_conv_kernel_dim=4,
+    max_position_embeddings=64,
+)
+RECORDS += [
+    ("qwen3_5_text", "qwen3_5_text", {**QWEN3_5, "intermediate_size": 96}),
+    ("qwen3_5_moe_text", "qwen3_5_moe_text", {
+        **QWEN3_5, "num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 32,
+        "shared_expert_intermediate_size": 48, "experts_implementation": "eager",
+    }),
+]  # fmt: skip
+#: Qwen3-Next's q/k norms hold ``1 + weight``: the import adds the one, which no probe of
+#: element indices can run backwards.
+COMPUTED = "computes values rather than moving them"
+EXPORT_REFUSED.update({"qwen3_5_text": COMPUTED, "qwen3_5_moe_text": COMPUTED})
+
 
 def _rows(quick: tuple[str, ...] = (), leave_out: tuple[str, ...] = ()) -> list[Any]:
     long = (pytest.mark.slow, pytest.mark.long)  # pytest -m long runs them

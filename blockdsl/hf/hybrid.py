@@ -1,6 +1,7 @@
 """Hybrids of attention with short convolutions or linear attention for the Hugging Face
 import: LFM2 (gated short-conv layers and GQA layers) and Qwen3-Next (Gated DeltaNet layers and
-gated full-attention layers, with a mixture of experts): one ``Architecture`` record each. The
+gated full-attention layers, with a mixture of experts; Qwen3.5 and Qwen3.5-MoE, the same
+layers with unfused DeltaNet projections): one ``Architecture`` record each. The
 hybrids with state-space layers (Jamba, Bamba, Falcon-H1) are in ``blockdsl.hf.ssm``.
 
 ``layer_types`` becomes a ``layers`` chain over named blocks (``(linear_moe*3->full_moe)*2``).
@@ -10,6 +11,8 @@ from __future__ import annotations
 
 from functools import partial
 from typing import Any
+
+import torch
 
 from blockdsl.components.linear_attention import split_grouped_qkvz, split_qkv_conv
 from blockdsl.hf.base import (
@@ -154,8 +157,16 @@ register_architecture(
 )
 
 
+#: Qwen3.5's text models (Qwen3-Next's layers with the Gated DeltaNet's projections unfused):
+#: ``model_type`` -> whether every layer has the MoE (Qwen3.5-MoE) or none (Qwen3.5).
+_QWEN3_5_SPARSE = {"qwen3_5_text": False, "qwen3_5_moe_text": True}
+
+
 def _qwen3_next_sparse(cfg: Any, layer: int) -> bool:
-    """Whether Qwen3-Next's layer ``layer`` has the MoE (as ``Qwen3NextDecoderLayer``)."""
+    """Whether Qwen3-Next's layer ``layer`` has the MoE (as ``Qwen3NextDecoderLayer``); Qwen3.5
+    has the MLP in every layer, Qwen3.5-MoE the MoE in every layer."""
+    if cfg.model_type in _QWEN3_5_SPARSE:
+        return _QWEN3_5_SPARSE[cfg.model_type]
     return (
         layer not in (cfg.mlp_only_layers or [])
         and cfg.num_experts > 0
@@ -166,8 +177,11 @@ def _qwen3_next_sparse(cfg: Any, layer: int) -> bool:
 def _config_qwen3_next(cfg: Any) -> dict:
     """Qwen3-Next: Gated DeltaNet layers and gated full-attention layers (``layer_types``),
     each followed by the MoE with a gated shared expert (or a dense MLP on ``mlp_only_layers``
-    and between ``decoder_sparse_step``s); RMSNorms with a unit offset."""
-    t = "qwen3_next"
+    and between ``decoder_sparse_step``s); RMSNorms with a unit offset. Qwen3.5 (text) has
+    the same layers with a dense MLP everywhere, Qwen3.5-MoE with the MoE everywhere (its
+    top-k weights always renormalised); their multimodal rotary (``mrope_section``) is the
+    plain one on text, where the three position streams are equal."""
+    t = cfg.model_type
     act = activation(cfg.hidden_act, t)
     if act != "silu":  # the DeltaNet conv and gate are hard-wired SiLU in blockdsl
         raise unsupported(t, f"hidden_act '{cfg.hidden_act}' (GatedDeltaNet uses SiLU)")
@@ -204,8 +218,9 @@ def _config_qwen3_next(cfg: Any) -> dict:
             "gate": True,
             "bias": bool(getattr(cfg, "attention_bias", False)),
         },
-        "MLP": {"hidden": cfg.intermediate_size, "act": act, "gated": True},
     }
+    if any(name.endswith("_mlp") for name in names):
+        defaults["MLP"] = {"hidden": cfg.intermediate_size, "act": act, "gated": True}
     if any(name.endswith("_moe") for name in names):
         shared = shared_expert_args(cfg.shared_expert_intermediate_size, cfg.moe_intermediate_size)
         defaults["MoE"] = {
@@ -216,7 +231,8 @@ def _config_qwen3_next(cfg: Any) -> dict:
             "gated": True,
             **shared,
             "shared_gate": shared["shared"] > 0,
-            "norm_topk": bool(cfg.norm_topk_prob),
+            # Qwen3.5-MoE's router renormalises its top-k weights and has no switch for it
+            "norm_topk": t == "qwen3_5_moe_text" or bool(cfg.norm_topk_prob),
             "aux_loss": float(cfg.router_aux_loss_coef),
         }
     return model_config(cfg, layers=compress_layers(names), blocks=blocks, defaults=defaults)
@@ -227,12 +243,47 @@ def _unit_offset(w: Tensor) -> Tensor:
     return 1.0 + w
 
 
+def _weights_qwen3_5_delta_net(cfg: Any, m: WeightMapper, src: str, dst: str) -> None:
+    """Qwen3.5's Gated DeltaNet, whose projections are not grouped per key head:
+    ``in_proj_qkv`` (``[q | k | v]`` rows), ``in_proj_z`` (the gate), ``in_proj_b`` and
+    ``in_proj_a`` (one row per value head each), which become blockdsl's grouped
+    ``in_proj_ba`` (per key head ``[b (r), a (r)]``, ``r = v_heads // heads``)."""
+    Hk, Hv = cfg.linear_num_key_heads, cfg.linear_num_value_heads
+    key_dim, value_dim = Hk * cfg.linear_key_head_dim, Hv * cfg.linear_value_head_dim
+    r = Hv // Hk
+
+    def grouped_ba(b: Tensor, a: Tensor) -> Tensor:
+        per_key_head = [t.reshape(Hk, r, *t.shape[1:]) for t in (b, a)]
+        return torch.cat(per_key_head, dim=1).reshape(2 * Hv, *b.shape[1:])
+
+    m.split(
+        [f"{dst}.{n}.weight" for n in ("q_proj", "k_proj", "v_proj")],
+        f"{src}.in_proj_qkv.weight",
+        partial(split_qkv_conv, key_dim=key_dim, value_dim=value_dim),
+    )
+    m.put(f"{dst}.slots.gate.linear.weight", f"{src}.in_proj_z.weight")
+    m.put(
+        f"{dst}.in_proj_ba.weight",
+        f"{src}.in_proj_b.weight",
+        f"{src}.in_proj_a.weight",
+        fn=grouped_ba,
+    )
+    m.split(
+        [f"{dst}.slots.{n}.conv.weight" for n in "qkv"],
+        f"{src}.conv1d.weight",
+        partial(split_qkv_conv, key_dim=key_dim, value_dim=value_dim),
+    )
+    m.put(f"{dst}.slots.o.norm.weight", f"{src}.norm.weight")
+    m.put(f"{dst}.out_proj.weight", f"{src}.out_proj.weight")
+    for n in ("dt_bias", "A_log"):
+        m.put(f"{dst}.{n}", f"{src}.{n}")
+
+
 def _weights_qwen3_next(cfg: Any, m: WeightMapper) -> None:
     m.put("embed.embed.tok.weight", "model.embed_tokens.weight")
     H = cfg.num_attention_heads
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // H
     bias = bool(getattr(cfg, "attention_bias", False))
-    inter = cfg.moe_intermediate_size
     Hk, Hv = cfg.linear_num_key_heads, cfg.linear_num_value_heads
     dk, dv = cfg.linear_key_head_dim, cfg.linear_value_head_dim
 
@@ -243,7 +294,9 @@ def _weights_qwen3_next(cfg: Any, m: WeightMapper) -> None:
     for i, kind in enumerate(cfg.layer_types):
         p, q = f"model.layers.{i}", f"layers.{i}"
         m.norm(f"{q}.norm", f"{p}.input_layernorm", bias=False)
-        if kind == "linear_attention":  # HF's fused q/k/v/z and conv are the slots' weights
+        if kind == "linear_attention" and cfg.model_type in _QWEN3_5_SPARSE:
+            _weights_qwen3_5_delta_net(cfg, m, f"{p}.linear_attn", f"{q}.gated_delta_net")
+        elif kind == "linear_attention":  # HF's fused q/k/v/z and conv are the slots' weights
             g, src = f"{q}.gated_delta_net", f"{p}.linear_attn"
             m.split(
                 [f"{g}.{n}.weight" for n in ("q_proj", "k_proj", "v_proj", "slots.gate.linear")],
@@ -281,6 +334,7 @@ def _weights_qwen3_next(cfg: Any, m: WeightMapper) -> None:
         if _qwen3_next_sparse(cfg, i):
             e, src = f"{q}.moe", f"{p}.mlp"
             m.put(f"{e}.router.weight", f"{src}.gate.weight")
+            inter = cfg.moe_intermediate_size
             expert_weights(m, f"{src}.experts", e, experts=cfg.num_experts, inter=inter)
             if cfg.shared_expert_intermediate_size:
                 gated_shared_expert_weights(m, src, e)
@@ -290,12 +344,17 @@ def _weights_qwen3_next(cfg: Any, m: WeightMapper) -> None:
     m.head(cfg, "model.embed_tokens.weight", getattr(cfg, "tie_word_embeddings", False))
 
 
-register_architecture(
-    Architecture(
-        "qwen3_next",
-        "Qwen3NextForCausalLM",
-        "model",
-        config=_config_qwen3_next,
-        weights=_weights_qwen3_next,
+for _model_type, _hf_class in (
+    ("qwen3_next", "Qwen3NextForCausalLM"),
+    ("qwen3_5_text", "Qwen3_5ForCausalLM"),
+    ("qwen3_5_moe_text", "Qwen3_5MoeForCausalLM"),
+):
+    register_architecture(
+        Architecture(
+            _model_type,
+            _hf_class,
+            "model",
+            config=_config_qwen3_next,
+            weights=_weights_qwen3_next,
+        )
     )
-)
