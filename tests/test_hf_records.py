@@ -161,6 +161,19 @@ RECORDS += [
 #: element indices can run backwards.
 COMPUTED = "computes values rather than moving them"
 EXPORT_REFUSED.update({"qwen3_5_text": COMPUTED, "qwen3_5_moe_text": COMPUTED})
+#: Nemotron-H: one layer of each kind (Mamba2 with two B/C groups and chunks shorter than the
+#: sequence, grouped sigmoid-routed squared-ReLU experts, attention without positions, MLP).
+RECORDS += [
+    ("nemotron_h", "nemotron_h", {
+        "vocab_size": V, "hidden_size": 64, "max_position_embeddings": 64,
+        "layers_block_type": ["linear_attention", "moe", "full_attention", "mlp"],
+        "mamba_num_heads": 8, "mamba_head_dim": 16, "n_groups": 2, "ssm_state_size": 16,
+        "chunk_size": 8, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16,
+        "intermediate_size": 96, "n_routed_experts": 4, "num_experts_per_tok": 2,
+        "moe_intermediate_size": 32, "moe_shared_expert_intermediate_size": 48, "n_group": 2,
+        "topk_group": 1, "routed_scaling_factor": 1.5, "experts_implementation": "eager",
+    }),
+]  # fmt: skip
 
 
 def _rows(quick: tuple[str, ...] = (), leave_out: tuple[str, ...] = ()) -> list[Any]:
