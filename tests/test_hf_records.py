@@ -174,6 +174,27 @@ RECORDS += [
         "topk_group": 1, "routed_scaling_factor": 1.5, "experts_implementation": "eager",
     }),
 ]  # fmt: skip
+#: FalconMamba: Mamba with weightless RMSNorms on Δ, B and C (the import gives them unit
+#: weights, which the export cannot write back: FalconMamba has no such tensors).
+RECORDS += [
+    ("falcon_mamba", "falcon_mamba", {
+        "vocab_size": V, "hidden_size": 32, "state_size": 8, "num_hidden_layers": 2,
+        "expand": 2, "time_step_rank": 4, "mixer_rms_eps": 1e-5,
+    }),
+]  # fmt: skip
+EXPORT_REFUSED["falcon_mamba"] = COMPUTED
+#: OLMo Hybrid: DeltaNet layers with negative eigenvalues (``beta`` doubled: the one test of
+#: ``GatedDeltaNet(neg_eigval=true)`` against transformers, so it runs in CI) and an OLMo 3
+#: attention layer; its checkpoint names differ on disk (OLMo-core's) and in memory.
+RECORDS += [
+    ("olmo_hybrid", "olmo_hybrid", {
+        "vocab_size": V, "hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 4,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 64,
+        "linear_num_key_heads": 2, "linear_num_value_heads": 4, "linear_key_head_dim": 8,
+        "linear_value_head_dim": 8, "pad_token_id": 0, "eos_token_id": 1,
+    }),
+]  # fmt: skip
+QUICK += ("olmo_hybrid",)
 
 
 def _rows(quick: tuple[str, ...] = (), leave_out: tuple[str, ...] = ()) -> list[Any]:

@@ -389,7 +389,6 @@ MISSING_PARTS: dict[str, str] = {
     "kimi_linear": "Kimi delta attention (KDA)",
     "minimax": "lightning attention (MiniMax's linear attention with decay)",
     "rwkv": "RWKV-4 time mixing (blockdsl has RWKV-7)",
-    "falcon_mamba": "Mamba-1 selective scan (blockdsl has Mamba-2)",
     "zamba2": "shared transformer blocks with per-use LoRA adapters",
 }
 

@@ -1,5 +1,5 @@
-"""State-space and hybrid architectures for the Hugging Face import: Mamba, Mamba2,
-RecurrentGemma, Jamba, Bamba, Falcon-H1 and Nemotron-H (one ``Architecture`` record each).
+"""State-space and hybrid architectures for the Hugging Face import: Mamba, FalconMamba,
+Mamba2, RecurrentGemma, Jamba, Bamba, Falcon-H1 and Nemotron-H (one ``Architecture`` record each).
 
 Their layer-pattern fields (Jamba's attention/expert periods and offsets, RecurrentGemma's
 ``block_types``, Bamba's ``attn_layer_indices``) become ``layers`` chains over named blocks
@@ -87,6 +87,24 @@ def _weights_pure_ssm(cfg: Any, m: WeightMapper, label: str) -> None:
 
 def weights_mamba(cfg: Any, m: WeightMapper) -> None:
     _weights_pure_ssm(cfg, m, "mamba")
+
+
+def config_falcon_mamba(cfg: Any) -> dict:
+    """FalconMamba: Mamba with RMSNorms on Δ, B and C inside the mixer (Jamba's inner norms,
+    ``mixer_rms_eps``). Those norms have no weight in transformers; blockdsl's ``inner_norms``
+    have one, which the import sets to ones (the same function; a fine-tuning may move it)."""
+    config = config_mamba(cfg)
+    config["defaults"]["Mamba"].update(inner_norms=True, eps=float(cfg.mixer_rms_eps))
+    return config
+
+
+def weights_falcon_mamba(cfg: Any, m: WeightMapper) -> None:
+    _weights_pure_ssm(cfg, m, "mamba")
+    sizes = {"dt_layernorm": int(cfg.time_step_rank), "b_layernorm": cfg.state_size}
+    sizes["c_layernorm"] = cfg.state_size
+    for i in range(cfg.num_hidden_layers):
+        for name, size in sizes.items():  # transformers' weightless norms: unit weights
+            m.out[f"layers.{i}.mamba.{name}.weight"] = torch.ones(size)
 
 
 # --------------------------------------------------------------------------- mamba2
@@ -667,6 +685,13 @@ def weights_nemotron_h(cfg: Any, m: WeightMapper) -> None:
 for _record in (
     Architecture("mamba", "MambaForCausalLM", "backbone", config_mamba, weights_mamba),
     Architecture("mamba2", "Mamba2ForCausalLM", "backbone", config_mamba2, weights_mamba2),
+    Architecture(
+        "falcon_mamba",
+        "FalconMambaForCausalLM",
+        "backbone",
+        config_falcon_mamba,
+        weights_falcon_mamba,
+    ),
     Architecture(
         "recurrent_gemma",
         "RecurrentGemmaForCausalLM",
