@@ -131,6 +131,70 @@ QUICK = ("exaone", "cohere2", "apertus", "codegen")
 #: answer (on a loaded machine); a test that long is no test to run.
 EXPORT_UNTESTED = ("gpt_neo",)
 
+#: Hybrid and recurrent records (``blockdsl.hf.hybrid``, ``blockdsl.hf.ssm``): linear or
+#: state-space mixers beside attention. Gated DeltaNet with two value heads per key head, so
+#: the grouped beta/decay rows are checked; a partial rotary as the real configs have.
+QWEN3_5 = dict(
+    vocab_size=V,
+    hidden_size=64,
+    num_hidden_layers=4,
+    layer_types=["linear_attention"] * 3 + ["full_attention"],  # the class's default pattern
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=16,
+    rope_parameters={"rope_type": "default", "rope_theta": 500.0, "partial_rotary_factor": 0.5},
+    linear_num_key_heads=2,
+    linear_num_value_heads=4,
+    linear_key_head_dim=16,
+    linear_value_head_dim=8,
+    linear_conv_kernel_dim=4,
+    max_position_embeddings=64,
+)
+RECORDS += [
+    ("qwen3_5_text", "qwen3_5_text", {**QWEN3_5, "intermediate_size": 96}),
+    ("qwen3_5_moe_text", "qwen3_5_moe_text", {
+        **QWEN3_5, "num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 32,
+        "shared_expert_intermediate_size": 48, "experts_implementation": "eager",
+    }),
+]  # fmt: skip
+#: Qwen3-Next's q/k norms hold ``1 + weight``: the import adds the one, which no probe of
+#: element indices can run backwards.
+COMPUTED = "computes values rather than moving them"
+EXPORT_REFUSED.update({"qwen3_5_text": COMPUTED, "qwen3_5_moe_text": COMPUTED})
+#: Nemotron-H: one layer of each kind (Mamba2 with two B/C groups and chunks shorter than the
+#: sequence, grouped sigmoid-routed squared-ReLU experts, attention without positions, MLP).
+RECORDS += [
+    ("nemotron_h", "nemotron_h", {
+        "vocab_size": V, "hidden_size": 64, "max_position_embeddings": 64,
+        "layers_block_type": ["linear_attention", "moe", "full_attention", "mlp"],
+        "mamba_num_heads": 8, "mamba_head_dim": 16, "n_groups": 2, "ssm_state_size": 16,
+        "chunk_size": 8, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16,
+        "intermediate_size": 96, "n_routed_experts": 4, "num_experts_per_tok": 2,
+        "moe_intermediate_size": 32, "moe_shared_expert_intermediate_size": 48, "n_group": 2,
+        "topk_group": 1, "routed_scaling_factor": 1.5, "experts_implementation": "eager",
+    }),
+]  # fmt: skip
+#: FalconMamba: Mamba with weightless RMSNorms on Δ, B and C (the import gives them unit
+#: weights, which the export cannot write back: FalconMamba has no such tensors).
+RECORDS += [
+    ("falcon_mamba", "falcon_mamba", {
+        "vocab_size": V, "hidden_size": 32, "state_size": 8, "num_hidden_layers": 2,
+        "expand": 2, "time_step_rank": 4, "mixer_rms_eps": 1e-5,
+    }),
+]  # fmt: skip
+EXPORT_REFUSED["falcon_mamba"] = COMPUTED
+#: OLMo Hybrid: DeltaNet layers with negative eigenvalues (``beta`` doubled, as
+#: ``GatedDeltaNet(neg_eigval=true)``, whose recurrence tests/test_linear_mixers.py checks) and
+#: an OLMo 3 attention layer; its checkpoint names differ on disk (OLMo-core's) and in memory.
+RECORDS += [
+    ("olmo_hybrid", "olmo_hybrid", {
+        "vocab_size": V, "hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 4,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 64,
+        "linear_num_key_heads": 2, "linear_num_value_heads": 4, "linear_key_head_dim": 8,
+        "linear_value_head_dim": 8, "pad_token_id": 0, "eos_token_id": 1,
+    }),
+]  # fmt: skip
+
 
 def _rows(quick: tuple[str, ...] = (), leave_out: tuple[str, ...] = ()) -> list[Any]:
     long = (pytest.mark.slow, pytest.mark.long)  # pytest -m long runs them

@@ -65,11 +65,16 @@ def rwkv7_loop(r, w, k, v, kk, a):
     return torch.stack(out, dim=1)
 
 
+@pytest.mark.parametrize("neg_eigval", [False, True])
 @pytest.mark.parametrize("T", LENGTHS)
-def test_gated_deltanet_equals_its_recurrence(T):
+def test_gated_deltanet_equals_its_recurrence(T, neg_eigval):
     """The module's chunked form against the published recurrence on the same q, k, v, gates
-    (taken from the module's own projections, so the whole layer is checked)."""
-    m = _randomise(GatedDeltaNet(32, heads=2, v_heads=4, head_dim=8, v_head_dim=6, chunk=8))
+    (taken from the module's own projections, so the whole layer is checked); with
+    ``neg_eigval``, ``beta = 2 sigmoid(b)``."""
+    m = GatedDeltaNet(
+        32, heads=2, v_heads=4, head_dim=8, v_head_dim=6, chunk=8, neg_eigval=neg_eigval
+    )
+    m = _randomise(m)
     x = torch.randn(2, T, 32)
     q, k, v, z = m.q_proj(x), m.k_proj(x), m.v_proj(x), m.slots.gate.linear(x)
     b, a = m.in_proj_ba(x).view(2, T, 2, 4).split([2, 2], -1)  # per key head [b.., a..]
@@ -84,7 +89,8 @@ def test_gated_deltanet_equals_its_recurrence(T):
     k = (k / (k.pow(2).sum(-1, keepdim=True) + 1e-6).sqrt()).repeat_interleave(2, 2)
     v = v.reshape(2, T, 4, 6)
     log_alpha = -m.A_log.exp() * F.softplus(a + m.dt_bias)
-    o = gated_delta_loop(q, k, v, log_alpha, b.sigmoid()).float()
+    beta = b.sigmoid() * (2.0 if neg_eigval else 1.0)
+    o = gated_delta_loop(q, k, v, log_alpha, beta).float()
     norm = m.slots.o.norm.weight
     o = o * torch.rsqrt(o.pow(2).mean(-1, keepdim=True) + m.eps) * norm * F.silu(z)
     expected = m.out_proj(o.reshape(2, T, 24))

@@ -509,6 +509,8 @@ _GATED_DELTA_NET_HELP: dict[str, str] = {
     "kernel": "width of the causal short conv in the default q, k, v slots; 0: SiLU alone",
     "chunk": "tokens per chunk of the chunked (training) form",
     "eps": "epsilon of the default o slot's RMSNorm",
+    "neg_eigval": "beta = 2 sigmoid(b) in (0, 2), not (0, 1): the state transition may have "
+    "negative eigenvalues (OLMo Hybrid)",
 }
 
 
@@ -531,9 +533,10 @@ class GatedDeltaNet(nn.Module):
     Per value head, with ``q``, ``k`` L2-normalised (``q`` also scaled by ``head_dim ** -0.5``)
     after their slots, ``beta = sigmoid(b)`` and decay ``alpha = exp(-exp(A_log) *
     softplus(a + dt_bias))``: ``S_t = alpha_t S_{t-1} (I - beta_t k_t k_t^T) + beta_t v_t
-    k_t^T``, ``o_t = S_t q_t``; then ``out_proj(o(o) * gate(x))`` per head. ``heads``
-    key/query heads serve ``v_heads`` value heads (``v_heads // heads`` each, as GQA).
-    Training runs the chunked WY form (``chunk`` tokens per chunk), a decode step the
+    k_t^T``, ``o_t = S_t q_t`` (with ``neg_eigval``, ``beta = 2 sigmoid(b)``: the transition
+    may have negative eigenvalues, Grazzi et al. 2025); then ``out_proj(o(o) * gate(x))`` per
+    head. ``heads`` key/query heads serve ``v_heads`` value heads (``v_heads // heads`` each,
+    as GQA). Training runs the chunked WY form (``chunk`` tokens per chunk), a decode step the
     recurrence.
 
     Slots (docs/language.md "Slots") and their default contents, Qwen3-Next's anatomy:
@@ -561,6 +564,7 @@ class GatedDeltaNet(nn.Module):
         kernel: int = 4,
         chunk: int = 64,
         eps: float = 1e-6,
+        neg_eigval: bool = False,
         slots: Mapping[str, nn.Module] | None = None,
     ) -> None:
         super().__init__()
@@ -574,6 +578,7 @@ class GatedDeltaNet(nn.Module):
         Hk, Hv, dk, dv = sizes.heads, sizes.v_heads, sizes.head_dim, sizes.v_head_dim
         self.heads, self.v_heads, self.head_dim, self.v_head_dim = Hk, Hv, dk, dv
         self.kernel, self.chunk, self.eps = kernel, chunk, eps
+        self.neg_eigval = neg_eigval
         self.key_dim, self.value_dim = sizes.key_dim, sizes.value_dim
         self.q_proj = nn.Linear(d_model, self.key_dim, bias=False)
         self.k_proj = nn.Linear(d_model, self.key_dim, bias=False)
@@ -613,6 +618,8 @@ class GatedDeltaNet(nn.Module):
         ba = rearrange(self.in_proj_ba(x), "b t (h d) -> b t h d", h=self.heads)
         b, a = (t.reshape(*x.shape[:2], self.v_heads) for t in ba.split([r, r], dim=-1))
         beta = torch.sigmoid(b.float())[..., None]
+        if self.neg_eigval:  # I - beta k k^T may then reflect, not only shrink (state tracking)
+            beta = 2.0 * beta
         log_alpha = (-self.A_log.float().exp() * F.softplus(a.float() + self.dt_bias))[..., None]
         return beta, log_alpha
 
@@ -670,6 +677,7 @@ class GatedDeltaNet(nn.Module):
         return (
             f"heads={self.heads}, v_heads={self.v_heads}, head_dim={self.head_dim}, "
             f"v_head_dim={self.v_head_dim}, kernel={self.kernel}, chunk={self.chunk}"
+            + (", neg_eigval=True" if self.neg_eigval else "")
         )
 
 

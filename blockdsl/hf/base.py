@@ -386,11 +386,13 @@ MISSING_PARTS: dict[str, str] = {
     "diffllama": "differential attention (two softmax maps subtracted with a learned lambda)",
     "doge": "dynamic mask attention and cross-domain MoE",
     "jetmoe": "mixture-of-attention-heads (MoA) routing of the attention projections",
-    "kimi_linear": "Kimi delta attention (KDA)",
-    "minimax": "lightning attention (MiniMax's linear attention with decay)",
+    "kimi_linear": "Kimi delta attention (KDA: the delta rule with a decay per channel)",
+    "bailing_hybrid": "Kimi delta attention (KDA: the delta rule with a decay per channel)",
+    "minimax": "lightning attention (linear attention with a fixed decay per head and layer, "
+    "a sigmoid output gate)",
     "rwkv": "RWKV-4 time mixing (blockdsl has RWKV-7)",
-    "falcon_mamba": "Mamba-1 selective scan (blockdsl has Mamba-2)",
-    "zamba2": "shared transformer blocks with per-use LoRA adapters",
+    "zamba2": "shared transformer blocks that read the embeddings beside the hidden state, "
+    "with per-use LoRA adapters",
 }
 
 

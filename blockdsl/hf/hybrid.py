@@ -1,6 +1,8 @@
 """Hybrids of attention with short convolutions or linear attention for the Hugging Face
 import: LFM2 (gated short-conv layers and GQA layers) and Qwen3-Next (Gated DeltaNet layers and
-gated full-attention layers, with a mixture of experts): one ``Architecture`` record each. The
+gated full-attention layers, with a mixture of experts; Qwen3.5 and Qwen3.5-MoE, the same
+layers with unfused DeltaNet projections) and OLMo Hybrid (Gated DeltaNet layers and OLMo 3
+attention layers): one ``Architecture`` record each. The
 hybrids with state-space layers (Jamba, Bamba, Falcon-H1) are in ``blockdsl.hf.ssm``.
 
 ``layer_types`` becomes a ``layers`` chain over named blocks (``(linear_moe*3->full_moe)*2``).
@@ -10,6 +12,8 @@ from __future__ import annotations
 
 from functools import partial
 from typing import Any
+
+import torch
 
 from blockdsl.components.linear_attention import split_grouped_qkvz, split_qkv_conv
 from blockdsl.hf.base import (
@@ -25,6 +29,7 @@ from blockdsl.hf.base import (
     llama_mlp_weights,
     model_config,
     register_architecture,
+    rope_args,
     rotary_fraction,
     shared_expert_args,
     unsupported,
@@ -154,8 +159,16 @@ register_architecture(
 )
 
 
+#: Qwen3.5's text models (Qwen3-Next's layers with the Gated DeltaNet's projections unfused):
+#: ``model_type`` -> whether every layer has the MoE (Qwen3.5-MoE) or none (Qwen3.5).
+_QWEN3_5_SPARSE = {"qwen3_5_text": False, "qwen3_5_moe_text": True}
+
+
 def _qwen3_next_sparse(cfg: Any, layer: int) -> bool:
-    """Whether Qwen3-Next's layer ``layer`` has the MoE (as ``Qwen3NextDecoderLayer``)."""
+    """Whether Qwen3-Next's layer ``layer`` has the MoE (as ``Qwen3NextDecoderLayer``); Qwen3.5
+    has the MLP in every layer, Qwen3.5-MoE the MoE in every layer."""
+    if cfg.model_type in _QWEN3_5_SPARSE:
+        return _QWEN3_5_SPARSE[cfg.model_type]
     return (
         layer not in (cfg.mlp_only_layers or [])
         and cfg.num_experts > 0
@@ -166,8 +179,11 @@ def _qwen3_next_sparse(cfg: Any, layer: int) -> bool:
 def _config_qwen3_next(cfg: Any) -> dict:
     """Qwen3-Next: Gated DeltaNet layers and gated full-attention layers (``layer_types``),
     each followed by the MoE with a gated shared expert (or a dense MLP on ``mlp_only_layers``
-    and between ``decoder_sparse_step``s); RMSNorms with a unit offset."""
-    t = "qwen3_next"
+    and between ``decoder_sparse_step``s); RMSNorms with a unit offset. Qwen3.5 (text) has
+    the same layers with a dense MLP everywhere, Qwen3.5-MoE with the MoE everywhere (its
+    top-k weights always renormalised); their multimodal rotary (``mrope_section``) is the
+    plain one on text, where the three position streams are equal."""
+    t = cfg.model_type
     act = activation(cfg.hidden_act, t)
     if act != "silu":  # the DeltaNet conv and gate are hard-wired SiLU in blockdsl
         raise unsupported(t, f"hidden_act '{cfg.hidden_act}' (GatedDeltaNet uses SiLU)")
@@ -204,8 +220,9 @@ def _config_qwen3_next(cfg: Any) -> dict:
             "gate": True,
             "bias": bool(getattr(cfg, "attention_bias", False)),
         },
-        "MLP": {"hidden": cfg.intermediate_size, "act": act, "gated": True},
     }
+    if any(name.endswith("_mlp") for name in names):
+        defaults["MLP"] = {"hidden": cfg.intermediate_size, "act": act, "gated": True}
     if any(name.endswith("_moe") for name in names):
         shared = shared_expert_args(cfg.shared_expert_intermediate_size, cfg.moe_intermediate_size)
         defaults["MoE"] = {
@@ -216,7 +233,8 @@ def _config_qwen3_next(cfg: Any) -> dict:
             "gated": True,
             **shared,
             "shared_gate": shared["shared"] > 0,
-            "norm_topk": bool(cfg.norm_topk_prob),
+            # Qwen3.5-MoE's router renormalises its top-k weights and has no switch for it
+            "norm_topk": t == "qwen3_5_moe_text" or bool(cfg.norm_topk_prob),
             "aux_loss": float(cfg.router_aux_loss_coef),
         }
     return model_config(cfg, layers=compress_layers(names), blocks=blocks, defaults=defaults)
@@ -227,12 +245,48 @@ def _unit_offset(w: Tensor) -> Tensor:
     return 1.0 + w
 
 
+def _grouped_ba(b: Tensor, a: Tensor, heads: int) -> Tensor:
+    """Separate ``b`` and ``a`` projections (one row per value head each) as blockdsl's
+    grouped ``in_proj_ba`` rows: per key head ``[b (r), a (r)]``, ``r = v_heads // heads``."""
+    per_key_head = [t.reshape(heads, -1, *t.shape[1:]) for t in (b, a)]
+    return torch.cat(per_key_head, dim=1).reshape(-1, *b.shape[1:])
+
+
+def _weights_qwen3_5_delta_net(cfg: Any, m: WeightMapper, src: str, dst: str) -> None:
+    """Qwen3.5's Gated DeltaNet, whose projections are not grouped per key head:
+    ``in_proj_qkv`` (``[q | k | v]`` rows), ``in_proj_z`` (the gate), ``in_proj_b`` and
+    ``in_proj_a`` (one row per value head each), which become blockdsl's grouped
+    ``in_proj_ba``."""
+    Hk, Hv = cfg.linear_num_key_heads, cfg.linear_num_value_heads
+    key_dim, value_dim = Hk * cfg.linear_key_head_dim, Hv * cfg.linear_value_head_dim
+    m.split(
+        [f"{dst}.{n}.weight" for n in ("q_proj", "k_proj", "v_proj")],
+        f"{src}.in_proj_qkv.weight",
+        partial(split_qkv_conv, key_dim=key_dim, value_dim=value_dim),
+    )
+    m.put(f"{dst}.slots.gate.linear.weight", f"{src}.in_proj_z.weight")
+    m.put(
+        f"{dst}.in_proj_ba.weight",
+        f"{src}.in_proj_b.weight",
+        f"{src}.in_proj_a.weight",
+        fn=partial(_grouped_ba, heads=Hk),
+    )
+    m.split(
+        [f"{dst}.slots.{n}.conv.weight" for n in "qkv"],
+        f"{src}.conv1d.weight",
+        partial(split_qkv_conv, key_dim=key_dim, value_dim=value_dim),
+    )
+    m.put(f"{dst}.slots.o.norm.weight", f"{src}.norm.weight")
+    m.put(f"{dst}.out_proj.weight", f"{src}.out_proj.weight")
+    for n in ("dt_bias", "A_log"):
+        m.put(f"{dst}.{n}", f"{src}.{n}")
+
+
 def _weights_qwen3_next(cfg: Any, m: WeightMapper) -> None:
     m.put("embed.embed.tok.weight", "model.embed_tokens.weight")
     H = cfg.num_attention_heads
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // H
     bias = bool(getattr(cfg, "attention_bias", False))
-    inter = cfg.moe_intermediate_size
     Hk, Hv = cfg.linear_num_key_heads, cfg.linear_num_value_heads
     dk, dv = cfg.linear_key_head_dim, cfg.linear_value_head_dim
 
@@ -243,7 +297,9 @@ def _weights_qwen3_next(cfg: Any, m: WeightMapper) -> None:
     for i, kind in enumerate(cfg.layer_types):
         p, q = f"model.layers.{i}", f"layers.{i}"
         m.norm(f"{q}.norm", f"{p}.input_layernorm", bias=False)
-        if kind == "linear_attention":  # HF's fused q/k/v/z and conv are the slots' weights
+        if kind == "linear_attention" and cfg.model_type in _QWEN3_5_SPARSE:
+            _weights_qwen3_5_delta_net(cfg, m, f"{p}.linear_attn", f"{q}.gated_delta_net")
+        elif kind == "linear_attention":  # HF's fused q/k/v/z and conv are the slots' weights
             g, src = f"{q}.gated_delta_net", f"{p}.linear_attn"
             m.split(
                 [f"{g}.{n}.weight" for n in ("q_proj", "k_proj", "v_proj", "slots.gate.linear")],
@@ -281,6 +337,7 @@ def _weights_qwen3_next(cfg: Any, m: WeightMapper) -> None:
         if _qwen3_next_sparse(cfg, i):
             e, src = f"{q}.moe", f"{p}.mlp"
             m.put(f"{e}.router.weight", f"{src}.gate.weight")
+            inter = cfg.moe_intermediate_size
             expert_weights(m, f"{src}.experts", e, experts=cfg.num_experts, inter=inter)
             if cfg.shared_expert_intermediate_size:
                 gated_shared_expert_weights(m, src, e)
@@ -290,12 +347,137 @@ def _weights_qwen3_next(cfg: Any, m: WeightMapper) -> None:
     m.head(cfg, "model.embed_tokens.weight", getattr(cfg, "tie_word_embeddings", False))
 
 
+for _model_type, _hf_class in (
+    ("qwen3_next", "Qwen3NextForCausalLM"),
+    ("qwen3_5_text", "Qwen3_5ForCausalLM"),
+    ("qwen3_5_moe_text", "Qwen3_5MoeForCausalLM"),
+):
+    register_architecture(
+        Architecture(
+            _model_type,
+            _hf_class,
+            "model",
+            config=_config_qwen3_next,
+            weights=_weights_qwen3_next,
+        )
+    )
+
+
+# --------------------------------------------------------------------------- olmo hybrid
+
+
+def _config_olmo_hybrid(cfg: Any) -> dict:
+    """OLMo Hybrid: Gated DeltaNet layers (Llama's pre-norm layout; ``beta`` doubled with
+    ``linear_allow_neg_eigval``) and OLMo 3 attention layers (norms after attention and MLP,
+    an RMSNorm of the whole q and k projections), from ``layer_types``; SwiGLU MLPs. Without
+    a ``rope_theta`` the attention has no positions (transformers' NoPE mode)."""
+    t = "olmo_hybrid"
+    act = activation(cfg.hidden_act, t)
+    if act != "silu":  # the DeltaNet conv and gate are hard-wired SiLU in blockdsl
+        raise unsupported(t, f"hidden_act '{cfg.hidden_act}' (GatedDeltaNet uses SiLU)")
+    names = layer_kinds(cfg, t, {"linear_attention": "linear", "full_attention": "full"})
+    params = getattr(cfg, "rope_parameters", None) or {}
+    position: dict[str, Any] = {"pos": "none"}
+    if params.get("rope_theta") is not None:
+        rope, fraction = rope_args(cfg, t)
+        if fraction != 1.0:
+            raise unsupported(t, "partial_rotary_factor")
+        position = {"pos": "rope", **rope}
+    defaults: dict[str, dict] = {
+        "Norm": {"kind": "rms", "eps": cfg.rms_norm_eps},
+        "GatedDeltaNet": {
+            "heads": cfg.linear_num_key_heads,
+            "v_heads": cfg.linear_num_value_heads,
+            "head_dim": cfg.linear_key_head_dim,
+            "v_head_dim": cfg.linear_value_head_dim,
+            "kernel": cfg.linear_conv_kernel_dim,
+            "eps": 1e-5,  # OlmoHybridGatedDeltaNet's output norm: fixed, not rms_norm_eps
+            "neg_eigval": bool(cfg.linear_allow_neg_eigval),
+        },
+        "Attn": {
+            "heads": cfg.num_attention_heads,
+            "kv_heads": cfg.num_key_value_heads,
+            "head_dim": cfg.hidden_size // cfg.num_attention_heads,
+            **position,
+            "bias": bool(cfg.attention_bias),
+            "qk_norm": True,
+            "qk_norm_over": "all",
+            "qk_norm_eps": cfg.rms_norm_eps,
+        },
+        "MLP": {"hidden": cfg.intermediate_size, "act": act, "gated": True},
+    }
+    blocks = {
+        "linear": "Norm->GatedDeltaNet->+->Norm->MLP->+",
+        "full": "Attn->Norm->+->MLP->Norm->+",
+    }
+    return model_config(
+        cfg,
+        layers=compress_layers(names),
+        blocks={name: blocks[name] for name in dict.fromkeys(names)},
+        defaults=defaults,
+    )
+
+
+def _either(m: WeightMapper, in_memory: str, on_disk: str) -> str:
+    """The name a tensor has in this checkpoint: transformers renames OLMo Hybrid's saved
+    names (OLMo-core's) when it loads them, and back when it saves."""
+    return in_memory if m.has(f"{in_memory}.weight") else on_disk
+
+
+def _weights_olmo_hybrid(cfg: Any, m: WeightMapper) -> None:
+    Hk, Hv = cfg.linear_num_key_heads, cfg.linear_num_value_heads
+    key_dim, value_dim = Hk * cfg.linear_key_head_dim, Hv * cfg.linear_value_head_dim
+    bias = bool(cfg.attention_bias)
+    m.put("embed.embed.tok.weight", "model.embed_tokens.weight")
+    for i, kind in enumerate(cfg.layer_types):
+        p, q = f"model.layers.{i}", f"layers.{i}"
+        post_attention = _either(m, f"{p}.post_attention_layernorm", f"{p}.feedforward_layer_norm")
+        if kind == "linear_attention":
+            pre = _either(m, f"{p}.input_layernorm", f"{p}.attention_layer_norm")
+            m.norm(f"{q}.norm", pre, bias=False)
+            g, src = f"{q}.gated_delta_net", f"{p}.linear_attn"
+            for n in ("q_proj", "k_proj", "v_proj"):
+                m.put(f"{g}.{n}.weight", f"{src}.{n}.weight")
+            m.put(
+                f"{g}.in_proj_ba.weight",
+                f"{src}.b_proj.weight",
+                f"{src}.a_proj.weight",
+                fn=partial(_grouped_ba, heads=Hk),
+            )
+            m.put(f"{g}.slots.gate.linear.weight", f"{src}.g_proj.weight")
+            convs = [f"{g}.slots.{n}.conv.weight" for n in "qkv"]
+            split = partial(split_qkv_conv, key_dim=key_dim, value_dim=value_dim)
+            if m.has(f"{src}.conv1d.weight"):  # in memory: one conv over [q | k | v]
+                m.split(convs, f"{src}.conv1d.weight", split)
+            else:  # on disk: three whose concatenation is that conv (transformers' save cuts
+                # it in equal thirds, not at the q/k/v boundaries)
+                parts = [m.get(f"{src}.{n}_conv1d.weight") for n in "qkv"]
+                if all(part is not None for part in parts):
+                    m.out.update(zip(convs, split(torch.cat(parts))))
+            m.put(f"{g}.slots.o.norm.weight", f"{src}.o_norm.weight")
+            m.put(f"{g}.out_proj.weight", f"{src}.o_proj.weight")
+            for n in ("dt_bias", "A_log"):
+                m.put(f"{g}.{n}", f"{src}.{n}")
+            m.norm(f"{q}.norm_1", post_attention, bias=False)
+            llama_mlp_weights(cfg, m, p, q)
+        else:
+            for n in "qkvo":
+                m.linear(f"{q}.attn.{n}", f"{p}.self_attn.{n}_proj", bias)
+            for n in "qk":
+                m.norm(f"{q}.attn.slots.{n}.norm", f"{p}.self_attn.{n}_norm", bias=False)
+            m.norm(f"{q}.norm", post_attention, bias=False)
+            llama_mlp_weights(cfg, m, p, q)
+            m.norm(f"{q}.norm_1", f"{p}.post_feedforward_layernorm", bias=False)
+    m.norm("head.norm", "model.norm", bias=False)
+    m.head(cfg, "model.embed_tokens.weight", getattr(cfg, "tie_word_embeddings", False))
+
+
 register_architecture(
     Architecture(
-        "qwen3_next",
-        "Qwen3NextForCausalLM",
+        "olmo_hybrid",
+        "OlmoHybridForCausalLM",
         "model",
-        config=_config_qwen3_next,
-        weights=_weights_qwen3_next,
+        config=_config_olmo_hybrid,
+        weights=_weights_olmo_hybrid,
     )
 )

@@ -1,5 +1,5 @@
-"""State-space and hybrid architectures for the Hugging Face import: Mamba, Mamba2,
-RecurrentGemma, Jamba and Bamba (one ``Architecture`` record each).
+"""State-space and hybrid architectures for the Hugging Face import: Mamba, FalconMamba,
+Mamba2, RecurrentGemma, Jamba, Bamba, Falcon-H1 and Nemotron-H (one ``Architecture`` record each).
 
 Their layer-pattern fields (Jamba's attention/expert periods and offsets, RecurrentGemma's
 ``block_types``, Bamba's ``attn_layer_indices``) become ``layers`` chains over named blocks
@@ -24,6 +24,7 @@ from blockdsl.hf.base import (
     model_config,
     register_architecture,
     rotary_fraction,
+    shared_expert_args,
     unsupported,
 )
 
@@ -86,6 +87,24 @@ def _weights_pure_ssm(cfg: Any, m: WeightMapper, label: str) -> None:
 
 def weights_mamba(cfg: Any, m: WeightMapper) -> None:
     _weights_pure_ssm(cfg, m, "mamba")
+
+
+def config_falcon_mamba(cfg: Any) -> dict:
+    """FalconMamba: Mamba with RMSNorms on Δ, B and C inside the mixer (Jamba's inner norms,
+    ``mixer_rms_eps``). Those norms have no weight in transformers; blockdsl's ``inner_norms``
+    have one, which the import sets to ones (the same function; a fine-tuning may move it)."""
+    config = config_mamba(cfg)
+    config["defaults"]["Mamba"].update(inner_norms=True, eps=float(cfg.mixer_rms_eps))
+    return config
+
+
+def weights_falcon_mamba(cfg: Any, m: WeightMapper) -> None:
+    _weights_pure_ssm(cfg, m, "mamba")
+    sizes = {"dt_layernorm": int(cfg.time_step_rank), "b_layernorm": cfg.state_size}
+    sizes["c_layernorm"] = cfg.state_size
+    for i in range(cfg.num_hidden_layers):
+        for name, size in sizes.items():  # transformers' weightless norms: unit weights
+            m.out[f"layers.{i}.mamba.{name}.weight"] = torch.ones(size)
 
 
 # --------------------------------------------------------------------------- mamba2
@@ -541,9 +560,138 @@ def weights_falcon_h1(cfg: Any, m: WeightMapper) -> None:
         m.put("head.head.weight", "lm_head.weight", fn=_scaled(cfg.lm_head_multiplier))
 
 
+# --------------------------------------------------------------------------- nemotron-h
+
+#: Nemotron-H's layer kinds (``layers_block_type``) -> block names: one mixer per layer.
+_NEMOTRON_H_KINDS = {
+    "linear_attention": "mamba",
+    "full_attention": "attention",
+    "mlp": "mlp",
+    "moe": "moe",
+}
+
+
+def config_nemotron_h(cfg: Any) -> dict:
+    """Nemotron-H: every layer is one pre-norm residual block around one mixer, as
+    ``layers_block_type`` says: Mamba2 (grouped gated norm), attention without positions,
+    a squared-ReLU MLP, or DeepSeek-V3-style routed squared-ReLU experts (sigmoid scores with
+    ``e_score_correction_bias`` within ``topk_group`` groups) beside one shared expert."""
+    t = "nemotron_h"
+    kinds = _nemotron_h_kinds(cfg)
+    if getattr(cfg, "moe_latent_size", None) is not None and "moe" in kinds:
+        raise unsupported(t, "moe_latent_size (experts in a projected latent space)")
+    if cfg.mlp_bias and "moe" in kinds:  # blockdsl's shared expert has no biases
+        raise unsupported(t, "mlp_bias with MoE layers")
+    act = activation(cfg.mlp_hidden_act, t)
+    defaults: dict[str, Any] = {"Norm": {"kind": "rms", "eps": cfg.layer_norm_epsilon}}
+    if "mamba" in kinds:
+        defaults["Mamba2"] = _mamba2_args(
+            t,
+            hidden=cfg.hidden_size,
+            inner=cfg.mamba_num_heads * cfg.mamba_head_dim,
+            heads=cfg.mamba_num_heads,
+            head_dim=cfg.mamba_head_dim,
+            groups=cfg.n_groups,
+            state=cfg.ssm_state_size,
+            conv=cfg.conv_kernel,
+            chunk=cfg.chunk_size,
+            bias=bool(cfg.use_bias),
+            conv_bias=bool(cfg.use_conv_bias),
+            eps=cfg.layer_norm_epsilon,
+            act=cfg.mamba_hidden_act,
+            limit=cfg.time_step_limit,
+        )
+    if "attention" in kinds:  # q/k/v/o have no biases whatever attention_bias says
+        defaults["Attn"] = {
+            "heads": cfg.num_attention_heads,
+            "kv_heads": cfg.num_key_value_heads,
+            "head_dim": cfg.head_dim,
+            "pos": "none",
+        }
+    if "mlp" in kinds:
+        defaults["MLP"] = {"hidden": cfg.intermediate_size, "act": act, "bias": bool(cfg.mlp_bias)}
+    if "moe" in kinds:
+        defaults["MoE"] = {
+            "experts": cfg.n_routed_experts,
+            "k": cfg.num_experts_per_tok,
+            "hidden": cfg.moe_intermediate_size,
+            "act": act,
+            "gated": False,
+            **shared_expert_args(
+                cfg.moe_shared_expert_intermediate_size, cfg.moe_intermediate_size
+            ),
+            "score": "sigmoid",
+            "score_bias": True,
+            "norm_topk": bool(cfg.norm_topk_prob),
+            "routed_scale": float(cfg.routed_scaling_factor),
+            "groups": cfg.n_group,
+            "topk_groups": cfg.topk_group,
+            "group_top": 2,
+            "aux_loss": 0.0,  # transformers adds no load-balancing loss for Nemotron-H
+        }
+    mixer_of = {"mamba": "Mamba2", "attention": "Attn", "mlp": "MLP", "moe": "MoE"}
+    return model_config(
+        cfg,
+        layers=_layers(kinds),
+        blocks={kind: f"Norm->{mixer_of[kind]}->+" for kind in dict.fromkeys(kinds)},
+        defaults=defaults,
+    )
+
+
+def _nemotron_h_kinds(cfg: Any) -> list[str]:
+    """Nemotron-H's block name per layer, from ``layers_block_type``."""
+    kinds = list(cfg.layers_block_type)
+    if not set(kinds) <= set(_NEMOTRON_H_KINDS):
+        raise unsupported("nemotron_h", f"layers_block_type {kinds}")
+    return [_NEMOTRON_H_KINDS[kind] for kind in kinds]
+
+
+def weights_nemotron_h(cfg: Any, m: WeightMapper) -> None:
+    # transformers renames the checkpoints' ``backbone.`` to ``model.`` when it loads them, so
+    # a saved folder has ``backbone.`` (which the importer, seeing no ``model.``, prefixes)
+    root = "model.backbone" if m.has("model.backbone.embeddings.weight") else "model"
+    bias = bool(cfg.mlp_bias)
+    m.put("embed.embed.tok.weight", f"{root}.embeddings.weight")
+    for i, kind in enumerate(_nemotron_h_kinds(cfg)):
+        p, q = f"{root}.layers.{i}", f"layers.{i}"
+        m.norm(f"{q}.norm", f"{p}.norm", bias=False)
+        mixer = f"{p}.mixer"
+        if kind == "mamba":
+            _rename(m, mixer, f"{q}.mamba2")
+        elif kind == "attention":
+            for n in "qkvo":
+                m.linear(f"{q}.attn.{n}", f"{mixer}.{n}_proj", False)
+        elif kind == "mlp":
+            for n in ("up", "down"):
+                m.linear(f"{q}.mlp.{n}", f"{mixer}.{n}_proj", bias)
+        else:
+            e = f"{q}.moe"
+            m.put(f"{e}.router.weight", f"{mixer}.gate.weight")
+            m.put(f"{e}.score_bias", f"{mixer}.gate.e_score_correction_bias")
+            experts = f"{mixer}.experts"
+            for n in ("up", "down"):
+                if m.has(f"{experts}.{n}_proj"):  # in memory: stacked
+                    m.put(f"{e}.w_{n}", f"{experts}.{n}_proj")
+                else:  # on disk: one Linear per expert
+                    per_expert = [
+                        f"{experts}.{x}.{n}_proj.weight" for x in range(cfg.n_routed_experts)
+                    ]
+                    m.put(f"{e}.w_{n}", *per_expert, fn=lambda *ws: torch.stack(ws))
+                m.linear(f"{e}.shared.{n}", f"{mixer}.shared_experts.{n}_proj", False)
+    m.norm("head.norm", f"{root}.norm_f", bias=False)
+    m.head(cfg, f"{root}.embeddings.weight", getattr(cfg, "tie_word_embeddings", False))
+
+
 for _record in (
     Architecture("mamba", "MambaForCausalLM", "backbone", config_mamba, weights_mamba),
     Architecture("mamba2", "Mamba2ForCausalLM", "backbone", config_mamba2, weights_mamba2),
+    Architecture(
+        "falcon_mamba",
+        "FalconMambaForCausalLM",
+        "backbone",
+        config_falcon_mamba,
+        weights_falcon_mamba,
+    ),
     Architecture(
         "recurrent_gemma",
         "RecurrentGemmaForCausalLM",
@@ -554,5 +702,13 @@ for _record in (
     Architecture("jamba", "JambaForCausalLM", "model", config_jamba, weights_jamba),
     Architecture("bamba", "BambaForCausalLM", "model", config_bamba, weights_bamba),
     Architecture("falcon_h1", "FalconH1ForCausalLM", "model", config_falcon_h1, weights_falcon_h1),
+    Architecture(
+        "nemotron_h",
+        "NemotronHForCausalLM",
+        "model",
+        config_nemotron_h,
+        weights_nemotron_h,
+        buffers=("e_score_correction_bias",),
+    ),
 ):
     register_architecture(_record)
