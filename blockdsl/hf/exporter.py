@@ -287,9 +287,12 @@ class _Search:
         self.numbers = numbers
         self.cls = type(require_transformers().AutoConfig.for_model(record.model_type))
         self.cache: dict[str, tuple[int, Any, Any]] = {}
+        self.built: dict[str, tuple[Any, dict] | None] = {}
         self.plans: dict[str, tuple[int, Any]] = {}
         self.fit: _Fit | None = None
-        self.leaves: dict[str, dict[tuple, Any] | None] = {}
+        # what the import makes of a config depends on the record alone: shared by every
+        # search of the process (the landings of ``direct_copies`` are most of a start)
+        self.leaves = _LEAVES.setdefault((record.model_type, record.config), {})
         self.layers = next((i[2] for i in target if i[:2] == ("model", "layers")), 0)
         #: the fields that set the number of layers (found by ``start``): another value of one
         #: alone only makes the count wrong, so ``run`` leaves them be
@@ -298,15 +301,27 @@ class _Search:
     def build(self, kwargs: dict[str, Any]) -> Any:
         return self.cls(**kwargs)
 
+    def imports(self, kwargs: dict[str, Any]) -> tuple[Any, dict] | None:
+        """The transformers config of ``kwargs`` and the blockdsl config its import makes
+        (None if either fails). transformers validates every field of a config it builds, so
+        ``evaluate`` and ``imported`` share the work."""
+        key = repr(sorted(kwargs.items()))
+        if key not in self.built:
+            try:
+                cfg = self.build(kwargs)
+                self.built[key] = (cfg, self.record.config(cfg))
+            except Exception:
+                self.built[key] = None
+        return self.built[key]
+
     def evaluate(self, kwargs: dict[str, Any]) -> tuple[int, Any, Any]:
         key = repr(sorted(kwargs.items()))
         if key not in self.cache:
-            try:
-                cfg = self.build(kwargs)
-                config = self.record.config(cfg)
-            except Exception:
+            both = self.imports(kwargs)
+            if both is None:
                 self.cache[key] = (_INF, None, None)
                 return self.cache[key]
+            cfg, config = both
             imported = repr(config)
             if imported not in self.plans:
                 layers = _layer_count(config)
@@ -488,10 +503,8 @@ class _Search:
         fails)."""
         key = repr(sorted(kwargs.items()))
         if key not in self.leaves:
-            try:
-                self.leaves[key] = dict(_leaves(self.record.config(self.build(kwargs))))
-            except Exception:
-                self.leaves[key] = None
+            both = self.imports(kwargs)
+            self.leaves[key] = None if both is None else dict(_leaves(both[1]))
         return self.leaves[key]
 
     def target_values(self) -> dict[tuple, Any]:
@@ -828,6 +841,8 @@ def _find_config(model_or_config: Any) -> tuple[str, Any]:
 
 
 _PRODUCIBLE: dict[tuple[str, bool], set[str]] = {}
+#: (model_type, config mapping) -> config kwargs (repr) -> the leaves of its import
+_LEAVES: dict[tuple[str, Callable], dict[str, dict[tuple, Any] | None]] = {}
 
 
 def _producible(record: _Record, needed: set[str] | None = None) -> set[str]:
