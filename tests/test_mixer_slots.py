@@ -240,10 +240,55 @@ def test_mamba2_loads_the_transformers_layout() -> None:
     torch.testing.assert_close(again(x), mixer(x), rtol=0, atol=0)
 
 
+RWKV7 = "RWKV7(head_dim=8, gate_rank=8, chunk=4)"
+#: BlinkDL's anatomy written out: what the defaults of RWKV-7's slots mean
+RWKV7_WRITTEN_OUT = (
+    f"{RWKV7}[o=Norm(kind=layer, eps=0.00064, bias=true, per_head=true), "
+    "gate=Linear(out=8, bias=false)->Act(sigmoid)->Linear(bias=false)]"
+)
+
+
+def test_rwkv7_default_slots_written_out_are_the_same_module() -> None:
+    first, second = _pair(RWKV7, RWKV7_WRITTEN_OUT)
+    assert first.state_dict().keys() == second.state_dict().keys()
+    x = torch.randn(2, 11, D)
+    torch.testing.assert_close(second(x), first(x), rtol=0, atol=0)
+
+
+def test_rwkv7_a_short_convolution_on_k_adds_exactly_its_parameters() -> None:
+    with_conv = compile_block(f"{RWKV7}[k=Conv(kernel=3)]", d_model=D)
+    assert _params(with_conv) - _params(compile_block(RWKV7, d_model=D)) == D * (3 + 1)
+    y = with_conv(torch.randn(2, 9, D))
+    assert y.shape == (2, 9, D) and torch.isfinite(y).all()
+
+
+def test_rwkv7_loads_blinkdl_names_and_keeps_its_init() -> None:
+    """Weights saved before the slots (``g1``, ``g2``, ``ln_x``) load into the slots' blocks;
+    a fresh mixer starts its default o norm at BlinkDL's ``0.5 ** 0.7``."""
+    from blockdsl.components.linear_attention import RWKV7 as RWKV7Mixer
+
+    torch.manual_seed(0)
+    mixer = RWKV7Mixer(D, head_dim=8, gate_rank=8, chunk=4).eval()
+    assert torch.all(mixer.slots.o.norm.weight == 0.5**0.7)
+    old = {k: v for k, v in mixer.state_dict().items() if not k.startswith("slots.")}
+    old["g1"] = mixer.slots.gate.linear.weight.T
+    old["g2"] = mixer.slots.gate.linear_1.weight.T
+    old["ln_x.weight"] = mixer.slots.o.norm.weight.flatten() + 0.25
+    old["ln_x.bias"] = mixer.slots.o.norm.bias.flatten() - 0.5
+    again = RWKV7Mixer(D, head_dim=8, gate_rank=8, chunk=4).eval()
+    again.load_state_dict(old, strict=True)
+    mixer.slots.o.norm.weight.data += 0.25
+    mixer.slots.o.norm.bias.data -= 0.5
+    x = torch.randn(2, 7, D)
+    torch.testing.assert_close(again(x), mixer(x), rtol=0, atol=0)
+
+
 _CACHED_CASES = [
     f"{MAMBA2}[v=Conv(kernel=2)->Norm, o=Norm(per_head=true), gate=Linear->Act(sigmoid)]",
     MAMBA2_NO_SHORT_CONV,
     f"{MAMBA2.replace('chunk=4', 'chunk=4, norm_before_gate=true')}[k=Shift->Act(silu)]",
+    f"{RWKV7}[k=Conv(kernel=3), o=Norm(per_head=true), gate=Linear->Act(sigmoid)]",
+    f"{RWKV7}[q=Shift, v=Conv(kernel=2)->Act(silu)]",
 ]
 
 
@@ -257,7 +302,7 @@ def test_other_mixers_cached_generation_equals_uncached(block: str) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mixer", ["Mamba2"])
+@pytest.mark.parametrize("mixer", ["Mamba2", "RWKV7"])
 @settings(max_examples=8, deadline=None, suppress_health_check=list(HealthCheck))
 @given(data=st.data())
 def test_other_mixers_random_slot_contents_build_run_and_decode(mixer: str, data) -> None:
@@ -296,6 +341,8 @@ def test_other_mixers_random_slot_contents_build_run_and_decode(mixer: str, data
     [
         (f"{MAMBA2}[scores=Softcap(cap=5.0)]", "slot"),
         (f"{MAMBA2}[gate=Linear(out=5)]", "gate"),
+        (f"{RWKV7}[scores=Sink]", "slot"),
+        (f"{RWKV7}[o=Linear(out=3)]", "o"),
     ],
 )
 def test_other_mixers_misfits_are_errors(src: str, message: str) -> None:
