@@ -283,12 +283,36 @@ def test_rwkv7_loads_blinkdl_names_and_keeps_its_init() -> None:
     torch.testing.assert_close(again(x), mixer(x), rtol=0, atol=0)
 
 
+MLA = "MLA(heads=2, kv_lora_rank=8, qk_nope_head_dim=4, qk_rope_head_dim=4, v_head_dim=6)"
+
+
+@pytest.mark.slow
+def test_mla_rope_written_where_it_goes_by_default_changes_nothing() -> None:
+    first, second = _pair(MLA, f"{MLA}[q=Rope, k=Rope]")
+    x = torch.randn(2, 11, D)
+    # the same arithmetic up to float rounding: the key's rope part is rotated once per head
+    # in the slot, once for all heads without it (and SDPA sees other memory layouts)
+    torch.testing.assert_close(second(x), first(x), rtol=0, atol=1e-6)
+    rotate_first, rotate_last = _pair(f"{MLA}[q=Rope->Linear]", f"{MLA}[q=Linear->Rope]")
+    assert not torch.allclose(rotate_first(x), rotate_last(x))  # where the Rope step is matters
+
+
+def test_mla_a_short_convolution_on_k_adds_exactly_its_parameters() -> None:
+    with_conv = compile_block(f"{MLA}[k=Conv(kernel=3)]", d_model=D)
+    heads, qk = 2, 4 + 4
+    assert _params(with_conv) - _params(compile_block(MLA, d_model=D)) == heads * qk * (3 + 1)
+    y = with_conv(torch.randn(2, 9, D))
+    assert y.shape == (2, 9, D) and torch.isfinite(y).all()
+
+
 _CACHED_CASES = [
     f"{MAMBA2}[v=Conv(kernel=2)->Norm, o=Norm(per_head=true), gate=Linear->Act(sigmoid)]",
     MAMBA2_NO_SHORT_CONV,
     f"{MAMBA2.replace('chunk=4', 'chunk=4, norm_before_gate=true')}[k=Shift->Act(silu)]",
     f"{RWKV7}[k=Conv(kernel=3), o=Norm(per_head=true), gate=Linear->Act(sigmoid)]",
     f"{RWKV7}[q=Shift, v=Conv(kernel=2)->Act(silu)]",
+    f"{MLA}[q=Conv(kernel=2)->Norm, o=Norm(per_head=true), scores=Sink]",  # the absorbed step
+    f"{MLA}[q=Rope->Norm, k=Conv(kernel=2)->Rope, v=Norm, scores=Softcap(cap=5.0)]",
 ]
 
 
@@ -302,7 +326,7 @@ def test_other_mixers_cached_generation_equals_uncached(block: str) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mixer", ["Mamba2", "RWKV7"])
+@pytest.mark.parametrize("mixer", ["Mamba2", "RWKV7", "MLA"])
 @settings(max_examples=8, deadline=None, suppress_health_check=list(HealthCheck))
 @given(data=st.data())
 def test_other_mixers_random_slot_contents_build_run_and_decode(mixer: str, data) -> None:
@@ -343,6 +367,8 @@ def test_other_mixers_random_slot_contents_build_run_and_decode(mixer: str, data
         (f"{MAMBA2}[gate=Linear(out=5)]", "gate"),
         (f"{RWKV7}[scores=Sink]", "slot"),
         (f"{RWKV7}[o=Linear(out=3)]", "o"),
+        (f"{MLA}[gate=Linear]", "slot"),
+        (f"{MLA}[v=Rope]", "Rope"),
     ],
 )
 def test_other_mixers_misfits_are_errors(src: str, message: str) -> None:
