@@ -1049,7 +1049,9 @@ class Mamba2(nn.Module):
         h.copy_(decay[..., None, None] * h + (dt[..., None] * x)[..., None] * B[:, :, None])
         return torch.einsum("bhpn,bhn->bhp", h.float(), C)
 
-    def _gate(self, y: torch.Tensor, x: torch.Tensor, context: Mapping[str, Any], state: Any):
+    def _gate(
+        self, y: torch.Tensor, x: torch.Tensor, context: Mapping[str, Any], state: Any
+    ) -> torch.Tensor:
         """``y`` (B, T, E) times the gate slot's output (per channel or per head)."""
         if "gate" not in self.slots:
             return y
