@@ -1,6 +1,7 @@
-"""The slots of the non-attention mixers (language v3): Gated DeltaNet's short convolutions,
-output norm and gate are its slots' default contents. Written out they are the same module;
-replaced, the mixer still trains and decodes exactly."""
+"""The slots of the non-attention mixers (language v3): Gated DeltaNet's and Mamba2's short
+convolutions, output norms and gates, RWKV-7's output norm and gate, are their slots' default
+contents (MLA's slots are empty). Written out they are the same module; replaced, the mixer
+still trains and decodes exactly."""
 
 from __future__ import annotations
 

@@ -824,7 +824,8 @@ RWKV7_SLOTS: dict[str, Slot] = {
     "gate": Slot(
         "stream",
         "a block over the token-shifted input x + (x_prev - x) * x_g (B, T, D) whose output, "
-        "one value per head or per channel, multiplies the output before output; default: "
+        "one value per head or per channel, multiplies o's output plus the bonus before the "
+        "output projection; default: "
         "Linear(out=gate_rank, bias=false)->Act(sigmoid)->Linear(bias=false) (BlinkDL's "
         "g1, g2)",
         features=lambda d_in, **_: d_in,
