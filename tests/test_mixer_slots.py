@@ -394,3 +394,20 @@ def test_mamba2_weights_export_back_exactly(model_type: str) -> None:
     original = hf_model.state_dict()
     assert exported.keys() == original.keys()
     assert all(torch.equal(exported[name], original[name]) for name in original)
+
+
+@pytest.mark.parametrize("mixer", [MAMBA2, RWKV7, MLA])
+def test_every_component_in_every_slot_fits_or_is_a_blockdsl_error(mixer: str) -> None:
+    """Each registered component, alone with its defaults, in each slot of the mixer: it
+    validates, or it is refused with a BlockDSLError (never a foreign exception)."""
+    component = blockdsl.REGISTRY.get(mixer.split("(")[0])
+    fitted = refused = 0
+    for slot in component.slots:
+        for name in blockdsl.REGISTRY.names():
+            try:
+                build_graph(f"{mixer}[{slot}={name}]", d_model=D)
+            except BlockDSLError:
+                refused += 1
+            else:
+                fitted += 1
+    assert fitted and refused  # norms, convs, linears fit; Embed, Head, MoE ... do not
