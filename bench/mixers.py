@@ -99,7 +99,9 @@ def _mamba2_reference(module: nn.Module, args: dict) -> Step:
         layer_norm_epsilon=args["eps"],
     )
     ref = Mamba2Mixer(cfg, 0)
-    ref.load_state_dict(module.state_dict())
+    # the other way round: transformers' in_proj (with z), conv1d and norm load into the
+    # module's in_proj and slots (its load hook splits them), so both hold the same weights
+    module.load_state_dict(ref.state_dict())
     return ref
 
 

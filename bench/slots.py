@@ -9,7 +9,12 @@
    (this tree's step over the base's, the same block) and their range. The slot form
    ``Attn[q=Norm, k=Norm]`` and the shorthand ``Attn(qk_norm=true)`` are both measured against
    the base's ``Attn(qk_norm=true)``.
-2. *A scores slot against the fused kernel*: ``Attn[scores=...]`` computes the logits
+2. *The other mixers' default slot contents* (``--mixers``): Mamba2's short convolutions,
+   gate and grouped norm, RWKV-7's output norm and gate became blocks in their slots, and MLA
+   gained empty slots; the training step of each with its defaults, against the tree before
+   (``--mixers-base``, default 670f6de), in the same ABBA rounds, recorded on its own
+   (``bench/results/slots_mixers.json``).
+3. *A scores slot against the fused kernel*: ``Attn[scores=...]`` computes the logits
    explicitly, off ``scaled_dot_product_attention``; measured side by side with the plain
    ``Attn`` in one process, round-robin.
 
@@ -19,6 +24,7 @@ timed region; with one torch thread a step is timed in CPU time of that thread
 (``time.thread_time``), so the time slices other jobs take are not counted.
 
     PYTHONPATH=. python bench/slots.py [--rounds 6] [--steps 15] [--threads 1] [--json]
+    PYTHONPATH=. python bench/slots.py --mixers [--batch 2] [--json]
 """
 
 from __future__ import annotations
@@ -43,6 +49,13 @@ BEFORE_AFTER = (
     ("`Attn`", "Attn(heads=4)", "Attn(heads=4)"),
     ("`Attn(qk_norm=true)`", "Attn(heads=4, qk_norm=true)", "Attn(heads=4, qk_norm=true)"),
     ("`Attn[q=Norm, k=Norm]`", "Attn(heads=4, qk_norm=true)", "Attn(heads=4)[q=Norm, k=Norm]"),
+)
+MIXERS_BASE_COMMIT = "670f6de"
+#: (row, block in the base tree, block in this tree): the mixers whose defaults became slots
+MIXERS_BEFORE_AFTER = (
+    ("`Mamba2`", "Mamba2(head_dim=64)", "Mamba2(head_dim=64)"),
+    ("`RWKV7`", "RWKV7", "RWKV7"),
+    ("`MLA`", "MLA(heads=4)", "MLA(heads=4)"),
 )
 SCORES = (
     "Attn(heads=4)",
@@ -132,11 +145,15 @@ def _extract(commit: str, into: Path) -> Path:
     return tree
 
 
-def before_after(args: argparse.Namespace) -> tuple[list[list], str]:
+def before_after(
+    args: argparse.Namespace, table: tuple[tuple[str, str, str], ...], base_commit: str
+) -> tuple[list[list], str]:
+    """The rows of ``table`` timed in the tree of ``base_commit`` and in this one."""
+    heads = "" if table is MIXERS_BEFORE_AFTER else f"{HEADS} heads, "  # the mixers' own
     with tempfile.TemporaryDirectory(prefix="blockdsl-base-") as tmp:
-        base = _extract(args.base, Path(tmp))
-        base_blocks = sorted({row[1] for row in BEFORE_AFTER})
-        new_blocks = sorted({row[2] for row in BEFORE_AFTER})
+        base = _extract(base_commit, Path(tmp))
+        base_blocks = sorted({row[1] for row in table})
+        new_blocks = sorted({row[2] for row in table})
         rounds: list[tuple[dict, dict]] = []
         for index in range(args.rounds):
             if index % 2 == 0:
@@ -148,7 +165,7 @@ def before_after(args: argparse.Namespace) -> tuple[list[list], str]:
             rounds.append((old, new))
             print(f"round {index + 1}/{args.rounds} done", file=sys.stderr)
     rows = []
-    for label, old_block, new_block in BEFORE_AFTER:
+    for label, old_block, new_block in table:
         ratios = [new[new_block] / old[old_block] for old, new in rounds]
         rows.append(
             [
@@ -161,9 +178,9 @@ def before_after(args: argparse.Namespace) -> tuple[list[list], str]:
             ]
         )
     caption = (
-        f"d_model={D_MODEL}, {HEADS} heads, batch={args.batch}, T={args.seq}; "
+        f"d_model={D_MODEL}, {heads}batch={args.batch}, T={args.seq}; "
         f"{args.rounds} ABBA rounds of one worker process per tree, {args.steps} steps each; "
-        f"base: {args.base}"
+        f"base: {base_commit}"
     )
     return rows, caption
 
@@ -201,7 +218,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scores-seq", type=int, nargs="+", default=[256, 1024])
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--json", action="store_true", help="write bench/results/slots.json")
+    parser.add_argument(
+        "--mixers",
+        action="store_true",
+        help="only the other mixers' defaults before and after (bench/results/slots_mixers.json)",
+    )
+    parser.add_argument(
+        "--mixers-base", default=MIXERS_BASE_COMMIT, help="the commit before the mixers' slots"
+    )
+    parser.add_argument("--json", action="store_true", help="write the record")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--blocks", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -215,15 +240,17 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     from bench.record import Record
 
-    record = Record("slots", "Slots: the training step before and after, and a scores slot")
-    rows, caption = before_after(args)
-    record.table(
-        ["block", "before the slots", "base ms", "this tree ms", "ratio", "per-round range"],
-        rows,
-        caption,
-    )
-    for rows, caption in scores_cost(args):
-        record.table(["block", "step ms", "vs fused `Attn`", "per-round range"], rows, caption)
+    columns = ["block", "before the slots", "base ms", "this tree ms", "ratio", "per-round range"]
+    if args.mixers:
+        record = Record("slots_mixers", "Slots: Mamba2, RWKV-7 and MLA before and after")
+        rows, caption = before_after(args, MIXERS_BEFORE_AFTER, args.mixers_base)
+        record.table(columns, rows, caption)
+    else:
+        record = Record("slots", "Slots: the training step before and after, and a scores slot")
+        rows, caption = before_after(args, BEFORE_AFTER, args.base)
+        record.table(columns, rows, caption)
+        for rows, caption in scores_cost(args):
+            record.table(["block", "step ms", "vs fused `Attn`", "per-round range"], rows, caption)
     for table in record.tables:
         print(table["caption"])
         for row in table["rows"]:

@@ -108,12 +108,14 @@ def test_rwkv7_equals_its_recurrence(T):
     w = -F.softplus(-(m.w0 + torch.tanh(xw @ m.w1) @ m.w2)) - 0.5  # the demo's naive decay
     w = torch.exp(-torch.exp(w))
     a = torch.sigmoid(m.a0 + (xa @ m.a1) @ m.a2)
-    g = torch.sigmoid(xg @ m.g1) @ m.g2
+    g1, g2 = m.slots.gate.linear.weight.T, m.slots.gate.linear_1.weight.T  # BlinkDL's g1, g2
+    g = torch.sigmoid(xg @ g1) @ g2
     kk = F.normalize((k * m.k_k).view(2, T, H, N), dim=-1)
     k = k * (1 + (a - 1) * m.k_a)
     heads = [t.view(2, T, H, N) for t in (r, w, k, v, kk, a.expand_as(k))]
     o = rwkv7_loop(*heads).float().reshape(2 * T, H * N)
-    o = F.group_norm(o, H, m.ln_x.weight, m.ln_x.bias, eps=64e-5).view(2, T, H * N)
+    ln_x = m.slots.o.norm  # BlinkDL's ln_x: a weight and a bias per head feature
+    o = F.group_norm(o, H, ln_x.weight.flatten(), ln_x.bias.flatten(), eps=64e-5).view(2, T, H * N)
     o = o + ((r * k * m.r_k.flatten()).view(2, T, H, N).sum(-1, keepdim=True)
              * v.view(2, T, H, N)).view(2, T, H * N)  # fmt: skip
     torch.testing.assert_close(m(x), m.output(o * g), rtol=1e-5, atol=1e-5)

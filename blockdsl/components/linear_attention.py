@@ -734,17 +734,19 @@ def _check_rwkv7(
 
 
 def _rwkv7_params(d_in: int, head_dim, decay_rank, a_rank, gate_rank, **_) -> int:
-    _, dw, da, dg = _rwkv7_dims(d_in, head_dim, decay_rank, a_rank, gate_rank)
+    """The token shift's mixes, the decay and a LoRAs, k_k, k_a, r_k and r/k/v/output: the
+    slots' blocks (the output gate's LoRA, the per-head norm) count as the blocks in them."""
+    _, dw, da, _ = _rwkv7_dims(d_in, head_dim, decay_rank, a_rank, gate_rank)
     C = d_in
     mixes = 6 * C  # x_r, x_w, x_k, x_v, x_a, x_g
-    loras = (C + 2 * C * dw) + (C + 2 * C * da) + 2 * C * dg  # w0 w1 w2, a0 a1 a2, g1 g2
-    return mixes + loras + 2 * C + C + 4 * C * C + 2 * C  # k_k, k_a, r_k, r/k/v/o, ln_x
+    loras = (C + 2 * C * dw) + (C + 2 * C * da)  # w0 w1 w2, a0 a1 a2
+    return mixes + loras + 2 * C + C + 4 * C * C  # k_k, k_a, r_k, r/k/v/output
 
 
 def _rwkv7_steps(
     d_in: int, seq: int, batch: int, head_dim, decay_rank, a_rank, gate_rank, chunk=16, **_
 ) -> Steps:
-    N, dw, da, dg = _rwkv7_dims(d_in, head_dim, decay_rank, a_rank, gate_rank)
+    N, dw, da, _ = _rwkv7_dims(d_in, head_dim, decay_rank, a_rank, gate_rank)
     C, n, H = d_in, batch * seq, d_in // N
     btd = ("B", "T", "D")
     shape = (batch, seq, C)
@@ -753,14 +755,15 @@ def _rwkv7_steps(
     # inputs, r, k, v and the low-rank decay, a and gate branches; the state entering each
     # chunk; about 33 per-head N-sized tensors of the chunked delta rule (its within-chunk
     # products and their operand copies); the group norm, bonus and gate before out.
+    # The slots' blocks (the output gate's LoRA, the per-head norm) count as their own calls.
     return [
         ("shift+mix", btd, shape, 7 * n * C, 7),
         ("r, k, v", btd, shape, 3 * 2 * n * C * C, 3),
-        ("decay, a, gate", btd, shape, 2 * n * 2 * C * (dw + da + dg), 4),
+        ("decay, a", btd, shape, 2 * n * 2 * C * (dw + da), 3),
         ("state", ("B", "H", "N", "N"), (batch, H, N, N), 0),
         ("chunk states", ("B", "T/C", "H", "N", "N"), (batch, -(-seq // chunk), H, N, N), 0, 1),
         ("delta rule", ("B", "T", "H", "N"), (batch, seq, H, N), 9 * n * H * N * N, 33),
-        ("norm+bonus", btd, shape, 8 * n * C, 6),
+        ("bonus", btd, shape, 4 * n * C, 3),
         ("out", btd, shape, 2 * n * C * C + n * C),
     ]
 
@@ -775,11 +778,93 @@ def _orthogonal_(weight: torch.Tensor, gain: float) -> None:
         nn.init.orthogonal_(weight, gain=gain)
 
 
+# The slots (language v3, docs/language.md "Slots"): RWKV-7's output norm and output gate are
+# the o and gate slots' default contents; r, k and v (the query, key and value of its delta
+# rule) are empty by default. The token shift stays the mixer's own: the gate slot reads the
+# shifted input x + (x_prev - x) * x_g, as BlinkDL's gate does.
+
+
+def _rwkv7_heads(d_in: int, head_dim: int | None = None, **_) -> tuple[int, int]:
+    """``(heads, head_dim)``."""
+    N = min(64, d_in) if head_dim is None else head_dim
+    return d_in // max(1, N), N
+
+
+def _rwkv7_o_default(d_in: int, **_) -> str:
+    """BlinkDL's ``ln_x``: a GroupNorm with one group per head is a LayerNorm over each head's
+    features with a weight and a bias per head feature."""
+    return "Norm(kind=layer, eps=0.00064, bias=true, per_head=true)"
+
+
+def _rwkv7_gate_default(
+    d_in: int, head_dim=None, decay_rank=None, a_rank=None, gate_rank=None, **_
+) -> str:
+    """BlinkDL's gate LoRA ``sigmoid(x_g G1) G2``."""
+    dg = _rwkv7_dims(d_in, head_dim, decay_rank, a_rank, gate_rank)[3]
+    return f"Linear(out={dg}, bias=false)->Act(fn=sigmoid)->Linear(out={d_in}, bias=false)"
+
+
+def _rwkv7_head_slot(doc: str, default: Callable[..., str | None] | None = None) -> Slot:
+    return Slot(
+        "heads",
+        doc,
+        features=lambda d_in, **a: _rwkv7_heads(d_in, **a)[1],
+        heads=lambda d_in, **a: _rwkv7_heads(d_in, **a)[0],
+        default=default,
+    )
+
+
+RWKV7_SLOTS: dict[str, Slot] = {
+    "q": _rwkv7_head_slot(
+        "the receptance r, per head (B, T, heads, head_dim), after its projection; empty"
+    ),
+    "k": _rwkv7_head_slot(
+        "the key k, per head (B, T, heads, head_dim), after its projection, before the "
+        "removal key and the in-context learning rate read it; empty"
+    ),
+    "v": _rwkv7_head_slot("the value v, per head (B, T, heads, head_dim); empty"),
+    "o": _rwkv7_head_slot(
+        "per head on the delta rule's output (B, T, heads, head_dim), before the bonus, "
+        "the gate and output; default: Norm(kind=layer, eps=0.00064, bias=true, "
+        "per_head=true) (BlinkDL's ln_x)",
+        _rwkv7_o_default,
+    ),
+    "gate": Slot(
+        "stream",
+        "a block over the token-shifted input x + (x_prev - x) * x_g (B, T, D) whose output, "
+        "one value per head or per channel, multiplies o's output plus the bonus before the "
+        "output projection; default: "
+        "Linear(out=gate_rank, bias=false)->Act(sigmoid)->Linear(bias=false) (BlinkDL's "
+        "g1, g2)",
+        features=lambda d_in, **_: d_in,
+        heads=lambda d_in, **a: _rwkv7_heads(d_in, **a)[0],
+        outputs=lambda d_in, **a: (d_in, _rwkv7_heads(d_in, **a)[0]),
+        default=_rwkv7_gate_default,
+    ),
+}
+
+
+def _rename_rwkv7_weights(
+    module: nn.Module, state_dict: dict[str, Any], prefix: str, *_: Any
+) -> None:
+    """Load weights saved before the slots (BlinkDL's names): ``g1``, ``g2`` (``x @ g1``) are
+    the gate slot's two linear maps (``weight = g1.T``), ``ln_x`` the o slot's per-head norm."""
+    rwkv: RWKV7 = module  # type: ignore[assignment]
+    for old, new in (("g1", "linear"), ("g2", "linear_1")):
+        weight = state_dict.pop(prefix + old, None)
+        if weight is not None:
+            state_dict[f"{prefix}slots.gate.{new}.weight"] = weight.T
+    for kind in ("weight", "bias"):
+        tensor = state_dict.pop(f"{prefix}ln_x.{kind}", None)
+        if tensor is not None:
+            state_dict[f"{prefix}slots.o.norm.{kind}"] = tensor.view(rwkv.heads, rwkv.head_dim)
+
+
 _RWKV7_HELP: dict[str, str] = {
     "head_dim": "channels per head (the state is head_dim x head_dim); none: min(64, d_model)",
     "decay_rank": "rank of the decay LoRA; none: BlinkDL's default for d_model",
     "a_rank": "rank of the in-context learning-rate LoRA; none: BlinkDL's default",
-    "gate_rank": "rank of the output-gate LoRA; none: BlinkDL's default",
+    "gate_rank": "rank of the default gate slot's LoRA; none: BlinkDL's default",
     "chunk": "tokens per chunk of the chunked (training) form, at most 32",
 }
 
@@ -795,6 +880,7 @@ _RWKV7_HELP: dict[str, str] = {
     arg_help=_RWKV7_HELP,
     shape_steps=_rwkv7_steps,
     decodes=True,
+    slots=RWKV7_SLOTS,
 )
 class RWKV7(nn.Module):
     """RWKV-7 "Goose" time mixing: the generalised delta rule with per-channel decay.
@@ -806,9 +892,18 @@ class RWKV7(nn.Module):
     a_t)^T) + v_t k_t^T``, ``o_t = S_t r_t``; GroupNorm per head, plus the bonus
     ``sum(r * k * r_k) v``; gated output ``output((o) * (sigmoid(x_g G1) G2))``.
 
+    Slots (docs/language.md "Slots"): ``q`` (r), ``k``, ``v``, per head after their
+    projections, empty by default; ``o`` (per head, on the delta rule's output, before the
+    bonus): ``Norm(kind=layer, eps=0.00064, bias=true, per_head=true)``, BlinkDL's GroupNorm
+    ``ln_x``; ``gate`` (over the shifted input ``x_g``): ``Linear(out=gate_rank,
+    bias=false)->Act(sigmoid)->Linear(bias=false)``, BlinkDL's ``g1``, ``g2``. The token shift
+    stays outside the slots.
+
     As BlinkDL's reference (``RWKV-v7/rwkv_v7_demo.py``), with its parameter names: ``x_r ..
-    x_g``, ``w0 w1 w2``, ``a0 a1 a2``, ``g1 g2``, ``k_k``, ``k_a``, ``r_k [H, N]``,
-    ``receptance``, ``key``, ``value``, ``output``, ``ln_x``. Not included: the value residual
+    x_g``, ``w0 w1 w2``, ``a0 a1 a2``, ``k_k``, ``k_a``, ``r_k [H, N]``, ``receptance``,
+    ``key``, ``value``, ``output``; its ``g1``, ``g2`` and ``ln_x`` are the default slot
+    blocks' (``slots.gate.linear.weight = g1.T``, ``slots.gate.linear_1.weight = g2.T``,
+    ``slots.o.norm.weight``, ``.bias``), and load by those names. Not included: the value residual
     of layers after the first (``v0 v1 v2``, mixing in layer 0's values): a component sees only
     its own input. Init as BlinkDL's for a middle layer, except that the LoRA down-projections
     and ``output`` start small and random rather than at zero, so every parameter gets a
@@ -824,23 +919,34 @@ class RWKV7(nn.Module):
         a_rank: int | None = None,
         gate_rank: int | None = None,
         chunk: int = 16,
+        slots: Mapping[str, nn.Module] | None = None,
     ) -> None:
         super().__init__()
         raise_problem(_check_rwkv7(d_model, head_dim, decay_rank, a_rank, gate_rank, chunk))
-        N, dw, da, dg = _rwkv7_dims(d_model, head_dim, decay_rank, a_rank, gate_rank)
+        if slots is None:  # built directly, not by the compiler: the default contents
+            slots = shorthand_slots(
+                "RWKV7",
+                d_model,
+                {"head_dim": head_dim, "decay_rank": decay_rank, "a_rank": a_rank,
+                 "gate_rank": gate_rank, "chunk": chunk},
+            )  # fmt: skip
+        N, dw, da, _ = _rwkv7_dims(d_model, head_dim, decay_rank, a_rank, gate_rank)
         C = d_model
         self.d_model, self.head_dim, self.heads, self.chunk = C, N, C // N, chunk
         for name in ("x_r", "x_w", "x_k", "x_v", "x_a", "x_g", "w0", "a0", "k_k", "k_a"):
             setattr(self, name, nn.Parameter(torch.empty(1, 1, C)))
         self.w1, self.w2 = nn.Parameter(torch.empty(C, dw)), nn.Parameter(torch.empty(dw, C))
         self.a1, self.a2 = nn.Parameter(torch.empty(C, da)), nn.Parameter(torch.empty(da, C))
-        self.g1, self.g2 = nn.Parameter(torch.empty(C, dg)), nn.Parameter(torch.empty(dg, C))
         self.r_k = nn.Parameter(torch.empty(self.heads, N))
         self.receptance = nn.Linear(C, C, bias=False)
         self.key = nn.Linear(C, C, bias=False)
         self.value = nn.Linear(C, C, bias=False)
         self.output = nn.Linear(C, C, bias=False)
-        self.ln_x = nn.GroupNorm(self.heads, C, eps=64e-5)
+        self.slots = nn.ModuleDict(dict(slots))
+        self.stateful_slots = tuple(
+            name for name, m in self.slots.items() if getattr(m, "state_attrs", ())
+        )
+        self.register_load_state_dict_pre_hook(_rename_rwkv7_weights)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -858,7 +964,7 @@ class RWKV7(nn.Module):
             self.k_k.fill_(0.85)
             self.k_a.fill_(1.0)
             self.r_k.fill_(-0.04)
-            for first, second in ((self.w1, self.w2), (self.a1, self.a2), (self.g1, self.g2)):
+            for first, second in ((self.w1, self.w2), (self.a1, self.a2)):
                 init_linear_(first, C)  # BlinkDL: zeros (see the class docstring)
                 _orthogonal_(second, 0.1)
             bound = 0.5 / math.sqrt(C)
@@ -866,45 +972,72 @@ class RWKV7(nn.Module):
             nn.init.uniform_(self.key.weight, -0.1 * bound, 0.1 * bound)
             nn.init.uniform_(self.value.weight, -bound, bound)
             nn.init.uniform_(self.output.weight, -0.1 * bound, 0.1 * bound)
-            self.ln_x.weight.fill_(0.5**0.7)
-            self.ln_x.bias.zero_()
+        self._init_default_slots()
 
-    def init_state(self, batch_size: int, max_len: int) -> dict[str, torch.Tensor]:
-        """The previous token (token shift) and the ``(H, N, N)`` state: fixed size."""
+    def _init_default_slots(self) -> None:
+        """BlinkDL's init of what the default slot contents hold: the gate LoRA's second map
+        orthogonal with gain 0.1 (``g2``; its first, ``g1``, keeps ``Linear``'s init) and the
+        output norm's weight ``0.5 ** 0.7`` (``ln_x``), where the slots hold blocks of those
+        kinds (a block the user writes there keeps its own init otherwise)."""
+        second = getattr(getattr(self.slots, "gate", None), "linear_1", None)
+        if isinstance(second, nn.Linear) and second.out_features == self.d_model:
+            with torch.no_grad():
+                _orthogonal_(second.weight, 0.1)
+        norm = getattr(getattr(self.slots, "o", None), "norm", None)
+        weight = getattr(norm, "weight", None)
+        if isinstance(weight, nn.Parameter) and weight.shape == (self.heads, self.head_dim):
+            with torch.no_grad():
+                weight.fill_(0.5**0.7)
+
+    def init_state(self, batch_size: int, max_len: int) -> dict[str, Any]:
+        """The previous token (token shift) and the ``(H, N, N)`` state: fixed size; and
+        ``slots``, the states of the slots' blocks that keep one (a ``Conv`` in ``k``)."""
         p = self.output.weight
         return {
             "shift": p.new_zeros(batch_size, self.d_model),
             "wkv": p.new_zeros(batch_size, self.heads, self.head_dim, self.head_dim),
+            "slots": {
+                name: self.slots[name].init_state(batch_size, max_len)
+                for name in self.stateful_slots
+            },
         }
+
+    def _slot(self, name: str, x: torch.Tensor, context: Mapping[str, Any], state: Any) -> Any:
+        """``x`` through the block in slot ``name`` (unchanged when the slot is empty)."""
+        if name not in self.slots:
+            return x
+        slot_state = None if state is None else state["slots"].get(name)
+        return _call_slot(self.slots[name], x, context, slot_state)
 
     def forward(
         self,
         x: torch.Tensor,
         positions: torch.Tensor | None = None,
-        state: dict[str, torch.Tensor] | None = None,
+        state: dict[str, Any] | None = None,
     ) -> torch.Tensor:  # (B, T, D) -> (B, T, D)
-        B, T, C = x.shape
+        H, N = self.heads, self.head_dim
+        context = {"positions": positions}
         xx = token_shift(x, None if state is None else state["shift"]) - x
         xr, xw, xk, xv, xa, xg = (x + xx * m for m in (self.x_r, self.x_w, self.x_k, self.x_v,
                                                         self.x_a, self.x_g))  # fmt: skip
-        r = self.receptance(xr)
+        r = self._slot("q", self.receptance(xr).unflatten(-1, (H, N)), context, state)
         decay_logit = (self.w0 + torch.tanh(xw @ self.w1) @ self.w2).float()
         log_w = -_MAX_LOG_DECAY * torch.sigmoid(decay_logit)  # (B, T, D), in (-0.61, 0)
-        k = self.key(xk)
-        v = self.value(xv)
+        k = self._slot("k", self.key(xk).unflatten(-1, (H, N)), context, state).flatten(2)
+        v = self._slot("v", self.value(xv).unflatten(-1, (H, N)), context, state)
         a = torch.sigmoid(self.a0 + (xa @ self.a1) @ self.a2)
-        g = torch.sigmoid(xg @ self.g1) @ self.g2
         heads = "b t (h n) -> b t h n"
-        kk = F.normalize(rearrange(k * self.k_k, heads, n=self.head_dim), dim=-1, p=2.0)
+        kk = F.normalize(rearrange(k * self.k_k, heads, n=N), dim=-1, p=2.0)
         k = k * (1 + (a - 1) * self.k_a)
-        r, k, v, a, log_w = (rearrange(t, heads, n=self.head_dim) for t in (r, k, v, a, log_w))
+        k, a, log_w = (rearrange(t, heads, n=N) for t in (k, a, log_w))
         o = _delta_rule(
             r, k, v, -kk, kk * a, log_w, None if state is None else state["wkv"], self.chunk
         )  # (B, T, H, N)
-        o = self.ln_x(rearrange(o, "b t h n -> (b t) (h n)")).view(B, T, C)
-        bonus = (r * k * self.r_k).sum(dim=-1, keepdim=True) * v  # (B, T, H, N)
-        o = o + rearrange(bonus, "b t h n -> b t (h n)")
-        return self.output(o * g)
+        o = self._slot("o", o, context, state)
+        o = o + (r * k * self.r_k).sum(dim=-1, keepdim=True) * v  # the bonus, (B, T, H, N)
+        if "gate" in self.slots:  # (B, T, D) or (B, T, H)
+            o = o * self._slot("gate", xg, context, state).unflatten(-1, (H, -1))
+        return self.output(o.flatten(2))
 
     def extra_repr(self) -> str:
         return f"heads={self.heads}, head_dim={self.head_dim}, chunk={self.chunk}"

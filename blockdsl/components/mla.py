@@ -8,13 +8,16 @@ latent (``kv_lora_rank``).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+from typing import Any
+
 import torch
 from torch import nn
 
 from blockdsl.components._util import Problem, raise_problem, same_size
-from blockdsl.components.attention import apply_rotary, attend
+from blockdsl.components.attention import _call_slot, _grouped, apply_rotary, attend
 from blockdsl.components.norm import Norm
-from blockdsl.registry import register
+from blockdsl.registry import Slot, register
 
 
 def _check_mla(
@@ -110,6 +113,63 @@ def _mla_state_size(d_in: int, context: int, kv_lora_rank: int, qk_rope_head_dim
     return (kv_lora_rank + qk_rope_head_dim) * context  # the latent and the rotary key
 
 
+# The slots (language v3, docs/language.md "Slots"), all empty by default: per head, after
+# MLA's low-rank projections. The decoupled rotary part is the last qk_rope_head_dim features
+# of a query or key head; a Rope step in q or k rotates that part where it stands.
+def _qk_features(d_in: int, qk_nope_head_dim: int = 32, qk_rope_head_dim: int = 16, **_) -> int:
+    return qk_nope_head_dim + qk_rope_head_dim
+
+
+def _v_features(d_in: int, v_head_dim: int = 32, **_) -> int:
+    return v_head_dim
+
+
+def _heads(d_in: int, heads: int = 8, **_) -> int:
+    return heads
+
+
+MLA_SLOTS: dict[str, Slot] = {
+    "q": Slot(
+        "heads",
+        "per query head (B, T, heads, qk_nope_head_dim + qk_rope_head_dim), [nope | rope], "
+        "after q (or q_b), before rotary on the rope part; a Rope step here rotates the "
+        "rope part where it stands",
+        features=_qk_features,
+        heads=_heads,
+        rotary=True,
+    ),
+    "k": Slot(
+        "heads",
+        "per key head (B, S, heads, qk_nope_head_dim + qk_rope_head_dim), [k_nope | k_rope] "
+        "(k_rope shared by the heads), before rotary on the rope part; filled, a decode "
+        "step recomputes the cached positions' keys from the latent",
+        features=_qk_features,
+        heads=_heads,
+        rotary=True,
+    ),
+    "v": Slot(
+        "heads",
+        "per value head (B, S, heads, v_head_dim), decoded from the latent by kv_b; filled, "
+        "a decode step recomputes the cached positions' values from the latent",
+        features=_v_features,
+        heads=_heads,
+    ),
+    "o": Slot(
+        "heads",
+        "per head on the attention's output (B, T, heads, v_head_dim), before o",
+        features=_v_features,
+        heads=_heads,
+    ),
+    "scores": Slot(
+        "scores",
+        "on the scaled logits (B, heads, T, S) before the mask and softmax; extra columns "
+        "it appends are sink logits (in the softmax, then dropped)",
+        features=lambda d_in, context=2048, **_: context,
+        heads=_heads,
+    ),
+}
+
+
 _MLA_HELP: dict[str, str] = {
     "heads": "attention heads",
     "kv_lora_rank": "size of the key/value latent cached per token",
@@ -137,6 +197,7 @@ _MLA_HELP: dict[str, str] = {
     decodes=True,
     arg_help=_MLA_HELP,
     shape_steps=_mla_steps,
+    slots=MLA_SLOTS,
 )
 class MLA(nn.Module):
     """Multi-head latent attention (DeepSeek-V2/V3), causal.
@@ -159,6 +220,15 @@ class MLA(nn.Module):
     directly) and its value part applied after the weighted sum of latents, so every head reads
     the one cached latent (a single shared key/value head).
 
+    Slots (docs/language.md "Slots"), empty by default: ``q`` and ``k`` per head ``[nope |
+    rope]`` (the key's rope part is the shared ``k_rope``, one copy per head in the slot),
+    before rotary positions rotate the rope part, unless the slot holds the ``Rope`` step,
+    which then rotates the rope part exactly there; ``v`` per head; ``o`` per head before
+    ``o``; ``scores`` on the logits. A block in ``k`` or ``v`` leaves nothing to absorb: a
+    decode step then decodes every cached position's keys and values from the cached latent
+    (the cache holds the latent and the unrotated ``k_rope``) and runs them through the slots,
+    ``O(positions)`` per step, exactly what the full sequence computes.
+
     Parameters: ``q`` (or ``q_a``, ``q_norm``, ``q_b``), ``kv_a``, ``kv_norm``, ``kv_b``, ``o``;
     ``bias`` puts biases on ``q_a``, ``kv_a`` and ``o`` (HF ``attention_bias``).
     """
@@ -178,6 +248,7 @@ class MLA(nn.Module):
         bias: bool = False,
         norm_eps: float = 1e-6,
         context: int = 2048,
+        slots: Mapping[str, nn.Module] | None = None,
     ) -> None:
         super().__init__()
         raise_problem(
@@ -204,6 +275,19 @@ class MLA(nn.Module):
         self.kv_norm = Norm(c, kind="rms", eps=norm_eps)
         self.kv_b = nn.Linear(c, H * (n + v), bias=False)
         self.o = nn.Linear(H * v, d_model, bias=bias)
+        self.slots = nn.ModuleDict(dict(slots or {}))
+        # what the slots' blocks do, found once: which hold the Rope step; whether keys and
+        # values must be decoded per head at each step; which keep a decoding state (k and v
+        # see every cached position again at each step, so theirs keep none)
+        self.rotates_in_slot = frozenset(
+            name for name, m in self.slots.items() if "rotary" in getattr(m, "context", ())
+        )
+        self.expands_keys = "k" in self.slots or "v" in self.slots
+        self.stateful_slots = tuple(
+            name
+            for name, m in self.slots.items()
+            if getattr(m, "state_attrs", ()) and name not in ("k", "v")
+        )
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -224,12 +308,75 @@ class MLA(nn.Module):
         self.register_buffer("rope_sin", sin, persistent=False)
 
     # ------------------------------------------------------------------ pieces
-    def _queries(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, T, D) -> the queries' no-rope and rope parts, (B, H, T, n) and (B, H, T, r)."""
+    def _slot(
+        self, name: str, x: torch.Tensor, context: Mapping[str, Any], state: Any = None
+    ) -> torch.Tensor:
+        """``x`` through the block in slot ``name`` (unchanged when the slot is empty)."""
+        if name not in self.slots:
+            return x
+        slot_state = None if state is None else state.get("slots", {}).get(name)
+        return _call_slot(self.slots[name], x, context, slot_state)
+
+    def _rotary(
+        self, cos: torch.Tensor, sin: torch.Tensor
+    ) -> Callable[[torch.Tensor], torch.Tensor]:
+        """What the ``Rope`` step in a q or k slot applies: rotary positions on the rope part
+        (the last ``qk_rope_head_dim`` features) of a per-head ``(B, T, H, n + r)`` tensor."""
+
+        def rotate(t: torch.Tensor) -> torch.Tensor:
+            nope, rope = t.split([self.nope_dim, self.rope_dim], dim=-1)
+            rope = apply_rotary(rope.transpose(1, 2), cos, sin, self.rope_interleaved)
+            return torch.cat((nope, rope.transpose(1, 2)), dim=-1)
+
+        return rotate
+
+    def _rotate_heads(
+        self, name: str, t: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+    ) -> torch.Tensor:
+        """A slot's per-head ``(B, T, H, n + r)`` output as ``(B, H, T, n + r)``, its rope part
+        rotated unless the slot's ``Rope`` step did."""
+        t = t.transpose(1, 2)
+        if name in self.rotates_in_slot:
+            return t
+        nope, rope = t.split([self.nope_dim, self.rope_dim], dim=-1)
+        return torch.cat((nope, apply_rotary(rope, cos, sin, self.rope_interleaved)), dim=-1)
+
+    def _queries(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        context: Mapping[str, Any],
+        state: Any = None,
+    ) -> torch.Tensor:
+        """(B, T, D) -> the queries (B, H, T, n + r): through the q slot, the rope part
+        rotated."""
         B, T = x.shape[:2]
         q = self.q(x) if self.q is not None else self.q_b(self.q_norm(self.q_a(x)))
-        q = q.view(B, T, self.heads, self.nope_dim + self.rope_dim).transpose(1, 2)
-        return q.split([self.nope_dim, self.rope_dim], dim=-1)
+        q = self._slot("q", q.view(B, T, self.heads, self.nope_dim + self.rope_dim), context, state)
+        return self._rotate_heads("q", q, cos, sin)
+
+    def _keys_and_values(
+        self,
+        latent: torch.Tensor,
+        k_rope: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        context: Mapping[str, Any],
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The normalised latent (B, S, c) and the unrotated shared key (B, 1, S, r) -> each
+        head's key (B, H, S, n + r) and value (B, H, S, v), through the k and v slots."""
+        B, S = latent.shape[:2]
+        kv = self.kv_b(latent).view(B, S, self.heads, self.nope_dim + self.v_dim)
+        k_nope, v = kv.split([self.nope_dim, self.v_dim], dim=-1)  # (B, S, H, n), (B, S, H, v)
+        v = self._slot("v", v, context).transpose(1, 2)
+        if "k" not in self.slots:  # rotate the one shared key, then give every head a copy
+            k_rope = apply_rotary(k_rope, cos, sin, self.rope_interleaved)
+            k = torch.cat((k_nope.transpose(1, 2), k_rope.expand(-1, self.heads, -1, -1)), -1)
+            return k, v
+        k_rope = k_rope.transpose(1, 2).expand(-1, -1, self.heads, -1)  # (B, S, H, r)
+        k = self._slot("k", torch.cat((k_nope, k_rope), dim=-1), context)
+        return self._rotate_heads("k", k, cos, sin), v
 
     def _latent(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, T, D) -> the normalised latent (B, T, c) and the shared rope key (B, 1, T, r)."""
@@ -250,69 +397,101 @@ class MLA(nn.Module):
         w = self.kv_b.weight.view(self.heads, self.nope_dim + self.v_dim, self.kv_lora_rank)
         return w[:, : self.nope_dim], w[:, self.nope_dim :]
 
+    def _scores(self, context: Mapping[str, Any]) -> Callable | None:
+        """The scores slot as a function of the logits, or None (the fused kernel)."""
+        if "scores" not in self.slots:
+            return None
+        module = self.slots["scores"]
+        return lambda logits: _call_slot(module, logits, context)
+
+    def _out(self, y: torch.Tensor, context: Mapping[str, Any], state: Any) -> torch.Tensor:
+        """The heads' outputs (B, T, H, v) through the o slot and ``o``."""
+        y = self._slot("o", y, context, state)
+        return self.o(y.reshape(*y.shape[:2], self.heads * self.v_dim))
+
     # ------------------------------------------------------------------ forward
-    def init_state(self, batch_size: int, max_len: int) -> dict[str, torch.Tensor]:
-        """The latent cache: ``latent`` (B, max_len, c) and ``k_rope`` (B, max_len, r)."""
+    def init_state(self, batch_size: int, max_len: int) -> dict[str, Any]:
+        """The latent cache: ``latent`` (B, max_len, c) and ``k_rope`` (B, max_len, r); and
+        ``slots``, the states of the q and o slots' blocks that keep one, when any does."""
         weight = self.kv_a.weight
         kwargs = {"device": weight.device, "dtype": weight.dtype}
-        return {
+        state: dict[str, Any] = {
             "latent": torch.zeros(batch_size, max_len, self.kv_lora_rank, **kwargs),
             "k_rope": torch.zeros(batch_size, max_len, self.rope_dim, **kwargs),
         }
+        if self.stateful_slots:
+            state["slots"] = {
+                name: self.slots[name].init_state(batch_size, max_len)
+                for name in self.stateful_slots
+            }
+        return state
 
     def forward(
         self,
         x: torch.Tensor,
         positions: torch.Tensor | None = None,
-        state: dict[str, torch.Tensor] | None = None,
+        state: dict[str, Any] | None = None,
     ) -> torch.Tensor:  # (B, T, D) -> (B, T, D)
         if state is not None:
             return self._decode(x, positions, state)
-        B, T = x.shape[:2]
-        q_nope, q_rope = self._queries(x)  # (B, H, T, n), (B, H, T, r)
-        latent, k_rope = self._latent(x)  # (B, T, c), (B, 1, T, r)
+        T = x.shape[1]
         cos, sin = self._angles(T, positions)
-        q_rope = apply_rotary(q_rope, cos, sin, self.rope_interleaved)
-        k_rope = apply_rotary(k_rope, cos, sin, self.rope_interleaved)
-        kv = self.kv_b(latent).view(B, T, self.heads, self.nope_dim + self.v_dim).transpose(1, 2)
-        k_nope, v = kv.split([self.nope_dim, self.v_dim], dim=-1)  # (B, H, T, n), (B, H, T, v)
-        q = torch.cat((q_nope, q_rope), dim=-1)
-        k = torch.cat((k_nope, k_rope.expand(-1, self.heads, -1, -1)), dim=-1)
-        y = attend(q, k, v, scale=self.scale, is_causal=True)  # (B, H, T, v)
-        return self.o(y.transpose(1, 2).reshape(B, T, self.heads * self.v_dim))
+        context = {"positions": positions, "rotary": self._rotary(cos, sin)}
+        q = self._queries(x, cos, sin, context)  # (B, H, T, n + r)
+        latent, k_rope = self._latent(x)  # (B, T, c), (B, 1, T, r)
+        k, v = self._keys_and_values(latent, k_rope, cos, sin, context)
+        y = attend(q, k, v, scale=self.scale, is_causal=True, scores=self._scores(context))
+        return self._out(y.transpose(1, 2), context, None)  # (B, H, T, v) -> (B, T, D)
 
     def _decode(
-        self, x: torch.Tensor, positions: torch.Tensor | None, state: dict[str, torch.Tensor]
+        self, x: torch.Tensor, positions: torch.Tensor | None, state: dict[str, Any]
     ) -> torch.Tensor:
         """The new tokens ``x`` (B, T, D) at ``positions`` (B, T) against the latent cache,
-        ``kv_b`` absorbed (see the class doc): one shared key/value head of size ``c + r``."""
+        ``kv_b`` absorbed (see the class doc): one shared key/value head of size ``c + r``;
+        with a block in k or v, every cached position's keys and values decoded instead."""
         if positions is None:
             raise ValueError("MLA with a decoding state needs positions (B, T_new)")
         B, T = x.shape[:2]
         H = self.heads
         positions = positions.expand(B, T) if positions.dim() == 2 else positions.expand(B, -1)
-        q_nope, q_rope = self._queries(x)  # (B, H, T, n), (B, H, T, r)
-        latent, k_rope = self._latent(x)  # (B, T, c), (B, 1, T, r)
         cos, sin = self._angles(T, positions)  # (B, 1, T, r/2)
-        q_rope = apply_rotary(q_rope, cos, sin, self.rope_interleaved)
-        k_rope = apply_rotary(k_rope, cos, sin, self.rope_interleaved)[:, 0]  # (B, T, r)
+        context = {"positions": positions, "rotary": self._rotary(cos, sin)}
+        q = self._queries(x, cos, sin, context, state)  # (B, H, T, n + r)
+        latent, k_rope = self._latent(x)  # (B, T, c), (B, 1, T, r)
+        if not self.expands_keys:  # the cache holds the rotated shared key
+            k_rope = apply_rotary(k_rope, cos, sin, self.rope_interleaved)
         cache_c, cache_r = state["latent"], state["k_rope"]
         slots = positions[..., None]
         cache_c.scatter_(1, slots.expand(B, T, self.kv_lora_rank), latent.to(cache_c.dtype))
-        cache_r.scatter_(1, slots.expand(B, T, self.rope_dim), k_rope.to(cache_r.dtype))
+        cache_r.scatter_(1, slots.expand(B, T, self.rope_dim), k_rope[:, 0].to(cache_r.dtype))
         used = cache_c.shape[1]
         if not torch.compiler.is_compiling():  # read no slot past the furthest position
             used = int(positions.max()) + 1
+        j = torch.arange(used, device=x.device)
+        mask = (positions[:, :, None] >= j)[:, None]  # (B, 1, T, L)
+        scores = self._scores(context)
+        if self.expands_keys:  # the whole prefix's keys and values, as the full path has them
+            key_cos, key_sin = self._angles(used, None)
+            key_context = {"positions": j, "rotary": self._rotary(key_cos, key_sin)}
+            k, v = self._keys_and_values(
+                cache_c[:, :used].to(x.dtype), cache_r[:, None, :used].to(x.dtype),
+                key_cos, key_sin, key_context,
+            )  # fmt: skip
+            y = attend(q, k, v, scale=self.scale, mask=mask, scores=scores)  # (B, H, T, v)
+            return self._out(y.transpose(1, 2), context, state)
         keys = torch.cat((cache_c[:, :used], cache_r[:, :used]), dim=-1)[:, None]  # (B,1,L,c+r)
         w_uk, w_uv = self._head_weights()  # (H, n, c), (H, v, c)
+        q_nope, q_rope = q.split([self.nope_dim, self.rope_dim], dim=-1)
         q_latent = torch.einsum("bhtn,hnc->bhtc", q_nope, w_uk.to(q_nope.dtype))
         q = torch.cat((q_latent, q_rope), dim=-1).reshape(B, 1, H * T, -1)  # heads as queries
-        j = torch.arange(used, device=x.device)
-        mask = (positions[:, :, None] >= j).repeat(1, H, 1)[:, None]  # (B, 1, H*T, L)
-        mixed = attend(q, keys, keys[..., : self.kv_lora_rank], scale=self.scale, mask=mask)
+        mixed = attend(
+            q, keys, keys[..., : self.kv_lora_rank], scale=self.scale,
+            mask=mask.repeat(1, 1, H, 1),  # (B, 1, H*T, L)
+            scores=None if scores is None else _grouped(scores, H, 1, T),
+        )  # fmt: skip
         mixed = mixed.view(B, H, T, self.kv_lora_rank)  # weighted latents per head
         y = torch.einsum("bhtc,hvc->bthv", mixed, w_uv.to(mixed.dtype))  # (B, T, H, v)
-        return self.o(y.reshape(B, T, H * self.v_dim))
+        return self._out(y, context, state)
 
     def extra_repr(self) -> str:
         q = "full" if self.q is not None else self.q_a.out_features

@@ -24,8 +24,9 @@ kernel, ``W`` recurrence width.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -40,7 +41,9 @@ from blockdsl.components._util import (
     raise_problem,
     same_size,
 )
-from blockdsl.registry import register
+from blockdsl.components.attention import _call_slot
+from blockdsl.printer import format_value
+from blockdsl.registry import Slot, register, shorthand_slots
 
 State = dict[str, torch.Tensor]
 
@@ -533,8 +536,8 @@ class Mamba2Sizes:
 
     @property
     def in_proj_out(self) -> int:
-        """z, then x/B/C, then Δ per head: ``E + conv_dim + H``."""
-        return self.inner + self.conv_dim + self.heads
+        """x/B/C, then Δ per head: ``conv_dim + H`` (the gate's z is the gate slot's)."""
+        return self.conv_dim + self.heads
 
 
 def mamba2_sizes(
@@ -554,12 +557,13 @@ def mamba2_sizes(
     return Mamba2Sizes(d_in, E, H, head_dim, state, groups, conv, chunk)
 
 
-def _mamba2_params(d_in: int, bias: bool, conv_bias: bool, norm: bool, **args) -> int:
+def _mamba2_params(d_in: int, bias: bool, **args) -> int:
+    """The projections, Δ bias, A and D: the slots' blocks (short convs, the gate's z
+    projection, the output norm) count as the blocks in them."""
     s = mamba2_sizes(d_in, **args)
-    E, H = s.inner, s.heads
     in_proj = d_in * s.in_proj_out + bias * s.in_proj_out
-    out_proj = E * d_in + bias * d_in
-    return in_proj + s.conv_dim * s.conv + conv_bias * s.conv_dim + 3 * H + norm * E + out_proj
+    out_proj = s.inner * d_in + bias * d_in
+    return in_proj + 3 * s.heads + out_proj
 
 
 def _mamba2_flops(d_in: int, seq: int, **args) -> int:
@@ -569,12 +573,12 @@ def _mamba2_flops(d_in: int, seq: int, **args) -> int:
     proj = 2 * d_in * s.in_proj_out + 2 * E * d_in
     # intra-chunk C·B (per group) and (C·B)·x (per head), chunk states and their readout
     ssd = 2 * L * G * N + 2 * L * E + 4 * E * N
-    return seq * (proj + 2 * s.conv_dim * s.conv + ssd + 6 * E)
+    return seq * (proj + ssd + 3 * E)  # + the skip D·x and the gate's product
 
 
 def _mamba2_state_size(d_in: int, **args) -> int:
     s = mamba2_sizes(d_in, **args)
-    return s.inner * s.state + s.conv_dim * (s.conv - 1)
+    return s.inner * s.state  # the SSM state (the slots' conv windows: their own)
 
 
 def _check_mamba2(d_in: int, **args) -> Problem:
@@ -723,62 +727,30 @@ def ssd(
     return y, final.reshape(b, H, P, N)
 
 
-class GatedRMSNorm(nn.Module):
-    """Mamba2's output norm: ``rmsnorm(y * silu(z))`` over groups of ``group`` channels, times
-    ``weight`` (transformers' ``MambaRMSNormGated``); with ``before_gate`` (Falcon-H1)
-    ``rmsnorm(y) * silu(z)``."""
-
-    def __init__(self, dim: int, group: int, eps: float, before_gate: bool = False) -> None:
-        super().__init__()
-        self.group, self.eps, self.before_gate = group, eps, before_gate
-        self.weight = nn.Parameter(torch.ones(dim))
-
-    def reset_parameters(self) -> None:
-        nn.init.ones_(self.weight)
-
-    def forward(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        gate = F.silu(z.float())
-        y = y.float() if self.before_gate else y.float() * gate
-        y = rearrange(y, "... (g c) -> ... g c", c=self.group)
-        y = rearrange(y * torch.rsqrt(y.square().mean(-1, keepdim=True) + self.eps),
-                      "... g c -> ... (g c)")  # fmt: skip
-        y = self.weight * y
-        return (y * gate if self.before_gate else y).to(z.dtype)
-
-
-def _mamba2_steps(d_in: int, seq: int, batch: int, norm: bool = True, **args) -> list[tuple]:
+def _mamba2_steps(d_in: int, seq: int, batch: int, **args) -> list[tuple]:
     """The steps inside, for ``blockdsl compile --show-shapes --depth 2``."""
     sizes = mamba2_sizes(d_in, **args)
-    E, H, head_dim, state, groups, conv = (
-        sizes.inner,
-        sizes.heads,
-        sizes.head_dim,
-        sizes.state,
-        sizes.groups,
-        sizes.conv,
-    )
+    E, H, head_dim = sizes.inner, sizes.heads, sizes.head_dim
     cd, n, L = sizes.conv_dim, batch * seq, max(1, min(sizes.chunk, seq))
     c = -(-seq // L)  # chunks; the sequence is padded to c * L positions
-    G, N = groups, state
+    G, N = sizes.groups, sizes.state
     # The last element of each step is what the float32 forward keeps for backward (the
-    # training memory estimate): the conv's padded input, its output and the SiLU; the
-    # einsums' operand copies (C and B three times, x three times: within chunks, chunk
-    # states, state readout), C·B, two (l, s) squares (the forward keeps none, but the
-    # within-chunk product's backward recomputes the decay mask and its product with C·B
-    # while the other activations are still held), B scaled by the decays, the chunk
-    # states before and after the recurrence, and the gated norm's
-    # gate, input, gated product, normalised values and output. Tensors of H or G
-    # numbers per token (Δ, cumulative decays, norms' scales) are left out.
-    norm_kept = 5 if norm else 3
+    # training memory estimate): in_proj's output; the einsums' operand copies (C and B three
+    # times, x three times: within chunks, chunk states, state readout), C·B, two (l, s)
+    # squares (the forward keeps none, but the within-chunk product's backward recomputes
+    # the decay mask and its product with C·B while the other activations are still held),
+    # B scaled by the decays, the chunk states before and after the recurrence, and the
+    # output with the gate's product. Tensors of H or G numbers per token (Δ, cumulative
+    # decays, norms' scales) are left out. The slots' blocks (short convs and their SiLU,
+    # the gate's projection, the output norm) are counted as their own calls.
     return [
         (
             "in_proj",
-            ("B", "T", "E+CD+H"),
-            (batch, seq, E + cd + H),
-            2 * n * d_in * (E + cd + H),
+            ("B", "T", "E+2GN+H"),
+            (batch, seq, cd + H),
+            2 * n * d_in * (cd + H),
             1,
         ),
-        ("conv+silu", ("B", "T", "E+2GN"), (batch, seq, cd), 2 * n * cd * conv, 3),
         ("B, C", ("B", "T", "G", "N"), (batch, seq, G, N), 0, 3),
         ("C·B", ("B", "G", "T", "L"), (batch, G, c * L, L), 2 * n * L * G * N, 1),
         ("decay mask", ("B", "H", "T", "L"), (batch, H, c * L, L), 0, 2),
@@ -791,9 +763,136 @@ def _mamba2_steps(d_in: int, seq: int, batch: int, norm: bool = True, **args) ->
             4 * n * E * N,
             2,
         ),
-        ("gated norm", ("B", "T", "E"), (batch, seq, E), 6 * n * E, norm_kept),
+        ("y*gate", ("B", "T", "E"), (batch, seq, E), 3 * n * E, 2),
         ("out_proj", ("B", "T", "D"), (batch, seq, d_in), 2 * n * E * d_in),
     ]
+
+
+# The slots (language v3, docs/language.md "Slots"): Mamba2's short convolution, its gate's z
+# branch and its grouped output norm are the slots' default contents. Mamba2's B and C play
+# the parts of the key and the query (``y_t = Σ_s C_t·B_s … x_s``), x the part of the value.
+
+
+def _mamba2_conv_default(d_in: int, conv: int = 4, conv_bias: bool = True, **_) -> str:
+    """q (C), k (B), v (x): the causal depthwise conv and SiLU. One depthwise conv over the
+    joint x/B/C channels (transformers' ``conv1d``) is one conv per channel, so three convs
+    over its three parts are the same maths."""
+    return f"Conv(kernel={conv}, bias={format_value(bool(conv_bias))})->Act(fn=silu)"
+
+
+def _mamba2_o_default(d_in: int, norm: bool = True, eps: float = 1e-5, **_) -> str | None:
+    """The RMSNorm over each group of ``inner / groups`` channels, a weight per channel."""
+    return f"Norm(kind=rms, eps={format_value(float(eps))}, per_head=true)" if norm else None
+
+
+def _mamba2_gate_default(d_in: int, bias: bool = False, **args) -> str:
+    """transformers' ``z``: a linear map of the input, then SiLU."""
+    inner = mamba2_sizes(d_in, **args).inner
+    return f"Linear(out={inner}, bias={format_value(bool(bias))})->Act(fn=silu)"
+
+
+def _norm_group(sizes: Mamba2Sizes) -> int:
+    """Channels per group of the grouped output norm, ``inner / groups``."""
+    return sizes.inner // max(1, sizes.groups)
+
+
+def _mamba2_slot(
+    doc: str,
+    features: Callable[..., int],
+    heads: Callable[..., int],
+    default: Callable[..., str | None],
+) -> Slot:
+    return Slot("heads", doc, features=features, heads=heads, default=default)
+
+
+MAMBA2_SLOTS: dict[str, Slot] = {
+    "q": _mamba2_slot(
+        "C, per group (B, T, groups, state), after in_proj; default: Conv(kernel=conv, "
+        "bias=conv_bias)->Act(silu)",
+        lambda d_in, **a: mamba2_sizes(d_in, **a).state,
+        lambda d_in, **a: mamba2_sizes(d_in, **a).groups,
+        _mamba2_conv_default,
+    ),
+    "k": _mamba2_slot(
+        "B, per group (B, T, groups, state), after in_proj; default: Conv(kernel=conv, "
+        "bias=conv_bias)->Act(silu)",
+        lambda d_in, **a: mamba2_sizes(d_in, **a).state,
+        lambda d_in, **a: mamba2_sizes(d_in, **a).groups,
+        _mamba2_conv_default,
+    ),
+    "v": _mamba2_slot(
+        "x, per head (B, T, heads, head_dim), after in_proj; default: Conv(kernel=conv, "
+        "bias=conv_bias)->Act(silu)",
+        lambda d_in, **a: mamba2_sizes(d_in, **a).head_dim,
+        lambda d_in, **a: mamba2_sizes(d_in, **a).heads,
+        _mamba2_conv_default,
+    ),
+    "o": _mamba2_slot(
+        "the scan's output per group (B, T, groups, inner / groups), after the gate "
+        "(norm_before_gate: before it), before out_proj; default: Norm(kind=rms, eps=eps, "
+        "per_head=true), none with norm=false",
+        lambda d_in, **a: _norm_group(mamba2_sizes(d_in, **a)),
+        lambda d_in, **a: mamba2_sizes(d_in, **a).groups,
+        _mamba2_o_default,
+    ),
+    "gate": Slot(
+        "stream",
+        "a block over the mixer's input (B, T, D) whose output, one value per head or per "
+        "channel, multiplies the scan's output before o (norm_before_gate: after o); "
+        "default: Linear(out=inner, bias=bias)->Act(silu) (transformers' z)",
+        features=lambda d_in, **_: d_in,
+        heads=lambda d_in, **a: mamba2_sizes(d_in, **a).heads,
+        outputs=lambda d_in, **a: (mamba2_sizes(d_in, **a).inner, mamba2_sizes(d_in, **a).heads),
+        default=_mamba2_gate_default,
+    ),
+}
+
+
+def split_mamba2_in_proj(in_proj: torch.Tensor, inner: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """transformers' ``in_proj`` rows ``[z (E) | x, B, C | Δ]`` as the gate slot's ``z`` rows
+    and blockdsl's ``in_proj`` rows ``[x, B, C | Δ]`` (weight or bias). A split only, so the
+    HF export runs it backwards."""
+    z, rest = in_proj.split([inner, in_proj.shape[0] - inner], dim=0)
+    return z, rest
+
+
+def split_mamba2_conv(
+    conv: torch.Tensor, inner: int, group_state: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """transformers' one ``conv1d`` over ``[x (E) | B (GN) | C (GN)]`` channels (weight or
+    bias) as the q (C), k (B) and v (x) slots' ``Conv`` tensors, in that order."""
+    x, B, C = conv.split([inner, group_state, group_state], dim=0)
+    return C, B, x
+
+
+def mamba2_norm_weight(weight: torch.Tensor, groups: int) -> torch.Tensor:
+    """transformers' grouped norm weight ``[E]`` as the o slot's per-group ``Norm`` weight
+    ``[groups, E / groups]``."""
+    return weight.reshape(groups, -1)
+
+
+def _rename_hf_mamba2_weights(
+    module: nn.Module, state_dict: dict[str, Any], prefix: str, *_: Any
+) -> None:
+    """Load weights in transformers' ``Mamba2Mixer`` layout (and blockdsl <= 0.3's, which kept
+    it): ``in_proj`` with the z rows, ``conv1d`` and ``norm`` become the mixer's ``in_proj``
+    and the default slot blocks' tensors (``slots.gate.linear``, ``slots.{q,k,v}.conv``,
+    ``slots.o.norm.weight``)."""
+    mamba2: Mamba2 = module  # type: ignore[assignment]
+    for kind in ("weight", "bias"):
+        joint = state_dict.get(f"{prefix}in_proj.{kind}")
+        if joint is not None and joint.shape[0] == mamba2.inner + mamba2.in_proj.out_features:
+            z, rest = split_mamba2_in_proj(state_dict.pop(f"{prefix}in_proj.{kind}"), mamba2.inner)
+            state_dict[f"{prefix}in_proj.{kind}"] = rest
+            state_dict[f"{prefix}slots.gate.linear.{kind}"] = z
+        conv = state_dict.pop(f"{prefix}conv1d.{kind}", None)
+        if conv is not None:
+            parts = split_mamba2_conv(conv, mamba2.inner, mamba2.groups * mamba2.state)
+            for name, tensor in zip("qkv", parts):
+                state_dict[f"{prefix}slots.{name}.conv.{kind}"] = tensor
+    norm = state_dict.pop(prefix + "norm.weight", None)
+    if norm is not None:
+        state_dict[prefix + "slots.o.norm.weight"] = mamba2_norm_weight(norm, mamba2.groups)
 
 
 _MAMBA2_HELP: dict[str, str] = {
@@ -802,13 +901,13 @@ _MAMBA2_HELP: dict[str, str] = {
     "inner": "inner width E; none: int(expand * d_model)",
     "head_dim": "channels P per head (heads H = E / head_dim)",
     "groups": "groups G of heads sharing B and C (G divides H)",
-    "conv": "causal depthwise conv kernel K",
+    "conv": "kernel K of the causal depthwise convs in the default q, k, v slots",
     "chunk": "chunk length of the SSD scan (the result does not depend on it)",
-    "bias": "biases on in_proj and out_proj",
-    "conv_bias": "bias on the conv",
-    "norm": "gated RMSNorm before out_proj (else y * silu(z))",
-    "norm_before_gate": "rmsnorm(y) * silu(z) (Falcon-H1) instead of rmsnorm(y * silu(z))",
-    "eps": "epsilon of the gated RMSNorm",
+    "bias": "biases on in_proj, out_proj and the default gate's projection",
+    "conv_bias": "bias on the default q, k, v slots' convs",
+    "norm": "the default o slot: the grouped RMSNorm before out_proj (else none: y * gate)",
+    "norm_before_gate": "o before the gate, rmsnorm(y) * silu(z) (Falcon-H1), not o(y * gate)",
+    "eps": "epsilon of the default o slot's RMSNorm",
     "dt_min": "smallest initial time step",
     "dt_max": "largest initial time step",
 }
@@ -825,19 +924,32 @@ _MAMBA2_HELP: dict[str, str] = {
     arg_help=_MAMBA2_HELP,
     decodes=True,
     shape_steps=_mamba2_steps,
+    slots=MAMBA2_SLOTS,
 )
 class Mamba2(nn.Module):
-    """Mamba2's SSD mixer: a scalar decay per head, grouped B/C, gated RMSNorm before out_proj.
+    """Mamba2's SSD mixer: a scalar decay per head, grouped B/C, between its slots.
 
-    ``z, xBC, Δ = in_proj(u)``; ``x, B, C = silu(conv(xBC))``; ``Δ = softplus(Δ + dt_bias)``;
-    per head h (of ``H = E / head_dim``), ``h_t = exp(Δ_t A_h) h_{t-1} + Δ_t x_t ⊗ B_t``,
-    ``y_t = h_t C_t + D_h x_t`` (B, C of group ``h // (H/G)``), computed in chunks of ``chunk``
-    (see ``ssd``); out ``out_proj(norm(y, z))``. Parameters as transformers'
-    ``Mamba2Mixer``: ``in_proj [2E + 2GN + H, D]`` (order z, xBC, Δ), ``conv1d`` (depthwise
-    over ``E + 2GN`` channels), ``dt_bias``, ``A_log``, ``D`` (``[H]`` each), ``norm.weight
-    [E]``, ``out_proj [D, E]``. With ``norm=false`` the output is ``y * silu(z)`` (no norm);
-    with ``norm_before_gate`` (Falcon-H1) it is ``rmsnorm(y) * silu(z)``.
-    Decoding state: ``conv`` (B, K-1, E + 2GN) and ``ssm`` (B, H, P, N).
+    ``x, B, C, Δ = in_proj(u)``; ``x``, ``B``, ``C`` through the ``v``, ``k``, ``q`` slots;
+    ``Δ = softplus(Δ + dt_bias)``; per head h (of ``H = E / head_dim``), ``h_t = exp(Δ_t A_h)
+    h_{t-1} + Δ_t x_t ⊗ B_t``, ``y_t = h_t C_t + D_h x_t`` (B, C of group ``h // (H/G)``),
+    computed in chunks of ``chunk`` (see ``ssd``); out ``out_proj(o(y * gate(u)))``, or with
+    ``norm_before_gate`` (Falcon-H1) ``out_proj(o(y) * gate(u))``.
+
+    Slots (docs/language.md "Slots") and their default contents, Mamba2's anatomy: ``q`` (C),
+    ``k`` (B), per group ``(B, T, groups, state)``, and ``v`` (x), per head: ``Conv(kernel=conv,
+    bias=conv_bias)->Act(silu)``, the short causal convolution; ``gate`` (over the input):
+    ``Linear(out=inner, bias=bias)->Act(silu)``, transformers' ``z``; ``o`` (per group of
+    ``inner / groups`` channels): ``Norm(kind=rms, eps=eps, per_head=true)``, none with
+    ``norm=false``. The gate comes before ``o``, as in Mamba2's reference (its norm is
+    ``rmsnorm(y * silu(z))``). ``Mamba2[q=Act(silu), k=Act(silu), v=Act(silu)]`` is Mamba2
+    without its short convolution.
+
+    Parameters: ``in_proj [2GN + E + H, D]`` (order x, B, C, Δ), ``dt_bias``, ``A_log``, ``D``
+    (``[H]`` each), ``out_proj [D, E]``, and the slots' blocks' under ``slots.``
+    (``slots.v.conv.weight``, ``slots.gate.linear.weight``, ``slots.o.norm.weight``).
+    transformers' ``Mamba2Mixer`` weights (``in_proj`` with z, ``conv1d``, ``norm``) load by
+    name, split into these. Decoding state: ``ssm`` (B, H, P, N) and ``slots``, the states of
+    the slots' blocks (the convs' windows).
     """
 
     def __init__(
@@ -857,6 +969,7 @@ class Mamba2(nn.Module):
         eps: float = 1e-5,
         dt_min: float = 0.001,
         dt_max: float = 0.1,
+        slots: Mapping[str, nn.Module] | None = None,
     ) -> None:
         super().__init__()
         args = dict(
@@ -869,26 +982,29 @@ class Mamba2(nn.Module):
             chunk=chunk,
         )
         raise_problem(_check_mamba2(d_model, **args, dt_min=dt_min, dt_max=dt_max))
+        if slots is None:  # built directly, not by the compiler: the default contents
+            slots = shorthand_slots(
+                "Mamba2",
+                d_model,
+                {**args, "bias": bias, "conv_bias": conv_bias, "norm": norm, "eps": eps},
+            )
         sizes = mamba2_sizes(d_model, **args)
         E, H = sizes.inner, sizes.heads
         self.inner, self.heads, self.head_dim, self.groups = E, H, head_dim, groups
         self.state, self.kernel, self.chunk = state, conv, chunk
         self.dt_min, self.dt_max = dt_min, dt_max
+        self.norm_before_gate = norm_before_gate
         self.conv_dim = sizes.conv_dim
         self.in_proj = nn.Linear(d_model, sizes.in_proj_out, bias=bias)
-        self.conv1d = nn.Conv1d(
-            self.conv_dim,
-            self.conv_dim,
-            conv,
-            groups=self.conv_dim,
-            padding=conv - 1,
-            bias=conv_bias,
-        )
         self.dt_bias = nn.Parameter(torch.empty(H))
         self.A_log = nn.Parameter(torch.empty(H))
         self.D = nn.Parameter(torch.empty(H))
-        self.norm = GatedRMSNorm(E, E // groups, eps, norm_before_gate) if norm else None
         self.out_proj = nn.Linear(E, d_model, bias=bias)
+        self.slots = nn.ModuleDict(dict(slots))
+        self.stateful_slots = tuple(
+            name for name, m in self.slots.items() if getattr(m, "state_attrs", ())
+        )
+        self.register_load_state_dict_pre_hook(_rename_hf_mamba2_weights)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -899,17 +1015,28 @@ class Mamba2(nn.Module):
             self.D.fill_(1.0)
         _init_dt_bias(self.dt_bias, self.dt_min, self.dt_max, 1e-4)
 
-    def init_state(self, batch_size: int, max_len: int) -> State:
-        """Zero decoding state: the conv window and the SSM state (independent of max_len)."""
+    def init_state(self, batch_size: int, max_len: int) -> dict[str, Any]:
+        """Zero decoding state: the SSM state (independent of max_len) and ``slots``, the
+        states of the slots' blocks that keep one (the short convs' windows)."""
         w = self.A_log
         return {
-            "conv": torch.zeros(
-                batch_size, self.kernel - 1, self.conv_dim, device=w.device, dtype=w.dtype
-            ),
             "ssm": torch.zeros(
                 batch_size, self.heads, self.head_dim, self.state, device=w.device, dtype=w.dtype
             ),
+            "slots": {
+                name: self.slots[name].init_state(batch_size, max_len)
+                for name in self.stateful_slots
+            },
         }
+
+    def _slot(
+        self, name: str, x: torch.Tensor, context: Mapping[str, Any], state: Any
+    ) -> torch.Tensor:
+        """``x`` through the block in slot ``name`` (unchanged when the slot is empty)."""
+        if name not in self.slots:
+            return x
+        slot_state = None if state is None else state["slots"].get(name)
+        return _call_slot(self.slots[name], x, context, slot_state)
 
     def _step(
         self, x: torch.Tensor, dt: torch.Tensor, B: torch.Tensor, C: torch.Tensor, h: torch.Tensor
@@ -922,18 +1049,34 @@ class Mamba2(nn.Module):
         h.copy_(decay[..., None, None] * h + (dt[..., None] * x)[..., None] * B[:, :, None])
         return torch.einsum("bhpn,bhn->bhp", h.float(), C)
 
-    def forward(self, x: torch.Tensor, state: State | None = None) -> torch.Tensor:
+    def _gate(
+        self, y: torch.Tensor, x: torch.Tensor, context: Mapping[str, Any], state: Any
+    ) -> torch.Tensor:
+        """``y`` (B, T, E) times the gate slot's output (per channel or per head)."""
+        if "gate" not in self.slots:
+            return y
+        gate = self._slot("gate", x, context, state).float()
+        return (y.unflatten(-1, (self.heads, -1)) * gate.unflatten(-1, (self.heads, -1))).flatten(2)
+
+    def _o(self, y: torch.Tensor, context: Mapping[str, Any], state: Any) -> torch.Tensor:
+        """``y`` (B, T, E) through the o slot, per group of ``E / groups`` channels."""
+        return self._slot("o", y.unflatten(-1, (self.groups, -1)), context, state).flatten(2)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        state: dict[str, Any] | None = None,
+        positions: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         if state is not None:
-            _check_state(state, ("conv", "ssm"), "Mamba2")
+            _check_state(state, ("ssm", "slots"), "Mamba2")
+        context = {"positions": positions}
         T = x.shape[1]
         E, H, P, G, N = self.inner, self.heads, self.head_dim, self.groups, self.state
-        z, xBC, dt = self.in_proj(x).split([E, self.conv_dim, H], dim=-1)
-        window = None if state is None else state["conv"]
-        xBC = F.silu(causal_conv(xBC, self.conv1d.weight, self.conv1d.bias, window))
-        xs, B, C = xBC.split([E, G * N, G * N], dim=-1)
-        xs = rearrange(xs, "b t (h p) -> b t h p", p=P).float()
-        B = rearrange(B, "b t (g n) -> b t g n", g=G)
-        C = rearrange(C, "b t (g n) -> b t g n", g=G)
+        xs, B, C, dt = self.in_proj(x).split([E, G * N, G * N, H], dim=-1)
+        xs = self._slot("v", xs.unflatten(-1, (H, P)), context, state).float()  # (B, T, H, P)
+        B = self._slot("k", B.unflatten(-1, (G, N)), context, state)  # (B, T, G, N)
+        C = self._slot("q", C.unflatten(-1, (G, N)), context, state)
         dt = F.softplus(dt.float() + self.dt_bias.float())  # (B, T, H)
         if state is not None and T == 1:  # decode step
             y = self._step(xs[:, 0], dt[:, 0], B[:, 0], C[:, 0], state["ssm"])[:, None]
@@ -944,8 +1087,11 @@ class Mamba2(nn.Module):
             if state is not None:
                 state["ssm"].copy_(final)
         y = rearrange(y + self.D.float()[:, None] * xs, "b t h p -> b t (h p)")
-        y = self.norm(y, z) if self.norm is not None else (y * F.silu(z.float())).to(x.dtype)
-        return self.out_proj(y)
+        if self.norm_before_gate:  # Falcon-H1: rmsnorm(y) * silu(z)
+            y = self._gate(self._o(y, context, state), x, context, state)
+        else:  # Mamba2's reference: rmsnorm(y * silu(z))
+            y = self._o(self._gate(y, x, context, state), context, state)
+        return self.out_proj(y.to(x.dtype))
 
     def extra_repr(self) -> str:
         return (

@@ -18,10 +18,12 @@ import math
 import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
 
+from blockdsl.components.ssm import mamba2_norm_weight, split_mamba2_conv, split_mamba2_in_proj
 from blockdsl.errors import ConfigError
 
 __all__ = [
@@ -545,3 +547,44 @@ def shared_expert_args(shared_size: int, expert_size: int) -> dict[str, int]:
     if rest or not multiple:
         return {"shared": 1, "shared_hidden": shared_size}
     return {"shared": multiple}
+
+
+def mamba2_weights(
+    m: WeightMapper,
+    src: str,
+    dst: str,
+    *,
+    inner: int,
+    groups: int,
+    state: int,
+    bias: bool,
+    conv_bias: bool,
+    norm: bool = True,
+) -> None:
+    """transformers' ``Mamba2Mixer`` tensors under ``src`` as blockdsl's ``Mamba2`` under
+    ``dst``: ``in_proj``'s z rows are the gate slot's projection, ``conv1d`` the q (C), k (B)
+    and v (x) slots' convs, ``norm`` the o slot's per-group norm (every record with a Mamba2
+    mixer: Mamba2, Bamba, the hybrids). A rearrangement only, so the export runs it backwards."""
+    for kind, present in (("weight", True), ("bias", bias)):
+        if present:
+            m.split(
+                [f"{dst}.slots.gate.linear.{kind}", f"{dst}.in_proj.{kind}"],
+                f"{src}.in_proj.{kind}",
+                partial(split_mamba2_in_proj, inner=inner),
+            )
+    for kind, present in (("weight", True), ("bias", conv_bias)):
+        if present:
+            m.split(
+                [f"{dst}.slots.{n}.conv.{kind}" for n in "qkv"],
+                f"{src}.conv1d.{kind}",
+                partial(split_mamba2_conv, inner=inner, group_state=groups * state),
+            )
+    for n in ("dt_bias", "A_log", "D"):
+        m.put(f"{dst}.{n}", f"{src}.{n}")
+    if norm:
+        m.put(
+            f"{dst}.slots.o.norm.weight",
+            f"{src}.norm.weight",
+            fn=partial(mamba2_norm_weight, groups=groups),
+        )
+    m.linear(f"{dst}.out_proj", f"{src}.out_proj", bias)

@@ -9,10 +9,12 @@ mixers' parameter names are transformers' own, so their weights are renamed, not
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import torch
 
+from blockdsl.components.ssm import mamba2_norm_weight, split_mamba2_conv, split_mamba2_in_proj
 from blockdsl.hf.base import (
     Architecture,
     HFImportError,
@@ -21,6 +23,7 @@ from blockdsl.hf.base import (
     compress_layers,
     default_rope,
     expert_weights,
+    mamba2_weights,
     model_config,
     register_architecture,
     rotary_fraction,
@@ -182,7 +185,22 @@ def config_mamba2(cfg: Any) -> dict:
 
 
 def weights_mamba2(cfg: Any, m: WeightMapper) -> None:
-    _weights_pure_ssm(cfg, m, "mamba2")
+    m.put("embed.embed.tok.weight", "backbone.embeddings.weight")
+    for i in range(cfg.num_hidden_layers):
+        p, q = f"backbone.layers.{i}", f"layers.{i}"
+        m.norm(f"{q}.norm", f"{p}.norm", bias=False)
+        mamba2_weights(
+            m,
+            f"{p}.mixer",
+            f"{q}.mamba2",
+            inner=int(cfg.expand * cfg.hidden_size),
+            groups=cfg.n_groups,
+            state=cfg.state_size,
+            bias=bool(cfg.use_bias),
+            conv_bias=bool(cfg.use_conv_bias),
+        )
+    m.norm("head.norm", "backbone.norm_f", bias=False)
+    m.head(cfg, "backbone.embeddings.weight", getattr(cfg, "tie_word_embeddings", True))
 
 
 # --------------------------------------------------------------------------- recurrent gemma
@@ -406,7 +424,16 @@ def weights_bamba(cfg: Any, m: WeightMapper) -> None:
             for n in "qkvo":
                 m.linear(f"{q}.attn.{n}", f"{p}.self_attn.{n}_proj", attn_bias)
         else:
-            _rename(m, f"{p}.mamba", f"{q}.mamba2")
+            mamba2_weights(
+                m,
+                f"{p}.mamba",
+                f"{q}.mamba2",
+                inner=int(cfg.mamba_expand * cfg.hidden_size),
+                groups=cfg.mamba_n_groups,
+                state=cfg.mamba_d_state,
+                bias=bool(cfg.mamba_proj_bias),
+                conv_bias=bool(cfg.mamba_conv_bias),
+            )
         m.norm(f"{q}.norm_1", f"{p}.pre_ff_layernorm", bias=False)
         for n in ("gate", "up", "down"):
             m.linear(f"{q}.mlp.{n}", f"{p}.feed_forward.{n}_proj", mlp_bias)
@@ -518,18 +545,33 @@ def weights_falcon_h1(cfg: Any, m: WeightMapper) -> None:
             if not torch.allclose(saved.float(), mup):
                 raise HFImportError(f"falcon_h1: {mix}.mup_vector differs from ssm_multipliers")
         scale_in = mup * cfg.ssm_in_multiplier
-        m.put(
-            f"{dst}.in_proj.weight",
+        # in_proj's rows scaled first (z, x, B, C, Δ), then split: z is the gate slot's
+        m.split(
+            [f"{dst}.slots.gate.linear.weight", f"{dst}.in_proj.weight"],
             f"{mix}.in_proj.weight",
-            fn=lambda w, s=scale_in: w * s[:, None].to(w),
+            lambda w, s=scale_in: split_mamba2_in_proj(w * s[:, None].to(w), inner),
         )
         if cfg.mamba_proj_bias:
-            m.put(f"{dst}.in_proj.bias", f"{mix}.in_proj.bias", fn=lambda b: b * mup.to(b))
-        m.linear(f"{dst}.conv1d", f"{mix}.conv1d", bool(cfg.mamba_conv_bias))
+            m.split(
+                [f"{dst}.slots.gate.linear.bias", f"{dst}.in_proj.bias"],
+                f"{mix}.in_proj.bias",
+                lambda b: split_mamba2_in_proj(b * mup.to(b), inner),
+            )
+        for kind, present in (("weight", True), ("bias", bool(cfg.mamba_conv_bias))):
+            if present:
+                m.split(
+                    [f"{dst}.slots.{n}.conv.{kind}" for n in "qkv"],
+                    f"{mix}.conv1d.{kind}",
+                    partial(split_mamba2_conv, inner=inner, group_state=gn),
+                )
         for n in ("dt_bias", "A_log", "D"):
             m.put(f"{dst}.{n}", f"{mix}.{n}")
         if cfg.mamba_rms_norm:
-            m.put(f"{dst}.norm.weight", f"{mix}.norm.weight")
+            m.put(
+                f"{dst}.slots.o.norm.weight",
+                f"{mix}.norm.weight",
+                fn=partial(mamba2_norm_weight, groups=cfg.mamba_n_groups),
+            )
         m.put(
             f"{dst}.out_proj.weight", f"{mix}.out_proj.weight", fn=_scaled(cfg.ssm_out_multiplier)
         )
@@ -657,7 +699,16 @@ def weights_nemotron_h(cfg: Any, m: WeightMapper) -> None:
         m.norm(f"{q}.norm", f"{p}.norm", bias=False)
         mixer = f"{p}.mixer"
         if kind == "mamba":
-            _rename(m, mixer, f"{q}.mamba2")
+            mamba2_weights(
+                m,
+                mixer,
+                f"{q}.mamba2",
+                inner=cfg.mamba_num_heads * cfg.mamba_head_dim,
+                groups=cfg.n_groups,
+                state=cfg.ssm_state_size,
+                bias=bool(cfg.use_bias),
+                conv_bias=bool(cfg.use_conv_bias),
+            )
         elif kind == "attention":
             for n in "qkvo":
                 m.linear(f"{q}.attn.{n}", f"{mixer}.{n}_proj", False)
