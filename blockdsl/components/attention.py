@@ -255,6 +255,11 @@ def _sizes_of(d_in: int, **args: Any) -> AttnSizes:
     return attn_sizes(d_in, **args)
 
 
+def _size(name: str) -> Callable[..., int]:
+    """A slot hook reading one of the mixer's resolved sizes (``AttnSizes``)."""
+    return lambda d_in, **args: getattr(_sizes_of(d_in, **args), name)
+
+
 def attn_slots(*, rotary: bool | Callable[..., bool], keys: Callable[..., int]) -> dict[str, Slot]:
     """The slots of an attention mixer (``Attn``, ``CrossAttn``); ``rotary``: it has rotary
     positions (q, k and v may hold the ``Rope`` step); ``keys``: the scores' feature size used
@@ -263,39 +268,39 @@ def attn_slots(*, rotary: bool | Callable[..., bool], keys: Callable[..., int]) 
         "q": Slot(
             "heads",
             "per query head (B, T, heads, head_dim), after the q projection, before rotary",
-            features=lambda d_in, **a: _sizes_of(d_in, **a).head_dim,
-            heads=lambda d_in, **a: _sizes_of(d_in, **a).heads,
+            features=_size("head_dim"),
+            heads=_size("heads"),
             shorthand=_qk_shorthand,
             rotary=rotary,
         ),
         "k": Slot(
             "heads",
             "per key head (B, S, kv_heads, head_dim), after the k projection, before rotary",
-            features=lambda d_in, **a: _sizes_of(d_in, **a).head_dim,
-            heads=lambda d_in, **a: _sizes_of(d_in, **a).kv_heads,
+            features=_size("head_dim"),
+            heads=_size("kv_heads"),
             shorthand=_qk_shorthand,
             rotary=rotary,
         ),
         "v": Slot(
             "heads",
             "per value head (B, S, kv_heads, v_head_dim), after the v projection",
-            features=lambda d_in, **a: _sizes_of(d_in, **a).v_head_dim,
-            heads=lambda d_in, **a: _sizes_of(d_in, **a).kv_heads,
+            features=_size("v_head_dim"),
+            heads=_size("kv_heads"),
             shorthand=_v_shorthand,
             rotary=rotary,
         ),
         "o": Slot(
             "heads",
             "per head on the core's output (B, T, heads, v_head_dim), before the o projection",
-            features=lambda d_in, **a: _sizes_of(d_in, **a).v_head_dim,
-            heads=lambda d_in, **a: _sizes_of(d_in, **a).heads,
+            features=_size("v_head_dim"),
+            heads=_size("heads"),
         ),
         "gate": Slot(
             "stream",
             "a block over the mixer's input (B, T, D) whose output, one value per head or per "
             "head feature, multiplies the heads' outputs before o",
             features=lambda d_in, **_: d_in,
-            heads=lambda d_in, **a: _sizes_of(d_in, **a).heads,
+            heads=_size("heads"),
             outputs=lambda d_in, **a: (
                 _sizes_of(d_in, **a).out_features,
                 _sizes_of(d_in, **a).heads,
@@ -307,7 +312,7 @@ def attn_slots(*, rotary: bool | Callable[..., bool], keys: Callable[..., int]) 
             "on the scaled logits (B, heads, T, S) before the mask and softmax; extra columns "
             "it appends are sink logits (in the softmax, then dropped)",
             features=keys,
-            heads=lambda d_in, **a: _sizes_of(d_in, **a).heads,
+            heads=_size("heads"),
             shorthand=_scores_shorthand,
         ),
     }
