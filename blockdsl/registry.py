@@ -372,6 +372,26 @@ def shorthand_slots(name: str, d_in: int, args: Mapping[str, Any]) -> dict[str, 
     return _shorthand_compiler(REGISTRY.get(name), d_in, args)
 
 
+def sized(sizes: Callable[..., Any], field: str | Callable[[Any], int]) -> SizeHook:
+    """A slot hook reading a mixer's resolved sizes: ``sizes(d_in, **args)`` (a record such as
+    ``AttnSizes``), then its attribute ``field`` (or ``field(record)``)."""
+    if isinstance(field, str):
+        return lambda d_in, **args: getattr(sizes(d_in, **args), field)
+    return lambda d_in, **args: field(sizes(d_in, **args))
+
+
+def head_slot(
+    doc: str,
+    sizes: Callable[..., Any],
+    features: str | Callable[[Any], int],
+    heads: str,
+    **hooks: Any,
+) -> Slot:
+    """A per-head slot (layout ``heads``) whose feature and head counts are fields of the
+    mixer's resolved sizes (see ``sized``); ``hooks``: the ``Slot``'s other hooks."""
+    return Slot("heads", doc, features=sized(sizes, features), heads=sized(sizes, heads), **hooks)
+
+
 @dataclass(frozen=True)
 class Slot:
     """A named place inside a component where a block string goes (language v3, "Slots").

@@ -19,7 +19,7 @@ from torch import nn
 from blockdsl.components import rope as rope_math
 from blockdsl.components._util import Problem, raise_problem, same_size
 from blockdsl.printer import format_value
-from blockdsl.registry import Slot, register, shorthand_slots
+from blockdsl.registry import Slot, register, shorthand_slots, sized
 
 # --------------------------------------------------------------------------- helpers
 
@@ -255,11 +255,6 @@ def _sizes_of(d_in: int, **args: Any) -> AttnSizes:
     return attn_sizes(d_in, **args)
 
 
-def _size(name: str) -> Callable[..., int]:
-    """A slot hook reading one of the mixer's resolved sizes (``AttnSizes``)."""
-    return lambda d_in, **args: getattr(_sizes_of(d_in, **args), name)
-
-
 def attn_slots(*, rotary: bool | Callable[..., bool], keys: Callable[..., int]) -> dict[str, Slot]:
     """The slots of an attention mixer (``Attn``, ``CrossAttn``); ``rotary``: it has rotary
     positions (q, k and v may hold the ``Rope`` step); ``keys``: the scores' feature size used
@@ -268,39 +263,39 @@ def attn_slots(*, rotary: bool | Callable[..., bool], keys: Callable[..., int]) 
         "q": Slot(
             "heads",
             "per query head (B, T, heads, head_dim), after the q projection, before rotary",
-            features=_size("head_dim"),
-            heads=_size("heads"),
+            features=sized(_sizes_of, "head_dim"),
+            heads=sized(_sizes_of, "heads"),
             shorthand=_qk_shorthand,
             rotary=rotary,
         ),
         "k": Slot(
             "heads",
             "per key head (B, S, kv_heads, head_dim), after the k projection, before rotary",
-            features=_size("head_dim"),
-            heads=_size("kv_heads"),
+            features=sized(_sizes_of, "head_dim"),
+            heads=sized(_sizes_of, "kv_heads"),
             shorthand=_qk_shorthand,
             rotary=rotary,
         ),
         "v": Slot(
             "heads",
             "per value head (B, S, kv_heads, v_head_dim), after the v projection",
-            features=_size("v_head_dim"),
-            heads=_size("kv_heads"),
+            features=sized(_sizes_of, "v_head_dim"),
+            heads=sized(_sizes_of, "kv_heads"),
             shorthand=_v_shorthand,
             rotary=rotary,
         ),
         "o": Slot(
             "heads",
             "per head on the core's output (B, T, heads, v_head_dim), before the o projection",
-            features=_size("v_head_dim"),
-            heads=_size("heads"),
+            features=sized(_sizes_of, "v_head_dim"),
+            heads=sized(_sizes_of, "heads"),
         ),
         "gate": Slot(
             "stream",
             "a block over the mixer's input (B, T, D) whose output, one value per head or per "
             "head feature, multiplies the heads' outputs before o",
             features=lambda d_in, **_: d_in,
-            heads=_size("heads"),
+            heads=sized(_sizes_of, "heads"),
             outputs=lambda d_in, **a: (
                 _sizes_of(d_in, **a).out_features,
                 _sizes_of(d_in, **a).heads,
@@ -312,7 +307,7 @@ def attn_slots(*, rotary: bool | Callable[..., bool], keys: Callable[..., int]) 
             "on the scaled logits (B, heads, T, S) before the mask and softmax; extra columns "
             "it appends are sink logits (in the softmax, then dropped)",
             features=keys,
-            heads=_size("heads"),
+            heads=sized(_sizes_of, "heads"),
             shorthand=_scores_shorthand,
         ),
     }

@@ -42,7 +42,7 @@ from blockdsl.components._util import (
 )
 from blockdsl.components.attention import _call_slot
 from blockdsl.printer import format_value
-from blockdsl.registry import Slot, register, shorthand_slots
+from blockdsl.registry import Slot, head_slot, register, shorthand_slots
 
 Steps = list[tuple[str, tuple[str, ...], tuple[int, ...], int]]
 
@@ -405,43 +405,38 @@ def _gate_default(d_in: int, **args) -> str:
     return f"Linear(out={gdn_sizes(d_in, **args).value_dim}, bias=false)->Act(fn=silu)"
 
 
-def _per_head_slot(
-    doc: str,
-    features: Callable[..., int],
-    heads: Callable[..., int],
-    default: Callable[..., str | None],
-) -> Slot:
-    return Slot("heads", doc, features=features, heads=heads, default=default)
-
-
 GATED_DELTANET_SLOTS: dict[str, Slot] = {
-    "q": _per_head_slot(
+    "q": head_slot(
         "per key head (B, T, heads, head_dim), after the q projection, before the L2 norm; "
         "default: Conv(kernel=kernel, bias=false)->Act(silu)",
-        lambda d_in, **a: gdn_sizes(d_in, **a).head_dim,
-        lambda d_in, **a: gdn_sizes(d_in, **a).heads,
-        _conv_default,
+        gdn_sizes,
+        "head_dim",
+        "heads",
+        default=_conv_default,
     ),
-    "k": _per_head_slot(
+    "k": head_slot(
         "per key head (B, T, heads, head_dim), after the k projection, before the L2 norm; "
         "default: Conv(kernel=kernel, bias=false)->Act(silu)",
-        lambda d_in, **a: gdn_sizes(d_in, **a).head_dim,
-        lambda d_in, **a: gdn_sizes(d_in, **a).heads,
-        _conv_default,
+        gdn_sizes,
+        "head_dim",
+        "heads",
+        default=_conv_default,
     ),
-    "v": _per_head_slot(
+    "v": head_slot(
         "per value head (B, T, v_heads, v_head_dim), after the v projection; default: "
         "Conv(kernel=kernel, bias=false)->Act(silu)",
-        lambda d_in, **a: gdn_sizes(d_in, **a).v_head_dim,
-        lambda d_in, **a: gdn_sizes(d_in, **a).v_heads,
-        _conv_default,
+        gdn_sizes,
+        "v_head_dim",
+        "v_heads",
+        default=_conv_default,
     ),
-    "o": _per_head_slot(
+    "o": head_slot(
         "per value head on the delta rule's output (B, T, v_heads, v_head_dim), before the "
         "gate and out_proj; default: Norm(kind=rms, eps=eps)",
-        lambda d_in, **a: gdn_sizes(d_in, **a).v_head_dim,
-        lambda d_in, **a: gdn_sizes(d_in, **a).v_heads,
-        _o_default,
+        gdn_sizes,
+        "v_head_dim",
+        "v_heads",
+        default=_o_default,
     ),
     "gate": Slot(
         "stream",

@@ -24,7 +24,7 @@ kernel, ``W`` recurrence width.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -43,7 +43,7 @@ from blockdsl.components._util import (
 )
 from blockdsl.components.attention import _call_slot
 from blockdsl.printer import format_value
-from blockdsl.registry import Slot, register, shorthand_slots
+from blockdsl.registry import Slot, head_slot, register, shorthand_slots
 
 State = dict[str, torch.Tensor]
 
@@ -796,44 +796,39 @@ def _norm_group(sizes: Mamba2Sizes) -> int:
     return sizes.inner // max(1, sizes.groups)
 
 
-def _mamba2_slot(
-    doc: str,
-    features: Callable[..., int],
-    heads: Callable[..., int],
-    default: Callable[..., str | None],
-) -> Slot:
-    return Slot("heads", doc, features=features, heads=heads, default=default)
-
-
 MAMBA2_SLOTS: dict[str, Slot] = {
-    "q": _mamba2_slot(
+    "q": head_slot(
         "C, per group (B, T, groups, state), after in_proj; default: Conv(kernel=conv, "
         "bias=conv_bias)->Act(silu)",
-        lambda d_in, **a: mamba2_sizes(d_in, **a).state,
-        lambda d_in, **a: mamba2_sizes(d_in, **a).groups,
-        _mamba2_conv_default,
+        mamba2_sizes,
+        "state",
+        "groups",
+        default=_mamba2_conv_default,
     ),
-    "k": _mamba2_slot(
+    "k": head_slot(
         "B, per group (B, T, groups, state), after in_proj; default: Conv(kernel=conv, "
         "bias=conv_bias)->Act(silu)",
-        lambda d_in, **a: mamba2_sizes(d_in, **a).state,
-        lambda d_in, **a: mamba2_sizes(d_in, **a).groups,
-        _mamba2_conv_default,
+        mamba2_sizes,
+        "state",
+        "groups",
+        default=_mamba2_conv_default,
     ),
-    "v": _mamba2_slot(
+    "v": head_slot(
         "x, per head (B, T, heads, head_dim), after in_proj; default: Conv(kernel=conv, "
         "bias=conv_bias)->Act(silu)",
-        lambda d_in, **a: mamba2_sizes(d_in, **a).head_dim,
-        lambda d_in, **a: mamba2_sizes(d_in, **a).heads,
-        _mamba2_conv_default,
+        mamba2_sizes,
+        "head_dim",
+        "heads",
+        default=_mamba2_conv_default,
     ),
-    "o": _mamba2_slot(
+    "o": head_slot(
         "the scan's output per group (B, T, groups, inner / groups), after the gate "
         "(norm_before_gate: before it), before out_proj; default: Norm(kind=rms, eps=eps, "
         "per_head=true), none with norm=false",
-        lambda d_in, **a: _norm_group(mamba2_sizes(d_in, **a)),
-        lambda d_in, **a: mamba2_sizes(d_in, **a).groups,
-        _mamba2_o_default,
+        mamba2_sizes,
+        _norm_group,
+        "groups",
+        default=_mamba2_o_default,
     ),
     "gate": Slot(
         "stream",
