@@ -809,17 +809,22 @@ def _find_config(model_or_config: Any) -> tuple[str, Any]:
     ]
     order = {record.model_type: i for i, record in enumerate(records)}
     searches.sort(key=lambda s: order[s.record.model_type])
-    started = sorted((s.start(), i) for i, s in enumerate(searches))  # closest first
+    # Closest start first; a tie (a Llama is a Mistral without a window) goes to the
+    # architecture the importer lists first, among those that started about as close. So the
+    # first listed search that starts exact and runs exact is the answer once the ones listed
+    # before it are started: the ones listed after it are never started.
+    started: list[tuple[int, int]] = []
+    for i, search in enumerate(searches):
+        started.append((search.start(), i))
+        if started[-1][0] == 0 and search.run().distance == 0:
+            fit = _first_listed_fit(searches, started, i)
+            return fit.record.model_type, fit.hf_config
+    started.sort()
     best: _Fit | None = None
-    for start, i in started:
+    for _, i in started:
         fit = searches[i].run()
         if fit.distance == 0:
-            # A tie (a Llama is a Mistral without a window) goes to the architecture the
-            # importer lists first, among those that started about as close.
-            for other_start, j in started:
-                if j < i and other_start <= start + _TIE and searches[j].run().distance == 0:
-                    fit = searches[j].run()
-                    break
+            fit = _first_listed_fit(searches, started, i)
             return fit.record.model_type, fit.hf_config
         if best is None or fit.distance < best.distance:
             best = fit
@@ -838,6 +843,16 @@ def _find_config(model_or_config: Any) -> tuple[str, Any]:
         "cannot export to Hugging Face: no transformers architecture computes this model",
         hint=_first_difference(target_plan, target, best),
     )
+
+
+def _first_listed_fit(searches: list[_Search], started: list[tuple[int, int]], i: int) -> _Fit:
+    """The exact fit of ``searches[i]``, or of a search listed before it that started about
+    as close (within ``_TIE``) and also runs exact: the closest such, then the first listed."""
+    start = next(s for s, j in started if j == i)
+    for other_start, j in sorted(started):
+        if j < i and other_start <= start + _TIE and searches[j].run().distance == 0:
+            return searches[j].run()
+    return searches[i].run()
 
 
 _PRODUCIBLE: dict[tuple[str, bool], set[str]] = {}
