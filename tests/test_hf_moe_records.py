@@ -321,11 +321,51 @@ MOE_RECORDS: list[tuple[str, dict[str, Any]]] = [
             num_experts_per_tok=2,
         ),
     ),
+    # ---- added for the coverage of issue 32: other names, gated attention, stacked experts
+    ("sarvam_mla", {**TRUNK, **MLA, **DEEPSEEK_EXPERTS, "norm_topk_prob": True}),
+    (
+        "minicpm5_moe",
+        {
+            **TRUNK,
+            **DEEPSEEK_EXPERTS,
+            "head_dim": 8,
+            "attention_bias": True,
+            "mlp_layer_types": ["dense", "sparse", "sparse"],
+        },
+    ),
+    (
+        "aria_text",
+        dict(
+            **TRUNK,
+            intermediate_size=16,
+            moe_num_experts=4,
+            moe_topk=2,
+            moe_num_shared_experts=2,
+            pad_token_id=0,
+        ),
+    ),
+    (
+        "granitemoe_swa",
+        dict(
+            **TRUNK,
+            intermediate_size=16,
+            shared_intermediate_size=24,
+            num_local_experts=4,
+            num_experts_per_tok=2,
+            sliding_window=4,
+            layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+            layer_rope_theta=[500.0, 0, 50.0],
+            embedding_multiplier=1.7,
+            residual_multiplier=0.6,
+            attention_multiplier=0.3,
+            logits_scaling=2.5,
+        ),
+    ),
 ]
 
 
 #: Records whose checkpoints store the experts stacked (``input_linear [E, 2I, D]``...).
-STACKED_ON_DISK = {"granitemoe", "granitemoeshared"}
+STACKED_ON_DISK = {"granitemoe", "granitemoeshared", "granitemoe_swa", "aria_text"}
 
 
 def _saved_names(folder) -> list[str]:
@@ -402,6 +442,10 @@ EXPORTS: dict[str, tuple[dict[str, Any], str]] = {
     "solar_open": ({}, "SolarOpenForCausalLM"),
     "glm4_moe_lite": ({}, "Glm4MoeLiteForCausalLM"),
     "minimax_m2": ({}, "MiniMaxM2ForCausalLM"),
+    "sarvam_mla": ({}, "DeepseekV3ForCausalLM"),  # its own class is DeepSeek-V3's
+    "minicpm5_moe": ({}, "MiniCPM5MoeForCausalLM"),
+    "aria_text": ({}, "AriaTextForCausalLM"),
+    "granitemoe_swa": ({}, "no transformers architecture computes this model"),
     "exaone_moe": (
         {
             "num_hidden_layers": 4,

@@ -34,6 +34,8 @@ LLAMA = dict(
     pad_token_id=0,
 )
 WINDOWED = dict(sliding_window=8, layer_types=["sliding_attention", "full_attention"])
+#: Multi-head latent attention sizes (DeepSeek's, without experts: Youtu, MiniCPM3).
+MLA = dict(kv_lora_rank=12, q_lora_rank=20, qk_nope_head_dim=8, qk_rope_head_dim=4, v_head_dim=6)
 GPT2 = dict(vocab_size=V, n_embd=64, n_layer=2, n_head=4, n_positions=64)
 NEOX = dict(
     vocab_size=V,
@@ -83,6 +85,15 @@ RECORDS: list[tuple[str, str, dict[str, Any]]] = [
     ("biogpt", "biogpt", NEOX),
     ("gpt2-gelu_python", "gpt2", {**GPT2, "activation_function": "gelu_python"}),
     ("gpt2-gelu_accurate", "gpt2", {**GPT2, "activation_function": "gelu_accurate"}),
+    ("youtu", "youtu", {**LLAMA, **MLA, "num_key_value_heads": 4, "head_dim": 4}),
+    ("minicpm3", "minicpm3", {
+        **LLAMA, **MLA, "num_key_value_heads": 4, "head_dim": 4, "scale_emb": 3.0,
+        "scale_depth": 1.4, "dim_model_base": 16, "mlp_bias": True,
+    }),
+    ("granite_swa", "granite_swa", {
+        **LLAMA, **WINDOWED, "layer_rope_theta": [0, 2000.0], "residual_multiplier": 0.5,
+        "embedding_multiplier": 2.0, "logits_scaling": 2.5, "attention_multiplier": 0.2,
+    }),
 ]  # fmt: skip
 
 #: Rows the export refuses, with the words the refusal must contain: the export's search
@@ -99,6 +110,8 @@ EXPORT_REFUSED: dict[str, str] = {
     "cohere2": NO_COUNTERPART,
     "hyperclovax": "Scale has no counterpart",
     "apertus": NO_COUNTERPART,  # with this unscaled rotary; the llama3 default exports (1p5 row)
+    "minicpm3": NO_COUNTERPART,  # the export's search finds no class with these multipliers
+    "granite_swa": NO_COUNTERPART,  # no search over sinks and per-layer rotary bases
 }
 #: Rows written back as another ``model_type`` that computes the same model (the export
 #: takes the first registered), by row id.
@@ -106,6 +119,7 @@ EXPORTED_AS: dict[str, str] = {
     "jais2": "starcoder2",
     "apertus1p5_text": "apertus",
     "codegen": "gptj",
+    "youtu": "deepseek_v3",  # DeepSeek-V3 with every layer dense
 }
 
 

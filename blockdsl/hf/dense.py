@@ -32,6 +32,8 @@ from blockdsl.hf.base import (
     register_architecture,
     rope_args,
     rotary_fraction,
+    sink_layers,
+    sink_weights,
     unsupported,
 )
 
@@ -673,8 +675,25 @@ def weights_granite(cfg: Any, m: WeightMapper) -> None:
     m.head(cfg, "model.embed_tokens.weight", _tied(cfg, False))
 
 
+def config_granite_swa(cfg: Any) -> dict:
+    """Granite-SWA: Granite with a learned sink logit per head in every attention
+    (``Attn[scores=Sink]``), sliding-window layers from ``layer_types`` and a rotary base per
+    layer (``layer_rope_theta``, 0 for no positions)."""
+    config = config_granite(cfg)
+    theta = config["defaults"]["Attn"]["rope_theta"]
+    blocks, layers = sink_layers(cfg, "granite_swa", config["blocks"]["block"], theta)
+    config["blocks"], config["model"]["layers"] = blocks, layers
+    return config
+
+
+def weights_granite_swa(cfg: Any, m: WeightMapper) -> None:
+    weights_granite(cfg, m)
+    sink_weights(cfg, m)
+
+
 _register("phi3", "Phi3ForCausalLM", config_phi3, weights_phi3)
 _register("granite", "GraniteForCausalLM", config_granite, weights_granite)
+_register("granite_swa", "GraniteSWAForCausalLM", config_granite_swa, weights_granite_swa)
 
 
 # --------------------------------------------------------------------------- starcoder2

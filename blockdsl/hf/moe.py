@@ -13,11 +13,13 @@ component.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
 from blockdsl.hf.base import (
     Architecture,
+    Tensor,
     WeightMapper,
     activation,
     compress_layers,
@@ -32,6 +34,8 @@ from blockdsl.hf.base import (
     rope_args,
     rotary_fraction,
     shared_expert_args,
+    sink_layers,
+    sink_weights,
     unsupported,
 )
 
@@ -633,6 +637,10 @@ register_architecture(
 # --------------------------------------------------------------------------- granitemoe
 
 
+#: The Granite-MoE types with a shared expert (``shared_intermediate_size``).
+_GRANITE_SHARED = ("granitemoeshared", "granitemoe_swa")
+
+
 def _config_granitemoe(cfg: Any) -> dict:
     """Granite-MoE (and Granite-MoE-Shared): Granite's constant multipliers (embeddings, each
     residual update, attention scores, logits) around Mixtral-like layers whose router takes
@@ -654,7 +662,7 @@ def _config_granitemoe(cfg: Any) -> dict:
         "aux_loss": float(cfg.router_aux_loss_coef),
     }
     # Granite-MoE has no shared expert, whatever attribute its config is given
-    shared_size = cfg.shared_intermediate_size if t == "granitemoeshared" else 0
+    shared_size = cfg.shared_intermediate_size if t in _GRANITE_SHARED else 0
     if shared_size:
         moe.update(shared_expert_args(shared_size, cfg.intermediate_size))
     defaults: dict[str, dict] = {
@@ -682,7 +690,7 @@ def _weights_granitemoe(cfg: Any, m: WeightMapper) -> None:
     inter = cfg.intermediate_size
     bias = bool(cfg.attention_bias)
     m.put("embed.embed.tok.weight", "model.embed_tokens.weight")
-    shared = cfg.shared_intermediate_size if cfg.model_type == "granitemoeshared" else 0
+    shared = cfg.shared_intermediate_size if cfg.model_type in _GRANITE_SHARED else 0
     for i in range(cfg.num_hidden_layers):
         p, q = f"model.layers.{i}", f"layers.{i}"
         m.norm(f"{q}.norm", f"{p}.input_layernorm", bias=False)
@@ -714,6 +722,32 @@ for _type, _class in (
     register_architecture(
         Architecture(_type, _class, "model", _config_granitemoe, _weights_granitemoe)
     )
+
+
+def _config_granitemoe_swa(cfg: Any) -> dict:
+    """Granite-MoE-SWA: Granite-MoE-Shared with Granite-SWA's attention (a learned sink logit
+    per head, sliding-window layers from ``layer_types``, a rotary base per layer)."""
+    config = _config_granitemoe(cfg)
+    theta = config["defaults"]["Attn"]["rope_theta"]
+    blocks, layers = sink_layers(cfg, "granitemoe_swa", config["blocks"]["block"], theta)
+    config["blocks"], config["model"]["layers"] = blocks, layers
+    return config
+
+
+def _weights_granitemoe_swa(cfg: Any, m: WeightMapper) -> None:
+    _weights_granitemoe(cfg, m)
+    sink_weights(cfg, m)
+
+
+register_architecture(
+    Architecture(
+        "granitemoe_swa",
+        "GraniteMoeSWAForCausalLM",
+        "model",
+        _config_granitemoe_swa,
+        _weights_granitemoe_swa,
+    )
+)
 
 
 # --------------------------------------------------------------------------- dbrx
@@ -863,10 +897,10 @@ def _deepseek(
         "Norm": {"kind": "rms", "eps": cfg.rms_norm_eps},
         mixer: mixer_args,
     }
-    routed, shared = _expert_counts(cfg)
     if "dense" in kinds:
         defaults["MLP"] = {"hidden": cfg.intermediate_size, "act": act, "gated": True}
-    if "moe" in kinds:
+    if "moe" in kinds:  # a config without experts (Youtu) has no expert counts to read
+        routed, shared = _expert_counts(cfg)
         defaults["MoE"] = {
             "experts": routed,
             "k": cfg.num_experts_per_tok,
@@ -915,8 +949,9 @@ def _v3_routing(cfg: Any) -> dict[str, Any]:
 
 
 def _config_deepseek_v3(cfg: Any) -> dict:
-    """DeepSeek-V3: MLA (rotary on adjacent pairs with ``rope_interleave``) and V3 routing."""
-    t = "deepseek_v3"
+    """DeepSeek-V3: MLA (rotary on adjacent pairs with ``rope_interleave``) and V3 routing.
+    Sarvam-MLA (``sarvam_mla``) is this class under its own ``model_type``."""
+    t = cfg.model_type
     mla = _mla(cfg, t, interleaved=bool(cfg.rope_interleave))
     return _deepseek(cfg, t, "MLA", mla, _v3_routing(cfg), _first_dense(cfg))
 
@@ -965,7 +1000,7 @@ def _deepseek_weights(
     ``mlp`` or the router ``gate`` (with its ``e_score_correction_bias``), the routed
     ``experts`` and the ``shared_experts``, as ``kinds`` says."""
     m.put("embed.embed.tok.weight", embed)
-    routed, shared = _expert_counts(cfg)
+    routed, shared = _expert_counts(cfg) if "moe" in kinds else (0, 0)
     for i, kind in enumerate(kinds):
         p, q = f"model.layers.{i}", f"layers.{i}"
         m.norm(f"{q}.norm", f"{p}.input_layernorm", bias=False)
@@ -996,7 +1031,7 @@ def _deepseek_weights(
 
 
 def _weights_deepseek(cfg: Any, m: WeightMapper) -> None:
-    v3 = cfg.model_type == "deepseek_v3"
+    v3 = cfg.model_type != "deepseek_v2"  # DeepSeek-V3 and Sarvam-MLA: the selection bias
     _deepseek_weights(cfg, m, _mla_weights, _first_dense(cfg), score_bias=v3)
 
 
@@ -1009,16 +1044,17 @@ register_architecture(
         weights=_weights_deepseek,
     )
 )
-register_architecture(
-    Architecture(
-        "deepseek_v3",
-        "DeepseekV3ForCausalLM",
-        "model",
-        config=_config_deepseek_v3,
-        weights=_weights_deepseek,
-        buffers=("e_score_correction_bias",),
+for _type in ("deepseek_v3", "sarvam_mla"):
+    register_architecture(
+        Architecture(
+            _type,
+            "DeepseekV3ForCausalLM",
+            "model",
+            config=_config_deepseek_v3,
+            weights=_weights_deepseek,
+            buffers=("e_score_correction_bias",),
+        )
     )
-)
 
 
 # ---------------------------------------------- DeepSeek-V3 routing after other attention
@@ -1163,3 +1199,161 @@ for _type, _class, _config, _weights in (
             _type, _class, "model", _config, _weights, buffers=("e_score_correction_bias",)
         )
     )
+
+
+# ------------------------------------------------------- MLA without experts: Youtu, MiniCPM3
+
+
+def _dense_layers(cfg: Any) -> list[str]:
+    return ["dense"] * cfg.num_hidden_layers
+
+
+def _config_youtu(cfg: Any) -> dict:
+    """Youtu-LLM: DeepSeek-V3's MLA (rotary on adjacent pairs with ``rope_interleave``) in
+    every layer, each followed by a dense MLP (no experts)."""
+    t = "youtu"
+    mla = _mla(cfg, t, interleaved=bool(cfg.rope_interleave))
+    return _deepseek(cfg, t, "MLA", mla, {}, _dense_layers(cfg))
+
+
+def _weights_mla_dense(cfg: Any, m: WeightMapper) -> None:
+    _deepseek_weights(cfg, m, _mla_weights, _dense_layers(cfg), score_bias=False)
+
+
+def _config_minicpm3(cfg: Any) -> dict:
+    """MiniCPM3: Youtu's layers with the rotary on the two halves of the rotated features (not
+    adjacent pairs) and MiniCPM's multipliers: embeddings times ``scale_emb``, each residual
+    update times ``scale_depth / sqrt(num_hidden_layers)``, the logits times
+    ``dim_model_base / hidden_size``."""
+    t = "minicpm3"
+    config = _deepseek(cfg, t, "MLA", _mla(cfg, t, interleaved=False), {}, _dense_layers(cfg))
+    defaults = config["defaults"]
+    defaults["MLP"]["bias"] = bool(getattr(cfg, "mlp_bias", False))
+    residual = float(cfg.scale_depth) / math.sqrt(cfg.num_hidden_layers)
+    if residual != 1.0:
+        config["blocks"] = {
+            name: block.replace("->+", "->Scale->+") for name, block in config["blocks"].items()
+        }
+        defaults["Scale"] = {"by": residual}
+    if cfg.scale_emb != 1:
+        defaults["Embed"] = {"scale": float(cfg.scale_emb)}
+    if cfg.dim_model_base != cfg.hidden_size:
+        defaults["Head"] = {"scale": cfg.dim_model_base / cfg.hidden_size}
+    return config
+
+
+for _type, _class, _config in (
+    ("youtu", "YoutuForCausalLM", _config_youtu),
+    ("minicpm3", "MiniCPM3ForCausalLM", _config_minicpm3),
+):
+    register_architecture(Architecture(_type, _class, "model", _config, _weights_mla_dense))
+
+
+# --------------------------------------------------------------------------- minicpm5_moe
+
+
+def _config_minicpm5_moe(cfg: Any) -> dict:
+    """MiniCPM5-MoE: Llama's attention with a sigmoid output gate (``Attn(gate=true)``: the
+    gate's rows sit after each head's query rows in ``q_gate_proj``) and DeepSeek-V3's experts
+    on the layers ``mlp_layer_types`` makes sparse."""
+    t = "minicpm5_moe"
+    bias = bool(cfg.attention_bias)
+    attn = {**_attn_gqa(cfg, t), "gate": True, "bias": bias}
+    return _deepseek(cfg, t, "Attn", attn, _v3_routing(cfg), _mlp_layer_kinds(cfg, t))
+
+
+def _weights_minicpm5_moe(cfg: Any, m: WeightMapper) -> None:
+    H = cfg.num_attention_heads
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // H
+    bias = bool(cfg.attention_bias)
+
+    def query_and_gate(w: Tensor) -> list[Tensor]:  # per head: [q (hd) | gate (hd)] rows
+        halves = w.reshape(H, 2, head_dim, *w.shape[1:]).unbind(1)
+        return [half.reshape(H * head_dim, *w.shape[1:]) for half in halves]
+
+    def attention(cfg: Any, m: WeightMapper, p: str, q: str) -> None:
+        a, src = f"{q}.attn", f"{p}.self_attn"
+        # saved as ``q_proj``, which transformers renames ``q_gate_proj`` on load
+        fused = f"{src}.q_gate_proj" if m.has(f"{src}.q_gate_proj.weight") else f"{src}.q_proj"
+        for kind in ["weight", "bias"] if bias else ["weight"]:
+            m.split(
+                [f"{a}.q.{kind}", f"{a}.slots.gate.linear.{kind}"],
+                f"{fused}.{kind}",
+                query_and_gate,
+            )
+        for n in "kvo":
+            m.linear(f"{a}.{n}", f"{src}.{n}_proj", bias)
+
+    kinds = _mlp_layer_kinds(cfg, "minicpm5_moe")
+    _deepseek_weights(cfg, m, attention, kinds, score_bias=True)
+
+
+register_architecture(
+    Architecture(
+        "minicpm5_moe",
+        "MiniCPM5MoeForCausalLM",
+        "model",
+        config=_config_minicpm5_moe,
+        weights=_weights_minicpm5_moe,
+        buffers=("e_score_correction_bias",),
+    )
+)
+
+
+# --------------------------------------------------------------------------- aria_text
+
+
+def _config_aria_text(cfg: Any) -> dict:
+    """Aria's text model: Llama's layers with experts on every layer, routed by the softmax of
+    the top-k logits (the renormalised top-k probabilities), and ``moe_num_shared_experts``
+    always-on experts of the same width beside them."""
+    t = "aria_text"
+    if cfg.mlp_bias:
+        raise unsupported(t, "mlp_bias (biases on the shared experts)")
+    if activation(cfg.hidden_act, t) != "silu":  # the routed experts are SiLU whatever it says
+        raise unsupported(t, f"hidden_act '{cfg.hidden_act}' (its routed experts are SiLU)")
+    moe = {
+        "experts": cfg.moe_num_experts,
+        "k": cfg.moe_topk,
+        "hidden": cfg.intermediate_size,
+        "act": "silu",
+        "gated": True,
+        "shared": cfg.moe_num_shared_experts,
+        "norm_topk": True,
+        "aux_loss": 0.0,  # transformers adds no load-balancing loss for Aria
+    }
+    return llama_like_config(cfg, t, mlp=moe)
+
+
+def _weights_aria_text(cfg: Any, m: WeightMapper) -> None:
+    """Aria's experts are stacked transposed, ``[E, D, 2I]`` (gate columns first) and
+    ``[E, I, D]``: ``experts.fc1``/``fc2`` on disk, ``gate_up_proj``/``down_proj`` in memory."""
+    inter = cfg.intermediate_size
+
+    def moe(cfg: Any, m: WeightMapper, p: str, q: str) -> None:
+        e, src = f"{q}.moe", f"{p}.mlp"
+        m.put(f"{e}.router.weight", f"{src}.router.weight")
+        saved = m.has(f"{src}.experts.fc1.weight")
+        gate_up = f"{src}.experts.fc1.weight" if saved else f"{src}.experts.gate_up_proj"
+        down = f"{src}.experts.fc2.weight" if saved else f"{src}.experts.down_proj"
+        m.split(
+            [f"{e}.w_gate", f"{e}.w_up"],
+            gate_up,
+            lambda w: [w[..., :inter].transpose(1, 2), w[..., inter:].transpose(1, 2)],
+        )
+        m.put(f"{e}.w_down", down, fn=lambda w: w.transpose(1, 2))
+        for n in ("gate", "up", "down"):
+            m.linear(f"{e}.shared.{n}", f"{src}.shared_experts.{n}_proj", bias=False)
+
+    llama_weights(cfg, m, feed_forward=moe)
+
+
+register_architecture(
+    Architecture(
+        "aria_text",
+        "AriaTextForCausalLM",
+        "model",
+        config=_config_aria_text,
+        weights=_weights_aria_text,
+    )
+)
