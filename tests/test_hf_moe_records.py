@@ -361,6 +361,25 @@ MOE_RECORDS: list[tuple[str, dict[str, Any]]] = [
             logits_scaling=2.5,
         ),
     ),
+    (
+        "cohere2_moe",
+        dict(
+            **TRUNK,
+            head_dim=8,
+            intermediate_size=16,
+            prefix_dense_intermediate_size=40,
+            num_experts=4,
+            num_experts_per_tok=2,
+            num_shared_experts=1,  # averaged with the routed experts (the default strategy)
+            expert_selection_fn="sigmoid",
+            sliding_window=4,
+            layer_types=["full_attention", "sliding_attention", "full_attention"],
+            mlp_layer_types=["dense", "sparse", "sparse"],  # layer 0 rotates, layer 2 does not
+            logit_scale=0.5,
+            bos_token_id=0,  # its defaults lie outside the tiny vocabulary
+            eos_token_id=0,
+        ),
+    ),
 ]
 
 
@@ -446,6 +465,8 @@ EXPORTS: dict[str, tuple[dict[str, Any], str]] = {
     "minicpm5_moe": ({}, "MiniCPM5MoeForCausalLM"),
     "aria_text": ({}, "AriaTextForCausalLM"),
     "granitemoe_swa": ({}, "no transformers architecture computes this model"),
+    # Scale(by=0.5) averages the shared and routed experts: no transformers class has it
+    "cohere2_moe": ({}, "no transformers architecture has all of .*Scale"),
     "exaone_moe": (
         {
             "num_hidden_layers": 4,

@@ -1357,3 +1357,107 @@ register_architecture(
         weights=_weights_aria_text,
     )
 )
+
+
+# --------------------------------------------------------------------------- cohere2_moe
+
+
+def _config_cohere2_moe(cfg: Any) -> dict:
+    """Cohere 2 MoE: Cohere 2's parallel block (attention and the feed-forward on one norm,
+    a bias-free LayerNorm or, with ``rms_norm_eps``, an RMSNorm) with experts on the layers
+    ``mlp_layer_types`` makes sparse. Sliding-window layers rotate (on adjacent pairs), the
+    full-attention ones have no positions except dense layers when
+    ``prefix_dense_sliding_window_pattern`` is 1. The router's softmax (or sigmoid,
+    ``expert_selection_fn``) is taken over the top-k logits; ``num_shared_experts`` always-on
+    experts are added to the routed ones or, with ``shared_expert_combination_strategy``
+    ``average``, averaged with them (``MoE->Scale(by=0.5)``)."""
+    t = "cohere2_moe"
+    kinds = _mlp_layer_kinds(cfg, t)
+    windows = _windows(cfg, t)
+    names: list[str] = []
+    blocks: dict[str, str] = {}
+    strategy = cfg.shared_expert_combination_strategy
+    if strategy not in ("sum", "average"):
+        raise unsupported(t, f"shared_expert_combination_strategy '{strategy}'")
+    shared = cfg.num_shared_experts or 0
+    average = shared > 0 and strategy == "average"
+    rotary_dense = cfg.prefix_dense_sliding_window_pattern == 1  # transformers' force_rope
+    for kind, window in zip(kinds, windows, strict=True):
+        rope = window is not None or (kind == "dense" and rotary_dense)
+        args = [f"window={int(window)}"] if window is not None else []
+        if not rope:
+            args.append("pos=none")
+        name = f"{'global' if window is None else 'local'}{'' if rope else '_nope'}_{kind}"
+        attn = f"Attn({', '.join(args)})" if args else "Attn"
+        ffn = "MLP" if kind == "dense" else ("MoE->Scale" if average else "MoE")
+        blocks[name] = f"Norm#ln->{attn}->+ | Norm#ln->{ffn}->+"
+        names.append(name)
+    act = activation(cfg.hidden_act, t)
+    norm = (
+        {"kind": "rms", "eps": cfg.rms_norm_eps}
+        if cfg.rms_norm_eps is not None
+        else {"kind": "layer", "eps": cfg.layer_norm_eps, "bias": False}
+    )
+    attn_args = {**_attn_gqa(cfg, t), "rope_interleaved": True, "bias": bool(cfg.attention_bias)}
+    defaults: dict[str, dict] = {"Norm": norm, "Attn": attn_args}
+    if "dense" in kinds:
+        hidden = cfg.prefix_dense_intermediate_size or cfg.intermediate_size
+        defaults["MLP"] = {"hidden": hidden, "act": act, "gated": True}
+    if "moe" in kinds:
+        if cfg.expert_selection_fn not in ("softmax", "sigmoid"):
+            raise unsupported(t, f"expert_selection_fn '{cfg.expert_selection_fn}'")
+        # the softmax of the top-k logits is the renormalised top-k probabilities; the sigmoid
+        # picks the same experts from the logits as from its scores
+        routing = (
+            {"score": "sigmoid", "norm_topk": bool(cfg.norm_topk_prob)}
+            if cfg.expert_selection_fn == "sigmoid"
+            else {"norm_topk": True}
+        )
+        defaults["MoE"] = {
+            "experts": cfg.num_experts,
+            "k": cfg.num_experts_per_tok,
+            "hidden": cfg.intermediate_size,
+            "act": act,
+            "gated": True,
+            "shared": shared,
+            **routing,
+            "aux_loss": 0.0,  # transformers adds no load-balancing loss for Cohere 2 MoE
+        }
+    if average:
+        defaults["Scale"] = {"by": 0.5}
+    if cfg.logit_scale is not None and cfg.logit_scale != 1.0:
+        defaults["Head"] = {"scale": float(cfg.logit_scale)}
+    return model_config(
+        cfg, layers=compress_layers(names), blocks=blocks, defaults=defaults, tied_by_default=True
+    )
+
+
+def _weights_cohere2_moe(cfg: Any, m: WeightMapper) -> None:
+    bias = bool(cfg.attention_bias)
+    m.put("embed.embed.tok.weight", "model.embed_tokens.weight")
+    for i, kind in enumerate(_mlp_layer_kinds(cfg, "cohere2_moe")):
+        p, q = f"model.layers.{i}", f"layers.{i}"
+        m.norm(f"{q}.ln", f"{p}.input_layernorm", bias=False)
+        _gqa_weights(qkv_bias=bias, o_bias=bias, qk_norm=False)(cfg, m, p, q)
+        if kind == "dense":
+            llama_mlp_weights(cfg, m, p, q)
+            continue
+        e, src = f"{q}.moe", f"{p}.mlp"
+        m.put(f"{e}.router.weight", f"{src}.gate.weight")
+        expert_weights(m, f"{src}.experts", e, experts=cfg.num_experts, inter=cfg.intermediate_size)
+        if cfg.num_shared_experts:
+            for n in ("gate", "up", "down"):
+                m.linear(f"{e}.shared.{n}", f"{src}.shared_experts.{n}_proj", bias=False)
+    m.norm("head.norm", "model.norm", bias=False)
+    m.head(cfg, "model.embed_tokens.weight", getattr(cfg, "tie_word_embeddings", True))
+
+
+register_architecture(
+    Architecture(
+        "cohere2_moe",
+        "Cohere2MoeForCausalLM",
+        "model",
+        config=_config_cohere2_moe,
+        weights=_weights_cohere2_moe,
+    )
+)
