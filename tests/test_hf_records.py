@@ -90,6 +90,22 @@ RECORDS: list[tuple[str, str, dict[str, Any]]] = [
         **LLAMA, **MLA, "num_key_value_heads": 4, "head_dim": 4, "scale_emb": 3.0,
         "scale_depth": 1.4, "dim_model_base": 16, "mlp_bias": True,
     }),
+    ("gpt_neox_japanese", "gpt_neox_japanese", {
+        "vocab_size": V, "hidden_size": 64, "num_hidden_layers": 3, "num_attention_heads": 4,
+        "intermediate_multiple_size": 2, "max_position_embeddings": 64,
+        "rope_parameters": {"rope_type": "default", "rope_theta": 500.0,
+                            "partial_rotary_factor": 0.5},
+    }),
+    ("xglm", "xglm", {
+        "vocab_size": V, "d_model": 64, "num_layers": 2, "attention_heads": 4, "ffn_dim": 96,
+        "max_position_embeddings": 64, "bos_token_id": 0, "eos_token_id": 2,
+    }),
+    ("ctrl", "ctrl", {**GPT2, "dff": 96, "layer_norm_epsilon": 1e-5}),
+    ("trocr", "trocr", {
+        "vocab_size": V, "d_model": 64, "decoder_layers": 2, "decoder_attention_heads": 4,
+        "decoder_ffn_dim": 96, "max_position_embeddings": 64, "scale_embedding": True,
+        "bos_token_id": 0, "eos_token_id": 2,
+    }),
     ("granite_swa", "granite_swa", {
         **LLAMA, **WINDOWED, "layer_rope_theta": [0, 2000.0], "residual_multiplier": 0.5,
         "embedding_multiplier": 2.0, "logits_scaling": 2.5, "attention_multiplier": 0.2,
@@ -112,6 +128,8 @@ EXPORT_REFUSED: dict[str, str] = {
     "apertus": NO_COUNTERPART,  # with this unscaled rotary; the llama3 default exports (1p5 row)
     "minicpm3": NO_COUNTERPART,  # the export's search finds no class with these multipliers
     "granite_swa": NO_COUNTERPART,  # no search over sinks and per-layer rotary bases
+    # TrOCRForCausalLM's layers hold a cross-attention, which the language model lacks
+    "trocr": "no blockdsl parameter gives .*encoder_attn",
 }
 #: Rows written back as another ``model_type`` that computes the same model (the export
 #: takes the first registered), by row id.
@@ -137,8 +155,9 @@ def _max_diff(theirs: Any, ours: Any) -> float:
 
 
 #: Rows run without ``-m slow``: one per mechanism the records add (another checkpoint
-#: layout, NoPE layers beside windowed ones, xIELU, a sharded fused projection).
-QUICK = ("exaone", "cohere2", "apertus", "codegen")
+#: layout, NoPE layers beside windowed ones, xIELU, a sharded fused projection, fairseq's
+#: sinusoidal positions).
+QUICK = ("exaone", "cohere2", "apertus", "codegen", "xglm")
 
 
 #: Rows left out of ``test_export``: GPT-Neo's export search ran over 20 minutes without an
