@@ -380,6 +380,23 @@ MOE_RECORDS: list[tuple[str, dict[str, Any]]] = [
             eos_token_id=0,
         ),
     ),
+    (
+        "afmoe",
+        dict(
+            **TRUNK,
+            head_dim=8,
+            intermediate_size=48,
+            moe_intermediate_size=16,
+            num_experts=4,
+            num_experts_per_tok=2,
+            num_shared_experts=1,
+            num_dense_layers=1,
+            route_scale=1.5,
+            sliding_window=4,
+            layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+            mup_enabled=True,
+        ),
+    ),
 ]
 
 
@@ -467,6 +484,8 @@ EXPORTS: dict[str, tuple[dict[str, Any], str]] = {
     "granitemoe_swa": ({}, "no transformers architecture computes this model"),
     # Scale(by=0.5) averages the shared and routed experts: no transformers class has it
     "cohere2_moe": ({}, "no transformers architecture has all of .*Scale"),
+    # the search keeps the class's default layer_types (every 4th layer full)
+    "afmoe": ({"num_hidden_layers": 4, "layer_types": None}, "AfmoeForCausalLM"),
     "exaone_moe": (
         {
             "num_hidden_layers": 4,

@@ -1461,3 +1461,93 @@ register_architecture(
         weights=_weights_cohere2_moe,
     )
 )
+
+
+# --------------------------------------------------------------------------- afmoe
+
+
+def _afmoe_kinds(cfg: Any) -> list[str]:
+    """``dense`` for the first ``num_dense_layers`` layers, ``moe`` after them."""
+    dense = cfg.num_dense_layers or 0
+    return ["dense" if i < dense else "moe" for i in range(cfg.num_hidden_layers)]
+
+
+def _config_afmoe(cfg: Any) -> dict:
+    """AFMoE (Arcee's Trinity): sandwich norms (an RMSNorm before and after attention and the
+    feed-forward), attention with per-head q/k RMSNorms and a sigmoid output gate, rotary on
+    the sliding-window layers only (``layer_types``; the full ones have no positions), dense
+    MLPs on the first ``num_dense_layers`` layers and after them sigmoid experts chosen with
+    ``expert_bias``, renormalised, times ``route_scale``, beside ``num_shared_experts``
+    always-on ones; with ``mup_enabled`` the embeddings times ``sqrt(hidden_size)``."""
+    t = "afmoe"
+    act = activation(cfg.hidden_act, t)
+    bias = bool(getattr(cfg, "attention_bias", False))
+    attn = {
+        **_attn_gqa(cfg, t),
+        "qk_norm": True,
+        "qk_norm_eps": cfg.rms_norm_eps,
+        "gate": True,
+        "bias": bias,
+    }
+    kinds = _afmoe_kinds(cfg)
+    windows = _windows(cfg, t)
+    names: list[str] = []
+    blocks: dict[str, str] = {}
+    for kind, window in zip(kinds, windows, strict=True):
+        call = f"Attn(window={int(window)})" if window is not None else "Attn(pos=none)"
+        name = f"{'global' if window is None else 'local'}_{kind}"
+        ffn = "MLP" if kind == "dense" else "MoE"
+        blocks[name] = f"Norm->{call}->Norm->+->Norm->{ffn}->Norm->+"
+        names.append(name)
+    defaults: dict[str, dict] = {"Norm": {"kind": "rms", "eps": cfg.rms_norm_eps}, "Attn": attn}
+    if "dense" in kinds:
+        defaults["MLP"] = {"hidden": cfg.intermediate_size, "act": act, "gated": True}
+    if "moe" in kinds:
+        defaults["MoE"] = {
+            "experts": cfg.num_experts,
+            "k": cfg.num_experts_per_tok,
+            "hidden": cfg.moe_intermediate_size,
+            "act": act,
+            "gated": True,
+            "shared": cfg.num_shared_experts or 0,
+            "score": "sigmoid",
+            "score_bias": True,
+            "norm_topk": True,
+            "routed_scale": float(cfg.route_scale),
+            "aux_loss": 0.0,  # transformers adds no load-balancing loss for AFMoE
+        }
+    if cfg.mup_enabled:
+        defaults["Embed"] = {"scale": "sqrt_d"}
+    return model_config(cfg, layers=compress_layers(names), blocks=blocks, defaults=defaults)
+
+
+def _weights_afmoe(cfg: Any, m: WeightMapper) -> None:
+    bias = bool(getattr(cfg, "attention_bias", False))
+    m.put("embed.embed.tok.weight", "model.embed_tokens.weight")
+    for i, kind in enumerate(_afmoe_kinds(cfg)):
+        p, q = f"model.layers.{i}", f"layers.{i}"
+        # the block's four norms in order: norm, norm_1 (after attention), norm_2, norm_3
+        for ours, theirs in (("norm", "input"), ("norm_1", "post_attention"),
+                             ("norm_2", "pre_mlp"), ("norm_3", "post_mlp")):  # fmt: skip
+            m.norm(f"{q}.{ours}", f"{p}.{theirs}_layernorm", bias=False)
+        _gqa_weights(qkv_bias=bias, o_bias=bias, qk_norm=True)(cfg, m, p, q)
+        m.linear(f"{q}.attn.slots.gate.linear", f"{p}.self_attn.gate_proj", bias=False)
+        if kind == "dense":
+            llama_mlp_weights(cfg, m, p, q)
+            continue
+        e, src = f"{q}.moe", f"{p}.mlp"
+        m.put(f"{e}.router.weight", f"{src}.router.gate.weight")
+        m.put(f"{e}.score_bias", f"{src}.expert_bias")
+        expert_weights(
+            m, f"{src}.experts", e, experts=cfg.num_experts, inter=cfg.moe_intermediate_size
+        )
+        if cfg.num_shared_experts:
+            for n in ("gate", "up", "down"):
+                m.linear(f"{e}.shared.{n}", f"{src}.shared_experts.{n}_proj", bias=False)
+    m.norm("head.norm", "model.norm", bias=False)
+    m.head(cfg, "model.embed_tokens.weight", getattr(cfg, "tie_word_embeddings", False))
+
+
+register_architecture(
+    Architecture("afmoe", "AfmoeForCausalLM", "model", config=_config_afmoe, weights=_weights_afmoe)
+)
