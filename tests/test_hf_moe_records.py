@@ -397,6 +397,17 @@ MOE_RECORDS: list[tuple[str, dict[str, Any]]] = [
             mup_enabled=True,
         ),
     ),
+    (
+        "axk1",
+        {
+            **TRUNK,
+            **MLA,
+            **{k: v for k, v in DEEPSEEK_EXPERTS.items() if k != "first_k_dense_replace"},
+            "mlp_layer_types": ["dense", "sparse", "sparse"],
+            "bos_token_id": 0,  # its defaults lie outside the tiny vocabulary
+            "eos_token_id": 0,
+        },
+    ),
 ]
 
 
@@ -486,6 +497,7 @@ EXPORTS: dict[str, tuple[dict[str, Any], str]] = {
     "cohere2_moe": ({}, "no transformers architecture has all of .*Scale"),
     # the search keeps the class's default layer_types (every 4th layer full)
     "afmoe": ({"num_hidden_layers": 4, "layer_types": None}, "AfmoeForCausalLM"),
+    "axk1": ({}, "AXK1ForCausalLM"),
     "exaone_moe": (
         {
             "num_hidden_layers": 4,

@@ -393,6 +393,8 @@ MISSING_PARTS: dict[str, str] = {
     "rwkv": "RWKV-4 time mixing (blockdsl has RWKV-7)",
     "falcon_mamba": "Mamba-1 selective scan (blockdsl has Mamba-2)",
     "zamba2": "shared transformer blocks with per-use LoRA adapters",
+    "axk2": "DeepSeek sparse attention (the lightning indexer that picks the keys) and RMSNorms "
+    "gated by a low-rank MLP",
     "phimoe": "SparseMixer routing (each chosen expert weighted by a softmax over the experts "
     "within a relative margin of it, the best one masked out for the second)",
 }

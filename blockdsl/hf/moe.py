@@ -1551,3 +1551,45 @@ def _weights_afmoe(cfg: Any, m: WeightMapper) -> None:
 register_architecture(
     Architecture("afmoe", "AfmoeForCausalLM", "model", config=_config_afmoe, weights=_weights_afmoe)
 )
+
+
+# --------------------------------------------------------------------------- axk1
+
+
+def _config_axk1(cfg: Any) -> dict:
+    """A.X-K1: DeepSeek-V3 (MLA, grouped sigmoid experts with a shared one) with the dense and
+    sparse layers named one by one (``mlp_layer_types``) and an RMSNorm on the experts' output
+    before the residual sum (``post_mlp_layernorm``, sparse layers only)."""
+    t = "axk1"
+    mla = _mla(cfg, t, interleaved=bool(cfg.rope_interleave))
+    config = _deepseek(cfg, t, "MLA", mla, _v3_routing(cfg), _mlp_layer_kinds(cfg, t))
+    if "moe" in config["blocks"]:
+        config["blocks"]["moe"] = config["blocks"]["moe"].replace("->MoE->+", "->MoE->Norm->+")
+    return config
+
+
+def _weights_axk1(cfg: Any, m: WeightMapper) -> None:
+    kinds = _mlp_layer_kinds(cfg, "axk1")
+    _deepseek_weights(cfg, m, _mla_weights, kinds, score_bias=True)
+    for i, kind in enumerate(kinds):
+        p = f"model.layers.{i}"
+        # saved beside the layer's norms, moved inside the MoE by transformers on load; a
+        # checkpoint may hold one on dense layers too, which transformers ignores (never run)
+        saved = f"{p}.post_mlp_layernorm.weight"
+        name = saved if m.has(saved) else f"{p}.mlp.post_mlp_layernorm.weight"
+        if kind == "moe":
+            m.put(f"layers.{i}.norm_2.weight", name)
+        elif m.has(name):
+            m.get(name)
+
+
+register_architecture(
+    Architecture(
+        "axk1",
+        "AXK1ForCausalLM",
+        "model",
+        config=_config_axk1,
+        weights=_weights_axk1,
+        buffers=("e_score_correction_bias",),
+    )
+)
