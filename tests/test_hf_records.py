@@ -106,6 +106,13 @@ RECORDS: list[tuple[str, str, dict[str, Any]]] = [
         "decoder_ffn_dim": 96, "max_position_embeddings": 64, "scale_embedding": True,
         "bos_token_id": 0, "eos_token_id": 2,
     }),
+    ("modernbert-decoder", "modernbert-decoder", {
+        "vocab_size": V, "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 3,
+        "num_attention_heads": 4, "max_position_embeddings": 64, "local_attention": 16,
+        "norm_bias": True, "attention_bias": True, "mlp_bias": True, "classifier_bias": True,
+        "pad_token_id": 0, "bos_token_id": 0, "eos_token_id": 0, "sep_token_id": 0,
+        "cls_token_id": 0,
+    }),
     ("granite_swa", "granite_swa", {
         **LLAMA, **WINDOWED, "layer_rope_theta": [0, 2000.0], "residual_multiplier": 0.5,
         "embedding_multiplier": 2.0, "logits_scaling": 2.5, "attention_multiplier": 0.2,

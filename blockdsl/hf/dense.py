@@ -1283,3 +1283,101 @@ for _type, _class in (
             buffers=("act_fn.beta", "act_fn.eps"),
         )
     )
+
+
+# --------------------------------------------------------------------------- modernbert-decoder
+
+
+def config_modernbert_decoder(cfg: Any) -> dict:
+    """ModernBERT-Decoder: LayerNorms (``norm_bias``) before attention and the MLP, none before
+    the first layer's attention (the embeddings have their own), multi-head attention with
+    each layer type's rotary base and windowed layers (``local_attention // 2``), a gated MLP
+    fused as ``Wi`` (rows ``[activated | gate]``), and BERT's prediction head before the tied
+    output projection (``Linear->Act->Norm``, then ``Head(bias=decoder_bias)``)."""
+    t = "modernbert-decoder"
+    full, full_fraction = rope_args(cfg, t, cfg.rope_parameters["full_attention"])
+    local, local_fraction = rope_args(cfg, t, cfg.rope_parameters["sliding_attention"])
+    if full_fraction != 1.0 or local_fraction != 1.0 or set(local) != {"rope_theta"}:
+        raise unsupported(t, "a partial or scaled rotary on the sliding-window layers")
+    kinds = _windows(cfg, t)
+    names = [("first_" if i == 0 else "") + kind for i, kind in enumerate(kinds)]
+    blocks: dict[str, str] = {}
+    for name, kind in zip(names, kinds, strict=True):
+        layer = PRE_NORM if not name.startswith("first_") else PRE_NORM.removeprefix("Norm->")
+        if kind == "local":
+            window = (
+                f"Attn(window={int(cfg.sliding_window)}, rope_theta={_value(local['rope_theta'])})"
+            )
+            layer = layer.replace("Attn", window, 1)
+        blocks[name] = layer
+    norm = {"kind": "layer", "eps": cfg.norm_eps, "bias": bool(cfg.norm_bias)}
+    config = model_config(
+        cfg,
+        layers=compress_layers(names),
+        blocks=blocks,
+        defaults={
+            "Norm": norm,
+            "Attn": {
+                "heads": cfg.num_attention_heads,
+                "pos": "rope",
+                **full,
+                "bias": bool(cfg.attention_bias),
+            },
+            "MLP": {
+                "hidden": cfg.intermediate_size,
+                "act": activation(cfg.hidden_activation, t),
+                "gated": True,
+                "bias": bool(cfg.mlp_bias),
+            },
+            "Linear": {"bias": bool(cfg.classifier_bias)},
+            "Act": {"fn": activation(cfg.classifier_activation, t)},
+            "Head": {"bias": bool(cfg.decoder_bias)},
+        },
+        embed="Embed->Norm",
+        tied_by_default=True,
+    )
+    config["model"]["head"] = config["model"]["head"].replace(
+        "Norm->", "Norm->Linear->Act->Norm->", 1
+    )
+    return config
+
+
+def weights_modernbert_decoder(cfg: Any, m: WeightMapper) -> None:
+    inter, bias, norm_bias = cfg.intermediate_size, bool(cfg.attention_bias), bool(cfg.norm_bias)
+    mlp_bias = bool(cfg.mlp_bias)
+    m.put("embed.embed.tok.weight", "model.embeddings.tok_embeddings.weight")
+    m.norm("embed.norm", "model.embeddings.norm", bias=norm_bias)
+    for i in range(cfg.num_hidden_layers):
+        p, q = f"model.layers.{i}", f"layers.{i}"
+        # the first layer has no norm before attention: its MLP norm is the block's first
+        if i:
+            m.norm(f"{q}.norm", f"{p}.attn_norm", bias=norm_bias)
+        m.norm(f"{q}.norm_1" if i else f"{q}.norm", f"{p}.mlp_norm", bias=norm_bias)
+        for n in "qkv":
+            m.linear(f"{q}.attn.{n}", f"{p}.attn.{n}_proj", bias)
+        m.linear(f"{q}.attn.o", f"{p}.attn.Wo", bias)
+        for kind in ["weight", "bias"] if mlp_bias else ["weight"]:
+            # rows [activated (blockdsl's gate) | multiplied (up)]
+            m.split(
+                [f"{q}.mlp.gate.{kind}", f"{q}.mlp.up.{kind}"],
+                f"{p}.mlp.Wi.{kind}",
+                lambda w: list(w.split([inter, inter])),
+            )
+        m.linear(f"{q}.mlp.down", f"{p}.mlp.Wo", mlp_bias)
+    m.norm("head.norm", "model.final_norm", bias=norm_bias)
+    m.linear("head.linear", "lm_head.dense", bool(cfg.classifier_bias))
+    m.norm("head.norm_1", "lm_head.norm", bias=norm_bias)
+    embed = "model.embeddings.tok_embeddings.weight"
+    m.head(cfg, embed, _tied(cfg, True), bias=bool(cfg.decoder_bias), name="decoder")
+
+
+register_architecture(
+    Architecture(
+        "modernbert-decoder",
+        "ModernBertDecoderForCausalLM",
+        "model",
+        config=config_modernbert_decoder,
+        weights=weights_modernbert_decoder,
+        outside=("lm_head", "decoder"),
+    )
+)
