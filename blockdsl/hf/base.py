@@ -395,6 +395,11 @@ MISSING_PARTS: dict[str, str] = {
     "zamba2": "shared transformer blocks with per-use LoRA adapters",
     "axk2": "DeepSeek sparse attention (the lightning indexer that picks the keys) and RMSNorms "
     "gated by a low-rank MLP",
+    "ergo": "learned residual gates (a per-feature mix of the branch and the residual stream) "
+    "and a learned RMSNorm per expert after each expert",
+    "zaya": "compressed convolutional attention (CCA) and an MLP router with a skip expert",
+    "minimax_m3_vl_text": "clamped SwiGLU (gpt-oss's swiglu_alpha, swiglu_limit) and block-sparse "
+    "attention (a lightning indexer that picks key blocks)",
     "phimoe": "SparseMixer routing (each chosen expert weighted by a softmax over the experts "
     "within a relative margin of it, the best one masked out for the second)",
 }
