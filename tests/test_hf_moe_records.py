@@ -408,11 +408,35 @@ MOE_RECORDS: list[tuple[str, dict[str, Any]]] = [
             "eos_token_id": 0,
         },
     ),
+    (
+        "lara_mini",
+        dict(
+            hidden_size=32,
+            num_hidden_layers=3,
+            layer_types=["linear_attention", "sliding_attention", "full_attention"],
+            sliding_window=4,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=8,
+            rope_parameters={"rope_type": "default", "rope_theta": 500.0},
+            linear_num_key_heads=2,
+            linear_num_value_heads=4,
+            linear_key_head_dim=8,
+            linear_value_head_dim=8,
+            linear_conv_kernel_dim=4,
+            num_experts=4,
+            num_experts_per_tok=2,
+            moe_intermediate_size=16,
+            shared_expert_intermediate_size=24,
+            max_position_embeddings=64,
+            eos_token_id=0,
+        ),
+    ),
 ]
 
 
 #: Records whose checkpoints store the experts stacked (``input_linear [E, 2I, D]``...).
-STACKED_ON_DISK = {"granitemoe", "granitemoeshared", "granitemoe_swa", "aria_text"}
+STACKED_ON_DISK = {"granitemoe", "granitemoeshared", "granitemoe_swa", "aria_text", "lara_mini"}
 
 
 def _saved_names(folder) -> list[str]:
@@ -498,6 +522,7 @@ EXPORTS: dict[str, tuple[dict[str, Any], str]] = {
     # the search keeps the class's default layer_types (every 4th layer full)
     "afmoe": ({"num_hidden_layers": 4, "layer_types": None}, "AfmoeForCausalLM"),
     "axk1": ({}, "AXK1ForCausalLM"),
+    "lara_mini": ({"num_hidden_layers": 5, "layer_types": None}, "LaraMiniForCausalLM"),
     "exaone_moe": (
         {
             "num_hidden_layers": 4,

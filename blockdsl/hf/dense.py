@@ -262,19 +262,21 @@ def _standard_layers(
     mlp_bias: bool = False,
     qk_norm: bool = False,
     mlp_names: dict[str, str] = GATED_MLP,
+    norms: tuple[str, str] = ("input_layernorm", "post_attention_layernorm"),
 ) -> None:
     """Llama-layout layers: ``input_layernorm``, ``self_attn.{q,k,v,o}_proj`` (and
     ``q_norm``/``k_norm``), ``post_attention_layernorm``, ``mlp.{gate,up,down}_proj`` (or the
-    ``mlp_names`` of an ungated MLP)."""
+    ``mlp_names`` of an ungated MLP). ``norms``: the checkpoint's names of each layer's two
+    norms, in the block's order (its ``norm`` and ``norm_1``), wherever the block puts them."""
     m.put("embed.embed.tok.weight", "model.embed_tokens.weight")
     for i in range(cfg.num_hidden_layers):
         p, q = f"model.layers.{i}", f"layers.{i}"
-        m.norm(f"{q}.norm", f"{p}.input_layernorm", bias=norm_bias)
+        m.norm(f"{q}.norm", f"{p}.{norms[0]}", bias=norm_bias)
         _attn_weights(m, p, q, qkv_bias, o_bias)
         if qk_norm:
             for n in "qk":
                 m.norm(f"{q}.attn.slots.{n}.norm", f"{p}.self_attn.{n}_norm", bias=False)
-        m.norm(f"{q}.norm_1", f"{p}.post_attention_layernorm", bias=norm_bias)
+        m.norm(f"{q}.norm_1", f"{p}.{norms[1]}", bias=norm_bias)
         _mlp_weights(m, p, q, mlp_bias, mlp_names)
     m.norm("head.norm", "model.norm", bias=norm_bias)
 
@@ -1159,16 +1161,8 @@ def config_exaone4(cfg: Any) -> dict:
 
 
 def weights_exaone4(cfg: Any, m: WeightMapper) -> None:
-    m.put("embed.embed.tok.weight", "model.embed_tokens.weight")
-    for i in range(cfg.num_hidden_layers):
-        p, q = f"model.layers.{i}", f"layers.{i}"
-        _attn_weights(m, p, q, False, False)
-        for n in "qk":
-            m.norm(f"{q}.attn.slots.{n}.norm", f"{p}.self_attn.{n}_norm", bias=False)
-        m.norm(f"{q}.norm", f"{p}.post_attention_layernorm", bias=False)
-        _mlp_weights(m, p, q)
-        m.norm(f"{q}.norm_1", f"{p}.post_feedforward_layernorm", bias=False)
-    m.norm("head.norm", "model.norm", bias=False)
+    post_norms = ("post_attention_layernorm", "post_feedforward_layernorm")
+    _standard_layers(cfg, m, qkv_bias=False, o_bias=False, qk_norm=True, norms=post_norms)
     m.head(cfg, "model.embed_tokens.weight", _tied(cfg, False))
 
 
@@ -1253,19 +1247,15 @@ def config_apertus(cfg: Any) -> dict:
 
 def weights_apertus(cfg: Any, m: WeightMapper) -> None:
     bias = bool(cfg.attention_bias)
-    m.put("embed.embed.tok.weight", "model.embed_tokens.weight")
-    for i in range(cfg.num_hidden_layers):
-        p, q = f"model.layers.{i}", f"layers.{i}"
-        m.norm(f"{q}.norm", f"{p}.attention_layernorm", bias=False)
-        _attn_weights(m, p, q, bias, bias)
-        for n in "qk":
-            m.norm(f"{q}.attn.slots.{n}.norm", f"{p}.self_attn.{n}_norm", bias=False)
-        m.norm(f"{q}.norm_1", f"{p}.feedforward_layernorm", bias=False)
-        _mlp_weights(m, p, q, names={"up": "up_proj", "down": "down_proj"})
-        if cfg.hidden_act == "xielu":  # its scalars (parameters) and constants (buffers)
+    _standard_layers(
+        cfg, m, qkv_bias=bias, o_bias=bias, qk_norm=True,
+        mlp_names={"up": "up_proj", "down": "down_proj"},
+        norms=("attention_layernorm", "feedforward_layernorm"),
+    )  # fmt: skip
+    if cfg.hidden_act == "xielu":  # its scalars (parameters) and constants (buffers)
+        for i in range(cfg.num_hidden_layers):
             for n in ("alpha_p", "alpha_n", "beta", "eps"):
-                m.put(f"{q}.mlp.act.{n}", f"{p}.mlp.act_fn.{n}")
-    m.norm("head.norm", "model.norm", bias=False)
+                m.put(f"layers.{i}.mlp.act.{n}", f"model.layers.{i}.mlp.act_fn.{n}")
     m.head(cfg, "model.embed_tokens.weight", _tied(cfg, False))
 
 

@@ -213,6 +213,38 @@ def _windows(cfg: Any, t: str) -> list[int | None]:
     return [window if k == "sliding_attention" else None for k in kinds]
 
 
+def _softmax_experts(
+    cfg: Any, act: str, *, experts: int, hidden: int, norm_topk: bool | None = None, **extra: Any
+) -> dict[str, Any]:
+    """``MoE`` arguments of softmax top-k experts: ``num_experts_per_tok`` of ``experts`` gated
+    MLPs ``hidden`` wide, ``extra`` (shared experts, a selection bias), the top-k probabilities
+    renormalised as ``norm_topk`` says (default: the config's ``norm_topk_prob``) and the
+    config's ``router_aux_loss_coef``."""
+    return {
+        "experts": experts,
+        "k": cfg.num_experts_per_tok,
+        "hidden": hidden,
+        "act": act,
+        "gated": True,
+        **extra,
+        "norm_topk": bool(cfg.norm_topk_prob) if norm_topk is None else norm_topk,
+        "aux_loss": float(cfg.router_aux_loss_coef),
+    }
+
+
+def _rms_layer_defaults(
+    cfg: Any, attn: dict, kinds: list[str], act: str, moe: dict
+) -> dict[str, dict]:
+    """``[defaults]`` of RMSNorm layers with ``attn``, and as ``kinds`` has them a dense gated
+    MLP ``intermediate_size`` wide and the ``moe`` experts."""
+    defaults: dict[str, dict] = {"Norm": {"kind": "rms", "eps": cfg.rms_norm_eps}, "Attn": attn}
+    if "dense" in kinds:
+        defaults["MLP"] = {"hidden": cfg.intermediate_size, "act": act, "gated": True}
+    if "moe" in kinds:
+        defaults["MoE"] = moe
+    return defaults
+
+
 # --------------------------------------------------------------------------- qwen2_moe
 
 
@@ -239,22 +271,16 @@ def _config_qwen2_moe(cfg: Any) -> dict:
         attn["qkv_bias"] = True
     kinds = ["moe" if _qwen2_moe_sparse(cfg, i) else "dense" for i in range(cfg.num_hidden_layers)]
     layers, blocks = _named_layers(kinds, _SPARSE_BLOCKS)
-    defaults: dict[str, dict] = {"Norm": {"kind": "rms", "eps": cfg.rms_norm_eps}, "Attn": attn}
-    if "dense" in blocks:
-        defaults["MLP"] = {"hidden": cfg.intermediate_size, "act": act, "gated": True}
-    if "moe" in blocks:
-        shared = shared_expert_args(cfg.shared_expert_intermediate_size, cfg.moe_intermediate_size)
-        defaults["MoE"] = {
-            "experts": cfg.num_experts,
-            "k": cfg.num_experts_per_tok,
-            "hidden": cfg.moe_intermediate_size,
-            "act": act,
-            "gated": True,
-            **shared,
-            "shared_gate": shared["shared"] > 0,
-            "norm_topk": bool(cfg.norm_topk_prob),
-            "aux_loss": float(cfg.router_aux_loss_coef),
-        }
+    shared = shared_expert_args(cfg.shared_expert_intermediate_size, cfg.moe_intermediate_size)
+    moe = _softmax_experts(
+        cfg,
+        act,
+        experts=cfg.num_experts,
+        hidden=cfg.moe_intermediate_size,
+        **shared,
+        shared_gate=shared["shared"] > 0,
+    )
+    defaults = _rms_layer_defaults(cfg, attn, kinds, act, moe)
     return model_config(cfg, layers=layers, blocks=blocks, defaults=defaults)
 
 
@@ -330,19 +356,8 @@ def _config_qwen3_moe(cfg: Any) -> dict:
     L = cfg.num_hidden_layers
     kinds = ["moe" if _qwen2_moe_sparse(cfg, i) else "dense" for i in range(L)]
     layers, blocks = _layered_blocks("Attn", kinds, [cfg.sliding_window] * L)
-    defaults: dict[str, dict] = {"Norm": {"kind": "rms", "eps": cfg.rms_norm_eps}, "Attn": attn}
-    if "dense" in kinds:
-        defaults["MLP"] = {"hidden": cfg.intermediate_size, "act": act, "gated": True}
-    if "moe" in kinds:
-        defaults["MoE"] = {
-            "experts": cfg.num_experts,
-            "k": cfg.num_experts_per_tok,
-            "hidden": cfg.moe_intermediate_size,
-            "act": act,
-            "gated": True,
-            "norm_topk": bool(cfg.norm_topk_prob),
-            "aux_loss": float(cfg.router_aux_loss_coef),
-        }
+    moe = _softmax_experts(cfg, act, experts=cfg.num_experts, hidden=cfg.moe_intermediate_size)
+    defaults = _rms_layer_defaults(cfg, attn, kinds, act, moe)
     return model_config(cfg, layers=layers, blocks=blocks, defaults=defaults)
 
 
@@ -396,19 +411,8 @@ def _config_mellum(cfg: Any) -> dict:
     if any(w is not None for w in windows):
         local = f"rope_theta={_mellum_rope(cfg, 'sliding_attention')!r}"
     layers, blocks = _layered_blocks("Attn", kinds, windows, local_args=local)
-    defaults: dict[str, dict] = {"Norm": {"kind": "rms", "eps": cfg.rms_norm_eps}, "Attn": attn}
-    if "dense" in kinds:
-        defaults["MLP"] = {"hidden": cfg.intermediate_size, "act": act, "gated": True}
-    if "moe" in kinds:
-        defaults["MoE"] = {
-            "experts": cfg.num_experts,
-            "k": cfg.num_experts_per_tok,
-            "hidden": cfg.moe_intermediate_size,
-            "act": act,
-            "gated": True,
-            "norm_topk": bool(cfg.norm_topk_prob),
-            "aux_loss": float(cfg.router_aux_loss_coef),
-        }
+    moe = _softmax_experts(cfg, act, experts=cfg.num_experts, hidden=cfg.moe_intermediate_size)
+    defaults = _rms_layer_defaults(cfg, attn, kinds, act, moe)
     return model_config(cfg, layers=layers, blocks=blocks, defaults=defaults)
 
 
@@ -452,21 +456,16 @@ def _config_ernie4_5_moe(cfg: Any) -> dict:
     L = cfg.num_hidden_layers
     kinds = ["moe" if _ernie_sparse(cfg, i) else "dense" for i in range(L)]
     layers, blocks = _layered_blocks("Attn", kinds, [None] * L)
-    defaults: dict[str, dict] = {"Norm": {"kind": "rms", "eps": cfg.rms_norm_eps}, "Attn": attn}
-    if "dense" in kinds:
-        defaults["MLP"] = {"hidden": cfg.intermediate_size, "act": act, "gated": True}
-    if "moe" in kinds:
-        defaults["MoE"] = {
-            "experts": cfg.num_experts,
-            "k": cfg.num_experts_per_tok,
-            "hidden": cfg.moe_intermediate_size,
-            "act": act,
-            "gated": True,
-            "shared": cfg.moe_num_shared_experts or 0,
-            "score_bias": True,
-            "norm_topk": True,  # divided by the sum clamped at moe_norm_min: the sum is larger
-            "aux_loss": float(cfg.router_aux_loss_coef),
-        }
+    moe = _softmax_experts(
+        cfg,
+        act,
+        experts=cfg.num_experts,
+        hidden=cfg.moe_intermediate_size,
+        norm_topk=True,  # divided by the sum clamped at moe_norm_min: the sum is larger
+        shared=cfg.moe_num_shared_experts or 0,
+        score_bias=True,
+    )
+    defaults = _rms_layer_defaults(cfg, attn, kinds, act, moe)
     return model_config(cfg, layers=layers, blocks=blocks, defaults=defaults)
 
 
@@ -524,23 +523,12 @@ def _config_olmoe(cfg: Any) -> dict:
         "qk_norm_over": "all",
         "qk_norm_eps": cfg.rms_norm_eps,
     }
+    moe = _softmax_experts(cfg, act, experts=cfg.num_experts, hidden=cfg.intermediate_size)
     return model_config(
         cfg,
         layers=f"moe*{cfg.num_hidden_layers}",
         blocks={"moe": _SPARSE_BLOCKS["moe"]},
-        defaults={
-            "Norm": {"kind": "rms", "eps": cfg.rms_norm_eps},
-            "Attn": attn,
-            "MoE": {
-                "experts": cfg.num_experts,
-                "k": cfg.num_experts_per_tok,
-                "hidden": cfg.intermediate_size,
-                "act": act,
-                "gated": True,
-                "norm_topk": bool(cfg.norm_topk_prob),
-                "aux_loss": float(cfg.router_aux_loss_coef),
-            },
-        },
+        defaults=_rms_layer_defaults(cfg, attn, ["moe"], act, moe),
     )
 
 
@@ -583,23 +571,13 @@ def _config_flex_olmo(cfg: Any) -> dict:
         "qk_norm_over": "all",
         "qk_norm_eps": cfg.rms_norm_eps,
     }
+    act = activation(cfg.hidden_act, t)
+    moe = _softmax_experts(cfg, act, experts=cfg.num_experts, hidden=cfg.intermediate_size)
     return model_config(
         cfg,
         layers=f"block*{cfg.num_hidden_layers}",
         blocks={"block": "Attn->Norm->+->MoE->Norm->+"},
-        defaults={
-            "Norm": {"kind": "rms", "eps": cfg.rms_norm_eps},
-            "Attn": attn,
-            "MoE": {
-                "experts": cfg.num_experts,
-                "k": cfg.num_experts_per_tok,
-                "hidden": cfg.intermediate_size,
-                "act": activation(cfg.hidden_act, t),
-                "gated": True,
-                "norm_topk": bool(cfg.norm_topk_prob),
-                "aux_loss": float(cfg.router_aux_loss_coef),
-            },
-        },
+        defaults=_rms_layer_defaults(cfg, attn, ["moe"], act, moe),
     )
 
 
