@@ -1282,9 +1282,11 @@ def config_modernbert_decoder(cfg: Any) -> dict:
     """ModernBERT-Decoder: LayerNorms (``norm_bias``) before attention and the MLP, none before
     the first layer's attention (the embeddings have their own), multi-head attention with
     each layer type's rotary base and windowed layers (``local_attention // 2``), a gated MLP
-    fused as ``Wi`` (rows ``[activated | gate]``), and BERT's prediction head before the tied
-    output projection (``Linear->Act->Norm``, then ``Head(bias=decoder_bias)``)."""
+    fused as ``Wi`` (rows ``[activated | multiplier]``), and BERT's prediction head before the
+    tied output projection (``Linear->Act->Norm``, then ``Head(bias=decoder_bias)``)."""
     t = "modernbert-decoder"
+    if "sliding_attention" in cfg.layer_types and not cfg.local_attention:
+        raise unsupported(t, "sliding_attention layers without a local_attention window")
     full, full_fraction = rope_args(cfg, t, cfg.rope_parameters["full_attention"])
     local, local_fraction = rope_args(cfg, t, cfg.rope_parameters["sliding_attention"])
     if full_fraction != 1.0 or local_fraction != 1.0 or set(local) != {"rope_theta"}:
