@@ -77,6 +77,7 @@ EXTRA = [
     ("Embed", {"pos": "learned"}),
     ("Embed", {"pos": "learned", "pos_offset": 2}),
     ("Embed", {"pos": "sinusoidal", "scale": "sqrt_d"}),
+    ("Embed", {"pos": "sinusoidal", "sinusoid": "fairseq", "pos_offset": 2}),
     ("Head", {"tie": True}),
     ("Head", {"tie": True, "bias": True, "softcap": 30.0}),
     ("Head", {"scale": 0.25}),
@@ -247,6 +248,7 @@ def test_block_string_values_are_typed():
         ("Attn", {"alibi_scale": 0.5}),  # without pos=alibi
         ("Embed", {"pos_offset": 2}),  # without pos=learned
         ("Embed", {"pos": "learned", "pos_offset": -1}),
+        ("Embed", {"sinusoid": "fairseq"}),  # without pos=sinusoidal
         ("MoE", {"experts": 2, "k": 3}),
         ("Conv", {"kernel": 0}),
         ("GatedDeltaNet", {"heads": 5}),

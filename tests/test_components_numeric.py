@@ -370,6 +370,20 @@ def test_embed_formulas():
     torch.testing.assert_close(learned(idx, positions=pos), expected)
 
 
+@pytest.mark.parametrize("sinusoid", ["halves", "fairseq"])
+def test_embed_sinusoid_layouts_and_offset(sinusoid):
+    """CTRL's layout (every sine, then every cosine of the Transformer's angles) and
+    fairseq's (sines then cosines of ``t * 10000^(-k/(d/2-1))``), read ``pos_offset`` rows on."""
+    args = {"pos": "sinusoidal", "sinusoid": sinusoid, "pos_offset": 2}
+    emb = build("Embed", args).module
+    idx = torch.randint(0, 50, (2, 6))
+    t = torch.arange(2, 8).double()[:, None]  # positions 0..5 read rows 2..7
+    k = torch.arange(D // 2).double()
+    rates = 10000 ** (-2 * k / D) if sinusoid == "halves" else 10000 ** (-k / (D // 2 - 1))
+    table = torch.cat([torch.sin(t * rates), torch.cos(t * rates)], dim=-1)
+    torch.testing.assert_close(emb(idx), emb.tok.weight[idx] + table.float(), rtol=0, atol=1e-5)
+
+
 def test_head_softcap_and_bias():
     head = build("Head", {"bias": True, "softcap": 3.0}).module
     x = torch.randn(2, 4, D)

@@ -321,11 +321,122 @@ MOE_RECORDS: list[tuple[str, dict[str, Any]]] = [
             num_experts_per_tok=2,
         ),
     ),
+    # ---- added for the coverage of issue 32: other names, gated attention, stacked experts
+    ("sarvam_mla", {**TRUNK, **MLA, **DEEPSEEK_EXPERTS, "norm_topk_prob": True}),
+    (
+        "minicpm5_moe",
+        {
+            **TRUNK,
+            **DEEPSEEK_EXPERTS,
+            "head_dim": 8,
+            "attention_bias": True,
+            "mlp_layer_types": ["dense", "sparse", "sparse"],
+        },
+    ),
+    (
+        "aria_text",
+        dict(
+            **TRUNK,
+            intermediate_size=16,
+            moe_num_experts=4,
+            moe_topk=2,
+            moe_num_shared_experts=2,
+            pad_token_id=0,
+        ),
+    ),
+    (
+        "granitemoe_swa",
+        dict(
+            **TRUNK,
+            intermediate_size=16,
+            shared_intermediate_size=24,
+            num_local_experts=4,
+            num_experts_per_tok=2,
+            sliding_window=4,
+            layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+            layer_rope_theta=[500.0, 0, 50.0],
+            embedding_multiplier=1.7,
+            residual_multiplier=0.6,
+            attention_multiplier=0.3,
+            logits_scaling=2.5,
+        ),
+    ),
+    (
+        "cohere2_moe",
+        dict(
+            **TRUNK,
+            head_dim=8,
+            intermediate_size=16,
+            prefix_dense_intermediate_size=40,
+            num_experts=4,
+            num_experts_per_tok=2,
+            num_shared_experts=1,  # averaged with the routed experts (the default strategy)
+            expert_selection_fn="sigmoid",
+            sliding_window=4,
+            layer_types=["full_attention", "sliding_attention", "full_attention"],
+            mlp_layer_types=["dense", "sparse", "sparse"],  # layer 0 rotates, layer 2 does not
+            logit_scale=0.5,
+            bos_token_id=0,  # its defaults lie outside the tiny vocabulary
+            eos_token_id=0,
+        ),
+    ),
+    (
+        "afmoe",
+        dict(
+            **TRUNK,
+            head_dim=8,
+            intermediate_size=48,
+            moe_intermediate_size=16,
+            num_experts=4,
+            num_experts_per_tok=2,
+            num_shared_experts=1,
+            num_dense_layers=1,
+            route_scale=1.5,
+            sliding_window=4,
+            layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+            mup_enabled=True,
+        ),
+    ),
+    (
+        "axk1",
+        {
+            **TRUNK,
+            **MLA,
+            **{k: v for k, v in DEEPSEEK_EXPERTS.items() if k != "first_k_dense_replace"},
+            "mlp_layer_types": ["dense", "sparse", "sparse"],
+            "bos_token_id": 0,  # its defaults lie outside the tiny vocabulary
+            "eos_token_id": 0,
+        },
+    ),
+    (
+        "lara_mini",
+        dict(
+            hidden_size=32,
+            num_hidden_layers=3,
+            layer_types=["linear_attention", "sliding_attention", "full_attention"],
+            sliding_window=4,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=8,
+            rope_parameters={"rope_type": "default", "rope_theta": 500.0},
+            linear_num_key_heads=2,
+            linear_num_value_heads=4,
+            linear_key_head_dim=8,
+            linear_value_head_dim=8,
+            linear_conv_kernel_dim=4,
+            num_experts=4,
+            num_experts_per_tok=2,
+            moe_intermediate_size=16,
+            shared_expert_intermediate_size=24,
+            max_position_embeddings=64,
+            eos_token_id=0,
+        ),
+    ),
 ]
 
 
 #: Records whose checkpoints store the experts stacked (``input_linear [E, 2I, D]``...).
-STACKED_ON_DISK = {"granitemoe", "granitemoeshared"}
+STACKED_ON_DISK = {"granitemoe", "granitemoeshared", "granitemoe_swa", "aria_text", "lara_mini"}
 
 
 def _saved_names(folder) -> list[str]:
@@ -402,6 +513,16 @@ EXPORTS: dict[str, tuple[dict[str, Any], str]] = {
     "solar_open": ({}, "SolarOpenForCausalLM"),
     "glm4_moe_lite": ({}, "Glm4MoeLiteForCausalLM"),
     "minimax_m2": ({}, "MiniMaxM2ForCausalLM"),
+    "sarvam_mla": ({}, "DeepseekV3ForCausalLM"),  # its own class is DeepSeek-V3's
+    "minicpm5_moe": ({}, "MiniCPM5MoeForCausalLM"),
+    "aria_text": ({}, "AriaTextForCausalLM"),
+    "granitemoe_swa": ({}, "no transformers architecture computes this model"),
+    # Scale(by=0.5) averages the shared and routed experts: no transformers class has it
+    "cohere2_moe": ({}, "no transformers architecture has all of .*Scale"),
+    # the search keeps the class's default layer_types (every 4th layer full)
+    "afmoe": ({"num_hidden_layers": 4, "layer_types": None}, "AfmoeForCausalLM"),
+    "axk1": ({}, "AXK1ForCausalLM"),
+    "lara_mini": ({"num_hidden_layers": 5, "layer_types": None}, "LaraMiniForCausalLM"),
     "exaone_moe": (
         {
             "num_hidden_layers": 4,

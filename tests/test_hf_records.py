@@ -34,6 +34,8 @@ LLAMA = dict(
     pad_token_id=0,
 )
 WINDOWED = dict(sliding_window=8, layer_types=["sliding_attention", "full_attention"])
+#: Multi-head latent attention sizes (DeepSeek's, without experts: Youtu, MiniCPM3).
+MLA = dict(kv_lora_rank=12, q_lora_rank=20, qk_nope_head_dim=8, qk_rope_head_dim=4, v_head_dim=6)
 GPT2 = dict(vocab_size=V, n_embd=64, n_layer=2, n_head=4, n_positions=64)
 NEOX = dict(
     vocab_size=V,
@@ -83,6 +85,38 @@ RECORDS: list[tuple[str, str, dict[str, Any]]] = [
     ("biogpt", "biogpt", NEOX),
     ("gpt2-gelu_python", "gpt2", {**GPT2, "activation_function": "gelu_python"}),
     ("gpt2-gelu_accurate", "gpt2", {**GPT2, "activation_function": "gelu_accurate"}),
+    ("youtu", "youtu", {**LLAMA, **MLA, "num_key_value_heads": 4, "head_dim": 4}),
+    ("minicpm3", "minicpm3", {
+        **LLAMA, **MLA, "num_key_value_heads": 4, "head_dim": 4, "scale_emb": 3.0,
+        "scale_depth": 1.4, "dim_model_base": 16, "mlp_bias": True,
+    }),
+    ("gpt_neox_japanese", "gpt_neox_japanese", {
+        "vocab_size": V, "hidden_size": 64, "num_hidden_layers": 3, "num_attention_heads": 4,
+        "intermediate_multiple_size": 2, "max_position_embeddings": 64,
+        "rope_parameters": {"rope_type": "default", "rope_theta": 500.0,
+                            "partial_rotary_factor": 0.5},
+    }),
+    ("xglm", "xglm", {
+        "vocab_size": V, "d_model": 64, "num_layers": 2, "attention_heads": 4, "ffn_dim": 96,
+        "max_position_embeddings": 64, "bos_token_id": 0, "eos_token_id": 2,
+    }),
+    ("ctrl", "ctrl", {**GPT2, "dff": 96, "layer_norm_epsilon": 1e-5}),
+    ("trocr", "trocr", {
+        "vocab_size": V, "d_model": 64, "decoder_layers": 2, "decoder_attention_heads": 4,
+        "decoder_ffn_dim": 96, "max_position_embeddings": 64, "scale_embedding": True,
+        "bos_token_id": 0, "eos_token_id": 2,
+    }),
+    ("modernbert-decoder", "modernbert-decoder", {
+        "vocab_size": V, "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 3,
+        "num_attention_heads": 4, "max_position_embeddings": 64, "local_attention": 16,
+        "norm_bias": True, "attention_bias": True, "mlp_bias": True, "classifier_bias": True,
+        "pad_token_id": 0, "bos_token_id": 0, "eos_token_id": 0, "sep_token_id": 0,
+        "cls_token_id": 0,
+    }),
+    ("granite_swa", "granite_swa", {
+        **LLAMA, **WINDOWED, "layer_rope_theta": [0, 2000.0], "residual_multiplier": 0.5,
+        "embedding_multiplier": 2.0, "logits_scaling": 2.5, "attention_multiplier": 0.2,
+    }),
 ]  # fmt: skip
 
 #: Rows the export refuses, with the words the refusal must contain: the export's search
@@ -99,6 +133,10 @@ EXPORT_REFUSED: dict[str, str] = {
     "cohere2": NO_COUNTERPART,
     "hyperclovax": "Scale has no counterpart",
     "apertus": NO_COUNTERPART,  # with this unscaled rotary; the llama3 default exports (1p5 row)
+    "minicpm3": NO_COUNTERPART,  # the export's search finds no class with these multipliers
+    "granite_swa": NO_COUNTERPART,  # no search over sinks and per-layer rotary bases
+    # TrOCRForCausalLM's layers hold a cross-attention, which the language model lacks
+    "trocr": "no blockdsl parameter gives .*encoder_attn",
 }
 #: Rows written back as another ``model_type`` that computes the same model (the export
 #: takes the first registered), by row id.
@@ -106,6 +144,7 @@ EXPORTED_AS: dict[str, str] = {
     "jais2": "starcoder2",
     "apertus1p5_text": "apertus",
     "codegen": "gptj",
+    "youtu": "deepseek_v3",  # DeepSeek-V3 with every layer dense
 }
 
 
@@ -123,8 +162,9 @@ def _max_diff(theirs: Any, ours: Any) -> float:
 
 
 #: Rows run without ``-m slow``: one per mechanism the records add (another checkpoint
-#: layout, NoPE layers beside windowed ones, xIELU, a sharded fused projection).
-QUICK = ("exaone", "cohere2", "apertus", "codegen")
+#: layout, NoPE layers beside windowed ones, xIELU, a sharded fused projection, fairseq's
+#: sinusoidal positions).
+QUICK = ("exaone", "cohere2", "apertus", "codegen", "xglm")
 
 
 #: Rows left out of ``test_export``: GPT-Neo's export search ran over 20 minutes without an

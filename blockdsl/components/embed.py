@@ -30,10 +30,36 @@ def _embed_flops(d_in: int, seq: int, pos: str, scale: float | str, **_) -> int:
     return seq * d_in * (int(pos != "none") + int(scale != 1.0))  # lookups are free
 
 
-def sinusoidal_table(context: int, d_model: int, device=None) -> torch.Tensor:
-    """The Transformer's ``sin``/``cos`` positions (context, d_model): dim 2i is
-    ``sin(t / 10000^(2i/d))``, dim 2i+1 ``cos`` of the same angle."""
+#: The layouts of ``pos=sinusoidal`` (``Embed(sinusoid=...)``).
+SINUSOIDS = ("interleaved", "halves", "fairseq")
+
+
+def sinusoidal_table(
+    context: int, d_model: int, device=None, layout: str = "interleaved"
+) -> torch.Tensor:
+    """Sinusoidal positions (context, d_model), in one of three layouts:
+
+    * ``interleaved`` (the Transformer's): dim 2i is ``sin(t / 10000^(2i/d))``, dim 2i+1
+      ``cos`` of the same angle;
+    * ``halves`` (CTRL's): the same angles, every sine first, then every cosine;
+    * ``fairseq`` (fairseq's and tensor2tensor's: XGLM, M2M100): sines then cosines of
+      ``t * 10000^(-k / (d/2 - 1))``, ``k < d/2``, a zero column last for an odd width.
+
+    Each is computed with the arithmetic of the models it reproduces, so the tables agree with
+    theirs to the last bit."""
     t = torch.arange(context, dtype=torch.float32, device=device)[:, None]  # (context, 1)
+    if layout == "fairseq":
+        half = d_model // 2
+        rates = torch.exp(
+            torch.arange(half, device=device).float() * -(math.log(10000) / (half - 1))
+        )
+        angles = t * rates[None]  # (context, d/2)
+        table = torch.cat([angles.sin(), angles.cos()], dim=1)
+        return torch.cat([table, torch.zeros(context, d_model % 2, device=device)], dim=1)
+    if layout == "halves":
+        i = torch.arange(d_model, device=device).float()[None]  # (1, d)
+        angles = t * (1 / torch.pow(10000, (2 * (i // 2)) / d_model))  # (context, d)
+        return torch.cat([angles[:, 0::2].sin(), angles[:, 1::2].cos()], dim=-1)
     i = torch.arange(0, d_model, 2, dtype=torch.float32, device=device)  # (ceil(d/2),)
     angles = t * torch.exp(-math.log(10000.0) * i / d_model)  # (context, ceil(d/2))
     table = torch.zeros(context, d_model, device=device)
@@ -42,16 +68,31 @@ def sinusoidal_table(context: int, d_model: int, device=None) -> torch.Tensor:
     return table
 
 
-def _check_embed(vocab: int, pos: str = "none", pos_offset: int = 0, **_) -> Problem:
+def _check_embed(
+    vocab: int,
+    pos: str = "none",
+    pos_offset: int = 0,
+    sinusoid: str = "interleaved",
+    d_in: int | None = None,
+    **_,
+) -> Problem:
     if vocab <= 0:
         return f"vocab must be positive, got {vocab}"
     if pos_offset < 0:
         return f"pos_offset must be >= 0, got {pos_offset}"
-    if pos_offset and pos != "learned":
+    if pos_offset and pos == "none":
         return (
-            f"pos_offset={pos_offset} needs pos=learned (it shifts the learned table's rows)",
-            "set pos=learned, or drop pos_offset",
+            f"pos_offset={pos_offset} needs pos=learned or pos=sinusoidal (it shifts the "
+            "position table's rows)",
+            "set pos, or drop pos_offset",
         )
+    if sinusoid != "interleaved" and pos != "sinusoidal":
+        return (
+            f"sinusoid={sinusoid} needs pos=sinusoidal (it is the sinusoidal table's layout)",
+            "set pos=sinusoidal, or drop sinusoid",
+        )
+    if sinusoid == "fairseq" and d_in is not None and d_in < 4:
+        return f"sinusoid=fairseq needs d_model >= 4 (it spaces d/2 frequencies), got {d_in}"
     return None
 
 
@@ -60,7 +101,9 @@ _EMBED_HELP: dict[str, str] = {
     "pos": "position embeddings: learned, sinusoidal or none",
     "scale": "multiplies the token embeddings: a number, or sqrt_d for sqrt(d_model)",
     "context": "maximum sequence length (set by the model)",
-    "pos_offset": "learned positions: position p reads table row p + pos_offset (OPT: 2)",
+    "pos_offset": "position p reads table row p + pos_offset (OPT, XGLM: 2)",
+    "sinusoid": "pos=sinusoidal's layout: interleaved (sin, cos per pair), halves (sines, "
+    "then cosines: CTRL) or fairseq (halves with fairseq's frequencies: XGLM)",
 }
 
 
@@ -81,10 +124,11 @@ class Embed(nn.Module):
     Input: token ids (B, T); output (B, T, d_model). ``scale`` is a number or ``sqrt_d``
     (Gemma's ``* sqrt(d_model)``, applied in the embedding's dtype) and multiplies the token
     embedding only. ``pos=learned``: parameter ``pos`` (``nn.Embedding(context, d_model)``);
-    ``pos=sinusoidal``: a non-persistent buffer ``pos_table``; both indexed by ``positions``
-    (default ``arange(T)``, must be ``< context``). ``pos_offset`` (learned only): the table has
-    ``context + pos_offset`` rows and position ``p`` reads row ``p + pos_offset`` (OPT's 2: its
-    first two rows are never read). Parameters: ``tok``
+    ``pos=sinusoidal``: a non-persistent buffer ``pos_table`` laid out as ``sinusoid`` says
+    (``sinusoidal_table``); both indexed by ``positions`` (default ``arange(T)``, must be
+    ``< context``). ``pos_offset``: the table has ``context + pos_offset`` rows and position
+    ``p`` reads row ``p + pos_offset`` (OPT's and XGLM's 2: their first two rows are never
+    read). Parameters: ``tok``
     (``nn.Embedding(vocab, d_model)``), ``pos``. Both are initialised N(0, 0.02) as in GPT-2
     and Llama, not PyTorch's N(0, 1): a head tied to N(0, 1) embeddings starts with logits
     so large that an untrained model's loss is far above ln(vocab).
@@ -98,11 +142,12 @@ class Embed(nn.Module):
         scale: float | Literal["sqrt_d"] = 1.0,
         context: int = 2048,
         pos_offset: int = 0,
+        sinusoid: Literal["interleaved", "halves", "fairseq"] = "interleaved",
     ) -> None:
         super().__init__()
-        raise_problem(_check_embed(vocab, pos, pos_offset))
+        raise_problem(_check_embed(vocab, pos, pos_offset, sinusoid, d_in=d_model))
         self.d_model, self.pos_kind, self.context = d_model, pos, context
-        self.pos_offset = pos_offset
+        self.pos_offset, self.sinusoid = pos_offset, sinusoid
         self.scale = math.sqrt(d_model) if scale == "sqrt_d" else float(scale)
         self.tok = nn.Embedding(vocab, d_model)
         self.pos = nn.Embedding(context + pos_offset, d_model) if pos == "learned" else None
@@ -114,8 +159,9 @@ class Embed(nn.Module):
         if self.pos is not None:
             nn.init.normal_(self.pos.weight, std=0.02)
         if self.pos_kind == "sinusoidal":
-            table = sinusoidal_table(self.context, self.d_model, self.tok.weight.device)
-            self.register_buffer("pos_table", table, persistent=False)  # (context, D)
+            rows, device = self.context + self.pos_offset, self.tok.weight.device
+            table = sinusoidal_table(rows, self.d_model, device, self.sinusoid)
+            self.register_buffer("pos_table", table, persistent=False)  # (context + offset, D)
 
     def forward(self, idx: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
         x = self.tok(idx)  # (B, T, D)

@@ -53,6 +53,8 @@ __all__ = [
     "rope_args",
     "rotary_fraction",
     "shared_expert_args",
+    "sink_layers",
+    "sink_weights",
     "unsupported",
 ]
 
@@ -395,6 +397,15 @@ MISSING_PARTS: dict[str, str] = {
     "rwkv": "RWKV-4 time mixing (blockdsl has RWKV-7)",
     "zamba2": "shared transformer blocks that read the embeddings beside the hidden state, "
     "with per-use LoRA adapters",
+    "axk2": "DeepSeek sparse attention (the lightning indexer that picks the keys) and RMSNorms "
+    "gated by a low-rank MLP",
+    "ergo": "learned residual gates (a per-feature mix of the branch and the residual stream) "
+    "and a learned RMSNorm per expert after each expert",
+    "zaya": "compressed convolutional attention (CCA) and an MLP router with a skip expert",
+    "minimax_m3_vl_text": "clamped SwiGLU (gpt-oss's swiglu_alpha, swiglu_limit) and block-sparse "
+    "attention (a lightning indexer that picks key blocks)",
+    "phimoe": "SparseMixer routing (each chosen expert weighted by a softmax over the experts "
+    "within a relative margin of it, the best one masked out for the second)",
 }
 
 
@@ -588,3 +599,43 @@ def mamba2_weights(
             fn=partial(mamba2_norm_weight, groups=groups),
         )
     m.linear(f"{dst}.out_proj", f"{src}.out_proj", bias)
+
+
+def sink_layers(cfg: Any, model_type: str, block: str, theta: float) -> tuple[dict, str]:
+    """``(blocks, layers)`` of Granite-SWA's layers (Granite and Granite-MoE-Shared with
+    windows and attention sinks): ``Attn`` in ``block`` becomes ``Attn(...)[scores=Sink]``
+    (a learned logit per head in the softmax's denominator, which transformers applies as the
+    factor ``sigmoid(logsumexp(logits) - sink)``), with a window on ``sliding_attention``
+    layers (``layer_types``) and each layer's rotary base from ``layer_rope_theta`` (0: no
+    positions; ``theta``, the config's own base, is the ``[defaults]`` one)."""
+    from blockdsl.printer import format_value
+
+    L = cfg.num_hidden_layers
+    kinds = layer_kinds(cfg, model_type, {"sliding_attention": "local", "full_attention": ""})
+    windows = [cfg.sliding_window if kind == "local" else None for kind in kinds]
+    thetas = list(getattr(cfg, "layer_rope_theta", None) or [theta] * L)
+    if len(thetas) != L:
+        raise unsupported(model_type, f"layer_rope_theta {thetas} (expected one per layer)")
+    others = sorted({float(t) for t in thetas if t and float(t) != theta})
+    blocks: dict[str, str] = {}
+    names: list[str] = []
+    for window, layer_theta in zip(windows, thetas, strict=True):
+        args, name = [], ["global" if window is None else "local"]
+        if window is not None:
+            args.append(f"window={int(window)}")
+        if not layer_theta:
+            args.append("pos=none")
+            name.append("nope")
+        elif float(layer_theta) != theta:
+            args.append(f"rope_theta={format_value(float(layer_theta))}")
+            name.append(f"theta{others.index(float(layer_theta)) + 1}")
+        call = f"Attn({', '.join(args)})[scores=Sink]" if args else "Attn[scores=Sink]"
+        blocks["_".join(name)] = block.replace("Attn", call, 1)
+        names.append("_".join(name))
+    return blocks, compress_layers(names)
+
+
+def sink_weights(cfg: Any, m: WeightMapper) -> None:
+    """Each layer's ``self_attn.sinks`` -> its ``Attn``'s ``Sink`` in the scores slot."""
+    for i in range(cfg.num_hidden_layers):
+        m.put(f"layers.{i}.attn.slots.scores.sink.sinks", f"model.layers.{i}.self_attn.sinks")

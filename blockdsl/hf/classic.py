@@ -937,3 +937,250 @@ for _record in (
     ),
 ):
     register_architecture(_record)
+
+
+# ---------------------------------------------------------------- gpt_neox_japanese
+
+
+def _config_gpt_neox_japanese(cfg: Any) -> dict:
+    """GPT-NeoX-Japanese: GPT-NeoX's sequential pre-norm layers without biases, except one on
+    the last layer's attention output (``dense_bias``: its own block, ``last``), and an MLP
+    ``intermediate_multiple_size`` times the width."""
+    t = "gpt_neox_japanese"
+    theta, fraction = default_rope(cfg, t)
+    head_dim = cfg.hidden_size // cfg.num_attention_heads
+    rotary = int(head_dim * fraction)
+    L = cfg.num_hidden_layers
+    block = "Norm->Attn->+->Norm->MLP->+"
+    blocks = {"block": block, "last": block.replace("Attn", "Attn(o_bias=true)", 1)}
+    names = ["block"] * (L - 1) + ["last"]
+    return model_config(
+        cfg,
+        layers=compress_layers(names),
+        blocks={name: blocks[name] for name in dict.fromkeys(names)},
+        defaults={
+            "Norm": _layer_norm(cfg.layer_norm_eps),
+            "Attn": {
+                "heads": cfg.num_attention_heads,
+                "pos": "rope",
+                "rope_theta": theta,
+                "rope_fraction": rotary_fraction(rotary, head_dim),
+                "bias": False,
+            },
+            "MLP": {
+                "hidden": int(cfg.hidden_size * cfg.intermediate_multiple_size),
+                "act": activation(cfg.hidden_act, t),
+                "gated": False,
+                "bias": False,
+            },
+        },
+        tied_by_default=True,
+    )
+
+
+def _weights_gpt_neox_japanese(cfg: Any, m: WeightMapper) -> None:
+    H, d, b = cfg.num_attention_heads, cfg.hidden_size, "gpt_neox_japanese"
+    m.put("embed.embed.tok.weight", f"{b}.embed_in.weight")
+    for i in range(cfg.num_hidden_layers):
+        p, q = f"{b}.layers.{i}", f"layers.{i}"
+        m.norm(f"{q}.norm", f"{p}.input_layernorm", bias=True)
+        # fused per head, as GPT-NeoX: rows [q_0 | k_0 | v_0 | q_1 | ...]
+        m.split(
+            [f"{q}.attn.{n}.weight" for n in "qkv"],
+            f"{p}.attention.query_key_value.weight",
+            lambda w: [t.reshape(d, d) for t in w.reshape(H, 3, -1, d).unbind(1)],
+        )
+        m.linear(f"{q}.attn.o", f"{p}.attention.dense", bias=False)
+        if i == cfg.num_hidden_layers - 1:
+            m.put(f"{q}.attn.o.bias", f"{p}.attention.dense_bias")
+        m.norm(f"{q}.norm_1", f"{p}.post_attention_layernorm", bias=True)
+        m.linear(f"{q}.mlp.up", f"{p}.mlp.dense_h_to_4h", bias=False)
+        m.linear(f"{q}.mlp.down", f"{p}.mlp.dense_4h_to_h", bias=False)
+    m.norm("head.norm", f"{b}.final_layer_norm", bias=True)
+    m.head(cfg, f"{b}.embed_in.weight", _tied(cfg, True), name="embed_out")
+
+
+# ---------------------------------------------------------------- xglm, ctrl, trocr
+
+
+def _fairseq_layers(
+    cfg: Any, t: str, *, heads: int, hidden: int, act: str, block: str, embed: str
+) -> dict:
+    """The fairseq decoder layout of XGLM and TrOCR: LayerNorms with bias (PyTorch's eps),
+    attention and an ungated MLP with biases, positions added by the embedding."""
+    return model_config(
+        cfg,
+        layers=f"block*{cfg.num_hidden_layers}",
+        blocks={"block": block},
+        defaults={
+            "Norm": _layer_norm(FAIRSEQ_NORM_EPS),
+            "Attn": {"heads": heads, "pos": "none", "bias": True},
+            "MLP": {"hidden": hidden, "act": activation(act, t), "gated": False, "bias": True},
+        },
+        embed=embed,
+        tied_by_default=True,
+    )
+
+
+#: XGLM's and TrOCR's LayerNorms are built with PyTorch's default eps.
+FAIRSEQ_NORM_EPS = 1e-5
+
+
+def _fairseq_layer_weights(m: WeightMapper, p: str, q: str) -> None:
+    """``self_attn.{q,k,v,out}_proj``, ``self_attn_layer_norm``, ``fc1``, ``fc2`` and
+    ``final_layer_norm`` of a fairseq decoder layer ``p`` -> ``q`` (norms in block order)."""
+    m.norm(f"{q}.norm", f"{p}.self_attn_layer_norm", bias=True)
+    for n, hf in (("q", "q_proj"), ("k", "k_proj"), ("v", "v_proj"), ("o", "out_proj")):
+        m.linear(f"{q}.attn.{n}", f"{p}.self_attn.{hf}", bias=True)
+    m.norm(f"{q}.norm_1", f"{p}.final_layer_norm", bias=True)
+    m.linear(f"{q}.mlp.up", f"{p}.fc1", bias=True)
+    m.linear(f"{q}.mlp.down", f"{p}.fc2", bias=True)
+
+
+def _config_xglm(cfg: Any) -> dict:
+    """XGLM: fairseq's pre-norm decoder with sinusoidal positions in fairseq's layout offset by
+    two rows (``Embed(pos=sinusoidal, sinusoid=fairseq, pos_offset=2)``), token embeddings
+    times ``sqrt(d_model)`` (``scale_embedding``), a final LayerNorm, a tied head."""
+    t = "xglm"
+    if cfg.pad_token_id is not None and cfg.pad_token_id >= 2:  # its zeroed row is then read
+        raise unsupported(
+            t, f"pad_token_id={cfg.pad_token_id} (it zeroes position {cfg.pad_token_id - 2})"
+        )
+    scale = ", scale=sqrt_d" if cfg.scale_embedding else ""
+    return _fairseq_layers(
+        cfg,
+        t,
+        heads=cfg.attention_heads,
+        hidden=cfg.ffn_dim,
+        act=cfg.activation_function,
+        block="Norm->Attn->+->Norm->MLP->+",
+        embed=f"Embed(pos=sinusoidal, sinusoid=fairseq, pos_offset=2{scale})",
+    )
+
+
+def _weights_xglm(cfg: Any, m: WeightMapper) -> None:
+    m.put("embed.embed.tok.weight", "model.embed_tokens.weight")
+    for i in range(cfg.num_layers):
+        _fairseq_layer_weights(m, f"model.layers.{i}", f"layers.{i}")
+    m.norm("head.norm", "model.layer_norm", bias=True)
+    m.head(cfg, "model.embed_tokens.weight", _tied(cfg, True))
+
+
+def _config_trocr(cfg: Any) -> dict:
+    """TrOCR's decoder as a causal LM (``TrOCRForCausalLM``): fairseq's post-norm layers,
+    learned positions offset by two rows, token embeddings times ``sqrt(d_model)``
+    (``scale_embedding``), a LayerNorm on the embeddings (``layernorm_embedding``), no final
+    norm, a tied head without bias. Its layers' cross-attention, which runs only on an image
+    encoder's states, is not part of the language model (see ``_weights_trocr``)."""
+    t = "trocr"
+    if not cfg.use_learned_position_embeddings:  # counted from the padding token, per input
+        raise unsupported(t, "use_learned_position_embeddings=false (positions from padding)")
+    scale = ", scale=sqrt_d" if cfg.scale_embedding else ""
+    embed = f"Embed(pos=learned, pos_offset=2{scale})"
+    config = _fairseq_layers(
+        cfg,
+        t,
+        heads=cfg.decoder_attention_heads,
+        hidden=cfg.decoder_ffn_dim,
+        act=cfg.activation_function,
+        block="(Attn->+)->Norm->(MLP->+)->Norm",
+        embed=f"{embed}->Norm" if cfg.layernorm_embedding else embed,
+    )
+    config["model"]["head"] = config["model"]["head"].removeprefix("Norm->")
+    return config
+
+
+def _weights_trocr(cfg: Any, m: WeightMapper) -> None:
+    """A saved ``TrOCRForCausalLM`` holds each layer's cross-attention (``encoder_attn``,
+    ``encoder_attn_layer_norm``: the class forces ``is_decoder``), which it runs only when
+    given an encoder's hidden states, never as a language model: taken by name and dropped."""
+    b = "model.decoder"
+    m.put("embed.embed.tok.weight", f"{b}.embed_tokens.weight")
+    m.put("embed.embed.pos.weight", f"{b}.embed_positions.weight")
+    if cfg.layernorm_embedding:
+        m.norm("embed.norm", f"{b}.layernorm_embedding", bias=True)
+    for i in range(cfg.decoder_layers):
+        p = f"{b}.layers.{i}"
+        _fairseq_layer_weights(m, p, f"layers.{i}")
+        cross = [
+            f"{p}.encoder_attn.{n}_proj.{k}"
+            for n in ("q", "k", "v", "out")
+            for k in ("weight", "bias")
+        ]
+        for name in [
+            *cross,
+            f"{p}.encoder_attn_layer_norm.weight",
+            f"{p}.encoder_attn_layer_norm.bias",
+        ]:
+            if m.has(name):
+                m.get(name)
+    m.head(cfg, f"{b}.embed_tokens.weight", _tied(cfg, True), name="output_projection")
+
+
+def _config_ctrl(cfg: Any) -> dict:
+    """CTRL: pre-norm layers (LayerNorms with eps 1e-6, whatever ``layer_norm_epsilon`` says:
+    it sets the final norm's), biased attention and ReLU MLP, sinusoidal positions with every
+    sine before every cosine (``sinusoid=halves``), token embeddings times ``sqrt(d_model)``,
+    a tied head with a bias."""
+    config = model_config(
+        cfg,
+        layers=f"block*{cfg.n_layer}",
+        blocks={"block": "Norm->Attn->+->Norm->MLP->+"},
+        defaults={
+            "Norm": _layer_norm(CTRL_NORM_EPS),
+            "Attn": {"heads": cfg.n_head, "pos": "none", "bias": True},
+            "MLP": {"hidden": cfg.dff, "act": "relu", "gated": False, "bias": True},
+            "Head": {"bias": True},
+        },
+        d_model=cfg.n_embd,
+        context=cfg.n_positions,
+        embed="Embed(pos=sinusoidal, sinusoid=halves, scale=sqrt_d)",
+        tied_by_default=True,
+    )
+    if cfg.layer_norm_epsilon != CTRL_NORM_EPS:
+        head = config["model"]["head"].removeprefix("Norm->")
+        config["model"]["head"] = f"Norm(eps={cfg.layer_norm_epsilon!r})->{head}"
+    return config
+
+
+#: CTRL's layers build their LayerNorms with eps 1e-6 (``layer_norm_epsilon`` is the final's).
+CTRL_NORM_EPS = 1e-6
+
+
+def _weights_ctrl(cfg: Any, m: WeightMapper) -> None:
+    m.put("embed.embed.tok.weight", "transformer.w.weight")
+    for i in range(cfg.n_layer):
+        p, q = f"transformer.h.{i}", f"layers.{i}"
+        m.norm(f"{q}.norm", f"{p}.layernorm1", bias=True)
+        for n, hf in (("q", "Wq"), ("k", "Wk"), ("v", "Wv"), ("o", "dense")):
+            m.linear(f"{q}.attn.{n}", f"{p}.multi_head_attention.{hf}", bias=True)
+        m.norm(f"{q}.norm_1", f"{p}.layernorm2", bias=True)
+        m.linear(f"{q}.mlp.up", f"{p}.ffn.0", bias=True)
+        m.linear(f"{q}.mlp.down", f"{p}.ffn.2", bias=True)
+    m.norm("head.norm", "transformer.layernorm", bias=True)
+    m.head(cfg, "transformer.w.weight", _tied(cfg, True), bias=True)
+
+
+for _record in (
+    Architecture(
+        "gpt_neox_japanese",
+        "GPTNeoXJapaneseForCausalLM",
+        "gpt_neox_japanese",
+        config=_config_gpt_neox_japanese,
+        weights=_weights_gpt_neox_japanese,
+        outside=("embed_out",),
+    ),
+    Architecture("xglm", "XGLMForCausalLM", "model", config=_config_xglm, weights=_weights_xglm),
+    Architecture(
+        "trocr",
+        "TrOCRForCausalLM",
+        "model",
+        config=_config_trocr,
+        weights=_weights_trocr,
+        outside=("output_projection",),
+    ),
+    Architecture(
+        "ctrl", "CTRLLMHeadModel", "transformer", config=_config_ctrl, weights=_weights_ctrl
+    ),
+):
+    register_architecture(_record)

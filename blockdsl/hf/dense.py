@@ -32,6 +32,8 @@ from blockdsl.hf.base import (
     register_architecture,
     rope_args,
     rotary_fraction,
+    sink_layers,
+    sink_weights,
     unsupported,
 )
 
@@ -260,19 +262,21 @@ def _standard_layers(
     mlp_bias: bool = False,
     qk_norm: bool = False,
     mlp_names: dict[str, str] = GATED_MLP,
+    norms: tuple[str, str] = ("input_layernorm", "post_attention_layernorm"),
 ) -> None:
     """Llama-layout layers: ``input_layernorm``, ``self_attn.{q,k,v,o}_proj`` (and
     ``q_norm``/``k_norm``), ``post_attention_layernorm``, ``mlp.{gate,up,down}_proj`` (or the
-    ``mlp_names`` of an ungated MLP)."""
+    ``mlp_names`` of an ungated MLP). ``norms``: the checkpoint's names of each layer's two
+    norms, in the block's order (its ``norm`` and ``norm_1``), wherever the block puts them."""
     m.put("embed.embed.tok.weight", "model.embed_tokens.weight")
     for i in range(cfg.num_hidden_layers):
         p, q = f"model.layers.{i}", f"layers.{i}"
-        m.norm(f"{q}.norm", f"{p}.input_layernorm", bias=norm_bias)
+        m.norm(f"{q}.norm", f"{p}.{norms[0]}", bias=norm_bias)
         _attn_weights(m, p, q, qkv_bias, o_bias)
         if qk_norm:
             for n in "qk":
                 m.norm(f"{q}.attn.slots.{n}.norm", f"{p}.self_attn.{n}_norm", bias=False)
-        m.norm(f"{q}.norm_1", f"{p}.post_attention_layernorm", bias=norm_bias)
+        m.norm(f"{q}.norm_1", f"{p}.{norms[1]}", bias=norm_bias)
         _mlp_weights(m, p, q, mlp_bias, mlp_names)
     m.norm("head.norm", "model.norm", bias=norm_bias)
 
@@ -673,8 +677,25 @@ def weights_granite(cfg: Any, m: WeightMapper) -> None:
     m.head(cfg, "model.embed_tokens.weight", _tied(cfg, False))
 
 
+def config_granite_swa(cfg: Any) -> dict:
+    """Granite-SWA: Granite with a learned sink logit per head in every attention
+    (``Attn[scores=Sink]``), sliding-window layers from ``layer_types`` and a rotary base per
+    layer (``layer_rope_theta``, 0 for no positions)."""
+    config = config_granite(cfg)
+    theta = config["defaults"]["Attn"]["rope_theta"]
+    blocks, layers = sink_layers(cfg, "granite_swa", config["blocks"]["block"], theta)
+    config["blocks"], config["model"]["layers"] = blocks, layers
+    return config
+
+
+def weights_granite_swa(cfg: Any, m: WeightMapper) -> None:
+    weights_granite(cfg, m)
+    sink_weights(cfg, m)
+
+
 _register("phi3", "Phi3ForCausalLM", config_phi3, weights_phi3)
 _register("granite", "GraniteForCausalLM", config_granite, weights_granite)
+_register("granite_swa", "GraniteSWAForCausalLM", config_granite_swa, weights_granite_swa)
 
 
 # --------------------------------------------------------------------------- starcoder2
@@ -1140,16 +1161,8 @@ def config_exaone4(cfg: Any) -> dict:
 
 
 def weights_exaone4(cfg: Any, m: WeightMapper) -> None:
-    m.put("embed.embed.tok.weight", "model.embed_tokens.weight")
-    for i in range(cfg.num_hidden_layers):
-        p, q = f"model.layers.{i}", f"layers.{i}"
-        _attn_weights(m, p, q, False, False)
-        for n in "qk":
-            m.norm(f"{q}.attn.slots.{n}.norm", f"{p}.self_attn.{n}_norm", bias=False)
-        m.norm(f"{q}.norm", f"{p}.post_attention_layernorm", bias=False)
-        _mlp_weights(m, p, q)
-        m.norm(f"{q}.norm_1", f"{p}.post_feedforward_layernorm", bias=False)
-    m.norm("head.norm", "model.norm", bias=False)
+    post_norms = ("post_attention_layernorm", "post_feedforward_layernorm")
+    _standard_layers(cfg, m, qkv_bias=False, o_bias=False, qk_norm=True, norms=post_norms)
     m.head(cfg, "model.embed_tokens.weight", _tied(cfg, False))
 
 
@@ -1234,19 +1247,15 @@ def config_apertus(cfg: Any) -> dict:
 
 def weights_apertus(cfg: Any, m: WeightMapper) -> None:
     bias = bool(cfg.attention_bias)
-    m.put("embed.embed.tok.weight", "model.embed_tokens.weight")
-    for i in range(cfg.num_hidden_layers):
-        p, q = f"model.layers.{i}", f"layers.{i}"
-        m.norm(f"{q}.norm", f"{p}.attention_layernorm", bias=False)
-        _attn_weights(m, p, q, bias, bias)
-        for n in "qk":
-            m.norm(f"{q}.attn.slots.{n}.norm", f"{p}.self_attn.{n}_norm", bias=False)
-        m.norm(f"{q}.norm_1", f"{p}.feedforward_layernorm", bias=False)
-        _mlp_weights(m, p, q, names={"up": "up_proj", "down": "down_proj"})
-        if cfg.hidden_act == "xielu":  # its scalars (parameters) and constants (buffers)
+    _standard_layers(
+        cfg, m, qkv_bias=bias, o_bias=bias, qk_norm=True,
+        mlp_names={"up": "up_proj", "down": "down_proj"},
+        norms=("attention_layernorm", "feedforward_layernorm"),
+    )  # fmt: skip
+    if cfg.hidden_act == "xielu":  # its scalars (parameters) and constants (buffers)
+        for i in range(cfg.num_hidden_layers):
             for n in ("alpha_p", "alpha_n", "beta", "eps"):
-                m.put(f"{q}.mlp.act.{n}", f"{p}.mlp.act_fn.{n}")
-    m.norm("head.norm", "model.norm", bias=False)
+                m.put(f"layers.{i}.mlp.act.{n}", f"model.layers.{i}.mlp.act_fn.{n}")
     m.head(cfg, "model.embed_tokens.weight", _tied(cfg, False))
 
 
@@ -1264,3 +1273,103 @@ for _type, _class in (
             buffers=("act_fn.beta", "act_fn.eps"),
         )
     )
+
+
+# --------------------------------------------------------------------------- modernbert-decoder
+
+
+def config_modernbert_decoder(cfg: Any) -> dict:
+    """ModernBERT-Decoder: LayerNorms (``norm_bias``) before attention and the MLP, none before
+    the first layer's attention (the embeddings have their own), multi-head attention with
+    each layer type's rotary base and windowed layers (``local_attention // 2``), a gated MLP
+    fused as ``Wi`` (rows ``[activated | multiplier]``), and BERT's prediction head before the
+    tied output projection (``Linear->Act->Norm``, then ``Head(bias=decoder_bias)``)."""
+    t = "modernbert-decoder"
+    if "sliding_attention" in cfg.layer_types and not cfg.local_attention:
+        raise unsupported(t, "sliding_attention layers without a local_attention window")
+    full, full_fraction = rope_args(cfg, t, cfg.rope_parameters["full_attention"])
+    local, local_fraction = rope_args(cfg, t, cfg.rope_parameters["sliding_attention"])
+    if full_fraction != 1.0 or local_fraction != 1.0 or set(local) != {"rope_theta"}:
+        raise unsupported(t, "a partial or scaled rotary on the sliding-window layers")
+    kinds = _windows(cfg, t)
+    names = [("first_" if i == 0 else "") + kind for i, kind in enumerate(kinds)]
+    blocks: dict[str, str] = {}
+    for name, kind in zip(names, kinds, strict=True):
+        layer = PRE_NORM if not name.startswith("first_") else PRE_NORM.removeprefix("Norm->")
+        if kind == "local":
+            window = (
+                f"Attn(window={int(cfg.sliding_window)}, rope_theta={_value(local['rope_theta'])})"
+            )
+            layer = layer.replace("Attn", window, 1)
+        blocks[name] = layer
+    norm = {"kind": "layer", "eps": cfg.norm_eps, "bias": bool(cfg.norm_bias)}
+    config = model_config(
+        cfg,
+        layers=compress_layers(names),
+        blocks=blocks,
+        defaults={
+            "Norm": norm,
+            "Attn": {
+                "heads": cfg.num_attention_heads,
+                "pos": "rope",
+                **full,
+                "bias": bool(cfg.attention_bias),
+            },
+            "MLP": {
+                "hidden": cfg.intermediate_size,
+                "act": activation(cfg.hidden_activation, t),
+                "gated": True,
+                "bias": bool(cfg.mlp_bias),
+            },
+            "Linear": {"bias": bool(cfg.classifier_bias)},
+            "Act": {"fn": activation(cfg.classifier_activation, t)},
+            "Head": {"bias": bool(cfg.decoder_bias)},
+        },
+        embed="Embed->Norm",
+        tied_by_default=True,
+    )
+    config["model"]["head"] = config["model"]["head"].replace(
+        "Norm->", "Norm->Linear->Act->Norm->", 1
+    )
+    return config
+
+
+def weights_modernbert_decoder(cfg: Any, m: WeightMapper) -> None:
+    inter, bias, norm_bias = cfg.intermediate_size, bool(cfg.attention_bias), bool(cfg.norm_bias)
+    mlp_bias = bool(cfg.mlp_bias)
+    m.put("embed.embed.tok.weight", "model.embeddings.tok_embeddings.weight")
+    m.norm("embed.norm", "model.embeddings.norm", bias=norm_bias)
+    for i in range(cfg.num_hidden_layers):
+        p, q = f"model.layers.{i}", f"layers.{i}"
+        # the first layer has no norm before attention: its MLP norm is the block's first
+        if i:
+            m.norm(f"{q}.norm", f"{p}.attn_norm", bias=norm_bias)
+        m.norm(f"{q}.norm_1" if i else f"{q}.norm", f"{p}.mlp_norm", bias=norm_bias)
+        for n in "qkv":
+            m.linear(f"{q}.attn.{n}", f"{p}.attn.{n}_proj", bias)
+        m.linear(f"{q}.attn.o", f"{p}.attn.Wo", bias)
+        for kind in ["weight", "bias"] if mlp_bias else ["weight"]:
+            # rows [activated (blockdsl's gate) | multiplied (up)]
+            m.split(
+                [f"{q}.mlp.gate.{kind}", f"{q}.mlp.up.{kind}"],
+                f"{p}.mlp.Wi.{kind}",
+                lambda w: list(w.split([inter, inter])),
+            )
+        m.linear(f"{q}.mlp.down", f"{p}.mlp.Wo", mlp_bias)
+    m.norm("head.norm", "model.final_norm", bias=norm_bias)
+    m.linear("head.linear", "lm_head.dense", bool(cfg.classifier_bias))
+    m.norm("head.norm_1", "lm_head.norm", bias=norm_bias)
+    embed = "model.embeddings.tok_embeddings.weight"
+    m.head(cfg, embed, _tied(cfg, True), bias=bool(cfg.decoder_bias), name="decoder")
+
+
+register_architecture(
+    Architecture(
+        "modernbert-decoder",
+        "ModernBertDecoderForCausalLM",
+        "model",
+        config=config_modernbert_decoder,
+        weights=weights_modernbert_decoder,
+        outside=("lm_head", "decoder"),
+    )
+)

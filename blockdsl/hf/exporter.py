@@ -775,8 +775,21 @@ def hf_config_for(model_or_config: Any) -> tuple[str, Any]:
     for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
         value = getattr(hf_config, name, None)
         if isinstance(value, int) and not 0 <= value < hf_config.vocab_size:
-            setattr(hf_config, name, None)
+            _set_token_id(hf_config, name, None)
     return model_type, hf_config
+
+
+def _set_token_id(hf_config: Any, name: str, value: int | None) -> None:
+    """Set a special token id; where the config class requires one (ModernBERT-Decoder's
+    ``bos_token_id`` and ``pad_token_id`` are typed ``int``, and its strict dataclass refuses
+    None), no id becomes the first token of the vocabulary, which the model itself never
+    treats apart (a padding index only stops gradients)."""
+    try:
+        setattr(hf_config, name, value)
+    except Exception as error:  # huggingface_hub's StrictDataclassFieldValidationError
+        if value is not None or "StrictDataclass" not in type(error).__name__:
+            raise
+        setattr(hf_config, name, 0)
 
 
 def _find_config(model_or_config: Any) -> tuple[str, Any]:
@@ -1046,7 +1059,7 @@ def export_hf(
     # built from the config).
     special = _special_tokens(tokenizer, hf_cfg.vocab_size) if tokenizer else {}
     for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
-        setattr(hf_cfg, name, special.get(name))
+        _set_token_id(hf_cfg, name, special.get(name))
     state = hf_state_dict(model, model_type, hf_cfg)
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
 

@@ -481,3 +481,148 @@ register_architecture(
         weights=_weights_olmo_hybrid,
     )
 )
+
+
+# --------------------------------------------------------------------------- lara_mini
+
+
+def _config_lara_mini(cfg: Any) -> dict:
+    """LaraMini: Gated DeltaNet layers (Qwen3.5's: separate ``q/k/v``, ``z``, ``b`` and ``a``
+    projections) and Qwen3 attention layers (per-head q/k RMSNorms) from ``layer_types``: the
+    sliding-window ones rotate, the full ones have no positions; experts on every layer, a
+    softmax top-k router and an always-on shared expert added in full (no gate); plain
+    RMSNorms (no unit offset)."""
+    t = "lara_mini"
+    act = activation(cfg.hidden_act, t)
+    if act != "silu":  # the DeltaNet conv and gate are hard-wired SiLU in blockdsl
+        raise unsupported(t, f"hidden_act '{cfg.hidden_act}' (GatedDeltaNet uses SiLU)")
+    theta, fraction = default_rope(cfg, t)
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    kinds = {"linear_attention": "linear", "sliding_attention": "local", "full_attention": "global"}
+    names = layer_kinds(cfg, t, kinds)
+    mixers = {
+        "linear": "GatedDeltaNet",
+        "local": f"Attn(window={int(cfg.sliding_window)})",
+        "global": "Attn(pos=none)",
+    }
+    blocks = {name: f"Norm->{mixers[name]}->+->Norm->MoE->+" for name in dict.fromkeys(names)}
+    shared = shared_expert_args(cfg.shared_expert_intermediate_size, cfg.moe_intermediate_size)
+    defaults: dict[str, dict] = {
+        "Norm": {"kind": "rms", "eps": cfg.rms_norm_eps},
+        "GatedDeltaNet": {
+            "heads": cfg.linear_num_key_heads,
+            "v_heads": cfg.linear_num_value_heads,
+            "head_dim": cfg.linear_key_head_dim,
+            "v_head_dim": cfg.linear_value_head_dim,
+            "kernel": cfg.linear_conv_kernel_dim,
+            "eps": cfg.rms_norm_eps,
+        },
+        "Attn": {
+            "heads": cfg.num_attention_heads,
+            "kv_heads": cfg.num_key_value_heads,
+            "head_dim": head_dim,
+            "pos": "rope",
+            "rope_theta": theta,
+            "rope_fraction": rotary_fraction(int(head_dim * fraction), head_dim),
+            "qk_norm": True,
+            "qk_norm_eps": cfg.rms_norm_eps,
+            "bias": bool(getattr(cfg, "attention_bias", False)),
+        },
+        "MoE": {
+            "experts": cfg.num_experts,
+            "k": cfg.num_experts_per_tok,
+            "hidden": cfg.moe_intermediate_size,
+            "act": act,
+            "gated": True,
+            **shared,
+            "norm_topk": bool(cfg.norm_topk_prob),
+            "aux_loss": float(cfg.router_aux_loss_coef),
+        },
+    }
+    return model_config(
+        cfg, layers=compress_layers(names), blocks=blocks, defaults=defaults, tied_by_default=True
+    )
+
+
+def _weights_lara_mini(cfg: Any, m: WeightMapper) -> None:
+    """Its checkpoints fuse each DeltaNet's input projections into one ``in_proj`` (rows
+    ``[q | k | v | z | b | a]``) and name its gated norm ``out_norm``; transformers splits and
+    renames them on load (``in_proj_qkv``, ``in_proj_z``, ``in_proj_b``, ``in_proj_a``,
+    ``norm``). blockdsl keeps ``b`` and ``a`` grouped per key head (``in_proj_ba``)."""
+    m.put("embed.embed.tok.weight", "model.embed_tokens.weight")
+    bias = bool(getattr(cfg, "attention_bias", False))
+    Hk, Hv = cfg.linear_num_key_heads, cfg.linear_num_value_heads
+    key_dim, value_dim = Hk * cfg.linear_key_head_dim, Hv * cfg.linear_value_head_dim
+    r = Hv // Hk
+
+    def grouped_ba(b: Tensor, a: Tensor) -> Tensor:  # per key head: [b (r) | a (r)] rows
+        return torch.cat([b.reshape(Hk, r, -1), a.reshape(Hk, r, -1)], dim=1).reshape(2 * Hv, -1)
+
+    for i, kind in enumerate(cfg.layer_types):
+        p, q = f"model.layers.{i}", f"layers.{i}"
+        m.norm(f"{q}.norm", f"{p}.input_layernorm", bias=False)
+        if kind == "linear_attention":
+            g, src = f"{q}.gated_delta_net", f"{p}.linear_attn"
+            projections = [f"{g}.{n}.weight" for n in ("q_proj", "k_proj", "v_proj")]
+            if m.has(f"{src}.in_proj.weight"):  # as saved
+
+                def split_in_proj(w: Tensor) -> list[Tensor]:
+                    *qkvz, b, a = w.split([key_dim, key_dim, value_dim, value_dim, Hv, Hv])
+                    return [*qkvz, grouped_ba(b, a)]
+
+                gate, ba = f"{g}.slots.gate.linear.weight", f"{g}.in_proj_ba.weight"
+                m.split([*projections, gate, ba], f"{src}.in_proj.weight", split_in_proj)
+            else:  # in memory
+                m.split(
+                    projections,
+                    f"{src}.in_proj_qkv.weight",
+                    lambda w: list(w.split([key_dim, key_dim, value_dim])),
+                )
+                m.put(f"{g}.slots.gate.linear.weight", f"{src}.in_proj_z.weight")
+                m.put(
+                    f"{g}.in_proj_ba.weight",
+                    f"{src}.in_proj_b.weight",
+                    f"{src}.in_proj_a.weight",
+                    fn=grouped_ba,
+                )
+            m.split(
+                [f"{g}.slots.{n}.conv.weight" for n in "qkv"],
+                f"{src}.conv1d.weight",
+                partial(split_qkv_conv, key_dim=key_dim, value_dim=value_dim),
+            )
+            norm = (
+                f"{src}.out_norm.weight"
+                if m.has(f"{src}.out_norm.weight")
+                else f"{src}.norm.weight"
+            )
+            m.put(f"{g}.slots.o.norm.weight", norm)
+            m.put(f"{g}.out_proj.weight", f"{src}.out_proj.weight")
+            for n in ("dt_bias", "A_log"):
+                m.put(f"{g}.{n}", f"{src}.{n}")
+        else:
+            a, src = f"{q}.attn", f"{p}.self_attn"
+            for n in "qkvo":
+                m.linear(f"{a}.{n}", f"{src}.{n}_proj", bias)
+            for n in "qk":
+                m.norm(f"{a}.slots.{n}.norm", f"{src}.{n}_norm", bias=False)
+        m.norm(f"{q}.norm_1", f"{p}.post_attention_layernorm", bias=False)
+        e, src = f"{q}.moe", f"{p}.mlp"
+        m.put(f"{e}.router.weight", f"{src}.gate.weight")
+        inter = cfg.moe_intermediate_size
+        expert_weights(m, f"{src}.experts", e, experts=cfg.num_experts, inter=inter)
+        if cfg.shared_expert_intermediate_size:
+            for n in ("gate", "up", "down"):
+                m.linear(f"{e}.shared.{n}", f"{src}.shared_expert.{n}_proj", bias=False)
+    m.norm("head.norm", "model.norm", bias=False)
+    m.head(cfg, "model.embed_tokens.weight", getattr(cfg, "tie_word_embeddings", True))
+
+
+register_architecture(
+    Architecture(
+        "lara_mini",
+        "LaraMiniForCausalLM",
+        "model",
+        config=_config_lara_mini,
+        weights=_weights_lara_mini,
+    )
+)

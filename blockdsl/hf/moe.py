@@ -13,11 +13,13 @@ component.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
 from blockdsl.hf.base import (
     Architecture,
+    Tensor,
     WeightMapper,
     activation,
     compress_layers,
@@ -32,6 +34,8 @@ from blockdsl.hf.base import (
     rope_args,
     rotary_fraction,
     shared_expert_args,
+    sink_layers,
+    sink_weights,
     unsupported,
 )
 
@@ -209,6 +213,38 @@ def _windows(cfg: Any, t: str) -> list[int | None]:
     return [window if k == "sliding_attention" else None for k in kinds]
 
 
+def _softmax_experts(
+    cfg: Any, act: str, *, experts: int, hidden: int, norm_topk: bool | None = None, **extra: Any
+) -> dict[str, Any]:
+    """``MoE`` arguments of softmax top-k experts: ``num_experts_per_tok`` of ``experts`` gated
+    MLPs ``hidden`` wide, ``extra`` (shared experts, a selection bias), the top-k probabilities
+    renormalised as ``norm_topk`` says (default: the config's ``norm_topk_prob``) and the
+    config's ``router_aux_loss_coef``."""
+    return {
+        "experts": experts,
+        "k": cfg.num_experts_per_tok,
+        "hidden": hidden,
+        "act": act,
+        "gated": True,
+        **extra,
+        "norm_topk": bool(cfg.norm_topk_prob) if norm_topk is None else norm_topk,
+        "aux_loss": float(cfg.router_aux_loss_coef),
+    }
+
+
+def _rms_layer_defaults(
+    cfg: Any, attn: dict, kinds: list[str], act: str, moe: dict
+) -> dict[str, dict]:
+    """``[defaults]`` of RMSNorm layers with ``attn``, and as ``kinds`` has them a dense gated
+    MLP ``intermediate_size`` wide and the ``moe`` experts."""
+    defaults: dict[str, dict] = {"Norm": {"kind": "rms", "eps": cfg.rms_norm_eps}, "Attn": attn}
+    if "dense" in kinds:
+        defaults["MLP"] = {"hidden": cfg.intermediate_size, "act": act, "gated": True}
+    if "moe" in kinds:
+        defaults["MoE"] = moe
+    return defaults
+
+
 # --------------------------------------------------------------------------- qwen2_moe
 
 
@@ -235,22 +271,16 @@ def _config_qwen2_moe(cfg: Any) -> dict:
         attn["qkv_bias"] = True
     kinds = ["moe" if _qwen2_moe_sparse(cfg, i) else "dense" for i in range(cfg.num_hidden_layers)]
     layers, blocks = _named_layers(kinds, _SPARSE_BLOCKS)
-    defaults: dict[str, dict] = {"Norm": {"kind": "rms", "eps": cfg.rms_norm_eps}, "Attn": attn}
-    if "dense" in blocks:
-        defaults["MLP"] = {"hidden": cfg.intermediate_size, "act": act, "gated": True}
-    if "moe" in blocks:
-        shared = shared_expert_args(cfg.shared_expert_intermediate_size, cfg.moe_intermediate_size)
-        defaults["MoE"] = {
-            "experts": cfg.num_experts,
-            "k": cfg.num_experts_per_tok,
-            "hidden": cfg.moe_intermediate_size,
-            "act": act,
-            "gated": True,
-            **shared,
-            "shared_gate": shared["shared"] > 0,
-            "norm_topk": bool(cfg.norm_topk_prob),
-            "aux_loss": float(cfg.router_aux_loss_coef),
-        }
+    shared = shared_expert_args(cfg.shared_expert_intermediate_size, cfg.moe_intermediate_size)
+    moe = _softmax_experts(
+        cfg,
+        act,
+        experts=cfg.num_experts,
+        hidden=cfg.moe_intermediate_size,
+        **shared,
+        shared_gate=shared["shared"] > 0,
+    )
+    defaults = _rms_layer_defaults(cfg, attn, kinds, act, moe)
     return model_config(cfg, layers=layers, blocks=blocks, defaults=defaults)
 
 
@@ -326,19 +356,8 @@ def _config_qwen3_moe(cfg: Any) -> dict:
     L = cfg.num_hidden_layers
     kinds = ["moe" if _qwen2_moe_sparse(cfg, i) else "dense" for i in range(L)]
     layers, blocks = _layered_blocks("Attn", kinds, [cfg.sliding_window] * L)
-    defaults: dict[str, dict] = {"Norm": {"kind": "rms", "eps": cfg.rms_norm_eps}, "Attn": attn}
-    if "dense" in kinds:
-        defaults["MLP"] = {"hidden": cfg.intermediate_size, "act": act, "gated": True}
-    if "moe" in kinds:
-        defaults["MoE"] = {
-            "experts": cfg.num_experts,
-            "k": cfg.num_experts_per_tok,
-            "hidden": cfg.moe_intermediate_size,
-            "act": act,
-            "gated": True,
-            "norm_topk": bool(cfg.norm_topk_prob),
-            "aux_loss": float(cfg.router_aux_loss_coef),
-        }
+    moe = _softmax_experts(cfg, act, experts=cfg.num_experts, hidden=cfg.moe_intermediate_size)
+    defaults = _rms_layer_defaults(cfg, attn, kinds, act, moe)
     return model_config(cfg, layers=layers, blocks=blocks, defaults=defaults)
 
 
@@ -392,19 +411,8 @@ def _config_mellum(cfg: Any) -> dict:
     if any(w is not None for w in windows):
         local = f"rope_theta={_mellum_rope(cfg, 'sliding_attention')!r}"
     layers, blocks = _layered_blocks("Attn", kinds, windows, local_args=local)
-    defaults: dict[str, dict] = {"Norm": {"kind": "rms", "eps": cfg.rms_norm_eps}, "Attn": attn}
-    if "dense" in kinds:
-        defaults["MLP"] = {"hidden": cfg.intermediate_size, "act": act, "gated": True}
-    if "moe" in kinds:
-        defaults["MoE"] = {
-            "experts": cfg.num_experts,
-            "k": cfg.num_experts_per_tok,
-            "hidden": cfg.moe_intermediate_size,
-            "act": act,
-            "gated": True,
-            "norm_topk": bool(cfg.norm_topk_prob),
-            "aux_loss": float(cfg.router_aux_loss_coef),
-        }
+    moe = _softmax_experts(cfg, act, experts=cfg.num_experts, hidden=cfg.moe_intermediate_size)
+    defaults = _rms_layer_defaults(cfg, attn, kinds, act, moe)
     return model_config(cfg, layers=layers, blocks=blocks, defaults=defaults)
 
 
@@ -448,21 +456,16 @@ def _config_ernie4_5_moe(cfg: Any) -> dict:
     L = cfg.num_hidden_layers
     kinds = ["moe" if _ernie_sparse(cfg, i) else "dense" for i in range(L)]
     layers, blocks = _layered_blocks("Attn", kinds, [None] * L)
-    defaults: dict[str, dict] = {"Norm": {"kind": "rms", "eps": cfg.rms_norm_eps}, "Attn": attn}
-    if "dense" in kinds:
-        defaults["MLP"] = {"hidden": cfg.intermediate_size, "act": act, "gated": True}
-    if "moe" in kinds:
-        defaults["MoE"] = {
-            "experts": cfg.num_experts,
-            "k": cfg.num_experts_per_tok,
-            "hidden": cfg.moe_intermediate_size,
-            "act": act,
-            "gated": True,
-            "shared": cfg.moe_num_shared_experts or 0,
-            "score_bias": True,
-            "norm_topk": True,  # divided by the sum clamped at moe_norm_min: the sum is larger
-            "aux_loss": float(cfg.router_aux_loss_coef),
-        }
+    moe = _softmax_experts(
+        cfg,
+        act,
+        experts=cfg.num_experts,
+        hidden=cfg.moe_intermediate_size,
+        norm_topk=True,  # divided by the sum clamped at moe_norm_min: the sum is larger
+        shared=cfg.moe_num_shared_experts or 0,
+        score_bias=True,
+    )
+    defaults = _rms_layer_defaults(cfg, attn, kinds, act, moe)
     return model_config(cfg, layers=layers, blocks=blocks, defaults=defaults)
 
 
@@ -520,23 +523,12 @@ def _config_olmoe(cfg: Any) -> dict:
         "qk_norm_over": "all",
         "qk_norm_eps": cfg.rms_norm_eps,
     }
+    moe = _softmax_experts(cfg, act, experts=cfg.num_experts, hidden=cfg.intermediate_size)
     return model_config(
         cfg,
         layers=f"moe*{cfg.num_hidden_layers}",
         blocks={"moe": _SPARSE_BLOCKS["moe"]},
-        defaults={
-            "Norm": {"kind": "rms", "eps": cfg.rms_norm_eps},
-            "Attn": attn,
-            "MoE": {
-                "experts": cfg.num_experts,
-                "k": cfg.num_experts_per_tok,
-                "hidden": cfg.intermediate_size,
-                "act": act,
-                "gated": True,
-                "norm_topk": bool(cfg.norm_topk_prob),
-                "aux_loss": float(cfg.router_aux_loss_coef),
-            },
-        },
+        defaults=_rms_layer_defaults(cfg, attn, ["moe"], act, moe),
     )
 
 
@@ -579,23 +571,13 @@ def _config_flex_olmo(cfg: Any) -> dict:
         "qk_norm_over": "all",
         "qk_norm_eps": cfg.rms_norm_eps,
     }
+    act = activation(cfg.hidden_act, t)
+    moe = _softmax_experts(cfg, act, experts=cfg.num_experts, hidden=cfg.intermediate_size)
     return model_config(
         cfg,
         layers=f"block*{cfg.num_hidden_layers}",
         blocks={"block": "Attn->Norm->+->MoE->Norm->+"},
-        defaults={
-            "Norm": {"kind": "rms", "eps": cfg.rms_norm_eps},
-            "Attn": attn,
-            "MoE": {
-                "experts": cfg.num_experts,
-                "k": cfg.num_experts_per_tok,
-                "hidden": cfg.intermediate_size,
-                "act": activation(cfg.hidden_act, t),
-                "gated": True,
-                "norm_topk": bool(cfg.norm_topk_prob),
-                "aux_loss": float(cfg.router_aux_loss_coef),
-            },
-        },
+        defaults=_rms_layer_defaults(cfg, attn, ["moe"], act, moe),
     )
 
 
@@ -633,6 +615,10 @@ register_architecture(
 # --------------------------------------------------------------------------- granitemoe
 
 
+#: The Granite-MoE types with a shared expert (``shared_intermediate_size``).
+_GRANITE_SHARED = ("granitemoeshared", "granitemoe_swa")
+
+
 def _config_granitemoe(cfg: Any) -> dict:
     """Granite-MoE (and Granite-MoE-Shared): Granite's constant multipliers (embeddings, each
     residual update, attention scores, logits) around Mixtral-like layers whose router takes
@@ -654,7 +640,7 @@ def _config_granitemoe(cfg: Any) -> dict:
         "aux_loss": float(cfg.router_aux_loss_coef),
     }
     # Granite-MoE has no shared expert, whatever attribute its config is given
-    shared_size = cfg.shared_intermediate_size if t == "granitemoeshared" else 0
+    shared_size = cfg.shared_intermediate_size if t in _GRANITE_SHARED else 0
     if shared_size:
         moe.update(shared_expert_args(shared_size, cfg.intermediate_size))
     defaults: dict[str, dict] = {
@@ -682,7 +668,7 @@ def _weights_granitemoe(cfg: Any, m: WeightMapper) -> None:
     inter = cfg.intermediate_size
     bias = bool(cfg.attention_bias)
     m.put("embed.embed.tok.weight", "model.embed_tokens.weight")
-    shared = cfg.shared_intermediate_size if cfg.model_type == "granitemoeshared" else 0
+    shared = cfg.shared_intermediate_size if cfg.model_type in _GRANITE_SHARED else 0
     for i in range(cfg.num_hidden_layers):
         p, q = f"model.layers.{i}", f"layers.{i}"
         m.norm(f"{q}.norm", f"{p}.input_layernorm", bias=False)
@@ -714,6 +700,32 @@ for _type, _class in (
     register_architecture(
         Architecture(_type, _class, "model", _config_granitemoe, _weights_granitemoe)
     )
+
+
+def _config_granitemoe_swa(cfg: Any) -> dict:
+    """Granite-MoE-SWA: Granite-MoE-Shared with Granite-SWA's attention (a learned sink logit
+    per head, sliding-window layers from ``layer_types``, a rotary base per layer)."""
+    config = _config_granitemoe(cfg)
+    theta = config["defaults"]["Attn"]["rope_theta"]
+    blocks, layers = sink_layers(cfg, "granitemoe_swa", config["blocks"]["block"], theta)
+    config["blocks"], config["model"]["layers"] = blocks, layers
+    return config
+
+
+def _weights_granitemoe_swa(cfg: Any, m: WeightMapper) -> None:
+    _weights_granitemoe(cfg, m)
+    sink_weights(cfg, m)
+
+
+register_architecture(
+    Architecture(
+        "granitemoe_swa",
+        "GraniteMoeSWAForCausalLM",
+        "model",
+        _config_granitemoe_swa,
+        _weights_granitemoe_swa,
+    )
+)
 
 
 # --------------------------------------------------------------------------- dbrx
@@ -863,10 +875,10 @@ def _deepseek(
         "Norm": {"kind": "rms", "eps": cfg.rms_norm_eps},
         mixer: mixer_args,
     }
-    routed, shared = _expert_counts(cfg)
     if "dense" in kinds:
         defaults["MLP"] = {"hidden": cfg.intermediate_size, "act": act, "gated": True}
-    if "moe" in kinds:
+    if "moe" in kinds:  # a config without experts (Youtu) has no expert counts to read
+        routed, shared = _expert_counts(cfg)
         defaults["MoE"] = {
             "experts": routed,
             "k": cfg.num_experts_per_tok,
@@ -915,8 +927,9 @@ def _v3_routing(cfg: Any) -> dict[str, Any]:
 
 
 def _config_deepseek_v3(cfg: Any) -> dict:
-    """DeepSeek-V3: MLA (rotary on adjacent pairs with ``rope_interleave``) and V3 routing."""
-    t = "deepseek_v3"
+    """DeepSeek-V3: MLA (rotary on adjacent pairs with ``rope_interleave``) and V3 routing.
+    Sarvam-MLA (``sarvam_mla``) is this class under its own ``model_type``."""
+    t = cfg.model_type
     mla = _mla(cfg, t, interleaved=bool(cfg.rope_interleave))
     return _deepseek(cfg, t, "MLA", mla, _v3_routing(cfg), _first_dense(cfg))
 
@@ -965,7 +978,7 @@ def _deepseek_weights(
     ``mlp`` or the router ``gate`` (with its ``e_score_correction_bias``), the routed
     ``experts`` and the ``shared_experts``, as ``kinds`` says."""
     m.put("embed.embed.tok.weight", embed)
-    routed, shared = _expert_counts(cfg)
+    routed, shared = _expert_counts(cfg) if "moe" in kinds else (0, 0)
     for i, kind in enumerate(kinds):
         p, q = f"model.layers.{i}", f"layers.{i}"
         m.norm(f"{q}.norm", f"{p}.input_layernorm", bias=False)
@@ -996,7 +1009,7 @@ def _deepseek_weights(
 
 
 def _weights_deepseek(cfg: Any, m: WeightMapper) -> None:
-    v3 = cfg.model_type == "deepseek_v3"
+    v3 = cfg.model_type != "deepseek_v2"  # DeepSeek-V3 and Sarvam-MLA: the selection bias
     _deepseek_weights(cfg, m, _mla_weights, _first_dense(cfg), score_bias=v3)
 
 
@@ -1009,16 +1022,17 @@ register_architecture(
         weights=_weights_deepseek,
     )
 )
-register_architecture(
-    Architecture(
-        "deepseek_v3",
-        "DeepseekV3ForCausalLM",
-        "model",
-        config=_config_deepseek_v3,
-        weights=_weights_deepseek,
-        buffers=("e_score_correction_bias",),
+for _type in ("deepseek_v3", "sarvam_mla"):
+    register_architecture(
+        Architecture(
+            _type,
+            "DeepseekV3ForCausalLM",
+            "model",
+            config=_config_deepseek_v3,
+            weights=_weights_deepseek,
+            buffers=("e_score_correction_bias",),
+        )
     )
-)
 
 
 # ---------------------------------------------- DeepSeek-V3 routing after other attention
@@ -1163,3 +1177,397 @@ for _type, _class, _config, _weights in (
             _type, _class, "model", _config, _weights, buffers=("e_score_correction_bias",)
         )
     )
+
+
+# ------------------------------------------------------- MLA without experts: Youtu, MiniCPM3
+
+
+def _dense_layers(cfg: Any) -> list[str]:
+    return ["dense"] * cfg.num_hidden_layers
+
+
+def _config_youtu(cfg: Any) -> dict:
+    """Youtu-LLM: DeepSeek-V3's MLA (rotary on adjacent pairs with ``rope_interleave``) in
+    every layer, each followed by a dense MLP (no experts)."""
+    t = "youtu"
+    mla = _mla(cfg, t, interleaved=bool(cfg.rope_interleave))
+    return _deepseek(cfg, t, "MLA", mla, {}, _dense_layers(cfg))
+
+
+def _weights_mla_dense(cfg: Any, m: WeightMapper) -> None:
+    _deepseek_weights(cfg, m, _mla_weights, _dense_layers(cfg), score_bias=False)
+
+
+def _config_minicpm3(cfg: Any) -> dict:
+    """MiniCPM3: Youtu's layers with the rotary on the two halves of the rotated features (not
+    adjacent pairs) and MiniCPM's multipliers: embeddings times ``scale_emb``, each residual
+    update times ``scale_depth / sqrt(num_hidden_layers)``, the logits times
+    ``dim_model_base / hidden_size``."""
+    t = "minicpm3"
+    config = _deepseek(cfg, t, "MLA", _mla(cfg, t, interleaved=False), {}, _dense_layers(cfg))
+    defaults = config["defaults"]
+    defaults["MLP"]["bias"] = bool(getattr(cfg, "mlp_bias", False))
+    residual = float(cfg.scale_depth) / math.sqrt(cfg.num_hidden_layers)
+    if residual != 1.0:
+        config["blocks"] = {
+            name: block.replace("->+", "->Scale->+") for name, block in config["blocks"].items()
+        }
+        defaults["Scale"] = {"by": residual}
+    if cfg.scale_emb != 1:
+        defaults["Embed"] = {"scale": float(cfg.scale_emb)}
+    if cfg.dim_model_base != cfg.hidden_size:
+        defaults["Head"] = {"scale": cfg.dim_model_base / cfg.hidden_size}
+    return config
+
+
+for _type, _class, _config in (
+    ("youtu", "YoutuForCausalLM", _config_youtu),
+    ("minicpm3", "MiniCPM3ForCausalLM", _config_minicpm3),
+):
+    register_architecture(Architecture(_type, _class, "model", _config, _weights_mla_dense))
+
+
+# --------------------------------------------------------------------------- minicpm5_moe
+
+
+def _config_minicpm5_moe(cfg: Any) -> dict:
+    """MiniCPM5-MoE: Llama's attention with a sigmoid output gate (``Attn(gate=true)``: the
+    gate's rows sit after each head's query rows in ``q_gate_proj``) and DeepSeek-V3's experts
+    on the layers ``mlp_layer_types`` makes sparse."""
+    t = "minicpm5_moe"
+    bias = bool(cfg.attention_bias)
+    attn = {**_attn_gqa(cfg, t), "gate": True, "bias": bias}
+    return _deepseek(cfg, t, "Attn", attn, _v3_routing(cfg), _mlp_layer_kinds(cfg, t))
+
+
+def _weights_minicpm5_moe(cfg: Any, m: WeightMapper) -> None:
+    H = cfg.num_attention_heads
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // H
+    bias = bool(cfg.attention_bias)
+
+    def query_and_gate(w: Tensor) -> list[Tensor]:  # per head: [q (hd) | gate (hd)] rows
+        halves = w.reshape(H, 2, head_dim, *w.shape[1:]).unbind(1)
+        return [half.reshape(H * head_dim, *w.shape[1:]) for half in halves]
+
+    def attention(cfg: Any, m: WeightMapper, p: str, q: str) -> None:
+        a, src = f"{q}.attn", f"{p}.self_attn"
+        # saved as ``q_proj``, which transformers renames ``q_gate_proj`` on load
+        fused = f"{src}.q_gate_proj" if m.has(f"{src}.q_gate_proj.weight") else f"{src}.q_proj"
+        for kind in ["weight", "bias"] if bias else ["weight"]:
+            m.split(
+                [f"{a}.q.{kind}", f"{a}.slots.gate.linear.{kind}"],
+                f"{fused}.{kind}",
+                query_and_gate,
+            )
+        for n in "kvo":
+            m.linear(f"{a}.{n}", f"{src}.{n}_proj", bias)
+
+    kinds = _mlp_layer_kinds(cfg, "minicpm5_moe")
+    _deepseek_weights(cfg, m, attention, kinds, score_bias=True)
+
+
+register_architecture(
+    Architecture(
+        "minicpm5_moe",
+        "MiniCPM5MoeForCausalLM",
+        "model",
+        config=_config_minicpm5_moe,
+        weights=_weights_minicpm5_moe,
+        buffers=("e_score_correction_bias",),
+    )
+)
+
+
+# --------------------------------------------------------------------------- aria_text
+
+
+def _config_aria_text(cfg: Any) -> dict:
+    """Aria's text model: Llama's layers with experts on every layer, routed by the softmax of
+    the top-k logits (the renormalised top-k probabilities), and ``moe_num_shared_experts``
+    always-on experts of the same width beside them."""
+    t = "aria_text"
+    if cfg.mlp_bias:
+        raise unsupported(t, "mlp_bias (biases on the shared experts)")
+    if activation(cfg.hidden_act, t) != "silu":  # the routed experts are SiLU whatever it says
+        raise unsupported(t, f"hidden_act '{cfg.hidden_act}' (its routed experts are SiLU)")
+    moe = {
+        "experts": cfg.moe_num_experts,
+        "k": cfg.moe_topk,
+        "hidden": cfg.intermediate_size,
+        "act": "silu",
+        "gated": True,
+        "shared": cfg.moe_num_shared_experts,
+        "norm_topk": True,
+        "aux_loss": 0.0,  # transformers adds no load-balancing loss for Aria
+    }
+    return llama_like_config(cfg, t, mlp=moe)
+
+
+def _weights_aria_text(cfg: Any, m: WeightMapper) -> None:
+    """Aria's experts are stacked transposed, ``[E, D, 2I]`` (gate columns first) and
+    ``[E, I, D]``: ``experts.fc1``/``fc2`` on disk, ``gate_up_proj``/``down_proj`` in memory."""
+    inter = cfg.intermediate_size
+
+    def moe(cfg: Any, m: WeightMapper, p: str, q: str) -> None:
+        e, src = f"{q}.moe", f"{p}.mlp"
+        m.put(f"{e}.router.weight", f"{src}.router.weight")
+        saved = m.has(f"{src}.experts.fc1.weight")
+        gate_up = f"{src}.experts.fc1.weight" if saved else f"{src}.experts.gate_up_proj"
+        down = f"{src}.experts.fc2.weight" if saved else f"{src}.experts.down_proj"
+        m.split(
+            [f"{e}.w_gate", f"{e}.w_up"],
+            gate_up,
+            lambda w: [w[..., :inter].transpose(1, 2), w[..., inter:].transpose(1, 2)],
+        )
+        m.put(f"{e}.w_down", down, fn=lambda w: w.transpose(1, 2))
+        for n in ("gate", "up", "down"):
+            m.linear(f"{e}.shared.{n}", f"{src}.shared_experts.{n}_proj", bias=False)
+
+    llama_weights(cfg, m, feed_forward=moe)
+
+
+register_architecture(
+    Architecture(
+        "aria_text",
+        "AriaTextForCausalLM",
+        "model",
+        config=_config_aria_text,
+        weights=_weights_aria_text,
+    )
+)
+
+
+# --------------------------------------------------------------------------- cohere2_moe
+
+
+def _config_cohere2_moe(cfg: Any) -> dict:
+    """Cohere 2 MoE: Cohere 2's parallel block (attention and the feed-forward on one norm,
+    a bias-free LayerNorm or, with ``rms_norm_eps``, an RMSNorm) with experts on the layers
+    ``mlp_layer_types`` makes sparse. Sliding-window layers rotate (on adjacent pairs), the
+    full-attention ones have no positions except dense layers when
+    ``prefix_dense_sliding_window_pattern`` is 1. The router's softmax (or sigmoid,
+    ``expert_selection_fn``) is taken over the top-k logits; ``num_shared_experts`` always-on
+    experts are added to the routed ones or, with ``shared_expert_combination_strategy``
+    ``average``, averaged with them (``MoE->Scale(by=0.5)``)."""
+    t = "cohere2_moe"
+    kinds = _mlp_layer_kinds(cfg, t)
+    windows = _windows(cfg, t)
+    names: list[str] = []
+    blocks: dict[str, str] = {}
+    strategy = cfg.shared_expert_combination_strategy
+    if strategy not in ("sum", "average"):
+        raise unsupported(t, f"shared_expert_combination_strategy '{strategy}'")
+    shared = cfg.num_shared_experts or 0
+    average = shared > 0 and strategy == "average"
+    rotary_dense = cfg.prefix_dense_sliding_window_pattern == 1  # transformers' force_rope
+    for kind, window in zip(kinds, windows, strict=True):
+        rope = window is not None or (kind == "dense" and rotary_dense)
+        args = [f"window={int(window)}"] if window is not None else []
+        if not rope:
+            args.append("pos=none")
+        name = f"{'global' if window is None else 'local'}{'' if rope else '_nope'}_{kind}"
+        attn = f"Attn({', '.join(args)})" if args else "Attn"
+        ffn = "MLP" if kind == "dense" else ("MoE->Scale" if average else "MoE")
+        blocks[name] = f"Norm#ln->{attn}->+ | Norm#ln->{ffn}->+"
+        names.append(name)
+    act = activation(cfg.hidden_act, t)
+    norm = (
+        {"kind": "rms", "eps": cfg.rms_norm_eps}
+        if cfg.rms_norm_eps is not None
+        else {"kind": "layer", "eps": cfg.layer_norm_eps, "bias": False}
+    )
+    attn_args = {**_attn_gqa(cfg, t), "rope_interleaved": True, "bias": bool(cfg.attention_bias)}
+    defaults: dict[str, dict] = {"Norm": norm, "Attn": attn_args}
+    if "dense" in kinds:
+        hidden = cfg.prefix_dense_intermediate_size or cfg.intermediate_size
+        defaults["MLP"] = {"hidden": hidden, "act": act, "gated": True}
+    if "moe" in kinds:
+        if cfg.expert_selection_fn not in ("softmax", "sigmoid"):
+            raise unsupported(t, f"expert_selection_fn '{cfg.expert_selection_fn}'")
+        # the softmax of the top-k logits is the renormalised top-k probabilities; the sigmoid
+        # picks the same experts from the logits as from its scores
+        routing = (
+            {"score": "sigmoid", "norm_topk": bool(cfg.norm_topk_prob)}
+            if cfg.expert_selection_fn == "sigmoid"
+            else {"norm_topk": True}
+        )
+        defaults["MoE"] = {
+            "experts": cfg.num_experts,
+            "k": cfg.num_experts_per_tok,
+            "hidden": cfg.intermediate_size,
+            "act": act,
+            "gated": True,
+            "shared": shared,
+            **routing,
+            "aux_loss": 0.0,  # transformers adds no load-balancing loss for Cohere 2 MoE
+        }
+    if average:
+        defaults["Scale"] = {"by": 0.5}
+    if cfg.logit_scale is not None and cfg.logit_scale != 1.0:
+        defaults["Head"] = {"scale": float(cfg.logit_scale)}
+    return model_config(
+        cfg, layers=compress_layers(names), blocks=blocks, defaults=defaults, tied_by_default=True
+    )
+
+
+def _weights_cohere2_moe(cfg: Any, m: WeightMapper) -> None:
+    bias = bool(cfg.attention_bias)
+    m.put("embed.embed.tok.weight", "model.embed_tokens.weight")
+    for i, kind in enumerate(_mlp_layer_kinds(cfg, "cohere2_moe")):
+        p, q = f"model.layers.{i}", f"layers.{i}"
+        m.norm(f"{q}.ln", f"{p}.input_layernorm", bias=False)
+        _gqa_weights(qkv_bias=bias, o_bias=bias, qk_norm=False)(cfg, m, p, q)
+        if kind == "dense":
+            llama_mlp_weights(cfg, m, p, q)
+            continue
+        e, src = f"{q}.moe", f"{p}.mlp"
+        m.put(f"{e}.router.weight", f"{src}.gate.weight")
+        expert_weights(m, f"{src}.experts", e, experts=cfg.num_experts, inter=cfg.intermediate_size)
+        if cfg.num_shared_experts:
+            for n in ("gate", "up", "down"):
+                m.linear(f"{e}.shared.{n}", f"{src}.shared_experts.{n}_proj", bias=False)
+    m.norm("head.norm", "model.norm", bias=False)
+    m.head(cfg, "model.embed_tokens.weight", getattr(cfg, "tie_word_embeddings", True))
+
+
+register_architecture(
+    Architecture(
+        "cohere2_moe",
+        "Cohere2MoeForCausalLM",
+        "model",
+        config=_config_cohere2_moe,
+        weights=_weights_cohere2_moe,
+    )
+)
+
+
+# --------------------------------------------------------------------------- afmoe
+
+
+def _afmoe_kinds(cfg: Any) -> list[str]:
+    """``dense`` for the first ``num_dense_layers`` layers, ``moe`` after them."""
+    dense = cfg.num_dense_layers or 0
+    return ["dense" if i < dense else "moe" for i in range(cfg.num_hidden_layers)]
+
+
+def _config_afmoe(cfg: Any) -> dict:
+    """AFMoE (Arcee's Trinity): sandwich norms (an RMSNorm before and after attention and the
+    feed-forward), attention with per-head q/k RMSNorms and a sigmoid output gate, rotary on
+    the sliding-window layers only (``layer_types``; the full ones have no positions), dense
+    MLPs on the first ``num_dense_layers`` layers and after them sigmoid experts chosen with
+    ``expert_bias``, renormalised, times ``route_scale``, beside ``num_shared_experts``
+    always-on ones; with ``mup_enabled`` the embeddings times ``sqrt(hidden_size)``."""
+    t = "afmoe"
+    act = activation(cfg.hidden_act, t)
+    bias = bool(getattr(cfg, "attention_bias", False))
+    attn = {
+        **_attn_gqa(cfg, t),
+        "qk_norm": True,
+        "qk_norm_eps": cfg.rms_norm_eps,
+        "gate": True,
+        "bias": bias,
+    }
+    kinds = _afmoe_kinds(cfg)
+    windows = _windows(cfg, t)
+    names: list[str] = []
+    blocks: dict[str, str] = {}
+    for kind, window in zip(kinds, windows, strict=True):
+        call = f"Attn(window={int(window)})" if window is not None else "Attn(pos=none)"
+        name = f"{'global' if window is None else 'local'}_{kind}"
+        ffn = "MLP" if kind == "dense" else "MoE"
+        blocks[name] = f"Norm->{call}->Norm->+->Norm->{ffn}->Norm->+"
+        names.append(name)
+    defaults: dict[str, dict] = {"Norm": {"kind": "rms", "eps": cfg.rms_norm_eps}, "Attn": attn}
+    if "dense" in kinds:
+        defaults["MLP"] = {"hidden": cfg.intermediate_size, "act": act, "gated": True}
+    if "moe" in kinds:
+        defaults["MoE"] = {
+            "experts": cfg.num_experts,
+            "k": cfg.num_experts_per_tok,
+            "hidden": cfg.moe_intermediate_size,
+            "act": act,
+            "gated": True,
+            "shared": cfg.num_shared_experts or 0,
+            "score": "sigmoid",
+            "score_bias": True,
+            "norm_topk": True,
+            "routed_scale": float(cfg.route_scale),
+            "aux_loss": 0.0,  # transformers adds no load-balancing loss for AFMoE
+        }
+    if cfg.mup_enabled:
+        defaults["Embed"] = {"scale": "sqrt_d"}
+    return model_config(cfg, layers=compress_layers(names), blocks=blocks, defaults=defaults)
+
+
+def _weights_afmoe(cfg: Any, m: WeightMapper) -> None:
+    bias = bool(getattr(cfg, "attention_bias", False))
+    m.put("embed.embed.tok.weight", "model.embed_tokens.weight")
+    for i, kind in enumerate(_afmoe_kinds(cfg)):
+        p, q = f"model.layers.{i}", f"layers.{i}"
+        # the block's four norms in order: norm, norm_1 (after attention), norm_2, norm_3
+        for ours, theirs in (("norm", "input"), ("norm_1", "post_attention"),
+                             ("norm_2", "pre_mlp"), ("norm_3", "post_mlp")):  # fmt: skip
+            m.norm(f"{q}.{ours}", f"{p}.{theirs}_layernorm", bias=False)
+        _gqa_weights(qkv_bias=bias, o_bias=bias, qk_norm=True)(cfg, m, p, q)
+        m.linear(f"{q}.attn.slots.gate.linear", f"{p}.self_attn.gate_proj", bias=False)
+        if kind == "dense":
+            llama_mlp_weights(cfg, m, p, q)
+            continue
+        e, src = f"{q}.moe", f"{p}.mlp"
+        m.put(f"{e}.router.weight", f"{src}.router.gate.weight")
+        m.put(f"{e}.score_bias", f"{src}.expert_bias")
+        expert_weights(
+            m, f"{src}.experts", e, experts=cfg.num_experts, inter=cfg.moe_intermediate_size
+        )
+        if cfg.num_shared_experts:
+            for n in ("gate", "up", "down"):
+                m.linear(f"{e}.shared.{n}", f"{src}.shared_experts.{n}_proj", bias=False)
+    m.norm("head.norm", "model.norm", bias=False)
+    m.head(cfg, "model.embed_tokens.weight", getattr(cfg, "tie_word_embeddings", False))
+
+
+register_architecture(
+    Architecture("afmoe", "AfmoeForCausalLM", "model", config=_config_afmoe, weights=_weights_afmoe)
+)
+
+
+# --------------------------------------------------------------------------- axk1
+
+
+def _config_axk1(cfg: Any) -> dict:
+    """A.X-K1: DeepSeek-V3 (MLA, grouped sigmoid experts with a shared one) with the dense and
+    sparse layers named one by one (``mlp_layer_types``) and an RMSNorm on the experts' output
+    before the residual sum (``post_mlp_layernorm``, sparse layers only)."""
+    t = "axk1"
+    mla = _mla(cfg, t, interleaved=bool(cfg.rope_interleave))
+    config = _deepseek(cfg, t, "MLA", mla, _v3_routing(cfg), _mlp_layer_kinds(cfg, t))
+    if "moe" in config["blocks"]:
+        config["blocks"]["moe"] = config["blocks"]["moe"].replace("->MoE->+", "->MoE->Norm->+")
+    return config
+
+
+def _weights_axk1(cfg: Any, m: WeightMapper) -> None:
+    kinds = _mlp_layer_kinds(cfg, "axk1")
+    _deepseek_weights(cfg, m, _mla_weights, kinds, score_bias=True)
+    for i, kind in enumerate(kinds):
+        p = f"model.layers.{i}"
+        # saved beside the layer's norms, moved inside the MoE by transformers on load; a
+        # checkpoint may hold one on dense layers too, which transformers ignores (never run)
+        saved = f"{p}.post_mlp_layernorm.weight"
+        name = saved if m.has(saved) else f"{p}.mlp.post_mlp_layernorm.weight"
+        if kind == "moe":
+            m.put(f"layers.{i}.norm_2.weight", name)
+        elif m.has(name):
+            m.get(name)
+
+
+register_architecture(
+    Architecture(
+        "axk1",
+        "AXK1ForCausalLM",
+        "model",
+        config=_config_axk1,
+        weights=_weights_axk1,
+        buffers=("e_score_correction_bias",),
+    )
+)
