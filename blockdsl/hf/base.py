@@ -404,6 +404,8 @@ MISSING_PARTS: dict[str, str] = {
     "zaya": "compressed convolutional attention (CCA) and an MLP router with a skip expert",
     "minimax_m3_vl_text": "clamped SwiGLU (gpt-oss's swiglu_alpha, swiglu_limit) and block-sparse "
     "attention (a lightning indexer that picks key blocks)",
+    "deepseek_v4": "hyper-connections (several residual streams mixed per layer), compressed "
+    "sparse attention (a key compressor and an indexer) and hash-routed experts",
     "phimoe": "SparseMixer routing (each chosen expert weighted by a softmax over the experts "
     "within a relative margin of it, the best one masked out for the second)",
 }
