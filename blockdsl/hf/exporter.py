@@ -798,14 +798,28 @@ def _find_config(model_or_config: Any) -> tuple[str, Any]:
     target = signature(target_plan)
     used = _components(target)
     records = _records()
-    reachable: list[tuple[int, _Record, set[str]]] = []
+    numbers = _numbers(target)
+    # Closest start first; a tie (a Llama is a Mistral without a window) goes to the
+    # architecture the importer lists first, among those that started about as close. So the
+    # first listed search that starts exact and runs exact is the answer once the ones listed
+    # before it are started: the architectures listed after it are not even surveyed.
+    surveyed: list[tuple[int, _Record, set[str]]] = []
+    searches: list[_Search] = []
+    started: list[tuple[int, int]] = []
     for record in records:
         produced = _producible(record, set(used))
         missing = [c for c in used if c not in produced]
-        reachable.append((len(missing), record, produced))
-    reachable.sort(key=lambda r: r[0])
-    if reachable[0][0]:
-        everything = set().union(*(r[2] for r in reachable))
+        surveyed.append((len(missing), record, produced))
+        if missing:
+            continue
+        searches.append(_Search(record, target_plan, target, numbers))
+        started.append((searches[-1].start(), len(searches) - 1))
+        if started[-1][0] == 0 and searches[-1].run().distance == 0:
+            fit = _first_listed_fit(searches, started, len(searches) - 1)
+            return fit.record.model_type, fit.hf_config
+    surveyed.sort(key=lambda r: r[0])  # stable: the first listed of the closest
+    if surveyed[0][0]:
+        everything = set().union(*(r[2] for r in surveyed))
         for component, (where, step) in used.items():
             if component not in everything:
                 raise HFExportError(
@@ -814,24 +828,6 @@ def _find_config(model_or_config: Any) -> tuple[str, Any]:
                     hint=f"{_where_text(target_plan, where)}, step {step}: "
                     f"{_step_text(target_plan, where, step)}",
                 )
-    numbers = _numbers(target)
-    searches = [
-        _Search(record, target_plan, target, numbers)
-        for missing, record, _ in reachable
-        if not missing
-    ]
-    order = {record.model_type: i for i, record in enumerate(records)}
-    searches.sort(key=lambda s: order[s.record.model_type])
-    # Closest start first; a tie (a Llama is a Mistral without a window) goes to the
-    # architecture the importer lists first, among those that started about as close. So the
-    # first listed search that starts exact and runs exact is the answer once the ones listed
-    # before it are started: the ones listed after it are never started.
-    started: list[tuple[int, int]] = []
-    for i, search in enumerate(searches):
-        started.append((search.start(), i))
-        if started[-1][0] == 0 and search.run().distance == 0:
-            fit = _first_listed_fit(searches, started, i)
-            return fit.record.model_type, fit.hf_config
     started.sort()
     best: _Fit | None = None
     for _, i in started:
@@ -842,7 +838,7 @@ def _find_config(model_or_config: Any) -> tuple[str, Any]:
         if best is None or fit.distance < best.distance:
             best = fit
     if best is None:  # every component exists somewhere, but not all in one architecture
-        _, record, produced = reachable[0]
+        _, record, produced = surveyed[0]
         component = next(c for c in used if c not in produced)
         where, step = used[component]
         raise HFExportError(
