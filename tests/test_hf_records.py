@@ -122,7 +122,7 @@ RECORDS: list[tuple[str, str, dict[str, Any]]] = [
 #: Rows the export refuses, with the words the refusal must contain: the export's search
 #: keeps a config class's default per-layer lists (``layer_types``, ``no_rope_layers``), so a
 #: row whose layer pattern differs from its class's default finds no class (VaultGemma's
-#: row, the default alternation, exports); and no class has ``Scale`` after a post-norm.
+#: row, the default alternation, exports).
 NO_COUNTERPART = "no transformers architecture computes this model"
 EXPORT_REFUSED: dict[str, str] = {
     "ministral": NO_COUNTERPART,
@@ -131,7 +131,6 @@ EXPORT_REFUSED: dict[str, str] = {
     "olmo3": NO_COUNTERPART,
     "exaone4": NO_COUNTERPART,
     "cohere2": NO_COUNTERPART,
-    "hyperclovax": "Scale has no counterpart",
     "apertus": NO_COUNTERPART,  # with this unscaled rotary; the llama3 default exports (1p5 row)
     "minicpm3": NO_COUNTERPART,  # the export's search finds no class with these multipliers
     "granite_swa": NO_COUNTERPART,  # no search over sinks and per-layer rotary bases
