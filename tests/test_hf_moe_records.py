@@ -321,11 +321,34 @@ MOE_RECORDS: list[tuple[str, dict[str, Any]]] = [
             num_experts_per_tok=2,
         ),
     ),
+    # ---- attention-interior parts (slot contents)
+    (
+        "gpt_oss",
+        {
+            **TRUNK,
+            "head_dim": 8,
+            "intermediate_size": 16,
+            "num_local_experts": 4,
+            "num_experts_per_tok": 2,
+            "sliding_window": 4,
+            "layer_types": ["sliding_attention", "full_attention", "sliding_attention"],
+            "swiglu_limit": 0.5,  # small enough that random weights meet the clamps
+            "rope_parameters": {  # its yarn, without truncation
+                "rope_type": "yarn",
+                "rope_theta": 500.0,
+                "factor": 4.0,
+                "original_max_position_embeddings": 16,
+                "beta_fast": 32.0,
+                "beta_slow": 1.0,
+                "truncate": False,
+            },
+        },
+    ),
 ]
 
 
 #: Records whose checkpoints store the experts stacked (``input_linear [E, 2I, D]``...).
-STACKED_ON_DISK = {"granitemoe", "granitemoeshared"}
+STACKED_ON_DISK = {"granitemoe", "granitemoeshared", "gpt_oss"}
 
 
 def _saved_names(folder) -> list[str]:
@@ -343,9 +366,10 @@ def _hf_model(model_type: str, kwargs: dict[str, Any]) -> Any:
     return random_model(cls, config)
 
 
-#: The row of every run (softmax experts on another block); the others (DeepSeek-V3's groups
+#: The rows of every run: softmax experts on another block, and gpt-oss (the only test of
+#: sinks, router and expert biases and the clamped SwiGLU); the others (DeepSeek-V3's groups
 #: after GQA, sigmoid with a selection bias, ...) run with -m long.
-EVERY_RUN = ("qwen3_moe",)
+EVERY_RUN = ("qwen3_moe", "gpt_oss")
 
 
 def _moe_rows() -> list:
@@ -402,6 +426,7 @@ EXPORTS: dict[str, tuple[dict[str, Any], str]] = {
     "solar_open": ({}, "SolarOpenForCausalLM"),
     "glm4_moe_lite": ({}, "Glm4MoeLiteForCausalLM"),
     "minimax_m2": ({}, "MiniMaxM2ForCausalLM"),
+    "gpt_oss": ({}, "GptOssForCausalLM"),
     "exaone_moe": (
         {
             "num_hidden_layers": 4,
