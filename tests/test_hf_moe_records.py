@@ -344,6 +344,10 @@ MOE_RECORDS: list[tuple[str, dict[str, Any]]] = [
             },
         },
     ),
+    (  # the norms of the rotated heads; softmax top-k experts beside an always-on shared MLP
+        "hunyuan_v1_moe",
+        {**TRUNK, "head_dim": 8, "intermediate_size": 16, "num_experts": 4, "moe_topk": 2},
+    ),
 ]
 
 
@@ -427,6 +431,7 @@ EXPORTS: dict[str, tuple[dict[str, Any], str]] = {
     "glm4_moe_lite": ({}, "Glm4MoeLiteForCausalLM"),
     "minimax_m2": ({}, "MiniMaxM2ForCausalLM"),
     "gpt_oss": ({}, "GptOssForCausalLM"),
+    "hunyuan_v1_moe": ({}, "HunYuanMoEV1ForCausalLM"),
     "exaone_moe": (
         {
             "num_hidden_layers": 4,

@@ -83,6 +83,15 @@ RECORDS: list[tuple[str, str, dict[str, Any]]] = [
     ("biogpt", "biogpt", NEOX),
     ("gpt2-gelu_python", "gpt2", {**GPT2, "activation_function": "gelu_python"}),
     ("gpt2-gelu_accurate", "gpt2", {**GPT2, "activation_function": "gelu_accurate"}),
+    # q/k norms of the rotated heads (Attn[q=Rope->Norm, k=Rope->Norm]); HunYuan's NTK-alpha
+    ("hunyuan_v1_dense", "hunyuan_v1_dense", {
+        **LLAMA, "attention_bias": True,
+        "rope_parameters": {
+            "rope_type": "dynamic", "rope_theta": 500.0, "alpha": 3.0, "factor": 1.0,
+        },
+    }),
+    # weightless norms (after the embedding, on the rotated q/k), ReLU², rotation by -angle
+    ("nanochat", "nanochat", {**LLAMA, "attention_bias": True, "final_logit_softcapping": 2.0}),
 ]  # fmt: skip
 
 #: Rows the export refuses, with the words the refusal must contain: the export's search
@@ -123,8 +132,9 @@ def _max_diff(theirs: Any, ours: Any) -> float:
 
 
 #: Rows run without ``-m slow``: one per mechanism the records add (another checkpoint
-#: layout, NoPE layers beside windowed ones, xIELU, a sharded fused projection).
-QUICK = ("exaone", "cohere2", "apertus", "codegen")
+#: layout, NoPE layers beside windowed ones, xIELU, a sharded fused projection, a norm of the
+#: rotated queries and keys).
+QUICK = ("exaone", "cohere2", "apertus", "codegen", "hunyuan_v1_dense")
 
 
 #: Rows left out of ``test_export``: GPT-Neo's export search ran over 20 minutes without an

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from blockdsl.errors import ConfigError
+from blockdsl.printer import format_value
 
 __all__ = [
     "ACTIVATIONS",
@@ -46,6 +47,8 @@ __all__ = [
     "llama_mlp_weights",
     "llama_weights",
     "model_config",
+    "qk_norm_slots",
+    "qk_norm_weights",
     "register_architecture",
     "require_transformers",
     "rope_args",
@@ -490,6 +493,32 @@ def llama_weights(
         feed_forward(cfg, m, p, q)
     m.norm("head.norm", "model.norm", bias=False)
     m.head(cfg, "model.embed_tokens.weight", getattr(cfg, "tie_word_embeddings", False))
+
+
+def qk_norm_slots(
+    eps: float, *, kind: str = "rms", affine: bool = True, after_rope: bool = False
+) -> str:
+    """The slots of an attention that normalises each head's queries and keys, to append to
+    ``Attn``: ``[q=Norm(...), k=Norm(...)]``, or, with ``after_rope``, ``[q=Rope->Norm(...),
+    k=Rope->Norm(...)]`` (the norm of the rotated heads: HunYuan, nanochat). Every argument of
+    the norm is written out: a config's ``[defaults]`` for ``Norm`` reach slot blocks too."""
+    norm = f"Norm(kind={kind}, eps={format_value(float(eps))}, affine={format_value(bool(affine))})"
+    step = f"Rope->{norm}" if after_rope else norm
+    return f"[q={step}, k={step}]"
+
+
+def qk_norm_weights(
+    m: WeightMapper,
+    src: str,
+    dst: str,
+    names: tuple[str, str] = ("q_norm", "k_norm"),
+    bias: bool = False,
+) -> None:
+    """An attention's q/k norms ``{src}.{names}`` (HF: ``...self_attn.q_norm``) -> the norms of
+    its q and k slots, ``{dst}.slots.{q,k}.norm`` (``dst``: ``layers.{i}.attn``), whether the
+    slots were written out (``qk_norm_slots``) or filled by the ``qk_norm`` shorthand."""
+    for slot, name in zip("qk", names, strict=True):
+        m.norm(f"{dst}.slots.{slot}.norm", f"{src}.{name}", bias)
 
 
 def expert_weights(

@@ -89,7 +89,8 @@ Signature = frozenset
 
 def _nodes(where: str, graph: BlockGraph) -> Iterator[tuple]:
     """``(where, step, ...)`` items describing a block: one per node (kind, component, module
-    attribute, inputs) and one per resolved argument."""
+    attribute, inputs) and one per resolved argument and per filled slot, then its children's
+    own."""
     index = {node: i for i, (node, _) in enumerate(graph.nodes())}
     attributes = module_attributes(graph)
     for step, (_, data) in enumerate(graph.nodes()):
@@ -105,6 +106,11 @@ def _nodes(where: str, graph: BlockGraph) -> Iterator[tuple]:
             yield (where, step, "arg", name, _hashable(value))
         for c, child in enumerate(spec.children):
             yield from _nodes(f"{where}.{attr}[{c}]", child)
+        # the blocks in its slots, one item per slot (as an argument ``[q]``: a slot's block
+        # may come from a shorthand argument, which no block text names): a q/k norm after
+        # the rotary is not the same model as one before it, nor as no norm at all
+        for name, slot in sorted(spec.slots.items()):
+            yield (where, step, "arg", f"[{name}]", tuple(_nodes("", slot)))
 
 
 def _hashable(value: Any) -> Any:
@@ -204,12 +210,18 @@ def _equivalent(a: Any, b: Any) -> bool:
         )
         and not a.children
         and not b.children
+        and _slot_contents(a) == _slot_contents(b)  # built alone, both would miss them
         and not a.component.required_context
         and all(_sizes(a, {n: b.args[n] * 2 + 1}) != _sizes(a, {n: b.args[n]}) for n in differing)
         and _same_module(a, b)
     )
     _EQUIVALENT[key] = result
     return result
+
+
+def _slot_contents(spec: Any) -> dict[str, tuple]:
+    """What a call's slots hold, as its signature items say it."""
+    return {name: tuple(_nodes("", slot)) for name, slot in spec.slots.items()}
 
 
 def _sizes(spec: Any, changes: dict[str, Any]) -> Any:

@@ -1,6 +1,7 @@
 """Architectures whose attention has parts inside it, written as slot contents (language v3,
 docs/language.md "Slots") rather than ``Attn`` flags: gpt-oss (a learned sink logit per head,
-``Attn[scores=Sink]``, beside its biased, clamped-SwiGLU experts).
+``Attn[scores=Sink]``, beside its biased, clamped-SwiGLU experts); HunYuan dense and MoE, and
+nanochat (q/k norms of the rotated heads, ``Attn[q=Rope->Norm, k=Rope->Norm]``).
 
 One ``Architecture`` record each; like every family module this one imports only
 ``blockdsl.hf.base``.
@@ -8,35 +9,56 @@ One ``Architecture`` record each; like every family module this one imports only
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from blockdsl.hf.base import (
     Architecture,
+    Tensor,
     WeightMapper,
+    activation,
     compress_layers,
+    expert_weights,
     layer_kinds,
+    llama_mlp_weights,
     model_config,
+    qk_norm_slots,
+    qk_norm_weights,
     register_architecture,
     rope_args,
     unsupported,
 )
 
-# --------------------------------------------------------------------------- gpt_oss
+
+def _head_dim(cfg: Any) -> int:
+    return getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
 
 
-def _gpt_oss_attn(cfg: Any, t: str) -> dict[str, Any]:
-    """GQA with RoPE (gpt-oss: yarn-scaled) and biases on all four projections."""
-    rope, fraction = rope_args(cfg, t)
-    if fraction != 1.0:
-        raise unsupported(t, "partial_rotary_factor")
+def _gqa(cfg: Any, rope: dict[str, Any]) -> dict[str, Any]:
+    """``Attn`` of GQA with RoPE (``rope``: its arguments) and ``attention_bias`` on all four
+    projections. ``head_dim`` only where the config sets it (``d_model / heads`` otherwise):
+    the export then finds that a config without it is another model (HunYuan's attention
+    cannot be built without one)."""
+    head_dim = getattr(cfg, "head_dim", None)
     return {
         "heads": cfg.num_attention_heads,
         "kv_heads": cfg.num_key_value_heads or cfg.num_attention_heads,
-        "head_dim": getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads,
+        **({"head_dim": head_dim} if head_dim is not None else {}),
         "pos": "rope",
         **rope,
-        "bias": bool(cfg.attention_bias),
+        "bias": bool(getattr(cfg, "attention_bias", False)),
     }
+
+
+def _full_rope(cfg: Any, t: str) -> dict[str, Any]:
+    """The rotary arguments of a config that rotates whole heads (scaled or not)."""
+    rope, fraction = rope_args(cfg, t)
+    if fraction != 1.0:
+        raise unsupported(t, "partial_rotary_factor")
+    return rope
+
+
+# --------------------------------------------------------------------------- gpt_oss
 
 
 def _config_gpt_oss(cfg: Any) -> dict:
@@ -70,7 +92,7 @@ def _config_gpt_oss(cfg: Any) -> dict:
         blocks=blocks,
         defaults={
             "Norm": {"kind": "rms", "eps": cfg.rms_norm_eps},
-            "Attn": _gpt_oss_attn(cfg, t),
+            "Attn": _gqa(cfg, _full_rope(cfg, t)),
             "MoE": moe,
         },
     )
@@ -114,5 +136,162 @@ def _weights_gpt_oss(cfg: Any, m: WeightMapper) -> None:
 register_architecture(
     Architecture(
         "gpt_oss", "GptOssForCausalLM", "model", config=_config_gpt_oss, weights=_weights_gpt_oss
+    )
+)
+
+
+# --------------------------------------------------------------------------- hunyuan
+
+
+def _hunyuan_rope(cfg: Any, t: str) -> dict[str, Any]:
+    """HunYuan's rotary: a ``dynamic`` type with an ``alpha`` is NTK-alpha scaling, a fixed
+    base ``theta * alpha ** (head_dim / (head_dim - 2))`` (transformers' ``ntk_alpha``); any
+    other type as every record reads it."""
+    params = dict(getattr(cfg, "rope_parameters", None) or {})
+    alpha = params.get("alpha")
+    if alpha and params.get("rope_type", params.get("type")) == "dynamic":
+        dim = _head_dim(cfg)
+        return {"rope_theta": float(params["rope_theta"]) * float(alpha) ** (dim / (dim - 2))}
+    return _full_rope(cfg, t)
+
+
+def _config_hunyuan(cfg: Any) -> dict:
+    """HunYuan (dense and MoE): Llama's layers whose attention normalises each head's queries
+    and keys after the rotary (``query_layernorm``, ``key_layernorm``: RMSNorm over the head,
+    one weight for all heads); the MoE's softmax top-k experts (renormalised) beside an
+    always-on shared MLP as wide as each expert."""
+    t = cfg.model_type
+    act = activation(cfg.hidden_act, t)
+    slots = qk_norm_slots(cfg.rms_norm_eps, after_rope=True)
+    defaults: dict[str, dict] = {
+        "Norm": {"kind": "rms", "eps": cfg.rms_norm_eps},
+        "Attn": _gqa(cfg, _hunyuan_rope(cfg, t)),
+    }
+    if t == "hunyuan_v1_moe":
+        experts, k = cfg.num_experts, cfg.moe_topk
+        if not isinstance(experts, int) or not isinstance(k, int):
+            raise unsupported(t, "a number of experts or a top-k per layer")
+        feed_forward = "MoE"
+        defaults["MoE"] = {
+            "experts": experts,
+            "k": k,
+            "hidden": cfg.intermediate_size,
+            "act": act,
+            "gated": True,
+            "shared": 1,
+            "norm_topk": True,
+        }
+    else:
+        feed_forward = "MLP"
+        defaults["MLP"] = {"hidden": cfg.intermediate_size, "act": act, "gated": True}
+    return model_config(
+        cfg,
+        layers=f"block*{cfg.num_hidden_layers}",
+        blocks={"block": f"Norm->Attn{slots}->+->Norm->{feed_forward}->+"},
+        defaults=defaults,
+    )
+
+
+def _hunyuan_moe(cfg: Any, m: WeightMapper, p: str, q: str) -> None:
+    src, dst = f"{p}.mlp", f"{q}.moe"
+    m.put(f"{dst}.router.weight", f"{src}.gate.wg.weight")
+    expert_weights(m, f"{src}.experts", dst, experts=cfg.num_experts, inter=cfg.intermediate_size)
+    for n in ("gate", "up", "down"):
+        m.linear(f"{dst}.shared.{n}", f"{src}.shared_mlp.{n}_proj", bias=False)
+
+
+def _weights_hunyuan(cfg: Any, m: WeightMapper) -> None:
+    bias = bool(cfg.attention_bias)
+    feed_forward = _hunyuan_moe if cfg.model_type == "hunyuan_v1_moe" else llama_mlp_weights
+    m.put("embed.embed.tok.weight", "model.embed_tokens.weight")
+    for i in range(cfg.num_hidden_layers):
+        p, q = f"model.layers.{i}", f"layers.{i}"
+        m.norm(f"{q}.norm", f"{p}.input_layernorm", bias=False)
+        for n in "qkvo":
+            m.linear(f"{q}.attn.{n}", f"{p}.self_attn.{n}_proj", bias)
+        qk_norm_weights(
+            m, f"{p}.self_attn", f"{q}.attn", names=("query_layernorm", "key_layernorm")
+        )
+        m.norm(f"{q}.norm_1", f"{p}.post_attention_layernorm", bias=False)
+        feed_forward(cfg, m, p, q)
+    m.norm("head.norm", "model.norm", bias=False)
+    m.head(cfg, "model.embed_tokens.weight", getattr(cfg, "tie_word_embeddings", False))
+
+
+for _type, _class in (
+    ("hunyuan_v1_dense", "HunYuanDenseV1ForCausalLM"),
+    ("hunyuan_v1_moe", "HunYuanMoEV1ForCausalLM"),
+):
+    register_architecture(
+        Architecture(_type, _class, "model", config=_config_hunyuan, weights=_weights_hunyuan)
+    )
+
+
+# --------------------------------------------------------------------------- nanochat
+
+
+def _config_nanochat(cfg: Any) -> dict:
+    """nanochat: RMSNorms without weights everywhere (after the embedding too, and on each
+    rotated head's queries and keys: ``Attn[q=Rope->Norm(affine=false), ...]``), a plain
+    ReLU² MLP, and the logits soft-capped (``final_logit_softcapping``)."""
+    t = "nanochat"
+    slots = qk_norm_slots(cfg.rms_norm_eps, affine=False, after_rope=True)
+    defaults: dict[str, dict] = {
+        "Norm": {"kind": "rms", "eps": cfg.rms_norm_eps, "affine": False},
+        "Attn": _gqa(cfg, _full_rope(cfg, t)),
+        "MLP": {
+            "hidden": cfg.intermediate_size,
+            "act": activation(cfg.hidden_act, t),
+            "gated": False,
+        },
+    }
+    if cfg.final_logit_softcapping is not None:
+        defaults["Head"] = {"softcap": float(cfg.final_logit_softcapping)}
+    return model_config(
+        cfg,
+        layers=f"block*{cfg.num_hidden_layers}",
+        blocks={"block": f"Norm->Attn{slots}->+->Norm->MLP->+"},
+        defaults=defaults,
+        embed="Embed->Norm",
+    )
+
+
+def _swap_halves(head_dim: int) -> Callable[[Tensor], Tensor]:
+    """Rows of a q or k projection with the two halves of every head swapped: nanochat rotates
+    by ``-angle`` (its ``rotate_half`` is ``[x2, -x1]``), which is the usual rotation of the
+    heads with their halves swapped; swapping both queries' and keys' halves leaves their dot
+    products, and the weightless norms after the rotary, as they were."""
+
+    def swap(w: Tensor) -> Tensor:
+        heads = w.view(-1, 2, head_dim // 2, *w.shape[1:])  # (heads, halves, hd/2, ...)
+        return heads.flip(1).reshape(w.shape)
+
+    return swap
+
+
+def _weights_nanochat(cfg: Any, m: WeightMapper) -> None:
+    bias = bool(cfg.attention_bias)
+    swap = _swap_halves(_head_dim(cfg))
+    m.put("embed.embed.tok.weight", "model.embed_tokens.weight")
+    for i in range(cfg.num_hidden_layers):
+        p, q = f"model.layers.{i}", f"layers.{i}"
+        for n in "qk":
+            m.put(f"{q}.attn.{n}.weight", f"{p}.self_attn.{n}_proj.weight", fn=swap)
+            if bias:
+                m.put(f"{q}.attn.{n}.bias", f"{p}.self_attn.{n}_proj.bias", fn=swap)
+        for n in "vo":
+            m.linear(f"{q}.attn.{n}", f"{p}.self_attn.{n}_proj", bias)
+        m.linear(f"{q}.mlp.up", f"{p}.mlp.fc1", bias=False)
+        m.linear(f"{q}.mlp.down", f"{p}.mlp.fc2", bias=False)
+    m.head(cfg, "model.embed_tokens.weight", getattr(cfg, "tie_word_embeddings", False))
+
+
+register_architecture(
+    Architecture(
+        "nanochat",
+        "NanoChatForCausalLM",
+        "model",
+        config=_config_nanochat,
+        weights=_weights_nanochat,
     )
 )
