@@ -92,6 +92,15 @@ RECORDS: list[tuple[str, str, dict[str, Any]]] = [
     }),
     # weightless norms (after the embedding, on the rotated q/k), ReLU², rotation by -angle
     ("nanochat", "nanochat", {**LLAMA, "attention_bias": True, "final_logit_softcapping": 2.0}),
+    # a query temperature growing with the position, past 4 positions (Attn[q=Temperature])
+    ("ministral3", "ministral3", {
+        **LLAMA, "sliding_window": 8,
+        "rope_parameters": {
+            "type": "yarn", "rope_theta": 500.0, "factor": 16.0,
+            "original_max_position_embeddings": 4, "beta_fast": 32.0, "beta_slow": 1.0,
+            "mscale": 1.0, "mscale_all_dim": 1.0, "llama_4_scaling_beta": 0.3,
+        },
+    }),
 ]  # fmt: skip
 
 #: Rows the export refuses, with the words the refusal must contain: the export's search
@@ -108,6 +117,8 @@ EXPORT_REFUSED: dict[str, str] = {
     "cohere2": NO_COUNTERPART,
     "hyperclovax": "Scale has no counterpart",
     "apertus": NO_COUNTERPART,  # with this unscaled rotary; the llama3 default exports (1p5 row)
+    # the search sets no field inside rope_parameters: yarn's, llama_4_scaling_beta
+    "ministral3": NO_COUNTERPART,
 }
 #: Rows written back as another ``model_type`` that computes the same model (the export
 #: takes the first registered), by row id.

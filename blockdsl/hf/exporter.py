@@ -38,7 +38,7 @@ import shutil
 import tempfile
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -110,7 +110,25 @@ def _nodes(where: str, graph: BlockGraph) -> Iterator[tuple]:
         # may come from a shorthand argument, which no block text names): a q/k norm after
         # the rotary is not the same model as one before it, nor as no norm at all
         for name, slot in sorted(spec.slots.items()):
-            yield (where, step, "arg", f"[{name}]", tuple(_nodes("", slot)))
+            yield (where, step, "arg", f"[{name}]", _slot_contents(slot))
+
+
+@dataclass(frozen=True)
+class _SlotContents:
+    """What one slot of a call holds: its block's signature items (compared), shown as the
+    block's steps (``Rope->Norm(eps=1e-06)``) in a refusal."""
+
+    items: tuple
+    text: str = field(compare=False)
+
+
+def _slot_contents(slot: BlockGraph) -> _SlotContents:
+    steps = [
+        slot.modules[data["module"]].describe()
+        for _, data in slot.nodes()
+        if data["kind"] == "call"
+    ]
+    return _SlotContents(tuple(_nodes("", slot)), "->".join(steps))
 
 
 def _hashable(value: Any) -> Any:
@@ -210,18 +228,14 @@ def _equivalent(a: Any, b: Any) -> bool:
         )
         and not a.children
         and not b.children
-        and _slot_contents(a) == _slot_contents(b)  # built alone, both would miss them
+        and a.slots.keys() == b.slots.keys()  # built alone, both would miss them
+        and all(_slot_contents(a.slots[n]) == _slot_contents(b.slots[n]) for n in a.slots)
         and not a.component.required_context
         and all(_sizes(a, {n: b.args[n] * 2 + 1}) != _sizes(a, {n: b.args[n]}) for n in differing)
         and _same_module(a, b)
     )
     _EQUIVALENT[key] = result
     return result
-
-
-def _slot_contents(spec: Any) -> dict[str, tuple]:
-    """What a call's slots hold, as its signature items say it."""
-    return {name: tuple(_nodes("", slot)) for name, slot in spec.slots.items()}
 
 
 def _sizes(spec: Any, changes: dict[str, Any]) -> Any:
@@ -759,6 +773,8 @@ def _first_difference(target_plan: Any, target: Signature, fit: _Fit) -> str:
 def _show(value: Any) -> str:
     from blockdsl.printer import format_value
 
+    if isinstance(value, _SlotContents):
+        return value.text
     return format_value(list(value) if isinstance(value, tuple) else value)
 
 

@@ -1,7 +1,8 @@
 """Architectures whose attention has parts inside it, written as slot contents (language v3,
 docs/language.md "Slots") rather than ``Attn`` flags: gpt-oss (a learned sink logit per head,
 ``Attn[scores=Sink]``, beside its biased, clamped-SwiGLU experts); HunYuan dense and MoE, and
-nanochat (q/k norms of the rotated heads, ``Attn[q=Rope->Norm, k=Rope->Norm]``).
+nanochat (q/k norms of the rotated heads, ``Attn[q=Rope->Norm, k=Rope->Norm]``); Ministral 3
+(a query temperature growing with the position, ``Attn[q=Temperature(...)]``).
 
 One ``Architecture`` record each; like every family module this one imports only
 ``blockdsl.hf.base``.
@@ -21,6 +22,7 @@ from blockdsl.hf.base import (
     expert_weights,
     layer_kinds,
     llama_mlp_weights,
+    llama_weights,
     model_config,
     qk_norm_slots,
     qk_norm_weights,
@@ -293,5 +295,55 @@ register_architecture(
         "model",
         config=_config_nanochat,
         weights=_weights_nanochat,
+    )
+)
+
+
+# --------------------------------------------------------------------------- ministral3
+
+
+def _config_ministral3(cfg: Any) -> dict:
+    """Ministral 3: Mistral's layers (a window on every layer with ``sliding_window``, yarn
+    RoPE) whose queries, once rotated, are scaled by a temperature growing with the position,
+    ``1 + llama_4_scaling_beta * log(1 + floor(position / original_max_position_embeddings))``
+    (``Attn[q=Temperature(...)]``: a scale per position commutes with the rotary)."""
+    t = "ministral3"
+    params = dict(getattr(cfg, "rope_parameters", None) or {})
+    beta = params.get("llama_4_scaling_beta")
+    if beta is None:  # transformers cannot run without it
+        raise unsupported(t, "rope_parameters without llama_4_scaling_beta")
+    period = params.get("original_max_position_embeddings") or cfg.max_position_embeddings
+    attn = _gqa(cfg, _full_rope(cfg, t))
+    window = getattr(cfg, "sliding_window", None)
+    if window is not None:
+        attn["window"] = int(window)
+    slots = f"[q=Temperature(beta={float(beta)!r}, period={float(period)!r})]" if beta else ""
+    return model_config(
+        cfg,
+        layers=f"block*{cfg.num_hidden_layers}",
+        blocks={"block": f"Norm->Attn{slots}->+->Norm->MLP->+"},
+        defaults={
+            "Norm": {"kind": "rms", "eps": cfg.rms_norm_eps},
+            "Attn": attn,
+            "MLP": {
+                "hidden": cfg.intermediate_size,
+                "act": activation(cfg.hidden_act, t),
+                "gated": True,
+            },
+        },
+    )
+
+
+def _weights_ministral3(cfg: Any, m: WeightMapper) -> None:
+    llama_weights(cfg, m)
+
+
+register_architecture(
+    Architecture(
+        "ministral3",
+        "Ministral3ForCausalLM",
+        "model",
+        config=_config_ministral3,
+        weights=_weights_ministral3,
     )
 )
