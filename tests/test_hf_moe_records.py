@@ -348,6 +348,20 @@ MOE_RECORDS: list[tuple[str, dict[str, Any]]] = [
         "hunyuan_v1_moe",
         {**TRUNK, "head_dim": 8, "intermediate_size": 16, "num_experts": 4, "moe_topk": 2},
     ),
+    (  # sinks on windowed rotary and full NoPE layers (its default pattern), sigmoid experts
+        "flint",
+        {
+            **TRUNK,
+            "num_hidden_layers": 4,
+            "head_dim": 8,
+            "intermediate_size": 48,
+            "moe_intermediate_size": 16,
+            "shared_expert_intermediate_size": 24,
+            "num_experts": 4,
+            "num_experts_per_tok": 2,
+            "sliding_window": 5,
+        },
+    ),
 ]
 
 
@@ -432,6 +446,7 @@ EXPORTS: dict[str, tuple[dict[str, Any], str]] = {
     "minimax_m2": ({}, "MiniMaxM2ForCausalLM"),
     "gpt_oss": ({}, "GptOssForCausalLM"),
     "hunyuan_v1_moe": ({}, "HunYuanMoEV1ForCausalLM"),
+    "flint": ({}, "FlintForCausalLM"),
     "exaone_moe": (
         {
             "num_hidden_layers": 4,

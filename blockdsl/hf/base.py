@@ -496,15 +496,22 @@ def llama_weights(
 
 
 def qk_norm_slots(
-    eps: float, *, kind: str = "rms", affine: bool = True, after_rope: bool = False
+    eps: float,
+    *,
+    kind: str = "rms",
+    affine: bool = True,
+    after_rope: bool = False,
+    **others: str,
 ) -> str:
     """The slots of an attention that normalises each head's queries and keys, to append to
     ``Attn``: ``[q=Norm(...), k=Norm(...)]``, or, with ``after_rope``, ``[q=Rope->Norm(...),
-    k=Rope->Norm(...)]`` (the norm of the rotated heads: HunYuan, nanochat). Every argument of
-    the norm is written out: a config's ``[defaults]`` for ``Norm`` reach slot blocks too."""
-    norm = f"Norm(kind={kind}, eps={format_value(float(eps))}, affine={format_value(bool(affine))})"
-    step = f"Rope->{norm}" if after_rope else norm
-    return f"[q={step}, k={step}]"
+    k=Rope->Norm(...)]`` (the norm of the rotated heads: HunYuan, nanochat); ``others``: more
+    slots, ``scores="Sink"``. Every argument of the norm is written out: a config's
+    ``[defaults]`` for ``Norm`` reach slot blocks too."""
+    args = f"kind={kind}, eps={format_value(float(eps))}, affine={format_value(bool(affine))}"
+    step = f"Rope->Norm({args})" if after_rope else f"Norm({args})"
+    slots = [f"q={step}", f"k={step}", *(f"{name}={block}" for name, block in others.items())]
+    return f"[{', '.join(slots)}]"
 
 
 def qk_norm_weights(

@@ -2,7 +2,8 @@
 docs/language.md "Slots") rather than ``Attn`` flags: gpt-oss (a learned sink logit per head,
 ``Attn[scores=Sink]``, beside its biased, clamped-SwiGLU experts); HunYuan dense and MoE, and
 nanochat (q/k norms of the rotated heads, ``Attn[q=Rope->Norm, k=Rope->Norm]``); Ministral 3
-(a query temperature growing with the position, ``Attn[q=Temperature(...)]``).
+(a query temperature growing with the position, ``Attn[q=Temperature(...)]``); Flint (sinks
+beside Qwen3's q/k norms, NoPE full layers, sigmoid experts).
 
 One ``Architecture`` record each; like every family module this one imports only
 ``blockdsl.hf.base``.
@@ -28,6 +29,7 @@ from blockdsl.hf.base import (
     qk_norm_weights,
     register_architecture,
     rope_args,
+    shared_expert_args,
     unsupported,
 )
 
@@ -346,4 +348,90 @@ register_architecture(
         config=_config_ministral3,
         weights=_weights_ministral3,
     )
+)
+
+
+# --------------------------------------------------------------------------- flint
+
+
+def _flint_sparse(cfg: Any, layer: int) -> bool:
+    """Whether Flint's layer ``layer`` has the experts (Qwen2-MoE's rule)."""
+    return (
+        layer not in (cfg.mlp_only_layers or [])
+        and cfg.num_experts > 0
+        and (layer + 1) % cfg.decoder_sparse_step == 0
+    )
+
+
+def _config_flint(cfg: Any) -> dict:
+    """Flint: Qwen3-MoE's attention (each head's queries and keys RMS-normalised) with a sink
+    logit per head on every layer, rotary positions and a window on the sliding layers and
+    none on the full ones (``layer_types``); experts chosen by the top-k sigmoid scores,
+    renormalised, beside an ungated shared expert; dense MLP layers from ``mlp_only_layers``
+    and ``decoder_sparse_step``."""
+    t = "flint"
+    slots = qk_norm_slots(cfg.rms_norm_eps, scores="Sink")
+    windowed = layer_kinds(cfg, t, {"sliding_attention": "local", "full_attention": "global"})
+    mixers = {
+        "local": f"Attn(window={int(cfg.sliding_window)}){slots}",
+        "global": f"Attn(pos=none){slots}",
+    }
+    names, blocks = [], {}
+    for i, kind in enumerate(windowed):
+        ffn = "moe" if _flint_sparse(cfg, i) else "dense"
+        name = f"{kind}_{ffn}"
+        blocks[name] = f"Norm->{mixers[kind]}->+->Norm->{'MoE' if ffn == 'moe' else 'MLP'}->+"
+        names.append(name)
+    act = activation(cfg.hidden_act, t)
+    defaults: dict[str, dict] = {
+        "Norm": {"kind": "rms", "eps": cfg.rms_norm_eps},
+        "Attn": _gqa(cfg, _full_rope(cfg, t)),
+    }
+    if any(name.endswith("_dense") for name in names):
+        defaults["MLP"] = {"hidden": cfg.intermediate_size, "act": act, "gated": True}
+    if any(name.endswith("_moe") for name in names):
+        defaults["MoE"] = {
+            "experts": cfg.num_experts,
+            "k": cfg.num_experts_per_tok,
+            "hidden": cfg.moe_intermediate_size,
+            "act": act,
+            "gated": True,
+            "score": "sigmoid",
+            "norm_topk": bool(cfg.norm_topk_prob),
+            **shared_expert_args(cfg.shared_expert_intermediate_size, cfg.moe_intermediate_size),
+            "aux_loss": float(cfg.router_aux_loss_coef),
+        }
+    return model_config(cfg, layers=compress_layers(names), blocks=blocks, defaults=defaults)
+
+
+def _weights_flint(cfg: Any, m: WeightMapper) -> None:
+    bias = bool(cfg.attention_bias)
+    m.put("embed.embed.tok.weight", "model.embed_tokens.weight")
+    for i in range(cfg.num_hidden_layers):
+        p, q = f"model.layers.{i}", f"layers.{i}"
+        m.norm(f"{q}.norm", f"{p}.input_layernorm", bias=False)
+        for n in "qkvo":
+            m.linear(f"{q}.attn.{n}", f"{p}.self_attn.{n}_proj", bias)
+        qk_norm_weights(m, f"{p}.self_attn", f"{q}.attn")
+        # on disk (save_pretrained, the Hub) the sinks keep Flint's own name
+        sinks = "softmax_offset" if m.has(f"{p}.self_attn.softmax_offset") else "sinks"
+        m.put(f"{q}.attn.slots.scores.sink.sinks", f"{p}.self_attn.{sinks}")
+        m.norm(f"{q}.norm_1", f"{p}.post_attention_layernorm", bias=False)
+        if not _flint_sparse(cfg, i):
+            llama_mlp_weights(cfg, m, p, q)
+            continue
+        src, dst = f"{p}.mlp", f"{q}.moe"
+        m.put(f"{dst}.router.weight", f"{src}.gate.weight")
+        expert_weights(
+            m, f"{src}.experts", dst, experts=cfg.num_experts, inter=cfg.moe_intermediate_size
+        )
+        if cfg.shared_expert_intermediate_size:
+            for n in ("gate", "up", "down"):
+                m.linear(f"{dst}.shared.{n}", f"{src}.shared_expert.{n}_proj", bias=False)
+    m.norm("head.norm", "model.norm", bias=False)
+    m.head(cfg, "model.embed_tokens.weight", getattr(cfg, "tie_word_embeddings", False))
+
+
+register_architecture(
+    Architecture("flint", "FlintForCausalLM", "model", config=_config_flint, weights=_weights_flint)
 )
