@@ -362,6 +362,19 @@ MOE_RECORDS: list[tuple[str, dict[str, Any]]] = [
             "sliding_window": 5,
         },
     ),
+    (  # Qwen3's attention, sigmoid routing with a selection bias, a dense first layer
+        "hy_v3",
+        {
+            **TRUNK,
+            "head_dim": 8,
+            "intermediate_size": 48,
+            "moe_intermediate_size": 16,
+            "num_experts": 4,
+            "num_experts_per_tok": 2,
+            "num_shared_experts": 1,
+            "router_scaling_factor": 1.5,
+        },
+    ),
 ]
 
 
@@ -447,6 +460,7 @@ EXPORTS: dict[str, tuple[dict[str, Any], str]] = {
     "gpt_oss": ({}, "GptOssForCausalLM"),
     "hunyuan_v1_moe": ({}, "HunYuanMoEV1ForCausalLM"),
     "flint": ({}, "FlintForCausalLM"),
+    "hy_v3": ({}, "HYV3ForCausalLM"),
     "exaone_moe": (
         {
             "num_hidden_layers": 4,

@@ -16,8 +16,9 @@ Persimmon, Nemotron, and the Llama relatives: InternLM3, IQuestCoder, EXAONE, EX
 Ministral, CWM, SmolLM3, Helium, Seed-OSS, Arcee, ERNIE 4.5, HyperCLOVA X, OLMo 3, GLM,
 GLM-4, Cohere 2, Jais 2, VaultGemma, Apertus), ``moe`` (Mixtral,
 Qwen2-MoE, OLMoE, DBRX, DeepSeek-V2/V3), ``interior`` (attention with slot contents:
-gpt-oss, HunYuan dense and MoE, nanochat, Ministral 3, Flint), ``hybrid`` (LFM2, Qwen3-Next) and
-``ssm`` (Mamba, Mamba2, RecurrentGemma, Jamba, Bamba, Falcon-H1: docs/hybrids.md);
+gpt-oss, HunYuan dense and MoE, nanochat, Ministral 3, Flint, HY v3), ``hybrid`` (LFM2,
+Qwen3-Next) and ``ssm`` (Mamba, Mamba2, RecurrentGemma, Jamba, Bamba, Falcon-H1:
+docs/hybrids.md);
 ``importer`` (the import's entry points) and ``exporter`` (the import run backwards).
 Adding an architecture is adding one ``Architecture`` record with ``register_architecture``;
 it then imports and exports.

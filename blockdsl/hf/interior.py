@@ -3,7 +3,8 @@ docs/language.md "Slots") rather than ``Attn`` flags: gpt-oss (a learned sink lo
 ``Attn[scores=Sink]``, beside its biased, clamped-SwiGLU experts); HunYuan dense and MoE, and
 nanochat (q/k norms of the rotated heads, ``Attn[q=Rope->Norm, k=Rope->Norm]``); Ministral 3
 (a query temperature growing with the position, ``Attn[q=Temperature(...)]``); Flint (sinks
-beside Qwen3's q/k norms, NoPE full layers, sigmoid experts).
+beside Qwen3's q/k norms, NoPE full layers, sigmoid experts); HY v3 (Qwen3's q/k norms written
+as slots, DeepSeek-V3's routing without groups).
 
 One ``Architecture`` record each; like every family module this one imports only
 ``blockdsl.hf.base``.
@@ -434,4 +435,103 @@ def _weights_flint(cfg: Any, m: WeightMapper) -> None:
 
 register_architecture(
     Architecture("flint", "FlintForCausalLM", "model", config=_config_flint, weights=_weights_flint)
+)
+
+
+# --------------------------------------------------------------------------- hy_v3
+
+
+def _hy_v3_kinds(cfg: Any) -> list[str]:
+    kinds = list(cfg.mlp_layer_types or [])
+    if len(kinds) != cfg.num_hidden_layers or not set(kinds) <= {"dense", "sparse"}:
+        raise unsupported("hy_v3", f"mlp_layer_types {kinds}")
+    return ["moe" if kind == "sparse" else "dense" for kind in kinds]
+
+
+def _config_hy_v3(cfg: Any) -> dict:
+    """HY v3 (Hunyuan): Qwen3's attention (each head's queries and keys RMS-normalised before
+    the rotary), dense or sparse layers from ``mlp_layer_types``; DeepSeek-V3's sigmoid
+    routing without groups (``e_score_correction_bias`` chooses, the chosen scores are
+    renormalised and scaled by ``router_scaling_factor``) beside an ungated shared MLP
+    ``moe_intermediate_size * num_shared_experts`` wide (``intermediate_size`` for none: its
+    MLP's fallback)."""
+    t = "hy_v3"
+    kinds = _hy_v3_kinds(cfg)
+    bias = bool(cfg.mlp_bias)
+    attn = qk_norm_slots(cfg.rms_norm_eps)
+    feed_forwards = {"moe": "MoE", "dense": "MLP"}
+    blocks = {
+        kind: f"Norm->Attn{attn}->+->Norm->{feed_forwards[kind]}->+"
+        for kind in dict.fromkeys(kinds)
+    }
+    act = activation(cfg.hidden_act, t)
+    defaults: dict[str, dict] = {
+        "Norm": {"kind": "rms", "eps": cfg.rms_norm_eps},
+        "Attn": _gqa(cfg, _full_rope(cfg, t)),
+    }
+    if "dense" in kinds:
+        defaults["MLP"] = {"hidden": cfg.intermediate_size, "act": act, "gated": True, "bias": bias}
+    if "moe" in kinds:
+        if bias:
+            raise unsupported(t, "mlp_bias on the shared experts")
+        shared = cfg.moe_intermediate_size * cfg.num_shared_experts or cfg.intermediate_size
+        defaults["MoE"] = {
+            "experts": cfg.num_experts,
+            "k": cfg.num_experts_per_tok,
+            "hidden": cfg.moe_intermediate_size,
+            "act": act,
+            "gated": True,
+            "score": "sigmoid",
+            "score_bias": True,
+            "norm_topk": True,
+            "routed_scale": float(cfg.router_scaling_factor),
+            **shared_expert_args(shared, cfg.moe_intermediate_size),
+            "aux_loss": 0.0,
+        }
+    return model_config(cfg, layers=compress_layers(kinds), blocks=blocks, defaults=defaults)
+
+
+def _weights_hy_v3(cfg: Any, m: WeightMapper) -> None:
+    kinds = _hy_v3_kinds(cfg)
+    bias = bool(cfg.attention_bias)
+    m.put("embed.embed.tok.weight", "model.embed_tokens.weight")
+    for i, kind in enumerate(kinds):
+        p, q = f"model.layers.{i}", f"layers.{i}"
+        m.norm(f"{q}.norm", f"{p}.input_layernorm", bias=False)
+        for n in "qkvo":
+            m.linear(f"{q}.attn.{n}", f"{p}.self_attn.{n}_proj", bias)
+        qk_norm_weights(m, f"{p}.self_attn", f"{q}.attn")
+        m.norm(f"{q}.norm_1", f"{p}.post_attention_layernorm", bias=False)
+        if kind == "dense":
+            llama_mlp_weights(cfg, m, p, q)
+            continue
+        src, dst = f"{p}.mlp", f"{q}.moe"
+        # on disk (save_pretrained, the Hub) the router, its bias and the shared experts keep
+        # HY's own names; transformers renames them in memory
+        disk = m.has(f"{src}.router.gate.weight")
+        router, score_bias, shared = (
+            ("router.gate", "expert_bias", "shared_mlp")
+            if disk
+            else ("gate", "e_score_correction_bias", "shared_experts")
+        )
+        m.put(f"{dst}.router.weight", f"{src}.{router}.weight")
+        m.put(f"{dst}.score_bias", f"{src}.{score_bias}")
+        expert_weights(
+            m, f"{src}.experts", dst, experts=cfg.num_experts, inter=cfg.moe_intermediate_size
+        )
+        for n in ("gate", "up", "down"):
+            m.linear(f"{dst}.shared.{n}", f"{src}.{shared}.{n}_proj", bias=False)
+    m.norm("head.norm", "model.norm", bias=False)
+    m.head(cfg, "model.embed_tokens.weight", getattr(cfg, "tie_word_embeddings", False))
+
+
+register_architecture(
+    Architecture(
+        "hy_v3",
+        "HYV3ForCausalLM",
+        "model",
+        config=_config_hy_v3,
+        weights=_weights_hy_v3,
+        buffers=("e_score_correction_bias",),
+    )
 )
