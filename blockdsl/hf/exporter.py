@@ -106,11 +106,12 @@ def _nodes(where: str, graph: BlockGraph) -> Iterator[tuple]:
             yield (where, step, "arg", name, _hashable(value))
         for c, child in enumerate(spec.children):
             yield from _nodes(f"{where}.{attr}[{c}]", child)
-        # the blocks in its slots, one item per slot (as an argument ``[q]``: a slot's block
-        # may come from a shorthand argument, which no block text names): a q/k norm after
-        # the rotary is not the same model as one before it, nor as no norm at all
+        # the blocks written in its slots, one item per slot (as an argument ``[q]``): a q/k
+        # norm after the rotary is not the same model as one before it, nor as no norm at
+        # all. A slot a shorthand argument filled (``qk_norm=true``) is that argument's item.
         for name, slot in sorted(spec.slots.items()):
-            yield (where, step, "arg", f"[{name}]", _slot_contents(slot))
+            if name not in spec.shorthand_slots:
+                yield (where, step, "arg", f"[{name}]", _slot_contents(slot))
 
 
 @dataclass(frozen=True)
@@ -120,6 +121,15 @@ class _SlotContents:
 
     items: tuple
     text: str = field(compare=False)
+
+
+def _written_slots(spec: Any) -> dict[str, _SlotContents]:
+    """The slots of a call that its text fills (not its shorthand arguments)."""
+    return {
+        name: _slot_contents(slot)
+        for name, slot in spec.slots.items()
+        if name not in spec.shorthand_slots
+    }
 
 
 def _slot_contents(slot: BlockGraph) -> _SlotContents:
@@ -228,8 +238,7 @@ def _equivalent(a: Any, b: Any) -> bool:
         )
         and not a.children
         and not b.children
-        and a.slots.keys() == b.slots.keys()  # built alone, both would miss them
-        and all(_slot_contents(a.slots[n]) == _slot_contents(b.slots[n]) for n in a.slots)
+        and _written_slots(a) == _written_slots(b)  # built alone, both would miss them
         and not a.component.required_context
         and all(_sizes(a, {n: b.args[n] * 2 + 1}) != _sizes(a, {n: b.args[n]}) for n in differing)
         and _same_module(a, b)
