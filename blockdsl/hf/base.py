@@ -394,6 +394,13 @@ MISSING_PARTS: dict[str, str] = {
     "rwkv": "RWKV-4 time mixing (blockdsl has RWKV-7)",
     "falcon_mamba": "Mamba-1 selective scan (blockdsl has Mamba-2)",
     "zamba2": "shared transformer blocks with per-use LoRA adapters",
+    "bitnet": "a norm inside the MLP (ffn_sub_norm, before down_proj): MLP has no slots",
+    "llama4_text": "chunked attention and experts whose input the sigmoid router score scales",
+    "hy_v4": "DeepSeek sparse attention (the lightning indexer) and hyper-connections",
+    "kolibri1": "a selection bias added to the router logits (not to the sigmoid scores)",
+    "laguna": "a softplus output gate (Act has no softplus)",
+    "inkling_text": "relative position logits mixed per token from a learned bank of profiles",
+    "hrm_text": "HRM's two recurrent stacks, iterated in cycles",
 }
 
 
