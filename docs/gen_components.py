@@ -86,6 +86,11 @@ ATTENTION_VARIANTS: tuple[tuple[str, str, str], ...] = (
         "",
     ),
     ("A fixed temperature", "Attn[scores=Scale(by=0.5)]", ""),
+    (
+        "A query temperature growing with the position (Llama 4, Ministral 3)",
+        "Attn[q=Temperature(beta=0.1, period=8192)]",
+        "",
+    ),
 )
 
 VARIANTS_INTRO = """## Attention variants

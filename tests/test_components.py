@@ -369,6 +369,36 @@ def test_moe_shared_expert_of_its_own_width():
         component.build(bad)
 
 
+def test_moe_gpt_oss_experts_biases_and_clamped_swiglu():
+    """gpt-oss's experts: biases on the router and each expert's projections (counted by the
+    size hooks), and the clamped SwiGLU ``(up' + 1) * gate' * sigmoid(alpha * gate')``."""
+    args = {"experts": 4, "k": 2, "hidden": 8, "router_bias": True, "expert_bias": True}
+    b = build("MoE", {**args, "glu_limit": 0.5, "glu_alpha": 1.5})
+    moe = b.module
+    assert moe.router.bias.shape == (4,) and moe.b_down.shape == (4, D)
+    assert b.component.count_params(D, b.args) == sum(p.numel() for p in moe.parameters())
+    gate, up = torch.randn(5, 8) * 3, torch.randn(5, 8) * 3
+    g, u = gate.clamp(max=0.5), up.clamp(-0.5, 0.5)
+    torch.testing.assert_close(moe._hidden(gate, up), (u + 1) * g * torch.sigmoid(1.5 * g))
+    with torch.no_grad():
+        for bias in (moe.b_gate, moe.b_up, moe.b_down):
+            bias.normal_()
+    x = torch.randn(2, 6, D)
+    flat = x.reshape(-1, D)
+    _, top_w, top_i = moe.route(flat)
+    expected = torch.zeros_like(flat)
+    for n in range(flat.shape[0]):  # each token through its experts, one by one
+        for w, e in zip(top_w[n], top_i[n], strict=True):
+            h = moe._hidden(
+                moe.w_gate[e] @ flat[n] + moe.b_gate[e], moe.w_up[e] @ flat[n] + moe.b_up[e]
+            )
+            expected[n] += w * (moe.w_down[e] @ h + moe.b_down[e])
+    torch.testing.assert_close(b.run(x)[0].reshape(-1, D), expected)
+    component, bad = resolve("MoE", {"glu_limit": 7.0, "act": "gelu"})  # not a SwiGLU
+    with pytest.raises(ArgumentError, match=r"glu_limit=7\.0 needs gated SwiGLU experts"):
+        component.build(bad)
+
+
 # --------------------------------------------------------------------------- user components
 
 

@@ -432,11 +432,67 @@ MOE_RECORDS: list[tuple[str, dict[str, Any]]] = [
             eos_token_id=0,
         ),
     ),
+    # ---- attention-interior parts (slot contents)
+    (
+        "gpt_oss",
+        {
+            **TRUNK,
+            "head_dim": 8,
+            "intermediate_size": 16,
+            "num_local_experts": 4,
+            "num_experts_per_tok": 2,
+            "sliding_window": 4,
+            "layer_types": ["sliding_attention", "full_attention", "sliding_attention"],
+            "swiglu_limit": 0.5,  # small enough that random weights meet the clamps
+            "rope_parameters": {  # its yarn, without truncation
+                "rope_type": "yarn",
+                "rope_theta": 500.0,
+                "factor": 4.0,
+                "original_max_position_embeddings": 16,
+                "beta_fast": 32.0,
+                "beta_slow": 1.0,
+                "truncate": False,
+            },
+        },
+    ),
+    (  # the norms of the rotated heads; softmax top-k experts beside an always-on shared MLP
+        "hunyuan_v1_moe",
+        {**TRUNK, "head_dim": 8, "intermediate_size": 16, "num_experts": 4, "moe_topk": 2},
+    ),
+    (  # sinks on windowed rotary and full NoPE layers (its default pattern), sigmoid experts
+        "flint",
+        {
+            **TRUNK,
+            "num_hidden_layers": 4,
+            "head_dim": 8,
+            "intermediate_size": 48,
+            "moe_intermediate_size": 16,
+            "shared_expert_intermediate_size": 24,
+            "num_experts": 4,
+            "num_experts_per_tok": 2,
+            "sliding_window": 5,
+        },
+    ),
+    (  # Qwen3's attention, sigmoid routing with a selection bias, a dense first layer
+        "hy_v3",
+        {
+            **TRUNK,
+            "head_dim": 8,
+            "intermediate_size": 48,
+            "moe_intermediate_size": 16,
+            "num_experts": 4,
+            "num_experts_per_tok": 2,
+            "num_shared_experts": 1,
+            "router_scaling_factor": 1.5,
+        },
+    ),
 ]
 
 
 #: Records whose checkpoints store the experts stacked (``input_linear [E, 2I, D]``...).
-STACKED_ON_DISK = {"granitemoe", "granitemoeshared", "granitemoe_swa", "aria_text", "lara_mini"}
+STACKED_ON_DISK = {
+    "granitemoe", "granitemoeshared", "granitemoe_swa", "aria_text", "lara_mini", "gpt_oss",
+}  # fmt: skip
 
 
 def _saved_names(folder) -> list[str]:
@@ -454,9 +510,10 @@ def _hf_model(model_type: str, kwargs: dict[str, Any]) -> Any:
     return random_model(cls, config)
 
 
-#: The row of every run (softmax experts on another block); the others (DeepSeek-V3's groups
+#: The rows of every run: softmax experts on another block, and gpt-oss (the only test of
+#: sinks, router and expert biases and the clamped SwiGLU); the others (DeepSeek-V3's groups
 #: after GQA, sigmoid with a selection bias, ...) run with -m long.
-EVERY_RUN = ("qwen3_moe",)
+EVERY_RUN = ("qwen3_moe", "gpt_oss")
 
 
 def _moe_rows() -> list:
@@ -523,6 +580,10 @@ EXPORTS: dict[str, tuple[dict[str, Any], str]] = {
     "afmoe": ({"num_hidden_layers": 4, "layer_types": None}, "AfmoeForCausalLM"),
     "axk1": ({}, "AXK1ForCausalLM"),
     "lara_mini": ({"num_hidden_layers": 5, "layer_types": None}, "LaraMiniForCausalLM"),
+    "gpt_oss": ({}, "GptOssForCausalLM"),
+    "hunyuan_v1_moe": ({}, "HunYuanMoEV1ForCausalLM"),
+    "flint": ({}, "FlintForCausalLM"),
+    "hy_v3": ({}, "HYV3ForCausalLM"),
     "exaone_moe": (
         {
             "num_hidden_layers": 4,

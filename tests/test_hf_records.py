@@ -117,6 +117,24 @@ RECORDS: list[tuple[str, str, dict[str, Any]]] = [
         **LLAMA, **WINDOWED, "layer_rope_theta": [0, 2000.0], "residual_multiplier": 0.5,
         "embedding_multiplier": 2.0, "logits_scaling": 2.5, "attention_multiplier": 0.2,
     }),
+    # q/k norms of the rotated heads (Attn[q=Rope->Norm, k=Rope->Norm]); HunYuan's NTK-alpha
+    ("hunyuan_v1_dense", "hunyuan_v1_dense", {
+        **LLAMA, "attention_bias": True,
+        "rope_parameters": {
+            "rope_type": "dynamic", "rope_theta": 500.0, "alpha": 3.0, "factor": 1.0,
+        },
+    }),
+    # weightless norms (after the embedding, on the rotated q/k), ReLU², rotation by -angle
+    ("nanochat", "nanochat", {**LLAMA, "attention_bias": True, "final_logit_softcapping": 2.0}),
+    # a query temperature growing with the position, past 4 positions (Attn[q=Temperature])
+    ("ministral3", "ministral3", {
+        **LLAMA, "sliding_window": 8,
+        "rope_parameters": {
+            "type": "yarn", "rope_theta": 500.0, "factor": 16.0,
+            "original_max_position_embeddings": 4, "beta_fast": 32.0, "beta_slow": 1.0,
+            "mscale": 1.0, "mscale_all_dim": 1.0, "llama_4_scaling_beta": 0.3,
+        },
+    }),
 ]  # fmt: skip
 
 #: Rows the export refuses, with the words the refusal must contain: the export's search
@@ -136,6 +154,8 @@ EXPORT_REFUSED: dict[str, str] = {
     "granite_swa": NO_COUNTERPART,  # no search over sinks and per-layer rotary bases
     # TrOCRForCausalLM's layers hold a cross-attention, which the language model lacks
     "trocr": "no blockdsl parameter gives .*encoder_attn",
+    # the search sets no field inside rope_parameters: yarn's, llama_4_scaling_beta
+    "ministral3": NO_COUNTERPART,
 }
 #: Rows written back as another ``model_type`` that computes the same model (the export
 #: takes the first registered), by row id.
@@ -162,8 +182,8 @@ def _max_diff(theirs: Any, ours: Any) -> float:
 
 #: Rows run without ``-m slow``: one per mechanism the records add (another checkpoint
 #: layout, NoPE layers beside windowed ones, xIELU, a sharded fused projection, fairseq's
-#: sinusoidal positions).
-QUICK = ("exaone", "cohere2", "apertus", "codegen", "xglm")
+#: sinusoidal positions, a norm of the rotated queries and keys).
+QUICK = ("exaone", "cohere2", "apertus", "codegen", "xglm", "hunyuan_v1_dense")
 
 
 #: Rows left out of ``test_export``: GPT-Neo's export search ran over 20 minutes without an

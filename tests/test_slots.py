@@ -153,6 +153,27 @@ def test_sink_logit_matches_the_gpt_oss_formula() -> None:
     torch.testing.assert_close(block(x), expected, rtol=1e-5, atol=1e-6)
 
 
+def test_temperature_scales_each_query_by_its_position() -> None:
+    """``Temperature`` in the q slot is the attention of queries multiplied by ``1 + beta *
+    log(1 + floor((position + offset) / period))`` (Llama 4, Ministral 3): the same as the
+    plain attention with its q projection's rows so scaled, position by position."""
+    text = "Attn(heads=2, pos=none)[q=Temperature(beta=0.5, period=2, offset=1)]"
+    block = compile_block(text, d_model=8).eval()
+    plain = compile_block("Attn(heads=2, pos=none)", d_model=8).eval()
+    plain.load_state_dict(block.state_dict())
+    x = torch.randn(1, 6, 8)
+    scale = 1 + 0.5 * torch.log1p(torch.floor((torch.arange(6.0) + 1) / 2))  # 1, 1.35, ...
+    for t in range(6):  # query t alone at its position: the keys 0..t, its query scaled
+        scaled = plain.attn.q.weight.data.clone()
+        with torch.no_grad():
+            plain.attn.q.weight.mul_(scale[t])
+            expected = plain(x[:, : t + 1])[:, t]
+            plain.attn.q.weight.copy_(scaled)
+        torch.testing.assert_close(block(x)[:, t], expected, rtol=1e-5, atol=1e-6)
+    with pytest.raises(BlockDSLError, match="period must be positive"):
+        build_graph("Attn[q=Temperature(period=0)]", d_model=8)
+
+
 def test_value_heads_wider_than_query_heads() -> None:
     block = compile_block("Attn(heads=4, kv_heads=2, v_head_dim=16)[o=Norm]", d_model=D)
     attn = block.attn

@@ -1182,3 +1182,46 @@ class Rope(nn.Module):
         self, x: torch.Tensor, rotary: Callable[[torch.Tensor], torch.Tensor]
     ) -> torch.Tensor:  # (B, T, H, hd) -> (B, T, H, hd)
         return rotary(x)
+
+
+def _check_temperature(period: float = 1.0, **_) -> Problem:
+    return None if period > 0 else f"Temperature period must be positive, got {period}"
+
+
+@register(
+    "Temperature",
+    out_features=same_size,
+    params=lambda **_: 0,
+    flops=lambda d_in, seq, **_: d_in * seq,
+    check=_check_temperature,
+    arg_help={
+        "beta": "the slope: the scale is 1 + beta * log(1 + floor((position + offset) / period))",
+        "period": "positions per step of the floor (Ministral 3: original_max_position_embeddings; "
+        "Llama 4: floor_scale)",
+        "offset": "added to the position first (Llama 4: 1)",
+    },
+)
+class Temperature(nn.Module):
+    """A query temperature that grows with the position (Llama 4's attention temperature
+    tuning, Ministral 3's ``llama_4_scaling_beta``): each query is multiplied by ``1 + beta *
+    log(1 + floor((position + offset) / period))``, so that far positions attend more sharply.
+    In an attention's q slot: ``Attn[q=Temperature(beta=0.1, period=8192)]``. No parameters."""
+
+    def __init__(
+        self, d_model: int, beta: float = 0.1, period: float = 8192.0, offset: float = 0.0
+    ) -> None:
+        super().__init__()
+        raise_problem(_check_temperature(period))
+        self.beta, self.period, self.offset = beta, period, offset
+
+    def forward(
+        self, x: torch.Tensor, positions: torch.Tensor | None = None
+    ) -> torch.Tensor:  # (B, T, H, hd) -> (B, T, H, hd); positions (B, T), default 0..T-1
+        if positions is None:
+            positions = torch.arange(x.shape[1], device=x.device)
+        steps = torch.floor((positions.float() + self.offset) / self.period)
+        scale = 1.0 + self.beta * torch.log1p(steps)  # (T,) or (B, T)
+        return x * scale[..., None, None].to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"beta={self.beta}, period={self.period}, offset={self.offset}"

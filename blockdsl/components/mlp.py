@@ -248,16 +248,22 @@ def moe_sizes(
     )
 
 
-def _moe_params(d_in: int, **args) -> int:
+def _expert_biases(s: MoESizes, expert_bias: bool = False, **_) -> int:
+    """Biases of one expert (gpt-oss): on its gate and up projections and on its down."""
+    return (s.hidden * (1 + s.expert.gated) + s.d_in) if expert_bias and not s.children else 0
+
+
+def _moe_params(d_in: int, router_bias: bool = False, **args) -> int:
     s = moe_sizes(d_in, **args)
-    own_experts = 0 if s.children else s.experts * s.expert.weights
+    own_experts = 0 if s.children else s.experts * (s.expert.weights + _expert_biases(s, **args))
     gate = d_in if s.shared_gate else 0
-    return s.experts * d_in + own_experts + s.shared_weights + gate  # router first
+    router = s.experts * (d_in + router_bias)
+    return router + own_experts + s.shared_weights + gate
 
 
 def _moe_flops(d_in: int, seq: int, k: int, **args) -> int:
     s = moe_sizes(d_in, **args)
-    per_token_expert = 2 * s.expert.weights
+    per_token_expert = 2 * s.expert.weights + _expert_biases(s, **args)
     router = 2 * d_in * s.experts + (2 * d_in + d_in if s.shared_gate else 0)
     shared = 2 * s.shared_weights
     if s.children:  # children's FLOPs are theirs; here the router and the weighted sum
@@ -278,8 +284,17 @@ def _check_moe(
     jitter: float = 0.0,
     shared: int = 0,
     shared_hidden: int | None = None,
+    glu_limit: float | None = None,
+    act: str = "silu",
+    gated: bool = True,
     **_,
 ) -> Problem:
+    if glu_limit is not None and not (glu_limit > 0 and gated and act == "silu"):
+        return (
+            f"MoE glu_limit={glu_limit} needs gated SwiGLU experts (gated=true, act=silu) and "
+            "a positive limit",
+            "glu_limit is gpt-oss's clamped SwiGLU (swiglu_limit)",
+        )
     if shared_hidden is not None and (shared <= 0 or shared_hidden <= 0):
         return (
             f"MoE shared_hidden={shared_hidden} needs shared experts (shared >= 1) and a "
@@ -396,6 +411,12 @@ _MOE_HELP: dict[str, str] = {
     "topk_groups": "groups each token may use (DeepSeek topk_group); none: all",
     "group_top": "a group's score: the sum of its group_top best expert scores",
     "routed_scale": "multiplier of the routed experts' weights (routed_scaling_factor)",
+    "router_bias": "a learned bias on the router's logits (gpt-oss)",
+    "expert_bias": "learned biases on each expert's gate, up and down projections (gpt-oss)",
+    "glu_limit": "gpt-oss's clamped SwiGLU: gate clamped to at most glu_limit, up to "
+    "[-glu_limit, glu_limit], out (up + 1) * gate * sigmoid(glu_alpha * gate); none: "
+    "act(gate) * up",
+    "glu_alpha": "the sigmoid's slope in the clamped SwiGLU (glu_limit; gpt-oss's swiglu_alpha)",
 }
 
 
@@ -434,6 +455,13 @@ class MoE(nn.Module):
       picks its top-k experts among theirs.
     * ``routed_scale``: the routed experts' weights are multiplied by it (DeepSeek's
       ``routed_scaling_factor``), after ``norm_topk``.
+    * ``router_bias``: the router has a bias (gpt-oss, whose softmax over the top-k logits is
+      the softmax over all experts renormalised over the top k: ``norm_topk``).
+
+    gpt-oss's experts: ``expert_bias`` adds learned biases ``b_gate``, ``b_up`` ``[E, hidden]``
+    and ``b_down [E, D]`` to each expert's projections; ``glu_limit`` replaces
+    ``act(gate) * up`` by the clamped SwiGLU ``(up' + 1) * gate' * sigmoid(glu_alpha * gate')``
+    with ``gate' = min(gate, glu_limit)`` and ``up' = clamp(up, -glu_limit, glu_limit)``.
 
     ``jitter > 0`` multiplies by ``U(1 - jitter, 1 + jitter)`` noise in training: the router's
     input only (``jitter_scope=router``, Switch Transformer) or the whole MoE input, which the
@@ -488,6 +516,10 @@ class MoE(nn.Module):
         group_top: int = 1,
         routed_scale: float = 1.0,
         shared_hidden: int | None = None,
+        router_bias: bool = False,
+        expert_bias: bool = False,
+        glu_limit: float | None = None,
+        glu_alpha: float = 1.702,
     ) -> None:
         super().__init__()
         children = list(children or [])
@@ -505,6 +537,9 @@ class MoE(nn.Module):
                 jitter=jitter,
                 shared=shared,
                 shared_hidden=shared_hidden,
+                glu_limit=glu_limit,
+                act=act,
+                gated=gated,
             )
         )
         sizes = moe_sizes(d_model, experts, hidden, mult, n_children=len(children))
@@ -519,7 +554,9 @@ class MoE(nn.Module):
         else:
             self.score_bias = None
         self.act_name, self.act, self.gated = act, activation(act), gated
-        self.router = nn.Linear(d_model, E, bias=False)
+        self.glu_limit, self.glu_alpha = glu_limit, glu_alpha
+        self.router = nn.Linear(d_model, E, bias=router_bias)
+        self.b_gate = self.b_up = self.b_down = None
         if children:
             self.experts = nn.ModuleList(children)
             self.w_gate = self.w_up = self.w_down = None
@@ -528,6 +565,10 @@ class MoE(nn.Module):
             self.w_gate = nn.Parameter(torch.empty(E, h, d_model)) if gated else None
             self.w_up = nn.Parameter(torch.empty(E, h, d_model))
             self.w_down = nn.Parameter(torch.empty(E, d_model, h))
+            if expert_bias:
+                self.b_gate = nn.Parameter(torch.zeros(E, h)) if gated else None
+                self.b_up = nn.Parameter(torch.zeros(E, h))
+                self.b_down = nn.Parameter(torch.zeros(E, d_model))
         shared_width = shared * h if shared_hidden is None else shared_hidden
         self.shared = (
             MLP(d_model, hidden=shared_width, act=act, gated=gated, bias=False) if shared else None
@@ -542,6 +583,9 @@ class MoE(nn.Module):
                 init_linear_(w, self.d_model)
         if self.w_down is not None:
             init_linear_(self.w_down, self.hidden)
+        for b in (self.b_gate, self.b_up, self.b_down):
+            if b is not None:
+                nn.init.zeros_(b)
 
     # ------------------------------------------------------------------ routing
     def _jittered(self, x: torch.Tensor) -> torch.Tensor:
@@ -594,12 +638,31 @@ class MoE(nn.Module):
         token = order // self.k  # (N*k,) token of each sorted assignment
         offs = counts.cumsum(0).to(torch.int32)  # (E,) end of each expert's group
         routed = x[token]  # (N*k, D)
-        up = grouped_linear(routed, self.w_up, offs)  # (N*k, hidden)
-        gate = grouped_linear(routed, self.w_gate, offs) if self.gated else None
-        h = self.act(gate) * up if gate is not None else self.act(up)
-        out = grouped_linear(h, self.w_down, offs)  # (N*k, D)
+        which = expert[order]  # (N*k,) the expert of each sorted assignment: its biases' row
+        up = self._biased(grouped_linear(routed, self.w_up, offs), self.b_up, which)
+        gate = None
+        if self.gated:
+            gate = self._biased(grouped_linear(routed, self.w_gate, offs), self.b_gate, which)
+        h = self._hidden(gate, up)  # (N*k, hidden)
+        out = self._biased(grouped_linear(h, self.w_down, offs), self.b_down, which)  # (N*k, D)
         out = out * top_w.flatten()[order, None].to(out.dtype)
         return torch.zeros_like(x).index_add(0, token, out)  # (N, D)
+
+    @staticmethod
+    def _biased(y: torch.Tensor, bias: torch.Tensor | None, which: torch.Tensor) -> torch.Tensor:
+        """``y`` (N*k, F) plus each row's expert's bias (``expert_bias``), else ``y``."""
+        return y if bias is None else y + bias[which].to(y.dtype)
+
+    def _hidden(self, gate: torch.Tensor | None, up: torch.Tensor) -> torch.Tensor:
+        """The experts' hidden activations: ``act(gate) * up``, ``act(up)`` when not gated, or
+        gpt-oss's clamped SwiGLU (``glu_limit``)."""
+        if gate is None:
+            return self.act(up)
+        if self.glu_limit is None:
+            return self.act(gate) * up
+        gate = gate.clamp(max=self.glu_limit)
+        up = up.clamp(-self.glu_limit, self.glu_limit)
+        return (up + 1) * gate * torch.sigmoid(self.glu_alpha * gate)
 
     def forward(
         self,

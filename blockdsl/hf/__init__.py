@@ -15,10 +15,13 @@ Gemma 2, Qwen2/3, Gemma, Gemma 3, OLMo, OLMo 2, Cohere, StableLM, Phi-3, Granite
 Persimmon, Nemotron, and the Llama relatives: InternLM3, IQuestCoder, EXAONE, EXAONE 4,
 Ministral, CWM, SmolLM3, Helium, Seed-OSS, Arcee, ERNIE 4.5, HyperCLOVA X, OLMo 3, GLM,
 GLM-4, Cohere 2, Jais 2, VaultGemma, Apertus), ``moe`` (Mixtral,
-Qwen2-MoE, OLMoE, DBRX, DeepSeek-V2/V3), ``hybrid`` (LFM2, Qwen3-Next) and ``ssm`` (Mamba,
-Mamba2, RecurrentGemma, Jamba, Bamba, Falcon-H1: docs/hybrids.md); ``importer`` (the import's
-entry points) and ``exporter`` (the import run backwards). Adding an architecture is adding
-one ``Architecture`` record with ``register_architecture``; it then imports and exports.
+Qwen2-MoE, OLMoE, DBRX, DeepSeek-V2/V3), ``interior`` (attention with slot contents:
+gpt-oss, HunYuan dense and MoE, nanochat, Ministral 3, Flint, HY v3), ``hybrid`` (LFM2,
+Qwen3-Next) and ``ssm`` (Mamba, Mamba2, RecurrentGemma, Jamba, Bamba, Falcon-H1:
+docs/hybrids.md);
+``importer`` (the import's entry points) and ``exporter`` (the import run backwards).
+Adding an architecture is adding one ``Architecture`` record with ``register_architecture``;
+it then imports and exports.
 
 ``transformers`` is an optional dependency (``pip install 'blockdsl[hf]'``): neither
 ``import blockdsl`` nor ``import blockdsl.hf`` imports it; a function that needs it raises
@@ -29,7 +32,7 @@ one ``Architecture`` record with ``register_architecture``; it then imports and 
 # that build the same model in favour of the first registered: GPT-2 before GPT-BigCode, Llama
 # before Mistral and Granite, Mixtral before the other MoEs). Family modules never import this
 # package's __init__ or each other, so there is no import-time circle.
-from blockdsl.hf import classic, dense, hybrid, moe, ssm  # noqa: F401  (registers them)
+from blockdsl.hf import classic, dense, hybrid, interior, moe, ssm  # noqa: F401  (registers them)
 from blockdsl.hf.base import (
     ARCHITECTURES,
     SUPPORTED,

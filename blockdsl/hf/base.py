@@ -25,6 +25,7 @@ import torch
 
 from blockdsl.components.ssm import mamba2_norm_weight, split_mamba2_conv, split_mamba2_in_proj
 from blockdsl.errors import ConfigError
+from blockdsl.printer import format_value
 
 __all__ = [
     "ACTIVATIONS",
@@ -48,6 +49,8 @@ __all__ = [
     "llama_mlp_weights",
     "llama_weights",
     "model_config",
+    "qk_norm_slots",
+    "qk_norm_weights",
     "register_architecture",
     "require_transformers",
     "rope_args",
@@ -402,12 +405,18 @@ MISSING_PARTS: dict[str, str] = {
     "ergo": "learned residual gates (a per-feature mix of the branch and the residual stream) "
     "and a learned RMSNorm per expert after each expert",
     "zaya": "compressed convolutional attention (CCA) and an MLP router with a skip expert",
-    "minimax_m3_vl_text": "clamped SwiGLU (gpt-oss's swiglu_alpha, swiglu_limit) and block-sparse "
-    "attention (a lightning indexer that picks key blocks)",
+    "minimax_m3_vl_text": "block-sparse attention (a lightning indexer that picks key blocks)",
     "deepseek_v4": "hyper-connections (several residual streams mixed per layer), compressed "
     "sparse attention (a key compressor and an indexer) and hash-routed experts",
     "phimoe": "SparseMixer routing (each chosen expert weighted by a softmax over the experts "
     "within a relative margin of it, the best one masked out for the second)",
+    "bitnet": "norm inside the MLP before down_proj (BitNet's ffn_sub_norm; MLP has no slots)",
+    "llama4_text": "chunked attention (nor experts whose input the router's sigmoid score scales)",
+    "hy_v4": "DeepSeek sparse attention (the lightning indexer) and hyper-connections",
+    "kolibri1": "selection bias on the router logits (MoE's score_bias adds to the sigmoid scores)",
+    "laguna": "softplus output gate (Act has no softplus)",
+    "inkling_text": "relative position logits mixed per token from a learned bank of profiles",
+    "hrm_text": "HRM's two recurrent stacks, iterated in cycles",
 }
 
 
@@ -507,6 +516,39 @@ def llama_weights(
         feed_forward(cfg, m, p, q)
     m.norm("head.norm", "model.norm", bias=False)
     m.head(cfg, "model.embed_tokens.weight", getattr(cfg, "tie_word_embeddings", False))
+
+
+def qk_norm_slots(
+    eps: float,
+    *,
+    kind: str = "rms",
+    affine: bool = True,
+    after_rope: bool = False,
+    **others: str,
+) -> str:
+    """The slots of an attention that normalises each head's queries and keys, to append to
+    ``Attn``: ``[q=Norm(...), k=Norm(...)]``, or, with ``after_rope``, ``[q=Rope->Norm(...),
+    k=Rope->Norm(...)]`` (the norm of the rotated heads: HunYuan, nanochat); ``others``: more
+    slots, ``scores="Sink"``. Every argument of the norm is written out: a config's
+    ``[defaults]`` for ``Norm`` reach slot blocks too."""
+    args = f"kind={kind}, eps={format_value(float(eps))}, affine={format_value(bool(affine))}"
+    step = f"Rope->Norm({args})" if after_rope else f"Norm({args})"
+    slots = [f"q={step}", f"k={step}", *(f"{name}={block}" for name, block in others.items())]
+    return f"[{', '.join(slots)}]"
+
+
+def qk_norm_weights(
+    m: WeightMapper,
+    src: str,
+    dst: str,
+    names: tuple[str, str] = ("q_norm", "k_norm"),
+    bias: bool = False,
+) -> None:
+    """An attention's q/k norms ``{src}.{names}`` (HF: ``...self_attn.q_norm``) -> the norms of
+    its q and k slots, ``{dst}.slots.{q,k}.norm`` (``dst``: ``layers.{i}.attn``), whether the
+    slots were written out (``qk_norm_slots``) or filled by the ``qk_norm`` shorthand."""
+    for slot, name in zip("qk", names, strict=True):
+        m.norm(f"{dst}.slots.{slot}.norm", f"{src}.{name}", bias)
 
 
 def expert_weights(

@@ -29,6 +29,7 @@ from blockdsl.hf.base import (
     llama_mlp_weights,
     llama_weights,
     model_config,
+    qk_norm_weights,
     register_architecture,
     rope_args,
     rotary_fraction,
@@ -274,8 +275,7 @@ def _standard_layers(
         m.norm(f"{q}.norm", f"{p}.{norms[0]}", bias=norm_bias)
         _attn_weights(m, p, q, qkv_bias, o_bias)
         if qk_norm:
-            for n in "qk":
-                m.norm(f"{q}.attn.slots.{n}.norm", f"{p}.self_attn.{n}_norm", bias=False)
+            qk_norm_weights(m, f"{p}.self_attn", f"{q}.attn")
         m.norm(f"{q}.norm_1", f"{p}.{norms[1]}", bias=norm_bias)
         _mlp_weights(m, p, q, mlp_bias, mlp_names)
     m.norm("head.norm", "model.norm", bias=norm_bias)
@@ -416,8 +416,7 @@ def weights_gemma3(cfg: Any, m: WeightMapper) -> None:
         p, q = f"model.layers.{i}", f"layers.{i}"
         m.norm(f"{q}.norm", f"{p}.input_layernorm", bias=False)
         _attn_weights(m, p, q, bias, bias)
-        for n in "qk":
-            m.norm(f"{q}.attn.slots.{n}.norm", f"{p}.self_attn.{n}_norm", bias=False)
+        qk_norm_weights(m, f"{p}.self_attn", f"{q}.attn")
         m.norm(f"{q}.norm_1", f"{p}.post_attention_layernorm", bias=False)
         m.norm(f"{q}.norm_2", f"{p}.pre_feedforward_layernorm", bias=False)
         _mlp_weights(m, p, q)
@@ -487,8 +486,7 @@ def weights_olmo2(cfg: Any, m: WeightMapper) -> None:
     for i in range(cfg.num_hidden_layers):
         p, q = f"model.layers.{i}", f"layers.{i}"
         _attn_weights(m, p, q, bias, bias)
-        for n in "qk":
-            m.norm(f"{q}.attn.slots.{n}.norm", f"{p}.self_attn.{n}_norm", bias=False)
+        qk_norm_weights(m, f"{p}.self_attn", f"{q}.attn")
         m.norm(f"{q}.norm", f"{p}.post_attention_layernorm", bias=False)
         _mlp_weights(m, p, q)
         m.norm(f"{q}.norm_1", f"{p}.post_feedforward_layernorm", bias=False)
@@ -542,8 +540,7 @@ def weights_cohere(cfg: Any, m: WeightMapper) -> None:
         m.norm(f"{q}.ln", f"{p}.input_layernorm", bias=False)
         _attn_weights(m, p, q, bias, bias)
         if cfg.use_qk_norm:
-            for n in "qk":
-                m.norm(f"{q}.attn.slots.{n}.norm", f"{p}.self_attn.{n}_norm", bias=False)
+            qk_norm_weights(m, f"{p}.self_attn", f"{q}.attn")
         _mlp_weights(m, p, q)
     m.norm("head.norm", "model.norm", bias=False)
     m.head(cfg, "model.embed_tokens.weight", _tied(cfg, True))
@@ -787,8 +784,9 @@ def weights_persimmon(cfg: Any, m: WeightMapper) -> None:
         )
         m.linear(f"{q}.attn.o", f"{p}.self_attn.dense", bias=True)
         if cfg.qk_layernorm:
-            for n in "qk":
-                m.norm(f"{q}.attn.slots.{n}.norm", f"{p}.self_attn.{n}_layernorm", bias=True)
+            qk_norm_weights(
+                m, f"{p}.self_attn", f"{q}.attn", names=("q_layernorm", "k_layernorm"), bias=True
+            )
         m.norm(f"{q}.norm_1", f"{p}.post_attention_layernorm", bias=True)
         m.linear(f"{q}.mlp.up", f"{p}.mlp.dense_h_to_4h", bias=True)
         m.linear(f"{q}.mlp.down", f"{p}.mlp.dense_4h_to_h", bias=True)

@@ -38,7 +38,7 @@ import shutil
 import tempfile
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -89,7 +89,8 @@ Signature = frozenset
 
 def _nodes(where: str, graph: BlockGraph) -> Iterator[tuple]:
     """``(where, step, ...)`` items describing a block: one per node (kind, component, module
-    attribute, inputs) and one per resolved argument."""
+    attribute, inputs) and one per resolved argument and per filled slot, then its children's
+    own."""
     index = {node: i for i, (node, _) in enumerate(graph.nodes())}
     attributes = module_attributes(graph)
     for step, (_, data) in enumerate(graph.nodes()):
@@ -105,6 +106,39 @@ def _nodes(where: str, graph: BlockGraph) -> Iterator[tuple]:
             yield (where, step, "arg", name, _hashable(value))
         for c, child in enumerate(spec.children):
             yield from _nodes(f"{where}.{attr}[{c}]", child)
+        # the blocks written in its slots, one item per slot (as an argument ``[q]``): a q/k
+        # norm after the rotary is not the same model as one before it, nor as no norm at
+        # all. A slot a shorthand argument filled (``qk_norm=true``) is that argument's item.
+        for name, slot in sorted(spec.slots.items()):
+            if name not in spec.shorthand_slots:
+                yield (where, step, "arg", f"[{name}]", _slot_contents(slot))
+
+
+@dataclass(frozen=True)
+class _SlotContents:
+    """What one slot of a call holds: its block's signature items (compared), shown as the
+    block's steps (``Rope->Norm(eps=1e-06)``) in a refusal."""
+
+    items: tuple
+    text: str = field(compare=False)
+
+
+def _written_slots(spec: Any) -> dict[str, _SlotContents]:
+    """The slots of a call that its text fills (not its shorthand arguments)."""
+    return {
+        name: _slot_contents(slot)
+        for name, slot in spec.slots.items()
+        if name not in spec.shorthand_slots
+    }
+
+
+def _slot_contents(slot: BlockGraph) -> _SlotContents:
+    steps = [
+        slot.modules[data["module"]].describe()
+        for _, data in slot.nodes()
+        if data["kind"] == "call"
+    ]
+    return _SlotContents(tuple(_nodes("", slot)), "->".join(steps))
 
 
 def _hashable(value: Any) -> Any:
@@ -204,6 +238,7 @@ def _equivalent(a: Any, b: Any) -> bool:
         )
         and not a.children
         and not b.children
+        and _written_slots(a) == _written_slots(b)  # built alone, both would miss them
         and not a.component.required_context
         and all(_sizes(a, {n: b.args[n] * 2 + 1}) != _sizes(a, {n: b.args[n]}) for n in differing)
         and _same_module(a, b)
@@ -760,6 +795,8 @@ def _first_difference(target_plan: Any, target: Signature, fit: _Fit) -> str:
 def _show(value: Any) -> str:
     from blockdsl.printer import format_value
 
+    if isinstance(value, _SlotContents):
+        return value.text
     return format_value(list(value) if isinstance(value, tuple) else value)
 
 

@@ -28,6 +28,7 @@ from blockdsl.hf.base import (
     layer_kinds,
     llama_mlp_weights,
     model_config,
+    qk_norm_weights,
     register_architecture,
     rope_args,
     rotary_fraction,
@@ -121,8 +122,7 @@ def _weights_lfm2(cfg: Any, m: WeightMapper) -> None:
         else:
             for n, hf in (("q", "q_proj"), ("k", "k_proj"), ("v", "v_proj"), ("o", "out_proj")):
                 m.linear(f"{q}.attn.{n}", f"{p}.self_attn.{hf}", bias=False)
-            m.norm(f"{q}.attn.slots.q.norm", f"{p}.self_attn.q_layernorm", bias=False)
-            m.norm(f"{q}.attn.slots.k.norm", f"{p}.self_attn.k_layernorm", bias=False)
+            qk_norm_weights(m, f"{p}.self_attn", f"{q}.attn", names=("q_layernorm", "k_layernorm"))
         m.norm(f"{q}.norm_1", f"{p}.ffn_norm", bias=False)
         src = f"{p}.feed_forward"
         if ffn != "moe":

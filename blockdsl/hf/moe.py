@@ -30,6 +30,7 @@ from blockdsl.hf.base import (
     llama_mlp_weights,
     llama_weights,
     model_config,
+    qk_norm_weights,
     register_architecture,
     rope_args,
     rotary_fraction,
@@ -126,8 +127,8 @@ def _config_minimax_m2(cfg: Any) -> dict:
 
 def _weights_minimax_m2(cfg: Any, m: WeightMapper) -> None:
     def attention_and_moe(cfg: Any, m: WeightMapper, p: str, q: str) -> None:
-        for n in "qk":  # llama_weights maps q/k/v/o; the whole-projection norms are extra
-            m.norm(f"{q}.attn.slots.{n}.norm", f"{p}.self_attn.{n}_norm", bias=False)
+        # llama_weights maps q/k/v/o; the whole-projection norms are extra
+        qk_norm_weights(m, f"{p}.self_attn", f"{q}.attn")
         _moe_mixtral(cfg, m, p, q)
 
     llama_weights(cfg, m, feed_forward=attention_and_moe)
@@ -305,8 +306,7 @@ def _qwen_moe_weights(
             m.linear(f"{q}.attn.{n}", f"{p}.self_attn.{n}_proj", qkv_bias)
         m.linear(f"{q}.attn.o", f"{p}.self_attn.o_proj", o_bias)
         if qk_norm:
-            for n in "qk":
-                m.norm(f"{q}.attn.slots.{n}.norm", f"{p}.self_attn.{n}_norm", bias=False)
+            qk_norm_weights(m, f"{p}.self_attn", f"{q}.attn")
         m.norm(f"{q}.norm_1", f"{p}.post_attention_layernorm", bias=False)
         if not sparse(cfg, i):
             llama_mlp_weights(cfg, m, p, q)
@@ -540,8 +540,7 @@ def _weights_olmoe(cfg: Any, m: WeightMapper) -> None:
         m.norm(f"{q}.norm", f"{p}.input_layernorm", bias=False)
         for n in "qkvo":
             m.linear(f"{q}.attn.{n}", f"{p}.self_attn.{n}_proj", bias)
-        for n in "qk":
-            m.norm(f"{q}.attn.slots.{n}.norm", f"{p}.self_attn.{n}_norm", bias=False)
+        qk_norm_weights(m, f"{p}.self_attn", f"{q}.attn")
         m.norm(f"{q}.norm_1", f"{p}.post_attention_layernorm", bias=False)
         m.put(f"{q}.moe.router.weight", f"{p}.mlp.gate.weight")
         expert_weights(
@@ -958,8 +957,7 @@ def _gqa_weights(qkv_bias: bool, o_bias: bool, qk_norm: bool) -> LayerWeights:
             m.linear(f"{q}.attn.{n}", f"{p}.self_attn.{n}_proj", qkv_bias)
         m.linear(f"{q}.attn.o", f"{p}.self_attn.o_proj", o_bias)
         if qk_norm:
-            for n in "qk":
-                m.norm(f"{q}.attn.slots.{n}.norm", f"{p}.self_attn.{n}_norm", bias=False)
+            qk_norm_weights(m, f"{p}.self_attn", f"{q}.attn")
 
     return weights
 
@@ -1106,8 +1104,7 @@ def _fused_qkv_weights(cfg: Any, m: WeightMapper, p: str, q: str) -> None:
         )
     m.linear(f"{a}.o", f"{src}.dense", bias=False)
     if cfg.use_qk_norm:
-        m.norm(f"{a}.slots.q.norm", f"{src}.query_layernorm", bias=False)
-        m.norm(f"{a}.slots.k.norm", f"{src}.key_layernorm", bias=False)
+        qk_norm_weights(m, src, a, names=("query_layernorm", "key_layernorm"))
 
 
 def _mlp_layer_kinds(cfg: Any, t: str) -> list[str]:
