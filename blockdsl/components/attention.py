@@ -1216,12 +1216,12 @@ class Temperature(nn.Module):
 
     def forward(
         self, x: torch.Tensor, positions: torch.Tensor | None = None
-    ) -> torch.Tensor:  # (B, T, H, hd) -> (B, T, H, hd); positions (B, T), default 0..T-1
+    ) -> torch.Tensor:  # (B, T, H, hd) or (B, T, D), the same; positions (B, T), default 0..T-1
         if positions is None:
             positions = torch.arange(x.shape[1], device=x.device)
         steps = torch.floor((positions.float() + self.offset) / self.period)
         scale = 1.0 + self.beta * torch.log1p(steps)  # (T,) or (B, T)
-        return x * scale[..., None, None].to(x.dtype)
+        return x * scale.view(*scale.shape, *[1] * (x.dim() - 2)).to(x.dtype)
 
     def extra_repr(self) -> str:
         return f"beta={self.beta}, period={self.period}, offset={self.offset}"
