@@ -408,6 +408,10 @@ MISSING_PARTS: dict[str, str] = {
     "minimax_m3_vl_text": "block-sparse attention (a lightning indexer that picks key blocks)",
     "deepseek_v4": "hyper-connections (several residual streams mixed per layer), compressed "
     "sparse attention (a key compressor and an indexer) and hash-routed experts",
+    "beam": "depth-scaled residual adds (h/sqrt(n) + r*sqrt((n-1)/n) at the n-th add) and a "
+    "bias per head on the attention's output gate",
+    "lfm3": "proportional RoPE (the first frequencies of each half of a head rotated, at the "
+    "whole head's frequency scale, the rest not)",
     "phimoe": "SparseMixer routing (each chosen expert weighted by a softmax over the experts "
     "within a relative margin of it, the best one masked out for the second)",
     "bitnet": "norm inside the MLP before down_proj (BitNet's ffn_sub_norm; MLP has no slots)",
