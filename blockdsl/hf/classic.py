@@ -84,31 +84,36 @@ def _gpt2_like_config(cfg: Any, t: str, kv_heads: int | None = None) -> dict:
     )
 
 
+def _conv1d_layer(m: WeightMapper, p: str, q: str, d: int) -> None:
+    """A GPT-2-style layer's tensors (``ln_1``, ``attn.c_attn``/``c_proj``, ``ln_2``,
+    ``mlp.c_fc``/``c_proj``) under ``p`` as blockdsl's ``norm``, ``attn``, ``norm_1``, ``mlp``
+    under ``q``: the first norm is the pre-attention norm (GPT-2) or the post-attention one
+    (GPT-1), by position in the block, so both name it ``norm``. Conv1D stores ``[in, out]``;
+    ``c_attn``'s outputs are ``[q | k | v]``, ``d`` wide each."""
+    m.norm(f"{q}.norm", f"{p}.ln_1", bias=True)
+    m.split(
+        [f"{q}.attn.{n}.weight" for n in "qkv"],
+        f"{p}.attn.c_attn.weight",
+        lambda w: [t.t() for t in w.split(d, dim=1)],
+    )
+    m.split(
+        [f"{q}.attn.{n}.bias" for n in "qkv"], f"{p}.attn.c_attn.bias", lambda b: list(b.split(d))
+    )
+    m.put(f"{q}.attn.o.weight", f"{p}.attn.c_proj.weight", fn=lambda w: w.t())
+    m.put(f"{q}.attn.o.bias", f"{p}.attn.c_proj.bias")
+    m.norm(f"{q}.norm_1", f"{p}.ln_2", bias=True)
+    for ours, theirs in (("up", "c_fc"), ("down", "c_proj")):
+        m.put(f"{q}.mlp.{ours}.weight", f"{p}.mlp.{theirs}.weight", fn=lambda w: w.t())
+        m.put(f"{q}.mlp.{ours}.bias", f"{p}.mlp.{theirs}.bias")
+
+
 def _weights_gpt2(cfg: Any, m: WeightMapper) -> None:
     d = cfg.n_embd
     m.put("embed.embed.tok.weight", "transformer.wte.weight")
     m.put("embed.embed.pos.weight", "transformer.wpe.weight")
     for i in range(cfg.n_layer):
         p, q = f"transformer.h.{i}", f"layers.{i}"
-        m.norm(f"{q}.norm", f"{p}.ln_1", bias=True)
-        # Conv1D stores [in, out]; c_attn's outputs are [q | k | v]
-        m.split(
-            [f"{q}.attn.{n}.weight" for n in "qkv"],
-            f"{p}.attn.c_attn.weight",
-            lambda w: [t.t() for t in w.split(d, dim=1)],
-        )
-        m.split(
-            [f"{q}.attn.{n}.bias" for n in "qkv"],
-            f"{p}.attn.c_attn.bias",
-            lambda b: list(b.split(d)),
-        )
-        m.put(f"{q}.attn.o.weight", f"{p}.attn.c_proj.weight", fn=lambda w: w.t())
-        m.put(f"{q}.attn.o.bias", f"{p}.attn.c_proj.bias")
-        m.norm(f"{q}.norm_1", f"{p}.ln_2", bias=True)
-        m.put(f"{q}.mlp.up.weight", f"{p}.mlp.c_fc.weight", fn=lambda w: w.t())
-        m.put(f"{q}.mlp.up.bias", f"{p}.mlp.c_fc.bias")
-        m.put(f"{q}.mlp.down.weight", f"{p}.mlp.c_proj.weight", fn=lambda w: w.t())
-        m.put(f"{q}.mlp.down.bias", f"{p}.mlp.c_proj.bias")
+        _conv1d_layer(m, p, q, d)
     m.norm("head.norm", "transformer.ln_f", bias=True)
     m.head(cfg, "transformer.wte.weight", getattr(cfg, "tie_word_embeddings", True))
 
@@ -835,25 +840,7 @@ def _weights_openai_gpt(cfg: Any, m: WeightMapper) -> None:
     m.put("embed.embed.pos.weight", "transformer.positions_embed.weight")
     for i in range(cfg.n_layer):
         p, q = f"transformer.h.{i}", f"layers.{i}"
-        # Conv1D stores [in, out]; c_attn's outputs are [q | k | v] (as GPT-2)
-        m.split(
-            [f"{q}.attn.{n}.weight" for n in "qkv"],
-            f"{p}.attn.c_attn.weight",
-            lambda w: [t.t() for t in w.split(d, dim=1)],
-        )
-        m.split(
-            [f"{q}.attn.{n}.bias" for n in "qkv"],
-            f"{p}.attn.c_attn.bias",
-            lambda b: list(b.split(d)),
-        )
-        m.put(f"{q}.attn.o.weight", f"{p}.attn.c_proj.weight", fn=lambda w: w.t())
-        m.put(f"{q}.attn.o.bias", f"{p}.attn.c_proj.bias")
-        m.norm(f"{q}.norm", f"{p}.ln_1", bias=True)
-        m.put(f"{q}.mlp.up.weight", f"{p}.mlp.c_fc.weight", fn=lambda w: w.t())
-        m.put(f"{q}.mlp.up.bias", f"{p}.mlp.c_fc.bias")
-        m.put(f"{q}.mlp.down.weight", f"{p}.mlp.c_proj.weight", fn=lambda w: w.t())
-        m.put(f"{q}.mlp.down.bias", f"{p}.mlp.c_proj.bias")
-        m.norm(f"{q}.norm_1", f"{p}.ln_2", bias=True)
+        _conv1d_layer(m, p, q, d)
     m.head(cfg, "transformer.tokens_embed.weight", _tied(cfg, True))
 
 
