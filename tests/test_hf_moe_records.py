@@ -486,6 +486,33 @@ MOE_RECORDS: list[tuple[str, dict[str, Any]]] = [
             "router_scaling_factor": 1.5,
         },
     ),
+    (  # narrower value heads scaled, sinks and twice the kv heads on the sliding layers, a
+        # partial rotary of odd size (int(16 * 0.334) = 5) with a base per layer type, V3 routing
+        "mimo_v2_flash",
+        {
+            **TRUNK,
+            "rope_parameters": {
+                "full_attention": {"rope_type": "default", "rope_theta": 5000.0},
+                "sliding_attention": {
+                    "rope_type": "default",
+                    "rope_theta": 500.0,
+                    "partial_rotary_factor": 0.5,
+                },
+            },
+            "head_dim": 16,
+            "v_head_dim": 8,
+            "intermediate_size": 48,
+            "moe_intermediate_size": 16,
+            "n_routed_experts": 4,
+            "num_experts_per_tok": 2,
+            "n_group": 2,
+            "topk_group": 1,
+            "routed_scaling_factor": 1.5,
+            "sliding_window": 4,
+            "layer_types": ["full_attention", "sliding_attention", "sliding_attention"],
+            "mlp_layer_types": ["dense", "sparse", "sparse"],
+        },
+    ),
 ]
 
 
@@ -584,6 +611,8 @@ EXPORTS: dict[str, tuple[dict[str, Any], str]] = {
     "hunyuan_v1_moe": ({}, "HunYuanMoEV1ForCausalLM"),
     "flint": ({}, "FlintForCausalLM"),
     "hy_v3": ({}, "HYV3ForCausalLM"),
+    # the search sets no per-layer-type field (kv heads doubled on the sliding layers, sinks)
+    "mimo_v2_flash": ({}, "no transformers architecture computes this model"),
     "exaone_moe": (
         {
             "num_hidden_layers": 4,
@@ -596,7 +625,13 @@ EXPORTS: dict[str, tuple[dict[str, Any], str]] = {
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("model_type", sorted(EXPORTS))
+@pytest.mark.parametrize(
+    "model_type",
+    [
+        pytest.param(name, marks=() if name in EVERY_RUN else pytest.mark.long)
+        for name in sorted(EXPORTS)
+    ],
+)  # an export search takes 5 to 60 s on two cores: the rows of every run, the rest -m long
 def test_export_back_or_refusal_by_name(model_type, tmp_path):
     changes, expected = EXPORTS[model_type]
     kwargs = {**dict(MOE_RECORDS)[model_type], **changes}

@@ -4,7 +4,8 @@ docs/language.md "Slots") rather than ``Attn`` flags: gpt-oss (a learned sink lo
 nanochat (q/k norms of the rotated heads, ``Attn[q=Rope->Norm, k=Rope->Norm]``); Ministral 3
 (a query temperature growing with the position, ``Attn[q=Temperature(...)]``); Flint (sinks
 beside Qwen3's q/k norms, NoPE full layers, sigmoid experts); HY v3 (Qwen3's q/k norms written
-as slots, DeepSeek-V3's routing without groups).
+as slots, DeepSeek-V3's routing without groups); MiMo-V2-Flash (narrower value heads scaled
+in the v slot, sinks on its sliding layers).
 
 One ``Architecture`` record each; like every family module this one imports only
 ``blockdsl.hf.base``.
@@ -532,6 +533,119 @@ register_architecture(
         "model",
         config=_config_hy_v3,
         weights=_weights_hy_v3,
+        buffers=("e_score_correction_bias",),
+    )
+)
+
+
+# --------------------------------------------------------------------------- mimo_v2_flash
+
+_MIMO_ROTARY = 0.334  # MiMo-V2-Flash's partial_rotary_factor where a layer type leaves it unset
+
+
+def _config_mimo_v2_flash(cfg: Any) -> dict:
+    """MiMo-V2-Flash: GQA whose value heads are narrower than the query/key heads
+    (``v_head_dim``) and whose values are scaled by ``attention_value_scale``
+    (``Attn[v=Scale(by=...)]``); sliding layers with twice the key/value heads and a sink logit
+    per head (``scores=Sink``), full layers without; a partial rotary with each layer type's
+    own base; dense MLP layers and DeepSeek-V3's grouped sigmoid routing (a selection bias,
+    renormalised with ``norm_topk_prob``, times ``routed_scaling_factor``) without a shared
+    expert, by ``mlp_layer_types``."""
+    t = "mimo_v2_flash"
+    kinds = layer_kinds(cfg, t, {"sliding_attention": "local", "full_attention": "global"})
+    sparse = list(cfg.mlp_layer_types or [])
+    if len(sparse) != cfg.num_hidden_layers or not set(sparse) <= {"dense", "sparse"}:
+        raise unsupported(t, f"mlp_layer_types {sparse}")
+    if cfg.attention_bias:  # o_proj never has one; one Attn(bias) cannot say so
+        raise unsupported(t, "attention_bias (biases on q, k and v but not o)")
+    head_dim = _head_dim(cfg)
+    value_scale = cfg.attention_value_scale
+    v_slot = f"v=Scale(by={float(value_scale)!r})" if value_scale not in (None, 1.0) else ""
+    mixers = {}
+    for layer_type, kind in (("sliding_attention", "local"), ("full_attention", "global")):
+        params = dict(cfg.rope_parameters.get(layer_type) or {})
+        rope, fraction = rope_args(cfg, t, params)
+        if "partial_rotary_factor" not in params:
+            fraction = _MIMO_ROTARY
+        local = kind == "local"
+        args = {
+            "kv_heads": cfg.num_key_value_heads * (2 if local else 1),
+            **rope,
+            "rope_fraction": fraction,
+            **({"window": int(cfg.sliding_window)} if local else {}),
+        }
+        slots = ", ".join(s for s in (v_slot, "scores=Sink" if local else "") if s)
+        mixers[kind] = f"Attn({', '.join(f'{k}={v!r}' for k, v in args.items())})" + (
+            f"[{slots}]" if slots else ""
+        )
+    names, blocks = [], {}
+    for kind, mlp in zip(kinds, sparse):
+        name = f"{kind}_{mlp}"
+        ffn = "MoE" if mlp == "sparse" else "MLP"
+        blocks[name] = f"Norm->{mixers[kind]}->+->Norm->{ffn}->+"
+        names.append(name)
+    act = activation(cfg.hidden_act, t)
+    defaults: dict[str, dict] = {
+        "Norm": {"kind": "rms", "eps": cfg.rms_norm_eps},
+        "Attn": {
+            "heads": cfg.num_attention_heads,
+            "head_dim": head_dim,
+            "v_head_dim": cfg.v_head_dim,
+            "pos": "rope",
+        },
+    }
+    if "dense" in sparse:
+        defaults["MLP"] = {"hidden": cfg.intermediate_size, "act": act, "gated": True}
+    if "sparse" in sparse:
+        defaults["MoE"] = {
+            "experts": cfg.n_routed_experts,
+            "k": cfg.num_experts_per_tok,
+            "hidden": cfg.moe_intermediate_size,
+            "act": act,
+            "gated": True,
+            "score": "sigmoid",
+            "score_bias": True,
+            "norm_topk": bool(cfg.norm_topk_prob),
+            "routed_scale": float(cfg.routed_scaling_factor),
+            "groups": cfg.n_group,
+            "topk_groups": cfg.topk_group,
+            "group_top": 2,
+            "aux_loss": 0.0,  # transformers adds no load-balancing loss for MiMo-V2-Flash
+        }
+    return model_config(cfg, layers=compress_layers(names), blocks=blocks, defaults=defaults)
+
+
+def _weights_mimo_v2_flash(cfg: Any, m: WeightMapper) -> None:
+    m.put("embed.embed.tok.weight", "model.embed_tokens.weight")
+    for i, (kind, mlp) in enumerate(zip(cfg.layer_types, cfg.mlp_layer_types)):
+        p, q = f"model.layers.{i}", f"layers.{i}"
+        m.norm(f"{q}.norm", f"{p}.input_layernorm", bias=False)
+        for n in "qkvo":
+            m.linear(f"{q}.attn.{n}", f"{p}.self_attn.{n}_proj", bias=False)
+        if kind == "sliding_attention":  # on disk the sinks keep MiMo's own name
+            sinks = "sinks" if m.has(f"{p}.self_attn.sinks") else "attention_sink_bias"
+            m.put(f"{q}.attn.slots.scores.sink.sinks", f"{p}.self_attn.{sinks}")
+        m.norm(f"{q}.norm_1", f"{p}.post_attention_layernorm", bias=False)
+        if mlp == "dense":
+            llama_mlp_weights(cfg, m, p, q)
+            continue
+        src, dst = f"{p}.mlp", f"{q}.moe"
+        m.put(f"{dst}.router.weight", f"{src}.gate.weight")
+        m.put(f"{dst}.score_bias", f"{src}.gate.e_score_correction_bias")
+        expert_weights(
+            m, f"{src}.experts", dst, experts=cfg.n_routed_experts, inter=cfg.moe_intermediate_size
+        )
+    m.norm("head.norm", "model.norm", bias=False)
+    m.head(cfg, "model.embed_tokens.weight", getattr(cfg, "tie_word_embeddings", False))
+
+
+register_architecture(
+    Architecture(
+        "mimo_v2_flash",
+        "MiMoV2FlashForCausalLM",
+        "model",
+        config=_config_mimo_v2_flash,
+        weights=_weights_mimo_v2_flash,
         buffers=("e_score_correction_bias",),
     )
 )
