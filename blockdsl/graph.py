@@ -966,6 +966,11 @@ def _misfit(spec: ModuleSpec, slot: Any, features: int) -> str | None:
     if slot.layout == "scores":
         if component.mixes_positions:
             return "it mixes positions; the scores slot holds position-wise steps"
+        if "positions" in component.context:  # Temperature: its positions are a stream's axis 1
+            return (
+                "it reads token positions along its input's second axis, which in the scores "
+                "slot (B, heads, T, S) is the heads"
+            )
         wider = dict(spec.args)
         if component.input_size in wider and spec.d_in is not None:
             wider[component.input_size] = spec.d_in + 1
