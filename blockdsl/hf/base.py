@@ -596,6 +596,23 @@ def gated_shared_expert_weights(m: WeightMapper, src: str, dst: str) -> None:
     m.linear(f"{dst}.shared_gate", f"{src}.shared_expert_gate", bias=False)
 
 
+def deepseek_v3_routing(cfg: Any) -> dict[str, Any]:
+    """``MoE`` arguments of DeepSeek-V3's routing: sigmoid scores, experts chosen by the scores
+    plus ``e_score_correction_bias`` within the ``topk_group`` best of ``n_group`` groups (a
+    group's score is the sum of its two best), weighted by the unbiased scores (renormalised
+    with ``norm_topk_prob``) times ``routed_scaling_factor`` (DeepSeek-V3, the records that
+    reuse it, Nemotron-H, MiMo-V2-Flash)."""
+    return {
+        "score": "sigmoid",
+        "score_bias": True,
+        "norm_topk": bool(cfg.norm_topk_prob),
+        "routed_scale": float(cfg.routed_scaling_factor),
+        "groups": cfg.n_group,
+        "topk_groups": cfg.topk_group,
+        "group_top": 2,
+    }
+
+
 def shared_expert_args(shared_size: int, expert_size: int) -> dict[str, int]:
     """The ``MoE`` arguments of an always-on shared expert ``shared_size`` wide next to routed
     experts ``expert_size`` wide: ``shared=n`` for a multiple ``n`` of the expert width, else

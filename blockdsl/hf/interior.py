@@ -22,6 +22,7 @@ from blockdsl.hf.base import (
     WeightMapper,
     activation,
     compress_layers,
+    deepseek_v3_routing,
     expert_weights,
     layer_kinds,
     llama_mlp_weights,
@@ -603,13 +604,7 @@ def _config_mimo_v2_flash(cfg: Any) -> dict:
             "hidden": cfg.moe_intermediate_size,
             "act": act,
             "gated": True,
-            "score": "sigmoid",
-            "score_bias": True,
-            "norm_topk": bool(cfg.norm_topk_prob),
-            "routed_scale": float(cfg.routed_scaling_factor),
-            "groups": cfg.n_group,
-            "topk_groups": cfg.topk_group,
-            "group_top": 2,
+            **deepseek_v3_routing(cfg),
             "aux_loss": 0.0,  # transformers adds no load-balancing loss for MiMo-V2-Flash
         }
     return model_config(cfg, layers=compress_layers(names), blocks=blocks, defaults=defaults)

@@ -23,6 +23,7 @@ from blockdsl.hf.base import (
     WeightMapper,
     activation,
     compress_layers,
+    deepseek_v3_routing,
     default_rope,
     expert_weights,
     gated_shared_expert_weights,
@@ -911,26 +912,12 @@ def _config_deepseek_v2(cfg: Any) -> dict:
     return _deepseek(cfg, t, "MLA", mla, routing, _first_dense(cfg))
 
 
-def _v3_routing(cfg: Any) -> dict[str, Any]:
-    """DeepSeek-V3's routing: sigmoid scores, experts chosen by the scores plus
-    ``e_score_correction_bias`` within the ``topk_group`` best of ``n_group`` groups (a group's
-    score is the sum of its two best), weighted by the unbiased scores (renormalised with
-    ``norm_topk_prob``) times ``routed_scaling_factor``."""
-    return {
-        "score": "sigmoid",
-        "score_bias": True,
-        "norm_topk": bool(cfg.norm_topk_prob),
-        "routed_scale": float(cfg.routed_scaling_factor),
-        **_groups(cfg, group_top=2),
-    }
-
-
 def _config_deepseek_v3(cfg: Any) -> dict:
     """DeepSeek-V3: MLA (rotary on adjacent pairs with ``rope_interleave``) and V3 routing.
     Sarvam-MLA (``sarvam_mla``) is this class under its own ``model_type``."""
     t = cfg.model_type
     mla = _mla(cfg, t, interleaved=bool(cfg.rope_interleave))
-    return _deepseek(cfg, t, "MLA", mla, _v3_routing(cfg), _first_dense(cfg))
+    return _deepseek(cfg, t, "MLA", mla, deepseek_v3_routing(cfg), _first_dense(cfg))
 
 
 def _mla_weights(cfg: Any, m: WeightMapper, p: str, q: str) -> None:
@@ -1047,7 +1034,8 @@ def _config_dots1(cfg: Any) -> dict:
         "qk_norm": True,
         "qk_norm_eps": cfg.rms_norm_eps,
     }
-    return _deepseek(cfg, t, "Attn", attn, _v3_routing(cfg), _first_dense(cfg), _windows(cfg, t))
+    routing = deepseek_v3_routing(cfg)
+    return _deepseek(cfg, t, "Attn", attn, routing, _first_dense(cfg), _windows(cfg, t))
 
 
 def _weights_dots1(cfg: Any, m: WeightMapper) -> None:
@@ -1068,7 +1056,7 @@ def _config_glm4_moe(cfg: Any) -> dict:
         attn["qkv_bias"] = True
     if cfg.use_qk_norm:
         attn.update(qk_norm=True, qk_norm_eps=cfg.rms_norm_eps)
-    return _deepseek(cfg, t, "Attn", attn, _v3_routing(cfg), _first_dense(cfg))
+    return _deepseek(cfg, t, "Attn", attn, deepseek_v3_routing(cfg), _first_dense(cfg))
 
 
 def _weights_glm4_moe(cfg: Any, m: WeightMapper) -> None:
@@ -1124,7 +1112,7 @@ def _config_exaone_moe(cfg: Any) -> dict:
     attn = {**_attn_gqa(cfg, t), "qk_norm": True, "qk_norm_eps": cfg.rms_norm_eps}
     windows = _windows(cfg, t) if cfg.sliding_window is not None else None
     kinds = _mlp_layer_kinds(cfg, t)
-    return _deepseek(cfg, t, "Attn", attn, _v3_routing(cfg), kinds, windows, "pos=none")
+    return _deepseek(cfg, t, "Attn", attn, deepseek_v3_routing(cfg), kinds, windows, "pos=none")
 
 
 def _weights_exaone_moe(cfg: Any, m: WeightMapper) -> None:
@@ -1140,7 +1128,7 @@ def _config_solar_open(cfg: Any) -> dict:
     if cfg.attention_bias:
         attn["qkv_bias"] = True
     kinds = ["moe"] * cfg.num_hidden_layers
-    return _deepseek(cfg, t, "Attn", attn, _v3_routing(cfg), kinds)
+    return _deepseek(cfg, t, "Attn", attn, deepseek_v3_routing(cfg), kinds)
 
 
 def _weights_solar_open(cfg: Any, m: WeightMapper) -> None:
@@ -1153,7 +1141,7 @@ def _config_glm4_moe_lite(cfg: Any) -> dict:
     one by one (``mlp_layer_types``)."""
     t = "glm4_moe_lite"
     mla = _mla(cfg, t, interleaved=bool(cfg.rope_interleave))
-    return _deepseek(cfg, t, "MLA", mla, _v3_routing(cfg), _mlp_layer_kinds(cfg, "glm4_moe_lite"))
+    return _deepseek(cfg, t, "MLA", mla, deepseek_v3_routing(cfg), _mlp_layer_kinds(cfg, t))
 
 
 def _weights_glm4_moe_lite(cfg: Any, m: WeightMapper) -> None:
@@ -1234,7 +1222,7 @@ def _config_minicpm5_moe(cfg: Any) -> dict:
     t = "minicpm5_moe"
     bias = bool(cfg.attention_bias)
     attn = {**_attn_gqa(cfg, t), "gate": True, "bias": bias}
-    return _deepseek(cfg, t, "Attn", attn, _v3_routing(cfg), _mlp_layer_kinds(cfg, t))
+    return _deepseek(cfg, t, "Attn", attn, deepseek_v3_routing(cfg), _mlp_layer_kinds(cfg, t))
 
 
 def _weights_minicpm5_moe(cfg: Any, m: WeightMapper) -> None:
@@ -1537,7 +1525,7 @@ def _config_axk1(cfg: Any) -> dict:
     before the residual sum (``post_mlp_layernorm``, sparse layers only)."""
     t = "axk1"
     mla = _mla(cfg, t, interleaved=bool(cfg.rope_interleave))
-    config = _deepseek(cfg, t, "MLA", mla, _v3_routing(cfg), _mlp_layer_kinds(cfg, t))
+    config = _deepseek(cfg, t, "MLA", mla, deepseek_v3_routing(cfg), _mlp_layer_kinds(cfg, t))
     if "moe" in config["blocks"]:
         config["blocks"]["moe"] = config["blocks"]["moe"].replace("->MoE->+", "->MoE->Norm->+")
     return config

@@ -21,6 +21,7 @@ from blockdsl.hf.base import (
     WeightMapper,
     activation,
     compress_layers,
+    deepseek_v3_routing,
     default_rope,
     expert_weights,
     mamba2_weights,
@@ -662,13 +663,7 @@ def config_nemotron_h(cfg: Any) -> dict:
             **shared_expert_args(
                 cfg.moe_shared_expert_intermediate_size, cfg.moe_intermediate_size
             ),
-            "score": "sigmoid",
-            "score_bias": True,
-            "norm_topk": bool(cfg.norm_topk_prob),
-            "routed_scale": float(cfg.routed_scaling_factor),
-            "groups": cfg.n_group,
-            "topk_groups": cfg.topk_group,
-            "group_top": 2,
+            **deepseek_v3_routing(cfg),
             "aux_loss": 0.0,  # transformers adds no load-balancing loss for Nemotron-H
         }
     mixer_of = {"mamba": "Mamba2", "attention": "Attn", "mlp": "MLP", "moe": "MoE"}
