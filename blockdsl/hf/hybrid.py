@@ -176,6 +176,19 @@ def _qwen3_next_sparse(cfg: Any, layer: int) -> bool:
     )
 
 
+def _deltanet_args(cfg: Any, eps: float) -> dict[str, Any]:
+    """``GatedDeltaNet`` arguments from the ``linear_*`` fields of a Qwen3-Next-style config
+    (Qwen3-Next, Qwen3.5, OLMo Hybrid, LaraMini); ``eps``: its output norm's."""
+    return {
+        "heads": cfg.linear_num_key_heads,
+        "v_heads": cfg.linear_num_value_heads,
+        "head_dim": cfg.linear_key_head_dim,
+        "v_head_dim": cfg.linear_value_head_dim,
+        "kernel": cfg.linear_conv_kernel_dim,
+        "eps": eps,
+    }
+
+
 def _config_qwen3_next(cfg: Any) -> dict:
     """Qwen3-Next: Gated DeltaNet layers and gated full-attention layers (``layer_types``),
     each followed by the MoE with a gated shared expert (or a dense MLP on ``mlp_only_layers``
@@ -200,14 +213,7 @@ def _config_qwen3_next(cfg: Any) -> dict:
         blocks[name] = f"Norm->{mixer_of[mixer]}->+->Norm->{ffn[kind == 'moe']}->+"
     defaults: dict[str, dict] = {
         "Norm": {"kind": "rms", "eps": cfg.rms_norm_eps, "unit_offset": True},
-        "GatedDeltaNet": {
-            "heads": cfg.linear_num_key_heads,
-            "v_heads": cfg.linear_num_value_heads,
-            "head_dim": cfg.linear_key_head_dim,
-            "v_head_dim": cfg.linear_value_head_dim,
-            "kernel": cfg.linear_conv_kernel_dim,
-            "eps": cfg.rms_norm_eps,
-        },
+        "GatedDeltaNet": _deltanet_args(cfg, eps=cfg.rms_norm_eps),
         "Attn": {
             "heads": cfg.num_attention_heads,
             "kv_heads": cfg.num_key_value_heads,
@@ -386,12 +392,8 @@ def _config_olmo_hybrid(cfg: Any) -> dict:
     defaults: dict[str, dict] = {
         "Norm": {"kind": "rms", "eps": cfg.rms_norm_eps},
         "GatedDeltaNet": {
-            "heads": cfg.linear_num_key_heads,
-            "v_heads": cfg.linear_num_value_heads,
-            "head_dim": cfg.linear_key_head_dim,
-            "v_head_dim": cfg.linear_value_head_dim,
-            "kernel": cfg.linear_conv_kernel_dim,
-            "eps": 1e-5,  # OlmoHybridGatedDeltaNet's output norm: fixed, not rms_norm_eps
+            # OlmoHybridGatedDeltaNet's output norm: a fixed eps, not rms_norm_eps
+            **_deltanet_args(cfg, eps=1e-5),
             "neg_eigval": bool(cfg.linear_allow_neg_eigval),
         },
         "Attn": {
@@ -509,14 +511,7 @@ def _config_lara_mini(cfg: Any) -> dict:
     shared = shared_expert_args(cfg.shared_expert_intermediate_size, cfg.moe_intermediate_size)
     defaults: dict[str, dict] = {
         "Norm": {"kind": "rms", "eps": cfg.rms_norm_eps},
-        "GatedDeltaNet": {
-            "heads": cfg.linear_num_key_heads,
-            "v_heads": cfg.linear_num_value_heads,
-            "head_dim": cfg.linear_key_head_dim,
-            "v_head_dim": cfg.linear_value_head_dim,
-            "kernel": cfg.linear_conv_kernel_dim,
-            "eps": cfg.rms_norm_eps,
-        },
+        "GatedDeltaNet": _deltanet_args(cfg, eps=cfg.rms_norm_eps),
         "Attn": {
             "heads": cfg.num_attention_heads,
             "kv_heads": cfg.num_key_value_heads,
